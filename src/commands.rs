@@ -1,0 +1,154 @@
+//! What the `enrich` binary does once its flags are parsed: each command checks its input,
+//! opens the store, runs, and reports. `main.rs` maps the outcome to output and exit codes.
+
+use std::io::IsTerminal;
+use std::path::Path;
+
+use indicatif::{ProgressBar, ProgressStyle};
+use serde_json::Value;
+use tokio::io::{AsyncBufRead, AsyncReadExt, BufReader};
+
+use crate::error::{Error, ErrorKind, Result};
+use crate::import::{ImportEvent, ImportSummary, import_users};
+use crate::store::{self, SharedStore, StoreOptions};
+use crate::user::{NewUser, UserId, UserJson};
+
+/// The exit codes of the binary, listed in `enrich --help`.
+pub const EXIT_CODES: &str = "\
+Exit codes:
+  0  success
+  1  store unavailable, timeout, or any other failure
+  2  invalid input or usage
+  3  conflict: the user already exists
+  4  not found: the user does not exist";
+
+/// The exit code for an error.
+pub fn exit_code(err: &Error) -> u8 {
+    match err.kind() {
+        ErrorKind::InvalidInput => 2,
+        ErrorKind::Conflict => 3,
+        ErrorKind::NotFound => 4,
+        _ => 1,
+    }
+}
+
+/// Which store a command works on.
+#[derive(Debug, Clone)]
+pub struct StoreSpec {
+    url: String,
+    options: StoreOptions,
+}
+
+impl StoreSpec {
+    /// The store at `url`, opened with `options`.
+    pub fn new(url: impl Into<String>, options: StoreOptions) -> Self {
+        StoreSpec {
+            url: url.into(),
+            options,
+        }
+    }
+
+    /// Opens the store. Commands call this only once their own input has been checked, so bad
+    /// input is reported as such even when the store is down.
+    pub async fn open(&self) -> Result<SharedStore> {
+        store::open(&self.url, &self.options).await
+    }
+}
+
+/// Reads a DATA argument: JSON object text, or `-` for standard input.
+pub async fn read_data(arg: &str) -> Result<Value> {
+    let text = if arg == "-" {
+        let mut text = String::new();
+        tokio::io::stdin()
+            .read_to_string(&mut text)
+            .await
+            .map_err(|e| Error::invalid("cannot read DATA from standard input").with_cause(e))?;
+        text
+    } else {
+        arg.to_string()
+    };
+    serde_json::from_str(&text).map_err(|e| Error::invalid(format!("DATA is not valid JSON: {e}")))
+}
+
+/// `users add`: creates a user, or with `get_or_create` returns the existing one.
+pub async fn users_add(
+    spec: &StoreSpec,
+    id: &str,
+    data: Option<&str>,
+    get_or_create: bool,
+) -> Result<UserJson> {
+    let data = match data {
+        Some(arg) => Some(read_data(arg).await?),
+        None => None,
+    };
+    let user = NewUser::new(id, data)?;
+    let store = spec.open().await?;
+    Ok(store.add(&user, get_or_create).await?.user)
+}
+
+/// `users get`.
+pub async fn users_get(spec: &StoreSpec, id: &str) -> Result<UserJson> {
+    let id = UserId::parse(id)?;
+    spec.open().await?.get(&id).await
+}
+
+/// `users update`: replaces the data of an existing user.
+pub async fn users_update(spec: &StoreSpec, id: &str, data: &str) -> Result<UserJson> {
+    let user = NewUser::new(id, Some(read_data(data).await?))?;
+    spec.open().await?.update(&user).await
+}
+
+/// `users delete`.
+pub async fn users_delete(spec: &StoreSpec, id: &str) -> Result<()> {
+    let id = UserId::parse(id)?;
+    spec.open().await?.delete(&id).await
+}
+
+/// `users import`: NDJSON users from a file or `-` (standard input). Rejected lines are
+/// reported on standard error as they are met; the summary says how many.
+pub async fn users_import(
+    spec: &StoreSpec,
+    file: Option<&Path>,
+    override_existing: bool,
+) -> Result<ImportSummary> {
+    let input: Box<dyn AsyncBufRead + Unpin + Send> = match file {
+        None => Box::new(BufReader::new(tokio::io::stdin())),
+        Some(path) if path == Path::new("-") => Box::new(BufReader::new(tokio::io::stdin())),
+        Some(path) => Box::new(BufReader::with_capacity(1 << 16, open_input(path).await?)),
+    };
+    let store = spec.open().await?;
+    let progress = progress_bar("users");
+    let summary = import_users(&*store, input, override_existing, |event| match event {
+        ImportEvent::Rejected { error, .. } => progress.suspend(|| eprintln!("error: {error}")),
+        ImportEvent::Progress { lines } => progress.set_position(lines),
+    })
+    .await;
+    progress.finish_and_clear();
+    summary
+}
+
+/// Opens an input file, naming it in the error.
+pub async fn open_input(path: &Path) -> Result<tokio::fs::File> {
+    tokio::fs::File::open(path).await.map_err(|e| {
+        let kind = if e.kind() == std::io::ErrorKind::NotFound {
+            ErrorKind::InvalidInput
+        } else {
+            ErrorKind::Internal
+        };
+        Error::new(kind, format!("cannot open {}", path.display())).with_cause(e)
+    })
+}
+
+/// A counter on standard error when it is a terminal, nothing otherwise.
+pub fn progress_bar(unit: &str) -> ProgressBar {
+    if !std::io::stderr().is_terminal() {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new_spinner();
+    let template = format!("{{spinner}} {{pos}} {unit} read  {{per_sec}}  {{elapsed}}");
+    if let Ok(style) = ProgressStyle::with_template(&template) {
+        bar.set_style(style);
+    }
+    bar.enable_steady_tick(std::time::Duration::from_millis(200));
+    bar
+}

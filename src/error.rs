@@ -1,0 +1,176 @@
+//! The one error type of the crate.
+//!
+//! Like redis-rs, the representation is private and callers branch on an [`ErrorKind`] or on the
+//! classifier methods, never on message text. The cause is kept behind an `Arc` so an error is
+//! `Clone`: one failed batched load can be handed to every page that waited for it.
+
+use std::fmt;
+use std::sync::Arc;
+
+/// A `Result` whose error is [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// What went wrong, coarse enough to decide on a retry or an exit code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// The caller's input is wrong: a bad id, data that is not an object, a size over the limit,
+    /// a malformed line or URL. Retrying the same input cannot succeed.
+    InvalidInput,
+    /// The user already exists.
+    Conflict,
+    /// The user does not exist.
+    NotFound,
+    /// The store cannot be reached or refused us: connection refused or reset, authentication
+    /// failure, a file store locked by another process.
+    Unavailable,
+    /// The store did not answer in time.
+    Timeout,
+    /// Anything else: an I/O error on a local file, a corrupt stored record.
+    Internal,
+}
+
+impl ErrorKind {
+    fn label(self) -> &'static str {
+        match self {
+            ErrorKind::InvalidInput => "invalid input",
+            ErrorKind::Conflict => "conflict",
+            ErrorKind::NotFound => "not found",
+            ErrorKind::Unavailable => "store unavailable",
+            ErrorKind::Timeout => "store timeout",
+            ErrorKind::Internal => "internal error",
+        }
+    }
+}
+
+impl fmt::Display for ErrorKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.label())
+    }
+}
+
+type Cause = Arc<dyn std::error::Error + Send + Sync + 'static>;
+
+/// An error of the engine: a kind, a message naming the problem, and maybe the cause behind it.
+#[derive(Clone)]
+pub struct Error {
+    kind: ErrorKind,
+    message: String,
+    cause: Option<Cause>,
+}
+
+impl Error {
+    /// An error of `kind` with a message that names the problem (the id, the limit, the line).
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        Error {
+            kind,
+            message: message.into(),
+            cause: None,
+        }
+    }
+
+    /// Shorthand for [`ErrorKind::InvalidInput`].
+    pub fn invalid(message: impl Into<String>) -> Self {
+        Error::new(ErrorKind::InvalidInput, message)
+    }
+
+    /// Attaches the lower-level error that caused this one.
+    pub fn with_cause(mut self, cause: impl std::error::Error + Send + Sync + 'static) -> Self {
+        self.cause = Some(Arc::new(cause));
+        self
+    }
+
+    /// Prefixes the message with context, such as the line of a file it came from.
+    pub fn context(mut self, context: impl fmt::Display) -> Self {
+        self.message = format!("{context}: {}", self.message);
+        self
+    }
+
+    /// What went wrong.
+    pub fn kind(&self) -> ErrorKind {
+        self.kind
+    }
+
+    /// The message alone, without the cause.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
+    /// True for [`ErrorKind::InvalidInput`].
+    pub fn is_invalid_input(&self) -> bool {
+        self.kind == ErrorKind::InvalidInput
+    }
+
+    /// True for [`ErrorKind::NotFound`].
+    pub fn is_not_found(&self) -> bool {
+        self.kind == ErrorKind::NotFound
+    }
+
+    /// True for [`ErrorKind::Conflict`].
+    pub fn is_conflict(&self) -> bool {
+        self.kind == ErrorKind::Conflict
+    }
+
+    /// True when the store failed rather than the request: unavailable or timed out. Such an
+    /// error may succeed when retried, and it never means that a user is missing.
+    pub fn is_store_fault(&self) -> bool {
+        matches!(self.kind, ErrorKind::Unavailable | ErrorKind::Timeout)
+    }
+
+    /// True for [`ErrorKind::Timeout`].
+    pub fn is_timeout(&self) -> bool {
+        self.kind == ErrorKind::Timeout
+    }
+}
+
+impl fmt::Debug for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Error")
+            .field("kind", &self.kind)
+            .field("message", &self.message)
+            .field("cause", &self.cause.as_ref().map(|c| c.to_string()))
+            .finish()
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)?;
+        if let Some(cause) = &self.cause {
+            write!(f, ": {cause}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.cause
+            .as_deref()
+            .map(|c| c as &(dyn std::error::Error + 'static))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn display_names_message_and_cause() {
+        let io = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
+        let err = Error::new(ErrorKind::Unavailable, "redis://127.0.0.1:1").with_cause(io);
+        assert_eq!(err.to_string(), "redis://127.0.0.1:1: refused");
+        assert!(err.is_store_fault());
+        assert!(!err.is_not_found());
+        let cloned = err.clone();
+        assert_eq!(cloned.kind(), ErrorKind::Unavailable);
+        assert!(std::error::Error::source(&cloned).is_some());
+    }
+
+    #[test]
+    fn context_prefixes_message() {
+        let err = Error::invalid("not JSON").context("line 3");
+        assert_eq!(err.to_string(), "line 3: not JSON");
+        assert!(err.is_invalid_input());
+    }
+}

@@ -1,0 +1,173 @@
+//! Bulk import of users from NDJSON: one `{"id":…,"data":…}` a line, streamed and written in
+//! batches, so memory stays flat whatever the size of the file. A bad line is reported with
+//! its number and the rest goes on.
+
+use serde::Deserialize;
+use serde_json::Value;
+use tokio::io::AsyncBufRead;
+
+use crate::error::{Error, Result};
+use crate::lines::{Line, LineReader, is_blank};
+use crate::store::{ImportOutcome, ImportUser, UserStore};
+use crate::user::{NewUser, Timestamp};
+
+/// How many users one store call writes.
+pub const BATCH: usize = 500;
+
+/// Lines longer than this cannot hold a user within the size limit and are refused unread.
+const MAX_LINE: usize = 1 << 20;
+
+/// One line of an import file.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ImportLine {
+    id: String,
+    #[serde(default)]
+    data: Option<Value>,
+    #[serde(default)]
+    created_at: Option<String>,
+    #[serde(default)]
+    updated_at: Option<String>,
+}
+
+/// Reads one import line: `{"id":…,"data":…}`, optionally with `created_at` and `updated_at`
+/// kept from another store.
+pub fn parse_import_line(line: &[u8]) -> Result<ImportUser> {
+    let line: ImportLine = serde_json::from_slice(line).map_err(|e| {
+        Error::invalid(format!(
+            "not a user line ({e}); expected {{\"id\":…,\"data\":{{…}}}}"
+        ))
+    })?;
+    let user = NewUser::new(&line.id, line.data)?;
+    let created_at = line
+        .created_at
+        .as_deref()
+        .map(Timestamp::parse)
+        .transpose()?;
+    let updated_at = line
+        .updated_at
+        .as_deref()
+        .map(Timestamp::parse)
+        .transpose()?;
+    ImportUser::new(user, created_at, updated_at)
+}
+
+/// What an import did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ImportSummary {
+    /// Users written that did not exist.
+    pub created: u64,
+    /// Users that existed and were left alone.
+    pub skipped: u64,
+    /// Users that existed and were replaced.
+    pub overridden: u64,
+    /// Lines refused.
+    pub rejected: u64,
+}
+
+impl std::fmt::Display for ImportSummary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "imported: {} created, {} existing skipped, {} overridden, {} rejected",
+            self.created, self.skipped, self.overridden, self.rejected
+        )
+    }
+}
+
+/// What an import reports while it runs.
+#[derive(Debug)]
+pub enum ImportEvent<'a> {
+    /// A line was refused; the import goes on.
+    Rejected {
+        /// The line's number, from 1.
+        line: u64,
+        /// Why.
+        error: &'a Error,
+    },
+    /// A batch was written; this many lines have been read so far.
+    Progress {
+        /// Lines read so far.
+        lines: u64,
+    },
+}
+
+/// Imports every user line of `input` into `store`. Bad lines are passed to `events` and
+/// counted; a store fault stops the import with an error naming the line it reached.
+pub async fn import_users<R: AsyncBufRead + Unpin>(
+    store: &dyn UserStore,
+    input: R,
+    override_existing: bool,
+    mut events: impl FnMut(ImportEvent<'_>),
+) -> Result<ImportSummary> {
+    let mut reader = LineReader::new(input, MAX_LINE);
+    let mut summary = ImportSummary::default();
+    let mut batch = Vec::with_capacity(BATCH);
+    loop {
+        let next = reader.next_line().await?;
+        let done = next.is_none();
+        if let Some((number, line)) = next {
+            let parsed = match line {
+                Line::Text(text) if is_blank(&text) => None,
+                Line::Text(text) => Some(parse_import_line(&text)),
+                Line::TooLong { len } => Some(Err(Error::invalid(format!(
+                    "line is {len} bytes, over the limit of {MAX_LINE}"
+                )))),
+            };
+            match parsed {
+                Some(Ok(user)) => batch.push(user),
+                Some(Err(error)) => {
+                    summary.rejected += 1;
+                    events(ImportEvent::Rejected {
+                        line: number,
+                        error: &error.context(format!("line {number}")),
+                    });
+                }
+                None => {}
+            }
+        }
+        if batch.len() >= BATCH || (done && !batch.is_empty()) {
+            let outcomes = store
+                .import(&batch, override_existing)
+                .await
+                .map_err(|e| e.context(format!("import stopped at line {}", reader.number())))?;
+            for outcome in outcomes {
+                match outcome {
+                    ImportOutcome::Created => summary.created += 1,
+                    ImportOutcome::Skipped => summary.skipped += 1,
+                    ImportOutcome::Overridden => summary.overridden += 1,
+                }
+            }
+            batch.clear();
+            events(ImportEvent::Progress {
+                lines: reader.number(),
+            });
+        }
+        if done {
+            return Ok(summary);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines_name_their_problem() {
+        assert!(parse_import_line(br#"{"id":"a","data":{"x":1}}"#).is_ok());
+        assert!(parse_import_line(br#"{"id":"a"}"#).is_ok());
+        let cases: [(&[u8], &str); 5] = [
+            (b"not json", "not a user line"),
+            (br#"{"id":"a b"}"#, "invalid user id"),
+            (br#"{"id":"a","data":[1]}"#, "must be a JSON object"),
+            (br#"{"id":"a","dta":{}}"#, "unknown field `dta`"),
+            (br#"{"id":"a","created_at":"noon"}"#, "invalid timestamp"),
+        ];
+        for (line, expected) in cases {
+            let err = parse_import_line(line).unwrap_err();
+            assert!(err.is_invalid_input());
+            assert!(err.to_string().contains(expected), "{err}");
+        }
+    }
+}

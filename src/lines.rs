@@ -1,0 +1,122 @@
+//! NDJSON input: lines read with a length cap, so one runaway line cannot exhaust memory.
+
+use tokio::io::{AsyncBufRead, AsyncBufReadExt};
+
+use crate::error::{Error, ErrorKind, Result};
+
+/// One line of input.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Line {
+    /// The line's bytes, without the line ending.
+    Text(Vec<u8>),
+    /// The line was longer than the cap; its bytes were read and discarded.
+    TooLong {
+        /// How long the line was, in bytes.
+        len: usize,
+    },
+}
+
+/// Reads lines of at most `max_len` bytes, numbering them from 1.
+#[derive(Debug)]
+pub struct LineReader<R> {
+    input: R,
+    max_len: usize,
+    number: u64,
+}
+
+impl<R: AsyncBufRead + Unpin> LineReader<R> {
+    /// Reads from `input`; lines longer than `max_len` come back as [`Line::TooLong`].
+    pub fn new(input: R, max_len: usize) -> Self {
+        LineReader {
+            input,
+            max_len,
+            number: 0,
+        }
+    }
+
+    /// The number of the line returned last.
+    pub fn number(&self) -> u64 {
+        self.number
+    }
+
+    /// The next line, or `None` at the end of the input. A last line without a newline counts.
+    pub async fn next_line(&mut self) -> Result<Option<(u64, Line)>> {
+        let mut text = Vec::new();
+        let mut len = 0usize;
+        let mut seen_any = false;
+        loop {
+            let buf =
+                self.input.fill_buf().await.map_err(|e| {
+                    Error::new(ErrorKind::Internal, "cannot read input").with_cause(e)
+                })?;
+            if buf.is_empty() {
+                if !seen_any {
+                    return Ok(None);
+                }
+                break;
+            }
+            seen_any = true;
+            let (chunk, done) = match memchr(buf) {
+                Some(i) => (&buf[..i], Some(i + 1)),
+                None => (buf, None),
+            };
+            len += chunk.len();
+            if len <= self.max_len {
+                text.extend_from_slice(chunk);
+            } else {
+                text = Vec::new();
+            }
+            let consumed = done.unwrap_or(buf.len());
+            self.input.consume(consumed);
+            if done.is_some() {
+                break;
+            }
+        }
+        self.number += 1;
+        if len > self.max_len {
+            return Ok(Some((self.number, Line::TooLong { len })));
+        }
+        if text.last() == Some(&b'\r') {
+            text.pop();
+        }
+        Ok(Some((self.number, Line::Text(text))))
+    }
+}
+
+fn memchr(buf: &[u8]) -> Option<usize> {
+    buf.iter().position(|&b| b == b'\n')
+}
+
+/// True if the line holds nothing but white space.
+pub fn is_blank(line: &[u8]) -> bool {
+    line.iter().all(u8::is_ascii_whitespace)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn all(input: &[u8], max: usize) -> Vec<(u64, Line)> {
+        let mut reader = LineReader::new(tokio::io::BufReader::with_capacity(4, input), max);
+        let mut out = Vec::new();
+        while let Some(line) = reader.next_line().await.unwrap() {
+            out.push(line);
+        }
+        out
+    }
+
+    #[tokio::test]
+    async fn splits_lines_and_caps_length() {
+        let lines = all(b"ab\r\n0123456789\n\nlast", 5).await;
+        assert_eq!(
+            lines,
+            vec![
+                (1, Line::Text(b"ab".to_vec())),
+                (2, Line::TooLong { len: 10 }),
+                (3, Line::Text(Vec::new())),
+                (4, Line::Text(b"last".to_vec())),
+            ]
+        );
+        assert!(all(b"", 5).await.is_empty());
+    }
+}

@@ -1,0 +1,131 @@
+//! The `enrich` command line: parses flags and hands over to [`enrich::commands`].
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use enrich::commands::{self, EXIT_CODES, StoreSpec};
+use enrich::store::{DEFAULT_NAMESPACE, DEFAULT_STORE_URL};
+use enrich::{Error, StoreOptions};
+
+/// Enriches feed activities: replaces user references (SU:id) with the users they name.
+#[derive(Debug, Parser)]
+#[command(name = "enrich", version, after_help = EXIT_CODES)]
+struct Cli {
+    /// Where users are stored: redis://[user:pass@]host:port[/db], rediss://…, file:PATH or
+    /// memory:
+    #[arg(long, global = true, env = "ENRICH_STORE", default_value = DEFAULT_STORE_URL)]
+    store: String,
+
+    /// Keeps these users apart from other namespaces in the same store.
+    #[arg(long, global = true, env = "ENRICH_NAMESPACE", default_value = DEFAULT_NAMESPACE)]
+    namespace: String,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Manage users.
+    #[command(subcommand, after_help = EXIT_CODES)]
+    Users(Users),
+}
+
+#[derive(Debug, Subcommand)]
+enum Users {
+    /// Create a user and print it.
+    Add {
+        /// 1 to 255 of A-Z, a-z, 0-9, '-' and '_'.
+        id: String,
+        /// The user's data: a JSON object, or - to read it from standard input.
+        data: Option<String>,
+        /// If the user exists, print it unchanged instead of failing.
+        #[arg(long)]
+        get_or_create: bool,
+    },
+    /// Print a user.
+    Get {
+        /// The user's id.
+        id: String,
+    },
+    /// Replace a user's data and print the user.
+    Update {
+        /// The user's id.
+        id: String,
+        /// The new data: a JSON object, or - to read it from standard input.
+        data: String,
+    },
+    /// Delete a user; prints {}.
+    Delete {
+        /// The user's id.
+        id: String,
+    },
+    /// Import NDJSON lines {"id":…,"data":…} from a file or standard input.
+    Import {
+        /// The file to read; - or nothing for standard input.
+        file: Option<PathBuf>,
+        /// Replace users that exist instead of skipping them.
+        #[arg(long)]
+        override_existing: bool,
+    },
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let spec = StoreSpec::new(cli.store, StoreOptions::new().namespace(cli.namespace));
+    let result = match cli.command {
+        Command::Users(users) => run_users(&spec, users).await,
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => fail(&err),
+    }
+}
+
+async fn run_users(spec: &StoreSpec, command: Users) -> Result<(), Error> {
+    let line = match command {
+        Users::Add {
+            id,
+            data,
+            get_or_create,
+        } => commands::users_add(spec, &id, data.as_deref(), get_or_create)
+            .await?
+            .to_string(),
+        Users::Get { id } => commands::users_get(spec, &id).await?.to_string(),
+        Users::Update { id, data } => commands::users_update(spec, &id, &data).await?.to_string(),
+        Users::Delete { id } => {
+            commands::users_delete(spec, &id).await?;
+            "{}".to_string()
+        }
+        Users::Import {
+            file,
+            override_existing,
+        } => {
+            let summary = commands::users_import(spec, file.as_deref(), override_existing).await?;
+            eprintln!("{summary}");
+            if summary.rejected > 0 {
+                return Err(Error::invalid(format!(
+                    "{} line(s) rejected",
+                    summary.rejected
+                )));
+            }
+            return Ok(());
+        }
+    };
+    print_line(&line)
+}
+
+fn print_line(line: &str) -> Result<(), Error> {
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{line}")
+        .and_then(|()| out.flush())
+        .map_err(|e| Error::new(enrich::ErrorKind::Internal, "cannot write output").with_cause(e))
+}
+
+fn fail(err: &Error) -> ExitCode {
+    eprintln!("error: {err}");
+    ExitCode::from(commands::exit_code(err))
+}

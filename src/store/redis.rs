@@ -1,0 +1,320 @@
+//! The Redis backend, the production source of truth.
+//!
+//! Each user is one string key, `{namespace}:user:{id}`, holding its final [`UserJson`] bytes,
+//! so a read hands out what Redis sent without re-encoding. Reads of a page are one `MGET`.
+//! Every write is one Lua script, which makes it atomic on the server: create-if-absent cannot
+//! be won twice, and an update splices the stored `created_at` (always the first 42 bytes of a
+//! record) in front of the new tail, so it can never be lost. The same script publishes the
+//! written ids on `{namespace}:invalidate`: if the write happened, so did the announcement.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{Client, Script};
+
+use super::{Added, ImportOutcome, ImportUser, StoreOptions, UserStore, conflict, not_found};
+use crate::error::{Error, ErrorKind, Result};
+use crate::user::{NewUser, Timestamp, UserId, UserJson};
+
+/// Returns the existing record, or writes ARGV[1] and returns nil.
+const ADD: &str = r"
+local old = redis.call('GET', KEYS[1])
+if old then return old end
+redis.call('SET', KEYS[1], ARGV[1])
+redis.call('PUBLISH', ARGV[2], ARGV[3])
+return false
+";
+
+/// Keeps the stored created_at (bytes 1..42) and writes ARGV[1] behind it; nil if absent.
+const UPDATE: &str = r"
+local old = redis.call('GET', KEYS[1])
+if not old then return false end
+local new = string.sub(old, 1, 42) .. ARGV[1]
+redis.call('SET', KEYS[1], new)
+redis.call('PUBLISH', ARGV[2], ARGV[3])
+return new
+";
+
+/// Deletes the key; 0 if there was none.
+const DELETE: &str = r"
+local n = redis.call('DEL', KEYS[1])
+if n == 1 then redis.call('PUBLISH', ARGV[1], ARGV[2]) end
+return n
+";
+
+/// ARGV[1]: override flag, ARGV[2]: channel, then per key a record and a keep-created_at
+/// flag. Answers per key: 0 created, 1 skipped, 2 overridden.
+const IMPORT: &str = r"
+local override = ARGV[1] == '1'
+local out = {}
+local written = {}
+for i, key in ipairs(KEYS) do
+  local json = ARGV[2 * i + 1]
+  local old = redis.call('GET', key)
+  if not old then
+    redis.call('SET', key, json)
+    out[i] = 0
+    written[#written + 1] = ARGV[#ARGV - #KEYS + i]
+  elseif override then
+    if ARGV[2 * i + 2] == '1' then json = string.sub(old, 1, 42) .. string.sub(json, 43) end
+    redis.call('SET', key, json)
+    out[i] = 2
+    written[#written + 1] = ARGV[#ARGV - #KEYS + i]
+  else
+    out[i] = 1
+  end
+end
+if #written > 0 then redis.call('PUBLISH', ARGV[2], table.concat(written, ' ')) end
+return out
+";
+
+/// Users in Redis, under a namespace prefix. Cheap to clone; clones share one multiplexed,
+/// self-reconnecting connection.
+#[derive(Clone)]
+pub struct RedisStore {
+    conn: ConnectionManager,
+    prefix: String,
+    channel: String,
+    describe: String,
+    scripts: std::sync::Arc<Scripts>,
+}
+
+struct Scripts {
+    add: Script,
+    update: Script,
+    delete: Script,
+    import: Script,
+}
+
+impl std::fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisStore")
+            .field("url", &self.describe)
+            .field("prefix", &self.prefix)
+            .finish()
+    }
+}
+
+impl RedisStore {
+    /// Connects to the server at `url` (`redis://` or `rediss://`), failing fast with
+    /// [`ErrorKind::Unavailable`] if it cannot be reached or refuses the credentials.
+    pub async fn connect(url: &str, options: &StoreOptions) -> Result<RedisStore> {
+        let describe = redact(url);
+        let client = Client::open(url)
+            .map_err(|e| Error::invalid(format!("invalid Redis URL {describe:?}")).with_cause(e))?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(options.connect_timeout_value()))
+            .set_response_timeout(Some(options.response_timeout_value()))
+            .set_number_of_retries(1)
+            .set_min_delay(Duration::from_millis(50))
+            .set_max_delay(Duration::from_secs(1));
+        let conn = ConnectionManager::new_with_config(client, config)
+            .await
+            .map_err(|e| fault(&describe, e))?;
+        let ns = options.namespace_str();
+        Ok(RedisStore {
+            conn,
+            prefix: format!("{ns}:user:"),
+            channel: format!("{ns}:invalidate"),
+            describe,
+            scripts: std::sync::Arc::new(Scripts {
+                add: Script::new(ADD),
+                update: Script::new(UPDATE),
+                delete: Script::new(DELETE),
+                import: Script::new(IMPORT),
+            }),
+        })
+    }
+
+    /// The key that holds a user.
+    pub fn key(&self, id: &UserId) -> String {
+        format!("{}{id}", self.prefix)
+    }
+
+    /// The channel on which writes announce the ids they changed.
+    pub fn channel(&self) -> &str {
+        &self.channel
+    }
+
+    fn fault(&self, err: redis::RedisError) -> Error {
+        fault(&self.describe, err)
+    }
+
+    fn record(&self, bytes: Bytes) -> Result<UserJson> {
+        UserJson::from_stored(bytes)
+    }
+}
+
+/// The URL without its password, for messages.
+fn redact(url: &str) -> String {
+    match url.split_once("://") {
+        Some((scheme, rest)) => {
+            let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+            let host = authority
+                .rsplit_once('@')
+                .map_or(authority, |(_, host)| host);
+            format!("{scheme}://{host}{path}")
+        }
+        None => url.to_string(),
+    }
+}
+
+/// Maps a client error to ours. Whatever it was, it is a fault of the store, never a verdict
+/// on a user.
+fn fault(describe: &str, err: redis::RedisError) -> Error {
+    let kind = if err.is_timeout() {
+        ErrorKind::Timeout
+    } else {
+        ErrorKind::Unavailable
+    };
+    let what = if err.kind() == redis::ErrorKind::AuthenticationFailed
+        || err
+            .code()
+            .is_some_and(|c| c == "NOAUTH" || c == "WRONGPASS")
+    {
+        format!("Redis at {describe} refused the credentials")
+    } else if err.is_timeout() {
+        format!("Redis at {describe} did not answer in time")
+    } else {
+        format!("Redis at {describe} is unavailable")
+    };
+    Error::new(kind, what).with_cause(err)
+}
+
+#[async_trait]
+impl UserStore for RedisStore {
+    async fn add(&self, user: &NewUser, get_or_create: bool) -> Result<Added> {
+        let now = Timestamp::now();
+        let json = user.to_json(now, now);
+        let existing: Option<Bytes> = self
+            .scripts
+            .add
+            .key(self.key(user.id()))
+            .arg(json.as_bytes())
+            .arg(&self.channel)
+            .arg(user.id().as_str())
+            .invoke_async(&mut self.conn.clone())
+            .await
+            .map_err(|e| self.fault(e))?;
+        match existing {
+            None => Ok(Added {
+                user: json,
+                created: true,
+            }),
+            Some(bytes) if get_or_create => Ok(Added {
+                user: self.record(bytes)?,
+                created: false,
+            }),
+            Some(_) => Err(conflict(user.id())),
+        }
+    }
+
+    async fn get_many(&self, ids: &[UserId]) -> Result<Vec<Option<UserJson>>> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let keys: Vec<String> = ids.iter().map(|id| self.key(id)).collect();
+        let found: Vec<Option<Bytes>> = redis::cmd("MGET")
+            .arg(&keys)
+            .query_async(&mut self.conn.clone())
+            .await
+            .map_err(|e| self.fault(e))?;
+        found
+            .into_iter()
+            .map(|bytes| bytes.map(|b| self.record(b)).transpose())
+            .collect()
+    }
+
+    async fn update(&self, user: &NewUser) -> Result<UserJson> {
+        let updated: Option<Bytes> = self
+            .scripts
+            .update
+            .key(self.key(user.id()))
+            .arg(user.tail(Timestamp::now()))
+            .arg(&self.channel)
+            .arg(user.id().as_str())
+            .invoke_async(&mut self.conn.clone())
+            .await
+            .map_err(|e| self.fault(e))?;
+        match updated {
+            Some(bytes) => self.record(bytes),
+            None => Err(not_found(user.id())),
+        }
+    }
+
+    async fn delete(&self, id: &UserId) -> Result<()> {
+        let removed: i64 = self
+            .scripts
+            .delete
+            .key(self.key(id))
+            .arg(&self.channel)
+            .arg(id.as_str())
+            .invoke_async(&mut self.conn.clone())
+            .await
+            .map_err(|e| self.fault(e))?;
+        if removed == 1 {
+            Ok(())
+        } else {
+            Err(not_found(id))
+        }
+    }
+
+    async fn import(
+        &self,
+        users: &[ImportUser],
+        override_existing: bool,
+    ) -> Result<Vec<ImportOutcome>> {
+        if users.is_empty() {
+            return Ok(Vec::new());
+        }
+        let now = Timestamp::now();
+        let mut call = self.scripts.import.prepare_invoke();
+        call.arg(if override_existing { "1" } else { "0" })
+            .arg(&self.channel);
+        for import in users {
+            call.key(self.key(import.user().id()))
+                .arg(import.to_json(now).as_bytes())
+                .arg(if import.keeps_created_at() { "1" } else { "0" });
+        }
+        for import in users {
+            call.arg(import.user().id().as_str());
+        }
+        let codes: Vec<u8> = call
+            .invoke_async(&mut self.conn.clone())
+            .await
+            .map_err(|e| self.fault(e))?;
+        codes
+            .into_iter()
+            .map(|code| match code {
+                0 => Ok(ImportOutcome::Created),
+                1 => Ok(ImportOutcome::Skipped),
+                2 => Ok(ImportOutcome::Overridden),
+                other => Err(Error::new(
+                    ErrorKind::Internal,
+                    format!("import script answered {other}"),
+                )),
+            })
+            .collect()
+    }
+
+    fn describe(&self) -> String {
+        self.describe.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact;
+
+    #[test]
+    fn urls_lose_their_password() {
+        assert_eq!(
+            redact("redis://:secret@127.0.0.1:6379/2"),
+            "redis://127.0.0.1:6379/2"
+        );
+        assert_eq!(redact("rediss://u:p@h:1"), "rediss://h:1");
+        assert_eq!(redact("redis://h:1"), "redis://h:1");
+    }
+}
