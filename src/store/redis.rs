@@ -113,6 +113,12 @@ impl RedisStore {
         let conn = ConnectionManager::new_with_config(client, config)
             .await
             .map_err(|e| fault(&describe, e))?;
+        // A server that wants a password accepts the connection and refuses the first
+        // command: ask now, so a wrong URL fails here with a clear message.
+        redis::cmd("PING")
+            .exec_async(&mut conn.clone())
+            .await
+            .map_err(|e| fault(&describe, e))?;
         let ns = options.namespace_str();
         Ok(RedisStore {
             conn,
