@@ -38,13 +38,24 @@
 )]
 #![forbid(unsafe_code)]
 
+mod cache;
 pub mod commands;
+mod enricher;
 pub mod error;
 pub mod import;
 pub mod lines;
+pub mod page;
+pub mod reference;
+mod resolver;
+mod stats;
 pub mod store;
 pub mod user;
+mod values;
 
+pub use cache::CacheConfig;
+pub use enricher::{EnrichedPage, Enricher, EnricherBuilder, OnStoreError};
 pub use error::{Error, ErrorKind, Result};
+pub use page::{Depth, RawPage};
+pub use stats::EnrichStats;
 pub use store::{SharedStore, StoreOptions, UserStore};
 pub use user::{NewUser, Timestamp, UserId, UserJson};

@@ -1,0 +1,288 @@
+//! The per-process L1: a moka cache of users (and of misses), bounded by bytes, plus the
+//! registry of loads in flight that makes the cache safe against invalidation races.
+//!
+//! # The fence
+//!
+//! moka's `invalidate` does not stop a load already in flight from inserting the value it read
+//! before the write: the stale value would then be served until its TTL. So every load
+//! registers a [`Flight`] before it asks the store, and inserts its result only if that flight
+//! is still registered, not voided, and no flush happened since it began. An invalidation
+//! removes and voids the flight first and drops the cached entry second, both under the lock
+//! that an insert holds, so whichever comes first, the stale value does not survive. This is the
+//! in-process form of memcache's leases and of Redis's "loading marker" for client-side caching.
+//!
+//! The same registry coalesces loads: a page that needs an id another page is already loading
+//! waits for that load rather than asking the store again.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use dashmap::DashMap;
+use dashmap::mapref::entry::Entry;
+use futures::future::Shared;
+use moka::Expiry;
+use tokio::sync::oneshot;
+
+use crate::error::Result;
+use crate::user::UserJson;
+
+/// What the L1 knows of a user.
+#[derive(Debug, Clone)]
+pub(crate) enum Cached {
+    /// The user as stored.
+    Found(UserJson),
+    /// The store said there is no such user.
+    Missing,
+}
+
+impl Cached {
+    pub(crate) fn from_store(found: Option<UserJson>) -> Cached {
+        found.map_or(Cached::Missing, Cached::Found)
+    }
+
+    pub(crate) fn user(&self) -> Option<&UserJson> {
+        match self {
+            Cached::Found(user) => Some(user),
+            Cached::Missing => None,
+        }
+    }
+}
+
+/// How big the L1 may grow and how long entries live.
+#[derive(Debug, Clone)]
+pub struct CacheConfig {
+    max_bytes: u64,
+    ttl: Duration,
+    negative_ttl: Duration,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        CacheConfig::new()
+    }
+}
+
+impl CacheConfig {
+    /// 256 MiB, users kept 60 s at most, misses 5 s.
+    pub fn new() -> Self {
+        CacheConfig {
+            max_bytes: 256 << 20,
+            ttl: Duration::from_secs(60),
+            negative_ttl: Duration::from_secs(5),
+        }
+    }
+
+    /// The bound on the bytes held (keys, user JSON and per-entry overhead).
+    pub fn max_bytes(mut self, bytes: u64) -> Self {
+        self.max_bytes = bytes;
+        self
+    }
+
+    /// How long a user may be served from the L1: the backstop for writes that were never
+    /// announced.
+    pub fn ttl(mut self, ttl: Duration) -> Self {
+        self.ttl = ttl;
+        self
+    }
+
+    /// How long "no such user" may be served from the L1.
+    pub fn negative_ttl(mut self, ttl: Duration) -> Self {
+        self.negative_ttl = ttl;
+        self
+    }
+
+    /// A config that caches nothing: every read goes to the store.
+    pub fn disabled() -> Self {
+        CacheConfig::new().max_bytes(0)
+    }
+}
+
+struct Ttl {
+    found: Duration,
+    missing: Duration,
+}
+
+impl Expiry<Arc<str>, Cached> for Ttl {
+    fn expire_after_create(&self, _: &Arc<str>, value: &Cached, _: Instant) -> Option<Duration> {
+        Some(match value {
+            Cached::Found(_) => self.found,
+            Cached::Missing => self.missing,
+        })
+    }
+
+    fn expire_after_update(
+        &self,
+        key: &Arc<str>,
+        value: &Cached,
+        at: Instant,
+        _: Option<Duration>,
+    ) -> Option<Duration> {
+        self.expire_after_create(key, value, at)
+    }
+}
+
+/// What moka charges an entry beyond its key and value bytes: its node, the hash table slot,
+/// the timer wheel and the `Arc`s.
+const ENTRY_OVERHEAD: usize = 96;
+
+fn weigh(key: &Arc<str>, value: &Cached) -> u32 {
+    let bytes = key.len() + value.user().map_or(0, |u| u.as_bytes().len()) + ENTRY_OVERHEAD;
+    u32::try_from(bytes).unwrap_or(u32::MAX)
+}
+
+/// The result of one batched store call, shared by every id it loaded.
+pub(crate) type BatchResult = Arc<Result<Vec<Option<UserJson>>>>;
+
+/// A batched load's answer, as every waiter sees it; an error if the loader was dropped.
+pub(crate) type BatchFuture = Shared<oneshot::Receiver<BatchResult>>;
+
+/// A load of one id in flight: where its answer will come from, and whether it may still
+/// fill the cache.
+pub(crate) struct Flight {
+    pub(crate) batch: BatchFuture,
+    pub(crate) index: usize,
+    voided: AtomicBool,
+    epoch: u64,
+}
+
+/// The L1 and its registry of loads in flight.
+pub(crate) struct L1 {
+    cache: moka::sync::Cache<Arc<str>, Cached>,
+    flights: DashMap<Arc<str>, Arc<Flight>>,
+    /// Bumped by every flush; a load that began in an older epoch does not fill the cache.
+    epoch: AtomicU64,
+    /// Held shared while a load fills the cache, exclusively while a flush bumps the epoch.
+    flush: RwLock<()>,
+    /// Set while announcements of writes may be missed: the cache is then neither read nor
+    /// filled.
+    bypass: AtomicBool,
+    enabled: bool,
+    pub(crate) invalidations: AtomicU64,
+}
+
+impl std::fmt::Debug for L1 {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("L1")
+            .field("entries", &self.cache.entry_count())
+            .field("weighted_bytes", &self.cache.weighted_size())
+            .field("in_flight", &self.flights.len())
+            .finish()
+    }
+}
+
+/// What [`L1::join_or_start`] found.
+pub(crate) enum Joined {
+    /// Another load of this id is in flight: wait for it.
+    Waiting(Arc<Flight>),
+    /// This caller registered the load and must perform it.
+    Started(Arc<Flight>),
+}
+
+impl L1 {
+    pub(crate) fn new(config: &CacheConfig) -> L1 {
+        let cache = moka::sync::Cache::builder()
+            .max_capacity(config.max_bytes)
+            .weigher(weigh)
+            .expire_after(Ttl {
+                found: config.ttl,
+                missing: config.negative_ttl,
+            })
+            .build();
+        L1 {
+            cache,
+            flights: DashMap::new(),
+            epoch: AtomicU64::new(0),
+            flush: RwLock::new(()),
+            bypass: AtomicBool::new(false),
+            enabled: config.max_bytes > 0,
+            invalidations: AtomicU64::new(0),
+        }
+    }
+
+    /// The cached answer for `id`, if any and if the cache may be read now.
+    pub(crate) fn get(&self, id: &str) -> Option<Cached> {
+        if !self.enabled || self.bypass.load(Ordering::Acquire) {
+            return None;
+        }
+        self.cache.get(id)
+    }
+
+    /// Joins the load of `id` in flight, or registers a new one answered by `batch`.
+    pub(crate) fn join_or_start(&self, id: &str, batch: &BatchFuture, index: usize) -> Joined {
+        match self.flights.entry(Arc::from(id)) {
+            Entry::Occupied(flight) => Joined::Waiting(flight.get().clone()),
+            Entry::Vacant(slot) => {
+                let flight = Arc::new(Flight {
+                    batch: batch.clone(),
+                    index,
+                    voided: AtomicBool::new(false),
+                    epoch: self.epoch.load(Ordering::Acquire),
+                });
+                slot.insert(flight.clone());
+                Joined::Started(flight)
+            }
+        }
+    }
+
+    /// Ends a load: fills the cache with its answer unless it was fenced off, and unregisters
+    /// it. Pass `None` for a load that failed; nothing is cached then.
+    pub(crate) fn complete(&self, id: &str, flight: &Arc<Flight>, answer: Option<Cached>) {
+        if let Some(answer) = answer
+            && self.enabled
+        {
+            let _no_flush = self.flush.read().unwrap_or_else(|e| e.into_inner());
+            // Holding the registry entry keeps an invalidation of this id out until the insert
+            // is done; the invalidation then removes what was inserted.
+            if let Some(current) = self.flights.get(id)
+                && Arc::ptr_eq(current.value(), flight)
+                && !flight.voided.load(Ordering::Acquire)
+                && flight.epoch == self.epoch.load(Ordering::Acquire)
+                && !self.bypass.load(Ordering::Acquire)
+            {
+                self.cache.insert(current.key().clone(), answer);
+            }
+        }
+        self.flights
+            .remove_if(id, |_, current| Arc::ptr_eq(current, flight));
+    }
+
+    /// Drops what the cache holds for `id` and fences the loads of it in flight.
+    pub(crate) fn invalidate(&self, id: &str) {
+        if let Some((_, flight)) = self.flights.remove(id) {
+            flight.voided.store(true, Ordering::Release);
+        }
+        self.cache.invalidate(id);
+        self.invalidations.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Drops everything and fences every load in flight.
+    pub(crate) fn invalidate_all(&self) {
+        let _flush = self.flush.write().unwrap_or_else(|e| e.into_inner());
+        self.epoch.fetch_add(1, Ordering::AcqRel);
+        self.flights.retain(|_, flight| {
+            flight.voided.store(true, Ordering::Release);
+            false
+        });
+        self.cache.invalidate_all();
+    }
+
+    /// Stops reading and filling the cache (`true`) or resumes (`false`). Entering bypass also
+    /// flushes, since what is cached may have been overwritten unannounced.
+    pub(crate) fn set_bypass(&self, bypass: bool) {
+        if bypass {
+            self.bypass.store(true, Ordering::Release);
+            self.invalidate_all();
+        } else {
+            // Loads begun during the bypass read the store while writes might go unannounced.
+            self.invalidate_all();
+            self.bypass.store(false, Ordering::Release);
+        }
+    }
+
+    /// Entries and weighted bytes, after moka's pending bookkeeping.
+    pub(crate) fn size(&self) -> (u64, u64) {
+        self.cache.run_pending_tasks();
+        (self.cache.entry_count(), self.cache.weighted_size())
+    }
+}

@@ -1,0 +1,312 @@
+//! [`Enricher`]: the handle a service shares between its request handlers.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use serde_json::Value;
+
+use crate::cache::{CacheConfig, L1};
+use crate::error::Result;
+use crate::page::{Depth, RawPage, Role};
+use crate::resolver::{Answer, Resolver};
+use crate::stats::EnrichStats;
+use crate::store::{Added, ImportOutcome, ImportUser, SharedStore, UserStore};
+use crate::user::{NewUser, UserId, UserJson};
+use crate::values::{referenced_id, walk};
+
+/// What to do when the store fails while a page is being enriched.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OnStoreError {
+    /// The call fails with the store's error. The default: a fault is never served as data.
+    #[default]
+    Fail,
+    /// Serve what the L1 has; references the store could not answer for become
+    /// `{"error":"ReferenceUnavailable",…}` (never `ReferenceNotFound`), counted in
+    /// [`EnrichStats::unavailable`].
+    ServeFromCache,
+}
+
+/// Builds an [`Enricher`].
+#[derive(Debug)]
+pub struct EnricherBuilder {
+    store: SharedStore,
+    cache: CacheConfig,
+    on_store_error: OnStoreError,
+}
+
+impl EnricherBuilder {
+    /// The L1's size and lifetimes.
+    pub fn cache(mut self, cache: CacheConfig) -> Self {
+        self.cache = cache;
+        self
+    }
+
+    /// What a store fault does to a page.
+    pub fn on_store_error(mut self, policy: OnStoreError) -> Self {
+        self.on_store_error = policy;
+        self
+    }
+
+    /// The enricher.
+    pub fn build(self) -> Enricher {
+        let l1 = Arc::new(L1::new(&self.cache));
+        Enricher {
+            inner: Arc::new(Inner {
+                resolver: Resolver {
+                    store: self.store.clone(),
+                    l1: l1.clone(),
+                },
+                users: Arc::new(WriteThrough {
+                    store: self.store,
+                    l1,
+                }),
+                on_store_error: self.on_store_error,
+            }),
+        }
+    }
+}
+
+/// Replaces user references in pages of activities, through a per-process L1 and one batched
+/// store call per page. Cheap to clone: clones share the L1 and the loads in flight.
+#[derive(Debug, Clone)]
+pub struct Enricher {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    resolver: Resolver,
+    users: Arc<WriteThrough>,
+    on_store_error: OnStoreError,
+}
+
+impl Enricher {
+    /// An enricher over `store` with the default cache.
+    pub fn new(store: SharedStore) -> Enricher {
+        Enricher::builder(store).build()
+    }
+
+    /// Starts configuring an enricher over `store`.
+    pub fn builder(store: SharedStore) -> EnricherBuilder {
+        EnricherBuilder {
+            store,
+            cache: CacheConfig::new(),
+            on_store_error: OnStoreError::Fail,
+        }
+    }
+
+    /// The user store, as a handle whose writes also invalidate this enricher's L1 (so this
+    /// process reads its own writes at once).
+    pub fn users(&self) -> SharedStore {
+        self.inner.users.clone()
+    }
+
+    /// Drops `id` from the L1 and keeps loads of it in flight from filling it.
+    pub fn invalidate(&self, id: &str) {
+        self.inner.resolver.l1.invalidate(id);
+    }
+
+    /// Drops everything from the L1 and fences every load in flight.
+    pub fn invalidate_all(&self) {
+        self.inner.resolver.l1.invalidate_all();
+    }
+
+    /// While `true`, the L1 is neither read nor filled: every read goes to the store. For when
+    /// announcements of writes may be missed.
+    pub fn set_cache_bypass(&self, bypass: bool) {
+        self.inner.resolver.l1.set_bypass(bypass);
+    }
+
+    /// Entries in the L1 and the bytes they are charged.
+    pub fn cache_size(&self) -> (u64, u64) {
+        self.inner.resolver.l1.size()
+    }
+
+    /// Enriches a page of documents in place: each is an activity, a group or a feed response.
+    pub async fn enrich_values(&self, page: &mut [Value], depth: Depth) -> Result<EnrichStats> {
+        let mut stats = EnrichStats::default();
+        let mut index: HashMap<Box<str>, usize> = HashMap::new();
+        let mut ids: Vec<Box<str>> = Vec::new();
+        for doc in page.iter_mut() {
+            walk(
+                doc,
+                Role::Document,
+                depth,
+                &mut |value| {
+                    if let Some(id) = referenced_id(value) {
+                        stats.references += 1;
+                        if !index.contains_key(id) {
+                            index.insert(id.into(), ids.len());
+                            ids.push(id.into());
+                        }
+                    }
+                },
+                &mut || stats.activities += 1,
+            );
+        }
+        let answers = self.resolve(&ids, &mut stats).await?;
+        // Each user is parsed once per page, then cloned into each place that names it.
+        let users: Vec<Value> = answers
+            .iter()
+            .zip(&ids)
+            .map(|(a, id)| answer_value(a, id))
+            .collect();
+        for doc in page.iter_mut() {
+            walk(
+                doc,
+                Role::Document,
+                depth,
+                &mut |value| {
+                    if let Some(&i) = referenced_id(value).and_then(|id| index.get(id)) {
+                        count_answer(&answers[i], &mut stats);
+                        *value = users[i].clone();
+                    }
+                },
+                &mut || {},
+            );
+        }
+        Ok(stats)
+    }
+
+    /// Enriches one document given as JSON bytes (an activity, a group, a feed response, or an
+    /// array of them) and appends the result, compact, to `out`.
+    pub async fn enrich_bytes(
+        &self,
+        doc: &[u8],
+        depth: Depth,
+        out: &mut Vec<u8>,
+    ) -> Result<EnrichStats> {
+        let mut page = RawPage::new(depth);
+        page.push_any(doc)?;
+        let enriched = self.enrich_page(&page).await?;
+        enriched.write(0, out);
+        Ok(enriched.stats())
+    }
+
+    /// Resolves every reference of a [`RawPage`] with at most one store call; the result
+    /// writes each enriched document.
+    pub async fn enrich_page<'p>(&self, page: &'p RawPage) -> Result<EnrichedPage<'p>> {
+        let mut stats = EnrichStats {
+            activities: page.activities(),
+            references: page.references(),
+            ..EnrichStats::default()
+        };
+        let answers = self.resolve(page.ids(), &mut stats).await?;
+        for (answer, count) in answers.iter().zip(page.site_counts()) {
+            for _ in 0..count {
+                count_answer(answer, &mut stats);
+            }
+        }
+        Ok(EnrichedPage {
+            page,
+            answers,
+            stats,
+        })
+    }
+
+    async fn resolve(&self, ids: &[Box<str>], stats: &mut EnrichStats) -> Result<Vec<Answer>> {
+        stats.distinct = ids.len() as u64;
+        let answers = self.inner.resolver.resolve(ids, stats).await;
+        if self.inner.on_store_error == OnStoreError::Fail
+            && let Some(Answer::Unavailable(err)) =
+                answers.iter().find(|a| matches!(a, Answer::Unavailable(_)))
+        {
+            return Err(err.clone());
+        }
+        Ok(answers)
+    }
+}
+
+/// A [`RawPage`] whose references are resolved.
+#[derive(Debug)]
+pub struct EnrichedPage<'p> {
+    page: &'p RawPage,
+    answers: Vec<Answer>,
+    stats: EnrichStats,
+}
+
+impl EnrichedPage<'_> {
+    /// Appends document `doc` of the page, enriched, to `out`.
+    pub fn write(&self, doc: usize, out: &mut Vec<u8>) {
+        self.page.write_doc(doc, &self.answers, out);
+    }
+
+    /// What the enrichment did.
+    pub fn stats(&self) -> EnrichStats {
+        self.stats
+    }
+}
+
+fn count_answer(answer: &Answer, stats: &mut EnrichStats) {
+    match answer {
+        Answer::Found(_) => {}
+        Answer::Missing => stats.missing += 1,
+        Answer::Unavailable(_) => stats.unavailable += 1,
+    }
+}
+
+fn answer_value(answer: &Answer, id: &str) -> Value {
+    let mut bytes = Vec::new();
+    let json = match answer {
+        Answer::Found(user) => user.as_bytes(),
+        Answer::Missing => {
+            crate::reference::write_not_found(&mut bytes, id);
+            &bytes
+        }
+        Answer::Unavailable(_) => {
+            crate::reference::write_unavailable(&mut bytes, id);
+            &bytes
+        }
+    };
+    serde_json::from_slice(json).expect("user records and error objects are valid JSON")
+}
+
+/// The store seen through an enricher: every write also invalidates the enricher's L1, whatever
+/// its outcome (a write that timed out may still have happened).
+#[derive(Debug)]
+struct WriteThrough {
+    store: SharedStore,
+    l1: Arc<L1>,
+}
+
+#[async_trait]
+impl UserStore for WriteThrough {
+    async fn add(&self, user: &NewUser, get_or_create: bool) -> Result<Added> {
+        let added = self.store.add(user, get_or_create).await;
+        self.l1.invalidate(user.id().as_str());
+        added
+    }
+
+    async fn get_many(&self, ids: &[UserId]) -> Result<Vec<Option<UserJson>>> {
+        self.store.get_many(ids).await
+    }
+
+    async fn update(&self, user: &NewUser) -> Result<UserJson> {
+        let updated = self.store.update(user).await;
+        self.l1.invalidate(user.id().as_str());
+        updated
+    }
+
+    async fn delete(&self, id: &UserId) -> Result<()> {
+        let deleted = self.store.delete(id).await;
+        self.l1.invalidate(id.as_str());
+        deleted
+    }
+
+    async fn import(
+        &self,
+        users: &[ImportUser],
+        override_existing: bool,
+    ) -> Result<Vec<ImportOutcome>> {
+        let outcomes = self.store.import(users, override_existing).await;
+        for user in users {
+            self.l1.invalidate(user.user().id().as_str());
+        }
+        outcomes
+    }
+
+    fn describe(&self) -> String {
+        self.store.describe()
+    }
+}

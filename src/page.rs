@@ -1,0 +1,616 @@
+//! The raw-bytes path: a page of JSON documents is validated, compacted and scanned for
+//! references in one pass each, and written out by splicing the users' stored bytes into the
+//! gaps. No document is ever turned into a DOM.
+//!
+//! Which strings are references follows Stream's shapes (see [`Role`]):
+//! - a feed response (an object with a `results` array): each result is a group or an activity;
+//! - a group (an object with an `activities` array): each of its activities;
+//! - an activity: each top-level string value, or with [`Depth::Deep`] every string value
+//!   within it.
+//!
+//! The own fields of responses and groups are never touched, and everything else is copied
+//! byte for byte (numbers and string escapes as they were), minus insignificant white space.
+
+use std::collections::HashMap;
+
+use serde::de::IgnoredAny;
+
+use crate::error::{Error, Result};
+use crate::reference::{user_ref, write_not_found, write_unavailable};
+use crate::resolver::Answer;
+
+/// How deep references are looked for inside an activity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Depth {
+    /// Only the activity's top-level fields, as Stream does.
+    #[default]
+    TopLevel,
+    /// Every string value at any depth inside the activity.
+    Deep,
+}
+
+/// What an object stands for, which decides which of its strings are references.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Role {
+    /// A document: a feed response, a group or an activity.
+    Document,
+    /// An element of a response's `results`: a group or an activity.
+    Result,
+    /// An element of a group's `activities`: an activity.
+    Activity,
+}
+
+/// The deepest nesting accepted, as serde_json's own limit.
+pub const MAX_DEPTH: usize = 128;
+
+/// A reference found in a page: where its string token is in the compacted buffer, and which
+/// distinct id it names.
+#[derive(Debug, Clone, Copy)]
+struct Site {
+    start: usize,
+    end: usize,
+    /// The token has escapes: the id is read by decoding it.
+    escaped: bool,
+    /// Set once the site is known to count.
+    id: u32,
+}
+
+#[derive(Debug, Clone)]
+struct Doc {
+    start: usize,
+    end: usize,
+    sites: std::ops::Range<usize>,
+}
+
+/// A page of documents on the raw-bytes path: push documents, resolve the page's distinct ids
+/// in one go, then write.
+#[derive(Debug, Default)]
+pub struct RawPage {
+    depth: Depth,
+    buf: Vec<u8>,
+    docs: Vec<Doc>,
+    sites: Vec<Site>,
+    ids: Vec<Box<str>>,
+    index: HashMap<Box<str>, u32>,
+    activities: u64,
+}
+
+impl RawPage {
+    /// An empty page.
+    pub fn new(depth: Depth) -> RawPage {
+        RawPage {
+            depth,
+            ..RawPage::default()
+        }
+    }
+
+    /// Adds one JSON object (a response, a group or an activity). A document that is not valid
+    /// JSON, not an object, or nested too deep is refused with an error naming the problem, and
+    /// the page is left as it was.
+    pub fn push(&mut self, doc: &[u8]) -> Result<()> {
+        self.push_checked(doc, false)
+    }
+
+    /// Like [`RawPage::push`], but also takes a JSON array of such objects.
+    pub fn push_any(&mut self, doc: &[u8]) -> Result<()> {
+        self.push_checked(doc, true)
+    }
+
+    fn push_checked(&mut self, doc: &[u8], allow_array: bool) -> Result<()> {
+        validate(doc)?;
+        check_depth(doc)?;
+        let first = doc.iter().find(|b| !b.is_ascii_whitespace()).copied();
+        match first {
+            Some(b'{') => {}
+            Some(b'[') if allow_array => {}
+            _ => {
+                let what = if allow_array {
+                    "an object or an array"
+                } else {
+                    "an object"
+                };
+                return Err(Error::invalid(format!(
+                    "not {what}: a document must be an activity, a group or a feed response"
+                )));
+            }
+        }
+        let start = self.buf.len();
+        let first_site = self.sites.len();
+        let mut scanner = Scanner {
+            src: doc,
+            pos: 0,
+            page: self,
+        };
+        scanner.ws();
+        let mut sites = Vec::new();
+        if first == Some(b'[') {
+            scanner.array(|s, sites| s.element(Role::Document, sites), &mut sites);
+        } else {
+            scanner.object(Role::Document, &mut sites);
+        }
+        // Only the references that counted name ids the page must resolve.
+        for mut site in sites {
+            let token = &self.buf[site.start..site.end];
+            let decoded;
+            let text = if site.escaped {
+                decoded = serde_json::from_slice::<String>(token).expect("checked as a reference");
+                decoded.as_str()
+            } else {
+                std::str::from_utf8(&token[1..token.len() - 1]).expect("checked as a reference")
+            };
+            let id = user_ref(text).expect("checked as a reference");
+            site.id = intern(&mut self.index, &mut self.ids, id);
+            self.sites.push(site);
+        }
+        self.docs.push(Doc {
+            start,
+            end: self.buf.len(),
+            sites: first_site..self.sites.len(),
+        });
+        Ok(())
+    }
+
+    /// Documents in the page.
+    pub fn len(&self) -> usize {
+        self.docs.len()
+    }
+
+    /// True if no document was pushed.
+    pub fn is_empty(&self) -> bool {
+        self.docs.is_empty()
+    }
+
+    /// The page's distinct user ids.
+    pub(crate) fn ids(&self) -> &[Box<str>] {
+        &self.ids
+    }
+
+    /// References found.
+    pub(crate) fn references(&self) -> u64 {
+        self.sites.len() as u64
+    }
+
+    /// Activities found (a group counts its activities).
+    pub(crate) fn activities(&self) -> u64 {
+        self.activities
+    }
+
+    /// How many references name each distinct id.
+    pub(crate) fn site_counts(&self) -> Vec<u64> {
+        let mut counts = vec![0; self.ids.len()];
+        for site in &self.sites {
+            counts[site.id as usize] += 1;
+        }
+        counts
+    }
+
+    /// Writes document `doc` with every reference replaced by its answer.
+    pub(crate) fn write_doc(&self, doc: usize, answers: &[Answer], out: &mut Vec<u8>) {
+        let doc = &self.docs[doc];
+        let mut at = doc.start;
+        for site in &self.sites[doc.sites.clone()] {
+            out.extend_from_slice(&self.buf[at..site.start]);
+            let id = &self.ids[site.id as usize];
+            match &answers[site.id as usize] {
+                Answer::Found(user) => out.extend_from_slice(user.as_bytes()),
+                Answer::Missing => write_not_found(out, id),
+                Answer::Unavailable(_) => write_unavailable(out, id),
+            }
+            at = site.end;
+        }
+        out.extend_from_slice(&self.buf[at..doc.end]);
+    }
+
+    /// Empties the page for reuse, keeping its allocations.
+    pub fn clear(&mut self) {
+        self.buf.clear();
+        self.docs.clear();
+        self.sites.clear();
+        self.ids.clear();
+        self.index.clear();
+        self.activities = 0;
+    }
+}
+
+/// The number of `id` among the page's distinct ids, adding it if new.
+fn intern(index: &mut HashMap<Box<str>, u32>, ids: &mut Vec<Box<str>>, id: &str) -> u32 {
+    if let Some(&i) = index.get(id) {
+        return i;
+    }
+    let i = u32::try_from(ids.len()).expect("fewer than 4 billion ids in a page");
+    ids.push(id.into());
+    index.insert(id.into(), i);
+    i
+}
+
+/// Checks that `doc` is one JSON value and nothing else, without building it.
+fn validate(doc: &[u8]) -> Result<()> {
+    serde_json::from_slice::<IgnoredAny>(doc)
+        .map(drop)
+        .map_err(|e| {
+            if e.to_string().starts_with("recursion limit exceeded") {
+                Error::invalid(format!("nesting too deep: more than {MAX_DEPTH} levels"))
+            } else {
+                Error::invalid(format!("not valid JSON: {e}"))
+            }
+        })
+}
+
+/// Refuses documents nested deeper than [`MAX_DEPTH`], before anything recurses into them.
+fn check_depth(doc: &[u8]) -> Result<()> {
+    let mut depth = 0usize;
+    let mut in_string = false;
+    let mut bytes = doc.iter();
+    while let Some(&b) = bytes.next() {
+        if in_string {
+            match b {
+                b'\\' => {
+                    bytes.next();
+                }
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'{' | b'[' => {
+                depth += 1;
+                if depth > MAX_DEPTH {
+                    return Err(Error::invalid(format!(
+                        "nesting too deep: more than {MAX_DEPTH} levels"
+                    )));
+                }
+            }
+            b'}' | b']' => depth -= 1,
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// Copies a valid JSON document into the page's buffer without white space, noting the
+/// references it holds.
+struct Scanner<'a> {
+    src: &'a [u8],
+    pos: usize,
+    page: &'a mut RawPage,
+}
+
+/// What the members of an object turned out to be, kept apart until the object's kind is known.
+#[derive(Default)]
+struct Members {
+    own: Vec<Site>,
+    results: Option<Vec<Site>>,
+    activities: Option<Vec<Site>>,
+}
+
+impl Scanner<'_> {
+    fn ws(&mut self) {
+        while self
+            .src
+            .get(self.pos)
+            .is_some_and(|b| matches!(b, b' ' | b'\t' | b'\n' | b'\r'))
+        {
+            self.pos += 1;
+        }
+    }
+
+    fn byte(&self) -> u8 {
+        self.src[self.pos]
+    }
+
+    /// Copies one byte of structure (`{`, `:`, `,` …) and the white space after it.
+    fn punct(&mut self) {
+        self.page.buf.push(self.src[self.pos]);
+        self.pos += 1;
+        self.ws();
+    }
+
+    /// Copies a string token; returns where it landed in the buffer and whether it has escapes.
+    fn string(&mut self) -> (usize, usize, bool) {
+        let start = self.pos;
+        let mut i = start + 1;
+        let mut escaped = false;
+        loop {
+            match self.src[i] {
+                b'"' => break,
+                b'\\' => {
+                    escaped = true;
+                    i += 2;
+                }
+                _ => i += 1,
+            }
+        }
+        let out = self.page.buf.len();
+        self.page.buf.extend_from_slice(&self.src[start..=i]);
+        self.pos = i + 1;
+        self.ws();
+        (out, self.page.buf.len(), escaped)
+    }
+
+    /// A string value that may be a reference.
+    fn candidate(&mut self, sites: &mut Vec<Site>) {
+        let (start, end, escaped) = self.string();
+        let token = &self.page.buf[start..end];
+        let is_ref = if escaped {
+            serde_json::from_slice::<String>(token).is_ok_and(|text| user_ref(&text).is_some())
+        } else {
+            // Valid JSON without escapes: the bytes between the quotes are the text.
+            std::str::from_utf8(&token[1..token.len() - 1]).is_ok_and(|t| user_ref(t).is_some())
+        };
+        if !is_ref {
+            return;
+        }
+        sites.push(Site {
+            start,
+            end,
+            escaped,
+            id: u32::MAX,
+        });
+    }
+
+    /// Copies any value without looking for references.
+    fn skip(&mut self) {
+        match self.byte() {
+            b'"' => {
+                self.string();
+            }
+            b'{' | b'[' => {
+                let mut depth = 0usize;
+                loop {
+                    match self.byte() {
+                        b'"' => {
+                            self.string();
+                            continue;
+                        }
+                        b'{' | b'[' => depth += 1,
+                        b'}' | b']' => depth -= 1,
+                        _ => {}
+                    }
+                    self.punct();
+                    if depth == 0 {
+                        break;
+                    }
+                }
+            }
+            _ => self.scalar(),
+        }
+    }
+
+    /// Copies a number, `true`, `false` or `null`.
+    fn scalar(&mut self) {
+        let start = self.pos;
+        while self
+            .src
+            .get(self.pos)
+            .is_some_and(|b| !matches!(b, b',' | b'}' | b']' | b' ' | b'\t' | b'\n' | b'\r'))
+        {
+            self.pos += 1;
+        }
+        self.page.buf.extend_from_slice(&self.src[start..self.pos]);
+        self.ws();
+    }
+
+    /// Copies any value, taking every string value in it as a candidate (deep mode).
+    fn deep(&mut self, sites: &mut Vec<Site>) {
+        match self.byte() {
+            b'"' => self.candidate(sites),
+            b'[' => self.array(|s, sites| s.deep(sites), sites),
+            b'{' => {
+                self.punct();
+                while self.byte() != b'}' {
+                    self.string();
+                    self.punct(); // ':'
+                    self.deep(sites);
+                    if self.byte() == b',' {
+                        self.punct();
+                    }
+                }
+                self.punct();
+            }
+            _ => self.scalar(),
+        }
+    }
+
+    /// Copies an array, handing each element to `element`.
+    fn array(&mut self, mut element: impl FnMut(&mut Self, &mut Vec<Site>), sites: &mut Vec<Site>) {
+        self.punct();
+        while self.byte() != b']' {
+            element(self, sites);
+            if self.byte() == b',' {
+                self.punct();
+            }
+        }
+        self.punct();
+    }
+
+    /// An array element in a place where objects play `role`; anything else is copied.
+    fn element(&mut self, role: Role, sites: &mut Vec<Site>) {
+        if self.byte() == b'{' {
+            self.object(role, sites);
+        } else {
+            self.skip();
+        }
+    }
+
+    /// Copies an object playing `role`, and adds the references it holds to `sites`.
+    fn object(&mut self, role: Role, sites: &mut Vec<Site>) {
+        let mut members = Members::default();
+        self.punct();
+        while self.byte() != b'}' {
+            let (key_start, key_end, escaped) = self.string();
+            let special = if role == Role::Activity {
+                None
+            } else {
+                special_key(&self.page.buf[key_start..key_end], escaped)
+            };
+            self.punct(); // ':'
+            match (special, self.byte()) {
+                (Some(Special::Results), b'[') if role == Role::Document => {
+                    let mut found = Vec::new();
+                    self.array(|s, sites| s.element(Role::Result, sites), &mut found);
+                    members.results.get_or_insert_with(Vec::new).extend(found);
+                }
+                (Some(Special::Activities), b'[') => {
+                    let mut found = Vec::new();
+                    self.array(|s, sites| s.element(Role::Activity, sites), &mut found);
+                    members
+                        .activities
+                        .get_or_insert_with(Vec::new)
+                        .extend(found);
+                }
+                (_, b'"') => self.candidate(&mut members.own),
+                (_, b'{' | b'[') if self.page.depth == Depth::Deep => self.deep(&mut members.own),
+                _ => self.skip(),
+            }
+            if self.byte() == b',' {
+                self.punct();
+            }
+        }
+        self.punct();
+        if let Some(results) = members.results {
+            sites.extend(results);
+        } else if let Some(activities) = members.activities {
+            sites.extend(activities);
+        } else {
+            self.page.activities += 1;
+            sites.extend(members.own);
+        }
+    }
+}
+
+enum Special {
+    Results,
+    Activities,
+}
+
+fn special_key(token: &[u8], escaped: bool) -> Option<Special> {
+    let decoded;
+    let key: &[u8] = if escaped {
+        decoded = serde_json::from_slice::<String>(token).ok()?;
+        decoded.as_bytes()
+    } else {
+        &token[1..token.len() - 1]
+    };
+    match key {
+        b"results" => Some(Special::Results),
+        b"activities" => Some(Special::Activities),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scan(doc: &str, depth: Depth) -> (String, Vec<String>) {
+        let mut page = RawPage::new(depth);
+        page.push_any(doc.as_bytes()).unwrap();
+        let answers: Vec<Answer> = page.ids().iter().map(|_| Answer::Missing).collect();
+        let mut out = Vec::new();
+        page.write_doc(0, &answers, &mut out);
+        let ids = page.ids().iter().map(|s| s.to_string()).collect();
+        (String::from_utf8(out).unwrap(), ids)
+    }
+
+    fn nf(id: &str) -> String {
+        format!(
+            r#"{{"error":"ReferenceNotFound","reference":"SU:{id}","reference_type":"user","id":"{id}"}}"#
+        )
+    }
+
+    #[test]
+    fn activity_top_level_only() {
+        let (out, ids) = scan(
+            r#" { "actor" : "SU:a", "n": [ "SU:b", 1.50e3 ], "o":{"x":"SU:c"}, "t":"SU:bad id", "u":"SU:a" } "#,
+            Depth::TopLevel,
+        );
+        assert_eq!(ids, ["a"]);
+        assert_eq!(
+            out,
+            format!(
+                r#"{{"actor":{},"n":["SU:b",1.50e3],"o":{{"x":"SU:c"}},"t":"SU:bad id","u":{}}}"#,
+                nf("a"),
+                nf("a")
+            )
+        );
+    }
+
+    #[test]
+    fn deep_finds_every_string_value_but_not_keys() {
+        let (out, ids) = scan(r#"{"n":["SU:b",{"SU:k":"SU:c"}],"a":"SU:a"}"#, Depth::Deep);
+        assert_eq!(ids, ["b", "c", "a"]);
+        assert_eq!(
+            out,
+            format!(
+                r#"{{"n":[{},{{"SU:k":{}}}],"a":{}}}"#,
+                nf("b"),
+                nf("c"),
+                nf("a")
+            )
+        );
+    }
+
+    #[test]
+    fn groups_and_responses_keep_their_own_fields() {
+        let (out, ids) = scan(
+            r#"{"actor":"SU:g","activities":[{"actor":"SU:a","activities":["SU:x"]},"SU:y",3]}"#,
+            Depth::TopLevel,
+        );
+        assert_eq!(ids, ["a"]);
+        assert_eq!(
+            out,
+            format!(
+                r#"{{"actor":"SU:g","activities":[{{"actor":{},"activities":["SU:x"]}},"SU:y",3]}}"#,
+                nf("a")
+            )
+        );
+        let (out, ids) = scan(
+            r#"{"next":"SU:n","results":[{"actor":"SU:a"},{"group":"SU:g","activities":[{"o":"SU:b"}]}],"activities":[{"x":"SU:z"}]}"#,
+            Depth::TopLevel,
+        );
+        assert_eq!(ids, ["a", "b"]);
+        assert!(
+            out.starts_with(r#"{"next":"SU:n","results":[{"actor":{"error""#),
+            "{out}"
+        );
+        assert!(out.ends_with(r#""activities":[{"x":"SU:z"}]}"#), "{out}");
+    }
+
+    #[test]
+    fn escaped_strings_are_decoded() {
+        let (out, ids) = scan(
+            r#"{"a":"SU:\u0061l","b":"x\"SU:y","c":"\u00e9"}"#,
+            Depth::TopLevel,
+        );
+        assert_eq!(ids, ["al"]);
+        assert_eq!(
+            out,
+            format!(r#"{{"a":{},"b":"x\"SU:y","c":"\u00e9"}}"#, nf("al"))
+        );
+    }
+
+    #[test]
+    fn bad_documents_are_refused_and_leave_the_page_alone() {
+        let mut page = RawPage::new(Depth::TopLevel);
+        for (doc, expected) in [
+            ("{\"a\":", "not valid JSON"),
+            ("[1]", "not an object"),
+            ("\"SU:a\"", "not an object"),
+            ("{} x", "not valid JSON"),
+            ("", "not valid JSON"),
+        ] {
+            let err = page.push(doc.as_bytes()).unwrap_err();
+            assert!(err.to_string().contains(expected), "{doc}: {err}");
+        }
+        let deep = format!("{{\"a\":{}1{}}}", "[".repeat(200), "]".repeat(200));
+        assert!(
+            page.push(deep.as_bytes())
+                .unwrap_err()
+                .to_string()
+                .contains("nesting too deep")
+        );
+        assert!(page.is_empty());
+    }
+}

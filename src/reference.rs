@@ -1,0 +1,71 @@
+//! References: which strings name a user, and what stands in for one that is missing.
+
+use crate::user::is_valid_id;
+
+/// The prefix of a user reference.
+pub const USER_PREFIX: &str = "SU:";
+
+/// The id named by a well-formed user reference `SU:<id>`, or `None` for anything else
+/// (`SU:`, `su:x`, `SU:bad id`, `SU:a:b` are ordinary data).
+pub fn user_ref(text: &str) -> Option<&str> {
+    let id = text.strip_prefix(USER_PREFIX)?;
+    is_valid_id(id.as_bytes()).then_some(id)
+}
+
+/// Appends Stream's inline object for a reference to a user that does not exist:
+/// `{"error":"ReferenceNotFound","reference":"SU:x","reference_type":"user","id":"x"}`.
+pub fn write_not_found(out: &mut Vec<u8>, id: &str) {
+    write_error(out, "ReferenceNotFound", id);
+}
+
+/// Appends the object that stands in for a reference the store could not answer for, when the
+/// caller asked to be served from L1 through a store fault. Same shape as `ReferenceNotFound`,
+/// with `"error":"ReferenceUnavailable"`, so it is never mistaken for a missing user.
+pub fn write_unavailable(out: &mut Vec<u8>, id: &str) {
+    write_error(out, "ReferenceUnavailable", id);
+}
+
+fn write_error(out: &mut Vec<u8>, error: &str, id: &str) {
+    // Ids are [A-Za-z0-9_-]: nothing to escape.
+    out.extend_from_slice(br#"{"error":""#);
+    out.extend_from_slice(error.as_bytes());
+    out.extend_from_slice(br#"","reference":"SU:"#);
+    out.extend_from_slice(id.as_bytes());
+    out.extend_from_slice(br#"","reference_type":"user","id":""#);
+    out.extend_from_slice(id.as_bytes());
+    out.extend_from_slice(br#""}"#);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_well_formed_references_count() {
+        assert_eq!(user_ref("SU:alice"), Some("alice"));
+        assert_eq!(user_ref("SU:john-doe_2"), Some("john-doe_2"));
+        for text in [
+            "SU:",
+            "su:alice",
+            "SU:bad id",
+            "SU:a:b",
+            "SO:food:x",
+            "alice",
+            " SU:a",
+            "SU:é",
+        ] {
+            assert_eq!(user_ref(text), None, "{text}");
+        }
+        assert_eq!(user_ref(&format!("SU:{}", "a".repeat(256))), None);
+    }
+
+    #[test]
+    fn not_found_has_stream_shape() {
+        let mut out = Vec::new();
+        write_not_found(&mut out, "bob");
+        assert_eq!(
+            out,
+            br#"{"error":"ReferenceNotFound","reference":"SU:bob","reference_type":"user","id":"bob"}"#
+        );
+    }
+}

@@ -1,0 +1,178 @@
+//! The batch resolver: distinct ids in, one answer per id out, with at most one store call.
+//!
+//! For each id: the L1 answers if it can; otherwise a load of that id already in flight for
+//! another page is joined; otherwise the id joins this page's batch. The batch is one
+//! [`UserStore::get_many`] call, run on its own task so that a page dropped mid-load (a client
+//! gone away) never leaves the pages that joined its loads waiting forever.
+
+use std::sync::Arc;
+
+use futures::FutureExt;
+use tokio::sync::oneshot;
+
+use crate::cache::{BatchResult, Cached, Flight, Joined, L1};
+use crate::error::{Error, ErrorKind, Result};
+use crate::stats::EnrichStats;
+use crate::store::SharedStore;
+use crate::user::{UserId, UserJson};
+
+/// What the resolver knows of one id.
+#[derive(Debug, Clone)]
+pub(crate) enum Answer {
+    /// The user as stored.
+    Found(UserJson),
+    /// No such user.
+    Missing,
+    /// The store could not say.
+    Unavailable(Error),
+}
+
+impl From<Cached> for Answer {
+    fn from(cached: Cached) -> Answer {
+        match cached {
+            Cached::Found(user) => Answer::Found(user),
+            Cached::Missing => Answer::Missing,
+        }
+    }
+}
+
+/// Resolves ids through the L1 and the store.
+#[derive(Debug, Clone)]
+pub(crate) struct Resolver {
+    pub(crate) store: SharedStore,
+    pub(crate) l1: Arc<L1>,
+}
+
+impl Resolver {
+    /// One answer per id of `ids` (which must be distinct, valid ids), in order.
+    pub(crate) async fn resolve(&self, ids: &[Box<str>], stats: &mut EnrichStats) -> Vec<Answer> {
+        let mut answers: Vec<Option<Answer>> = vec![None; ids.len()];
+        let (sender, receiver) = oneshot::channel::<BatchResult>();
+        let batch = receiver.shared();
+        let mut started: Vec<(usize, Arc<Flight>)> = Vec::new();
+        let mut waiting: Vec<(usize, Arc<Flight>)> = Vec::new();
+
+        for (i, id) in ids.iter().enumerate() {
+            if let Some(cached) = self.l1.get(id) {
+                stats.l1_hits += 1;
+                answers[i] = Some(cached.into());
+                continue;
+            }
+            match self.l1.join_or_start(id, &batch, started.len()) {
+                Joined::Waiting(flight) => waiting.push((i, flight)),
+                Joined::Started(flight) => started.push((i, flight)),
+            }
+        }
+
+        if !started.is_empty() {
+            // A load that ended between our miss and our registration has filled the L1:
+            // answer those ids from it rather than asking the store again.
+            let rechecked: Vec<Option<Cached>> =
+                started.iter().map(|(i, _)| self.l1.get(&ids[*i])).collect();
+            let to_load: Vec<UserId> = started
+                .iter()
+                .zip(&rechecked)
+                .filter(|(_, cached)| cached.is_none())
+                .map(|((i, _), _)| UserId::parse(&ids[*i]).expect("resolver ids are valid"))
+                .collect();
+            stats.l1_hits += (started.len() - to_load.len()) as u64;
+            if !to_load.is_empty() {
+                stats.store_calls += 1;
+                stats.fetched += to_load.len() as u64;
+            }
+            let load = Load {
+                store: self.store.clone(),
+                l1: self.l1.clone(),
+                ids: started
+                    .iter()
+                    .map(|(i, flight)| (ids[*i].clone(), flight.clone()))
+                    .collect(),
+                rechecked,
+                to_load,
+                sender,
+            };
+            tokio::spawn(load.run());
+            let result = batch.clone().await;
+            for (slot, (i, _)) in started.iter().enumerate() {
+                answers[*i] = Some(pick(&result, slot));
+            }
+        }
+
+        stats.coalesced += waiting.len() as u64;
+        for (i, flight) in waiting {
+            let result = flight.batch.clone().await;
+            answers[i] = Some(pick(&result, flight.index));
+        }
+        answers
+            .into_iter()
+            .map(|a| a.expect("every id is answered"))
+            .collect()
+    }
+}
+
+/// Reads slot `index` of a batch's result.
+fn pick(result: &Result<BatchResult, oneshot::error::RecvError>, index: usize) -> Answer {
+    match result {
+        Ok(batch) => match &**batch {
+            Ok(found) => Answer::from(Cached::from_store(found[index].clone())),
+            Err(err) => Answer::Unavailable(err.clone()),
+        },
+        Err(_) => Answer::Unavailable(Error::new(
+            ErrorKind::Internal,
+            "a batched load was abandoned before it answered",
+        )),
+    }
+}
+
+/// One batched load: the store call, the L1 fill, and the answer to every waiter.
+struct Load {
+    store: SharedStore,
+    l1: Arc<L1>,
+    /// Every id registered by the page, with its flight, in flight-index order.
+    ids: Vec<(Box<str>, Arc<Flight>)>,
+    /// What the L1 held for each when rechecked; `None` for those in `to_load`.
+    rechecked: Vec<Option<Cached>>,
+    to_load: Vec<UserId>,
+    sender: oneshot::Sender<BatchResult>,
+}
+
+impl Load {
+    async fn run(self) {
+        let fetched = if self.to_load.is_empty() {
+            Ok(Vec::new())
+        } else {
+            self.store.get_many(&self.to_load).await
+        };
+        let expected = self.to_load.len();
+        let result = fetched.and_then(|fetched| {
+            if fetched.len() != expected {
+                return Err(Error::new(
+                    ErrorKind::Internal,
+                    format!("the store answered {} of {expected} ids", fetched.len()),
+                ));
+            }
+            let mut fetched = fetched.into_iter();
+            let found = self
+                .rechecked
+                .iter()
+                .map(|cached| match cached {
+                    Some(cached) => cached.user().cloned(),
+                    None => fetched.next().flatten(),
+                })
+                .collect::<Vec<_>>();
+            Ok(found)
+        });
+        for (slot, (id, flight)) in self.ids.iter().enumerate() {
+            // Only what the store just said fills the L1; rechecked ids are there already.
+            let answer = match &result {
+                Ok(found) if self.rechecked[slot].is_none() => {
+                    Some(Cached::from_store(found[slot].clone()))
+                }
+                _ => None,
+            };
+            self.l1.complete(id, flight, answer);
+        }
+        // Every waiter holds the shared receiver; nobody listening is fine.
+        let _ = self.sender.send(Arc::new(result));
+    }
+}
