@@ -2,14 +2,17 @@
 //! opens the store, runs, and reports. `main.rs` maps the outcome to output and exit codes.
 
 use std::io::IsTerminal;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::Value;
-use tokio::io::{AsyncBufRead, AsyncReadExt, BufReader};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 
+use crate::enricher::Enricher;
 use crate::error::{Error, ErrorKind, Result};
 use crate::import::{ImportEvent, ImportSummary, import_users};
+use crate::job::{self, RunOptions, RunSummary};
 use crate::store::{self, SharedStore, StoreOptions};
 use crate::user::{NewUser, UserId, UserJson};
 
@@ -111,11 +114,7 @@ pub async fn users_import(
     file: Option<&Path>,
     override_existing: bool,
 ) -> Result<ImportSummary> {
-    let input: Box<dyn AsyncBufRead + Unpin + Send> = match file {
-        None => Box::new(BufReader::new(tokio::io::stdin())),
-        Some(path) if path == Path::new("-") => Box::new(BufReader::new(tokio::io::stdin())),
-        Some(path) => Box::new(BufReader::with_capacity(1 << 16, open_input(path).await?)),
-    };
+    let input = open_input(file).await?;
     let store = spec.open().await?;
     let progress = progress_bar("users");
     let summary = import_users(&*store, input, override_existing, |event| match event {
@@ -127,16 +126,117 @@ pub async fn users_import(
     summary
 }
 
-/// Opens an input file, naming it in the error.
-pub async fn open_input(path: &Path) -> Result<tokio::fs::File> {
-    tokio::fs::File::open(path).await.map_err(|e| {
-        let kind = if e.kind() == std::io::ErrorKind::NotFound {
-            ErrorKind::InvalidInput
-        } else {
-            ErrorKind::Internal
-        };
-        Error::new(kind, format!("cannot open {}", path.display())).with_cause(e)
+/// What `enrich run` was asked to do.
+#[derive(Debug, Clone, Default)]
+pub struct RunArgs {
+    /// Input files; empty or `-` for standard input.
+    pub inputs: Vec<PathBuf>,
+    /// The output file; standard output if `None`.
+    pub output: Option<PathBuf>,
+    /// Users to import (override-existing) before the run.
+    pub users: Option<PathBuf>,
+    /// Where rejected lines go; without it the run stops at the first.
+    pub rejects: Option<PathBuf>,
+    /// The job's settings.
+    pub options: RunOptions,
+    /// Report progress and the summary on standard error.
+    pub verbose: bool,
+}
+
+/// `enrich run`: the NDJSON batch job.
+pub async fn run(spec: &StoreSpec, args: RunArgs) -> Result<RunSummary> {
+    let mut inputs = Vec::new();
+    if args.inputs.is_empty() {
+        inputs.push(open_input(None).await?);
+    }
+    for path in &args.inputs {
+        inputs.push(open_input(Some(path)).await?);
+    }
+    let store = open_with_retry(spec, args.options.store_timeout_value()).await?;
+    let enricher = Enricher::new(store);
+    if let Some(users) = &args.users {
+        let input = open_input(Some(users)).await?;
+        let mut bad = 0;
+        let summary = import_users(&*enricher.users(), input, true, |event| {
+            if let ImportEvent::Rejected { error, .. } = event {
+                bad += 1;
+                eprintln!("error: {}: {error}", users.display());
+            }
+        })
+        .await?;
+        if args.verbose {
+            eprintln!("{}: {summary}", users.display());
+        }
+        if bad > 0 {
+            return Err(Error::invalid(format!(
+                "{}: {bad} user line(s) rejected",
+                users.display()
+            )));
+        }
+    }
+    let output: Box<dyn AsyncWrite + Unpin + Send> = match &args.output {
+        Some(path) => Box::new(create_output(path).await?),
+        None => Box::new(tokio::io::stdout()),
+    };
+    let rejects = match &args.rejects {
+        Some(path) => Some(create_output(path).await?),
+        None => None,
+    };
+    let progress = if args.verbose {
+        progress_bar("lines")
+    } else {
+        ProgressBar::hidden()
+    };
+    let summary = job::run(&enricher, inputs, output, rejects, &args.options, |lines| {
+        progress.set_position(lines)
     })
+    .await;
+    progress.finish_and_clear();
+    summary
+}
+
+/// Opens the store, retrying while it is unavailable for up to `timeout`.
+async fn open_with_retry(spec: &StoreSpec, timeout: Duration) -> Result<SharedStore> {
+    let started = Instant::now();
+    let mut delay = Duration::from_millis(50);
+    loop {
+        match spec.open().await {
+            Err(err) if err.is_store_fault() && started.elapsed() < timeout => {
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(1));
+            }
+            other => return other,
+        }
+    }
+}
+
+async fn create_output(path: &Path) -> Result<tokio::fs::File> {
+    tokio::fs::File::create(path)
+        .await
+        .map_err(|e| Error::invalid(format!("cannot create {}", path.display())).with_cause(e))
+}
+
+/// An input stream.
+pub type Input = Box<dyn AsyncRead + Unpin + Send>;
+
+/// Opens an input: a file, or standard input for `-` or nothing. The error names the file.
+pub async fn open_input(path: Option<&Path>) -> Result<Input> {
+    let path = match path {
+        None => return Ok(Box::new(tokio::io::stdin())),
+        Some(path) if path == Path::new("-") => return Ok(Box::new(tokio::io::stdin())),
+        Some(path) => path,
+    };
+    match tokio::fs::File::open(path).await {
+        Ok(file) => Ok(Box::new(file)),
+        Err(e) => {
+            let kind = if e.kind() == std::io::ErrorKind::NotFound {
+                ErrorKind::InvalidInput
+            } else {
+                ErrorKind::Internal
+            };
+            Err(Error::new(kind, format!("cannot open {}", path.display())).with_cause(e))
+        }
+    }
 }
 
 /// A counter on standard error when it is a terminal, nothing otherwise.

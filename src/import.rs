@@ -4,7 +4,7 @@
 
 use serde::Deserialize;
 use serde_json::Value;
-use tokio::io::AsyncBufRead;
+use tokio::io::AsyncRead;
 
 use crate::error::{Error, Result};
 use crate::lines::{Line, LineReader, is_blank};
@@ -94,13 +94,13 @@ pub enum ImportEvent<'a> {
 
 /// Imports every user line of `input` into `store`. Bad lines are passed to `events` and
 /// counted; a store fault stops the import with an error naming the line it reached.
-pub async fn import_users<R: AsyncBufRead + Unpin>(
+pub async fn import_users<R: AsyncRead + Unpin>(
     store: &dyn UserStore,
     input: R,
     override_existing: bool,
     mut events: impl FnMut(ImportEvent<'_>),
 ) -> Result<ImportSummary> {
-    let mut reader = LineReader::new(input, MAX_LINE);
+    let mut reader = LineReader::new(input, 1 << 16, MAX_LINE);
     let mut summary = ImportSummary::default();
     let mut batch = Vec::with_capacity(BATCH);
     loop {
@@ -110,7 +110,7 @@ pub async fn import_users<R: AsyncBufRead + Unpin>(
             let parsed = match line {
                 Line::Text(text) if is_blank(&text) => None,
                 Line::Text(text) => Some(parse_import_line(&text)),
-                Line::TooLong { len } => Some(Err(Error::invalid(format!(
+                Line::TooLong { len, .. } => Some(Err(Error::invalid(format!(
                     "line is {len} bytes, over the limit of {MAX_LINE}"
                 )))),
             };

@@ -3,30 +3,46 @@
 //!
 //! # Layout
 //!
-//! Data flows one way, and each step has its module:
+//! Data flows one way — bytes → references → L1 → store (one batched call) → substitution →
+//! bytes — and each step has its module:
 //!
-//! - [`user`]: ids, data, timestamps and the size limit; [`UserJson`], the one serialized form
-//!   of a user that every backend stores and hands out.
+//! - [`page`]: the raw-bytes path. A [`RawPage`] validates and compacts documents and notes
+//!   where the references are, using [`mod@reference`] to tell a reference from a look-alike.
+//!   (The `Value` path walks the same shapes over `serde_json::Value`s.)
+//! - `cache`: the L1, a moka cache bounded by bytes, with the registry of loads in flight that
+//!   fences loads racing an invalidation and coalesces loads across pages ([`CacheConfig`]).
+//! - `resolver`: one answer per distinct id, through the L1 and at most one
+//!   [`UserStore::get_many`] call per page.
+//! - [`Enricher`]: the handle a service shares; it splices the answers into the documents.
 //! - [`store`]: the [`UserStore`] trait and its backends — Redis, an embedded redb file, and
-//!   memory — chosen by URL.
-//! - [`import`]: bulk NDJSON import of users, streamed in batches, reading through [`lines`].
-//! - [`commands`]: what the `enrich` binary runs once its flags are parsed.
+//!   memory — chosen by URL; [`user`] holds the model and [`UserJson`], the one serialized form
+//!   of a user that every backend stores and every enrichment embeds.
+//! - [`job`]: `enrich run`, the NDJSON batch job; [`import`] bulk-loads users; [`lines`] reads
+//!   NDJSON with a length cap; [`commands`] is what the binary runs once its flags are parsed.
 //! - [`error`]: the one [`Error`] type, with an [`ErrorKind`].
 //!
-//! # Example
+//! # Example: a feed-read handler
 //!
 //! ```
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> enrich::Result<()> {
-//! use enrich::store::{self, StoreOptions};
-//! use enrich::{NewUser, UserId};
+//! use enrich::{Depth, Enricher, NewUser, StoreOptions, store};
 //! use serde_json::json;
 //!
-//! let users = store::open("memory:", &StoreOptions::new()).await?;
+//! // At start-up: one enricher, cloned into every handler.
+//! let enricher = Enricher::new(store::open("memory:", &StoreOptions::new()).await?);
 //! let alice = NewUser::new("alice", Some(json!({"name": "Alice"})))?;
-//! users.add(&alice, false).await?;
-//! let stored = users.get(&UserId::parse("alice")?).await?;
-//! assert!(stored.as_str().ends_with(r#""id":"alice","data":{"name":"Alice"}}"#));
+//! enricher.users().add(&alice, false).await?;
+//!
+//! // Per request: the whole page, one store call at most.
+//! let mut page = vec![
+//!     json!({"actor": "SU:alice", "verb": "post", "object": "SO:post:1"}),
+//!     json!({"actor": "SU:bob", "verb": "like"}),
+//! ];
+//! let stats = enricher.enrich_values(&mut page, Depth::TopLevel).await?;
+//! assert_eq!(page[0]["actor"]["data"]["name"], "Alice");
+//! assert_eq!(page[1]["actor"]["error"], "ReferenceNotFound");
+//! assert_eq!((stats.references, stats.store_calls, stats.missing), (2, 1, 1));
 //! # Ok(())
 //! # }
 //! ```
@@ -43,6 +59,7 @@ pub mod commands;
 mod enricher;
 pub mod error;
 pub mod import;
+pub mod job;
 pub mod lines;
 pub mod page;
 pub mod reference;

@@ -1,6 +1,6 @@
 //! NDJSON input: lines read with a length cap, so one runaway line cannot exhaust memory.
 
-use tokio::io::{AsyncBufRead, AsyncBufReadExt};
+use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 
 use crate::error::{Error, ErrorKind, Result};
 
@@ -9,8 +9,10 @@ use crate::error::{Error, ErrorKind, Result};
 pub enum Line {
     /// The line's bytes, without the line ending.
     Text(Vec<u8>),
-    /// The line was longer than the cap; its bytes were read and discarded.
+    /// The line was longer than the cap: its first `cap` bytes, and its length.
     TooLong {
+        /// The start of the line.
+        prefix: Vec<u8>,
         /// How long the line was, in bytes.
         len: usize,
     },
@@ -19,16 +21,17 @@ pub enum Line {
 /// Reads lines of at most `max_len` bytes, numbering them from 1.
 #[derive(Debug)]
 pub struct LineReader<R> {
-    input: R,
+    input: BufReader<R>,
     max_len: usize,
     number: u64,
 }
 
-impl<R: AsyncBufRead + Unpin> LineReader<R> {
-    /// Reads from `input`; lines longer than `max_len` come back as [`Line::TooLong`].
-    pub fn new(input: R, max_len: usize) -> Self {
+impl<R: AsyncRead + Unpin> LineReader<R> {
+    /// Reads from `input` through a buffer of `capacity` bytes; lines longer than `max_len`
+    /// come back as [`Line::TooLong`].
+    pub fn new(input: R, capacity: usize, max_len: usize) -> Self {
         LineReader {
-            input,
+            input: BufReader::with_capacity(capacity, input),
             max_len,
             number: 0,
         }
@@ -37,6 +40,18 @@ impl<R: AsyncBufRead + Unpin> LineReader<R> {
     /// The number of the line returned last.
     pub fn number(&self) -> u64 {
         self.number
+    }
+
+    /// Continues numbering after `lines` lines read elsewhere (the inputs before this one).
+    pub fn starting_after(mut self, lines: u64) -> Self {
+        self.number = lines;
+        self
+    }
+
+    /// True if bytes are buffered, so the next line may come without waiting for input. A
+    /// caller that batches lines flushes its batch when this is false: input has paused.
+    pub fn has_buffered(&self) -> bool {
+        !self.input.buffer().is_empty()
     }
 
     /// The next line, or `None` at the end of the input. A last line without a newline counts.
@@ -56,16 +71,13 @@ impl<R: AsyncBufRead + Unpin> LineReader<R> {
                 break;
             }
             seen_any = true;
-            let (chunk, done) = match memchr(buf) {
+            let (chunk, done) = match buf.iter().position(|&b| b == b'\n') {
                 Some(i) => (&buf[..i], Some(i + 1)),
                 None => (buf, None),
             };
             len += chunk.len();
-            if len <= self.max_len {
-                text.extend_from_slice(chunk);
-            } else {
-                text = Vec::new();
-            }
+            let room = self.max_len.saturating_sub(text.len());
+            text.extend_from_slice(&chunk[..chunk.len().min(room)]);
             let consumed = done.unwrap_or(buf.len());
             self.input.consume(consumed);
             if done.is_some() {
@@ -74,17 +86,13 @@ impl<R: AsyncBufRead + Unpin> LineReader<R> {
         }
         self.number += 1;
         if len > self.max_len {
-            return Ok(Some((self.number, Line::TooLong { len })));
+            return Ok(Some((self.number, Line::TooLong { prefix: text, len })));
         }
         if text.last() == Some(&b'\r') {
             text.pop();
         }
         Ok(Some((self.number, Line::Text(text))))
     }
-}
-
-fn memchr(buf: &[u8]) -> Option<usize> {
-    buf.iter().position(|&b| b == b'\n')
 }
 
 /// True if the line holds nothing but white space.
@@ -97,7 +105,7 @@ mod tests {
     use super::*;
 
     async fn all(input: &[u8], max: usize) -> Vec<(u64, Line)> {
-        let mut reader = LineReader::new(tokio::io::BufReader::with_capacity(4, input), max);
+        let mut reader = LineReader::new(input, 4, max);
         let mut out = Vec::new();
         while let Some(line) = reader.next_line().await.unwrap() {
             out.push(line);
@@ -112,7 +120,13 @@ mod tests {
             lines,
             vec![
                 (1, Line::Text(b"ab".to_vec())),
-                (2, Line::TooLong { len: 10 }),
+                (
+                    2,
+                    Line::TooLong {
+                        prefix: b"01234".to_vec(),
+                        len: 10
+                    }
+                ),
                 (3, Line::Text(Vec::new())),
                 (4, Line::Text(b"last".to_vec())),
             ]

@@ -2,12 +2,13 @@
 
 use std::io::Write;
 use std::path::PathBuf;
-use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use enrich::commands::{self, EXIT_CODES, StoreSpec};
+use enrich::commands::{self, EXIT_CODES, RunArgs, StoreSpec};
+use enrich::job::RunOptions;
 use enrich::store::{DEFAULT_NAMESPACE, DEFAULT_STORE_URL};
-use enrich::{Error, StoreOptions};
+use enrich::{Depth, Error, StoreOptions};
 
 /// Enriches feed activities: replaces user references (SU:id) with the users they name.
 #[derive(Debug, Parser)]
@@ -31,6 +32,30 @@ enum Command {
     /// Manage users.
     #[command(subcommand, after_help = EXIT_CODES)]
     Users(Users),
+    /// Enrich NDJSON: each line an activity, a group or a feed response; one line out per line in.
+    #[command(after_help = EXIT_CODES)]
+    Run {
+        /// Input files, read one after the other; - or nothing for standard input.
+        files: Vec<PathBuf>,
+        /// Write here instead of standard output.
+        #[arg(short, long, value_name = "OUT")]
+        output: Option<PathBuf>,
+        /// Import these users (NDJSON, replacing existing ones) before the run.
+        #[arg(long, value_name = "USERS.ndjson")]
+        users: Option<PathBuf>,
+        /// Enrich references at any depth inside an activity, not only its top-level fields.
+        #[arg(long)]
+        deep: bool,
+        /// Write bad lines here as {"line":N,"error":…,"input":…} and go on, instead of stopping.
+        #[arg(long, value_name = "FILE")]
+        rejects: Option<PathBuf>,
+        /// Keep retrying while the store is unavailable for this long, then fail.
+        #[arg(long, value_name = "SECS", default_value_t = 30.0)]
+        store_timeout: f64,
+        /// No summary on standard error.
+        #[arg(long)]
+        quiet: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -73,16 +98,47 @@ enum Users {
 }
 
 #[tokio::main]
-async fn main() -> ExitCode {
+async fn main() {
     let cli = Cli::parse();
     let spec = StoreSpec::new(cli.store, StoreOptions::new().namespace(cli.namespace));
     let result = match cli.command {
         Command::Users(users) => run_users(&spec, users).await,
+        Command::Run {
+            files,
+            output,
+            users,
+            deep,
+            rejects,
+            store_timeout,
+            quiet,
+        } => {
+            let Ok(store_timeout) = Duration::try_from_secs_f64(store_timeout) else {
+                std::process::exit(i32::from(fail(&Error::invalid(format!(
+                    "--store-timeout {store_timeout} is not a number of seconds"
+                )))));
+            };
+            let depth = if deep { Depth::Deep } else { Depth::TopLevel };
+            let args = RunArgs {
+                inputs: files,
+                output,
+                users,
+                rejects,
+                options: RunOptions::new().depth(depth).store_timeout(store_timeout),
+                verbose: !quiet,
+            };
+            commands::run(&spec, args).await.map(|summary| {
+                if !quiet {
+                    eprintln!("{summary}");
+                }
+            })
+        }
     };
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
+    let code = match result {
+        Ok(()) => 0,
         Err(err) => fail(&err),
-    }
+    };
+    // Exit now rather than wait for a read of standard input that may never return.
+    std::process::exit(i32::from(code))
 }
 
 async fn run_users(spec: &StoreSpec, command: Users) -> Result<(), Error> {
@@ -125,7 +181,7 @@ fn print_line(line: &str) -> Result<(), Error> {
         .map_err(|e| Error::new(enrich::ErrorKind::Internal, "cannot write output").with_cause(e))
 }
 
-fn fail(err: &Error) -> ExitCode {
+fn fail(err: &Error) -> u8 {
     eprintln!("error: {err}");
-    ExitCode::from(commands::exit_code(err))
+    commands::exit_code(err)
 }

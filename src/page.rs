@@ -2,7 +2,7 @@
 //! references in one pass each, and written out by splicing the users' stored bytes into the
 //! gaps. No document is ever turned into a DOM.
 //!
-//! Which strings are references follows Stream's shapes (see [`Role`]):
+//! Which strings are references follows Stream's shapes:
 //! - a feed response (an object with a `results` array): each result is a group or an activity;
 //! - a group (an object with an `activities` array): each of its activities;
 //! - an activity: each top-level string value, or with [`Depth::Deep`] every string value
@@ -153,6 +153,11 @@ impl RawPage {
     /// Documents in the page.
     pub fn len(&self) -> usize {
         self.docs.len()
+    }
+
+    /// Bytes held: the compacted documents.
+    pub fn buffered(&self) -> usize {
+        self.buf.len()
     }
 
     /// True if no document was pushed.
