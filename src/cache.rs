@@ -25,6 +25,7 @@ use moka::Expiry;
 use tokio::sync::oneshot;
 
 use crate::error::Result;
+use crate::store::StoreEvent;
 use crate::user::UserJson;
 
 /// What the L1 knows of a user.
@@ -278,6 +279,21 @@ impl L1 {
             self.invalidate_all();
             self.bypass.store(false, Ordering::Release);
         }
+    }
+
+    /// Applies what the store said about writes.
+    pub(crate) fn apply(&self, event: StoreEvent) {
+        match event {
+            StoreEvent::Connected => self.set_bypass(false),
+            StoreEvent::Lost => self.set_bypass(true),
+            StoreEvent::Changed(ids) => ids.iter().for_each(|id| self.invalidate(id)),
+            StoreEvent::ChangedAll => self.invalidate_all(),
+        }
+    }
+
+    /// True while the cache is bypassed.
+    pub(crate) fn bypassed(&self) -> bool {
+        self.bypass.load(Ordering::Acquire)
     }
 
     /// Entries and weighted bytes, after moka's pending bookkeeping.

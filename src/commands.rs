@@ -154,6 +154,8 @@ pub async fn run(spec: &StoreSpec, args: RunArgs) -> Result<RunSummary> {
     }
     let store = open_with_retry(spec, args.options.store_timeout_value()).await?;
     let enricher = Enricher::new(store);
+    // Pages resolved before the store's watch is up would not be cached.
+    enricher.wait_for_cache(Duration::from_secs(2)).await;
     if let Some(users) = &args.users {
         let input = open_input(Some(users)).await?;
         let mut bad = 0;

@@ -11,7 +11,7 @@ use crate::error::Result;
 use crate::page::{Depth, RawPage, Role};
 use crate::resolver::{Answer, Resolver};
 use crate::stats::EnrichStats;
-use crate::store::{Added, ImportOutcome, ImportUser, SharedStore, UserStore};
+use crate::store::{Added, ImportOutcome, ImportUser, SharedStore, UserStore, WatchGuard};
 use crate::user::{NewUser, UserId, UserJson};
 use crate::values::{referenced_id, walk};
 
@@ -33,6 +33,7 @@ pub struct EnricherBuilder {
     store: SharedStore,
     cache: CacheConfig,
     on_store_error: OnStoreError,
+    coherent: bool,
 }
 
 impl EnricherBuilder {
@@ -48,9 +49,30 @@ impl EnricherBuilder {
         self
     }
 
-    /// The enricher.
+    /// Whether to watch the store for writes made by other processes (on by default, where the
+    /// store can: Redis). Off, such writes are seen when cached entries expire.
+    pub fn coherent(mut self, coherent: bool) -> Self {
+        self.coherent = coherent;
+        self
+    }
+
+    /// The enricher. Where the store is watched, the L1 stays bypassed until the watch is up,
+    /// since writes before it would go unannounced. Call within a tokio runtime.
     pub fn build(self) -> Enricher {
         let l1 = Arc::new(L1::new(&self.cache));
+        let watch = if self.coherent {
+            l1.set_bypass(true);
+            let sink_l1 = l1.clone();
+            let watch = self
+                .store
+                .watch(Arc::new(move |event| sink_l1.apply(event)));
+            if watch.is_none() {
+                l1.set_bypass(false);
+            }
+            watch
+        } else {
+            None
+        };
         Enricher {
             inner: Arc::new(Inner {
                 resolver: Resolver {
@@ -62,6 +84,7 @@ impl EnricherBuilder {
                     l1,
                 }),
                 on_store_error: self.on_store_error,
+                _watch: watch,
             }),
         }
     }
@@ -79,6 +102,8 @@ struct Inner {
     resolver: Resolver,
     users: Arc<WriteThrough>,
     on_store_error: OnStoreError,
+    /// Stops the watch when the last clone goes.
+    _watch: Option<WatchGuard>,
 }
 
 impl Enricher {
@@ -93,6 +118,7 @@ impl Enricher {
             store,
             cache: CacheConfig::new(),
             on_store_error: OnStoreError::Fail,
+            coherent: true,
         }
     }
 
@@ -116,6 +142,25 @@ impl Enricher {
     /// announcements of writes may be missed.
     pub fn set_cache_bypass(&self, bypass: bool) {
         self.inner.resolver.l1.set_bypass(bypass);
+    }
+
+    /// True while the L1 is bypassed: the store is watched but its announcements may be missed
+    /// (the watch is starting, or its connection is down).
+    pub fn cache_bypassed(&self) -> bool {
+        self.inner.resolver.l1.bypassed()
+    }
+
+    /// Waits until the L1 is in use (the store's watch is up), for at most `timeout`; true if
+    /// it is. A batch job calls this before its first page so that it caches from the start.
+    pub async fn wait_for_cache(&self, timeout: std::time::Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        while self.cache_bypassed() {
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+        }
+        true
     }
 
     /// Entries in the L1 and the bytes they are charged.

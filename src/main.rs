@@ -100,6 +100,15 @@ enum Users {
 #[tokio::main]
 async fn main() {
     let cli = Cli::parse();
+    // Warnings (an invalidation stream lost, then restored) go to standard error; RUST_LOG
+    // asks for more.
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
     let spec = StoreSpec::new(cli.store, StoreOptions::new().namespace(cli.namespace));
     let result = match cli.command {
         Command::Users(users) => run_users(&spec, users).await,

@@ -12,6 +12,7 @@
 mod file;
 mod memory;
 mod redis;
+mod tracking;
 
 use std::fmt;
 use std::sync::Arc;
@@ -63,6 +64,14 @@ pub trait UserStore: Send + Sync + fmt::Debug + 'static {
     /// includes a password.
     fn describe(&self) -> String;
 
+    /// Starts telling `sink` of every write to this store's users, by anyone, for as long as
+    /// the returned guard lives. `None` if the store cannot: then a write made outside this
+    /// process is seen only when a cached entry's TTL runs out.
+    fn watch(&self, sink: EventSink) -> Option<WatchGuard> {
+        let _ = sink;
+        None
+    }
+
     /// Reads one user; [`ErrorKind::NotFound`] if there is none.
     async fn get(&self, id: &UserId) -> Result<UserJson> {
         let mut found = self.get_many(std::slice::from_ref(id)).await?;
@@ -72,6 +81,38 @@ pub trait UserStore: Send + Sync + fmt::Debug + 'static {
 
 /// A shared handle to any store.
 pub type SharedStore = Arc<dyn UserStore>;
+
+/// What a watched store says about writes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreEvent {
+    /// Announcements flow: from now on every write is told. Writes before may have been missed.
+    Connected,
+    /// These users were written.
+    Changed(Vec<Box<str>>),
+    /// Any user may have been written (the database was flushed, or announcements overflowed).
+    ChangedAll,
+    /// Announcements may be missed from now on, until the next [`StoreEvent::Connected`].
+    Lost,
+}
+
+/// Receives [`StoreEvent`]s; called on the watcher's task, so it must not block.
+pub type EventSink = Arc<dyn Fn(StoreEvent) + Send + Sync>;
+
+/// Keeps a watch running; dropping it stops the watch.
+#[derive(Debug)]
+pub struct WatchGuard(tokio::task::AbortHandle);
+
+impl WatchGuard {
+    pub(crate) fn new(task: tokio::task::AbortHandle) -> Self {
+        WatchGuard(task)
+    }
+}
+
+impl Drop for WatchGuard {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
 
 /// What [`UserStore::add`] did.
 #[derive(Debug, Clone, PartialEq, Eq)]

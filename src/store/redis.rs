@@ -4,8 +4,10 @@
 //! so a read hands out what Redis sent without re-encoding. Reads of a page are one `MGET`.
 //! Every write is one Lua script, which makes it atomic on the server: create-if-absent cannot
 //! be won twice, and an update splices the stored `created_at` (always the first 42 bytes of a
-//! record) in front of the new tail, so it can never be lost. The same script publishes the
-//! written ids on `{namespace}:invalidate`: if the write happened, so did the announcement.
+//! record) in front of the new tail, so it can never be lost.
+//!
+//! Writes are announced by the server itself: see [`super::tracking`] for how every enricher
+//! learns of every write to its namespace, ours or anyone's.
 
 use std::time::Duration;
 
@@ -14,7 +16,10 @@ use bytes::Bytes;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{Client, Script};
 
-use super::{Added, ImportOutcome, ImportUser, StoreOptions, UserStore, conflict, not_found};
+use super::{
+    Added, EventSink, ImportOutcome, ImportUser, StoreOptions, UserStore, WatchGuard, conflict,
+    not_found,
+};
 use crate::error::{Error, ErrorKind, Result};
 use crate::user::{NewUser, Timestamp, UserId, UserJson};
 
@@ -23,7 +28,6 @@ const ADD: &str = r"
 local old = redis.call('GET', KEYS[1])
 if old then return old end
 redis.call('SET', KEYS[1], ARGV[1])
-redis.call('PUBLISH', ARGV[2], ARGV[3])
 return false
 ";
 
@@ -33,40 +37,28 @@ local old = redis.call('GET', KEYS[1])
 if not old then return false end
 local new = string.sub(old, 1, 42) .. ARGV[1]
 redis.call('SET', KEYS[1], new)
-redis.call('PUBLISH', ARGV[2], ARGV[3])
 return new
 ";
 
-/// Deletes the key; 0 if there was none.
-const DELETE: &str = r"
-local n = redis.call('DEL', KEYS[1])
-if n == 1 then redis.call('PUBLISH', ARGV[1], ARGV[2]) end
-return n
-";
-
-/// ARGV[1]: override flag, ARGV[2]: channel, then per key a record and a keep-created_at
-/// flag. Answers per key: 0 created, 1 skipped, 2 overridden.
+/// ARGV[1]: override flag, then per key a record and a keep-created_at flag. Answers per key:
+/// 0 created, 1 skipped, 2 overridden.
 const IMPORT: &str = r"
 local override = ARGV[1] == '1'
 local out = {}
-local written = {}
 for i, key in ipairs(KEYS) do
-  local json = ARGV[2 * i + 1]
+  local json = ARGV[2 * i]
   local old = redis.call('GET', key)
   if not old then
     redis.call('SET', key, json)
     out[i] = 0
-    written[#written + 1] = ARGV[#ARGV - #KEYS + i]
   elseif override then
-    if ARGV[2 * i + 2] == '1' then json = string.sub(old, 1, 42) .. string.sub(json, 43) end
+    if ARGV[2 * i + 1] == '1' then json = string.sub(old, 1, 42) .. string.sub(json, 43) end
     redis.call('SET', key, json)
     out[i] = 2
-    written[#written + 1] = ARGV[#ARGV - #KEYS + i]
   else
     out[i] = 1
   end
 end
-if #written > 0 then redis.call('PUBLISH', ARGV[2], table.concat(written, ' ')) end
 return out
 ";
 
@@ -75,8 +67,9 @@ return out
 #[derive(Clone)]
 pub struct RedisStore {
     conn: ConnectionManager,
+    client: Client,
+    options: StoreOptions,
     prefix: String,
-    channel: String,
     describe: String,
     scripts: std::sync::Arc<Scripts>,
 }
@@ -84,7 +77,6 @@ pub struct RedisStore {
 struct Scripts {
     add: Script,
     update: Script,
-    delete: Script,
     import: Script,
 }
 
@@ -110,7 +102,7 @@ impl RedisStore {
             .set_number_of_retries(1)
             .set_min_delay(Duration::from_millis(50))
             .set_max_delay(Duration::from_secs(1));
-        let conn = ConnectionManager::new_with_config(client, config)
+        let conn = ConnectionManager::new_with_config(client.clone(), config)
             .await
             .map_err(|e| fault(&describe, e))?;
         // A server that wants a password accepts the connection and refuses the first
@@ -122,13 +114,13 @@ impl RedisStore {
         let ns = options.namespace_str();
         Ok(RedisStore {
             conn,
+            client,
+            options: options.clone(),
             prefix: format!("{ns}:user:"),
-            channel: format!("{ns}:invalidate"),
             describe,
             scripts: std::sync::Arc::new(Scripts {
                 add: Script::new(ADD),
                 update: Script::new(UPDATE),
-                delete: Script::new(DELETE),
                 import: Script::new(IMPORT),
             }),
         })
@@ -139,9 +131,9 @@ impl RedisStore {
         format!("{}{id}", self.prefix)
     }
 
-    /// The channel on which writes announce the ids they changed.
-    pub fn channel(&self) -> &str {
-        &self.channel
+    /// The prefix of every user key of this namespace.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
     }
 
     fn fault(&self, err: redis::RedisError) -> Error {
@@ -169,7 +161,7 @@ fn redact(url: &str) -> String {
 
 /// Maps a client error to ours. Whatever it was, it is a fault of the store, never a verdict
 /// on a user.
-fn fault(describe: &str, err: redis::RedisError) -> Error {
+pub(super) fn fault(describe: &str, err: redis::RedisError) -> Error {
     let kind = if err.is_timeout() {
         ErrorKind::Timeout
     } else {
@@ -199,8 +191,6 @@ impl UserStore for RedisStore {
             .add
             .key(self.key(user.id()))
             .arg(json.as_bytes())
-            .arg(&self.channel)
-            .arg(user.id().as_str())
             .invoke_async(&mut self.conn.clone())
             .await
             .map_err(|e| self.fault(e))?;
@@ -239,8 +229,6 @@ impl UserStore for RedisStore {
             .update
             .key(self.key(user.id()))
             .arg(user.tail(Timestamp::now()))
-            .arg(&self.channel)
-            .arg(user.id().as_str())
             .invoke_async(&mut self.conn.clone())
             .await
             .map_err(|e| self.fault(e))?;
@@ -251,13 +239,9 @@ impl UserStore for RedisStore {
     }
 
     async fn delete(&self, id: &UserId) -> Result<()> {
-        let removed: i64 = self
-            .scripts
-            .delete
-            .key(self.key(id))
-            .arg(&self.channel)
-            .arg(id.as_str())
-            .invoke_async(&mut self.conn.clone())
+        let removed: i64 = redis::cmd("DEL")
+            .arg(self.key(id))
+            .query_async(&mut self.conn.clone())
             .await
             .map_err(|e| self.fault(e))?;
         if removed == 1 {
@@ -277,15 +261,11 @@ impl UserStore for RedisStore {
         }
         let now = Timestamp::now();
         let mut call = self.scripts.import.prepare_invoke();
-        call.arg(if override_existing { "1" } else { "0" })
-            .arg(&self.channel);
+        call.arg(if override_existing { "1" } else { "0" });
         for import in users {
             call.key(self.key(import.user().id()))
                 .arg(import.to_json(now).as_bytes())
                 .arg(if import.keeps_created_at() { "1" } else { "0" });
-        }
-        for import in users {
-            call.arg(import.user().id().as_str());
         }
         let codes: Vec<u8> = call
             .invoke_async(&mut self.conn.clone())
@@ -307,6 +287,16 @@ impl UserStore for RedisStore {
 
     fn describe(&self) -> String {
         self.describe.clone()
+    }
+
+    fn watch(&self, sink: EventSink) -> Option<WatchGuard> {
+        super::tracking::watch(
+            self.client.clone(),
+            self.prefix.clone(),
+            self.describe.clone(),
+            &self.options,
+            sink,
+        )
     }
 }
 

@@ -1,0 +1,177 @@
+//! How every enricher learns of every write to Redis: server-assisted client-side caching.
+//!
+//! Each watching enricher keeps one extra RESP3 connection with
+//! `CLIENT TRACKING ON BCAST PREFIX {namespace}:user:`. Redis then pushes an `invalidate`
+//! message with the key of every write under that prefix, from the same command that made the
+//! write, so an acknowledged write has always been announced. We chose this over publishing
+//! from our own write scripts because it also catches writes made outside the engine (a
+//! `redis-cli SET`, a migration script, `FLUSHDB`), and because it keeps no per-key state on
+//! the server (broadcast mode).
+//!
+//! Pushes are fire-and-forget: while the connection is down, announcements are lost. So the
+//! watcher says [`StoreEvent::Lost`] the moment the connection drops or stops answering its
+//! pings (the enricher then bypasses and empties its L1), reconnects with backoff, and says
+//! [`StoreEvent::Connected`] once tracking is on again (the enricher flushes once more, to drop
+//! whatever was loaded while it could not hear, and resumes caching). The connection is named
+//! `enrich-tracking` in `CLIENT LIST`.
+
+use std::time::Duration;
+
+use redis::aio::MultiplexedConnection;
+use redis::{AsyncConnectionConfig, Client, ProtocolVersion, PushInfo, PushKind, Value};
+use tokio::sync::mpsc;
+
+use super::{EventSink, StoreEvent, StoreOptions, WatchGuard};
+use crate::error::Result;
+
+/// How often the tracking connection is pinged to notice a silent failure.
+const PING_EVERY: Duration = Duration::from_millis(500);
+
+/// Starts the watcher task, or `None` outside a tokio runtime.
+pub(super) fn watch(
+    client: Client,
+    prefix: String,
+    describe: String,
+    options: &StoreOptions,
+    sink: EventSink,
+) -> Option<WatchGuard> {
+    let runtime = tokio::runtime::Handle::try_current().ok()?;
+    let watcher = Watcher {
+        client,
+        prefix,
+        describe,
+        connect_timeout: options.connect_timeout_value(),
+        response_timeout: options.response_timeout_value(),
+        sink,
+    };
+    Some(WatchGuard::new(runtime.spawn(watcher.run()).abort_handle()))
+}
+
+struct Watcher {
+    client: Client,
+    prefix: String,
+    describe: String,
+    connect_timeout: Duration,
+    response_timeout: Duration,
+    sink: EventSink,
+}
+
+impl Watcher {
+    async fn run(self) {
+        let mut delay = Duration::from_millis(20);
+        // Each outage is logged once when it starts and once when it ends, not per retry.
+        let mut down = false;
+        loop {
+            match self.connect().await {
+                Ok((conn, pushes)) => {
+                    (self.sink)(StoreEvent::Connected);
+                    if down {
+                        tracing::info!(store = %self.describe, "invalidation stream restored");
+                    }
+                    delay = Duration::from_millis(20);
+                    let why = self.listen(conn, pushes).await;
+                    (self.sink)(StoreEvent::Lost);
+                    tracing::warn!(
+                        store = %self.describe,
+                        "invalidation stream lost ({why}); serving from the store until it is back"
+                    );
+                    down = true;
+                }
+                Err(err) => {
+                    if !down {
+                        tracing::warn!(store = %self.describe, "cannot open the invalidation stream: {err}");
+                        down = true;
+                    }
+                }
+            }
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_secs(1));
+        }
+    }
+
+    /// Opens a RESP3 connection and turns tracking on for the namespace's keys.
+    async fn connect(&self) -> Result<(MultiplexedConnection, mpsc::UnboundedReceiver<PushInfo>)> {
+        let fault = |e| super::redis::fault(&self.describe, e);
+        let info = self.client.get_connection_info().clone();
+        let settings = info
+            .redis_settings()
+            .clone()
+            .set_protocol(ProtocolVersion::RESP3);
+        let client = Client::open(info.set_redis_settings(settings)).map_err(fault)?;
+        let (sender, pushes) = mpsc::unbounded_channel();
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(self.connect_timeout))
+            .set_response_timeout(Some(self.response_timeout))
+            .set_push_sender(sender);
+        let mut conn = client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await
+            .map_err(fault)?;
+        redis::cmd("CLIENT")
+            .arg("SETNAME")
+            .arg("enrich-tracking")
+            .exec_async(&mut conn)
+            .await
+            .map_err(fault)?;
+        redis::cmd("CLIENT")
+            .arg("TRACKING")
+            .arg("ON")
+            .arg("BCAST")
+            .arg("PREFIX")
+            .arg(&self.prefix)
+            .exec_async(&mut conn)
+            .await
+            .map_err(fault)?;
+        Ok((conn, pushes))
+    }
+
+    /// Passes announcements on until the connection fails; says why it stopped.
+    async fn listen(
+        &self,
+        mut conn: MultiplexedConnection,
+        mut pushes: mpsc::UnboundedReceiver<PushInfo>,
+    ) -> String {
+        let mut ping = tokio::time::interval(PING_EVERY);
+        ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                push = pushes.recv() => match push {
+                    Some(PushInfo { kind: PushKind::Invalidate, data }) => self.invalidate(data),
+                    Some(PushInfo { kind: PushKind::Disconnection, .. }) | None => {
+                        return "connection closed".to_string();
+                    }
+                    Some(_) => {}
+                },
+                _ = ping.tick() => {
+                    if let Err(err) = redis::cmd("PING").exec_async(&mut conn).await {
+                        return format!("ping failed: {err}");
+                    }
+                }
+            }
+        }
+    }
+
+    /// `invalidate` carries an array of keys, or null when everything is invalid (a flush).
+    fn invalidate(&self, data: Vec<Value>) {
+        for item in data {
+            match item {
+                Value::Array(keys) => {
+                    let ids = keys
+                        .into_iter()
+                        .filter_map(|key| match key {
+                            Value::BulkString(bytes) => bytes
+                                .strip_prefix(self.prefix.as_bytes())
+                                .and_then(|id| std::str::from_utf8(id).ok())
+                                .map(Box::<str>::from),
+                            _ => None,
+                        })
+                        .collect::<Vec<_>>();
+                    if !ids.is_empty() {
+                        (self.sink)(StoreEvent::Changed(ids));
+                    }
+                }
+                _ => (self.sink)(StoreEvent::ChangedAll),
+            }
+        }
+    }
+}
