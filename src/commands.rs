@@ -3,12 +3,14 @@
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::Value;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 
+use crate::bench::{BenchReport, Strategy, Workload, load_users, run_strategy};
 use crate::enricher::Enricher;
 use crate::error::{Error, ErrorKind, Result};
 use crate::import::{ImportEvent, ImportSummary, import_users};
@@ -195,6 +197,39 @@ pub async fn run(spec: &StoreSpec, args: RunArgs) -> Result<RunSummary> {
     .await;
     progress.finish_and_clear();
     summary
+}
+
+/// `enrich bench`: loads a generated workload into the store (in the namespace
+/// `{namespace}.bench`, never the users of the namespace itself), then runs each strategy over
+/// the same pages.
+pub async fn bench(
+    spec: &StoreSpec,
+    workload: Workload,
+    strategies: &[Strategy],
+) -> Result<BenchReport> {
+    let bench_spec = StoreSpec::new(
+        spec.url.clone(),
+        spec.options
+            .clone()
+            .namespace(format!("{}.bench", spec.options.namespace_str())),
+    );
+    let store = bench_spec.open().await?;
+    load_users(&store, &workload).await?;
+    let pages = Arc::new(workload.pages());
+    let enricher = Enricher::new(store.clone());
+    enricher.wait_for_cache(Duration::from_secs(2)).await;
+    let mut report = BenchReport {
+        store: store.describe(),
+        workload: workload.clone(),
+        strategies: Vec::new(),
+    };
+    for strategy in strategies {
+        report
+            .strategies
+            .push(run_strategy(*strategy, &enricher, &store, &pages, workload.concurrency).await?);
+    }
+    report.compare();
+    Ok(report)
 }
 
 /// Opens the store, retrying while it is unavailable for up to `timeout`.

@@ -54,6 +54,7 @@
 )]
 #![forbid(unsafe_code)]
 
+pub mod bench;
 mod cache;
 pub mod commands;
 mod enricher;

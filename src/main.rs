@@ -4,7 +4,8 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum};
+use enrich::bench::{Strategy, Workload};
 use enrich::commands::{self, EXIT_CODES, RunArgs, StoreSpec};
 use enrich::job::RunOptions;
 use enrich::store::{DEFAULT_NAMESPACE, DEFAULT_STORE_URL};
@@ -56,6 +57,46 @@ enum Command {
         #[arg(long)]
         quiet: bool,
     },
+    /// Benchmark the engine against per-reference reads and per-page MGET on this store.
+    ///
+    /// Generates users and activities from the seed (actors Zipf-distributed, 2% references to
+    /// missing users), loads the users into the namespace NS.bench, and runs each strategy over
+    /// the same pages.
+    #[command(after_help = EXIT_CODES)]
+    Bench {
+        /// Users to generate.
+        #[arg(long, default_value_t = 10_000)]
+        users: usize,
+        /// Activities to generate.
+        #[arg(long, default_value_t = 100_000)]
+        activities: usize,
+        /// Zipf exponent of actor popularity (0 is uniform).
+        #[arg(long, default_value_t = 1.0)]
+        zipf: f64,
+        /// Activities per page.
+        #[arg(long, default_value_t = 25)]
+        page: usize,
+        /// Pages enriched at once.
+        #[arg(long, default_value_t = 8)]
+        concurrency: usize,
+        /// Which strategies to run.
+        #[arg(long, value_enum, default_value_t = StrategyArg::All)]
+        strategy: StrategyArg,
+        /// Seed of the generated workload.
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+        /// Print one JSON object instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum StrategyArg {
+    Engine,
+    Naive,
+    Mget,
+    All,
 }
 
 #[derive(Debug, Subcommand)]
@@ -112,6 +153,43 @@ async fn main() {
     let spec = StoreSpec::new(cli.store, StoreOptions::new().namespace(cli.namespace));
     let result = match cli.command {
         Command::Users(users) => run_users(&spec, users).await,
+        Command::Bench {
+            users,
+            activities,
+            zipf,
+            page,
+            concurrency,
+            strategy,
+            seed,
+            json,
+        } => {
+            let workload = Workload {
+                users,
+                activities,
+                zipf,
+                page,
+                concurrency,
+                seed,
+            };
+            let strategies = match strategy {
+                StrategyArg::Engine => vec![Strategy::Engine],
+                StrategyArg::Naive => vec![Strategy::Naive],
+                StrategyArg::Mget => vec![Strategy::Mget],
+                StrategyArg::All => Strategy::ALL.to_vec(),
+            };
+            commands::bench(&spec, workload, &strategies)
+                .await
+                .map(|report| {
+                    if json {
+                        println!(
+                            "{}",
+                            serde_json::to_string(&report).expect("a report serializes")
+                        );
+                    } else {
+                        print!("{report}");
+                    }
+                })
+        }
         Command::Run {
             files,
             output,

@@ -1,0 +1,267 @@
+//! Criterion benches. Each group measures a baseline beside our path in the same run, so the
+//! ratio between them is the figure to read (see BENCHMARKS.md).
+
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+use std::hint::black_box;
+use std::sync::Arc;
+use std::time::Duration;
+
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use enrich::bench::{Strategy, Workload, enrich_page, load_users};
+use enrich::job::{self, RunOptions};
+use enrich::store::{self, MemoryStore, SharedStore, StoreOptions};
+use enrich::{CacheConfig, Depth, Enricher, RawPage};
+use serde_json::Value;
+use support::RedisServer;
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// 25 activities, 3 references each, 20 distinct users.
+fn warm_workload() -> Workload {
+    Workload {
+        users: 20,
+        activities: 25,
+        zipf: 0.0,
+        page: 25,
+        concurrency: 1,
+        seed: 1,
+    }
+}
+
+/// The page as the 25 NDJSON lines of `warm_workload`, with every reference naming one of
+/// 20 existing users.
+fn warm_page() -> Vec<String> {
+    (0..25)
+        .map(|i| {
+            serde_json::json!({
+                "id": format!("a{i}"),
+                "actor": format!("SU:u{}", i % 20),
+                "verb": "post",
+                "object": format!("SU:u{}", (i * 7 + 3) % 20),
+                "target": format!("SU:u{}", (i * 3 + 1) % 20),
+                "foreign_id": format!("post:{i}"),
+                "time": "2021-05-14T14:51:13.767221",
+            })
+            .to_string()
+        })
+        .collect()
+}
+
+fn warm_page_bench(c: &mut Criterion) {
+    let rt = runtime();
+    let store: SharedStore = Arc::new(MemoryStore::new());
+    rt.block_on(load_users(&store, &warm_workload())).unwrap();
+    let enricher = Enricher::new(store.clone());
+    let lines = warm_page();
+    rt.block_on(enrich_page(Strategy::Engine, &enricher, &store, &lines))
+        .unwrap();
+
+    let mut group = c.benchmark_group("warm_page");
+    group.throughput(Throughput::Elements(25));
+    group.bench_function("bare_value_roundtrip", |b| {
+        b.iter(|| {
+            let mut out = Vec::with_capacity(8192);
+            for line in &lines {
+                let doc: Value = serde_json::from_str(black_box(line)).unwrap();
+                serde_json::to_writer(&mut out, &doc).unwrap();
+                out.push(b'\n');
+            }
+            out
+        })
+    });
+    group.bench_function("raw_path", |b| {
+        b.to_async(&rt).iter(|| async {
+            let mut page = RawPage::new(Depth::TopLevel);
+            for line in &lines {
+                page.push(black_box(line.as_bytes())).unwrap();
+            }
+            let enriched = enricher.enrich_page(&page).await.unwrap();
+            let mut out = Vec::with_capacity(32768);
+            for doc in 0..page.len() {
+                enriched.write(doc, &mut out);
+                out.push(b'\n');
+            }
+            out
+        })
+    });
+    group.bench_function("value_path", |b| {
+        b.to_async(&rt).iter(|| async {
+            let mut docs: Vec<Value> = lines
+                .iter()
+                .map(|l| serde_json::from_str(black_box(l)).unwrap())
+                .collect();
+            enricher
+                .enrich_values(&mut docs, Depth::TopLevel)
+                .await
+                .unwrap();
+            let mut out = Vec::with_capacity(32768);
+            for doc in &docs {
+                serde_json::to_writer(&mut out, doc).unwrap();
+                out.push(b'\n');
+            }
+            out
+        })
+    });
+    group.finish();
+}
+
+fn cold_page_bench(c: &mut Criterion) {
+    let rt = runtime();
+    let server = RedisServer::start();
+    let store = rt
+        .block_on(store::open(&server.url(), &StoreOptions::new()))
+        .unwrap();
+    rt.block_on(load_users(&store, &warm_workload())).unwrap();
+    let enricher = Enricher::builder(store.clone())
+        .cache(CacheConfig::disabled())
+        .build();
+    let lines = warm_page();
+
+    let mut group = c.benchmark_group("cold_page_redis");
+    group.throughput(Throughput::Elements(25));
+    for strategy in [Strategy::Engine, Strategy::Mget, Strategy::Naive] {
+        let (_, stats) = rt
+            .block_on(enrich_page(strategy, &enricher, &store, &lines))
+            .unwrap();
+        eprintln!(
+            "cold_page_redis/{strategy}: {} store calls per page",
+            stats.store_calls
+        );
+        group.bench_function(BenchmarkId::from_parameter(strategy), |b| {
+            b.to_async(&rt).iter(|| async {
+                enrich_page(strategy, &enricher, &store, &lines)
+                    .await
+                    .unwrap()
+            })
+        });
+    }
+    group.finish();
+}
+
+fn coalescing_bench(c: &mut Criterion) {
+    let rt = runtime();
+    let server = RedisServer::start();
+    let store = rt
+        .block_on(store::open(&server.url(), &StoreOptions::new()))
+        .unwrap();
+    let users = Workload {
+        users: 50,
+        ..warm_workload()
+    };
+    rt.block_on(load_users(&store, &users)).unwrap();
+    // 1,000 pages of 5 activities over the same 50 users.
+    let pages: Arc<Vec<Vec<String>>> = Arc::new(
+        (0..1000)
+            .map(|p| {
+                (0..5)
+                    .map(|k| format!("{{\"actor\":\"SU:u{}\"}}", (p * 7 + k * 11) % 50))
+                    .collect()
+            })
+            .collect(),
+    );
+    let run = |enricher: Enricher| {
+        let pages = pages.clone();
+        let store = store.clone();
+        async move {
+            let tasks: Vec<_> = (0..pages.len())
+                .map(|i| {
+                    let (enricher, store, pages) = (enricher.clone(), store.clone(), pages.clone());
+                    tokio::spawn(async move {
+                        enrich_page(Strategy::Engine, &enricher, &store, &pages[i])
+                            .await
+                            .unwrap()
+                            .1
+                    })
+                })
+                .collect();
+            let mut fetched = 0;
+            for task in tasks {
+                fetched += task.await.unwrap().fetched;
+            }
+            fetched
+        }
+    };
+    let fetched = rt.block_on(run(Enricher::new(store.clone())));
+    eprintln!("coalescing: 1000 concurrent cold pages over 50 users fetched {fetched} ids");
+    let mut group = c.benchmark_group("coalescing");
+    group.throughput(Throughput::Elements(1000));
+    group.sample_size(20);
+    group.bench_function("1000_cold_pages_50_users", |b| {
+        b.to_async(&rt).iter(|| run(Enricher::new(store.clone())))
+    });
+    group.finish();
+}
+
+fn job_bench(c: &mut Criterion) {
+    let rt = runtime();
+    let workload = Workload {
+        activities: 100_000,
+        ..Workload::default()
+    };
+    let store: SharedStore = Arc::new(MemoryStore::new());
+    rt.block_on(load_users(&store, &workload)).unwrap();
+    let input: Arc<Vec<u8>> = Arc::new(
+        workload
+            .activity_lines()
+            .into_iter()
+            .flat_map(|l| (l + "\n").into_bytes())
+            .collect(),
+    );
+    let run = |enricher: Enricher| {
+        let input = input.clone();
+        async move {
+            let inputs: Vec<enrich::commands::Input> =
+                vec![Box::new(std::io::Cursor::new(input.to_vec()))];
+            job::run(
+                &enricher,
+                inputs,
+                tokio::io::sink(),
+                None::<tokio::io::Sink>,
+                &RunOptions::new(),
+                |_| {},
+            )
+            .await
+            .unwrap()
+        }
+    };
+    let warm = Enricher::new(store.clone());
+    let summary = rt.block_on(run(warm.clone()));
+    eprintln!("job: {summary}");
+    let mut group = c.benchmark_group("job_100k");
+    group.throughput(Throughput::Elements(workload.activities as u64));
+    group.sample_size(10);
+    group.measurement_time(Duration::from_secs(10));
+    group.bench_function("bare_value_roundtrip", |b| {
+        b.iter(|| {
+            let mut out = Vec::with_capacity(input.len() * 4);
+            for line in input.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
+                let doc: Value = serde_json::from_slice(line).unwrap();
+                serde_json::to_writer(&mut out, &doc).unwrap();
+                out.push(b'\n');
+            }
+            out
+        })
+    });
+    group.bench_function("warm", |b| b.to_async(&rt).iter(|| run(warm.clone())));
+    group.bench_function("cold", |b| {
+        b.to_async(&rt).iter(|| run(Enricher::new(store.clone())))
+    });
+    group.finish();
+}
+
+criterion_group!(
+    benches,
+    warm_page_bench,
+    cold_page_bench,
+    coalescing_bench,
+    job_bench
+);
+criterion_main!(benches);

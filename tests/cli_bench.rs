@@ -1,0 +1,86 @@
+//! `enrich bench` through the built binary, on a small workload.
+
+mod support;
+
+use std::process::Command;
+
+use serde_json::Value;
+use support::RedisServer;
+
+#[test]
+fn bench_reports_every_strategy_and_leaves_the_namespace_alone() {
+    let server = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_enrich"))
+        .current_dir(dir.path())
+        .args([
+            "--store",
+            &server.url(),
+            "bench",
+            "--users",
+            "200",
+            "--activities",
+            "2000",
+        ])
+        .args(["--page", "20", "--concurrency", "4", "--json"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let strategies = report["strategies"].as_array().unwrap();
+    let by_name = |name: &str| {
+        strategies
+            .iter()
+            .find(|s| s["strategy"] == name)
+            .unwrap_or_else(|| panic!("{name} in {report}"))
+    };
+    let (engine, naive, mget) = (by_name("engine"), by_name("naive"), by_name("mget"));
+    for s in [engine, naive, mget] {
+        assert_eq!(s["pages"], 100, "{s}");
+        assert!(s["pages_per_sec"].as_f64().unwrap() > 0.0);
+        assert!(s["p99_ms"].as_f64().unwrap() >= s["p50_ms"].as_f64().unwrap());
+    }
+    assert!(engine["store_calls_per_page"].as_f64().unwrap() <= 1.0);
+    assert!(engine["l1_hit_ratio"].as_f64().unwrap() > 0.5, "{engine}");
+    assert_eq!(naive["store_calls_per_page"].as_f64().unwrap(), 60.0);
+    assert_eq!(mget["store_calls_per_page"].as_f64().unwrap(), 1.0);
+    assert_eq!(engine["engine_speedup"].as_f64().unwrap(), 1.0);
+    // The generated users went to NS.bench, not to the namespace itself.
+    let mut conn = server.connection();
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg("enrich:user:*")
+        .query(&mut conn)
+        .unwrap();
+    assert!(keys.is_empty(), "{keys:?}");
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg("enrich.bench:user:*")
+        .query(&mut conn)
+        .unwrap();
+    assert_eq!(keys.len(), 200);
+
+    let table = Command::new(env!("CARGO_BIN_EXE_enrich"))
+        .current_dir(dir.path())
+        .args([
+            "--store",
+            "memory:",
+            "bench",
+            "--users",
+            "50",
+            "--activities",
+            "500",
+        ])
+        .args(["--strategy", "engine"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8(table.stdout).unwrap();
+    assert!(table.status.success());
+    assert!(
+        text.contains("pages/s") && text.lines().any(|l| l.starts_with("engine")),
+        "{text}"
+    );
+    assert!(!text.lines().any(|l| l.starts_with("naive")), "{text}");
+}
