@@ -438,7 +438,7 @@ impl fmt::Display for BenchReport {
         let w = &self.workload;
         writeln!(
             f,
-            "store {}: {} users, {} activities (zipf {}), pages of {}, concurrency {}, seed {}",
+            "store {} | {} users, {} activities (zipf {}), pages of {}, concurrency {}, seed {}",
             self.store, w.users, w.activities, w.zipf, w.page, w.concurrency, w.seed
         )?;
         writeln!(
