@@ -149,8 +149,8 @@ pub(crate) struct Flight {
 
 /// The L1 and its registry of loads in flight.
 pub(crate) struct L1 {
-    cache: moka::sync::Cache<Arc<str>, Cached>,
-    flights: DashMap<Arc<str>, Arc<Flight>>,
+    cache: moka::sync::Cache<Arc<str>, Cached, Hasher>,
+    flights: DashMap<Arc<str>, Arc<Flight>, Hasher>,
     /// Bumped by every flush; a load that began in an older epoch does not fill the cache.
     epoch: AtomicU64,
     /// Held shared while a load fills the cache, exclusively while a flush bumps the epoch.
@@ -172,6 +172,10 @@ impl std::fmt::Debug for L1 {
     }
 }
 
+/// A fast hasher with a per-process random seed: ids come from outside, so a fixed seed could
+/// be attacked with colliding keys.
+type Hasher = foldhash::fast::RandomState;
+
 /// What [`L1::join_or_start`] found.
 pub(crate) enum Joined {
     /// Another load of this id is in flight: wait for it.
@@ -189,10 +193,10 @@ impl L1 {
                 found: config.ttl,
                 missing: config.negative_ttl,
             })
-            .build();
+            .build_with_hasher(Hasher::default());
         L1 {
             cache,
-            flights: DashMap::new(),
+            flights: DashMap::with_hasher(Hasher::default()),
             epoch: AtomicU64::new(0),
             flush: RwLock::new(()),
             bypass: AtomicBool::new(false),

@@ -12,6 +12,7 @@
 //! byte for byte (numbers and string escapes as they were), minus insignificant white space.
 
 use std::collections::HashMap;
+use std::ops::Range;
 
 use serde::de::IgnoredAny;
 
@@ -71,7 +72,7 @@ pub struct RawPage {
     docs: Vec<Doc>,
     sites: Vec<Site>,
     ids: Vec<Box<str>>,
-    index: HashMap<Box<str>, u32>,
+    index: HashMap<Box<str>, u32, foldhash::fast::RandomState>,
     activities: u64,
 }
 
@@ -98,7 +99,6 @@ impl RawPage {
 
     fn push_checked(&mut self, doc: &[u8], allow_array: bool) -> Result<()> {
         validate(doc)?;
-        check_depth(doc)?;
         let first = doc.iter().find(|b| !b.is_ascii_whitespace()).copied();
         match first {
             Some(b'{') => {}
@@ -116,31 +116,44 @@ impl RawPage {
         }
         let start = self.buf.len();
         let first_site = self.sites.len();
+        let activities_before = self.activities;
+        // The scanner borrows the page; the sites vector travels beside it.
+        let mut sites = std::mem::take(&mut self.sites);
         let mut scanner = Scanner {
             src: doc,
             pos: 0,
             page: self,
+            level: 0,
+            too_deep: false,
         };
         scanner.ws();
-        let mut sites = Vec::new();
         if first == Some(b'[') {
             scanner.array(|s, sites| s.element(Role::Document, sites), &mut sites);
         } else {
             scanner.object(Role::Document, &mut sites);
         }
+        let too_deep = scanner.too_deep;
+        self.sites = sites;
+        if too_deep {
+            self.buf.truncate(start);
+            self.sites.truncate(first_site);
+            self.activities = activities_before;
+            return Err(Error::invalid(format!(
+                "nesting too deep: more than {MAX_DEPTH} levels"
+            )));
+        }
         // Only the references that counted name ids the page must resolve.
-        for mut site in sites {
+        for site in &mut self.sites[first_site..] {
             let token = &self.buf[site.start..site.end];
             let decoded;
-            let text = if site.escaped {
+            let id = if site.escaped {
                 decoded = serde_json::from_slice::<String>(token).expect("checked as a reference");
-                decoded.as_str()
+                user_ref(&decoded).expect("checked as a reference")
             } else {
-                std::str::from_utf8(&token[1..token.len() - 1]).expect("checked as a reference")
+                // "SU:<id>" without escapes: the id is the token less `"SU:` and `"`.
+                std::str::from_utf8(&token[4..token.len() - 1]).expect("checked as a reference")
             };
-            let id = user_ref(text).expect("checked as a reference");
             site.id = intern(&mut self.index, &mut self.ids, id);
-            self.sites.push(site);
         }
         self.docs.push(Doc {
             start,
@@ -218,7 +231,11 @@ impl RawPage {
 }
 
 /// The number of `id` among the page's distinct ids, adding it if new.
-fn intern(index: &mut HashMap<Box<str>, u32>, ids: &mut Vec<Box<str>>, id: &str) -> u32 {
+fn intern(
+    index: &mut HashMap<Box<str>, u32, foldhash::fast::RandomState>,
+    ids: &mut Vec<Box<str>>,
+    id: &str,
+) -> u32 {
     if let Some(&i) = index.get(id) {
         return i;
     }
@@ -241,53 +258,16 @@ fn validate(doc: &[u8]) -> Result<()> {
         })
 }
 
-/// Refuses documents nested deeper than [`MAX_DEPTH`], before anything recurses into them.
-fn check_depth(doc: &[u8]) -> Result<()> {
-    let mut depth = 0usize;
-    let mut in_string = false;
-    let mut bytes = doc.iter();
-    while let Some(&b) = bytes.next() {
-        if in_string {
-            match b {
-                b'\\' => {
-                    bytes.next();
-                }
-                b'"' => in_string = false,
-                _ => {}
-            }
-            continue;
-        }
-        match b {
-            b'"' => in_string = true,
-            b'{' | b'[' => {
-                depth += 1;
-                if depth > MAX_DEPTH {
-                    return Err(Error::invalid(format!(
-                        "nesting too deep: more than {MAX_DEPTH} levels"
-                    )));
-                }
-            }
-            b'}' | b']' => depth -= 1,
-            _ => {}
-        }
-    }
-    Ok(())
-}
-
 /// Copies a valid JSON document into the page's buffer without white space, noting the
 /// references it holds.
 struct Scanner<'a> {
     src: &'a [u8],
     pos: usize,
     page: &'a mut RawPage,
-}
-
-/// What the members of an object turned out to be, kept apart until the object's kind is known.
-#[derive(Default)]
-struct Members {
-    own: Vec<Site>,
-    results: Option<Vec<Site>>,
-    activities: Option<Vec<Site>>,
+    /// Open objects and arrays around the current position.
+    level: usize,
+    /// The document nests deeper than [`MAX_DEPTH`].
+    too_deep: bool,
 }
 
 impl Scanner<'_> {
@@ -305,9 +285,19 @@ impl Scanner<'_> {
         self.src[self.pos]
     }
 
-    /// Copies one byte of structure (`{`, `:`, `,` …) and the white space after it.
+    /// Copies one byte of structure (`{`, `:`, `,` …) and the white space after it, keeping
+    /// count of the nesting.
     fn punct(&mut self) {
-        self.page.buf.push(self.src[self.pos]);
+        let byte = self.src[self.pos];
+        match byte {
+            b'{' | b'[' => {
+                self.level += 1;
+                self.too_deep |= self.level > MAX_DEPTH;
+            }
+            b'}' | b']' => self.level -= 1,
+            _ => {}
+        }
+        self.page.buf.push(byte);
         self.pos += 1;
         self.ws();
     }
@@ -399,6 +389,11 @@ impl Scanner<'_> {
 
     /// Copies any value, taking every string value in it as a candidate (deep mode).
     fn deep(&mut self, sites: &mut Vec<Site>) {
+        if self.level >= MAX_DEPTH {
+            // Too deep to recurse into; `skip` copies it without recursion and flags it.
+            self.skip();
+            return;
+        }
         match self.byte() {
             b'"' => self.candidate(sites),
             b'[' => self.array(|s, sites| s.deep(sites), sites),
@@ -440,8 +435,16 @@ impl Scanner<'_> {
     }
 
     /// Copies an object playing `role`, and adds the references it holds to `sites`.
+    ///
+    /// Its own string members are noted as they come; if the object turns out to be a group or
+    /// a feed response (its `activities` or `results` array may come last), only the references
+    /// inside that array are kept.
     fn object(&mut self, role: Role, sites: &mut Vec<Site>) {
-        let mut members = Members::default();
+        let first = sites.len();
+        let activities_before = self.page.activities;
+        // Where each special array's references landed, and how many activities it held.
+        let mut results: Option<Vec<(Range<usize>, u64)>> = None;
+        let mut activities: Option<Vec<(Range<usize>, u64)>> = None;
         self.punct();
         while self.byte() != b'}' {
             let (key_start, key_end, escaped) = self.string();
@@ -453,20 +456,23 @@ impl Scanner<'_> {
             self.punct(); // ':'
             match (special, self.byte()) {
                 (Some(Special::Results), b'[') if role == Role::Document => {
-                    let mut found = Vec::new();
-                    self.array(|s, sites| s.element(Role::Result, sites), &mut found);
-                    members.results.get_or_insert_with(Vec::new).extend(found);
+                    let (start, counted) = (sites.len(), self.page.activities);
+                    self.array(|s, sites| s.element(Role::Result, sites), sites);
+                    let counted = self.page.activities - counted;
+                    results
+                        .get_or_insert_with(Vec::new)
+                        .push((start..sites.len(), counted));
                 }
                 (Some(Special::Activities), b'[') => {
-                    let mut found = Vec::new();
-                    self.array(|s, sites| s.element(Role::Activity, sites), &mut found);
-                    members
-                        .activities
+                    let (start, counted) = (sites.len(), self.page.activities);
+                    self.array(|s, sites| s.element(Role::Activity, sites), sites);
+                    let counted = self.page.activities - counted;
+                    activities
                         .get_or_insert_with(Vec::new)
-                        .extend(found);
+                        .push((start..sites.len(), counted));
                 }
-                (_, b'"') => self.candidate(&mut members.own),
-                (_, b'{' | b'[') if self.page.depth == Depth::Deep => self.deep(&mut members.own),
+                (_, b'"') => self.candidate(sites),
+                (_, b'{' | b'[') if self.page.depth == Depth::Deep => self.deep(sites),
                 _ => self.skip(),
             }
             if self.byte() == b',' {
@@ -474,14 +480,22 @@ impl Scanner<'_> {
             }
         }
         self.punct();
-        if let Some(results) = members.results {
-            sites.extend(results);
-        } else if let Some(activities) = members.activities {
-            sites.extend(activities);
-        } else {
+        let Some(kept) = results.or(activities) else {
+            // An activity: all its references count.
             self.page.activities += 1;
-            sites.extend(members.own);
+            return;
+        };
+        let mut write = first;
+        let mut counted = 0;
+        for (range, activities) in kept {
+            counted += activities;
+            for read in range {
+                sites[write] = sites[read];
+                write += 1;
+            }
         }
+        sites.truncate(write);
+        self.page.activities = activities_before + counted;
     }
 }
 

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use futures::FutureExt;
 use tokio::sync::oneshot;
 
-use crate::cache::{BatchResult, Cached, Flight, Joined, L1};
+use crate::cache::{BatchFuture, BatchResult, Cached, Flight, Joined, L1};
 use crate::error::{Error, ErrorKind, Result};
 use crate::stats::EnrichStats;
 use crate::store::SharedStore;
@@ -47,8 +47,8 @@ impl Resolver {
     /// One answer per id of `ids` (which must be distinct, valid ids), in order.
     pub(crate) async fn resolve(&self, ids: &[Box<str>], stats: &mut EnrichStats) -> Vec<Answer> {
         let mut answers: Vec<Option<Answer>> = vec![None; ids.len()];
-        let (sender, receiver) = oneshot::channel::<BatchResult>();
-        let batch = receiver.shared();
+        // This page's own batch, made at its first miss: a warm page allocates none of it.
+        let mut batch: Option<(oneshot::Sender<BatchResult>, BatchFuture)> = None;
         let mut started: Vec<(usize, Arc<Flight>)> = Vec::new();
         let mut waiting: Vec<(usize, Arc<Flight>)> = Vec::new();
 
@@ -58,13 +58,17 @@ impl Resolver {
                 answers[i] = Some(cached.into());
                 continue;
             }
-            match self.l1.join_or_start(id, &batch, started.len()) {
+            let (_, shared) = batch.get_or_insert_with(|| {
+                let (sender, receiver) = oneshot::channel::<BatchResult>();
+                (sender, receiver.shared())
+            });
+            match self.l1.join_or_start(id, shared, started.len()) {
                 Joined::Waiting(flight) => waiting.push((i, flight)),
                 Joined::Started(flight) => started.push((i, flight)),
             }
         }
 
-        if !started.is_empty() {
+        if let Some((sender, batch)) = batch.filter(|_| !started.is_empty()) {
             // A load that ended between our miss and our registration has filled the L1:
             // answer those ids from it rather than asking the store again.
             let rechecked: Vec<Option<Cached>> =

@@ -174,7 +174,15 @@ async fn a_server_restart_never_leaves_an_overwritten_value_cached() {
     a.users().add(&user("r", 1), false).await.unwrap();
     assert_eq!(version(&actor(&b, "r").await), 1);
     server.stop();
-    // While B cannot hear, reads fail rather than serve what may be stale.
+    // Once B notices that it cannot hear, reads fail rather than serve what may be stale.
+    let noticed = Instant::now();
+    while !b.cache_bypassed() {
+        assert!(
+            noticed.elapsed() < Duration::from_secs(5),
+            "the lost stream went unnoticed"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     let mut docs = vec![json!({"actor": "SU:r"})];
     let err = b
         .enrich_values(&mut docs, Depth::TopLevel)
