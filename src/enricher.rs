@@ -171,7 +171,7 @@ impl Enricher {
     /// Enriches a page of documents in place: each is an activity, a group or a feed response.
     pub async fn enrich_values(&self, page: &mut [Value], depth: Depth) -> Result<EnrichStats> {
         let mut stats = EnrichStats::default();
-        let mut index: HashMap<Box<str>, usize> = HashMap::new();
+        let mut index: HashMap<Box<str>, usize, foldhash::fast::RandomState> = HashMap::default();
         let mut ids: Vec<Box<str>> = Vec::new();
         for doc in page.iter_mut() {
             walk(

@@ -179,7 +179,7 @@ where
     let reader = tokio::spawn(read(inputs, options.depth, sender));
 
     let mut summary = RunSummary::default();
-    let mut users: HashSet<Box<str>> = HashSet::new();
+    let mut users: HashSet<Box<str>, foldhash::fast::RandomState> = HashSet::default();
     let mut pending = FuturesOrdered::new();
     let mut input_done = false;
     loop {
@@ -297,7 +297,8 @@ async fn render(enricher: Enricher, chunk: Chunk, timeout: Duration) -> Result<R
             Err(err) => return Err(err),
         }
     };
-    let mut out = Vec::new();
+    // Enriched documents are a few times their input: size once rather than grow.
+    let mut out = Vec::with_capacity(chunk.page.buffered() * 4);
     let mut ends = Vec::with_capacity(chunk.page.len());
     for doc in 0..chunk.page.len() {
         enriched.write(doc, &mut out);

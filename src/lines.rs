@@ -71,7 +71,7 @@ impl<R: AsyncRead + Unpin> LineReader<R> {
                 break;
             }
             seen_any = true;
-            let (chunk, done) = match buf.iter().position(|&b| b == b'\n') {
+            let (chunk, done) = match memchr::memchr(b'\n', buf) {
                 Some(i) => (&buf[..i], Some(i + 1)),
                 None => (buf, None),
             };

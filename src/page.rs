@@ -17,8 +17,9 @@ use std::ops::Range;
 use serde::de::IgnoredAny;
 
 use crate::error::{Error, Result};
-use crate::reference::{user_ref, write_not_found, write_unavailable};
+use crate::reference::{USER_PREFIX, user_ref, write_not_found, write_unavailable};
 use crate::resolver::Answer;
+use crate::user::is_valid_id;
 
 /// How deep references are looked for inside an activity.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -307,15 +308,14 @@ impl Scanner<'_> {
         let start = self.pos;
         let mut i = start + 1;
         let mut escaped = false;
-        loop {
-            match self.src[i] {
-                b'"' => break,
-                b'\\' => {
-                    escaped = true;
-                    i += 2;
-                }
-                _ => i += 1,
+        // The document is valid JSON: the string ends at the first quote not escaped.
+        while let Some(at) = memchr::memchr2(b'"', b'\\', &self.src[i..]) {
+            i += at;
+            if self.src[i] == b'"' {
+                break;
             }
+            escaped = true;
+            i += 2;
         }
         let out = self.page.buf.len();
         self.page.buf.extend_from_slice(&self.src[start..=i]);
@@ -331,18 +331,19 @@ impl Scanner<'_> {
         let is_ref = if escaped {
             serde_json::from_slice::<String>(token).is_ok_and(|text| user_ref(&text).is_some())
         } else {
-            // Valid JSON without escapes: the bytes between the quotes are the text.
-            std::str::from_utf8(&token[1..token.len() - 1]).is_ok_and(|t| user_ref(t).is_some())
+            // Without escapes the bytes between the quotes are the text; an id is ASCII, so
+            // the bytes alone decide.
+            token[1..].starts_with(USER_PREFIX.as_bytes())
+                && is_valid_id(&token[1 + USER_PREFIX.len()..token.len() - 1])
         };
-        if !is_ref {
-            return;
+        if is_ref {
+            sites.push(Site {
+                start,
+                end,
+                escaped,
+                id: u32::MAX,
+            });
         }
-        sites.push(Site {
-            start,
-            end,
-            escaped,
-            id: u32::MAX,
-        });
     }
 
     /// Copies any value without looking for references.
