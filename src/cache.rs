@@ -132,8 +132,9 @@ fn weigh(key: &Arc<str>, value: &Cached) -> u32 {
     u32::try_from(bytes).unwrap_or(u32::MAX)
 }
 
-/// The result of one batched store call, shared by every id it loaded.
-pub(crate) type BatchResult = Arc<Result<Vec<Option<UserJson>>>>;
+/// The result of one batched store call, shared by every id it loaded: an answer or an error
+/// per id (a cluster node can fail while the others answer), or one error for the whole call.
+pub(crate) type BatchResult = Arc<Result<Vec<Result<Option<UserJson>>>>>;
 
 /// A batched load's answer, as every waiter sees it; an error if the loader was dropped.
 pub(crate) type BatchFuture = Shared<oneshot::Receiver<BatchResult>>;

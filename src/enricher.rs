@@ -327,6 +327,10 @@ impl UserStore for WriteThrough {
         self.store.get_many(ids).await
     }
 
+    async fn get_many_each(&self, ids: &[UserId]) -> Vec<Result<Option<UserJson>>> {
+        self.store.get_many_each(ids).await
+    }
+
     async fn update(&self, user: &NewUser) -> Result<UserJson> {
         let updated = self.store.update(user).await;
         self.l1.invalidate(user.id().as_str());

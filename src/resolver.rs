@@ -2,7 +2,7 @@
 //!
 //! For each id: the L1 answers if it can; otherwise a load of that id already in flight for
 //! another page is joined; otherwise the id joins this page's batch. The batch is one
-//! [`UserStore::get_many`] call, run on its own task so that a page dropped mid-load (a client
+//! [`UserStore::get_many_each`] call (an answer or an error per id), run on its own task so that a page dropped mid-load (a client
 //! gone away) never leaves the pages that joined its loads waiting forever.
 
 use std::sync::Arc;
@@ -118,7 +118,10 @@ impl Resolver {
 fn pick(result: &Result<BatchResult, oneshot::error::RecvError>, index: usize) -> Answer {
     match result {
         Ok(batch) => match &**batch {
-            Ok(found) => Answer::from(Cached::from_store(found[index].clone())),
+            Ok(found) => match &found[index] {
+                Ok(user) => Answer::from(Cached::from_store(user.clone())),
+                Err(err) => Answer::Unavailable(err.clone()),
+            },
             Err(err) => Answer::Unavailable(err.clone()),
         },
         Err(_) => Answer::Unavailable(Error::new(
@@ -143,35 +146,35 @@ struct Load {
 impl Load {
     async fn run(self) {
         let fetched = if self.to_load.is_empty() {
-            Ok(Vec::new())
+            Vec::new()
         } else {
-            self.store.get_many(&self.to_load).await
+            self.store.get_many_each(&self.to_load).await
         };
         let expected = self.to_load.len();
-        let result = fetched.and_then(|fetched| {
-            if fetched.len() != expected {
-                return Err(Error::new(
-                    ErrorKind::Internal,
-                    format!("the store answered {} of {expected} ids", fetched.len()),
-                ));
-            }
+        let result = if fetched.len() != expected {
+            Err(Error::new(
+                ErrorKind::Internal,
+                format!("the store answered {} of {expected} ids", fetched.len()),
+            ))
+        } else {
             let mut fetched = fetched.into_iter();
-            let found = self
+            Ok(self
                 .rechecked
                 .iter()
                 .map(|cached| match cached {
-                    Some(cached) => cached.user().cloned(),
-                    None => fetched.next().flatten(),
+                    Some(cached) => Ok(cached.user().cloned()),
+                    None => fetched.next().expect("one answer per id to load"),
                 })
-                .collect::<Vec<_>>();
-            Ok(found)
-        });
+                .collect::<Vec<_>>())
+        };
         for (slot, (id, flight)) in self.ids.iter().enumerate() {
-            // Only what the store just said fills the L1; rechecked ids are there already.
+            // Only what the store just said fills the L1; rechecked ids are there already, and
+            // an id the store could not read is not cached at all.
             let answer = match &result {
-                Ok(found) if self.rechecked[slot].is_none() => {
-                    Some(Cached::from_store(found[slot].clone()))
-                }
+                Ok(found) if self.rechecked[slot].is_none() => found[slot]
+                    .as_ref()
+                    .ok()
+                    .map(|user| Cached::from_store(user.clone())),
                 _ => None,
             };
             self.l1.complete(id, flight, answer);

@@ -1,5 +1,5 @@
 //! One behavioural suite for every store backend: each behaviour is one test body, run against
-//! memory, a redb file, and a private `redis-server`.
+//! memory, a redb file, a private `redis-server`, and a private three-master Redis Cluster.
 
 mod support;
 
@@ -9,7 +9,7 @@ use std::sync::Arc;
 use enrich::store::{self, ImportOutcome, ImportUser, SharedStore, StoreOptions};
 use enrich::{ErrorKind, NewUser, Timestamp, UserId};
 use serde_json::json;
-use support::{RedisServer, temp_db};
+use support::{RedisCluster, RedisServer, temp_db};
 
 /// A store and whatever keeps it alive (a server process, a temp dir).
 struct Backend {
@@ -43,6 +43,18 @@ async fn redis() -> Backend {
     }
 }
 
+async fn cluster() -> Backend {
+    let cluster = tokio::task::spawn_blocking(RedisCluster::start)
+        .await
+        .unwrap();
+    Backend {
+        store: store::open(&cluster.url(), &StoreOptions::new())
+            .await
+            .unwrap(),
+        _guard: Box::new(cluster),
+    }
+}
+
 /// Generates one test per behaviour and backend: `memory::add_then_get`, `redis::…`.
 macro_rules! suite {
     ($($behaviour:ident),* $(,)?) => {
@@ -61,6 +73,13 @@ macro_rules! suite {
             $(#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
             async fn $behaviour() {
                 let backend = super::redis().await;
+                super::$behaviour(backend.store.clone()).await
+            })*
+        }
+        mod cluster_backend {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn $behaviour() {
+                let backend = super::cluster().await;
                 super::$behaviour(backend.store.clone()).await
             })*
         }

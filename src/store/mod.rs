@@ -3,15 +3,18 @@
 //! | URL | backend | for |
 //! |---|---|---|
 //! | `redis://[user:pass@]host:port[/db]`, `rediss://…` | [`RedisStore`] | production, shared by many processes |
+//! | `redis+cluster://[user:pass@]host:port[,host:port…]`, `rediss+cluster://…` | [`ClusterStore`] | when one Redis node is not enough |
 //! | `file:PATH` | [`FileStore`] | the CLI's zero-setup default, `file:./enrich.db` |
 //! | `memory:` | [`MemoryStore`] | library users and tests |
 //!
 //! Every backend writes and hands out the same [`UserJson`] bytes, and answers
 //! [`UserStore::get_many`] in one round trip: that is the call the resolver makes once per page.
 
+mod cluster;
 mod file;
 mod memory;
 mod redis;
+mod slots;
 mod tracking;
 
 use std::fmt;
@@ -20,6 +23,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
+pub use self::cluster::ClusterStore;
 pub use self::file::FileStore;
 pub use self::memory::MemoryStore;
 pub use self::redis::RedisStore;
@@ -45,6 +49,16 @@ pub trait UserStore: Send + Sync + fmt::Debug + 'static {
     /// Reads many users in one round trip: one answer per id, in order, `None` for a user that
     /// does not exist.
     async fn get_many(&self, ids: &[UserId]) -> Result<Vec<Option<UserJson>>>;
+
+    /// Like [`UserStore::get_many`], but with an answer or an error for each id on its own:
+    /// a store spread over several servers (Redis Cluster) still answers the ids of the servers
+    /// that are up when one is down. One round trip per server; an error is never `Ok(None)`.
+    async fn get_many_each(&self, ids: &[UserId]) -> Vec<Result<Option<UserJson>>> {
+        match self.get_many(ids).await {
+            Ok(found) => found.into_iter().map(Ok).collect(),
+            Err(err) => vec![Err(err); ids.len()],
+        }
+    }
 
     /// Replaces the data of an existing user, bumps `updated_at` and keeps `created_at`.
     async fn update(&self, user: &NewUser) -> Result<UserJson>;
@@ -280,6 +294,14 @@ impl StoreOptions {
 pub enum StoreUrl {
     /// `redis://…` or `rediss://…`, kept whole for the Redis client.
     Redis(String),
+    /// `redis+cluster://…` or `rediss+cluster://…`: one node URL per seed (credentials
+    /// included), and the URL as it may be shown (without them).
+    RedisCluster {
+        /// `redis://[user:pass@]host:port` (or `rediss://…`) for each seed, in order.
+        nodes: Vec<String>,
+        /// The URL without its password.
+        describe: String,
+    },
     /// `file:PATH`.
     File(std::path::PathBuf),
     /// `memory:`.
@@ -291,6 +313,10 @@ impl StoreUrl {
     pub fn parse(url: &str) -> Result<StoreUrl> {
         if url.starts_with("redis://") || url.starts_with("rediss://") {
             Ok(StoreUrl::Redis(url.to_string()))
+        } else if let Some(rest) = url.strip_prefix("redis+cluster://") {
+            parse_cluster("redis", rest)
+        } else if let Some(rest) = url.strip_prefix("rediss+cluster://") {
+            parse_cluster("rediss", rest)
         } else if let Some(path) = url.strip_prefix("file:") {
             let path = path.strip_prefix("//").unwrap_or(path);
             if path.is_empty() {
@@ -303,10 +329,57 @@ impl StoreUrl {
             Ok(StoreUrl::Memory)
         } else {
             Err(Error::invalid(format!(
-                "unknown store URL {url:?}; use redis://host:port[/db], rediss://…, file:PATH or memory:"
+                "unknown store URL {url:?}; use redis://host:port[/db], rediss://…, \
+                 redis+cluster://host:port[,host:port…], file:PATH or memory:"
             )))
         }
     }
+}
+
+/// Reads the part of a cluster URL after `scheme+cluster://`: optional credentials, then a
+/// comma-separated list of `host:port` seeds. The messages never repeat the credentials.
+fn parse_cluster(scheme: &str, rest: &str) -> Result<StoreUrl> {
+    let shown = |hosts: &str| format!("{scheme}+cluster://{hosts}");
+    let (userinfo, hosts) = match rest.rsplit_once('@') {
+        Some((userinfo, hosts)) => (Some(userinfo), hosts),
+        None => (None, rest),
+    };
+    let bad = |why: String| {
+        Err(Error::invalid(format!(
+            "invalid cluster URL {:?}: {why}; write {scheme}+cluster://[user:pass@]host:port[,host:port…]",
+            shown(hosts)
+        )))
+    };
+    if let Some((_, path)) = hosts.split_once('/')
+        && !path.is_empty()
+    {
+        return bad(format!(
+            "a cluster has only database 0, so it takes no path (got /{path})"
+        ));
+    }
+    let hosts = hosts.trim_end_matches('/');
+    if hosts.is_empty() {
+        return bad("it names no node".to_string());
+    }
+    let mut nodes = Vec::new();
+    for seed in hosts.split(',') {
+        let Some((host, port)) = seed.rsplit_once(':') else {
+            return bad(format!("node {seed:?} has no port"));
+        };
+        if host.is_empty() {
+            return bad(format!("node {seed:?} has no host"));
+        }
+        match port.parse::<u16>() {
+            Ok(p) if p > 0 => {}
+            _ => return bad(format!("node {seed:?} has an invalid port {port:?}")),
+        }
+        let auth = userinfo.map(|u| format!("{u}@")).unwrap_or_default();
+        nodes.push(format!("{scheme}://{auth}{host}:{port}"));
+    }
+    Ok(StoreUrl::RedisCluster {
+        nodes,
+        describe: shown(hosts),
+    })
 }
 
 /// Opens the store a URL names.
@@ -314,6 +387,9 @@ pub async fn open(url: &str, options: &StoreOptions) -> Result<SharedStore> {
     options.validate()?;
     Ok(match StoreUrl::parse(url)? {
         StoreUrl::Redis(url) => Arc::new(RedisStore::connect(&url, options).await?),
+        StoreUrl::RedisCluster { nodes, describe } => {
+            Arc::new(ClusterStore::connect(nodes, describe, options).await?)
+        }
         StoreUrl::File(path) => Arc::new(FileStore::open(&path, options).await?),
         StoreUrl::Memory => Arc::new(MemoryStore::new()),
     })
@@ -338,6 +414,40 @@ mod tests {
         assert!(err.is_invalid_input());
         assert!(err.to_string().contains("postgres://x"), "{err}");
         assert!(StoreUrl::parse("file:").is_err());
+    }
+
+    #[test]
+    fn cluster_urls_parse() {
+        assert_eq!(
+            StoreUrl::parse("redis+cluster://u:pw@10.0.0.1:7000,h2:7001").unwrap(),
+            StoreUrl::RedisCluster {
+                nodes: vec![
+                    "redis://u:pw@10.0.0.1:7000".to_string(),
+                    "redis://u:pw@h2:7001".to_string()
+                ],
+                describe: "redis+cluster://10.0.0.1:7000,h2:7001".to_string(),
+            }
+        );
+        assert_eq!(
+            StoreUrl::parse("rediss+cluster://h:1/").unwrap(),
+            StoreUrl::RedisCluster {
+                nodes: vec!["rediss://h:1".to_string()],
+                describe: "rediss+cluster://h:1".to_string(),
+            }
+        );
+        for (url, says) in [
+            ("redis+cluster://", "names no node"),
+            ("redis+cluster://:pw@h", "\"h\" has no port"),
+            ("redis+cluster://h:1,:2", "\":2\" has no host"),
+            ("redis+cluster://h:1,h:x", "invalid port \"x\""),
+            ("redis+cluster://h:1,h:70000", "invalid port"),
+            ("redis+cluster://h:1/2", "only database 0"),
+        ] {
+            let err = StoreUrl::parse(url).unwrap_err();
+            assert!(err.is_invalid_input(), "{url}");
+            assert!(err.to_string().contains(says), "{url}: {err}");
+            assert!(!err.to_string().contains("pw"), "{url}: {err}");
+        }
     }
 
     #[test]

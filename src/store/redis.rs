@@ -24,7 +24,7 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::user::{NewUser, Timestamp, UserId, UserJson};
 
 /// Returns the existing record, or writes ARGV[1] and returns nil.
-const ADD: &str = r"
+pub(super) const ADD: &str = r"
 local old = redis.call('GET', KEYS[1])
 if old then return old end
 redis.call('SET', KEYS[1], ARGV[1])
@@ -32,7 +32,7 @@ return false
 ";
 
 /// Keeps the stored created_at (bytes 1..42) and writes ARGV[1] behind it; nil if absent.
-const UPDATE: &str = r"
+pub(super) const UPDATE: &str = r"
 local old = redis.call('GET', KEYS[1])
 if not old then return false end
 local new = string.sub(old, 1, 42) .. ARGV[1]
@@ -42,7 +42,7 @@ return new
 
 /// ARGV[1]: override flag, then per key a record and a keep-created_at flag. Answers per key:
 /// 0 created, 1 skipped, 2 overridden.
-const IMPORT: &str = r"
+pub(super) const IMPORT: &str = r"
 local override = ARGV[1] == '1'
 local out = {}
 for i, key in ipairs(KEYS) do
@@ -146,7 +146,7 @@ impl RedisStore {
 }
 
 /// The URL without its password, for messages.
-fn redact(url: &str) -> String {
+pub(super) fn redact(url: &str) -> String {
     match url.split_once("://") {
         Some((scheme, rest)) => {
             let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
@@ -179,6 +179,19 @@ pub(super) fn fault(describe: &str, err: redis::RedisError) -> Error {
         format!("Redis at {describe} is unavailable")
     };
     Error::new(kind, what).with_cause(err)
+}
+
+/// What the import script's answer for one key means.
+pub(super) fn import_outcome(code: u8) -> Result<ImportOutcome> {
+    match code {
+        0 => Ok(ImportOutcome::Created),
+        1 => Ok(ImportOutcome::Skipped),
+        2 => Ok(ImportOutcome::Overridden),
+        other => Err(Error::new(
+            ErrorKind::Internal,
+            format!("import script answered {other}"),
+        )),
+    }
 }
 
 #[async_trait]
@@ -271,18 +284,7 @@ impl UserStore for RedisStore {
             .invoke_async(&mut self.conn.clone())
             .await
             .map_err(|e| self.fault(e))?;
-        codes
-            .into_iter()
-            .map(|code| match code {
-                0 => Ok(ImportOutcome::Created),
-                1 => Ok(ImportOutcome::Skipped),
-                2 => Ok(ImportOutcome::Overridden),
-                other => Err(Error::new(
-                    ErrorKind::Internal,
-                    format!("import script answered {other}"),
-                )),
-            })
-            .collect()
+        codes.into_iter().map(import_outcome).collect()
     }
 
     fn describe(&self) -> String {

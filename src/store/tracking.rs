@@ -14,13 +14,34 @@
 //! [`StoreEvent::Connected`] once tracking is on again (the enricher flushes once more, to drop
 //! whatever was loaded while it could not hear, and resumes caching). The connection is named
 //! `enrich-tracking` in `CLIENT LIST`.
+//!
+//! # On Redis Cluster
+//!
+//! Tracking is per connection and per node: a node announces the writes it executes. So the
+//! cluster watcher keeps one such connection per master, found in the slot map, and merges
+//! their announcements. We chose this over classic pub/sub (which a cluster broadcasts to every
+//! node, so each write would cost traffic on all of them) and over sharded pub/sub (which
+//! would need a publish in every write script and would miss writes made outside the engine),
+//! for the same reasons as on one node.
+//!
+//! The flush-on-loss rule holds for every node: the moment any master's stream is lost, the
+//! watcher says [`StoreEvent::Lost`]; it says [`StoreEvent::Connected`] only once every master's
+//! stream is up again. A master we do not hear from yet could already be taking writes, so the
+//! slot map is read again every second, and at once when a read finds it stale (a slot that
+//! moved, a node that failed over): a change in the set of masters says `Lost` until the new
+//! masters' streams are up. A slot that moves between masters we already hear from needs
+//! nothing more: both announce their side of the move (the source deletes, the target writes).
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, Client, ProtocolVersion, PushInfo, PushKind, Value};
 use tokio::sync::mpsc;
 
+use super::cluster::{NodeUrls, Topology};
+use super::slots::Node;
 use super::{EventSink, StoreEvent, StoreOptions, WatchGuard};
 use crate::error::Result;
 
@@ -173,5 +194,136 @@ impl Watcher {
                 _ => (self.sink)(StoreEvent::ChangedAll),
             }
         }
+    }
+}
+
+/// How often the cluster watcher reads the slot map, to notice new masters.
+const TOPOLOGY_EVERY: Duration = Duration::from_secs(1);
+
+/// Starts the cluster watcher task (one tracking connection per master), or `None` outside a
+/// tokio runtime.
+pub(super) fn watch_cluster(
+    conn: redis::cluster_async::ClusterConnection,
+    topology: Arc<Topology>,
+    nodes: NodeUrls,
+    prefix: String,
+    options: &StoreOptions,
+    sink: EventSink,
+) -> Option<WatchGuard> {
+    let runtime = tokio::runtime::Handle::try_current().ok()?;
+    let watcher = ClusterWatcher {
+        conn,
+        topology,
+        nodes,
+        prefix,
+        options: options.clone(),
+        sink,
+        health: Arc::new(Mutex::new(Health::default())),
+    };
+    Some(WatchGuard::new(runtime.spawn(watcher.run()).abort_handle()))
+}
+
+struct ClusterWatcher {
+    conn: redis::cluster_async::ClusterConnection,
+    topology: Arc<Topology>,
+    nodes: NodeUrls,
+    prefix: String,
+    options: StoreOptions,
+    sink: EventSink,
+    health: Arc<Mutex<Health>>,
+}
+
+/// Which masters' streams are up, and whether we last said `Connected`.
+#[derive(Default)]
+struct Health {
+    up: HashMap<Node, bool>,
+    announced: bool,
+}
+
+impl Health {
+    /// Says `Lost` unless it is said already.
+    fn lose(&mut self, sink: &EventSink) {
+        if self.announced {
+            self.announced = false;
+            sink(StoreEvent::Lost);
+        }
+    }
+}
+
+impl ClusterWatcher {
+    async fn run(mut self) {
+        let mut watchers: HashMap<Node, WatchGuard> = HashMap::new();
+        loop {
+            if let Err(err) = self.topology.refresh(&mut self.conn).await {
+                tracing::debug!("cannot read the cluster's slot map: {err}");
+            }
+            let masters = self.topology.current().masters();
+            let same =
+                masters.len() == watchers.len() && masters.iter().all(|m| watchers.contains_key(m));
+            if !same {
+                {
+                    let mut health = self.health.lock().expect("health lock");
+                    health.lose(&self.sink);
+                    health.up.retain(|node, _| masters.contains(node));
+                    for node in &masters {
+                        health.up.entry(node.clone()).or_insert(false);
+                    }
+                }
+                watchers.retain(|node, _| masters.contains(node));
+                for node in masters {
+                    if !watchers.contains_key(&node)
+                        && let Some(guard) = self.watch_node(&node)
+                    {
+                        watchers.insert(node, guard);
+                    }
+                }
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(TOPOLOGY_EVERY) => {}
+                _ = self.topology.stale.notified() => {}
+            }
+        }
+    }
+
+    /// Starts the tracking connection of one master; its `Connected` and `Lost` count towards
+    /// the cluster's, its announcements pass straight on.
+    fn watch_node(&self, node: &Node) -> Option<WatchGuard> {
+        let client = match Client::open(self.nodes.url(node)) {
+            Ok(client) => client,
+            Err(err) => {
+                tracing::warn!(%node, "cannot watch this master: {err}");
+                return None;
+            }
+        };
+        let health = self.health.clone();
+        let sink = self.sink.clone();
+        let me = node.clone();
+        let node_sink: EventSink = Arc::new(move |event| match event {
+            StoreEvent::Connected => {
+                let mut health = health.lock().expect("health lock");
+                if let Some(up) = health.up.get_mut(&me) {
+                    *up = true;
+                }
+                if !health.announced && health.up.values().all(|up| *up) {
+                    health.announced = true;
+                    sink(StoreEvent::Connected);
+                }
+            }
+            StoreEvent::Lost => {
+                let mut health = health.lock().expect("health lock");
+                if let Some(up) = health.up.get_mut(&me) {
+                    *up = false;
+                }
+                health.lose(&sink);
+            }
+            other => sink(other),
+        });
+        watch(
+            client,
+            self.prefix.clone(),
+            self.nodes.describe(node),
+            &self.options,
+            node_sink,
+        )
     }
 }

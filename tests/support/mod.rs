@@ -42,10 +42,15 @@ impl RedisServer {
 
     /// A server with extra `redis-server` arguments.
     pub fn with_args(args: &[&str]) -> RedisServer {
+        RedisServer::on_port(free_port(), args)
+    }
+
+    /// A server on `port` with extra `redis-server` arguments.
+    pub fn on_port(port: u16, args: &[&str]) -> RedisServer {
         let dir = tempfile::tempdir().expect("temp dir for redis-server");
         let mut server = RedisServer {
             child: None,
-            port: free_port(),
+            port,
             dir,
             args: args.iter().map(|a| a.to_string()).collect(),
         };
@@ -157,6 +162,251 @@ impl RedisServer {
 impl Drop for RedisServer {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+/// A port free for a cluster node: the node listens on it and on it + 10000 (the cluster bus).
+fn cluster_port() -> u16 {
+    loop {
+        let port = free_port();
+        if port < 55535 && TcpListener::bind(("127.0.0.1", port + 10000)).is_ok() {
+            return port;
+        }
+    }
+}
+
+fn cli_binary() -> String {
+    std::env::var("REDIS_CLI").unwrap_or_else(|_| "redis-cli".to_string())
+}
+
+/// A Redis Cluster of this test's own: three masters, no replicas, each node its own process,
+/// port and temp dir, all killed when dropped.
+pub struct RedisCluster {
+    nodes: Vec<RedisServer>,
+}
+
+impl RedisCluster {
+    /// Starts three masters, joins them with `redis-cli --cluster create` and waits until every
+    /// node says `cluster_state:ok` and sees all three masters.
+    pub fn start() -> RedisCluster {
+        // Full coverage off: when a master dies, the others keep serving their own slots.
+        let args = [
+            "--cluster-enabled",
+            "yes",
+            "--cluster-config-file",
+            "nodes.conf",
+            "--cluster-require-full-coverage",
+            "no",
+            "--appendonly",
+            "no",
+        ];
+        let nodes: Vec<RedisServer> = (0..3)
+            .map(|_| RedisServer::on_port(cluster_port(), &args))
+            .collect();
+        let addrs: Vec<String> = nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port()))
+            .collect();
+        let out = Command::new(cli_binary())
+            .args(["--cluster", "create"])
+            .args(&addrs)
+            .arg("--cluster-yes")
+            .stdin(Stdio::null())
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run {}: {e}", cli_binary()));
+        assert!(
+            out.status.success(),
+            "redis-cli --cluster create failed:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let cluster = RedisCluster { nodes };
+        cluster.wait_ok();
+        cluster
+    }
+
+    fn wait_ok(&self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let ready = (0..self.nodes.len()).all(|i| {
+                let mut conn = self.node_connection(i);
+                let info: String = redis::cmd("CLUSTER")
+                    .arg("INFO")
+                    .query(&mut conn)
+                    .unwrap_or_default();
+                info.contains("cluster_state:ok") && self.masters_seen_by(i) == 3
+            });
+            if ready {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the cluster never became ok:\n{}",
+                self.nodes
+                    .iter()
+                    .map(|n| n.log())
+                    .collect::<Vec<_>>()
+                    .join("\n---\n")
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn masters_seen_by(&self, node: usize) -> usize {
+        let slots: redis::Value = redis::cmd("CLUSTER")
+            .arg("SLOTS")
+            .query(&mut self.node_connection(node))
+            .unwrap_or(redis::Value::Nil);
+        match slots {
+            redis::Value::Array(ranges) => ranges.len(),
+            _ => 0,
+        }
+    }
+
+    /// `redis+cluster://127.0.0.1:P1,127.0.0.1:P2,127.0.0.1:P3`.
+    pub fn url(&self) -> String {
+        let seeds: Vec<String> = self
+            .nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port()))
+            .collect();
+        format!("redis+cluster://{}", seeds.join(","))
+    }
+
+    /// The ports of the nodes, in start order.
+    pub fn ports(&self) -> Vec<u16> {
+        self.nodes.iter().map(|n| n.port()).collect()
+    }
+
+    /// A plain connection to node `i` (not cluster-aware), for its own stats.
+    pub fn node_connection(&self, i: usize) -> redis::Connection {
+        self.nodes[i].connection()
+    }
+
+    /// The cluster's id of node `i`.
+    pub fn node_id(&self, i: usize) -> String {
+        redis::cmd("CLUSTER")
+            .arg("MYID")
+            .query(&mut self.node_connection(i))
+            .unwrap()
+    }
+
+    /// The hash slot of `key`.
+    pub fn slot_of(&self, key: &str) -> u16 {
+        redis::cmd("CLUSTER")
+            .arg("KEYSLOT")
+            .arg(key)
+            .query(&mut self.node_connection(0))
+            .unwrap()
+    }
+
+    /// The index of the node that serves `slot` by its own account.
+    pub fn owner_of(&self, slot: u16) -> usize {
+        (0..self.nodes.len())
+            .find(|i| {
+                let slots: redis::Value = redis::cmd("CLUSTER")
+                    .arg("SLOTS")
+                    .query(&mut self.node_connection(*i))
+                    .unwrap();
+                let redis::Value::Array(ranges) = slots else {
+                    return false;
+                };
+                ranges.iter().any(|r| match r {
+                    redis::Value::Array(items) => match (&items[0], &items[1], &items[2]) {
+                        (redis::Value::Int(a), redis::Value::Int(b), redis::Value::Array(n)) => {
+                            (*a..=*b).contains(&i64::from(slot))
+                                && n.get(1)
+                                    == Some(&redis::Value::Int(i64::from(self.nodes[*i].port())))
+                        }
+                        _ => false,
+                    },
+                    _ => false,
+                })
+            })
+            .expect("some node serves the slot")
+    }
+
+    /// Resets the command and keyspace statistics of every node.
+    pub fn reset_stats(&self) {
+        for i in 0..self.nodes.len() {
+            redis::cmd("CONFIG")
+                .arg("RESETSTAT")
+                .exec(&mut self.node_connection(i))
+                .unwrap();
+        }
+    }
+
+    /// One line of node `i`'s `INFO all`, as a number: `stat("keyspace_hits:")`,
+    /// `stat("cmdstat_eval_ro:calls=")`; 0 when absent.
+    pub fn stat(&self, i: usize, name: &str) -> u64 {
+        let info: String = redis::cmd("INFO")
+            .arg("all")
+            .query(&mut self.node_connection(i))
+            .unwrap();
+        info.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split(',').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// Moves `slot` from node `from` to node `to` the way `redis-cli --cluster reshard` does:
+    /// IMPORTING/MIGRATING, the keys one `MIGRATE` at a time with `pause` between, then the
+    /// new owner on both sides.
+    pub fn migrate_slot(&self, slot: u16, from: usize, to: usize, pause: Duration) {
+        let (from_id, to_id) = (self.node_id(from), self.node_id(to));
+        let mut src = self.node_connection(from);
+        let mut dst = self.node_connection(to);
+        redis::cmd("CLUSTER")
+            .arg("SETSLOT")
+            .arg(slot)
+            .arg("IMPORTING")
+            .arg(&from_id)
+            .exec(&mut dst)
+            .unwrap();
+        redis::cmd("CLUSTER")
+            .arg("SETSLOT")
+            .arg(slot)
+            .arg("MIGRATING")
+            .arg(&to_id)
+            .exec(&mut src)
+            .unwrap();
+        loop {
+            let keys: Vec<String> = redis::cmd("CLUSTER")
+                .arg("GETKEYSINSLOT")
+                .arg(slot)
+                .arg(1)
+                .query(&mut src)
+                .unwrap();
+            if keys.is_empty() {
+                break;
+            }
+            redis::cmd("MIGRATE")
+                .arg("127.0.0.1")
+                .arg(self.nodes[to].port())
+                .arg("")
+                .arg(0)
+                .arg(5000)
+                .arg("KEYS")
+                .arg(&keys)
+                .exec(&mut src)
+                .unwrap();
+            std::thread::sleep(pause);
+        }
+        for conn in [&mut dst, &mut src] {
+            redis::cmd("CLUSTER")
+                .arg("SETSLOT")
+                .arg(slot)
+                .arg("NODE")
+                .arg(&to_id)
+                .exec(conn)
+                .unwrap();
+        }
+    }
+
+    /// Kills master `i`; its slots stay unserved (there are no replicas).
+    pub fn kill(&mut self, i: usize) {
+        self.nodes[i].stop();
     }
 }
 

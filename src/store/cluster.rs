@@ -1,0 +1,415 @@
+//! The Redis Cluster backend: the same keys, records and write scripts as [`RedisStore`],
+//! spread over the masters of a cluster.
+//!
+//! Each user is still one key, `{namespace}:user:{id}`, with no hash tag, so users spread
+//! evenly over the slots and every write script touches exactly one key: the scripts of
+//! [`super::redis`] run unchanged, routed by that key's slot, and stay atomic per user.
+//!
+//! # Reads: one command per node, in parallel
+//!
+//! A page's ids are grouped by the master that serves their slot (our own slot map, read with
+//! `CLUSTER SLOTS`), and each group is one command to its node, all groups at once; the answers
+//! are put back in id order. A cold page therefore costs one round trip per node involved.
+//!
+//! Which command: Redis refuses any multi-key command whose keys hash to different slots
+//! (`CROSSSLOT`), even when one node serves all of them, so a plain `MGET` per node is out.
+//! `MGET` per slot would be one command per *slot* — with 16,384 slots, nearly one per id.
+//! What Redis 7 does allow is a read-only script flagged `allow-cross-slot-keys` that reads
+//! keys it was not given as `KEYS` (they are passed as arguments), provided this node serves
+//! them all: that is one `EVAL_RO` per node, whatever the spread of slots. The server counts
+//! the script's inner `GET`s in its command statistics too, but the client sends one command
+//! and the node answers it in one go.
+//!
+//! When the node refuses (a slot moved or is migrating, so a key is not local; a node we have
+//! no connection to; a server older than 7), that group falls back to the `redis` crate's
+//! own cluster `MGET`, which splits per slot and follows `MOVED` and `ASK`, and our slot map is
+//! read again. A group whose node cannot be reached either way is answered with
+//! [`ErrorKind::Unavailable`](crate::ErrorKind::Unavailable) for its ids only (see
+//! [`UserStore::get_many_each`]); the other groups' answers are kept. A failure is never a
+//! `None`, which would mean "no such user".
+//!
+//! Invalidation: see [`super::tracking`], which keeps one tracking connection per master.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, RwLock};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::future::join_all;
+use redis::Script;
+use redis::cluster::{ClusterClient, ClusterClientBuilder};
+use redis::cluster_async::ClusterConnection;
+use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
+
+use super::redis::{ADD, IMPORT, UPDATE, fault, import_outcome};
+use super::slots::{Node, SlotMap, slot};
+use super::{
+    Added, EventSink, ImportOutcome, ImportUser, StoreOptions, UserStore, WatchGuard, conflict,
+    not_found,
+};
+use crate::error::{Error, ErrorKind, Result};
+use crate::user::{NewUser, Timestamp, UserId, UserJson};
+
+/// Reads the keys given as arguments, all served by the node that runs it. `no-writes` lets it
+/// run as `EVAL_RO`; `allow-cross-slot-keys` lets it read keys of several slots, which Redis
+/// allows only for keys not declared as `KEYS` (declared keys must share one slot).
+const READ: &str = "#!lua flags=no-writes,allow-cross-slot-keys
+local out = {}
+for i, key in ipairs(ARGV) do out[i] = redis.call('GET', key) end
+return out
+";
+
+/// Users in a Redis Cluster, under a namespace prefix. Cheap to clone; clones share one
+/// cluster connection (a multiplexed connection per node, reconnecting by itself).
+#[derive(Clone)]
+pub struct ClusterStore {
+    conn: ClusterConnection,
+    options: StoreOptions,
+    prefix: String,
+    describe: String,
+    nodes: NodeUrls,
+    topology: Arc<Topology>,
+    scripts: Arc<Scripts>,
+}
+
+struct Scripts {
+    add: Script,
+    update: Script,
+    import: Script,
+}
+
+impl std::fmt::Debug for ClusterStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterStore")
+            .field("url", &self.describe)
+            .field("prefix", &self.prefix)
+            .finish()
+    }
+}
+
+/// How to reach one node by URL: the seeds' scheme and credentials with its address.
+#[derive(Clone)]
+pub(super) struct NodeUrls {
+    scheme: String,
+    auth: String,
+}
+
+impl NodeUrls {
+    /// `redis://[user:pass@]host:port` for `node`; never shown to anyone.
+    pub(super) fn url(&self, node: &Node) -> String {
+        let host = if node.host.contains(':') {
+            format!("[{}]", node.host)
+        } else {
+            node.host.clone()
+        };
+        format!("{}://{}{host}:{}", self.scheme, self.auth, node.port)
+    }
+
+    /// `redis://host:port`, for messages.
+    pub(super) fn describe(&self, node: &Node) -> String {
+        format!("{}://{node}", self.scheme)
+    }
+}
+
+/// The slot map the store routes its reads by, shared with the watcher so that both react
+/// to a topology change the store notices first.
+#[derive(Debug)]
+pub(super) struct Topology {
+    map: RwLock<Arc<SlotMap>>,
+    /// Woken whenever a read found the map stale.
+    pub(super) stale: tokio::sync::Notify,
+}
+
+impl Topology {
+    pub(super) fn current(&self) -> Arc<SlotMap> {
+        self.map.read().expect("slot map lock").clone()
+    }
+
+    /// Reads `CLUSTER SLOTS` from some master and installs it; true if it changed.
+    pub(super) async fn refresh(&self, conn: &mut ClusterConnection) -> redis::RedisResult<bool> {
+        let map = Arc::new(read_slot_map(conn).await?);
+        let mut current = self.map.write().expect("slot map lock");
+        let changed = **current != *map;
+        *current = map;
+        Ok(changed)
+    }
+}
+
+/// The cluster's slot map, as a random master sees it.
+pub(super) async fn read_slot_map(conn: &mut ClusterConnection) -> redis::RedisResult<SlotMap> {
+    let reply = conn
+        .route_command(
+            redis::cmd("CLUSTER").arg("SLOTS").clone(),
+            RoutingInfo::SingleNode(SingleNodeRoutingInfo::RandomPrimary),
+        )
+        .await?;
+    SlotMap::from_cluster_slots(&reply).map_err(|why| {
+        redis::RedisError::from((
+            redis::ErrorKind::Client,
+            "unreadable CLUSTER SLOTS reply",
+            why,
+        ))
+    })
+}
+
+impl ClusterStore {
+    /// Connects to the cluster through `seeds` (`redis://[user:pass@]host:port` each; any one
+    /// that answers is enough), failing fast with [`ErrorKind::Unavailable`] if none can be
+    /// reached or the credentials are refused. `describe` is the URL without its password.
+    pub async fn connect(
+        seeds: Vec<String>,
+        describe: String,
+        options: &StoreOptions,
+    ) -> Result<ClusterStore> {
+        let first = seeds
+            .first()
+            .ok_or_else(|| Error::invalid(format!("cluster URL {describe:?} names no node")))?;
+        let (scheme, rest) = first.split_once("://").unwrap_or(("redis", first));
+        let auth = rest
+            .rsplit_once('@')
+            .map(|(auth, _)| format!("{auth}@"))
+            .unwrap_or_default();
+        let nodes = NodeUrls {
+            scheme: scheme.to_string(),
+            auth,
+        };
+        let client: ClusterClient = ClusterClientBuilder::new(seeds)
+            .connection_timeout(options.connect_timeout_value())
+            .response_timeout(options.response_timeout_value())
+            // A dead node must turn into "unavailable" quickly, not after a long retry ladder:
+            // the resolver and `enrich run` have their own retry policies above us.
+            .retries(2)
+            .min_retry_wait(10)
+            .max_retry_wait(200)
+            .build()
+            .map_err(|e| {
+                Error::invalid(format!("invalid cluster URL {describe:?}")).with_cause(e)
+            })?;
+        let mut conn = client
+            .get_async_connection()
+            .await
+            .map_err(|e| fault(&describe, e))?;
+        // Reading the slot map also proves the credentials and that the nodes are in cluster
+        // mode, so a wrong URL fails here with a clear message.
+        let map = read_slot_map(&mut conn)
+            .await
+            .map_err(|e| fault(&describe, e))?;
+        let ns = options.namespace_str();
+        Ok(ClusterStore {
+            conn,
+            options: options.clone(),
+            prefix: format!("{ns}:user:"),
+            describe,
+            nodes,
+            topology: Arc::new(Topology {
+                map: RwLock::new(Arc::new(map)),
+                stale: tokio::sync::Notify::new(),
+            }),
+            scripts: Arc::new(Scripts {
+                add: Script::new(ADD),
+                update: Script::new(UPDATE),
+                import: Script::new(IMPORT),
+            }),
+        })
+    }
+
+    /// The key that holds a user.
+    pub fn key(&self, id: &UserId) -> String {
+        format!("{}{id}", self.prefix)
+    }
+
+    fn fault(&self, err: redis::RedisError) -> Error {
+        fault(&self.describe, err)
+    }
+
+    /// One group of keys, all served by `node` by our map: one `EVAL_RO` there, or the
+    /// crate's redirect-following `MGET` if the node refuses.
+    async fn read_group(&self, node: Option<Node>, keys: Vec<&str>) -> Result<Vec<Option<Bytes>>> {
+        if let Some(node) = node {
+            let mut read = redis::cmd("EVAL_RO");
+            read.arg(READ).arg(0).arg(&keys);
+            let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress {
+                host: node.host.clone(),
+                port: node.port,
+            });
+            match self.conn.clone().route_command(read, routing).await {
+                Ok(value) => match redis::from_redis_value::<Vec<Option<Bytes>>>(value) {
+                    Ok(found) if found.len() == keys.len() => return Ok(found),
+                    other => tracing::debug!(%node, "unexpected read answer: {other:?}"),
+                },
+                Err(err) => tracing::debug!(%node, "read refused, following the cluster: {err}"),
+            }
+            // The map may be stale: read it again, and tell the watcher if it moved.
+            if let Ok(true) = self.topology.refresh(&mut self.conn.clone()).await {
+                self.topology.stale.notify_one();
+            }
+        }
+        redis::cmd("MGET")
+            .arg(&keys)
+            .query_async(&mut self.conn.clone())
+            .await
+            .map_err(|e| self.fault(e))
+    }
+}
+
+#[async_trait]
+impl UserStore for ClusterStore {
+    async fn add(&self, user: &NewUser, get_or_create: bool) -> Result<Added> {
+        let now = Timestamp::now();
+        let json = user.to_json(now, now);
+        let existing: Option<Bytes> = self
+            .scripts
+            .add
+            .key(self.key(user.id()))
+            .arg(json.as_bytes())
+            .invoke_async(&mut self.conn.clone())
+            .await
+            .map_err(|e| self.fault(e))?;
+        match existing {
+            None => Ok(Added {
+                user: json,
+                created: true,
+            }),
+            Some(bytes) if get_or_create => Ok(Added {
+                user: UserJson::from_stored(bytes)?,
+                created: false,
+            }),
+            Some(_) => Err(conflict(user.id())),
+        }
+    }
+
+    async fn get_many(&self, ids: &[UserId]) -> Result<Vec<Option<UserJson>>> {
+        self.get_many_each(ids).await.into_iter().collect()
+    }
+
+    async fn get_many_each(&self, ids: &[UserId]) -> Vec<Result<Option<UserJson>>> {
+        let keys: Vec<String> = ids.iter().map(|id| self.key(id)).collect();
+        let map = self.topology.current();
+        // Node index (None: a slot no master serves by our map) → positions in `ids`.
+        let mut groups: BTreeMap<Option<usize>, Vec<usize>> = BTreeMap::new();
+        for (i, key) in keys.iter().enumerate() {
+            groups
+                .entry(map.node_of(slot(key.as_bytes())))
+                .or_default()
+                .push(i);
+        }
+        let reads = groups.into_iter().map(|(node, positions)| {
+            let node = node.map(|n| map.node(n).clone());
+            let group_keys = positions.iter().map(|i| keys[*i].as_str()).collect();
+            async move { (positions, self.read_group(node, group_keys).await) }
+        });
+        let mut answers: Vec<Option<Result<Option<UserJson>>>> = vec![None; ids.len()];
+        for (positions, result) in join_all(reads).await {
+            match result {
+                Ok(found) => {
+                    for (i, bytes) in positions.into_iter().zip(found) {
+                        answers[i] = Some(bytes.map(UserJson::from_stored).transpose());
+                    }
+                }
+                Err(err) => {
+                    for i in positions {
+                        answers[i] = Some(Err(err.clone()));
+                    }
+                }
+            }
+        }
+        answers
+            .into_iter()
+            .map(|a| a.expect("every id is in one group"))
+            .collect()
+    }
+
+    async fn update(&self, user: &NewUser) -> Result<UserJson> {
+        let updated: Option<Bytes> = self
+            .scripts
+            .update
+            .key(self.key(user.id()))
+            .arg(user.tail(Timestamp::now()))
+            .invoke_async(&mut self.conn.clone())
+            .await
+            .map_err(|e| self.fault(e))?;
+        match updated {
+            Some(bytes) => UserJson::from_stored(bytes),
+            None => Err(not_found(user.id())),
+        }
+    }
+
+    async fn delete(&self, id: &UserId) -> Result<()> {
+        let removed: i64 = redis::cmd("DEL")
+            .arg(self.key(id))
+            .query_async(&mut self.conn.clone())
+            .await
+            .map_err(|e| self.fault(e))?;
+        if removed == 1 {
+            Ok(())
+        } else {
+            Err(not_found(id))
+        }
+    }
+
+    /// One import script per slot of the batch, all at once: a script may only touch keys of
+    /// one slot, and each user stays one atomic write. Outcomes come back in batch order.
+    async fn import(
+        &self,
+        users: &[ImportUser],
+        override_existing: bool,
+    ) -> Result<Vec<ImportOutcome>> {
+        let now = Timestamp::now();
+        let mut by_slot: BTreeMap<u16, Vec<usize>> = BTreeMap::new();
+        let keys: Vec<String> = users.iter().map(|u| self.key(u.user().id())).collect();
+        for (i, key) in keys.iter().enumerate() {
+            by_slot.entry(slot(key.as_bytes())).or_default().push(i);
+        }
+        let calls = by_slot.into_values().map(|positions| {
+            let mut call = self.scripts.import.prepare_invoke();
+            call.arg(if override_existing { "1" } else { "0" });
+            for i in &positions {
+                let import = &users[*i];
+                call.key(&keys[*i])
+                    .arg(import.to_json(now).as_bytes())
+                    .arg(if import.keeps_created_at() { "1" } else { "0" });
+            }
+            let mut conn = self.conn.clone();
+            async move {
+                let codes: Vec<u8> = call
+                    .invoke_async(&mut conn)
+                    .await
+                    .map_err(|e| self.fault(e))?;
+                if codes.len() != positions.len() {
+                    return Err(Error::new(
+                        ErrorKind::Internal,
+                        format!(
+                            "import script answered {} of {}",
+                            codes.len(),
+                            positions.len()
+                        ),
+                    ));
+                }
+                Ok::<_, Error>((positions, codes))
+            }
+        });
+        let mut outcomes = vec![ImportOutcome::Skipped; users.len()];
+        for done in join_all(calls).await {
+            let (positions, codes) = done?;
+            for (i, code) in positions.into_iter().zip(codes) {
+                outcomes[i] = import_outcome(code)?;
+            }
+        }
+        Ok(outcomes)
+    }
+
+    fn describe(&self) -> String {
+        self.describe.clone()
+    }
+
+    fn watch(&self, sink: EventSink) -> Option<WatchGuard> {
+        super::tracking::watch_cluster(
+            self.conn.clone(),
+            self.topology.clone(),
+            self.nodes.clone(),
+            self.prefix.clone(),
+            &self.options,
+            sink,
+        )
+    }
+}

@@ -1,0 +1,176 @@
+//! Which Redis Cluster node serves which key: the hash slot of a key and the slot map.
+//!
+//! The cluster store groups a page's keys by the node that serves them, so it needs the slot
+//! of each key (CRC16/XMODEM of the key, or of its `{hash tag}`, modulo 16384) and the owner
+//! of each slot, read with `CLUSTER SLOTS`. The `redis` crate keeps a map of its own but does
+//! not expose it; ours is only a routing hint — a node that no longer owns a key refuses the
+//! read and the store falls back to the crate's redirect-following path (see
+//! [`super::cluster`]).
+
+use redis::Value;
+
+/// The number of hash slots of a Redis Cluster.
+pub(super) const SLOTS: usize = 16384;
+
+/// A master node, as the cluster names it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub(super) struct Node {
+    pub(super) host: String,
+    pub(super) port: u16,
+}
+
+impl std::fmt::Display for Node {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.host, self.port)
+    }
+}
+
+/// The owner of every slot, as one node saw it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct SlotMap {
+    /// Index into `nodes` per slot; `None` for a slot no master serves.
+    owner: Vec<Option<u16>>,
+    nodes: Vec<Node>,
+}
+
+impl SlotMap {
+    /// A map with no slots assigned: every key goes through the fallback path.
+    pub(super) fn empty() -> SlotMap {
+        SlotMap {
+            owner: vec![None; SLOTS],
+            nodes: Vec::new(),
+        }
+    }
+
+    /// Reads a `CLUSTER SLOTS` reply: `[[start, end, [host, port, id…], replicas…]…]`.
+    pub(super) fn from_cluster_slots(reply: &Value) -> Result<SlotMap, String> {
+        let Value::Array(ranges) = reply else {
+            return Err(format!("CLUSTER SLOTS answered {reply:?}"));
+        };
+        let mut map = SlotMap::empty();
+        for range in ranges {
+            let (start, end, master) = match range {
+                Value::Array(items) if items.len() >= 3 => (&items[0], &items[1], &items[2]),
+                other => return Err(format!("CLUSTER SLOTS range {other:?}")),
+            };
+            let (Value::Int(start), Value::Int(end)) = (start, end) else {
+                return Err(format!("CLUSTER SLOTS bounds {start:?}, {end:?}"));
+            };
+            let node = match master {
+                Value::Array(addr) if addr.len() >= 2 => match (&addr[0], &addr[1]) {
+                    (Value::BulkString(host), Value::Int(port)) => Node {
+                        host: String::from_utf8_lossy(host).into_owned(),
+                        port: u16::try_from(*port).map_err(|_| format!("port {port}"))?,
+                    },
+                    other => return Err(format!("CLUSTER SLOTS node {other:?}")),
+                },
+                other => return Err(format!("CLUSTER SLOTS node {other:?}")),
+            };
+            let index = match map.nodes.iter().position(|n| *n == node) {
+                Some(i) => i,
+                None => {
+                    map.nodes.push(node);
+                    map.nodes.len() - 1
+                }
+            };
+            let (start, end) = (*start as usize, *end as usize);
+            if start > end || end >= SLOTS {
+                return Err(format!("CLUSTER SLOTS range {start}-{end}"));
+            }
+            for owner in &mut map.owner[start..=end] {
+                *owner = Some(index as u16);
+            }
+        }
+        Ok(map)
+    }
+
+    /// The master serving `slot`, if the map knows one.
+    pub(super) fn node_of(&self, slot: u16) -> Option<usize> {
+        self.owner[slot as usize].map(usize::from)
+    }
+
+    /// Node `index` of the map.
+    pub(super) fn node(&self, index: usize) -> &Node {
+        &self.nodes[index]
+    }
+
+    /// Every master that serves at least one slot, sorted.
+    pub(super) fn masters(&self) -> Vec<Node> {
+        let mut nodes = self.nodes.clone();
+        nodes.sort();
+        nodes
+    }
+}
+
+/// The hash slot of `key`: only the part between the first `{` and the next `}` counts, if
+/// that part is not empty.
+pub(super) fn slot(key: &[u8]) -> u16 {
+    let hashed = key
+        .iter()
+        .position(|b| *b == b'{')
+        .and_then(|open| {
+            let tail = &key[open + 1..];
+            tail.iter()
+                .position(|b| *b == b'}')
+                .filter(|close| *close > 0)
+                .map(|close| &tail[..close])
+        })
+        .unwrap_or(key);
+    crc16(hashed) % SLOTS as u16
+}
+
+/// CRC16/XMODEM (polynomial 0x1021, initial value 0), the checksum Redis Cluster uses.
+fn crc16(bytes: &[u8]) -> u16 {
+    let mut crc: u16 = 0;
+    for byte in bytes {
+        crc ^= u16::from(*byte) << 8;
+        for _ in 0..8 {
+            crc = if crc & 0x8000 != 0 {
+                (crc << 1) ^ 0x1021
+            } else {
+                crc << 1
+            };
+        }
+    }
+    crc
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slots_match_redis() {
+        // Values from `CLUSTER KEYSLOT` on redis-server 7.0.
+        assert_eq!(crc16(b"123456789"), 0x31C3);
+        assert_eq!(slot(b"enrich:user:a"), 15639);
+        assert_eq!(slot(b"enrich:user:b"), 3444);
+        assert_eq!(slot(b"enrich:user:h"), 11326);
+        assert_eq!(slot(b"x{enrich:user:a}y"), 15639);
+        assert_ne!(slot(b"{}enrich:user:a"), slot(b"enrich:user:a"));
+    }
+
+    #[test]
+    fn cluster_slots_reply_reads() {
+        let node = |host: &str, port| {
+            Value::Array(vec![
+                Value::BulkString(host.into()),
+                Value::Int(port),
+                Value::BulkString(b"id".to_vec()),
+            ])
+        };
+        let range = |a, b, n| Value::Array(vec![Value::Int(a), Value::Int(b), n]);
+        let reply = Value::Array(vec![
+            range(0, 5460, node("127.0.0.1", 7000)),
+            range(5461, 16383, node("127.0.0.1", 7001)),
+        ]);
+        let map = SlotMap::from_cluster_slots(&reply).unwrap();
+        assert_eq!(map.node(map.node_of(0).unwrap()).port, 7000);
+        assert_eq!(
+            map.node(map.node_of(16383).unwrap()).to_string(),
+            "127.0.0.1:7001"
+        );
+        assert_eq!(map.masters().len(), 2);
+        assert!(SlotMap::from_cluster_slots(&Value::Int(1)).is_err());
+    }
+}

@@ -1,0 +1,413 @@
+//! The engine on a private three-master Redis Cluster: the golden run through the CLI, reads
+//! per node from each node's own statistics, coherence across enrichers, a slot migration
+//! under reads, and a killed master.
+
+mod support;
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use enrich::store::{self, SharedStore, StoreOptions};
+use enrich::{Depth, Enricher, NewUser, OnStoreError, UserId};
+use serde_json::{Value, json};
+use support::RedisCluster;
+
+async fn start() -> RedisCluster {
+    tokio::task::spawn_blocking(RedisCluster::start)
+        .await
+        .unwrap()
+}
+
+async fn open(cluster: &RedisCluster) -> SharedStore {
+    store::open(&cluster.url(), &StoreOptions::new())
+        .await
+        .unwrap()
+}
+
+fn user(id: &str, v: i64) -> NewUser {
+    NewUser::new(id, Some(json!({ "v": v }))).unwrap()
+}
+
+fn id(s: &str) -> UserId {
+    UserId::parse(s).unwrap()
+}
+
+fn fixture(name: &str) -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures")
+        .join(name)
+        .to_str()
+        .unwrap()
+        .to_string()
+}
+
+fn enrich(dir: &Path, args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_enrich"))
+        .current_dir(dir)
+        .env_remove("ENRICH_STORE")
+        .env_remove("ENRICH_NAMESPACE")
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+/// The node index serving each id, from the nodes themselves.
+fn owners(cluster: &RedisCluster, ids: &[String]) -> Vec<usize> {
+    ids.iter()
+        .map(|i| cluster.owner_of(cluster.slot_of(&format!("enrich:user:{i}"))))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn golden_run_through_the_cli() {
+    let cluster = start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let url = cluster.url();
+    for step in [&["users", "add", "dan"][..], &["users", "delete", "dan"]] {
+        let args: Vec<&str> = ["--store", url.as_str()]
+            .into_iter()
+            .chain(step.iter().copied())
+            .collect();
+        let out = enrich(dir.path(), &args);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let (users, activities) = (fixture("users.ndjson"), fixture("activities.ndjson"));
+    let out = enrich(
+        dir.path(),
+        &["--store", &url, "run", "--users", &users, &activities],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let expected = std::fs::read_to_string(fixture("activities.enriched.ndjson")).unwrap();
+    assert_eq!(String::from_utf8(out.stdout).unwrap(), expected);
+
+    // A malformed cluster URL is a usage error that names what is wrong.
+    let out = enrich(
+        dir.path(),
+        &[
+            "--store",
+            "redis+cluster://:pw@127.0.0.1:1,127.0.0.1:x",
+            "users",
+            "get",
+            "a",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("invalid port \"x\""), "{err}");
+    assert!(!err.contains("pw"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cold_page_is_one_read_per_node_and_each_id_is_read_once() {
+    let cluster = start().await;
+    let store = open(&cluster).await;
+    let names: Vec<String> = (0..60).map(|i| format!("p{i}")).collect();
+    for name in &names {
+        store.add(&user(name, 1), false).await.unwrap();
+    }
+    let mut ids: Vec<String> = names.clone();
+    ids.extend((0..9).map(|i| format!("absent{i}")));
+    let owner = owners(&cluster, &ids);
+    for node in 0..3 {
+        assert!(owner.contains(&node), "node {node} serves none of the page");
+    }
+    cluster.reset_stats();
+    let enricher = Enricher::builder(store.clone()).coherent(false).build();
+    let mut page: Vec<Value> = ids
+        .chunks(3)
+        .map(|c| json!({"actor": format!("SU:{}", c[0]), "object": format!("SU:{}", c.last().unwrap())}))
+        .collect();
+    let mut all = page.clone();
+    let stats = enricher
+        .enrich_values(&mut page, Depth::TopLevel)
+        .await
+        .unwrap();
+    assert_eq!(stats.store_calls, 1);
+    // And the whole id list in one store call, counted per node.
+    cluster.reset_stats();
+    let found = store
+        .get_many(&ids.iter().map(|i| id(i)).collect::<Vec<_>>())
+        .await
+        .unwrap();
+    for (i, answer) in found.iter().enumerate() {
+        match answer {
+            Some(user) => assert_eq!(user.parse().unwrap().id, ids[i]),
+            None => assert!(ids[i].starts_with("absent"), "{} missing", ids[i]),
+        }
+    }
+    for node in 0..3 {
+        let on_node = owner.iter().filter(|o| **o == node).count() as u64;
+        let evals = cluster.stat(node, "cmdstat_eval_ro:calls=");
+        let mgets = cluster.stat(node, "cmdstat_mget:calls=");
+        let gets = cluster.stat(node, "cmdstat_get:calls=");
+        let looked = cluster.stat(node, "keyspace_hits:") + cluster.stat(node, "keyspace_misses:");
+        eprintln!(
+            "node {node}: {on_node} ids, EVAL_RO {evals}, MGET {mgets}, GET inside the script {gets}, keyspace lookups {looked}"
+        );
+        assert_eq!(evals, 1, "node {node}: one read command");
+        assert_eq!(mgets, 0, "node {node}: no fallback");
+        assert_eq!(looked, on_node, "node {node}: each id looked up once");
+    }
+    // Served from the L1 the second time: no reads at all.
+    cluster.reset_stats();
+    let stats = enricher
+        .enrich_values(&mut all, Depth::TopLevel)
+        .await
+        .unwrap();
+    assert_eq!(stats.store_calls, 0, "{stats:?}");
+    for node in 0..3 {
+        assert_eq!(cluster.stat(node, "cmdstat_eval_ro:calls="), 0);
+    }
+}
+
+async fn enricher(cluster: &RedisCluster) -> Enricher {
+    let enricher = Enricher::new(open(cluster).await);
+    assert!(
+        enricher.wait_for_cache(Duration::from_secs(10)).await,
+        "watch never came up"
+    );
+    enricher
+}
+
+async fn actor(enricher: &Enricher, id: &str) -> Value {
+    let mut docs = vec![json!({ "actor": format!("SU:{id}") })];
+    enricher
+        .enrich_values(&mut docs, Depth::TopLevel)
+        .await
+        .unwrap();
+    docs.remove(0)["actor"].take()
+}
+
+async fn until(enricher: &Enricher, id: &str, limit: Duration, want: i64) -> Duration {
+    let started = Instant::now();
+    loop {
+        let seen = actor(enricher, id).await;
+        if seen["data"]["v"].as_i64() == Some(want) {
+            return started.elapsed();
+        }
+        assert!(
+            started.elapsed() < limit,
+            "{id} still {seen} after {limit:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_reach_other_enrichers_and_a_lost_stream_bypasses_the_cache() {
+    let cluster = start().await;
+    let a = enricher(&cluster).await;
+    let b = enricher(&cluster).await;
+    let names: Vec<String> = (0..12).map(|i| format!("c{i}")).collect();
+    for name in &names {
+        a.users().add(&user(name, 0), false).await.unwrap();
+        assert_eq!(actor(&b, name).await["data"]["v"], 0);
+    }
+    // Every user, whichever master holds it, is invalidated in B by a write through A.
+    for v in 1..=3 {
+        for name in &names {
+            a.users().update(&user(name, v)).await.unwrap();
+            until(&b, name, Duration::from_secs(5), v).await;
+        }
+    }
+    // Kill the tracking connections on one master only, then write a user of that master at
+    // once: B must not serve its cached copy.
+    let owner = owners(&cluster, &names);
+    for round in 10..13 {
+        let node = usize::try_from(round).unwrap() % 3;
+        let name = &names[owner.iter().position(|o| *o == node).unwrap()];
+        let mut conn = cluster.node_connection(node);
+        let list: String = redis::cmd("CLIENT").arg("LIST").query(&mut conn).unwrap();
+        let killed = list
+            .lines()
+            .filter(|l| l.contains("name=enrich-tracking"))
+            .filter_map(|l| l.split(' ').find_map(|f| f.strip_prefix("id=")))
+            .map(|id| {
+                redis::cmd("CLIENT")
+                    .arg("KILL")
+                    .arg("ID")
+                    .arg(id)
+                    .exec(&mut conn)
+                    .unwrap()
+            })
+            .count();
+        assert_eq!(
+            killed, 2,
+            "one tracking connection per enricher on node {node}"
+        );
+        a.users().update(&user(name, round)).await.unwrap();
+        let took = until(&b, name, Duration::from_secs(1), round).await;
+        eprintln!("after a killed stream on node {node}, the new value was served in {took:?}");
+        assert!(b.wait_for_cache(Duration::from_secs(5)).await);
+        assert_eq!(actor(&b, name).await["data"]["v"], round);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slot_migration_under_reads_gives_no_wrong_answer() {
+    let cluster = start().await;
+    let store = open(&cluster).await;
+    let names: Vec<String> = (0..40).map(|i| format!("m{i}")).collect();
+    for name in &names {
+        store.add(&user(name, 7), false).await.unwrap();
+    }
+    let ids: Vec<UserId> = names.iter().map(|n| id(n)).collect();
+    let enricher = enricher(&cluster).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut readers = Vec::new();
+    for r in 0..2 {
+        let (store, enricher, ids, names, stop) = (
+            store.clone(),
+            enricher.clone(),
+            ids.clone(),
+            names.clone(),
+            stop.clone(),
+        );
+        readers.push(tokio::spawn(async move {
+            let (mut reads, mut faults) = (0u64, 0u64);
+            while !stop.load(Ordering::Relaxed) {
+                if r == 0 {
+                    match store.get_many(&ids).await {
+                        Ok(found) => {
+                            for (answer, name) in found.iter().zip(&names) {
+                                let user = answer
+                                    .as_ref()
+                                    .unwrap_or_else(|| panic!("{name} read as missing"));
+                                assert_eq!(user.parse().unwrap().id, *name);
+                            }
+                        }
+                        Err(err) => {
+                            assert!(err.is_store_fault(), "{err:?}");
+                            faults += 1;
+                        }
+                    }
+                } else {
+                    let mut page: Vec<Value> = names
+                        .iter()
+                        .map(|n| json!({"actor": format!("SU:{n}")}))
+                        .collect();
+                    match enricher.enrich_values(&mut page, Depth::TopLevel).await {
+                        Ok(_) => {
+                            for (doc, name) in page.iter().zip(&names) {
+                                assert_eq!(doc["actor"]["id"], *name, "{doc}");
+                            }
+                        }
+                        Err(err) => {
+                            assert!(err.is_store_fault(), "{err:?}");
+                            faults += 1;
+                        }
+                    }
+                }
+                reads += 1;
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            (reads, faults)
+        }));
+    }
+    // Move the slots of the first six users, one at a time, to the next master.
+    let moves: Vec<(u16, usize)> = names[..6]
+        .iter()
+        .map(|n| {
+            let slot = cluster.slot_of(&format!("enrich:user:{n}"));
+            (slot, cluster.owner_of(slot))
+        })
+        .collect();
+    let cluster = tokio::task::spawn_blocking(move || {
+        for (slot, from) in moves {
+            cluster.migrate_slot(slot, from, (from + 1) % 3, Duration::from_millis(50));
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        cluster
+    })
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, Ordering::Relaxed);
+    for reader in readers {
+        let (reads, faults) = reader.await.unwrap();
+        eprintln!("{reads} reads during the migration, {faults} store faults");
+        assert!(reads > 10);
+        assert!(faults * 10 <= reads, "{faults} faults in {reads} reads");
+    }
+    // After the move: the map is refreshed and the cheap path is back.
+    store.get_many(&ids).await.unwrap();
+    cluster.reset_stats();
+    let found = store.get_many(&ids).await.unwrap();
+    assert!(found.iter().all(Option::is_some));
+    for node in 0..3 {
+        assert!(cluster.stat(node, "cmdstat_eval_ro:calls=") <= 1);
+        assert_eq!(cluster.stat(node, "cmdstat_mget:calls="), 0, "node {node}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_master_makes_only_its_users_unavailable() {
+    let mut cluster = start().await;
+    let store = open(&cluster).await;
+    let names: Vec<String> = (0..30).map(|i| format!("k{i}")).collect();
+    for name in &names {
+        store.add(&user(name, 1), false).await.unwrap();
+    }
+    let owner = owners(&cluster, &names);
+    let by_node: HashMap<usize, usize> = owner.iter().fold(HashMap::new(), |mut m, o| {
+        *m.entry(*o).or_default() += 1;
+        m
+    });
+    assert_eq!(by_node.len(), 3);
+    let strict = Enricher::new(store.clone());
+    let lenient = Enricher::builder(store.clone())
+        .on_store_error(OnStoreError::ServeFromCache)
+        .build();
+    cluster.kill(2);
+    let page = || -> Vec<Value> {
+        names
+            .iter()
+            .map(|n| json!({"actor": format!("SU:{n}")}))
+            .collect()
+    };
+
+    let started = Instant::now();
+    let err = strict
+        .enrich_values(&mut page(), Depth::TopLevel)
+        .await
+        .unwrap_err();
+    assert!(err.is_store_fault(), "{err:?}");
+    eprintln!("strict page failed in {:?}: {err}", started.elapsed());
+
+    let mut docs = page();
+    let started = Instant::now();
+    let stats = lenient
+        .enrich_values(&mut docs, Depth::TopLevel)
+        .await
+        .unwrap();
+    eprintln!("lenient page answered in {:?}", started.elapsed());
+    for ((doc, name), node) in docs.iter().zip(&names).zip(&owner) {
+        let actor = &doc["actor"];
+        assert_ne!(actor["error"], "ReferenceNotFound", "{name}: {actor}");
+        if *node == 2 {
+            assert_eq!(actor["error"], "ReferenceUnavailable", "{name}: {actor}");
+        } else {
+            assert_eq!(actor["id"], *name, "{actor}");
+            assert_eq!(actor["data"]["v"], 1);
+        }
+    }
+    assert_eq!(stats.unavailable as usize, by_node[&2]);
+    assert_eq!(stats.missing, 0);
+    // A single read of a user on the dead master is a store fault, never "not found".
+    let lost = &names[owner.iter().position(|o| *o == 2).unwrap()];
+    let err = store.get(&id(lost)).await.unwrap_err();
+    assert!(err.is_store_fault(), "{err:?}");
+}
