@@ -232,6 +232,71 @@ pub async fn bench(
     Ok(report)
 }
 
+/// What `enrich serve` was asked to do.
+#[derive(Debug, Clone, Default)]
+pub struct ServeArgs {
+    /// The address to listen on, `host:port`.
+    pub listen: String,
+    /// The API key; required.
+    pub api_key: Option<String>,
+    /// The API secret; required.
+    pub api_secret: Option<String>,
+}
+
+/// `enrich serve`: checks the credentials, opens the store, binds, says where it listens and
+/// serves until SIGTERM or Ctrl-C, letting requests in flight finish.
+pub async fn serve(spec: &StoreSpec, args: ServeArgs) -> Result<()> {
+    let nonempty = |v: Option<String>| v.filter(|v| !v.is_empty());
+    let Some(api_secret) = nonempty(args.api_secret) else {
+        return Err(Error::invalid(
+            "no API secret: pass --api-secret or set ENRICH_API_SECRET",
+        ));
+    };
+    let Some(api_key) = nonempty(args.api_key) else {
+        return Err(Error::invalid(
+            "no API key: pass --api-key or set ENRICH_API_KEY",
+        ));
+    };
+    let store = spec.open().await?;
+    let describe = store.describe();
+    let listener = tokio::net::TcpListener::bind(&args.listen)
+        .await
+        .map_err(|e| Error::invalid(format!("cannot listen on {}", args.listen)).with_cause(e))?;
+    let local = listener
+        .local_addr()
+        .map_err(|e| Error::new(ErrorKind::Internal, "no local address").with_cause(e))?;
+    let enricher = Enricher::new(store);
+    eprintln!("enrich serve: listening on http://{local}, store {describe}");
+    let config = crate::serve::ServeConfig::new(api_key, api_secret);
+    crate::serve::serve(listener, enricher, config, shutdown_signal())
+        .await
+        .map_err(|e| Error::new(ErrorKind::Internal, "the server failed").with_cause(e))?;
+    eprintln!("enrich serve: stopped");
+    Ok(())
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = term => {}
+    }
+}
+
 /// Opens the store, retrying while it is unavailable for up to `timeout`.
 async fn open_with_retry(spec: &StoreSpec, timeout: Duration) -> Result<SharedStore> {
     let started = Instant::now();

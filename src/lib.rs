@@ -20,6 +20,8 @@
 //! - [`job`]: `enrich run`, the NDJSON batch job; [`import`] bulk-loads users; [`lines`] reads
 //!   NDJSON with a length cap; [`commands`] is what the binary runs once its flags are parsed.
 //! - [`error`]: the one [`Error`] type, with an [`ErrorKind`].
+//! - [`serve`]: `enrich serve`, a Stream-compatible HTTP API (axum) over an [`Enricher`]: the
+//!   users API with Stream's bodies, codes and auth, and an endpoint that enriches documents.
 //!
 //! # Example: a feed-read handler
 //!
@@ -65,6 +67,7 @@ pub mod lines;
 pub mod page;
 pub mod reference;
 mod resolver;
+pub mod serve;
 mod stats;
 pub mod store;
 pub mod user;

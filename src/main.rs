@@ -89,6 +89,24 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Serve a Stream-compatible HTTP API: the users API and an enrich endpoint.
+    #[command(after_help = EXIT_CODES)]
+    Serve {
+        /// The address to listen on.
+        #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8000")]
+        listen: String,
+        /// The API key clients send as ?api_key=.
+        #[arg(long, env = "ENRICH_API_KEY", value_name = "KEY")]
+        api_key: Option<String>,
+        /// The secret clients sign their tokens with (HS256).
+        #[arg(
+            long,
+            env = "ENRICH_API_SECRET",
+            value_name = "SECRET",
+            hide_env_values = true
+        )]
+        api_secret: Option<String>,
+    },
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -218,6 +236,18 @@ async fn main() {
                     eprintln!("{summary}");
                 }
             })
+        }
+        Command::Serve {
+            listen,
+            api_key,
+            api_secret,
+        } => {
+            let args = commands::ServeArgs {
+                listen,
+                api_key,
+                api_secret,
+            };
+            commands::serve(&spec, args).await
         }
     };
     let code = match result {

@@ -1,0 +1,221 @@
+//! Server-side auth as Stream's clients send it: `?api_key=KEY` on every request and a JWT,
+//! HS256-signed with the API secret, in the `Authorization` header (no `Bearer` prefix, though
+//! one is accepted), beside `stream-auth-type: jwt`.
+//!
+//! What a token may do depends on its claims:
+//!
+//! | claims | [`Access`] | may |
+//! |---|---|---|
+//! | `resource` `*` or `users`, `action` `*` (what the Python and JS clients sign) | `Server` | everything |
+//! | `resource` `*` or `users`, `action` `read` | `ReadOnly` | read users, enrich |
+//! | `user_id` only | `User(id)` | read users, enrich, write user `id` |
+//! | anything else | – | nothing (403) |
+//!
+//! An `exp` claim, when present, is enforced; tokens without one (the clients' default) do not
+//! expire.
+
+use std::collections::HashMap;
+
+use axum::extract::{Query, Request, State};
+use axum::http::HeaderMap;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use jsonwebtoken::errors::ErrorKind as JwtErrorKind;
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use serde_json::Value;
+
+use super::AppState;
+use super::error::ApiError;
+
+/// What the request's token allows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Access {
+    /// A server token: everything.
+    Server,
+    /// A server token limited to reads.
+    ReadOnly,
+    /// A user token: reads, and writes of this one user.
+    User(String),
+}
+
+impl Access {
+    /// Reading users and enriching.
+    pub(crate) fn check_read(&self) -> Result<(), ApiError> {
+        Ok(())
+    }
+
+    /// Writing user `id`.
+    pub(crate) fn check_write(&self, id: &str) -> Result<(), ApiError> {
+        match self {
+            Access::Server => Ok(()),
+            Access::User(user) if user == id => Ok(()),
+            Access::User(user) => Err(ApiError::not_allowed(format!(
+                "a token of user {user:?} may not write user {id:?}"
+            ))),
+            Access::ReadOnly => Err(ApiError::not_allowed("this token may only read")),
+        }
+    }
+}
+
+/// The configured key and the key tokens are checked with.
+pub(crate) struct Auth {
+    api_key: String,
+    decoding: DecodingKey,
+    validation: Validation,
+}
+
+impl std::fmt::Debug for Auth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Auth")
+            .field("api_key", &self.api_key)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Auth {
+    /// Fails only for an empty secret, which would sign nothing.
+    pub(crate) fn new(api_key: &str, api_secret: &str) -> Result<Auth, String> {
+        let decoding = DecodingKey::from_secret(api_secret.as_bytes())
+            .map_err(|_| "the API secret must not be empty".to_string())?;
+        let mut validation = Validation::new(Algorithm::HS256);
+        // Stream's clients sign tokens without `exp` by default; one that has it must hold.
+        validation.required_spec_claims = std::collections::HashSet::new();
+        validation.validate_exp = true;
+        validation.leeway = 0;
+        Ok(Auth {
+            api_key: api_key.to_string(),
+            decoding,
+            validation,
+        })
+    }
+
+    /// Checks the key and the token of a request.
+    pub(crate) fn check(
+        &self,
+        query: &HashMap<String, String>,
+        headers: &HeaderMap,
+    ) -> Result<Access, ApiError> {
+        match query.get("api_key") {
+            None => return Err(ApiError::api_key("the api_key query parameter is missing")),
+            Some(key) if !constant_time_eq(key.as_bytes(), self.api_key.as_bytes()) => {
+                return Err(ApiError::api_key("api_key not found"));
+            }
+            Some(_) => {}
+        }
+        if let Some(kind) = headers.get("stream-auth-type")
+            && !kind.as_bytes().eq_ignore_ascii_case(b"jwt")
+        {
+            return Err(ApiError::unauthenticated(
+                "unsupported stream-auth-type; use jwt",
+            ));
+        }
+        let token = headers
+            .get(axum::http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| ApiError::unauthenticated("the Authorization header is missing"))?;
+        let token = token
+            .strip_prefix("Bearer ")
+            .or_else(|| token.strip_prefix("bearer "))
+            .unwrap_or(token)
+            .trim();
+        let claims = jsonwebtoken::decode::<Value>(token, &self.decoding, &self.validation)
+            .map_err(|e| {
+                ApiError::unauthenticated(match e.kind() {
+                    JwtErrorKind::ExpiredSignature => "the token has expired",
+                    JwtErrorKind::InvalidSignature => "signature is invalid",
+                    JwtErrorKind::InvalidAlgorithm => "the token must be signed with HS256",
+                    _ => "the token is malformed",
+                })
+            })?
+            .claims;
+        access_of(&claims)
+    }
+}
+
+/// What a token's claims allow.
+fn access_of(claims: &Value) -> Result<Access, ApiError> {
+    let text = |key: &str| claims.get(key).and_then(Value::as_str);
+    match (text("resource"), text("action"), text("user_id")) {
+        (Some(resource), Some(action), _) if covers(resource, "users") => {
+            if covers(action, "*") {
+                Ok(Access::Server)
+            } else if covers(action, "read") {
+                Ok(Access::ReadOnly)
+            } else {
+                Err(ApiError::not_allowed(format!(
+                    "a token for action {action:?} may not use the users API"
+                )))
+            }
+        }
+        (Some(resource), _, _) => Err(ApiError::not_allowed(format!(
+            "a token for resource {resource:?} may not use the users API"
+        ))),
+        (None, _, Some(user)) => Ok(Access::User(user.to_string())),
+        _ => Err(ApiError::not_allowed(
+            "the token has neither a resource nor a user_id claim",
+        )),
+    }
+}
+
+/// True when a claim value (a comma-separated list, as the JS client joins arrays) names `*`
+/// or `what`.
+fn covers(claim: &str, what: &str) -> bool {
+    claim
+        .split(',')
+        .map(str::trim)
+        .any(|c| c == "*" || c == what)
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Refuses API requests without a valid key and token; hands the [`Access`] to the handler.
+pub(crate) async fn require(
+    State(state): State<AppState>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    let query = Query::<HashMap<String, String>>::try_from_uri(request.uri())
+        .map(|q| q.0)
+        .unwrap_or_default();
+    match state.auth.check(&query, request.headers()) {
+        Ok(access) => {
+            request.extensions_mut().insert(access);
+            next.run(request).await
+        }
+        Err(err) => err.into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn claims_decide_access() {
+        let python = json!({"action": "*", "resource": "users", "feed_id": "*"});
+        assert_eq!(access_of(&python).unwrap(), Access::Server);
+        let js = json!({"resource": "*", "action": "*", "feed_id": "*"});
+        assert_eq!(access_of(&js).unwrap(), Access::Server);
+        let read = json!({"resource": "*", "action": "read"});
+        assert_eq!(access_of(&read).unwrap(), Access::ReadOnly);
+        let user = json!({"user_id": "alice"});
+        assert_eq!(access_of(&user).unwrap(), Access::User("alice".into()));
+        let feed = json!({"resource": "feed", "action": "*"});
+        assert_eq!(access_of(&feed).unwrap_err().code, 17);
+        assert!(access_of(&json!({})).is_err());
+    }
+
+    #[test]
+    fn users_write_only_themselves() {
+        let alice = Access::User("alice".into());
+        assert!(alice.check_write("alice").is_ok());
+        assert_eq!(alice.check_write("bob").unwrap_err().status.as_u16(), 403);
+        assert!(Access::ReadOnly.check_write("alice").is_err());
+        assert!(Access::Server.check_write("anyone").is_ok());
+    }
+}

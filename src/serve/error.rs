@@ -1,0 +1,157 @@
+//! Stream's error bodies: every failure of the API is one JSON object,
+//! `{"code":…,"detail":…,"duration":…,"exception":…,"status_code":…}`, keys in that order.
+//!
+//! The official clients pick the exception class from `code` (Python also requires
+//! `exception` to be present to treat a 4xx as an error), so all five keys are always there.
+//! The body is written by [`super::reply`] once the request is done, because `duration`
+//! sits in the middle of it.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+
+use crate::error::{Error, ErrorKind};
+
+/// One error answer of the API.
+#[derive(Debug, Clone)]
+pub(crate) struct ApiError {
+    pub(crate) status: StatusCode,
+    pub(crate) code: u16,
+    pub(crate) exception: &'static str,
+    pub(crate) detail: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, code: u16, exception: &'static str, detail: String) -> Self {
+        ApiError {
+            status,
+            code,
+            exception,
+            detail,
+        }
+    }
+
+    /// 400: the request's input is wrong.
+    pub(crate) fn input(detail: impl Into<String>) -> Self {
+        ApiError::new(StatusCode::BAD_REQUEST, 4, "InputException", detail.into())
+    }
+
+    /// 404: the resource or the route does not exist.
+    pub(crate) fn not_found(detail: impl Into<String>) -> Self {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            16,
+            "DoesNotExistException",
+            detail.into(),
+        )
+    }
+
+    /// 401: no valid API key. Stream's clients map code 2 to `ApiKeyException`.
+    pub(crate) fn api_key(detail: impl Into<String>) -> Self {
+        ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            2,
+            "ApiKeyException",
+            detail.into(),
+        )
+    }
+
+    /// 401: the token is missing, malformed, badly signed or expired. Stream answers these
+    /// with its NotAllowed code.
+    pub(crate) fn unauthenticated(detail: impl Into<String>) -> Self {
+        ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            17,
+            "NotAllowedException",
+            detail.into(),
+        )
+    }
+
+    /// 403: a valid token that does not allow this action.
+    pub(crate) fn not_allowed(detail: impl Into<String>) -> Self {
+        ApiError::new(
+            StatusCode::FORBIDDEN,
+            17,
+            "NotAllowedException",
+            detail.into(),
+        )
+    }
+
+    /// 405: the route exists, the method does not.
+    pub(crate) fn method_not_allowed(detail: impl Into<String>) -> Self {
+        ApiError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            4,
+            "MethodNotAllowedException",
+            detail.into(),
+        )
+    }
+
+    /// 413: the body is over the limit.
+    pub(crate) fn too_large(limit: usize) -> Self {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            18,
+            "RequestEntityTooLargeException",
+            format!("the request body is over the limit of {limit} bytes"),
+        )
+    }
+
+    /// 500, with a generic detail: what went wrong inside is logged, not shown.
+    pub(crate) fn internal() -> Self {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            1,
+            "InternalServerError",
+            "internal error".to_string(),
+        )
+    }
+
+    /// The status line and body, without the duration.
+    pub(crate) fn write_body(&self, duration: &str, out: &mut Vec<u8>) {
+        let detail = serde_json::to_string(&self.detail).expect("a string always serializes");
+        out.extend_from_slice(
+            format!(
+                r#"{{"code":{},"detail":{detail},"duration":"{duration}","exception":"{}","status_code":{}}}"#,
+                self.code,
+                self.exception,
+                self.status.as_u16()
+            )
+            .as_bytes(),
+        );
+    }
+}
+
+impl From<Error> for ApiError {
+    fn from(err: Error) -> Self {
+        match err.kind() {
+            ErrorKind::InvalidInput => ApiError::input(err.message()),
+            ErrorKind::NotFound => ApiError::not_found(err.message()),
+            ErrorKind::Conflict => ApiError::new(
+                StatusCode::CONFLICT,
+                22,
+                "ConflictException",
+                err.message().into(),
+            ),
+            // The store's address is fine to show; its causes (connection details) are logged.
+            ErrorKind::Unavailable | ErrorKind::Timeout => {
+                tracing::warn!("store fault: {err}");
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    1,
+                    "ServiceUnavailableException",
+                    format!("the user store is unavailable ({})", err.kind()),
+                )
+            }
+            _ => {
+                tracing::error!("internal error: {err}");
+                ApiError::internal()
+            }
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        super::reply::Pending::Error(self).into_response()
+    }
+}

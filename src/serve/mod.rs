@@ -1,0 +1,173 @@
+//! `enrich serve`: a Stream-compatible HTTP API over the same store and engine as the CLI.
+//!
+//! Stream's official server-side clients, unmodified, can be pointed at it: the users API
+//! (`/api/v1.0/user/…`, `/api/v1.0/users/`) answers with Stream's bodies, status codes and
+//! errors, and `POST /api/v1.0/enrich/` enriches documents sent to it.
+//!
+//! # Layout
+//!
+//! A request passes through these files in order:
+//!
+//! - [`serve`] (here): builds the router, runs it on a bound listener until the shutdown
+//!   future resolves, letting requests in flight finish.
+//! - `reply`: the outermost middleware; starts the clock, and once the handler is done
+//!   writes Stream's `"duration"` into the body and records the request in `metrics`.
+//! - `auth`: the API key and the JWT; decides what the token may do.
+//! - `request`: bodies capped at [`MAX_BODY_BYTES`], JSON and query parameters.
+//! - `users` and `enrich`: the handlers. `health`: `/healthz` and `/metrics`.
+//! - `error`: Stream's error bodies and how an [`crate::Error`] maps to one.
+//!
+//! ```no_run
+//! # async fn run() -> std::io::Result<()> {
+//! use enrich::serve::{ServeConfig, serve};
+//! use enrich::{Enricher, StoreOptions, store};
+//!
+//! let store = store::open("memory:", &StoreOptions::new()).await.expect("memory store");
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+//! let config = ServeConfig::new("key", "secret");
+//! serve(listener, Enricher::new(store), config, async {
+//!     let _ = tokio::signal::ctrl_c().await;
+//! })
+//! .await
+//! # }
+//! ```
+
+mod auth;
+mod enrich;
+mod error;
+mod health;
+mod metrics;
+mod reply;
+mod request;
+mod users;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::middleware;
+use axum::response::IntoResponse;
+use axum::routing::{MethodRouter, get, post};
+
+use self::auth::Auth;
+use self::error::ApiError;
+use self::metrics::Metrics;
+pub use self::request::MAX_BODY_BYTES;
+use crate::enricher::Enricher;
+use crate::store::SharedStore;
+
+/// The credentials the server checks: the API key clients send as `?api_key=`, and the secret
+/// their tokens are signed with.
+#[derive(Clone)]
+pub struct ServeConfig {
+    api_key: String,
+    api_secret: String,
+}
+
+impl std::fmt::Debug for ServeConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServeConfig")
+            .field("api_key", &self.api_key)
+            .field("api_secret", &"<hidden>")
+            .finish()
+    }
+}
+
+impl ServeConfig {
+    /// A server accepting `api_key` and tokens signed (HS256) with `api_secret`.
+    pub fn new(api_key: impl Into<String>, api_secret: impl Into<String>) -> Self {
+        ServeConfig {
+            api_key: api_key.into(),
+            api_secret: api_secret.into(),
+        }
+    }
+}
+
+/// What every handler shares.
+#[derive(Clone, Debug)]
+pub(crate) struct AppState(Arc<Shared>);
+
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub(crate) enricher: Enricher,
+    pub(crate) auth: Auth,
+    pub(crate) metrics: Metrics,
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+impl Shared {
+    /// The store, through the enricher so that every write invalidates its L1.
+    pub(crate) fn users(&self) -> SharedStore {
+        self.enricher.users()
+    }
+}
+
+/// Serves the API on `listener` until `shutdown` resolves; requests in flight then finish
+/// before this returns. Fails at once if the secret is empty.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    enricher: Enricher,
+    config: ServeConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let app = router(enricher, &config)
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+/// Registers `route` with and without its trailing slash: Stream's clients add one, people
+/// typing URLs often do not.
+fn both(router: Router<AppState>, path: &str, method: MethodRouter<AppState>) -> Router<AppState> {
+    let bare = path.trim_end_matches('/');
+    router
+        .route(bare, method.clone())
+        .route(&format!("{bare}/"), method)
+}
+
+fn router(enricher: Enricher, config: &ServeConfig) -> Result<Router, String> {
+    let state = AppState(Arc::new(Shared {
+        enricher,
+        auth: Auth::new(&config.api_key, &config.api_secret)?,
+        metrics: Metrics::default(),
+    }));
+    let mut api = Router::new();
+    api = both(api, "/api/v1.0/user/", post(users::add));
+    api = both(
+        api,
+        "/api/v1.0/user/{id}/",
+        get(users::get).put(users::update).delete(users::delete),
+    );
+    api = both(
+        api,
+        "/api/v1.0/users/",
+        post(users::add_many)
+            .get(users::get_many)
+            .delete(users::delete_many),
+    );
+    api = both(api, "/api/v1.0/enrich/", post(enrich::enrich));
+    let api = api.route_layer(middleware::from_fn_with_state(state.clone(), auth::require));
+    Ok(Router::new()
+        .merge(api)
+        .route("/healthz", get(health::healthz))
+        .route("/metrics", get(health::metrics))
+        .fallback(unknown_route)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn_with_state(state.clone(), reply::finish))
+        .with_state(state))
+}
+
+async fn unknown_route(uri: axum::http::Uri) -> impl IntoResponse {
+    ApiError::not_found(format!("no such resource: {}", uri.path()))
+}
+
+async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) -> impl IntoResponse {
+    ApiError::method_not_allowed(format!("{method} is not allowed on {}", uri.path()))
+}

@@ -1,0 +1,151 @@
+//! Answers that carry Stream's `"duration"`, written when the request is done.
+//!
+//! A handler answers with a [`Pending`] body; the [`finish`] middleware, which saw the request
+//! arrive, measures the duration, writes the body (spliced after the last key of an object,
+//! or in its alphabetical place in an error) and records the request in the metrics. A user
+//! object is never re-encoded: its stored bytes go out with `,"duration":"…"` before the final
+//! `}`.
+
+use std::time::Instant;
+
+use axum::body::Body;
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+
+use super::AppState;
+use super::error::ApiError;
+
+/// A body waiting for its duration.
+#[derive(Debug, Clone)]
+pub(crate) enum Pending {
+    /// A JSON object; `"duration"` becomes its last key.
+    Object(StatusCode, Bytes),
+    /// An error; `"duration"` takes its place among the sorted keys.
+    Error(ApiError),
+}
+
+impl Pending {
+    /// A JSON object answered with `status`.
+    pub(crate) fn object(status: StatusCode, json: impl Into<Bytes>) -> Pending {
+        Pending::Object(status, json.into())
+    }
+
+    fn status(&self) -> StatusCode {
+        match self {
+            Pending::Object(status, _) => *status,
+            Pending::Error(err) => err.status,
+        }
+    }
+
+    fn write(&self, duration: &str, out: &mut Vec<u8>) {
+        match self {
+            Pending::Object(_, json) => splice_duration(json, duration, out),
+            Pending::Error(err) => err.write_body(duration, out),
+        }
+    }
+}
+
+impl IntoResponse for Pending {
+    fn into_response(self) -> Response {
+        let mut response = self.status().into_response();
+        response.extensions_mut().insert(self);
+        response
+    }
+}
+
+/// Appends `json` (an object) with `"duration":"…"` as its last key.
+pub(crate) fn splice_duration(json: &[u8], duration: &str, out: &mut Vec<u8>) {
+    let body = json.trim_ascii_end();
+    let Some(open) = body.strip_suffix(b"}") else {
+        out.extend_from_slice(json);
+        return;
+    };
+    out.extend_from_slice(open);
+    if open.trim_ascii() != b"{" {
+        out.push(b',');
+    }
+    out.extend_from_slice(br#""duration":""#);
+    out.extend_from_slice(duration.as_bytes());
+    out.extend_from_slice(b"\"}");
+}
+
+/// Stream's duration format: milliseconds with two decimals, `"1.23ms"`.
+pub(crate) fn format_duration(started: Instant) -> String {
+    format!("{:.2}ms", started.elapsed().as_secs_f64() * 1000.0)
+}
+
+/// Times every request, writes pending bodies and records the request in the metrics.
+pub(crate) async fn finish(
+    State(state): State<AppState>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let started = Instant::now();
+    let method = request.method().clone();
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|path| normalize_route(path.as_str()))
+        .unwrap_or_else(|| "unmatched".to_string());
+    let mut response = next.run(request).await;
+    if let Some(pending) = response.extensions_mut().remove::<Pending>() {
+        let mut body = Vec::with_capacity(256);
+        pending.write(&format_duration(started), &mut body);
+        *response.body_mut() = Body::from(body);
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        response.headers_mut().remove(header::CONTENT_LENGTH);
+    }
+    state.metrics.record_request(
+        &route,
+        method.as_str(),
+        response.status(),
+        started.elapsed(),
+    );
+    response
+}
+
+/// One label per route, whether or not it was asked with a trailing slash.
+fn normalize_route(path: &str) -> String {
+    let trimmed = path.trim_end_matches('/');
+    if trimmed.is_empty() {
+        "/".to_string()
+    } else {
+        trimmed.to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spliced(json: &str) -> String {
+        let mut out = Vec::new();
+        splice_duration(json.as_bytes(), "1.00ms", &mut out);
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn duration_goes_last() {
+        assert_eq!(
+            spliced(r#"{"id":"a"}"#),
+            r#"{"id":"a","duration":"1.00ms"}"#
+        );
+        assert_eq!(spliced("{}"), r#"{"duration":"1.00ms"}"#);
+        assert_eq!(spliced("{ }\n"), r#"{ "duration":"1.00ms"}"#);
+    }
+
+    #[test]
+    fn routes_lose_their_trailing_slash() {
+        assert_eq!(
+            normalize_route("/api/v1.0/user/{id}/"),
+            "/api/v1.0/user/{id}"
+        );
+        assert_eq!(normalize_route("/"), "/");
+    }
+}

@@ -1,0 +1,120 @@
+//! Reading requests: bodies capped at [`MAX_BODY_BYTES`], JSON that names its problem, and
+//! the query parameters Stream's clients send.
+
+use std::collections::HashMap;
+
+use axum::body::Body;
+use axum::http::{HeaderMap, header};
+use bytes::Bytes;
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+use serde_json::Value;
+
+use super::error::ApiError;
+
+/// The largest request body accepted.
+pub const MAX_BODY_BYTES: usize = 1024 * 1024;
+
+/// Reads a body of at most [`MAX_BODY_BYTES`]. A declared length over the limit is refused
+/// before anything is read, and a body that turns out longer stops being read at the limit.
+pub(crate) async fn read_body(headers: &HeaderMap, body: Body) -> Result<Bytes, ApiError> {
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > MAX_BODY_BYTES as u64) {
+        return Err(ApiError::too_large(MAX_BODY_BYTES));
+    }
+    match Limited::new(body, MAX_BODY_BYTES).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(err) if err.downcast_ref::<LengthLimitError>().is_some() => {
+            Err(ApiError::too_large(MAX_BODY_BYTES))
+        }
+        Err(_) => Err(ApiError::input("the request body could not be read")),
+    }
+}
+
+/// Parses a body that must be a JSON object.
+pub(crate) fn json_object(body: &[u8]) -> Result<serde_json::Map<String, Value>, ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Err(ApiError::input(
+            "the request body is empty; send a JSON object",
+        ));
+    }
+    match serde_json::from_slice::<Value>(body) {
+        Ok(Value::Object(map)) => Ok(map),
+        Ok(other) => Err(ApiError::input(format!(
+            "the request body must be a JSON object, got {}",
+            crate::user::json_type(&other)
+        ))),
+        Err(e) => Err(ApiError::input(format!(
+            "the request body is not valid JSON: {e}"
+        ))),
+    }
+}
+
+/// A boolean query parameter: `true`, `1`, `false`, `0` in any case (Python's requests sends
+/// `True`/`False`); absent means `false`.
+pub(crate) fn flag(query: &HashMap<String, String>, name: &str) -> Result<bool, ApiError> {
+    match query.get(name).map(|v| v.trim().to_ascii_lowercase()) {
+        None => Ok(false),
+        Some(v) if v == "true" || v == "1" => Ok(true),
+        Some(v) if v == "false" || v == "0" || v.is_empty() => Ok(false),
+        Some(_) => Err(ApiError::input(format!(
+            "{name} must be true or false, got {:?}",
+            query[name]
+        ))),
+    }
+}
+
+/// The `ids` parameter of the batch routes: a comma-separated list, at least one.
+pub(crate) fn ids(query: &HashMap<String, String>) -> Result<Vec<String>, ApiError> {
+    let ids: Vec<String> = query
+        .get("ids")
+        .map(|v| {
+            v.split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(String::from)
+                .collect()
+        })
+        .unwrap_or_default();
+    if ids.is_empty() {
+        return Err(ApiError::input(
+            "the ids query parameter is missing; send ids=a,b,c",
+        ));
+    }
+    Ok(ids)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn query(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn flags_parse_case_insensitively() {
+        for yes in ["true", "True", "TRUE", "1"] {
+            assert!(flag(&query(&[("f", yes)]), "f").unwrap(), "{yes}");
+        }
+        for no in ["false", "False", "0"] {
+            assert!(!flag(&query(&[("f", no)]), "f").unwrap(), "{no}");
+        }
+        assert!(!flag(&query(&[]), "f").unwrap());
+        let err = flag(&query(&[("f", "yes")]), "f").unwrap_err();
+        assert!(err.detail.contains("yes"), "{}", err.detail);
+    }
+
+    #[test]
+    fn bad_json_names_the_problem() {
+        let err = json_object(b"{\"id\":").unwrap_err();
+        assert!(err.detail.contains("not valid JSON"), "{}", err.detail);
+        let err = json_object(b"[1]").unwrap_err();
+        assert!(err.detail.contains("an array"), "{}", err.detail);
+    }
+}

@@ -1,0 +1,237 @@
+//! The users API, with the semantics of `enrich users`: add (or get-or-create), get, update,
+//! delete, and the batch forms. Every write goes through [`crate::Enricher::users`], so this
+//! process's L1 forgets a user the moment it is written.
+
+use std::collections::HashMap;
+
+use axum::Extension;
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use serde_json::{Map, Value};
+
+use super::AppState;
+use super::auth::Access;
+use super::error::ApiError;
+use super::reply::Pending;
+use super::request::{flag, ids, json_object, read_body};
+use crate::store::ImportUser;
+use crate::user::{NewUser, UserId, UserJson};
+
+type Params = Result<Query<HashMap<String, String>>, axum::extract::rejection::QueryRejection>;
+type IdParam = Result<Path<String>, axum::extract::rejection::PathRejection>;
+
+fn params(query: Params) -> Result<HashMap<String, String>, ApiError> {
+    query
+        .map(|q| q.0)
+        .map_err(|e| ApiError::input(format!("bad query string: {e}")))
+}
+
+fn path_id(id: IdParam) -> Result<String, ApiError> {
+    id.map(|p| p.0)
+        .map_err(|e| ApiError::input(format!("bad user id in the path: {e}")))
+}
+
+/// `data` of a body: absent or null mean `{}`; the model checks the rest.
+fn data_of(body: &mut Map<String, Value>) -> Option<Value> {
+    body.remove("data")
+}
+
+fn string_field(body: &Map<String, Value>, key: &str) -> Result<String, ApiError> {
+    match body.get(key) {
+        Some(Value::String(s)) => Ok(s.clone()),
+        Some(other) => Err(ApiError::input(format!(
+            "{key} must be a string, got {}",
+            crate::user::json_type(other)
+        ))),
+        None => Err(ApiError::input(format!("the body has no {key} field"))),
+    }
+}
+
+/// `POST /api/v1.0/user/` `{"id":…,"data":…}`, `?get_or_create=true`.
+pub(crate) async fn add(
+    State(state): State<AppState>,
+    Extension(access): Extension<Access>,
+    query: Params,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Pending, ApiError> {
+    let get_or_create = flag(&params(query)?, "get_or_create")?;
+    let mut body = json_object(&read_body(&headers, body).await?)?;
+    let id = string_field(&body, "id")?;
+    let user = NewUser::new(&id, data_of(&mut body))?;
+    access.check_write(user.id().as_str())?;
+    let added = state.users().add(&user, get_or_create).await?;
+    state.metrics.record_invalidations(1);
+    Ok(user_reply(StatusCode::CREATED, &added.user))
+}
+
+/// `GET /api/v1.0/user/{id}/`.
+pub(crate) async fn get(
+    State(state): State<AppState>,
+    Extension(access): Extension<Access>,
+    id: IdParam,
+) -> Result<Pending, ApiError> {
+    access.check_read()?;
+    let id = UserId::parse(&path_id(id)?)?;
+    let user = state.users().get(&id).await?;
+    Ok(user_reply(StatusCode::OK, &user))
+}
+
+/// `PUT /api/v1.0/user/{id}/` `{"data":…}`: replaces the data wholesale.
+pub(crate) async fn update(
+    State(state): State<AppState>,
+    Extension(access): Extension<Access>,
+    id: IdParam,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Pending, ApiError> {
+    let id = UserId::parse(&path_id(id)?)?;
+    access.check_write(id.as_str())?;
+    let mut body = json_object(&read_body(&headers, body).await?)?;
+    let user = NewUser::with_id(id, data_of(&mut body))?;
+    let updated = state.users().update(&user).await?;
+    state.metrics.record_invalidations(1);
+    Ok(user_reply(StatusCode::CREATED, &updated))
+}
+
+/// `DELETE /api/v1.0/user/{id}/`: answers `{"duration":…}`.
+pub(crate) async fn delete(
+    State(state): State<AppState>,
+    Extension(access): Extension<Access>,
+    id: IdParam,
+) -> Result<Pending, ApiError> {
+    let id = UserId::parse(&path_id(id)?)?;
+    access.check_write(id.as_str())?;
+    state.users().delete(&id).await?;
+    state.metrics.record_invalidations(1);
+    Ok(Pending::object(StatusCode::OK, "{}"))
+}
+
+/// `POST /api/v1.0/users/` `{"users":[{"id":…,"data":…},…],"override_existing":bool}` (the JS
+/// client names the flag `override`). Answers `{"created_users":[…],"duration":…}` with every
+/// user as stored now: skipped ones as they were, the others as written.
+pub(crate) async fn add_many(
+    State(state): State<AppState>,
+    Extension(access): Extension<Access>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Pending, ApiError> {
+    let body = json_object(&read_body(&headers, body).await?)?;
+    let override_existing = match body
+        .get("override_existing")
+        .or_else(|| body.get("override"))
+    {
+        None | Some(Value::Null) => false,
+        Some(Value::Bool(b)) => *b,
+        Some(other) => {
+            return Err(ApiError::input(format!(
+                "override_existing must be a boolean, got {}",
+                crate::user::json_type(other)
+            )));
+        }
+    };
+    let Some(Value::Array(list)) = body.get("users") else {
+        return Err(ApiError::input("the body needs a users array"));
+    };
+    let mut users = Vec::with_capacity(list.len());
+    let mut ids = Vec::with_capacity(list.len());
+    for (i, entry) in list.iter().enumerate() {
+        let Value::Object(entry) = entry else {
+            return Err(ApiError::input(format!("users[{i}] must be an object")));
+        };
+        let id = string_field(entry, "id")
+            .map_err(|e| ApiError::input(format!("users[{i}]: {}", e.detail)))?;
+        let user = NewUser::new(&id, entry.get("data").cloned())
+            .map_err(|e| ApiError::input(format!("users[{i}]: {}", e.message())))?;
+        access.check_write(user.id().as_str())?;
+        ids.push(user.id().clone());
+        users.push(ImportUser::new(user, None, None)?);
+    }
+    let store = state.users();
+    store.import(&users, override_existing).await?;
+    state.metrics.record_invalidations(users.len() as u64);
+    let stored = store.get_many(&ids).await?;
+    let found: Vec<UserJson> = stored.into_iter().flatten().collect();
+    Ok(Pending::object(
+        StatusCode::CREATED,
+        users_object("created_users", &found),
+    ))
+}
+
+/// `GET /api/v1.0/users/?ids=a,b`: `{"users":[…],"duration":…}`, the users that exist, in the
+/// order asked.
+pub(crate) async fn get_many(
+    State(state): State<AppState>,
+    Extension(access): Extension<Access>,
+    query: Params,
+) -> Result<Pending, ApiError> {
+    access.check_read()?;
+    let ids = parse_ids(&params(query)?)?;
+    let found: Vec<UserJson> = state
+        .users()
+        .get_many(&ids)
+        .await?
+        .into_iter()
+        .flatten()
+        .collect();
+    Ok(Pending::object(
+        StatusCode::OK,
+        users_object("users", &found),
+    ))
+}
+
+/// `DELETE /api/v1.0/users/?ids=a,b`: `{"deleted_user_ids":[…],"duration":…}`, the ids that
+/// existed and are gone.
+pub(crate) async fn delete_many(
+    State(state): State<AppState>,
+    Extension(access): Extension<Access>,
+    query: Params,
+) -> Result<Pending, ApiError> {
+    let ids = parse_ids(&params(query)?)?;
+    for id in &ids {
+        access.check_write(id.as_str())?;
+    }
+    let store = state.users();
+    let mut deleted = Vec::new();
+    for id in &ids {
+        match store.delete(id).await {
+            Ok(()) => deleted.push(id.as_str()),
+            Err(e) if e.is_not_found() => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    state.metrics.record_invalidations(ids.len() as u64);
+    let body = serde_json::json!({ "deleted_user_ids": deleted }).to_string();
+    Ok(Pending::object(StatusCode::OK, body))
+}
+
+fn parse_ids(query: &HashMap<String, String>) -> Result<Vec<UserId>, ApiError> {
+    let mut out = Vec::new();
+    for id in ids(query)? {
+        let id = UserId::parse(&id)?;
+        if !out.contains(&id) {
+            out.push(id);
+        }
+    }
+    Ok(out)
+}
+
+fn user_reply(status: StatusCode, user: &UserJson) -> Pending {
+    Pending::object(status, user.bytes().clone())
+}
+
+/// `{"KEY":[user,…]}` with each user's stored bytes.
+fn users_object(key: &str, users: &[UserJson]) -> Vec<u8> {
+    let mut out =
+        Vec::with_capacity(16 + users.iter().map(|u| u.as_bytes().len() + 1).sum::<usize>());
+    out.extend_from_slice(format!(r#"{{"{key}":["#).as_bytes());
+    for (i, user) in users.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(user.as_bytes());
+    }
+    out.extend_from_slice(b"]}");
+    out
+}

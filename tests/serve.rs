@@ -1,0 +1,732 @@
+//! `enrich serve` driven over real HTTP, on port 0, over every backend: Stream's bodies, status
+//! codes, errors and auth, the enrich endpoint, limits, health and metrics.
+
+mod support;
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use enrich::serve::{ServeConfig, serve};
+use enrich::{Enricher, StoreOptions, store};
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+use support::RedisServer;
+
+const KEY: &str = "test-key";
+const SECRET: &str = "test-secret";
+
+struct Server {
+    base: String,
+    client: reqwest::Client,
+    token: String,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+}
+
+impl Server {
+    async fn start(url: &str) -> Server {
+        let store = store::open(url, &StoreOptions::new().namespace("serve-test"))
+            .await
+            .expect("open the store");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(serve(
+            listener,
+            Enricher::new(store),
+            ServeConfig::new(KEY, SECRET),
+            async move {
+                let _ = stopped.await;
+            },
+        ));
+        Server {
+            base,
+            client: reqwest::Client::new(),
+            token: sign(
+                &json!({"resource": "users", "action": "*", "feed_id": "*"}),
+                SECRET,
+            ),
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+
+    /// A request as Stream's clients send it: api_key, the token, stream-auth-type.
+    fn api(&self, method: Method, path: &str) -> reqwest::RequestBuilder {
+        self.as_token(method, path, &self.token.clone())
+    }
+
+    fn as_token(&self, method: Method, path: &str, token: &str) -> reqwest::RequestBuilder {
+        let sep = if path.contains('?') { '&' } else { '?' };
+        self.client
+            .request(method, format!("{}{path}{sep}api_key={KEY}", self.base))
+            .header("Authorization", token)
+            .header("stream-auth-type", "jwt")
+    }
+
+    async fn stop(mut self) {
+        let _ = self.stop.take().unwrap().send(());
+        self.task.take().unwrap().await.unwrap().unwrap();
+    }
+}
+
+fn sign(claims: &Value, secret: &str) -> String {
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        claims,
+        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()).unwrap(),
+    )
+    .unwrap()
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+async fn text(resp: reqwest::Response) -> (StatusCode, String) {
+    let status = resp.status();
+    (status, resp.text().await.unwrap())
+}
+
+/// Splits `{…,"duration":"1.23ms"}` into the object without it, checking the format.
+fn strip_duration(body: &str) -> String {
+    let at = body
+        .rfind(r#","duration":""#)
+        .or_else(|| body.rfind(r#""duration":""#))
+        .unwrap_or_else(|| panic!("no duration in {body}"));
+    let tail = &body[at..];
+    let value = tail
+        .trim_start_matches(',')
+        .trim_start_matches(r#""duration":""#)
+        .trim_end_matches("\"}");
+    let ms = value.strip_suffix("ms").unwrap_or_else(|| panic!("{body}"));
+    let (whole, frac) = ms.split_once('.').unwrap_or_else(|| panic!("{body}"));
+    assert!(whole.parse::<u64>().is_ok() && frac.len() == 2, "{body}");
+    assert!(tail.ends_with("ms\"}"), "duration is not last: {body}");
+    let mut rest = body[..at].to_string();
+    rest.push('}');
+    rest
+}
+
+/// Checks a Stream error body: the five keys in order, and what they say.
+fn assert_error(status: StatusCode, body: &str, want: u16, code: u64, exception: &str) -> String {
+    assert_eq!(status.as_u16(), want, "{body}");
+    let value: Value = serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body}"));
+    let keys: Vec<&str> = value
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(|k| k.as_str())
+        .collect();
+    assert_eq!(
+        keys,
+        ["code", "detail", "duration", "exception", "status_code"],
+        "{body}"
+    );
+    assert_eq!(value["code"], code, "{body}");
+    assert_eq!(value["exception"], exception, "{body}");
+    assert_eq!(value["status_code"], want, "{body}");
+    value["detail"].as_str().unwrap().to_string()
+}
+
+async fn users_api(server: &Server) {
+    // Create: 201, the user with duration last, Stream's key order.
+    let (status, body) = text(
+        server
+            .api(Method::POST, "/api/v1.0/user/")
+            .body(r#"{"id":"alice","data":{"name":"Alice","n":1}}"#)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let created = strip_duration(&body);
+    assert!(created.starts_with(r#"{"created_at":""#), "{created}");
+    assert!(
+        created.ends_with(r#"Z","id":"alice","data":{"name":"Alice","n":1}}"#),
+        "{created}"
+    );
+
+    // Read, with and without the trailing slash: the same bytes.
+    for path in ["/api/v1.0/user/alice/", "/api/v1.0/user/alice"] {
+        let (status, body) = text(server.api(Method::GET, path).send().await.unwrap()).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(strip_duration(&body), created);
+    }
+
+    // A second create conflicts.
+    let (status, body) = text(
+        server
+            .api(Method::POST, "/api/v1.0/user")
+            .body(r#"{"id":"alice","data":{}}"#)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_error(status, &body, 409, 22, "ConflictException");
+
+    // get_or_create in every spelling returns the stored user untouched.
+    for flag in ["true", "True", "TRUE", "1"] {
+        let (status, body) = text(
+            server
+                .api(
+                    Method::POST,
+                    &format!("/api/v1.0/user/?get_or_create={flag}"),
+                )
+                .body(r#"{"id":"alice","data":{"name":"Other"}}"#)
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(status, StatusCode::CREATED, "{flag}: {body}");
+        assert_eq!(strip_duration(&body), created, "{flag}");
+    }
+    for flag in ["False", "0", "false"] {
+        let (status, body) = text(
+            server
+                .api(
+                    Method::POST,
+                    &format!("/api/v1.0/user/?get_or_create={flag}"),
+                )
+                .body(r#"{"id":"alice"}"#)
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
+        assert_error(status, &body, 409, 22, "ConflictException");
+    }
+    let (status, body) = text(
+        server
+            .api(Method::POST, "/api/v1.0/user/?get_or_create=maybe")
+            .body(r#"{"id":"alice"}"#)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    let detail = assert_error(status, &body, 400, 4, "InputException");
+    assert!(detail.contains("maybe"), "{detail}");
+
+    // Update replaces data, keeps created_at, 201.
+    let (status, body) = text(
+        server
+            .api(Method::PUT, "/api/v1.0/user/alice/")
+            .body(r#"{"data":{"name":"Alicia"}}"#)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let updated: Value = serde_json::from_str(&strip_duration(&body)).unwrap();
+    let original: Value = serde_json::from_str(&created).unwrap();
+    assert_eq!(updated["created_at"], original["created_at"]);
+    assert_eq!(updated["data"], json!({"name": "Alicia"}));
+
+    // Bad input: invalid id, data not an object, body not JSON, missing id.
+    let cases = [
+        (r#"{"id":"bad id","data":{}}"#, "bad id"),
+        (r#"{"id":"bob","data":[1]}"#, "an array"),
+        (r#"{"id":"bob","data":{"#, "not valid JSON"),
+        (r#"{"data":{}}"#, "no id field"),
+        (r#"[]"#, "an array"),
+    ];
+    for (request, named) in cases {
+        let (status, body) = text(
+            server
+                .api(Method::POST, "/api/v1.0/user/")
+                .body(request)
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
+        let detail = assert_error(status, &body, 400, 4, "InputException");
+        assert!(detail.contains(named), "{request}: {detail}");
+    }
+
+    // Batch: create many (skip existing unless override), get many, delete many.
+    let (status, body) = text(
+        server
+            .api(Method::POST, "/api/v1.0/users/")
+            .body(r#"{"users":[{"id":"alice","data":{"x":1}},{"id":"bob","data":{"name":"Bob"}}],"override_existing":false}"#)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let batch: Value = serde_json::from_str(&strip_duration(&body)).unwrap();
+    let users = batch["created_users"].as_array().unwrap();
+    assert_eq!(users.len(), 2, "{body}");
+    assert_eq!(
+        users[0]["data"],
+        json!({"name": "Alicia"}),
+        "skipped, not overridden"
+    );
+    assert_eq!(users[1]["data"], json!({"name": "Bob"}));
+    let (_, body) = text(
+        server
+            .api(Method::POST, "/api/v1.0/users")
+            .body(r#"{"users":[{"id":"alice","data":{"x":1}}],"override":true}"#)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert!(body.contains(r#""data":{"x":1}"#), "{body}");
+
+    let (status, body) = text(
+        server
+            .api(Method::GET, "/api/v1.0/users/?ids=alice,nobody,bob")
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let got: Value = serde_json::from_str(&strip_duration(&body)).unwrap();
+    let ids: Vec<&str> = got["users"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| u["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["alice", "bob"]);
+    let (status, body) = text(
+        server
+            .api(Method::GET, "/api/v1.0/users/")
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_error(status, &body, 400, 4, "InputException");
+
+    let (status, body) = text(
+        server
+            .api(Method::DELETE, "/api/v1.0/users/?ids=bob,nobody")
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(strip_duration(&body), r#"{"deleted_user_ids":["bob"]}"#);
+
+    // Delete: 200 {"duration":…}; then gone, 404 in Stream's format.
+    let (status, body) = text(
+        server
+            .api(Method::DELETE, "/api/v1.0/user/alice")
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(strip_duration(&body), "{}");
+    for (method, path) in [
+        (Method::GET, "/api/v1.0/user/alice/"),
+        (Method::DELETE, "/api/v1.0/user/alice/"),
+        (Method::GET, "/api/v1.0/user/bob/"),
+    ] {
+        let (status, body) = text(server.api(method, path).send().await.unwrap()).await;
+        assert_error(status, &body, 404, 16, "DoesNotExistException");
+    }
+    let (status, body) = text(
+        server
+            .api(Method::PUT, "/api/v1.0/user/alice/")
+            .body(r#"{"data":{}}"#)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_error(status, &body, 404, 16, "DoesNotExistException");
+}
+
+#[tokio::test]
+async fn users_api_over_memory() {
+    let server = Server::start("memory:").await;
+    users_api(&server).await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn users_api_over_file() {
+    let (_dir, path) = support::temp_db();
+    let server = Server::start(&format!("file:{}", path.display())).await;
+    users_api(&server).await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn users_api_over_redis() {
+    let redis = RedisServer::start();
+    let server = Server::start(&redis.url()).await;
+    users_api(&server).await;
+    server.stop().await;
+}
+
+async fn enrich(server: &Server, query: &str, doc: &str) -> String {
+    let (status, body) = text(
+        server
+            .api(Method::POST, &format!("/api/v1.0/enrich{query}"))
+            .body(doc.to_string())
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    body
+}
+
+#[tokio::test]
+async fn enrich_endpoint_takes_every_shape() {
+    let server = Server::start("memory:").await;
+    let (_, created) = text(
+        server
+            .api(Method::POST, "/api/v1.0/user/")
+            .body(r#"{"id":"eric","data":{"name":"Eric"}}"#)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    let eric = strip_duration(&created);
+    let missing =
+        r#"{"error":"ReferenceNotFound","reference":"SU:bob","reference_type":"user","id":"bob"}"#;
+
+    let activity = r#"{"actor":"SU:eric","verb":"post","object":"SO:post:1","to":["SU:eric"]}"#;
+    let enriched = enrich(&server, "/", activity).await;
+    assert_eq!(
+        enriched,
+        format!(r#"{{"actor":{eric},"verb":"post","object":"SO:post:1","to":["SU:eric"]}}"#)
+    );
+    let deep = enrich(&server, "/?deep=true", activity).await;
+    assert_eq!(
+        deep,
+        format!(r#"{{"actor":{eric},"verb":"post","object":"SO:post:1","to":[{eric}]}}"#)
+    );
+
+    let group = r#"{"id":"g","verb":"like","activity_count":2,"activities":[{"actor":"SU:eric"},{"actor":"SU:bob"}]}"#;
+    assert_eq!(
+        enrich(&server, "", group).await,
+        format!(
+            r#"{{"id":"g","verb":"like","activity_count":2,"activities":[{{"actor":{eric}}},{{"actor":{missing}}}]}}"#
+        )
+    );
+
+    let response = r#"{"results":[{"actor":"SU:eric"}],"next":"","duration":"3ms"}"#;
+    assert_eq!(
+        enrich(&server, "", response).await,
+        format!(r#"{{"results":[{{"actor":{eric}}}],"next":"","duration":"3ms"}}"#)
+    );
+
+    let array = r#"[{"actor":"SU:eric"},{"actor":"su:eric","x":"SU:"}]"#;
+    assert_eq!(
+        enrich(&server, "", array).await,
+        format!(r#"[{{"actor":{eric}}},{{"actor":"su:eric","x":"SU:"}}]"#)
+    );
+
+    // A write through the API is seen by the next enrichment at once (the L1 is invalidated).
+    server
+        .api(Method::PUT, "/api/v1.0/user/eric/")
+        .body(r#"{"data":{"name":"Erik"}}"#)
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        enrich(&server, "", activity)
+            .await
+            .contains(r#""name":"Erik""#)
+    );
+
+    // Not an object or array, not JSON: 400 naming it.
+    for (doc, named) in [("42", "not an object or an array"), ("{\"a\":", "")] {
+        let (status, body) = text(
+            server
+                .api(Method::POST, "/api/v1.0/enrich/")
+                .body(doc)
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
+        let detail = assert_error(status, &body, 400, 4, "InputException");
+        assert!(detail.contains(named), "{detail}");
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn auth_is_checked() {
+    let server = Server::start("memory:").await;
+    server
+        .api(Method::POST, "/api/v1.0/user/")
+        .body(r#"{"id":"alice","data":{}}"#)
+        .send()
+        .await
+        .unwrap();
+    let path = "/api/v1.0/user/alice/";
+
+    // No token, a token signed with another secret, an expired one, garbage.
+    let expired = sign(
+        &json!({"resource": "*", "action": "*", "exp": now() - 60}),
+        SECRET,
+    );
+    let forged = sign(&json!({"resource": "*", "action": "*"}), "not-the-secret");
+    for (token, named) in [
+        ("", "missing"),
+        (forged.as_str(), "signature"),
+        (expired.as_str(), "expired"),
+        ("not.a.jwt", "malformed"),
+    ] {
+        let (status, body) = text(
+            server
+                .as_token(Method::GET, path, token)
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
+        let detail = assert_error(status, &body, 401, 17, "NotAllowedException");
+        assert!(detail.contains(named), "{detail}");
+        assert!(!body.contains(SECRET), "{body}");
+    }
+
+    // A Bearer prefix is accepted; a live exp is fine.
+    let live = sign(
+        &json!({"resource": "*", "action": "*", "exp": now() + 600}),
+        SECRET,
+    );
+    let resp = server
+        .as_token(Method::GET, path, &format!("Bearer {live}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+
+    // Wrong or missing api_key.
+    let resp = server
+        .client
+        .get(format!("{}{path}?api_key=wrong", server.base))
+        .header("Authorization", &server.token)
+        .send()
+        .await
+        .unwrap();
+    let (status, body) = text(resp).await;
+    assert_error(status, &body, 401, 2, "ApiKeyException");
+    let resp = server
+        .client
+        .get(format!("{}{path}", server.base))
+        .header("Authorization", &server.token)
+        .send()
+        .await
+        .unwrap();
+    let (status, body) = text(resp).await;
+    assert_error(status, &body, 401, 2, "ApiKeyException");
+
+    // A user token reads anyone, enriches, writes itself, and nobody else.
+    let bob = sign(&json!({"user_id": "bob"}), SECRET);
+    let (status, _) = text(
+        server
+            .as_token(Method::GET, path, &bob)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _) = text(
+        server
+            .as_token(Method::POST, "/api/v1.0/enrich/", &bob)
+            .body(r#"{"actor":"SU:alice"}"#)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _) = text(
+        server
+            .as_token(Method::POST, "/api/v1.0/user/", &bob)
+            .body(r#"{"id":"bob","data":{}}"#)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED);
+    for (method, target, body) in [
+        (Method::PUT, path, r#"{"data":{"hacked":true}}"#),
+        (Method::DELETE, path, ""),
+        (
+            Method::POST,
+            "/api/v1.0/user/",
+            r#"{"id":"alice","data":{}}"#,
+        ),
+        (Method::DELETE, "/api/v1.0/users/?ids=alice", ""),
+    ] {
+        let (status, body) = text(
+            server
+                .as_token(method, target, &bob)
+                .body(body)
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
+        assert_error(status, &body, 403, 17, "NotAllowedException");
+    }
+    // A token for another resource may not use the users API.
+    let feed = sign(&json!({"resource": "feed", "action": "*"}), SECRET);
+    let (status, body) = text(
+        server
+            .as_token(Method::GET, path, &feed)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_error(status, &body, 403, 17, "NotAllowedException");
+    // Alice is untouched.
+    let (_, body) = text(server.api(Method::GET, path).send().await.unwrap()).await;
+    assert!(body.contains(r#""data":{}"#), "{body}");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn limits_and_unknown_routes() {
+    let server = Server::start("memory:").await;
+    // Over 1 MiB: 413 in Stream's format.
+    let big = format!(
+        r#"{{"actor":"{}"}}"#,
+        "x".repeat(enrich::serve::MAX_BODY_BYTES)
+    );
+    let (status, body) = text(
+        server
+            .api(Method::POST, "/api/v1.0/enrich/")
+            .body(big)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_error(status, &body, 413, 18, "RequestEntityTooLargeException");
+    // Just under the limit is fine.
+    let fits = format!(
+        r#"{{"actor":"{}"}}"#,
+        "x".repeat(enrich::serve::MAX_BODY_BYTES - 20)
+    );
+    let resp = server
+        .api(Method::POST, "/api/v1.0/enrich/")
+        .body(fits)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+
+    // Unknown routes, with or without a token: 404 in Stream's format.
+    for path in ["/api/v1.0/nothing/", "/", "/api/v2.0/user/alice/"] {
+        let (status, body) = text(server.api(Method::GET, path).send().await.unwrap()).await;
+        assert_error(status, &body, 404, 16, "DoesNotExistException");
+    }
+    let (status, body) = text(
+        server
+            .api(Method::PATCH, "/api/v1.0/user/a/")
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_error(status, &body, 405, 4, "MethodNotAllowedException");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn store_down_is_503_and_health_says_so() {
+    let mut redis = RedisServer::start();
+    let server = Server::start(&redis.url()).await;
+    let health = format!("{}/healthz", server.base);
+    let resp = server.client.get(&health).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["status"], "ok");
+    assert_eq!(body["store"], redis.url());
+
+    redis.stop();
+    let (status, body) = text(
+        server
+            .api(Method::GET, "/api/v1.0/user/alice/")
+            .timeout(Duration::from_secs(10))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_error(status, &body, 503, 1, "ServiceUnavailableException");
+    let (status, body) = text(
+        server
+            .api(Method::POST, "/api/v1.0/enrich/")
+            .body(r#"{"actor":"SU:alice"}"#)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_error(status, &body, 503, 1, "ServiceUnavailableException");
+    let resp = server.client.get(&health).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["status"], "unavailable");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn metrics_count_requests_and_the_cache() {
+    let server = Server::start("memory:").await;
+    server
+        .api(Method::POST, "/api/v1.0/user/")
+        .body(r#"{"id":"eric","data":{}}"#)
+        .send()
+        .await
+        .unwrap();
+    for _ in 0..3 {
+        enrich(&server, "/", r#"{"actor":"SU:eric","object":"SU:bob"}"#).await;
+    }
+    server
+        .api(Method::GET, "/api/v1.0/user/nobody")
+        .send()
+        .await
+        .unwrap();
+    let resp = server
+        .client
+        .get(format!("{}/metrics", server.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let text = resp.text().await.unwrap();
+    for line in [
+        r#"enrich_http_requests_total{route="/api/v1.0/enrich",method="POST",status="200"} 3"#,
+        r#"enrich_http_requests_total{route="/api/v1.0/user/{id}",method="GET",status="404"} 1"#,
+        r#"enrich_http_requests_total{route="/api/v1.0/user",method="POST",status="201"} 1"#,
+        r#"enrich_http_request_duration_seconds_count{route="/api/v1.0/enrich"} 3"#,
+        "enrich_l1_hits_total 4",
+        "enrich_l1_misses_total 2",
+        "enrich_store_calls_total 1",
+        "enrich_l1_invalidations_total 1",
+        "enrich_missing_references_total 3",
+    ] {
+        assert!(text.lines().any(|l| l == line), "no {line:?} in\n{text}");
+    }
+    server.stop().await;
+}
