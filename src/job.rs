@@ -1,15 +1,18 @@
 //! `enrich run`: the NDJSON batch job.
 //!
-//! Two stages run side by side, so both cores work:
-//! 1. a reader task reads lines, validates and scans them into [`RawPage`]s, and hands a page
-//!    on when it is full or when the input pauses (so a line written into a pipe is answered
-//!    at once, not when a batch fills);
-//! 2. the writer resolves up to [`IN_FLIGHT`] pages at a time (one store call each, retried
-//!    through store faults up to the store timeout) and writes them in input order.
+//! Three stages run side by side, so both cores work:
+//! 1. a reader task cuts the input into chunks of lines, handing a chunk on when it is full or
+//!    when the input pauses (so a line written into a pipe is answered at once, not when a
+//!    batch fills);
+//! 2. each chunk is a task of its own that validates and scans its lines into a [`RawPage`],
+//!    resolves it (one store call, retried through store faults up to the store timeout) and
+//!    renders it; up to [`IN_FLIGHT`] chunks are in the works at once, on any core;
+//! 3. the writer takes the rendered chunks in input order and writes them.
 //!
 //! Every input line ends as exactly one output line or one rejected line.
 
 use std::collections::HashSet;
+use std::ops::Range;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
@@ -20,7 +23,7 @@ use tokio::sync::mpsc;
 use crate::commands::Input;
 use crate::enricher::Enricher;
 use crate::error::{Error, ErrorKind, Result};
-use crate::lines::{Line, LineReader};
+use crate::lines::{LineReader, LineRef};
 use crate::page::{Depth, RawPage};
 use crate::stats::EnrichStats;
 
@@ -141,6 +144,15 @@ impl Rejected {
     }
 }
 
+/// Lines as read, not yet looked at.
+#[derive(Debug, Default)]
+struct RawLines {
+    data: Vec<u8>,
+    /// Each line's number and where it is in `data`; `Some(len)` for one over the limit, whose
+    /// first [`MAX_LINE`] bytes are kept.
+    lines: Vec<(u64, Range<usize>, Option<usize>)>,
+}
+
 /// Lines in input order: each either a document of the page or rejected.
 #[derive(Debug)]
 struct Chunk {
@@ -175,8 +187,8 @@ where
     let started = Instant::now();
     let mut output = tokio::io::BufWriter::with_capacity(1 << 18, output);
     let mut rejects = rejects.map(|r| tokio::io::BufWriter::new(r));
-    let (sender, mut chunks) = mpsc::channel::<Result<Chunk>>(IN_FLIGHT);
-    let reader = tokio::spawn(read(inputs, options.depth, sender));
+    let (sender, mut chunks) = mpsc::channel::<Result<RawLines>>(IN_FLIGHT);
+    let reader = tokio::spawn(read(inputs, sender));
 
     let mut summary = RunSummary::default();
     let mut users: HashSet<Box<str>, foldhash::fast::RandomState> = HashSet::default();
@@ -185,15 +197,17 @@ where
     loop {
         tokio::select! {
             chunk = chunks.recv(), if !input_done && pending.len() < IN_FLIGHT => match chunk {
-                Some(chunk) => {
-                    let chunk = chunk?;
-                    users.extend(chunk.page.ids().iter().cloned());
-                    pending.push_back(render(enricher.clone(), chunk, options.store_timeout));
+                Some(lines) => {
+                    let work = process(enricher.clone(), lines?, options.clone());
+                    pending.push_back(tokio::spawn(work));
                 }
                 None => input_done = true,
             },
             Some(rendered) = pending.next() => {
-                let rendered = rendered?;
+                let rendered = rendered.map_err(|e| {
+                    Error::new(ErrorKind::Internal, "a chunk failed").with_cause(e)
+                })??;
+                users.extend(rendered.chunk.page.ids().iter().cloned());
                 summary.stats += rendered.stats;
                 write(&rendered, &mut output, rejects.as_mut(), &mut summary).await?;
                 progress(summary.lines);
@@ -270,6 +284,26 @@ fn write_error(err: std::io::Error) -> Error {
     Error::new(ErrorKind::Internal, "cannot write output").with_cause(err)
 }
 
+/// Scans, resolves and renders one chunk of lines.
+async fn process(enricher: Enricher, lines: RawLines, options: RunOptions) -> Result<Rendered> {
+    let mut chunk = Chunk {
+        page: RawPage::with_capacity(options.depth, lines.data.len(), lines.lines.len()),
+        lines: Vec::with_capacity(lines.lines.len()),
+    };
+    for (number, range, too_long) in &lines.lines {
+        let text = &lines.data[range.clone()];
+        let line = match too_long {
+            Some(len) => LineRef::TooLong {
+                prefix: text,
+                len: *len,
+            },
+            None => LineRef::Text(text),
+        };
+        chunk.lines.push(take(&mut chunk.page, (*number, line)));
+    }
+    render(enricher, chunk, options.store_timeout).await
+}
+
 /// Enriches a chunk, retrying through store faults for up to `timeout`.
 async fn render(enricher: Enricher, chunk: Chunk, timeout: Duration) -> Result<Rendered> {
     let first_failure = Instant::now();
@@ -315,32 +349,42 @@ async fn render(enricher: Enricher, chunk: Chunk, timeout: Duration) -> Result<R
     })
 }
 
-/// The reader stage: lines → pages, handed on when full or when the input pauses.
-async fn read(inputs: Vec<Input>, depth: Depth, pages: mpsc::Sender<Result<Chunk>>) {
-    let mut chunk = Chunk {
-        page: RawPage::new(depth),
-        lines: Vec::new(),
-    };
+/// The reader stage: lines → chunks, handed on when full or when the input pauses.
+async fn read(inputs: Vec<Input>, chunks: mpsc::Sender<Result<RawLines>>) {
+    let mut chunk = RawLines::default();
     let mut numbered = 0;
     for input in inputs {
         let mut reader = LineReader::new(input, 1 << 18, MAX_LINE).starting_after(numbered);
         loop {
-            let line = match reader.next_line().await {
+            let (number, line) = match reader.next_line_ref().await {
                 Ok(Some(line)) => line,
                 Ok(None) => break,
                 Err(err) => {
-                    let _ = pages.send(Err(err)).await;
+                    let _ = chunks.send(Err(err)).await;
                     return;
                 }
             };
-            chunk.lines.push(take(&mut chunk.page, line));
-            let full = chunk.lines.len() >= PAGE_LINES || chunk.page.buffered() >= PAGE_BYTES;
+            let start = chunk.data.len();
+            let too_long = match line {
+                LineRef::Text(text) => {
+                    chunk.data.extend_from_slice(text);
+                    None
+                }
+                LineRef::TooLong { prefix, len } => {
+                    chunk.data.extend_from_slice(prefix);
+                    Some(len)
+                }
+            };
+            chunk
+                .lines
+                .push((number, start..chunk.data.len(), too_long));
+            let full = chunk.lines.len() >= PAGE_LINES || chunk.data.len() >= PAGE_BYTES;
             if full || !reader.has_buffered() {
-                let next = Chunk {
-                    page: RawPage::new(depth),
-                    lines: Vec::new(),
+                let next = RawLines {
+                    data: Vec::with_capacity(chunk.data.len()),
+                    lines: Vec::with_capacity(chunk.lines.len()),
                 };
-                if pages
+                if chunks
                     .send(Ok(std::mem::replace(&mut chunk, next)))
                     .await
                     .is_err()
@@ -352,21 +396,21 @@ async fn read(inputs: Vec<Input>, depth: Depth, pages: mpsc::Sender<Result<Chunk
         numbered = reader.number();
     }
     if !chunk.lines.is_empty() {
-        let _ = pages.send(Ok(chunk)).await;
+        let _ = chunks.send(Ok(chunk)).await;
     }
 }
 
 /// Adds a line to the page, or says why it is rejected.
-fn take(page: &mut RawPage, (number, line): (u64, Line)) -> Option<Rejected> {
+fn take(page: &mut RawPage, (number, line): (u64, LineRef<'_>)) -> Option<Rejected> {
     let (input, error) = match line {
-        Line::Text(text) => match page.push(&text) {
+        LineRef::Text(text) => match page.push(text) {
             Ok(()) => return None,
             Err(_) if text.iter().all(u8::is_ascii_whitespace) => {
                 (text, Error::invalid("empty line: expected a JSON object"))
             }
             Err(error) => (text, error),
         },
-        Line::TooLong { prefix, len } => (
+        LineRef::TooLong { prefix, len } => (
             prefix,
             Error::invalid(format!(
                 "line is {len} bytes, over the limit of {MAX_LINE} bytes"
@@ -376,6 +420,6 @@ fn take(page: &mut RawPage, (number, line): (u64, Line)) -> Option<Rejected> {
     Some(Rejected {
         line: number,
         error,
-        input,
+        input: input.to_vec(),
     })
 }

@@ -24,6 +24,8 @@ pub struct LineReader<R> {
     input: BufReader<R>,
     max_len: usize,
     number: u64,
+    /// The line being read, reused from line to line.
+    text: Vec<u8>,
 }
 
 impl<R: AsyncRead + Unpin> LineReader<R> {
@@ -34,6 +36,7 @@ impl<R: AsyncRead + Unpin> LineReader<R> {
             input: BufReader::with_capacity(capacity, input),
             max_len,
             number: 0,
+            text: Vec::new(),
         }
     }
 
@@ -56,7 +59,21 @@ impl<R: AsyncRead + Unpin> LineReader<R> {
 
     /// The next line, or `None` at the end of the input. A last line without a newline counts.
     pub async fn next_line(&mut self) -> Result<Option<(u64, Line)>> {
-        let mut text = Vec::new();
+        Ok(self.next_line_ref().await?.map(|(number, line)| {
+            let line = match line {
+                LineRef::Text(text) => Line::Text(text.to_vec()),
+                LineRef::TooLong { prefix, len } => Line::TooLong {
+                    prefix: prefix.to_vec(),
+                    len,
+                },
+            };
+            (number, line)
+        }))
+    }
+
+    /// Like [`LineReader::next_line`], lending the line instead of allocating it.
+    pub async fn next_line_ref(&mut self) -> Result<Option<(u64, LineRef<'_>)>> {
+        self.text.clear();
         let mut len = 0usize;
         let mut seen_any = false;
         loop {
@@ -76,8 +93,8 @@ impl<R: AsyncRead + Unpin> LineReader<R> {
                 None => (buf, None),
             };
             len += chunk.len();
-            let room = self.max_len.saturating_sub(text.len());
-            text.extend_from_slice(&chunk[..chunk.len().min(room)]);
+            let room = self.max_len.saturating_sub(self.text.len());
+            self.text.extend_from_slice(&chunk[..chunk.len().min(room)]);
             let consumed = done.unwrap_or(buf.len());
             self.input.consume(consumed);
             if done.is_some() {
@@ -86,13 +103,31 @@ impl<R: AsyncRead + Unpin> LineReader<R> {
         }
         self.number += 1;
         if len > self.max_len {
-            return Ok(Some((self.number, Line::TooLong { prefix: text, len })));
+            let line = LineRef::TooLong {
+                prefix: &self.text,
+                len,
+            };
+            return Ok(Some((self.number, line)));
         }
-        if text.last() == Some(&b'\r') {
-            text.pop();
+        if self.text.last() == Some(&b'\r') {
+            self.text.pop();
         }
-        Ok(Some((self.number, Line::Text(text))))
+        Ok(Some((self.number, LineRef::Text(&self.text))))
     }
+}
+
+/// A line lent by [`LineReader::next_line_ref`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LineRef<'a> {
+    /// The line's bytes, without the line ending.
+    Text(&'a [u8]),
+    /// The line was longer than the cap: its first `cap` bytes, and its length.
+    TooLong {
+        /// The start of the line.
+        prefix: &'a [u8],
+        /// How long the line was, in bytes.
+        len: usize,
+    },
 }
 
 /// True if the line holds nothing but white space.

@@ -86,6 +86,17 @@ impl RawPage {
         }
     }
 
+    /// An empty page with room for about `bytes` of documents and `docs` documents.
+    pub fn with_capacity(depth: Depth, bytes: usize, docs: usize) -> RawPage {
+        RawPage {
+            depth,
+            buf: Vec::with_capacity(bytes),
+            docs: Vec::with_capacity(docs),
+            sites: Vec::with_capacity(docs * 4),
+            ..RawPage::default()
+        }
+    }
+
     /// Adds one JSON object (a response, a group or an activity). A document that is not valid
     /// JSON, not an object, or nested too deep is refused with an error naming the problem, and
     /// the page is left as it was.
@@ -118,30 +129,46 @@ impl RawPage {
         let start = self.buf.len();
         let first_site = self.sites.len();
         let activities_before = self.activities;
-        // The scanner borrows the page; the sites vector travels beside it.
-        let mut sites = std::mem::take(&mut self.sites);
-        let mut scanner = Scanner {
-            src: doc,
-            pos: 0,
-            page: self,
-            level: 0,
-            too_deep: false,
-        };
-        scanner.ws();
-        if first == Some(b'[') {
-            scanner.array(|s, sites| s.element(Role::Document, sites), &mut sites);
-        } else {
-            scanner.object(Role::Document, &mut sites);
-        }
-        let too_deep = scanner.too_deep;
-        self.sites = sites;
-        if too_deep {
-            self.buf.truncate(start);
-            self.sites.truncate(first_site);
-            self.activities = activities_before;
-            return Err(Error::invalid(format!(
-                "nesting too deep: more than {MAX_DEPTH} levels"
-            )));
+        // Most documents are compact: scan without copying, then copy the whole document at
+        // once. One with white space to drop is scanned again, copying as it goes.
+        for copy in [false, true] {
+            // The scanner borrows the page; the sites vector travels beside it.
+            let mut sites = std::mem::take(&mut self.sites);
+            let mut scanner = Scanner {
+                src: doc,
+                pos: 0,
+                page: self,
+                level: 0,
+                too_deep: false,
+                copy,
+                base: start,
+                saw_ws: false,
+            };
+            scanner.ws();
+            if first == Some(b'[') {
+                scanner.array(|s, sites| s.element(Role::Document, sites), &mut sites);
+            } else {
+                scanner.object(Role::Document, &mut sites);
+            }
+            let (too_deep, saw_ws) = (scanner.too_deep, scanner.saw_ws);
+            self.sites = sites;
+            if too_deep {
+                self.buf.truncate(start);
+                self.sites.truncate(first_site);
+                self.activities = activities_before;
+                return Err(Error::invalid(format!(
+                    "nesting too deep: more than {MAX_DEPTH} levels"
+                )));
+            }
+            if !copy && saw_ws {
+                self.sites.truncate(first_site);
+                self.activities = activities_before;
+                continue;
+            }
+            if !copy {
+                self.buf.extend_from_slice(doc);
+            }
+            break;
         }
         // Only the references that counted name ids the page must resolve.
         for site in &mut self.sites[first_site..] {
@@ -269,10 +296,24 @@ struct Scanner<'a> {
     level: usize,
     /// The document nests deeper than [`MAX_DEPTH`].
     too_deep: bool,
+    /// Copy as we go (the document has white space to drop), or not at all (it is compact and
+    /// is copied whole at the end, so positions are `base` + its own offsets).
+    copy: bool,
+    base: usize,
+    /// White space was skipped: a compact copy needs the copying pass.
+    saw_ws: bool,
+}
+
+/// A string token: where it is (or will be) in the page's buffer, and in the source.
+struct Token {
+    out: Range<usize>,
+    src: Range<usize>,
+    escaped: bool,
 }
 
 impl Scanner<'_> {
     fn ws(&mut self) {
+        let start = self.pos;
         while self
             .src
             .get(self.pos)
@@ -280,6 +321,7 @@ impl Scanner<'_> {
         {
             self.pos += 1;
         }
+        self.saw_ws |= self.pos > start;
     }
 
     fn byte(&self) -> u8 {
@@ -298,13 +340,15 @@ impl Scanner<'_> {
             b'}' | b']' => self.level -= 1,
             _ => {}
         }
-        self.page.buf.push(byte);
+        if self.copy {
+            self.page.buf.push(byte);
+        }
         self.pos += 1;
         self.ws();
     }
 
     /// Copies a string token; returns where it landed in the buffer and whether it has escapes.
-    fn string(&mut self) -> (usize, usize, bool) {
+    fn string(&mut self) -> Token {
         let start = self.pos;
         let mut i = start + 1;
         let mut escaped = false;
@@ -317,17 +361,27 @@ impl Scanner<'_> {
             escaped = true;
             i += 2;
         }
-        let out = self.page.buf.len();
-        self.page.buf.extend_from_slice(&self.src[start..=i]);
+        let src = start..i + 1;
+        let out = if self.copy {
+            let out = self.page.buf.len();
+            self.page.buf.extend_from_slice(&self.src[src.clone()]);
+            out
+        } else {
+            self.base + start
+        };
         self.pos = i + 1;
         self.ws();
-        (out, self.page.buf.len(), escaped)
+        Token {
+            out: out..out + src.len(),
+            src,
+            escaped,
+        }
     }
 
     /// A string value that may be a reference.
     fn candidate(&mut self, sites: &mut Vec<Site>) {
-        let (start, end, escaped) = self.string();
-        let token = &self.page.buf[start..end];
+        let Token { out, src, escaped } = self.string();
+        let token = &self.src[src];
         let is_ref = if escaped {
             serde_json::from_slice::<String>(token).is_ok_and(|text| user_ref(&text).is_some())
         } else {
@@ -338,8 +392,8 @@ impl Scanner<'_> {
         };
         if is_ref {
             sites.push(Site {
-                start,
-                end,
+                start: out.start,
+                end: out.end,
                 escaped,
                 id: u32::MAX,
             });
@@ -384,7 +438,9 @@ impl Scanner<'_> {
         {
             self.pos += 1;
         }
-        self.page.buf.extend_from_slice(&self.src[start..self.pos]);
+        if self.copy {
+            self.page.buf.extend_from_slice(&self.src[start..self.pos]);
+        }
         self.ws();
     }
 
@@ -448,11 +504,11 @@ impl Scanner<'_> {
         let mut activities: Option<Vec<(Range<usize>, u64)>> = None;
         self.punct();
         while self.byte() != b'}' {
-            let (key_start, key_end, escaped) = self.string();
+            let key = self.string();
             let special = if role == Role::Activity {
                 None
             } else {
-                special_key(&self.page.buf[key_start..key_end], escaped)
+                special_key(&self.src[key.src], key.escaped)
             };
             self.punct(); // ':'
             match (special, self.byte()) {
