@@ -36,17 +36,13 @@ use std::sync::{Arc, RwLock};
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures::future::join_all;
-use redis::Script;
 use redis::cluster::{ClusterClient, ClusterClientBuilder};
 use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
 
-use super::redis::{ADD, IMPORT, UPDATE, fault, import_outcome};
+use super::redis::{Scripts, fault, import_outcome};
 use super::slots::{Node, SlotMap, slot};
-use super::{
-    Added, EventSink, ImportOutcome, ImportUser, StoreOptions, UserStore, WatchGuard, conflict,
-    not_found,
-};
+use super::{Added, EventSink, ImportOutcome, ImportUser, StoreOptions, UserStore, WatchGuard};
 use crate::error::{Error, ErrorKind, Result};
 use crate::user::{NewUser, Timestamp, UserId, UserJson};
 
@@ -70,12 +66,6 @@ pub struct ClusterStore {
     nodes: NodeUrls,
     topology: Arc<Topology>,
     scripts: Arc<Scripts>,
-}
-
-struct Scripts {
-    add: Script,
-    update: Script,
-    import: Script,
 }
 
 impl std::fmt::Debug for ClusterStore {
@@ -205,11 +195,7 @@ impl ClusterStore {
                 map: RwLock::new(Arc::new(map)),
                 stale: tokio::sync::Notify::new(),
             }),
-            scripts: Arc::new(Scripts {
-                add: Script::new(ADD),
-                update: Script::new(UPDATE),
-                import: Script::new(IMPORT),
-            }),
+            scripts: Arc::new(Scripts::new()),
         })
     }
 
@@ -255,27 +241,11 @@ impl ClusterStore {
 #[async_trait]
 impl UserStore for ClusterStore {
     async fn add(&self, user: &NewUser, get_or_create: bool) -> Result<Added> {
-        let now = Timestamp::now();
-        let json = user.to_json(now, now);
-        let existing: Option<Bytes> = self
-            .scripts
-            .add
-            .key(self.key(user.id()))
-            .arg(json.as_bytes())
-            .invoke_async(&mut self.conn.clone())
+        let key = self.key(user.id());
+        let conn = &mut self.conn.clone();
+        self.scripts
+            .add(conn, &self.describe, key, user, get_or_create)
             .await
-            .map_err(|e| self.fault(e))?;
-        match existing {
-            None => Ok(Added {
-                user: json,
-                created: true,
-            }),
-            Some(bytes) if get_or_create => Ok(Added {
-                user: UserJson::from_stored(bytes)?,
-                created: false,
-            }),
-            Some(_) => Err(conflict(user.id())),
-        }
     }
 
     async fn get_many(&self, ids: &[UserId]) -> Result<Vec<Option<UserJson>>> {
@@ -320,31 +290,13 @@ impl UserStore for ClusterStore {
     }
 
     async fn update(&self, user: &NewUser) -> Result<UserJson> {
-        let updated: Option<Bytes> = self
-            .scripts
-            .update
-            .key(self.key(user.id()))
-            .arg(user.tail(Timestamp::now()))
-            .invoke_async(&mut self.conn.clone())
-            .await
-            .map_err(|e| self.fault(e))?;
-        match updated {
-            Some(bytes) => UserJson::from_stored(bytes),
-            None => Err(not_found(user.id())),
-        }
+        let key = self.key(user.id());
+        let conn = &mut self.conn.clone();
+        self.scripts.update(conn, &self.describe, key, user).await
     }
 
     async fn delete(&self, id: &UserId) -> Result<()> {
-        let removed: i64 = redis::cmd("DEL")
-            .arg(self.key(id))
-            .query_async(&mut self.conn.clone())
-            .await
-            .map_err(|e| self.fault(e))?;
-        if removed == 1 {
-            Ok(())
-        } else {
-            Err(not_found(id))
-        }
+        Scripts::delete(&mut self.conn.clone(), &self.describe, self.key(id), id).await
     }
 
     /// One import script per slot of the batch, all at once: a script may only touch keys of

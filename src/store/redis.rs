@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::{Client, Script};
 
 use super::{
@@ -74,10 +74,94 @@ pub struct RedisStore {
     scripts: std::sync::Arc<Scripts>,
 }
 
-struct Scripts {
+/// The scripts, and the single-key writes both Redis backends make with them. The connection
+/// routes each write (on a cluster, to the node of the key's slot).
+pub(super) struct Scripts {
     add: Script,
     update: Script,
-    import: Script,
+    pub(super) import: Script,
+}
+
+impl Scripts {
+    pub(super) fn new() -> Scripts {
+        Scripts {
+            add: Script::new(ADD),
+            update: Script::new(UPDATE),
+            import: Script::new(IMPORT),
+        }
+    }
+
+    /// Creates the user at `key` unless it exists (then: conflict, or with `get_or_create`
+    /// the stored user).
+    pub(super) async fn add(
+        &self,
+        conn: &mut (impl ConnectionLike + Send),
+        describe: &str,
+        key: String,
+        user: &NewUser,
+        get_or_create: bool,
+    ) -> Result<Added> {
+        let now = Timestamp::now();
+        let json = user.to_json(now, now);
+        let existing: Option<Bytes> = self
+            .add
+            .key(key)
+            .arg(json.as_bytes())
+            .invoke_async(conn)
+            .await
+            .map_err(|e| fault(describe, e))?;
+        match existing {
+            None => Ok(Added {
+                user: json,
+                created: true,
+            }),
+            Some(bytes) if get_or_create => Ok(Added {
+                user: UserJson::from_stored(bytes)?,
+                created: false,
+            }),
+            Some(_) => Err(conflict(user.id())),
+        }
+    }
+
+    /// Replaces the data of the user at `key`, keeping its `created_at`.
+    pub(super) async fn update(
+        &self,
+        conn: &mut (impl ConnectionLike + Send),
+        describe: &str,
+        key: String,
+        user: &NewUser,
+    ) -> Result<UserJson> {
+        let updated: Option<Bytes> = self
+            .update
+            .key(key)
+            .arg(user.tail(Timestamp::now()))
+            .invoke_async(conn)
+            .await
+            .map_err(|e| fault(describe, e))?;
+        match updated {
+            Some(bytes) => UserJson::from_stored(bytes),
+            None => Err(not_found(user.id())),
+        }
+    }
+
+    /// Deletes the user at `key`.
+    pub(super) async fn delete(
+        conn: &mut (impl ConnectionLike + Send),
+        describe: &str,
+        key: String,
+        id: &UserId,
+    ) -> Result<()> {
+        let removed: i64 = redis::cmd("DEL")
+            .arg(key)
+            .query_async(conn)
+            .await
+            .map_err(|e| fault(describe, e))?;
+        if removed == 1 {
+            Ok(())
+        } else {
+            Err(not_found(id))
+        }
+    }
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -118,11 +202,7 @@ impl RedisStore {
             options: options.clone(),
             prefix: format!("{ns}:user:"),
             describe,
-            scripts: std::sync::Arc::new(Scripts {
-                add: Script::new(ADD),
-                update: Script::new(UPDATE),
-                import: Script::new(IMPORT),
-            }),
+            scripts: std::sync::Arc::new(Scripts::new()),
         })
     }
 
@@ -138,10 +218,6 @@ impl RedisStore {
 
     fn fault(&self, err: redis::RedisError) -> Error {
         fault(&self.describe, err)
-    }
-
-    fn record(&self, bytes: Bytes) -> Result<UserJson> {
-        UserJson::from_stored(bytes)
     }
 }
 
@@ -197,27 +273,11 @@ pub(super) fn import_outcome(code: u8) -> Result<ImportOutcome> {
 #[async_trait]
 impl UserStore for RedisStore {
     async fn add(&self, user: &NewUser, get_or_create: bool) -> Result<Added> {
-        let now = Timestamp::now();
-        let json = user.to_json(now, now);
-        let existing: Option<Bytes> = self
-            .scripts
-            .add
-            .key(self.key(user.id()))
-            .arg(json.as_bytes())
-            .invoke_async(&mut self.conn.clone())
+        let key = self.key(user.id());
+        let conn = &mut self.conn.clone();
+        self.scripts
+            .add(conn, &self.describe, key, user, get_or_create)
             .await
-            .map_err(|e| self.fault(e))?;
-        match existing {
-            None => Ok(Added {
-                user: json,
-                created: true,
-            }),
-            Some(bytes) if get_or_create => Ok(Added {
-                user: self.record(bytes)?,
-                created: false,
-            }),
-            Some(_) => Err(conflict(user.id())),
-        }
     }
 
     async fn get_many(&self, ids: &[UserId]) -> Result<Vec<Option<UserJson>>> {
@@ -232,36 +292,18 @@ impl UserStore for RedisStore {
             .map_err(|e| self.fault(e))?;
         found
             .into_iter()
-            .map(|bytes| bytes.map(|b| self.record(b)).transpose())
+            .map(|bytes| bytes.map(UserJson::from_stored).transpose())
             .collect()
     }
 
     async fn update(&self, user: &NewUser) -> Result<UserJson> {
-        let updated: Option<Bytes> = self
-            .scripts
-            .update
-            .key(self.key(user.id()))
-            .arg(user.tail(Timestamp::now()))
-            .invoke_async(&mut self.conn.clone())
-            .await
-            .map_err(|e| self.fault(e))?;
-        match updated {
-            Some(bytes) => self.record(bytes),
-            None => Err(not_found(user.id())),
-        }
+        let key = self.key(user.id());
+        let conn = &mut self.conn.clone();
+        self.scripts.update(conn, &self.describe, key, user).await
     }
 
     async fn delete(&self, id: &UserId) -> Result<()> {
-        let removed: i64 = redis::cmd("DEL")
-            .arg(self.key(id))
-            .query_async(&mut self.conn.clone())
-            .await
-            .map_err(|e| self.fault(e))?;
-        if removed == 1 {
-            Ok(())
-        } else {
-            Err(not_found(id))
-        }
+        Scripts::delete(&mut self.conn.clone(), &self.describe, self.key(id), id).await
     }
 
     async fn import(
