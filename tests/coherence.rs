@@ -71,7 +71,7 @@ async fn writes_through_one_enricher_reach_the_others() {
     assert_eq!(version(&actor(&b, "u").await), 0);
     // B now serves u from its L1; each write through A must replace it.
     let mut latencies = Vec::new();
-    for v in 1..=200 {
+    for v in 1..=1000 {
         a.users().update(&user("u", v)).await.unwrap();
         latencies.push(until(&b, "u", Duration::from_secs(5), |u| version(u) == v).await);
     }
