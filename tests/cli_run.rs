@@ -344,3 +344,96 @@ fn a_run_waits_out_a_store_restart_and_answers_correctly() {
     let status = child.wait().unwrap();
     assert!(status.success());
 }
+
+/// Two processes over one Redis: a streaming `enrich run` serves every write another
+/// process makes with `enrich users`, from the next line on.
+#[test]
+fn a_streaming_run_sees_writes_from_another_process() {
+    let server = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let url = server.url();
+    let users = |args: &[&str]| {
+        let mut all = vec!["--store", url.as_str(), "users"];
+        all.extend_from_slice(args);
+        let out = run(dir.path(), &all, "");
+        assert!(out.status.success(), "{args:?}: {}", text(&out.stderr));
+    };
+    users(&["add", "x", "{\"v\":0}"]);
+    let mut child = enrich(dir.path())
+        .args(["--store", &url, "run", "--quiet"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut ask = |n: u32| -> Value {
+        writeln!(stdin, "{{\"n\":{n},\"actor\":\"SU:x\"}}").unwrap();
+        stdin.flush().unwrap();
+        let mut line = String::new();
+        stdout.read_line(&mut line).unwrap();
+        let doc: Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(doc["n"], n);
+        doc["actor"].clone()
+    };
+    assert_eq!(ask(0)["data"]["v"], 0);
+    let mut n = 1;
+    for v in 1..=5 {
+        users(&["update", "x", &format!("{{\"v\":{v}}}")]);
+        // The write was acknowledged before this line was written; allow the announcement
+        // a moment to cross, then it must be served.
+        let started = Instant::now();
+        loop {
+            let seen = ask(n);
+            n += 1;
+            if seen["data"]["v"] == v {
+                break;
+            }
+            assert!(
+                seen["data"]["v"].as_i64() < Some(v),
+                "went past {v}: {seen}"
+            );
+            assert!(
+                started.elapsed() < Duration::from_secs(1),
+                "{v} not served: {seen}"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+    // Every client connection of the run killed, then a write at once: the run reconnects,
+    // and what it missed while it could not hear is not served.
+    let mut conn = server.connection();
+    redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("TYPE")
+        .arg("normal")
+        .exec(&mut conn)
+        .ok();
+    users(&["update", "x", "{\"v\":6}"]);
+    let started = Instant::now();
+    loop {
+        let seen = ask(n);
+        n += 1;
+        if seen["data"]["v"] == 6 {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "6 not served: {seen}"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    users(&["delete", "x"]);
+    let started = Instant::now();
+    while ask(n)["error"] != "ReferenceNotFound" {
+        n += 1;
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "the delete was not served"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    drop(stdin);
+    assert!(child.wait().unwrap().success());
+}
