@@ -4,21 +4,17 @@
 //! depth). The document comes back as it went in — no `duration` is added, since an array has
 //! no place for one and a feed response has its own.
 
-use std::collections::HashMap;
-
 use axum::Extension;
 use axum::body::Body;
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
 use super::AppState;
 use super::auth::Access;
 use super::error::ApiError;
-use super::request::{flag, read_body};
+use super::request::{Params, flag, params, read_body};
 use crate::page::Depth;
-
-type Params = Result<Query<HashMap<String, String>>, axum::extract::rejection::QueryRejection>;
 
 pub(crate) async fn enrich(
     State(state): State<AppState>,
@@ -28,9 +24,7 @@ pub(crate) async fn enrich(
     body: Body,
 ) -> Result<Response, ApiError> {
     access.check_read()?;
-    let query = query
-        .map(|q| q.0)
-        .map_err(|e| ApiError::input(format!("bad query string: {e}")))?;
+    let query = params(query)?;
     let depth = if flag(&query, "deep")? {
         Depth::Deep
     } else {

@@ -11,6 +11,17 @@ use serde_json::Value;
 
 use super::error::ApiError;
 
+/// A handler's query string, or why it could not be read.
+pub(crate) type Params =
+    Result<axum::extract::Query<HashMap<String, String>>, axum::extract::rejection::QueryRejection>;
+
+/// The query string's parameters; a malformed one is a 400 naming the problem.
+pub(crate) fn params(query: Params) -> Result<HashMap<String, String>, ApiError> {
+    query
+        .map(|q| q.0)
+        .map_err(|e| ApiError::input(format!("bad query string: {e}")))
+}
+
 /// The largest request body accepted.
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
 

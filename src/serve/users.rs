@@ -6,7 +6,7 @@ use std::collections::HashMap;
 
 use axum::Extension;
 use axum::body::Body;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use serde_json::{Map, Value};
 
@@ -14,18 +14,11 @@ use super::AppState;
 use super::auth::Access;
 use super::error::ApiError;
 use super::reply::Pending;
-use super::request::{flag, ids, json_object, read_body};
+use super::request::{Params, flag, ids, json_object, params, read_body};
 use crate::store::ImportUser;
 use crate::user::{NewUser, UserId, UserJson};
 
-type Params = Result<Query<HashMap<String, String>>, axum::extract::rejection::QueryRejection>;
 type IdParam = Result<Path<String>, axum::extract::rejection::PathRejection>;
-
-fn params(query: Params) -> Result<HashMap<String, String>, ApiError> {
-    query
-        .map(|q| q.0)
-        .map_err(|e| ApiError::input(format!("bad query string: {e}")))
-}
 
 fn path_id(id: IdParam) -> Result<String, ApiError> {
     id.map(|p| p.0)
