@@ -5,46 +5,11 @@ mod support;
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use support::RedisServer;
-
-fn enrich(dir: &Path) -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_enrich"));
-    command
-        .current_dir(dir)
-        .env_remove("ENRICH_STORE")
-        .env_remove("ENRICH_NAMESPACE");
-    command
-}
-
-fn run(dir: &Path, args: &[&str], stdin: &str) -> Output {
-    let mut child = enrich(dir)
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(stdin.as_bytes())
-        .unwrap();
-    child.wait_with_output().unwrap()
-}
-
-fn fixture(name: &str) -> String {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("fixtures")
-        .join(name)
-        .to_str()
-        .unwrap()
-        .to_string()
-}
+use support::{RedisServer, enrich_command as enrich, fixture, run_enrich as run};
 
 fn text(bytes: &[u8]) -> String {
     String::from_utf8(bytes.to_vec()).unwrap()

@@ -3,33 +3,11 @@
 
 mod support;
 
-use std::io::Write;
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 
 use serde_json::Value;
-use support::RedisServer;
-
-/// Runs `enrich ARGS` in `dir` with `stdin`, with no store settings from the environment.
-fn enrich(dir: &Path, args: &[&str], stdin: &str) -> Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_enrich"))
-        .args(args)
-        .current_dir(dir)
-        .env_remove("ENRICH_STORE")
-        .env_remove("ENRICH_NAMESPACE")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run enrich");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(stdin.as_bytes())
-        .unwrap();
-    child.wait_with_output().unwrap()
-}
+use support::{RedisServer, run_enrich as enrich};
 
 fn stdout(out: &Output) -> String {
     String::from_utf8(out.stdout.clone()).unwrap()

@@ -6,7 +6,6 @@ mod support;
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -14,7 +13,7 @@ use std::time::{Duration, Instant};
 use enrich::store::{self, SharedStore, StoreOptions};
 use enrich::{Depth, Enricher, NewUser, OnStoreError, UserId};
 use serde_json::{Value, json};
-use support::RedisCluster;
+use support::{RedisCluster, actor, fixture, run_enrich, watched_enricher};
 
 async fn start() -> RedisCluster {
     tokio::task::spawn_blocking(RedisCluster::start)
@@ -36,24 +35,8 @@ fn id(s: &str) -> UserId {
     UserId::parse(s).unwrap()
 }
 
-fn fixture(name: &str) -> String {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("fixtures")
-        .join(name)
-        .to_str()
-        .unwrap()
-        .to_string()
-}
-
 fn enrich(dir: &Path, args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_enrich"))
-        .current_dir(dir)
-        .env_remove("ENRICH_STORE")
-        .env_remove("ENRICH_NAMESPACE")
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap()
+    run_enrich(dir, args, "")
 }
 
 /// The node index serving each id, from the nodes themselves.
@@ -174,21 +157,7 @@ async fn a_cold_page_is_one_read_per_node_and_each_id_is_read_once() {
 }
 
 async fn enricher(cluster: &RedisCluster) -> Enricher {
-    let enricher = Enricher::new(open(cluster).await);
-    assert!(
-        enricher.wait_for_cache(Duration::from_secs(10)).await,
-        "watch never came up"
-    );
-    enricher
-}
-
-async fn actor(enricher: &Enricher, id: &str) -> Value {
-    let mut docs = vec![json!({ "actor": format!("SU:{id}") })];
-    enricher
-        .enrich_values(&mut docs, Depth::TopLevel)
-        .await
-        .unwrap();
-    docs.remove(0)["actor"].take()
+    watched_enricher(&cluster.url(), Duration::from_secs(10)).await
 }
 
 async fn until(enricher: &Enricher, id: &str, limit: Duration, want: i64) -> Duration {

@@ -10,27 +10,10 @@ use std::time::{Duration, Instant};
 use enrich::store::{self, StoreOptions};
 use enrich::{Depth, Enricher, NewUser, UserId};
 use serde_json::{Value, json};
-use support::RedisServer;
+use support::{RedisServer, actor, watched_enricher};
 
 async fn enricher(server: &RedisServer) -> Enricher {
-    let store = store::open(&server.url(), &StoreOptions::new())
-        .await
-        .unwrap();
-    let enricher = Enricher::new(store);
-    assert!(
-        enricher.wait_for_cache(Duration::from_secs(5)).await,
-        "watch never came up"
-    );
-    enricher
-}
-
-async fn actor(enricher: &Enricher, id: &str) -> Value {
-    let mut docs = vec![json!({ "actor": format!("SU:{id}") })];
-    enricher
-        .enrich_values(&mut docs, Depth::TopLevel)
-        .await
-        .unwrap();
-    docs.remove(0)["actor"].take()
+    watched_enricher(&server.url(), Duration::from_secs(5)).await
 }
 
 /// Polls `enricher` until `id` satisfies `done`; how long it took, or a panic after `limit`.

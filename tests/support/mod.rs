@@ -416,3 +416,61 @@ pub fn temp_db() -> (tempfile::TempDir, PathBuf) {
     let path = dir.path().join("users.db");
     (dir, path)
 }
+
+/// The built `enrich` binary, run in `dir` with no store settings from the environment.
+pub fn enrich_command(dir: &Path) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_enrich"));
+    command
+        .current_dir(dir)
+        .env_remove("ENRICH_STORE")
+        .env_remove("ENRICH_NAMESPACE");
+    command
+}
+
+/// Runs `enrich ARGS` in `dir`, feeding it `stdin`, and waits for its output.
+pub fn run_enrich(dir: &Path, args: &[&str], stdin: &str) -> std::process::Output {
+    let mut child = enrich_command(dir)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run enrich");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
+/// The path of a file in `fixtures/`.
+pub fn fixture(name: &str) -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures")
+        .join(name)
+        .to_str()
+        .unwrap()
+        .to_string()
+}
+
+/// An enricher over the store at `url`, once its watch of the store is up.
+pub async fn watched_enricher(url: &str, wait: Duration) -> enrich::Enricher {
+    let store = enrich::store::open(url, &enrich::StoreOptions::new())
+        .await
+        .unwrap();
+    let enricher = enrich::Enricher::new(store);
+    assert!(enricher.wait_for_cache(wait).await, "watch never came up");
+    enricher
+}
+
+/// What `enricher` puts in place of `SU:id` as an activity's actor.
+pub async fn actor(enricher: &enrich::Enricher, id: &str) -> serde_json::Value {
+    let mut docs = vec![serde_json::json!({ "actor": format!("SU:{id}") })];
+    enricher
+        .enrich_values(&mut docs, enrich::Depth::TopLevel)
+        .await
+        .unwrap();
+    docs.remove(0)["actor"].take()
+}
