@@ -14,6 +14,7 @@
 //! The same registry coalesces loads: a page that needs an id another page is already loading
 //! waits for that load rather than asking the store again.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
@@ -161,6 +162,9 @@ pub(crate) struct L1 {
     bypass: AtomicBool,
     enabled: bool,
     pub(crate) invalidations: AtomicU64,
+    /// Bumped after every invalidation, flush and change of bypass: a [`Memo`] taken at one
+    /// generation is current while the generation holds.
+    generation: AtomicU64,
 }
 
 impl std::fmt::Debug for L1 {
@@ -203,6 +207,7 @@ impl L1 {
             bypass: AtomicBool::new(false),
             enabled: config.max_bytes > 0,
             invalidations: AtomicU64::new(0),
+            generation: AtomicU64::new(0),
         }
     }
 
@@ -260,6 +265,7 @@ impl L1 {
         }
         self.cache.invalidate(id);
         self.invalidations.fetch_add(1, Ordering::Relaxed);
+        self.generation.fetch_add(1, Ordering::AcqRel);
     }
 
     /// Drops everything and fences every load in flight.
@@ -271,6 +277,7 @@ impl L1 {
             false
         });
         self.cache.invalidate_all();
+        self.generation.fetch_add(1, Ordering::AcqRel);
     }
 
     /// Stops reading and filling the cache (`true`) or resumes (`false`). Entering bypass also
@@ -283,6 +290,7 @@ impl L1 {
             // Loads begun during the bypass read the store while writes might go unannounced.
             self.invalidate_all();
             self.bypass.store(false, Ordering::Release);
+            self.generation.fetch_add(1, Ordering::AcqRel);
         }
     }
 
@@ -301,9 +309,177 @@ impl L1 {
         self.bypass.load(Ordering::Acquire)
     }
 
+    /// The current generation, or `None` while nothing read from the L1 may be kept (it is
+    /// bypassed or disabled).
+    fn generation(&self) -> Option<u64> {
+        let generation = self.generation.load(Ordering::Acquire);
+        (self.enabled && !self.bypass.load(Ordering::Acquire)).then_some(generation)
+    }
+
     /// Entries and weighted bytes, after moka's pending bookkeeping.
     pub(crate) fn size(&self) -> (u64, u64) {
         self.cache.run_pending_tasks();
         (self.cache.entry_count(), self.cache.weighted_size())
+    }
+}
+
+/// A private copy of answers the L1 gave, kept by one worker of a batch job between its pages.
+///
+/// A job looks up the same popular users in page after page; asking moka each time costs a
+/// shared hash table probe, reference-count traffic between cores and access-order bookkeeping.
+/// A memo answers those from a plain map the worker owns, with its own copies of the bytes.
+///
+/// It stays exactly as coherent as the L1: it holds only answers taken while the L1's
+/// generation did not move, and it is emptied as soon as the generation moves (any
+/// invalidation, flush or bypass), when it is older than [`Memo::MAX_AGE`] (so it never
+/// stretches the L1's TTLs by more than that), or when it outgrows [`Memo::MAX_ENTRIES`].
+#[derive(Debug, Default)]
+pub(crate) struct Memo {
+    generation: u64,
+    since: Option<Instant>,
+    answers: HashMap<Box<str>, Cached, Hasher>,
+}
+
+impl Memo {
+    /// The longest an answer is served from a memo after the memo was started.
+    pub(crate) const MAX_AGE: Duration = Duration::from_secs(1);
+    /// Entries at most; a memo this full starts over.
+    pub(crate) const MAX_ENTRIES: usize = 1 << 16;
+
+    /// Starts a page: empties the memo if the L1 moved on since it was filled. Returns the
+    /// generation the page's answers may be kept under, or `None` if they may not be kept.
+    pub(crate) fn begin(&mut self, l1: &L1) -> Option<u64> {
+        let Some(generation) = l1.generation() else {
+            self.clear();
+            return None;
+        };
+        let stale = generation != self.generation
+            || self
+                .since
+                .is_none_or(|since| since.elapsed() > Memo::MAX_AGE)
+            || self.answers.len() >= Memo::MAX_ENTRIES;
+        if stale {
+            self.clear();
+            self.generation = generation;
+            self.since = Some(Instant::now());
+        }
+        Some(generation)
+    }
+
+    /// What the memo holds for `id`.
+    pub(crate) fn get(&self, id: &str) -> Option<&Cached> {
+        self.answers.get(id)
+    }
+
+    /// Keeps the answers of a page begun at `generation`, if the L1 has not moved on since.
+    pub(crate) fn keep<'a>(
+        &mut self,
+        l1: &L1,
+        generation: u64,
+        answers: impl Iterator<Item = (&'a str, Cached)>,
+    ) {
+        if l1.generation() != Some(generation) || generation != self.generation {
+            return;
+        }
+        for (id, cached) in answers {
+            let private = match cached {
+                Cached::Found(user) => Cached::Found(user.detached()),
+                Cached::Missing => Cached::Missing,
+            };
+            self.answers.insert(id.into(), private);
+        }
+    }
+
+    fn clear(&mut self) {
+        self.answers.clear();
+        self.since = None;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn user(name: &str) -> Cached {
+        let json = format!(
+            r#"{{"created_at":"2021-04-13T22:53:19.670051Z","updated_at":"2021-04-13T22:53:19.670051Z","id":"a","data":{{"name":"{name}"}}}}"#
+        );
+        Cached::Found(UserJson::from_stored(json).unwrap())
+    }
+
+    fn name(cached: Option<&Cached>) -> Option<String> {
+        let user = cached?.user()?.as_str();
+        let start = user.find(r#""name":""#)? + 8;
+        Some(user[start..user.len() - 3].to_string())
+    }
+
+    /// Fills a memo as a page would: begin, then keep what the page learned.
+    fn fill(memo: &mut Memo, l1: &L1, answers: Vec<(&str, Cached)>) -> Option<u64> {
+        let generation = memo.begin(l1)?;
+        memo.keep(l1, generation, answers.into_iter());
+        Some(generation)
+    }
+
+    #[test]
+    fn a_memo_answers_until_the_l1_changes() {
+        let l1 = L1::new(&CacheConfig::new());
+        let mut memo = Memo::default();
+        fill(
+            &mut memo,
+            &l1,
+            vec![("a", user("old")), ("b", Cached::Missing)],
+        )
+        .unwrap();
+        memo.begin(&l1).unwrap();
+        assert_eq!(name(memo.get("a")).as_deref(), Some("old"));
+        assert!(matches!(memo.get("b"), Some(Cached::Missing)));
+
+        // Any invalidation, of any id, empties it at the next page.
+        l1.invalidate("zzz");
+        memo.begin(&l1).unwrap();
+        assert!(memo.get("a").is_none() && memo.get("b").is_none());
+
+        fill(&mut memo, &l1, vec![("a", user("new"))]).unwrap();
+        l1.invalidate_all();
+        memo.begin(&l1).unwrap();
+        assert!(memo.get("a").is_none());
+    }
+
+    #[test]
+    fn a_page_that_saw_an_invalidation_keeps_nothing() {
+        let l1 = L1::new(&CacheConfig::new());
+        let mut memo = Memo::default();
+        let generation = memo.begin(&l1).unwrap();
+        // The page read "a", then a write to "a" was announced before it finished.
+        l1.invalidate("a");
+        memo.keep(&l1, generation, [("a", user("stale"))].into_iter());
+        assert!(memo.get("a").is_none());
+        memo.begin(&l1).unwrap();
+        assert!(memo.get("a").is_none());
+    }
+
+    #[test]
+    fn no_memo_while_the_l1_is_bypassed_or_disabled() {
+        let l1 = L1::new(&CacheConfig::new());
+        let mut memo = Memo::default();
+        fill(&mut memo, &l1, vec![("a", user("old"))]).unwrap();
+        l1.set_bypass(true);
+        assert_eq!(memo.begin(&l1), None);
+        assert!(memo.get("a").is_none());
+        l1.set_bypass(false);
+        assert!(memo.begin(&l1).is_some());
+
+        let disabled = L1::new(&CacheConfig::disabled());
+        assert_eq!(Memo::default().begin(&disabled), None);
+    }
+
+    #[test]
+    fn a_memo_starts_over_when_old() {
+        let l1 = L1::new(&CacheConfig::new());
+        let mut memo = Memo::default();
+        fill(&mut memo, &l1, vec![("a", user("old"))]).unwrap();
+        memo.since = Some(Instant::now() - Memo::MAX_AGE - Duration::from_millis(1));
+        memo.begin(&l1).unwrap();
+        assert!(memo.get("a").is_none());
     }
 }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use serde_json::Value;
 
-use crate::cache::{CacheConfig, L1};
+use crate::cache::{CacheConfig, L1, Memo};
 use crate::error::Result;
 use crate::page::{Depth, RawPage, Role};
 use crate::resolver::{Answer, Resolver};
@@ -232,12 +232,28 @@ impl Enricher {
     /// Resolves every reference of a [`RawPage`] with at most one store call; the result
     /// writes each enriched document.
     pub async fn enrich_page<'p>(&self, page: &'p RawPage) -> Result<EnrichedPage<'p>> {
+        self.enrich_page_with(page, None).await
+    }
+
+    /// Like [`Enricher::enrich_page`], for a worker that enriches page after page: `memo`
+    /// answers the ids it saw in earlier pages, as long as the L1 has not changed since.
+    pub(crate) async fn enrich_page_with<'p>(
+        &self,
+        page: &'p RawPage,
+        memo: Option<&mut Memo>,
+    ) -> Result<EnrichedPage<'p>> {
         let mut stats = EnrichStats {
             activities: page.activities(),
             references: page.references(),
             ..EnrichStats::default()
         };
-        let answers = self.resolve(page.ids(), &mut stats).await?;
+        stats.distinct = page.ids().len() as u64;
+        let answers = self
+            .inner
+            .resolver
+            .resolve_with(page.ids(), &mut stats, memo)
+            .await;
+        let answers = self.fail_on_store_fault(answers)?;
         for (answer, count) in answers.iter().zip(page.site_counts()) {
             for _ in 0..count {
                 count_answer(answer, &mut stats);
@@ -253,6 +269,11 @@ impl Enricher {
     async fn resolve(&self, ids: &[Box<str>], stats: &mut EnrichStats) -> Result<Vec<Answer>> {
         stats.distinct = ids.len() as u64;
         let answers = self.inner.resolver.resolve(ids, stats).await;
+        self.fail_on_store_fault(answers)
+    }
+
+    /// The answers, or the first store fault among them if faults fail the page.
+    fn fail_on_store_fault(&self, answers: Vec<Answer>) -> Result<Vec<Answer>> {
         if self.inner.on_store_error == OnStoreError::Fail
             && let Some(Answer::Unavailable(err)) =
                 answers.iter().find(|a| matches!(a, Answer::Unavailable(_)))

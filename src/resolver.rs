@@ -11,7 +11,7 @@ use std::sync::Arc;
 use futures::FutureExt;
 use tokio::sync::oneshot;
 
-use crate::cache::{BatchFuture, BatchResult, Cached, Flight, Joined, L1};
+use crate::cache::{BatchFuture, BatchResult, Cached, Flight, Joined, L1, Memo};
 use crate::error::{Error, ErrorKind, Result};
 use crate::stats::EnrichStats;
 use crate::store::SharedStore;
@@ -47,13 +47,36 @@ pub(crate) struct Resolver {
 impl Resolver {
     /// One answer per id of `ids` (which must be distinct, valid ids), in order.
     pub(crate) async fn resolve(&self, ids: &[Box<str>], stats: &mut EnrichStats) -> Vec<Answer> {
+        self.resolve_with(ids, stats, None).await
+    }
+
+    /// Like [`Resolver::resolve`], answering first from `memo` and keeping in it what the L1
+    /// and the store said, as long as the L1 did not change meanwhile.
+    pub(crate) async fn resolve_with(
+        &self,
+        ids: &[Box<str>],
+        stats: &mut EnrichStats,
+        mut memo: Option<&mut Memo>,
+    ) -> Vec<Answer> {
+        let generation = memo.as_deref_mut().and_then(|memo| memo.begin(&self.l1));
+        let memo_hits = |i: usize, memo: &Option<&mut Memo>| {
+            generation.and_then(|_| memo.as_deref()?.get(&ids[i]).cloned())
+        };
         let mut answers: Vec<Option<Answer>> = vec![None; ids.len()];
+        // Which answers came from the memo: the others are kept in it at the end.
+        let mut remembered = vec![false; if generation.is_some() { ids.len() } else { 0 }];
         // This page's own batch, made at its first miss: a warm page allocates none of it.
         let mut batch: Option<(oneshot::Sender<BatchResult>, BatchFuture)> = None;
         let mut started: Vec<(usize, Arc<Flight>)> = Vec::new();
         let mut waiting: Vec<(usize, Arc<Flight>)> = Vec::new();
 
         for (i, id) in ids.iter().enumerate() {
+            if let Some(cached) = memo_hits(i, &memo) {
+                stats.l1_hits += 1;
+                remembered[i] = true;
+                answers[i] = Some(cached.into());
+                continue;
+            }
             if let Some(cached) = self.l1.get(id) {
                 stats.l1_hits += 1;
                 answers[i] = Some(cached.into());
@@ -108,10 +131,24 @@ impl Resolver {
             let result = flight.batch.clone().await;
             answers[i] = Some(pick(&result, flight.index));
         }
-        answers
+        let answers: Vec<Answer> = answers
             .into_iter()
             .map(|a| a.expect("every id is answered"))
-            .collect()
+            .collect();
+        if let (Some(memo), Some(generation)) = (memo, generation) {
+            let fresh = ids.iter().zip(&answers).zip(&remembered).filter_map(
+                |((id, answer), remembered)| {
+                    let cached = match answer {
+                        Answer::Found(user) => Cached::Found(user.clone()),
+                        Answer::Missing => Cached::Missing,
+                        Answer::Unavailable(_) => return None,
+                    };
+                    (!remembered).then_some((&**id, cached))
+                },
+            );
+            memo.keep(&self.l1, generation, fresh);
+        }
+        answers
     }
 }
 

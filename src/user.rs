@@ -282,6 +282,12 @@ impl UserJson {
         &self.0
     }
 
+    /// A copy that shares no buffer with this one, so that threads using the two never contend
+    /// on one reference count.
+    pub(crate) fn detached(&self) -> UserJson {
+        UserJson(Bytes::copy_from_slice(&self.0))
+    }
+
     /// The JSON bytes as a cheaply cloned buffer.
     pub fn bytes(&self) -> &Bytes {
         &self.0
