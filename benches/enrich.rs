@@ -16,6 +16,10 @@ use enrich::{CacheConfig, Depth, Enricher, RawPage};
 use serde_json::Value;
 use support::RedisServer;
 
+/// The allocator the `enrich` binary runs with, so the job figures are the binary's.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

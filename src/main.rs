@@ -11,6 +11,11 @@ use enrich::job::RunOptions;
 use enrich::store::{DEFAULT_NAMESPACE, DEFAULT_STORE_URL};
 use enrich::{Depth, Error, StoreOptions};
 
+/// mimalloc: a batch job allocates and frees buffers from both cores all the time, where it is
+/// markedly cheaper than the system allocator.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Enriches feed activities: replaces user references (SU:id) with the users they name.
 #[derive(Debug, Parser)]
 #[command(name = "enrich", version, after_help = EXIT_CODES)]
