@@ -193,7 +193,8 @@ where
     let mut output = tokio::io::BufWriter::with_capacity(1 << 18, output);
     let mut rejects = rejects.map(|r| tokio::io::BufWriter::new(r));
     let (sender, mut chunks) = mpsc::channel::<Result<RawLines>>(IN_FLIGHT);
-    let reader = tokio::spawn(read(inputs, sender));
+    let spares = Spares::default();
+    let reader = tokio::spawn(read(inputs, sender, spares.lines.clone()));
 
     let mut summary = RunSummary::default();
     // Distinct users are counted by 64-bit hashes of their ids, computed by the chunk tasks:
@@ -202,7 +203,6 @@ where
     let mut users: HashSet<u64, foldhash::fast::RandomState> = HashSet::default();
     let id_hasher = foldhash::quality::RandomState::default();
     let mut pending = FuturesOrdered::new();
-    let memos = MemoPool::default();
     let mut input_done = false;
     loop {
         tokio::select! {
@@ -212,7 +212,7 @@ where
                         enricher.clone(),
                         lines?,
                         options.clone(),
-                        memos.clone(),
+                        spares.clone(),
                         id_hasher.clone(),
                     );
                     pending.push_back(tokio::spawn(work));
@@ -227,6 +227,12 @@ where
                 summary.stats += rendered.stats;
                 write(&rendered, &mut output, rejects.as_mut(), &mut summary).await?;
                 progress(summary.lines);
+                let Rendered { chunk, mut out, .. } = rendered;
+                let mut page = chunk.page;
+                page.clear();
+                out.clear();
+                spares.pages.put(page);
+                spares.outs.put(out);
             },
             else => break,
         }
@@ -305,11 +311,15 @@ async fn process(
     enricher: Enricher,
     lines: RawLines,
     options: RunOptions,
-    memos: MemoPool,
+    spares: Spares,
     id_hasher: foldhash::quality::RandomState,
 ) -> Result<Rendered> {
+    let page = match spares.pages.take() {
+        Some(page) => page,
+        None => RawPage::with_capacity(options.depth, lines.data.len(), lines.lines.len()),
+    };
     let mut chunk = Chunk {
-        page: RawPage::with_capacity(options.depth, lines.data.len(), lines.lines.len()),
+        page,
         lines: Vec::with_capacity(lines.lines.len()),
     };
     for (number, range, too_long) in &lines.lines {
@@ -323,9 +333,14 @@ async fn process(
         };
         chunk.lines.push(take(&mut chunk.page, (*number, line)));
     }
-    let mut memo = memos.take();
-    let rendered = render(enricher, chunk, options.store_timeout, &mut memo).await;
-    memos.put(memo);
+    let mut lines = lines;
+    lines.data.clear();
+    lines.lines.clear();
+    spares.lines.put(lines);
+    let out = spares.outs.take().unwrap_or_default();
+    let mut memo = spares.memos.take().unwrap_or_default();
+    let rendered = render(enricher, chunk, options.store_timeout, &mut memo, out).await;
+    spares.memos.put(memo);
     let mut rendered = rendered?;
     rendered.id_hashes = (rendered.chunk.page.ids().iter())
         .map(|id| id_hasher.hash_one(id))
@@ -333,22 +348,48 @@ async fn process(
     Ok(rendered)
 }
 
-/// The memos of the chunks in the works: each chunk borrows one, so a memo is only ever used
-/// by one task at a time and popular users are answered without asking the shared L1.
+/// What goes round between the stages instead of being allocated per chunk: the writer hands
+/// each chunk's buffers back for the chunks to come, so a run works in a few warm buffers
+/// rather than asking the allocator (and the kernel, for fresh pages) for megabytes per chunk.
 #[derive(Debug, Clone, Default)]
-struct MemoPool(Arc<Mutex<Vec<Memo>>>);
+struct Spares {
+    lines: Pool<RawLines>,
+    pages: Pool<RawPage>,
+    outs: Pool<Vec<u8>>,
+    /// Each chunk in the works borrows a memo, so a memo is only ever used by one task at a
+    /// time and popular users are answered without asking the shared L1.
+    memos: Pool<Memo>,
+}
 
-impl MemoPool {
-    fn take(&self) -> Memo {
-        self.0
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .pop()
-            .unwrap_or_default()
+/// A few spare values of one kind.
+#[derive(Debug)]
+struct Pool<T>(Arc<Mutex<Vec<T>>>);
+
+impl<T> Clone for Pool<T> {
+    fn clone(&self) -> Self {
+        Pool(self.0.clone())
+    }
+}
+
+impl<T> Default for Pool<T> {
+    fn default() -> Self {
+        Pool(Arc::default())
+    }
+}
+
+impl<T> Pool<T> {
+    /// More than the chunks in the works can hold at once is never kept.
+    const KEEP: usize = IN_FLIGHT + 2;
+
+    fn take(&self) -> Option<T> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).pop()
     }
 
-    fn put(&self, memo: Memo) {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).push(memo);
+    fn put(&self, spare: T) {
+        let mut spares = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if spares.len() < Self::KEEP {
+            spares.push(spare);
+        }
     }
 }
 
@@ -358,6 +399,7 @@ async fn render(
     chunk: Chunk,
     timeout: Duration,
     memo: &mut Memo,
+    mut out: Vec<u8>,
 ) -> Result<Rendered> {
     let first_failure = Instant::now();
     let mut delay = Duration::from_millis(50);
@@ -385,7 +427,7 @@ async fn render(
         }
     };
     // Enriched documents are a few times their input: size once rather than grow.
-    let mut out = Vec::with_capacity(chunk.page.buffered() * 4);
+    out.reserve(chunk.page.buffered() * 4);
     let mut ends = Vec::with_capacity(chunk.page.len());
     for doc in 0..chunk.page.len() {
         enriched.write(doc, &mut out);
@@ -404,7 +446,7 @@ async fn render(
 }
 
 /// The reader stage: lines → chunks, handed on when full or when the input pauses.
-async fn read(inputs: Vec<Input>, chunks: mpsc::Sender<Result<RawLines>>) {
+async fn read(inputs: Vec<Input>, chunks: mpsc::Sender<Result<RawLines>>, spares: Pool<RawLines>) {
     let mut chunk = RawLines::default();
     let mut numbered = 0;
     for input in inputs {
@@ -434,10 +476,10 @@ async fn read(inputs: Vec<Input>, chunks: mpsc::Sender<Result<RawLines>>) {
                 .push((number, start..chunk.data.len(), too_long));
             let full = chunk.lines.len() >= PAGE_LINES || chunk.data.len() >= PAGE_BYTES;
             if full || !reader.has_buffered() {
-                let next = RawLines {
+                let next = spares.take().unwrap_or_else(|| RawLines {
                     data: Vec::with_capacity(chunk.data.len()),
                     lines: Vec::with_capacity(chunk.lines.len()),
-                };
+                });
                 if chunks
                     .send(Ok(std::mem::replace(&mut chunk, next)))
                     .await
