@@ -14,7 +14,6 @@
 //! The same registry coalesces loads: a page that needs an id another page is already loading
 //! waits for that load rather than asking the store again.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
@@ -22,12 +21,14 @@ use std::time::{Duration, Instant};
 use dashmap::DashMap;
 use dashmap::mapref::entry::Entry;
 use futures::future::Shared;
+use hashbrown::HashTable;
+use hashbrown::hash_table::Entry as TableEntry;
 use moka::Expiry;
 use tokio::sync::oneshot;
 
 use crate::error::Result;
 use crate::store::StoreEvent;
-use crate::user::UserJson;
+use crate::user::{UserJson, id_hash};
 
 /// What the L1 knows of a user.
 #[derive(Debug, Clone)]
@@ -337,7 +338,8 @@ impl L1 {
 pub(crate) struct Memo {
     generation: u64,
     since: Option<Instant>,
-    answers: HashMap<Box<str>, Cached, Hasher>,
+    /// Ids with their answers, found by [`id_hash`].
+    answers: HashTable<(Box<str>, Cached)>,
 }
 
 impl Memo {
@@ -366,9 +368,11 @@ impl Memo {
         Some(generation)
     }
 
-    /// What the memo holds for `id`.
-    pub(crate) fn get(&self, id: &str) -> Option<&Cached> {
-        self.answers.get(id)
+    /// What the memo holds for `id`, whose [`id_hash`] is `hash`.
+    pub(crate) fn get(&self, id: &str, hash: u64) -> Option<&Cached> {
+        self.answers
+            .find(hash, |(known, _)| **known == *id)
+            .map(|(_, cached)| cached)
     }
 
     /// Keeps the answers of a page begun at `generation`, if the L1 has not moved on since.
@@ -376,17 +380,26 @@ impl Memo {
         &mut self,
         l1: &L1,
         generation: u64,
-        answers: impl Iterator<Item = (&'a str, Cached)>,
+        answers: impl Iterator<Item = (&'a str, u64, Cached)>,
     ) {
         if l1.generation() != Some(generation) || generation != self.generation {
             return;
         }
-        for (id, cached) in answers {
+        for (id, hash, cached) in answers {
             let private = match cached {
                 Cached::Found(user) => Cached::Found(user.detached()),
                 Cached::Missing => Cached::Missing,
             };
-            self.answers.insert(id.into(), private);
+            match self.answers.entry(
+                hash,
+                |(known, _)| **known == *id,
+                |(known, _)| id_hash(known),
+            ) {
+                TableEntry::Occupied(mut known) => known.get_mut().1 = private,
+                TableEntry::Vacant(slot) => {
+                    slot.insert((id.into(), private));
+                }
+            }
         }
     }
 
@@ -416,8 +429,18 @@ mod tests {
     /// Fills a memo as a page would: begin, then keep what the page learned.
     fn fill(memo: &mut Memo, l1: &L1, answers: Vec<(&str, Cached)>) -> Option<u64> {
         let generation = memo.begin(l1)?;
-        memo.keep(l1, generation, answers.into_iter());
+        memo.keep(l1, generation, hashed(answers));
         Some(generation)
+    }
+
+    fn hashed(answers: Vec<(&str, Cached)>) -> impl Iterator<Item = (&str, u64, Cached)> {
+        answers
+            .into_iter()
+            .map(|(id, cached)| (id, id_hash(id), cached))
+    }
+
+    fn get<'m>(memo: &'m Memo, id: &str) -> Option<&'m Cached> {
+        memo.get(id, id_hash(id))
     }
 
     #[test]
@@ -431,18 +454,18 @@ mod tests {
         )
         .unwrap();
         memo.begin(&l1).unwrap();
-        assert_eq!(name(memo.get("a")).as_deref(), Some("old"));
-        assert!(matches!(memo.get("b"), Some(Cached::Missing)));
+        assert_eq!(name(get(&memo, "a")).as_deref(), Some("old"));
+        assert!(matches!(get(&memo, "b"), Some(Cached::Missing)));
 
         // Any invalidation, of any id, empties it at the next page.
         l1.invalidate("zzz");
         memo.begin(&l1).unwrap();
-        assert!(memo.get("a").is_none() && memo.get("b").is_none());
+        assert!(get(&memo, "a").is_none() && get(&memo, "b").is_none());
 
         fill(&mut memo, &l1, vec![("a", user("new"))]).unwrap();
         l1.invalidate_all();
         memo.begin(&l1).unwrap();
-        assert!(memo.get("a").is_none());
+        assert!(get(&memo, "a").is_none());
     }
 
     #[test]
@@ -452,10 +475,10 @@ mod tests {
         let generation = memo.begin(&l1).unwrap();
         // The page read "a", then a write to "a" was announced before it finished.
         l1.invalidate("a");
-        memo.keep(&l1, generation, [("a", user("stale"))].into_iter());
-        assert!(memo.get("a").is_none());
+        memo.keep(&l1, generation, hashed(vec![("a", user("stale"))]));
+        assert!(get(&memo, "a").is_none());
         memo.begin(&l1).unwrap();
-        assert!(memo.get("a").is_none());
+        assert!(get(&memo, "a").is_none());
     }
 
     #[test]
@@ -465,7 +488,7 @@ mod tests {
         fill(&mut memo, &l1, vec![("a", user("old"))]).unwrap();
         l1.set_bypass(true);
         assert_eq!(memo.begin(&l1), None);
-        assert!(memo.get("a").is_none());
+        assert!(get(&memo, "a").is_none());
         l1.set_bypass(false);
         assert!(memo.begin(&l1).is_some());
 
@@ -480,6 +503,6 @@ mod tests {
         fill(&mut memo, &l1, vec![("a", user("old"))]).unwrap();
         memo.since = Some(Instant::now() - Memo::MAX_AGE - Duration::from_millis(1));
         memo.begin(&l1).unwrap();
-        assert!(memo.get("a").is_none());
+        assert!(get(&memo, "a").is_none());
     }
 }

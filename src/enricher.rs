@@ -251,7 +251,11 @@ impl Enricher {
         let answers = self
             .inner
             .resolver
-            .resolve_with(page.ids(), &mut stats, memo)
+            .resolve_with(
+                page.ids(),
+                &mut stats,
+                memo.map(|memo| (memo, page.id_hashes())),
+            )
             .await;
         let answers = self.fail_on_store_fault(answers)?;
         for (answer, count) in answers.iter().zip(page.site_counts()) {

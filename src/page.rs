@@ -11,15 +11,15 @@
 //! The own fields of responses and groups are never touched, and everything else is copied
 //! byte for byte (numbers and string escapes as they were), minus insignificant white space.
 
-use std::collections::HashMap;
 use std::ops::Range;
 
+use hashbrown::HashTable;
 use serde::de::IgnoredAny;
 
 use crate::error::{Error, Result};
 use crate::reference::{USER_PREFIX, user_ref, write_not_found, write_unavailable};
 use crate::resolver::Answer;
-use crate::user::is_valid_id;
+use crate::user::{id_hash, is_valid_id};
 
 /// How deep references are looked for inside an activity.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -72,9 +72,45 @@ pub struct RawPage {
     buf: Vec<u8>,
     docs: Vec<Doc>,
     sites: Vec<Site>,
-    ids: Vec<Box<str>>,
-    index: HashMap<Box<str>, u32, foldhash::fast::RandomState>,
+    ids: Ids,
     activities: u64,
+}
+
+/// A page's distinct ids, numbered in order of first appearance.
+#[derive(Debug, Default)]
+struct Ids {
+    ids: Vec<Box<str>>,
+    /// The [`id_hash`] of each id.
+    hashes: Vec<u64>,
+    /// Each id's number, found by its hash.
+    index: HashTable<u32>,
+}
+
+impl Ids {
+    /// The number of `id`, adding it if new.
+    fn intern(&mut self, id: &str) -> u32 {
+        let hash = id_hash(id);
+        let (ids, hashes) = (&self.ids, &self.hashes);
+        match self
+            .index
+            .entry(hash, |&i| *ids[i as usize] == *id, |&i| hashes[i as usize])
+        {
+            hashbrown::hash_table::Entry::Occupied(known) => *known.get(),
+            hashbrown::hash_table::Entry::Vacant(slot) => {
+                let i = u32::try_from(self.ids.len()).expect("fewer than 4 billion ids in a page");
+                slot.insert(i);
+                self.ids.push(id.into());
+                self.hashes.push(hash);
+                i
+            }
+        }
+    }
+
+    fn clear(&mut self) {
+        self.ids.clear();
+        self.hashes.clear();
+        self.index.clear();
+    }
 }
 
 impl RawPage {
@@ -181,7 +217,7 @@ impl RawPage {
                 // "SU:<id>" without escapes: the id is the token less `"SU:` and `"`.
                 std::str::from_utf8(&token[4..token.len() - 1]).expect("checked as a reference")
             };
-            site.id = intern(&mut self.index, &mut self.ids, id);
+            site.id = self.ids.intern(id);
         }
         self.docs.push(Doc {
             start,
@@ -208,7 +244,12 @@ impl RawPage {
 
     /// The page's distinct user ids.
     pub(crate) fn ids(&self) -> &[Box<str>] {
-        &self.ids
+        &self.ids.ids
+    }
+
+    /// The [`id_hash`] of each of [`RawPage::ids`].
+    pub(crate) fn id_hashes(&self) -> &[u64] {
+        &self.ids.hashes
     }
 
     /// References found.
@@ -223,7 +264,7 @@ impl RawPage {
 
     /// How many references name each distinct id.
     pub(crate) fn site_counts(&self) -> Vec<u64> {
-        let mut counts = vec![0; self.ids.len()];
+        let mut counts = vec![0; self.ids.ids.len()];
         for site in &self.sites {
             counts[site.id as usize] += 1;
         }
@@ -236,7 +277,7 @@ impl RawPage {
         let mut at = doc.start;
         for site in &self.sites[doc.sites.clone()] {
             out.extend_from_slice(&self.buf[at..site.start]);
-            let id = &self.ids[site.id as usize];
+            let id = &self.ids.ids[site.id as usize];
             match &answers[site.id as usize] {
                 Answer::Found(user) => out.extend_from_slice(user.as_bytes()),
                 Answer::Missing => write_not_found(out, id),
@@ -253,24 +294,8 @@ impl RawPage {
         self.docs.clear();
         self.sites.clear();
         self.ids.clear();
-        self.index.clear();
         self.activities = 0;
     }
-}
-
-/// The number of `id` among the page's distinct ids, adding it if new.
-fn intern(
-    index: &mut HashMap<Box<str>, u32, foldhash::fast::RandomState>,
-    ids: &mut Vec<Box<str>>,
-    id: &str,
-) -> u32 {
-    if let Some(&i) = index.get(id) {
-        return i;
-    }
-    let i = u32::try_from(ids.len()).expect("fewer than 4 billion ids in a page");
-    ids.push(id.into());
-    index.insert(id.into(), i);
-    i
 }
 
 /// Checks that `doc` is one JSON value and nothing else, without building it.

@@ -51,16 +51,21 @@ impl Resolver {
     }
 
     /// Like [`Resolver::resolve`], answering first from `memo` and keeping in it what the L1
-    /// and the store said, as long as the L1 did not change meanwhile.
+    /// and the store said, as long as the L1 did not change meanwhile. The memo comes with the
+    /// [`id_hash`](crate::user::id_hash) of each id.
     pub(crate) async fn resolve_with(
         &self,
         ids: &[Box<str>],
         stats: &mut EnrichStats,
-        mut memo: Option<&mut Memo>,
+        memo: Option<(&mut Memo, &[u64])>,
     ) -> Vec<Answer> {
+        let (mut memo, hashes) = match memo {
+            Some((memo, hashes)) => (Some(memo), hashes),
+            None => (None, &[][..]),
+        };
         let generation = memo.as_deref_mut().and_then(|memo| memo.begin(&self.l1));
         let memo_hits = |i: usize, memo: &Option<&mut Memo>| {
-            generation.and_then(|_| memo.as_deref()?.get(&ids[i]).cloned())
+            generation.and_then(|_| memo.as_deref()?.get(&ids[i], hashes[i]).cloned())
         };
         let mut answers: Vec<Option<Answer>> = vec![None; ids.len()];
         // Which answers came from the memo: the others are kept in it at the end.
@@ -136,14 +141,14 @@ impl Resolver {
             .map(|a| a.expect("every id is answered"))
             .collect();
         if let (Some(memo), Some(generation)) = (memo, generation) {
-            let fresh = ids.iter().zip(&answers).zip(&remembered).filter_map(
-                |((id, answer), remembered)| {
+            let fresh = (ids.iter().zip(hashes).zip(&answers).zip(&remembered)).filter_map(
+                |(((id, hash), answer), remembered)| {
                     let cached = match answer {
                         Answer::Found(user) => Cached::Found(user.clone()),
                         Answer::Missing => Cached::Missing,
                         Answer::Unavailable(_) => return None,
                     };
-                    (!remembered).then_some((&**id, cached))
+                    (!remembered).then_some((&**id, *hash, cached))
                 },
             );
             memo.keep(&self.l1, generation, fresh);

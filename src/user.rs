@@ -32,6 +32,15 @@ pub fn is_valid_id(id: &[u8]) -> bool {
             .all(|&b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
+/// A hash of an id, the same for every page and memo of this process (so a page's hashes serve
+/// its lookups elsewhere) and seeded at random per process (ids come from outside: a fixed
+/// seed could be attacked with colliding ids).
+pub(crate) fn id_hash(id: &str) -> u64 {
+    static STATE: std::sync::LazyLock<foldhash::fast::RandomState> =
+        std::sync::LazyLock::new(foldhash::fast::RandomState::default);
+    std::hash::BuildHasher::hash_one(&*STATE, id)
+}
+
 /// A validated user id.
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct UserId(Box<str>);
