@@ -169,8 +169,6 @@ struct Rendered {
     /// Where each document's output line ends in `out`.
     ends: Vec<usize>,
     stats: EnrichStats,
-    /// A hash of each distinct id of the chunk, for counting the run's distinct users.
-    id_hashes: Vec<u64>,
 }
 
 /// Runs the job: enriches every line of `inputs` (read one after the other, numbered as one
@@ -220,16 +218,11 @@ where
                 let rendered = rendered.map_err(|e| {
                     Error::new(ErrorKind::Internal, "a chunk failed").with_cause(e)
                 })??;
-                users.extend(rendered.id_hashes.iter().copied());
+                users.extend(rendered.chunk.page.id_hashes().iter().copied());
                 summary.stats += rendered.stats;
                 write(&rendered, &mut output, rejects.as_mut(), &mut summary).await?;
                 progress(summary.lines);
-                let Rendered { chunk, mut out, .. } = rendered;
-                let mut page = chunk.page;
-                page.clear();
-                out.clear();
-                spares.pages.put(page);
-                spares.outs.put(out);
+                spares.recycle(rendered);
             },
             else => break,
         }
@@ -310,14 +303,10 @@ async fn process(
     options: RunOptions,
     spares: Spares,
 ) -> Result<Rendered> {
-    let page = match spares.pages.take() {
-        Some(page) => page,
-        None => RawPage::with_capacity(options.depth, lines.data.len(), lines.lines.len()),
-    };
-    let mut chunk = Chunk {
-        page,
+    let mut chunk = spares.chunks.take().unwrap_or_else(|| Chunk {
+        page: RawPage::with_capacity(options.depth, lines.data.len(), lines.lines.len()),
         lines: Vec::with_capacity(lines.lines.len()),
-    };
+    });
     for (number, range, too_long) in &lines.lines {
         let text = &lines.data[range.clone()];
         let line = match too_long {
@@ -333,13 +322,11 @@ async fn process(
     lines.data.clear();
     lines.lines.clear();
     spares.lines.put(lines);
-    let out = spares.outs.take().unwrap_or_default();
+    let output = spares.outputs.take().unwrap_or_default();
     let mut memo = spares.memos.take().unwrap_or_default();
-    let rendered = render(enricher, chunk, options.store_timeout, &mut memo, out).await;
+    let rendered = render(enricher, chunk, options.store_timeout, &mut memo, output).await;
     spares.memos.put(memo);
-    let mut rendered = rendered?;
-    rendered.id_hashes = rendered.chunk.page.id_hashes().to_vec();
-    Ok(rendered)
+    rendered
 }
 
 /// What goes round between the stages instead of being allocated per chunk: the writer hands
@@ -348,11 +335,32 @@ async fn process(
 #[derive(Debug, Clone, Default)]
 struct Spares {
     lines: Pool<RawLines>,
-    pages: Pool<RawPage>,
-    outs: Pool<Vec<u8>>,
+    chunks: Pool<Chunk>,
+    /// Rendered bytes and where each line ends.
+    outputs: Pool<(Vec<u8>, Vec<usize>)>,
     /// Each chunk in the works borrows a memo, so a memo is only ever used by one task at a
     /// time and popular users are answered without asking the shared L1.
     memos: Pool<Memo>,
+}
+
+impl Spares {
+    /// Takes back a written chunk's buffers. They are emptied here, on the writer, but freed
+    /// nowhere: memory freed on another thread than the one that allocated it is the
+    /// allocator's slow path.
+    fn recycle(&self, rendered: Rendered) {
+        let Rendered {
+            mut chunk,
+            mut out,
+            mut ends,
+            ..
+        } = rendered;
+        chunk.page.clear();
+        chunk.lines.clear();
+        out.clear();
+        ends.clear();
+        self.chunks.put(chunk);
+        self.outputs.put((out, ends));
+    }
 }
 
 /// A few spare values of one kind.
@@ -393,7 +401,7 @@ async fn render(
     chunk: Chunk,
     timeout: Duration,
     memo: &mut Memo,
-    mut out: Vec<u8>,
+    (mut out, mut ends): (Vec<u8>, Vec<usize>),
 ) -> Result<Rendered> {
     let first_failure = Instant::now();
     let mut delay = Duration::from_millis(50);
@@ -422,7 +430,7 @@ async fn render(
     };
     // Enriched documents are a few times their input: size once rather than grow.
     out.reserve(chunk.page.buffered() * 4);
-    let mut ends = Vec::with_capacity(chunk.page.len());
+    ends.reserve(chunk.page.len());
     for doc in 0..chunk.page.len() {
         enriched.write(doc, &mut out);
         out.push(b'\n');
@@ -435,7 +443,6 @@ async fn render(
         out,
         ends,
         stats,
-        id_hashes: Vec::new(),
     })
 }
 
