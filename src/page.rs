@@ -14,7 +14,6 @@
 use std::ops::Range;
 
 use hashbrown::HashTable;
-use serde::de::IgnoredAny;
 
 use crate::error::{Error, Result};
 use crate::reference::{USER_PREFIX, user_ref, write_not_found, write_unavailable};
@@ -42,8 +41,9 @@ pub(crate) enum Role {
     Activity,
 }
 
-/// The deepest nesting accepted, as serde_json's own limit.
-pub const MAX_DEPTH: usize = 128;
+/// The deepest nesting accepted: objects and arrays within one another, as many levels as
+/// serde_json parses into a `Value` (so both paths take the same documents).
+pub const MAX_DEPTH: usize = 127;
 
 /// A reference found in a page: where its string token is in the compacted buffer, and which
 /// distinct id it names.
@@ -146,59 +146,61 @@ impl RawPage {
     }
 
     fn push_checked(&mut self, doc: &[u8], allow_array: bool) -> Result<()> {
-        validate(doc)?;
-        let first = doc.iter().find(|b| !b.is_ascii_whitespace()).copied();
-        match first {
-            Some(b'{') => {}
-            Some(b'[') if allow_array => {}
-            _ => {
-                let what = if allow_array {
-                    "an object or an array"
-                } else {
-                    "an object"
-                };
-                return Err(Error::invalid(format!(
-                    "not {what}: a document must be an activity, a group or a feed response"
-                )));
-            }
+        if let Err(e) = std::str::from_utf8(doc) {
+            return Err(Error::invalid(format!(
+                "not valid JSON: not UTF-8 at byte {}",
+                e.valid_up_to() + 1
+            )));
         }
+        let first = doc.iter().find(|b| !b.is_ascii_whitespace()).copied();
         let start = self.buf.len();
         let first_site = self.sites.len();
         let activities_before = self.activities;
+        let unwind = |page: &mut RawPage| {
+            page.buf.truncate(start);
+            page.sites.truncate(first_site);
+            page.activities = activities_before;
+        };
+        if !matches!((first, allow_array), (Some(b'{'), _) | (Some(b'['), true)) {
+            // Valid JSON of the wrong kind, or not JSON at all: say which.
+            let mut sites = Vec::new();
+            let fault = Scanner::new(doc, self, false, start)
+                .document(|s, _| s.any(false, &mut Vec::new()), &mut sites);
+            unwind(self);
+            let what = if allow_array {
+                "an object or an array"
+            } else {
+                "an object"
+            };
+            return Err(match fault {
+                Ok(()) => Error::invalid(format!(
+                    "not {what}: a document must be an activity, a group or a feed response"
+                )),
+                Err(fault) => fault.into(),
+            });
+        }
         // Most documents are compact: scan without copying, then copy the whole document at
         // once. One with white space to drop is scanned again, copying as it goes.
         for copy in [false, true] {
             // The scanner borrows the page; the sites vector travels beside it.
             let mut sites = std::mem::take(&mut self.sites);
-            let mut scanner = Scanner {
-                src: doc,
-                pos: 0,
-                page: self,
-                level: 0,
-                too_deep: false,
-                copy,
-                base: start,
-                saw_ws: false,
-            };
-            scanner.ws();
-            if first == Some(b'[') {
-                scanner.array(|s, sites| s.element(Role::Document, sites), &mut sites);
+            let mut scanner = Scanner::new(doc, self, copy, start);
+            let scanned = if first == Some(b'[') {
+                scanner.document(
+                    |s, sites| s.array(|s, sites| s.element(Role::Document, sites), sites),
+                    &mut sites,
+                )
             } else {
-                scanner.object(Role::Document, &mut sites);
-            }
-            let (too_deep, saw_ws) = (scanner.too_deep, scanner.saw_ws);
+                scanner.document(|s, sites| s.object(Role::Document, sites), &mut sites)
+            };
+            let saw_ws = scanner.saw_ws;
             self.sites = sites;
-            if too_deep {
-                self.buf.truncate(start);
-                self.sites.truncate(first_site);
-                self.activities = activities_before;
-                return Err(Error::invalid(format!(
-                    "nesting too deep: more than {MAX_DEPTH} levels"
-                )));
+            if let Err(fault) = scanned {
+                unwind(self);
+                return Err(fault.into());
             }
             if !copy && saw_ws {
-                self.sites.truncate(first_site);
-                self.activities = activities_before;
+                unwind(self);
                 continue;
             }
             if !copy {
@@ -298,29 +300,39 @@ impl RawPage {
     }
 }
 
-/// Checks that `doc` is one JSON value and nothing else, without building it.
-fn validate(doc: &[u8]) -> Result<()> {
-    serde_json::from_slice::<IgnoredAny>(doc)
-        .map(drop)
-        .map_err(|e| {
-            if e.to_string().starts_with("recursion limit exceeded") {
-                Error::invalid(format!("nesting too deep: more than {MAX_DEPTH} levels"))
-            } else {
-                Error::invalid(format!("not valid JSON: {e}"))
-            }
-        })
+/// Why a document was refused.
+#[derive(Debug)]
+enum Fault {
+    /// Not JSON: what was wrong, at which byte.
+    Syntax { what: &'static str, at: usize },
+    /// Nested deeper than [`MAX_DEPTH`].
+    TooDeep,
 }
 
-/// Copies a valid JSON document into the page's buffer without white space, noting the
-/// references it holds.
+impl From<Fault> for Error {
+    fn from(fault: Fault) -> Error {
+        match fault {
+            Fault::Syntax { what, at } => {
+                Error::invalid(format!("not valid JSON: {what} at byte {}", at + 1))
+            }
+            Fault::TooDeep => {
+                Error::invalid(format!("nesting too deep: more than {MAX_DEPTH} levels"))
+            }
+        }
+    }
+}
+
+type Scan<T = ()> = std::result::Result<T, Fault>;
+
+/// Checks a JSON document against the grammar (RFC 8259; the caller has checked that it is
+/// UTF-8) in one pass, notes the references it holds, and copies it into the page's buffer
+/// without white space.
 struct Scanner<'a> {
     src: &'a [u8],
     pos: usize,
     page: &'a mut RawPage,
     /// Open objects and arrays around the current position.
     level: usize,
-    /// The document nests deeper than [`MAX_DEPTH`].
-    too_deep: bool,
     /// Copy as we go (the document has white space to drop), or not at all (it is compact and
     /// is copied whole at the end, so positions are `base` + its own offsets).
     copy: bool,
@@ -336,7 +348,73 @@ struct Token {
     escaped: bool,
 }
 
-impl Scanner<'_> {
+/// Where the string body starting at `from` stops being plain text: the first `"`, `\\` or
+/// control character at or after `from`, or `src.len()`. Looks at eight bytes at a time: most
+/// strings are short and a call into a general byte search costs more than it saves.
+fn string_stop(src: &[u8], from: usize) -> usize {
+    const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
+    const HIGH: u64 = u64::from_ne_bytes([0x80; 8]);
+    let mut i = from;
+    while let Some(word) = src.get(i..i + 8) {
+        let word = u64::from_le_bytes(word.try_into().expect("eight bytes"));
+        // A byte is flagged if it is below 0x20, or zero once XORed with `"` or `\\`. Borrows
+        // can flag bytes after a true one, never before it: the lowest flag is exact.
+        let zero = |v: u64| v.wrapping_sub(ONES) & !v & HIGH;
+        let flags = (word.wrapping_sub(ONES * 0x20) & !word & HIGH)
+            | zero(word ^ (ONES * u64::from(b'"')))
+            | zero(word ^ (ONES * u64::from(b'\\')));
+        if flags != 0 {
+            return i + (flags.trailing_zeros() / 8) as usize;
+        }
+        i += 8;
+    }
+    while src
+        .get(i)
+        .is_some_and(|&b| b != b'"' && b != b'\\' && b >= 0x20)
+    {
+        i += 1;
+    }
+    i
+}
+
+impl<'a> Scanner<'a> {
+    fn new(src: &'a [u8], page: &'a mut RawPage, copy: bool, base: usize) -> Self {
+        Scanner {
+            src,
+            pos: 0,
+            page,
+            level: 0,
+            copy,
+            base,
+            saw_ws: false,
+        }
+    }
+
+    /// A whole document: white space, one value read by `value`, white space, the end.
+    fn document(
+        &mut self,
+        value: impl FnOnce(&mut Self, &mut Vec<Site>) -> Scan,
+        sites: &mut Vec<Site>,
+    ) -> Scan {
+        self.ws();
+        value(self, sites)?;
+        if self.pos < self.src.len() {
+            return self.fail("trailing characters");
+        }
+        Ok(())
+    }
+
+    fn fail<T>(&self, what: &'static str) -> Scan<T> {
+        Err(Fault::Syntax { what, at: self.pos })
+    }
+
+    fn peek(&self) -> Scan<u8> {
+        match self.src.get(self.pos) {
+            Some(&byte) => Ok(byte),
+            None => self.fail("unexpected end"),
+        }
+    }
+
     fn ws(&mut self) {
         let start = self.pos;
         while self
@@ -349,42 +427,89 @@ impl Scanner<'_> {
         self.saw_ws |= self.pos > start;
     }
 
-    fn byte(&self) -> u8 {
-        self.src[self.pos]
-    }
-
-    /// Copies one byte of structure (`{`, `:`, `,` …) and the white space after it, keeping
-    /// count of the nesting.
+    /// Copies the structural byte under the cursor and the white space after it.
     fn punct(&mut self) {
-        let byte = self.src[self.pos];
-        match byte {
-            b'{' | b'[' => {
-                self.level += 1;
-                self.too_deep |= self.level > MAX_DEPTH;
-            }
-            b'}' | b']' => self.level -= 1,
-            _ => {}
-        }
         if self.copy {
-            self.page.buf.push(byte);
+            self.page.buf.push(self.src[self.pos]);
         }
         self.pos += 1;
         self.ws();
     }
 
+    /// Copies `byte`, which must be under the cursor.
+    fn expect(&mut self, byte: u8, what: &'static str) -> Scan {
+        if self.peek()? != byte {
+            return self.fail(what);
+        }
+        self.punct();
+        Ok(())
+    }
+
+    /// Opens an object or an array, keeping count of the nesting.
+    fn open(&mut self) -> Scan {
+        self.level += 1;
+        if self.level > MAX_DEPTH {
+            return Err(Fault::TooDeep);
+        }
+        self.punct();
+        Ok(())
+    }
+
+    /// After a member or an element: a comma (`true`: another follows) or `close`.
+    fn more(&mut self, close: u8, what: &'static str) -> Scan<bool> {
+        match self.peek()? {
+            b',' => {
+                self.punct();
+                Ok(true)
+            }
+            byte if byte == close => {
+                self.level -= 1;
+                self.punct();
+                Ok(false)
+            }
+            _ => self.fail(what),
+        }
+    }
+
     /// Copies a string token; returns where it landed in the buffer and whether it has escapes.
-    fn string(&mut self) -> Token {
+    fn string(&mut self) -> Scan<Token> {
+        if self.peek()? != b'"' {
+            return self.fail("expected a string");
+        }
         let start = self.pos;
         let mut i = start + 1;
         let mut escaped = false;
-        // The document is valid JSON: the string ends at the first quote not escaped.
-        while let Some(at) = memchr::memchr2(b'"', b'\\', &self.src[i..]) {
-            i += at;
-            if self.src[i] == b'"' {
-                break;
+        loop {
+            i = string_stop(self.src, i);
+            match self.src.get(i) {
+                Some(b'"') => break,
+                Some(b'\\') => {
+                    escaped = true;
+                    i += match self.src.get(i + 1) {
+                        Some(b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't') => 2,
+                        Some(b'u')
+                            if self
+                                .src
+                                .get(i + 2..i + 6)
+                                .is_some_and(|hex| hex.iter().all(u8::is_ascii_hexdigit)) =>
+                        {
+                            6
+                        }
+                        _ => {
+                            self.pos = i;
+                            return self.fail("invalid escape");
+                        }
+                    };
+                }
+                Some(_) => {
+                    self.pos = i;
+                    return self.fail("control character in a string");
+                }
+                None => {
+                    self.pos = i;
+                    return self.fail("unterminated string");
+                }
             }
-            escaped = true;
-            i += 2;
         }
         let src = start..i + 1;
         let out = if self.copy {
@@ -396,16 +521,16 @@ impl Scanner<'_> {
         };
         self.pos = i + 1;
         self.ws();
-        Token {
+        Ok(Token {
             out: out..out + src.len(),
             src,
             escaped,
-        }
+        })
     }
 
     /// A string value that may be a reference.
-    fn candidate(&mut self, sites: &mut Vec<Site>) {
-        let Token { out, src, escaped } = self.string();
+    fn candidate(&mut self, sites: &mut Vec<Site>) -> Scan {
+        let Token { out, src, escaped } = self.string()?;
         let token = &self.src[src];
         let is_ref = if escaped {
             serde_json::from_slice::<String>(token).is_ok_and(|text| user_ref(&text).is_some())
@@ -423,96 +548,107 @@ impl Scanner<'_> {
                 id: u32::MAX,
             });
         }
-    }
-
-    /// Copies any value without looking for references.
-    fn skip(&mut self) {
-        match self.byte() {
-            b'"' => {
-                self.string();
-            }
-            b'{' | b'[' => {
-                let mut depth = 0usize;
-                loop {
-                    match self.byte() {
-                        b'"' => {
-                            self.string();
-                            continue;
-                        }
-                        b'{' | b'[' => depth += 1,
-                        b'}' | b']' => depth -= 1,
-                        _ => {}
-                    }
-                    self.punct();
-                    if depth == 0 {
-                        break;
-                    }
-                }
-            }
-            _ => self.scalar(),
-        }
+        Ok(())
     }
 
     /// Copies a number, `true`, `false` or `null`.
-    fn scalar(&mut self) {
+    fn scalar(&mut self) -> Scan {
         let start = self.pos;
-        while self
-            .src
-            .get(self.pos)
-            .is_some_and(|b| !matches!(b, b',' | b'}' | b']' | b' ' | b'\t' | b'\n' | b'\r'))
-        {
-            self.pos += 1;
-        }
+        let src = self.src;
+        let digits = |mut i: usize| {
+            while src.get(i).is_some_and(u8::is_ascii_digit) {
+                i += 1;
+            }
+            i
+        };
+        let end = match src[start] {
+            b't' if src[start..].starts_with(b"true") => start + 4,
+            b'f' if src[start..].starts_with(b"false") => start + 5,
+            b'n' if src[start..].starts_with(b"null") => start + 4,
+            b'-' | b'0'..=b'9' => {
+                let mut i = start + usize::from(src[start] == b'-');
+                i = match src.get(i) {
+                    Some(b'0') => i + 1,
+                    Some(b'1'..=b'9') => digits(i + 1),
+                    _ => return self.fail("invalid number"),
+                };
+                if src.get(i) == Some(&b'.') {
+                    let after = digits(i + 1);
+                    if after == i + 1 {
+                        self.pos = after;
+                        return self.fail("invalid number");
+                    }
+                    i = after;
+                }
+                if matches!(src.get(i), Some(b'e' | b'E')) {
+                    i += 1 + usize::from(matches!(src.get(i + 1), Some(b'+' | b'-')));
+                    let after = digits(i);
+                    if after == i {
+                        self.pos = after;
+                        return self.fail("invalid number");
+                    }
+                    i = after;
+                }
+                i
+            }
+            _ => return self.fail("expected a value"),
+        };
         if self.copy {
-            self.page.buf.extend_from_slice(&self.src[start..self.pos]);
+            self.page.buf.extend_from_slice(&src[start..end]);
         }
+        self.pos = end;
         self.ws();
+        Ok(())
     }
 
-    /// Copies any value, taking every string value in it as a candidate (deep mode).
-    fn deep(&mut self, sites: &mut Vec<Site>) {
-        if self.level >= MAX_DEPTH {
-            // Too deep to recurse into; `skip` copies it without recursion and flags it.
-            self.skip();
-            return;
-        }
-        match self.byte() {
-            b'"' => self.candidate(sites),
-            b'[' => self.array(|s, sites| s.deep(sites), sites),
+    /// Copies any value; every string value in it is a candidate if `deep`.
+    fn any(&mut self, deep: bool, sites: &mut Vec<Site>) -> Scan {
+        match self.peek()? {
+            b'"' if deep => self.candidate(sites),
+            b'"' => self.string().map(drop),
+            b'[' => self.array(|s, sites| s.any(deep, sites), sites),
             b'{' => {
-                self.punct();
-                while self.byte() != b'}' {
-                    self.string();
-                    self.punct(); // ':'
-                    self.deep(sites);
-                    if self.byte() == b',' {
-                        self.punct();
+                self.open()?;
+                if self.peek()? == b'}' {
+                    return self.more(b'}', "").map(drop);
+                }
+                loop {
+                    self.string()?;
+                    self.expect(b':', "expected `:`")?;
+                    self.any(deep, sites)?;
+                    if !self.more(b'}', "expected `,` or `}`")? {
+                        return Ok(());
                     }
                 }
-                self.punct();
             }
             _ => self.scalar(),
         }
     }
 
     /// Copies an array, handing each element to `element`.
-    fn array(&mut self, mut element: impl FnMut(&mut Self, &mut Vec<Site>), sites: &mut Vec<Site>) {
-        self.punct();
-        while self.byte() != b']' {
-            element(self, sites);
-            if self.byte() == b',' {
-                self.punct();
+    fn array(
+        &mut self,
+        mut element: impl FnMut(&mut Self, &mut Vec<Site>) -> Scan,
+        sites: &mut Vec<Site>,
+    ) -> Scan {
+        self.open()?;
+        if self.peek()? == b']' {
+            return self.more(b']', "").map(drop);
+        }
+        loop {
+            element(self, sites)?;
+            if !self.more(b']', "expected `,` or `]`")? {
+                return Ok(());
             }
         }
-        self.punct();
     }
 
     /// An array element in a place where objects play `role`; anything else is copied.
-    fn element(&mut self, role: Role, sites: &mut Vec<Site>) {
-        if self.byte() == b'{' {
-            self.object(role, sites);
+    fn element(&mut self, role: Role, sites: &mut Vec<Site>) -> Scan {
+        if self.peek()? == b'{' {
+            self.object(role, sites)
         } else {
-            self.skip();
+            self.any(false, sites)
         }
     }
 
@@ -521,25 +657,29 @@ impl Scanner<'_> {
     /// Its own string members are noted as they come; if the object turns out to be a group or
     /// a feed response (its `activities` or `results` array may come last), only the references
     /// inside that array are kept.
-    fn object(&mut self, role: Role, sites: &mut Vec<Site>) {
+    fn object(&mut self, role: Role, sites: &mut Vec<Site>) -> Scan {
         let first = sites.len();
         let activities_before = self.page.activities;
         // Where each special array's references landed, and how many activities it held.
         let mut results: Option<Vec<(Range<usize>, u64)>> = None;
         let mut activities: Option<Vec<(Range<usize>, u64)>> = None;
-        self.punct();
-        while self.byte() != b'}' {
-            let key = self.string();
+        self.open()?;
+        let mut more = self.peek()? != b'}';
+        if !more {
+            self.more(b'}', "")?;
+        }
+        while more {
+            let key = self.string()?;
             let special = if role == Role::Activity {
                 None
             } else {
                 special_key(&self.src[key.src], key.escaped)
             };
-            self.punct(); // ':'
-            match (special, self.byte()) {
+            self.expect(b':', "expected `:`")?;
+            match (special, self.peek()?) {
                 (Some(Special::Results), b'[') if role == Role::Document => {
                     let (start, counted) = (sites.len(), self.page.activities);
-                    self.array(|s, sites| s.element(Role::Result, sites), sites);
+                    self.array(|s, sites| s.element(Role::Result, sites), sites)?;
                     let counted = self.page.activities - counted;
                     results
                         .get_or_insert_with(Vec::new)
@@ -547,25 +687,22 @@ impl Scanner<'_> {
                 }
                 (Some(Special::Activities), b'[') => {
                     let (start, counted) = (sites.len(), self.page.activities);
-                    self.array(|s, sites| s.element(Role::Activity, sites), sites);
+                    self.array(|s, sites| s.element(Role::Activity, sites), sites)?;
                     let counted = self.page.activities - counted;
                     activities
                         .get_or_insert_with(Vec::new)
                         .push((start..sites.len(), counted));
                 }
-                (_, b'"') => self.candidate(sites),
-                (_, b'{' | b'[') if self.page.depth == Depth::Deep => self.deep(sites),
-                _ => self.skip(),
+                (_, b'"') => self.candidate(sites)?,
+                (_, b'{' | b'[') if self.page.depth == Depth::Deep => self.any(true, sites)?,
+                _ => self.any(false, sites)?,
             }
-            if self.byte() == b',' {
-                self.punct();
-            }
+            more = self.more(b'}', "expected `,` or `}`")?;
         }
-        self.punct();
         let Some(kept) = results.or(activities) else {
             // An activity: all its references count.
             self.page.activities += 1;
-            return;
+            return Ok(());
         };
         let mut write = first;
         let mut counted = 0;
@@ -578,6 +715,7 @@ impl Scanner<'_> {
         }
         sites.truncate(write);
         self.page.activities = activities_before + counted;
+        Ok(())
     }
 }
 
@@ -604,6 +742,7 @@ fn special_key(token: &[u8], escaped: bool) -> Option<Special> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::Value;
 
     fn scan(doc: &str, depth: Depth) -> (String, Vec<String>) {
         let mut page = RawPage::new(depth);
@@ -690,6 +829,177 @@ mod tests {
             out,
             format!(r#"{{"a":{},"b":"x\"SU:y","c":"\u00e9"}}"#, nf("al"))
         );
+    }
+
+    /// serde_json's verdict on a document's grammar (without building it, it does not check
+    /// the UTF-8 of strings, so that is checked apart).
+    fn serde_accepts(doc: &[u8]) -> bool {
+        std::str::from_utf8(doc).is_ok()
+            && serde_json::from_slice::<serde::de::IgnoredAny>(doc).is_ok()
+    }
+
+    fn accepts(doc: &[u8]) -> bool {
+        RawPage::new(Depth::Deep).push_any(doc).is_ok()
+    }
+
+    #[test]
+    fn string_stop_finds_the_first_quote_backslash_or_control_character() {
+        let slow = |src: &[u8], from: usize| {
+            (from..src.len())
+                .find(|&i| matches!(src[i], b'"' | b'\\' | 0..0x20))
+                .unwrap_or(src.len())
+        };
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        let bytes = [
+            b'a', b'"', b'\\', 0x00, 0x1f, 0x20, 0x21, 0x5c, 0x7f, 0x80, 0xa2, 0xdc, 0xff,
+        ];
+        for len in 0..40 {
+            for _ in 0..200 {
+                let src: Vec<u8> = (0..len)
+                    .map(|_| {
+                        state ^= state << 13;
+                        state ^= state >> 7;
+                        state ^= state << 17;
+                        // Mostly plain text, so stops land anywhere in a word.
+                        if state.is_multiple_of(8) {
+                            bytes[(state >> 8) as usize % bytes.len()]
+                        } else {
+                            b'x'
+                        }
+                    })
+                    .collect();
+                for from in 0..=len {
+                    assert_eq!(
+                        string_stop(&src, from),
+                        slow(&src, from),
+                        "{src:?} from {from}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_grammar_is_json_s() {
+        let docs: &[&str] = &[
+            r#"{}"#,
+            r#"[]"#,
+            r#" { } "#,
+            r#"{"a":1}"#,
+            r#"{"a":[1,2,{"b":null}]}"#,
+            r#"{"a":-0}"#,
+            r#"{"a":-0.5e+10}"#,
+            r#"{"a":1E5}"#,
+            r#"{"a":0.1}"#,
+            r#"{"a":true,"b":false}"#,
+            r#"{"a":"\"\\\/\b\f\n\r\t\u00e9\uD83D\uDE00"}"#,
+            "{\"é\":\"ü€😀\"}",
+            // Refused:
+            r#"{"a":01}"#,
+            r#"{"a":1.}"#,
+            r#"{"a":.5}"#,
+            r#"{"a":1e}"#,
+            r#"{"a":1e+}"#,
+            r#"{"a":-}"#,
+            r#"{"a":+1}"#,
+            r#"{"a":0x10}"#,
+            r#"{"a":NaN}"#,
+            r#"{"a":Infinity}"#,
+            r#"{"a":tru}"#,
+            r#"{"a":truex}"#,
+            r#"{"a":nul}"#,
+            r#"{"a":1,}"#,
+            r#"[1,]"#,
+            r#"[,1]"#,
+            r#"{,}"#,
+            r#"{"a" 1}"#,
+            r#"{"a":1 "b":2}"#,
+            r#"{a:1}"#,
+            r#"{'a':1}"#,
+            r#"{"a":'b'}"#,
+            r#"{1:2}"#,
+            r#"{"a":"\x"}"#,
+            r#"{"a":"\u12"}"#,
+            r#"{"a":"\u12g4"}"#,
+            r#"{"a":"b}"#,
+            r#"{"a":"b\"}"#,
+            "{\"a\":\"tab\there\"}",
+            "{\"a\":\"nl\nhere\"}",
+            "{\"a\":\"\u{1}\"}",
+            r#"{"a":1}}"#,
+            r#"{"a":1}{}"#,
+            r#"{"a":[1}"#,
+            r#"{"a":{]}"#,
+            r#"{"a""#,
+            r#"{"#,
+            r#"["#,
+            r#"{"a":"#,
+            "{\"a\":1}\u{0}",
+            "\u{feff}{}",
+            "{\"a\":\u{c}1}",
+        ];
+        for doc in docs {
+            let verdict = accepts(doc.as_bytes());
+            assert_eq!(verdict, serde_accepts(doc.as_bytes()), "{doc}");
+            assert_eq!(verdict, serde_json::from_str::<Value>(doc).is_ok(), "{doc}");
+        }
+        assert!(!accepts(b"{\"a\":\"\xff\"}") && !serde_accepts(b"{\"a\":\"\xff\"}"));
+        assert!(!accepts(b"{\"a\":\"\xc3\"}"));
+        // The nesting limit is serde_json's.
+        for levels in [MAX_DEPTH - 1, MAX_DEPTH, MAX_DEPTH + 1] {
+            let doc = format!("{}{}", "[".repeat(levels), "]".repeat(levels));
+            let verdict = accepts(doc.as_bytes());
+            assert_eq!(
+                verdict,
+                serde_json::from_str::<Value>(&doc).is_ok(),
+                "{levels}"
+            );
+            assert_eq!(verdict, levels <= MAX_DEPTH, "{levels}");
+        }
+    }
+
+    /// Every fixture line, and thousands of corruptions of them (bytes changed, dropped or
+    /// doubled at random places), get the same verdict from the scanner as from serde_json.
+    #[test]
+    fn the_scanner_agrees_with_serde_json_on_corrupted_documents() {
+        let fixture = include_str!("../fixtures/activities.ndjson");
+        let alphabet = b"{}[]:,\"\\ \t0123456789-+.eEtrufalsn\x01\xff\xc3u";
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        let mut random = move |below: usize| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state % below as u64) as usize
+        };
+        let (mut accepted, mut refused) = (0, 0);
+        for line in fixture.lines() {
+            assert!(accepts(line.as_bytes()), "{line}");
+            for _ in 0..300 {
+                let mut doc = line.as_bytes().to_vec();
+                for _ in 0..1 + random(3) {
+                    let at = random(doc.len());
+                    match random(3) {
+                        0 => doc[at] = alphabet[random(alphabet.len())],
+                        1 => {
+                            doc.remove(at);
+                        }
+                        _ => doc.insert(at, doc[at]),
+                    }
+                    if doc.is_empty() {
+                        break;
+                    }
+                }
+                let verdict = accepts(&doc);
+                assert_eq!(
+                    verdict,
+                    serde_accepts(&doc),
+                    "{}",
+                    String::from_utf8_lossy(&doc)
+                );
+                if verdict { accepted += 1 } else { refused += 1 }
+            }
+        }
+        assert!(accepted > 100 && refused > 1000, "{accepted} / {refused}");
     }
 
     #[test]
