@@ -26,6 +26,8 @@ pub struct LineReader<R> {
     number: u64,
     /// The line being read, reused from line to line.
     text: Vec<u8>,
+    /// Bytes of the buffer lent out as the last line, consumed at the next call.
+    lent: usize,
 }
 
 impl<R: AsyncRead + Unpin> LineReader<R> {
@@ -37,6 +39,7 @@ impl<R: AsyncRead + Unpin> LineReader<R> {
             max_len,
             number: 0,
             text: Vec::new(),
+            lent: 0,
         }
     }
 
@@ -54,7 +57,7 @@ impl<R: AsyncRead + Unpin> LineReader<R> {
     /// True if bytes are buffered, so the next line may come without waiting for input. A
     /// caller that batches lines flushes its batch when this is false: input has paused.
     pub fn has_buffered(&self) -> bool {
-        !self.input.buffer().is_empty()
+        self.input.buffer().len() > self.lent
     }
 
     /// The next line, or `None` at the end of the input. A last line without a newline counts.
@@ -73,6 +76,17 @@ impl<R: AsyncRead + Unpin> LineReader<R> {
 
     /// Like [`LineReader::next_line`], lending the line instead of allocating it.
     pub async fn next_line_ref(&mut self) -> Result<Option<(u64, LineRef<'_>)>> {
+        self.input.consume(std::mem::take(&mut self.lent));
+        // A whole line already in the buffer is lent from there, not copied.
+        if let Some(end) = memchr::memchr(b'\n', self.input.buffer())
+            && end <= self.max_len
+        {
+            self.lent = end + 1;
+            self.number += 1;
+            let line = &self.input.buffer()[..end];
+            let line = line.strip_suffix(b"\r").unwrap_or(line);
+            return Ok(Some((self.number, LineRef::Text(line))));
+        }
         self.text.clear();
         let mut len = 0usize;
         let mut seen_any = false;
@@ -167,5 +181,18 @@ mod tests {
             ]
         );
         assert!(all(b"", 5).await.is_empty());
+    }
+
+    #[tokio::test]
+    async fn lines_in_the_buffer_are_lent_the_same() {
+        let input = b"ab\r\n0123456789\n\nlast";
+        let mut reader = LineReader::new(&input[..], 64, 5);
+        let mut lines = Vec::new();
+        while let Some(line) = reader.next_line().await.unwrap() {
+            lines.push(line);
+        }
+        assert_eq!(lines, all(input, 5).await);
+        assert_eq!(lines.len(), 4);
+        assert!(!reader.has_buffered());
     }
 }
