@@ -146,12 +146,6 @@ impl RawPage {
     }
 
     fn push_checked(&mut self, doc: &[u8], allow_array: bool) -> Result<()> {
-        if let Err(e) = std::str::from_utf8(doc) {
-            return Err(Error::invalid(format!(
-                "not valid JSON: not UTF-8 at byte {}",
-                e.valid_up_to() + 1
-            )));
-        }
         let first = doc.iter().find(|b| !b.is_ascii_whitespace()).copied();
         let start = self.buf.len();
         let first_site = self.sites.len();
@@ -349,9 +343,10 @@ struct Token {
 }
 
 /// Where the string body starting at `from` stops being plain text: the first `"`, `\\` or
-/// control character at or after `from`, or `src.len()`. Looks at eight bytes at a time: most
-/// strings are short and a call into a general byte search costs more than it saves.
-fn string_stop(src: &[u8], from: usize) -> usize {
+/// control character at or after `from` (or byte beyond ASCII, if `ascii`), or `src.len()`.
+/// Looks at eight bytes at a time: most strings are short and a call into a general byte
+/// search costs more than it saves.
+fn string_stop(src: &[u8], from: usize, ascii: bool) -> usize {
     const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
     const HIGH: u64 = u64::from_ne_bytes([0x80; 8]);
     let mut i = from;
@@ -362,7 +357,8 @@ fn string_stop(src: &[u8], from: usize) -> usize {
         let zero = |v: u64| v.wrapping_sub(ONES) & !v & HIGH;
         let flags = (word.wrapping_sub(ONES * 0x20) & !word & HIGH)
             | zero(word ^ (ONES * u64::from(b'"')))
-            | zero(word ^ (ONES * u64::from(b'\\')));
+            | zero(word ^ (ONES * u64::from(b'\\')))
+            | if ascii { word & HIGH } else { 0 };
         if flags != 0 {
             return i + (flags.trailing_zeros() / 8) as usize;
         }
@@ -370,7 +366,7 @@ fn string_stop(src: &[u8], from: usize) -> usize {
     }
     while src
         .get(i)
-        .is_some_and(|&b| b != b'"' && b != b'\\' && b >= 0x20)
+        .is_some_and(|&b| b != b'"' && b != b'\\' && b >= 0x20 && (b < 0x80 || !ascii))
     {
         i += 1;
     }
@@ -479,10 +475,14 @@ impl<'a> Scanner<'a> {
         let start = self.pos;
         let mut i = start + 1;
         let mut escaped = false;
+        // Only strings may hold bytes beyond ASCII (anywhere else they break the grammar), so
+        // UTF-8 is checked here, and only for the strings that have such bytes.
+        let mut ascii = true;
         loop {
-            i = string_stop(self.src, i);
+            i = string_stop(self.src, i, ascii);
             match self.src.get(i) {
                 Some(b'"') => break,
+                Some(0x80..) => ascii = false,
                 Some(b'\\') => {
                     escaped = true;
                     i += match self.src.get(i + 1) {
@@ -510,6 +510,10 @@ impl<'a> Scanner<'a> {
                     return self.fail("unterminated string");
                 }
             }
+        }
+        if !ascii && let Err(e) = std::str::from_utf8(&self.src[start + 1..i]) {
+            self.pos = start + 1 + e.valid_up_to();
+            return self.fail("not UTF-8");
         }
         let src = start..i + 1;
         let out = if self.copy {
@@ -844,9 +848,9 @@ mod tests {
 
     #[test]
     fn string_stop_finds_the_first_quote_backslash_or_control_character() {
-        let slow = |src: &[u8], from: usize| {
+        let slow = |src: &[u8], from: usize, ascii: bool| {
             (from..src.len())
-                .find(|&i| matches!(src[i], b'"' | b'\\' | 0..0x20))
+                .find(|&i| matches!(src[i], b'"' | b'\\' | 0..0x20) || (ascii && src[i] >= 0x80))
                 .unwrap_or(src.len())
         };
         let mut state = 0x9e37_79b9_7f4a_7c15u64;
@@ -869,11 +873,13 @@ mod tests {
                     })
                     .collect();
                 for from in 0..=len {
-                    assert_eq!(
-                        string_stop(&src, from),
-                        slow(&src, from),
-                        "{src:?} from {from}"
-                    );
+                    for ascii in [false, true] {
+                        assert_eq!(
+                            string_stop(&src, from, ascii),
+                            slow(&src, from, ascii),
+                            "{src:?} from {from}, {ascii}"
+                        );
+                    }
                 }
             }
         }
@@ -945,6 +951,12 @@ mod tests {
         }
         assert!(!accepts(b"{\"a\":\"\xff\"}") && !serde_accepts(b"{\"a\":\"\xff\"}"));
         assert!(!accepts(b"{\"a\":\"\xc3\"}"));
+        assert!(!accepts(b"{\"a\xc3\xa9\":1,\"\xe9\":2}"));
+        assert!(!accepts(b"{\"a\":1}\xc3\xa9"));
+        let err = RawPage::new(Depth::TopLevel)
+            .push(b"{\"a\":\"\xc3\xa9\xc3\"}")
+            .unwrap_err();
+        assert!(err.to_string().contains("not UTF-8 at byte 9"), "{err}");
         // The nesting limit is serde_json's.
         for levels in [MAX_DEPTH - 1, MAX_DEPTH, MAX_DEPTH + 1] {
             let doc = format!("{}{}", "[".repeat(levels), "]".repeat(levels));
