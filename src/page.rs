@@ -11,7 +11,9 @@
 //! The own fields of responses and groups are never touched, and everything else is copied
 //! byte for byte (numbers and string escapes as they were), minus insignificant white space.
 
+use std::borrow::Borrow;
 use std::collections::HashMap;
+use std::hash::Hash;
 use std::ops::Range;
 
 use serde::de::IgnoredAny;
@@ -258,12 +260,16 @@ impl RawPage {
     }
 }
 
-/// The number of `id` among the page's distinct ids, adding it if new.
-fn intern(
-    index: &mut HashMap<Box<str>, u32, foldhash::fast::RandomState>,
+/// The number of `id` among a page's distinct ids, adding it if new. The index may own its
+/// keys or borrow them from the documents.
+pub(crate) fn intern<'k, K>(
+    index: &mut HashMap<K, u32, foldhash::fast::RandomState>,
     ids: &mut Vec<Box<str>>,
-    id: &str,
-) -> u32 {
+    id: &'k str,
+) -> u32
+where
+    K: Borrow<str> + Eq + Hash + From<&'k str>,
+{
     if let Some(&i) = index.get(id) {
         return i;
     }
