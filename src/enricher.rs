@@ -9,6 +9,7 @@ use crate::cache::{CacheConfig, L1};
 use crate::error::Result;
 use crate::page::{Depth, RawPage};
 use crate::resolver::{Answer, Resolver};
+use crate::spliced::EnrichedValues;
 use crate::stats::EnrichStats;
 use crate::store::{Added, ImportOutcome, ImportUser, SharedStore, UserStore, WatchGuard};
 use crate::user::{NewUser, UserId, UserJson};
@@ -233,6 +234,31 @@ impl Enricher {
             answers,
             stats,
         })
+    }
+
+    /// Resolves every reference of a page of documents held as values (activities, groups or
+    /// feed responses), with at most one store call, without touching them: the result writes
+    /// each document with the users spliced in as their stored bytes.
+    ///
+    /// The same references, answers and stats as [`Enricher::enrich_values`], for a page that
+    /// is to be serialized: no user is built as a `Value`, so it costs about what the raw-bytes
+    /// path costs rather than a deep copy of a user per reference.
+    pub async fn enrich_value_page<'a>(
+        &self,
+        docs: &'a [Value],
+        depth: Depth,
+    ) -> Result<EnrichedValues<'a>> {
+        let refs = References::collect(docs, depth);
+        let mut stats = EnrichStats {
+            activities: refs.activities,
+            references: refs.sites.len() as u64,
+            ..EnrichStats::default()
+        };
+        let answers = self.resolve(&refs.ids, &mut stats).await?;
+        for &site in &refs.sites {
+            count_answer(&answers[site as usize], &mut stats);
+        }
+        Ok(EnrichedValues::new(docs, depth, refs, answers, stats))
     }
 
     async fn resolve(&self, ids: &[Box<str>], stats: &mut EnrichStats) -> Result<Vec<Answer>> {

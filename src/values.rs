@@ -3,8 +3,9 @@
 //!
 //! The rules live in one place, [`Place::search`]: given where a value stands, it says whether
 //! the value is a string that may be a reference, or where its members stand. Every walk of
-//! the `Value` path — finding the references, then substituting them in place — follows it,
-//! so all of them meet the same references in the same order.
+//! the `Value` path — finding the references, substituting them in place, and writing a page
+//! with the users spliced in ([`crate::spliced`]) — follows it, so all of them meet the same
+//! references in the same order.
 
 use std::collections::HashMap;
 
@@ -118,6 +119,8 @@ pub(crate) struct References {
     pub(crate) ids: Vec<Box<str>>,
     /// For each reference of the page, in document order, the number of the id it names.
     pub(crate) sites: Vec<u32>,
+    /// Where each document's references end in `sites`.
+    ends: Vec<usize>,
     /// Activities found (a group counts its activities).
     pub(crate) activities: u64,
 }
@@ -125,7 +128,10 @@ pub(crate) struct References {
 impl References {
     /// Finds the references of `docs`: one walk, one hash lookup per reference.
     pub(crate) fn collect(docs: &[Value], depth: Depth) -> References {
-        let mut refs = References::default();
+        let mut refs = References {
+            ends: Vec::with_capacity(docs.len()),
+            ..References::default()
+        };
         // Keyed by the ids as they sit in the documents: nothing is allocated per reference.
         let mut index: HashMap<&str, u32, foldhash::fast::RandomState> = HashMap::default();
         for doc in docs {
@@ -144,8 +150,15 @@ impl References {
                     _ => {}
                 },
             );
+            refs.ends.push(refs.sites.len());
         }
         refs
+    }
+
+    /// The references of document `doc`, in document order.
+    pub(crate) fn of_doc(&self, doc: usize) -> &[u32] {
+        let start = if doc == 0 { 0 } else { self.ends[doc - 1] };
+        &self.sites[start..self.ends[doc]]
     }
 }
 
