@@ -78,7 +78,7 @@ pub use cache::CacheConfig;
 pub use enricher::{EnrichedPage, Enricher, EnricherBuilder, OnStoreError};
 pub use error::{Error, ErrorKind, Result};
 pub use page::{Depth, RawPage};
-pub use spliced::EnrichedValues;
+pub use spliced::{EnrichedDoc, EnrichedValues};
 pub use stats::EnrichStats;
 pub use store::{SharedStore, StoreOptions, UserStore};
 pub use user::{NewUser, Timestamp, UserId, UserJson};

@@ -197,3 +197,43 @@ async fn an_empty_page_asks_nothing() {
     assert!(spliced.is_empty());
     assert_eq!(spliced.stats(), EnrichStats::default());
 }
+
+#[tokio::test]
+async fn serializing_gives_the_written_documents() {
+    let enricher = fixture_enricher().await;
+    let mut docs = fixture_docs();
+    docs.extend(hand_written());
+    for depth in [Depth::TopLevel, Depth::Deep] {
+        let spliced = enricher.enrich_value_page(&docs, depth).await.unwrap();
+        let mut array = b"[".to_vec();
+        for i in 0..spliced.len() {
+            let mut written = Vec::new();
+            spliced.write(i, &mut written);
+            let alone = serde_json::to_vec(&spliced.doc(i)).unwrap();
+            assert_eq!(
+                String::from_utf8(alone).unwrap(),
+                String::from_utf8(written.clone()).unwrap(),
+                "{depth:?} document {i}"
+            );
+            if i > 0 {
+                array.push(b',');
+            }
+            array.extend_from_slice(&written);
+        }
+        array.push(b']');
+        let page = serde_json::to_vec(&spliced).unwrap();
+        assert_eq!(
+            String::from_utf8(page).unwrap(),
+            String::from_utf8(array).unwrap(),
+            "{depth:?}"
+        );
+
+        // Through serde_json's `Value` serializer too: the same values as enriched in place.
+        let mut in_place = docs.clone();
+        enricher.enrich_values(&mut in_place, depth).await.unwrap();
+        assert_eq!(
+            serde_json::to_value(&spliced).unwrap(),
+            Value::Array(in_place)
+        );
+    }
+}
