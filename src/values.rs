@@ -94,18 +94,30 @@ impl Place {
 }
 
 fn shape(object: &Map<String, Value>, role: Role, depth: Depth) -> Fields {
-    let is_array = |key: &str| object.get(key).is_some_and(Value::is_array);
-    if role == Role::Document && is_array("results") {
-        Fields::Container {
-            key: "results",
-            role: Role::Result,
+    if role != Role::Activity {
+        // One look at the keys rather than a hash of each name: every walk of the object goes
+        // through all its members anyway.
+        let mut activities = false;
+        for (key, value) in object {
+            match key.as_str() {
+                "results" if role == Role::Document && value.is_array() => {
+                    return Fields::Container {
+                        key: "results",
+                        role: Role::Result,
+                    };
+                }
+                "activities" if value.is_array() => activities = true,
+                _ => {}
+            }
         }
-    } else if role != Role::Activity && is_array("activities") {
-        Fields::Container {
-            key: "activities",
-            role: Role::Activity,
+        if activities {
+            return Fields::Container {
+                key: "activities",
+                role: Role::Activity,
+            };
         }
-    } else if depth == Depth::Deep {
+    }
+    if depth == Depth::Deep {
         Fields::Activity(Place::Deep)
     } else {
         Fields::Activity(Place::Field)
@@ -128,12 +140,17 @@ pub(crate) struct References {
 impl References {
     /// Finds the references of `docs`: one walk, one hash lookup per reference.
     pub(crate) fn collect(docs: &[Value], depth: Depth) -> References {
+        // Sized for a few references and about one new user per activity, so that a page
+        // rarely grows them.
         let mut refs = References {
+            ids: Vec::with_capacity(docs.len()),
+            sites: Vec::with_capacity(docs.len() * 4),
             ends: Vec::with_capacity(docs.len()),
-            ..References::default()
+            activities: 0,
         };
         // Keyed by the ids as they sit in the documents: nothing is allocated per reference.
-        let mut index: HashMap<&str, u32, foldhash::fast::RandomState> = HashMap::default();
+        let mut index: HashMap<&str, u32, foldhash::fast::RandomState> =
+            HashMap::with_capacity_and_hasher(docs.len(), Default::default());
         for doc in docs {
             walk(
                 doc,

@@ -43,6 +43,8 @@ const HAND_WRITTEN: &[&str] = &[
     r#"{"results":[{"activities":[{"actor":"SU:dave_99"}],"actor":"SU:alice"},{"actor":"SU:Eve","results":[{"actor":"SU:bob"}]},"SU:alice",null],"next":"SU:alice","duration":"1ms"}"#,
     r#"{"r\u0065sults":[{"actor":"SU:bob"},{"\u0061ctivities":[{"actor":"SU:Eve"}],"actor":"SU:alice"}],"next":"SU:frank"}"#,
     r#"{"results":[{"actor":"SU:alice"}],"activities":[{"actor":"SU:bob"}],"actor":"SU:carol-ng"}"#,
+    r#"{"activities":[{"actor":"SU:bob"}],"results":[{"actor":"SU:alice"}],"actor":"SU:frank"}"#,
+    r#"{"results":[{"results":[{"actor":"SU:bob"}],"activities":[{"actor":"SU:Eve"}],"actor":"SU:alice"}]}"#,
     r#"{"results":"SU:alice","activities":{"actor":"SU:bob"},"actor":"SU:frank"}"#,
     r#"{"a":{},"b":[],"c":"","d":[{}],"actor":"SU:nobody","other":"SU:é","bad":"SU:bad id"}"#,
     r#"{}"#,
