@@ -14,6 +14,11 @@
 //! - `resolver`: one answer per distinct id, through the L1 and at most one
 //!   [`UserStore::get_many`] call per page.
 //! - [`Enricher`]: the handle a service shares; it splices the answers into the documents.
+//!   Three ways in: [`Enricher::enrich_page`] for a [`RawPage`] (bytes in, bytes out);
+//!   [`Enricher::enrich_values`] for `serde_json::Value`s, each user put in place as a
+//!   `Value` to read or edit; [`Enricher::enrich_value_page`] for `Value`s that are only to
+//!   be serialized: [`EnrichedValues`] writes them, or serializes through serde, with each
+//!   user spliced in as its stored bytes.
 //! - [`store`]: the [`UserStore`] trait and its backends — Redis, an embedded redb file, and
 //!   memory — chosen by URL; [`user`] holds the model and [`UserJson`], the one serialized form
 //!   of a user that every backend stores and every enrichment embeds.

@@ -110,7 +110,8 @@ impl<'a> EnrichedValues<'a> {
     }
 
     /// Document `doc` of the page, enriched, to serialize on its own: it writes the same JSON
-    /// as [`EnrichedValues::write`] when serialized by serde_json.
+    /// as [`EnrichedValues::write`] when serialized by serde_json. Each serialization checks
+    /// the users it names; serializing the whole page checks each distinct user once.
     ///
     /// # Panics
     ///
