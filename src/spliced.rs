@@ -89,12 +89,13 @@ impl<'a> EnrichedValues<'a> {
 
     /// Appends document `doc` of the page, enriched, to `out` as compact JSON.
     ///
-    /// The bytes are those `serde_json::to_vec` gives for the document after
-    /// [`Enricher::enrich_values`](crate::Enricher::enrich_values) — same key order, escapes
-    /// and numbers — and those [`EnrichedPage::write`](crate::EnrichedPage::write) gives for
-    /// the document pushed compact: a user is written as stored, a missing one as
+    /// The bytes are those [`EnrichedPage::write`](crate::EnrichedPage::write) gives for the
+    /// document pushed compact: a user is written as stored, a missing one as
     /// `{"error":"ReferenceNotFound",…}`, one the store could not answer for as
-    /// `{"error":"ReferenceUnavailable",…}`.
+    /// `{"error":"ReferenceUnavailable",…}`. They are also those `serde_json::to_vec` gives for
+    /// the document after [`Enricher::enrich_values`](crate::Enricher::enrich_values) — same
+    /// key order, escapes and numbers — since users are stored as serde_json writes them (a
+    /// record put into the store by other means is copied as it is).
     ///
     /// # Panics
     ///
