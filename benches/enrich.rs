@@ -132,6 +132,41 @@ fn warm_page_bench(c: &mut Criterion) {
             out
         })
     });
+    group.bench_function("value_path_spliced", |b| {
+        b.to_async(&rt).iter(|| async {
+            let docs: Vec<Value> = lines
+                .iter()
+                .map(|l| serde_json::from_str(black_box(l)).unwrap())
+                .collect();
+            let enriched = enricher
+                .enrich_value_page(&docs, Depth::TopLevel)
+                .await
+                .unwrap();
+            let mut out = Vec::with_capacity(32768);
+            for doc in 0..enriched.len() {
+                enriched.write(doc, &mut out);
+                out.push(b'\n');
+            }
+            out
+        })
+    });
+    group.bench_function("value_path_spliced_serde", |b| {
+        // The same page handed to serde_json through the Serialize impl, as a service's
+        // response body would be: one JSON array rather than lines.
+        b.to_async(&rt).iter(|| async {
+            let docs: Vec<Value> = lines
+                .iter()
+                .map(|l| serde_json::from_str(black_box(l)).unwrap())
+                .collect();
+            let enriched = enricher
+                .enrich_value_page(&docs, Depth::TopLevel)
+                .await
+                .unwrap();
+            let mut out = Vec::with_capacity(32768);
+            serde_json::to_writer(&mut out, &enriched).unwrap();
+            out
+        })
+    });
     group.finish();
 }
 

@@ -1,6 +1,5 @@
 //! [`Enricher`]: the handle a service shares between its request handlers.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -8,12 +7,13 @@ use serde_json::Value;
 
 use crate::cache::{CacheConfig, L1, Memo};
 use crate::error::Result;
-use crate::page::{Depth, RawPage, Role};
+use crate::page::{Depth, RawPage};
 use crate::resolver::{Answer, Resolver};
+use crate::spliced::EnrichedValues;
 use crate::stats::EnrichStats;
 use crate::store::{Added, ImportOutcome, ImportUser, SharedStore, UserStore, WatchGuard};
 use crate::user::{NewUser, UserId, UserJson};
-use crate::values::{referenced_id, walk};
+use crate::values::{Place, References, referenced_id, walk_mut};
 
 /// What to do when the store fails while a page is being enriched.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -170,46 +170,32 @@ impl Enricher {
 
     /// Enriches a page of documents in place: each is an activity, a group or a feed response.
     pub async fn enrich_values(&self, page: &mut [Value], depth: Depth) -> Result<EnrichStats> {
-        let mut stats = EnrichStats::default();
-        let mut index: HashMap<Box<str>, usize, foldhash::fast::RandomState> = HashMap::default();
-        let mut ids: Vec<Box<str>> = Vec::new();
-        for doc in page.iter_mut() {
-            walk(
-                doc,
-                Role::Document,
-                depth,
-                &mut |value| {
-                    if let Some(id) = referenced_id(value) {
-                        stats.references += 1;
-                        if !index.contains_key(id) {
-                            index.insert(id.into(), ids.len());
-                            ids.push(id.into());
-                        }
-                    }
-                },
-                &mut || stats.activities += 1,
-            );
-        }
-        let answers = self.resolve(&ids, &mut stats).await?;
+        let refs = References::collect(page, depth);
+        let mut stats = EnrichStats {
+            activities: refs.activities,
+            references: refs.sites.len() as u64,
+            ..EnrichStats::default()
+        };
+        let answers = self.resolve(&refs.ids, &mut stats).await?;
         // Each user is parsed once per page, then cloned into each place that names it.
         let users: Vec<Value> = answers
             .iter()
-            .zip(&ids)
+            .zip(&refs.ids)
             .map(|(a, id)| answer_value(a, id))
             .collect();
+        // The walk meets the references in the order they were collected.
+        let mut sites = refs.sites.iter();
         for doc in page.iter_mut() {
-            walk(
-                doc,
-                Role::Document,
-                depth,
-                &mut |value| {
-                    if let Some(&i) = referenced_id(value).and_then(|id| index.get(id)) {
-                        count_answer(&answers[i], &mut stats);
-                        *value = users[i].clone();
-                    }
-                },
-                &mut || {},
-            );
+            walk_mut(doc, Place::DOCUMENT, depth, &mut |value| {
+                if referenced_id(value).is_some() {
+                    let i = *sites
+                        .next()
+                        .expect("the same walk finds the same references")
+                        as usize;
+                    count_answer(&answers[i], &mut stats);
+                    *value = users[i].clone();
+                }
+            });
         }
         Ok(stats)
     }
@@ -268,6 +254,31 @@ impl Enricher {
             answers,
             stats,
         })
+    }
+
+    /// Resolves every reference of a page of documents held as values (activities, groups or
+    /// feed responses), with at most one store call, without touching them: the result writes
+    /// each document with the users spliced in as their stored bytes.
+    ///
+    /// The same references, answers and stats as [`Enricher::enrich_values`], for a page that
+    /// is to be serialized: no user is built as a `Value`, so it costs about what the raw-bytes
+    /// path costs rather than a deep copy of a user per reference.
+    pub async fn enrich_value_page<'a>(
+        &self,
+        docs: &'a [Value],
+        depth: Depth,
+    ) -> Result<EnrichedValues<'a>> {
+        let refs = References::collect(docs, depth);
+        let mut stats = EnrichStats {
+            activities: refs.activities,
+            references: refs.sites.len() as u64,
+            ..EnrichStats::default()
+        };
+        let answers = self.resolve(&refs.ids, &mut stats).await?;
+        for &site in &refs.sites {
+            count_answer(&answers[site as usize], &mut stats);
+        }
+        Ok(EnrichedValues::new(docs, depth, refs, answers, stats))
     }
 
     async fn resolve(&self, ids: &[Box<str>], stats: &mut EnrichStats) -> Result<Vec<Answer>> {

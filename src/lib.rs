@@ -14,6 +14,11 @@
 //! - `resolver`: one answer per distinct id, through the L1 and at most one
 //!   [`UserStore::get_many`] call per page.
 //! - [`Enricher`]: the handle a service shares; it splices the answers into the documents.
+//!   Three ways in: [`Enricher::enrich_page`] for a [`RawPage`] (bytes in, bytes out);
+//!   [`Enricher::enrich_values`] for `serde_json::Value`s, each user put in place as a
+//!   `Value` to read or edit; [`Enricher::enrich_value_page`] for `Value`s that are only to
+//!   be serialized: [`EnrichedValues`] writes them, or serializes through serde, with each
+//!   user spliced in as its stored bytes.
 //! - [`store`]: the [`UserStore`] trait and its backends — Redis, an embedded redb file, and
 //!   memory — chosen by URL; [`user`] holds the model and [`UserJson`], the one serialized form
 //!   of a user that every backend stores and every enrichment embeds.
@@ -68,6 +73,7 @@ pub mod page;
 pub mod reference;
 mod resolver;
 pub mod serve;
+mod spliced;
 mod stats;
 pub mod store;
 pub mod user;
@@ -77,6 +83,7 @@ pub use cache::CacheConfig;
 pub use enricher::{EnrichedPage, Enricher, EnricherBuilder, OnStoreError};
 pub use error::{Error, ErrorKind, Result};
 pub use page::{Depth, RawPage};
+pub use spliced::{EnrichedDoc, EnrichedValues};
 pub use stats::EnrichStats;
 pub use store::{SharedStore, StoreOptions, UserStore};
 pub use user::{NewUser, Timestamp, UserId, UserJson};

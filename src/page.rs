@@ -78,7 +78,7 @@ pub struct RawPage {
 
 /// A page's distinct ids, numbered in order of first appearance.
 #[derive(Debug, Default)]
-struct Ids {
+pub(crate) struct Ids {
     ids: Vec<Box<str>>,
     /// The [`id_hash`] of each id.
     hashes: Vec<u64>,
@@ -88,7 +88,7 @@ struct Ids {
 
 impl Ids {
     /// The number of `id`, adding it if new.
-    fn intern(&mut self, id: &str) -> u32 {
+    pub(crate) fn intern(&mut self, id: &str) -> u32 {
         let hash = id_hash(id);
         let (ids, hashes) = (&self.ids, &self.hashes);
         match self
@@ -110,6 +110,11 @@ impl Ids {
         self.ids.clear();
         self.hashes.clear();
         self.index.clear();
+    }
+
+    /// The ids, in order of their numbers.
+    pub(crate) fn into_ids(self) -> Vec<Box<str>> {
+        self.ids
     }
 }
 

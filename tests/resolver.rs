@@ -424,6 +424,52 @@ async fn a_store_fault_is_an_error_never_a_missing_user() {
 }
 
 #[tokio::test]
+async fn a_store_fault_fails_a_spliced_page_unless_served_from_cache() {
+    let store = Watched::memory();
+    let cached = add(&*store, "cached", json!({"n": 1})).await;
+    let strict = Enricher::new(store.clone());
+    let lenient = Enricher::builder(store.clone())
+        .on_store_error(OnStoreError::ServeFromCache)
+        .build();
+    let warm = [json!({"actor": "SU:cached"})];
+    for enricher in [&strict, &lenient] {
+        enricher
+            .enrich_value_page(&warm, Depth::TopLevel)
+            .await
+            .unwrap();
+    }
+    store.failing.store(true, Ordering::SeqCst);
+    let docs = [json!({"actor": "SU:cached", "object": "SU:other", "target": "SU:other"})];
+
+    let err = strict
+        .enrich_value_page(&docs, Depth::TopLevel)
+        .await
+        .unwrap_err();
+    assert!(err.is_store_fault(), "{err:?}");
+
+    let enriched = lenient
+        .enrich_value_page(&docs, Depth::TopLevel)
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    enriched.write(0, &mut out);
+    let unavailable = r#"{"error":"ReferenceUnavailable","reference":"SU:other","reference_type":"user","id":"other"}"#;
+    assert_eq!(
+        String::from_utf8(out).unwrap(),
+        format!(r#"{{"actor":{cached},"object":{unavailable},"target":{unavailable}}}"#)
+    );
+    let stats = enriched.stats();
+    assert_eq!(
+        (stats.references, stats.missing, stats.unavailable),
+        (3, 0, 2)
+    );
+    assert_eq!(
+        serde_json::to_string(&enriched).unwrap(),
+        format!(r#"[{{"actor":{cached},"object":{unavailable},"target":{unavailable}}}]"#)
+    );
+}
+
+#[tokio::test]
 async fn writes_through_the_enricher_are_read_at_once() {
     let store: SharedStore = Arc::new(MemoryStore::new());
     let enricher = Enricher::new(store);
