@@ -263,10 +263,13 @@ impl UserJson {
     /// Wraps bytes read back from a store, checking that they have the shape this crate writes.
     pub fn from_stored(bytes: impl Into<Bytes>) -> Result<UserJson> {
         let bytes = bytes.into();
+        // Checked whole, once, as it comes in: the bytes are then spliced into output as they
+        // are, so a record that is not JSON must never get further than this.
         let ok = bytes.len() > UserJson::TAIL_START
             && bytes.starts_with(UserJson::PREFIX.as_bytes())
             && bytes.ends_with(b"}")
-            && std::str::from_utf8(&bytes).is_ok();
+            && std::str::from_utf8(&bytes).is_ok()
+            && serde_json::from_slice::<serde::de::IgnoredAny>(&bytes).is_ok();
         if ok {
             Ok(UserJson(bytes))
         } else {
@@ -446,5 +449,10 @@ mod tests {
     fn corrupt_records_are_refused() {
         assert!(UserJson::from_stored(&b"garbage"[..]).is_err());
         assert!(UserJson::from_stored(&b"{\"created_at\":\"x\"}"[..]).is_err());
+        // The right shape at both ends, but not JSON in between.
+        let corrupt = r#"{"created_at":"2021-04-13T22:53:19.670051Z","id":"bob","data":{]}"#;
+        assert!(UserJson::from_stored(corrupt).is_err());
+        let valid = r#"{"created_at":"2021-04-13T22:53:19.670051Z","id":"bob","data":{}}"#;
+        assert!(UserJson::from_stored(valid).is_ok());
     }
 }

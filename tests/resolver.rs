@@ -569,3 +569,61 @@ async fn redis_page_is_one_mget_and_embeds_stored_bytes() {
     assert_eq!(line("keyspace_misses:"), "keyspace_misses:1");
     assert!(!stats.contains("cmdstat_get:"), "{stats}");
 }
+
+/// A record in Redis that is not JSON (written there by something else) is a store fault on
+/// every path: never spliced into the output, never a missing user, never a panic.
+#[tokio::test]
+async fn a_corrupt_record_in_redis_is_a_store_fault() {
+    let server = RedisServer::start();
+    let store = store::open(&server.url(), &StoreOptions::new())
+        .await
+        .unwrap();
+    let good = add(&*store, "good", json!({})).await;
+    let corrupt = good.as_str().replace("\"data\":{}", "\"data\":{]");
+    redis::cmd("SET")
+        .arg("enrich:user:bob")
+        .arg(&corrupt)
+        .exec(&mut server.connection())
+        .unwrap();
+    let doc = json!({"actor": "SU:bob", "object": "SU:good"});
+    // Not a fault to retry through: the record stays corrupt.
+    let fails = |err: Error| {
+        assert_eq!(err.kind(), ErrorKind::Internal, "{err}");
+        assert!(
+            err.to_string()
+                .contains("user bob: stored user record is corrupt"),
+            "{err}"
+        );
+    };
+
+    let strict = Enricher::builder(store.clone()).coherent(false).build();
+    let mut page = RawPage::new(Depth::TopLevel);
+    page.push(doc.to_string().as_bytes()).unwrap();
+    fails(strict.enrich_page(&page).await.unwrap_err());
+    fails(
+        strict
+            .enrich_values(&mut [doc.clone()], Depth::TopLevel)
+            .await
+            .unwrap_err(),
+    );
+    let docs = [doc.clone()];
+    fails(
+        strict
+            .enrich_value_page(&docs, Depth::TopLevel)
+            .await
+            .unwrap_err(),
+    );
+
+    let lenient = Enricher::builder(store)
+        .coherent(false)
+        .on_store_error(OnStoreError::ServeFromCache)
+        .build();
+    let mut values = [doc];
+    let stats = lenient
+        .enrich_values(&mut values, Depth::TopLevel)
+        .await
+        .unwrap();
+    assert_eq!(stats.unavailable, 1);
+    assert_eq!(values[0]["actor"]["error"], "ReferenceUnavailable");
+    assert_eq!(values[0]["object"]["id"], "good");
+}

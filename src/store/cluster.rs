@@ -42,7 +42,9 @@ use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
 
 use super::redis::{Scripts, fault, import_outcome};
 use super::slots::{Node, SlotMap, slot};
-use super::{Added, EventSink, ImportOutcome, ImportUser, StoreOptions, UserStore, WatchGuard};
+use super::{
+    Added, EventSink, ImportOutcome, ImportUser, StoreOptions, UserStore, WatchGuard, stored_user,
+};
 use crate::error::{Error, ErrorKind, Result};
 use crate::user::{NewUser, Timestamp, UserId, UserJson};
 
@@ -273,7 +275,7 @@ impl UserStore for ClusterStore {
             match result {
                 Ok(found) => {
                     for (i, bytes) in positions.into_iter().zip(found) {
-                        answers[i] = Some(bytes.map(UserJson::from_stored).transpose());
+                        answers[i] = Some(bytes.map(|b| stored_user(&ids[i], b)).transpose());
                     }
                 }
                 Err(err) => {

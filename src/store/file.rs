@@ -12,7 +12,9 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use redb::{ConcurrencyMode, Database, ReadableDatabase, ReadableTable, TableDefinition};
 
-use super::{Added, ImportOutcome, ImportUser, StoreOptions, UserStore, conflict, not_found};
+use super::{
+    Added, ImportOutcome, ImportUser, StoreOptions, UserStore, conflict, not_found, stored_user,
+};
 use crate::error::{Error, ErrorKind, Result};
 use crate::user::{NewUser, Timestamp, UserId, UserJson};
 
@@ -106,7 +108,7 @@ impl Inner {
         id: &UserId,
     ) -> Result<Option<UserJson>> {
         match table.get(id.as_str()).map_err(|e| self.fail(e))? {
-            Some(value) => Ok(Some(UserJson::from_stored(value.value().to_vec())?)),
+            Some(value) => Ok(Some(stored_user(id, value.value().to_vec())?)),
             None => Ok(None),
         }
     }

@@ -395,6 +395,11 @@ pub async fn open(url: &str, options: &StoreOptions) -> Result<SharedStore> {
     })
 }
 
+/// A record read back from a store for `id`, checked; a corrupt one is an error naming the user.
+pub(crate) fn stored_user(id: &UserId, bytes: impl Into<bytes::Bytes>) -> Result<UserJson> {
+    UserJson::from_stored(bytes).map_err(|e| e.context(format!("user {id}")))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

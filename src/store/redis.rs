@@ -18,7 +18,7 @@ use redis::{Client, Script};
 
 use super::{
     Added, EventSink, ImportOutcome, ImportUser, StoreOptions, UserStore, WatchGuard, conflict,
-    not_found,
+    not_found, stored_user,
 };
 use crate::error::{Error, ErrorKind, Result};
 use crate::user::{NewUser, Timestamp, UserId, UserJson};
@@ -281,19 +281,26 @@ impl UserStore for RedisStore {
     }
 
     async fn get_many(&self, ids: &[UserId]) -> Result<Vec<Option<UserJson>>> {
+        self.get_many_each(ids).await.into_iter().collect()
+    }
+
+    async fn get_many_each(&self, ids: &[UserId]) -> Vec<Result<Option<UserJson>>> {
         if ids.is_empty() {
-            return Ok(Vec::new());
+            return Vec::new();
         }
         let keys: Vec<String> = ids.iter().map(|id| self.key(id)).collect();
-        let found: Vec<Option<Bytes>> = redis::cmd("MGET")
+        let found: Result<Vec<Option<Bytes>>> = redis::cmd("MGET")
             .arg(&keys)
             .query_async(&mut self.conn.clone())
             .await
-            .map_err(|e| self.fault(e))?;
-        found
-            .into_iter()
-            .map(|bytes| bytes.map(UserJson::from_stored).transpose())
-            .collect()
+            .map_err(|e| self.fault(e));
+        match found {
+            // A corrupt record fails its own id only.
+            Ok(found) => (ids.iter().zip(found))
+                .map(|(id, bytes)| bytes.map(|bytes| stored_user(id, bytes)).transpose())
+                .collect(),
+            Err(err) => vec![Err(err); ids.len()],
+        }
     }
 
     async fn update(&self, user: &NewUser) -> Result<UserJson> {
