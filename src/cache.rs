@@ -385,9 +385,27 @@ impl Memo {
         if l1.generation() != Some(generation) || generation != self.generation {
             return;
         }
+        let answers: Vec<(&str, u64, Cached)> = answers.collect();
+        // The memo's copies of a page's users share one buffer: one allocation, and one
+        // reference count that stays in this core's cache however many of them a page uses.
+        let mut copies = Vec::with_capacity(
+            (answers.iter())
+                .filter_map(|(_, _, cached)| cached.user())
+                .map(|user| user.as_bytes().len())
+                .sum(),
+        );
+        for user in answers.iter().filter_map(|(_, _, cached)| cached.user()) {
+            copies.extend_from_slice(user.as_bytes());
+        }
+        let copies = bytes::Bytes::from(copies);
+        let mut at = 0;
         for (id, hash, cached) in answers {
             let private = match cached {
-                Cached::Found(user) => Cached::Found(user.detached()),
+                Cached::Found(user) => {
+                    let len = user.as_bytes().len();
+                    at += len;
+                    Cached::Found(user.held_in(copies.slice(at - len..at)))
+                }
                 Cached::Missing => Cached::Missing,
             };
             match self.answers.entry(

@@ -294,10 +294,11 @@ impl UserJson {
         &self.0
     }
 
-    /// A copy that shares no buffer with this one, so that threads using the two never contend
-    /// on one reference count.
-    pub(crate) fn detached(&self) -> UserJson {
-        UserJson(Bytes::copy_from_slice(&self.0))
+    /// The same record, held in `copy`: a copy of its bytes in another buffer (so that threads
+    /// using the two never contend on one reference count).
+    pub(crate) fn held_in(&self, copy: Bytes) -> UserJson {
+        debug_assert_eq!(copy, self.0, "a copy of the same record");
+        UserJson(copy)
     }
 
     /// The JSON bytes as a cheaply cloned buffer.
