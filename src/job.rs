@@ -5,8 +5,10 @@
 //!    when the input pauses (so a line written into a pipe is answered at once, not when a
 //!    batch fills);
 //! 2. each chunk is a task of its own that validates and scans its lines into a [`RawPage`],
-//!    resolves it (one store call, retried through store faults up to the store timeout) and
-//!    renders it; up to [`IN_FLIGHT`] chunks are in the works at once, on any core;
+//!    resolves it (a memo of the L1's answers first, then the L1, then one store call, retried
+//!    through store faults up to the store timeout) and renders it; up to [`IN_FLIGHT`] chunks
+//!    are in the works at once, on any core, each with a memo and buffers of its own taken from
+//!    small pools;
 //! 3. the writer takes the rendered chunks in input order and writes them.
 //!
 //! Every input line ends as exactly one output line or one rejected line.

@@ -1,6 +1,6 @@
-//! The raw-bytes path: a page of JSON documents is validated, compacted and scanned for
-//! references in one pass each, and written out by splicing the users' stored bytes into the
-//! gaps. No document is ever turned into a DOM.
+//! The raw-bytes path: each document of a page is checked against the JSON grammar, scanned for
+//! references and compacted in one pass, and written out by splicing the users' stored bytes
+//! into the gaps. No document is ever turned into a DOM.
 //!
 //! Which strings are references follows Stream's shapes:
 //! - a feed response (an object with a `results` array): each result is a group or an activity;
