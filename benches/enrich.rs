@@ -59,6 +59,14 @@ fn warm_page() -> Vec<String> {
         .collect()
 }
 
+/// The page's lines parsed into `Value`s, as a service holding documents would have them.
+fn parse(lines: &[String]) -> Vec<Value> {
+    lines
+        .iter()
+        .map(|l| serde_json::from_str(black_box(l)).unwrap())
+        .collect()
+}
+
 fn warm_page_bench(c: &mut Criterion) {
     let rt = runtime();
     let store: SharedStore = Arc::new(MemoryStore::new());
@@ -116,10 +124,7 @@ fn warm_page_bench(c: &mut Criterion) {
     });
     group.bench_function("value_path", |b| {
         b.to_async(&rt).iter(|| async {
-            let mut docs: Vec<Value> = lines
-                .iter()
-                .map(|l| serde_json::from_str(black_box(l)).unwrap())
-                .collect();
+            let mut docs = parse(&lines);
             enricher
                 .enrich_values(&mut docs, Depth::TopLevel)
                 .await
@@ -134,10 +139,7 @@ fn warm_page_bench(c: &mut Criterion) {
     });
     group.bench_function("value_path_spliced", |b| {
         b.to_async(&rt).iter(|| async {
-            let docs: Vec<Value> = lines
-                .iter()
-                .map(|l| serde_json::from_str(black_box(l)).unwrap())
-                .collect();
+            let docs = parse(&lines);
             let enriched = enricher
                 .enrich_value_page(&docs, Depth::TopLevel)
                 .await
@@ -154,10 +156,7 @@ fn warm_page_bench(c: &mut Criterion) {
         // The same page handed to serde_json through the Serialize impl, as a service's
         // response body would be: one JSON array rather than lines.
         b.to_async(&rt).iter(|| async {
-            let docs: Vec<Value> = lines
-                .iter()
-                .map(|l| serde_json::from_str(black_box(l)).unwrap())
-                .collect();
+            let docs = parse(&lines);
             let enriched = enricher
                 .enrich_value_page(&docs, Depth::TopLevel)
                 .await

@@ -171,12 +171,7 @@ impl Enricher {
     /// Enriches a page of documents in place: each is an activity, a group or a feed response.
     pub async fn enrich_values(&self, page: &mut [Value], depth: Depth) -> Result<EnrichStats> {
         let refs = References::collect(page, depth);
-        let mut stats = EnrichStats {
-            activities: refs.activities,
-            references: refs.sites.len() as u64,
-            ..EnrichStats::default()
-        };
-        let answers = self.resolve(&refs.ids, &mut stats).await?;
+        let (answers, stats) = self.resolve_references(&refs).await?;
         // Each user is parsed once per page, then cloned into each place that names it.
         let users: Vec<Value> = answers
             .iter()
@@ -192,7 +187,6 @@ impl Enricher {
                         .next()
                         .expect("the same walk finds the same references")
                         as usize;
-                    count_answer(&answers[i], &mut stats);
                     *value = users[i].clone();
                 }
             });
@@ -269,6 +263,12 @@ impl Enricher {
         depth: Depth,
     ) -> Result<EnrichedValues<'a>> {
         let refs = References::collect(docs, depth);
+        let (answers, stats) = self.resolve_references(&refs).await?;
+        Ok(EnrichedValues::new(docs, depth, refs, answers, stats))
+    }
+
+    /// Resolves the references a walk of `Value`s found, and counts what each was answered.
+    async fn resolve_references(&self, refs: &References) -> Result<(Vec<Answer>, EnrichStats)> {
         let mut stats = EnrichStats {
             activities: refs.activities,
             references: refs.sites.len() as u64,
@@ -278,7 +278,7 @@ impl Enricher {
         for &site in &refs.sites {
             count_answer(&answers[site as usize], &mut stats);
         }
-        Ok(EnrichedValues::new(docs, depth, refs, answers, stats))
+        Ok((answers, stats))
     }
 
     async fn resolve(&self, ids: &[Box<str>], stats: &mut EnrichStats) -> Result<Vec<Answer>> {
