@@ -58,9 +58,9 @@ use crate::values::{Place, References, Search, referenced_id};
 /// ```
 ///
 /// The users are spliced verbatim only by serde_json's serializer (axum's `Json` uses it):
-/// each is handed over as a [`RawValue`], which other formats see as a struct.
-/// Serializing fails if a stored user is not valid JSON (a record written by hand into the
-/// store), where [`EnrichedValues::write`] would copy it as it is, like the raw-bytes path.
+/// each is handed over as a [`RawValue`], which other formats see as a struct. serde_json
+/// checks each one again as it builds the `RawValue`; records are already checked to be JSON
+/// when they are read from the store.
 #[derive(Debug)]
 pub struct EnrichedValues<'a> {
     docs: &'a [Value],
@@ -95,7 +95,7 @@ impl<'a> EnrichedValues<'a> {
     /// `{"error":"ReferenceUnavailable",…}`. They are also those `serde_json::to_vec` gives for
     /// the document after [`Enricher::enrich_values`](crate::Enricher::enrich_values) — same
     /// key order, escapes and numbers — since users are stored as serde_json writes them (a
-    /// record put into the store by other means is copied as it is).
+    /// record put into the store by other means is copied as it is, once checked to be JSON).
     ///
     /// # Panics
     ///
