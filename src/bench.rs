@@ -18,7 +18,7 @@ use serde::Serialize;
 use serde_json::{Value, json};
 
 use crate::enricher::Enricher;
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorKind, Result};
 use crate::page::{Depth, RawPage};
 use crate::reference::user_ref;
 use crate::stats::EnrichStats;
@@ -352,10 +352,17 @@ pub async fn run_strategy(
                 let enricher = enricher.clone();
                 let store = store.clone();
                 let pages = pages.clone();
-                async move {
+                // Each page is a task of its own, as each request is in a server: pages in
+                // flight run on every core.
+                let page = tokio::spawn(async move {
                     let begun = Instant::now();
                     let (_, stats) = enrich_page(strategy, &enricher, &store, &pages[i]).await?;
                     Ok((begun.elapsed(), stats, pages[i].len()))
+                });
+                async move {
+                    page.await.map_err(|e| {
+                        Error::new(ErrorKind::Internal, "a benchmark page failed").with_cause(e)
+                    })?
                 }
             })
             .buffer_unordered(concurrency.max(1))
