@@ -86,6 +86,32 @@ fn bad_line_stops_after_writing_what_came_before() {
     assert!(err.starts_with("error: line 3: not an object"), "{err}");
 }
 
+/// A line that is not UTF-8 inside a string is refused, naming the byte, never passed on.
+#[test]
+fn a_line_that_is_not_utf8_is_rejected_not_passed_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = b"{\"a\":\"caf\xc3\xa9\"}\n{\"a\":\"caf\xe9\"}\n{\"b\":2}\n";
+    let rejects = dir.path().join("rejects.ndjson");
+    let out = run(
+        dir.path(),
+        &["run", "--rejects", rejects.to_str().unwrap()],
+        input,
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let written = String::from_utf8(out.stdout).expect("the output is UTF-8");
+    assert_eq!(written, "{\"a\":\"café\"}\n{\"b\":2}\n");
+    let record: Value =
+        serde_json::from_str(std::fs::read_to_string(&rejects).unwrap().trim()).unwrap();
+    assert_eq!(record["line"], 2);
+    assert!(
+        record["error"]
+            .as_str()
+            .unwrap()
+            .contains("not UTF-8 at byte 10"),
+        "{record}"
+    );
+}
+
 #[test]
 fn rejects_keep_every_bad_line_and_the_run_goes_on() {
     let dir = tempfile::tempdir().unwrap();

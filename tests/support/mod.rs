@@ -428,7 +428,7 @@ pub fn enrich_command(dir: &Path) -> Command {
 }
 
 /// Runs `enrich ARGS` in `dir`, feeding it `stdin`, and waits for its output.
-pub fn run_enrich(dir: &Path, args: &[&str], stdin: &str) -> std::process::Output {
+pub fn run_enrich(dir: &Path, args: &[&str], stdin: impl AsRef<[u8]>) -> std::process::Output {
     let mut child = enrich_command(dir)
         .args(args)
         .stdin(Stdio::piped())
@@ -440,7 +440,7 @@ pub fn run_enrich(dir: &Path, args: &[&str], stdin: &str) -> std::process::Outpu
         .stdin
         .take()
         .unwrap()
-        .write_all(stdin.as_bytes())
+        .write_all(stdin.as_ref())
         .unwrap();
     child.wait_with_output().unwrap()
 }
