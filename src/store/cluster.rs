@@ -40,12 +40,12 @@ use redis::cluster::{ClusterClient, ClusterClientBuilder};
 use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
 
-use super::redis::{Scripts, fault, import_outcome};
+use super::redis::{Scripts, fault};
 use super::slots::{Node, SlotMap, slot};
 use super::{
     Added, EventSink, ImportOutcome, ImportUser, StoreOptions, UserStore, WatchGuard, stored_user,
 };
-use crate::error::{Error, ErrorKind, Result};
+use crate::error::{Error, Result};
 use crate::user::{NewUser, Timestamp, UserId, UserJson};
 
 /// Reads the keys given as arguments, all served by the node that runs it. `no-writes` lets it
@@ -315,38 +315,22 @@ impl UserStore for ClusterStore {
             by_slot.entry(slot(key.as_bytes())).or_default().push(i);
         }
         let calls = by_slot.into_values().map(|positions| {
-            let mut call = self.scripts.import.prepare_invoke();
-            call.arg(if override_existing { "1" } else { "0" });
-            for i in &positions {
-                let import = &users[*i];
-                call.key(&keys[*i])
-                    .arg(import.to_json(now).as_bytes())
-                    .arg(if import.keeps_created_at() { "1" } else { "0" });
-            }
+            let batch: Vec<(&str, &ImportUser)> = (positions.iter())
+                .map(|&i| (keys[i].as_str(), &users[i]))
+                .collect();
             let mut conn = self.conn.clone();
             async move {
-                let codes: Vec<u8> = call
-                    .invoke_async(&mut conn)
-                    .await
-                    .map_err(|e| self.fault(e))?;
-                if codes.len() != positions.len() {
-                    return Err(Error::new(
-                        ErrorKind::Internal,
-                        format!(
-                            "import script answered {} of {}",
-                            codes.len(),
-                            positions.len()
-                        ),
-                    ));
-                }
-                Ok::<_, Error>((positions, codes))
+                let outcomes = (self.scripts)
+                    .import(&mut conn, &self.describe, &batch, override_existing, now)
+                    .await?;
+                Ok::<_, Error>((positions, outcomes))
             }
         });
         let mut outcomes = vec![ImportOutcome::Skipped; users.len()];
         for done in join_all(calls).await {
-            let (positions, codes) = done?;
-            for (i, code) in positions.into_iter().zip(codes) {
-                outcomes[i] = import_outcome(code)?;
+            let (positions, done) = done?;
+            for (i, outcome) in positions.into_iter().zip(done) {
+                outcomes[i] = outcome;
             }
         }
         Ok(outcomes)

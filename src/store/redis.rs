@@ -79,7 +79,7 @@ pub struct RedisStore {
 pub(super) struct Scripts {
     add: Script,
     update: Script,
-    pub(super) import: Script,
+    import: Script,
 }
 
 impl Scripts {
@@ -116,7 +116,7 @@ impl Scripts {
                 created: true,
             }),
             Some(bytes) if get_or_create => Ok(Added {
-                user: UserJson::from_stored(bytes)?,
+                user: stored_user(user.id(), bytes)?,
                 created: false,
             }),
             Some(_) => Err(conflict(user.id())),
@@ -139,9 +139,42 @@ impl Scripts {
             .await
             .map_err(|e| fault(describe, e))?;
         match updated {
-            Some(bytes) => UserJson::from_stored(bytes),
+            Some(bytes) => stored_user(user.id(), bytes),
             None => Err(not_found(user.id())),
         }
+    }
+
+    /// Writes `batch` (each user with its key) in one script call, each user one atomic write;
+    /// the outcomes in batch order. The keys must be of one slot where the server is a cluster.
+    pub(super) async fn import(
+        &self,
+        conn: &mut (impl ConnectionLike + Send),
+        describe: &str,
+        batch: &[(&str, &ImportUser)],
+        override_existing: bool,
+        now: Timestamp,
+    ) -> Result<Vec<ImportOutcome>> {
+        if batch.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut call = self.import.prepare_invoke();
+        call.arg(if override_existing { "1" } else { "0" });
+        for (key, import) in batch {
+            call.key(*key)
+                .arg(import.to_json(now).as_bytes())
+                .arg(if import.keeps_created_at() { "1" } else { "0" });
+        }
+        let codes: Vec<u8> = call
+            .invoke_async(conn)
+            .await
+            .map_err(|e| fault(describe, e))?;
+        if codes.len() != batch.len() {
+            return Err(Error::new(
+                ErrorKind::Internal,
+                format!("import script answered {} of {}", codes.len(), batch.len()),
+            ));
+        }
+        codes.into_iter().map(import_outcome).collect()
     }
 
     /// Deletes the user at `key`.
@@ -258,7 +291,7 @@ pub(super) fn fault(describe: &str, err: redis::RedisError) -> Error {
 }
 
 /// What the import script's answer for one key means.
-pub(super) fn import_outcome(code: u8) -> Result<ImportOutcome> {
+fn import_outcome(code: u8) -> Result<ImportOutcome> {
     match code {
         0 => Ok(ImportOutcome::Created),
         1 => Ok(ImportOutcome::Skipped),
@@ -318,22 +351,18 @@ impl UserStore for RedisStore {
         users: &[ImportUser],
         override_existing: bool,
     ) -> Result<Vec<ImportOutcome>> {
-        if users.is_empty() {
-            return Ok(Vec::new());
-        }
-        let now = Timestamp::now();
-        let mut call = self.scripts.import.prepare_invoke();
-        call.arg(if override_existing { "1" } else { "0" });
-        for import in users {
-            call.key(self.key(import.user().id()))
-                .arg(import.to_json(now).as_bytes())
-                .arg(if import.keeps_created_at() { "1" } else { "0" });
-        }
-        let codes: Vec<u8> = call
-            .invoke_async(&mut self.conn.clone())
+        let keys: Vec<String> = users.iter().map(|u| self.key(u.user().id())).collect();
+        let batch: Vec<(&str, &ImportUser)> = keys.iter().map(String::as_str).zip(users).collect();
+        let conn = &mut self.conn.clone();
+        (self.scripts)
+            .import(
+                conn,
+                &self.describe,
+                &batch,
+                override_existing,
+                Timestamp::now(),
+            )
             .await
-            .map_err(|e| self.fault(e))?;
-        codes.into_iter().map(import_outcome).collect()
     }
 
     fn describe(&self) -> String {
