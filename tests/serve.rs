@@ -63,6 +63,16 @@ impl Server {
             .header("stream-auth-type", "jwt")
     }
 
+    /// Sends `body` to `path` as [`Server::api`] does; the status and the body of the answer.
+    async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        body: impl Into<reqwest::Body>,
+    ) -> (StatusCode, String) {
+        text(self.api(method, path).body(body).send().await.unwrap()).await
+    }
+
     async fn stop(mut self) {
         let _ = self.stop.take().unwrap().send(());
         self.task.take().unwrap().await.unwrap().unwrap();
@@ -133,15 +143,13 @@ fn assert_error(status: StatusCode, body: &str, want: u16, code: u64, exception:
 
 async fn users_api(server: &Server) {
     // Create: 201, the user with duration last, Stream's key order.
-    let (status, body) = text(
-        server
-            .api(Method::POST, "/api/v1.0/user/")
-            .body(r#"{"id":"alice","data":{"name":"Alice","n":1}}"#)
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (status, body) = server
+        .call(
+            Method::POST,
+            "/api/v1.0/user/",
+            r#"{"id":"alice","data":{"name":"Alice","n":1}}"#,
+        )
+        .await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
     let created = strip_duration(&body);
     assert!(created.starts_with(r#"{"created_at":""#), "{created}");
@@ -158,15 +166,13 @@ async fn users_api(server: &Server) {
     }
 
     // A second create conflicts.
-    let (status, body) = text(
-        server
-            .api(Method::POST, "/api/v1.0/user")
-            .body(r#"{"id":"alice","data":{}}"#)
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (status, body) = server
+        .call(
+            Method::POST,
+            "/api/v1.0/user",
+            r#"{"id":"alice","data":{}}"#,
+        )
+        .await;
     assert_error(status, &body, 409, 22, "ConflictException");
 
     // get_or_create in every spelling returns the stored user untouched.
@@ -201,28 +207,24 @@ async fn users_api(server: &Server) {
         .await;
         assert_error(status, &body, 409, 22, "ConflictException");
     }
-    let (status, body) = text(
-        server
-            .api(Method::POST, "/api/v1.0/user/?get_or_create=maybe")
-            .body(r#"{"id":"alice"}"#)
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (status, body) = server
+        .call(
+            Method::POST,
+            "/api/v1.0/user/?get_or_create=maybe",
+            r#"{"id":"alice"}"#,
+        )
+        .await;
     let detail = assert_error(status, &body, 400, 4, "InputException");
     assert!(detail.contains("maybe"), "{detail}");
 
     // Update replaces data, keeps created_at, 201.
-    let (status, body) = text(
-        server
-            .api(Method::PUT, "/api/v1.0/user/alice/")
-            .body(r#"{"data":{"name":"Alicia"}}"#)
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (status, body) = server
+        .call(
+            Method::PUT,
+            "/api/v1.0/user/alice/",
+            r#"{"data":{"name":"Alicia"}}"#,
+        )
+        .await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
     let updated: Value = serde_json::from_str(&strip_duration(&body)).unwrap();
     let original: Value = serde_json::from_str(&created).unwrap();
@@ -238,29 +240,13 @@ async fn users_api(server: &Server) {
         (r#"[]"#, "an array"),
     ];
     for (request, named) in cases {
-        let (status, body) = text(
-            server
-                .api(Method::POST, "/api/v1.0/user/")
-                .body(request)
-                .send()
-                .await
-                .unwrap(),
-        )
-        .await;
+        let (status, body) = server.call(Method::POST, "/api/v1.0/user/", request).await;
         let detail = assert_error(status, &body, 400, 4, "InputException");
         assert!(detail.contains(named), "{request}: {detail}");
     }
 
     // Batch: create many (skip existing unless override), get many, delete many.
-    let (status, body) = text(
-        server
-            .api(Method::POST, "/api/v1.0/users/")
-            .body(r#"{"users":[{"id":"alice","data":{"x":1}},{"id":"bob","data":{"name":"Bob"}}],"override_existing":false}"#)
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (status, body) = server.call(Method::POST, "/api/v1.0/users/", r#"{"users":[{"id":"alice","data":{"x":1}},{"id":"bob","data":{"name":"Bob"}}],"override_existing":false}"#).await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
     let batch: Value = serde_json::from_str(&strip_duration(&body)).unwrap();
     let users = batch["created_users"].as_array().unwrap();
@@ -271,15 +257,13 @@ async fn users_api(server: &Server) {
         "skipped, not overridden"
     );
     assert_eq!(users[1]["data"], json!({"name": "Bob"}));
-    let (_, body) = text(
-        server
-            .api(Method::POST, "/api/v1.0/users")
-            .body(r#"{"users":[{"id":"alice","data":{"x":1}}],"override":true}"#)
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (_, body) = server
+        .call(
+            Method::POST,
+            "/api/v1.0/users",
+            r#"{"users":[{"id":"alice","data":{"x":1}}],"override":true}"#,
+        )
+        .await;
     assert!(body.contains(r#""data":{"x":1}"#), "{body}");
 
     let (status, body) = text(
@@ -339,15 +323,9 @@ async fn users_api(server: &Server) {
         let (status, body) = text(server.api(method, path).send().await.unwrap()).await;
         assert_error(status, &body, 404, 16, "DoesNotExistException");
     }
-    let (status, body) = text(
-        server
-            .api(Method::PUT, "/api/v1.0/user/alice/")
-            .body(r#"{"data":{}}"#)
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (status, body) = server
+        .call(Method::PUT, "/api/v1.0/user/alice/", r#"{"data":{}}"#)
+        .await;
     assert_error(status, &body, 404, 16, "DoesNotExistException");
 }
 
@@ -391,15 +369,13 @@ async fn enrich(server: &Server, query: &str, doc: &str) -> String {
 #[tokio::test]
 async fn enrich_endpoint_takes_every_shape() {
     let server = Server::start("memory:").await;
-    let (_, created) = text(
-        server
-            .api(Method::POST, "/api/v1.0/user/")
-            .body(r#"{"id":"eric","data":{"name":"Eric"}}"#)
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (_, created) = server
+        .call(
+            Method::POST,
+            "/api/v1.0/user/",
+            r#"{"id":"eric","data":{"name":"Eric"}}"#,
+        )
+        .await;
     let eric = strip_duration(&created);
     let missing =
         r#"{"error":"ReferenceNotFound","reference":"SU:bob","reference_type":"user","id":"bob"}"#;
@@ -438,11 +414,12 @@ async fn enrich_endpoint_takes_every_shape() {
 
     // A write through the API is seen by the next enrichment at once (the L1 is invalidated).
     server
-        .api(Method::PUT, "/api/v1.0/user/eric/")
-        .body(r#"{"data":{"name":"Erik"}}"#)
-        .send()
-        .await
-        .unwrap();
+        .call(
+            Method::PUT,
+            "/api/v1.0/user/eric/",
+            r#"{"data":{"name":"Erik"}}"#,
+        )
+        .await;
     assert!(
         enrich(&server, "", activity)
             .await
@@ -451,15 +428,7 @@ async fn enrich_endpoint_takes_every_shape() {
 
     // Not an object or array, not JSON: 400 naming it.
     for (doc, named) in [("42", "not an object or an array"), ("{\"a\":", "")] {
-        let (status, body) = text(
-            server
-                .api(Method::POST, "/api/v1.0/enrich/")
-                .body(doc)
-                .send()
-                .await
-                .unwrap(),
-        )
-        .await;
+        let (status, body) = server.call(Method::POST, "/api/v1.0/enrich/", doc).await;
         let detail = assert_error(status, &body, 400, 4, "InputException");
         assert!(detail.contains(named), "{detail}");
     }
@@ -470,11 +439,12 @@ async fn enrich_endpoint_takes_every_shape() {
 async fn auth_is_checked() {
     let server = Server::start("memory:").await;
     server
-        .api(Method::POST, "/api/v1.0/user/")
-        .body(r#"{"id":"alice","data":{}}"#)
-        .send()
-        .await
-        .unwrap();
+        .call(
+            Method::POST,
+            "/api/v1.0/user/",
+            r#"{"id":"alice","data":{}}"#,
+        )
+        .await;
     let path = "/api/v1.0/user/alice/";
 
     // No token, a token signed with another secret, an expired one, garbage.
@@ -611,28 +581,15 @@ async fn limits_and_unknown_routes() {
         r#"{{"actor":"{}"}}"#,
         "x".repeat(enrich::serve::MAX_BODY_BYTES)
     );
-    let (status, body) = text(
-        server
-            .api(Method::POST, "/api/v1.0/enrich/")
-            .body(big)
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (status, body) = server.call(Method::POST, "/api/v1.0/enrich/", big).await;
     assert_error(status, &body, 413, 18, "RequestEntityTooLargeException");
     // Just under the limit is fine.
     let fits = format!(
         r#"{{"actor":"{}"}}"#,
         "x".repeat(enrich::serve::MAX_BODY_BYTES - 20)
     );
-    let resp = server
-        .api(Method::POST, "/api/v1.0/enrich/")
-        .body(fits)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), StatusCode::OK);
+    let (status, _) = server.call(Method::POST, "/api/v1.0/enrich/", fits).await;
+    assert_eq!(status, StatusCode::OK);
 
     // Unknown routes, with or without a token: 404 in Stream's format.
     for path in ["/api/v1.0/nothing/", "/", "/api/v2.0/user/alice/"] {
@@ -673,15 +630,9 @@ async fn store_down_is_503_and_health_says_so() {
     )
     .await;
     assert_error(status, &body, 503, 1, "ServiceUnavailableException");
-    let (status, body) = text(
-        server
-            .api(Method::POST, "/api/v1.0/enrich/")
-            .body(r#"{"actor":"SU:alice"}"#)
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (status, body) = server
+        .call(Method::POST, "/api/v1.0/enrich/", r#"{"actor":"SU:alice"}"#)
+        .await;
     assert_error(status, &body, 503, 1, "ServiceUnavailableException");
     let resp = server.client.get(&health).send().await.unwrap();
     assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
@@ -694,11 +645,12 @@ async fn store_down_is_503_and_health_says_so() {
 async fn metrics_count_requests_and_the_cache() {
     let server = Server::start("memory:").await;
     server
-        .api(Method::POST, "/api/v1.0/user/")
-        .body(r#"{"id":"eric","data":{}}"#)
-        .send()
-        .await
-        .unwrap();
+        .call(
+            Method::POST,
+            "/api/v1.0/user/",
+            r#"{"id":"eric","data":{}}"#,
+        )
+        .await;
     for _ in 0..3 {
         enrich(&server, "/", r#"{"actor":"SU:eric","object":"SU:bob"}"#).await;
     }
