@@ -146,8 +146,9 @@ pub(super) async fn read_slot_map(conn: &mut ClusterConnection) -> redis::RedisR
 
 impl ClusterStore {
     /// Connects to the cluster through `seeds` (`redis://[user:pass@]host:port` each; any one
-    /// that answers is enough), failing fast with [`ErrorKind::Unavailable`] if none can be
-    /// reached or the credentials are refused. `describe` is the URL without its password.
+    /// that answers is enough), failing fast with
+    /// [`ErrorKind::Unavailable`](crate::ErrorKind::Unavailable) if none can be reached or the
+    /// credentials are refused. `describe` is the URL without its password.
     pub async fn connect(
         seeds: Vec<String>,
         describe: String,
