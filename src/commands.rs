@@ -303,7 +303,7 @@ async fn open_with_retry(spec: &StoreSpec, timeout: Duration) -> Result<SharedSt
     let mut delay = Duration::from_millis(50);
     loop {
         match spec.open().await {
-            Err(err) if err.is_store_fault() && started.elapsed() < timeout => {
+            Err(err) if err.is_transient() && started.elapsed() < timeout => {
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(Duration::from_secs(1));
             }

@@ -21,11 +21,19 @@ pub enum ErrorKind {
     Conflict,
     /// The user does not exist.
     NotFound,
-    /// The store cannot be reached or refused us: connection refused or reset, authentication
-    /// failure, a file store locked by another process.
+    /// The store cannot be reached for now: connection refused or reset, a server still
+    /// loading its data, a file store locked by another process. Retrying may succeed.
     Unavailable,
-    /// The store did not answer in time.
+    /// The store did not answer a read in time. Retrying may succeed.
     Timeout,
+    /// A write was sent but its answer never came (a timeout, a connection lost mid-call): it
+    /// may or may not have been applied. Read the user back before retrying a create.
+    OutcomeUnknown,
+    /// The store refused our credentials or this command (`WRONGPASS`, `NOAUTH`, `NOPERM`).
+    /// Retrying cannot help until the store's configuration changes.
+    PermissionDenied,
+    /// The store has no room for the write: Redis over its `maxmemory` (`OOM`), a full disk.
+    StoreFull,
     /// Anything else: an I/O error on a local file, a corrupt stored record.
     Internal,
 }
@@ -38,6 +46,9 @@ impl ErrorKind {
             ErrorKind::NotFound => "not found",
             ErrorKind::Unavailable => "store unavailable",
             ErrorKind::Timeout => "store timeout",
+            ErrorKind::OutcomeUnknown => "write outcome unknown",
+            ErrorKind::PermissionDenied => "store permission denied",
+            ErrorKind::StoreFull => "store full",
             ErrorKind::Internal => "internal error",
         }
     }
@@ -111,9 +122,24 @@ impl Error {
         self.kind == ErrorKind::Conflict
     }
 
-    /// True when the store failed rather than the request: unavailable or timed out. Such an
-    /// error may succeed when retried, and it never means that a user is missing.
+    /// True when the store failed rather than the request: unavailable, timed out, a write of
+    /// unknown outcome, a refusal of our credentials or of a write for lack of room. Such an
+    /// error never means that a user is missing.
     pub fn is_store_fault(&self) -> bool {
+        matches!(
+            self.kind,
+            ErrorKind::Unavailable
+                | ErrorKind::Timeout
+                | ErrorKind::OutcomeUnknown
+                | ErrorKind::PermissionDenied
+                | ErrorKind::StoreFull
+        )
+    }
+
+    /// True for a fault that may go away by itself, so that the same call is worth retrying
+    /// after a pause: [`ErrorKind::Unavailable`] and [`ErrorKind::Timeout`]. A write of unknown
+    /// outcome is not: it may have been applied.
+    pub fn is_transient(&self) -> bool {
         matches!(self.kind, ErrorKind::Unavailable | ErrorKind::Timeout)
     }
 

@@ -411,7 +411,7 @@ async fn render(
     let enriched = loop {
         match enricher.enrich_page_with(&chunk.page, Some(memo)).await {
             Ok(enriched) => break enriched,
-            Err(err) if err.is_store_fault() => {
+            Err(err) if err.is_transient() => {
                 let waited = if failed {
                     first_failure.elapsed()
                 } else {

@@ -142,6 +142,38 @@ impl From<Error> for ApiError {
                     format!("the user store is unavailable ({})", err.kind()),
                 )
             }
+            ErrorKind::OutcomeUnknown => {
+                tracing::warn!("write of unknown outcome: {err}");
+                ApiError::new(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    1,
+                    "WriteOutcomeUnknownException",
+                    "the user store did not confirm the write in time; it may have been \
+                     applied: read the user before retrying"
+                        .to_string(),
+                )
+            }
+            ErrorKind::PermissionDenied => {
+                tracing::error!("the store refused us: {err}");
+                ApiError::new(
+                    StatusCode::BAD_GATEWAY,
+                    1,
+                    "StorePermissionException",
+                    "the user store refused this server's credentials or command; the write \
+                     was not applied (the server's log names the cause)"
+                        .to_string(),
+                )
+            }
+            ErrorKind::StoreFull => {
+                tracing::error!("the store is full: {err}");
+                ApiError::new(
+                    StatusCode::INSUFFICIENT_STORAGE,
+                    1,
+                    "StoreFullException",
+                    "the user store is out of memory or disk; the write was not applied"
+                        .to_string(),
+                )
+            }
             _ => {
                 tracing::error!("internal error: {err}");
                 ApiError::internal()
