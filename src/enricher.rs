@@ -313,6 +313,12 @@ impl EnrichedPage<'_> {
         self.page.write_doc(doc, &self.answers, out);
     }
 
+    /// The exact number of bytes [`EnrichedPage::write`] appends for document `doc`, known
+    /// before anything is written: a caller with a bound on its output checks this first.
+    pub fn doc_len(&self, doc: usize) -> usize {
+        self.page.doc_len(doc, &self.answers)
+    }
+
     /// What the enrichment did.
     pub fn stats(&self) -> EnrichStats {
         self.stats

@@ -289,6 +289,23 @@ impl RawPage {
         out.extend_from_slice(&self.buf[at..doc.end]);
     }
 
+    /// The exact length of what [`RawPage::write_doc`] writes for document `doc`: a caller can
+    /// refuse an answer over its limit before building it.
+    pub(crate) fn doc_len(&self, doc: usize, answers: &[Answer]) -> usize {
+        let doc = &self.docs[doc];
+        let mut len = doc.end - doc.start;
+        for site in &self.sites[doc.sites.clone()] {
+            len -= site.end - site.start;
+            let id = &self.ids.ids[site.id as usize];
+            len += match &answers[site.id as usize] {
+                Answer::Found(user) => user.as_bytes().len(),
+                Answer::Missing => crate::reference::error_len(true, id),
+                Answer::Unavailable(_) => crate::reference::error_len(false, id),
+            };
+        }
+        len
+    }
+
     /// Empties the page for reuse, keeping its allocations.
     pub fn clear(&mut self) {
         self.buf.clear();
@@ -759,6 +776,7 @@ mod tests {
         let answers: Vec<Answer> = page.ids().iter().map(|_| Answer::Missing).collect();
         let mut out = Vec::new();
         page.write_doc(0, &answers, &mut out);
+        assert_eq!(page.doc_len(0, &answers), out.len(), "doc_len is exact");
         let ids = page.ids().iter().map(|s| s.to_string()).collect();
         (String::from_utf8(out).unwrap(), ids)
     }

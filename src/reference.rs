@@ -25,6 +25,18 @@ pub fn write_unavailable(out: &mut Vec<u8>, id: &str) {
     write_error(out, "ReferenceUnavailable", id);
 }
 
+/// The length of what [`write_not_found`] or [`write_unavailable`] appends for `id`.
+pub(crate) fn error_len(answer_is_missing: bool, id: &str) -> usize {
+    let error = if answer_is_missing {
+        "ReferenceNotFound"
+    } else {
+        "ReferenceUnavailable"
+    };
+    r#"{"error":"","reference":"SU:","reference_type":"user","id":""}"#.len()
+        + error.len()
+        + 2 * id.len()
+}
+
 fn write_error(out: &mut Vec<u8>, error: &str, id: &str) {
     // Ids are [A-Za-z0-9_-]: nothing to escape.
     out.extend_from_slice(br#"{"error":""#);
@@ -67,5 +79,9 @@ mod tests {
             out,
             br#"{"error":"ReferenceNotFound","reference":"SU:bob","reference_type":"user","id":"bob"}"#
         );
+        assert_eq!(error_len(true, "bob"), out.len());
+        out.clear();
+        write_unavailable(&mut out, "bob");
+        assert_eq!(error_len(false, "bob"), out.len());
     }
 }

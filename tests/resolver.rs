@@ -197,6 +197,7 @@ async fn raw_and_value_paths_agree() {
         for (i, expected) in values.iter().enumerate() {
             let mut out = Vec::new();
             enriched.write(i, &mut out);
+            assert_eq!(enriched.doc_len(i), out.len(), "doc_len is exact");
             let raw: Value = serde_json::from_slice(&out).unwrap();
             assert_eq!(&raw, expected, "{depth:?} document {i}");
             // Same key order too.
