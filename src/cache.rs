@@ -58,6 +58,7 @@ pub struct CacheConfig {
     max_bytes: u64,
     ttl: Duration,
     negative_ttl: Duration,
+    negative_share: f64,
 }
 
 impl Default for CacheConfig {
@@ -67,12 +68,13 @@ impl Default for CacheConfig {
 }
 
 impl CacheConfig {
-    /// 256 MiB, users kept 60 s at most, misses 5 s.
+    /// 256 MiB, users kept 60 s at most, misses 5 s, misses at most a tenth of the bytes.
     pub fn new() -> Self {
         CacheConfig {
             max_bytes: 256 << 20,
             ttl: Duration::from_secs(60),
             negative_ttl: Duration::from_secs(5),
+            negative_share: 0.1,
         }
     }
 
@@ -92,6 +94,19 @@ impl CacheConfig {
     /// How long "no such user" may be served from the L1.
     pub fn negative_ttl(mut self, ttl: Duration) -> Self {
         self.negative_ttl = ttl;
+        self
+    }
+
+    /// The share of [`CacheConfig::max_bytes`] that "no such user" answers may take, from 0 to
+    /// 1 (default 0.1). Misses live in a part of the L1 of their own, so a flood of lookups of
+    /// ids that do not exist (cheap to send, one per random id) evicts other misses, never
+    /// cached users; users get the rest of the bytes.
+    pub fn negative_share(mut self, share: f64) -> Self {
+        self.negative_share = if share.is_nan() {
+            0.0
+        } else {
+            share.clamp(0.0, 1.0)
+        };
         self
     }
 
@@ -134,6 +149,26 @@ fn weigh(key: &Arc<str>, value: &Cached) -> u32 {
     u32::try_from(bytes).unwrap_or(u32::MAX)
 }
 
+/// What an L1 holds, and what happened to it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub struct CacheStats {
+    /// Users cached.
+    pub users: u64,
+    /// "No such user" answers cached.
+    pub misses: u64,
+    /// Bytes the entries are charged (keys, user JSON, per-entry overhead).
+    pub bytes: u64,
+    /// Of which misses.
+    pub miss_bytes: u64,
+    /// Users pushed out to make room, since the start.
+    pub evictions: u64,
+    /// Ids dropped because they were written, since the start.
+    pub invalidations: u64,
+    /// True while the L1 is bypassed (the store's announcements may be missed).
+    pub bypassed: bool,
+}
+
 /// The result of one batched store call, shared by every id it loaded: an answer or an error
 /// per id (a cluster node can fail while the others answer), or one error for the whole call.
 pub(crate) type BatchResult = Arc<Result<Vec<Result<Option<UserJson>>>>>;
@@ -150,9 +185,16 @@ pub(crate) struct Flight {
     epoch: u64,
 }
 
+type Cache = moka::sync::Cache<Arc<str>, Cached, Hasher>;
+
 /// The L1 and its registry of loads in flight.
 pub(crate) struct L1 {
-    cache: moka::sync::Cache<Arc<str>, Cached, Hasher>,
+    /// Users found.
+    users: Cache,
+    /// Ids the store said do not exist, in a budget of their own.
+    misses: Cache,
+    /// Users pushed out to make room.
+    evictions: Arc<AtomicU64>,
     flights: DashMap<Arc<str>, Arc<Flight>, Hasher>,
     /// Bumped by every flush; a load that began in an older epoch does not fill the cache.
     epoch: AtomicU64,
@@ -171,8 +213,8 @@ pub(crate) struct L1 {
 impl std::fmt::Debug for L1 {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("L1")
-            .field("entries", &self.cache.entry_count())
-            .field("weighted_bytes", &self.cache.weighted_size())
+            .field("users", &self.users.entry_count())
+            .field("misses", &self.misses.entry_count())
             .field("in_flight", &self.flights.len())
             .finish()
     }
@@ -192,16 +234,33 @@ pub(crate) enum Joined {
 
 impl L1 {
     pub(crate) fn new(config: &CacheConfig) -> L1 {
-        let cache = moka::sync::Cache::builder()
-            .max_capacity(config.max_bytes)
+        let ttl = || Ttl {
+            found: config.ttl,
+            missing: config.negative_ttl,
+        };
+        // Truncation is fine: a share of a byte count.
+        let miss_bytes = (config.max_bytes as f64 * config.negative_share) as u64;
+        let evictions = Arc::new(AtomicU64::new(0));
+        let evicted = evictions.clone();
+        let users = moka::sync::Cache::builder()
+            .max_capacity(config.max_bytes.saturating_sub(miss_bytes))
             .weigher(weigh)
-            .expire_after(Ttl {
-                found: config.ttl,
-                missing: config.negative_ttl,
+            .expire_after(ttl())
+            .eviction_listener(move |_, _, cause| {
+                if cause == moka::notification::RemovalCause::Size {
+                    evicted.fetch_add(1, Ordering::Relaxed);
+                }
             })
             .build_with_hasher(Hasher::default());
+        let misses = moka::sync::Cache::builder()
+            .max_capacity(miss_bytes)
+            .weigher(weigh)
+            .expire_after(ttl())
+            .build_with_hasher(Hasher::default());
         L1 {
-            cache,
+            users,
+            misses,
+            evictions,
             flights: DashMap::with_hasher(Hasher::default()),
             epoch: AtomicU64::new(0),
             flush: RwLock::new(()),
@@ -217,7 +276,14 @@ impl L1 {
         if !self.enabled || self.bypass.load(Ordering::Acquire) {
             return None;
         }
-        self.cache.get(id)
+        self.users.get(id).or_else(|| self.misses.get(id))
+    }
+
+    fn part(&self, answer: &Cached) -> &Cache {
+        match answer {
+            Cached::Found(_) => &self.users,
+            Cached::Missing => &self.misses,
+        }
     }
 
     /// Joins the load of `id` in flight, or registers a new one answered by `batch`.
@@ -252,7 +318,7 @@ impl L1 {
                 && flight.epoch == self.epoch.load(Ordering::Acquire)
                 && !self.bypass.load(Ordering::Acquire)
             {
-                self.cache.insert(current.key().clone(), answer);
+                self.part(&answer).insert(current.key().clone(), answer);
             }
         }
         self.flights
@@ -264,7 +330,8 @@ impl L1 {
         if let Some((_, flight)) = self.flights.remove(id) {
             flight.voided.store(true, Ordering::Release);
         }
-        self.cache.invalidate(id);
+        self.users.invalidate(id);
+        self.misses.invalidate(id);
         self.invalidations.fetch_add(1, Ordering::Relaxed);
         self.generation.fetch_add(1, Ordering::AcqRel);
     }
@@ -277,7 +344,8 @@ impl L1 {
             flight.voided.store(true, Ordering::Release);
             false
         });
-        self.cache.invalidate_all();
+        self.users.invalidate_all();
+        self.misses.invalidate_all();
         self.generation.fetch_add(1, Ordering::AcqRel);
     }
 
@@ -317,10 +385,19 @@ impl L1 {
         (self.enabled && !self.bypass.load(Ordering::Acquire)).then_some(generation)
     }
 
-    /// Entries and weighted bytes, after moka's pending bookkeeping.
-    pub(crate) fn size(&self) -> (u64, u64) {
-        self.cache.run_pending_tasks();
-        (self.cache.entry_count(), self.cache.weighted_size())
+    /// What the L1 holds now, after moka's pending bookkeeping.
+    pub(crate) fn stats(&self) -> CacheStats {
+        self.users.run_pending_tasks();
+        self.misses.run_pending_tasks();
+        CacheStats {
+            users: self.users.entry_count(),
+            misses: self.misses.entry_count(),
+            bytes: self.users.weighted_size() + self.misses.weighted_size(),
+            miss_bytes: self.misses.weighted_size(),
+            evictions: self.evictions.load(Ordering::Relaxed),
+            invalidations: self.invalidations.load(Ordering::Relaxed),
+            bypassed: self.bypassed(),
+        }
     }
 }
 

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use serde_json::Value;
 
-use crate::cache::{CacheConfig, L1, Memo};
+use crate::cache::{CacheConfig, CacheStats, L1, Memo};
 use crate::error::Result;
 use crate::page::{Depth, RawPage};
 use crate::resolver::{Answer, Resolver};
@@ -163,9 +163,10 @@ impl Enricher {
         true
     }
 
-    /// Entries in the L1 and the bytes they are charged.
-    pub fn cache_size(&self) -> (u64, u64) {
-        self.inner.resolver.l1.size()
+    /// What the L1 holds (users, misses, bytes) and what happened to it (evictions,
+    /// invalidations, bypass).
+    pub fn cache_stats(&self) -> CacheStats {
+        self.inner.resolver.l1.stats()
     }
 
     /// Enriches a page of documents in place: each is an activity, a group or a feed response.

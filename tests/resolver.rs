@@ -628,3 +628,49 @@ async fn a_corrupt_record_in_redis_is_a_store_fault() {
     assert_eq!(values[0]["actor"]["error"], "ReferenceUnavailable");
     assert_eq!(values[0]["object"]["id"], "good");
 }
+
+#[tokio::test]
+async fn a_flood_of_missing_ids_does_not_evict_cached_users() {
+    let store = Watched::memory();
+    for i in 0..100 {
+        add(
+            &*store.inner,
+            &format!("u{i}"),
+            json!({"name": "x".repeat(100)}),
+        )
+        .await;
+    }
+    let max_bytes = 256 << 10;
+    let enricher = Enricher::builder(store.clone())
+        .cache(CacheConfig::new().max_bytes(max_bytes))
+        .build();
+    let users: Vec<Value> = (0..100)
+        .map(|i| json!({"actor": format!("SU:u{i}")}))
+        .collect();
+    enricher
+        .enrich_values(&mut users.clone(), Depth::TopLevel)
+        .await
+        .unwrap();
+    // Far more misses than the whole L1 could hold, as random ids from a client would be.
+    for chunk in 0..200 {
+        let mut flood: Vec<Value> = (0..100)
+            .map(|i| json!({"actor": format!("SU:missing-{chunk}-{i}")}))
+            .collect();
+        enricher
+            .enrich_values(&mut flood, Depth::TopLevel)
+            .await
+            .unwrap();
+    }
+    let stats = enricher.cache_stats();
+    assert!(stats.misses > 0, "{stats:?}");
+    assert!(stats.miss_bytes <= max_bytes / 10, "{stats:?}");
+    assert_eq!(stats.users, 100, "{stats:?}");
+    assert_eq!(stats.evictions, 0, "{stats:?}");
+    let before = store.calls();
+    let mut again = users.clone();
+    let page = enricher
+        .enrich_values(&mut again, Depth::TopLevel)
+        .await
+        .unwrap();
+    assert_eq!((page.l1_hits, store.calls() - before), (100, 0));
+}

@@ -31,8 +31,10 @@ pub(crate) async fn healthz(State(state): State<AppState>) -> Response {
 
 /// The Prometheus text exposition of [`super::metrics::Metrics`].
 pub(crate) async fn metrics(State(state): State<AppState>) -> Response {
-    let (entries, bytes) = state.enricher.cache_size();
-    let text = state.metrics.render(entries, bytes);
+    let stats = state.enricher.cache_stats();
+    let text = state
+        .metrics
+        .render(stats.users + stats.misses, stats.bytes);
     let mut response = (StatusCode::OK, text).into_response();
     response.headers_mut().insert(
         header::CONTENT_TYPE,
