@@ -682,3 +682,119 @@ async fn metrics_count_requests_and_the_cache() {
     }
     server.stop().await;
 }
+
+#[tokio::test]
+async fn per_action_tokens_and_not_before() {
+    let server = Server::start("memory:").await;
+    let token = |action: &str| sign(&json!({"resource": "users", "action": action}), SECRET);
+    let (read, write, delete) = (token("read"), token("write"), token("delete"));
+    let call = |method: Method, path: &'static str, token: String, body: &'static str| {
+        let request = server.as_token(method, path, &token).body(body);
+        async move { text(request.send().await.unwrap()).await }
+    };
+    // What Java signs for each call: write creates and updates, read gets, delete deletes.
+    let (status, _) = call(
+        Method::POST,
+        "/api/v1.0/user/",
+        write.clone(),
+        r#"{"id":"jo","data":{}}"#,
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED);
+    let (status, _) = call(
+        Method::PUT,
+        "/api/v1.0/user/jo/",
+        write.clone(),
+        r#"{"data":{"v":2}}"#,
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED);
+    let (status, body) = call(Method::GET, "/api/v1.0/user/jo/", read.clone(), "").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(body.contains(r#""v":2"#), "{body}");
+    // Each only what it names.
+    for (method, path, token, body) in [
+        (Method::GET, "/api/v1.0/user/jo/", write.clone(), ""),
+        (Method::DELETE, "/api/v1.0/user/jo/", write.clone(), ""),
+        (Method::DELETE, "/api/v1.0/user/jo/", read.clone(), ""),
+        (
+            Method::PUT,
+            "/api/v1.0/user/jo/",
+            read.clone(),
+            r#"{"data":{}}"#,
+        ),
+        (
+            Method::PUT,
+            "/api/v1.0/user/jo/",
+            delete.clone(),
+            r#"{"data":{}}"#,
+        ),
+        (
+            Method::POST,
+            "/api/v1.0/enrich/",
+            write.clone(),
+            r#"{"actor":"SU:jo"}"#,
+        ),
+    ] {
+        let (status, body) = call(method, path, token, body).await;
+        assert_error(status, &body, 403, 17, "NotAllowedException");
+    }
+    let (status, _) = call(Method::POST, "/api/v1.0/enrich/", read, r#"{"a":"SU:jo"}"#).await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _) = call(Method::DELETE, "/api/v1.0/user/jo/", delete, "").await;
+    assert_eq!(status, StatusCode::OK);
+
+    // A token that is valid only from an hour on may do nothing yet; one valid since a
+    // minute ago may.
+    let later = sign(
+        &json!({"resource": "*", "action": "*", "nbf": now() + 3600}),
+        SECRET,
+    );
+    let (status, body) = call(Method::PUT, "/api/v1.0/user/jo/", later, r#"{"data":{}}"#).await;
+    let detail = assert_error(status, &body, 401, 17, "NotAllowedException");
+    assert!(detail.contains("nbf"), "{detail}");
+    let since = sign(
+        &json!({"resource": "*", "action": "*", "nbf": now() - 60}),
+        SECRET,
+    );
+    let (status, _) = call(
+        Method::POST,
+        "/api/v1.0/user/",
+        since,
+        r#"{"id":"jo","data":{}}"#,
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn an_empty_php_array_is_empty_data() {
+    let server = Server::start("memory:").await;
+    let (status, body) = server
+        .call(Method::POST, "/api/v1.0/user/", r#"{"id":"php","data":[]}"#)
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert!(
+        strip_duration(&body).ends_with(r#""id":"php","data":{}}"#),
+        "{body}"
+    );
+    let (status, body) = server
+        .call(Method::PUT, "/api/v1.0/user/php/", r#"{"data":[]}"#)
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let (status, body) = server
+        .call(
+            Method::POST,
+            "/api/v1.0/users/",
+            r#"{"users":[{"id":"p2","data":[]}]}"#,
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert!(body.contains(r#""id":"p2","data":{}}"#), "{body}");
+    let (status, body) = server
+        .call(Method::PUT, "/api/v1.0/user/php/", r#"{"data":[1]}"#)
+        .await;
+    assert_error(status, &body, 400, 4, "InputException");
+    server.stop().await;
+}

@@ -95,7 +95,7 @@ pub(crate) async fn delete(
     id: IdParam,
 ) -> Result<Pending, ApiError> {
     let id = UserId::parse(&path_id(id)?)?;
-    access.check_write(id.as_str())?;
+    access.check_delete(id.as_str())?;
     state.users().delete(&id).await?;
     state.metrics.record_invalidations(1);
     Ok(Pending::object(StatusCode::OK, "{}"))
@@ -183,7 +183,7 @@ pub(crate) async fn delete_many(
 ) -> Result<Pending, ApiError> {
     let ids = parse_ids(&params(query)?)?;
     for id in &ids {
-        access.check_write(id.as_str())?;
+        access.check_delete(id.as_str())?;
     }
     let store = state.users();
     let mut deleted = Vec::new();
