@@ -241,6 +241,8 @@ pub struct ServeArgs {
     pub api_key: Option<String>,
     /// The API secret; required.
     pub api_secret: Option<String>,
+    /// What requests, connections and the server may cost.
+    pub limits: crate::serve::Limits,
 }
 
 /// `enrich serve`: checks the credentials, opens the store, binds, says where it listens and
@@ -265,13 +267,13 @@ pub async fn serve(spec: &StoreSpec, args: ServeArgs) -> Result<()> {
     let local = listener
         .local_addr()
         .map_err(|e| Error::new(ErrorKind::Internal, "no local address").with_cause(e))?;
-    let enricher = Enricher::new(store);
-    eprintln!("enrich serve: listening on http://{local}, store {describe}");
-    let config = crate::serve::ServeConfig::new(api_key, api_secret);
+    let config = crate::serve::ServeConfig::new(api_key, api_secret).limits(args.limits);
+    let enricher = Enricher::new(config.instrument(store));
+    tracing::info!("enrich serve: listening on http://{local}, store {describe}");
     crate::serve::serve(listener, enricher, config, shutdown_signal())
         .await
         .map_err(|e| Error::new(ErrorKind::Internal, "the server failed").with_cause(e))?;
-    eprintln!("enrich serve: stopped");
+    tracing::info!("enrich serve: stopped");
     Ok(())
 }
 

@@ -12,6 +12,8 @@ use serde_json::{Value, json};
 use support::RedisServer;
 
 const KEY: &str = "test-key";
+/// The default limit on request bodies.
+const MAX_BODY: usize = 1 << 20;
 const SECRET: &str = "test-secret";
 
 struct Server {
@@ -27,17 +29,20 @@ impl Server {
         let store = store::open(url, &StoreOptions::new().namespace("serve-test"))
             .await
             .expect("open the store");
+        Server::start_with(store, ServeConfig::new(KEY, SECRET)).await
+    }
+
+    /// A server over `store` with `config`, once its L1 is in use (the store's announcements
+    /// are heard).
+    async fn start_with(store: enrich::SharedStore, config: ServeConfig) -> Server {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(serve(
-            listener,
-            Enricher::new(store),
-            ServeConfig::new(KEY, SECRET),
-            async move {
-                let _ = stopped.await;
-            },
-        ));
+        let enricher = Enricher::new(config.instrument(store));
+        assert!(enricher.wait_for_cache(Duration::from_secs(5)).await);
+        let task = tokio::spawn(serve(listener, enricher, config, async move {
+            let _ = stopped.await;
+        }));
         Server {
             base,
             client: reqwest::Client::new(),
@@ -577,17 +582,11 @@ async fn auth_is_checked() {
 async fn limits_and_unknown_routes() {
     let server = Server::start("memory:").await;
     // Over 1 MiB: 413 in Stream's format.
-    let big = format!(
-        r#"{{"actor":"{}"}}"#,
-        "x".repeat(enrich::serve::MAX_BODY_BYTES)
-    );
+    let big = format!(r#"{{"actor":"{}"}}"#, "x".repeat(MAX_BODY));
     let (status, body) = server.call(Method::POST, "/api/v1.0/enrich/", big).await;
     assert_error(status, &body, 413, 18, "RequestEntityTooLargeException");
     // Just under the limit is fine.
-    let fits = format!(
-        r#"{{"actor":"{}"}}"#,
-        "x".repeat(enrich::serve::MAX_BODY_BYTES - 20)
-    );
+    let fits = format!(r#"{{"actor":"{}"}}"#, "x".repeat(MAX_BODY - 20));
     let (status, _) = server.call(Method::POST, "/api/v1.0/enrich/", fits).await;
     assert_eq!(status, StatusCode::OK);
 

@@ -92,7 +92,49 @@ impl ApiError {
             StatusCode::PAYLOAD_TOO_LARGE,
             18,
             "RequestEntityTooLargeException",
-            format!("the request body is over the limit of {limit} bytes"),
+            format!("the request body is over the limit of {limit} bytes (--max-body-bytes)"),
+        )
+    }
+
+    /// 400: the request asks for more than a limit allows; the detail names the limit.
+    pub(crate) fn over_limit(detail: impl Into<String>) -> Self {
+        ApiError::input(detail)
+    }
+
+    /// 408: the client did not send its body in time.
+    pub(crate) fn body_timeout(limit: std::time::Duration) -> Self {
+        ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            4,
+            "InputException",
+            format!(
+                "the request body did not arrive within {} s (--body-timeout)",
+                limit.as_secs_f64()
+            ),
+        )
+    }
+
+    /// 503: the server is at a limit of its own for now.
+    pub(crate) fn busy(detail: impl Into<String>) -> Self {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            1,
+            "ServiceUnavailableException",
+            detail.into(),
+        )
+    }
+
+    /// 504: the request did not finish in time; a write it made may have been applied.
+    pub(crate) fn request_timeout(limit: std::time::Duration) -> Self {
+        ApiError::new(
+            StatusCode::GATEWAY_TIMEOUT,
+            1,
+            "RequestTimeoutException",
+            format!(
+                "the request did not finish within {} s (--request-timeout); a write it made \
+                 may have been applied",
+                limit.as_secs_f64()
+            ),
         )
     }
 

@@ -87,7 +87,7 @@ impl Watcher {
                 Ok((conn, pushes)) => {
                     (self.sink)(StoreEvent::Connected);
                     if down {
-                        tracing::info!(store = %self.describe, "invalidation stream restored");
+                        tracing::warn!(store = %self.describe, "invalidation stream restored");
                     }
                     delay = Duration::from_millis(20);
                     let why = self.listen(conn, pushes).await;
