@@ -797,3 +797,166 @@ async fn an_empty_php_array_is_empty_data() {
     assert_error(status, &body, 400, 4, "InputException");
     server.stop().await;
 }
+
+#[tokio::test]
+async fn requests_over_a_limit_are_refused_naming_it() {
+    let limits = enrich::serve::Limits::new()
+        .max_activities(3)
+        .max_references(4)
+        .max_response_bytes(2_000)
+        .max_batch_ids(2);
+    let store = store::open("memory:", &StoreOptions::new()).await.unwrap();
+    let server = Server::start_with(store, ServeConfig::new(KEY, SECRET).limits(limits)).await;
+    let user = format!(r#"{{"id":"u","data":{{"bio":"{}"}}}}"#, "x".repeat(600));
+    let (status, _) = server.call(Method::POST, "/api/v1.0/user/", user).await;
+    assert_eq!(status, StatusCode::CREATED);
+
+    let group = r#"{"activities":[{"a":1},{"a":2},{"a":3},{"a":4}]}"#;
+    let (status, body) = server.call(Method::POST, "/api/v1.0/enrich/", group).await;
+    let detail = assert_error(status, &body, 400, 4, "InputException");
+    assert!(
+        detail.contains("4 activities") && detail.contains("--max-activities"),
+        "{detail}"
+    );
+
+    let many = r#"{"a":"SU:u","b":"SU:u","c":"SU:u","d":"SU:u","e":"SU:x"}"#;
+    let (status, body) = server.call(Method::POST, "/api/v1.0/enrich/", many).await;
+    let detail = assert_error(status, &body, 400, 4, "InputException");
+    assert!(
+        detail.contains("5 references") && detail.contains("--max-references"),
+        "{detail}"
+    );
+
+    // Four references fit the count, but four users of 700 bytes do not fit 2,000 bytes.
+    let big = r#"{"a":"SU:u","b":"SU:u","c":"SU:u","d":"SU:u"}"#;
+    let (status, body) = server.call(Method::POST, "/api/v1.0/enrich/", big).await;
+    let detail = assert_error(status, &body, 400, 4, "InputException");
+    assert!(detail.contains("--max-response-bytes"), "{detail}");
+    let fits = r#"{"a":"SU:u","b":"SU:u"}"#;
+    let (status, _) = server.call(Method::POST, "/api/v1.0/enrich/", fits).await;
+    assert_eq!(status, StatusCode::OK);
+
+    for (method, path, body) in [
+        (Method::GET, "/api/v1.0/users/?ids=a,b,c", ""),
+        (Method::DELETE, "/api/v1.0/users/?ids=a,b,c", ""),
+        (
+            Method::POST,
+            "/api/v1.0/users/",
+            r#"{"users":[{"id":"a"},{"id":"b"},{"id":"c"}]}"#,
+        ),
+    ] {
+        let (status, body) = server.call(method.clone(), path, body).await;
+        let detail = assert_error(status, &body, 400, 4, "InputException");
+        assert!(detail.contains("--max-batch-ids"), "{method} {detail}");
+    }
+    // Repeated ids count once.
+    let (status, _) = text(
+        server
+            .api(Method::GET, "/api/v1.0/users/?ids=u,u,u,u")
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+
+    let metrics = server
+        .client
+        .get(format!("{}/metrics", server.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for limit in ["max_activities", "max_references", "max_response_bytes"] {
+        let line = format!(r#"enrich_limit_refusals_total{{limit="{limit}"}} 1"#);
+        assert!(
+            metrics.lines().any(|l| l == line),
+            "no {line} in\n{metrics}"
+        );
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn metric_labels_stay_bounded_whatever_clients_send() {
+    let server = Server::start("memory:").await;
+    for i in 0..50 {
+        let method = Method::from_bytes(format!("FOO{i}").as_bytes()).unwrap();
+        server
+            .client
+            .request(method, format!("{}/api/v1.0/user/x{i}/", server.base))
+            .send()
+            .await
+            .unwrap();
+        server
+            .api(Method::GET, &format!("/some/path/{i}"))
+            .send()
+            .await
+            .unwrap();
+    }
+    let metrics = server
+        .client
+        .get(format!("{}/metrics", server.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let series: Vec<&str> = metrics
+        .lines()
+        .filter(|l| l.starts_with("enrich_http_requests_total"))
+        .collect();
+    assert!(
+        series
+            .iter()
+            .all(|l| !l.contains("FOO") && !l.contains("/some/path")),
+        "{series:#?}"
+    );
+    assert!(
+        series.contains(
+            &r#"enrich_http_requests_total{route="/api/v1.0/user/{id}",method="other",status="405"} 50"#
+        ),
+        "{series:#?}"
+    );
+    assert!(
+        series.contains(
+            &r#"enrich_http_requests_total{route="unmatched",method="GET",status="404"} 50"#
+        ),
+        "{series:#?}"
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn liveness_and_readiness() {
+    let mut redis = RedisServer::start();
+    let server = Server::start(&redis.url()).await;
+    let get = |path: &str| server.client.get(format!("{}{path}", server.base)).send();
+    let ready: Value = get("/readyz").await.unwrap().json().await.unwrap();
+    assert_eq!(ready["status"], "ok");
+    assert_eq!(ready["invalidations"], "up");
+    redis.stop();
+    let resp = get("/readyz").await.unwrap();
+    assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["status"], "unavailable", "{body}");
+    assert_eq!(get("/healthz").await.unwrap().status(), 503);
+    // The process itself is fine.
+    let resp = get("/livez").await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    // Back: ready again once the store answers and its announcements are heard.
+    redis.restart();
+    let mut ready = false;
+    for _ in 0..200 {
+        if get("/readyz").await.unwrap().status() == StatusCode::OK {
+            ready = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(ready);
+    server.stop().await;
+}

@@ -89,9 +89,8 @@ pub(crate) fn flag(query: &HashMap<String, String>, name: &str) -> Result<bool, 
     }
 }
 
-/// The `ids` parameter of the batch routes: a comma-separated list, at least one, at most
-/// `max`.
-pub(crate) fn ids(query: &HashMap<String, String>, max: usize) -> Result<Vec<String>, ApiError> {
+/// The `ids` parameter of the batch routes: a comma-separated list, at least one.
+pub(crate) fn ids(query: &HashMap<String, String>) -> Result<Vec<String>, ApiError> {
     let ids: Vec<String> = query
         .get("ids")
         .map(|v| {
@@ -107,7 +106,6 @@ pub(crate) fn ids(query: &HashMap<String, String>, max: usize) -> Result<Vec<Str
             "the ids query parameter is missing; send ids=a,b,c",
         ));
     }
-    check_batch(ids.len(), max)?;
     Ok(ids)
 }
 

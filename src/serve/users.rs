@@ -206,12 +206,14 @@ pub(crate) async fn delete_many(
 fn parse_ids(query: &HashMap<String, String>, max: usize) -> Result<Vec<UserId>, ApiError> {
     let mut seen = std::collections::HashSet::new();
     let mut out = Vec::new();
-    for id in ids(query, max)? {
+    for id in ids(query)? {
         let id = UserId::parse(&id)?;
         if seen.insert(id.clone()) {
             out.push(id);
         }
     }
+    // Repeats cost nothing: the distinct ids are what a call may not have too many of.
+    check_batch(out.len(), max)?;
     Ok(out)
 }
 
