@@ -85,7 +85,9 @@ impl CacheConfig {
     }
 
     /// How long a user may be served from the L1: the backstop for writes that were never
-    /// announced.
+    /// announced. (Pages on the raw-bytes path also answer from memos of what the L1 said,
+    /// which forget everything at every invalidation and at least once a second, so an answer
+    /// may outlive its TTL by up to a second; never an announced write.)
     pub fn ttl(mut self, ttl: Duration) -> Self {
         self.ttl = ttl;
         self
@@ -417,6 +419,10 @@ pub(crate) struct Memo {
     since: Option<Instant>,
     /// Ids with their answers, found by [`id_hash`].
     answers: HashTable<(Box<str>, Cached)>,
+    /// Bytes of the users held.
+    bytes: usize,
+    /// Whether the users are shared with the L1 rather than copied (see [`Memo::sharing`]).
+    shares: bool,
 }
 
 impl Memo {
@@ -424,6 +430,18 @@ impl Memo {
     pub(crate) const MAX_AGE: Duration = Duration::from_secs(1);
     /// Entries at most; a memo this full starts over.
     pub(crate) const MAX_ENTRIES: usize = 1 << 16;
+    /// Bytes of users at most; a memo this full starts over.
+    pub(crate) const MAX_BYTES: usize = 16 << 20;
+
+    /// A memo whose users are the L1's own bytes, not copies: for memos that come and go with
+    /// requests (a copy per page would cost more than it saves), and whose memory should stay
+    /// the L1's.
+    pub(crate) fn sharing() -> Memo {
+        Memo {
+            shares: true,
+            ..Memo::default()
+        }
+    }
 
     /// Starts a page: empties the memo if the L1 moved on since it was filled. Returns the
     /// generation the page's answers may be kept under, or `None` if they may not be kept.
@@ -436,7 +454,8 @@ impl Memo {
             || self
                 .since
                 .is_none_or(|since| since.elapsed() > Memo::MAX_AGE)
-            || self.answers.len() >= Memo::MAX_ENTRIES;
+            || self.answers.len() >= Memo::MAX_ENTRIES
+            || self.bytes >= Memo::MAX_BYTES;
         if stale {
             self.clear();
             self.generation = generation;
@@ -463,27 +482,29 @@ impl Memo {
             return;
         }
         let answers: Vec<(&str, u64, Cached)> = answers.collect();
+        let bytes = (answers.iter())
+            .filter_map(|(_, _, cached)| cached.user())
+            .map(|user| user.as_bytes().len())
+            .sum();
+        self.bytes += bytes;
         // The memo's copies of a page's users share one buffer: one allocation, and one
         // reference count that stays in this core's cache however many of them a page uses.
-        let mut copies = Vec::with_capacity(
-            (answers.iter())
-                .filter_map(|(_, _, cached)| cached.user())
-                .map(|user| user.as_bytes().len())
-                .sum(),
-        );
-        for user in answers.iter().filter_map(|(_, _, cached)| cached.user()) {
-            copies.extend_from_slice(user.as_bytes());
+        let mut copies = Vec::with_capacity(if self.shares { 0 } else { bytes });
+        if !self.shares {
+            for user in answers.iter().filter_map(|(_, _, cached)| cached.user()) {
+                copies.extend_from_slice(user.as_bytes());
+            }
         }
         let copies = bytes::Bytes::from(copies);
         let mut at = 0;
         for (id, hash, cached) in answers {
             let private = match cached {
-                Cached::Found(user) => {
+                Cached::Found(user) if !self.shares => {
                     let len = user.as_bytes().len();
                     at += len;
                     Cached::Found(user.held_in(copies.slice(at - len..at)))
                 }
-                Cached::Missing => Cached::Missing,
+                other => other,
             };
             match self.answers.entry(
                 hash,
@@ -501,6 +522,29 @@ impl Memo {
     fn clear(&mut self) {
         self.answers.clear();
         self.since = None;
+        self.bytes = 0;
+    }
+}
+
+/// Memos lent to one page at a time: a service's requests come and go, but the popular users
+/// they name are the same, so each page borrows a memo that earlier pages filled.
+#[derive(Debug, Default)]
+pub(crate) struct MemoPool(std::sync::Mutex<Vec<Memo>>);
+
+impl MemoPool {
+    /// More are never kept: a few per core covers the pages resolving at once.
+    const KEEP: usize = 8;
+
+    pub(crate) fn take(&self) -> Memo {
+        let mut memos = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        memos.pop().unwrap_or_else(Memo::sharing)
+    }
+
+    pub(crate) fn put(&self, memo: Memo) {
+        let mut memos = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if memos.len() < Self::KEEP {
+            memos.push(memo);
+        }
     }
 }
 

@@ -674,3 +674,30 @@ async fn a_flood_of_missing_ids_does_not_evict_cached_users() {
         .unwrap();
     assert_eq!((page.l1_hits, store.calls() - before), (100, 0));
 }
+
+#[tokio::test]
+async fn raw_pages_see_every_write_at_once_through_their_memos() {
+    let store: SharedStore = Arc::new(MemoryStore::new());
+    let enricher = Enricher::new(store.clone());
+    let users = enricher.users();
+    add(&*users, "m", json!({"v": 0})).await;
+    let read = |enricher: Enricher| async move {
+        let mut page = RawPage::new(Depth::TopLevel);
+        page.push(br#"{"actor":"SU:m"}"#).unwrap();
+        let enriched = enricher.enrich_page(&page).await.unwrap();
+        let mut out = Vec::new();
+        enriched.write(0, &mut out);
+        serde_json::from_slice::<Value>(&out).unwrap()["actor"].take()
+    };
+    for v in 1..20 {
+        // Warm: the next pages are answered from a memo.
+        assert_eq!(read(enricher.clone()).await["data"]["v"], v - 1);
+        assert_eq!(read(enricher.clone()).await["data"]["v"], v - 1);
+        users
+            .update(&NewUser::new("m", Some(json!({"v": v}))).unwrap())
+            .await
+            .unwrap();
+    }
+    users.delete(&UserId::parse("m").unwrap()).await.unwrap();
+    assert_eq!(read(enricher.clone()).await, not_found("m"));
+}

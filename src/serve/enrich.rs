@@ -34,7 +34,7 @@ pub(crate) async fn enrich(
     let limits = &state.limits;
     // The body's charge stands for the page from here on: the page holds at most its bytes.
     let (doc, _page_charge) = read_body(&state, &headers, body).await?;
-    let mut page = RawPage::new(depth);
+    let mut page = RawPage::with_capacity(depth, doc.len(), 1);
     page.push_any(&doc)?;
     drop(doc);
     let (activities, references) = (page.activities(), page.references());
