@@ -13,7 +13,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use crate::bench::{BenchReport, Strategy, Workload, load_users, run_strategy};
 use crate::enricher::Enricher;
 use crate::error::{Error, ErrorKind, Result};
-use crate::import::{ImportEvent, ImportSummary, import_users};
+use crate::import::{ImportError, ImportEvent, ImportSummary, import_users};
 use crate::job::{self, RunOptions, RunSummary};
 use crate::store::{self, SharedStore, StoreOptions};
 use crate::user::{NewUser, UserId, UserJson};
@@ -110,7 +110,8 @@ pub async fn users_delete(spec: &StoreSpec, id: &str) -> Result<()> {
 }
 
 /// `users import`: NDJSON users from a file or `-` (standard input). Rejected lines are
-/// reported on standard error as they are met; the summary says how many.
+/// reported on standard error as they are met; the summary says how many. An import stopped by
+/// a store fault prints the summary of what it committed before returning the error.
 pub async fn users_import(
     spec: &StoreSpec,
     file: Option<&Path>,
@@ -120,12 +121,18 @@ pub async fn users_import(
     let store = spec.open().await?;
     let progress = progress_bar("users");
     let summary = import_users(&*store, input, override_existing, |event| match event {
-        ImportEvent::Rejected { error, .. } => progress.suspend(|| eprintln!("error: {error}")),
+        ImportEvent::Rejected { line, error } => {
+            progress.suspend(|| eprintln!("error: line {line}: {error}"))
+        }
         ImportEvent::Progress { lines } => progress.set_position(lines),
     })
     .await;
     progress.finish_and_clear();
-    summary
+    summary.map_err(|stopped: ImportError| {
+        // What is in the store already, before why the rest is not.
+        eprintln!("{}", stopped.committed);
+        stopped.error
+    })
 }
 
 /// What `enrich run` was asked to do.
@@ -159,24 +166,7 @@ pub async fn run(spec: &StoreSpec, args: RunArgs) -> Result<RunSummary> {
     // Pages resolved before the store's watch is up would not be cached.
     enricher.wait_for_cache(Duration::from_secs(2)).await;
     if let Some(users) = &args.users {
-        let input = open_input(Some(users)).await?;
-        let mut bad = 0;
-        let summary = import_users(&*enricher.users(), input, true, |event| {
-            if let ImportEvent::Rejected { error, .. } = event {
-                bad += 1;
-                eprintln!("error: {}: {error}", users.display());
-            }
-        })
-        .await?;
-        if args.verbose {
-            eprintln!("{}: {summary}", users.display());
-        }
-        if bad > 0 {
-            return Err(Error::invalid(format!(
-                "{}: {bad} user line(s) rejected",
-                users.display()
-            )));
-        }
+        import_run_users(&enricher, users, args.verbose).await?;
     }
     let output: Box<dyn AsyncWrite + Unpin + Send> = match &args.output {
         Some(path) => Box::new(create_output(path).await?),
@@ -197,6 +187,38 @@ pub async fn run(spec: &StoreSpec, args: RunArgs) -> Result<RunSummary> {
     .await;
     progress.finish_and_clear();
     summary
+}
+
+/// `run --users`: imports the users (replacing existing ones) before the run; a bad line is
+/// reported as `FILE:LINE: reason` and fails the run, a store fault after the summary of what
+/// was committed.
+async fn import_run_users(enricher: &Enricher, users: &Path, verbose: bool) -> Result<()> {
+    let input = open_input(Some(users)).await?;
+    let name = users.display();
+    let mut bad = 0;
+    let imported = import_users(&*enricher.users(), input, true, |event| {
+        if let ImportEvent::Rejected { line, error } = event {
+            bad += 1;
+            eprintln!("error: {name}:{line}: {error}");
+        }
+    })
+    .await;
+    let summary = match imported {
+        Ok(summary) => summary,
+        Err(stopped) => {
+            eprintln!("{name}: {}", stopped.committed);
+            return Err(stopped.error);
+        }
+    };
+    if verbose {
+        eprintln!("{name}: {summary}");
+    }
+    if bad > 0 {
+        return Err(Error::invalid(format!(
+            "{name}: {bad} user line(s) rejected"
+        )));
+    }
+    Ok(())
 }
 
 /// `enrich bench`: loads a generated workload into the store (in the namespace
