@@ -152,8 +152,15 @@ pub struct RunArgs {
     pub verbose: bool,
 }
 
-/// `enrich run`: the NDJSON batch job.
+/// `enrich run`: the NDJSON batch job. Refuses, before creating anything, outputs that are
+/// inputs ([`job::check_outputs`]).
 pub async fn run(spec: &StoreSpec, args: RunArgs) -> Result<RunSummary> {
+    job::check_outputs(
+        &args.inputs,
+        args.users.as_deref(),
+        args.output.as_deref(),
+        args.rejects.as_deref(),
+    )?;
     let mut inputs = Vec::new();
     if args.inputs.is_empty() {
         inputs.push(open_input(None).await?);

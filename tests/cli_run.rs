@@ -428,3 +428,117 @@ fn a_streaming_run_sees_writes_from_another_process() {
     drop(stdin);
     assert!(child.wait().unwrap().success());
 }
+
+/// `-o` or `--rejects` naming an input, however spelled, is refused before anything is
+/// written: exit 2, the input unchanged byte for byte.
+#[test]
+fn outputs_never_overwrite_inputs() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = "{\"actor\":\"SU:x\"}\n{\"n\":2}\n";
+    std::fs::write(dir.path().join("in.ndjson"), input).unwrap();
+    std::fs::write(dir.path().join("users.ndjson"), "{\"id\":\"x\"}\n").unwrap();
+    std::fs::create_dir(dir.path().join("sub")).unwrap();
+    std::os::unix::fs::symlink("in.ndjson", dir.path().join("link.ndjson")).unwrap();
+    std::fs::hard_link(dir.path().join("in.ndjson"), dir.path().join("hard.ndjson")).unwrap();
+    let absolute = dir.path().join("in.ndjson");
+    let spellings = [
+        "in.ndjson",
+        "./in.ndjson",
+        "sub/../in.ndjson",
+        "link.ndjson",
+        "hard.ndjson",
+        absolute.to_str().unwrap(),
+    ];
+    let check = |args: &[&str], what: &str| {
+        let mut all = vec!["--store", "memory:", "run"];
+        all.extend_from_slice(args);
+        let out = run(dir.path(), &all, "");
+        let err = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains(what), "{args:?}: {err}");
+        assert!(out.stdout.is_empty(), "{args:?}");
+        assert_eq!(
+            std::fs::read(dir.path().join("in.ndjson")).unwrap(),
+            input.as_bytes(),
+            "{args:?} touched the input"
+        );
+        assert_eq!(
+            std::fs::read(dir.path().join("users.ndjson")).unwrap(),
+            b"{\"id\":\"x\"}\n",
+            "{args:?} touched the users"
+        );
+    };
+    for same in spellings {
+        check(&["in.ndjson", "-o", same], "is the input");
+        check(&["in.ndjson", "--rejects", same], "is the input");
+        check(&["other.ndjson", same, "-o", same], "is the input");
+    }
+    check(
+        &[
+            "in.ndjson",
+            "--users",
+            "users.ndjson",
+            "-o",
+            "./users.ndjson",
+        ],
+        "is the input users.ndjson",
+    );
+    check(
+        &[
+            "in.ndjson",
+            "-o",
+            "new.ndjson",
+            "--rejects",
+            "sub/../new.ndjson",
+        ],
+        "different files",
+    );
+    assert!(!dir.path().join("new.ndjson").exists());
+
+    // Standard input redirected from the file named by -o.
+    let out = enrich(dir.path())
+        .args(["--store", "memory:", "run", "-o", "link.ndjson"])
+        .stdin(std::fs::File::open(dir.path().join("in.ndjson")).unwrap())
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("-o link.ndjson is the input -"));
+    assert_eq!(
+        std::fs::read(dir.path().join("in.ndjson")).unwrap(),
+        input.as_bytes()
+    );
+
+    // Standard output appending to an input would read its own output for ever.
+    let append = std::fs::OpenOptions::new()
+        .append(true)
+        .open(dir.path().join("in.ndjson"))
+        .unwrap();
+    let out = enrich(dir.path())
+        .args(["--store", "memory:", "run", "in.ndjson"])
+        .stdout(append)
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("standard output is the input in.ndjson"));
+    assert_eq!(
+        std::fs::read(dir.path().join("in.ndjson")).unwrap(),
+        input.as_bytes()
+    );
+
+    // An ordinary run still works, and a run over standard input from a file too.
+    let out = run(
+        dir.path(),
+        &["--store", "memory:", "run", "in.ndjson", "-o", "out.ndjson"],
+        "",
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("out.ndjson"))
+            .unwrap()
+            .lines()
+            .count(),
+        2
+    );
+}

@@ -13,6 +13,8 @@
 //!
 //! Every input line ends as exactly one output line or one rejected line.
 
+mod files;
+
 use std::collections::HashSet;
 use std::ops::Range;
 use std::sync::{Arc, Mutex};
@@ -30,6 +32,8 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::lines::{LineReader, LineRef};
 use crate::page::{Depth, RawPage};
 use crate::stats::EnrichStats;
+
+pub use files::{FileId, check_outputs};
 
 /// The longest line accepted.
 pub const MAX_LINE: usize = 1 << 20;
