@@ -48,12 +48,6 @@ impl<R: AsyncRead + Unpin> LineReader<R> {
         self.number
     }
 
-    /// Continues numbering after `lines` lines read elsewhere (the inputs before this one).
-    pub fn starting_after(mut self, lines: u64) -> Self {
-        self.number = lines;
-        self
-    }
-
     /// True if bytes are buffered, so the next line may come without waiting for input. A
     /// caller that batches lines flushes its batch when this is false: input has paused.
     pub fn has_buffered(&self) -> bool {

@@ -4,39 +4,67 @@
 //! 1. a reader task cuts the input into chunks of lines, handing a chunk on when it is full or
 //!    when the input pauses (so a line written into a pipe is answered at once, not when a
 //!    batch fills);
-//! 2. each chunk is a task of its own that validates and scans its lines into a [`RawPage`],
+//! 2. each chunk is a task of its own that validates and scans its lines into a
+//!    [`RawPage`](crate::RawPage),
 //!    resolves it (a memo of the L1's answers first, then the L1, then one store call, retried
-//!    through store faults up to the store timeout) and renders it; up to [`IN_FLIGHT`] chunks
-//!    are in the works at once, on any core, each with a memo and buffers of its own taken from
-//!    small pools;
-//! 3. the writer takes the rendered chunks in input order and writes them.
+//!    through store faults up to the store timeout) and renders it in pieces of complete lines;
+//!    up to [`IN_FLIGHT`] chunks are in the works at once, on any core, each with a memo and
+//!    buffers of its own taken from small pools;
+//! 3. a writer thread takes the pieces in input order and writes them.
 //!
 //! Every input line ends as exactly one output line or one rejected line.
+//!
+//! # Bounds
+//!
+//! What a run holds is bounded by what it is about to write, not by what it reads: an enriched
+//! line can be thousands of times its input (a short reference becomes a user of up to
+//! 10 kB). Once a chunk is resolved, the exact size of each of its lines is known before
+//! anything is built ([`crate::EnrichedPage::doc_len`]): a line whose output would be over
+//! [`RunOptions::max_line_output`] is rejected like any bad line, and the others are rendered
+//! in pieces of about [`PIECE_BYTES`], each of which first takes its size from a budget of
+//! [`RunOptions::max_pending_output`] bytes shared by the whole run and gives it back once
+//! written. Chunks take their budget in input order, so the chunk the writer waits for is
+//! never starved by the chunks behind it.
+//!
+//! # Stopping
+//!
+//! A [`Stop`] (SIGINT or SIGTERM in the binary) ends the reading; chunks in flight are finished
+//! and written, except one still waiting out a store fault, which is dropped whole with every
+//! chunk after it. A second stop ends the writing at the next line boundary. Either way the
+//! output ends with a complete line, and the summary says the run was interrupted.
 
+mod chunk;
 mod files;
+mod read;
+mod write;
 
-use std::collections::HashSet;
-use std::ops::Range;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
-use futures::stream::FuturesOrdered;
-use tokio::io::{AsyncWrite, AsyncWriteExt};
-use tokio::sync::mpsc;
+use futures::{Stream, StreamExt};
+use tokio::io::AsyncRead;
+use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::task::JoinSet;
 
-use crate::cache::Memo;
-use crate::commands::Input;
 use crate::enricher::Enricher;
-use crate::error::{Error, ErrorKind, Result};
-use crate::lines::{LineReader, LineRef};
-use crate::page::{Depth, RawPage};
+use crate::error::{Error, ErrorKind};
+use crate::page::Depth;
 use crate::stats::EnrichStats;
 
 pub use files::{FileId, check_outputs};
+pub use write::Output;
 
-/// The longest line accepted.
+/// The longest input line accepted, in bytes (a line ending, `\n` or `\r\n`, not counted).
 pub const MAX_LINE: usize = 1 << 20;
+
+/// The default of [`RunOptions::max_line_output`]: 64 MiB, room for about 6,000 references to
+/// users of the maximum size (10,240 bytes), or a feed response of a few thousand activities
+/// with typical users, while one line still fits many times over in a run's memory.
+pub const DEFAULT_MAX_LINE_OUTPUT: usize = 64 << 20;
+
+/// The default of [`RunOptions::max_pending_output`]: 64 MiB.
+pub const DEFAULT_MAX_PENDING_OUTPUT: usize = 64 << 20;
 
 /// Lines per page at most.
 const PAGE_LINES: usize = 1024;
@@ -47,11 +75,22 @@ const PAGE_BYTES: usize = 4 << 20;
 /// Pages being resolved at once.
 pub const IN_FLIGHT: usize = 4;
 
+/// Enriched output handed to the writer at a time, at most (unless one line is larger): small
+/// enough that a chunk whose output is large is written as it is rendered, large enough that a
+/// usual chunk (1,024 lines of a few kB) is a single write.
+pub const PIECE_BYTES: usize = 4 << 20;
+
+/// After a second stop, how long the writer may take to finish the piece it is writing (only a
+/// pipe nobody reads can take longer) before the run ends without it.
+const FORCED_STOP_GRACE: Duration = Duration::from_secs(2);
+
 /// How a run treats its input.
 #[derive(Debug, Clone)]
 pub struct RunOptions {
     depth: Depth,
     store_timeout: Duration,
+    max_line_output: usize,
+    max_pending_output: usize,
 }
 
 impl Default for RunOptions {
@@ -61,11 +100,13 @@ impl Default for RunOptions {
 }
 
 impl RunOptions {
-    /// Top-level references, a 30 s store timeout, stop at the first bad line.
+    /// Top-level references, a 30 s store timeout, the default output limits.
     pub fn new() -> Self {
         RunOptions {
             depth: Depth::TopLevel,
             store_timeout: Duration::from_secs(30),
+            max_line_output: DEFAULT_MAX_LINE_OUTPUT,
+            max_pending_output: DEFAULT_MAX_PENDING_OUTPUT,
         }
     }
 
@@ -81,26 +122,152 @@ impl RunOptions {
         self
     }
 
+    /// The largest enriched line written, in bytes (without its newline); a line whose output
+    /// would be larger is rejected. Default [`DEFAULT_MAX_LINE_OUTPUT`].
+    pub fn max_line_output(mut self, bytes: usize) -> Self {
+        self.max_line_output = bytes;
+        self
+    }
+
+    /// Enriched output held in memory waiting to be written, across the whole run, at most
+    /// (a single line larger than this is rendered alone, once everything before it is
+    /// written). Default [`DEFAULT_MAX_PENDING_OUTPUT`].
+    pub fn max_pending_output(mut self, bytes: usize) -> Self {
+        self.max_pending_output = bytes.clamp(1, u32::MAX as usize);
+        self
+    }
+
     pub(crate) fn store_timeout_value(&self) -> Duration {
         self.store_timeout
+    }
+}
+
+/// An input of a run: a name for messages and rejected lines, and its bytes.
+pub struct Source {
+    name: String,
+    reader: Box<dyn AsyncRead + Unpin + Send>,
+}
+
+impl Source {
+    /// An input called `name` (a path, or `-` for standard input).
+    pub fn new(name: impl Into<String>, reader: impl AsyncRead + Unpin + Send + 'static) -> Self {
+        Source {
+            name: name.into(),
+            reader: Box::new(reader),
+        }
+    }
+}
+
+impl std::fmt::Debug for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Source").field("name", &self.name).finish()
+    }
+}
+
+/// A request to stop a run before the end of its input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stop {
+    /// SIGINT (Ctrl-C).
+    Interrupt,
+    /// SIGTERM.
+    Terminate,
+}
+
+impl Stop {
+    /// The signal's name.
+    pub fn signal_name(self) -> &'static str {
+        match self {
+            Stop::Interrupt => "SIGINT",
+            Stop::Terminate => "SIGTERM",
+        }
+    }
+
+    /// The exit code of a process stopped by it: 128 + the signal's number.
+    pub fn exit_code(self) -> u8 {
+        match self {
+            Stop::Interrupt => 130,
+            Stop::Terminate => 143,
+        }
+    }
+}
+
+/// What a run has done so far, for a progress display to read while it runs.
+#[derive(Debug, Clone, Default)]
+pub struct RunProgress {
+    counters: Arc<Counters>,
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    bytes_read: AtomicU64,
+    lines: AtomicU64,
+    written: AtomicU64,
+}
+
+impl RunProgress {
+    /// Nothing done yet.
+    pub fn new() -> Self {
+        RunProgress::default()
+    }
+
+    /// Bytes read from the inputs.
+    pub fn bytes_read(&self) -> u64 {
+        self.counters.bytes_read.load(Ordering::Relaxed)
+    }
+
+    /// Lines written or rejected.
+    pub fn lines(&self) -> u64 {
+        self.counters.lines.load(Ordering::Relaxed)
+    }
+
+    /// Lines written.
+    pub fn written(&self) -> u64 {
+        self.counters.written.load(Ordering::Relaxed)
+    }
+
+    fn add_written(&self, lines: u64) {
+        self.counters.written.fetch_add(lines, Ordering::Relaxed);
+        self.counters.lines.fetch_add(lines, Ordering::Relaxed);
+    }
+
+    fn add_rejected(&self) {
+        self.counters.lines.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Sets the lines done, for a command that counts them itself.
+    pub(crate) fn set_lines(&self, lines: u64) {
+        self.counters.lines.store(lines, Ordering::Relaxed);
+    }
+
+    /// `reader`, adding what is read through it to [`RunProgress::bytes_read`].
+    pub(crate) fn count_reads(
+        &self,
+        reader: Box<dyn AsyncRead + Unpin + Send>,
+    ) -> Box<dyn AsyncRead + Unpin + Send> {
+        Box::new(read::Counted {
+            inner: reader,
+            progress: self.clone(),
+        })
     }
 }
 
 /// What a run did.
 #[derive(Debug, Clone, Default)]
 pub struct RunSummary {
-    /// Input lines.
+    /// Input lines dealt with: written or rejected.
     pub lines: u64,
     /// Lines written to the output.
     pub written: u64,
     /// Lines rejected.
     pub rejected: u64,
-    /// Enrichment counters, summed over pages.
+    /// Enrichment counters, summed over the pages written.
     pub stats: EnrichStats,
     /// Distinct users referenced in the whole run.
     pub distinct_users: u64,
     /// Wall time.
     pub elapsed: Duration,
+    /// Set if the run was stopped before the end of its input.
+    pub interrupted: Option<Stop>,
 }
 
 impl std::fmt::Display for RunSummary {
@@ -111,6 +278,9 @@ impl std::fmt::Display for RunSummary {
         } else {
             0.0
         };
+        if let Some(stop) = self.interrupted {
+            write!(f, "interrupted by {}: ", stop.signal_name())?;
+        }
         write!(
             f,
             "lines {} (written {}, rejected {}), activities {}, references {}, distinct users {}, \
@@ -130,399 +300,298 @@ impl std::fmt::Display for RunSummary {
     }
 }
 
-/// A line that could not be enriched.
-#[derive(Debug)]
-struct Rejected {
-    line: u64,
-    error: Error,
-    input: Vec<u8>,
+/// A run that failed, with what it had written before.
+#[derive(Debug, Clone)]
+pub struct RunError {
+    /// What was written before the failure (every line before the one that failed).
+    pub summary: RunSummary,
+    /// Why the run failed.
+    pub error: Error,
 }
 
-impl Rejected {
-    /// `{"line":N,"error":"…","input":"…"}`.
-    fn record(&self) -> Vec<u8> {
-        let record = serde_json::json!({
-            "line": self.line,
-            "error": self.error.message(),
-            "input": String::from_utf8_lossy(&self.input),
-        });
-        let mut out = serde_json::to_vec(&record).expect("a JSON value serializes");
-        out.push(b'\n');
-        out
+impl std::fmt::Display for RunError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.error.fmt(f)
     }
 }
 
-/// Lines as read, not yet looked at.
-#[derive(Debug, Default)]
-struct RawLines {
-    data: Vec<u8>,
-    /// Each line's number and where it is in `data`; `Some(len)` for one over the limit, whose
-    /// first [`MAX_LINE`] bytes are kept.
-    lines: Vec<(u64, Range<usize>, Option<usize>)>,
+impl std::error::Error for RunError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.error)
+    }
 }
 
-/// Lines in input order: each either a document of the page or rejected.
-#[derive(Debug)]
-struct Chunk {
-    page: RawPage,
-    lines: Vec<Option<Rejected>>,
+impl From<RunError> for Error {
+    fn from(failed: RunError) -> Error {
+        failed.error
+    }
 }
 
-/// A chunk with its documents enriched.
-struct Rendered {
-    chunk: Chunk,
-    out: Vec<u8>,
-    /// Where each document's output line ends in `out`.
-    ends: Vec<usize>,
-    stats: EnrichStats,
-}
-
-/// Runs the job: enriches every line of `inputs` (read one after the other, numbered as one
-/// stream) into `output`. Bad lines go to `rejects` as records if given; otherwise the run stops
-/// at the first one, after writing every line before it, with an error naming it.
-pub async fn run<W, R>(
+/// Runs the job: enriches every line of `inputs`, read one after the other, into `output`.
+/// Bad lines go to `rejects` as records if given; otherwise the run stops at the first one,
+/// after writing every line before it, with an error naming its file and line. `stops` ends
+/// the run early (see the [module docs](self)).
+pub async fn run(
     enricher: &Enricher,
-    inputs: Vec<Input>,
-    output: W,
-    rejects: Option<R>,
+    inputs: Vec<Source>,
+    output: Output,
+    rejects: Option<Output>,
     options: &RunOptions,
-    mut progress: impl FnMut(u64),
-) -> Result<RunSummary>
-where
-    W: AsyncWrite + Unpin,
-    R: AsyncWrite + Unpin,
-{
+    progress: &RunProgress,
+    mut stops: impl Stream<Item = Stop> + Unpin,
+) -> Result<RunSummary, RunError> {
     let started = Instant::now();
-    let mut output = tokio::io::BufWriter::with_capacity(1 << 18, output);
-    let mut rejects = rejects.map(|r| tokio::io::BufWriter::new(r));
-    let (sender, mut chunks) = mpsc::channel::<Result<RawLines>>(IN_FLIGHT);
-    let spares = Spares::default();
-    let reader = tokio::spawn(read(inputs, sender, spares.lines.clone()));
-
-    let mut summary = RunSummary::default();
-    // Distinct users are counted by the 64-bit hashes of their ids that the chunks computed
-    // anyway: the writer only merges numbers. Exact unless two ids collide (odds about one in
-    // a million for ten million distinct ids).
-    let mut users: HashSet<u64, foldhash::fast::RandomState> = HashSet::default();
-    let mut pending = FuturesOrdered::new();
-    let mut input_done = false;
-    loop {
-        tokio::select! {
-            chunk = chunks.recv(), if !input_done && pending.len() < IN_FLIGHT => match chunk {
-                Some(lines) => {
-                    let work = process(
-                        enricher.clone(),
-                        lines?,
-                        options.clone(),
-                        spares.clone(),
-                    );
-                    pending.push_back(tokio::spawn(work));
-                }
-                None => input_done = true,
-            },
-            Some(rendered) = pending.next() => {
-                let rendered = rendered.map_err(|e| {
-                    Error::new(ErrorKind::Internal, "a chunk failed").with_cause(e)
-                })??;
-                users.extend(rendered.chunk.page.id_hashes().iter().copied());
-                summary.stats += rendered.stats;
-                write(&rendered, &mut output, rejects.as_mut(), &mut summary).await?;
-                progress(summary.lines);
-                spares.recycle(rendered);
-            },
-            else => break,
-        }
-    }
-    output.flush().await.map_err(write_error)?;
-    reader
-        .await
-        .map_err(|e| Error::new(ErrorKind::Internal, "input reader failed").with_cause(e))?;
-    summary.distinct_users = users.len() as u64;
-    summary.elapsed = started.elapsed();
-    Ok(summary)
-}
-
-/// Writes a rendered chunk in line order; stops at a bad line unless rejects are kept.
-async fn write<W: AsyncWrite + Unpin, R: AsyncWrite + Unpin>(
-    rendered: &Rendered,
-    output: &mut W,
-    mut rejects: Option<&mut R>,
-    summary: &mut RunSummary,
-) -> Result<()> {
-    let mut doc = 0;
-    let mut written_to = 0;
-    for line in &rendered.chunk.lines {
-        summary.lines += 1;
-        match line {
-            None => {
-                doc += 1;
-                summary.written += 1;
-            }
-            Some(rejected) => {
-                output
-                    .write_all(&rendered.out[written_to..end_of(&rendered.ends, doc)])
-                    .await
-                    .map_err(write_error)?;
-                written_to = end_of(&rendered.ends, doc);
-                summary.rejected += 1;
-                match rejects.as_deref_mut() {
-                    Some(rejects) => rejects
-                        .write_all(&rejected.record())
-                        .await
-                        .map_err(write_error)?,
-                    None => {
-                        output.flush().await.map_err(write_error)?;
-                        return Err(rejected
-                            .error
-                            .clone()
-                            .context(format!("line {}", rejected.line)));
-                    }
-                }
-            }
-        }
-    }
-    output
-        .write_all(&rendered.out[written_to..])
-        .await
-        .map_err(write_error)?;
-    // Flushed per chunk: a chunk ends where the input paused, and a waiting reader of the
-    // output must see its answer now.
-    output.flush().await.map_err(write_error)?;
-    if let Some(rejects) = rejects {
-        rejects.flush().await.map_err(write_error)?;
-    }
-    Ok(())
-}
-
-fn end_of(ends: &[usize], docs: usize) -> usize {
-    docs.checked_sub(1).map_or(0, |last| ends[last])
-}
-
-fn write_error(err: std::io::Error) -> Error {
-    Error::new(ErrorKind::Internal, "cannot write output").with_cause(err)
-}
-
-/// Scans, resolves and renders one chunk of lines.
-async fn process(
-    enricher: Enricher,
-    lines: RawLines,
-    options: RunOptions,
-    spares: Spares,
-) -> Result<Rendered> {
-    let mut chunk = spares.chunks.take().unwrap_or_else(|| Chunk {
-        page: RawPage::with_capacity(options.depth, lines.data.len(), lines.lines.len()),
-        lines: Vec::with_capacity(lines.lines.len()),
+    let spares = chunk::Spares::default();
+    let shared = Arc::new(chunk::Shared {
+        enricher: enricher.clone(),
+        options: options.clone(),
+        spares: spares.clone(),
+        budget: Arc::new(Semaphore::new(options.max_pending_output)),
+        names: read::names(&inputs),
     });
-    for (number, range, too_long) in &lines.lines {
-        let text = &lines.data[range.clone()];
-        let line = match too_long {
-            Some(len) => LineRef::TooLong {
-                prefix: text,
-                len: *len,
-            },
-            None => LineRef::Text(text),
+    let (queue, queued) = mpsc::unbounded_channel();
+    let abort = Arc::new(AtomicBool::new(false));
+    let mut writer = match write::spawn(
+        output,
+        rejects,
+        queued,
+        spares.clone(),
+        progress.clone(),
+        abort.clone(),
+    ) {
+        Ok(writer) => writer,
+        Err(err) => {
+            let error = Error::new(ErrorKind::Internal, "cannot start the writer").with_cause(err);
+            return Err(RunError {
+                summary: RunSummary::default(),
+                error,
+            });
+        }
+    };
+    let (sender, mut chunks) = mpsc::channel(IN_FLIGHT);
+    let reader = tokio::spawn(read::read(
+        inputs,
+        sender,
+        spares.lines.clone(),
+        progress.clone(),
+    ));
+    let in_flight = Arc::new(Semaphore::new(IN_FLIGHT));
+    let (stopping, stopping_seen) = watch::channel(false);
+    let mut tasks = JoinSet::new();
+    let mut queue = Some(queue);
+    let mut turn = None;
+    let mut stopped = None;
+    let mut forced_by = None;
+    let mut listening = true;
+    // `None` when the writer was given up on after a second stop.
+    let report = loop {
+        let next_chunk = async {
+            let slot = in_flight.clone().acquire_owned().await;
+            (slot, chunks.recv().await)
         };
-        chunk.lines.push(take(&mut chunk.page, (*number, line)));
-    }
-    let mut lines = lines;
-    lines.data.clear();
-    lines.lines.clear();
-    spares.lines.put(lines);
-    let output = spares.outputs.take().unwrap_or_default();
-    let mut memo = spares.memos.take().unwrap_or_default();
-    let rendered = render(enricher, chunk, options.store_timeout, &mut memo, output).await;
-    spares.memos.put(memo);
-    rendered
-}
-
-/// What goes round between the stages instead of being allocated per chunk: the writer hands
-/// each chunk's buffers back for the chunks to come, so a run works in a few warm buffers
-/// rather than asking the allocator (and the kernel, for fresh pages) for megabytes per chunk.
-#[derive(Debug, Clone, Default)]
-struct Spares {
-    lines: Pool<RawLines>,
-    chunks: Pool<Chunk>,
-    /// Rendered bytes and where each line ends.
-    outputs: Pool<(Vec<u8>, Vec<usize>)>,
-    /// Each chunk in the works borrows a memo, so a memo is only ever used by one task at a
-    /// time and popular users are answered without asking the shared L1.
-    memos: Pool<Memo>,
-}
-
-impl Spares {
-    /// Takes back a written chunk's buffers. They are emptied here, on the writer, but freed
-    /// nowhere: memory freed on another thread than the one that allocated it is the
-    /// allocator's slow path.
-    fn recycle(&self, rendered: Rendered) {
-        let Rendered {
-            mut chunk,
-            mut out,
-            mut ends,
-            ..
-        } = rendered;
-        chunk.page.clear();
-        chunk.lines.clear();
-        out.clear();
-        ends.clear();
-        self.chunks.put(chunk);
-        self.outputs.put((out, ends));
-    }
-}
-
-/// A few spare values of one kind.
-#[derive(Debug)]
-struct Pool<T>(Arc<Mutex<Vec<T>>>);
-
-impl<T> Clone for Pool<T> {
-    fn clone(&self) -> Self {
-        Pool(self.0.clone())
-    }
-}
-
-impl<T> Default for Pool<T> {
-    fn default() -> Self {
-        Pool(Arc::default())
-    }
-}
-
-impl<T> Pool<T> {
-    /// More than the chunks in the works can hold at once is never kept.
-    const KEEP: usize = IN_FLIGHT + 2;
-
-    fn take(&self) -> Option<T> {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).pop()
-    }
-
-    fn put(&self, spare: T) {
-        let mut spares = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        if spares.len() < Self::KEEP {
-            spares.push(spare);
-        }
-    }
-}
-
-/// Enriches a chunk, retrying through store faults for up to `timeout`.
-async fn render(
-    enricher: Enricher,
-    chunk: Chunk,
-    timeout: Duration,
-    memo: &mut Memo,
-    (mut out, mut ends): (Vec<u8>, Vec<usize>),
-) -> Result<Rendered> {
-    let first_failure = Instant::now();
-    let mut delay = Duration::from_millis(50);
-    let mut failed = false;
-    let enriched = loop {
-        match enricher.enrich_page_with(&chunk.page, Some(memo)).await {
-            Ok(enriched) => break enriched,
-            Err(err) if err.is_transient() => {
-                let waited = if failed {
-                    first_failure.elapsed()
-                } else {
-                    failed = true;
-                    Duration::ZERO
-                };
-                if waited >= timeout {
-                    return Err(err.context(format!(
-                        "gave up after {} s of store faults",
-                        timeout.as_secs_f64()
-                    )));
+        tokio::select! {
+            biased;
+            report = &mut writer => break Some(report),
+            stop = stops.next(), if listening => match stop {
+                None => listening = false,
+                Some(stop) if stopped.is_none() => {
+                    stopped = Some(stop);
+                    reader.abort();
+                    let _ = stopping.send(true);
+                    // The chunks queued are written; nothing more is queued.
+                    queue = None;
                 }
-                tokio::time::sleep(delay.min(timeout - waited)).await;
-                delay = (delay * 2).min(Duration::from_secs(1));
-            }
-            Err(err) => return Err(err),
+                Some(_) => {
+                    abort.store(true, Ordering::Relaxed);
+                    tasks.abort_all();
+                    forced_by = Some(tokio::time::Instant::now() + FORCED_STOP_GRACE);
+                    listening = false;
+                }
+            },
+            () = async {
+                match forced_by {
+                    Some(deadline) => tokio::time::sleep_until(deadline).await,
+                    None => std::future::pending().await,
+                }
+            } => break None,
+            (slot, lines) = next_chunk, if queue.is_some() => {
+                let Some(sink) = &queue else { continue };
+                match lines {
+                    Some(Ok(lines)) => {
+                        let (pieces, receiver) = mpsc::unbounded_channel();
+                        let (mine, next) = chunk::Turn::after(turn.take());
+                        turn = Some(next);
+                        tasks.spawn(chunk::process(
+                            shared.clone(),
+                            lines,
+                            mine,
+                            stopping_seen.clone(),
+                            pieces,
+                        ));
+                        let slot = slot.expect("the in-flight slots are never closed");
+                        let _ = sink.send(write::Queued::Chunk { pieces: receiver, slot });
+                    }
+                    Some(Err(err)) => {
+                        let _ = sink.send(write::Queued::Failed(err));
+                        queue = None;
+                    }
+                    None => queue = None,
+                }
+            },
+            Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
         }
     };
-    // Enriched documents are a few times their input: size once rather than grow.
-    out.reserve(chunk.page.buffered() * 4);
-    ends.reserve(chunk.page.len());
-    for doc in 0..chunk.page.len() {
-        enriched.write(doc, &mut out);
-        out.push(b'\n');
-        ends.push(out.len());
-    }
-    let stats = enriched.stats();
-    drop(enriched);
-    Ok(Rendered {
-        chunk,
-        out,
-        ends,
-        stats,
-    })
-}
-
-/// The reader stage: lines → chunks, handed on when full or when the input pauses.
-async fn read(inputs: Vec<Input>, chunks: mpsc::Sender<Result<RawLines>>, spares: Pool<RawLines>) {
-    let mut chunk = RawLines::default();
-    let mut numbered = 0;
-    for input in inputs {
-        let mut reader = LineReader::new(input, 1 << 18, MAX_LINE).starting_after(numbered);
-        loop {
-            let (number, line) = match reader.next_line_ref().await {
-                Ok(Some(line)) => line,
-                Ok(None) => break,
-                Err(err) => {
-                    let _ = chunks.send(Err(err)).await;
-                    return;
-                }
-            };
-            let start = chunk.data.len();
-            let too_long = match line {
-                LineRef::Text(text) => {
-                    chunk.data.extend_from_slice(text);
-                    None
-                }
-                LineRef::TooLong { prefix, len } => {
-                    chunk.data.extend_from_slice(prefix);
-                    Some(len)
-                }
-            };
-            chunk
-                .lines
-                .push((number, start..chunk.data.len(), too_long));
-            let full = chunk.lines.len() >= PAGE_LINES || chunk.data.len() >= PAGE_BYTES;
-            if full || !reader.has_buffered() {
-                let next = spares.take().unwrap_or_else(|| RawLines {
-                    data: Vec::with_capacity(chunk.data.len()),
-                    lines: Vec::with_capacity(chunk.lines.len()),
-                });
-                if chunks
-                    .send(Ok(std::mem::replace(&mut chunk, next)))
-                    .await
-                    .is_err()
-                {
-                    return;
-                }
-            }
-        }
-        numbered = reader.number();
-    }
-    if !chunk.lines.is_empty() {
-        let _ = chunks.send(Ok(chunk)).await;
-    }
-}
-
-/// Adds a line to the page, or says why it is rejected.
-fn take(page: &mut RawPage, (number, line): (u64, LineRef<'_>)) -> Option<Rejected> {
-    let (input, error) = match line {
-        LineRef::Text(text) => match page.push(text) {
-            Ok(()) => return None,
-            Err(_) if text.iter().all(u8::is_ascii_whitespace) => {
-                (text, Error::invalid("empty line: expected a JSON object"))
-            }
-            Err(error) => (text, error),
-        },
-        LineRef::TooLong { prefix, len } => (
-            prefix,
-            Error::invalid(format!(
-                "line is {len} bytes, over the limit of {MAX_LINE} bytes"
-            )),
-        ),
+    reader.abort();
+    tasks.abort_all();
+    let mut summary = RunSummary {
+        elapsed: started.elapsed(),
+        interrupted: stopped,
+        ..RunSummary::default()
     };
-    Some(Rejected {
-        line: number,
-        error,
-        input: input.to_vec(),
-    })
+    let report = match report {
+        Some(Ok(report)) => report,
+        Some(Err(_)) => {
+            let error = Error::new(ErrorKind::Internal, "the writer failed");
+            return Err(RunError { summary, error });
+        }
+        None => {
+            // The writer is stuck in a write nobody reads; what it wrote is all there is.
+            summary.lines = progress.lines();
+            summary.written = progress.written();
+            summary.rejected = summary.lines.saturating_sub(summary.written);
+            return Ok(summary);
+        }
+    };
+    summary.lines = report.written + report.rejected;
+    summary.written = report.written;
+    summary.rejected = report.rejected;
+    summary.stats = report.stats;
+    summary.distinct_users = report.distinct_users;
+    match report.end {
+        write::End::Finished | write::End::Stopped => Ok(summary),
+        write::End::Failed(error) => Err(RunError { summary, error }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+    use std::sync::Mutex;
+
+    use super::*;
+    use crate::store::MemoryStore;
+    use crate::{NewUser, UserStore};
+
+    /// A writer whose bytes the test reads afterwards.
+    #[derive(Clone, Default)]
+    struct Collected(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Collected {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl Collected {
+        fn text(&self) -> String {
+            String::from_utf8(self.0.lock().unwrap().clone()).unwrap()
+        }
+    }
+
+    async fn enricher() -> Enricher {
+        let store = Arc::new(MemoryStore::new());
+        for i in 0..50 {
+            let data = serde_json::json!({ "bio": "b".repeat(i * 40) });
+            let user = NewUser::new(&format!("u{i}"), Some(data)).unwrap();
+            store.add(&user, false).await.unwrap();
+        }
+        Enricher::new(store)
+    }
+
+    /// Lines of very different output sizes, a few bad ones among them.
+    fn input() -> String {
+        (0..6_000)
+            .map(|i| match i % 997 {
+                13 => "not json\n".to_string(),
+                _ => {
+                    let refs: Vec<String> = (0..(i % 40))
+                        .map(|r| format!("\"r{r}\":\"SU:u{}\"", (i + r) % 50))
+                        .collect();
+                    format!("{{\"n\":{i},{}}}\n", refs.join(",")).replace(",}", "}")
+                }
+            })
+            .collect()
+    }
+
+    async fn run_with(enricher: &Enricher, options: RunOptions) -> (String, String, RunSummary) {
+        let (out, rejects) = (Collected::default(), Collected::default());
+        let summary = run(
+            enricher,
+            vec![Source::new(
+                "in",
+                std::io::Cursor::new(input().into_bytes()),
+            )],
+            Output::writer(out.clone()),
+            Some(Output::writer(rejects.clone())),
+            &options,
+            &RunProgress::new(),
+            futures::stream::pending(),
+        )
+        .await
+        .unwrap();
+        (out.text(), rejects.text(), summary)
+    }
+
+    /// Whatever the budget, even smaller than any line, the run writes the same lines in the
+    /// same order, and never waits for ever on budget the writer cannot free.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn any_budget_writes_the_same_output() {
+        let enricher = enricher().await;
+        let (expected, rejected, summary) = run_with(&enricher, RunOptions::new()).await;
+        assert_eq!(summary.lines, 6_000);
+        assert_eq!(summary.rejected, 7);
+        assert_eq!(rejected.lines().count(), 7);
+        for budget in [1, 3_000, 100_000] {
+            let (out, rejects, summary) =
+                run_with(&enricher, RunOptions::new().max_pending_output(budget)).await;
+            assert!(out == expected, "budget {budget}: different output");
+            assert_eq!(rejects, rejected);
+            assert_eq!(summary.written, 5_993);
+        }
+    }
+
+    /// Lines whose output would be over the limit are rejected in place, the others written.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn lines_over_the_output_limit_are_rejected_in_place() {
+        let enricher = enricher().await;
+        let (all, _, _) = run_with(&enricher, RunOptions::new()).await;
+        let limit = 20_000;
+        let (out, rejects, summary) =
+            run_with(&enricher, RunOptions::new().max_line_output(limit)).await;
+        let kept: Vec<&str> = all.lines().filter(|l| l.len() <= limit).collect();
+        assert!(
+            out.lines().eq(kept),
+            "not the lines under the limit, in order"
+        );
+        let over = all.lines().filter(|l| l.len() > limit).count();
+        assert!(over > 100, "{over}");
+        assert_eq!(summary.rejected as usize, 7 + over);
+        assert_eq!(summary.written as usize + summary.rejected as usize, 6_000);
+        let record = rejects
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .find(|r| r["error"].as_str().unwrap().contains("--max-line-output"))
+            .unwrap();
+        assert_eq!(record["file"], "in");
+        let line = record["line"].as_u64().unwrap() as usize;
+        assert_eq!(
+            record["input"].as_str().unwrap(),
+            input().lines().nth(line - 1).unwrap()
+        );
+    }
 }
