@@ -938,6 +938,28 @@ fn crlf_counts_like_lf_toward_the_line_limit() {
     );
 }
 
+/// Pretty-printed JSON is met with a hint that the input must be NDJSON.
+#[test]
+fn a_document_over_several_lines_gets_a_hint() {
+    let dir = tempfile::tempdir().unwrap();
+    let pretty = "{\n  \"actor\": \"SU:x\",\n  \"verb\": \"post\"\n}\n";
+    let out = run(dir.path(), &["--store", "memory:", "run"], pretty);
+    assert_eq!(out.status.code(), Some(2));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("error: -:1: ")
+            && err.contains("(input must be NDJSON: one JSON document per line)"),
+        "{err}"
+    );
+    // A line that is simply not JSON gets no such hint.
+    let out = run(dir.path(), &["--store", "memory:", "run"], "nope\n");
+    assert!(
+        !text(&out.stderr).contains("NDJSON"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
 /// On a terminal the progress display never mixes into standard output: with both on one
 /// terminal every line there is an enriched line or the summary.
 #[test]

@@ -293,12 +293,32 @@ fn take(page: &mut RawPage, line: LineRef<'_>) -> Option<Error> {
             Err(_) if crate::lines::is_blank(text) => {
                 Some(Error::invalid("empty line: expected a JSON object"))
             }
+            Err(error) if spans_lines(text) => Some(Error::invalid(format!(
+                "{} (input must be NDJSON: one JSON document per line)",
+                error.message()
+            ))),
             Err(error) => Some(error),
         },
         LineRef::TooLong { len, .. } => Some(Error::invalid(format!(
             "line is {len} bytes, over the limit of {MAX_LINE} bytes"
         ))),
     }
+}
+
+/// True for a line that looks like part of a document written over several lines (pretty
+/// printed JSON): a document that ends too soon (`{`, `[`, `{"a": 1,`), a closing bracket, or a
+/// lone `"key": value` member.
+fn spans_lines(text: &[u8]) -> bool {
+    let cut = serde_json::from_slice::<serde::de::IgnoredAny>(text).is_err_and(|e| e.is_eof());
+    let trimmed = text.trim_ascii();
+    let closes = matches!(trimmed.first(), Some(b'}' | b']'));
+    let member = trimmed.first() == Some(&b'"')
+        && serde_json::Deserializer::from_slice(trimmed)
+            .into_iter::<String>()
+            .next()
+            .is_some_and(|key| key.is_ok())
+        && memchr::memmem::find(trimmed, b"\":").is_some();
+    cut || closes || member
 }
 
 /// What goes round between the stages instead of being allocated per chunk: the writer hands
@@ -363,6 +383,36 @@ impl<T> Pool<T> {
         let mut spares = self.0.lock().unwrap_or_else(|e| e.into_inner());
         if spares.len() < Self::KEEP {
             spares.push(spare);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pretty_printed_json_is_recognized() {
+        for line in [
+            &b"{"[..],
+            b"[",
+            b"  {",
+            b"{\"a\": 1,",
+            b"  \"actor\": \"SU:x\",",
+            b"  \"n\": 1",
+            b"}",
+            b"  ],",
+        ] {
+            assert!(spans_lines(line), "{}", String::from_utf8_lossy(line));
+        }
+        for line in [
+            &b"not json"[..],
+            b"\"SU:x\"",
+            b"[1,2]",
+            b"{\"a\":1}}",
+            b"{\"a\":\"caf\xe9\"}",
+        ] {
+            assert!(!spans_lines(line), "{}", String::from_utf8_lossy(line));
         }
     }
 }
