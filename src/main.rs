@@ -64,9 +64,14 @@ enum Command {
         /// Enrich references at any depth inside an activity, not only its top-level fields.
         #[arg(long)]
         deep: bool,
-        /// Write bad lines here as {"line":N,"error":…,"input":…} and go on, instead of stopping.
+        /// Write bad lines here as {"file":…,"line":N,"error":…,"input":…} and go on, instead of
+        /// stopping.
         #[arg(long, value_name = "FILE")]
         rejects: Option<PathBuf>,
+        /// Reject a line whose enriched output would be longer than this: bytes, or with a
+        /// suffix K, M or G (powers of 1024).
+        #[arg(long, value_name = "BYTES", default_value = "64M", value_parser = parse_bytes)]
+        max_line_output: usize,
         /// Keep retrying while the store is unavailable for this long, then fail.
         #[arg(long, value_name = "SECS", default_value_t = 30.0)]
         store_timeout: f64,
@@ -373,6 +378,7 @@ async fn main() {
             users,
             deep,
             rejects,
+            max_line_output,
             store_timeout,
             quiet,
         } => {
@@ -387,14 +393,34 @@ async fn main() {
                 output,
                 users,
                 rejects,
-                options: RunOptions::new().depth(depth).store_timeout(store_timeout),
+                options: RunOptions::new()
+                    .depth(depth)
+                    .store_timeout(store_timeout)
+                    .max_line_output(max_line_output),
                 verbose: !quiet,
             };
-            commands::run(&spec, args).await.map(|summary| {
-                if !quiet {
-                    eprintln!("{summary}");
+            match commands::run(&spec, args).await {
+                Ok(summary) => match summary.interrupted {
+                    // Stopped before the end: always said, like an error.
+                    Some(stop) => {
+                        eprintln!("{summary}");
+                        std::process::exit(i32::from(stop.exit_code()));
+                    }
+                    None => {
+                        if !quiet {
+                            eprintln!("{summary}");
+                        }
+                        Ok(())
+                    }
+                },
+                Err(failed) => {
+                    // What was written before the failure, when the run got that far.
+                    if !quiet && failed.summary.lines > 0 {
+                        eprintln!("{}", failed.summary);
+                    }
+                    Err(failed.error)
                 }
-            })
+            }
         }
         Command::Serve {
             listen,
@@ -481,7 +507,45 @@ fn print_line(line: &str) -> Result<(), Error> {
         .map_err(|e| Error::new(enrich::ErrorKind::Internal, "cannot write output").with_cause(e))
 }
 
+/// `4096`, `64K`, `64M`, `1G` (powers of 1024; `KiB`, `MB`… are read the same).
+fn parse_bytes(text: &str) -> Result<usize, String> {
+    let text = text.trim();
+    let digits = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, suffix) = text.split_at(digits);
+    let number: usize = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a number of bytes"))?;
+    let shift = match suffix.trim().to_ascii_uppercase().as_str() {
+        "" | "B" => 0,
+        "K" | "KB" | "KIB" => 10,
+        "M" | "MB" | "MIB" => 20,
+        "G" | "GB" | "GIB" => 30,
+        _ => return Err(format!("{text:?}: the suffix must be K, M or G")),
+    };
+    number
+        .checked_mul(1 << shift)
+        .ok_or_else(|| format!("{text:?} is too large"))
+}
+
 fn fail(err: &Error) -> u8 {
     eprintln!("error: {err}");
     commands::exit_code(err)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_bytes;
+
+    #[test]
+    fn sizes_take_suffixes_in_powers_of_1024() {
+        assert_eq!(parse_bytes("4096"), Ok(4096));
+        assert_eq!(parse_bytes("64K"), Ok(64 << 10));
+        assert_eq!(parse_bytes("64M"), Ok(64 << 20));
+        assert_eq!(parse_bytes("1gib"), Ok(1 << 30));
+        assert!(parse_bytes("12T").is_err());
+        assert!(parse_bytes("M").is_err());
+        assert!(parse_bytes("-1").is_err());
+    }
 }

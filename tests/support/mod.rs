@@ -474,3 +474,75 @@ pub async fn actor(enricher: &enrich::Enricher, id: &str) -> serde_json::Value {
         .unwrap();
     docs.remove(0)["actor"].take()
 }
+
+/// Runs `enrich ARGS` in `dir` with standard input closed and returns its output with its peak
+/// resident memory in KiB: as `/usr/bin/time` reports it where that exists, otherwise the
+/// largest `VmHWM` read from `/proc/PID/status` while it ran.
+pub fn run_enrich_measured(dir: &Path, args: &[&str]) -> (std::process::Output, u64) {
+    let time = Path::new("/usr/bin/time");
+    if time.exists() {
+        let report = dir.join(format!("peak-{}.txt", free_port()));
+        let mut command = Command::new(time);
+        command
+            .arg("-f")
+            .arg("%M")
+            .arg("-o")
+            .arg(&report)
+            .arg(env!("CARGO_BIN_EXE_enrich"))
+            .args(args)
+            .current_dir(dir)
+            .env_remove("ENRICH_STORE")
+            .env_remove("ENRICH_NAMESPACE")
+            .stdin(Stdio::null());
+        let out = command.output().expect("run enrich under /usr/bin/time");
+        let text = std::fs::read_to_string(&report).unwrap_or_default();
+        let _ = std::fs::remove_file(&report);
+        let peak = text
+            .lines()
+            .filter_map(|l| l.trim().parse::<u64>().ok())
+            .next_back()
+            .unwrap_or_else(|| panic!("no peak memory in {text:?}"));
+        return (out, peak);
+    }
+    let mut child = enrich_command(dir)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run enrich");
+    let status_file = format!("/proc/{}/status", child.id());
+    let stdout = drain(child.stdout.take());
+    let stderr = drain(child.stderr.take());
+    let mut peak = 0;
+    let status = loop {
+        if let Ok(text) = std::fs::read_to_string(&status_file) {
+            let hwm = text
+                .lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok());
+            peak = peak.max(hwm.unwrap_or(0));
+        }
+        if let Some(status) = child.try_wait().expect("wait for enrich") {
+            break status;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    let out = std::process::Output {
+        status,
+        stdout: stdout.join().unwrap(),
+        stderr: stderr.join().unwrap(),
+    };
+    (out, peak)
+}
+
+/// Reads a child's pipe to its end on a thread of its own.
+fn drain(pipe: Option<impl Read + Send + 'static>) -> std::thread::JoinHandle<Vec<u8>> {
+    std::thread::spawn(move || {
+        let mut bytes = Vec::new();
+        if let Some(mut pipe) = pipe {
+            let _ = pipe.read_to_end(&mut bytes);
+        }
+        bytes
+    })
+}
