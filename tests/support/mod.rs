@@ -42,7 +42,28 @@ impl RedisServer {
 
     /// A server with extra `redis-server` arguments.
     pub fn with_args(args: &[&str]) -> RedisServer {
-        RedisServer::on_port(free_port(), args)
+        RedisServer::on_free_port(free_port, args)
+    }
+
+    /// A server on a port `pick` chooses, chosen again if another process took it between
+    /// the pick and the server's bind (tests run in parallel, each picking ports).
+    pub fn on_free_port(pick: fn() -> u16, args: &[&str]) -> RedisServer {
+        for _ in 0..10 {
+            let dir = tempfile::tempdir().expect("temp dir for redis-server");
+            let mut server = RedisServer {
+                child: None,
+                port: pick(),
+                dir,
+                args: args.iter().map(|a| a.to_string()).collect(),
+            };
+            server.launch();
+            match server.try_ready() {
+                Ok(()) => return server,
+                Err(log) if log.contains("Address already in use") => continue,
+                Err(log) => panic!("redis-server on port {}:\n{log}", server.port),
+            }
+        }
+        panic!("no free port for redis-server after 10 tries");
     }
 
     /// A server on `port` with extra `redis-server` arguments.
@@ -59,6 +80,11 @@ impl RedisServer {
     }
 
     fn spawn(&mut self) {
+        self.launch();
+        self.wait_ready();
+    }
+
+    fn launch(&mut self) {
         let log = self.dir.path().join("redis.log");
         let child = Command::new(server_binary())
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
@@ -79,11 +105,18 @@ impl RedisServer {
                 )
             });
         self.child = Some(child);
-        self.wait_ready();
     }
 
     /// Waits until the server answers PING (or asks for a password), or panics with its log.
     fn wait_ready(&mut self) {
+        if let Err(log) = self.try_ready() {
+            panic!("redis-server on port {}:\n{log}", self.port);
+        }
+    }
+
+    /// Waits until the server answers PING (or asks for a password); its log if it exits or
+    /// never answers.
+    fn try_ready(&mut self) -> Result<(), String> {
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
             if let Some(status) = self
@@ -91,7 +124,8 @@ impl RedisServer {
                 .as_mut()
                 .and_then(|c| c.try_wait().ok().flatten())
             {
-                panic!("redis-server exited with {status}:\n{}", self.log());
+                self.child = None;
+                return Err(format!("exited with {status}:\n{}", self.log()));
             }
             if let Ok(mut conn) = TcpStream::connect(("127.0.0.1", self.port)) {
                 let _ = conn.set_read_timeout(Some(Duration::from_millis(500)));
@@ -100,16 +134,12 @@ impl RedisServer {
                     && matches!(conn.read(&mut reply), Ok(n) if n > 0
                         && (reply.starts_with(b"+PONG") || reply.starts_with(b"-NOAUTH")))
                 {
-                    return;
+                    return Ok(());
                 }
             }
             std::thread::sleep(Duration::from_millis(10));
         }
-        panic!(
-            "redis-server on port {} never became ready:\n{}",
-            self.port,
-            self.log()
-        );
+        Err(format!("never became ready:\n{}", self.log()))
     }
 
     /// The server's log so far.
@@ -201,7 +231,7 @@ impl RedisCluster {
             "no",
         ];
         let nodes: Vec<RedisServer> = (0..3)
-            .map(|_| RedisServer::on_port(cluster_port(), &args))
+            .map(|_| RedisServer::on_free_port(cluster_port, &args))
             .collect();
         let addrs: Vec<String> = nodes
             .iter()
