@@ -78,6 +78,18 @@ impl Server {
         text(self.api(method, path).body(body).send().await.unwrap()).await
     }
 
+    /// The text of `GET /metrics`.
+    async fn metrics(&self) -> String {
+        let resp = self
+            .client
+            .get(format!("{}/metrics", self.base))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+        resp.text().await.unwrap()
+    }
+
     async fn stop(mut self) {
         let _ = self.stop.take().unwrap().send(());
         self.task.take().unwrap().await.unwrap().unwrap();
@@ -860,17 +872,14 @@ async fn requests_over_a_limit_are_refused_naming_it() {
     .await;
     assert_eq!(status, StatusCode::OK);
 
-    let metrics = server
-        .client
-        .get(format!("{}/metrics", server.base))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    for limit in ["max_activities", "max_references", "max_response_bytes"] {
-        let line = format!(r#"enrich_limit_refusals_total{{limit="{limit}"}} 1"#);
+    let metrics = server.metrics().await;
+    for (limit, times) in [
+        ("max_activities", 1),
+        ("max_references", 1),
+        ("max_response_bytes", 1),
+        ("max_batch_ids", 3),
+    ] {
+        let line = format!(r#"enrich_limit_refusals_total{{limit="{limit}"}} {times}"#);
         assert!(
             metrics.lines().any(|l| l == line),
             "no {line} in\n{metrics}"
@@ -896,15 +905,7 @@ async fn metric_labels_stay_bounded_whatever_clients_send() {
             .await
             .unwrap();
     }
-    let metrics = server
-        .client
-        .get(format!("{}/metrics", server.base))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = server.metrics().await;
     let series: Vec<&str> = metrics
         .lines()
         .filter(|l| l.starts_with("enrich_http_requests_total"))

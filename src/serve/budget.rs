@@ -67,11 +67,14 @@ impl Budget {
         let bytes = u32::try_from(bytes.min(self.total)).unwrap_or(u32::MAX);
         match tokio::time::timeout(WAIT, self.bytes.clone().acquire_many_owned(bytes)).await {
             Ok(Ok(permit)) => Ok(Charge(Some(permit))),
-            _ => Err(ApiError::busy(format!(
-                "the server is holding its limit of {} bytes of requests and responses \
+            _ => Err(ApiError::busy(
+                "max_in_flight_bytes",
+                format!(
+                    "the server is holding its limit of {} bytes of requests and responses \
                  (--max-in-flight-bytes); retry shortly",
-                self.total
-            ))),
+                    self.total
+                ),
+            )),
         }
     }
 

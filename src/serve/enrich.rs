@@ -37,38 +37,35 @@ pub(crate) async fn enrich(
     let mut page = RawPage::with_capacity(depth, doc.len(), 1);
     page.push_any(&doc)?;
     drop(doc);
-    let (activities, references) = (page.activities(), page.references());
-    if activities > limits.max_activities {
-        state.metrics.record_refusal("max_activities");
-        return Err(ApiError::over_limit(format!(
-            "the document holds {} activities, over the limit of {} per request \
-             (--max-activities)",
-            activities, limits.max_activities
-        )));
+    if page.activities() > limits.max_activities {
+        return Err(ApiError::over_limit(
+            "max_activities",
+            "activities",
+            page.activities(),
+            limits.max_activities,
+        ));
     }
-    if references > limits.max_references {
-        state.metrics.record_refusal("max_references");
-        return Err(ApiError::over_limit(format!(
-            "the document holds {} references, over the limit of {} per request \
-             (--max-references)",
-            references, limits.max_references
-        )));
+    if page.references() > limits.max_references {
+        return Err(ApiError::over_limit(
+            "max_references",
+            "references",
+            page.references(),
+            limits.max_references,
+        ));
     }
     let enriched = state.enricher.enrich_page(&page).await?;
     state.metrics.record_enrich(&enriched.stats());
     // Known before a byte of it exists: enrichment multiplies, so the size is checked first.
     let len = enriched.doc_len(0);
     if len > limits.max_response_bytes {
-        state.metrics.record_refusal("max_response_bytes");
-        return Err(ApiError::over_limit(format!(
+        return Err(ApiError::input(format!(
             "the enriched document would be {len} bytes, over the limit of {} bytes per \
              response (--max-response-bytes); ask for fewer activities at once",
             limits.max_response_bytes
-        )));
+        ))
+        .by("max_response_bytes"));
     }
-    let charge = state.budget.charge(len).await.inspect_err(|_| {
-        state.metrics.record_refusal("max_in_flight_bytes");
-    })?;
+    let charge = state.budget.charge(len).await?;
     let mut out = Vec::with_capacity(len);
     enriched.write(0, &mut out);
     let mut response = Response::new(charged_body(out.into(), charge));

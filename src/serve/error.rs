@@ -18,6 +18,8 @@ pub(crate) struct ApiError {
     pub(crate) code: u16,
     pub(crate) exception: &'static str,
     pub(crate) detail: String,
+    /// The limit that refused the request, for the metrics.
+    pub(crate) limit: Option<&'static str>,
 }
 
 impl ApiError {
@@ -27,7 +29,13 @@ impl ApiError {
             code,
             exception,
             detail,
+            limit: None,
         }
+    }
+
+    pub(crate) fn by(mut self, limit: &'static str) -> Self {
+        self.limit = Some(limit);
+        self
     }
 
     /// 400: the request's input is wrong.
@@ -94,11 +102,17 @@ impl ApiError {
             "RequestEntityTooLargeException",
             format!("the request body is over the limit of {limit} bytes (--max-body-bytes)"),
         )
+        .by("max_body_bytes")
     }
 
-    /// 400: the request asks for more than a limit allows; the detail names the limit.
-    pub(crate) fn over_limit(detail: impl Into<String>) -> Self {
-        ApiError::input(detail)
+    /// 400: the request asks for more than a limit allows: it holds `count` of `what`, over
+    /// `max` per request, the limit named `limit` (its flag is `--` and the name with dashes).
+    pub(crate) fn over_limit(limit: &'static str, what: &str, count: u64, max: u64) -> Self {
+        ApiError::input(format!(
+            "the request holds {count} {what}, over the limit of {max} per request (--{})",
+            limit.replace('_', "-")
+        ))
+        .by(limit)
     }
 
     /// 408: the client did not send its body in time.
@@ -112,16 +126,18 @@ impl ApiError {
                 limit.as_secs_f64()
             ),
         )
+        .by("body_timeout")
     }
 
-    /// 503: the server is at a limit of its own for now.
-    pub(crate) fn busy(detail: impl Into<String>) -> Self {
+    /// 503: the server is at `limit`, a limit of its own, for now.
+    pub(crate) fn busy(limit: &'static str, detail: impl Into<String>) -> Self {
         ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             1,
             "ServiceUnavailableException",
             detail.into(),
         )
+        .by(limit)
     }
 
     /// 504: the request did not finish in time; a write it made may have been applied.
@@ -136,6 +152,7 @@ impl ApiError {
                 limit.as_secs_f64()
             ),
         )
+        .by("request_timeout")
     }
 
     /// 500, with a generic detail: what went wrong inside is logged, not shown.

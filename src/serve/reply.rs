@@ -95,10 +95,7 @@ pub(crate) async fn finish(
     let limit = state.limits.request_timeout;
     let mut response = match tokio::time::timeout(limit, next.run(request)).await {
         Ok(response) => response,
-        Err(_) => {
-            state.metrics.record_refusal("request_timeout");
-            ApiError::request_timeout(limit).into_response()
-        }
+        Err(_) => ApiError::request_timeout(limit).into_response(),
     };
     if let Some(mut pending) = response.extensions_mut().remove::<Pending>() {
         let mut body = Vec::with_capacity(256);
@@ -110,7 +107,6 @@ pub(crate) async fn finish(
             match state.budget.charge(body.len()).await {
                 Ok(charge) => charge,
                 Err(busy) => {
-                    state.metrics.record_refusal("max_in_flight_bytes");
                     pending = Pending::Error(busy);
                     body.clear();
                     pending.write(&format_duration(started), &mut body);
@@ -121,6 +117,12 @@ pub(crate) async fn finish(
         } else {
             Charge::free()
         };
+        if let Pending::Error(ApiError {
+            limit: Some(limit), ..
+        }) = &pending
+        {
+            state.metrics.record_refusal(limit);
+        }
         *response.body_mut() = charged_body(body.into(), charge);
         response.headers_mut().insert(
             header::CONTENT_TYPE,

@@ -112,10 +112,12 @@ pub(crate) fn ids(query: &HashMap<String, String>) -> Result<Vec<String>, ApiErr
 /// Refuses a batch call naming more than `max` ids or users.
 pub(crate) fn check_batch(count: usize, max: usize) -> Result<(), ApiError> {
     if count > max {
-        return Err(ApiError::over_limit(format!(
-            "the request names {count} users, over the limit of {max} per batch call \
-             (--max-batch-ids)"
-        )));
+        return Err(ApiError::over_limit(
+            "max_batch_ids",
+            "users",
+            count as u64,
+            max as u64,
+        ));
     }
     Ok(())
 }
