@@ -11,10 +11,13 @@
 //! [`UserStore::get_many`] in one round trip: that is the call the resolver makes once per page.
 
 mod cluster;
+mod fault;
 mod file;
+mod link;
 mod memory;
 mod redis;
 mod slots;
+mod tls;
 mod tracking;
 
 use std::fmt;
@@ -339,7 +342,12 @@ impl StoreUrl {
 /// Reads the part of a cluster URL after `scheme+cluster://`: optional credentials, then a
 /// comma-separated list of `host:port` seeds. The messages never repeat the credentials.
 fn parse_cluster(scheme: &str, rest: &str) -> Result<StoreUrl> {
-    let shown = |hosts: &str| format!("{scheme}+cluster://{hosts}");
+    // `#insecure` (TLS without checking the certificate) applies to every node.
+    let (rest, fragment) = match rest.strip_suffix("#insecure") {
+        Some(rest) if scheme == "rediss" => (rest, "#insecure"),
+        _ => (rest, ""),
+    };
+    let shown = |hosts: &str| format!("{scheme}+cluster://{hosts}{fragment}");
     let (userinfo, hosts) = match rest.rsplit_once('@') {
         Some((userinfo, hosts)) => (Some(userinfo), hosts),
         None => (None, rest),
@@ -374,7 +382,7 @@ fn parse_cluster(scheme: &str, rest: &str) -> Result<StoreUrl> {
             _ => return bad(format!("node {seed:?} has an invalid port {port:?}")),
         }
         let auth = userinfo.map(|u| format!("{u}@")).unwrap_or_default();
-        nodes.push(format!("{scheme}://{auth}{host}:{port}"));
+        nodes.push(format!("{scheme}://{auth}{host}:{port}{fragment}"));
     }
     Ok(StoreUrl::RedisCluster {
         nodes,
@@ -431,6 +439,16 @@ mod tests {
                     "redis://u:pw@h2:7001".to_string()
                 ],
                 describe: "redis+cluster://10.0.0.1:7000,h2:7001".to_string(),
+            }
+        );
+        assert_eq!(
+            StoreUrl::parse("rediss+cluster://:pw@h:1,h:2/#insecure").unwrap(),
+            StoreUrl::RedisCluster {
+                nodes: vec![
+                    "rediss://:pw@h:1#insecure".to_string(),
+                    "rediss://:pw@h:2#insecure".to_string()
+                ],
+                describe: "rediss+cluster://h:1,h:2#insecure".to_string(),
             }
         );
         assert_eq!(
