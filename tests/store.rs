@@ -505,9 +505,11 @@ async fn reads_go_on_while_writes_are_paused() {
     // closes a connection whose answer is overdue, and Redis drops the held command of a
     // client that is gone, so here it was not; had the answer been lost on the way back, it
     // would have been. Either way the stored user is whole, one version or the other.
-    let after: serde_json::Value =
-        serde_json::from_str(&raw_user(&server, "p").unwrap()).unwrap();
-    assert!([1, 2].contains(&after["data"]["v"].as_i64().unwrap()), "{after}");
+    let after: serde_json::Value = serde_json::from_str(&raw_user(&server, "p").unwrap()).unwrap();
+    assert!(
+        [1, 2].contains(&after["data"]["v"].as_i64().unwrap()),
+        "{after}"
+    );
     let now = store.update(&user("p", json!({"v": 3}))).await.unwrap();
     assert_eq!(now.parse().unwrap().data["v"], 3);
     assert_eq!(raw_user(&server, "p").as_deref(), Some(now.as_str()));
@@ -517,7 +519,16 @@ async fn reads_go_on_while_writes_are_paused() {
 async fn a_user_without_write_permission_is_refused_at_once() {
     let server = RedisServer::start();
     redis::cmd("ACL")
-        .arg(&["SETUSER", "reader", "on", ">reader-secret-7", "~*", "+get", "+mget", "+ping"])
+        .arg(&[
+            "SETUSER",
+            "reader",
+            "on",
+            ">reader-secret-7",
+            "~*",
+            "+get",
+            "+mget",
+            "+ping",
+        ])
         .exec(&mut server.connection())
         .unwrap();
     let url = format!("redis://reader:reader-secret-7@127.0.0.1:{}", server.port());
@@ -526,7 +537,10 @@ async fn a_user_without_write_permission_is_refused_at_once() {
     let err = store.add(&user("a", json!({})), false).await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::PermissionDenied, "{err}");
     let text = err.to_string();
-    assert!(text.contains("NOPERM") && text.contains("does not permit"), "{text}");
+    assert!(
+        text.contains("NOPERM") && text.contains("does not permit"),
+        "{text}"
+    );
     assert!(text.contains(&server.url()), "{text}");
     assert!(!text.contains("reader-secret-7"), "{text}");
     assert_eq!(raw_user(&server, "a"), None);
@@ -550,7 +564,10 @@ async fn a_full_redis_is_store_full() {
     let data = json!({ "k": "v".repeat(9_000) });
     let mut refused = None;
     for i in 0..2_000 {
-        match store.add(&user(&format!("u{i}"), data.clone()), false).await {
+        match store
+            .add(&user(&format!("u{i}"), data.clone()), false)
+            .await
+        {
             Ok(_) => {}
             Err(err) => {
                 refused = Some((i, err));

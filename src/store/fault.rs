@@ -83,10 +83,9 @@ fn server_refusal(describe: &str, code: &str, err: &RedisError) -> Error {
             ErrorKind::StoreFull,
             "is out of memory (maxmemory) and refuses writes".to_string(),
         ),
-        "LOADING" | "MASTERDOWN" | "TRYAGAIN" | "CLUSTERDOWN" | "READONLY" | "BUSY" => (
-            ErrorKind::Unavailable,
-            "is unavailable for now".to_string(),
-        ),
+        "LOADING" | "MASTERDOWN" | "TRYAGAIN" | "CLUSTERDOWN" | "READONLY" | "BUSY" => {
+            (ErrorKind::Unavailable, "is unavailable for now".to_string())
+        }
         "MOVED" | "ASK" => (
             ErrorKind::InvalidInput,
             "is a cluster node; use a redis+cluster:// URL".to_string(),
@@ -157,7 +156,13 @@ fn io_fault(describe: &str, err: RedisError, write: bool) -> Error {
 
 /// The TLS error behind an I/O failure, if that is what it was.
 fn tls_error(err: &RedisError) -> Option<&rustls::Error> {
-    let io = std::error::Error::source(err)?.downcast_ref::<io::Error>()?;
+    type Shared = std::sync::Arc<dyn std::error::Error + Send + Sync>;
+    // The client keeps the I/O error behind an `Arc`, which is what `source` hands out.
+    let source = std::error::Error::source(err)?;
+    let io = match source.downcast_ref::<Shared>() {
+        Some(shared) => shared.downcast_ref::<io::Error>()?,
+        None => source.downcast_ref::<io::Error>()?,
+    };
     io.get_ref()?.downcast_ref::<rustls::Error>()
 }
 
@@ -184,7 +189,10 @@ mod tests {
         assert_eq!(fault(d, timeout.clone()).kind(), ErrorKind::Timeout);
         let unknown = write_fault(d, timeout);
         assert_eq!(unknown.kind(), ErrorKind::OutcomeUnknown);
-        assert!(unknown.to_string().contains("may have been applied"), "{unknown}");
+        assert!(
+            unknown.to_string().contains("may have been applied"),
+            "{unknown}"
+        );
         let reset = io(io::ErrorKind::ConnectionReset);
         assert_eq!(fault(d, reset.clone()).kind(), ErrorKind::Unavailable);
         assert_eq!(write_fault(d, reset).kind(), ErrorKind::OutcomeUnknown);
@@ -218,7 +226,10 @@ mod tests {
         }
         let auth = fault(
             d,
-            RedisError::from((RedisKind::AuthenticationFailed, "Password authentication failed")),
+            RedisError::from((
+                RedisKind::AuthenticationFailed,
+                "Password authentication failed",
+            )),
         );
         assert_eq!(auth.kind(), ErrorKind::PermissionDenied);
         assert!(auth.to_string().contains("credentials"), "{auth}");

@@ -386,7 +386,10 @@ mod tests {
         );
         assert_eq!(redact("rediss://u:p@h:1"), "rediss://h:1");
         assert_eq!(redact("redis://h:1"), "redis://h:1");
-        assert_eq!(redact("rediss://:pw@h:1/#insecure"), "rediss://h:1/#insecure");
+        assert_eq!(
+            redact("rediss://:pw@h:1/#insecure"),
+            "rediss://h:1/#insecure"
+        );
         // Not URL-encoded: still nothing of the password is shown.
         assert_eq!(redact("redis://u:p/w#x@h:1/0"), "redis://h:1/0");
         assert_eq!(redact("redis://:a@b@h:1"), "redis://h:1");

@@ -104,10 +104,9 @@ fn local_roots() -> Result<Vec<CertificateDer<'static>>> {
     }
     let named = named.join(", ");
     if let Some(err) = found.errors.into_iter().next() {
-        return Err(Error::invalid(format!(
-            "cannot read the CA certificates of {named}"
-        ))
-        .with_cause(err));
+        return Err(
+            Error::invalid(format!("cannot read the CA certificates of {named}")).with_cause(err),
+        );
     }
     if found.certs.is_empty() {
         return Err(Error::invalid(format!(

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 pub struct RedisServer {
     child: Option<Child>,
     port: u16,
+    tls_port: Option<u16>,
     dir: tempfile::TempDir,
     args: Vec<String>,
 }
@@ -51,11 +52,44 @@ impl RedisServer {
         let mut server = RedisServer {
             child: None,
             port,
+            tls_port: None,
             dir,
             args: args.iter().map(|a| a.to_string()).collect(),
         };
         server.spawn();
         server
+    }
+
+    /// A server that also speaks TLS, on a port of its own, with the certificate `certs` made
+    /// for 127.0.0.1 and localhost (clients need not present one). The plain port stays open
+    /// for the test to look at the server.
+    pub fn with_tls(certs: &TestCerts, args: &[&str]) -> RedisServer {
+        let tls_port = free_port();
+        let mut all: Vec<String> = vec![
+            "--tls-port".into(),
+            tls_port.to_string(),
+            "--tls-cert-file".into(),
+            certs.server_cert().display().to_string(),
+            "--tls-key-file".into(),
+            certs.server_key().display().to_string(),
+            "--tls-ca-cert-file".into(),
+            certs.ca().display().to_string(),
+            "--tls-auth-clients".into(),
+            "no".into(),
+        ];
+        all.extend(args.iter().map(|a| a.to_string()));
+        let all: Vec<&str> = all.iter().map(String::as_str).collect();
+        let mut server = RedisServer::with_args(&all);
+        server.tls_port = Some(tls_port);
+        server
+    }
+
+    /// `rediss://127.0.0.1:TLS_PORT`, for a server started [`RedisServer::with_tls`].
+    pub fn tls_url(&self) -> String {
+        format!(
+            "rediss://127.0.0.1:{}",
+            self.tls_port.expect("a server started with_tls")
+        )
     }
 
     fn spawn(&mut self) {
@@ -407,6 +441,107 @@ impl RedisCluster {
     /// Kills master `i`; its slots stay unserved (there are no replicas).
     pub fn kill(&mut self, i: usize) {
         self.nodes[i].stop();
+    }
+}
+
+/// A CA, and a server certificate it signed for 127.0.0.1 and localhost, made by `openssl` in a
+/// temp dir of their own.
+pub struct TestCerts {
+    dir: tempfile::TempDir,
+}
+
+impl TestCerts {
+    /// Makes them (P-256 keys, valid for two days).
+    pub fn generate() -> TestCerts {
+        let dir = tempfile::tempdir().expect("temp dir for certificates");
+        let path = |name: &str| dir.path().join(name).display().to_string();
+        std::fs::write(
+            dir.path().join("server.ext"),
+            "subjectAltName=IP:127.0.0.1,DNS:localhost\n\
+             basicConstraints=CA:FALSE\n\
+             keyUsage=digitalSignature,keyEncipherment\n\
+             extendedKeyUsage=serverAuth\n",
+        )
+        .unwrap();
+        let ec = [
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+        ];
+        let steps: Vec<Vec<String>> = vec![
+            [
+                &["req", "-x509"][..],
+                &ec,
+                &["-days", "2", "-subj", "/CN=enrich test CA"],
+            ]
+            .concat()
+            .iter()
+            .map(|s| s.to_string())
+            .chain([
+                "-keyout".into(),
+                path("ca.key"),
+                "-out".into(),
+                path("ca.crt"),
+            ])
+            .collect(),
+            [&["req"][..], &ec, &["-subj", "/CN=localhost"]]
+                .concat()
+                .iter()
+                .map(|s| s.to_string())
+                .chain([
+                    "-keyout".into(),
+                    path("server.key"),
+                    "-out".into(),
+                    path("server.csr"),
+                ])
+                .collect(),
+            ["x509", "-req", "-days", "2", "-CAcreateserial"]
+                .iter()
+                .map(|s| s.to_string())
+                .chain([
+                    "-in".into(),
+                    path("server.csr"),
+                    "-CA".into(),
+                    path("ca.crt"),
+                    "-CAkey".into(),
+                    path("ca.key"),
+                    "-extfile".into(),
+                    path("server.ext"),
+                    "-out".into(),
+                    path("server.crt"),
+                ])
+                .collect(),
+        ];
+        for args in steps {
+            let out = Command::new("openssl")
+                .args(&args)
+                .stdin(Stdio::null())
+                .output()
+                .unwrap_or_else(|e| panic!("cannot run openssl: {e}"));
+            assert!(
+                out.status.success(),
+                "openssl {args:?} failed:\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        TestCerts { dir }
+    }
+
+    /// The CA's certificate (PEM).
+    pub fn ca(&self) -> PathBuf {
+        self.dir.path().join("ca.crt")
+    }
+
+    /// The server's certificate (PEM).
+    pub fn server_cert(&self) -> PathBuf {
+        self.dir.path().join("server.crt")
+    }
+
+    /// The server's private key (PEM).
+    pub fn server_key(&self) -> PathBuf {
+        self.dir.path().join("server.key")
     }
 }
 
