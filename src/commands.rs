@@ -156,8 +156,7 @@ pub async fn run(spec: &StoreSpec, args: RunArgs) -> Result<RunSummary> {
     }
     let store = open_with_retry(spec, args.options.store_timeout_value()).await?;
     let enricher = Enricher::new(store);
-    // Pages resolved before the store's watch is up would not be cached.
-    enricher.wait_for_cache(Duration::from_secs(2)).await;
+    // Users first: a store that refuses writes says so at once, before any wait.
     if let Some(users) = &args.users {
         let input = open_input(Some(users)).await?;
         let mut bad = 0;
@@ -178,6 +177,8 @@ pub async fn run(spec: &StoreSpec, args: RunArgs) -> Result<RunSummary> {
             )));
         }
     }
+    // Pages resolved before the store's watch is up would not be cached.
+    enricher.wait_for_cache(Duration::from_secs(2)).await;
     let output: Box<dyn AsyncWrite + Unpin + Send> = match &args.output {
         Some(path) => Box::new(create_output(path).await?),
         None => Box::new(tokio::io::stdout()),
@@ -297,15 +298,37 @@ async fn shutdown_signal() {
     }
 }
 
-/// Opens the store, retrying while it is unavailable for up to `timeout`.
+/// Opens the store, retrying while it is unavailable for up to `timeout`. The first failure is
+/// said at once on standard error, so a store that is down is never a silent wait; a failure
+/// that retrying cannot fix (credentials, permissions, a certificate) ends it at once.
 async fn open_with_retry(spec: &StoreSpec, timeout: Duration) -> Result<SharedStore> {
     let started = Instant::now();
     let mut delay = Duration::from_millis(50);
+    let mut told = false;
     loop {
         match spec.open().await {
             Err(err) if err.is_transient() && started.elapsed() < timeout => {
-                tokio::time::sleep(delay).await;
+                if !told {
+                    eprintln!(
+                        "enrich: {err}; retrying for up to {} s (--store-timeout)",
+                        timeout.as_secs_f64()
+                    );
+                    told = true;
+                }
+                tokio::time::sleep(delay.min(timeout.saturating_sub(started.elapsed()))).await;
                 delay = (delay * 2).min(Duration::from_secs(1));
+            }
+            Err(err) if err.is_transient() => {
+                return Err(err.context(format!(
+                    "gave up after {} s (--store-timeout)",
+                    timeout.as_secs_f64()
+                )));
+            }
+            Ok(store) => {
+                if told {
+                    eprintln!("enrich: store {} is available", store.describe());
+                }
+                return Ok(store);
             }
             other => return other,
         }

@@ -296,3 +296,94 @@ fn import_reports_bad_lines_and_counts() {
     assert_eq!(code(&out), 2);
     assert!(stderr(&out).contains("missing.ndjson"), "{}", stderr(&out));
 }
+
+/// Runs `enrich ARGS` and says how long it took.
+fn timed(dir: &Path, args: &[&str]) -> (Output, std::time::Duration) {
+    let started = std::time::Instant::now();
+    let out = enrich(dir, args, "");
+    (out, started.elapsed())
+}
+
+#[test]
+fn what_retrying_cannot_fix_fails_at_once_naming_the_cause() {
+    let server = RedisServer::with_password("right-pw");
+    let mut admin = redis::Client::open(server.url_with_password("right-pw"))
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    redis::cmd("ACL")
+        .arg(&[
+            "SETUSER",
+            "reader",
+            "on",
+            ">reader-pw-5",
+            "~*",
+            "+get",
+            "+mget",
+            "+ping",
+        ])
+        .exec(&mut admin)
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let users = support::fixture("users.ndjson");
+    let activities = support::fixture("activities.ndjson");
+    let wrong = server.url_with_password("typo-pw-8");
+    let reader = format!("redis://reader:reader-pw-5@127.0.0.1:{}", server.port());
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (vec!["--store", &wrong, "users", "get", "a"], "credentials"),
+        (vec!["--store", &wrong, "run", &activities], "credentials"),
+        (vec!["--store", &reader, "users", "add", "a"], "NOPERM"),
+        (
+            vec!["--store", &reader, "run", "--users", &users, &activities],
+            "NOPERM",
+        ),
+    ];
+    for (args, cause) in cases {
+        let (out, took) = timed(dir.path(), &args);
+        let err = stderr(&out);
+        assert_eq!(code(&out), 1, "{args:?}: {err}");
+        assert!(err.contains(cause), "{args:?}: {err}");
+        assert!(err.contains(&server.url()), "{args:?}: {err}");
+        assert!(!err.contains("retrying"), "{args:?}: {err}");
+        for secret in ["typo-pw-8", "reader-pw-5", "right-pw"] {
+            assert!(!err.contains(secret), "{args:?}: {err}");
+        }
+        assert!(
+            took < std::time::Duration::from_secs(2),
+            "{args:?} took {took:?}"
+        );
+    }
+}
+
+#[test]
+fn a_store_that_is_down_is_said_at_once_then_retried() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("redis://127.0.0.1:{}", support::free_port());
+    let started = std::time::Instant::now();
+    let mut child = support::enrich_command(dir.path())
+        .args(["--store", &url, "run", "--store-timeout", "20"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    stderr.read_line(&mut line).unwrap();
+    let took = started.elapsed();
+    let still_running = child.try_wait().unwrap().is_none();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(still_running, "{line}");
+    assert!(line.starts_with("enrich: "), "{line}");
+    assert!(
+        line.contains(&url) && line.contains("unavailable"),
+        "{line}"
+    );
+    assert!(
+        line.contains("retrying for up to 20 s (--store-timeout)"),
+        "{line}"
+    );
+    assert!(took < std::time::Duration::from_secs(2), "{took:?}: {line}");
+}
