@@ -387,3 +387,48 @@ fn a_store_that_is_down_is_said_at_once_then_retried() {
     );
     assert!(took < std::time::Duration::from_secs(2), "{took:?}: {line}");
 }
+
+#[test]
+fn no_help_or_error_shows_a_password() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = "SECRETPW-31";
+    let url = format!(
+        "redis://default:{secret}@127.0.0.1:{}",
+        support::free_port()
+    );
+    let with_env = |args: &[&str]| {
+        support::enrich_command(dir.path())
+            .args(args)
+            .env("ENRICH_STORE", &url)
+            .env("ENRICH_API_KEY", format!("key-{secret}"))
+            .env("ENRICH_API_SECRET", format!("secret-{secret}"))
+            .output()
+            .unwrap()
+    };
+    for args in [
+        &["--help"][..],
+        &["-h"],
+        &["run", "--help"],
+        &["users", "--help"],
+        &["users", "get", "--help"],
+        &["serve", "--help"],
+        &["bench", "--help"],
+        &["users", "get", "x"],
+        &["run", "--store-timeout", "0"],
+        &["no-such-command"],
+    ] {
+        let out = with_env(args);
+        let all = format!("{}{}", stdout(&out), stderr(&out));
+        assert!(!all.contains(secret), "{args:?}: {all}");
+    }
+    for store in [
+        format!("postgres://u:{secret}@h"),
+        format!("redis:/u:{secret}@h:1"),
+        format!("redis://u:{secret}@127.0.0.1:notaport"),
+        format!("redis+cluster://u:{secret}@127.0.0.1:1,127.0.0.1"),
+    ] {
+        let out = enrich(dir.path(), &["--store", &store, "users", "get", "x"], "");
+        assert_ne!(code(&out), 0, "{store}");
+        assert!(!stderr(&out).contains(secret), "{store}: {}", stderr(&out));
+    }
+}

@@ -332,8 +332,9 @@ impl StoreUrl {
             Ok(StoreUrl::Memory)
         } else {
             Err(Error::invalid(format!(
-                "unknown store URL {url:?}; use redis://host:port[/db], rediss://…, \
-                 redis+cluster://host:port[,host:port…], file:PATH or memory:"
+                "unknown store URL {:?}; use redis://host:port[/db], rediss://…, \
+                 redis+cluster://host:port[,host:port…], file:PATH or memory:",
+                self::redis::redact(url)
             )))
         }
     }
@@ -427,6 +428,8 @@ mod tests {
         assert!(err.is_invalid_input());
         assert!(err.to_string().contains("postgres://x"), "{err}");
         assert!(StoreUrl::parse("file:").is_err());
+        let err = StoreUrl::parse("postgres://u:pw-9@x").unwrap_err();
+        assert!(!err.to_string().contains("pw-9"), "{err}");
     }
 
     #[test]

@@ -279,7 +279,10 @@ pub(super) fn redact(url: &str) -> String {
             let host = rest.rsplit_once('@').map_or(rest, |(_, host)| host);
             format!("{scheme}://{host}")
         }
-        None => url.to_string(),
+        None => match url.rsplit_once('@') {
+            Some((_, host)) => format!("…@{host}"),
+            None => url.to_string(),
+        },
     }
 }
 
@@ -393,5 +396,6 @@ mod tests {
         // Not URL-encoded: still nothing of the password is shown.
         assert_eq!(redact("redis://u:p/w#x@h:1/0"), "redis://h:1/0");
         assert_eq!(redact("redis://:a@b@h:1"), "redis://h:1");
+        assert_eq!(redact("redis:/u:pw@h:1"), "…@h:1");
     }
 }
