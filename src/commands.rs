@@ -22,8 +22,9 @@ use crate::user::{NewUser, UserId, UserJson};
 pub const EXIT_CODES: &str = "\
 Exit codes:
   0  success
-  1  store unavailable, timeout, or any other failure
-  2  invalid input or usage
+  1  store unavailable, timeout, refusal (credentials, permissions, full), or any other failure
+  2  invalid input or usage, including a file store that does not exist for a command that
+     only reads (users get, update, delete; run without --users)
   3  conflict: the user already exists
   4  not found: the user does not exist";
 
@@ -57,6 +58,13 @@ impl StoreSpec {
     /// input is reported as such even when the store is down.
     pub async fn open(&self) -> Result<SharedStore> {
         store::open(&self.url, &self.options).await
+    }
+
+    /// Opens the store for work that only reads: a file store that does not exist is an error
+    /// naming its path, never a new empty store.
+    pub async fn open_existing(&self) -> Result<SharedStore> {
+        let options = self.options.clone().create_if_missing(false);
+        store::open(&self.url, &options).await
     }
 }
 
@@ -94,19 +102,19 @@ pub async fn users_add(
 /// `users get`.
 pub async fn users_get(spec: &StoreSpec, id: &str) -> Result<UserJson> {
     let id = UserId::parse(id)?;
-    spec.open().await?.get(&id).await
+    spec.open_existing().await?.get(&id).await
 }
 
 /// `users update`: replaces the data of an existing user.
 pub async fn users_update(spec: &StoreSpec, id: &str, data: &str) -> Result<UserJson> {
     let user = NewUser::new(id, Some(read_data(data).await?))?;
-    spec.open().await?.update(&user).await
+    spec.open_existing().await?.update(&user).await
 }
 
 /// `users delete`.
 pub async fn users_delete(spec: &StoreSpec, id: &str) -> Result<()> {
     let id = UserId::parse(id)?;
-    spec.open().await?.delete(&id).await
+    spec.open_existing().await?.delete(&id).await
 }
 
 /// `users import`: NDJSON users from a file or `-` (standard input). Rejected lines are
@@ -154,7 +162,10 @@ pub async fn run(spec: &StoreSpec, args: RunArgs) -> Result<RunSummary> {
     for path in &args.inputs {
         inputs.push(open_input(Some(path)).await?);
     }
-    let store = open_with_retry(spec, args.options.store_timeout_value()).await?;
+    // Without users to import, a run only reads: a file store must exist.
+    let create = args.users.is_some();
+    let store = open_with_retry(spec, create, args.options.store_timeout_value()).await?;
+    let describe = store.describe();
     let enricher = Enricher::new(store);
     // Users first: a store that refuses writes says so at once, before any wait.
     if let Some(users) = &args.users {
@@ -197,6 +208,10 @@ pub async fn run(spec: &StoreSpec, args: RunArgs) -> Result<RunSummary> {
     })
     .await;
     progress.finish_and_clear();
+    if args.verbose && summary.is_ok() {
+        // Beside the summary: which store the users were read from.
+        eprintln!("store {describe}");
+    }
     summary
 }
 
@@ -301,12 +316,17 @@ async fn shutdown_signal() {
 /// Opens the store, retrying while it is unavailable for up to `timeout`. The first failure is
 /// said at once on standard error, so a store that is down is never a silent wait; a failure
 /// that retrying cannot fix (credentials, permissions, a certificate) ends it at once.
-async fn open_with_retry(spec: &StoreSpec, timeout: Duration) -> Result<SharedStore> {
+async fn open_with_retry(spec: &StoreSpec, create: bool, timeout: Duration) -> Result<SharedStore> {
     let started = Instant::now();
     let mut delay = Duration::from_millis(50);
     let mut told = false;
     loop {
-        match spec.open().await {
+        let opened = if create {
+            spec.open().await
+        } else {
+            spec.open_existing().await
+        };
+        match opened {
             Err(err) if err.is_transient() && started.elapsed() < timeout => {
                 if !told {
                     eprintln!(

@@ -614,3 +614,27 @@ async fn a_write_to_a_stopped_server_is_unavailable_not_unknown() {
     tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
     store.add(&user("y", json!({})), false).await.unwrap();
 }
+
+#[tokio::test]
+async fn a_file_store_is_created_only_when_asked() {
+    let (dir, path) = temp_db();
+    let url = format!("file:{}", path.display());
+    let err = store::open(&url, &StoreOptions::new().create_if_missing(false))
+        .await
+        .unwrap_err();
+    assert!(err.is_invalid_input(), "{err}");
+    assert!(err.to_string().contains("does not exist"), "{err}");
+    assert!(
+        err.to_string().contains(&path.display().to_string()),
+        "{err}"
+    );
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    let store = store::open(&url, &StoreOptions::new()).await.unwrap();
+    store.add(&user("c", json!({})), false).await.unwrap();
+    drop(store);
+    let store = store::open(&url, &StoreOptions::new().create_if_missing(false))
+        .await
+        .unwrap();
+    assert!(store.get(&id("c")).await.is_ok());
+    assert_eq!(store.describe(), url);
+}

@@ -227,6 +227,7 @@ pub struct StoreOptions {
     namespace: String,
     connect_timeout: Duration,
     response_timeout: Duration,
+    create_if_missing: bool,
 }
 
 impl Default for StoreOptions {
@@ -236,13 +237,28 @@ impl Default for StoreOptions {
 }
 
 impl StoreOptions {
-    /// The defaults: namespace `enrich`, 2 s to connect, 2 s for an answer.
+    /// The defaults: namespace `enrich`, 2 s to connect, 2 s for an answer, a file store
+    /// created if missing.
     pub fn new() -> Self {
         StoreOptions {
             namespace: DEFAULT_NAMESPACE.to_string(),
             connect_timeout: Duration::from_secs(2),
             response_timeout: Duration::from_secs(2),
+            create_if_missing: true,
         }
+    }
+
+    /// Whether opening a file store that does not exist creates it (the default) or fails
+    /// with [`ErrorKind::InvalidInput`] naming the path. Off for work that only reads, so that a
+    /// mistyped path or another working directory is an error, not an empty store. Other
+    /// backends ignore it.
+    pub fn create_if_missing(mut self, create: bool) -> Self {
+        self.create_if_missing = create;
+        self
+    }
+
+    pub(crate) fn create_if_missing_value(&self) -> bool {
+        self.create_if_missing
     }
 
     /// Keeps users apart from those of other namespaces in the same store.
