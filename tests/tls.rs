@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use enrich::store::{self, StoreOptions};
 use enrich::{ErrorKind, NewUser, UserId};
-use support::{RedisServer, TestCerts, enrich_command, fixture};
+use support::{RedisCluster, RedisServer, TestCerts, enrich_command, fixture};
 
 fn text(bytes: &[u8]) -> String {
     String::from_utf8(bytes.to_vec()).unwrap()
@@ -155,4 +155,53 @@ async fn the_library_speaks_tls_too() {
         .unwrap_err();
     assert!(err.is_store_fault(), "{err}");
     assert!(started.elapsed() < Duration::from_secs(5));
+}
+
+#[test]
+fn a_tls_cluster_runs_the_golden_fixtures() {
+    let certs = TestCerts::generate();
+    let cluster = RedisCluster::start_tls(&certs);
+    let dir = tempfile::tempdir().unwrap();
+    let url = cluster.tls_url();
+    let ca = Some(certs.ca());
+    let out = enrich(
+        dir.path(),
+        ca.as_deref(),
+        &[
+            "--store",
+            &url,
+            "run",
+            "--users",
+            &fixture("users.ndjson"),
+            &fixture("activities.ndjson"),
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let expected = std::fs::read_to_string(fixture("activities.enriched.ndjson")).unwrap();
+    assert_eq!(text(&out.stdout), expected);
+    // Every master was watched over TLS: no invalidation stream failed to open.
+    assert!(
+        !text(&out.stderr).contains("invalidation"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    let insecure = format!("{url}#insecure");
+    let out = enrich(
+        dir.path(),
+        None,
+        &["--store", &insecure, "users", "get", "alice"],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let out = enrich(
+        dir.path(),
+        None,
+        &["--store", &url, "users", "get", "alice"],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("certificate"),
+        "{}",
+        text(&out.stderr)
+    );
 }

@@ -86,6 +86,12 @@ fn server_refusal(describe: &str, code: &str, err: &RedisError) -> Error {
         "LOADING" | "MASTERDOWN" | "TRYAGAIN" | "CLUSTERDOWN" | "READONLY" | "BUSY" => {
             (ErrorKind::Unavailable, "is unavailable for now".to_string())
         }
+        // Through a cluster URL, a redirection the client could not follow is a slot map in
+        // flux; through a single-node URL, it means the server is a cluster node.
+        "MOVED" | "ASK" if describe.contains("+cluster://") => (
+            ErrorKind::Unavailable,
+            "is moving slots between nodes".to_string(),
+        ),
         "MOVED" | "ASK" => (
             ErrorKind::InvalidInput,
             "is a cluster node; use a redis+cluster:// URL".to_string(),
@@ -211,6 +217,7 @@ mod tests {
             ("TRYAGAIN", ErrorKind::Unavailable),
             ("CLUSTERDOWN", ErrorKind::Unavailable),
             ("READONLY", ErrorKind::Unavailable),
+            ("MOVED", ErrorKind::InvalidInput),
             ("NOSCRIPT", ErrorKind::Internal),
             ("WEIRD", ErrorKind::Internal),
         ] {
@@ -224,6 +231,8 @@ mod tests {
                 assert!(err.to_string().contains(d), "{err}");
             }
         }
+        let moved = fault("redis+cluster://h:1,h:2", server("MOVED", "1 h:2"));
+        assert_eq!(moved.kind(), ErrorKind::Unavailable, "{moved}");
         let auth = fault(
             d,
             RedisError::from((

@@ -64,6 +64,11 @@ impl RedisServer {
     /// for 127.0.0.1 and localhost (clients need not present one). The plain port stays open
     /// for the test to look at the server.
     pub fn with_tls(certs: &TestCerts, args: &[&str]) -> RedisServer {
+        RedisServer::with_tls_on_port(free_port(), certs, args)
+    }
+
+    /// [`RedisServer::with_tls`] with its plain port chosen.
+    pub fn with_tls_on_port(port: u16, certs: &TestCerts, args: &[&str]) -> RedisServer {
         let tls_port = free_port();
         let mut all: Vec<String> = vec![
             "--tls-port".into(),
@@ -79,17 +84,19 @@ impl RedisServer {
         ];
         all.extend(args.iter().map(|a| a.to_string()));
         let all: Vec<&str> = all.iter().map(String::as_str).collect();
-        let mut server = RedisServer::with_args(&all);
+        let mut server = RedisServer::on_port(port, &all);
         server.tls_port = Some(tls_port);
         server
     }
 
     /// `rediss://127.0.0.1:TLS_PORT`, for a server started [`RedisServer::with_tls`].
     pub fn tls_url(&self) -> String {
-        format!(
-            "rediss://127.0.0.1:{}",
-            self.tls_port.expect("a server started with_tls")
-        )
+        format!("rediss://127.0.0.1:{}", self.tls_port())
+    }
+
+    /// The TLS port of a server started [`RedisServer::with_tls`].
+    pub fn tls_port(&self) -> u16 {
+        self.tls_port.expect("a server started with_tls")
     }
 
     fn spawn(&mut self) {
@@ -223,8 +230,18 @@ impl RedisCluster {
     /// Starts three masters, joins them with `redis-cli --cluster create` and waits until every
     /// node says `cluster_state:ok` and sees all three masters.
     pub fn start() -> RedisCluster {
+        RedisCluster::start_with(None)
+    }
+
+    /// A cluster whose nodes also speak TLS (clients, and the cluster bus between nodes) with
+    /// certificates from `certs`; [`RedisCluster::tls_url`] reaches it over TLS.
+    pub fn start_tls(certs: &TestCerts) -> RedisCluster {
+        RedisCluster::start_with(Some(certs))
+    }
+
+    fn start_with(certs: Option<&TestCerts>) -> RedisCluster {
         // Full coverage off: when a master dies, the others keep serving their own slots.
-        let args = [
+        let mut args = vec![
             "--cluster-enabled",
             "yes",
             "--cluster-config-file",
@@ -234,8 +251,14 @@ impl RedisCluster {
             "--appendonly",
             "no",
         ];
+        if certs.is_some() {
+            args.extend(["--tls-cluster", "yes", "--tls-replication", "yes"]);
+        }
         let nodes: Vec<RedisServer> = (0..3)
-            .map(|_| RedisServer::on_port(cluster_port(), &args))
+            .map(|_| match certs {
+                Some(certs) => RedisServer::with_tls_on_port(cluster_port(), certs, &args),
+                None => RedisServer::on_port(cluster_port(), &args),
+            })
             .collect();
         let addrs: Vec<String> = nodes
             .iter()
@@ -305,6 +328,17 @@ impl RedisCluster {
             .map(|n| format!("127.0.0.1:{}", n.port()))
             .collect();
         format!("redis+cluster://{}", seeds.join(","))
+    }
+
+    /// `rediss+cluster://127.0.0.1:T1,…` over the TLS ports, for a cluster
+    /// [`RedisCluster::start_tls`].
+    pub fn tls_url(&self) -> String {
+        let seeds: Vec<String> = self
+            .nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.tls_port()))
+            .collect();
+        format!("rediss+cluster://{}", seeds.join(","))
     }
 
     /// The ports of the nodes, in start order.
@@ -444,8 +478,9 @@ impl RedisCluster {
     }
 }
 
-/// A CA, and a server certificate it signed for 127.0.0.1 and localhost, made by `openssl` in a
-/// temp dir of their own.
+/// A CA, and a certificate it signed for 127.0.0.1 and localhost, made by `openssl` in a temp
+/// dir of their own. The certificate serves both ends of TLS: nodes of a cluster present it to
+/// each other as clients too.
 pub struct TestCerts {
     dir: tempfile::TempDir,
 }
@@ -460,7 +495,7 @@ impl TestCerts {
             "subjectAltName=IP:127.0.0.1,DNS:localhost\n\
              basicConstraints=CA:FALSE\n\
              keyUsage=digitalSignature,keyEncipherment\n\
-             extendedKeyUsage=serverAuth\n",
+             extendedKeyUsage=serverAuth,clientAuth\n",
         )
         .unwrap();
         let ec = [
