@@ -65,7 +65,8 @@ return out
 ";
 
 /// Users in Redis, under a namespace prefix. Cheap to clone; clones share two multiplexed,
-/// self-reconnecting connections: one for reads, one for writes (see [`super::link`] for why).
+/// self-reconnecting connections: one for reads, one for writes, so that a write the server
+/// holds back (`CLIENT PAUSE WRITE`, as in a failover) never holds up the reads.
 #[derive(Clone)]
 pub struct RedisStore {
     reads: ConnectionManager,
@@ -213,7 +214,8 @@ impl RedisStore {
     /// Connects to the server at `url` (`redis://` or `rediss://`), failing fast with
     /// [`ErrorKind::Unavailable`] if it cannot be reached, [`ErrorKind::PermissionDenied`] if
     /// it refuses the credentials. A `rediss://` server must present a certificate that
-    /// chains to a trusted CA (see [`super::tls`]).
+    /// chains to a trusted CA: Mozilla's roots, the system's store, or those of `SSL_CERT_FILE`
+    /// or `SSL_CERT_DIR` when set; `#insecure` at the end of the URL skips the check.
     pub async fn connect(url: &str, options: &StoreOptions) -> Result<RedisStore> {
         let describe = redact(url);
         let client = super::tls::client(url, &describe)?;
