@@ -23,8 +23,9 @@ use crate::user::{NewUser, UserId, UserJson};
 pub const EXIT_CODES: &str = "\
 Exit codes:
   0  success
-  1  store unavailable, timeout, or any other failure
-  2  invalid input or usage
+  1  store unavailable, timeout, refusal (credentials, permissions, full), or any other failure
+  2  invalid input or usage, including a file store that does not exist for a command that
+     only reads (users get, update, delete; run without --users)
   3  conflict: the user already exists
   4  not found: the user does not exist";
 
@@ -58,6 +59,13 @@ impl StoreSpec {
     /// input is reported as such even when the store is down.
     pub async fn open(&self) -> Result<SharedStore> {
         store::open(&self.url, &self.options).await
+    }
+
+    /// Opens the store for work that only reads: a file store that does not exist is an error
+    /// naming its path, never a new empty store.
+    pub async fn open_existing(&self) -> Result<SharedStore> {
+        let options = self.options.clone().create_if_missing(false);
+        store::open(&self.url, &options).await
     }
 }
 
@@ -95,19 +103,19 @@ pub async fn users_add(
 /// `users get`.
 pub async fn users_get(spec: &StoreSpec, id: &str) -> Result<UserJson> {
     let id = UserId::parse(id)?;
-    spec.open().await?.get(&id).await
+    spec.open_existing().await?.get(&id).await
 }
 
 /// `users update`: replaces the data of an existing user.
 pub async fn users_update(spec: &StoreSpec, id: &str, data: &str) -> Result<UserJson> {
     let user = NewUser::new(id, Some(read_data(data).await?))?;
-    spec.open().await?.update(&user).await
+    spec.open_existing().await?.update(&user).await
 }
 
 /// `users delete`.
 pub async fn users_delete(spec: &StoreSpec, id: &str) -> Result<()> {
     let id = UserId::parse(id)?;
-    spec.open().await?.delete(&id).await
+    spec.open_existing().await?.delete(&id).await
 }
 
 /// `users import`: NDJSON users from a file or `-` (standard input). Rejected lines are
@@ -196,6 +204,10 @@ pub async fn run(spec: &StoreSpec, args: RunArgs) -> Result<RunSummary, RunError
     .await;
     ticker.abort();
     display.finish();
+    if args.verbose && summary.is_ok() {
+        // Beside the summary: which store the users were read from.
+        eprintln!("store {}", enricher.users().describe());
+    }
     summary
 }
 
@@ -219,13 +231,16 @@ async fn prepare_run(
         let name = path.display().to_string();
         inputs.push(job::Source::new(name, open_input(Some(path)).await?));
     }
-    let store = open_with_retry(spec, args.options.store_timeout_value()).await?;
+    // Without users to import, a run only reads: a file store must exist.
+    let create = args.users.is_some();
+    let store = open_with_retry(spec, create, args.options.store_timeout_value()).await?;
     let enricher = Enricher::new(store);
-    // Pages resolved before the store's watch is up would not be cached.
-    enricher.wait_for_cache(Duration::from_secs(2)).await;
+    // Users first: a store that refuses writes says so at once, before any wait.
     if let Some(users) = &args.users {
         import_run_users(&enricher, users, args.verbose).await?;
     }
+    // Pages resolved before the store's watch is up would not be cached.
+    enricher.wait_for_cache(Duration::from_secs(2)).await;
     let output = match &args.output {
         Some(path) => job::Output::file(create_output(path)?),
         None => job::Output::stdout().map_err(|e| {
@@ -402,15 +417,42 @@ async fn shutdown_signal() {
     }
 }
 
-/// Opens the store, retrying while it is unavailable for up to `timeout`.
-async fn open_with_retry(spec: &StoreSpec, timeout: Duration) -> Result<SharedStore> {
+/// Opens the store, retrying while it is unavailable for up to `timeout`. The first failure is
+/// said at once on standard error, so a store that is down is never a silent wait; a failure
+/// that retrying cannot fix (credentials, permissions, a certificate) ends it at once.
+async fn open_with_retry(spec: &StoreSpec, create: bool, timeout: Duration) -> Result<SharedStore> {
     let started = Instant::now();
     let mut delay = Duration::from_millis(50);
+    let mut told = false;
     loop {
-        match spec.open().await {
+        let opened = if create {
+            spec.open().await
+        } else {
+            spec.open_existing().await
+        };
+        match opened {
             Err(err) if err.is_transient() && started.elapsed() < timeout => {
-                tokio::time::sleep(delay).await;
+                if !told {
+                    eprintln!(
+                        "enrich: {err}; retrying for up to {} s (--store-timeout)",
+                        timeout.as_secs_f64()
+                    );
+                    told = true;
+                }
+                tokio::time::sleep(delay.min(timeout.saturating_sub(started.elapsed()))).await;
                 delay = (delay * 2).min(Duration::from_secs(1));
+            }
+            Err(err) if err.is_transient() => {
+                return Err(err.context(format!(
+                    "gave up after {} s (--store-timeout)",
+                    timeout.as_secs_f64()
+                )));
+            }
+            Ok(store) => {
+                if told {
+                    eprintln!("enrich: store {} is available", store.describe());
+                }
+                return Ok(store);
             }
             other => return other,
         }

@@ -21,9 +21,16 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[derive(Debug, Parser)]
 #[command(name = "enrich", version, after_help = EXIT_CODES)]
 struct Cli {
-    /// Where users are stored: redis://[user:pass@]host:port[/db], rediss://…, file:PATH or
-    /// memory:
-    #[arg(long, global = true, env = "ENRICH_STORE", default_value = DEFAULT_STORE_URL)]
+    /// Where users are stored: redis://[user:pass@]host:port[/db], rediss://…,
+    /// redis+cluster://…, file:PATH or memory:
+    // The value is never shown in help: it may hold a password.
+    #[arg(
+        long,
+        global = true,
+        env = "ENRICH_STORE",
+        default_value = DEFAULT_STORE_URL,
+        hide_env_values = true
+    )]
     store: String,
 
     /// Keeps these users apart from other namespaces in the same store.
@@ -118,7 +125,12 @@ enum Command {
         #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8000")]
         listen: String,
         /// The API key clients send as ?api_key=.
-        #[arg(long, env = "ENRICH_API_KEY", value_name = "KEY")]
+        #[arg(
+            long,
+            env = "ENRICH_API_KEY",
+            value_name = "KEY",
+            hide_env_values = true
+        )]
         api_key: Option<String>,
         /// The secret clients sign their tokens with (HS256).
         #[arg(

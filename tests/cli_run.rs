@@ -77,7 +77,7 @@ fn golden_on_redis() {
 fn bad_line_stops_after_writing_what_came_before() {
     let dir = tempfile::tempdir().unwrap();
     let input = "{\"actor\":\"SU:x\"}\n{\"a\":1}\n[1,2]\n{\"b\":2}\n";
-    let out = run(dir.path(), &["run", "--quiet"], input);
+    let out = run(dir.path(), &["--store", "memory:", "run", "--quiet"], input);
     assert_eq!(out.status.code(), Some(2));
     let written = text(&out.stdout);
     assert_eq!(written.lines().count(), 2, "{written}");
@@ -94,7 +94,13 @@ fn a_line_that_is_not_utf8_is_rejected_not_passed_on() {
     let rejects = dir.path().join("rejects.ndjson");
     let out = run(
         dir.path(),
-        &["run", "--rejects", rejects.to_str().unwrap()],
+        &[
+            "--store",
+            "memory:",
+            "run",
+            "--rejects",
+            rejects.to_str().unwrap(),
+        ],
         input,
     );
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
@@ -131,7 +137,13 @@ fn rejects_keep_every_bad_line_and_the_run_goes_on() {
     let rejects = dir.path().join("rejects.ndjson");
     let out = run(
         dir.path(),
-        &["run", "--rejects", rejects.to_str().unwrap()],
+        &[
+            "--store",
+            "memory:",
+            "run",
+            "--rejects",
+            rejects.to_str().unwrap(),
+        ],
         &input,
     );
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
@@ -980,7 +992,10 @@ fn progress_never_mixes_into_output_on_a_terminal() {
     let screen = text(&out.stdout);
     let mut lines = 0;
     for line in screen.split("\r\n").filter(|l| !l.is_empty()) {
-        if line.starts_with("lines ") || line.starts_with("users.ndjson: imported") {
+        if line.starts_with("lines ")
+            || line.starts_with("store ")
+            || line.starts_with("users.ndjson: imported")
+        {
             continue;
         }
         assert!(

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 pub struct RedisServer {
     child: Option<Child>,
     port: u16,
+    tls_port: Option<u16>,
     dir: tempfile::TempDir,
     args: Vec<String>,
 }
@@ -53,6 +54,7 @@ impl RedisServer {
             let mut server = RedisServer {
                 child: None,
                 port: pick(),
+                tls_port: None,
                 dir,
                 args: args.iter().map(|a| a.to_string()).collect(),
             };
@@ -72,11 +74,68 @@ impl RedisServer {
         let mut server = RedisServer {
             child: None,
             port,
+            tls_port: None,
             dir,
             args: args.iter().map(|a| a.to_string()).collect(),
         };
         server.spawn();
         server
+    }
+
+    /// A server that also speaks TLS, on a port of its own, with the certificate `certs` made
+    /// for 127.0.0.1 and localhost (clients need not present one). The plain port stays open
+    /// for the test to look at the server.
+    pub fn with_tls(certs: &TestCerts, args: &[&str]) -> RedisServer {
+        RedisServer::with_tls_on_free_port(free_port, certs, args)
+    }
+
+    /// [`RedisServer::with_tls`] with its plain port chosen by `pick`; both ports are chosen
+    /// again if another process took one meanwhile.
+    pub fn with_tls_on_free_port(
+        pick: fn() -> u16,
+        certs: &TestCerts,
+        args: &[&str],
+    ) -> RedisServer {
+        for _ in 0..10 {
+            let tls_port = free_port();
+            let mut all: Vec<String> = vec![
+                "--tls-port".into(),
+                tls_port.to_string(),
+                "--tls-cert-file".into(),
+                certs.server_cert().display().to_string(),
+                "--tls-key-file".into(),
+                certs.server_key().display().to_string(),
+                "--tls-ca-cert-file".into(),
+                certs.ca().display().to_string(),
+                "--tls-auth-clients".into(),
+                "no".into(),
+            ];
+            all.extend(args.iter().map(|a| a.to_string()));
+            let mut server = RedisServer {
+                child: None,
+                port: pick(),
+                tls_port: Some(tls_port),
+                dir: tempfile::tempdir().expect("temp dir for redis-server"),
+                args: all,
+            };
+            server.launch();
+            match server.try_ready() {
+                Ok(()) => return server,
+                Err(log) if log.contains("Address already in use") => continue,
+                Err(log) => panic!("redis-server on port {}:\n{log}", server.port),
+            }
+        }
+        panic!("no free ports for a TLS redis-server after 10 tries");
+    }
+
+    /// `rediss://127.0.0.1:TLS_PORT`, for a server started [`RedisServer::with_tls`].
+    pub fn tls_url(&self) -> String {
+        format!("rediss://127.0.0.1:{}", self.tls_port())
+    }
+
+    /// The TLS port of a server started [`RedisServer::with_tls`].
+    pub fn tls_port(&self) -> u16 {
+        self.tls_port.expect("a server started with_tls")
     }
 
     fn spawn(&mut self) {
@@ -219,8 +278,18 @@ impl RedisCluster {
     /// Starts three masters, joins them with `redis-cli --cluster create` and waits until every
     /// node says `cluster_state:ok` and sees all three masters.
     pub fn start() -> RedisCluster {
+        RedisCluster::start_with(None)
+    }
+
+    /// A cluster whose nodes also speak TLS (clients, and the cluster bus between nodes) with
+    /// certificates from `certs`; [`RedisCluster::tls_url`] reaches it over TLS.
+    pub fn start_tls(certs: &TestCerts) -> RedisCluster {
+        RedisCluster::start_with(Some(certs))
+    }
+
+    fn start_with(certs: Option<&TestCerts>) -> RedisCluster {
         // Full coverage off: when a master dies, the others keep serving their own slots.
-        let args = [
+        let mut args = vec![
             "--cluster-enabled",
             "yes",
             "--cluster-config-file",
@@ -230,8 +299,14 @@ impl RedisCluster {
             "--appendonly",
             "no",
         ];
+        if certs.is_some() {
+            args.extend(["--tls-cluster", "yes", "--tls-replication", "yes"]);
+        }
         let nodes: Vec<RedisServer> = (0..3)
-            .map(|_| RedisServer::on_free_port(cluster_port, &args))
+            .map(|_| match certs {
+                Some(certs) => RedisServer::with_tls_on_free_port(cluster_port, certs, &args),
+                None => RedisServer::on_free_port(cluster_port, &args),
+            })
             .collect();
         let addrs: Vec<String> = nodes
             .iter()
@@ -301,6 +376,17 @@ impl RedisCluster {
             .map(|n| format!("127.0.0.1:{}", n.port()))
             .collect();
         format!("redis+cluster://{}", seeds.join(","))
+    }
+
+    /// `rediss+cluster://127.0.0.1:T1,…` over the TLS ports, for a cluster
+    /// [`RedisCluster::start_tls`].
+    pub fn tls_url(&self) -> String {
+        let seeds: Vec<String> = self
+            .nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.tls_port()))
+            .collect();
+        format!("rediss+cluster://{}", seeds.join(","))
     }
 
     /// The ports of the nodes, in start order.
@@ -437,6 +523,108 @@ impl RedisCluster {
     /// Kills master `i`; its slots stay unserved (there are no replicas).
     pub fn kill(&mut self, i: usize) {
         self.nodes[i].stop();
+    }
+}
+
+/// A CA, and a certificate it signed for 127.0.0.1 and localhost, made by `openssl` in a temp
+/// dir of their own. The certificate serves both ends of TLS: nodes of a cluster present it to
+/// each other as clients too.
+pub struct TestCerts {
+    dir: tempfile::TempDir,
+}
+
+impl TestCerts {
+    /// Makes them (P-256 keys, valid for two days).
+    pub fn generate() -> TestCerts {
+        let dir = tempfile::tempdir().expect("temp dir for certificates");
+        let path = |name: &str| dir.path().join(name).display().to_string();
+        std::fs::write(
+            dir.path().join("server.ext"),
+            "subjectAltName=IP:127.0.0.1,DNS:localhost\n\
+             basicConstraints=CA:FALSE\n\
+             keyUsage=digitalSignature,keyEncipherment\n\
+             extendedKeyUsage=serverAuth,clientAuth\n",
+        )
+        .unwrap();
+        let ec = [
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+        ];
+        let steps: Vec<Vec<String>> = vec![
+            [
+                &["req", "-x509"][..],
+                &ec,
+                &["-days", "2", "-subj", "/CN=enrich test CA"],
+            ]
+            .concat()
+            .iter()
+            .map(|s| s.to_string())
+            .chain([
+                "-keyout".into(),
+                path("ca.key"),
+                "-out".into(),
+                path("ca.crt"),
+            ])
+            .collect(),
+            [&["req"][..], &ec, &["-subj", "/CN=localhost"]]
+                .concat()
+                .iter()
+                .map(|s| s.to_string())
+                .chain([
+                    "-keyout".into(),
+                    path("server.key"),
+                    "-out".into(),
+                    path("server.csr"),
+                ])
+                .collect(),
+            ["x509", "-req", "-days", "2", "-CAcreateserial"]
+                .iter()
+                .map(|s| s.to_string())
+                .chain([
+                    "-in".into(),
+                    path("server.csr"),
+                    "-CA".into(),
+                    path("ca.crt"),
+                    "-CAkey".into(),
+                    path("ca.key"),
+                    "-extfile".into(),
+                    path("server.ext"),
+                    "-out".into(),
+                    path("server.crt"),
+                ])
+                .collect(),
+        ];
+        for args in steps {
+            let out = Command::new("openssl")
+                .args(&args)
+                .stdin(Stdio::null())
+                .output()
+                .unwrap_or_else(|e| panic!("cannot run openssl: {e}"));
+            assert!(
+                out.status.success(),
+                "openssl {args:?} failed:\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        TestCerts { dir }
+    }
+
+    /// The CA's certificate (PEM).
+    pub fn ca(&self) -> PathBuf {
+        self.dir.path().join("ca.crt")
+    }
+
+    /// The server's certificate (PEM).
+    pub fn server_cert(&self) -> PathBuf {
+        self.dir.path().join("server.crt")
+    }
+
+    /// The server's private key (PEM).
+    pub fn server_key(&self) -> PathBuf {
+        self.dir.path().join("server.key")
     }
 }
 
