@@ -961,3 +961,119 @@ async fn liveness_and_readiness() {
     assert!(ready);
     server.stop().await;
 }
+
+#[tokio::test]
+async fn reads_answer_while_a_failover_pauses_writes() {
+    let redis = RedisServer::start();
+    let server = Server::start(&redis.url()).await;
+    let (status, _) = server
+        .call(
+            Method::POST,
+            "/api/v1.0/user/",
+            r#"{"id":"p","data":{"v":1}}"#,
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    // What a failover does: the server holds every write for 3 s.
+    redis::cmd("CLIENT")
+        .arg("PAUSE")
+        .arg(3000)
+        .arg("WRITE")
+        .exec(&mut redis.connection())
+        .unwrap();
+    let write = server
+        .api(Method::PUT, "/api/v1.0/user/p/")
+        .body(r#"{"data":{"v":2}}"#)
+        .send();
+    let write = tokio::spawn(async move { text(write.await.unwrap()).await });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    for (method, path, body) in [
+        (Method::GET, "/api/v1.0/user/p/", ""),
+        (Method::GET, "/api/v1.0/users/?ids=p,q", ""),
+        (Method::POST, "/api/v1.0/enrich/", r#"{"actor":"SU:p"}"#),
+        (Method::GET, "/readyz", ""),
+    ] {
+        let started = std::time::Instant::now();
+        let (status, body) = server.call(method.clone(), path, body).await;
+        let took = started.elapsed();
+        assert_eq!(status, StatusCode::OK, "{method} {path}: {body}");
+        assert!(
+            took < Duration::from_millis(500),
+            "{method} {path} took {took:?} behind a paused write"
+        );
+    }
+    assert!(!write.is_finished(), "the write was not held back");
+    // Its answer never came within the store's 2 s: it may have been applied.
+    let (status, body) = write.await.unwrap();
+    let detail = assert_error(status, &body, 504, 1, "WriteOutcomeUnknownException");
+    assert!(detail.contains("may have been applied"), "{detail}");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn store_refusals_are_answered_as_what_they_are() {
+    let redis = RedisServer::start();
+    let mut admin = redis.connection();
+    // A user that may read but not write.
+    redis::cmd("ACL")
+        .arg("SETUSER")
+        .arg("reader")
+        .arg("on")
+        .arg(">readerpw")
+        .arg("~*")
+        .arg("+@read")
+        .arg("+@connection")
+        .arg("+client")
+        .exec(&mut admin)
+        .unwrap();
+    let reader = format!("redis://reader:readerpw@127.0.0.1:{}", redis.port());
+    let server = Server::start(&reader).await;
+    let (status, body) = server
+        .call(Method::POST, "/api/v1.0/user/", r#"{"id":"w","data":{}}"#)
+        .await;
+    let detail = assert_error(status, &body, 502, 1, "StorePermissionException");
+    assert!(!detail.contains("readerpw"), "{detail}");
+    let (status, _) = text(
+        server
+            .api(Method::GET, "/api/v1.0/user/w/")
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    server.stop().await;
+
+    // A store out of memory refuses writes; reads go on.
+    let server = Server::start(&redis.url()).await;
+    for (name, value) in [("maxmemory-policy", "noeviction"), ("maxmemory", "2mb")] {
+        redis::cmd("CONFIG")
+            .arg("SET")
+            .arg(name)
+            .arg(value)
+            .exec(&mut admin)
+            .unwrap();
+    }
+    let bio = "x".repeat(10_000);
+    let mut full = None;
+    for i in 0..400 {
+        let body = format!(r#"{{"id":"big{i}","data":{{"bio":"{bio}"}}}}"#);
+        let (status, body) = server.call(Method::POST, "/api/v1.0/user/", body).await;
+        if status != StatusCode::CREATED {
+            full = Some((status, body));
+            break;
+        }
+    }
+    let (status, body) = full.expect("2 MB never filled");
+    assert_error(status, &body, 507, 1, "StoreFullException");
+    let (status, _) = text(
+        server
+            .api(Method::GET, "/api/v1.0/user/big0/")
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    server.stop().await;
+}
