@@ -254,7 +254,9 @@ async fn users_api(server: &Server) {
         (r#"{"id":"bob","data":[1]}"#, "an array"),
         (r#"{"id":"bob","data":{"#, "not valid JSON"),
         (r#"{"data":{}}"#, "no id field"),
-        (r#"[]"#, "an array"),
+        (r#"[1]"#, "an array"),
+        // PHP's empty map is an empty object, so it has no id.
+        (r#"[]"#, "no id field"),
     ];
     for (request, named) in cases {
         let (status, body) = server.call(Method::POST, "/api/v1.0/user/", request).await;
@@ -807,6 +809,40 @@ async fn an_empty_php_array_is_empty_data() {
         .call(Method::PUT, "/api/v1.0/user/php/", r#"{"data":[1]}"#)
         .await;
     assert_error(status, &body, 400, 4, "InputException");
+    // PHP's update without data sends the whole body as [].
+    let (status, body) = server.call(Method::PUT, "/api/v1.0/user/php/", "[]").await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert!(
+        strip_duration(&body).ends_with(r#""id":"php","data":{}}"#),
+        "{body}"
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn numbers_in_user_data_come_back_as_they_were_sent() {
+    let server = Server::start("memory:").await;
+    let numbers = "[0.1,2.5,-943305.0469559873,443080.06468156516,-109225.61189039715,\
+                   -941918.4248502641,1.5e-300,1.7976931348623157e308,5e-324,-0.0,\
+                   9007199254740993,-9223372036854775808,18446744073709551615]";
+    let body = format!(r#"{{"id":"n","data":{{"v":{numbers}}}}}"#);
+    // Each double is the same double (exponent signs may be written differently), each
+    // integer the same integer.
+    let sent: Value = serde_json::from_str(numbers).unwrap();
+    let (status, body) = server.call(Method::POST, "/api/v1.0/user/", body).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let created: Value = serde_json::from_str(&strip_duration(&body)).unwrap();
+    assert_eq!(created["data"]["v"], sent, "{body}");
+    let (_, body) = text(
+        server
+            .api(Method::GET, "/api/v1.0/user/n/")
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    let read: Value = serde_json::from_str(&strip_duration(&body)).unwrap();
+    assert_eq!(read["data"]["v"], sent, "{body}");
     server.stop().await;
 }
 

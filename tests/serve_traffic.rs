@@ -467,3 +467,81 @@ fn logs_are_plain_lines_and_one_per_request() {
     assert_eq!(access[0]["fields"]["status"], 200);
     assert_eq!(access[0]["level"], "INFO");
 }
+
+/// Reads one HTTP/1.1 answer with a content-length from `stream`: its status and headers.
+fn read_answer(stream: &mut TcpStream) -> (u16, String) {
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    let mut head = String::new();
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line).unwrap() == 0 {
+            panic!("connection closed after {head:?}");
+        }
+        if line == "\r\n" {
+            break;
+        }
+        head.push_str(&line);
+    }
+    let length: usize = head
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("content-length: ")
+                .map(|v| v.trim().parse().unwrap())
+        })
+        .unwrap_or(0);
+    let mut body = vec![0u8; length];
+    reader.read_exact(&mut body).unwrap();
+    (head[9..12].parse().unwrap(), head)
+}
+
+#[test]
+fn a_refused_request_leaves_its_connection_usable() {
+    let serve = Serve::start("memory:", &[], None);
+    let mut stream = TcpStream::connect(&serve.addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let body = r#"{"id":"k","data":{}}"#;
+    // As Python's requests sends: the headers, then the body a moment later. Each of these is
+    // answered before a handler would need the body.
+    for (path, token, want) in [
+        (format!("/api/v1.0/user/?api_key=wrong"), token(), 401),
+        (
+            format!("/api/v1.0/user/?api_key={KEY}"),
+            "forged".to_string(),
+            401,
+        ),
+        (format!("/api/v1.0/nothing/?api_key={KEY}"), token(), 404),
+        (format!("/api/v1.0/user/k/?api_key={KEY}"), token(), 404),
+    ] {
+        let method = if path.contains("/user/k/") {
+            "DELETE"
+        } else {
+            "POST"
+        };
+        let head = format!(
+            "{method} {path} HTTP/1.1\r\nhost: x\r\nauthorization: {token}\r\n\
+             stream-auth-type: jwt\r\ncontent-length: {}\r\n\r\n",
+            body.len()
+        );
+        stream.write_all(head.as_bytes()).unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+        stream.write_all(body.as_bytes()).unwrap();
+        let (status, head) = read_answer(&mut stream);
+        assert_eq!(status, want, "{method} {path}: {head}");
+        assert!(
+            !head.to_ascii_lowercase().contains("connection: close"),
+            "{head}"
+        );
+    }
+    // The same connection still carries a request.
+    let request = format!(
+        "POST /api/v1.0/user/?api_key={KEY} HTTP/1.1\r\nhost: x\r\nauthorization: {}\r\n\
+         stream-auth-type: jwt\r\ncontent-length: {}\r\n\r\n{body}",
+        token(),
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).unwrap();
+    assert_eq!(read_answer(&mut stream).0, 201);
+}

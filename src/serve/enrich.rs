@@ -5,24 +5,23 @@
 //! no place for one and a feed response has its own.
 
 use axum::Extension;
-use axum::body::Body;
 use axum::extract::State;
-use axum::http::{HeaderMap, HeaderValue, header};
+use axum::http::{HeaderValue, header};
 use axum::response::Response;
+use bytes::Bytes;
 
 use super::AppState;
 use super::auth::Access;
 use super::budget::charged_body;
 use super::error::ApiError;
-use super::request::{Params, flag, params, read_body};
+use super::request::{Params, flag, params};
 use crate::page::{Depth, RawPage};
 
 pub(crate) async fn enrich(
     State(state): State<AppState>,
     Extension(access): Extension<Access>,
     query: Params,
-    headers: HeaderMap,
-    body: Body,
+    doc: Bytes,
 ) -> Result<Response, ApiError> {
     access.check_read()?;
     let query = params(query)?;
@@ -32,8 +31,6 @@ pub(crate) async fn enrich(
         Depth::TopLevel
     };
     let limits = &state.limits;
-    // The body's charge stands for the page from here on: the page holds at most its bytes.
-    let (doc, _page_charge) = read_body(&state, &headers, body).await?;
     let mut page = RawPage::with_capacity(depth, doc.len(), 1);
     page.push_any(&doc)?;
     drop(doc);

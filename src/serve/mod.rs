@@ -203,6 +203,8 @@ fn router(enricher: Enricher, config: &ServeConfig) -> Result<(Router, AppState)
         .fallback(unknown_route)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(state.clone(), reply::finish))
+        // Bodies are read, within their own limits, by `reply::finish`.
+        .layer(axum::extract::DefaultBodyLimit::disable())
         .with_state(state.clone());
     Ok((app, state))
 }

@@ -8,6 +8,7 @@
 
 use std::time::Instant;
 
+use axum::body::Body;
 use axum::extract::{MatchedPath, Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::Next;
@@ -17,6 +18,7 @@ use bytes::Bytes;
 use super::AppState;
 use super::budget::{Charge, charged_body};
 use super::error::ApiError;
+use super::request::read_body;
 
 /// A body waiting for its duration.
 #[derive(Debug, Clone)]
@@ -92,10 +94,33 @@ pub(crate) async fn finish(
             .get::<MatchedPath>()
             .map(MatchedPath::as_str),
     );
+    // The body is read whole here, before anything else looks at the request: an answer
+    // given before the body was read (a refused token, an unknown route) would leave the rest
+    // of it in the connection, which then could not carry the client's next request.
+    let (parts, body) = request.into_parts();
+    let read = if http_body::Body::is_end_stream(&body) {
+        Ok((Bytes::new(), Charge::free()))
+    } else {
+        read_body(&state, &parts.headers, body).await
+    };
     let limit = state.limits.request_timeout;
-    let mut response = match tokio::time::timeout(limit, next.run(request)).await {
-        Ok(response) => response,
-        Err(_) => ApiError::request_timeout(limit).into_response(),
+    // Held until the answer is built: the handler's page stands in for the body.
+    let (mut response, _body_charge) = match read {
+        Ok((bytes, charge)) => {
+            let request = Request::from_parts(parts, Body::from(bytes));
+            match tokio::time::timeout(limit, next.run(request)).await {
+                Ok(response) => (response, charge),
+                Err(_) => (ApiError::request_timeout(limit).into_response(), charge),
+            }
+        }
+        Err(refused) => {
+            // The rest of the body is still on its way: this connection ends here.
+            let mut response = refused.into_response();
+            response
+                .headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            (response, Charge::free())
+        }
     };
     if let Some(mut pending) = response.extensions_mut().remove::<Pending>() {
         let mut body = Vec::with_capacity(256);

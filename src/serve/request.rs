@@ -56,7 +56,8 @@ pub(crate) async fn read_body(
     }
 }
 
-/// Parses a body that must be a JSON object.
+/// Parses a body that must be a JSON object. `[]` counts as `{}`: PHP writes an empty map so,
+/// and Stream's PHP client sends it as the whole body of an update without data.
 pub(crate) fn json_object(body: &[u8]) -> Result<serde_json::Map<String, Value>, ApiError> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Err(ApiError::input(
@@ -65,6 +66,7 @@ pub(crate) fn json_object(body: &[u8]) -> Result<serde_json::Map<String, Value>,
     }
     match serde_json::from_slice::<Value>(body) {
         Ok(Value::Object(map)) => Ok(map),
+        Ok(Value::Array(list)) if list.is_empty() => Ok(serde_json::Map::new()),
         Ok(other) => Err(ApiError::input(format!(
             "the request body must be a JSON object, got {}",
             crate::user::json_type(&other)

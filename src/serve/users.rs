@@ -5,16 +5,16 @@
 use std::collections::HashMap;
 
 use axum::Extension;
-use axum::body::Body;
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
+use bytes::Bytes;
 use serde_json::{Map, Value};
 
 use super::AppState;
 use super::auth::Access;
 use super::error::ApiError;
 use super::reply::Pending;
-use super::request::{Params, check_batch, flag, ids, json_object, params, read_body};
+use super::request::{Params, check_batch, flag, ids, json_object, params};
 use crate::store::ImportUser;
 use crate::user::{NewUser, UserId, UserJson};
 
@@ -46,11 +46,9 @@ pub(crate) async fn add(
     State(state): State<AppState>,
     Extension(access): Extension<Access>,
     query: Params,
-    headers: HeaderMap,
-    body: Body,
+    body: Bytes,
 ) -> Result<Pending, ApiError> {
     let get_or_create = flag(&params(query)?, "get_or_create")?;
-    let (body, _charge) = read_body(&state, &headers, body).await?;
     let mut body = json_object(&body)?;
     let id = string_field(&body, "id")?;
     let user = NewUser::new(&id, data_of(&mut body))?;
@@ -77,12 +75,10 @@ pub(crate) async fn update(
     State(state): State<AppState>,
     Extension(access): Extension<Access>,
     id: IdParam,
-    headers: HeaderMap,
-    body: Body,
+    body: Bytes,
 ) -> Result<Pending, ApiError> {
     let id = UserId::parse(&path_id(id)?)?;
     access.check_write(id.as_str())?;
-    let (body, _charge) = read_body(&state, &headers, body).await?;
     let mut body = json_object(&body)?;
     let user = NewUser::with_id(id, data_of(&mut body))?;
     let updated = state.users().update(&user).await?;
@@ -109,10 +105,8 @@ pub(crate) async fn delete(
 pub(crate) async fn add_many(
     State(state): State<AppState>,
     Extension(access): Extension<Access>,
-    headers: HeaderMap,
-    body: Body,
+    body: Bytes,
 ) -> Result<Pending, ApiError> {
-    let (body, _charge) = read_body(&state, &headers, body).await?;
     let body = json_object(&body)?;
     let override_existing = match body
         .get("override_existing")
