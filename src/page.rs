@@ -151,7 +151,11 @@ impl RawPage {
     }
 
     fn push_checked(&mut self, doc: &[u8], allow_array: bool) -> Result<()> {
-        let first = doc.iter().find(|b| !b.is_ascii_whitespace()).copied();
+        // JSON's white space only: a form feed before the `{` is not.
+        let first = doc
+            .iter()
+            .find(|b| !matches!(b, b' ' | b'\t' | b'\n' | b'\r'))
+            .copied();
         let start = self.buf.len();
         let first_site = self.sites.len();
         let activities_before = self.activities;
@@ -368,6 +372,13 @@ struct Token {
 /// control character at or after `from` (or byte beyond ASCII, if `ascii`), or `src.len()`.
 /// Looks at eight bytes at a time: most strings are short and a call into a general byte
 /// search costs more than it saves.
+///
+/// The word-at-a-time test is SWAR ("SIMD within a register"): Alan Mycroft's zero-byte test,
+/// `(v - 0x01…01) & !v & 0x80…80`, as collected in Sean Eron Anderson's *Bit Twiddling Hacks*
+/// ("Determine if a word has a zero byte", and its variants "has a byte equal to n", by XOR
+/// with `n` in every byte, and "has a byte less than n", here n = 0x20). serde_json's
+/// `SliceRead::skip_to_escape` combines the same three tests to find the end of a string's
+/// plain text; the high-bit test for bytes beyond ASCII is ours.
 fn string_stop(src: &[u8], from: usize, ascii: bool) -> usize {
     const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
     const HIGH: u64 = u64::from_ne_bytes([0x80; 8]);
@@ -375,7 +386,8 @@ fn string_stop(src: &[u8], from: usize, ascii: bool) -> usize {
     while let Some(word) = src.get(i..i + 8) {
         let word = u64::from_le_bytes(word.try_into().expect("eight bytes"));
         // A byte is flagged if it is below 0x20, or zero once XORed with `"` or `\\`. Borrows
-        // can flag bytes after a true one, never before it: the lowest flag is exact.
+        // run from low bytes to high ones (the word is read little-endian), so they can flag a
+        // byte after a true one, never before it: the lowest flag is exact.
         let zero = |v: u64| v.wrapping_sub(ONES) & !v & HIGH;
         let flags = (word.wrapping_sub(ONES * 0x20) & !word & HIGH)
             | zero(word ^ (ONES * u64::from(b'"')))
@@ -393,6 +405,53 @@ fn string_stop(src: &[u8], from: usize, ascii: bool) -> usize {
         i += 1;
     }
     i
+}
+
+/// The length of the escape at `src[at]` (a `\\`), or why it is refused.
+///
+/// serde_json decodes every string it puts in a `Value`, so it refuses a `\\u` escape of a
+/// UTF-16 surrogate unless a leading one (D800–DBFF) is followed at once by an escaped trailing
+/// one (DC00–DFFF): such text has no UTF-8 form. The grammar alone would take them.
+fn escape_len(src: &[u8], at: usize) -> std::result::Result<usize, &'static str> {
+    const UNPAIRED: &str = "unpaired UTF-16 surrogate in a \\u escape";
+    match src.get(at + 1) {
+        Some(b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't') => Ok(2),
+        Some(b'u') => match hex4(src, at + 2) {
+            None => Err("invalid escape"),
+            Some(0xD800..=0xDBFF) => match (src.get(at + 6..at + 8), hex4(src, at + 8)) {
+                (Some(b"\\u"), Some(0xDC00..=0xDFFF)) => Ok(12),
+                _ => Err(UNPAIRED),
+            },
+            Some(0xDC00..=0xDFFF) => Err(UNPAIRED),
+            Some(_) => Ok(6),
+        },
+        _ => Err("invalid escape"),
+    }
+}
+
+/// The four hex digits at `src[at..]` as a number.
+fn hex4(src: &[u8], at: usize) -> Option<u16> {
+    src.get(at..at + 4)?.iter().try_fold(0u16, |n, &digit| {
+        Some(n << 4 | char::from(digit).to_digit(16)? as u16)
+    })
+}
+
+/// Whether a number that passed the grammar is one serde_json takes, checked only where it
+/// could be out of range.
+///
+/// serde_json reads a number with a fraction, an exponent or more digits than 64 bits hold as
+/// an `f64`, and refuses one that overflows (one that underflows becomes 0). It keeps the
+/// leading digits that fit in a `u64` (at least 19) and scales them by a power of ten: the
+/// integer digits beyond those, plus the exponent, less the fraction digits kept. With at most
+/// 200 integer digits and an exponent under 100 that power is at most 10^280, and
+/// 2^64 × 10^280 is far below `f64::MAX`: only a number with more integer digits or a positive
+/// exponent of three digits or more can overflow. Those few are handed to serde_json itself:
+/// near `f64::MAX` its approximate scaling decides, and which way depends on its version and
+/// features (`float_roundtrip`), so no copy of its rule could stay exact.
+fn number_in_range(number: &[u8], int_digits: usize, exponent: Option<(bool, usize)>) -> bool {
+    let may_overflow =
+        int_digits > 200 || exponent.is_some_and(|(positive, digits)| positive && digits > 2);
+    !may_overflow || serde_json::from_slice::<serde_json::Number>(number).is_ok()
 }
 
 impl<'a> Scanner<'a> {
@@ -507,21 +566,13 @@ impl<'a> Scanner<'a> {
                 Some(0x80..) => ascii = false,
                 Some(b'\\') => {
                     escaped = true;
-                    i += match self.src.get(i + 1) {
-                        Some(b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't') => 2,
-                        Some(b'u')
-                            if self
-                                .src
-                                .get(i + 2..i + 6)
-                                .is_some_and(|hex| hex.iter().all(u8::is_ascii_hexdigit)) =>
-                        {
-                            6
-                        }
-                        _ => {
+                    match escape_len(self.src, i) {
+                        Ok(len) => i += len,
+                        Err(what) => {
                             self.pos = i;
-                            return self.fail("invalid escape");
+                            return self.fail(what);
                         }
-                    };
+                    }
                 }
                 Some(_) => {
                     self.pos = i;
@@ -592,12 +643,13 @@ impl<'a> Scanner<'a> {
             b'f' if src[start..].starts_with(b"false") => start + 5,
             b'n' if src[start..].starts_with(b"null") => start + 4,
             b'-' | b'0'..=b'9' => {
-                let mut i = start + usize::from(src[start] == b'-');
-                i = match src.get(i) {
-                    Some(b'0') => i + 1,
-                    Some(b'1'..=b'9') => digits(i + 1),
+                let int_start = start + usize::from(src[start] == b'-');
+                let mut i = match src.get(int_start) {
+                    Some(b'0') => int_start + 1,
+                    Some(b'1'..=b'9') => digits(int_start + 1),
                     _ => return self.fail("invalid number"),
                 };
+                let int_digits = i - int_start;
                 if src.get(i) == Some(&b'.') {
                     let after = digits(i + 1);
                     if after == i + 1 {
@@ -606,14 +658,20 @@ impl<'a> Scanner<'a> {
                     }
                     i = after;
                 }
+                let mut exponent = None;
                 if matches!(src.get(i), Some(b'e' | b'E')) {
+                    let positive = src.get(i + 1) != Some(&b'-');
                     i += 1 + usize::from(matches!(src.get(i + 1), Some(b'+' | b'-')));
                     let after = digits(i);
                     if after == i {
                         self.pos = after;
                         return self.fail("invalid number");
                     }
+                    exponent = Some((positive, after - i));
                     i = after;
+                }
+                if !number_in_range(&src[start..i], int_digits, exponent) {
+                    return self.fail("number out of range");
                 }
                 i
             }
@@ -858,11 +916,11 @@ mod tests {
         );
     }
 
-    /// serde_json's verdict on a document's grammar (without building it, it does not check
-    /// the UTF-8 of strings, so that is checked apart).
+    /// serde_json's verdict on a document: whether it parses into a `Value`. (Parsing into
+    /// `IgnoredAny` is not the same: it checks neither UTF-8, nor escaped surrogates, nor the
+    /// range of numbers.)
     fn serde_accepts(doc: &[u8]) -> bool {
-        std::str::from_utf8(doc).is_ok()
-            && serde_json::from_slice::<serde::de::IgnoredAny>(doc).is_ok()
+        serde_json::from_slice::<Value>(doc).is_ok()
     }
 
     fn accepts(doc: &[u8]) -> bool {
@@ -966,11 +1024,73 @@ mod tests {
             "{\"a\":1}\u{0}",
             "\u{feff}{}",
             "{\"a\":\u{c}1}",
+            "\u{c}{}",
+            // serde_json decodes every string into UTF-8: surrogates must pair.
+            r#"{"a":"\ud800"}"#,
+            r#"{"a":"\udc00"}"#,
+            r#"{"a":"\udc00\ud800"}"#,
+            r#"{"a":"\ud800\u0041"}"#,
+            r#"{"a":"\ud800\ud800"}"#,
+            r#"{"a":"\ud800\n"}"#,
+            r#"{"a":"\ud800x"}"#,
+            r#"{"a":"\ud800\"}"#,
+            r#"{"a":"\ud800\u"}"#,
+            r#"{"a":"\ud800\udc0"}"#,
+            r#"{"a":"x\uDBFF\uDFFFy"}"#,
+            r#"{"a":"\uD7FF\uE000"}"#,
+            r#"{"\ud800":1}"#,
+            r#"{"a":["SU:\ud800"]}"#,
+            // Numbers must fit an f64 (underflow is taken, as 0).
+            r#"{"a":1E400}"#,
+            r#"{"a":-1e400}"#,
+            r#"{"a":1e309}"#,
+            r#"{"a":1e308}"#,
+            r#"{"a":1.7976931348623157e308}"#,
+            r#"{"a":1.7976931348623159e308}"#,
+            r#"{"a":17976931348623157e292}"#,
+            r#"{"a":0.1e309}"#,
+            r#"{"a":10e307}"#,
+            r#"{"a":100e307}"#,
+            r#"{"a":1e+0400}"#,
+            r#"{"a":1e-400}"#,
+            r#"{"a":-1e-99999999999999}"#,
+            r#"{"a":0e99999999999999}"#,
+            r#"{"a":1e99999999999999}"#,
+            r#"{"a":0.0e400}"#,
+            r#"{"a":1e99}"#,
+            r#"{"a":123456789012345678901234567890e99}"#,
         ];
         for doc in docs {
             let verdict = accepts(doc.as_bytes());
             assert_eq!(verdict, serde_accepts(doc.as_bytes()), "{doc}");
             assert_eq!(verdict, serde_json::from_str::<Value>(doc).is_ok(), "{doc}");
+        }
+        // Long integers become f64s: in range up to 309 digits, out of range beyond.
+        for digits in [19, 20, 21, 200, 201, 208, 209, 300, 308, 309, 310, 400] {
+            for (lead, exp) in [
+                ("1", ""),
+                ("9", ""),
+                ("1", "e99"),
+                ("9", "e-99"),
+                ("9", ".5"),
+            ] {
+                let doc = format!(r#"{{"a":{lead}{}{exp}}}"#, "0".repeat(digits - 1));
+                assert_eq!(
+                    accepts(doc.as_bytes()),
+                    serde_accepts(doc.as_bytes()),
+                    "{doc}"
+                );
+            }
+        }
+        for exp in 280..330 {
+            for mantissa in ["1", "9.9", "17976931348623157", "0.00001", "0", "-1.8"] {
+                let doc = format!(r#"{{"a":{mantissa}e{exp}}}"#);
+                assert_eq!(
+                    accepts(doc.as_bytes()),
+                    serde_accepts(doc.as_bytes()),
+                    "{doc}"
+                );
+            }
         }
         assert!(!accepts(b"{\"a\":\"\xff\"}") && !serde_accepts(b"{\"a\":\"\xff\"}"));
         assert!(!accepts(b"{\"a\":\"\xc3\"}"));
