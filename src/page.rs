@@ -741,12 +741,18 @@ impl<'a> Scanner<'a> {
     /// Its own string members are noted as they come; if the object turns out to be a group or
     /// a feed response (its `activities` or `results` array may come last), only the references
     /// inside that array are kept.
+    ///
+    /// Of members with the same name the last one counts, as in a parsed `Value`: an earlier
+    /// `results` or `activities` (array or not) is written out but never looked at by a reader,
+    /// so its references do not count, and a last one that is not an array makes no container.
     fn object(&mut self, role: Role, sites: &mut Vec<Site>) -> Scan {
         let first = sites.len();
         let activities_before = self.page.activities;
-        // Where each special array's references landed, and how many activities it held.
-        let mut results: Option<Vec<(Range<usize>, u64)>> = None;
-        let mut activities: Option<Vec<(Range<usize>, u64)>> = None;
+        // Where the last special array of each name put its references, and how many
+        // activities it held; and where the arrays that a later member replaced put theirs.
+        let mut results: Option<(Range<usize>, u64)> = None;
+        let mut activities: Option<(Range<usize>, u64)> = None;
+        let mut replaced: Vec<Range<usize>> = Vec::new();
         self.open()?;
         let mut more = self.peek()? != b'}';
         if !more {
@@ -754,55 +760,70 @@ impl<'a> Scanner<'a> {
         }
         while more {
             let key = self.string()?;
-            let special = if role == Role::Activity {
-                None
-            } else {
-                special_key(&self.src[key.src], key.escaped)
+            let special = match role {
+                Role::Activity => None,
+                Role::Document => special_key(&self.src[key.src], key.escaped),
+                // Only a document can be a feed response.
+                Role::Result => special_key(&self.src[key.src], key.escaped)
+                    .filter(|s| matches!(s, Special::Activities)),
             };
             self.expect(b':', "expected `:`")?;
-            match (special, self.peek()?) {
-                (Some(Special::Results), b'[') if role == Role::Document => {
-                    let (start, counted) = (sites.len(), self.page.activities);
-                    self.array(|s, sites| s.element(Role::Result, sites), sites)?;
-                    let counted = self.page.activities - counted;
-                    results
-                        .get_or_insert_with(Vec::new)
-                        .push((start..sites.len(), counted));
+            let slot = match special {
+                Some(Special::Results) => Some(&mut results),
+                Some(Special::Activities) => Some(&mut activities),
+                None => None,
+            };
+            match (slot, self.peek()?) {
+                (Some(slot), next) => {
+                    replaced.extend(slot.take().map(|(range, _)| range));
+                    if next == b'[' {
+                        let items = match special {
+                            Some(Special::Results) => Role::Result,
+                            _ => Role::Activity,
+                        };
+                        let (start, counted) = (sites.len(), self.page.activities);
+                        self.array(|s, sites| s.element(items, sites), sites)?;
+                        *slot = Some((start..sites.len(), self.page.activities - counted));
+                    } else {
+                        self.member(next, sites)?;
+                    }
                 }
-                (Some(Special::Activities), b'[') => {
-                    let (start, counted) = (sites.len(), self.page.activities);
-                    self.array(|s, sites| s.element(Role::Activity, sites), sites)?;
-                    let counted = self.page.activities - counted;
-                    activities
-                        .get_or_insert_with(Vec::new)
-                        .push((start..sites.len(), counted));
-                }
-                (_, b'"') => self.candidate(sites)?,
-                (_, b'{' | b'[') if self.page.depth == Depth::Deep => self.any(true, sites)?,
-                _ => self.any(false, sites)?,
+                (None, next) => self.member(next, sites)?,
             }
             more = self.more(b'}', "expected `,` or `}`")?;
         }
-        let Some(kept) = results.or(activities) else {
-            // An activity: all its references count.
-            self.page.activities += 1;
+        let Some((kept, counted)) = results.or(activities) else {
+            // An activity: all its references count, but those of replaced members.
+            if !replaced.is_empty() {
+                let mut write = first;
+                for read in first..sites.len() {
+                    if !replaced.iter().any(|range| range.contains(&read)) {
+                        sites[write] = sites[read];
+                        write += 1;
+                    }
+                }
+                sites.truncate(write);
+            }
+            self.page.activities = activities_before + 1;
             return Ok(());
         };
-        let mut write = first;
-        let mut counted = 0;
-        for (range, activities) in kept {
-            counted += activities;
-            for read in range {
-                sites[write] = sites[read];
-                write += 1;
-            }
-        }
-        sites.truncate(write);
+        sites.copy_within(kept.clone(), first);
+        sites.truncate(first + kept.len());
         self.page.activities = activities_before + counted;
         Ok(())
     }
+
+    /// A member of an activity (or one of a container's own): a string may be a reference.
+    fn member(&mut self, next: u8, sites: &mut Vec<Site>) -> Scan {
+        match next {
+            b'"' => self.candidate(sites),
+            b'{' | b'[' if self.page.depth == Depth::Deep => self.any(true, sites),
+            _ => self.any(false, sites),
+        }
+    }
 }
 
+#[derive(Clone, Copy)]
 enum Special {
     Results,
     Activities,
@@ -901,6 +922,52 @@ mod tests {
             "{out}"
         );
         assert!(out.ends_with(r#""activities":[{"x":"SU:z"}]}"#), "{out}");
+    }
+
+    /// Of members with the same name, the last one counts, as it does in a parsed `Value`.
+    #[test]
+    fn the_last_of_members_with_the_same_name_counts() {
+        for (doc, expected) in [
+            // A last `results` that is not an array: an activity.
+            (
+                r#"{"results":[{"actor":"SU:a"}],"results":5,"actor":"SU:b"}"#,
+                ["b"].as_slice(),
+            ),
+            (
+                r#"{"activities":[{"x":"SU:a"}],"activities":"SU:c","actor":"SU:b"}"#,
+                &["c", "b"],
+            ),
+            // A last one that is an array: a container, of that array alone.
+            (
+                r#"{"results":5,"results":[{"actor":"SU:a"}],"actor":"SU:b"}"#,
+                &["a"],
+            ),
+            (
+                r#"{"activities":[{"x":"SU:a"}],"activities":[{"x":"SU:b"}]}"#,
+                &["b"],
+            ),
+            (
+                r#"{"results":[{"x":"SU:a"}],"activities":[{"x":"SU:b"}],"results":[]}"#,
+                &[],
+            ),
+            // Only a document is a feed response: in a result, `results` is a plain member.
+            (
+                r#"{"results":[{"activities":[{"x":"SU:a"}],"results":"SU:b","activities":{}}]}"#,
+                &["b"],
+            ),
+        ] {
+            let (out, ids) = scan(doc, Depth::TopLevel);
+            assert_eq!(ids, expected, "{doc}");
+            let mut page = RawPage::new(Depth::TopLevel);
+            page.push(doc.as_bytes()).unwrap();
+            assert_eq!(page.references(), expected.len() as u64, "{doc}");
+            assert!(serde_json::from_str::<Value>(&out).is_ok(), "{out}");
+        }
+        let mut page = RawPage::new(Depth::TopLevel);
+        page.push(br#"{"activities":[{},{}],"activities":5}"#).unwrap();
+        assert_eq!(page.activities(), 1);
+        page.push(br#"{"activities":[{},{}],"activities":[{}]}"#).unwrap();
+        assert_eq!(page.activities(), 2);
     }
 
     #[test]
