@@ -320,6 +320,20 @@ impl RawPage {
     }
 }
 
+/// Checks that `json` is one JSON object in the grammar the raw path takes, nested inside
+/// `outer` levels of some enclosing document (so the whole stays within [`MAX_DEPTH`]).
+pub(crate) fn check_object(json: &[u8], outer: usize) -> Result<()> {
+    if json.first() != Some(&b'{') {
+        return Err(Error::invalid("not an object"));
+    }
+    let mut page = RawPage::default();
+    let mut scanner = Scanner::new(json, &mut page, false, 0);
+    scanner.level = outer;
+    scanner
+        .document(|s, sites| s.any(false, sites), &mut Vec::new())
+        .map_err(Error::from)
+}
+
 /// Why a document was refused.
 #[derive(Debug)]
 enum Fault {
