@@ -242,6 +242,14 @@ impl NewUser {
     pub fn with_id(id: UserId, data: Option<Value>) -> Result<NewUser> {
         let data = data_from_value(data)?;
         let data = serde_json::to_string(&data).expect("a JSON map always serializes");
+        // The record nests the data one level down, and must itself stay within the nesting
+        // every reader takes (it is checked on each read, and parsed into a `Value` by some).
+        if crate::page::check_object(data.as_bytes(), 1).is_err() {
+            return Err(Error::invalid(format!(
+                "user {id:?}: data is nested too deep; a user's data may nest at most {} levels",
+                crate::page::MAX_DEPTH - 1
+            )));
+        }
         // The compact encoding of {"id":"…","data":…}; ids never need escaping.
         let size = r#"{"id":"","data":}"#.len() + id.as_str().len() + data.len();
         if size > MAX_USER_BYTES {
@@ -301,9 +309,12 @@ impl UserJson {
     /// Where the part after `created_at`'s value starts.
     pub(crate) const TAIL_START: usize = 15 + Timestamp::LEN;
     const UPDATED_KEY: &'static [u8] = br#"","updated_at":""#;
-    const UPDATED_AT: std::ops::Range<usize> = 58..58 + Timestamp::LEN;
+    const UPDATED_AT: std::ops::Range<usize> = {
+        let start = UserJson::TAIL_START + UserJson::UPDATED_KEY.len();
+        start..start + Timestamp::LEN
+    };
     const ID_KEY: &'static [u8] = br#"","id":""#;
-    const ID_START: usize = 85 + 8;
+    const ID_START: usize = UserJson::UPDATED_AT.end + UserJson::ID_KEY.len();
     const DATA_KEY: &'static [u8] = br#"","data":"#;
 
     /// Wraps bytes read back from a store, checking that they are exactly what this crate
@@ -519,6 +530,22 @@ mod tests {
             updated.as_str(),
             r#"{"created_at":"2021-04-13T22:53:19.000000Z","updated_at":"2021-12-31T23:00:00.500000Z","id":"eric","data":{"x":true}}"#
         );
+    }
+
+    #[test]
+    fn data_nests_no_deeper_than_a_stored_record_may() {
+        let nested = |levels: usize| {
+            let text = format!("{}{}", "[".repeat(levels - 1), "]".repeat(levels - 1));
+            serde_json::json!({ "k": serde_json::from_str::<Value>(&text).unwrap() })
+        };
+        // The data object and the arrays in it: 126 levels, 127 with the record's own.
+        let user = NewUser::new("u", Some(nested(126))).unwrap();
+        let at = Timestamp::now();
+        let stored = UserJson::from_stored(user.to_json(at, at).as_bytes().to_vec()).unwrap();
+        stored.to_value();
+        let err = NewUser::new("u", Some(nested(127))).unwrap_err();
+        assert!(err.is_invalid_input());
+        assert!(err.to_string().contains("at most 126 levels"), "{err}");
     }
 
     #[test]
