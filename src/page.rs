@@ -421,9 +421,9 @@ fn string_stop(src: &[u8], from: usize, ascii: bool) -> usize {
     i
 }
 
-/// The length of the escape at `src[at]` (a `\\`), or why it is refused.
+/// The length of the escape at `src[at]` (a `\`), or why it is refused.
 ///
-/// serde_json decodes every string it puts in a `Value`, so it refuses a `\\u` escape of a
+/// serde_json decodes every string it puts in a `Value`, so it refuses a `\u` escape of a
 /// UTF-16 surrogate unless a leading one (D800–DBFF) is followed at once by an escaped trailing
 /// one (DC00–DFFF): such text has no UTF-8 form. The grammar alone would take them.
 fn escape_len(src: &[u8], at: usize) -> std::result::Result<usize, &'static str> {
@@ -978,9 +978,11 @@ mod tests {
             assert!(serde_json::from_str::<Value>(&out).is_ok(), "{out}");
         }
         let mut page = RawPage::new(Depth::TopLevel);
-        page.push(br#"{"activities":[{},{}],"activities":5}"#).unwrap();
+        page.push(br#"{"activities":[{},{}],"activities":5}"#)
+            .unwrap();
         assert_eq!(page.activities(), 1);
-        page.push(br#"{"activities":[{},{}],"activities":[{}]}"#).unwrap();
+        page.push(br#"{"activities":[{},{}],"activities":[{}]}"#)
+            .unwrap();
         assert_eq!(page.activities(), 2);
     }
 

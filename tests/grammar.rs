@@ -59,15 +59,35 @@ fn the_binary_refuses_what_serde_json_refuses() {
         r#"{"a":-1e400}"#,
     ] {
         let input = format!("{{\"ok\":1}}\n{doc}\n{{\"after\":1}}\n");
-        let out = support::run_enrich(dir.path(), &[&store[..], &["run", "--quiet"]].concat(), input);
+        let out = support::run_enrich(
+            dir.path(),
+            &[&store[..], &["run", "--quiet"]].concat(),
+            input,
+        );
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{doc}: {err}");
-        assert!(err.starts_with("error: line 2: not valid JSON"), "{doc}: {err}");
-        assert_eq!(String::from_utf8_lossy(&out.stdout), "{\"ok\":1}\n", "{doc}");
+        assert!(
+            err.starts_with("error: line 2: not valid JSON"),
+            "{doc}: {err}"
+        );
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            "{\"ok\":1}\n",
+            "{doc}"
+        );
     }
     let taken = r#"{"a":1e-400,"b":"\ud83d\ude00","c":-0.0E+5}"#;
-    let out = support::run_enrich(dir.path(), &[&store[..], &["run", "--quiet"]].concat(), taken);
-    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = support::run_enrich(
+        dir.path(),
+        &[&store[..], &["run", "--quiet"]].concat(),
+        taken,
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(String::from_utf8_lossy(&out.stdout), format!("{taken}\n"));
 }
 
@@ -94,7 +114,11 @@ fn number() -> BoxedStrategy<String> {
             any::<bool>(),
             digits(25),
             prop::option::of(digits(25)),
-            prop::option::of((select(vec!["e", "E"]), select(vec!["", "+", "-"]), digits(5))),
+            prop::option::of((
+                select(vec!["e", "E"]),
+                select(vec!["", "+", "-"]),
+                digits(5)
+            )),
         )
             .prop_map(move |(minus, int, frac, exp)| {
                 let int = render(int);
@@ -112,7 +136,10 @@ fn number() -> BoxedStrategy<String> {
         // Near the edges of f64.
         (1usize..330, select(vec!["", "e5", "e-5", ".5", "e10"]))
             .prop_map(|(n, tail)| format!("1{}{tail}", "0".repeat(n))),
-        (280u32..330, select(vec!["1", "1.8", "17976931348623157", "0.001", "0"]))
+        (
+            280u32..330,
+            select(vec!["1", "1.8", "17976931348623157", "0.001", "0"])
+        )
             .prop_map(|(e, m)| format!("{m}e{e}")),
     ]
     .boxed()
@@ -121,8 +148,14 @@ fn number() -> BoxedStrategy<String> {
 /// A string token: plain text, text beyond ASCII, escapes (surrogates included, paired or not).
 fn string() -> BoxedStrategy<String> {
     let piece = prop_oneof![
-        select(vec!["a", "b", "SU", ":", "x y", "é", "€", "😀", "\u{7f}", "'"]).prop_map(str::to_string),
-        select(vec![r#"\""#, r"\\", r"\/", r"\b", r"\f", r"\n", r"\r", r"\t"]).prop_map(str::to_string),
+        select(vec![
+            "a", "b", "SU", ":", "x y", "é", "€", "😀", "\u{7f}", "'"
+        ])
+        .prop_map(str::to_string),
+        select(vec![
+            r#"\""#, r"\\", r"\/", r"\b", r"\f", r"\n", r"\r", r"\t"
+        ])
+        .prop_map(str::to_string),
         any::<u16>().prop_map(|u| format!("\\u{u:04x}")),
         (0xd800u16..0xdc00, 0xdc00u16..0xe000).prop_map(|(h, l)| format!("\\u{h:04X}\\u{l:04x}")),
     ];
@@ -170,7 +203,8 @@ fn value() -> BoxedStrategy<String> {
             .prop_map(|(a, v, b)| format!("{a}{v}{b}"))
             .boxed();
         prop_oneof![
-            prop::collection::vec(item.clone(), 0..5).prop_map(|items| format!("[{}]", items.join(","))),
+            prop::collection::vec(item.clone(), 0..5)
+                .prop_map(|items| format!("[{}]", items.join(","))),
             prop::collection::vec((ws(), key(), ws(), item), 0..5).prop_map(|members| {
                 let members: Vec<String> = members
                     .into_iter()
@@ -186,12 +220,14 @@ fn value() -> BoxedStrategy<String> {
 /// A document: mostly an object (an activity, a group, a response), sometimes anything.
 fn document() -> impl Strategy<Value = String> {
     let object = prop::collection::vec((key(), value()), 0..6).prop_map(|members| {
-        let members: Vec<String> = members.into_iter().map(|(k, v)| format!("{k}:{v}")).collect();
+        let members: Vec<String> = members
+            .into_iter()
+            .map(|(k, v)| format!("{k}:{v}"))
+            .collect();
         format!("{{{}}}", members.join(","))
     });
-    let group = prop::collection::vec(value(), 0..4).prop_map(|acts| {
-        format!(r#"{{"actor":"SU:u0","activities":[{}]}}"#, acts.join(","))
-    });
+    let group = prop::collection::vec(value(), 0..4)
+        .prop_map(|acts| format!(r#"{{"actor":"SU:u0","activities":[{}]}}"#, acts.join(",")));
     prop_oneof![
         4 => object,
         1 => group,
@@ -202,10 +238,44 @@ fn document() -> impl Strategy<Value = String> {
 
 /// What a mutation may put in: JSON's own bytes, and what sits on the grammar's edges.
 const SNIPPETS: &[&[u8]] = &[
-    br"\ud800", br"\udc00", br"\udbff\udfff", br"\u0041", br"\u", br"\", b"\"", b"e400", b"E400",
-    b"e-400", b"e309", b"1e309", b"9", b"0", b"-", b"+", b".", b"e", b",", b":", b"[", b"]", b"{",
-    b"}", b" ", b"\t", b"\x0c", b"\x00", b"\x1f", b"\x7f", b"\xff", b"\xc3", "é".as_bytes(),
-    b"true", b"null", b"\"SU:u1\"", b"\"results\":[", b"\"activities\":[",
+    br"\ud800",
+    br"\udc00",
+    br"\udbff\udfff",
+    br"\u0041",
+    br"\u",
+    br"\",
+    b"\"",
+    b"e400",
+    b"E400",
+    b"e-400",
+    b"e309",
+    b"1e309",
+    b"9",
+    b"0",
+    b"-",
+    b"+",
+    b".",
+    b"e",
+    b",",
+    b":",
+    b"[",
+    b"]",
+    b"{",
+    b"}",
+    b" ",
+    b"\t",
+    b"\x0c",
+    b"\x00",
+    b"\x1f",
+    b"\x7f",
+    b"\xff",
+    b"\xc3",
+    "é".as_bytes(),
+    b"true",
+    b"null",
+    b"\"SU:u1\"",
+    b"\"results\":[",
+    b"\"activities\":[",
 ];
 
 #[derive(Debug, Clone)]
@@ -292,5 +362,8 @@ fn generated_documents_are_both_taken_and_refused() {
             refused += 1;
         }
     }
-    assert!(taken > 100 && refused > 100, "{taken} taken, {refused} refused");
+    assert!(
+        taken > 100 && refused > 100,
+        "{taken} taken, {refused} refused"
+    );
 }

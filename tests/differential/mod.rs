@@ -183,7 +183,11 @@ pub fn nesting(doc: &[u8]) -> usize {
 pub fn show(doc: &[u8]) -> String {
     let text = String::from_utf8_lossy(doc);
     if text.chars().count() > 2000 {
-        format!("{:?}… ({} bytes)", text.chars().take(2000).collect::<String>(), doc.len())
+        format!(
+            "{:?}… ({} bytes)",
+            text.chars().take(2000).collect::<String>(),
+            doc.len()
+        )
     } else {
         format!("{text:?}")
     }
