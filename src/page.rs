@@ -10,6 +10,12 @@
 //!
 //! The own fields of responses and groups are never touched, and everything else is copied
 //! byte for byte (numbers and string escapes as they were), minus insignificant white space.
+//! Of members with the same name the last one counts, as in a parsed `Value`.
+//!
+//! A document is taken exactly when serde_json would parse it into a `serde_json::Value`, so
+//! the raw path and the `Value` path take the same documents: RFC 8259, with strings in UTF-8,
+//! `\u` escapes of UTF-16 surrogates in pairs, numbers within the range of an `f64`, and at
+//! most [`MAX_DEPTH`] levels. `tests/grammar.rs` and the fuzz target in `fuzz/` compare the two.
 
 use std::ops::Range;
 
@@ -358,9 +364,9 @@ impl From<Fault> for Error {
 
 type Scan<T = ()> = std::result::Result<T, Fault>;
 
-/// Checks a JSON document against the grammar (RFC 8259; the caller has checked that it is
-/// UTF-8) in one pass, notes the references it holds, and copies it into the page's buffer
-/// without white space.
+/// Checks a JSON document against serde_json's grammar (see the module doc; UTF-8 is checked
+/// inside strings, the only place bytes beyond ASCII may be) in one pass, notes the references
+/// it holds, and copies it into the page's buffer without white space.
 struct Scanner<'a> {
     src: &'a [u8],
     pos: usize,
