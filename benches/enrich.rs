@@ -289,15 +289,18 @@ fn job(b: &mut criterion::Bencher<'_>, name: &str) {
     let run = |enricher: Enricher| {
         let input = input.clone();
         async move {
-            let inputs: Vec<enrich::commands::Input> =
-                vec![Box::new(std::io::Cursor::new(input.to_vec()))];
+            let inputs = vec![job::Source::new(
+                "activities",
+                std::io::Cursor::new(input.to_vec()),
+            )];
             job::run(
                 &enricher,
                 inputs,
-                tokio::io::sink(),
-                None::<tokio::io::Sink>,
+                job::Output::writer(std::io::sink()),
+                None,
                 &RunOptions::new(),
-                |_| {},
+                &job::RunProgress::new(),
+                futures::stream::pending(),
             )
             .await
             .unwrap()

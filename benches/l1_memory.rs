@@ -54,7 +54,8 @@ fn main() {
             enricher.enrich_page(&page).await.unwrap();
         }
     });
-    let (entries, weighted) = enricher.cache_size();
+    let stats = enricher.cache_stats();
+    let (entries, weighted) = (stats.users + stats.misses, stats.bytes);
     let added = rss().saturating_sub(before);
     println!(
         "l1_memory: {entries} users cached, payload {:.1} MiB, resident +{:.1} MiB ({:.2}x payload), \

@@ -1,24 +1,33 @@
-//! Load test of `enrich serve` on loopback: the server in-process, 64 concurrent keep-alive
-//! connections, a fixed time per scenario. Reports requests/s and p50/p99 for `GET` of a user
-//! and for `POST /api/v1.0/enrich/` of a 25-activity feed page (3 references each, 20 distinct
-//! users), over the memory store and a private redis-server.
+//! Load test of `enrich serve`: the built binary over a private redis-server, driven by `wrk`
+//! (one thread, 32 keep-alive connections) as a separate process, with everything an operator
+//! runs switched on: the limits, the timeouts, the metrics and one access-log line per request
+//! (written to a file, as a deployment's log would be).
 //!
-//! `cargo bench --bench serve_load` runs it (about 10 s); under `cargo test` it does nothing.
+//! Rows: `GET /healthz` (a store read per request: the baseline), `GET /livez`, `GET` of a
+//! user, and `POST /api/v1.0/enrich/` cycling through 400 distinct feed pages of 25 activities
+//! (3 references each, over 1,000 users, warm in the L1). The figure that matters is the
+//! enrich row's requests/s as a share of `/healthz`'s in the same run. A second pass runs
+//! the same with the access log off.
+//!
+//! `cargo bench --bench serve_load` runs it (about a minute); it needs `wrk` (Debian package
+//! `wrk`) and says so if it is missing. Under `cargo test` it does nothing.
 
 #[path = "../tests/support/mod.rs"]
 mod support;
 
-use std::time::{Duration, Instant};
+use std::io::Write;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
 
-use enrich::serve::{ServeConfig, serve};
-use enrich::{Enricher, NewUser, StoreOptions, store};
 use serde_json::json;
 
-const CONNECTIONS: usize = 64;
-const PER_SCENARIO: Duration = Duration::from_millis(2_200);
-const WARMUP: Duration = Duration::from_millis(300);
 const KEY: &str = "bench-key";
 const SECRET: &str = "bench-secret";
+const CONNECTIONS: &str = "32";
+const SECONDS: &str = "5";
+const USERS: usize = 1_000;
+const PAGES: usize = 400;
 
 fn main() {
     // cargo test runs bench targets without --bench: stay quick there.
@@ -26,157 +35,223 @@ fn main() {
         println!("serve_load: skipped (run with cargo bench --bench serve_load)");
         return;
     }
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
+    if Command::new("wrk").arg("--version").output().is_err() {
+        println!("serve_load: needs wrk (apt-get install wrk)");
+        return;
+    }
     let redis = support::RedisServer::start();
-    let mut rows = Vec::new();
-    runtime.block_on(async {
-        for (backend, url) in [("memory", "memory:".to_string()), ("redis", redis.url())] {
-            rows.extend(run_backend(backend, &url).await);
+    let dir = tempfile::tempdir().expect("temp dir");
+    load_users(dir.path(), &redis.url());
+    let pages = write_script(dir.path());
+    let get = write_get_script(dir.path());
+
+    println!(
+        "\nenrich serve over redis-server, wrk -t1 -c{CONNECTIONS} -d{SECONDS}s, loopback, \
+         one machine"
+    );
+    println!(
+        "{:<12} {:<30} {:>10} {:>8} {:>8} {:>11}",
+        "access log", "route", "req/s", "p50 ms", "p99 ms", "÷ /healthz"
+    );
+    for (label, rust_log) in [("on", "info"), ("off", "info,enrich::access=off")] {
+        let server = Server::start(dir.path(), &redis.url(), rust_log);
+        let base = format!("http://{}", server.addr);
+        // Warm the L1 with every page.
+        wrk(&base, Some(&pages), "2");
+        let rows = [
+            ("GET /healthz", format!("{base}/healthz"), None),
+            ("GET /livez", format!("{base}/livez"), None),
+            (
+                "GET /api/v1.0/user/{id}",
+                format!("{base}/api/v1.0/user/user-7/?api_key={KEY}"),
+                Some(&get),
+            ),
+            ("POST /api/v1.0/enrich (25×3)", base.clone(), Some(&pages)),
+        ];
+        let mut healthz = 0.0;
+        for (route, url, script) in rows {
+            let result = wrk(&url, script.map(|p| p.as_path()), SECONDS);
+            if healthz == 0.0 {
+                healthz = result.rate;
+            }
+            println!(
+                "{label:<12} {route:<30} {:>10.0} {:>8.2} {:>8.2} {:>10.2}×",
+                result.rate,
+                result.p50,
+                result.p99,
+                result.rate / healthz
+            );
         }
-    });
-    println!(
-        "\nenrich serve, loopback, {CONNECTIONS} connections, {:.1} s per row",
-        PER_SCENARIO.as_secs_f64()
-    );
-    println!(
-        "{:<8} {:<28} {:>10} {:>9} {:>9}",
-        "store", "route", "req/s", "p50 ms", "p99 ms"
-    );
-    for row in rows {
-        println!("{row}");
     }
 }
 
-async fn run_backend(backend: &str, url: &str) -> Vec<String> {
-    let store = store::open(url, &StoreOptions::new().namespace("bench"))
-        .await
-        .expect("open store");
-    let enricher = Enricher::new(store);
-    enricher.wait_for_cache(Duration::from_secs(2)).await;
-    for i in 0..20 {
-        let user = NewUser::new(
-            &format!("user-{i}"),
-            Some(json!({"name": format!("User {i}"), "avatar": "https://example.com/a.png"})),
-        )
-        .expect("valid user");
-        enricher.users().add(&user, true).await.expect("add user");
+struct WrkResult {
+    rate: f64,
+    p50: f64,
+    p99: f64,
+}
+
+/// Runs wrk against `url` and reads requests/s and the p50 and p99 latency (ms).
+fn wrk(url: &str, script: Option<&Path>, seconds: &str) -> WrkResult {
+    let mut command = Command::new("wrk");
+    command.args(["-t1", "-c", CONNECTIONS, "-d", seconds, "--latency"]);
+    if let Some(script) = script {
+        command.arg("-s").arg(script);
     }
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let base = format!("http://{}", listener.local_addr().expect("addr"));
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(serve(
-        listener,
-        enricher,
-        ServeConfig::new(KEY, SECRET),
-        async move {
-            let _ = stopped.await;
-        },
-    ));
-    let token = jsonwebtoken::encode(
+    let output = command.arg(url).output().expect("run wrk");
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        !text.contains("Non-2xx"),
+        "wrk saw errors against {url}:\n{text}"
+    );
+    let field = |prefix: &str| -> f64 {
+        let line = text
+            .lines()
+            .map(str::trim)
+            .find(|l| l.starts_with(prefix))
+            .unwrap_or_else(|| panic!("no {prefix} in\n{text}"));
+        let value = line[prefix.len()..].trim();
+        let number: String = value
+            .chars()
+            .take_while(|c| c.is_ascii_digit() || *c == '.')
+            .collect();
+        let number: f64 = number.parse().expect("a number");
+        if value.ends_with("us") {
+            number / 1000.0
+        } else if value.ends_with("ms") {
+            number
+        } else if value.ends_with('s') {
+            number * 1000.0
+        } else {
+            number
+        }
+    };
+    WrkResult {
+        rate: field("Requests/sec:"),
+        p50: field("50%"),
+        p99: field("99%"),
+    }
+}
+
+fn token() -> String {
+    jsonwebtoken::encode(
         &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
         &json!({"resource": "users", "action": "*", "feed_id": "*"}),
         &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()).expect("key"),
     )
-    .expect("sign");
-    let activities: Vec<_> = (0..25)
-        .map(|a| {
-            json!({
-                "id": format!("act-{a}"),
-                "actor": format!("SU:user-{}", (a * 3) % 20),
-                "verb": "post",
-                "object": format!("SU:user-{}", (a * 3 + 1) % 20),
-                "target": format!("SU:user-{}", (a * 3 + 2) % 20),
-                "time": "2021-05-14T14:51:13.767221",
-                "foreign_id": format!("post:{a}"),
-            })
-        })
-        .collect();
-    let page = json!({"results": activities, "next": ""}).to_string();
+    .expect("sign")
+}
 
-    let get = Scenario {
-        method: reqwest::Method::GET,
-        url: format!("{base}/api/v1.0/user/user-7/?api_key={KEY}"),
-        body: String::new(),
-    };
-    let post = Scenario {
-        method: reqwest::Method::POST,
-        url: format!("{base}/api/v1.0/enrich/?api_key={KEY}"),
-        body: page,
-    };
-    let mut rows = Vec::new();
-    for (name, scenario) in [("GET user", get), ("POST enrich (25 x 3 refs)", post)] {
-        let result = scenario.run(&token).await;
-        rows.push(format!("{backend:<8} {name:<28} {result}"));
+/// 1,000 users, imported with the binary.
+fn load_users(dir: &Path, store: &str) {
+    let path = dir.join("users.ndjson");
+    let mut file = std::fs::File::create(&path).expect("users file");
+    for i in 0..USERS {
+        let user = json!({"id": format!("user-{i}"), "data": {
+            "name": format!("User {i}"),
+            "avatar": format!("https://example.com/avatars/{i}.png"),
+        }});
+        writeln!(file, "{user}").expect("write users");
     }
-    let _ = stop.send(());
-    let _ = server.await;
-    rows
+    let status = Command::new(env!("CARGO_BIN_EXE_enrich"))
+        .args(["--store", store, "users", "import"])
+        .arg(&path)
+        .stderr(Stdio::null())
+        .status()
+        .expect("import users");
+    assert!(status.success());
 }
 
-#[derive(Clone)]
-struct Scenario {
-    method: reqwest::Method,
-    url: String,
-    body: String,
+/// A wrk script that posts 400 distinct feed pages in turn.
+fn write_script(dir: &Path) -> std::path::PathBuf {
+    // A fixed linear congruential sequence: the same pages every run.
+    let mut state = 42u64;
+    let mut next = move |n: usize| {
+        state = state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (state >> 33) as usize % n
+    };
+    let mut lua = String::from("pages = {\n");
+    for page in 0..PAGES {
+        let activities: Vec<_> = (0..25)
+            .map(|a| {
+                json!({
+                    "id": format!("act-{page}-{a}"),
+                    "actor": format!("SU:user-{}", next(USERS)),
+                    "verb": "post",
+                    "object": format!("SU:user-{}", next(USERS)),
+                    "target": format!("SU:user-{}", next(USERS)),
+                    "time": "2021-05-14T14:51:13.767221",
+                    "foreign_id": format!("post:{a}"),
+                })
+            })
+            .collect();
+        let doc = json!({"results": activities, "next": ""}).to_string();
+        lua.push_str(&format!("[==[{doc}]==],\n"));
+    }
+    lua.push_str("}\n");
+    lua.push_str(&format!(
+        "i = 0\nrequest = function()\n  i = i + 1\n  return wrk.format(\"POST\", \
+         \"/api/v1.0/enrich/?api_key={KEY}\", {{[\"Authorization\"]=\"{}\", \
+         [\"stream-auth-type\"]=\"jwt\", [\"Content-Type\"]=\"application/json\"}}, \
+         pages[(i % {PAGES}) + 1])\nend\n",
+        token()
+    ));
+    let path = dir.join("enrich.lua");
+    std::fs::write(&path, lua).expect("write script");
+    path
 }
 
-impl Scenario {
-    async fn run(&self, token: &str) -> String {
-        let start = Instant::now();
-        let warm_until = start + WARMUP;
-        let until = warm_until + PER_SCENARIO;
-        let mut tasks = Vec::new();
-        for _ in 0..CONNECTIONS {
-            let scenario = self.clone();
-            let token = token.to_string();
-            tasks.push(tokio::spawn(async move {
-                // One client per task: one keep-alive connection each.
-                let client = reqwest::Client::builder()
-                    .pool_max_idle_per_host(1)
-                    .build()
-                    .expect("client");
-                let mut latencies = Vec::new();
-                loop {
-                    let sent = Instant::now();
-                    if sent >= until {
-                        break;
-                    }
-                    let response = client
-                        .request(scenario.method.clone(), &scenario.url)
-                        .header("Authorization", &token)
-                        .header("stream-auth-type", "jwt")
-                        .body(scenario.body.clone())
-                        .send()
-                        .await
-                        .expect("request");
-                    assert!(response.status().is_success(), "{}", response.status());
-                    response.bytes().await.expect("body");
-                    if sent >= warm_until {
-                        latencies.push(sent.elapsed());
-                    }
-                }
-                latencies
-            }));
+/// A wrk script that sends the token with a GET.
+fn write_get_script(dir: &Path) -> std::path::PathBuf {
+    let path = dir.join("get.lua");
+    let lua = format!(
+        "wrk.headers[\"Authorization\"] = \"{}\"\nwrk.headers[\"stream-auth-type\"] = \"jwt\"\n",
+        token()
+    );
+    std::fs::write(&path, lua).expect("write script");
+    path
+}
+
+/// `enrich serve`, its log in a file.
+struct Server {
+    child: Child,
+    addr: String,
+}
+
+impl Server {
+    fn start(dir: &Path, store: &str, rust_log: &str) -> Server {
+        let path = dir.join("serve.log");
+        let log = std::fs::File::create(&path).expect("log");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_enrich"))
+            .args(["--store", store, "serve", "--listen", "127.0.0.1:0"])
+            .env("ENRICH_API_KEY", KEY)
+            .env("ENRICH_API_SECRET", SECRET)
+            .env("RUST_LOG", rust_log)
+            .stderr(log)
+            .spawn()
+            .expect("start enrich serve");
+        for _ in 0..500 {
+            let text = std::fs::read_to_string(&path).unwrap_or_default();
+            if let Some(at) = text.find("listening on http://") {
+                let rest = &text[at + "listening on http://".len()..];
+                let addr = rest.split(',').next().expect("address").to_string();
+                // Let the invalidation stream come up, so the L1 is in use.
+                std::thread::sleep(Duration::from_millis(200));
+                return Server { child, addr };
+            }
+            std::thread::sleep(Duration::from_millis(10));
         }
-        let mut all = Vec::new();
-        for task in tasks {
-            all.extend(task.await.expect("load task"));
-        }
-        all.sort();
-        let pct = |p: f64| {
-            all.get(((all.len() as f64 * p) as usize).min(all.len().saturating_sub(1)))
-                .map_or(0.0, |d| d.as_secs_f64() * 1000.0)
-        };
-        format!(
-            "{:>10.0} {:>9.2} {:>9.2}",
-            all.len() as f64 / PER_SCENARIO.as_secs_f64(),
-            pct(0.50),
-            pct(0.99)
-        )
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("enrich serve did not start");
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }

@@ -58,6 +58,7 @@ pub struct CacheConfig {
     max_bytes: u64,
     ttl: Duration,
     negative_ttl: Duration,
+    negative_share: f64,
 }
 
 impl Default for CacheConfig {
@@ -67,12 +68,13 @@ impl Default for CacheConfig {
 }
 
 impl CacheConfig {
-    /// 256 MiB, users kept 60 s at most, misses 5 s.
+    /// 256 MiB, users kept 60 s at most, misses 5 s, misses at most a tenth of the bytes.
     pub fn new() -> Self {
         CacheConfig {
             max_bytes: 256 << 20,
             ttl: Duration::from_secs(60),
             negative_ttl: Duration::from_secs(5),
+            negative_share: 0.1,
         }
     }
 
@@ -83,7 +85,9 @@ impl CacheConfig {
     }
 
     /// How long a user may be served from the L1: the backstop for writes that were never
-    /// announced.
+    /// announced. (Pages on the raw-bytes path also answer from memos of what the L1 said,
+    /// which forget everything at every invalidation and at least once a second, so an answer
+    /// may outlive its TTL by up to a second; never an announced write.)
     pub fn ttl(mut self, ttl: Duration) -> Self {
         self.ttl = ttl;
         self
@@ -92,6 +96,19 @@ impl CacheConfig {
     /// How long "no such user" may be served from the L1.
     pub fn negative_ttl(mut self, ttl: Duration) -> Self {
         self.negative_ttl = ttl;
+        self
+    }
+
+    /// The share of [`CacheConfig::max_bytes`] that "no such user" answers may take, from 0 to
+    /// 1 (default 0.1). Misses live in a part of the L1 of their own, so a flood of lookups of
+    /// ids that do not exist (cheap to send, one per random id) evicts other misses, never
+    /// cached users; users get the rest of the bytes.
+    pub fn negative_share(mut self, share: f64) -> Self {
+        self.negative_share = if share.is_nan() {
+            0.0
+        } else {
+            share.clamp(0.0, 1.0)
+        };
         self
     }
 
@@ -134,6 +151,26 @@ fn weigh(key: &Arc<str>, value: &Cached) -> u32 {
     u32::try_from(bytes).unwrap_or(u32::MAX)
 }
 
+/// What an L1 holds, and what happened to it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub struct CacheStats {
+    /// Users cached.
+    pub users: u64,
+    /// "No such user" answers cached.
+    pub misses: u64,
+    /// Bytes the entries are charged (keys, user JSON, per-entry overhead).
+    pub bytes: u64,
+    /// Of which misses.
+    pub miss_bytes: u64,
+    /// Users pushed out to make room, since the start.
+    pub evictions: u64,
+    /// Ids dropped because they were written, since the start.
+    pub invalidations: u64,
+    /// True while the L1 is bypassed (the store's announcements may be missed).
+    pub bypassed: bool,
+}
+
 /// The result of one batched store call, shared by every id it loaded: an answer or an error
 /// per id (a cluster node can fail while the others answer), or one error for the whole call.
 pub(crate) type BatchResult = Arc<Result<Vec<Result<Option<UserJson>>>>>;
@@ -150,9 +187,16 @@ pub(crate) struct Flight {
     epoch: u64,
 }
 
+type Cache = moka::sync::Cache<Arc<str>, Cached, Hasher>;
+
 /// The L1 and its registry of loads in flight.
 pub(crate) struct L1 {
-    cache: moka::sync::Cache<Arc<str>, Cached, Hasher>,
+    /// Users found.
+    users: Cache,
+    /// Ids the store said do not exist, in a budget of their own.
+    misses: Cache,
+    /// Users pushed out to make room.
+    evictions: Arc<AtomicU64>,
     flights: DashMap<Arc<str>, Arc<Flight>, Hasher>,
     /// Bumped by every flush; a load that began in an older epoch does not fill the cache.
     epoch: AtomicU64,
@@ -171,8 +215,8 @@ pub(crate) struct L1 {
 impl std::fmt::Debug for L1 {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("L1")
-            .field("entries", &self.cache.entry_count())
-            .field("weighted_bytes", &self.cache.weighted_size())
+            .field("users", &self.users.entry_count())
+            .field("misses", &self.misses.entry_count())
             .field("in_flight", &self.flights.len())
             .finish()
     }
@@ -192,16 +236,33 @@ pub(crate) enum Joined {
 
 impl L1 {
     pub(crate) fn new(config: &CacheConfig) -> L1 {
-        let cache = moka::sync::Cache::builder()
-            .max_capacity(config.max_bytes)
+        let ttl = || Ttl {
+            found: config.ttl,
+            missing: config.negative_ttl,
+        };
+        // Truncation is fine: a share of a byte count.
+        let miss_bytes = (config.max_bytes as f64 * config.negative_share) as u64;
+        let evictions = Arc::new(AtomicU64::new(0));
+        let evicted = evictions.clone();
+        let users = moka::sync::Cache::builder()
+            .max_capacity(config.max_bytes.saturating_sub(miss_bytes))
             .weigher(weigh)
-            .expire_after(Ttl {
-                found: config.ttl,
-                missing: config.negative_ttl,
+            .expire_after(ttl())
+            .eviction_listener(move |_, _, cause| {
+                if cause == moka::notification::RemovalCause::Size {
+                    evicted.fetch_add(1, Ordering::Relaxed);
+                }
             })
             .build_with_hasher(Hasher::default());
+        let misses = moka::sync::Cache::builder()
+            .max_capacity(miss_bytes)
+            .weigher(weigh)
+            .expire_after(ttl())
+            .build_with_hasher(Hasher::default());
         L1 {
-            cache,
+            users,
+            misses,
+            evictions,
             flights: DashMap::with_hasher(Hasher::default()),
             epoch: AtomicU64::new(0),
             flush: RwLock::new(()),
@@ -217,7 +278,14 @@ impl L1 {
         if !self.enabled || self.bypass.load(Ordering::Acquire) {
             return None;
         }
-        self.cache.get(id)
+        self.users.get(id).or_else(|| self.misses.get(id))
+    }
+
+    fn part(&self, answer: &Cached) -> &Cache {
+        match answer {
+            Cached::Found(_) => &self.users,
+            Cached::Missing => &self.misses,
+        }
     }
 
     /// Joins the load of `id` in flight, or registers a new one answered by `batch`.
@@ -252,7 +320,7 @@ impl L1 {
                 && flight.epoch == self.epoch.load(Ordering::Acquire)
                 && !self.bypass.load(Ordering::Acquire)
             {
-                self.cache.insert(current.key().clone(), answer);
+                self.part(&answer).insert(current.key().clone(), answer);
             }
         }
         self.flights
@@ -264,7 +332,8 @@ impl L1 {
         if let Some((_, flight)) = self.flights.remove(id) {
             flight.voided.store(true, Ordering::Release);
         }
-        self.cache.invalidate(id);
+        self.users.invalidate(id);
+        self.misses.invalidate(id);
         self.invalidations.fetch_add(1, Ordering::Relaxed);
         self.generation.fetch_add(1, Ordering::AcqRel);
     }
@@ -277,7 +346,8 @@ impl L1 {
             flight.voided.store(true, Ordering::Release);
             false
         });
-        self.cache.invalidate_all();
+        self.users.invalidate_all();
+        self.misses.invalidate_all();
         self.generation.fetch_add(1, Ordering::AcqRel);
     }
 
@@ -317,10 +387,19 @@ impl L1 {
         (self.enabled && !self.bypass.load(Ordering::Acquire)).then_some(generation)
     }
 
-    /// Entries and weighted bytes, after moka's pending bookkeeping.
-    pub(crate) fn size(&self) -> (u64, u64) {
-        self.cache.run_pending_tasks();
-        (self.cache.entry_count(), self.cache.weighted_size())
+    /// What the L1 holds now, after moka's pending bookkeeping.
+    pub(crate) fn stats(&self) -> CacheStats {
+        self.users.run_pending_tasks();
+        self.misses.run_pending_tasks();
+        CacheStats {
+            users: self.users.entry_count(),
+            misses: self.misses.entry_count(),
+            bytes: self.users.weighted_size() + self.misses.weighted_size(),
+            miss_bytes: self.misses.weighted_size(),
+            evictions: self.evictions.load(Ordering::Relaxed),
+            invalidations: self.invalidations.load(Ordering::Relaxed),
+            bypassed: self.bypassed(),
+        }
     }
 }
 
@@ -340,6 +419,10 @@ pub(crate) struct Memo {
     since: Option<Instant>,
     /// Ids with their answers, found by [`id_hash`].
     answers: HashTable<(Box<str>, Cached)>,
+    /// Bytes of the users held.
+    bytes: usize,
+    /// Whether the users are shared with the L1 rather than copied (see [`Memo::sharing`]).
+    shares: bool,
 }
 
 impl Memo {
@@ -347,6 +430,18 @@ impl Memo {
     pub(crate) const MAX_AGE: Duration = Duration::from_secs(1);
     /// Entries at most; a memo this full starts over.
     pub(crate) const MAX_ENTRIES: usize = 1 << 16;
+    /// Bytes of users at most; a memo this full starts over.
+    pub(crate) const MAX_BYTES: usize = 16 << 20;
+
+    /// A memo whose users are the L1's own bytes, not copies: for memos that come and go with
+    /// requests (a copy per page would cost more than it saves), and whose memory should stay
+    /// the L1's.
+    pub(crate) fn sharing() -> Memo {
+        Memo {
+            shares: true,
+            ..Memo::default()
+        }
+    }
 
     /// Starts a page: empties the memo if the L1 moved on since it was filled. Returns the
     /// generation the page's answers may be kept under, or `None` if they may not be kept.
@@ -359,7 +454,8 @@ impl Memo {
             || self
                 .since
                 .is_none_or(|since| since.elapsed() > Memo::MAX_AGE)
-            || self.answers.len() >= Memo::MAX_ENTRIES;
+            || self.answers.len() >= Memo::MAX_ENTRIES
+            || self.bytes >= Memo::MAX_BYTES;
         if stale {
             self.clear();
             self.generation = generation;
@@ -386,27 +482,29 @@ impl Memo {
             return;
         }
         let answers: Vec<(&str, u64, Cached)> = answers.collect();
+        let bytes = (answers.iter())
+            .filter_map(|(_, _, cached)| cached.user())
+            .map(|user| user.as_bytes().len())
+            .sum();
+        self.bytes += bytes;
         // The memo's copies of a page's users share one buffer: one allocation, and one
         // reference count that stays in this core's cache however many of them a page uses.
-        let mut copies = Vec::with_capacity(
-            (answers.iter())
-                .filter_map(|(_, _, cached)| cached.user())
-                .map(|user| user.as_bytes().len())
-                .sum(),
-        );
-        for user in answers.iter().filter_map(|(_, _, cached)| cached.user()) {
-            copies.extend_from_slice(user.as_bytes());
+        let mut copies = Vec::with_capacity(if self.shares { 0 } else { bytes });
+        if !self.shares {
+            for user in answers.iter().filter_map(|(_, _, cached)| cached.user()) {
+                copies.extend_from_slice(user.as_bytes());
+            }
         }
         let copies = bytes::Bytes::from(copies);
         let mut at = 0;
         for (id, hash, cached) in answers {
             let private = match cached {
-                Cached::Found(user) => {
+                Cached::Found(user) if !self.shares => {
                     let len = user.as_bytes().len();
                     at += len;
                     Cached::Found(user.held_in(copies.slice(at - len..at)))
                 }
-                Cached::Missing => Cached::Missing,
+                other => other,
             };
             match self.answers.entry(
                 hash,
@@ -424,6 +522,29 @@ impl Memo {
     fn clear(&mut self) {
         self.answers.clear();
         self.since = None;
+        self.bytes = 0;
+    }
+}
+
+/// Memos lent to one page at a time: a service's requests come and go, but the popular users
+/// they name are the same, so each page borrows a memo that earlier pages filled.
+#[derive(Debug, Default)]
+pub(crate) struct MemoPool(std::sync::Mutex<Vec<Memo>>);
+
+impl MemoPool {
+    /// More are never kept: a few per core covers the pages resolving at once.
+    const KEEP: usize = 8;
+
+    pub(crate) fn take(&self) -> Memo {
+        let mut memos = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        memos.pop().unwrap_or_else(Memo::sharing)
+    }
+
+    pub(crate) fn put(&self, memo: Memo) {
+        let mut memos = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if memos.len() < Self::KEEP {
+            memos.push(memo);
+        }
     }
 }
 

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use serde_json::Value;
 
-use crate::cache::{CacheConfig, L1, Memo};
+use crate::cache::{CacheConfig, CacheStats, L1, Memo, MemoPool};
 use crate::error::Result;
 use crate::page::{Depth, RawPage};
 use crate::resolver::{Answer, Resolver};
@@ -84,6 +84,7 @@ impl EnricherBuilder {
                     l1,
                 }),
                 on_store_error: self.on_store_error,
+                memos: MemoPool::default(),
                 _watch: watch,
             }),
         }
@@ -102,6 +103,8 @@ struct Inner {
     resolver: Resolver,
     users: Arc<WriteThrough>,
     on_store_error: OnStoreError,
+    /// Memos of the L1's answers lent to pages on the raw-bytes path.
+    memos: MemoPool,
     /// Stops the watch when the last clone goes.
     _watch: Option<WatchGuard>,
 }
@@ -163,9 +166,10 @@ impl Enricher {
         true
     }
 
-    /// Entries in the L1 and the bytes they are charged.
-    pub fn cache_size(&self) -> (u64, u64) {
-        self.inner.resolver.l1.size()
+    /// What the L1 holds (users, misses, bytes) and what happened to it (evictions,
+    /// invalidations, bypass).
+    pub fn cache_stats(&self) -> CacheStats {
+        self.inner.resolver.l1.stats()
     }
 
     /// Enriches a page of documents in place: each is an activity, a group or a feed response.
@@ -212,7 +216,12 @@ impl Enricher {
     /// Resolves every reference of a [`RawPage`] with at most one store call; the result
     /// writes each enriched document.
     pub async fn enrich_page<'p>(&self, page: &'p RawPage) -> Result<EnrichedPage<'p>> {
-        self.enrich_page_with(page, None).await
+        // Popular users are answered from a memo of what the L1 said to earlier pages, as
+        // coherent as the L1 itself; a page dropped mid-way just loses its memo.
+        let mut memo = self.inner.memos.take();
+        let enriched = self.enrich_page_with(page, Some(&mut memo)).await;
+        self.inner.memos.put(memo);
+        enriched
     }
 
     /// Like [`Enricher::enrich_page`], for a worker that enriches page after page: `memo`

@@ -55,6 +55,8 @@ pub fn parse_import_line(line: &[u8]) -> Result<ImportUser> {
 /// What an import did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ImportSummary {
+    /// Lines dealt with: every line up to this one is committed or rejected.
+    pub lines: u64,
     /// Users written that did not exist.
     pub created: u64,
     /// Users that existed and were left alone.
@@ -69,9 +71,37 @@ impl std::fmt::Display for ImportSummary {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "imported: {} created, {} existing skipped, {} overridden, {} rejected",
-            self.created, self.skipped, self.overridden, self.rejected
+            "imported: {} created, {} existing skipped, {} overridden, {} rejected, of {} lines",
+            self.created, self.skipped, self.overridden, self.rejected, self.lines
         )
+    }
+}
+
+/// An import stopped by a store fault, with what it had committed before.
+#[derive(Debug, Clone)]
+pub struct ImportError {
+    /// Every line up to `committed.lines` is in the store (or was rejected); the lines after
+    /// it are not, or not all.
+    pub committed: ImportSummary,
+    /// Why it stopped, naming the first line not committed.
+    pub error: Error,
+}
+
+impl std::fmt::Display for ImportError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.error.fmt(f)
+    }
+}
+
+impl std::error::Error for ImportError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.error)
+    }
+}
+
+impl From<ImportError> for Error {
+    fn from(stopped: ImportError) -> Error {
+        stopped.error
     }
 }
 
@@ -93,18 +123,28 @@ pub enum ImportEvent<'a> {
 }
 
 /// Imports every user line of `input` into `store`. Bad lines are passed to `events` and
-/// counted; a store fault stops the import with an error naming the line it reached.
+/// counted; a store fault stops the import with an error naming the first line not committed,
+/// beside the summary of what was.
 pub async fn import_users<R: AsyncRead + Unpin>(
     store: &dyn UserStore,
     input: R,
     override_existing: bool,
     mut events: impl FnMut(ImportEvent<'_>),
-) -> Result<ImportSummary> {
+) -> Result<ImportSummary, ImportError> {
     let mut reader = LineReader::new(input, 1 << 16, MAX_LINE);
     let mut summary = ImportSummary::default();
     let mut batch = Vec::with_capacity(BATCH);
+    // Lines rejected since the last commit: they count once the lines before them are in.
+    let mut rejected = 0;
+    let read_error = |error: Error, summary: &ImportSummary| ImportError {
+        committed: summary.clone(),
+        error,
+    };
     loop {
-        let next = reader.next_line().await?;
+        let next = reader
+            .next_line()
+            .await
+            .map_err(|e| read_error(e, &summary))?;
         let done = next.is_none();
         if let Some((number, line)) = next {
             let parsed = match line {
@@ -117,20 +157,24 @@ pub async fn import_users<R: AsyncRead + Unpin>(
             match parsed {
                 Some(Ok(user)) => batch.push(user),
                 Some(Err(error)) => {
-                    summary.rejected += 1;
+                    rejected += 1;
                     events(ImportEvent::Rejected {
                         line: number,
-                        error: &error.context(format!("line {number}")),
+                        error: &error,
                     });
                 }
                 None => {}
             }
         }
         if batch.len() >= BATCH || (done && !batch.is_empty()) {
-            let outcomes = store
-                .import(&batch, override_existing)
-                .await
-                .map_err(|e| e.context(format!("import stopped at line {}", reader.number())))?;
+            let outcomes =
+                store
+                    .import(&batch, override_existing)
+                    .await
+                    .map_err(|e| ImportError {
+                        error: e.context(format!("import stopped at line {}", summary.lines + 1)),
+                        committed: summary.clone(),
+                    })?;
             for outcome in outcomes {
                 match outcome {
                     ImportOutcome::Created => summary.created += 1,
@@ -142,6 +186,10 @@ pub async fn import_users<R: AsyncRead + Unpin>(
             events(ImportEvent::Progress {
                 lines: reader.number(),
             });
+        }
+        if batch.is_empty() {
+            summary.lines = reader.number();
+            summary.rejected += std::mem::take(&mut rejected);
         }
         if done {
             return Ok(summary);

@@ -79,7 +79,7 @@ pub mod store;
 pub mod user;
 mod values;
 
-pub use cache::CacheConfig;
+pub use cache::{CacheConfig, CacheStats};
 pub use enricher::{EnrichedPage, Enricher, EnricherBuilder, OnStoreError};
 pub use error::{Error, ErrorKind, Result};
 pub use page::{Depth, RawPage};

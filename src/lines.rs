@@ -48,12 +48,6 @@ impl<R: AsyncRead + Unpin> LineReader<R> {
         self.number
     }
 
-    /// Continues numbering after `lines` lines read elsewhere (the inputs before this one).
-    pub fn starting_after(mut self, lines: u64) -> Self {
-        self.number = lines;
-        self
-    }
-
     /// True if bytes are buffered, so the next line may come without waiting for input. A
     /// caller that batches lines flushes its batch when this is false: input has paused.
     pub fn has_buffered(&self) -> bool {
@@ -61,6 +55,7 @@ impl<R: AsyncRead + Unpin> LineReader<R> {
     }
 
     /// The next line, or `None` at the end of the input. A last line without a newline counts.
+    /// A line ending is `\n` or `\r\n`; neither counts toward the cap.
     pub async fn next_line(&mut self) -> Result<Option<(u64, Line)>> {
         Ok(self.next_line_ref().await?.map(|(number, line)| {
             let line = match line {
@@ -78,18 +73,22 @@ impl<R: AsyncRead + Unpin> LineReader<R> {
     pub async fn next_line_ref(&mut self) -> Result<Option<(u64, LineRef<'_>)>> {
         self.input.consume(std::mem::take(&mut self.lent));
         // A whole line already in the buffer is lent from there, not copied.
-        if let Some(end) = memchr::memchr(b'\n', self.input.buffer())
-            && end <= self.max_len
-        {
-            self.lent = end + 1;
-            self.number += 1;
+        if let Some(end) = memchr::memchr(b'\n', self.input.buffer()) {
             let line = &self.input.buffer()[..end];
             let line = line.strip_suffix(b"\r").unwrap_or(line);
-            return Ok(Some((self.number, LineRef::Text(line))));
+            if line.len() <= self.max_len {
+                self.lent = end + 1;
+                self.number += 1;
+                let line = &self.input.buffer()[..line.len()];
+                return Ok(Some((self.number, LineRef::Text(line))));
+            }
         }
         self.text.clear();
         let mut len = 0usize;
         let mut seen_any = false;
+        // The line's last byte so far: a `\r` that turns out to end the line is its ending,
+        // not part of it, even when it falls beyond the cap and was not kept.
+        let mut last = None;
         loop {
             let buf =
                 self.input.fill_buf().await.map_err(|e| {
@@ -107,6 +106,9 @@ impl<R: AsyncRead + Unpin> LineReader<R> {
                 None => (buf, None),
             };
             len += chunk.len();
+            if let Some(&byte) = chunk.last() {
+                last = Some(byte);
+            }
             let room = self.max_len.saturating_sub(self.text.len());
             self.text.extend_from_slice(&chunk[..chunk.len().min(room)]);
             let consumed = done.unwrap_or(buf.len());
@@ -116,15 +118,18 @@ impl<R: AsyncRead + Unpin> LineReader<R> {
             }
         }
         self.number += 1;
+        if last == Some(b'\r') {
+            len -= 1;
+            if self.text.len() > len {
+                self.text.truncate(len);
+            }
+        }
         if len > self.max_len {
             let line = LineRef::TooLong {
                 prefix: &self.text,
                 len,
             };
             return Ok(Some((self.number, line)));
-        }
-        if self.text.last() == Some(&b'\r') {
-            self.text.pop();
         }
         Ok(Some((self.number, LineRef::Text(&self.text))))
     }
@@ -194,5 +199,36 @@ mod tests {
         assert_eq!(lines, all(input, 5).await);
         assert_eq!(lines.len(), 4);
         assert!(!reader.has_buffered());
+    }
+
+    /// `\r\n` ends a line like `\n`: a line of exactly the cap is accepted with either, on
+    /// the path that lends from the buffer and on the one that gathers a line across reads.
+    #[tokio::test]
+    async fn crlf_does_not_count_toward_the_cap() {
+        for ending in ["\n", "\r\n"] {
+            let input = format!("12345{ending}123456{ending}1234\r");
+            for capacity in [64, 4, 3] {
+                let mut reader = LineReader::new(input.as_bytes(), capacity, 5);
+                let mut lines = Vec::new();
+                while let Some(line) = reader.next_line().await.unwrap() {
+                    lines.push(line);
+                }
+                assert_eq!(
+                    lines,
+                    vec![
+                        (1, Line::Text(b"12345".to_vec())),
+                        (
+                            2,
+                            Line::TooLong {
+                                prefix: b"12345".to_vec(),
+                                len: 6
+                            }
+                        ),
+                        (3, Line::Text(b"1234".to_vec())),
+                    ],
+                    "{ending:?} through a buffer of {capacity}"
+                );
+            }
+        }
     }
 }

@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use enrich::bench::{Strategy, Workload};
 use enrich::commands::{self, EXIT_CODES, RunArgs, StoreSpec};
 use enrich::job::RunOptions;
+use enrich::serve::Limits;
 use enrich::store::{DEFAULT_NAMESPACE, DEFAULT_STORE_URL};
 use enrich::{Depth, Error, StoreOptions};
 
@@ -20,14 +21,32 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[derive(Debug, Parser)]
 #[command(name = "enrich", version, after_help = EXIT_CODES)]
 struct Cli {
-    /// Where users are stored: redis://[user:pass@]host:port[/db], rediss://…, file:PATH or
-    /// memory:
-    #[arg(long, global = true, env = "ENRICH_STORE", default_value = DEFAULT_STORE_URL)]
+    /// Where users are stored: redis://[user:pass@]host:port[/db], rediss://…,
+    /// redis+cluster://…, file:PATH or memory:
+    // The value is never shown in help: it may hold a password.
+    #[arg(
+        long,
+        global = true,
+        env = "ENRICH_STORE",
+        default_value = DEFAULT_STORE_URL,
+        hide_env_values = true
+    )]
     store: String,
 
     /// Keeps these users apart from other namespaces in the same store.
     #[arg(long, global = true, env = "ENRICH_NAMESPACE", default_value = DEFAULT_NAMESPACE)]
     namespace: String,
+
+    /// How log lines on standard error are written. RUST_LOG sets what is logged (default:
+    /// info for serve, with one access line per request; warn for the other commands).
+    #[arg(
+        long,
+        global = true,
+        env = "ENRICH_LOG_FORMAT",
+        value_enum,
+        default_value_t = LogFormat::Text
+    )]
+    log_format: LogFormat,
 
     #[command(subcommand)]
     command: Command,
@@ -52,9 +71,14 @@ enum Command {
         /// Enrich references at any depth inside an activity, not only its top-level fields.
         #[arg(long)]
         deep: bool,
-        /// Write bad lines here as {"line":N,"error":…,"input":…} and go on, instead of stopping.
+        /// Write bad lines here as {"file":…,"line":N,"error":…,"input":…} and go on, instead of
+        /// stopping.
         #[arg(long, value_name = "FILE")]
         rejects: Option<PathBuf>,
+        /// Reject a line whose enriched output would be longer than this: bytes, or with a
+        /// suffix K, M or G (powers of 1024).
+        #[arg(long, value_name = "BYTES", default_value = "64M", value_parser = parse_bytes)]
+        max_line_output: usize,
         /// Keep retrying while the store is unavailable for this long, then fail.
         #[arg(long, value_name = "SECS", default_value_t = 30.0)]
         store_timeout: f64,
@@ -101,7 +125,12 @@ enum Command {
         #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8000")]
         listen: String,
         /// The API key clients send as ?api_key=.
-        #[arg(long, env = "ENRICH_API_KEY", value_name = "KEY")]
+        #[arg(
+            long,
+            env = "ENRICH_API_KEY",
+            value_name = "KEY",
+            hide_env_values = true
+        )]
         api_key: Option<String>,
         /// The secret clients sign their tokens with (HS256).
         #[arg(
@@ -111,7 +140,156 @@ enum Command {
             hide_env_values = true
         )]
         api_secret: Option<String>,
+        #[command(flatten)]
+        limits: ServeLimits,
     },
+}
+
+/// What one request, one connection and the whole server may cost.
+#[derive(Debug, clap::Args)]
+#[command(next_help_heading = "Limits")]
+struct ServeLimits {
+    /// The largest request body, in bytes (413 above it).
+    #[arg(long, env = "ENRICH_MAX_BODY_BYTES", value_name = "BYTES", default_value_t = 1 << 20)]
+    max_body_bytes: usize,
+    /// Activities one enrich request may hold; a group counts its activities.
+    #[arg(
+        long,
+        env = "ENRICH_MAX_ACTIVITIES",
+        value_name = "N",
+        default_value_t = 1_000
+    )]
+    max_activities: u64,
+    /// References one enrich request may hold.
+    #[arg(
+        long,
+        env = "ENRICH_MAX_REFERENCES",
+        value_name = "N",
+        default_value_t = 10_000
+    )]
+    max_references: u64,
+    /// The largest enriched document one request is answered with, in bytes; checked before
+    /// it is built.
+    #[arg(
+        long,
+        env = "ENRICH_MAX_RESPONSE_BYTES",
+        value_name = "BYTES",
+        default_value_t = 16 << 20
+    )]
+    max_response_bytes: usize,
+    /// Ids or users one batch call may name.
+    #[arg(
+        long,
+        env = "ENRICH_MAX_BATCH_IDS",
+        value_name = "N",
+        default_value_t = 1_000
+    )]
+    max_batch_ids: usize,
+    /// Bytes of request and response bodies held at once over all connections; a request
+    /// over it waits up to 5 s, then gets 503.
+    #[arg(
+        long,
+        env = "ENRICH_MAX_IN_FLIGHT_BYTES",
+        value_name = "BYTES",
+        default_value_t = 256 << 20
+    )]
+    max_in_flight_bytes: usize,
+    /// Connections open at once (never more than the open-file limit allows); at the limit
+    /// the oldest idle connection is closed for a new one.
+    #[arg(
+        long,
+        env = "ENRICH_MAX_CONNECTIONS",
+        value_name = "N",
+        default_value_t = 1_024
+    )]
+    max_connections: usize,
+    /// Seconds a client may take to send a request's line and headers.
+    #[arg(
+        long,
+        env = "ENRICH_HEADER_TIMEOUT",
+        value_name = "SECS",
+        default_value_t = 10.0
+    )]
+    header_timeout: f64,
+    /// Seconds a client may take to send a request's body (408).
+    #[arg(
+        long,
+        env = "ENRICH_BODY_TIMEOUT",
+        value_name = "SECS",
+        default_value_t = 30.0
+    )]
+    body_timeout: f64,
+    /// Seconds a kept-alive connection may wait for its next request.
+    #[arg(
+        long,
+        env = "ENRICH_IDLE_TIMEOUT",
+        value_name = "SECS",
+        default_value_t = 60.0
+    )]
+    idle_timeout: f64,
+    /// Seconds a response may wait for the client to read more of it.
+    #[arg(
+        long,
+        env = "ENRICH_WRITE_TIMEOUT",
+        value_name = "SECS",
+        default_value_t = 30.0
+    )]
+    write_timeout: f64,
+    /// Seconds a request may take once it has arrived (504).
+    #[arg(
+        long,
+        env = "ENRICH_REQUEST_TIMEOUT",
+        value_name = "SECS",
+        default_value_t = 30.0
+    )]
+    request_timeout: f64,
+    /// Seconds a shutdown (SIGTERM, Ctrl-C) waits for requests in progress before it closes
+    /// their connections.
+    #[arg(
+        long,
+        env = "ENRICH_SHUTDOWN_TIMEOUT",
+        value_name = "SECS",
+        default_value_t = 10.0
+    )]
+    shutdown_timeout: f64,
+}
+
+impl ServeLimits {
+    fn limits(&self) -> Result<Limits, Error> {
+        let secs = |flag: &str, value: f64| {
+            Duration::try_from_secs_f64(value)
+                .ok()
+                .filter(|d| !d.is_zero())
+                .ok_or_else(|| {
+                    Error::invalid(format!(
+                        "--{flag} {value} is not a positive number of seconds"
+                    ))
+                })
+        };
+        Ok(Limits::new()
+            .max_body_bytes(self.max_body_bytes)
+            .max_activities(self.max_activities)
+            .max_references(self.max_references)
+            .max_response_bytes(self.max_response_bytes)
+            .max_batch_ids(self.max_batch_ids)
+            .max_in_flight_bytes(self.max_in_flight_bytes)
+            .max_connections(self.max_connections.max(1))
+            .header_timeout(secs("header-timeout", self.header_timeout)?)
+            .body_timeout(secs("body-timeout", self.body_timeout)?)
+            .idle_timeout(secs("idle-timeout", self.idle_timeout)?)
+            .write_timeout(secs("write-timeout", self.write_timeout)?)
+            .request_timeout(secs("request-timeout", self.request_timeout)?)
+            .shutdown_timeout(secs("shutdown-timeout", self.shutdown_timeout)?))
+    }
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LogFormat {
+    /// One human-readable line per event; colour only on a terminal, never with NO_COLOR.
+    Text,
+    /// One JSON object per line, for log collectors.
+    Json,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -164,15 +342,8 @@ enum Users {
 #[tokio::main]
 async fn main() {
     let cli = Cli::parse();
-    // Warnings (an invalidation stream lost, then restored) go to standard error; RUST_LOG
-    // asks for more.
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_target(false)
-        .init();
+    let serving = matches!(cli.command, Command::Serve { .. });
+    init_logging(cli.log_format, if serving { "info" } else { "warn" });
     let spec = StoreSpec::new(cli.store, StoreOptions::new().namespace(cli.namespace));
     let result = match cli.command {
         Command::Users(users) => run_users(&spec, users).await,
@@ -219,6 +390,7 @@ async fn main() {
             users,
             deep,
             rejects,
+            max_line_output,
             store_timeout,
             quiet,
         } => {
@@ -233,27 +405,52 @@ async fn main() {
                 output,
                 users,
                 rejects,
-                options: RunOptions::new().depth(depth).store_timeout(store_timeout),
+                options: RunOptions::new()
+                    .depth(depth)
+                    .store_timeout(store_timeout)
+                    .max_line_output(max_line_output),
                 verbose: !quiet,
             };
-            commands::run(&spec, args).await.map(|summary| {
-                if !quiet {
-                    eprintln!("{summary}");
+            match commands::run(&spec, args).await {
+                Ok(summary) => match summary.interrupted {
+                    // Stopped before the end: always said, like an error.
+                    Some(stop) => {
+                        eprintln!("{summary}");
+                        std::process::exit(i32::from(stop.exit_code()));
+                    }
+                    None => {
+                        if !quiet {
+                            eprintln!("{summary}");
+                        }
+                        Ok(())
+                    }
+                },
+                Err(failed) => {
+                    // What was written before the failure, when the run got that far.
+                    if !quiet && failed.summary.lines > 0 {
+                        eprintln!("{}", failed.summary);
+                    }
+                    Err(failed.error)
                 }
-            })
+            }
         }
         Command::Serve {
             listen,
             api_key,
             api_secret,
-        } => {
-            let args = commands::ServeArgs {
-                listen,
-                api_key,
-                api_secret,
-            };
-            commands::serve(&spec, args).await
-        }
+            limits,
+        } => match limits.limits() {
+            Ok(limits) => {
+                let args = commands::ServeArgs {
+                    listen,
+                    api_key,
+                    api_secret,
+                    limits,
+                };
+                commands::serve(&spec, args).await
+            }
+            Err(err) => Err(err),
+        },
     };
     let code = match result {
         Ok(()) => 0,
@@ -261,6 +458,25 @@ async fn main() {
     };
     // Exit now rather than wait for a read of standard input that may never return.
     std::process::exit(i32::from(code))
+}
+
+/// Log lines go to standard error: warnings (an invalidation stream lost, then restored) and,
+/// for `serve`, one access line per request. Colour only where standard error is a terminal
+/// and NO_COLOR is not set.
+fn init_logging(format: LogFormat, default_level: &str) {
+    use std::io::IsTerminal;
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
+    let colour = std::io::stderr().is_terminal()
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+    let logger = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(colour);
+    match format {
+        LogFormat::Text => logger.with_target(false).init(),
+        LogFormat::Json => logger.json().with_current_span(false).init(),
+    }
 }
 
 async fn run_users(spec: &StoreSpec, command: Users) -> Result<(), Error> {
@@ -303,7 +519,45 @@ fn print_line(line: &str) -> Result<(), Error> {
         .map_err(|e| Error::new(enrich::ErrorKind::Internal, "cannot write output").with_cause(e))
 }
 
+/// `4096`, `64K`, `64M`, `1G` (powers of 1024; `KiB`, `MB`… are read the same).
+fn parse_bytes(text: &str) -> Result<usize, String> {
+    let text = text.trim();
+    let digits = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, suffix) = text.split_at(digits);
+    let number: usize = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a number of bytes"))?;
+    let shift = match suffix.trim().to_ascii_uppercase().as_str() {
+        "" | "B" => 0,
+        "K" | "KB" | "KIB" => 10,
+        "M" | "MB" | "MIB" => 20,
+        "G" | "GB" | "GIB" => 30,
+        _ => return Err(format!("{text:?}: the suffix must be K, M or G")),
+    };
+    number
+        .checked_mul(1 << shift)
+        .ok_or_else(|| format!("{text:?} is too large"))
+}
+
 fn fail(err: &Error) -> u8 {
     eprintln!("error: {err}");
     commands::exit_code(err)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_bytes;
+
+    #[test]
+    fn sizes_take_suffixes_in_powers_of_1024() {
+        assert_eq!(parse_bytes("4096"), Ok(4096));
+        assert_eq!(parse_bytes("64K"), Ok(64 << 10));
+        assert_eq!(parse_bytes("64M"), Ok(64 << 20));
+        assert_eq!(parse_bytes("1gib"), Ok(1 << 30));
+        assert!(parse_bytes("12T").is_err());
+        assert!(parse_bytes("M").is_err());
+        assert!(parse_bytes("-1").is_err());
+    }
 }

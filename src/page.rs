@@ -93,6 +93,14 @@ pub(crate) struct Ids {
 }
 
 impl Ids {
+    fn with_capacity(ids: usize) -> Ids {
+        Ids {
+            ids: Vec::with_capacity(ids),
+            hashes: Vec::with_capacity(ids),
+            index: HashTable::with_capacity(ids),
+        }
+    }
+
     /// The number of `id`, adding it if new.
     pub(crate) fn intern(&mut self, id: &str) -> u32 {
         let hash = id_hash(id);
@@ -135,11 +143,14 @@ impl RawPage {
 
     /// An empty page with room for about `bytes` of documents and `docs` documents.
     pub fn with_capacity(depth: Depth, bytes: usize, docs: usize) -> RawPage {
+        // A reference takes at least `"SU:x"` and a key: a few dozen bytes of a page at most.
+        let references = (bytes / 48).max(docs * 4);
         RawPage {
             depth,
             buf: Vec::with_capacity(bytes),
             docs: Vec::with_capacity(docs),
-            sites: Vec::with_capacity(docs * 4),
+            sites: Vec::with_capacity(references),
+            ids: Ids::with_capacity(references.min(1 << 16)),
             ..RawPage::default()
         }
     }

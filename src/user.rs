@@ -201,9 +201,13 @@ impl fmt::Display for Timestamp {
 }
 
 /// Checks that `data` is a JSON object (or null/absent, which mean `{}`) and returns it.
+///
+/// An empty array also means `{}`: PHP encodes an empty map, its usual "no data", as `[]`, and
+/// Stream's PHP client sends it so. A non-empty array is refused like any other non-object.
 pub fn data_from_value(data: Option<Value>) -> Result<Map<String, Value>> {
     match data {
         None | Some(Value::Null) => Ok(Map::new()),
+        Some(Value::Array(list)) if list.is_empty() => Ok(Map::new()),
         Some(Value::Object(map)) => Ok(map),
         Some(other) => Err(Error::invalid(format!(
             "user data must be a JSON object, got {}",
@@ -497,6 +501,7 @@ mod tests {
     fn data_must_be_an_object() {
         assert_eq!(data_from_value(None).unwrap(), Map::new());
         assert_eq!(data_from_value(Some(Value::Null)).unwrap(), Map::new());
+        assert_eq!(data_from_value(Some(json!([]))).unwrap(), Map::new());
         let err = data_from_value(Some(json!([1]))).unwrap_err();
         assert!(err.to_string().contains("an array"), "{err}");
     }

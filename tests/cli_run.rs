@@ -77,13 +77,13 @@ fn golden_on_redis() {
 fn bad_line_stops_after_writing_what_came_before() {
     let dir = tempfile::tempdir().unwrap();
     let input = "{\"actor\":\"SU:x\"}\n{\"a\":1}\n[1,2]\n{\"b\":2}\n";
-    let out = run(dir.path(), &["run", "--quiet"], input);
+    let out = run(dir.path(), &["--store", "memory:", "run", "--quiet"], input);
     assert_eq!(out.status.code(), Some(2));
     let written = text(&out.stdout);
     assert_eq!(written.lines().count(), 2, "{written}");
     assert!(written.lines().nth(1) == Some("{\"a\":1}"), "{written}");
     let err = text(&out.stderr);
-    assert!(err.starts_with("error: line 3: not an object"), "{err}");
+    assert!(err.starts_with("error: -:3: not an object"), "{err}");
 }
 
 /// A line that is not UTF-8 inside a string is refused, naming the byte, never passed on.
@@ -94,7 +94,13 @@ fn a_line_that_is_not_utf8_is_rejected_not_passed_on() {
     let rejects = dir.path().join("rejects.ndjson");
     let out = run(
         dir.path(),
-        &["run", "--rejects", rejects.to_str().unwrap()],
+        &[
+            "--store",
+            "memory:",
+            "run",
+            "--rejects",
+            rejects.to_str().unwrap(),
+        ],
         input,
     );
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
@@ -131,7 +137,13 @@ fn rejects_keep_every_bad_line_and_the_run_goes_on() {
     let rejects = dir.path().join("rejects.ndjson");
     let out = run(
         dir.path(),
-        &["run", "--rejects", rejects.to_str().unwrap()],
+        &[
+            "--store",
+            "memory:",
+            "run",
+            "--rejects",
+            rejects.to_str().unwrap(),
+        ],
         &input,
     );
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
@@ -163,6 +175,7 @@ fn rejects_keep_every_bad_line_and_the_run_goes_on() {
         assert!(error.contains(expected), "{error} / {expected}");
     }
     assert_eq!(records[0]["input"], "not json");
+    assert!(records.iter().all(|r| r["file"] == "-"), "{records:?}");
     assert_eq!(records[5]["input"], "{\"a\":1");
     assert_eq!(2 + records.len(), 8, "output + rejected = input");
     assert!(
@@ -427,4 +440,602 @@ fn a_streaming_run_sees_writes_from_another_process() {
     }
     drop(stdin);
     assert!(child.wait().unwrap().success());
+}
+
+/// A user of about 10 kB, with fixed timestamps so that every run writes the same bytes.
+fn big_user() -> String {
+    format!(
+        "{{\"id\":\"big\",\"created_at\":\"2021-04-13T22:53:19.670051Z\",\
+         \"data\":{{\"bio\":\"{}\"}}}}\n",
+        "x".repeat(10_000)
+    )
+}
+
+/// One line of `references` top-level references to `big`.
+fn amplified_line(references: usize) -> String {
+    let mut line = String::from("{");
+    for i in 0..references {
+        if i > 0 {
+            line.push(',');
+        }
+        line.push_str("\"a\":\"SU:big\"");
+    }
+    line.push_str("}\n");
+    line
+}
+
+/// What a run holds is bounded by what it writes, not by what it reads: a 1 MiB line that
+/// would be 790 MB enriched is rejected without being built; lines of 60 MB each are built
+/// one piece at a time.
+#[test]
+fn memory_is_bounded_by_output_not_input() {
+    let dir = tempfile::tempdir().unwrap();
+    let users = dir.path().join("users.ndjson");
+    std::fs::write(&users, big_user()).unwrap();
+    let huge = amplified_line(79_000);
+    assert!(huge.len() < 1 << 20);
+    let one = dir.path().join("one.ndjson");
+    std::fs::write(&one, &huge).unwrap();
+    let users_arg = users.to_str().unwrap();
+
+    // One such line: refused, named, nothing written, exit 2.
+    let (out, peak) = support::run_enrich_measured(
+        dir.path(),
+        &[
+            "--store",
+            "memory:",
+            "run",
+            "--users",
+            users_arg,
+            "one.ndjson",
+        ],
+    );
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(out.stdout.is_empty());
+    assert!(
+        err.contains("error: one.ndjson:1: the enriched line would be ")
+            && err.contains("over the limit of 67108864 bytes (--max-line-output)"),
+        "{err}"
+    );
+    assert!(peak < 512 << 10, "peak {peak} KiB for one line");
+
+    // Thirty of them with --rejects: every line accounted for, memory still flat.
+    let thirty = dir.path().join("thirty.ndjson");
+    std::fs::write(&thirty, huge.repeat(30)).unwrap();
+    let (out, peak) = support::run_enrich_measured(
+        dir.path(),
+        &[
+            "--store",
+            "memory:",
+            "run",
+            "--users",
+            users_arg,
+            "thirty.ndjson",
+            "--rejects",
+            "rejects.ndjson",
+            "-o",
+            "out.ndjson",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let written = std::fs::read_to_string(dir.path().join("out.ndjson")).unwrap();
+    let rejects = std::fs::read_to_string(dir.path().join("rejects.ndjson")).unwrap();
+    assert_eq!(written.lines().count() + rejects.lines().count(), 30);
+    let record: Value = serde_json::from_str(rejects.lines().nth(29).unwrap()).unwrap();
+    assert_eq!(record["file"], "thirty.ndjson");
+    assert_eq!(record["line"], 30);
+    assert_eq!(record["input"].as_str().unwrap(), huge.trim_end());
+    assert!(peak < 1 << 20, "peak {peak} KiB for thirty lines");
+
+    // Lines of 60 MB each, under the limit: 1.8 GB written, a few pieces held at a time.
+    let large = amplified_line(6_000);
+    std::fs::write(dir.path().join("large.ndjson"), large.repeat(30)).unwrap();
+    let (out, peak) = support::run_enrich_measured(
+        dir.path(),
+        &[
+            "--store",
+            "memory:",
+            "run",
+            "--users",
+            users_arg,
+            "large.ndjson",
+            "-o",
+            "/dev/null",
+        ],
+    );
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(err.contains("lines 30 (written 30, rejected 0)"), "{err}");
+    assert!(peak < 400 << 10, "peak {peak} KiB for 30 lines of 60 MB");
+
+    // The limit is the user's: lowered, the same lines are rejected.
+    let (out, _) = support::run_enrich_measured(
+        dir.path(),
+        &[
+            "--store",
+            "memory:",
+            "run",
+            "--users",
+            users_arg,
+            "large.ndjson",
+            "--max-line-output",
+            "16M",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("large.ndjson:1: the enriched line would be"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+/// `-o` or `--rejects` naming an input, however spelled, is refused before anything is
+/// written: exit 2, the input unchanged byte for byte.
+#[test]
+fn outputs_never_overwrite_inputs() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = "{\"actor\":\"SU:x\"}\n{\"n\":2}\n";
+    std::fs::write(dir.path().join("in.ndjson"), input).unwrap();
+    std::fs::write(dir.path().join("users.ndjson"), "{\"id\":\"x\"}\n").unwrap();
+    std::fs::create_dir(dir.path().join("sub")).unwrap();
+    std::os::unix::fs::symlink("in.ndjson", dir.path().join("link.ndjson")).unwrap();
+    std::fs::hard_link(dir.path().join("in.ndjson"), dir.path().join("hard.ndjson")).unwrap();
+    let absolute = dir.path().join("in.ndjson");
+    let spellings = [
+        "in.ndjson",
+        "./in.ndjson",
+        "sub/../in.ndjson",
+        "link.ndjson",
+        "hard.ndjson",
+        absolute.to_str().unwrap(),
+    ];
+    let check = |args: &[&str], what: &str| {
+        let mut all = vec!["--store", "memory:", "run"];
+        all.extend_from_slice(args);
+        let out = run(dir.path(), &all, "");
+        let err = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains(what), "{args:?}: {err}");
+        assert!(out.stdout.is_empty(), "{args:?}");
+        assert_eq!(
+            std::fs::read(dir.path().join("in.ndjson")).unwrap(),
+            input.as_bytes(),
+            "{args:?} touched the input"
+        );
+        assert_eq!(
+            std::fs::read(dir.path().join("users.ndjson")).unwrap(),
+            b"{\"id\":\"x\"}\n",
+            "{args:?} touched the users"
+        );
+    };
+    for same in spellings {
+        check(&["in.ndjson", "-o", same], "is the input");
+        check(&["in.ndjson", "--rejects", same], "is the input");
+        check(&["other.ndjson", same, "-o", same], "is the input");
+    }
+    check(
+        &[
+            "in.ndjson",
+            "--users",
+            "users.ndjson",
+            "-o",
+            "./users.ndjson",
+        ],
+        "is the input users.ndjson",
+    );
+    check(
+        &[
+            "in.ndjson",
+            "-o",
+            "new.ndjson",
+            "--rejects",
+            "sub/../new.ndjson",
+        ],
+        "different files",
+    );
+    assert!(!dir.path().join("new.ndjson").exists());
+
+    // Standard input redirected from the file named by -o.
+    let out = enrich(dir.path())
+        .args(["--store", "memory:", "run", "-o", "link.ndjson"])
+        .stdin(std::fs::File::open(dir.path().join("in.ndjson")).unwrap())
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("-o link.ndjson is the input -"));
+    assert_eq!(
+        std::fs::read(dir.path().join("in.ndjson")).unwrap(),
+        input.as_bytes()
+    );
+
+    // Standard output appending to an input would read its own output for ever.
+    let append = std::fs::OpenOptions::new()
+        .append(true)
+        .open(dir.path().join("in.ndjson"))
+        .unwrap();
+    let out = enrich(dir.path())
+        .args(["--store", "memory:", "run", "in.ndjson"])
+        .stdout(append)
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("standard output is the input in.ndjson"));
+    assert_eq!(
+        std::fs::read(dir.path().join("in.ndjson")).unwrap(),
+        input.as_bytes()
+    );
+
+    // An ordinary run still works, and a run over standard input from a file too.
+    let out = run(
+        dir.path(),
+        &["--store", "memory:", "run", "in.ndjson", "-o", "out.ndjson"],
+        "",
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("out.ndjson"))
+            .unwrap()
+            .lines()
+            .count(),
+        2
+    );
+}
+
+/// Users with fixed timestamps and activities naming them: every run writes the same bytes.
+fn write_workload(dir: &Path, activities: usize) {
+    let users: String = (0..200)
+        .map(|i| {
+            format!(
+                "{{\"id\":\"u{i}\",\"created_at\":\"2021-04-13T22:53:19.670051Z\",\
+                 \"data\":{{\"name\":\"User {i}\"}}}}\n"
+            )
+        })
+        .collect();
+    std::fs::write(dir.join("users.ndjson"), users).unwrap();
+    let lines: String = (0..activities)
+        .map(|i| {
+            format!(
+                "{{\"id\":\"a{i}\",\"actor\":\"SU:u{}\",\"verb\":\"post\",\"object\":\"SU:u{}\"}}\n",
+                i % 200,
+                i * 7 % 211
+            )
+        })
+        .collect();
+    std::fs::write(dir.join("activities.ndjson"), lines).unwrap();
+}
+
+fn kill(pid: u32, signal: &str) {
+    let status = std::process::Command::new("kill")
+        .args([signal, &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success(), "kill {signal} {pid}");
+}
+
+/// SIGINT and SIGTERM at random moments, to a file and to a pipe, once or twice: the output is
+/// always a prefix of the full output made of complete lines, the summary says the run was
+/// interrupted and how many lines it wrote, and the exit code is 130 or 143.
+#[test]
+fn signals_stop_a_run_with_complete_lines_and_a_summary() {
+    let dir = tempfile::tempdir().unwrap();
+    write_workload(dir.path(), 300_000);
+    let base = [
+        "--store",
+        "memory:",
+        "run",
+        "--users",
+        "users.ndjson",
+        "activities.ndjson",
+    ];
+    let started = Instant::now();
+    let full = run(
+        dir.path(),
+        &[&base[..], &["-o", "full.ndjson"]].concat(),
+        "",
+    );
+    let took = started.elapsed();
+    assert!(full.status.success(), "{}", text(&full.stderr));
+    let full = std::fs::read(dir.path().join("full.ndjson")).unwrap();
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64;
+    eprintln!("seed {seed}, a full run takes {took:?}");
+    let mut rng = enrich::bench::Rng::new(seed);
+    let mut interrupted = 0;
+    for round in 0..8 {
+        let (signal, name, code) = if round % 2 == 0 {
+            ("-INT", "SIGINT", 130)
+        } else {
+            ("-TERM", "SIGTERM", 143)
+        };
+        let to_pipe = round % 4 >= 2;
+        let twice = round >= 6;
+        let out_file = dir.path().join(format!("out{round}.ndjson"));
+        let mut command = enrich(dir.path());
+        command
+            .args(base)
+            .stdin(Stdio::null())
+            .stderr(Stdio::piped());
+        if to_pipe {
+            command.stdout(Stdio::piped());
+        } else {
+            command.arg("-o").arg(&out_file).stdout(Stdio::null());
+        }
+        let mut child = command.spawn().unwrap();
+        let stdout = child.stdout.take().map(|mut pipe| {
+            std::thread::spawn(move || {
+                let mut bytes = Vec::new();
+                std::io::Read::read_to_end(&mut pipe, &mut bytes).unwrap();
+                bytes
+            })
+        });
+        let delay = 20 + rng.next_u64() % (took.as_millis() as u64).max(1);
+        std::thread::sleep(Duration::from_millis(delay));
+        if child.try_wait().unwrap().is_none() {
+            kill(child.id(), signal);
+            if twice {
+                kill(child.id(), signal);
+            }
+        }
+        let out = child.wait_with_output().unwrap();
+        let written = match stdout {
+            Some(reader) => reader.join().unwrap(),
+            None => std::fs::read(&out_file).unwrap(),
+        };
+        let err = text(&out.stderr);
+        let what = format!("round {round} ({name} after {delay} ms, pipe {to_pipe}): {err}");
+        assert!(
+            full.starts_with(&written),
+            "not a prefix of the full output: {what}"
+        );
+        assert!(
+            written.is_empty() || written.ends_with(b"\n"),
+            "a cut line: {what}"
+        );
+        let lines = written.iter().filter(|&&b| b == b'\n').count();
+        if out.status.code() == Some(0) {
+            // The signal came after the last line: the whole output.
+            assert_eq!(written, full, "{what}");
+            continue;
+        }
+        interrupted += 1;
+        assert_eq!(out.status.code(), Some(code), "{what}");
+        assert!(err.contains(&format!("interrupted by {name}")), "{what}");
+        assert!(
+            err.contains(&format!("lines {lines} (written {lines}, rejected 0)")),
+            "{what}"
+        );
+    }
+    assert!(interrupted >= 4, "only {interrupted} runs were interrupted");
+}
+
+/// A stop while the store is down does not wait out the store timeout: the page waiting for
+/// the store is dropped whole and the run ends at once with what it wrote before.
+#[test]
+fn a_stop_during_a_store_outage_ends_the_run_at_once() {
+    let mut server = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let url = server.url();
+    let out = run(dir.path(), &["--store", &url, "users", "add", "w"], "");
+    assert!(out.status.success());
+    let mut child = enrich(dir.path())
+        .args(["--store", &url, "run", "--store-timeout", "60"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    writeln!(stdin, "{{\"n\":1,\"actor\":\"SU:w\"}}").unwrap();
+    stdin.flush().unwrap();
+    let mut line = String::new();
+    stdout.read_line(&mut line).unwrap();
+    assert!(line.contains("\"id\":\"w\""), "{line}");
+    server.stop();
+    writeln!(stdin, "{{\"n\":2,\"actor\":\"SU:other\"}}").unwrap();
+    stdin.flush().unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let stopped = Instant::now();
+    kill(child.id(), "-TERM");
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            stopped.elapsed() < Duration::from_secs(10),
+            "still running 10 s after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(status.code(), Some(143));
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stdout, &mut rest).unwrap();
+    assert_eq!(rest, "", "the page waiting for the store is not written");
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    assert!(
+        err.contains("interrupted by SIGTERM: lines 1 (written 1, rejected 0)"),
+        "{err}"
+    );
+}
+
+/// Each input is numbered from its own line 1, and errors and rejects name it.
+#[test]
+fn errors_and_rejects_name_the_file_and_its_own_line() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("a.ndjson"), "{\"a\":1}\n{\"a\":2}\n").unwrap();
+    std::fs::write(dir.path().join("b.ndjson"), "{\"b\":1}\n[2]\n{\"b\":3}\n").unwrap();
+    let out = run(
+        dir.path(),
+        &["--store", "memory:", "run", "a.ndjson", "b.ndjson"],
+        "",
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(text(&out.stdout).lines().count(), 3);
+    let err = text(&out.stderr);
+    assert!(err.contains("error: b.ndjson:2: not an object"), "{err}");
+    assert!(err.contains("lines 4 (written 3, rejected 1)"), "{err}");
+
+    let out = run(
+        dir.path(),
+        &[
+            "--store",
+            "memory:",
+            "run",
+            "a.ndjson",
+            "-",
+            "b.ndjson",
+            "--rejects",
+            "rejects.ndjson",
+        ],
+        "{\"s\":1}\nnope\n",
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout).lines().count(), 5);
+    let records: Vec<Value> = std::fs::read_to_string(dir.path().join("rejects.ndjson"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let places: Vec<(&str, u64)> = records
+        .iter()
+        .map(|r| (r["file"].as_str().unwrap(), r["line"].as_u64().unwrap()))
+        .collect();
+    assert_eq!(places, [("-", 2), ("b.ndjson", 2)]);
+    let keys: Vec<&str> = records[0]
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    assert_eq!(keys, ["file", "line", "error", "input"]);
+}
+
+/// A line of exactly the limit is accepted whether it ends with `\n` or `\r\n`.
+#[test]
+fn crlf_counts_like_lf_toward_the_line_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let prefix = "{\"k\":\"";
+    let line = format!("{prefix}{}\"}}", "v".repeat((1 << 20) - prefix.len() - 2));
+    assert_eq!(line.len(), 1 << 20);
+    for ending in ["\n", "\r\n"] {
+        let input = format!("{line}{ending}{{\"n\":2}}{ending}");
+        let out = run(dir.path(), &["--store", "memory:", "run"], &input);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{ending:?}: {}",
+            text(&out.stderr)
+        );
+        let written = text(&out.stdout);
+        assert_eq!(written.lines().count(), 2);
+        assert_eq!(written.lines().next(), Some(line.as_str()));
+    }
+    let over = format!(
+        "{prefix}{}\"}}\r\n",
+        "v".repeat((1 << 20) - prefix.len() - 1)
+    );
+    let out = run(dir.path(), &["--store", "memory:", "run"], &over);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("-:1: line is 1048577 bytes, over the limit of 1048576"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+/// Pretty-printed JSON is met with a hint that the input must be NDJSON.
+#[test]
+fn a_document_over_several_lines_gets_a_hint() {
+    let dir = tempfile::tempdir().unwrap();
+    let pretty = "{\n  \"actor\": \"SU:x\",\n  \"verb\": \"post\"\n}\n";
+    let out = run(dir.path(), &["--store", "memory:", "run"], pretty);
+    assert_eq!(out.status.code(), Some(2));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("error: -:1: ")
+            && err.contains("(input must be NDJSON: one JSON document per line)"),
+        "{err}"
+    );
+    // A line that is simply not JSON gets no such hint.
+    let out = run(dir.path(), &["--store", "memory:", "run"], "nope\n");
+    assert!(
+        !text(&out.stderr).contains("NDJSON"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+/// On a terminal the progress display never mixes into standard output: with both on one
+/// terminal every line there is an enriched line or the summary.
+#[test]
+fn progress_never_mixes_into_output_on_a_terminal() {
+    let dir = tempfile::tempdir().unwrap();
+    write_workload(dir.path(), 200_000);
+    let command = format!(
+        "{} --store memory: run --users users.ndjson activities.ndjson",
+        env!("CARGO_BIN_EXE_enrich")
+    );
+    let out = std::process::Command::new("script")
+        .args(["-qec", &command, "/dev/null"])
+        .current_dir(dir.path())
+        .stdin(Stdio::null())
+        .output()
+        .expect("script(1) from util-linux runs a command on a terminal");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let screen = text(&out.stdout);
+    let mut lines = 0;
+    for line in screen.split("\r\n").filter(|l| !l.is_empty()) {
+        if line.starts_with("lines ")
+            || line.starts_with("store ")
+            || line.starts_with("users.ndjson: imported")
+        {
+            continue;
+        }
+        assert!(
+            serde_json::from_str::<Value>(line).is_ok(),
+            "not an output line: {:?}",
+            &line[..line.len().min(200)]
+        );
+        lines += 1;
+    }
+    assert_eq!(lines, 200_000);
+}
+
+/// A write that fails half way (here the file size limit, `ulimit -f`) leaves the output file
+/// with complete lines only, as many as the summary says were written.
+#[test]
+fn a_failed_write_leaves_only_complete_lines() {
+    let dir = tempfile::tempdir().unwrap();
+    write_workload(dir.path(), 20_000);
+    // 1,000 blocks of 512 bytes: the limit falls inside a line. SIGXFSZ ignored, so the
+    // write fails with EFBIG instead of killing the process.
+    let script = format!(
+        "trap '' XFSZ; ulimit -f 1000; exec {} --store memory: run --users users.ndjson \
+         activities.ndjson -o out.ndjson",
+        env!("CARGO_BIN_EXE_enrich")
+    );
+    let out = std::process::Command::new("sh")
+        .args(["-c", &script])
+        .current_dir(dir.path())
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("cannot write output"), "{err}");
+    let written = std::fs::read(dir.path().join("out.ndjson")).unwrap();
+    assert!(!written.is_empty() && written.len() <= 1000 * 512);
+    assert!(written.ends_with(b"\n"), "the file ends with a cut line");
+    let lines = written.iter().filter(|&&b| b == b'\n').count();
+    assert!(
+        err.contains(&format!("lines {lines} (written {lines}, rejected 0)")),
+        "{lines} lines in the file: {err}"
+    );
 }

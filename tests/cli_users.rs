@@ -174,9 +174,10 @@ fn bad_input_exits_2_and_names_the_problem() {
         );
         assert!(stdout(&out).is_empty());
     }
-    // Nothing was written by any of them.
+    // Nothing was written by any of them: not even an empty store was made.
     let out = enrich(dir.path(), &["users", "get", "a"], "");
-    assert_eq!(code(&out), 4);
+    assert_eq!(code(&out), 2, "{}", stderr(&out));
+    assert!(!dir.path().join("enrich.db").exists());
 }
 
 #[test]
@@ -295,4 +296,352 @@ fn import_reports_bad_lines_and_counts() {
     let out = enrich(dir.path(), &["users", "import", "missing.ndjson"], "");
     assert_eq!(code(&out), 2);
     assert!(stderr(&out).contains("missing.ndjson"), "{}", stderr(&out));
+}
+
+/// Runs `enrich ARGS` and says how long it took.
+fn timed(dir: &Path, args: &[&str]) -> (Output, std::time::Duration) {
+    let started = std::time::Instant::now();
+    let out = enrich(dir, args, "");
+    (out, started.elapsed())
+}
+
+#[test]
+fn what_retrying_cannot_fix_fails_at_once_naming_the_cause() {
+    let server = RedisServer::with_password("right-pw");
+    let mut admin = redis::Client::open(server.url_with_password("right-pw"))
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    redis::cmd("ACL")
+        .arg(&[
+            "SETUSER",
+            "reader",
+            "on",
+            ">reader-pw-5",
+            "~*",
+            "+get",
+            "+mget",
+            "+ping",
+        ])
+        .exec(&mut admin)
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let users = support::fixture("users.ndjson");
+    let activities = support::fixture("activities.ndjson");
+    let wrong = server.url_with_password("typo-pw-8");
+    let reader = format!("redis://reader:reader-pw-5@127.0.0.1:{}", server.port());
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (vec!["--store", &wrong, "users", "get", "a"], "credentials"),
+        (vec!["--store", &wrong, "run", &activities], "credentials"),
+        (vec!["--store", &reader, "users", "add", "a"], "NOPERM"),
+        (
+            vec!["--store", &reader, "run", "--users", &users, &activities],
+            "NOPERM",
+        ),
+    ];
+    for (args, cause) in cases {
+        let (out, took) = timed(dir.path(), &args);
+        let err = stderr(&out);
+        assert_eq!(code(&out), 1, "{args:?}: {err}");
+        assert!(err.contains(cause), "{args:?}: {err}");
+        assert!(err.contains(&server.url()), "{args:?}: {err}");
+        assert!(!err.contains("retrying"), "{args:?}: {err}");
+        for secret in ["typo-pw-8", "reader-pw-5", "right-pw"] {
+            assert!(!err.contains(secret), "{args:?}: {err}");
+        }
+        assert!(
+            took < std::time::Duration::from_secs(2),
+            "{args:?} took {took:?}"
+        );
+    }
+}
+
+#[test]
+fn a_store_that_is_down_is_said_at_once_then_retried() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("redis://127.0.0.1:{}", support::free_port());
+    let started = std::time::Instant::now();
+    let mut child = support::enrich_command(dir.path())
+        .args(["--store", &url, "run", "--store-timeout", "20"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    stderr.read_line(&mut line).unwrap();
+    let took = started.elapsed();
+    let still_running = child.try_wait().unwrap().is_none();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(still_running, "{line}");
+    assert!(line.starts_with("enrich: "), "{line}");
+    assert!(
+        line.contains(&url) && line.contains("unavailable"),
+        "{line}"
+    );
+    assert!(
+        line.contains("retrying for up to 20 s (--store-timeout)"),
+        "{line}"
+    );
+    assert!(took < std::time::Duration::from_secs(2), "{took:?}: {line}");
+}
+
+#[test]
+fn no_help_or_error_shows_a_password() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = "SECRETPW-31";
+    let url = format!(
+        "redis://default:{secret}@127.0.0.1:{}",
+        support::free_port()
+    );
+    let with_env = |args: &[&str]| {
+        support::enrich_command(dir.path())
+            .args(args)
+            .env("ENRICH_STORE", &url)
+            .env("ENRICH_API_KEY", format!("key-{secret}"))
+            .env("ENRICH_API_SECRET", format!("secret-{secret}"))
+            .output()
+            .unwrap()
+    };
+    for args in [
+        &["--help"][..],
+        &["-h"],
+        &["run", "--help"],
+        &["users", "--help"],
+        &["users", "get", "--help"],
+        &["serve", "--help"],
+        &["bench", "--help"],
+        &["users", "get", "x"],
+        &["run", "--store-timeout", "0"],
+        &["no-such-command"],
+    ] {
+        let out = with_env(args);
+        let all = format!("{}{}", stdout(&out), stderr(&out));
+        assert!(!all.contains(secret), "{args:?}: {all}");
+    }
+    for store in [
+        format!("postgres://u:{secret}@h"),
+        format!("redis:/u:{secret}@h:1"),
+        format!("redis://u:{secret}@127.0.0.1:notaport"),
+        format!("redis+cluster://u:{secret}@127.0.0.1:1,127.0.0.1"),
+    ] {
+        let out = enrich(dir.path(), &["--store", &store, "users", "get", "x"], "");
+        assert_ne!(code(&out), 0, "{store}");
+        assert!(!stderr(&out).contains(secret), "{store}: {}", stderr(&out));
+    }
+}
+
+#[test]
+fn commands_that_only_read_never_create_a_file_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let elsewhere = tempfile::tempdir().unwrap();
+    let activities = support::fixture("activities.ndjson");
+    let typo = format!("file:{}/enrihc.db", dir.path().display());
+    for args in [
+        &["users", "get", "a"][..],
+        &["users", "update", "a", "{}"],
+        &["users", "delete", "a"],
+        &["run", &activities],
+        &["--store", &typo, "users", "get", "a"],
+        &["--store", &typo, "run", &activities],
+    ] {
+        let out = enrich(elsewhere.path(), args, "");
+        let err = stderr(&out);
+        assert_eq!(code(&out), 2, "{args:?}: {err}");
+        assert!(err.starts_with("error: file store /"), "{args:?}: {err}");
+        assert!(err.contains("does not exist"), "{args:?}: {err}");
+        assert!(stdout(&out).is_empty(), "{args:?}");
+    }
+    assert_eq!(std::fs::read_dir(elsewhere.path()).unwrap().count(), 0);
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+
+    // Commands that write create it, and the run says which store it read.
+    let out = enrich(
+        dir.path(),
+        &[
+            "run",
+            "--users",
+            &support::fixture("users.ndjson"),
+            &activities,
+        ],
+        "",
+    );
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let store = format!("store file:{}", dir.path().join("enrich.db").display());
+    assert!(stderr(&out).contains(&store), "{}", stderr(&out));
+    let out = enrich(dir.path(), &["run", &activities], "");
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(stderr(&out).contains(&store), "{}", stderr(&out));
+}
+
+/// What `users get` and `users add` make of `dir`'s store after whatever happened to it.
+fn store_still_opens(dir: &Path, what: &str) {
+    let out = enrich(dir, &["users", "get", "k"], "");
+    assert!(
+        [0, 2, 4].contains(&code(&out)),
+        "{what}: users get: {}",
+        stderr(&out)
+    );
+    if code(&out) == 2 {
+        assert!(
+            stderr(&out).contains("does not exist"),
+            "{what}: {}",
+            stderr(&out)
+        );
+    }
+    let out = enrich(dir, &["users", "add", "k", "--get-or-create"], "");
+    assert_eq!(code(&out), 0, "{what}: users add: {}", stderr(&out));
+}
+
+#[test]
+fn a_creation_killed_at_any_moment_leaves_a_store_that_opens() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("enrich.db");
+    // Kills spread over the whole life of an uninterrupted creation (some 10 to 30 ms), from
+    // a fixed pseudo-random sequence.
+    let started = std::time::Instant::now();
+    store_still_opens(dir.path(), "an uninterrupted creation");
+    let span = u64::try_from(started.elapsed().as_micros() / 2)
+        .unwrap()
+        .max(20_000);
+    let mut seed: u64 = 0x2545_f491_4f6c_dd1d;
+    let mut killed_before_it_existed = 0;
+    let mut killed_mid_creation = 0;
+    for round in 0..100 {
+        let _ = std::fs::remove_file(&db);
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        let delay = std::time::Duration::from_micros(seed % span);
+        let mut child = support::enrich_command(dir.path())
+            .args(["users", "add", "k", r#"{"round":1}"#])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(delay);
+        let _ = child.kill();
+        let _ = child.wait();
+        if !db.exists() {
+            killed_before_it_existed += 1;
+        }
+        if std::fs::read_dir(dir.path()).unwrap().count() > usize::from(db.exists()) {
+            killed_mid_creation += 1;
+        }
+        store_still_opens(
+            dir.path(),
+            &format!("round {round}, killed after {delay:?}"),
+        );
+    }
+    // Temp files of the killed creators are removed by later creations.
+    let left: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .filter(|n| n != "enrich.db")
+        .collect();
+    assert!(left.len() <= 1, "{left:?}");
+    eprintln!(
+        "{killed_before_it_existed} of 100 killed before the store existed, \
+         {killed_mid_creation} while its temp file was there"
+    );
+}
+
+#[test]
+fn leftovers_of_an_interrupted_creation_are_started_afresh() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("enrich.db");
+    let mut header_only = vec![0u8; 73_728];
+    header_only[20..40].fill(7);
+    for (what, bytes) in [
+        ("empty", Vec::new()),
+        ("all zero", vec![0u8; 73_728]),
+        ("a header without its magic number", header_only),
+    ] {
+        std::fs::write(&db, &bytes).unwrap();
+        let out = enrich(dir.path(), &["users", "get", "a"], "");
+        assert_eq!(code(&out), 2, "{what}: {}", stderr(&out));
+        assert!(
+            stderr(&out).contains("never initialised"),
+            "{what}: {}",
+            stderr(&out)
+        );
+        assert_eq!(
+            std::fs::read(&db).unwrap(),
+            bytes,
+            "{what}: a read changed it"
+        );
+        let out = enrich(dir.path(), &["users", "add", "a"], "");
+        printed_user(&out, "a", "{}");
+        let out = enrich(dir.path(), &["users", "get", "a"], "");
+        printed_user(&out, "a", "{}");
+    }
+    // Anything else is not taken for a store, and left alone.
+    std::fs::write(&db, "my notes\n").unwrap();
+    for args in [&["users", "get", "a"][..], &["users", "add", "a"]] {
+        let out = enrich(dir.path(), args, "");
+        assert_eq!(code(&out), 2, "{}", stderr(&out));
+        assert!(
+            stderr(&out).contains("is not an enrich file store"),
+            "{}",
+            stderr(&out)
+        );
+        assert!(stderr(&out).contains(&db.display().to_string()));
+    }
+    assert_eq!(std::fs::read_to_string(&db).unwrap(), "my notes\n");
+}
+
+/// A tmpfs of `size` at `dir`, if this process may mount one (root); unmounted when dropped.
+struct SmallDisk(std::path::PathBuf);
+
+impl SmallDisk {
+    fn mount(dir: &Path, size: &str) -> Option<SmallDisk> {
+        let ok = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir)
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        ok.then(|| SmallDisk(dir.to_path_buf()))
+    }
+
+    fn resize(&self, size: &str) {
+        let status = Command::new("mount")
+            .args(["-o", &format!("remount,size={size}")])
+            .arg(&self.0)
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn a_full_disk_at_creation_leaves_nothing_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(disk) = SmallDisk::mount(dir.path(), "8k") else {
+        eprintln!("skipped: cannot mount a tmpfs here (not root)");
+        return;
+    };
+    let out = enrich(dir.path(), &["users", "add", "a"], "");
+    assert_eq!(code(&out), 1, "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("cannot create file store") && err.contains("No space left"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    // Once there is room, the store is created as if nothing had happened.
+    disk.resize("4m");
+    let out = enrich(dir.path(), &["users", "add", "a"], "");
+    printed_user(&out, "a", "{}");
 }

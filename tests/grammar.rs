@@ -67,7 +67,7 @@ fn the_binary_refuses_what_serde_json_refuses() {
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{doc}: {err}");
         assert!(
-            err.starts_with("error: line 2: not valid JSON"),
+            err.starts_with("error: -:2: not valid JSON"),
             "{doc}: {err}"
         );
         assert_eq!(

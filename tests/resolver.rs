@@ -628,3 +628,76 @@ async fn a_corrupt_record_in_redis_is_a_store_fault() {
     assert_eq!(values[0]["actor"]["error"], "ReferenceUnavailable");
     assert_eq!(values[0]["object"]["id"], "good");
 }
+
+#[tokio::test]
+async fn a_flood_of_missing_ids_does_not_evict_cached_users() {
+    let store = Watched::memory();
+    for i in 0..100 {
+        add(
+            &*store.inner,
+            &format!("u{i}"),
+            json!({"name": "x".repeat(100)}),
+        )
+        .await;
+    }
+    let max_bytes = 256 << 10;
+    let enricher = Enricher::builder(store.clone())
+        .cache(CacheConfig::new().max_bytes(max_bytes))
+        .build();
+    let users: Vec<Value> = (0..100)
+        .map(|i| json!({"actor": format!("SU:u{i}")}))
+        .collect();
+    enricher
+        .enrich_values(&mut users.clone(), Depth::TopLevel)
+        .await
+        .unwrap();
+    // Far more misses than the whole L1 could hold, as random ids from a client would be.
+    for chunk in 0..200 {
+        let mut flood: Vec<Value> = (0..100)
+            .map(|i| json!({"actor": format!("SU:missing-{chunk}-{i}")}))
+            .collect();
+        enricher
+            .enrich_values(&mut flood, Depth::TopLevel)
+            .await
+            .unwrap();
+    }
+    let stats = enricher.cache_stats();
+    assert!(stats.misses > 0, "{stats:?}");
+    assert!(stats.miss_bytes <= max_bytes / 10, "{stats:?}");
+    assert_eq!(stats.users, 100, "{stats:?}");
+    assert_eq!(stats.evictions, 0, "{stats:?}");
+    let before = store.calls();
+    let mut again = users.clone();
+    let page = enricher
+        .enrich_values(&mut again, Depth::TopLevel)
+        .await
+        .unwrap();
+    assert_eq!((page.l1_hits, store.calls() - before), (100, 0));
+}
+
+#[tokio::test]
+async fn raw_pages_see_every_write_at_once_through_their_memos() {
+    let store: SharedStore = Arc::new(MemoryStore::new());
+    let enricher = Enricher::new(store.clone());
+    let users = enricher.users();
+    add(&*users, "m", json!({"v": 0})).await;
+    let read = |enricher: Enricher| async move {
+        let mut page = RawPage::new(Depth::TopLevel);
+        page.push(br#"{"actor":"SU:m"}"#).unwrap();
+        let enriched = enricher.enrich_page(&page).await.unwrap();
+        let mut out = Vec::new();
+        enriched.write(0, &mut out);
+        serde_json::from_slice::<Value>(&out).unwrap()["actor"].take()
+    };
+    for v in 1..20 {
+        // Warm: the next pages are answered from a memo.
+        assert_eq!(read(enricher.clone()).await["data"]["v"], v - 1);
+        assert_eq!(read(enricher.clone()).await["data"]["v"], v - 1);
+        users
+            .update(&NewUser::new("m", Some(json!({"v": v}))).unwrap())
+            .await
+            .unwrap();
+    }
+    users.delete(&UserId::parse("m").unwrap()).await.unwrap();
+    assert_eq!(read(enricher.clone()).await, not_found("m"));
+}

@@ -12,6 +12,8 @@ use serde_json::{Value, json};
 use support::RedisServer;
 
 const KEY: &str = "test-key";
+/// The default limit on request bodies.
+const MAX_BODY: usize = 1 << 20;
 const SECRET: &str = "test-secret";
 
 struct Server {
@@ -27,17 +29,20 @@ impl Server {
         let store = store::open(url, &StoreOptions::new().namespace("serve-test"))
             .await
             .expect("open the store");
+        Server::start_with(store, ServeConfig::new(KEY, SECRET)).await
+    }
+
+    /// A server over `store` with `config`, once its L1 is in use (the store's announcements
+    /// are heard).
+    async fn start_with(store: enrich::SharedStore, config: ServeConfig) -> Server {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(serve(
-            listener,
-            Enricher::new(store),
-            ServeConfig::new(KEY, SECRET),
-            async move {
-                let _ = stopped.await;
-            },
-        ));
+        let enricher = Enricher::new(config.instrument(store));
+        assert!(enricher.wait_for_cache(Duration::from_secs(5)).await);
+        let task = tokio::spawn(serve(listener, enricher, config, async move {
+            let _ = stopped.await;
+        }));
         Server {
             base,
             client: reqwest::Client::new(),
@@ -71,6 +76,18 @@ impl Server {
         body: impl Into<reqwest::Body>,
     ) -> (StatusCode, String) {
         text(self.api(method, path).body(body).send().await.unwrap()).await
+    }
+
+    /// The text of `GET /metrics`.
+    async fn metrics(&self) -> String {
+        let resp = self
+            .client
+            .get(format!("{}/metrics", self.base))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+        resp.text().await.unwrap()
     }
 
     async fn stop(mut self) {
@@ -577,17 +594,11 @@ async fn auth_is_checked() {
 async fn limits_and_unknown_routes() {
     let server = Server::start("memory:").await;
     // Over 1 MiB: 413 in Stream's format.
-    let big = format!(
-        r#"{{"actor":"{}"}}"#,
-        "x".repeat(enrich::serve::MAX_BODY_BYTES)
-    );
+    let big = format!(r#"{{"actor":"{}"}}"#, "x".repeat(MAX_BODY));
     let (status, body) = server.call(Method::POST, "/api/v1.0/enrich/", big).await;
     assert_error(status, &body, 413, 18, "RequestEntityTooLargeException");
     // Just under the limit is fine.
-    let fits = format!(
-        r#"{{"actor":"{}"}}"#,
-        "x".repeat(enrich::serve::MAX_BODY_BYTES - 20)
-    );
+    let fits = format!(r#"{{"actor":"{}"}}"#, "x".repeat(MAX_BODY - 20));
     let (status, _) = server.call(Method::POST, "/api/v1.0/enrich/", fits).await;
     assert_eq!(status, StatusCode::OK);
 
@@ -680,5 +691,389 @@ async fn metrics_count_requests_and_the_cache() {
     ] {
         assert!(text.lines().any(|l| l == line), "no {line:?} in\n{text}");
     }
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn per_action_tokens_and_not_before() {
+    let server = Server::start("memory:").await;
+    let token = |action: &str| sign(&json!({"resource": "users", "action": action}), SECRET);
+    let (read, write, delete) = (token("read"), token("write"), token("delete"));
+    let call = |method: Method, path: &'static str, token: String, body: &'static str| {
+        let request = server.as_token(method, path, &token).body(body);
+        async move { text(request.send().await.unwrap()).await }
+    };
+    // What Java signs for each call: write creates and updates, read gets, delete deletes.
+    let (status, _) = call(
+        Method::POST,
+        "/api/v1.0/user/",
+        write.clone(),
+        r#"{"id":"jo","data":{}}"#,
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED);
+    let (status, _) = call(
+        Method::PUT,
+        "/api/v1.0/user/jo/",
+        write.clone(),
+        r#"{"data":{"v":2}}"#,
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED);
+    let (status, body) = call(Method::GET, "/api/v1.0/user/jo/", read.clone(), "").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(body.contains(r#""v":2"#), "{body}");
+    // Each only what it names.
+    for (method, path, token, body) in [
+        (Method::GET, "/api/v1.0/user/jo/", write.clone(), ""),
+        (Method::DELETE, "/api/v1.0/user/jo/", write.clone(), ""),
+        (Method::DELETE, "/api/v1.0/user/jo/", read.clone(), ""),
+        (
+            Method::PUT,
+            "/api/v1.0/user/jo/",
+            read.clone(),
+            r#"{"data":{}}"#,
+        ),
+        (
+            Method::PUT,
+            "/api/v1.0/user/jo/",
+            delete.clone(),
+            r#"{"data":{}}"#,
+        ),
+        (
+            Method::POST,
+            "/api/v1.0/enrich/",
+            write.clone(),
+            r#"{"actor":"SU:jo"}"#,
+        ),
+    ] {
+        let (status, body) = call(method, path, token, body).await;
+        assert_error(status, &body, 403, 17, "NotAllowedException");
+    }
+    let (status, _) = call(Method::POST, "/api/v1.0/enrich/", read, r#"{"a":"SU:jo"}"#).await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _) = call(Method::DELETE, "/api/v1.0/user/jo/", delete, "").await;
+    assert_eq!(status, StatusCode::OK);
+
+    // A token that is valid only from an hour on may do nothing yet; one valid since a
+    // minute ago may.
+    let later = sign(
+        &json!({"resource": "*", "action": "*", "nbf": now() + 3600}),
+        SECRET,
+    );
+    let (status, body) = call(Method::PUT, "/api/v1.0/user/jo/", later, r#"{"data":{}}"#).await;
+    let detail = assert_error(status, &body, 401, 17, "NotAllowedException");
+    assert!(detail.contains("nbf"), "{detail}");
+    let since = sign(
+        &json!({"resource": "*", "action": "*", "nbf": now() - 60}),
+        SECRET,
+    );
+    let (status, _) = call(
+        Method::POST,
+        "/api/v1.0/user/",
+        since,
+        r#"{"id":"jo","data":{}}"#,
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn an_empty_php_array_is_empty_data() {
+    let server = Server::start("memory:").await;
+    let (status, body) = server
+        .call(Method::POST, "/api/v1.0/user/", r#"{"id":"php","data":[]}"#)
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert!(
+        strip_duration(&body).ends_with(r#""id":"php","data":{}}"#),
+        "{body}"
+    );
+    let (status, body) = server
+        .call(Method::PUT, "/api/v1.0/user/php/", r#"{"data":[]}"#)
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let (status, body) = server
+        .call(
+            Method::POST,
+            "/api/v1.0/users/",
+            r#"{"users":[{"id":"p2","data":[]}]}"#,
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert!(body.contains(r#""id":"p2","data":{}}"#), "{body}");
+    let (status, body) = server
+        .call(Method::PUT, "/api/v1.0/user/php/", r#"{"data":[1]}"#)
+        .await;
+    assert_error(status, &body, 400, 4, "InputException");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn requests_over_a_limit_are_refused_naming_it() {
+    let limits = enrich::serve::Limits::new()
+        .max_activities(3)
+        .max_references(4)
+        .max_response_bytes(2_000)
+        .max_batch_ids(2);
+    let store = store::open("memory:", &StoreOptions::new()).await.unwrap();
+    let server = Server::start_with(store, ServeConfig::new(KEY, SECRET).limits(limits)).await;
+    let user = format!(r#"{{"id":"u","data":{{"bio":"{}"}}}}"#, "x".repeat(600));
+    let (status, _) = server.call(Method::POST, "/api/v1.0/user/", user).await;
+    assert_eq!(status, StatusCode::CREATED);
+
+    let group = r#"{"activities":[{"a":1},{"a":2},{"a":3},{"a":4}]}"#;
+    let (status, body) = server.call(Method::POST, "/api/v1.0/enrich/", group).await;
+    let detail = assert_error(status, &body, 400, 4, "InputException");
+    assert!(
+        detail.contains("4 activities") && detail.contains("--max-activities"),
+        "{detail}"
+    );
+
+    let many = r#"{"a":"SU:u","b":"SU:u","c":"SU:u","d":"SU:u","e":"SU:x"}"#;
+    let (status, body) = server.call(Method::POST, "/api/v1.0/enrich/", many).await;
+    let detail = assert_error(status, &body, 400, 4, "InputException");
+    assert!(
+        detail.contains("5 references") && detail.contains("--max-references"),
+        "{detail}"
+    );
+
+    // Four references fit the count, but four users of 700 bytes do not fit 2,000 bytes.
+    let big = r#"{"a":"SU:u","b":"SU:u","c":"SU:u","d":"SU:u"}"#;
+    let (status, body) = server.call(Method::POST, "/api/v1.0/enrich/", big).await;
+    let detail = assert_error(status, &body, 400, 4, "InputException");
+    assert!(detail.contains("--max-response-bytes"), "{detail}");
+    let fits = r#"{"a":"SU:u","b":"SU:u"}"#;
+    let (status, _) = server.call(Method::POST, "/api/v1.0/enrich/", fits).await;
+    assert_eq!(status, StatusCode::OK);
+
+    for (method, path, body) in [
+        (Method::GET, "/api/v1.0/users/?ids=a,b,c", ""),
+        (Method::DELETE, "/api/v1.0/users/?ids=a,b,c", ""),
+        (
+            Method::POST,
+            "/api/v1.0/users/",
+            r#"{"users":[{"id":"a"},{"id":"b"},{"id":"c"}]}"#,
+        ),
+    ] {
+        let (status, body) = server.call(method.clone(), path, body).await;
+        let detail = assert_error(status, &body, 400, 4, "InputException");
+        assert!(detail.contains("--max-batch-ids"), "{method} {detail}");
+    }
+    // Repeated ids count once.
+    let (status, _) = text(
+        server
+            .api(Method::GET, "/api/v1.0/users/?ids=u,u,u,u")
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+
+    let metrics = server.metrics().await;
+    for (limit, times) in [
+        ("max_activities", 1),
+        ("max_references", 1),
+        ("max_response_bytes", 1),
+        ("max_batch_ids", 3),
+    ] {
+        let line = format!(r#"enrich_limit_refusals_total{{limit="{limit}"}} {times}"#);
+        assert!(
+            metrics.lines().any(|l| l == line),
+            "no {line} in\n{metrics}"
+        );
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn metric_labels_stay_bounded_whatever_clients_send() {
+    let server = Server::start("memory:").await;
+    for i in 0..50 {
+        let method = Method::from_bytes(format!("FOO{i}").as_bytes()).unwrap();
+        server
+            .client
+            .request(method, format!("{}/api/v1.0/user/x{i}/", server.base))
+            .send()
+            .await
+            .unwrap();
+        server
+            .api(Method::GET, &format!("/some/path/{i}"))
+            .send()
+            .await
+            .unwrap();
+    }
+    let metrics = server.metrics().await;
+    let series: Vec<&str> = metrics
+        .lines()
+        .filter(|l| l.starts_with("enrich_http_requests_total"))
+        .collect();
+    assert!(
+        series
+            .iter()
+            .all(|l| !l.contains("FOO") && !l.contains("/some/path")),
+        "{series:#?}"
+    );
+    assert!(
+        series.contains(
+            &r#"enrich_http_requests_total{route="/api/v1.0/user/{id}",method="other",status="405"} 50"#
+        ),
+        "{series:#?}"
+    );
+    assert!(
+        series.contains(
+            &r#"enrich_http_requests_total{route="unmatched",method="GET",status="404"} 50"#
+        ),
+        "{series:#?}"
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn liveness_and_readiness() {
+    let mut redis = RedisServer::start();
+    let server = Server::start(&redis.url()).await;
+    let get = |path: &str| server.client.get(format!("{}{path}", server.base)).send();
+    let ready: Value = get("/readyz").await.unwrap().json().await.unwrap();
+    assert_eq!(ready["status"], "ok");
+    assert_eq!(ready["invalidations"], "up");
+    redis.stop();
+    let resp = get("/readyz").await.unwrap();
+    assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["status"], "unavailable", "{body}");
+    assert_eq!(get("/healthz").await.unwrap().status(), 503);
+    // The process itself is fine.
+    let resp = get("/livez").await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    // Back: ready again once the store answers and its announcements are heard.
+    redis.restart();
+    let mut ready = false;
+    for _ in 0..200 {
+        if get("/readyz").await.unwrap().status() == StatusCode::OK {
+            ready = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(ready);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn reads_answer_while_a_failover_pauses_writes() {
+    let redis = RedisServer::start();
+    let server = Server::start(&redis.url()).await;
+    let (status, _) = server
+        .call(
+            Method::POST,
+            "/api/v1.0/user/",
+            r#"{"id":"p","data":{"v":1}}"#,
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    // What a failover does: the server holds every write for 3 s.
+    redis::cmd("CLIENT")
+        .arg("PAUSE")
+        .arg(3000)
+        .arg("WRITE")
+        .exec(&mut redis.connection())
+        .unwrap();
+    let write = server
+        .api(Method::PUT, "/api/v1.0/user/p/")
+        .body(r#"{"data":{"v":2}}"#)
+        .send();
+    let write = tokio::spawn(async move { text(write.await.unwrap()).await });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    for (method, path, body) in [
+        (Method::GET, "/api/v1.0/user/p/", ""),
+        (Method::GET, "/api/v1.0/users/?ids=p,q", ""),
+        (Method::POST, "/api/v1.0/enrich/", r#"{"actor":"SU:p"}"#),
+        (Method::GET, "/readyz", ""),
+    ] {
+        let started = std::time::Instant::now();
+        let (status, body) = server.call(method.clone(), path, body).await;
+        let took = started.elapsed();
+        assert_eq!(status, StatusCode::OK, "{method} {path}: {body}");
+        assert!(
+            took < Duration::from_millis(500),
+            "{method} {path} took {took:?} behind a paused write"
+        );
+    }
+    assert!(!write.is_finished(), "the write was not held back");
+    // Its answer never came within the store's 2 s: it may have been applied.
+    let (status, body) = write.await.unwrap();
+    let detail = assert_error(status, &body, 504, 1, "WriteOutcomeUnknownException");
+    assert!(detail.contains("may have been applied"), "{detail}");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn store_refusals_are_answered_as_what_they_are() {
+    let redis = RedisServer::start();
+    let mut admin = redis.connection();
+    // A user that may read but not write.
+    redis::cmd("ACL")
+        .arg("SETUSER")
+        .arg("reader")
+        .arg("on")
+        .arg(">readerpw")
+        .arg("~*")
+        .arg("+@read")
+        .arg("+@connection")
+        .arg("+client")
+        .exec(&mut admin)
+        .unwrap();
+    let reader = format!("redis://reader:readerpw@127.0.0.1:{}", redis.port());
+    let server = Server::start(&reader).await;
+    let (status, body) = server
+        .call(Method::POST, "/api/v1.0/user/", r#"{"id":"w","data":{}}"#)
+        .await;
+    let detail = assert_error(status, &body, 502, 1, "StorePermissionException");
+    assert!(!detail.contains("readerpw"), "{detail}");
+    let (status, _) = text(
+        server
+            .api(Method::GET, "/api/v1.0/user/w/")
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    server.stop().await;
+
+    // A store out of memory refuses writes; reads go on.
+    let server = Server::start(&redis.url()).await;
+    for (name, value) in [("maxmemory-policy", "noeviction"), ("maxmemory", "2mb")] {
+        redis::cmd("CONFIG")
+            .arg("SET")
+            .arg(name)
+            .arg(value)
+            .exec(&mut admin)
+            .unwrap();
+    }
+    let bio = "x".repeat(10_000);
+    let mut full = None;
+    for i in 0..400 {
+        let body = format!(r#"{{"id":"big{i}","data":{{"bio":"{bio}"}}}}"#);
+        let (status, body) = server.call(Method::POST, "/api/v1.0/user/", body).await;
+        if status != StatusCode::CREATED {
+            full = Some((status, body));
+            break;
+        }
+    }
+    let (status, body) = full.expect("2 MB never filled");
+    assert_error(status, &body, 507, 1, "StoreFullException");
+    let (status, _) = text(
+        server
+            .api(Method::GET, "/api/v1.0/user/big0/")
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
     server.stop().await;
 }

@@ -4,15 +4,18 @@
 //!
 //! What a token may do depends on its claims:
 //!
-//! | claims | [`Access`] | may |
-//! |---|---|---|
-//! | `resource` `*` or `users`, `action` `*` (what the Python and JS clients sign) | `Server` | everything |
-//! | `resource` `*` or `users`, `action` `read` | `ReadOnly` | read users, enrich |
-//! | `user_id` only | `User(id)` | read users, enrich, write user `id` |
-//! | anything else | – | nothing (403) |
+//! | claims | may |
+//! |---|---|
+//! | `resource` `*` or `users`, `action` `*` (what the Python, JS, Go, Ruby, PHP and .NET clients sign) | everything |
+//! | `resource` `*` or `users`, `action` `read` (Java's token for a get) | read users, enrich |
+//! | `resource` `*` or `users`, `action` `write` (Java's token for add and update) | create and update users |
+//! | `resource` `*` or `users`, `action` `delete` (Java's token for delete) | delete users |
+//! | `user_id` only (a user token) | read users, enrich, write and delete user `user_id` |
+//! | anything else | nothing (403) |
 //!
-//! An `exp` claim, when present, is enforced; tokens without one (the clients' default) do not
-//! expire.
+//! `resource` and `action` may each be a comma-separated list (the JS client joins arrays so).
+//! An `exp` claim, when present, is enforced, and so is `nbf` (not before); tokens without
+//! them (the clients' default) do not expire.
 
 use std::collections::HashMap;
 
@@ -30,30 +33,69 @@ use super::error::ApiError;
 /// What the request's token allows.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Access {
-    /// A server token: everything.
-    Server,
-    /// A server token limited to reads.
-    ReadOnly,
+    /// A server token: these actions on every user.
+    Server(Actions),
     /// A user token: reads, and writes of this one user.
     User(String),
+}
+
+/// The actions a server token allows on the users API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) struct Actions {
+    pub(crate) read: bool,
+    pub(crate) write: bool,
+    pub(crate) delete: bool,
+}
+
+impl Actions {
+    const ALL: Actions = Actions {
+        read: true,
+        write: true,
+        delete: true,
+    };
 }
 
 impl Access {
     /// Reading users and enriching.
     pub(crate) fn check_read(&self) -> Result<(), ApiError> {
-        Ok(())
+        match self {
+            Access::Server(actions) if !actions.read => Err(ApiError::not_allowed(
+                "this token does not allow reading users (action read)",
+            )),
+            _ => Ok(()),
+        }
     }
 
-    /// Writing user `id`.
+    /// Creating or updating user `id`.
     pub(crate) fn check_write(&self, id: &str) -> Result<(), ApiError> {
         match self {
-            Access::Server => Ok(()),
-            Access::User(user) if user == id => Ok(()),
-            Access::User(user) => Err(ApiError::not_allowed(format!(
-                "a token of user {user:?} may not write user {id:?}"
-            ))),
-            Access::ReadOnly => Err(ApiError::not_allowed("this token may only read")),
+            Access::Server(actions) if actions.write => Ok(()),
+            Access::Server(_) => Err(ApiError::not_allowed(
+                "this token does not allow writing users (action write)",
+            )),
+            Access::User(user) => same_user(user, id),
         }
+    }
+
+    /// Deleting user `id`.
+    pub(crate) fn check_delete(&self, id: &str) -> Result<(), ApiError> {
+        match self {
+            Access::Server(actions) if actions.delete => Ok(()),
+            Access::Server(_) => Err(ApiError::not_allowed(
+                "this token does not allow deleting users (action delete)",
+            )),
+            Access::User(user) => same_user(user, id),
+        }
+    }
+}
+
+fn same_user(user: &str, id: &str) -> Result<(), ApiError> {
+    if user == id {
+        Ok(())
+    } else {
+        Err(ApiError::not_allowed(format!(
+            "a token of user {user:?} may not write user {id:?}"
+        )))
     }
 }
 
@@ -81,6 +123,7 @@ impl Auth {
         // Stream's clients sign tokens without `exp` by default; one that has it must hold.
         validation.required_spec_claims = std::collections::HashSet::new();
         validation.validate_exp = true;
+        validation.validate_nbf = true;
         validation.leeway = 0;
         Ok(Auth {
             api_key: api_key.to_string(),
@@ -124,6 +167,7 @@ impl Auth {
             .map_err(|e| {
                 ApiError::unauthenticated(match e.kind() {
                     JwtErrorKind::ExpiredSignature => "the token has expired",
+                    JwtErrorKind::ImmatureSignature => "the token is not valid yet (nbf)",
                     JwtErrorKind::InvalidSignature => "signature is invalid",
                     JwtErrorKind::InvalidAlgorithm => "the token must be signed with HS256",
                     _ => "the token is malformed",
@@ -138,16 +182,23 @@ impl Auth {
 fn access_of(claims: &Value) -> Result<Access, ApiError> {
     let text = |key: &str| claims.get(key).and_then(Value::as_str);
     match (text("resource"), text("action"), text("user_id")) {
-        (Some(resource), Some(action), _) if covers(resource, "users") => {
-            if covers(action, "*") {
-                Ok(Access::Server)
-            } else if covers(action, "read") {
-                Ok(Access::ReadOnly)
+        (Some(resource), action, _) if covers(resource, "users") => {
+            let action = action.unwrap_or("");
+            let actions = if covers(action, "*") {
+                Actions::ALL
             } else {
-                Err(ApiError::not_allowed(format!(
+                Actions {
+                    read: covers(action, "read"),
+                    write: covers(action, "write"),
+                    delete: covers(action, "delete"),
+                }
+            };
+            if actions == Actions::default() {
+                return Err(ApiError::not_allowed(format!(
                     "a token for action {action:?} may not use the users API"
-                )))
+                )));
             }
+            Ok(Access::Server(actions))
         }
         (Some(resource), _, _) => Err(ApiError::not_allowed(format!(
             "a token for resource {resource:?} may not use the users API"
@@ -198,24 +249,57 @@ mod tests {
     #[test]
     fn claims_decide_access() {
         let python = json!({"action": "*", "resource": "users", "feed_id": "*"});
-        assert_eq!(access_of(&python).unwrap(), Access::Server);
+        assert_eq!(access_of(&python).unwrap(), Access::Server(Actions::ALL));
         let js = json!({"resource": "*", "action": "*", "feed_id": "*"});
-        assert_eq!(access_of(&js).unwrap(), Access::Server);
+        assert_eq!(access_of(&js).unwrap(), Access::Server(Actions::ALL));
+        let php = json!({"resource": "users", "action": "*", "feed_id": "*", "user_id": "*"});
+        assert_eq!(access_of(&php).unwrap(), Access::Server(Actions::ALL));
         let read = json!({"resource": "*", "action": "read"});
-        assert_eq!(access_of(&read).unwrap(), Access::ReadOnly);
+        let only_read = Actions {
+            read: true,
+            ..Actions::default()
+        };
+        assert_eq!(access_of(&read).unwrap(), Access::Server(only_read));
+        let listed = json!({"resource": "feed,users", "action": "write, delete"});
+        let write_delete = Actions {
+            write: true,
+            delete: true,
+            ..Actions::default()
+        };
+        assert_eq!(access_of(&listed).unwrap(), Access::Server(write_delete));
         let user = json!({"user_id": "alice"});
         assert_eq!(access_of(&user).unwrap(), Access::User("alice".into()));
         let feed = json!({"resource": "feed", "action": "*"});
         assert_eq!(access_of(&feed).unwrap_err().code, 17);
+        let odd = json!({"resource": "users", "action": "follow"});
+        assert_eq!(access_of(&odd).unwrap_err().status.as_u16(), 403);
         assert!(access_of(&json!({})).is_err());
+    }
+
+    #[test]
+    fn java_per_action_tokens() {
+        let token = |action: &str| access_of(&json!({"resource": "users", "action": action}));
+        let (read, write, delete) = (
+            token("read").unwrap(),
+            token("write").unwrap(),
+            token("delete").unwrap(),
+        );
+        assert!(read.check_read().is_ok());
+        assert!(read.check_write("a").is_err() && read.check_delete("a").is_err());
+        assert!(write.check_write("a").is_ok());
+        assert!(write.check_read().is_err() && write.check_delete("a").is_err());
+        assert!(delete.check_delete("a").is_ok());
+        assert!(delete.check_read().is_err() && delete.check_write("a").is_err());
     }
 
     #[test]
     fn users_write_only_themselves() {
         let alice = Access::User("alice".into());
+        assert!(alice.check_read().is_ok());
         assert!(alice.check_write("alice").is_ok());
+        assert!(alice.check_delete("alice").is_ok());
         assert_eq!(alice.check_write("bob").unwrap_err().status.as_u16(), 403);
-        assert!(Access::ReadOnly.check_write("alice").is_err());
-        assert!(Access::Server.check_write("anyone").is_ok());
+        assert!(alice.check_delete("bob").is_err());
+        assert!(Access::Server(Actions::ALL).check_write("anyone").is_ok());
     }
 }

@@ -18,6 +18,8 @@ pub(crate) struct ApiError {
     pub(crate) code: u16,
     pub(crate) exception: &'static str,
     pub(crate) detail: String,
+    /// The limit that refused the request, for the metrics.
+    pub(crate) limit: Option<&'static str>,
 }
 
 impl ApiError {
@@ -27,7 +29,13 @@ impl ApiError {
             code,
             exception,
             detail,
+            limit: None,
         }
+    }
+
+    pub(crate) fn by(mut self, limit: &'static str) -> Self {
+        self.limit = Some(limit);
+        self
     }
 
     /// 400: the request's input is wrong.
@@ -92,8 +100,59 @@ impl ApiError {
             StatusCode::PAYLOAD_TOO_LARGE,
             18,
             "RequestEntityTooLargeException",
-            format!("the request body is over the limit of {limit} bytes"),
+            format!("the request body is over the limit of {limit} bytes (--max-body-bytes)"),
         )
+        .by("max_body_bytes")
+    }
+
+    /// 400: the request asks for more than a limit allows: it holds `count` of `what`, over
+    /// `max` per request, the limit named `limit` (its flag is `--` and the name with dashes).
+    pub(crate) fn over_limit(limit: &'static str, what: &str, count: u64, max: u64) -> Self {
+        ApiError::input(format!(
+            "the request holds {count} {what}, over the limit of {max} per request (--{})",
+            limit.replace('_', "-")
+        ))
+        .by(limit)
+    }
+
+    /// 408: the client did not send its body in time.
+    pub(crate) fn body_timeout(limit: std::time::Duration) -> Self {
+        ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            4,
+            "InputException",
+            format!(
+                "the request body did not arrive within {} s (--body-timeout)",
+                limit.as_secs_f64()
+            ),
+        )
+        .by("body_timeout")
+    }
+
+    /// 503: the server is at `limit`, a limit of its own, for now.
+    pub(crate) fn busy(limit: &'static str, detail: impl Into<String>) -> Self {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            1,
+            "ServiceUnavailableException",
+            detail.into(),
+        )
+        .by(limit)
+    }
+
+    /// 504: the request did not finish in time; a write it made may have been applied.
+    pub(crate) fn request_timeout(limit: std::time::Duration) -> Self {
+        ApiError::new(
+            StatusCode::GATEWAY_TIMEOUT,
+            1,
+            "RequestTimeoutException",
+            format!(
+                "the request did not finish within {} s (--request-timeout); a write it made \
+                 may have been applied",
+                limit.as_secs_f64()
+            ),
+        )
+        .by("request_timeout")
     }
 
     /// 500, with a generic detail: what went wrong inside is logged, not shown.

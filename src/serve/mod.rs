@@ -8,13 +8,16 @@
 //!
 //! A request passes through these files in order:
 //!
-//! - [`serve`] (here): builds the router, runs it on a bound listener until the shutdown
-//!   future resolves, letting requests in flight finish.
+//! - [`serve`] (here): builds the router and hands it to `conn`, which accepts connections on a
+//!   bound listener and keeps each within its [`Limits`] of count and time until the shutdown
+//!   future resolves, letting requests in progress finish.
 //! - `reply`: the outermost middleware; starts the clock, and once the handler is done
 //!   writes Stream's `"duration"` into the body and records the request in `metrics`.
 //! - `auth`: the API key and the JWT; decides what the token may do.
-//! - `request`: bodies capped at [`MAX_BODY_BYTES`], JSON and query parameters.
-//! - `users` and `enrich`: the handlers. `health`: `/healthz` and `/metrics`.
+//! - `request`: bodies within their limits of size and time, JSON and query parameters;
+//!   `budget`: the bytes all requests and responses may hold at once.
+//! - `users` and `enrich`: the handlers. `health`: `/livez`, `/readyz` (and `/healthz`, the
+//!   same) and `/metrics`, kept by `metrics`.
 //! - `error`: Stream's error bodies and how an [`crate::Error`] maps to one.
 //!
 //! ```no_run
@@ -33,9 +36,12 @@
 //! ```
 
 mod auth;
+mod budget;
+mod conn;
 mod enrich;
 mod error;
 mod health;
+mod limits;
 mod metrics;
 mod reply;
 mod request;
@@ -50,18 +56,22 @@ use axum::response::IntoResponse;
 use axum::routing::{MethodRouter, get, post};
 
 use self::auth::Auth;
+use self::budget::Budget;
 use self::error::ApiError;
+pub use self::limits::Limits;
 use self::metrics::Metrics;
-pub use self::request::MAX_BODY_BYTES;
 use crate::enricher::Enricher;
 use crate::store::SharedStore;
 
-/// The credentials the server checks: the API key clients send as `?api_key=`, and the secret
-/// their tokens are signed with.
+/// The credentials the server checks (the API key clients send as `?api_key=`, and the secret
+/// their tokens are signed with) and the [`Limits`] it keeps to.
 #[derive(Clone)]
+#[must_use]
 pub struct ServeConfig {
     api_key: String,
     api_secret: String,
+    limits: Limits,
+    metrics: Arc<Metrics>,
 }
 
 impl std::fmt::Debug for ServeConfig {
@@ -69,17 +79,34 @@ impl std::fmt::Debug for ServeConfig {
         f.debug_struct("ServeConfig")
             .field("api_key", &self.api_key)
             .field("api_secret", &"<hidden>")
+            .field("limits", &self.limits)
             .finish()
     }
 }
 
 impl ServeConfig {
-    /// A server accepting `api_key` and tokens signed (HS256) with `api_secret`.
+    /// A server accepting `api_key` and tokens signed (HS256) with `api_secret`, with the
+    /// default [`Limits`].
     pub fn new(api_key: impl Into<String>, api_secret: impl Into<String>) -> Self {
         ServeConfig {
             api_key: api_key.into(),
             api_secret: api_secret.into(),
+            limits: Limits::new(),
+            metrics: Arc::new(Metrics::new()),
         }
+    }
+
+    /// `store` with each call timed into this server's metrics
+    /// (`enrich_store_call_duration_seconds`, `enrich_store_errors_total`). Build the enricher
+    /// given to [`serve`] over it to have them.
+    pub fn instrument(&self, store: SharedStore) -> SharedStore {
+        self.metrics.instrument(store)
+    }
+
+    /// The bounds on what requests, connections and the server as a whole may cost.
+    pub fn limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
+        self
     }
 }
 
@@ -91,7 +118,9 @@ pub(crate) struct AppState(Arc<Shared>);
 pub(crate) struct Shared {
     pub(crate) enricher: Enricher,
     pub(crate) auth: Auth,
-    pub(crate) metrics: Metrics,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) limits: Limits,
+    pub(crate) budget: Budget,
 }
 
 impl std::ops::Deref for AppState {
@@ -108,19 +137,25 @@ impl Shared {
     }
 }
 
-/// Serves the API on `listener` until `shutdown` resolves; requests in flight then finish
-/// before this returns. Fails at once if the secret is empty.
+/// Serves the API on `listener` until `shutdown` resolves; requests in progress then finish,
+/// for up to [`Limits::shutdown_timeout`], before this returns. Fails at once if the secret is
+/// empty.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     enricher: Enricher,
     config: ServeConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let app = router(enricher, &config)
+    let (app, state) = router(enricher, &config)
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
+    conn::serve(
+        listener,
+        app,
+        config.limits.clone(),
+        state.metrics.clone(),
+        shutdown,
+    )
+    .await
 }
 
 /// Registers `route` with and without its trailing slash: Stream's clients add one, people
@@ -132,12 +167,17 @@ fn both(router: Router<AppState>, path: &str, method: MethodRouter<AppState>) ->
         .route(&format!("{bare}/"), method)
 }
 
-fn router(enricher: Enricher, config: &ServeConfig) -> Result<Router, String> {
+fn router(enricher: Enricher, config: &ServeConfig) -> Result<(Router, AppState), String> {
     let state = AppState(Arc::new(Shared {
         enricher,
         auth: Auth::new(&config.api_key, &config.api_secret)?,
-        metrics: Metrics::default(),
+        metrics: config.metrics.clone(),
+        limits: config.limits.clone(),
+        budget: Budget::new(config.limits.max_in_flight_bytes),
     }));
+    state
+        .metrics
+        .watch(state.enricher.clone(), state.budget.clone());
     let mut api = Router::new();
     api = both(api, "/api/v1.0/user/", post(users::add));
     api = both(
@@ -154,14 +194,17 @@ fn router(enricher: Enricher, config: &ServeConfig) -> Result<Router, String> {
     );
     api = both(api, "/api/v1.0/enrich/", post(enrich::enrich));
     let api = api.route_layer(middleware::from_fn_with_state(state.clone(), auth::require));
-    Ok(Router::new()
+    let app = Router::new()
         .merge(api)
-        .route("/healthz", get(health::healthz))
+        .route("/livez", get(health::livez))
+        .route("/readyz", get(health::readyz))
+        .route("/healthz", get(health::readyz))
         .route("/metrics", get(health::metrics))
         .fallback(unknown_route)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(state.clone(), reply::finish))
-        .with_state(state))
+        .with_state(state.clone());
+    Ok((app, state))
 }
 
 async fn unknown_route(uri: axum::http::Uri) -> impl IntoResponse {

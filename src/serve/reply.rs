@@ -8,7 +8,6 @@
 
 use std::time::Instant;
 
-use axum::body::Body;
 use axum::extract::{MatchedPath, Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::Next;
@@ -16,6 +15,7 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 
 use super::AppState;
+use super::budget::{Charge, charged_body};
 use super::error::ApiError;
 
 /// A body waiting for its duration.
@@ -84,39 +84,83 @@ pub(crate) async fn finish(
     next: Next,
 ) -> Response {
     let started = Instant::now();
+    let _in_flight = state.metrics.request_started();
     let method = request.method().clone();
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|path| normalize_route(path.as_str()))
-        .unwrap_or_else(|| "unmatched".to_string());
-    let mut response = next.run(request).await;
-    if let Some(pending) = response.extensions_mut().remove::<Pending>() {
+    let route = route_label(
+        request
+            .extensions()
+            .get::<MatchedPath>()
+            .map(MatchedPath::as_str),
+    );
+    let limit = state.limits.request_timeout;
+    let mut response = match tokio::time::timeout(limit, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => ApiError::request_timeout(limit).into_response(),
+    };
+    if let Some(mut pending) = response.extensions_mut().remove::<Pending>() {
         let mut body = Vec::with_capacity(256);
         pending.write(&format_duration(started), &mut body);
-        *response.body_mut() = Body::from(body);
+        // A read's answer waits for room in the budget like any other; a write's answer is
+        // sent whatever the budget says (refusing it now would hide that the write was made),
+        // and it is never larger than the request body that asked for it.
+        let charge = if method == axum::http::Method::GET {
+            match state.budget.charge(body.len()).await {
+                Ok(charge) => charge,
+                Err(busy) => {
+                    pending = Pending::Error(busy);
+                    body.clear();
+                    pending.write(&format_duration(started), &mut body);
+                    *response.status_mut() = pending.status();
+                    Charge::free()
+                }
+            }
+        } else {
+            Charge::free()
+        };
+        if let Pending::Error(ApiError {
+            limit: Some(limit), ..
+        }) = &pending
+        {
+            state.metrics.record_refusal(limit);
+        }
+        *response.body_mut() = charged_body(body.into(), charge);
         response.headers_mut().insert(
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
         );
         response.headers_mut().remove(header::CONTENT_LENGTH);
     }
-    state.metrics.record_request(
-        &route,
-        method.as_str(),
-        response.status(),
-        started.elapsed(),
+    let took = started.elapsed();
+    state
+        .metrics
+        .record_request(route, &method, response.status(), took);
+    tracing::info!(
+        target: "enrich::access",
+        method = %method,
+        route,
+        status = response.status().as_u16(),
+        ms = (took.as_secs_f64() * 100_000.0).round() / 100.0,
+        bytes = http_body::Body::size_hint(response.body()).exact(),
     );
     response
 }
 
-/// One label per route, whether or not it was asked with a trailing slash.
-fn normalize_route(path: &str) -> String {
-    let trimmed = path.trim_end_matches('/');
-    if trimmed.is_empty() {
-        "/".to_string()
-    } else {
-        trimmed.to_string()
+/// The route a request matched, as a label: its template without the trailing slash, from a
+/// fixed set whatever the path was.
+fn route_label(matched: Option<&str>) -> &'static str {
+    let Some(matched) = matched else {
+        return "unmatched";
+    };
+    match matched.trim_end_matches('/') {
+        "/api/v1.0/user" => "/api/v1.0/user",
+        "/api/v1.0/user/{id}" => "/api/v1.0/user/{id}",
+        "/api/v1.0/users" => "/api/v1.0/users",
+        "/api/v1.0/enrich" => "/api/v1.0/enrich",
+        "/healthz" => "/healthz",
+        "/livez" => "/livez",
+        "/readyz" => "/readyz",
+        "/metrics" => "/metrics",
+        _ => "other",
     }
 }
 
@@ -142,10 +186,9 @@ mod tests {
 
     #[test]
     fn routes_lose_their_trailing_slash() {
-        assert_eq!(
-            normalize_route("/api/v1.0/user/{id}/"),
-            "/api/v1.0/user/{id}"
-        );
-        assert_eq!(normalize_route("/"), "/");
+        let label = |path: &str| route_label(Some(path));
+        assert_eq!(label("/api/v1.0/user/{id}/"), "/api/v1.0/user/{id}");
+        assert_eq!(label("/api/v1.0/user/{id}"), "/api/v1.0/user/{id}");
+        assert_eq!(route_label(None), "unmatched");
     }
 }

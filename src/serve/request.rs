@@ -1,5 +1,5 @@
-//! Reading requests: bodies capped at [`MAX_BODY_BYTES`], JSON that names its problem, and
-//! the query parameters Stream's clients send.
+//! Reading requests: bodies within their limits of size and time, JSON that names its problem,
+//! and the query parameters Stream's clients send.
 
 use std::collections::HashMap;
 
@@ -9,6 +9,8 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use serde_json::Value;
 
+use super::Shared;
+use super::budget::Charge;
 use super::error::ApiError;
 
 /// A handler's query string, or why it could not be read.
@@ -22,25 +24,35 @@ pub(crate) fn params(query: Params) -> Result<HashMap<String, String>, ApiError>
         .map_err(|e| ApiError::input(format!("bad query string: {e}")))
 }
 
-/// The largest request body accepted.
-pub const MAX_BODY_BYTES: usize = 1024 * 1024;
-
-/// Reads a body of at most [`MAX_BODY_BYTES`]. A declared length over the limit is refused
+/// Reads a body of at most [`Limits::max_body_bytes`](super::Limits::max_body_bytes) within
+/// the body timeout, charged to the memory budget. A declared length over the limit is refused
 /// before anything is read, and a body that turns out longer stops being read at the limit.
-pub(crate) async fn read_body(headers: &HeaderMap, body: Body) -> Result<Bytes, ApiError> {
+pub(crate) async fn read_body(
+    state: &Shared,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<(Bytes, Charge), ApiError> {
+    let limit = state.limits.max_body_bytes;
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|len| len > MAX_BODY_BYTES as u64) {
-        return Err(ApiError::too_large(MAX_BODY_BYTES));
+    if declared.is_some_and(|len| len > limit as u64) {
+        return Err(ApiError::too_large(limit));
     }
-    match Limited::new(body, MAX_BODY_BYTES).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(err) if err.downcast_ref::<LengthLimitError>().is_some() => {
-            Err(ApiError::too_large(MAX_BODY_BYTES))
+    // Charged for what it says it is, or for the most it may be.
+    let charge = state
+        .budget
+        .charge(declared.map_or(limit, |len| len as usize))
+        .await?;
+    let read = Limited::new(body, limit).collect();
+    match tokio::time::timeout(state.limits.body_timeout, read).await {
+        Ok(Ok(collected)) => Ok((collected.to_bytes(), charge)),
+        Ok(Err(err)) if err.downcast_ref::<LengthLimitError>().is_some() => {
+            Err(ApiError::too_large(limit))
         }
-        Err(_) => Err(ApiError::input("the request body could not be read")),
+        Ok(Err(_)) => Err(ApiError::input("the request body could not be read")),
+        Err(_) => Err(ApiError::body_timeout(state.limits.body_timeout)),
     }
 }
 
@@ -95,6 +107,19 @@ pub(crate) fn ids(query: &HashMap<String, String>) -> Result<Vec<String>, ApiErr
         ));
     }
     Ok(ids)
+}
+
+/// Refuses a batch call naming more than `max` ids or users.
+pub(crate) fn check_batch(count: usize, max: usize) -> Result<(), ApiError> {
+    if count > max {
+        return Err(ApiError::over_limit(
+            "max_batch_ids",
+            "users",
+            count as u64,
+            max as u64,
+        ));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

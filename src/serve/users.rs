@@ -14,7 +14,7 @@ use super::AppState;
 use super::auth::Access;
 use super::error::ApiError;
 use super::reply::Pending;
-use super::request::{Params, flag, ids, json_object, params, read_body};
+use super::request::{Params, check_batch, flag, ids, json_object, params, read_body};
 use crate::store::ImportUser;
 use crate::user::{NewUser, UserId, UserJson};
 
@@ -50,7 +50,8 @@ pub(crate) async fn add(
     body: Body,
 ) -> Result<Pending, ApiError> {
     let get_or_create = flag(&params(query)?, "get_or_create")?;
-    let mut body = json_object(&read_body(&headers, body).await?)?;
+    let (body, _charge) = read_body(&state, &headers, body).await?;
+    let mut body = json_object(&body)?;
     let id = string_field(&body, "id")?;
     let user = NewUser::new(&id, data_of(&mut body))?;
     access.check_write(user.id().as_str())?;
@@ -81,7 +82,8 @@ pub(crate) async fn update(
 ) -> Result<Pending, ApiError> {
     let id = UserId::parse(&path_id(id)?)?;
     access.check_write(id.as_str())?;
-    let mut body = json_object(&read_body(&headers, body).await?)?;
+    let (body, _charge) = read_body(&state, &headers, body).await?;
+    let mut body = json_object(&body)?;
     let user = NewUser::with_id(id, data_of(&mut body))?;
     let updated = state.users().update(&user).await?;
     state.metrics.record_invalidations(1);
@@ -95,7 +97,7 @@ pub(crate) async fn delete(
     id: IdParam,
 ) -> Result<Pending, ApiError> {
     let id = UserId::parse(&path_id(id)?)?;
-    access.check_write(id.as_str())?;
+    access.check_delete(id.as_str())?;
     state.users().delete(&id).await?;
     state.metrics.record_invalidations(1);
     Ok(Pending::object(StatusCode::OK, "{}"))
@@ -110,7 +112,8 @@ pub(crate) async fn add_many(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Pending, ApiError> {
-    let body = json_object(&read_body(&headers, body).await?)?;
+    let (body, _charge) = read_body(&state, &headers, body).await?;
+    let body = json_object(&body)?;
     let override_existing = match body
         .get("override_existing")
         .or_else(|| body.get("override"))
@@ -127,6 +130,7 @@ pub(crate) async fn add_many(
     let Some(Value::Array(list)) = body.get("users") else {
         return Err(ApiError::input("the body needs a users array"));
     };
+    check_batch(list.len(), state.limits.max_batch_ids)?;
     let mut users = Vec::with_capacity(list.len());
     let mut ids = Vec::with_capacity(list.len());
     for (i, entry) in list.iter().enumerate() {
@@ -160,7 +164,7 @@ pub(crate) async fn get_many(
     query: Params,
 ) -> Result<Pending, ApiError> {
     access.check_read()?;
-    let ids = parse_ids(&params(query)?)?;
+    let ids = parse_ids(&params(query)?, state.limits.max_batch_ids)?;
     let found: Vec<UserJson> = state
         .users()
         .get_many(&ids)
@@ -181,9 +185,9 @@ pub(crate) async fn delete_many(
     Extension(access): Extension<Access>,
     query: Params,
 ) -> Result<Pending, ApiError> {
-    let ids = parse_ids(&params(query)?)?;
+    let ids = parse_ids(&params(query)?, state.limits.max_batch_ids)?;
     for id in &ids {
-        access.check_write(id.as_str())?;
+        access.check_delete(id.as_str())?;
     }
     let store = state.users();
     let mut deleted = Vec::new();
@@ -199,14 +203,17 @@ pub(crate) async fn delete_many(
     Ok(Pending::object(StatusCode::OK, body))
 }
 
-fn parse_ids(query: &HashMap<String, String>) -> Result<Vec<UserId>, ApiError> {
+fn parse_ids(query: &HashMap<String, String>, max: usize) -> Result<Vec<UserId>, ApiError> {
+    let mut seen = std::collections::HashSet::new();
     let mut out = Vec::new();
     for id in ids(query)? {
         let id = UserId::parse(&id)?;
-        if !out.contains(&id) {
+        if seen.insert(id.clone()) {
             out.push(id);
         }
     }
+    // Repeats cost nothing: the distinct ids are what a call may not have too many of.
+    check_batch(out.len(), max)?;
     Ok(out)
 }
 

@@ -40,7 +40,8 @@ use redis::cluster::{ClusterClient, ClusterClientBuilder};
 use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
 
-use super::redis::{Scripts, fault};
+use super::fault::fault;
+use super::redis::Scripts;
 use super::slots::{Node, SlotMap, slot};
 use super::{
     Added, EventSink, ImportOutcome, ImportUser, StoreOptions, UserStore, WatchGuard, stored_user,
@@ -57,11 +58,14 @@ for i, key in ipairs(ARGV) do out[i] = redis.call('GET', key) end
 return out
 ";
 
-/// Users in a Redis Cluster, under a namespace prefix. Cheap to clone; clones share one
-/// cluster connection (a multiplexed connection per node, reconnecting by itself).
+/// Users in a Redis Cluster, under a namespace prefix. Cheap to clone; clones share two
+/// cluster connections (each a multiplexed connection per node, reconnecting by itself): one
+/// for reads, one for writes, so that a write the server holds back (`CLIENT PAUSE WRITE`
+/// during a failover) does not hold the reads queued behind it.
 #[derive(Clone)]
 pub struct ClusterStore {
     conn: ClusterConnection,
+    writes: ClusterConnection,
     options: StoreOptions,
     prefix: String,
     describe: String,
@@ -79,22 +83,27 @@ impl std::fmt::Debug for ClusterStore {
     }
 }
 
-/// How to reach one node by URL: the seeds' scheme and credentials with its address.
+/// How to reach one node by URL: the seeds' scheme, credentials and `#insecure` with its
+/// address.
 #[derive(Clone)]
 pub(super) struct NodeUrls {
     scheme: String,
     auth: String,
+    fragment: String,
 }
 
 impl NodeUrls {
-    /// `redis://[user:pass@]host:port` for `node`; never shown to anyone.
+    /// `redis://[user:pass@]host:port[#insecure]` for `node`; never shown to anyone.
     pub(super) fn url(&self, node: &Node) -> String {
         let host = if node.host.contains(':') {
             format!("[{}]", node.host)
         } else {
             node.host.clone()
         };
-        format!("{}://{}{host}:{}", self.scheme, self.auth, node.port)
+        format!(
+            "{}://{}{host}:{}{}",
+            self.scheme, self.auth, node.port, self.fragment
+        )
     }
 
     /// `redis://host:port`, for messages.
@@ -162,11 +171,19 @@ impl ClusterStore {
             .rsplit_once('@')
             .map(|(auth, _)| format!("{auth}@"))
             .unwrap_or_default();
+        let insecure = rest.ends_with("#insecure");
         let nodes = NodeUrls {
             scheme: scheme.to_string(),
             auth,
+            fragment: if insecure { "#insecure" } else { "" }.to_string(),
         };
-        let client: ClusterClient = ClusterClientBuilder::new(seeds)
+        super::tls::install_crypto_provider();
+        let verified = nodes.scheme == "rediss" && !insecure;
+        let mut builder = ClusterClientBuilder::new(seeds);
+        if verified {
+            builder = builder.certs(super::tls::certificates()?);
+        }
+        let client: ClusterClient = builder
             .connection_timeout(options.connect_timeout_value())
             .response_timeout(options.response_timeout_value())
             // A dead node must turn into "unavailable" quickly, not after a long retry ladder:
@@ -182,6 +199,10 @@ impl ClusterStore {
             .get_async_connection()
             .await
             .map_err(|e| fault(&describe, e))?;
+        let writes = client
+            .get_async_connection()
+            .await
+            .map_err(|e| fault(&describe, e))?;
         // Reading the slot map also proves the credentials and that the nodes are in cluster
         // mode, so a wrong URL fails here with a clear message.
         let map = read_slot_map(&mut conn)
@@ -190,6 +211,7 @@ impl ClusterStore {
         let ns = options.namespace_str();
         Ok(ClusterStore {
             conn,
+            writes,
             options: options.clone(),
             prefix: format!("{ns}:user:"),
             describe,
@@ -245,7 +267,7 @@ impl ClusterStore {
 impl UserStore for ClusterStore {
     async fn add(&self, user: &NewUser, get_or_create: bool) -> Result<Added> {
         let key = self.key(user.id());
-        let conn = &mut self.conn.clone();
+        let conn = &mut self.writes.clone();
         self.scripts
             .add(conn, &self.describe, key, user, get_or_create)
             .await
@@ -294,12 +316,12 @@ impl UserStore for ClusterStore {
 
     async fn update(&self, user: &NewUser) -> Result<UserJson> {
         let key = self.key(user.id());
-        let conn = &mut self.conn.clone();
+        let conn = &mut self.writes.clone();
         self.scripts.update(conn, &self.describe, key, user).await
     }
 
     async fn delete(&self, id: &UserId) -> Result<()> {
-        Scripts::delete(&mut self.conn.clone(), &self.describe, self.key(id), id).await
+        Scripts::delete(&mut self.writes.clone(), &self.describe, self.key(id), id).await
     }
 
     /// One import script per slot of the batch, all at once: a script may only touch keys of
@@ -319,7 +341,7 @@ impl UserStore for ClusterStore {
             let batch: Vec<(&str, &ImportUser)> = (positions.iter())
                 .map(|&i| (keys[i].as_str(), &users[i]))
                 .collect();
-            let mut conn = self.conn.clone();
+            let mut conn = self.writes.clone();
             async move {
                 let outcomes = (self.scripts)
                     .import(&mut conn, &self.describe, &batch, override_existing, now)

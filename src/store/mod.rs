@@ -11,10 +11,13 @@
 //! [`UserStore::get_many`] in one round trip: that is the call the resolver makes once per page.
 
 mod cluster;
+mod fault;
 mod file;
+mod link;
 mod memory;
 mod redis;
 mod slots;
+mod tls;
 mod tracking;
 
 use std::fmt;
@@ -224,6 +227,7 @@ pub struct StoreOptions {
     namespace: String,
     connect_timeout: Duration,
     response_timeout: Duration,
+    create_if_missing: bool,
 }
 
 impl Default for StoreOptions {
@@ -233,13 +237,28 @@ impl Default for StoreOptions {
 }
 
 impl StoreOptions {
-    /// The defaults: namespace `enrich`, 2 s to connect, 2 s for an answer.
+    /// The defaults: namespace `enrich`, 2 s to connect, 2 s for an answer, a file store
+    /// created if missing.
     pub fn new() -> Self {
         StoreOptions {
             namespace: DEFAULT_NAMESPACE.to_string(),
             connect_timeout: Duration::from_secs(2),
             response_timeout: Duration::from_secs(2),
+            create_if_missing: true,
         }
+    }
+
+    /// Whether opening a file store that does not exist creates it (the default) or fails
+    /// with [`ErrorKind::InvalidInput`] naming the path. Off for work that only reads, so that a
+    /// mistyped path or another working directory is an error, not an empty store. Other
+    /// backends ignore it.
+    pub fn create_if_missing(mut self, create: bool) -> Self {
+        self.create_if_missing = create;
+        self
+    }
+
+    pub(crate) fn create_if_missing_value(&self) -> bool {
+        self.create_if_missing
     }
 
     /// Keeps users apart from those of other namespaces in the same store.
@@ -329,8 +348,9 @@ impl StoreUrl {
             Ok(StoreUrl::Memory)
         } else {
             Err(Error::invalid(format!(
-                "unknown store URL {url:?}; use redis://host:port[/db], rediss://…, \
-                 redis+cluster://host:port[,host:port…], file:PATH or memory:"
+                "unknown store URL {:?}; use redis://host:port[/db], rediss://…, \
+                 redis+cluster://host:port[,host:port…], file:PATH or memory:",
+                self::redis::redact(url)
             )))
         }
     }
@@ -339,7 +359,12 @@ impl StoreUrl {
 /// Reads the part of a cluster URL after `scheme+cluster://`: optional credentials, then a
 /// comma-separated list of `host:port` seeds. The messages never repeat the credentials.
 fn parse_cluster(scheme: &str, rest: &str) -> Result<StoreUrl> {
-    let shown = |hosts: &str| format!("{scheme}+cluster://{hosts}");
+    // `#insecure` (TLS without checking the certificate) applies to every node.
+    let (rest, fragment) = match rest.strip_suffix("#insecure") {
+        Some(rest) if scheme == "rediss" => (rest, "#insecure"),
+        _ => (rest, ""),
+    };
+    let shown = |hosts: &str| format!("{scheme}+cluster://{hosts}{fragment}");
     let (userinfo, hosts) = match rest.rsplit_once('@') {
         Some((userinfo, hosts)) => (Some(userinfo), hosts),
         None => (None, rest),
@@ -374,7 +399,7 @@ fn parse_cluster(scheme: &str, rest: &str) -> Result<StoreUrl> {
             _ => return bad(format!("node {seed:?} has an invalid port {port:?}")),
         }
         let auth = userinfo.map(|u| format!("{u}@")).unwrap_or_default();
-        nodes.push(format!("{scheme}://{auth}{host}:{port}"));
+        nodes.push(format!("{scheme}://{auth}{host}:{port}{fragment}"));
     }
     Ok(StoreUrl::RedisCluster {
         nodes,
@@ -420,6 +445,8 @@ mod tests {
         assert!(err.is_invalid_input());
         assert!(err.to_string().contains("postgres://x"), "{err}");
         assert!(StoreUrl::parse("file:").is_err());
+        let err = StoreUrl::parse("postgres://u:pw-9@x").unwrap_err();
+        assert!(!err.to_string().contains("pw-9"), "{err}");
     }
 
     #[test]
@@ -432,6 +459,16 @@ mod tests {
                     "redis://u:pw@h2:7001".to_string()
                 ],
                 describe: "redis+cluster://10.0.0.1:7000,h2:7001".to_string(),
+            }
+        );
+        assert_eq!(
+            StoreUrl::parse("rediss+cluster://:pw@h:1,h:2/#insecure").unwrap(),
+            StoreUrl::RedisCluster {
+                nodes: vec![
+                    "rediss://:pw@h:1#insecure".to_string(),
+                    "rediss://:pw@h:2#insecure".to_string()
+                ],
+                describe: "rediss+cluster://h:1,h:2#insecure".to_string(),
             }
         );
         assert_eq!(

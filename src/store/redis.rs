@@ -16,8 +16,10 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
-use redis::{Client, Script};
+use redis::{AsyncConnectionConfig, Client, Script};
 
+use super::fault::{fault, write_fault};
+use super::link::WriteLink;
 use super::{
     Added, EventSink, ImportOutcome, ImportUser, StoreOptions, UserStore, WatchGuard, conflict,
     not_found, stored_user,
@@ -114,11 +116,13 @@ return out
 "
 );
 
-/// Users in Redis, under a namespace prefix. Cheap to clone; clones share one multiplexed,
-/// self-reconnecting connection.
+/// Users in Redis, under a namespace prefix. Cheap to clone; clones share two multiplexed,
+/// self-reconnecting connections: one for reads, one for writes, so that a write the server
+/// holds back (`CLIENT PAUSE WRITE`, as in a failover) never holds up the reads.
 #[derive(Clone)]
 pub struct RedisStore {
-    conn: ConnectionManager,
+    reads: ConnectionManager,
+    writes: std::sync::Arc<WriteLink>,
     client: Client,
     options: StoreOptions,
     prefix: String,
@@ -161,7 +165,7 @@ impl Scripts {
             .arg(json.as_bytes())
             .invoke_async(conn)
             .await
-            .map_err(|e| fault(describe, e))?;
+            .map_err(|e| write_fault(describe, e))?;
         match existing {
             None => Ok(Added {
                 user: json,
@@ -189,7 +193,7 @@ impl Scripts {
             .arg(user.tail(Timestamp::now()))
             .invoke_async(conn)
             .await
-            .map_err(|e| fault(describe, e))?;
+            .map_err(|e| write_fault(describe, e))?;
         match updated {
             Some((1, bytes)) => stored_user(user.id(), bytes),
             // Left as it was: the full check says what is wrong with it.
@@ -223,7 +227,7 @@ impl Scripts {
         let codes: Vec<u8> = call
             .invoke_async(conn)
             .await
-            .map_err(|e| fault(describe, e))?;
+            .map_err(|e| write_fault(describe, e))?;
         if codes.len() != batch.len() {
             return Err(Error::new(
                 ErrorKind::Internal,
@@ -254,7 +258,7 @@ impl Scripts {
             .arg(key)
             .query_async(conn)
             .await
-            .map_err(|e| fault(describe, e))?;
+            .map_err(|e| write_fault(describe, e))?;
         if removed == 1 {
             Ok(())
         } else {
@@ -274,29 +278,38 @@ impl std::fmt::Debug for RedisStore {
 
 impl RedisStore {
     /// Connects to the server at `url` (`redis://` or `rediss://`), failing fast with
-    /// [`ErrorKind::Unavailable`] if it cannot be reached or refuses the credentials.
+    /// [`ErrorKind::Unavailable`] if it cannot be reached, [`ErrorKind::PermissionDenied`] if
+    /// it refuses the credentials. A `rediss://` server must present a certificate that
+    /// chains to a trusted CA: Mozilla's roots, the system's store, or those of `SSL_CERT_FILE`
+    /// or `SSL_CERT_DIR` when set; `#insecure` at the end of the URL skips the check.
     pub async fn connect(url: &str, options: &StoreOptions) -> Result<RedisStore> {
         let describe = redact(url);
-        let client = Client::open(url)
-            .map_err(|e| Error::invalid(format!("invalid Redis URL {describe:?}")).with_cause(e))?;
+        let client = super::tls::client(url, &describe)?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(options.connect_timeout_value()))
             .set_response_timeout(Some(options.response_timeout_value()))
             .set_number_of_retries(1)
             .set_min_delay(Duration::from_millis(50))
             .set_max_delay(Duration::from_secs(1));
-        let conn = ConnectionManager::new_with_config(client.clone(), config)
+        let reads = ConnectionManager::new_with_config(client.clone(), config)
             .await
             .map_err(|e| fault(&describe, e))?;
         // A server that wants a password accepts the connection and refuses the first
         // command: ask now, so a wrong URL fails here with a clear message.
         redis::cmd("PING")
-            .exec_async(&mut conn.clone())
+            .exec_async(&mut reads.clone())
             .await
             .map_err(|e| fault(&describe, e))?;
+        let writes = WriteLink::new(
+            client.clone(),
+            AsyncConnectionConfig::new()
+                .set_connection_timeout(Some(options.connect_timeout_value()))
+                .set_response_timeout(Some(options.response_timeout_value())),
+        );
         let ns = options.namespace_str();
         Ok(RedisStore {
-            conn,
+            reads,
+            writes: std::sync::Arc::new(writes),
             client,
             options: options.clone(),
             prefix: format!("{ns}:user:"),
@@ -318,42 +331,27 @@ impl RedisStore {
     fn fault(&self, err: redis::RedisError) -> Error {
         fault(&self.describe, err)
     }
-}
 
-/// The URL without its password, for messages.
-pub(super) fn redact(url: &str) -> String {
-    match url.split_once("://") {
-        Some((scheme, rest)) => {
-            let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
-            let host = authority
-                .rsplit_once('@')
-                .map_or(authority, |(_, host)| host);
-            format!("{scheme}://{host}{path}")
-        }
-        None => url.to_string(),
+    /// The write connection; an error here means nothing was sent.
+    async fn writer(&self) -> Result<super::link::Recorded<'_>> {
+        self.writes.connection().await.map_err(|e| self.fault(e))
     }
 }
 
-/// Maps a client error to ours. Whatever it was, it is a fault of the store, never a verdict
-/// on a user.
-pub(super) fn fault(describe: &str, err: redis::RedisError) -> Error {
-    let kind = if err.is_timeout() {
-        ErrorKind::Timeout
-    } else {
-        ErrorKind::Unavailable
-    };
-    let what = if err.kind() == redis::ErrorKind::AuthenticationFailed
-        || err
-            .code()
-            .is_some_and(|c| c == "NOAUTH" || c == "WRONGPASS")
-    {
-        format!("Redis at {describe} refused the credentials")
-    } else if err.is_timeout() {
-        format!("Redis at {describe} did not answer in time")
-    } else {
-        format!("Redis at {describe} is unavailable")
-    };
-    Error::new(kind, what).with_cause(err)
+/// The URL without its password, for messages. Anything up to the last `@` of the part after
+/// `scheme://` is dropped, so a password that was not URL-encoded (holding a `/`, a `#` or an
+/// `@`) is dropped too.
+pub(super) fn redact(url: &str) -> String {
+    match url.split_once("://") {
+        Some((scheme, rest)) => {
+            let host = rest.rsplit_once('@').map_or(rest, |(_, host)| host);
+            format!("{scheme}://{host}")
+        }
+        None => match url.rsplit_once('@') {
+            Some((_, host)) => format!("…@{host}"),
+            None => url.to_string(),
+        },
+    }
 }
 
 /// The error for a stored record whose `created_at` a write was to keep but could not.
@@ -381,7 +379,7 @@ fn import_outcome(code: u8) -> Result<ImportOutcome> {
 impl UserStore for RedisStore {
     async fn add(&self, user: &NewUser, get_or_create: bool) -> Result<Added> {
         let key = self.key(user.id());
-        let conn = &mut self.conn.clone();
+        let conn = &mut self.writer().await?;
         self.scripts
             .add(conn, &self.describe, key, user, get_or_create)
             .await
@@ -398,7 +396,7 @@ impl UserStore for RedisStore {
         let keys: Vec<String> = ids.iter().map(|id| self.key(id)).collect();
         let found: Result<Vec<Option<Bytes>>> = redis::cmd("MGET")
             .arg(&keys)
-            .query_async(&mut self.conn.clone())
+            .query_async(&mut self.reads.clone())
             .await
             .map_err(|e| self.fault(e));
         match found {
@@ -412,12 +410,13 @@ impl UserStore for RedisStore {
 
     async fn update(&self, user: &NewUser) -> Result<UserJson> {
         let key = self.key(user.id());
-        let conn = &mut self.conn.clone();
+        let conn = &mut self.writer().await?;
         self.scripts.update(conn, &self.describe, key, user).await
     }
 
     async fn delete(&self, id: &UserId) -> Result<()> {
-        Scripts::delete(&mut self.conn.clone(), &self.describe, self.key(id), id).await
+        let conn = &mut self.writer().await?;
+        Scripts::delete(conn, &self.describe, self.key(id), id).await
     }
 
     async fn import(
@@ -427,7 +426,7 @@ impl UserStore for RedisStore {
     ) -> Result<Vec<ImportOutcome>> {
         let keys: Vec<String> = users.iter().map(|u| self.key(u.user().id())).collect();
         let batch: Vec<(&str, &ImportUser)> = keys.iter().map(String::as_str).zip(users).collect();
-        let conn = &mut self.conn.clone();
+        let conn = &mut self.writer().await?;
         (self.scripts)
             .import(
                 conn,
@@ -466,5 +465,13 @@ mod tests {
         );
         assert_eq!(redact("rediss://u:p@h:1"), "rediss://h:1");
         assert_eq!(redact("redis://h:1"), "redis://h:1");
+        assert_eq!(
+            redact("rediss://:pw@h:1/#insecure"),
+            "rediss://h:1/#insecure"
+        );
+        // Not URL-encoded: still nothing of the password is shown.
+        assert_eq!(redact("redis://u:p/w#x@h:1/0"), "redis://h:1/0");
+        assert_eq!(redact("redis://:a@b@h:1"), "redis://h:1");
+        assert_eq!(redact("redis:/u:pw@h:1"), "…@h:1");
     }
 }

@@ -87,7 +87,7 @@ impl Watcher {
                 Ok((conn, pushes)) => {
                     (self.sink)(StoreEvent::Connected);
                     if down {
-                        tracing::info!(store = %self.describe, "invalidation stream restored");
+                        tracing::warn!(store = %self.describe, "invalidation stream restored");
                     }
                     delay = Duration::from_millis(20);
                     let why = self.listen(conn, pushes).await;
@@ -112,7 +112,7 @@ impl Watcher {
 
     /// Opens a RESP3 connection and turns tracking on for the namespace's keys.
     async fn connect(&self) -> Result<(MultiplexedConnection, mpsc::UnboundedReceiver<PushInfo>)> {
-        let fault = |e| super::redis::fault(&self.describe, e);
+        let fault = |e| super::fault::fault(&self.describe, e);
         let info = self.client.get_connection_info().clone();
         let settings = info
             .redis_settings()
@@ -288,7 +288,7 @@ impl ClusterWatcher {
     /// Starts the tracking connection of one master; its `Connected` and `Lost` count towards
     /// the cluster's, its announcements pass straight on.
     fn watch_node(&self, node: &Node) -> Option<WatchGuard> {
-        let client = match Client::open(self.nodes.url(node)) {
+        let client = match super::tls::client(&self.nodes.url(node), &self.nodes.describe(node)) {
             Ok(client) => client,
             Err(err) => {
                 tracing::warn!(%node, "cannot watch this master: {err}");

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 pub struct RedisServer {
     child: Option<Child>,
     port: u16,
+    tls_port: Option<u16>,
     dir: tempfile::TempDir,
     args: Vec<String>,
 }
@@ -42,7 +43,29 @@ impl RedisServer {
 
     /// A server with extra `redis-server` arguments.
     pub fn with_args(args: &[&str]) -> RedisServer {
-        RedisServer::on_port(free_port(), args)
+        RedisServer::on_free_port(free_port, args)
+    }
+
+    /// A server on a port `pick` chooses, chosen again if another process took it between
+    /// the pick and the server's bind (tests run in parallel, each picking ports).
+    pub fn on_free_port(pick: fn() -> u16, args: &[&str]) -> RedisServer {
+        for _ in 0..10 {
+            let dir = tempfile::tempdir().expect("temp dir for redis-server");
+            let mut server = RedisServer {
+                child: None,
+                port: pick(),
+                tls_port: None,
+                dir,
+                args: args.iter().map(|a| a.to_string()).collect(),
+            };
+            server.launch();
+            match server.try_ready() {
+                Ok(()) => return server,
+                Err(log) if log.contains("Address already in use") => continue,
+                Err(log) => panic!("redis-server on port {}:\n{log}", server.port),
+            }
+        }
+        panic!("no free port for redis-server after 10 tries");
     }
 
     /// A server on `port` with extra `redis-server` arguments.
@@ -51,6 +74,7 @@ impl RedisServer {
         let mut server = RedisServer {
             child: None,
             port,
+            tls_port: None,
             dir,
             args: args.iter().map(|a| a.to_string()).collect(),
         };
@@ -58,7 +82,68 @@ impl RedisServer {
         server
     }
 
+    /// A server that also speaks TLS, on a port of its own, with the certificate `certs` made
+    /// for 127.0.0.1 and localhost (clients need not present one). The plain port stays open
+    /// for the test to look at the server.
+    pub fn with_tls(certs: &TestCerts, args: &[&str]) -> RedisServer {
+        RedisServer::with_tls_on_free_port(free_port, certs, args)
+    }
+
+    /// [`RedisServer::with_tls`] with its plain port chosen by `pick`; both ports are chosen
+    /// again if another process took one meanwhile.
+    pub fn with_tls_on_free_port(
+        pick: fn() -> u16,
+        certs: &TestCerts,
+        args: &[&str],
+    ) -> RedisServer {
+        for _ in 0..10 {
+            let tls_port = free_port();
+            let mut all: Vec<String> = vec![
+                "--tls-port".into(),
+                tls_port.to_string(),
+                "--tls-cert-file".into(),
+                certs.server_cert().display().to_string(),
+                "--tls-key-file".into(),
+                certs.server_key().display().to_string(),
+                "--tls-ca-cert-file".into(),
+                certs.ca().display().to_string(),
+                "--tls-auth-clients".into(),
+                "no".into(),
+            ];
+            all.extend(args.iter().map(|a| a.to_string()));
+            let mut server = RedisServer {
+                child: None,
+                port: pick(),
+                tls_port: Some(tls_port),
+                dir: tempfile::tempdir().expect("temp dir for redis-server"),
+                args: all,
+            };
+            server.launch();
+            match server.try_ready() {
+                Ok(()) => return server,
+                Err(log) if log.contains("Address already in use") => continue,
+                Err(log) => panic!("redis-server on port {}:\n{log}", server.port),
+            }
+        }
+        panic!("no free ports for a TLS redis-server after 10 tries");
+    }
+
+    /// `rediss://127.0.0.1:TLS_PORT`, for a server started [`RedisServer::with_tls`].
+    pub fn tls_url(&self) -> String {
+        format!("rediss://127.0.0.1:{}", self.tls_port())
+    }
+
+    /// The TLS port of a server started [`RedisServer::with_tls`].
+    pub fn tls_port(&self) -> u16 {
+        self.tls_port.expect("a server started with_tls")
+    }
+
     fn spawn(&mut self) {
+        self.launch();
+        self.wait_ready();
+    }
+
+    fn launch(&mut self) {
         let log = self.dir.path().join("redis.log");
         let child = Command::new(server_binary())
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
@@ -79,11 +164,18 @@ impl RedisServer {
                 )
             });
         self.child = Some(child);
-        self.wait_ready();
     }
 
     /// Waits until the server answers PING (or asks for a password), or panics with its log.
     fn wait_ready(&mut self) {
+        if let Err(log) = self.try_ready() {
+            panic!("redis-server on port {}:\n{log}", self.port);
+        }
+    }
+
+    /// Waits until the server answers PING (or asks for a password); its log if it exits or
+    /// never answers.
+    fn try_ready(&mut self) -> Result<(), String> {
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
             if let Some(status) = self
@@ -91,7 +183,8 @@ impl RedisServer {
                 .as_mut()
                 .and_then(|c| c.try_wait().ok().flatten())
             {
-                panic!("redis-server exited with {status}:\n{}", self.log());
+                self.child = None;
+                return Err(format!("exited with {status}:\n{}", self.log()));
             }
             if let Ok(mut conn) = TcpStream::connect(("127.0.0.1", self.port)) {
                 let _ = conn.set_read_timeout(Some(Duration::from_millis(500)));
@@ -100,16 +193,12 @@ impl RedisServer {
                     && matches!(conn.read(&mut reply), Ok(n) if n > 0
                         && (reply.starts_with(b"+PONG") || reply.starts_with(b"-NOAUTH")))
                 {
-                    return;
+                    return Ok(());
                 }
             }
             std::thread::sleep(Duration::from_millis(10));
         }
-        panic!(
-            "redis-server on port {} never became ready:\n{}",
-            self.port,
-            self.log()
-        );
+        Err(format!("never became ready:\n{}", self.log()))
     }
 
     /// The server's log so far.
@@ -189,8 +278,18 @@ impl RedisCluster {
     /// Starts three masters, joins them with `redis-cli --cluster create` and waits until every
     /// node says `cluster_state:ok` and sees all three masters.
     pub fn start() -> RedisCluster {
+        RedisCluster::start_with(None)
+    }
+
+    /// A cluster whose nodes also speak TLS (clients, and the cluster bus between nodes) with
+    /// certificates from `certs`; [`RedisCluster::tls_url`] reaches it over TLS.
+    pub fn start_tls(certs: &TestCerts) -> RedisCluster {
+        RedisCluster::start_with(Some(certs))
+    }
+
+    fn start_with(certs: Option<&TestCerts>) -> RedisCluster {
         // Full coverage off: when a master dies, the others keep serving their own slots.
-        let args = [
+        let mut args = vec![
             "--cluster-enabled",
             "yes",
             "--cluster-config-file",
@@ -200,8 +299,14 @@ impl RedisCluster {
             "--appendonly",
             "no",
         ];
+        if certs.is_some() {
+            args.extend(["--tls-cluster", "yes", "--tls-replication", "yes"]);
+        }
         let nodes: Vec<RedisServer> = (0..3)
-            .map(|_| RedisServer::on_port(cluster_port(), &args))
+            .map(|_| match certs {
+                Some(certs) => RedisServer::with_tls_on_free_port(cluster_port, certs, &args),
+                None => RedisServer::on_free_port(cluster_port, &args),
+            })
             .collect();
         let addrs: Vec<String> = nodes
             .iter()
@@ -271,6 +376,17 @@ impl RedisCluster {
             .map(|n| format!("127.0.0.1:{}", n.port()))
             .collect();
         format!("redis+cluster://{}", seeds.join(","))
+    }
+
+    /// `rediss+cluster://127.0.0.1:T1,…` over the TLS ports, for a cluster
+    /// [`RedisCluster::start_tls`].
+    pub fn tls_url(&self) -> String {
+        let seeds: Vec<String> = self
+            .nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.tls_port()))
+            .collect();
+        format!("rediss+cluster://{}", seeds.join(","))
     }
 
     /// The ports of the nodes, in start order.
@@ -410,6 +526,108 @@ impl RedisCluster {
     }
 }
 
+/// A CA, and a certificate it signed for 127.0.0.1 and localhost, made by `openssl` in a temp
+/// dir of their own. The certificate serves both ends of TLS: nodes of a cluster present it to
+/// each other as clients too.
+pub struct TestCerts {
+    dir: tempfile::TempDir,
+}
+
+impl TestCerts {
+    /// Makes them (P-256 keys, valid for two days).
+    pub fn generate() -> TestCerts {
+        let dir = tempfile::tempdir().expect("temp dir for certificates");
+        let path = |name: &str| dir.path().join(name).display().to_string();
+        std::fs::write(
+            dir.path().join("server.ext"),
+            "subjectAltName=IP:127.0.0.1,DNS:localhost\n\
+             basicConstraints=CA:FALSE\n\
+             keyUsage=digitalSignature,keyEncipherment\n\
+             extendedKeyUsage=serverAuth,clientAuth\n",
+        )
+        .unwrap();
+        let ec = [
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+        ];
+        let steps: Vec<Vec<String>> = vec![
+            [
+                &["req", "-x509"][..],
+                &ec,
+                &["-days", "2", "-subj", "/CN=enrich test CA"],
+            ]
+            .concat()
+            .iter()
+            .map(|s| s.to_string())
+            .chain([
+                "-keyout".into(),
+                path("ca.key"),
+                "-out".into(),
+                path("ca.crt"),
+            ])
+            .collect(),
+            [&["req"][..], &ec, &["-subj", "/CN=localhost"]]
+                .concat()
+                .iter()
+                .map(|s| s.to_string())
+                .chain([
+                    "-keyout".into(),
+                    path("server.key"),
+                    "-out".into(),
+                    path("server.csr"),
+                ])
+                .collect(),
+            ["x509", "-req", "-days", "2", "-CAcreateserial"]
+                .iter()
+                .map(|s| s.to_string())
+                .chain([
+                    "-in".into(),
+                    path("server.csr"),
+                    "-CA".into(),
+                    path("ca.crt"),
+                    "-CAkey".into(),
+                    path("ca.key"),
+                    "-extfile".into(),
+                    path("server.ext"),
+                    "-out".into(),
+                    path("server.crt"),
+                ])
+                .collect(),
+        ];
+        for args in steps {
+            let out = Command::new("openssl")
+                .args(&args)
+                .stdin(Stdio::null())
+                .output()
+                .unwrap_or_else(|e| panic!("cannot run openssl: {e}"));
+            assert!(
+                out.status.success(),
+                "openssl {args:?} failed:\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        TestCerts { dir }
+    }
+
+    /// The CA's certificate (PEM).
+    pub fn ca(&self) -> PathBuf {
+        self.dir.path().join("ca.crt")
+    }
+
+    /// The server's certificate (PEM).
+    pub fn server_cert(&self) -> PathBuf {
+        self.dir.path().join("server.crt")
+    }
+
+    /// The server's private key (PEM).
+    pub fn server_key(&self) -> PathBuf {
+        self.dir.path().join("server.key")
+    }
+}
+
 /// A temp dir holding a file store path.
 pub fn temp_db() -> (tempfile::TempDir, PathBuf) {
     let dir = tempfile::tempdir().expect("temp dir");
@@ -473,4 +691,76 @@ pub async fn actor(enricher: &enrich::Enricher, id: &str) -> serde_json::Value {
         .await
         .unwrap();
     docs.remove(0)["actor"].take()
+}
+
+/// Runs `enrich ARGS` in `dir` with standard input closed and returns its output with its peak
+/// resident memory in KiB: as `/usr/bin/time` reports it where that exists, otherwise the
+/// largest `VmHWM` read from `/proc/PID/status` while it ran.
+pub fn run_enrich_measured(dir: &Path, args: &[&str]) -> (std::process::Output, u64) {
+    let time = Path::new("/usr/bin/time");
+    if time.exists() {
+        let report = dir.join(format!("peak-{}.txt", free_port()));
+        let mut command = Command::new(time);
+        command
+            .arg("-f")
+            .arg("%M")
+            .arg("-o")
+            .arg(&report)
+            .arg(env!("CARGO_BIN_EXE_enrich"))
+            .args(args)
+            .current_dir(dir)
+            .env_remove("ENRICH_STORE")
+            .env_remove("ENRICH_NAMESPACE")
+            .stdin(Stdio::null());
+        let out = command.output().expect("run enrich under /usr/bin/time");
+        let text = std::fs::read_to_string(&report).unwrap_or_default();
+        let _ = std::fs::remove_file(&report);
+        let peak = text
+            .lines()
+            .filter_map(|l| l.trim().parse::<u64>().ok())
+            .next_back()
+            .unwrap_or_else(|| panic!("no peak memory in {text:?}"));
+        return (out, peak);
+    }
+    let mut child = enrich_command(dir)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run enrich");
+    let status_file = format!("/proc/{}/status", child.id());
+    let stdout = drain(child.stdout.take());
+    let stderr = drain(child.stderr.take());
+    let mut peak = 0;
+    let status = loop {
+        if let Ok(text) = std::fs::read_to_string(&status_file) {
+            let hwm = text
+                .lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok());
+            peak = peak.max(hwm.unwrap_or(0));
+        }
+        if let Some(status) = child.try_wait().expect("wait for enrich") {
+            break status;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    let out = std::process::Output {
+        status,
+        stdout: stdout.join().unwrap(),
+        stderr: stderr.join().unwrap(),
+    };
+    (out, peak)
+}
+
+/// Reads a child's pipe to its end on a thread of its own.
+fn drain(pipe: Option<impl Read + Send + 'static>) -> std::thread::JoinHandle<Vec<u8>> {
+    std::thread::spawn(move || {
+        let mut bytes = Vec::new();
+        if let Some(mut pipe) = pipe {
+            let _ = pipe.read_to_end(&mut bytes);
+        }
+        bytes
+    })
 }

@@ -1,0 +1,418 @@
+//! The chunk stage: scan a chunk's lines into a page, resolve it, then render it in pieces of
+//! complete lines, each holding its size of the run's output budget until it is written.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch};
+
+use super::read::RawLines;
+use super::{IN_FLIGHT, MAX_LINE, PIECE_BYTES, RunOptions};
+use crate::cache::Memo;
+use crate::enricher::{EnrichedPage, Enricher};
+use crate::error::Error;
+use crate::lines::LineRef;
+use crate::page::RawPage;
+use crate::stats::EnrichStats;
+
+/// What every chunk task of a run shares.
+#[derive(Debug)]
+pub(super) struct Shared {
+    pub(super) enricher: Enricher,
+    pub(super) options: RunOptions,
+    pub(super) spares: Spares,
+    /// Bytes of rendered output not yet written, [`RunOptions::max_pending_output`] in all.
+    pub(super) budget: Arc<Semaphore>,
+    /// The input file names, by position.
+    pub(super) names: Arc<[Arc<str>]>,
+}
+
+/// What a chunk hands the writer, in line order.
+#[derive(Debug)]
+pub(super) enum Piece {
+    /// Complete enriched lines, and the share of the budget they hold until written.
+    Lines {
+        out: Vec<u8>,
+        lines: u64,
+        budget: OwnedSemaphorePermit,
+    },
+    /// A line that could not be enriched.
+    Rejected(Rejected),
+    /// Every line of the chunk was handed over: its counters, and its buffers to reuse.
+    Done { chunk: Chunk, stats: EnrichStats },
+    /// The chunk could not be enriched; nothing of it, nor after it, is to be written.
+    Failed(Error),
+    /// The run is stopping and the chunk gave up waiting for the store.
+    Abandoned,
+}
+
+/// A line that could not be enriched.
+#[derive(Debug)]
+pub(super) struct Rejected {
+    pub(super) file: Arc<str>,
+    pub(super) line: u64,
+    pub(super) error: Error,
+    pub(super) input: Vec<u8>,
+}
+
+impl Rejected {
+    /// `{"file":"…","line":N,"error":"…","input":"…"}`, with its newline.
+    pub(super) fn record(&self) -> Vec<u8> {
+        let record = serde_json::json!({
+            "file": &*self.file,
+            "line": self.line,
+            "error": self.error.message(),
+            "input": String::from_utf8_lossy(&self.input),
+        });
+        let mut out = serde_json::to_vec(&record).expect("a JSON value serializes");
+        out.push(b'\n');
+        out
+    }
+
+    /// The error, naming the file and the line: `FILE:LINE: reason`.
+    pub(super) fn into_error(self) -> Error {
+        self.error.context(format!("{}:{}", self.file, self.line))
+    }
+}
+
+/// A chunk's lines in input order: each either a document of the page or rejected.
+#[derive(Debug)]
+pub(super) struct Chunk {
+    pub(super) page: RawPage,
+    lines: Vec<Option<Rejected>>,
+}
+
+/// A chunk's place in the order in which chunks take their output budget: a chunk waits for
+/// the one before it to have taken all of its own, so the chunk the writer is waiting for can
+/// always get its share and the budget can never be held by chunks behind it.
+#[derive(Debug)]
+pub(super) struct Turn {
+    mine: Option<oneshot::Receiver<()>>,
+    next: Option<oneshot::Sender<()>>,
+}
+
+impl Turn {
+    /// The turn after `previous` (none for the first chunk), and what the next chunk waits on.
+    pub(super) fn after(previous: Option<oneshot::Receiver<()>>) -> (Turn, oneshot::Receiver<()>) {
+        let (next, waits) = oneshot::channel();
+        let turn = Turn {
+            mine: previous,
+            next: Some(next),
+        };
+        (turn, waits)
+    }
+
+    async fn wait(&mut self) {
+        if let Some(previous) = self.mine.take() {
+            // A previous chunk that ended without passing (it failed) has passed all the same.
+            let _ = previous.await;
+        }
+    }
+
+    fn pass(&mut self) {
+        self.next.take();
+    }
+}
+
+/// Scans, resolves and renders one chunk, handing every line over to `pieces` in order.
+pub(super) async fn process(
+    shared: Arc<Shared>,
+    lines: RawLines,
+    mut turn: Turn,
+    mut stopping: watch::Receiver<bool>,
+    pieces: mpsc::UnboundedSender<Piece>,
+) {
+    let spares = &shared.spares;
+    let options = &shared.options;
+    let mut chunk = spares.chunks.take().unwrap_or_else(|| Chunk {
+        page: RawPage::with_capacity(options.depth, lines.data.len(), lines.lines.len()),
+        lines: Vec::with_capacity(lines.lines.len()),
+    });
+    for i in 0..lines.lines.len() {
+        let rejected = take(&mut chunk.page, lines.line(i)).map(|error| {
+            let line = &lines.lines[i];
+            Rejected {
+                file: shared.names[line.file as usize].clone(),
+                line: line.number,
+                error,
+                input: lines.bytes(i).to_vec(),
+            }
+        });
+        chunk.lines.push(rejected);
+    }
+    let mut memo = spares.memos.take().unwrap_or_default();
+    let resolved = resolve(
+        &shared.enricher,
+        &chunk.page,
+        options.store_timeout,
+        &mut memo,
+        &mut stopping,
+    )
+    .await;
+    spares.memos.put(memo);
+    let enriched = match resolved {
+        Ok(enriched) => enriched,
+        Err(failure) => {
+            let _ = pieces.send(failure.unwrap_or(Piece::Abandoned));
+            return;
+        }
+    };
+    turn.wait().await;
+    let mut piece = Plan::default();
+    let mut doc = 0;
+    for (i, line) in chunk.lines.iter_mut().enumerate() {
+        if let Some(rejected) = line.take() {
+            piece.hand_over(&shared, &enriched, &pieces).await;
+            let _ = pieces.send(Piece::Rejected(rejected));
+            continue;
+        }
+        let len = enriched.doc_len(doc);
+        if len > options.max_line_output {
+            piece.hand_over(&shared, &enriched, &pieces).await;
+            let line = &lines.lines[i];
+            let _ = pieces.send(Piece::Rejected(Rejected {
+                file: shared.names[line.file as usize].clone(),
+                line: line.number,
+                error: Error::invalid(format!(
+                    "the enriched line would be {len} bytes, over the limit of {} bytes \
+                     (--max-line-output)",
+                    options.max_line_output
+                )),
+                input: lines.bytes(i).to_vec(),
+            }));
+        } else {
+            if piece.bytes + len + 1 > PIECE_BYTES {
+                piece.hand_over(&shared, &enriched, &pieces).await;
+            }
+            piece.add(doc, len + 1);
+        }
+        doc += 1;
+    }
+    piece.hand_over(&shared, &enriched, &pieces).await;
+    turn.pass();
+    let stats = enriched.stats();
+    drop(enriched);
+    let mut lines = lines;
+    lines.clear();
+    spares.lines.put(lines);
+    let _ = pieces.send(Piece::Done { chunk, stats });
+}
+
+/// Documents of a chunk to be rendered as one piece.
+#[derive(Debug, Default)]
+struct Plan {
+    docs: std::ops::Range<usize>,
+    /// Their output with a newline each.
+    bytes: usize,
+}
+
+impl Plan {
+    fn add(&mut self, doc: usize, bytes: usize) {
+        if self.docs.is_empty() {
+            self.docs = doc..doc;
+        }
+        self.docs.end = doc + 1;
+        self.bytes += bytes;
+    }
+
+    /// Takes the budget for the planned documents (all of it for a piece larger than the
+    /// budget, which is then rendered alone), renders them and sends them on.
+    async fn hand_over(
+        &mut self,
+        shared: &Shared,
+        enriched: &EnrichedPage<'_>,
+        pieces: &mpsc::UnboundedSender<Piece>,
+    ) {
+        let Plan { docs, bytes } = std::mem::take(self);
+        if docs.is_empty() {
+            return;
+        }
+        let share = bytes.min(shared.options.max_pending_output) as u32;
+        let budget = shared
+            .budget
+            .clone()
+            .acquire_many_owned(share.max(1))
+            .await
+            .expect("the output budget is never closed");
+        let mut out = shared.spares.outputs.take().unwrap_or_default();
+        out.reserve_exact(bytes);
+        let lines = docs.len() as u64;
+        for doc in docs {
+            enriched.write(doc, &mut out);
+            out.push(b'\n');
+        }
+        debug_assert_eq!(out.len(), bytes, "doc_len is exact");
+        let _ = pieces.send(Piece::Lines { out, lines, budget });
+    }
+}
+
+/// Resolves a page, retrying through store faults for up to `timeout`, unless the run starts
+/// stopping while it waits. `Err(None)` when it gave up for that reason.
+async fn resolve<'p>(
+    enricher: &Enricher,
+    page: &'p RawPage,
+    timeout: Duration,
+    memo: &mut Memo,
+    stopping: &mut watch::Receiver<bool>,
+) -> std::result::Result<EnrichedPage<'p>, Option<Piece>> {
+    let first_failure = Instant::now();
+    let mut delay = Duration::from_millis(50);
+    let mut failed = false;
+    loop {
+        match enricher.enrich_page_with(page, Some(memo)).await {
+            Ok(enriched) => return Ok(enriched),
+            Err(err) if err.is_transient() => {
+                let waited = if failed {
+                    first_failure.elapsed()
+                } else {
+                    failed = true;
+                    Duration::ZERO
+                };
+                if waited >= timeout {
+                    return Err(Some(Piece::Failed(err.context(format!(
+                        "gave up after {} s of store faults",
+                        timeout.as_secs_f64()
+                    )))));
+                }
+                tokio::select! {
+                    () = tokio::time::sleep(delay.min(timeout - waited)) => {}
+                    _ = stopping.wait_for(|stop| *stop) => return Err(None),
+                }
+                delay = (delay * 2).min(Duration::from_secs(1));
+            }
+            Err(err) => return Err(Some(Piece::Failed(err))),
+        }
+    }
+}
+
+/// Adds a line to the page, or says why it is rejected.
+fn take(page: &mut RawPage, line: LineRef<'_>) -> Option<Error> {
+    match line {
+        LineRef::Text(text) => match page.push(text) {
+            Ok(()) => None,
+            Err(_) if crate::lines::is_blank(text) => {
+                Some(Error::invalid("empty line: expected a JSON object"))
+            }
+            Err(error) if spans_lines(text) => Some(Error::invalid(format!(
+                "{} (input must be NDJSON: one JSON document per line)",
+                error.message()
+            ))),
+            Err(error) => Some(error),
+        },
+        LineRef::TooLong { len, .. } => Some(Error::invalid(format!(
+            "line is {len} bytes, over the limit of {MAX_LINE} bytes"
+        ))),
+    }
+}
+
+/// True for a line that looks like part of a document written over several lines (pretty
+/// printed JSON): a document that ends too soon (`{`, `[`, `{"a": 1,`), a closing bracket, or a
+/// lone `"key": value` member.
+fn spans_lines(text: &[u8]) -> bool {
+    let cut = serde_json::from_slice::<serde::de::IgnoredAny>(text).is_err_and(|e| e.is_eof());
+    let trimmed = text.trim_ascii();
+    let closes = matches!(trimmed.first(), Some(b'}' | b']'));
+    let member = trimmed.first() == Some(&b'"')
+        && serde_json::Deserializer::from_slice(trimmed)
+            .into_iter::<String>()
+            .next()
+            .is_some_and(|key| key.is_ok())
+        && memchr::memmem::find(trimmed, b"\":").is_some();
+    cut || closes || member
+}
+
+/// What goes round between the stages instead of being allocated per chunk: the writer hands
+/// each chunk's buffers back for the chunks to come, so a run works in a few warm buffers
+/// rather than asking the allocator (and the kernel, for fresh pages) for megabytes per chunk.
+#[derive(Debug, Clone, Default)]
+pub(super) struct Spares {
+    pub(super) lines: Pool<RawLines>,
+    chunks: Pool<Chunk>,
+    /// Rendered pieces.
+    outputs: Pool<Vec<u8>>,
+    /// Each chunk in the works borrows a memo, so a memo is only ever used by one task at a
+    /// time and popular users are answered without asking the shared L1.
+    memos: Pool<Memo>,
+}
+
+impl Spares {
+    /// Takes back a written chunk's buffers. They are emptied here, on the writer, but freed
+    /// nowhere: memory freed on another thread than the one that allocated it is the
+    /// allocator's slow path.
+    pub(super) fn recycle_chunk(&self, mut chunk: Chunk) {
+        chunk.page.clear();
+        chunk.lines.clear();
+        self.chunks.put(chunk);
+    }
+
+    /// Takes back a written piece's buffer, unless it is larger than a piece of several
+    /// lines: the memory of an outsized line is given back, not kept outside the budget.
+    pub(super) fn recycle_output(&self, mut out: Vec<u8>) {
+        if out.capacity() <= 2 * PIECE_BYTES {
+            out.clear();
+            self.outputs.put(out);
+        }
+    }
+}
+
+/// A few spare values of one kind.
+#[derive(Debug)]
+pub(super) struct Pool<T>(Arc<Mutex<Vec<T>>>);
+
+impl<T> Clone for Pool<T> {
+    fn clone(&self) -> Self {
+        Pool(self.0.clone())
+    }
+}
+
+impl<T> Default for Pool<T> {
+    fn default() -> Self {
+        Pool(Arc::default())
+    }
+}
+
+impl<T> Pool<T> {
+    /// More than the chunks in the works can hold at once is never kept.
+    const KEEP: usize = IN_FLIGHT + 2;
+
+    pub(super) fn take(&self) -> Option<T> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).pop()
+    }
+
+    pub(super) fn put(&self, spare: T) {
+        let mut spares = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if spares.len() < Self::KEEP {
+            spares.push(spare);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pretty_printed_json_is_recognized() {
+        for line in [
+            &b"{"[..],
+            b"[",
+            b"  {",
+            b"{\"a\": 1,",
+            b"  \"actor\": \"SU:x\",",
+            b"  \"n\": 1",
+            b"}",
+            b"  ],",
+        ] {
+            assert!(spans_lines(line), "{}", String::from_utf8_lossy(line));
+        }
+        for line in [
+            &b"not json"[..],
+            b"\"SU:x\"",
+            b"[1,2]",
+            b"{\"a\":1}}",
+            b"{\"a\":\"caf\xe9\"}",
+        ] {
+            assert!(!spans_lines(line), "{}", String::from_utf8_lossy(line));
+        }
+    }
+}

@@ -1,0 +1,469 @@
+//! `enrich serve`, the built binary, in front of hostile and careless clients: requests that
+//! amplify, clients that stall or hold connections, a process out of file descriptors, and a
+//! shutdown with connections stuck. Memory is read from the process, not from its counters.
+
+mod support;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use support::RedisServer;
+
+const KEY: &str = "traffic-key";
+const SECRET: &str = "traffic-secret";
+
+/// A running `enrich serve`, killed when dropped.
+struct Serve {
+    child: Child,
+    addr: String,
+    log: Arc<Mutex<String>>,
+}
+
+impl Serve {
+    /// `enrich --store STORE serve ARGS…` on a free port; `shell` wraps the command (a
+    /// `ulimit`, say).
+    fn start(store: &str, args: &[&str], shell: Option<&str>) -> Serve {
+        let bin = env!("CARGO_BIN_EXE_enrich");
+        let mut command = match shell {
+            Some(prefix) => {
+                let mut line = format!("{prefix}; exec '{bin}' --store '{store}' serve");
+                for arg in args {
+                    line.push_str(&format!(" '{arg}'"));
+                }
+                line.push_str(" --listen 127.0.0.1:0");
+                let mut command = Command::new("sh");
+                command.arg("-c").arg(line);
+                command
+            }
+            None => {
+                let mut command = Command::new(bin);
+                command
+                    .args(["--store", store, "serve", "--listen", "127.0.0.1:0"])
+                    .args(args);
+                command
+            }
+        };
+        let mut child = command
+            .env("ENRICH_API_KEY", KEY)
+            .env("ENRICH_API_SECRET", SECRET)
+            .env_remove("ENRICH_STORE")
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start enrich serve");
+        let stderr = child.stderr.take().unwrap();
+        let log = Arc::new(Mutex::new(String::new()));
+        let (found, address) = std::sync::mpsc::channel();
+        let kept = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if let Some(at) = line.find("listening on http://") {
+                    let rest = &line[at + "listening on http://".len()..];
+                    let addr = rest.split(',').next().unwrap().to_string();
+                    let _ = found.send(addr);
+                }
+                let mut log = kept.lock().unwrap();
+                log.push_str(&line);
+                log.push('\n');
+            }
+        });
+        let addr = address
+            .recv_timeout(Duration::from_secs(20))
+            .unwrap_or_else(|_| panic!("enrich serve did not start: {}", log.lock().unwrap()));
+        let serve = Serve { child, addr, log };
+        serve.wait_ready();
+        serve
+    }
+
+    fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok((200, _)) = self.try_request("GET", "/readyz", "", Duration::from_secs(2)) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("never ready: {}", self.log());
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// One request on a new connection; the status and the body.
+    fn try_request(
+        &self,
+        method: &str,
+        path: &str,
+        body: &str,
+        timeout: Duration,
+    ) -> std::io::Result<(u16, String)> {
+        let mut stream = TcpStream::connect(&self.addr)?;
+        stream.set_read_timeout(Some(timeout))?;
+        stream.set_write_timeout(Some(timeout))?;
+        let sep = if path.contains('?') { '&' } else { '?' };
+        let request = format!(
+            "{method} {path}{sep}api_key={KEY} HTTP/1.1\r\nhost: {}\r\nauthorization: {}\r\n\
+             stream-auth-type: jwt\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+            self.addr,
+            token(),
+            body.len()
+        );
+        stream.write_all(request.as_bytes())?;
+        stream.write_all(body.as_bytes())?;
+        let mut answer = Vec::new();
+        stream.read_to_end(&mut answer)?;
+        let answer = String::from_utf8_lossy(&answer).to_string();
+        let status = answer
+            .get(9..12)
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| std::io::Error::other(format!("no status in {answer:?}")))?;
+        let body = answer
+            .split_once("\r\n\r\n")
+            .map(|(_, body)| body.to_string())
+            .unwrap_or_default();
+        Ok((status, body))
+    }
+
+    fn request(&self, method: &str, path: &str, body: &str) -> (u16, String) {
+        self.try_request(method, path, body, Duration::from_secs(30))
+            .unwrap_or_else(|e| panic!("{method} {path}: {e}\n{}", self.log()))
+    }
+
+    /// The process's peak resident memory, in bytes, as the kernel counts it.
+    fn peak_rss(&self) -> u64 {
+        status_kb(self.pid(), "VmHWM") * 1024
+    }
+
+    fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .args([&format!("-{name}"), &self.pid().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// Waits up to `limit` for the process to exit; its exit status and how long it took.
+    fn wait_exit(&mut self, limit: Duration) -> (Option<std::process::ExitStatus>, Duration) {
+        let started = Instant::now();
+        while started.elapsed() < limit {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return (Some(status), started.elapsed());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        (None, started.elapsed())
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn status_kb(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status
+        .lines()
+        .find(|l| l.starts_with(field))
+        .unwrap_or_else(|| panic!("no {field} in {status}"));
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+fn token() -> String {
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &json!({"resource": "users", "action": "*", "feed_id": "*"}),
+        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()).unwrap(),
+    )
+    .unwrap()
+}
+
+/// Connects and sends `bytes`, without finishing the request.
+fn half_open(addr: &str, bytes: &[u8]) -> TcpStream {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream.write_all(bytes).unwrap();
+    stream
+}
+
+/// How long until the server closes `stream` (a read returns 0 or fails), up to `limit`.
+fn closed_within(stream: &mut TcpStream, limit: Duration) -> Option<Duration> {
+    let started = Instant::now();
+    stream
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let mut buf = [0u8; 4096];
+    while started.elapsed() < limit {
+        match stream.read(&mut buf) {
+            Ok(0) => return Some(started.elapsed()),
+            Ok(_) => {}
+            Err(e)
+                if e.kind() == std::io::ErrorKind::WouldBlock
+                    || e.kind() == std::io::ErrorKind::TimedOut => {}
+            Err(_) => return Some(started.elapsed()),
+        }
+    }
+    None
+}
+
+/// A user of about 10 kB.
+fn big_user() -> String {
+    json!({"id": "big", "data": {"bio": "x".repeat(10_150)}}).to_string()
+}
+
+/// One document of `references` references to `big`, nested so that only `?deep=true` finds
+/// them.
+fn amplifying_document(references: usize) -> String {
+    let mut doc = String::from(r#"{"actor":"SU:big","refs":["#);
+    for i in 0..references {
+        if i > 0 {
+            doc.push(',');
+        }
+        doc.push_str(r#""SU:big""#);
+    }
+    doc.push_str("]}");
+    doc
+}
+
+#[test]
+fn amplification_is_refused_before_it_costs_memory() {
+    let redis = RedisServer::start();
+    // Raised so that the response size, not the reference count, is what refuses.
+    let serve = Serve::start(&redis.url(), &["--max-references", "1000000"], None);
+    let (status, _) = serve.request("POST", "/api/v1.0/user/", &big_user());
+    assert_eq!(status, 201);
+    let doc = amplifying_document(79_000);
+    assert!(doc.len() < 1 << 20);
+    let before = serve.peak_rss();
+    let answers: Vec<(u16, String)> = std::thread::scope(|s| {
+        let calls: Vec<_> = (0..3)
+            .map(|_| s.spawn(|| serve.request("POST", "/api/v1.0/enrich/?deep=true", &doc)))
+            .collect();
+        calls.into_iter().map(|c| c.join().unwrap()).collect()
+    });
+    for (status, body) in answers {
+        assert_eq!(status, 400, "{body}");
+        assert!(body.contains("--max-response-bytes"), "{body}");
+        assert!(body.contains("InputException"), "{body}");
+    }
+    let peak = serve.peak_rss();
+    assert!(
+        peak < 512 << 20,
+        "peak RSS {peak} bytes (was {before} before)"
+    );
+    // The next ordinary request is answered.
+    let (status, body) = serve.request("POST", "/api/v1.0/enrich/", r#"{"actor":"SU:big"}"#);
+    assert_eq!(status, 200);
+    assert!(body.contains(r#""id":"big""#));
+
+    // With the default limits the reference count refuses it before the store is asked.
+    drop(serve);
+    let serve = Serve::start(&redis.url(), &[], None);
+    let (status, body) = serve.request("POST", "/api/v1.0/enrich/?deep=true", &doc);
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("79001 references"), "{body}");
+    assert!(body.contains("--max-references"), "{body}");
+}
+
+#[test]
+fn stalled_clients_are_closed_on_their_timeouts() {
+    let serve = Serve::start(
+        "memory:",
+        &[
+            "--header-timeout",
+            "1",
+            "--idle-timeout",
+            "2",
+            "--body-timeout",
+            "1",
+        ],
+        None,
+    );
+    // Half a request line: closed on the header timeout.
+    let mut stream = half_open(&serve.addr, b"GET /readyz HT");
+    let took = closed_within(&mut stream, Duration::from_secs(10)).expect("still open");
+    assert!(took < Duration::from_secs(3), "{took:?}");
+    // Nothing at all: the same.
+    let mut stream = half_open(&serve.addr, b"");
+    assert!(closed_within(&mut stream, Duration::from_secs(10)).is_some());
+
+    // A kept-alive connection that goes quiet: open past the header timeout, closed on the
+    // idle timeout.
+    let mut stream = half_open(
+        &serve.addr,
+        format!("GET /livez HTTP/1.1\r\nhost: {}\r\n\r\n", serve.addr).as_bytes(),
+    );
+    let mut buf = [0u8; 1024];
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let n = stream.read(&mut buf).unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    let took = closed_within(&mut stream, Duration::from_secs(10)).expect("still open");
+    assert!(
+        took > Duration::from_millis(1500) && took < Duration::from_secs(4),
+        "{took:?}"
+    );
+
+    // A body that never comes: 408 on the body timeout.
+    let mut stream = half_open(
+        &serve.addr,
+        format!(
+            "PUT /api/v1.0/user/a/?api_key={KEY} HTTP/1.1\r\nhost: x\r\nauthorization: {}\r\n\
+             stream-auth-type: jwt\r\ncontent-length: 100\r\n\r\n{{\"data\"",
+            token()
+        )
+        .as_bytes(),
+    );
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer);
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("--body-timeout"), "{answer}");
+
+    let (_, metrics) = serve.request("GET", "/metrics", "");
+    for reason in ["header_timeout", "idle_timeout"] {
+        let series = format!(r#"enrich_http_connections_closed_total{{reason="{reason}"}}"#);
+        assert!(metrics.contains(&series), "no {series} in\n{metrics}");
+    }
+}
+
+#[test]
+fn held_connections_do_not_lock_others_out() {
+    // 300 connections that never finish a request, against a process allowed 256 files.
+    let serve = Serve::start("memory:", &[], Some("ulimit -n 256"));
+    let mut held = Vec::new();
+    for _ in 0..300 {
+        match TcpStream::connect(&serve.addr) {
+            Ok(mut stream) => {
+                let _ = stream.write_all(b"GET /readyz HT");
+                held.push(stream);
+            }
+            Err(e) => panic!("connect: {e}"),
+        }
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let started = Instant::now();
+    let answer = serve.try_request("GET", "/readyz", "", Duration::from_secs(5));
+    assert!(
+        matches!(answer, Ok((200, _))),
+        "{answer:?} after {:?}\n{}",
+        started.elapsed(),
+        serve.log()
+    );
+    let (status, _) = serve.request("GET", "/livez", "");
+    assert_eq!(status, 200);
+    drop(held);
+}
+
+#[test]
+fn sigterm_with_a_stuck_connection_exits_in_time() {
+    let mut serve = Serve::start("memory:", &["--shutdown-timeout", "3"], None);
+    // One connection mid-headers, one mid-body (a request in progress).
+    let _head = half_open(&serve.addr, b"GET /readyz HT");
+    let mut body = half_open(
+        &serve.addr,
+        format!(
+            "POST /api/v1.0/user/?api_key={KEY} HTTP/1.1\r\nhost: x\r\nauthorization: {}\r\n\
+             stream-auth-type: jwt\r\ncontent-length: 100\r\n\r\n{{\"id\"",
+            token()
+        )
+        .as_bytes(),
+    );
+    std::thread::sleep(Duration::from_millis(200));
+    serve.signal("TERM");
+    let (status, took) = serve.wait_exit(Duration::from_secs(15));
+    let status = status.unwrap_or_else(|| panic!("still running\n{}", serve.log()));
+    assert!(status.success(), "{status:?}\n{}", serve.log());
+    assert!(took < Duration::from_secs(5), "{took:?}");
+    assert!(closed_within(&mut body, Duration::from_secs(1)).is_some());
+}
+
+#[test]
+fn a_client_that_stops_reading_loses_its_connection() {
+    let redis = RedisServer::start();
+    let serve = Serve::start(&redis.url(), &["--write-timeout", "1"], None);
+    let mut users = Vec::new();
+    for i in 0..1000 {
+        users.push(json!({"id": format!("u{i}"), "data": {"bio": "x".repeat(9_000)}}));
+        if users.len() == 100 {
+            let body = json!({ "users": users }).to_string();
+            let (status, _) = serve.request("POST", "/api/v1.0/users/", &body);
+            assert_eq!(status, 201);
+            users.clear();
+        }
+    }
+    let ids: Vec<String> = (0..1000).map(|i| format!("u{i}")).collect();
+    // Asks for 9 MB, more than the sockets' buffers hold, and reads none of it.
+    let mut stream = half_open(
+        &serve.addr,
+        format!(
+            "GET /api/v1.0/users/?ids={}&api_key={KEY} HTTP/1.1\r\nhost: x\r\n\
+             authorization: {}\r\nstream-auth-type: jwt\r\n\r\n",
+            ids.join(","),
+            token()
+        )
+        .as_bytes(),
+    );
+    std::thread::sleep(Duration::from_secs(4));
+    let (_, metrics) = serve.request("GET", "/metrics", "");
+    assert!(
+        metrics.contains(r#"enrich_http_connections_closed_total{reason="write_timeout"} 1"#),
+        "{metrics}"
+    );
+    assert!(metrics.contains("enrich_in_flight_bytes 0"), "{metrics}");
+    // What the client finally reads ends early.
+    stream.set_nonblocking(false).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .unwrap();
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer);
+    assert!(answer.len() < 9_000_000, "{}", answer.len());
+}
+
+#[test]
+fn logs_are_plain_lines_and_one_per_request() {
+    let serve = Serve::start("memory:", &[], None);
+    serve.request("GET", "/livez", "");
+    serve.request("GET", "/api/v1.0/user/nobody/", "");
+    std::thread::sleep(Duration::from_millis(200));
+    let log = serve.log();
+    assert!(!log.contains('\u{1b}'), "colour codes on a pipe: {log:?}");
+    assert!(
+        log.lines().any(|l| l.contains("GET")
+            && l.contains(r#"route="/api/v1.0/user/{id}""#)
+            && l.contains("status=404")),
+        "{log}"
+    );
+    drop(serve);
+
+    let serve = Serve::start("memory:", &["--log-format", "json"], None);
+    serve.request("GET", "/livez", "");
+    std::thread::sleep(Duration::from_millis(200));
+    let log = serve.log();
+    let access: Vec<Value> = log
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .filter(|v| v["fields"]["route"] == "/livez")
+        .collect();
+    assert_eq!(access.len(), 1, "{log}");
+    assert_eq!(access[0]["fields"]["status"], 200);
+    assert_eq!(access[0]["level"], "INFO");
+}
