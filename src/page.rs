@@ -10,6 +10,12 @@
 //!
 //! The own fields of responses and groups are never touched, and everything else is copied
 //! byte for byte (numbers and string escapes as they were), minus insignificant white space.
+//! Of members with the same name the last one counts, as in a parsed `Value`.
+//!
+//! A document is taken exactly when serde_json would parse it into a `serde_json::Value`, so
+//! the raw path and the `Value` path take the same documents: RFC 8259, with strings in UTF-8,
+//! `\u` escapes of UTF-16 surrogates in pairs, numbers within the range of an `f64`, and at
+//! most [`MAX_DEPTH`] levels. `tests/grammar.rs` and the fuzz target in `fuzz/` compare the two.
 
 use std::ops::Range;
 
@@ -162,7 +168,11 @@ impl RawPage {
     }
 
     fn push_checked(&mut self, doc: &[u8], allow_array: bool) -> Result<()> {
-        let first = doc.iter().find(|b| !b.is_ascii_whitespace()).copied();
+        // JSON's white space only: a form feed before the `{` is not.
+        let first = doc
+            .iter()
+            .find(|b| !matches!(b, b' ' | b'\t' | b'\n' | b'\r'))
+            .copied();
         let start = self.buf.len();
         let first_site = self.sites.len();
         let activities_before = self.activities;
@@ -327,6 +337,20 @@ impl RawPage {
     }
 }
 
+/// Checks that `json` is one JSON object in the grammar the raw path takes, nested inside
+/// `outer` levels of some enclosing document (so the whole stays within [`MAX_DEPTH`]).
+pub(crate) fn check_object(json: &[u8], outer: usize) -> Result<()> {
+    if json.first() != Some(&b'{') {
+        return Err(Error::invalid("not an object"));
+    }
+    let mut page = RawPage::default();
+    let mut scanner = Scanner::new(json, &mut page, false, 0);
+    scanner.level = outer;
+    scanner
+        .document(|s, sites| s.any(false, sites), &mut Vec::new())
+        .map_err(Error::from)
+}
+
 /// Why a document was refused.
 #[derive(Debug)]
 enum Fault {
@@ -351,9 +375,9 @@ impl From<Fault> for Error {
 
 type Scan<T = ()> = std::result::Result<T, Fault>;
 
-/// Checks a JSON document against the grammar (RFC 8259; the caller has checked that it is
-/// UTF-8) in one pass, notes the references it holds, and copies it into the page's buffer
-/// without white space.
+/// Checks a JSON document against serde_json's grammar (see the module doc; UTF-8 is checked
+/// inside strings, the only place bytes beyond ASCII may be) in one pass, notes the references
+/// it holds, and copies it into the page's buffer without white space.
 struct Scanner<'a> {
     src: &'a [u8],
     pos: usize,
@@ -379,6 +403,13 @@ struct Token {
 /// control character at or after `from` (or byte beyond ASCII, if `ascii`), or `src.len()`.
 /// Looks at eight bytes at a time: most strings are short and a call into a general byte
 /// search costs more than it saves.
+///
+/// The word-at-a-time test is SWAR ("SIMD within a register"): Alan Mycroft's zero-byte test,
+/// `(v - 0x01…01) & !v & 0x80…80`, as collected in Sean Eron Anderson's *Bit Twiddling Hacks*
+/// ("Determine if a word has a zero byte", and its variants "has a byte equal to n", by XOR
+/// with `n` in every byte, and "has a byte less than n", here n = 0x20). serde_json's
+/// `SliceRead::skip_to_escape` combines the same three tests to find the end of a string's
+/// plain text; the high-bit test for bytes beyond ASCII is ours.
 fn string_stop(src: &[u8], from: usize, ascii: bool) -> usize {
     const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
     const HIGH: u64 = u64::from_ne_bytes([0x80; 8]);
@@ -386,7 +417,8 @@ fn string_stop(src: &[u8], from: usize, ascii: bool) -> usize {
     while let Some(word) = src.get(i..i + 8) {
         let word = u64::from_le_bytes(word.try_into().expect("eight bytes"));
         // A byte is flagged if it is below 0x20, or zero once XORed with `"` or `\\`. Borrows
-        // can flag bytes after a true one, never before it: the lowest flag is exact.
+        // run from low bytes to high ones (the word is read little-endian), so they can flag a
+        // byte after a true one, never before it: the lowest flag is exact.
         let zero = |v: u64| v.wrapping_sub(ONES) & !v & HIGH;
         let flags = (word.wrapping_sub(ONES * 0x20) & !word & HIGH)
             | zero(word ^ (ONES * u64::from(b'"')))
@@ -404,6 +436,53 @@ fn string_stop(src: &[u8], from: usize, ascii: bool) -> usize {
         i += 1;
     }
     i
+}
+
+/// The length of the escape at `src[at]` (a `\`), or why it is refused.
+///
+/// serde_json decodes every string it puts in a `Value`, so it refuses a `\u` escape of a
+/// UTF-16 surrogate unless a leading one (D800–DBFF) is followed at once by an escaped trailing
+/// one (DC00–DFFF): such text has no UTF-8 form. The grammar alone would take them.
+fn escape_len(src: &[u8], at: usize) -> std::result::Result<usize, &'static str> {
+    const UNPAIRED: &str = "unpaired UTF-16 surrogate in a \\u escape";
+    match src.get(at + 1) {
+        Some(b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't') => Ok(2),
+        Some(b'u') => match hex4(src, at + 2) {
+            None => Err("invalid escape"),
+            Some(0xD800..=0xDBFF) => match (src.get(at + 6..at + 8), hex4(src, at + 8)) {
+                (Some(b"\\u"), Some(0xDC00..=0xDFFF)) => Ok(12),
+                _ => Err(UNPAIRED),
+            },
+            Some(0xDC00..=0xDFFF) => Err(UNPAIRED),
+            Some(_) => Ok(6),
+        },
+        _ => Err("invalid escape"),
+    }
+}
+
+/// The four hex digits at `src[at..]` as a number.
+fn hex4(src: &[u8], at: usize) -> Option<u16> {
+    src.get(at..at + 4)?.iter().try_fold(0u16, |n, &digit| {
+        Some(n << 4 | char::from(digit).to_digit(16)? as u16)
+    })
+}
+
+/// Whether a number that passed the grammar is one serde_json takes, checked only where it
+/// could be out of range.
+///
+/// serde_json reads a number with a fraction, an exponent or more digits than 64 bits hold as
+/// an `f64`, and refuses one that overflows (one that underflows becomes 0). It keeps the
+/// leading digits that fit in a `u64` (at least 19) and scales them by a power of ten: the
+/// integer digits beyond those, plus the exponent, less the fraction digits kept. With at most
+/// 200 integer digits and an exponent under 100 that power is at most 10^280, and
+/// 2^64 × 10^280 is far below `f64::MAX`: only a number with more integer digits or a positive
+/// exponent of three digits or more can overflow. Those few are handed to serde_json itself:
+/// near `f64::MAX` its approximate scaling decides, and which way depends on its version and
+/// features (`float_roundtrip`), so no copy of its rule could stay exact.
+fn number_in_range(number: &[u8], int_digits: usize, exponent: Option<(bool, usize)>) -> bool {
+    let may_overflow =
+        int_digits > 200 || exponent.is_some_and(|(positive, digits)| positive && digits > 2);
+    !may_overflow || serde_json::from_slice::<serde_json::Number>(number).is_ok()
 }
 
 impl<'a> Scanner<'a> {
@@ -518,21 +597,13 @@ impl<'a> Scanner<'a> {
                 Some(0x80..) => ascii = false,
                 Some(b'\\') => {
                     escaped = true;
-                    i += match self.src.get(i + 1) {
-                        Some(b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't') => 2,
-                        Some(b'u')
-                            if self
-                                .src
-                                .get(i + 2..i + 6)
-                                .is_some_and(|hex| hex.iter().all(u8::is_ascii_hexdigit)) =>
-                        {
-                            6
-                        }
-                        _ => {
+                    match escape_len(self.src, i) {
+                        Ok(len) => i += len,
+                        Err(what) => {
                             self.pos = i;
-                            return self.fail("invalid escape");
+                            return self.fail(what);
                         }
-                    };
+                    }
                 }
                 Some(_) => {
                     self.pos = i;
@@ -603,12 +674,13 @@ impl<'a> Scanner<'a> {
             b'f' if src[start..].starts_with(b"false") => start + 5,
             b'n' if src[start..].starts_with(b"null") => start + 4,
             b'-' | b'0'..=b'9' => {
-                let mut i = start + usize::from(src[start] == b'-');
-                i = match src.get(i) {
-                    Some(b'0') => i + 1,
-                    Some(b'1'..=b'9') => digits(i + 1),
+                let int_start = start + usize::from(src[start] == b'-');
+                let mut i = match src.get(int_start) {
+                    Some(b'0') => int_start + 1,
+                    Some(b'1'..=b'9') => digits(int_start + 1),
                     _ => return self.fail("invalid number"),
                 };
+                let int_digits = i - int_start;
                 if src.get(i) == Some(&b'.') {
                     let after = digits(i + 1);
                     if after == i + 1 {
@@ -617,14 +689,20 @@ impl<'a> Scanner<'a> {
                     }
                     i = after;
                 }
+                let mut exponent = None;
                 if matches!(src.get(i), Some(b'e' | b'E')) {
+                    let positive = src.get(i + 1) != Some(&b'-');
                     i += 1 + usize::from(matches!(src.get(i + 1), Some(b'+' | b'-')));
                     let after = digits(i);
                     if after == i {
                         self.pos = after;
                         return self.fail("invalid number");
                     }
+                    exponent = Some((positive, after - i));
                     i = after;
+                }
+                if !number_in_range(&src[start..i], int_digits, exponent) {
+                    return self.fail("number out of range");
                 }
                 i
             }
@@ -694,12 +772,18 @@ impl<'a> Scanner<'a> {
     /// Its own string members are noted as they come; if the object turns out to be a group or
     /// a feed response (its `activities` or `results` array may come last), only the references
     /// inside that array are kept.
+    ///
+    /// Of members with the same name the last one counts, as in a parsed `Value`: an earlier
+    /// `results` or `activities` (array or not) is written out but never looked at by a reader,
+    /// so its references do not count, and a last one that is not an array makes no container.
     fn object(&mut self, role: Role, sites: &mut Vec<Site>) -> Scan {
         let first = sites.len();
         let activities_before = self.page.activities;
-        // Where each special array's references landed, and how many activities it held.
-        let mut results: Option<Vec<(Range<usize>, u64)>> = None;
-        let mut activities: Option<Vec<(Range<usize>, u64)>> = None;
+        // Where the last special array of each name put its references, and how many
+        // activities it held; and where the arrays that a later member replaced put theirs.
+        let mut results: Option<(Range<usize>, u64)> = None;
+        let mut activities: Option<(Range<usize>, u64)> = None;
+        let mut replaced: Vec<Range<usize>> = Vec::new();
         self.open()?;
         let mut more = self.peek()? != b'}';
         if !more {
@@ -707,55 +791,70 @@ impl<'a> Scanner<'a> {
         }
         while more {
             let key = self.string()?;
-            let special = if role == Role::Activity {
-                None
-            } else {
-                special_key(&self.src[key.src], key.escaped)
+            let special = match role {
+                Role::Activity => None,
+                Role::Document => special_key(&self.src[key.src], key.escaped),
+                // Only a document can be a feed response.
+                Role::Result => special_key(&self.src[key.src], key.escaped)
+                    .filter(|s| matches!(s, Special::Activities)),
             };
             self.expect(b':', "expected `:`")?;
-            match (special, self.peek()?) {
-                (Some(Special::Results), b'[') if role == Role::Document => {
-                    let (start, counted) = (sites.len(), self.page.activities);
-                    self.array(|s, sites| s.element(Role::Result, sites), sites)?;
-                    let counted = self.page.activities - counted;
-                    results
-                        .get_or_insert_with(Vec::new)
-                        .push((start..sites.len(), counted));
+            let slot = match special {
+                Some(Special::Results) => Some(&mut results),
+                Some(Special::Activities) => Some(&mut activities),
+                None => None,
+            };
+            match (slot, self.peek()?) {
+                (Some(slot), next) => {
+                    replaced.extend(slot.take().map(|(range, _)| range));
+                    if next == b'[' {
+                        let items = match special {
+                            Some(Special::Results) => Role::Result,
+                            _ => Role::Activity,
+                        };
+                        let (start, counted) = (sites.len(), self.page.activities);
+                        self.array(|s, sites| s.element(items, sites), sites)?;
+                        *slot = Some((start..sites.len(), self.page.activities - counted));
+                    } else {
+                        self.member(next, sites)?;
+                    }
                 }
-                (Some(Special::Activities), b'[') => {
-                    let (start, counted) = (sites.len(), self.page.activities);
-                    self.array(|s, sites| s.element(Role::Activity, sites), sites)?;
-                    let counted = self.page.activities - counted;
-                    activities
-                        .get_or_insert_with(Vec::new)
-                        .push((start..sites.len(), counted));
-                }
-                (_, b'"') => self.candidate(sites)?,
-                (_, b'{' | b'[') if self.page.depth == Depth::Deep => self.any(true, sites)?,
-                _ => self.any(false, sites)?,
+                (None, next) => self.member(next, sites)?,
             }
             more = self.more(b'}', "expected `,` or `}`")?;
         }
-        let Some(kept) = results.or(activities) else {
-            // An activity: all its references count.
-            self.page.activities += 1;
+        let Some((kept, counted)) = results.or(activities) else {
+            // An activity: all its references count, but those of replaced members.
+            if !replaced.is_empty() {
+                let mut write = first;
+                for read in first..sites.len() {
+                    if !replaced.iter().any(|range| range.contains(&read)) {
+                        sites[write] = sites[read];
+                        write += 1;
+                    }
+                }
+                sites.truncate(write);
+            }
+            self.page.activities = activities_before + 1;
             return Ok(());
         };
-        let mut write = first;
-        let mut counted = 0;
-        for (range, activities) in kept {
-            counted += activities;
-            for read in range {
-                sites[write] = sites[read];
-                write += 1;
-            }
-        }
-        sites.truncate(write);
+        sites.copy_within(kept.clone(), first);
+        sites.truncate(first + kept.len());
         self.page.activities = activities_before + counted;
         Ok(())
     }
+
+    /// A member of an activity (or one of a container's own): a string may be a reference.
+    fn member(&mut self, next: u8, sites: &mut Vec<Site>) -> Scan {
+        match next {
+            b'"' => self.candidate(sites),
+            b'{' | b'[' if self.page.depth == Depth::Deep => self.any(true, sites),
+            _ => self.any(false, sites),
+        }
+    }
 }
 
+#[derive(Clone, Copy)]
 enum Special {
     Results,
     Activities,
@@ -856,6 +955,54 @@ mod tests {
         assert!(out.ends_with(r#""activities":[{"x":"SU:z"}]}"#), "{out}");
     }
 
+    /// Of members with the same name, the last one counts, as it does in a parsed `Value`.
+    #[test]
+    fn the_last_of_members_with_the_same_name_counts() {
+        for (doc, expected) in [
+            // A last `results` that is not an array: an activity.
+            (
+                r#"{"results":[{"actor":"SU:a"}],"results":5,"actor":"SU:b"}"#,
+                ["b"].as_slice(),
+            ),
+            (
+                r#"{"activities":[{"x":"SU:a"}],"activities":"SU:c","actor":"SU:b"}"#,
+                &["c", "b"],
+            ),
+            // A last one that is an array: a container, of that array alone.
+            (
+                r#"{"results":5,"results":[{"actor":"SU:a"}],"actor":"SU:b"}"#,
+                &["a"],
+            ),
+            (
+                r#"{"activities":[{"x":"SU:a"}],"activities":[{"x":"SU:b"}]}"#,
+                &["b"],
+            ),
+            (
+                r#"{"results":[{"x":"SU:a"}],"activities":[{"x":"SU:b"}],"results":[]}"#,
+                &[],
+            ),
+            // Only a document is a feed response: in a result, `results` is a plain member.
+            (
+                r#"{"results":[{"activities":[{"x":"SU:a"}],"results":"SU:b","activities":{}}]}"#,
+                &["b"],
+            ),
+        ] {
+            let (out, ids) = scan(doc, Depth::TopLevel);
+            assert_eq!(ids, expected, "{doc}");
+            let mut page = RawPage::new(Depth::TopLevel);
+            page.push(doc.as_bytes()).unwrap();
+            assert_eq!(page.references(), expected.len() as u64, "{doc}");
+            assert!(serde_json::from_str::<Value>(&out).is_ok(), "{out}");
+        }
+        let mut page = RawPage::new(Depth::TopLevel);
+        page.push(br#"{"activities":[{},{}],"activities":5}"#)
+            .unwrap();
+        assert_eq!(page.activities(), 1);
+        page.push(br#"{"activities":[{},{}],"activities":[{}]}"#)
+            .unwrap();
+        assert_eq!(page.activities(), 2);
+    }
+
     #[test]
     fn escaped_strings_are_decoded() {
         let (out, ids) = scan(
@@ -869,11 +1016,11 @@ mod tests {
         );
     }
 
-    /// serde_json's verdict on a document's grammar (without building it, it does not check
-    /// the UTF-8 of strings, so that is checked apart).
+    /// serde_json's verdict on a document: whether it parses into a `Value`. (Parsing into
+    /// `IgnoredAny` is not the same: it checks neither UTF-8, nor escaped surrogates, nor the
+    /// range of numbers.)
     fn serde_accepts(doc: &[u8]) -> bool {
-        std::str::from_utf8(doc).is_ok()
-            && serde_json::from_slice::<serde::de::IgnoredAny>(doc).is_ok()
+        serde_json::from_slice::<Value>(doc).is_ok()
     }
 
     fn accepts(doc: &[u8]) -> bool {
@@ -977,11 +1124,73 @@ mod tests {
             "{\"a\":1}\u{0}",
             "\u{feff}{}",
             "{\"a\":\u{c}1}",
+            "\u{c}{}",
+            // serde_json decodes every string into UTF-8: surrogates must pair.
+            r#"{"a":"\ud800"}"#,
+            r#"{"a":"\udc00"}"#,
+            r#"{"a":"\udc00\ud800"}"#,
+            r#"{"a":"\ud800\u0041"}"#,
+            r#"{"a":"\ud800\ud800"}"#,
+            r#"{"a":"\ud800\n"}"#,
+            r#"{"a":"\ud800x"}"#,
+            r#"{"a":"\ud800\"}"#,
+            r#"{"a":"\ud800\u"}"#,
+            r#"{"a":"\ud800\udc0"}"#,
+            r#"{"a":"x\uDBFF\uDFFFy"}"#,
+            r#"{"a":"\uD7FF\uE000"}"#,
+            r#"{"\ud800":1}"#,
+            r#"{"a":["SU:\ud800"]}"#,
+            // Numbers must fit an f64 (underflow is taken, as 0).
+            r#"{"a":1E400}"#,
+            r#"{"a":-1e400}"#,
+            r#"{"a":1e309}"#,
+            r#"{"a":1e308}"#,
+            r#"{"a":1.7976931348623157e308}"#,
+            r#"{"a":1.7976931348623159e308}"#,
+            r#"{"a":17976931348623157e292}"#,
+            r#"{"a":0.1e309}"#,
+            r#"{"a":10e307}"#,
+            r#"{"a":100e307}"#,
+            r#"{"a":1e+0400}"#,
+            r#"{"a":1e-400}"#,
+            r#"{"a":-1e-99999999999999}"#,
+            r#"{"a":0e99999999999999}"#,
+            r#"{"a":1e99999999999999}"#,
+            r#"{"a":0.0e400}"#,
+            r#"{"a":1e99}"#,
+            r#"{"a":123456789012345678901234567890e99}"#,
         ];
         for doc in docs {
             let verdict = accepts(doc.as_bytes());
             assert_eq!(verdict, serde_accepts(doc.as_bytes()), "{doc}");
             assert_eq!(verdict, serde_json::from_str::<Value>(doc).is_ok(), "{doc}");
+        }
+        // Long integers become f64s: in range up to 309 digits, out of range beyond.
+        for digits in [19, 20, 21, 200, 201, 208, 209, 300, 308, 309, 310, 400] {
+            for (lead, exp) in [
+                ("1", ""),
+                ("9", ""),
+                ("1", "e99"),
+                ("9", "e-99"),
+                ("9", ".5"),
+            ] {
+                let doc = format!(r#"{{"a":{lead}{}{exp}}}"#, "0".repeat(digits - 1));
+                assert_eq!(
+                    accepts(doc.as_bytes()),
+                    serde_accepts(doc.as_bytes()),
+                    "{doc}"
+                );
+            }
+        }
+        for exp in 280..330 {
+            for mantissa in ["1", "9.9", "17976931348623157", "0.00001", "0", "-1.8"] {
+                let doc = format!(r#"{{"a":{mantissa}e{exp}}}"#);
+                assert_eq!(
+                    accepts(doc.as_bytes()),
+                    serde_accepts(doc.as_bytes()),
+                    "{doc}"
+                );
+            }
         }
         assert!(!accepts(b"{\"a\":\"\xff\"}") && !serde_accepts(b"{\"a\":\"\xff\"}"));
         assert!(!accepts(b"{\"a\":\"\xc3\"}"));

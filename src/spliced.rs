@@ -352,7 +352,7 @@ mod tests {
     #[test]
     fn a_stored_user_is_spliced_by_serialize() {
         let docs = [serde_json::json!({"actor": "SU:bob"})];
-        let valid = r#"{"created_at":"2021-04-13T22:53:19.670051Z","id":"bob","data":{}}"#;
+        let valid = r#"{"created_at":"2021-04-13T22:53:19.670051Z","updated_at":"2021-04-13T22:53:19.670051Z","id":"bob","data":{}}"#;
         let page = page_with(&docs, valid);
         let json = serde_json::to_string(&page).unwrap();
         assert_eq!(json, format!(r#"[{{"actor":{valid}}}]"#));

@@ -420,9 +420,10 @@ pub async fn open(url: &str, options: &StoreOptions) -> Result<SharedStore> {
     })
 }
 
-/// A record read back from a store for `id`, checked; a corrupt one is an error naming the user.
+/// A record read back from a store for `id`, checked whole (one copied from another user's key
+/// is as corrupt as one cut short); a corrupt one is an error naming the user.
 pub(crate) fn stored_user(id: &UserId, bytes: impl Into<bytes::Bytes>) -> Result<UserJson> {
-    UserJson::from_stored(bytes).map_err(|e| e.context(format!("user {id}")))
+    UserJson::from_stored_as(id, bytes).map_err(|e| e.context(format!("user {id}")))
 }
 
 #[cfg(test)]

@@ -4,7 +4,9 @@
 //! so a read hands out what Redis sent without re-encoding. Reads of a page are one `MGET`.
 //! Every write is one Lua script, which makes it atomic on the server: create-if-absent cannot
 //! be won twice, and an update splices the stored `created_at` (always the first 42 bytes of a
-//! record) in front of the new tail, so it can never be lost.
+//! record) in front of the new tail, so it can never be lost. A record that something else
+//! wrote under our key, whose first 42 bytes are not a `created_at` of ours, is never built
+//! upon: the write fails naming the user, and the record is left as it was.
 //!
 //! Writes are announced by the server itself: see [`super::tracking`] for how every enricher
 //! learns of every write to its namespace, ours or anyone's.
@@ -33,20 +35,69 @@ redis.call('SET', KEYS[1], ARGV[1])
 return false
 ";
 
-/// Keeps the stored created_at (bytes 1..42) and writes ARGV[1] behind it; nil if absent.
-pub(super) const UPDATE: &str = r"
+/// A Lua function, `keeps(record)`: true when the record's first 42 bytes are
+/// `{"created_at":"<timestamp>` with a real timestamp in [`Timestamp`]'s form, the part an
+/// update or an import keeps.
+///
+/// The scripts run on whatever the key holds, and a record written there by something else may
+/// not have our shape: one whose kept part is not ours is never built upon (the client's
+/// check of every record it reads would refuse the result, but it would be stored by then).
+/// Only the kept part is checked here, which is all the new record takes from the old one; the
+/// client checks the rest of whatever it reads. This is the rule of `Timestamp::is_exact`.
+macro_rules! keeps_lua {
+    () => {
+        r#"
+local function keeps(record)
+  local y, mo, d, h, mi, s = string.match(record,
+    '^{"created_at":"([0-9][0-9][0-9][0-9])%-([0-9][0-9])%-([0-9][0-9])T([0-9][0-9]):([0-9][0-9]):([0-9][0-9])%.[0-9][0-9][0-9][0-9][0-9][0-9]Z')
+  if not y then return false end
+  y, mo, d = tonumber(y), tonumber(mo), tonumber(d)
+  local days = {31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31}
+  if y % 4 == 0 and (y % 100 ~= 0 or y % 400 == 0) then days[2] = 29 end
+  return mo >= 1 and mo <= 12 and d >= 1 and d <= days[mo]
+    and tonumber(h) < 24 and tonumber(mi) < 60 and tonumber(s) < 60
+end
+"#
+    };
+}
+
+/// Keeps the stored created_at (bytes 1..42) and writes ARGV[1] behind it: answers
+/// `{1, new record}`; `{0, old record}` and writes nothing if the stored record's created_at
+/// is not one to keep; nil if absent.
+pub(super) const UPDATE: &str = concat!(
+    keeps_lua!(),
+    r"
 local old = redis.call('GET', KEYS[1])
 if not old then return false end
+if not keeps(old) then return {0, old} end
 local new = string.sub(old, 1, 42) .. ARGV[1]
 redis.call('SET', KEYS[1], new)
-return new
-";
+return {1, new}
+"
+);
 
 /// ARGV[1]: override flag, then per key a record and a keep-created_at flag. Answers per key:
-/// 0 created, 1 skipped, 2 overridden.
-pub(super) const IMPORT: &str = r"
+/// 0 created, 1 skipped, 2 overridden. If a record whose created_at is to be kept has none to
+/// keep, nothing is written: that key is answered 3, the others 4.
+pub(super) const IMPORT: &str = concat!(
+    keeps_lua!(),
+    r"
 local override = ARGV[1] == '1'
 local out = {}
+if override then
+  local corrupt = false
+  for i, key in ipairs(KEYS) do
+    out[i] = 4
+    if ARGV[2 * i + 1] == '1' then
+      local old = redis.call('GET', key)
+      if old and not keeps(old) then
+        out[i] = 3
+        corrupt = true
+      end
+    end
+  end
+  if corrupt then return out end
+end
 for i, key in ipairs(KEYS) do
   local json = ARGV[2 * i]
   local old = redis.call('GET', key)
@@ -62,7 +113,8 @@ for i, key in ipairs(KEYS) do
   end
 end
 return out
-";
+"
+);
 
 /// Users in Redis, under a namespace prefix. Cheap to clone; clones share two multiplexed,
 /// self-reconnecting connections: one for reads, one for writes, so that a write the server
@@ -135,7 +187,7 @@ impl Scripts {
         key: String,
         user: &NewUser,
     ) -> Result<UserJson> {
-        let updated: Option<Bytes> = self
+        let updated: Option<(u8, Bytes)> = self
             .update
             .key(key)
             .arg(user.tail(Timestamp::now()))
@@ -143,7 +195,11 @@ impl Scripts {
             .await
             .map_err(|e| write_fault(describe, e))?;
         match updated {
-            Some(bytes) => stored_user(user.id(), bytes),
+            Some((1, bytes)) => stored_user(user.id(), bytes),
+            // Left as it was: the full check says what is wrong with it.
+            Some((_, old)) => Err(stored_user(user.id(), old)
+                .err()
+                .unwrap_or_else(|| kept_part_corrupt(user.id()))),
             None => Err(not_found(user.id())),
         }
     }
@@ -176,6 +232,16 @@ impl Scripts {
             return Err(Error::new(
                 ErrorKind::Internal,
                 format!("import script answered {} of {}", codes.len(), batch.len()),
+            ));
+        }
+        if let Some(i) = codes.iter().position(|&code| code == 3) {
+            let id = batch[i].1.user().id();
+            return Err(Error::new(
+                ErrorKind::Internal,
+                format!(
+                    "user {id}: stored user record is corrupt (created_at is not a timestamp); \
+                     nothing of this batch was written"
+                ),
             ));
         }
         codes.into_iter().map(import_outcome).collect()
@@ -286,6 +352,14 @@ pub(super) fn redact(url: &str) -> String {
             None => url.to_string(),
         },
     }
+}
+
+/// The error for a stored record whose `created_at` a write was to keep but could not.
+fn kept_part_corrupt(id: &UserId) -> Error {
+    Error::new(
+        ErrorKind::Internal,
+        format!("user {id}: stored user record is corrupt (created_at is not a timestamp)"),
+    )
 }
 
 /// What the import script's answer for one key means.
