@@ -506,7 +506,7 @@ fn a_refused_request_leaves_its_connection_usable() {
     // As Python's requests sends: the headers, then the body a moment later. Each of these is
     // answered before a handler would need the body.
     for (path, token, want) in [
-        (format!("/api/v1.0/user/?api_key=wrong"), token(), 401),
+        ("/api/v1.0/user/?api_key=wrong".to_string(), token(), 401),
         (
             format!("/api/v1.0/user/?api_key={KEY}"),
             "forged".to_string(),
