@@ -327,6 +327,11 @@ impl RawPage {
         len
     }
 
+    /// Sets how deep the documents pushed from now on are looked into.
+    pub(crate) fn set_depth(&mut self, depth: Depth) {
+        self.depth = depth;
+    }
+
     /// Empties the page for reuse, keeping its allocations.
     pub fn clear(&mut self) {
         self.buf.clear();

@@ -31,7 +31,7 @@ pub(crate) async fn enrich(
         Depth::TopLevel
     };
     let limits = &state.limits;
-    let mut page = RawPage::with_capacity(depth, doc.len(), 1);
+    let mut page = PooledPage::take(&state.pages, depth, doc.len());
     page.push_any(&doc)?;
     drop(doc);
     if page.activities() > limits.max_activities {
@@ -71,4 +71,62 @@ pub(crate) async fn enrich(
         HeaderValue::from_static("application/json"),
     );
     Ok(response)
+}
+
+/// A page borrowed from the server's pool of pages, given back (emptied) when dropped: a page
+/// keeps its buffers and id table between requests instead of asking the allocator for them
+/// each time.
+struct PooledPage<'a> {
+    page: Option<RawPage>,
+    pool: &'a std::sync::Mutex<Vec<RawPage>>,
+}
+
+impl<'a> PooledPage<'a> {
+    /// Pages kept at most, and the largest one kept.
+    const KEEP: usize = 8;
+    const KEEP_BYTES: usize = 256 << 10;
+
+    fn take(pool: &'a std::sync::Mutex<Vec<RawPage>>, depth: Depth, bytes: usize) -> Self {
+        let spare = pool.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        let page = match spare {
+            Some(mut page) => {
+                page.set_depth(depth);
+                page
+            }
+            None => RawPage::with_capacity(depth, bytes, 1),
+        };
+        PooledPage {
+            page: Some(page),
+            pool,
+        }
+    }
+}
+
+impl std::ops::Deref for PooledPage<'_> {
+    type Target = RawPage;
+    fn deref(&self) -> &RawPage {
+        self.page.as_ref().expect("a page until dropped")
+    }
+}
+
+impl std::ops::DerefMut for PooledPage<'_> {
+    fn deref_mut(&mut self) -> &mut RawPage {
+        self.page.as_mut().expect("a page until dropped")
+    }
+}
+
+impl Drop for PooledPage<'_> {
+    fn drop(&mut self) {
+        let Some(mut page) = self.page.take() else {
+            return;
+        };
+        if page.buffered() > Self::KEEP_BYTES {
+            return;
+        }
+        page.clear();
+        let mut pool = self.pool.lock().unwrap_or_else(|e| e.into_inner());
+        if pool.len() < Self::KEEP {
+            pool.push(page);
+        }
+    }
 }
