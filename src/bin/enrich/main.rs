@@ -5,6 +5,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
+use logging::LogFormat;
+
+mod logging;
 use enrich::bench::{Strategy, Workload};
 use enrich::commands::{self, EXIT_CODES, RunArgs, StoreSpec};
 use enrich::job::RunOptions;
@@ -283,15 +286,6 @@ impl ServeLimits {
     }
 }
 
-/// How log lines are written.
-#[derive(Debug, Clone, Copy, ValueEnum)]
-enum LogFormat {
-    /// One human-readable line per event; colour only on a terminal, never with NO_COLOR.
-    Text,
-    /// One JSON object per line, for log collectors.
-    Json,
-}
-
 #[derive(Debug, Clone, Copy, ValueEnum)]
 enum StrategyArg {
     Engine,
@@ -343,7 +337,7 @@ enum Users {
 async fn main() {
     let cli = Cli::parse();
     let serving = matches!(cli.command, Command::Serve { .. });
-    init_logging(cli.log_format, if serving { "info" } else { "warn" });
+    let logging = logging::init(cli.log_format, if serving { "info" } else { "warn" });
     let spec = StoreSpec::new(cli.store, StoreOptions::new().namespace(cli.namespace));
     let result = match cli.command {
         Command::Users(users) => run_users(&spec, users).await,
@@ -416,6 +410,7 @@ async fn main() {
                     // Stopped before the end: always said, like an error.
                     Some(stop) => {
                         eprintln!("{summary}");
+                        drop(logging);
                         std::process::exit(i32::from(stop.exit_code()));
                     }
                     None => {
@@ -456,27 +451,10 @@ async fn main() {
         Ok(()) => 0,
         Err(err) => fail(&err),
     };
-    // Exit now rather than wait for a read of standard input that may never return.
+    // Exit now rather than wait for a read of standard input that may never return, once the
+    // waiting log lines are out.
+    drop(logging);
     std::process::exit(i32::from(code))
-}
-
-/// Log lines go to standard error: warnings (an invalidation stream lost, then restored) and,
-/// for `serve`, one access line per request. Colour only where standard error is a terminal
-/// and NO_COLOR is not set.
-fn init_logging(format: LogFormat, default_level: &str) {
-    use std::io::IsTerminal;
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
-    let colour = std::io::stderr().is_terminal()
-        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
-    let logger = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(colour);
-    match format {
-        LogFormat::Text => logger.with_target(false).init(),
-        LogFormat::Json => logger.json().with_current_span(false).init(),
-    }
 }
 
 async fn run_users(spec: &StoreSpec, command: Users) -> Result<(), Error> {
