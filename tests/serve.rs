@@ -1113,3 +1113,24 @@ async fn store_refusals_are_answered_as_what_they_are() {
     assert_eq!(status, StatusCode::OK);
     server.stop().await;
 }
+
+#[tokio::test]
+async fn a_token_seen_before_still_expires_on_time() {
+    let server = Server::start("memory:").await;
+    let short = sign(
+        &json!({"resource": "*", "action": "*", "exp": now() + 2}),
+        SECRET,
+    );
+    let get = || {
+        let request = server.as_token(Method::GET, "/api/v1.0/user/nobody/", &short);
+        async move { text(request.send().await.unwrap()).await }
+    };
+    // Verified once, then answered from what the server remembers of it.
+    assert_eq!(get().await.0, StatusCode::NOT_FOUND);
+    assert_eq!(get().await.0, StatusCode::NOT_FOUND);
+    tokio::time::sleep(Duration::from_millis(3100)).await;
+    let (status, body) = get().await;
+    let detail = assert_error(status, &body, 401, 17, "NotAllowedException");
+    assert!(detail.contains("expired"), "{detail}");
+    server.stop().await;
+}
