@@ -19,8 +19,9 @@ use serde_json::{Value, json};
 
 use crate::enricher::Enricher;
 use crate::error::{Error, ErrorKind, Result};
-use crate::page::{Depth, RawPage};
+use crate::page::RawPage;
 use crate::reference::user_ref;
+use crate::shape::Depth;
 use crate::stats::EnrichStats;
 use crate::store::{ImportUser, SharedStore};
 use crate::user::{NewUser, Timestamp, UserId};

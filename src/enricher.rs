@@ -5,10 +5,12 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use serde_json::Value;
 
+use crate::answer::Answer;
 use crate::cache::{CacheConfig, CacheStats, L1, Memo, MemoPool};
 use crate::error::Result;
-use crate::page::{Depth, RawPage};
-use crate::resolver::{Answer, Resolver};
+use crate::page::RawPage;
+use crate::resolver::Resolver;
+use crate::shape::Depth;
 use crate::spliced::EnrichedValues;
 use crate::stats::EnrichStats;
 use crate::store::{Added, ImportOutcome, ImportUser, SharedStore, UserStore, WatchGuard};

@@ -61,18 +61,22 @@
 )]
 #![forbid(unsafe_code)]
 
+mod answer;
 pub mod bench;
 mod cache;
 pub mod commands;
 mod enricher;
 pub mod error;
+mod id;
 pub mod import;
 pub mod job;
 pub mod lines;
 pub mod page;
 pub mod reference;
 mod resolver;
+mod scan;
 pub mod serve;
+pub mod shape;
 mod spliced;
 mod stats;
 pub mod store;
@@ -82,7 +86,8 @@ mod values;
 pub use cache::{CacheConfig, CacheStats};
 pub use enricher::{EnrichedPage, Enricher, EnricherBuilder, OnStoreError};
 pub use error::{Error, ErrorKind, Result};
-pub use page::{Depth, RawPage};
+pub use page::RawPage;
+pub use shape::{Depth, MAX_DEPTH};
 pub use spliced::{EnrichedDoc, EnrichedValues};
 pub use stats::EnrichStats;
 pub use store::{SharedStore, StoreOptions, UserStore};

@@ -1,67 +1,14 @@
-//! The raw-bytes path: each document of a page is checked against the JSON grammar, scanned for
-//! references and compacted in one pass, and written out by splicing the users' stored bytes
-//! into the gaps. No document is ever turned into a DOM.
-//!
-//! Which strings are references follows Stream's shapes:
-//! - a feed response (an object with a `results` array): each result is a group or an activity;
-//! - a group (an object with an `activities` array): each of its activities;
-//! - an activity: each top-level string value, or with [`Depth::Deep`] every string value
-//!   within it.
-//!
-//! The own fields of responses and groups are never touched, and everything else is copied
-//! byte for byte (numbers and string escapes as they were), minus insignificant white space.
-//! Of members with the same name the last one counts, as in a parsed `Value`.
-//!
-//! A document is taken exactly when serde_json would parse it into a `serde_json::Value`, so
-//! the raw path and the `Value` path take the same documents: RFC 8259, with strings in UTF-8,
-//! `\u` escapes of UTF-16 surrogates in pairs, numbers within the range of an `f64`, and at
-//! most [`MAX_DEPTH`] levels. `tests/grammar.rs` and the fuzz target in `fuzz/` compare the two.
+//! The raw-bytes path: documents are pushed into a page as bytes, each checked, scanned for
+//! references and compacted in one pass (`scan`); the page's distinct ids are resolved
+//! in one go; each document is then written out by splicing the answers' bytes into the gaps.
+//! No document is ever turned into a DOM.
 
-use std::ops::Range;
-
-use hashbrown::HashTable;
-
+use crate::answer::Answer;
 use crate::error::{Error, Result};
-use crate::reference::{USER_PREFIX, user_ref, write_not_found, write_unavailable};
-use crate::resolver::Answer;
-use crate::user::{id_hash, is_valid_id};
-
-/// How deep references are looked for inside an activity.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Depth {
-    /// Only the activity's top-level fields, as Stream does.
-    #[default]
-    TopLevel,
-    /// Every string value at any depth inside the activity.
-    Deep,
-}
-
-/// What an object stands for, which decides which of its strings are references.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Role {
-    /// A document: a feed response, a group or an activity.
-    Document,
-    /// An element of a response's `results`: a group or an activity.
-    Result,
-    /// An element of a group's `activities`: an activity.
-    Activity,
-}
-
-/// The deepest nesting accepted: objects and arrays within one another, as many levels as
-/// serde_json parses into a `Value` (so both paths take the same documents).
-pub const MAX_DEPTH: usize = 127;
-
-/// A reference found in a page: where its string token is in the compacted buffer, and which
-/// distinct id it names.
-#[derive(Debug, Clone, Copy)]
-struct Site {
-    start: usize,
-    end: usize,
-    /// The token has escapes: the id is read by decoding it.
-    escaped: bool,
-    /// Set once the site is known to count.
-    id: u32,
-}
+use crate::id::Ids;
+use crate::reference::user_ref;
+use crate::scan::{Scanner, Site};
+use crate::shape::{Depth, Role};
 
 #[derive(Debug, Clone)]
 struct Doc {
@@ -80,56 +27,6 @@ pub struct RawPage {
     sites: Vec<Site>,
     ids: Ids,
     activities: u64,
-}
-
-/// A page's distinct ids, numbered in order of first appearance.
-#[derive(Debug, Default)]
-pub(crate) struct Ids {
-    ids: Vec<Box<str>>,
-    /// The [`id_hash`] of each id.
-    hashes: Vec<u64>,
-    /// Each id's number, found by its hash.
-    index: HashTable<u32>,
-}
-
-impl Ids {
-    fn with_capacity(ids: usize) -> Ids {
-        Ids {
-            ids: Vec::with_capacity(ids),
-            hashes: Vec::with_capacity(ids),
-            index: HashTable::with_capacity(ids),
-        }
-    }
-
-    /// The number of `id`, adding it if new.
-    pub(crate) fn intern(&mut self, id: &str) -> u32 {
-        let hash = id_hash(id);
-        let (ids, hashes) = (&self.ids, &self.hashes);
-        match self
-            .index
-            .entry(hash, |&i| *ids[i as usize] == *id, |&i| hashes[i as usize])
-        {
-            hashbrown::hash_table::Entry::Occupied(known) => *known.get(),
-            hashbrown::hash_table::Entry::Vacant(slot) => {
-                let i = u32::try_from(self.ids.len()).expect("fewer than 4 billion ids in a page");
-                slot.insert(i);
-                self.ids.push(id.into());
-                self.hashes.push(hash);
-                i
-            }
-        }
-    }
-
-    fn clear(&mut self) {
-        self.ids.clear();
-        self.hashes.clear();
-        self.index.clear();
-    }
-
-    /// The ids, in order of their numbers.
-    pub(crate) fn into_ids(self) -> Vec<Box<str>> {
-        self.ids
-    }
 }
 
 impl RawPage {
@@ -184,7 +81,7 @@ impl RawPage {
         if !matches!((first, allow_array), (Some(b'{'), _) | (Some(b'['), true)) {
             // Valid JSON of the wrong kind, or not JSON at all: say which.
             let mut sites = Vec::new();
-            let fault = Scanner::new(doc, self, false, start)
+            let fault = Scanner::new(doc, &mut self.buf, self.depth, false, start)
                 .document(|s, _| s.any(false, &mut Vec::new()), &mut sites);
             unwind(self);
             let what = if allow_array {
@@ -204,7 +101,7 @@ impl RawPage {
         for copy in [false, true] {
             // The scanner borrows the page; the sites vector travels beside it.
             let mut sites = std::mem::take(&mut self.sites);
-            let mut scanner = Scanner::new(doc, self, copy, start);
+            let mut scanner = Scanner::new(doc, &mut self.buf, self.depth, copy, start);
             let scanned = if first == Some(b'[') {
                 scanner.document(
                     |s, sites| s.array(|s, sites| s.element(Role::Document, sites), sites),
@@ -213,8 +110,9 @@ impl RawPage {
             } else {
                 scanner.document(|s, sites| s.object(Role::Document, sites), &mut sites)
             };
-            let saw_ws = scanner.saw_ws;
+            let (saw_ws, activities) = (scanner.saw_ws, scanner.activities);
             self.sites = sites;
+            self.activities += activities;
             if let Err(fault) = scanned {
                 unwind(self);
                 return Err(fault.into());
@@ -300,11 +198,7 @@ impl RawPage {
         for site in &self.sites[doc.sites.clone()] {
             out.extend_from_slice(&self.buf[at..site.start]);
             let id = &self.ids.ids[site.id as usize];
-            match &answers[site.id as usize] {
-                Answer::Found(user) => out.extend_from_slice(user.as_bytes()),
-                Answer::Missing => write_not_found(out, id),
-                Answer::Unavailable(_) => write_unavailable(out, id),
-            }
+            answers[site.id as usize].write(id, out);
             at = site.end;
         }
         out.extend_from_slice(&self.buf[at..doc.end]);
@@ -318,11 +212,7 @@ impl RawPage {
         for site in &self.sites[doc.sites.clone()] {
             len -= site.end - site.start;
             let id = &self.ids.ids[site.id as usize];
-            len += match &answers[site.id as usize] {
-                Answer::Found(user) => user.as_bytes().len(),
-                Answer::Missing => crate::reference::error_len(true, id),
-                Answer::Unavailable(_) => crate::reference::error_len(false, id),
-            };
+            len += answers[site.id as usize].len(id);
         }
         len
     }
@@ -342,547 +232,10 @@ impl RawPage {
     }
 }
 
-/// Checks that `json` is one JSON object in the grammar the raw path takes, nested inside
-/// `outer` levels of some enclosing document (so the whole stays within [`MAX_DEPTH`]).
-pub(crate) fn check_object(json: &[u8], outer: usize) -> Result<()> {
-    if json.first() != Some(&b'{') {
-        return Err(Error::invalid("not an object"));
-    }
-    let mut page = RawPage::default();
-    let mut scanner = Scanner::new(json, &mut page, false, 0);
-    scanner.level = outer;
-    scanner
-        .document(|s, sites| s.any(false, sites), &mut Vec::new())
-        .map_err(Error::from)
-}
-
-/// Why a document was refused.
-#[derive(Debug)]
-enum Fault {
-    /// Not JSON: what was wrong, at which byte.
-    Syntax { what: &'static str, at: usize },
-    /// Nested deeper than [`MAX_DEPTH`].
-    TooDeep,
-}
-
-impl From<Fault> for Error {
-    fn from(fault: Fault) -> Error {
-        match fault {
-            Fault::Syntax { what, at } => {
-                Error::invalid(format!("not valid JSON: {what} at byte {}", at + 1))
-            }
-            Fault::TooDeep => {
-                Error::invalid(format!("nesting too deep: more than {MAX_DEPTH} levels"))
-            }
-        }
-    }
-}
-
-type Scan<T = ()> = std::result::Result<T, Fault>;
-
-/// Checks a JSON document against serde_json's grammar (see the module doc; UTF-8 is checked
-/// inside strings, the only place bytes beyond ASCII may be) in one pass, notes the references
-/// it holds, and copies it into the page's buffer without white space.
-struct Scanner<'a> {
-    src: &'a [u8],
-    pos: usize,
-    page: &'a mut RawPage,
-    /// Open objects and arrays around the current position.
-    level: usize,
-    /// Copy as we go (the document has white space to drop), or not at all (it is compact and
-    /// is copied whole at the end, so positions are `base` + its own offsets).
-    copy: bool,
-    base: usize,
-    /// White space was skipped: a compact copy needs the copying pass.
-    saw_ws: bool,
-}
-
-/// A string token: where it is (or will be) in the page's buffer, and in the source.
-struct Token {
-    out: Range<usize>,
-    src: Range<usize>,
-    escaped: bool,
-}
-
-/// Where the string body starting at `from` stops being plain text: the first `"`, `\\` or
-/// control character at or after `from` (or byte beyond ASCII, if `ascii`), or `src.len()`.
-/// Looks at eight bytes at a time: most strings are short and a call into a general byte
-/// search costs more than it saves.
-///
-/// The word-at-a-time test is SWAR ("SIMD within a register"): Alan Mycroft's zero-byte test,
-/// `(v - 0x01…01) & !v & 0x80…80`, as collected in Sean Eron Anderson's *Bit Twiddling Hacks*
-/// ("Determine if a word has a zero byte", and its variants "has a byte equal to n", by XOR
-/// with `n` in every byte, and "has a byte less than n", here n = 0x20). serde_json's
-/// `SliceRead::skip_to_escape` combines the same three tests to find the end of a string's
-/// plain text; the high-bit test for bytes beyond ASCII is ours.
-fn string_stop(src: &[u8], from: usize, ascii: bool) -> usize {
-    const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
-    const HIGH: u64 = u64::from_ne_bytes([0x80; 8]);
-    let mut i = from;
-    while let Some(word) = src.get(i..i + 8) {
-        let word = u64::from_le_bytes(word.try_into().expect("eight bytes"));
-        // A byte is flagged if it is below 0x20, or zero once XORed with `"` or `\\`. Borrows
-        // run from low bytes to high ones (the word is read little-endian), so they can flag a
-        // byte after a true one, never before it: the lowest flag is exact.
-        let zero = |v: u64| v.wrapping_sub(ONES) & !v & HIGH;
-        let flags = (word.wrapping_sub(ONES * 0x20) & !word & HIGH)
-            | zero(word ^ (ONES * u64::from(b'"')))
-            | zero(word ^ (ONES * u64::from(b'\\')))
-            | if ascii { word & HIGH } else { 0 };
-        if flags != 0 {
-            return i + (flags.trailing_zeros() / 8) as usize;
-        }
-        i += 8;
-    }
-    while src
-        .get(i)
-        .is_some_and(|&b| b != b'"' && b != b'\\' && b >= 0x20 && (b < 0x80 || !ascii))
-    {
-        i += 1;
-    }
-    i
-}
-
-/// The length of the escape at `src[at]` (a `\`), or why it is refused.
-///
-/// serde_json decodes every string it puts in a `Value`, so it refuses a `\u` escape of a
-/// UTF-16 surrogate unless a leading one (D800–DBFF) is followed at once by an escaped trailing
-/// one (DC00–DFFF): such text has no UTF-8 form. The grammar alone would take them.
-fn escape_len(src: &[u8], at: usize) -> std::result::Result<usize, &'static str> {
-    const UNPAIRED: &str = "unpaired UTF-16 surrogate in a \\u escape";
-    match src.get(at + 1) {
-        Some(b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't') => Ok(2),
-        Some(b'u') => match hex4(src, at + 2) {
-            None => Err("invalid escape"),
-            Some(0xD800..=0xDBFF) => match (src.get(at + 6..at + 8), hex4(src, at + 8)) {
-                (Some(b"\\u"), Some(0xDC00..=0xDFFF)) => Ok(12),
-                _ => Err(UNPAIRED),
-            },
-            Some(0xDC00..=0xDFFF) => Err(UNPAIRED),
-            Some(_) => Ok(6),
-        },
-        _ => Err("invalid escape"),
-    }
-}
-
-/// The four hex digits at `src[at..]` as a number.
-fn hex4(src: &[u8], at: usize) -> Option<u16> {
-    src.get(at..at + 4)?.iter().try_fold(0u16, |n, &digit| {
-        Some(n << 4 | char::from(digit).to_digit(16)? as u16)
-    })
-}
-
-/// Whether a number that passed the grammar is one serde_json takes, checked only where it
-/// could be out of range.
-///
-/// serde_json reads a number with a fraction, an exponent or more digits than 64 bits hold as
-/// an `f64`, and refuses one that overflows (one that underflows becomes 0). It keeps the
-/// leading digits that fit in a `u64` (at least 19) and scales them by a power of ten: the
-/// integer digits beyond those, plus the exponent, less the fraction digits kept. With at most
-/// 200 integer digits and an exponent under 100 that power is at most 10^280, and
-/// 2^64 × 10^280 is far below `f64::MAX`: only a number with more integer digits or a positive
-/// exponent of three digits or more can overflow. Those few are handed to serde_json itself:
-/// near `f64::MAX` its approximate scaling decides, and which way depends on its version and
-/// features (`float_roundtrip`), so no copy of its rule could stay exact.
-fn number_in_range(number: &[u8], int_digits: usize, exponent: Option<(bool, usize)>) -> bool {
-    let may_overflow =
-        int_digits > 200 || exponent.is_some_and(|(positive, digits)| positive && digits > 2);
-    !may_overflow || serde_json::from_slice::<serde_json::Number>(number).is_ok()
-}
-
-impl<'a> Scanner<'a> {
-    fn new(src: &'a [u8], page: &'a mut RawPage, copy: bool, base: usize) -> Self {
-        Scanner {
-            src,
-            pos: 0,
-            page,
-            level: 0,
-            copy,
-            base,
-            saw_ws: false,
-        }
-    }
-
-    /// A whole document: white space, one value read by `value`, white space, the end.
-    fn document(
-        &mut self,
-        value: impl FnOnce(&mut Self, &mut Vec<Site>) -> Scan,
-        sites: &mut Vec<Site>,
-    ) -> Scan {
-        self.ws();
-        value(self, sites)?;
-        if self.pos < self.src.len() {
-            return self.fail("trailing characters");
-        }
-        Ok(())
-    }
-
-    fn fail<T>(&self, what: &'static str) -> Scan<T> {
-        Err(Fault::Syntax { what, at: self.pos })
-    }
-
-    fn peek(&self) -> Scan<u8> {
-        match self.src.get(self.pos) {
-            Some(&byte) => Ok(byte),
-            None => self.fail("unexpected end"),
-        }
-    }
-
-    fn ws(&mut self) {
-        let start = self.pos;
-        while self
-            .src
-            .get(self.pos)
-            .is_some_and(|b| matches!(b, b' ' | b'\t' | b'\n' | b'\r'))
-        {
-            self.pos += 1;
-        }
-        self.saw_ws |= self.pos > start;
-    }
-
-    /// Copies the structural byte under the cursor and the white space after it.
-    fn punct(&mut self) {
-        if self.copy {
-            self.page.buf.push(self.src[self.pos]);
-        }
-        self.pos += 1;
-        self.ws();
-    }
-
-    /// Copies `byte`, which must be under the cursor.
-    fn expect(&mut self, byte: u8, what: &'static str) -> Scan {
-        if self.peek()? != byte {
-            return self.fail(what);
-        }
-        self.punct();
-        Ok(())
-    }
-
-    /// Opens an object or an array, keeping count of the nesting.
-    fn open(&mut self) -> Scan {
-        self.level += 1;
-        if self.level > MAX_DEPTH {
-            return Err(Fault::TooDeep);
-        }
-        self.punct();
-        Ok(())
-    }
-
-    /// After a member or an element: a comma (`true`: another follows) or `close`.
-    fn more(&mut self, close: u8, what: &'static str) -> Scan<bool> {
-        match self.peek()? {
-            b',' => {
-                self.punct();
-                Ok(true)
-            }
-            byte if byte == close => {
-                self.level -= 1;
-                self.punct();
-                Ok(false)
-            }
-            _ => self.fail(what),
-        }
-    }
-
-    /// Copies a string token; returns where it landed in the buffer and whether it has escapes.
-    fn string(&mut self) -> Scan<Token> {
-        if self.peek()? != b'"' {
-            return self.fail("expected a string");
-        }
-        let start = self.pos;
-        let mut i = start + 1;
-        let mut escaped = false;
-        // Only strings may hold bytes beyond ASCII (anywhere else they break the grammar), so
-        // UTF-8 is checked here, and only for the strings that have such bytes.
-        let mut ascii = true;
-        loop {
-            i = string_stop(self.src, i, ascii);
-            match self.src.get(i) {
-                Some(b'"') => break,
-                Some(0x80..) => ascii = false,
-                Some(b'\\') => {
-                    escaped = true;
-                    match escape_len(self.src, i) {
-                        Ok(len) => i += len,
-                        Err(what) => {
-                            self.pos = i;
-                            return self.fail(what);
-                        }
-                    }
-                }
-                Some(_) => {
-                    self.pos = i;
-                    return self.fail("control character in a string");
-                }
-                None => {
-                    self.pos = i;
-                    return self.fail("unterminated string");
-                }
-            }
-        }
-        if !ascii && let Err(e) = std::str::from_utf8(&self.src[start + 1..i]) {
-            self.pos = start + 1 + e.valid_up_to();
-            return self.fail("not UTF-8");
-        }
-        let src = start..i + 1;
-        let out = if self.copy {
-            let out = self.page.buf.len();
-            self.page.buf.extend_from_slice(&self.src[src.clone()]);
-            out
-        } else {
-            self.base + start
-        };
-        self.pos = i + 1;
-        self.ws();
-        Ok(Token {
-            out: out..out + src.len(),
-            src,
-            escaped,
-        })
-    }
-
-    /// A string value that may be a reference.
-    fn candidate(&mut self, sites: &mut Vec<Site>) -> Scan {
-        let Token { out, src, escaped } = self.string()?;
-        let token = &self.src[src];
-        let is_ref = if escaped {
-            serde_json::from_slice::<String>(token).is_ok_and(|text| user_ref(&text).is_some())
-        } else {
-            // Without escapes the bytes between the quotes are the text; an id is ASCII, so
-            // the bytes alone decide.
-            token[1..].starts_with(USER_PREFIX.as_bytes())
-                && is_valid_id(&token[1 + USER_PREFIX.len()..token.len() - 1])
-        };
-        if is_ref {
-            sites.push(Site {
-                start: out.start,
-                end: out.end,
-                escaped,
-                id: u32::MAX,
-            });
-        }
-        Ok(())
-    }
-
-    /// Copies a number, `true`, `false` or `null`.
-    fn scalar(&mut self) -> Scan {
-        let start = self.pos;
-        let src = self.src;
-        let digits = |mut i: usize| {
-            while src.get(i).is_some_and(u8::is_ascii_digit) {
-                i += 1;
-            }
-            i
-        };
-        let end = match src[start] {
-            b't' if src[start..].starts_with(b"true") => start + 4,
-            b'f' if src[start..].starts_with(b"false") => start + 5,
-            b'n' if src[start..].starts_with(b"null") => start + 4,
-            b'-' | b'0'..=b'9' => {
-                let int_start = start + usize::from(src[start] == b'-');
-                let mut i = match src.get(int_start) {
-                    Some(b'0') => int_start + 1,
-                    Some(b'1'..=b'9') => digits(int_start + 1),
-                    _ => return self.fail("invalid number"),
-                };
-                let int_digits = i - int_start;
-                if src.get(i) == Some(&b'.') {
-                    let after = digits(i + 1);
-                    if after == i + 1 {
-                        self.pos = after;
-                        return self.fail("invalid number");
-                    }
-                    i = after;
-                }
-                let mut exponent = None;
-                if matches!(src.get(i), Some(b'e' | b'E')) {
-                    let positive = src.get(i + 1) != Some(&b'-');
-                    i += 1 + usize::from(matches!(src.get(i + 1), Some(b'+' | b'-')));
-                    let after = digits(i);
-                    if after == i {
-                        self.pos = after;
-                        return self.fail("invalid number");
-                    }
-                    exponent = Some((positive, after - i));
-                    i = after;
-                }
-                if !number_in_range(&src[start..i], int_digits, exponent) {
-                    return self.fail("number out of range");
-                }
-                i
-            }
-            _ => return self.fail("expected a value"),
-        };
-        if self.copy {
-            self.page.buf.extend_from_slice(&src[start..end]);
-        }
-        self.pos = end;
-        self.ws();
-        Ok(())
-    }
-
-    /// Copies any value; every string value in it is a candidate if `deep`.
-    fn any(&mut self, deep: bool, sites: &mut Vec<Site>) -> Scan {
-        match self.peek()? {
-            b'"' if deep => self.candidate(sites),
-            b'"' => self.string().map(drop),
-            b'[' => self.array(|s, sites| s.any(deep, sites), sites),
-            b'{' => {
-                self.open()?;
-                if self.peek()? == b'}' {
-                    return self.more(b'}', "").map(drop);
-                }
-                loop {
-                    self.string()?;
-                    self.expect(b':', "expected `:`")?;
-                    self.any(deep, sites)?;
-                    if !self.more(b'}', "expected `,` or `}`")? {
-                        return Ok(());
-                    }
-                }
-            }
-            _ => self.scalar(),
-        }
-    }
-
-    /// Copies an array, handing each element to `element`.
-    fn array(
-        &mut self,
-        mut element: impl FnMut(&mut Self, &mut Vec<Site>) -> Scan,
-        sites: &mut Vec<Site>,
-    ) -> Scan {
-        self.open()?;
-        if self.peek()? == b']' {
-            return self.more(b']', "").map(drop);
-        }
-        loop {
-            element(self, sites)?;
-            if !self.more(b']', "expected `,` or `]`")? {
-                return Ok(());
-            }
-        }
-    }
-
-    /// An array element in a place where objects play `role`; anything else is copied.
-    fn element(&mut self, role: Role, sites: &mut Vec<Site>) -> Scan {
-        if self.peek()? == b'{' {
-            self.object(role, sites)
-        } else {
-            self.any(false, sites)
-        }
-    }
-
-    /// Copies an object playing `role`, and adds the references it holds to `sites`.
-    ///
-    /// Its own string members are noted as they come; if the object turns out to be a group or
-    /// a feed response (its `activities` or `results` array may come last), only the references
-    /// inside that array are kept.
-    ///
-    /// Of members with the same name the last one counts, as in a parsed `Value`: an earlier
-    /// `results` or `activities` (array or not) is written out but never looked at by a reader,
-    /// so its references do not count, and a last one that is not an array makes no container.
-    fn object(&mut self, role: Role, sites: &mut Vec<Site>) -> Scan {
-        let first = sites.len();
-        let activities_before = self.page.activities;
-        // Where the last special array of each name put its references, and how many
-        // activities it held; and where the arrays that a later member replaced put theirs.
-        let mut results: Option<(Range<usize>, u64)> = None;
-        let mut activities: Option<(Range<usize>, u64)> = None;
-        let mut replaced: Vec<Range<usize>> = Vec::new();
-        self.open()?;
-        let mut more = self.peek()? != b'}';
-        if !more {
-            self.more(b'}', "")?;
-        }
-        while more {
-            let key = self.string()?;
-            let special = match role {
-                Role::Activity => None,
-                Role::Document => special_key(&self.src[key.src], key.escaped),
-                // Only a document can be a feed response.
-                Role::Result => special_key(&self.src[key.src], key.escaped)
-                    .filter(|s| matches!(s, Special::Activities)),
-            };
-            self.expect(b':', "expected `:`")?;
-            let slot = match special {
-                Some(Special::Results) => Some(&mut results),
-                Some(Special::Activities) => Some(&mut activities),
-                None => None,
-            };
-            match (slot, self.peek()?) {
-                (Some(slot), next) => {
-                    replaced.extend(slot.take().map(|(range, _)| range));
-                    if next == b'[' {
-                        let items = match special {
-                            Some(Special::Results) => Role::Result,
-                            _ => Role::Activity,
-                        };
-                        let (start, counted) = (sites.len(), self.page.activities);
-                        self.array(|s, sites| s.element(items, sites), sites)?;
-                        *slot = Some((start..sites.len(), self.page.activities - counted));
-                    } else {
-                        self.member(next, sites)?;
-                    }
-                }
-                (None, next) => self.member(next, sites)?,
-            }
-            more = self.more(b'}', "expected `,` or `}`")?;
-        }
-        let Some((kept, counted)) = results.or(activities) else {
-            // An activity: all its references count, but those of replaced members.
-            if !replaced.is_empty() {
-                let mut write = first;
-                for read in first..sites.len() {
-                    if !replaced.iter().any(|range| range.contains(&read)) {
-                        sites[write] = sites[read];
-                        write += 1;
-                    }
-                }
-                sites.truncate(write);
-            }
-            self.page.activities = activities_before + 1;
-            return Ok(());
-        };
-        sites.copy_within(kept.clone(), first);
-        sites.truncate(first + kept.len());
-        self.page.activities = activities_before + counted;
-        Ok(())
-    }
-
-    /// A member of an activity (or one of a container's own): a string may be a reference.
-    fn member(&mut self, next: u8, sites: &mut Vec<Site>) -> Scan {
-        match next {
-            b'"' => self.candidate(sites),
-            b'{' | b'[' if self.page.depth == Depth::Deep => self.any(true, sites),
-            _ => self.any(false, sites),
-        }
-    }
-}
-
-#[derive(Clone, Copy)]
-enum Special {
-    Results,
-    Activities,
-}
-
-fn special_key(token: &[u8], escaped: bool) -> Option<Special> {
-    let decoded;
-    let key: &[u8] = if escaped {
-        decoded = serde_json::from_slice::<String>(token).ok()?;
-        decoded.as_bytes()
-    } else {
-        &token[1..token.len() - 1]
-    };
-    match key {
-        b"results" => Some(Special::Results),
-        b"activities" => Some(Special::Activities),
-        _ => None,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::shape::MAX_DEPTH;
     use serde_json::Value;
 
     fn scan(doc: &str, depth: Depth) -> (String, Vec<String>) {
@@ -1030,45 +383,6 @@ mod tests {
 
     fn accepts(doc: &[u8]) -> bool {
         RawPage::new(Depth::Deep).push_any(doc).is_ok()
-    }
-
-    #[test]
-    fn string_stop_finds_the_first_quote_backslash_or_control_character() {
-        let slow = |src: &[u8], from: usize, ascii: bool| {
-            (from..src.len())
-                .find(|&i| matches!(src[i], b'"' | b'\\' | 0..0x20) || (ascii && src[i] >= 0x80))
-                .unwrap_or(src.len())
-        };
-        let mut state = 0x9e37_79b9_7f4a_7c15u64;
-        let bytes = [
-            b'a', b'"', b'\\', 0x00, 0x1f, 0x20, 0x21, 0x5c, 0x7f, 0x80, 0xa2, 0xdc, 0xff,
-        ];
-        for len in 0..40 {
-            for _ in 0..200 {
-                let src: Vec<u8> = (0..len)
-                    .map(|_| {
-                        state ^= state << 13;
-                        state ^= state >> 7;
-                        state ^= state << 17;
-                        // Mostly plain text, so stops land anywhere in a word.
-                        if state.is_multiple_of(8) {
-                            bytes[(state >> 8) as usize % bytes.len()]
-                        } else {
-                            b'x'
-                        }
-                    })
-                    .collect();
-                for from in 0..=len {
-                    for ascii in [false, true] {
-                        assert_eq!(
-                            string_stop(&src, from, ascii),
-                            slow(&src, from, ascii),
-                            "{src:?} from {from}, {ascii}"
-                        );
-                    }
-                }
-            }
-        }
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! References: which strings name a user, and what stands in for one that is missing.
 
-use crate::user::is_valid_id;
+use crate::id::is_valid_id;
 
 /// The prefix of a user reference.
 pub const USER_PREFIX: &str = "SU:";

@@ -11,22 +11,12 @@ use std::sync::Arc;
 use futures::FutureExt;
 use tokio::sync::oneshot;
 
+use crate::answer::Answer;
 use crate::cache::{BatchFuture, BatchResult, Cached, Flight, Joined, L1, Memo};
 use crate::error::{Error, ErrorKind, Result};
 use crate::stats::EnrichStats;
 use crate::store::SharedStore;
-use crate::user::{UserId, UserJson};
-
-/// What the resolver knows of one id.
-#[derive(Debug, Clone)]
-pub(crate) enum Answer {
-    /// The user as stored.
-    Found(UserJson),
-    /// No such user.
-    Missing,
-    /// The store could not say.
-    Unavailable(Error),
-}
+use crate::user::UserId;
 
 impl From<Cached> for Answer {
     fn from(cached: Cached) -> Answer {

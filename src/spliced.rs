@@ -16,9 +16,9 @@ use serde::{Serialize, Serializer};
 use serde_json::Value;
 use serde_json::value::RawValue;
 
-use crate::page::Depth;
+use crate::answer::Answer;
 use crate::reference::{write_not_found, write_unavailable};
-use crate::resolver::Answer;
+use crate::shape::Depth;
 use crate::stats::EnrichStats;
 use crate::values::{Place, References, Search, referenced_id};
 

@@ -16,30 +16,11 @@ use time::format_description::well_known::Rfc3339;
 use time::macros::format_description;
 
 use crate::error::{Error, ErrorKind, Result};
-
-/// The longest id Stream accepts.
-pub const MAX_ID_LEN: usize = 255;
+pub(crate) use crate::id::id_hash;
+pub use crate::id::{MAX_ID_LEN, is_valid_id};
 
 /// The largest user: the compact JSON of `{"id":…,"data":…}` may take this many bytes.
 pub const MAX_USER_BYTES: usize = 10_240;
-
-/// True when `id` is a well-formed user id: 1 to 255 of `[A-Za-z0-9_-]`.
-pub fn is_valid_id(id: &[u8]) -> bool {
-    !id.is_empty()
-        && id.len() <= MAX_ID_LEN
-        && id
-            .iter()
-            .all(|&b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
-}
-
-/// A hash of an id, the same for every page and memo of this process (so a page's hashes serve
-/// its lookups elsewhere) and seeded at random per process (ids come from outside: a fixed
-/// seed could be attacked with colliding ids).
-pub(crate) fn id_hash(id: &str) -> u64 {
-    static STATE: std::sync::LazyLock<foldhash::fast::RandomState> =
-        std::sync::LazyLock::new(foldhash::fast::RandomState::default);
-    std::hash::BuildHasher::hash_one(&*STATE, id)
-}
 
 /// A validated user id.
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -248,10 +229,10 @@ impl NewUser {
         let data = serde_json::to_string(&data).expect("a JSON map always serializes");
         // The record nests the data one level down, and must itself stay within the nesting
         // every reader takes (it is checked on each read, and parsed into a `Value` by some).
-        if crate::page::check_object(data.as_bytes(), 1).is_err() {
+        if crate::scan::check_object(data.as_bytes(), 1).is_err() {
             return Err(Error::invalid(format!(
                 "user {id:?}: data is nested too deep; a user's data may nest at most {} levels",
-                crate::page::MAX_DEPTH - 1
+                crate::shape::MAX_DEPTH - 1
             )));
         }
         // The compact encoding of {"id":"…","data":…}; ids never need escaping.
@@ -396,7 +377,7 @@ impl UserJson {
             _ => return Err("data is not an object closing the record".into()),
         };
         // One level is the record's own object.
-        crate::page::check_object(data, 1)
+        crate::scan::check_object(data, 1)
             .map_err(|e| format!("data is not a JSON object: {}", e.message()))?;
         Ok(id)
     }

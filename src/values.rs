@@ -9,8 +9,9 @@
 
 use serde_json::{Map, Value};
 
-use crate::page::{Depth, Ids, Role};
+use crate::id::Ids;
 use crate::reference::user_ref;
+use crate::shape::{Depth, Role, container};
 
 /// Where a value stands in a document, which decides how it is searched for references.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -94,25 +95,24 @@ impl Place {
 fn shape(object: &Map<String, Value>, role: Role, depth: Depth) -> Fields {
     if role != Role::Activity {
         // One look at the keys rather than a hash of each name: every walk of the object goes
-        // through all its members anyway.
-        let mut activities = false;
+        // through all its members anyway. A feed response's `results` wins over `activities`.
+        let mut found: Option<(&'static str, Role)> = None;
         for (key, value) in object {
-            match key.as_str() {
-                "results" if role == Role::Document && value.is_array() => {
-                    return Fields::Container {
-                        key: "results",
-                        role: Role::Result,
-                    };
+            if let Some(items) = container(role, key.as_bytes())
+                && value.is_array()
+            {
+                let key = if items == Role::Result {
+                    "results"
+                } else {
+                    "activities"
+                };
+                if items == Role::Result || found.is_none() {
+                    found = Some((key, items));
                 }
-                "activities" if value.is_array() => activities = true,
-                _ => {}
             }
         }
-        if activities {
-            return Fields::Container {
-                key: "activities",
-                role: Role::Activity,
-            };
+        if let Some((key, role)) = found {
+            return Fields::Container { key, role };
         }
     }
     if depth == Depth::Deep {

@@ -49,7 +49,7 @@ use tokio::task::JoinSet;
 
 use crate::enricher::Enricher;
 use crate::error::{Error, ErrorKind};
-use crate::page::Depth;
+use crate::shape::Depth;
 use crate::stats::EnrichStats;
 
 pub use files::{FileId, check_outputs};

@@ -15,7 +15,8 @@ use super::auth::Access;
 use super::budget::charged_body;
 use super::error::ApiError;
 use super::request::{Params, flag, params};
-use crate::page::{Depth, RawPage};
+use crate::page::RawPage;
+use crate::shape::Depth;
 
 pub(crate) async fn enrich(
     State(state): State<AppState>,

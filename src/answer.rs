@@ -1,0 +1,38 @@
+//! What an id resolves to, and how an answer is written in a document's place: the one rule
+//! every path that writes enriched documents follows.
+
+use crate::error::Error;
+use crate::reference::{error_len, write_not_found, write_unavailable};
+use crate::user::UserJson;
+
+/// What the resolver knows of one id.
+#[derive(Debug, Clone)]
+pub(crate) enum Answer {
+    /// The user as stored.
+    Found(UserJson),
+    /// No such user.
+    Missing,
+    /// The store could not say.
+    Unavailable(Error),
+}
+
+impl Answer {
+    /// Appends what stands in a document for a reference to `id`: the user's stored bytes, or
+    /// the inline error object.
+    pub(crate) fn write(&self, id: &str, out: &mut Vec<u8>) {
+        match self {
+            Answer::Found(user) => out.extend_from_slice(user.as_bytes()),
+            Answer::Missing => write_not_found(out, id),
+            Answer::Unavailable(_) => write_unavailable(out, id),
+        }
+    }
+
+    /// The length of what [`Answer::write`] appends.
+    pub(crate) fn len(&self, id: &str) -> usize {
+        match self {
+            Answer::Found(user) => user.as_bytes().len(),
+            Answer::Missing => error_len(true, id),
+            Answer::Unavailable(_) => error_len(false, id),
+        }
+    }
+}
