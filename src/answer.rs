@@ -3,6 +3,7 @@
 
 use crate::error::Error;
 use crate::reference::{error_len, write_not_found, write_unavailable};
+use crate::stats::EnrichStats;
 use crate::user::UserJson;
 
 /// What the resolver knows of one id.
@@ -24,6 +25,15 @@ impl Answer {
             Answer::Found(user) => out.extend_from_slice(user.as_bytes()),
             Answer::Missing => write_not_found(out, id),
             Answer::Unavailable(_) => write_unavailable(out, id),
+        }
+    }
+
+    /// Counts the answer in `stats`: a missing or an unavailable user.
+    pub(crate) fn count(&self, stats: &mut EnrichStats) {
+        match self {
+            Answer::Found(_) => {}
+            Answer::Missing => stats.missing += 1,
+            Answer::Unavailable(_) => stats.unavailable += 1,
         }
     }
 

@@ -11,11 +11,10 @@ use crate::error::Result;
 use crate::page::RawPage;
 use crate::resolver::Resolver;
 use crate::shape::Depth;
-use crate::spliced::EnrichedValues;
 use crate::stats::EnrichStats;
 use crate::store::{Added, ImportOutcome, ImportUser, SharedStore, UserStore, WatchGuard};
 use crate::user::{NewUser, UserId, UserJson};
-use crate::values::{Place, References, referenced_id, walk_mut};
+use crate::value::{EnrichedValues, References, enrich_in_place};
 
 /// What to do when the store fails while a page is being enriched.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -178,25 +177,7 @@ impl Enricher {
     pub async fn enrich_values(&self, page: &mut [Value], depth: Depth) -> Result<EnrichStats> {
         let refs = References::collect(page, depth);
         let (answers, stats) = self.resolve_references(&refs).await?;
-        // Each user is parsed once per page, then cloned into each place that names it.
-        let users: Vec<Value> = answers
-            .iter()
-            .zip(&refs.ids)
-            .map(|(a, id)| answer_value(a, id))
-            .collect();
-        // The walk meets the references in the order they were collected.
-        let mut sites = refs.sites.iter();
-        for doc in page.iter_mut() {
-            walk_mut(doc, Place::DOCUMENT, depth, &mut |value| {
-                if referenced_id(value).is_some() {
-                    let i = *sites
-                        .next()
-                        .expect("the same walk finds the same references")
-                        as usize;
-                    *value = users[i].clone();
-                }
-            });
-        }
+        enrich_in_place(page, depth, &refs, &answers);
         Ok(stats)
     }
 
@@ -251,7 +232,7 @@ impl Enricher {
         let answers = self.fail_on_store_fault(answers)?;
         for (answer, count) in answers.iter().zip(page.site_counts()) {
             for _ in 0..count {
-                count_answer(answer, &mut stats);
+                answer.count(&mut stats);
             }
         }
         Ok(EnrichedPage {
@@ -287,7 +268,7 @@ impl Enricher {
         };
         let answers = self.resolve(&refs.ids, &mut stats).await?;
         for &site in &refs.sites {
-            count_answer(&answers[site as usize], &mut stats);
+            answers[site as usize].count(&mut stats);
         }
         Ok((answers, stats))
     }
@@ -334,30 +315,6 @@ impl EnrichedPage<'_> {
     pub fn stats(&self) -> EnrichStats {
         self.stats
     }
-}
-
-fn count_answer(answer: &Answer, stats: &mut EnrichStats) {
-    match answer {
-        Answer::Found(_) => {}
-        Answer::Missing => stats.missing += 1,
-        Answer::Unavailable(_) => stats.unavailable += 1,
-    }
-}
-
-fn answer_value(answer: &Answer, id: &str) -> Value {
-    let mut bytes = Vec::new();
-    let json = match answer {
-        Answer::Found(user) => user.as_bytes(),
-        Answer::Missing => {
-            crate::reference::write_not_found(&mut bytes, id);
-            &bytes
-        }
-        Answer::Unavailable(_) => {
-            crate::reference::write_unavailable(&mut bytes, id);
-            &bytes
-        }
-    };
-    serde_json::from_slice(json).expect("user records and error objects are valid JSON")
 }
 
 /// The store seen through an enricher: every write also invalidates the enricher's L1, whatever

@@ -1,11 +1,18 @@
-//! The `serde_json::Value` path: the same shapes and rules as the raw-bytes path in
-//! [`crate::page`], over documents a caller already holds as values.
+//! The `serde_json::Value` paths: the same shapes and rules as the raw-bytes path in
+//! [`crate::page`] ([`crate::shape`]), over documents a caller already holds as values.
+//!
+//! Two ways to answer them, siblings over the same walk: `splice` writes (or serializes) the
+//! documents with each user spliced in as its stored bytes, leaving the values alone;
+//! `in_place` puts each user in its place as a `Value`, for callers who read or edit them.
 //!
 //! The rules live in one place, [`Place::search`]: given where a value stands, it says whether
 //! the value is a string that may be a reference, or where its members stand. Every walk of
 //! the `Value` path — finding the references, substituting them in place, and writing a page
 //! with the users spliced in ([`crate::spliced`]) — follows it, so all of them meet the same
 //! references in the same order.
+
+mod in_place;
+mod splice;
 
 use serde_json::{Map, Value};
 
@@ -200,14 +207,12 @@ fn walk<'v>(
     }
 }
 
+pub(crate) use self::in_place::enrich_in_place;
+pub use self::splice::{EnrichedDoc, EnrichedValues};
+
 /// Calls `visit` on every string in `value` that sits where a reference counts, in document
 /// order, for substituting it in place.
-pub(crate) fn walk_mut(
-    value: &mut Value,
-    place: Place,
-    depth: Depth,
-    visit: &mut impl FnMut(&mut Value),
-) {
+fn walk_mut(value: &mut Value, place: Place, depth: Depth, visit: &mut impl FnMut(&mut Value)) {
     match (place.search(value, depth), value) {
         (Search::Candidate, value) => visit(value),
         (Search::Elements(place), Value::Array(items)) => {

@@ -16,11 +16,10 @@ use serde::{Serialize, Serializer};
 use serde_json::Value;
 use serde_json::value::RawValue;
 
+use super::{Place, References, Search, referenced_id};
 use crate::answer::Answer;
-use crate::reference::{write_not_found, write_unavailable};
 use crate::shape::Depth;
 use crate::stats::EnrichStats;
-use crate::values::{Place, References, Search, referenced_id};
 
 /// A page of documents held as `serde_json::Value`s, with its references resolved: made by
 /// [`Enricher::enrich_value_page`](crate::Enricher::enrich_value_page), it writes each
@@ -155,11 +154,7 @@ impl Writer<'_, '_> {
                     .expect("the same walk finds the same references")
                     as usize;
                 let name = &self.page.refs.ids[id];
-                match &self.page.answers[id] {
-                    Answer::Found(user) => self.out.extend_from_slice(user.as_bytes()),
-                    Answer::Missing => write_not_found(self.out, name),
-                    Answer::Unavailable(_) => write_unavailable(self.out, name),
-                }
+                self.page.answers[id].write(name, self.out);
             }
             (Search::Elements(place), Value::Array(items)) => {
                 self.out.push(b'[');
@@ -263,20 +258,18 @@ impl EnrichedValues<'_> {
                 Answer::Found(user) => serde_json::from_str::<&RawValue>(user.as_str())
                     .map(Cow::Borrowed)
                     .map_err(|e| format!("stored user {id:?} is not valid JSON: {e}"))?,
-                Answer::Missing => stand_in(write_not_found, id),
-                Answer::Unavailable(_) => stand_in(write_unavailable, id),
+                stand_in => {
+                    let mut bytes = Vec::new();
+                    stand_in.write(id, &mut bytes);
+                    let json = String::from_utf8(bytes).expect("ids are ASCII");
+                    Cow::Owned(
+                        RawValue::from_string(json).expect("the stand-in objects are valid JSON"),
+                    )
+                }
             });
         }
         Ok(splices)
     }
-}
-
-/// The not-found or unavailable object for `id`, exactly as the writers write it.
-fn stand_in(write: fn(&mut Vec<u8>, &str), id: &str) -> Splice<'static> {
-    let mut bytes = Vec::new();
-    write(&mut bytes, id);
-    let json = String::from_utf8(bytes).expect("ids are ASCII");
-    Cow::Owned(RawValue::from_string(json).expect("the stand-in objects are valid JSON"))
 }
 
 /// What every node of one serialization shares: the references in the order the walk meets
