@@ -10,12 +10,13 @@ use std::fmt;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
-use time::OffsetDateTime;
-use time::format_description::BorrowedFormatItem;
-use time::format_description::well_known::Rfc3339;
-use time::macros::format_description;
 
-use crate::error::{Error, ErrorKind, Result};
+mod record;
+mod timestamp;
+
+pub use self::record::UserJson;
+pub use self::timestamp::Timestamp;
+use crate::error::{Error, Result};
 pub(crate) use crate::id::id_hash;
 pub use crate::id::{MAX_ID_LEN, is_valid_id};
 
@@ -79,105 +80,6 @@ pub(crate) fn shorten(text: &str) -> String {
     match text.char_indices().nth(KEEP) {
         Some((cut, _)) => format!("{}…", &text[..cut]),
         None => text.to_string(),
-    }
-}
-
-/// A moment in Stream's format: RFC 3339, UTC, six fractional digits, `Z`. Always 27 bytes.
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Timestamp([u8; Timestamp::LEN]);
-
-const TIMESTAMP_FORMAT: &[BorrowedFormatItem<'_>] =
-    format_description!("[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:6]Z");
-
-impl Timestamp {
-    /// The length of every timestamp, `2021-04-13T22:53:19.670051Z`.
-    pub const LEN: usize = 27;
-
-    /// True when `text` is a timestamp exactly in this form, `2021-04-13T22:53:19.670051Z`,
-    /// and names a real moment (no month 13, no February 30). Reads no further than its 27
-    /// bytes, all ASCII.
-    pub(crate) fn is_exact(text: &[u8]) -> bool {
-        let Ok(text) = <&[u8; Timestamp::LEN]>::try_from(text) else {
-            return false;
-        };
-        let number = |at: std::ops::Range<usize>| {
-            text[at].iter().try_fold(0u32, |n, &b| {
-                b.is_ascii_digit().then(|| n * 10 + u32::from(b - b'0'))
-            })
-        };
-        let separators = [
-            (4, b'-'),
-            (7, b'-'),
-            (10, b'T'),
-            (13, b':'),
-            (16, b':'),
-            (19, b'.'),
-        ];
-        let (Some(year), Some(month), Some(day), Some(hour), Some(minute), Some(second), Some(_)) = (
-            number(0..4),
-            number(5..7),
-            number(8..10),
-            number(11..13),
-            number(14..16),
-            number(17..19),
-            number(20..26),
-        ) else {
-            return false;
-        };
-        separators.iter().all(|&(at, b)| text[at] == b)
-            && text[26] == b'Z'
-            && hour < 24
-            && minute < 60
-            && second < 60
-            && time::Month::try_from(month as u8).is_ok_and(|month| {
-                time::Date::from_calendar_date(year as i32, month, day as u8).is_ok()
-            })
-    }
-
-    /// The current time.
-    pub fn now() -> Timestamp {
-        Timestamp::from_datetime(OffsetDateTime::now_utc()).expect("the clock is within year 9999")
-    }
-
-    /// Reads any RFC 3339 time (any offset, any precision) and normalizes it to UTC with six
-    /// fractional digits, as a migration from another store needs.
-    pub fn parse(text: &str) -> Result<Timestamp> {
-        let parsed = OffsetDateTime::parse(text, &Rfc3339).map_err(|e| {
-            Error::invalid(format!(
-                "invalid timestamp {:?}: {e}; expected RFC 3339 such as 2021-04-13T22:53:19.670051Z",
-                shorten(text)
-            ))
-        })?;
-        Timestamp::from_datetime(parsed)
-            .ok_or_else(|| Error::invalid(format!("timestamp {text:?} is out of range")))
-    }
-
-    fn from_datetime(at: OffsetDateTime) -> Option<Timestamp> {
-        let utc = at.to_offset(time::UtcOffset::UTC);
-        if !(0..=9999).contains(&utc.year()) {
-            return None;
-        }
-        let text = utc.format(TIMESTAMP_FORMAT).ok()?;
-        let bytes: [u8; Timestamp::LEN] = text.as_bytes().try_into().ok()?;
-        Some(Timestamp(bytes))
-    }
-
-    /// The timestamp as text.
-    pub fn as_str(&self) -> &str {
-        // Built only from the ASCII output of `format` above.
-        std::str::from_utf8(&self.0).expect("timestamps are ASCII")
-    }
-}
-
-impl fmt::Debug for Timestamp {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl fmt::Display for Timestamp {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
     }
 }
 
@@ -284,166 +186,6 @@ impl fmt::Debug for NewUser {
     }
 }
 
-/// A stored user, serialized exactly as Stream returns and embeds it.
-#[derive(Clone, PartialEq, Eq, Hash)]
-pub struct UserJson(Bytes);
-
-impl UserJson {
-    const PREFIX: &'static [u8] = br#"{"created_at":""#;
-    const CREATED_AT: std::ops::Range<usize> = 15..15 + Timestamp::LEN;
-    /// Where the part after `created_at`'s value starts.
-    pub(crate) const TAIL_START: usize = 15 + Timestamp::LEN;
-    const UPDATED_KEY: &'static [u8] = br#"","updated_at":""#;
-    const UPDATED_AT: std::ops::Range<usize> = {
-        let start = UserJson::TAIL_START + UserJson::UPDATED_KEY.len();
-        start..start + Timestamp::LEN
-    };
-    const ID_KEY: &'static [u8] = br#"","id":""#;
-    const ID_START: usize = UserJson::UPDATED_AT.end + UserJson::ID_KEY.len();
-    const DATA_KEY: &'static [u8] = br#"","data":"#;
-
-    /// Wraps bytes read back from a store, checking that they are exactly what this crate
-    /// writes: `{"created_at":"…","updated_at":"…","id":"…","data":{…}}`, both timestamps in
-    /// [`Timestamp`]'s form and real, a valid id, the data a JSON object (in the grammar the
-    /// raw-bytes path takes, nested no deeper than a document may be), and nothing after it.
-    pub fn from_stored(bytes: impl Into<Bytes>) -> Result<UserJson> {
-        UserJson::checked(bytes.into(), None)
-    }
-
-    /// Like [`UserJson::from_stored`], for a record read under `id`'s key: it must be the
-    /// record of that user, not one copied there from another key.
-    pub(crate) fn from_stored_as(id: &UserId, bytes: impl Into<Bytes>) -> Result<UserJson> {
-        UserJson::checked(bytes.into(), Some(id))
-    }
-
-    fn checked(bytes: Bytes, expected: Option<&UserId>) -> Result<UserJson> {
-        // Checked whole, once, as it comes in: the bytes are then spliced into output as they
-        // are, and read at fixed places (`created_at`, an update's kept prefix), so a record
-        // that is not exactly our shape must never get further than this.
-        let defect = match UserJson::shape(&bytes) {
-            Ok(id) => match expected {
-                Some(expected) if id != expected.as_str().as_bytes() => {
-                    Some(format!("it holds user {:?}", String::from_utf8_lossy(id)))
-                }
-                _ => None,
-            },
-            Err(why) => Some(why),
-        };
-        match defect {
-            None => Ok(UserJson(bytes)),
-            Some(why) => Err(Error::new(
-                ErrorKind::Internal,
-                format!(
-                    "stored user record is corrupt ({why}): {:?}",
-                    shorten(&String::from_utf8_lossy(&bytes))
-                ),
-            )),
-        }
-    }
-
-    /// Checks a stored record's shape piece by piece; returns its id, or what is wrong.
-    fn shape(bytes: &[u8]) -> std::result::Result<&[u8], String> {
-        let field = |range: std::ops::Range<usize>| bytes.get(range).unwrap_or_default();
-        if !bytes.starts_with(UserJson::PREFIX) {
-            return Err("it does not start with created_at".into());
-        }
-        if !Timestamp::is_exact(field(UserJson::CREATED_AT)) {
-            return Err("created_at is not a timestamp".into());
-        }
-        if !bytes[UserJson::TAIL_START..].starts_with(UserJson::UPDATED_KEY) {
-            return Err("updated_at does not follow created_at".into());
-        }
-        if !Timestamp::is_exact(field(UserJson::UPDATED_AT)) {
-            return Err("updated_at is not a timestamp".into());
-        }
-        if !bytes[UserJson::UPDATED_AT.end..].starts_with(UserJson::ID_KEY) {
-            return Err("id does not follow updated_at".into());
-        }
-        let rest = &bytes[UserJson::ID_START..];
-        let id_len = rest
-            .iter()
-            .position(|&b| !(b.is_ascii_alphanumeric() || b == b'_' || b == b'-'))
-            .unwrap_or(rest.len());
-        let (id, rest) = rest.split_at(id_len);
-        if !is_valid_id(id) {
-            return Err("the id is not a valid user id".into());
-        }
-        let Some(data) = rest.strip_prefix(UserJson::DATA_KEY) else {
-            return Err("data does not follow the id".into());
-        };
-        // The data ends at the record's last byte, the `}` that closes the record.
-        let data = match data.split_last() {
-            Some((b'}', data)) if data.first() == Some(&b'{') && data.last() == Some(&b'}') => data,
-            _ => return Err("data is not an object closing the record".into()),
-        };
-        // One level is the record's own object.
-        crate::scan::check_object(data, 1)
-            .map_err(|e| format!("data is not a JSON object: {}", e.message()))?;
-        Ok(id)
-    }
-
-    /// The JSON text.
-    pub fn as_str(&self) -> &str {
-        // Checked in `from_stored`, or built from `String`s.
-        std::str::from_utf8(&self.0).expect("user JSON is UTF-8")
-    }
-
-    /// The JSON bytes.
-    pub fn as_bytes(&self) -> &[u8] {
-        &self.0
-    }
-
-    /// The same record, held in `copy`: a copy of its bytes in another buffer (so that threads
-    /// using the two never contend on one reference count).
-    pub(crate) fn held_in(&self, copy: Bytes) -> UserJson {
-        debug_assert_eq!(copy, self.0, "a copy of the same record");
-        UserJson(copy)
-    }
-
-    /// The JSON bytes as a cheaply cloned buffer.
-    pub fn bytes(&self) -> &Bytes {
-        &self.0
-    }
-
-    /// The `created_at` timestamp, read straight from its fixed place (every record is built
-    /// by us or checked by [`UserJson::from_stored`], so that place holds ASCII digits).
-    pub fn created_at(&self) -> &str {
-        &self.as_str()[UserJson::CREATED_AT]
-    }
-
-    /// This user with its `created_at` kept and everything after it replaced: an update.
-    pub fn replace_tail(&self, tail: &str) -> UserJson {
-        let mut out = Vec::with_capacity(UserJson::TAIL_START + tail.len());
-        out.extend_from_slice(&self.0[..UserJson::TAIL_START]);
-        out.extend_from_slice(tail.as_bytes());
-        UserJson(Bytes::from(out))
-    }
-
-    /// Parses the user into its fields.
-    pub fn parse(&self) -> Result<User> {
-        serde_json::from_slice(&self.0).map_err(|e| {
-            Error::new(ErrorKind::Internal, "stored user record is not valid JSON").with_cause(e)
-        })
-    }
-
-    /// The user as a JSON value, keys in Stream's order.
-    pub fn to_value(&self) -> Value {
-        serde_json::from_slice(&self.0).expect("stored user records are valid JSON")
-    }
-}
-
-impl fmt::Debug for UserJson {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl fmt::Display for UserJson {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
 /// A user's fields, for callers that want them apart rather than as [`UserJson`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct User {
@@ -460,6 +202,7 @@ pub struct User {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::ErrorKind;
     use serde_json::json;
 
     #[test]
