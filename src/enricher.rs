@@ -2,18 +2,16 @@
 
 use std::sync::Arc;
 
-use async_trait::async_trait;
 use serde_json::Value;
 
 use crate::answer::Answer;
-use crate::cache::{CacheConfig, CacheStats, L1, Memo, MemoPool};
+use crate::cache::{CacheConfig, CacheStats, L1, Memo, MemoPool, WriteThrough};
 use crate::error::Result;
 use crate::page::RawPage;
 use crate::resolver::Resolver;
 use crate::shape::Depth;
 use crate::stats::EnrichStats;
-use crate::store::{Added, ImportOutcome, ImportUser, SharedStore, UserStore, WatchGuard};
-use crate::user::{NewUser, UserId, UserJson};
+use crate::store::{SharedStore, WatchGuard};
 use crate::value::{EnrichedValues, References, enrich_in_place};
 
 /// What to do when the store fails while a page is being enriched.
@@ -314,58 +312,5 @@ impl EnrichedPage<'_> {
     /// What the enrichment did.
     pub fn stats(&self) -> EnrichStats {
         self.stats
-    }
-}
-
-/// The store seen through an enricher: every write also invalidates the enricher's L1, whatever
-/// its outcome (a write that timed out may still have happened).
-#[derive(Debug)]
-struct WriteThrough {
-    store: SharedStore,
-    l1: Arc<L1>,
-}
-
-#[async_trait]
-impl UserStore for WriteThrough {
-    async fn add(&self, user: &NewUser, get_or_create: bool) -> Result<Added> {
-        let added = self.store.add(user, get_or_create).await;
-        self.l1.invalidate(user.id().as_str());
-        added
-    }
-
-    async fn get_many(&self, ids: &[UserId]) -> Result<Vec<Option<UserJson>>> {
-        self.store.get_many(ids).await
-    }
-
-    async fn get_many_each(&self, ids: &[UserId]) -> Vec<Result<Option<UserJson>>> {
-        self.store.get_many_each(ids).await
-    }
-
-    async fn update(&self, user: &NewUser) -> Result<UserJson> {
-        let updated = self.store.update(user).await;
-        self.l1.invalidate(user.id().as_str());
-        updated
-    }
-
-    async fn delete(&self, id: &UserId) -> Result<()> {
-        let deleted = self.store.delete(id).await;
-        self.l1.invalidate(id.as_str());
-        deleted
-    }
-
-    async fn import(
-        &self,
-        users: &[ImportUser],
-        override_existing: bool,
-    ) -> Result<Vec<ImportOutcome>> {
-        let outcomes = self.store.import(users, override_existing).await;
-        for user in users {
-            self.l1.invalidate(user.user().id().as_str());
-        }
-        outcomes
-    }
-
-    fn describe(&self) -> String {
-        self.store.describe()
     }
 }

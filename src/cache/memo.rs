@@ -1,0 +1,255 @@
+//! Memos: private copies of what the L1 answered, kept by a worker between its pages.
+
+use std::time::{Duration, Instant};
+
+use hashbrown::HashTable;
+use hashbrown::hash_table::Entry as TableEntry;
+
+use super::Cached;
+use super::l1::L1;
+use crate::user::id_hash;
+
+/// A private copy of answers the L1 gave, kept by one worker of a batch job between its pages.
+///
+/// A job looks up the same popular users in page after page; asking moka each time costs a
+/// shared hash table probe, reference-count traffic between cores and access-order bookkeeping.
+/// A memo answers those from a plain map the worker owns, with its own copies of the bytes.
+///
+/// It stays exactly as coherent as the L1: it holds only answers taken while the L1's
+/// generation did not move, and it is emptied as soon as the generation moves (any
+/// invalidation, flush or bypass), when it is older than [`Memo::MAX_AGE`] (so it never
+/// stretches the L1's TTLs by more than that), or when it outgrows [`Memo::MAX_ENTRIES`].
+#[derive(Debug, Default)]
+pub(crate) struct Memo {
+    generation: u64,
+    since: Option<Instant>,
+    /// Ids with their answers, found by [`id_hash`].
+    answers: HashTable<(Box<str>, Cached)>,
+    /// Bytes of the users held.
+    bytes: usize,
+    /// Whether the users are shared with the L1 rather than copied (see [`Memo::sharing`]).
+    shares: bool,
+}
+
+impl Memo {
+    /// The longest an answer is served from a memo after the memo was started.
+    pub(crate) const MAX_AGE: Duration = Duration::from_secs(1);
+    /// Entries at most; a memo this full starts over.
+    pub(crate) const MAX_ENTRIES: usize = 1 << 16;
+    /// Bytes of users at most; a memo this full starts over.
+    pub(crate) const MAX_BYTES: usize = 16 << 20;
+
+    /// A memo whose users are the L1's own bytes, not copies: for memos that come and go with
+    /// requests (a copy per page would cost more than it saves), and whose memory should stay
+    /// the L1's.
+    pub(crate) fn sharing() -> Memo {
+        Memo {
+            shares: true,
+            ..Memo::default()
+        }
+    }
+
+    /// Starts a page: empties the memo if the L1 moved on since it was filled. Returns the
+    /// generation the page's answers may be kept under, or `None` if they may not be kept.
+    pub(crate) fn begin(&mut self, l1: &L1) -> Option<u64> {
+        let Some(generation) = l1.generation() else {
+            self.clear();
+            return None;
+        };
+        let stale = generation != self.generation
+            || self
+                .since
+                .is_none_or(|since| since.elapsed() > Memo::MAX_AGE)
+            || self.answers.len() >= Memo::MAX_ENTRIES
+            || self.bytes >= Memo::MAX_BYTES;
+        if stale {
+            self.clear();
+            self.generation = generation;
+            self.since = Some(Instant::now());
+        }
+        Some(generation)
+    }
+
+    /// What the memo holds for `id`, whose [`id_hash`] is `hash`.
+    pub(crate) fn get(&self, id: &str, hash: u64) -> Option<&Cached> {
+        self.answers
+            .find(hash, |(known, _)| **known == *id)
+            .map(|(_, cached)| cached)
+    }
+
+    /// Keeps the answers of a page begun at `generation`, if the L1 has not moved on since.
+    pub(crate) fn keep<'a>(
+        &mut self,
+        l1: &L1,
+        generation: u64,
+        answers: impl Iterator<Item = (&'a str, u64, Cached)>,
+    ) {
+        if l1.generation() != Some(generation) || generation != self.generation {
+            return;
+        }
+        let answers: Vec<(&str, u64, Cached)> = answers.collect();
+        let bytes = (answers.iter())
+            .filter_map(|(_, _, cached)| cached.user())
+            .map(|user| user.as_bytes().len())
+            .sum();
+        self.bytes += bytes;
+        // The memo's copies of a page's users share one buffer: one allocation, and one
+        // reference count that stays in this core's cache however many of them a page uses.
+        let mut copies = Vec::with_capacity(if self.shares { 0 } else { bytes });
+        if !self.shares {
+            for user in answers.iter().filter_map(|(_, _, cached)| cached.user()) {
+                copies.extend_from_slice(user.as_bytes());
+            }
+        }
+        let copies = bytes::Bytes::from(copies);
+        let mut at = 0;
+        for (id, hash, cached) in answers {
+            let private = match cached {
+                Cached::Found(user) if !self.shares => {
+                    let len = user.as_bytes().len();
+                    at += len;
+                    Cached::Found(user.held_in(copies.slice(at - len..at)))
+                }
+                other => other,
+            };
+            match self.answers.entry(
+                hash,
+                |(known, _)| **known == *id,
+                |(known, _)| id_hash(known),
+            ) {
+                TableEntry::Occupied(mut known) => known.get_mut().1 = private,
+                TableEntry::Vacant(slot) => {
+                    slot.insert((id.into(), private));
+                }
+            }
+        }
+    }
+
+    fn clear(&mut self) {
+        self.answers.clear();
+        self.since = None;
+        self.bytes = 0;
+    }
+}
+
+/// Memos lent to one page at a time: a service's requests come and go, but the popular users
+/// they name are the same, so each page borrows a memo that earlier pages filled.
+#[derive(Debug, Default)]
+pub(crate) struct MemoPool(std::sync::Mutex<Vec<Memo>>);
+
+impl MemoPool {
+    /// More are never kept: a few per core covers the pages resolving at once.
+    const KEEP: usize = 8;
+
+    pub(crate) fn take(&self) -> Memo {
+        let mut memos = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        memos.pop().unwrap_or_else(Memo::sharing)
+    }
+
+    pub(crate) fn put(&self, memo: Memo) {
+        let mut memos = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if memos.len() < Self::KEEP {
+            memos.push(memo);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cache::CacheConfig;
+    use crate::user::UserJson;
+
+    fn user(name: &str) -> Cached {
+        let json = format!(
+            r#"{{"created_at":"2021-04-13T22:53:19.670051Z","updated_at":"2021-04-13T22:53:19.670051Z","id":"a","data":{{"name":"{name}"}}}}"#
+        );
+        Cached::Found(UserJson::from_stored(json).unwrap())
+    }
+
+    fn name(cached: Option<&Cached>) -> Option<String> {
+        let user = cached?.user()?.as_str();
+        let start = user.find(r#""name":""#)? + 8;
+        Some(user[start..user.len() - 3].to_string())
+    }
+
+    /// Fills a memo as a page would: begin, then keep what the page learned.
+    fn fill(memo: &mut Memo, l1: &L1, answers: Vec<(&str, Cached)>) -> Option<u64> {
+        let generation = memo.begin(l1)?;
+        memo.keep(l1, generation, hashed(answers));
+        Some(generation)
+    }
+
+    fn hashed(answers: Vec<(&str, Cached)>) -> impl Iterator<Item = (&str, u64, Cached)> {
+        answers
+            .into_iter()
+            .map(|(id, cached)| (id, id_hash(id), cached))
+    }
+
+    fn get<'m>(memo: &'m Memo, id: &str) -> Option<&'m Cached> {
+        memo.get(id, id_hash(id))
+    }
+
+    #[test]
+    fn a_memo_answers_until_the_l1_changes() {
+        let l1 = L1::new(&CacheConfig::new());
+        let mut memo = Memo::default();
+        fill(
+            &mut memo,
+            &l1,
+            vec![("a", user("old")), ("b", Cached::Missing)],
+        )
+        .unwrap();
+        memo.begin(&l1).unwrap();
+        assert_eq!(name(get(&memo, "a")).as_deref(), Some("old"));
+        assert!(matches!(get(&memo, "b"), Some(Cached::Missing)));
+
+        // Any invalidation, of any id, empties it at the next page.
+        l1.invalidate("zzz");
+        memo.begin(&l1).unwrap();
+        assert!(get(&memo, "a").is_none() && get(&memo, "b").is_none());
+
+        fill(&mut memo, &l1, vec![("a", user("new"))]).unwrap();
+        l1.invalidate_all();
+        memo.begin(&l1).unwrap();
+        assert!(get(&memo, "a").is_none());
+    }
+
+    #[test]
+    fn a_page_that_saw_an_invalidation_keeps_nothing() {
+        let l1 = L1::new(&CacheConfig::new());
+        let mut memo = Memo::default();
+        let generation = memo.begin(&l1).unwrap();
+        // The page read "a", then a write to "a" was announced before it finished.
+        l1.invalidate("a");
+        memo.keep(&l1, generation, hashed(vec![("a", user("stale"))]));
+        assert!(get(&memo, "a").is_none());
+        memo.begin(&l1).unwrap();
+        assert!(get(&memo, "a").is_none());
+    }
+
+    #[test]
+    fn no_memo_while_the_l1_is_bypassed_or_disabled() {
+        let l1 = L1::new(&CacheConfig::new());
+        let mut memo = Memo::default();
+        fill(&mut memo, &l1, vec![("a", user("old"))]).unwrap();
+        l1.set_bypass(true);
+        assert_eq!(memo.begin(&l1), None);
+        assert!(get(&memo, "a").is_none());
+        l1.set_bypass(false);
+        assert!(memo.begin(&l1).is_some());
+
+        let disabled = L1::new(&CacheConfig::disabled());
+        assert_eq!(Memo::default().begin(&disabled), None);
+    }
+
+    #[test]
+    fn a_memo_starts_over_when_old() {
+        let l1 = L1::new(&CacheConfig::new());
+        let mut memo = Memo::default();
+        fill(&mut memo, &l1, vec![("a", user("old"))]).unwrap();
+        memo.since = Some(Instant::now() - Memo::MAX_AGE - Duration::from_millis(1));
+        memo.begin(&l1).unwrap();
+        assert!(get(&memo, "a").is_none());
+    }
+}
