@@ -10,34 +10,24 @@
 //! Every backend writes and hands out the same [`UserJson`] bytes, and answers
 //! [`UserStore::get_many`] in one round trip: that is the call the resolver makes once per page.
 
-mod cluster;
-mod fault;
 mod file;
-mod link;
 mod memory;
+mod options;
 mod redis;
-mod slots;
-mod tls;
-mod tracking;
+mod url;
 
 use std::fmt;
 use std::sync::Arc;
-use std::time::Duration;
 
 use async_trait::async_trait;
 
-pub use self::cluster::ClusterStore;
 pub use self::file::FileStore;
 pub use self::memory::MemoryStore;
-pub use self::redis::RedisStore;
+pub use self::options::{DEFAULT_NAMESPACE, StoreOptions};
+pub use self::redis::{ClusterStore, RedisStore};
+pub use self::url::{DEFAULT_STORE_URL, StoreUrl, open};
 use crate::error::{Error, ErrorKind, Result};
 use crate::user::{NewUser, Timestamp, UserId, UserJson};
-
-/// The store URL the CLI uses when none is given.
-pub const DEFAULT_STORE_URL: &str = "file:./enrich.db";
-
-/// The namespace used when none is given.
-pub const DEFAULT_NAMESPACE: &str = "enrich";
 
 /// A user store with the semantics of Stream's Feeds v2 users API.
 ///
@@ -221,205 +211,6 @@ pub(crate) fn conflict(id: &UserId) -> Error {
     Error::new(ErrorKind::Conflict, format!("user {id:?} already exists"))
 }
 
-/// How to open a store: the namespace and the time limits.
-#[derive(Debug, Clone)]
-pub struct StoreOptions {
-    namespace: String,
-    connect_timeout: Duration,
-    response_timeout: Duration,
-    create_if_missing: bool,
-}
-
-impl Default for StoreOptions {
-    fn default() -> Self {
-        StoreOptions::new()
-    }
-}
-
-impl StoreOptions {
-    /// The defaults: namespace `enrich`, 2 s to connect, 2 s for an answer, a file store
-    /// created if missing.
-    pub fn new() -> Self {
-        StoreOptions {
-            namespace: DEFAULT_NAMESPACE.to_string(),
-            connect_timeout: Duration::from_secs(2),
-            response_timeout: Duration::from_secs(2),
-            create_if_missing: true,
-        }
-    }
-
-    /// Whether opening a file store that does not exist creates it (the default) or fails
-    /// with [`ErrorKind::InvalidInput`] naming the path. Off for work that only reads, so that a
-    /// mistyped path or another working directory is an error, not an empty store. Other
-    /// backends ignore it.
-    pub fn create_if_missing(mut self, create: bool) -> Self {
-        self.create_if_missing = create;
-        self
-    }
-
-    pub(crate) fn create_if_missing_value(&self) -> bool {
-        self.create_if_missing
-    }
-
-    /// Keeps users apart from those of other namespaces in the same store.
-    pub fn namespace(mut self, namespace: impl Into<String>) -> Self {
-        self.namespace = namespace.into();
-        self
-    }
-
-    /// How long to wait for a connection before the store counts as unavailable.
-    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
-        self.connect_timeout = timeout;
-        self
-    }
-
-    /// How long to wait for an answer before a command fails with a timeout.
-    pub fn response_timeout(mut self, timeout: Duration) -> Self {
-        self.response_timeout = timeout;
-        self
-    }
-
-    pub(crate) fn namespace_str(&self) -> &str {
-        &self.namespace
-    }
-
-    pub(crate) fn connect_timeout_value(&self) -> Duration {
-        self.connect_timeout
-    }
-
-    pub(crate) fn response_timeout_value(&self) -> Duration {
-        self.response_timeout
-    }
-
-    fn validate(&self) -> Result<()> {
-        let ns = &self.namespace;
-        let ok = !ns.is_empty()
-            && ns.len() <= 64
-            && ns
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
-        if ok {
-            Ok(())
-        } else {
-            Err(Error::invalid(format!(
-                "invalid namespace {ns:?}: use 1 to 64 of A-Z, a-z, 0-9, '-', '_', '.'"
-            )))
-        }
-    }
-}
-
-/// A parsed store URL.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum StoreUrl {
-    /// `redis://…` or `rediss://…`, kept whole for the Redis client.
-    Redis(String),
-    /// `redis+cluster://…` or `rediss+cluster://…`: one node URL per seed (credentials
-    /// included), and the URL as it may be shown (without them).
-    RedisCluster {
-        /// `redis://[user:pass@]host:port` (or `rediss://…`) for each seed, in order.
-        nodes: Vec<String>,
-        /// The URL without its password.
-        describe: String,
-    },
-    /// `file:PATH`.
-    File(std::path::PathBuf),
-    /// `memory:`.
-    Memory,
-}
-
-impl StoreUrl {
-    /// Reads a store URL and names what is wrong with a bad one.
-    pub fn parse(url: &str) -> Result<StoreUrl> {
-        if url.starts_with("redis://") || url.starts_with("rediss://") {
-            Ok(StoreUrl::Redis(url.to_string()))
-        } else if let Some(rest) = url.strip_prefix("redis+cluster://") {
-            parse_cluster("redis", rest)
-        } else if let Some(rest) = url.strip_prefix("rediss+cluster://") {
-            parse_cluster("rediss", rest)
-        } else if let Some(path) = url.strip_prefix("file:") {
-            let path = path.strip_prefix("//").unwrap_or(path);
-            if path.is_empty() {
-                return Err(Error::invalid(format!(
-                    "store URL {url:?} names no file; write file:PATH"
-                )));
-            }
-            Ok(StoreUrl::File(path.into()))
-        } else if url == "memory:" || url == "memory://" {
-            Ok(StoreUrl::Memory)
-        } else {
-            Err(Error::invalid(format!(
-                "unknown store URL {:?}; use redis://host:port[/db], rediss://…, \
-                 redis+cluster://host:port[,host:port…], file:PATH or memory:",
-                self::redis::redact(url)
-            )))
-        }
-    }
-}
-
-/// Reads the part of a cluster URL after `scheme+cluster://`: optional credentials, then a
-/// comma-separated list of `host:port` seeds. The messages never repeat the credentials.
-fn parse_cluster(scheme: &str, rest: &str) -> Result<StoreUrl> {
-    // `#insecure` (TLS without checking the certificate) applies to every node.
-    let (rest, fragment) = match rest.strip_suffix("#insecure") {
-        Some(rest) if scheme == "rediss" => (rest, "#insecure"),
-        _ => (rest, ""),
-    };
-    let shown = |hosts: &str| format!("{scheme}+cluster://{hosts}{fragment}");
-    let (userinfo, hosts) = match rest.rsplit_once('@') {
-        Some((userinfo, hosts)) => (Some(userinfo), hosts),
-        None => (None, rest),
-    };
-    let bad = |why: String| {
-        Err(Error::invalid(format!(
-            "invalid cluster URL {:?}: {why}; write {scheme}+cluster://[user:pass@]host:port[,host:port…]",
-            shown(hosts)
-        )))
-    };
-    if let Some((_, path)) = hosts.split_once('/')
-        && !path.is_empty()
-    {
-        return bad(format!(
-            "a cluster has only database 0, so it takes no path (got /{path})"
-        ));
-    }
-    let hosts = hosts.trim_end_matches('/');
-    if hosts.is_empty() {
-        return bad("it names no node".to_string());
-    }
-    let mut nodes = Vec::new();
-    for seed in hosts.split(',') {
-        let Some((host, port)) = seed.rsplit_once(':') else {
-            return bad(format!("node {seed:?} has no port"));
-        };
-        if host.is_empty() {
-            return bad(format!("node {seed:?} has no host"));
-        }
-        match port.parse::<u16>() {
-            Ok(p) if p > 0 => {}
-            _ => return bad(format!("node {seed:?} has an invalid port {port:?}")),
-        }
-        let auth = userinfo.map(|u| format!("{u}@")).unwrap_or_default();
-        nodes.push(format!("{scheme}://{auth}{host}:{port}{fragment}"));
-    }
-    Ok(StoreUrl::RedisCluster {
-        nodes,
-        describe: shown(hosts),
-    })
-}
-
-/// Opens the store a URL names.
-pub async fn open(url: &str, options: &StoreOptions) -> Result<SharedStore> {
-    options.validate()?;
-    Ok(match StoreUrl::parse(url)? {
-        StoreUrl::Redis(url) => Arc::new(RedisStore::connect(&url, options).await?),
-        StoreUrl::RedisCluster { nodes, describe } => {
-            Arc::new(ClusterStore::connect(nodes, describe, options).await?)
-        }
-        StoreUrl::File(path) => Arc::new(FileStore::open(&path, options).await?),
-        StoreUrl::Memory => Arc::new(MemoryStore::new()),
-    })
-}
-
 /// A record read back from a store for `id`, checked whole (one copied from another user's key
 /// is as corrupt as one cut short); a corrupt one is an error naming the user.
 pub(crate) fn stored_user(id: &UserId, bytes: impl Into<bytes::Bytes>) -> Result<UserJson> {
@@ -429,81 +220,6 @@ pub(crate) fn stored_user(id: &UserId, bytes: impl Into<bytes::Bytes>) -> Result
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn urls_parse() {
-        assert_eq!(
-            StoreUrl::parse("file:./enrich.db").unwrap(),
-            StoreUrl::File("./enrich.db".into())
-        );
-        assert_eq!(StoreUrl::parse("memory:").unwrap(), StoreUrl::Memory);
-        assert!(matches!(
-            StoreUrl::parse("rediss://:pw@h:1/2").unwrap(),
-            StoreUrl::Redis(_)
-        ));
-        let err = StoreUrl::parse("postgres://x").unwrap_err();
-        assert!(err.is_invalid_input());
-        assert!(err.to_string().contains("postgres://x"), "{err}");
-        assert!(StoreUrl::parse("file:").is_err());
-        let err = StoreUrl::parse("postgres://u:pw-9@x").unwrap_err();
-        assert!(!err.to_string().contains("pw-9"), "{err}");
-    }
-
-    #[test]
-    fn cluster_urls_parse() {
-        assert_eq!(
-            StoreUrl::parse("redis+cluster://u:pw@10.0.0.1:7000,h2:7001").unwrap(),
-            StoreUrl::RedisCluster {
-                nodes: vec![
-                    "redis://u:pw@10.0.0.1:7000".to_string(),
-                    "redis://u:pw@h2:7001".to_string()
-                ],
-                describe: "redis+cluster://10.0.0.1:7000,h2:7001".to_string(),
-            }
-        );
-        assert_eq!(
-            StoreUrl::parse("rediss+cluster://:pw@h:1,h:2/#insecure").unwrap(),
-            StoreUrl::RedisCluster {
-                nodes: vec![
-                    "rediss://:pw@h:1#insecure".to_string(),
-                    "rediss://:pw@h:2#insecure".to_string()
-                ],
-                describe: "rediss+cluster://h:1,h:2#insecure".to_string(),
-            }
-        );
-        assert_eq!(
-            StoreUrl::parse("rediss+cluster://h:1/").unwrap(),
-            StoreUrl::RedisCluster {
-                nodes: vec!["rediss://h:1".to_string()],
-                describe: "rediss+cluster://h:1".to_string(),
-            }
-        );
-        for (url, says) in [
-            ("redis+cluster://", "names no node"),
-            ("redis+cluster://:pw@h", "\"h\" has no port"),
-            ("redis+cluster://h:1,:2", "\":2\" has no host"),
-            ("redis+cluster://h:1,h:x", "invalid port \"x\""),
-            ("redis+cluster://h:1,h:70000", "invalid port"),
-            ("redis+cluster://h:1/2", "only database 0"),
-        ] {
-            let err = StoreUrl::parse(url).unwrap_err();
-            assert!(err.is_invalid_input(), "{url}");
-            assert!(err.to_string().contains(says), "{url}: {err}");
-            assert!(!err.to_string().contains("pw"), "{url}: {err}");
-        }
-    }
-
-    #[test]
-    fn namespaces_are_checked() {
-        assert!(
-            StoreOptions::new()
-                .namespace("tenant-1.a")
-                .validate()
-                .is_ok()
-        );
-        assert!(StoreOptions::new().namespace("a b").validate().is_err());
-        assert!(StoreOptions::new().namespace("").validate().is_err());
-    }
 
     #[test]
     fn import_timestamps_fill_in() {

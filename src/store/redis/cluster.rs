@@ -31,7 +31,7 @@
 //! Invalidation: see [`super::tracking`], which keeps one tracking connection per master.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -41,12 +41,12 @@ use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
 
 use super::fault::fault;
-use super::redis::Scripts;
-use super::slots::{Node, SlotMap, slot};
-use super::{
+use super::scripts::Scripts;
+use super::topology::{Node, NodeUrls, Topology, read_slot_map, slot};
+use crate::error::{Error, Result};
+use crate::store::{
     Added, EventSink, ImportOutcome, ImportUser, StoreOptions, UserStore, WatchGuard, stored_user,
 };
-use crate::error::{Error, Result};
 use crate::user::{NewUser, Timestamp, UserId, UserJson};
 
 /// Reads the keys given as arguments, all served by the node that runs it. `no-writes` lets it
@@ -81,76 +81,6 @@ impl std::fmt::Debug for ClusterStore {
             .field("prefix", &self.prefix)
             .finish()
     }
-}
-
-/// How to reach one node by URL: the seeds' scheme, credentials and `#insecure` with its
-/// address.
-#[derive(Clone)]
-pub(super) struct NodeUrls {
-    scheme: String,
-    auth: String,
-    fragment: String,
-}
-
-impl NodeUrls {
-    /// `redis://[user:pass@]host:port[#insecure]` for `node`; never shown to anyone.
-    pub(super) fn url(&self, node: &Node) -> String {
-        let host = if node.host.contains(':') {
-            format!("[{}]", node.host)
-        } else {
-            node.host.clone()
-        };
-        format!(
-            "{}://{}{host}:{}{}",
-            self.scheme, self.auth, node.port, self.fragment
-        )
-    }
-
-    /// `redis://host:port`, for messages.
-    pub(super) fn describe(&self, node: &Node) -> String {
-        format!("{}://{node}", self.scheme)
-    }
-}
-
-/// The slot map the store routes its reads by, shared with the watcher so that both react
-/// to a topology change the store notices first.
-#[derive(Debug)]
-pub(super) struct Topology {
-    map: RwLock<Arc<SlotMap>>,
-    /// Woken whenever a read found the map stale.
-    pub(super) stale: tokio::sync::Notify,
-}
-
-impl Topology {
-    pub(super) fn current(&self) -> Arc<SlotMap> {
-        self.map.read().expect("slot map lock").clone()
-    }
-
-    /// Reads `CLUSTER SLOTS` from some master and installs it; true if it changed.
-    pub(super) async fn refresh(&self, conn: &mut ClusterConnection) -> redis::RedisResult<bool> {
-        let map = Arc::new(read_slot_map(conn).await?);
-        let mut current = self.map.write().expect("slot map lock");
-        let changed = **current != *map;
-        *current = map;
-        Ok(changed)
-    }
-}
-
-/// The cluster's slot map, as a random master sees it.
-pub(super) async fn read_slot_map(conn: &mut ClusterConnection) -> redis::RedisResult<SlotMap> {
-    let reply = conn
-        .route_command(
-            redis::cmd("CLUSTER").arg("SLOTS").clone(),
-            RoutingInfo::SingleNode(SingleNodeRoutingInfo::RandomPrimary),
-        )
-        .await?;
-    SlotMap::from_cluster_slots(&reply).map_err(|why| {
-        redis::RedisError::from((
-            redis::ErrorKind::Client,
-            "unreadable CLUSTER SLOTS reply",
-            why,
-        ))
-    })
 }
 
 impl ClusterStore {
@@ -216,10 +146,7 @@ impl ClusterStore {
             prefix: format!("{ns}:user:"),
             describe,
             nodes,
-            topology: Arc::new(Topology {
-                map: RwLock::new(Arc::new(map)),
-                stale: tokio::sync::Notify::new(),
-            }),
+            topology: Arc::new(Topology::new(map)),
             scripts: Arc::new(Scripts::new()),
         })
     }

@@ -40,10 +40,9 @@ use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, Client, ProtocolVersion, PushInfo, PushKind, Value};
 use tokio::sync::mpsc;
 
-use super::cluster::{NodeUrls, Topology};
-use super::slots::Node;
-use super::{EventSink, StoreEvent, StoreOptions, WatchGuard};
+use super::topology::{Node, NodeUrls, Topology};
 use crate::error::Result;
+use crate::store::{EventSink, StoreEvent, StoreOptions, WatchGuard};
 
 /// How often the tracking connection is pinged to notice a silent failure.
 const PING_EVERY: Duration = Duration::from_millis(500);

@@ -1,4 +1,5 @@
-//! Which Redis Cluster node serves which key: the hash slot of a key and the slot map.
+//! Which Redis Cluster node serves which key: the hash slot of a key, the slot map, the
+//! masters the store and the watcher share, and how to reach each node.
 //!
 //! The cluster store groups a page's keys by the node that serves them, so it needs the slot
 //! of each key (CRC16/XMODEM of the key, or of its `{hash tag}`, modulo 16384) and the owner
@@ -7,7 +8,11 @@
 //! read and the store falls back to the crate's redirect-following path (see
 //! [`super::cluster`]).
 
+use std::sync::{Arc, RwLock};
+
 use redis::Value;
+use redis::cluster_async::ClusterConnection;
+use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
 
 /// The number of hash slots of a Redis Cluster.
 pub(super) const SLOTS: usize = 16384;
@@ -133,6 +138,83 @@ fn crc16(bytes: &[u8]) -> u16 {
         }
     }
     crc
+}
+
+/// How to reach one node by URL: the seeds' scheme, credentials and `#insecure` with its
+/// address.
+#[derive(Clone)]
+pub(super) struct NodeUrls {
+    pub(super) scheme: String,
+    pub(super) auth: String,
+    pub(super) fragment: String,
+}
+
+impl NodeUrls {
+    /// `redis://[user:pass@]host:port[#insecure]` for `node`; never shown to anyone.
+    pub(super) fn url(&self, node: &Node) -> String {
+        let host = if node.host.contains(':') {
+            format!("[{}]", node.host)
+        } else {
+            node.host.clone()
+        };
+        format!(
+            "{}://{}{host}:{}{}",
+            self.scheme, self.auth, node.port, self.fragment
+        )
+    }
+
+    /// `redis://host:port`, for messages.
+    pub(super) fn describe(&self, node: &Node) -> String {
+        format!("{}://{node}", self.scheme)
+    }
+}
+
+/// The slot map the store routes its reads by, shared with the watcher so that both react
+/// to a topology change the store notices first.
+#[derive(Debug)]
+pub(super) struct Topology {
+    map: RwLock<Arc<SlotMap>>,
+    /// Woken whenever a read found the map stale.
+    pub(super) stale: tokio::sync::Notify,
+}
+
+impl Topology {
+    pub(super) fn new(map: SlotMap) -> Topology {
+        Topology {
+            map: RwLock::new(Arc::new(map)),
+            stale: tokio::sync::Notify::new(),
+        }
+    }
+
+    pub(super) fn current(&self) -> Arc<SlotMap> {
+        self.map.read().expect("slot map lock").clone()
+    }
+
+    /// Reads `CLUSTER SLOTS` from some master and installs it; true if it changed.
+    pub(super) async fn refresh(&self, conn: &mut ClusterConnection) -> redis::RedisResult<bool> {
+        let map = Arc::new(read_slot_map(conn).await?);
+        let mut current = self.map.write().expect("slot map lock");
+        let changed = **current != *map;
+        *current = map;
+        Ok(changed)
+    }
+}
+
+/// The cluster's slot map, as a random master sees it.
+pub(super) async fn read_slot_map(conn: &mut ClusterConnection) -> redis::RedisResult<SlotMap> {
+    let reply = conn
+        .route_command(
+            redis::cmd("CLUSTER").arg("SLOTS").clone(),
+            RoutingInfo::SingleNode(SingleNodeRoutingInfo::RandomPrimary),
+        )
+        .await?;
+    SlotMap::from_cluster_slots(&reply).map_err(|why| {
+        redis::RedisError::from((
+            redis::ErrorKind::Client,
+            "unreadable CLUSTER SLOTS reply",
+            why,
+        ))
+    })
 }
 
 #[cfg(test)]

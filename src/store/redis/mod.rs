@@ -1,0 +1,202 @@
+//! The Redis backend, the production source of truth.
+//!
+//! Each user is one string key, `{namespace}:user:{id}`, holding its final [`UserJson`] bytes,
+//! so a read hands out what Redis sent without re-encoding. Reads of a page are one `MGET`.
+//! Every write is one Lua script, which makes it atomic on the server: create-if-absent cannot
+//! be won twice, and an update splices the stored `created_at` (always the first 42 bytes of a
+//! record) in front of the new tail, so it can never be lost. A record that something else
+//! wrote under our key, whose first 42 bytes are not a `created_at` of ours, is never built
+//! upon: the write fails naming the user, and the record is left as it was.
+//!
+//! Writes are announced by the server itself: see [`super::tracking`] for how every enricher
+//! learns of every write to its namespace, ours or anyone's.
+
+mod cluster;
+mod fault;
+mod link;
+mod scripts;
+mod tls;
+mod topology;
+mod tracking;
+
+pub use self::cluster::ClusterStore;
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{AsyncConnectionConfig, Client};
+
+use self::fault::fault;
+use self::link::WriteLink;
+use self::scripts::Scripts;
+use super::url::redact;
+use super::{
+    Added, EventSink, ImportOutcome, ImportUser, StoreOptions, UserStore, WatchGuard, stored_user,
+};
+use crate::error::{Error, Result};
+use crate::user::{NewUser, Timestamp, UserId, UserJson};
+
+/// Users in Redis, under a namespace prefix. Cheap to clone; clones share two multiplexed,
+/// self-reconnecting connections: one for reads, one for writes, so that a write the server
+/// holds back (`CLIENT PAUSE WRITE`, as in a failover) never holds up the reads.
+#[derive(Clone)]
+pub struct RedisStore {
+    reads: ConnectionManager,
+    writes: std::sync::Arc<WriteLink>,
+    client: Client,
+    options: StoreOptions,
+    prefix: String,
+    describe: String,
+    scripts: std::sync::Arc<Scripts>,
+}
+
+impl std::fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisStore")
+            .field("url", &self.describe)
+            .field("prefix", &self.prefix)
+            .finish()
+    }
+}
+
+impl RedisStore {
+    /// Connects to the server at `url` (`redis://` or `rediss://`), failing fast with
+    /// [`ErrorKind::Unavailable`](crate::ErrorKind::Unavailable) if it cannot be reached, [`ErrorKind::PermissionDenied`](crate::ErrorKind::PermissionDenied) if
+    /// it refuses the credentials. A `rediss://` server must present a certificate that
+    /// chains to a trusted CA: Mozilla's roots, the system's store, or those of `SSL_CERT_FILE`
+    /// or `SSL_CERT_DIR` when set; `#insecure` at the end of the URL skips the check.
+    pub async fn connect(url: &str, options: &StoreOptions) -> Result<RedisStore> {
+        let describe = redact(url);
+        let client = tls::client(url, &describe)?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(options.connect_timeout_value()))
+            .set_response_timeout(Some(options.response_timeout_value()))
+            .set_number_of_retries(1)
+            .set_min_delay(Duration::from_millis(50))
+            .set_max_delay(Duration::from_secs(1));
+        let reads = ConnectionManager::new_with_config(client.clone(), config)
+            .await
+            .map_err(|e| fault(&describe, e))?;
+        // A server that wants a password accepts the connection and refuses the first
+        // command: ask now, so a wrong URL fails here with a clear message.
+        redis::cmd("PING")
+            .exec_async(&mut reads.clone())
+            .await
+            .map_err(|e| fault(&describe, e))?;
+        let writes = WriteLink::new(
+            client.clone(),
+            AsyncConnectionConfig::new()
+                .set_connection_timeout(Some(options.connect_timeout_value()))
+                .set_response_timeout(Some(options.response_timeout_value())),
+        );
+        let ns = options.namespace_str();
+        Ok(RedisStore {
+            reads,
+            writes: std::sync::Arc::new(writes),
+            client,
+            options: options.clone(),
+            prefix: format!("{ns}:user:"),
+            describe,
+            scripts: std::sync::Arc::new(Scripts::new()),
+        })
+    }
+
+    /// The key that holds a user.
+    pub fn key(&self, id: &UserId) -> String {
+        format!("{}{id}", self.prefix)
+    }
+
+    /// The prefix of every user key of this namespace.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    fn fault(&self, err: redis::RedisError) -> Error {
+        fault(&self.describe, err)
+    }
+
+    /// The write connection; an error here means nothing was sent.
+    async fn writer(&self) -> Result<link::Recorded<'_>> {
+        self.writes.connection().await.map_err(|e| self.fault(e))
+    }
+}
+
+#[async_trait]
+impl UserStore for RedisStore {
+    async fn add(&self, user: &NewUser, get_or_create: bool) -> Result<Added> {
+        let key = self.key(user.id());
+        let conn = &mut self.writer().await?;
+        self.scripts
+            .add(conn, &self.describe, key, user, get_or_create)
+            .await
+    }
+
+    async fn get_many(&self, ids: &[UserId]) -> Result<Vec<Option<UserJson>>> {
+        self.get_many_each(ids).await.into_iter().collect()
+    }
+
+    async fn get_many_each(&self, ids: &[UserId]) -> Vec<Result<Option<UserJson>>> {
+        if ids.is_empty() {
+            return Vec::new();
+        }
+        let keys: Vec<String> = ids.iter().map(|id| self.key(id)).collect();
+        let found: Result<Vec<Option<Bytes>>> = redis::cmd("MGET")
+            .arg(&keys)
+            .query_async(&mut self.reads.clone())
+            .await
+            .map_err(|e| self.fault(e));
+        match found {
+            // A corrupt record fails its own id only.
+            Ok(found) => (ids.iter().zip(found))
+                .map(|(id, bytes)| bytes.map(|bytes| stored_user(id, bytes)).transpose())
+                .collect(),
+            Err(err) => vec![Err(err); ids.len()],
+        }
+    }
+
+    async fn update(&self, user: &NewUser) -> Result<UserJson> {
+        let key = self.key(user.id());
+        let conn = &mut self.writer().await?;
+        self.scripts.update(conn, &self.describe, key, user).await
+    }
+
+    async fn delete(&self, id: &UserId) -> Result<()> {
+        let conn = &mut self.writer().await?;
+        Scripts::delete(conn, &self.describe, self.key(id), id).await
+    }
+
+    async fn import(
+        &self,
+        users: &[ImportUser],
+        override_existing: bool,
+    ) -> Result<Vec<ImportOutcome>> {
+        let keys: Vec<String> = users.iter().map(|u| self.key(u.user().id())).collect();
+        let batch: Vec<(&str, &ImportUser)> = keys.iter().map(String::as_str).zip(users).collect();
+        let conn = &mut self.writer().await?;
+        (self.scripts)
+            .import(
+                conn,
+                &self.describe,
+                &batch,
+                override_existing,
+                Timestamp::now(),
+            )
+            .await
+    }
+
+    fn describe(&self) -> String {
+        self.describe.clone()
+    }
+
+    fn watch(&self, sink: EventSink) -> Option<WatchGuard> {
+        tracking::watch(
+            self.client.clone(),
+            self.prefix.clone(),
+            self.describe.clone(),
+            &self.options,
+            sink,
+        )
+    }
+}
