@@ -9,8 +9,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use enrich::batch::{self, RunOptions};
 use enrich::bench::{Strategy, Workload, enrich_page, load_users};
-use enrich::job::{self, RunOptions};
 use enrich::store::{self, MemoryStore, SharedStore, StoreOptions};
 use enrich::{CacheConfig, Depth, Enricher, RawPage};
 use serde_json::Value;
@@ -289,17 +289,17 @@ fn job(b: &mut criterion::Bencher<'_>, name: &str) {
     let run = |enricher: Enricher| {
         let input = input.clone();
         async move {
-            let inputs = vec![job::Source::new(
+            let inputs = vec![batch::Source::new(
                 "activities",
                 std::io::Cursor::new(input.to_vec()),
             )];
-            job::run(
+            batch::run(
                 &enricher,
                 inputs,
-                job::Output::writer(std::io::sink()),
+                batch::Output::writer(std::io::sink()),
                 None,
                 &RunOptions::new(),
-                &job::RunProgress::new(),
+                &batch::RunProgress::new(),
                 futures::stream::pending(),
             )
             .await

@@ -175,7 +175,7 @@ impl Workload {
 
 /// Writes the workload's users into `store`.
 pub async fn load_users(store: &SharedStore, workload: &Workload) -> Result<()> {
-    for batch in workload.user_lines().chunks(crate::import::BATCH) {
+    for batch in workload.user_lines().chunks(crate::batch::IMPORT_BATCH) {
         store.import(batch, true).await?;
     }
     Ok(())

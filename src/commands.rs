@@ -11,11 +11,11 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::Value;
 use tokio::io::{AsyncRead, AsyncReadExt};
 
+use crate::batch::{self, RunError, RunOptions, RunSummary, Stop};
+use crate::batch::{ImportError, ImportEvent, ImportSummary, import_users};
 use crate::bench::{BenchReport, Strategy, Workload, load_users, run_strategy};
 use crate::enricher::Enricher;
 use crate::error::{Error, ErrorKind, Result};
-use crate::import::{ImportError, ImportEvent, ImportSummary, import_users};
-use crate::job::{self, RunError, RunOptions, RunSummary, Stop};
 use crate::store::{self, SharedStore, StoreOptions};
 use crate::user::{NewUser, UserId, UserJson};
 
@@ -130,7 +130,7 @@ pub async fn users_import(
     let store = spec.open().await?;
     let total = file.and_then(|f| input_size(&[f.to_path_buf()]));
     let display = Progress::new("users", total, std::io::stderr().is_terminal());
-    let progress = job::RunProgress::new();
+    let progress = batch::RunProgress::new();
     let ticker = display.follow(progress.clone());
     let input = progress.count_reads(input);
     let summary = import_users(&*store, input, override_existing, |event| match event {
@@ -167,7 +167,7 @@ pub struct RunArgs {
 }
 
 /// `enrich run`: the NDJSON batch job. Refuses, before creating anything, outputs that are
-/// inputs ([`job::check_outputs`]); stops cleanly on SIGINT or SIGTERM, the summary marked
+/// inputs ([`batch::check_outputs`]); stops cleanly on SIGINT or SIGTERM, the summary marked
 /// [`RunSummary::interrupted`]. A failure comes with the summary of what was written before it.
 pub async fn run(spec: &StoreSpec, args: RunArgs) -> Result<RunSummary, RunError> {
     let failed = |error: Error| RunError {
@@ -190,9 +190,9 @@ pub async fn run(spec: &StoreSpec, args: RunArgs) -> Result<RunSummary, RunError
     let to_terminal = args.output.is_none() && std::io::stdout().is_terminal();
     let shown = args.verbose && std::io::stderr().is_terminal() && !to_terminal;
     let display = Progress::new("lines", input_size(&args.inputs), shown);
-    let progress = job::RunProgress::new();
+    let progress = batch::RunProgress::new();
     let ticker = display.follow(progress.clone());
-    let summary = job::run(
+    let summary = batch::run(
         &enricher,
         inputs,
         output,
@@ -216,8 +216,13 @@ pub async fn run(spec: &StoreSpec, args: RunArgs) -> Result<RunSummary, RunError
 async fn prepare_run(
     spec: &StoreSpec,
     args: &RunArgs,
-) -> Result<(Enricher, Vec<job::Source>, job::Output, Option<job::Output>)> {
-    job::check_outputs(
+) -> Result<(
+    Enricher,
+    Vec<batch::Source>,
+    batch::Output,
+    Option<batch::Output>,
+)> {
+    batch::check_outputs(
         &args.inputs,
         args.users.as_deref(),
         args.output.as_deref(),
@@ -225,11 +230,11 @@ async fn prepare_run(
     )?;
     let mut inputs = Vec::new();
     if args.inputs.is_empty() {
-        inputs.push(job::Source::new("-", open_input(None).await?));
+        inputs.push(batch::Source::new("-", open_input(None).await?));
     }
     for path in &args.inputs {
         let name = path.display().to_string();
-        inputs.push(job::Source::new(name, open_input(Some(path)).await?));
+        inputs.push(batch::Source::new(name, open_input(Some(path)).await?));
     }
     // Without users to import, a run only reads: a file store must exist.
     let create = args.users.is_some();
@@ -242,13 +247,13 @@ async fn prepare_run(
     // Pages resolved before the store's watch is up would not be cached.
     enricher.wait_for_cache(Duration::from_secs(2)).await;
     let output = match &args.output {
-        Some(path) => job::Output::file(create_output(path)?),
-        None => job::Output::stdout().map_err(|e| {
+        Some(path) => batch::Output::file(create_output(path)?),
+        None => batch::Output::stdout().map_err(|e| {
             Error::new(ErrorKind::Internal, "cannot write to standard output").with_cause(e)
         })?,
     };
     let rejects = match &args.rejects {
-        Some(path) => Some(job::Output::file(create_output(path)?)),
+        Some(path) => Some(batch::Output::file(create_output(path)?)),
         None => None,
     };
     Ok((enricher, inputs, output, rejects))
@@ -528,7 +533,7 @@ impl Progress {
     }
 
     /// Updates the display from a run's counters until aborted.
-    fn follow(&self, run: job::RunProgress) -> tokio::task::JoinHandle<()> {
+    fn follow(&self, run: batch::RunProgress) -> tokio::task::JoinHandle<()> {
         let bar = self.bar.clone();
         let unit = self.unit;
         tokio::spawn(async move {

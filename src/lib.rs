@@ -62,15 +62,13 @@
 #![forbid(unsafe_code)]
 
 mod answer;
+pub mod batch;
 pub mod bench;
 mod cache;
 pub mod commands;
 mod enricher;
 pub mod error;
 mod id;
-pub mod import;
-pub mod job;
-pub mod lines;
 pub mod page;
 pub mod reference;
 mod resolver;
@@ -79,6 +77,7 @@ pub mod serve;
 pub mod shape;
 mod stats;
 pub mod store;
+mod sync;
 pub mod user;
 mod value;
 

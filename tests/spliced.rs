@@ -6,7 +6,7 @@ mod support;
 
 use std::sync::Arc;
 
-use enrich::import::parse_import_line;
+use enrich::batch::parse_import_line;
 use enrich::store::{MemoryStore, SharedStore};
 use enrich::{Depth, EnrichStats, Enricher, RawPage};
 use serde_json::Value;

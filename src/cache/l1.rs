@@ -138,7 +138,7 @@ impl L1 {
     /// Ends a load: fills the cache with its answer unless it was fenced off, and unregisters
     /// it. Pass `None` for a load that failed; nothing is cached then.
     pub(crate) fn complete(&self, id: &str, flight: &Arc<Flight>, answer: Option<Cached>) {
-        let _no_flush = self.flush.read().unwrap_or_else(|e| e.into_inner());
+        let _no_flush = crate::sync::read(&self.flush);
         let fill_now = answer.is_some() && self.enabled && !self.bypass.load(Ordering::Acquire);
         self.flights.complete(id, flight, fill_now, |key| {
             if let Some(answer) = answer {
@@ -158,7 +158,7 @@ impl L1 {
 
     /// Drops everything and fences every load in flight.
     pub(crate) fn invalidate_all(&self) {
-        let _flush = self.flush.write().unwrap_or_else(|e| e.into_inner());
+        let _flush = crate::sync::write(&self.flush);
         self.flights.void_all();
         self.users.invalidate_all();
         self.misses.invalidate_all();

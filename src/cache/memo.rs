@@ -7,6 +7,7 @@ use hashbrown::hash_table::Entry as TableEntry;
 
 use super::Cached;
 use super::l1::L1;
+use crate::sync::Pool;
 use crate::user::id_hash;
 
 /// A private copy of answers the L1 gave, kept by one worker of a batch job between its pages.
@@ -133,24 +134,24 @@ impl Memo {
 }
 
 /// Memos lent to one page at a time: a service's requests come and go, but the popular users
-/// they name are the same, so each page borrows a memo that earlier pages filled.
-#[derive(Debug, Default)]
-pub(crate) struct MemoPool(std::sync::Mutex<Vec<Memo>>);
+/// they name are the same, so each page borrows a memo that earlier pages filled. A few per
+/// core cover the pages resolving at once; more are never kept.
+#[derive(Debug, Clone)]
+pub(crate) struct MemoPool(Pool<Memo>);
+
+impl Default for MemoPool {
+    fn default() -> Self {
+        MemoPool(Pool::new(8))
+    }
+}
 
 impl MemoPool {
-    /// More are never kept: a few per core covers the pages resolving at once.
-    const KEEP: usize = 8;
-
     pub(crate) fn take(&self) -> Memo {
-        let mut memos = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        memos.pop().unwrap_or_else(Memo::sharing)
+        self.0.take().unwrap_or_else(Memo::sharing)
     }
 
     pub(crate) fn put(&self, memo: Memo) {
-        let mut memos = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        if memos.len() < Self::KEEP {
-            memos.push(memo);
-        }
+        self.0.put(memo);
     }
 }
 

@@ -180,12 +180,7 @@ impl Auth {
             .unwrap_or(token)
             .trim();
         let now = jsonwebtoken::get_current_timestamp();
-        let known = self
-            .verified
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(token)
-            .cloned();
+        let known = crate::sync::read(&self.verified).get(token).cloned();
         if let Some(known) = known {
             // The same checks, without leeway, as the first time.
             if known.exp.is_some_and(|exp| exp < now) {
@@ -211,7 +206,7 @@ impl Auth {
             .claims;
         let access = access_of(&claims)?;
         let time = |claim: &str| claims.get(claim).and_then(Value::as_u64);
-        let mut verified = self.verified.write().unwrap_or_else(|e| e.into_inner());
+        let mut verified = crate::sync::write(&self.verified);
         if verified.len() >= VERIFIED_TOKENS {
             verified.clear();
         }

@@ -192,7 +192,7 @@ struct Conn {
 
 /// Why a connection was closed by the server.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Closed {
+enum Closed {
     HeaderTimeout,
     IdleTimeout,
     WriteTimeout,
@@ -201,7 +201,7 @@ pub(crate) enum Closed {
 }
 
 impl Closed {
-    pub(crate) fn label(self) -> &'static str {
+    fn label(self) -> &'static str {
         match self {
             Closed::HeaderTimeout => "header_timeout",
             Closed::IdleTimeout => "idle_timeout",
@@ -279,7 +279,7 @@ struct Registry {
 
 impl Registry {
     fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, Arc<Conn>>> {
-        self.conns.lock().unwrap_or_else(|e| e.into_inner())
+        crate::sync::lock(&self.conns)
     }
 
     fn len(&self) -> usize {
@@ -377,7 +377,7 @@ impl Connection {
             }
         };
         if let Some(why) = closed {
-            self.metrics.record_connection_closed(why);
+            self.metrics.record_connection_closed(why.label());
         }
         self.registry.remove(self.conn.id);
         self.metrics.record_connection_open(-1);

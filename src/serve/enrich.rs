@@ -17,6 +17,7 @@ use super::error::ApiError;
 use super::request::{Params, flag, params};
 use crate::page::RawPage;
 use crate::shape::Depth;
+use crate::sync::Pool;
 
 pub(crate) async fn enrich(
     State(state): State<AppState>,
@@ -77,19 +78,18 @@ pub(crate) async fn enrich(
 /// A page borrowed from the server's pool of pages, given back (emptied) when dropped: a page
 /// keeps its buffers and id table between requests instead of asking the allocator for them
 /// each time.
-struct PooledPage<'a> {
+pub(crate) struct PooledPage<'a> {
     page: Option<RawPage>,
-    pool: &'a std::sync::Mutex<Vec<RawPage>>,
+    pool: &'a Pool<RawPage>,
 }
 
 impl<'a> PooledPage<'a> {
     /// Pages kept at most, and the largest one kept.
-    const KEEP: usize = 8;
+    pub(crate) const KEEP: usize = 8;
     const KEEP_BYTES: usize = 256 << 10;
 
-    fn take(pool: &'a std::sync::Mutex<Vec<RawPage>>, depth: Depth, bytes: usize) -> Self {
-        let spare = pool.lock().unwrap_or_else(|e| e.into_inner()).pop();
-        let page = match spare {
+    fn take(pool: &'a Pool<RawPage>, depth: Depth, bytes: usize) -> Self {
+        let page = match pool.take() {
             Some(mut page) => {
                 page.set_depth(depth);
                 page
@@ -125,9 +125,6 @@ impl Drop for PooledPage<'_> {
             return;
         }
         page.clear();
-        let mut pool = self.pool.lock().unwrap_or_else(|e| e.into_inner());
-        if pool.len() < Self::KEEP {
-            pool.push(page);
-        }
+        self.pool.put(page);
     }
 }

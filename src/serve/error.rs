@@ -3,11 +3,10 @@
 //!
 //! The official clients pick the exception class from `code` (Python also requires
 //! `exception` to be present to treat a 4xx as an error), so all five keys are always there.
-//! The body is written by [`super::reply`] once the request is done, because `duration`
-//! sits in the middle of it.
+//! The body is written by `reply` once the request is done, because `duration` sits in the
+//! middle of it: `reply` also says how an error becomes a response.
 
 use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
 
 use crate::error::{Error, ErrorKind};
 
@@ -238,11 +237,5 @@ impl From<Error> for ApiError {
                 ApiError::internal()
             }
         }
-    }
-}
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        super::reply::Pending::Error(self).into_response()
     }
 }

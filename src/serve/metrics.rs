@@ -20,7 +20,6 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
 use super::budget::Budget;
-use super::conn::Closed;
 use crate::enricher::Enricher;
 use crate::error::{Error, Result};
 use crate::stats::EnrichStats;
@@ -282,12 +281,10 @@ impl Metrics {
     }
 
     /// A connection the server closed, and why.
-    pub(crate) fn record_connection_closed(&self, why: Closed) {
-        self.closed
-            .get_or_create(&ReasonLabel {
-                reason: why.label(),
-            })
-            .inc();
+    /// `reason` names why: `header_timeout`, `idle_timeout`, `write_timeout`, `evicted`,
+    /// `shutdown`.
+    pub(crate) fn record_connection_closed(&self, reason: &'static str) {
+        self.closed.get_or_create(&ReasonLabel { reason }).inc();
     }
 
     /// The OpenMetrics text exposition.

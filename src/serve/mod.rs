@@ -122,7 +122,7 @@ pub(crate) struct Shared {
     pub(crate) limits: Limits,
     pub(crate) budget: Budget,
     /// Pages of the enrich endpoint, kept between requests.
-    pub(crate) pages: std::sync::Mutex<Vec<crate::page::RawPage>>,
+    pub(crate) pages: crate::sync::Pool<crate::page::RawPage>,
 }
 
 impl std::ops::Deref for AppState {
@@ -176,7 +176,7 @@ fn router(enricher: Enricher, config: &ServeConfig) -> Result<(Router, AppState)
         metrics: config.metrics.clone(),
         limits: config.limits.clone(),
         budget: Budget::new(config.limits.max_in_flight_bytes),
-        pages: std::sync::Mutex::default(),
+        pages: crate::sync::Pool::new(enrich::PooledPage::KEEP),
     }));
     state
         .metrics

@@ -50,6 +50,12 @@ impl Pending {
     }
 }
 
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        Pending::Error(self).into_response()
+    }
+}
+
 impl IntoResponse for Pending {
     fn into_response(self) -> Response {
         let mut response = self.status().into_response();

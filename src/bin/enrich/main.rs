@@ -8,9 +8,9 @@ use clap::{Parser, Subcommand, ValueEnum};
 use logging::LogFormat;
 
 mod logging;
+use enrich::batch::RunOptions;
 use enrich::bench::{Strategy, Workload};
 use enrich::commands::{self, EXIT_CODES, RunArgs, StoreSpec};
-use enrich::job::RunOptions;
 use enrich::serve::Limits;
 use enrich::store::{DEFAULT_NAMESPACE, DEFAULT_STORE_URL};
 use enrich::{Depth, Error, StoreOptions};

@@ -187,13 +187,13 @@ impl Topology {
     }
 
     pub(super) fn current(&self) -> Arc<SlotMap> {
-        self.map.read().expect("slot map lock").clone()
+        crate::sync::read(&self.map).clone()
     }
 
     /// Reads `CLUSTER SLOTS` from some master and installs it; true if it changed.
     pub(super) async fn refresh(&self, conn: &mut ClusterConnection) -> redis::RedisResult<bool> {
         let map = Arc::new(read_slot_map(conn).await?);
-        let mut current = self.map.write().expect("slot map lock");
+        let mut current = crate::sync::write(&self.map);
         let changed = **current != *map;
         *current = map;
         Ok(changed)

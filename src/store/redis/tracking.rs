@@ -261,7 +261,7 @@ impl ClusterWatcher {
                 masters.len() == watchers.len() && masters.iter().all(|m| watchers.contains_key(m));
             if !same {
                 {
-                    let mut health = self.health.lock().expect("health lock");
+                    let mut health = crate::sync::lock(&self.health);
                     health.lose(&self.sink);
                     health.up.retain(|node, _| masters.contains(node));
                     for node in &masters {
@@ -299,7 +299,7 @@ impl ClusterWatcher {
         let me = node.clone();
         let node_sink: EventSink = Arc::new(move |event| match event {
             StoreEvent::Connected => {
-                let mut health = health.lock().expect("health lock");
+                let mut health = crate::sync::lock(&health);
                 if let Some(up) = health.up.get_mut(&me) {
                     *up = true;
                 }
@@ -309,7 +309,7 @@ impl ClusterWatcher {
                 }
             }
             StoreEvent::Lost => {
-                let mut health = health.lock().expect("health lock");
+                let mut health = crate::sync::lock(&health);
                 if let Some(up) = health.up.get_mut(&me) {
                     *up = false;
                 }

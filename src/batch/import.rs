@@ -6,13 +6,13 @@ use serde::Deserialize;
 use serde_json::Value;
 use tokio::io::AsyncRead;
 
+use super::lines::{Line, LineReader, is_blank};
 use crate::error::{Error, Result};
-use crate::lines::{Line, LineReader, is_blank};
 use crate::store::{ImportOutcome, ImportUser, UserStore};
 use crate::user::{NewUser, Timestamp};
 
 /// How many users one store call writes.
-pub const BATCH: usize = 500;
+pub const IMPORT_BATCH: usize = 500;
 
 /// Lines longer than this cannot hold a user within the size limit and are refused unread.
 const MAX_LINE: usize = 1 << 20;
@@ -133,7 +133,7 @@ pub async fn import_users<R: AsyncRead + Unpin>(
 ) -> Result<ImportSummary, ImportError> {
     let mut reader = LineReader::new(input, 1 << 16, MAX_LINE);
     let mut summary = ImportSummary::default();
-    let mut batch = Vec::with_capacity(BATCH);
+    let mut batch = Vec::with_capacity(IMPORT_BATCH);
     // Lines rejected since the last commit: they count once the lines before them are in.
     let mut rejected = 0;
     let read_error = |error: Error, summary: &ImportSummary| ImportError {
@@ -166,7 +166,7 @@ pub async fn import_users<R: AsyncRead + Unpin>(
                 None => {}
             }
         }
-        if batch.len() >= BATCH || (done && !batch.is_empty()) {
+        if batch.len() >= IMPORT_BATCH || (done && !batch.is_empty()) {
             let outcomes =
                 store
                     .import(&batch, override_existing)

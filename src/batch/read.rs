@@ -9,10 +9,10 @@ use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, ReadBuf};
 use tokio::sync::mpsc;
 
-use super::chunk::Pool;
+use super::lines::{LineReader, LineRef};
 use super::{MAX_LINE, PAGE_BYTES, PAGE_LINES, RunProgress, Source};
 use crate::error::Result;
-use crate::lines::{LineReader, LineRef};
+use crate::sync::Pool;
 
 /// Lines as read, not yet looked at.
 #[derive(Debug, Default)]

@@ -1,19 +1,20 @@
 //! The chunk stage: scan a chunk's lines into a page, resolve it, then render it in pieces of
 //! complete lines, each holding its size of the run's output budget until it is written.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch};
 
+use super::lines::LineRef;
 use super::read::RawLines;
 use super::{IN_FLIGHT, MAX_LINE, PIECE_BYTES, RunOptions};
 use crate::cache::Memo;
 use crate::enricher::{EnrichedPage, Enricher};
 use crate::error::Error;
-use crate::lines::LineRef;
 use crate::page::RawPage;
 use crate::stats::EnrichStats;
+use crate::sync::Pool;
 
 /// What every chunk task of a run shares.
 #[derive(Debug)]
@@ -290,7 +291,7 @@ fn take(page: &mut RawPage, line: LineRef<'_>) -> Option<Error> {
     match line {
         LineRef::Text(text) => match page.push(text) {
             Ok(()) => None,
-            Err(_) if crate::lines::is_blank(text) => {
+            Err(_) if super::lines::is_blank(text) => {
                 Some(Error::invalid("empty line: expected a JSON object"))
             }
             Err(error) if spans_lines(text) => Some(Error::invalid(format!(
@@ -324,7 +325,7 @@ fn spans_lines(text: &[u8]) -> bool {
 /// What goes round between the stages instead of being allocated per chunk: the writer hands
 /// each chunk's buffers back for the chunks to come, so a run works in a few warm buffers
 /// rather than asking the allocator (and the kernel, for fresh pages) for megabytes per chunk.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub(super) struct Spares {
     pub(super) lines: Pool<RawLines>,
     chunks: Pool<Chunk>,
@@ -333,6 +334,19 @@ pub(super) struct Spares {
     /// Each chunk in the works borrows a memo, so a memo is only ever used by one task at a
     /// time and popular users are answered without asking the shared L1.
     memos: Pool<Memo>,
+}
+
+impl Default for Spares {
+    fn default() -> Self {
+        // More than the chunks in the works can hold at once is never kept.
+        let keep = IN_FLIGHT + 2;
+        Spares {
+            lines: Pool::new(keep),
+            chunks: Pool::new(keep),
+            outputs: Pool::new(keep),
+            memos: Pool::new(keep),
+        }
+    }
 }
 
 impl Spares {
@@ -351,38 +365,6 @@ impl Spares {
         if out.capacity() <= 2 * PIECE_BYTES {
             out.clear();
             self.outputs.put(out);
-        }
-    }
-}
-
-/// A few spare values of one kind.
-#[derive(Debug)]
-pub(super) struct Pool<T>(Arc<Mutex<Vec<T>>>);
-
-impl<T> Clone for Pool<T> {
-    fn clone(&self) -> Self {
-        Pool(self.0.clone())
-    }
-}
-
-impl<T> Default for Pool<T> {
-    fn default() -> Self {
-        Pool(Arc::default())
-    }
-}
-
-impl<T> Pool<T> {
-    /// More than the chunks in the works can hold at once is never kept.
-    const KEEP: usize = IN_FLIGHT + 2;
-
-    pub(super) fn take(&self) -> Option<T> {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).pop()
-    }
-
-    pub(super) fn put(&self, spare: T) {
-        let mut spares = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        if spares.len() < Self::KEEP {
-            spares.push(spare);
         }
     }
 }

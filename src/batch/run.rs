@@ -1,0 +1,286 @@
+//! The job's coordinator: the reader, the chunks in the works and the writer, and how a run
+//! ends.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use futures::{Stream, StreamExt};
+use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::task::JoinSet;
+
+use super::{
+    FORCED_STOP_GRACE, IN_FLIGHT, Output, RunError, RunOptions, RunProgress, RunSummary, Source,
+    Stop, chunk, read, write,
+};
+use crate::enricher::Enricher;
+use crate::error::{Error, ErrorKind};
+
+/// Runs the job: enriches every line of `inputs`, read one after the other, into `output`.
+/// Bad lines go to `rejects` as records if given; otherwise the run stops at the first one,
+/// after writing every line before it, with an error naming its file and line. `stops` ends
+/// the run early (see the [module docs](self)).
+pub async fn run(
+    enricher: &Enricher,
+    inputs: Vec<Source>,
+    output: Output,
+    rejects: Option<Output>,
+    options: &RunOptions,
+    progress: &RunProgress,
+    mut stops: impl Stream<Item = Stop> + Unpin,
+) -> Result<RunSummary, RunError> {
+    let started = Instant::now();
+    let spares = chunk::Spares::default();
+    let shared = Arc::new(chunk::Shared {
+        enricher: enricher.clone(),
+        options: options.clone(),
+        spares: spares.clone(),
+        budget: Arc::new(Semaphore::new(options.max_pending_output)),
+        names: read::names(&inputs),
+    });
+    let (queue, queued) = mpsc::unbounded_channel();
+    let abort = Arc::new(AtomicBool::new(false));
+    let mut writer = match write::spawn(
+        output,
+        rejects,
+        queued,
+        spares.clone(),
+        progress.clone(),
+        abort.clone(),
+    ) {
+        Ok(writer) => writer,
+        Err(err) => {
+            let error = Error::new(ErrorKind::Internal, "cannot start the writer").with_cause(err);
+            return Err(RunError {
+                summary: RunSummary::default(),
+                error,
+            });
+        }
+    };
+    let (sender, mut chunks) = mpsc::channel(IN_FLIGHT);
+    let reader = tokio::spawn(read::read(
+        inputs,
+        sender,
+        spares.lines.clone(),
+        progress.clone(),
+    ));
+    let in_flight = Arc::new(Semaphore::new(IN_FLIGHT));
+    let (stopping, stopping_seen) = watch::channel(false);
+    let mut tasks = JoinSet::new();
+    let mut queue = Some(queue);
+    let mut turn = None;
+    let mut stopped = None;
+    let mut forced_by = None;
+    let mut listening = true;
+    // `None` when the writer was given up on after a second stop.
+    let report = loop {
+        let next_chunk = async {
+            let slot = in_flight.clone().acquire_owned().await;
+            (slot, chunks.recv().await)
+        };
+        tokio::select! {
+            biased;
+            report = &mut writer => break Some(report),
+            stop = stops.next(), if listening => match stop {
+                None => listening = false,
+                Some(stop) if stopped.is_none() => {
+                    stopped = Some(stop);
+                    reader.abort();
+                    let _ = stopping.send(true);
+                    // The chunks queued are written; nothing more is queued.
+                    queue = None;
+                }
+                Some(_) => {
+                    abort.store(true, Ordering::Relaxed);
+                    tasks.abort_all();
+                    forced_by = Some(tokio::time::Instant::now() + FORCED_STOP_GRACE);
+                    listening = false;
+                }
+            },
+            () = async {
+                match forced_by {
+                    Some(deadline) => tokio::time::sleep_until(deadline).await,
+                    None => std::future::pending().await,
+                }
+            } => break None,
+            (slot, lines) = next_chunk, if queue.is_some() => {
+                let Some(sink) = &queue else { continue };
+                match lines {
+                    Some(Ok(lines)) => {
+                        let (pieces, receiver) = mpsc::unbounded_channel();
+                        let (mine, next) = chunk::Turn::after(turn.take());
+                        turn = Some(next);
+                        tasks.spawn(chunk::process(
+                            shared.clone(),
+                            lines,
+                            mine,
+                            stopping_seen.clone(),
+                            pieces,
+                        ));
+                        let slot = slot.expect("the in-flight slots are never closed");
+                        let _ = sink.send(write::Queued::Chunk { pieces: receiver, slot });
+                    }
+                    Some(Err(err)) => {
+                        let _ = sink.send(write::Queued::Failed(err));
+                        queue = None;
+                    }
+                    None => queue = None,
+                }
+            },
+            Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+        }
+    };
+    reader.abort();
+    tasks.abort_all();
+    let mut summary = RunSummary {
+        elapsed: started.elapsed(),
+        interrupted: stopped,
+        ..RunSummary::default()
+    };
+    let report = match report {
+        Some(Ok(report)) => report,
+        Some(Err(_)) => {
+            let error = Error::new(ErrorKind::Internal, "the writer failed");
+            return Err(RunError { summary, error });
+        }
+        None => {
+            // The writer is stuck in a write nobody reads; what it wrote is all there is.
+            summary.lines = progress.lines();
+            summary.written = progress.written();
+            summary.rejected = summary.lines.saturating_sub(summary.written);
+            return Ok(summary);
+        }
+    };
+    summary.lines = report.written + report.rejected;
+    summary.written = report.written;
+    summary.rejected = report.rejected;
+    summary.stats = report.stats;
+    summary.distinct_users = report.distinct_users;
+    match report.end {
+        write::End::Finished | write::End::Stopped => Ok(summary),
+        write::End::Failed(error) => Err(RunError { summary, error }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+    use std::sync::Mutex;
+
+    use super::*;
+    use crate::store::MemoryStore;
+    use crate::{NewUser, UserStore};
+
+    /// A writer whose bytes the test reads afterwards.
+    #[derive(Clone, Default)]
+    struct Collected(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Collected {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl Collected {
+        fn text(&self) -> String {
+            String::from_utf8(self.0.lock().unwrap().clone()).unwrap()
+        }
+    }
+
+    async fn enricher() -> Enricher {
+        let store = Arc::new(MemoryStore::new());
+        for i in 0..50 {
+            let data = serde_json::json!({ "bio": "b".repeat(i * 40) });
+            let user = NewUser::new(&format!("u{i}"), Some(data)).unwrap();
+            store.add(&user, false).await.unwrap();
+        }
+        Enricher::new(store)
+    }
+
+    /// Lines of very different output sizes, a few bad ones among them.
+    fn input() -> String {
+        (0..6_000)
+            .map(|i| match i % 997 {
+                13 => "not json\n".to_string(),
+                _ => {
+                    let refs: Vec<String> = (0..(i % 40))
+                        .map(|r| format!("\"r{r}\":\"SU:u{}\"", (i + r) % 50))
+                        .collect();
+                    format!("{{\"n\":{i},{}}}\n", refs.join(",")).replace(",}", "}")
+                }
+            })
+            .collect()
+    }
+
+    async fn run_with(enricher: &Enricher, options: RunOptions) -> (String, String, RunSummary) {
+        let (out, rejects) = (Collected::default(), Collected::default());
+        let summary = run(
+            enricher,
+            vec![Source::new(
+                "in",
+                std::io::Cursor::new(input().into_bytes()),
+            )],
+            Output::writer(out.clone()),
+            Some(Output::writer(rejects.clone())),
+            &options,
+            &RunProgress::new(),
+            futures::stream::pending(),
+        )
+        .await
+        .unwrap();
+        (out.text(), rejects.text(), summary)
+    }
+
+    /// Whatever the budget, even smaller than any line, the run writes the same lines in the
+    /// same order, and never waits for ever on budget the writer cannot free.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn any_budget_writes_the_same_output() {
+        let enricher = enricher().await;
+        let (expected, rejected, summary) = run_with(&enricher, RunOptions::new()).await;
+        assert_eq!(summary.lines, 6_000);
+        assert_eq!(summary.rejected, 7);
+        assert_eq!(rejected.lines().count(), 7);
+        for budget in [1, 3_000, 100_000] {
+            let (out, rejects, summary) =
+                run_with(&enricher, RunOptions::new().max_pending_output(budget)).await;
+            assert!(out == expected, "budget {budget}: different output");
+            assert_eq!(rejects, rejected);
+            assert_eq!(summary.written, 5_993);
+        }
+    }
+
+    /// Lines whose output would be over the limit are rejected in place, the others written.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn lines_over_the_output_limit_are_rejected_in_place() {
+        let enricher = enricher().await;
+        let (all, _, _) = run_with(&enricher, RunOptions::new()).await;
+        let limit = 20_000;
+        let (out, rejects, summary) =
+            run_with(&enricher, RunOptions::new().max_line_output(limit)).await;
+        let kept: Vec<&str> = all.lines().filter(|l| l.len() <= limit).collect();
+        assert!(
+            out.lines().eq(kept),
+            "not the lines under the limit, in order"
+        );
+        let over = all.lines().filter(|l| l.len() > limit).count();
+        assert!(over > 100, "{over}");
+        assert_eq!(summary.rejected as usize, 7 + over);
+        assert_eq!(summary.written as usize + summary.rejected as usize, 6_000);
+        let record = rejects
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .find(|r| r["error"].as_str().unwrap().contains("--max-line-output"))
+            .unwrap();
+        assert_eq!(record["file"], "in");
+        let line = record["line"].as_u64().unwrap() as usize;
+        assert_eq!(
+            record["input"].as_str().unwrap(),
+            input().lines().nth(line - 1).unwrap()
+        );
+    }
+}
