@@ -3,30 +3,44 @@
 //!
 //! # Layout
 //!
-//! Data flows one way — bytes → references → L1 → store (one batched call) → substitution →
-//! bytes — and each step has its module:
+//! Read from the top down, the modules follow a reference on its way: bytes → references →
+//! L1 → store (one batched call) → answers → bytes.
 //!
-//! - [`page`]: the raw-bytes path. A [`RawPage`] validates and compacts documents and notes
-//!   where the references are, using [`mod@reference`] to tell a reference from a look-alike.
-//!   (The `Value` path walks the same shapes over `serde_json::Value`s.)
-//! - `cache`: the L1, a moka cache bounded by bytes, with the registry of loads in flight that
-//!   fences loads racing an invalidation and coalesces loads across pages ([`CacheConfig`]).
+//! - [`shape`]: Stream's shapes — depth, the role of an object, which arrays make a container
+//!   — the vocabulary both enrichment paths share; `reference`, `id` and `answer`: what a
+//!   reference looks like, a page's distinct ids, and what stands in a document for an answer.
+//! - `scan`: the one JSON grammar. [`page`] (the raw-bytes path: a [`RawPage`] checks,
+//!   compacts and finds references in one pass) and `value` (the `serde_json::Value` paths:
+//!   [`EnrichedValues`] splices users' bytes, or [`Enricher::enrich_values`] puts them in
+//!   place) are siblings over it.
 //! - `resolver`: one answer per distinct id, through the L1 and at most one
-//!   [`UserStore::get_many`] call per page.
-//! - [`Enricher`]: the handle a service shares; it splices the answers into the documents.
-//!   Three ways in: [`Enricher::enrich_page`] for a [`RawPage`] (bytes in, bytes out);
-//!   [`Enricher::enrich_values`] for `serde_json::Value`s, each user put in place as a
-//!   `Value` to read or edit; [`Enricher::enrich_value_page`] for `Value`s that are only to
-//!   be serialized: [`EnrichedValues`] writes them, or serializes through serde, with each
-//!   user spliced in as its stored bytes.
-//! - [`store`]: the [`UserStore`] trait and its backends — Redis, an embedded redb file, and
-//!   memory — chosen by URL; [`user`] holds the model and [`UserJson`], the one serialized form
-//!   of a user that every backend stores and every enrichment embeds.
-//! - [`job`]: `enrich run`, the NDJSON batch job; [`import`] bulk-loads users; [`lines`] reads
-//!   NDJSON with a length cap; [`commands`] is what the binary runs once its flags are parsed.
+//!   [`UserStore::get_many`] call per page; `cache`: the L1 (moka, bounded by bytes), the
+//!   fence and coalescing of loads in flight, the memos, and the write-through store
+//!   ([`CacheConfig`]).
+//! - [`store`]: the [`UserStore`] trait and its backends — memory, an embedded redb file
+//!   (feature `file`), Redis and Redis Cluster (feature `redis`) — chosen by URL; [`user`]: the
+//!   model and [`UserJson`], the one serialized form every backend stores and every enrichment
+//!   embeds.
+//! - [`Enricher`]: the handle a service shares, over all of the above.
+//! - [`batch`]: the NDJSON job behind `enrich run`, the user import, and the line reader.
 //! - [`error`]: the one [`Error`] type, with an [`ErrorKind`].
-//! - [`serve`]: `enrich serve`, a Stream-compatible HTTP API (axum) over an [`Enricher`]: the
-//!   users API with Stream's bodies, codes and auth, and an endpoint that enriches documents.
+//! - `serve` (feature `serve`): a Stream-compatible HTTP API over an [`Enricher`]; `bench`
+//!   (feature `bench`): the benchmarks' workload. The `enrich` binary (feature `cli`, the
+//!   default) lives in `src/bin/enrich/`: it parses flags and calls the library.
+//!
+//! # Features
+//!
+//! | feature | what it adds |
+//! |---|---|
+//! | `redis` | `store::RedisStore`, `store::ClusterStore`, with TLS |
+//! | `file` | `store::FileStore` (redb) |
+//! | `serve` | `enrich::serve`, the HTTP server (axum, hyper) |
+//! | `bench` | `enrich::bench`, the benchmark workload |
+//! | `preserve-order` | serde_json's `preserve_order`: user data built from a `Value` keeps its key order |
+//! | `mimalloc`, `cli` (default) | the `enrich` binary and all of the above |
+//!
+//! A service that enriches from Redis depends on
+//! `enrich = { version = "0.1", default-features = false, features = ["redis"] }`.
 //!
 //! # Example: a feed-read handler
 //!
@@ -63,9 +77,9 @@
 
 mod answer;
 pub mod batch;
+#[cfg(feature = "bench")]
 pub mod bench;
 mod cache;
-pub mod commands;
 mod enricher;
 pub mod error;
 mod id;
@@ -73,6 +87,7 @@ pub mod page;
 pub mod reference;
 mod resolver;
 mod scan;
+#[cfg(feature = "serve")]
 pub mod serve;
 pub mod shape;
 mod stats;

@@ -218,7 +218,7 @@ impl RawPage {
     }
 
     /// Sets how deep the documents pushed from now on are looked into.
-    pub(crate) fn set_depth(&mut self, depth: Depth) {
+    pub fn set_depth(&mut self, depth: Depth) {
         self.depth = depth;
     }
 

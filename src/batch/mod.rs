@@ -144,7 +144,8 @@ impl RunOptions {
         self
     }
 
-    pub(crate) fn store_timeout_value(&self) -> Duration {
+    /// How long a page is retried while the store is unavailable.
+    pub fn store_timeout_value(&self) -> Duration {
         self.store_timeout
     }
 }
@@ -242,12 +243,12 @@ impl RunProgress {
     }
 
     /// Sets the lines done, for a command that counts them itself.
-    pub(crate) fn set_lines(&self, lines: u64) {
+    pub fn set_lines(&self, lines: u64) {
         self.counters.lines.store(lines, Ordering::Relaxed);
     }
 
     /// `reader`, adding what is read through it to [`RunProgress::bytes_read`].
-    pub(crate) fn count_reads(
+    pub fn count_reads(
         &self,
         reader: Box<dyn AsyncRead + Unpin + Send>,
     ) -> Box<dyn AsyncRead + Unpin + Send> {

@@ -19,7 +19,7 @@ use crate::error::{Error, ErrorKind};
 /// Runs the job: enriches every line of `inputs`, read one after the other, into `output`.
 /// Bad lines go to `rejects` as records if given; otherwise the run stops at the first one,
 /// after writing every line before it, with an error naming its file and line. `stops` ends
-/// the run early (see the [module docs](self)).
+/// the run early (see the [module docs](crate::batch)).
 pub async fn run(
     enricher: &Enricher,
     inputs: Vec<Source>,

@@ -2,17 +2,19 @@
 //!
 //! | URL | backend | for |
 //! |---|---|---|
-//! | `redis://[user:pass@]host:port[/db]`, `rediss://…` | [`RedisStore`] | production, shared by many processes |
-//! | `redis+cluster://[user:pass@]host:port[,host:port…]`, `rediss+cluster://…` | [`ClusterStore`] | when one Redis node is not enough |
-//! | `file:PATH` | [`FileStore`] | the CLI's zero-setup default, `file:./enrich.db` |
+//! | `redis://[user:pass@]host:port[/db]`, `rediss://…` | `RedisStore` (feature `redis`) | production, shared by many processes |
+//! | `redis+cluster://[user:pass@]host:port[,host:port…]`, `rediss+cluster://…` | `ClusterStore` (feature `redis`) | when one Redis node is not enough |
+//! | `file:PATH` | `FileStore` (feature `file`) | the CLI's zero-setup default, `file:./enrich.db` |
 //! | `memory:` | [`MemoryStore`] | library users and tests |
 //!
 //! Every backend writes and hands out the same [`UserJson`] bytes, and answers
 //! [`UserStore::get_many`] in one round trip: that is the call the resolver makes once per page.
 
+#[cfg(feature = "file")]
 mod file;
 mod memory;
 mod options;
+#[cfg(feature = "redis")]
 mod redis;
 mod url;
 
@@ -21,9 +23,11 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
+#[cfg(feature = "file")]
 pub use self::file::FileStore;
 pub use self::memory::MemoryStore;
 pub use self::options::{DEFAULT_NAMESPACE, StoreOptions};
+#[cfg(feature = "redis")]
 pub use self::redis::{ClusterStore, RedisStore};
 pub use self::url::{DEFAULT_STORE_URL, StoreUrl, open};
 use crate::error::{Error, ErrorKind, Result};
@@ -110,7 +114,9 @@ pub type EventSink = Arc<dyn Fn(StoreEvent) + Send + Sync>;
 pub struct WatchGuard(tokio::task::AbortHandle);
 
 impl WatchGuard {
-    pub(crate) fn new(task: tokio::task::AbortHandle) -> Self {
+    /// A guard that stops `task` (the store's watcher) when dropped: what a store's
+    /// [`UserStore::watch`] returns.
+    pub fn new(task: tokio::task::AbortHandle) -> Self {
         WatchGuard(task)
     }
 }
@@ -213,6 +219,7 @@ pub(crate) fn conflict(id: &UserId) -> Error {
 
 /// A record read back from a store for `id`, checked whole (one copied from another user's key
 /// is as corrupt as one cut short); a corrupt one is an error naming the user.
+#[cfg(any(feature = "redis", feature = "file"))]
 pub(crate) fn stored_user(id: &UserId, bytes: impl Into<bytes::Bytes>) -> Result<UserJson> {
     UserJson::from_stored_as(id, bytes).map_err(|e| e.context(format!("user {id}")))
 }

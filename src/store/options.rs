@@ -44,7 +44,8 @@ impl StoreOptions {
         self
     }
 
-    pub(crate) fn create_if_missing_value(&self) -> bool {
+    /// Whether a store that does not exist yet may be created.
+    pub fn create_if_missing_value(&self) -> bool {
         self.create_if_missing
     }
 
@@ -66,15 +67,18 @@ impl StoreOptions {
         self
     }
 
-    pub(crate) fn namespace_str(&self) -> &str {
+    /// The namespace.
+    pub fn namespace_str(&self) -> &str {
         &self.namespace
     }
 
-    pub(crate) fn connect_timeout_value(&self) -> Duration {
+    /// How long a connection may take.
+    pub fn connect_timeout_value(&self) -> Duration {
         self.connect_timeout
     }
 
-    pub(crate) fn response_timeout_value(&self) -> Duration {
+    /// How long an answer may take.
+    pub fn response_timeout_value(&self) -> Duration {
         self.response_timeout
     }
 

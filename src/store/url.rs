@@ -3,7 +3,11 @@
 
 use std::sync::Arc;
 
-use super::{ClusterStore, FileStore, MemoryStore, RedisStore, SharedStore, StoreOptions};
+#[cfg(feature = "file")]
+use super::FileStore;
+#[cfg(feature = "redis")]
+use super::{ClusterStore, RedisStore};
+use super::{MemoryStore, SharedStore, StoreOptions};
 use crate::error::{Error, Result};
 
 /// The store URL the CLI uses when none is given.
@@ -112,13 +116,33 @@ fn parse_cluster(scheme: &str, rest: &str) -> Result<StoreUrl> {
 pub async fn open(url: &str, options: &StoreOptions) -> Result<SharedStore> {
     options.validate()?;
     Ok(match StoreUrl::parse(url)? {
+        #[cfg(feature = "redis")]
         StoreUrl::Redis(url) => Arc::new(RedisStore::connect(&url, options).await?),
+        #[cfg(feature = "redis")]
         StoreUrl::RedisCluster { nodes, describe } => {
             Arc::new(ClusterStore::connect(nodes, describe, options).await?)
         }
+        #[cfg(feature = "file")]
         StoreUrl::File(path) => Arc::new(FileStore::open(&path, options).await?),
         StoreUrl::Memory => Arc::new(MemoryStore::new()),
+        #[allow(unreachable_patterns)]
+        _ => return Err(without_backend(url)),
     })
+}
+
+/// The error for a store this build was compiled without.
+#[allow(dead_code)]
+fn without_backend(url: &str) -> Error {
+    let feature = if url.starts_with("file:") {
+        "file"
+    } else {
+        "redis"
+    };
+    Error::invalid(format!(
+        "store URL {:?} needs the `{feature}` feature of enrich, which this build was compiled \
+         without",
+        redact(url)
+    ))
 }
 
 /// The URL without its password, for messages. Anything up to the last `@` of the part after

@@ -40,7 +40,7 @@ impl UserJson {
 
     /// Like [`UserJson::from_stored`], for a record read under `id`'s key: it must be the
     /// record of that user, not one copied there from another key.
-    pub(crate) fn from_stored_as(id: &UserId, bytes: impl Into<Bytes>) -> Result<UserJson> {
+    pub fn from_stored_as(id: &UserId, bytes: impl Into<Bytes>) -> Result<UserJson> {
         UserJson::checked(bytes.into(), Some(id))
     }
 

@@ -7,10 +7,11 @@ use std::time::Duration;
 use clap::{Parser, Subcommand, ValueEnum};
 use logging::LogFormat;
 
+mod commands;
 mod logging;
+use commands::{EXIT_CODES, RunArgs, StoreSpec};
 use enrich::batch::RunOptions;
 use enrich::bench::{Strategy, Workload};
-use enrich::commands::{self, EXIT_CODES, RunArgs, StoreSpec};
 use enrich::serve::Limits;
 use enrich::store::{DEFAULT_NAMESPACE, DEFAULT_STORE_URL};
 use enrich::{Depth, Error, StoreOptions};
@@ -111,9 +112,9 @@ enum Command {
         /// Pages enriched at once.
         #[arg(long, default_value_t = 8)]
         concurrency: usize,
-        /// Which strategies to run.
-        #[arg(long, value_enum, default_value_t = StrategyArg::All)]
-        strategy: StrategyArg,
+        /// Which strategy to run: engine, naive, mget, or all of them.
+        #[arg(long, value_name = "STRATEGY", default_value = "all", value_parser = strategy_or_all)]
+        strategy: Strategies,
         /// Seed of the generated workload.
         #[arg(long, default_value_t = 42)]
         seed: u64,
@@ -286,12 +287,18 @@ impl ServeLimits {
     }
 }
 
-#[derive(Debug, Clone, Copy, ValueEnum)]
-enum StrategyArg {
-    Engine,
-    Naive,
-    Mget,
-    All,
+/// The strategies `--strategy` names.
+#[derive(Debug, Clone)]
+struct Strategies(Vec<Strategy>);
+
+/// A strategy by its name, or `all` of them.
+fn strategy_or_all(name: &str) -> Result<Strategies, String> {
+    if name.eq_ignore_ascii_case("all") {
+        return Ok(Strategies(Strategy::ALL.to_vec()));
+    }
+    Strategy::from_str(name, true)
+        .map(|one| Strategies(vec![one]))
+        .map_err(|_| format!("{name:?} is not one of engine, naive, mget, all"))
 }
 
 #[derive(Debug, Subcommand)]
@@ -359,12 +366,7 @@ async fn main() {
                 concurrency,
                 seed,
             };
-            let strategies = match strategy {
-                StrategyArg::Engine => vec![Strategy::Engine],
-                StrategyArg::Naive => vec![Strategy::Naive],
-                StrategyArg::Mget => vec![Strategy::Mget],
-                StrategyArg::All => Strategy::ALL.to_vec(),
-            };
+            let strategies = strategy.0;
             commands::bench(&spec, workload, &strategies)
                 .await
                 .map(|report| {

@@ -11,16 +11,16 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::Value;
 use tokio::io::{AsyncRead, AsyncReadExt};
 
-use crate::batch::{self, RunError, RunOptions, RunSummary, Stop};
-use crate::batch::{ImportError, ImportEvent, ImportSummary, import_users};
-use crate::bench::{BenchReport, Strategy, Workload, load_users, run_strategy};
-use crate::enricher::Enricher;
-use crate::error::{Error, ErrorKind, Result};
-use crate::store::{self, SharedStore, StoreOptions};
-use crate::user::{NewUser, UserId, UserJson};
+use enrich::Enricher;
+use enrich::batch::{self, RunError, RunOptions, RunSummary, Stop};
+use enrich::batch::{ImportError, ImportEvent, ImportSummary, import_users};
+use enrich::bench::{BenchReport, Strategy, Workload, load_users, run_strategy};
+use enrich::error::{Error, ErrorKind, Result};
+use enrich::store::{self, SharedStore, StoreOptions};
+use enrich::user::{NewUser, UserId, UserJson};
 
 /// The exit codes of the binary, listed in `enrich --help`.
-pub const EXIT_CODES: &str = "\
+pub(crate) const EXIT_CODES: &str = "\
 Exit codes:
   0  success
   1  store unavailable, timeout, refusal (credentials, permissions, full), or any other failure
@@ -30,7 +30,7 @@ Exit codes:
   4  not found: the user does not exist";
 
 /// The exit code for an error.
-pub fn exit_code(err: &Error) -> u8 {
+pub(crate) fn exit_code(err: &Error) -> u8 {
     match err.kind() {
         ErrorKind::InvalidInput => 2,
         ErrorKind::Conflict => 3,
@@ -41,7 +41,7 @@ pub fn exit_code(err: &Error) -> u8 {
 
 /// Which store a command works on.
 #[derive(Debug, Clone)]
-pub struct StoreSpec {
+pub(crate) struct StoreSpec {
     url: String,
     options: StoreOptions,
 }
@@ -70,7 +70,7 @@ impl StoreSpec {
 }
 
 /// Reads a DATA argument: JSON object text, or `-` for standard input.
-pub async fn read_data(arg: &str) -> Result<Value> {
+pub(crate) async fn read_data(arg: &str) -> Result<Value> {
     let text = if arg == "-" {
         let mut text = String::new();
         tokio::io::stdin()
@@ -85,7 +85,7 @@ pub async fn read_data(arg: &str) -> Result<Value> {
 }
 
 /// `users add`: creates a user, or with `get_or_create` returns the existing one.
-pub async fn users_add(
+pub(crate) async fn users_add(
     spec: &StoreSpec,
     id: &str,
     data: Option<&str>,
@@ -101,19 +101,19 @@ pub async fn users_add(
 }
 
 /// `users get`.
-pub async fn users_get(spec: &StoreSpec, id: &str) -> Result<UserJson> {
+pub(crate) async fn users_get(spec: &StoreSpec, id: &str) -> Result<UserJson> {
     let id = UserId::parse(id)?;
     spec.open_existing().await?.get(&id).await
 }
 
 /// `users update`: replaces the data of an existing user.
-pub async fn users_update(spec: &StoreSpec, id: &str, data: &str) -> Result<UserJson> {
+pub(crate) async fn users_update(spec: &StoreSpec, id: &str, data: &str) -> Result<UserJson> {
     let user = NewUser::new(id, Some(read_data(data).await?))?;
     spec.open_existing().await?.update(&user).await
 }
 
 /// `users delete`.
-pub async fn users_delete(spec: &StoreSpec, id: &str) -> Result<()> {
+pub(crate) async fn users_delete(spec: &StoreSpec, id: &str) -> Result<()> {
     let id = UserId::parse(id)?;
     spec.open_existing().await?.delete(&id).await
 }
@@ -121,7 +121,7 @@ pub async fn users_delete(spec: &StoreSpec, id: &str) -> Result<()> {
 /// `users import`: NDJSON users from a file or `-` (standard input). Rejected lines are
 /// reported on standard error as they are met; the summary says how many. An import stopped by
 /// a store fault prints the summary of what it committed before returning the error.
-pub async fn users_import(
+pub(crate) async fn users_import(
     spec: &StoreSpec,
     file: Option<&Path>,
     override_existing: bool,
@@ -151,7 +151,7 @@ pub async fn users_import(
 
 /// What `enrich run` was asked to do.
 #[derive(Debug, Clone, Default)]
-pub struct RunArgs {
+pub(crate) struct RunArgs {
     /// Input files; empty or `-` for standard input.
     pub inputs: Vec<PathBuf>,
     /// The output file; standard output if `None`.
@@ -169,7 +169,7 @@ pub struct RunArgs {
 /// `enrich run`: the NDJSON batch job. Refuses, before creating anything, outputs that are
 /// inputs ([`batch::check_outputs`]); stops cleanly on SIGINT or SIGTERM, the summary marked
 /// [`RunSummary::interrupted`]. A failure comes with the summary of what was written before it.
-pub async fn run(spec: &StoreSpec, args: RunArgs) -> Result<RunSummary, RunError> {
+pub(crate) async fn run(spec: &StoreSpec, args: RunArgs) -> Result<RunSummary, RunError> {
     let failed = |error: Error| RunError {
         summary: RunSummary::default(),
         error,
@@ -325,7 +325,7 @@ fn stop_signals() -> impl Stream<Item = Stop> + Unpin + Send {
 /// `enrich bench`: loads a generated workload into the store (in the namespace
 /// `{namespace}.bench`, never the users of the namespace itself), then runs each strategy over
 /// the same pages.
-pub async fn bench(
+pub(crate) async fn bench(
     spec: &StoreSpec,
     workload: Workload,
     strategies: &[Strategy],
@@ -357,7 +357,7 @@ pub async fn bench(
 
 /// What `enrich serve` was asked to do.
 #[derive(Debug, Clone, Default)]
-pub struct ServeArgs {
+pub(crate) struct ServeArgs {
     /// The address to listen on, `host:port`.
     pub listen: String,
     /// The API key; required.
@@ -365,12 +365,12 @@ pub struct ServeArgs {
     /// The API secret; required.
     pub api_secret: Option<String>,
     /// What requests, connections and the server may cost.
-    pub limits: crate::serve::Limits,
+    pub limits: enrich::serve::Limits,
 }
 
 /// `enrich serve`: checks the credentials, opens the store, binds, says where it listens and
 /// serves until SIGTERM or Ctrl-C, letting requests in flight finish.
-pub async fn serve(spec: &StoreSpec, args: ServeArgs) -> Result<()> {
+pub(crate) async fn serve(spec: &StoreSpec, args: ServeArgs) -> Result<()> {
     let nonempty = |v: Option<String>| v.filter(|v| !v.is_empty());
     let Some(api_secret) = nonempty(args.api_secret) else {
         return Err(Error::invalid(
@@ -390,10 +390,10 @@ pub async fn serve(spec: &StoreSpec, args: ServeArgs) -> Result<()> {
     let local = listener
         .local_addr()
         .map_err(|e| Error::new(ErrorKind::Internal, "no local address").with_cause(e))?;
-    let config = crate::serve::ServeConfig::new(api_key, api_secret).limits(args.limits);
+    let config = enrich::serve::ServeConfig::new(api_key, api_secret).limits(args.limits);
     let enricher = Enricher::new(config.instrument(store));
     tracing::info!("enrich serve: listening on http://{local}, store {describe}");
-    crate::serve::serve(listener, enricher, config, shutdown_signal())
+    enrich::serve::serve(listener, enricher, config, shutdown_signal())
         .await
         .map_err(|e| Error::new(ErrorKind::Internal, "the server failed").with_cause(e))?;
     tracing::info!("enrich serve: stopped");
@@ -470,10 +470,10 @@ fn create_output(path: &Path) -> Result<std::fs::File> {
 }
 
 /// An input stream.
-pub type Input = Box<dyn AsyncRead + Unpin + Send>;
+pub(crate) type Input = Box<dyn AsyncRead + Unpin + Send>;
 
 /// Opens an input: a file, or standard input for `-` or nothing. The error names the file.
-pub async fn open_input(path: Option<&Path>) -> Result<Input> {
+pub(crate) async fn open_input(path: Option<&Path>) -> Result<Input> {
     let path = match path {
         None => return Ok(Box::new(tokio::io::stdin())),
         Some(path) if path == Path::new("-") => return Ok(Box::new(tokio::io::stdin())),
