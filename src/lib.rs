@@ -86,6 +86,7 @@ mod id;
 pub mod page;
 pub mod reference;
 mod resolver;
+pub mod retry;
 mod scan;
 #[cfg(feature = "serve")]
 pub mod serve;

@@ -13,6 +13,7 @@ use crate::cache::Memo;
 use crate::enricher::{EnrichedPage, Enricher};
 use crate::error::Error;
 use crate::page::RawPage;
+use crate::retry::Backoff;
 use crate::stats::EnrichStats;
 use crate::sync::Pool;
 
@@ -257,7 +258,7 @@ async fn resolve<'p>(
     stopping: &mut watch::Receiver<bool>,
 ) -> std::result::Result<EnrichedPage<'p>, Option<Piece>> {
     let first_failure = Instant::now();
-    let mut delay = Duration::from_millis(50);
+    let mut backoff = Backoff::new();
     let mut failed = false;
     loop {
         match enricher.enrich_page_with(page, Some(memo)).await {
@@ -276,10 +277,9 @@ async fn resolve<'p>(
                     )))));
                 }
                 tokio::select! {
-                    () = tokio::time::sleep(delay.min(timeout - waited)) => {}
+                    () = tokio::time::sleep(backoff.pause().min(timeout - waited)) => {}
                     _ = stopping.wait_for(|stop| *stop) => return Err(None),
                 }
-                delay = (delay * 2).min(Duration::from_secs(1));
             }
             Err(err) => return Err(Some(Piece::Failed(err))),
         }

@@ -16,6 +16,7 @@ use enrich::batch::{self, RunError, RunOptions, RunSummary, Stop};
 use enrich::batch::{ImportError, ImportEvent, ImportSummary, import_users};
 use enrich::bench::{BenchReport, Strategy, Workload, load_users, run_strategy};
 use enrich::error::{Error, ErrorKind, Result};
+use enrich::retry::Backoff;
 use enrich::store::{self, SharedStore, StoreOptions};
 use enrich::user::{NewUser, UserId, UserJson};
 
@@ -427,7 +428,7 @@ async fn shutdown_signal() {
 /// that retrying cannot fix (credentials, permissions, a certificate) ends it at once.
 async fn open_with_retry(spec: &StoreSpec, create: bool, timeout: Duration) -> Result<SharedStore> {
     let started = Instant::now();
-    let mut delay = Duration::from_millis(50);
+    let mut backoff = Backoff::new();
     let mut told = false;
     loop {
         let opened = if create {
@@ -444,8 +445,8 @@ async fn open_with_retry(spec: &StoreSpec, create: bool, timeout: Duration) -> R
                     );
                     told = true;
                 }
-                tokio::time::sleep(delay.min(timeout.saturating_sub(started.elapsed()))).await;
-                delay = (delay * 2).min(Duration::from_secs(1));
+                let left = timeout.saturating_sub(started.elapsed());
+                tokio::time::sleep(backoff.pause().min(left)).await;
             }
             Err(err) if err.is_transient() => {
                 return Err(err.context(format!(

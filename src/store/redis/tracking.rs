@@ -42,6 +42,7 @@ use tokio::sync::mpsc;
 
 use super::topology::{Node, NodeUrls, Topology};
 use crate::error::Result;
+use crate::retry::Backoff;
 use crate::store::{EventSink, StoreEvent, StoreOptions, WatchGuard};
 
 /// How often the tracking connection is pinged to notice a silent failure.
@@ -78,7 +79,8 @@ struct Watcher {
 
 impl Watcher {
     async fn run(self) {
-        let mut delay = Duration::from_millis(20);
+        // A lost stream is reopened quickly at first: until it is, the L1 is bypassed.
+        let mut backoff = Backoff::between(Duration::from_millis(20), Duration::from_secs(1));
         // Each outage is logged once when it starts and once when it ends, not per retry.
         let mut down = false;
         loop {
@@ -88,7 +90,7 @@ impl Watcher {
                     if down {
                         tracing::warn!(store = %self.describe, "invalidation stream restored");
                     }
-                    delay = Duration::from_millis(20);
+                    backoff.reset();
                     let why = self.listen(conn, pushes).await;
                     (self.sink)(StoreEvent::Lost);
                     tracing::warn!(
@@ -104,8 +106,7 @@ impl Watcher {
                     }
                 }
             }
-            tokio::time::sleep(delay).await;
-            delay = (delay * 2).min(Duration::from_secs(1));
+            tokio::time::sleep(backoff.pause()).await;
         }
     }
 
