@@ -9,7 +9,6 @@
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use async_trait::async_trait;
 use axum::http::{Method, StatusCode};
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
@@ -23,10 +22,6 @@ use super::budget::Budget;
 use crate::enricher::Enricher;
 use crate::error::{Error, Result};
 use crate::stats::EnrichStats;
-use crate::store::{
-    Added, EventSink, ImportOutcome, ImportUser, SharedStore, UserStore, WatchGuard,
-};
-use crate::user::{NewUser, UserId, UserJson};
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
@@ -295,15 +290,12 @@ impl Metrics {
         out
     }
 
-    /// `store` with each call timed into these metrics.
-    pub(crate) fn instrument(self: &Arc<Self>, store: SharedStore) -> SharedStore {
-        Arc::new(Timed {
-            store,
-            metrics: self.clone(),
-        })
-    }
-
-    fn record_store_call<T>(&self, op: &'static str, started: Instant, result: &Result<T>) {
+    pub(crate) fn record_store_call<T>(
+        &self,
+        op: &'static str,
+        started: Instant,
+        result: &Result<T>,
+    ) {
         self.store_latency
             .get_or_create(&OpLabel { op })
             .observe(started.elapsed().as_secs_f64());
@@ -430,84 +422,6 @@ impl Collector for Live {
             )?)?;
         }
         Ok(())
-    }
-}
-
-/// A store whose calls are timed.
-#[derive(Debug)]
-struct Timed {
-    store: SharedStore,
-    metrics: Arc<Metrics>,
-}
-
-#[async_trait]
-impl UserStore for Timed {
-    async fn add(&self, user: &NewUser, get_or_create: bool) -> Result<Added> {
-        let started = Instant::now();
-        let result = self.store.add(user, get_or_create).await;
-        self.metrics.record_store_call("add", started, &result);
-        result
-    }
-
-    async fn get_many(&self, ids: &[UserId]) -> Result<Vec<Option<UserJson>>> {
-        let started = Instant::now();
-        let result = self.store.get_many(ids).await;
-        self.metrics.record_store_call("get_many", started, &result);
-        result
-    }
-
-    async fn get_many_each(&self, ids: &[UserId]) -> Vec<Result<Option<UserJson>>> {
-        let started = Instant::now();
-        let result = self.store.get_many_each(ids).await;
-        let first_error = result.iter().find_map(|r| r.as_ref().err());
-        match first_error {
-            Some(err) => {
-                let failed: Result<()> = Err(err.clone());
-                self.metrics.record_store_call("get_many", started, &failed);
-            }
-            None => self.metrics.record_store_call("get_many", started, &Ok(())),
-        }
-        result
-    }
-
-    async fn get(&self, id: &UserId) -> Result<UserJson> {
-        let started = Instant::now();
-        let result = self.store.get(id).await;
-        self.metrics.record_store_call("get", started, &result);
-        result
-    }
-
-    async fn update(&self, user: &NewUser) -> Result<UserJson> {
-        let started = Instant::now();
-        let result = self.store.update(user).await;
-        self.metrics.record_store_call("update", started, &result);
-        result
-    }
-
-    async fn delete(&self, id: &UserId) -> Result<()> {
-        let started = Instant::now();
-        let result = self.store.delete(id).await;
-        self.metrics.record_store_call("delete", started, &result);
-        result
-    }
-
-    async fn import(
-        &self,
-        users: &[ImportUser],
-        override_existing: bool,
-    ) -> Result<Vec<ImportOutcome>> {
-        let started = Instant::now();
-        let result = self.store.import(users, override_existing).await;
-        self.metrics.record_store_call("import", started, &result);
-        result
-    }
-
-    fn describe(&self) -> String {
-        self.store.describe()
-    }
-
-    fn watch(&self, sink: EventSink) -> Option<WatchGuard> {
-        self.store.watch(sink)
     }
 }
 

@@ -45,6 +45,7 @@ mod limits;
 mod metrics;
 mod reply;
 mod request;
+mod timed;
 mod users;
 
 use std::future::Future;
@@ -100,7 +101,7 @@ impl ServeConfig {
     /// (`enrich_store_call_duration_seconds`, `enrich_store_errors_total`). Build the enricher
     /// given to [`serve`] over it to have them.
     pub fn instrument(&self, store: SharedStore) -> SharedStore {
-        self.metrics.instrument(store)
+        timed::instrument(&self.metrics, store)
     }
 
     /// The bounds on what requests, connections and the server as a whole may cost.

@@ -1,0 +1,370 @@
+//! The command line's flags, subcommands and their checks.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use enrich::Error;
+use enrich::bench::Strategy;
+use enrich::serve::Limits;
+use enrich::store::{DEFAULT_NAMESPACE, DEFAULT_STORE_URL};
+
+use crate::commands::EXIT_CODES;
+use crate::logging::LogFormat;
+
+/// Enriches feed activities: replaces user references (SU:id) with the users they name.
+#[derive(Debug, Parser)]
+#[command(name = "enrich", version, after_help = EXIT_CODES)]
+pub(crate) struct Cli {
+    /// Where users are stored: redis://[user:pass@]host:port[/db], rediss://…,
+    /// redis+cluster://…, file:PATH or memory:
+    // The value is never shown in help: it may hold a password.
+    #[arg(
+        long,
+        global = true,
+        env = "ENRICH_STORE",
+        default_value = DEFAULT_STORE_URL,
+        hide_env_values = true
+    )]
+    pub(crate) store: String,
+
+    /// Keeps these users apart from other namespaces in the same store.
+    #[arg(long, global = true, env = "ENRICH_NAMESPACE", default_value = DEFAULT_NAMESPACE)]
+    pub(crate) namespace: String,
+
+    /// How log lines on standard error are written. RUST_LOG sets what is logged (default:
+    /// info for serve, with one access line per request; warn for the other commands).
+    #[arg(
+        long,
+        global = true,
+        env = "ENRICH_LOG_FORMAT",
+        value_enum,
+        default_value_t = LogFormat::Text
+    )]
+    pub(crate) log_format: LogFormat,
+
+    #[command(subcommand)]
+    pub(crate) command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum Command {
+    /// Manage users.
+    #[command(subcommand, after_help = EXIT_CODES)]
+    Users(Users),
+    /// Enrich NDJSON: each line an activity, a group or a feed response; one line out per line in.
+    #[command(after_help = EXIT_CODES)]
+    Run {
+        /// Input files, read one after the other; - or nothing for standard input.
+        files: Vec<PathBuf>,
+        /// Write here instead of standard output.
+        #[arg(short, long, value_name = "OUT")]
+        output: Option<PathBuf>,
+        /// Import these users (NDJSON, replacing existing ones) before the run.
+        #[arg(long, value_name = "USERS.ndjson")]
+        users: Option<PathBuf>,
+        /// Enrich references at any depth inside an activity, not only its top-level fields.
+        #[arg(long)]
+        deep: bool,
+        /// Write bad lines here as {"file":…,"line":N,"error":…,"input":…} and go on, instead of
+        /// stopping.
+        #[arg(long, value_name = "FILE")]
+        rejects: Option<PathBuf>,
+        /// Reject a line whose enriched output would be longer than this: bytes, or with a
+        /// suffix K, M or G (powers of 1024).
+        #[arg(long, value_name = "BYTES", default_value = "64M", value_parser = parse_bytes)]
+        max_line_output: usize,
+        /// Keep retrying while the store is unavailable for this long, then fail.
+        #[arg(long, value_name = "SECS", default_value_t = 30.0)]
+        store_timeout: f64,
+        /// No summary on standard error.
+        #[arg(long)]
+        quiet: bool,
+    },
+    /// Benchmark the engine against per-reference reads and per-page MGET on this store.
+    ///
+    /// Generates users and activities from the seed (actors Zipf-distributed, 2% references to
+    /// missing users), loads the users into the namespace NS.bench, and runs each strategy over
+    /// the same pages.
+    #[command(after_help = EXIT_CODES)]
+    Bench {
+        /// Users to generate.
+        #[arg(long, default_value_t = 10_000)]
+        users: usize,
+        /// Activities to generate.
+        #[arg(long, default_value_t = 100_000)]
+        activities: usize,
+        /// Zipf exponent of actor popularity (0 is uniform).
+        #[arg(long, default_value_t = 1.0)]
+        zipf: f64,
+        /// Activities per page.
+        #[arg(long, default_value_t = 25)]
+        page: usize,
+        /// Pages enriched at once.
+        #[arg(long, default_value_t = 8)]
+        concurrency: usize,
+        /// Which strategy to run: engine, naive, mget, or all of them.
+        #[arg(long, value_name = "STRATEGY", default_value = "all", value_parser = strategy_or_all)]
+        strategy: Strategies,
+        /// Seed of the generated workload.
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+        /// Print one JSON object instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Serve a Stream-compatible HTTP API: the users API and an enrich endpoint.
+    #[command(after_help = EXIT_CODES)]
+    Serve {
+        /// The address to listen on.
+        #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8000")]
+        listen: String,
+        /// The API key clients send as ?api_key=.
+        #[arg(
+            long,
+            env = "ENRICH_API_KEY",
+            value_name = "KEY",
+            hide_env_values = true
+        )]
+        api_key: Option<String>,
+        /// The secret clients sign their tokens with (HS256).
+        #[arg(
+            long,
+            env = "ENRICH_API_SECRET",
+            value_name = "SECRET",
+            hide_env_values = true
+        )]
+        api_secret: Option<String>,
+        #[command(flatten)]
+        limits: ServeLimits,
+    },
+}
+
+/// What one request, one connection and the whole server may cost.
+#[derive(Debug, clap::Args)]
+#[command(next_help_heading = "Limits")]
+pub(crate) struct ServeLimits {
+    /// The largest request body, in bytes (413 above it).
+    #[arg(long, env = "ENRICH_MAX_BODY_BYTES", value_name = "BYTES", default_value_t = 1 << 20)]
+    max_body_bytes: usize,
+    /// Activities one enrich request may hold; a group counts its activities.
+    #[arg(
+        long,
+        env = "ENRICH_MAX_ACTIVITIES",
+        value_name = "N",
+        default_value_t = 1_000
+    )]
+    max_activities: u64,
+    /// References one enrich request may hold.
+    #[arg(
+        long,
+        env = "ENRICH_MAX_REFERENCES",
+        value_name = "N",
+        default_value_t = 10_000
+    )]
+    max_references: u64,
+    /// The largest enriched document one request is answered with, in bytes; checked before
+    /// it is built.
+    #[arg(
+        long,
+        env = "ENRICH_MAX_RESPONSE_BYTES",
+        value_name = "BYTES",
+        default_value_t = 16 << 20
+    )]
+    max_response_bytes: usize,
+    /// Ids or users one batch call may name.
+    #[arg(
+        long,
+        env = "ENRICH_MAX_BATCH_IDS",
+        value_name = "N",
+        default_value_t = 1_000
+    )]
+    max_batch_ids: usize,
+    /// Bytes of request and response bodies held at once over all connections; a request
+    /// over it waits up to 5 s, then gets 503.
+    #[arg(
+        long,
+        env = "ENRICH_MAX_IN_FLIGHT_BYTES",
+        value_name = "BYTES",
+        default_value_t = 256 << 20
+    )]
+    max_in_flight_bytes: usize,
+    /// Connections open at once (never more than the open-file limit allows); at the limit
+    /// the oldest idle connection is closed for a new one.
+    #[arg(
+        long,
+        env = "ENRICH_MAX_CONNECTIONS",
+        value_name = "N",
+        default_value_t = 1_024
+    )]
+    max_connections: usize,
+    /// Seconds a client may take to send a request's line and headers.
+    #[arg(
+        long,
+        env = "ENRICH_HEADER_TIMEOUT",
+        value_name = "SECS",
+        default_value_t = 10.0
+    )]
+    header_timeout: f64,
+    /// Seconds a client may take to send a request's body (408).
+    #[arg(
+        long,
+        env = "ENRICH_BODY_TIMEOUT",
+        value_name = "SECS",
+        default_value_t = 30.0
+    )]
+    body_timeout: f64,
+    /// Seconds a kept-alive connection may wait for its next request.
+    #[arg(
+        long,
+        env = "ENRICH_IDLE_TIMEOUT",
+        value_name = "SECS",
+        default_value_t = 60.0
+    )]
+    idle_timeout: f64,
+    /// Seconds a response may wait for the client to read more of it.
+    #[arg(
+        long,
+        env = "ENRICH_WRITE_TIMEOUT",
+        value_name = "SECS",
+        default_value_t = 30.0
+    )]
+    write_timeout: f64,
+    /// Seconds a request may take once it has arrived (504).
+    #[arg(
+        long,
+        env = "ENRICH_REQUEST_TIMEOUT",
+        value_name = "SECS",
+        default_value_t = 30.0
+    )]
+    request_timeout: f64,
+    /// Seconds a shutdown (SIGTERM, Ctrl-C) waits for requests in progress before it closes
+    /// their connections.
+    #[arg(
+        long,
+        env = "ENRICH_SHUTDOWN_TIMEOUT",
+        value_name = "SECS",
+        default_value_t = 10.0
+    )]
+    shutdown_timeout: f64,
+}
+
+impl ServeLimits {
+    pub(crate) fn limits(&self) -> Result<Limits, Error> {
+        let secs = |flag: &str, value: f64| {
+            Duration::try_from_secs_f64(value)
+                .ok()
+                .filter(|d| !d.is_zero())
+                .ok_or_else(|| {
+                    Error::invalid(format!(
+                        "--{flag} {value} is not a positive number of seconds"
+                    ))
+                })
+        };
+        Ok(Limits::new()
+            .max_body_bytes(self.max_body_bytes)
+            .max_activities(self.max_activities)
+            .max_references(self.max_references)
+            .max_response_bytes(self.max_response_bytes)
+            .max_batch_ids(self.max_batch_ids)
+            .max_in_flight_bytes(self.max_in_flight_bytes)
+            .max_connections(self.max_connections.max(1))
+            .header_timeout(secs("header-timeout", self.header_timeout)?)
+            .body_timeout(secs("body-timeout", self.body_timeout)?)
+            .idle_timeout(secs("idle-timeout", self.idle_timeout)?)
+            .write_timeout(secs("write-timeout", self.write_timeout)?)
+            .request_timeout(secs("request-timeout", self.request_timeout)?)
+            .shutdown_timeout(secs("shutdown-timeout", self.shutdown_timeout)?))
+    }
+}
+
+/// The strategies `--strategy` names.
+#[derive(Debug, Clone)]
+pub(crate) struct Strategies(pub(crate) Vec<Strategy>);
+
+/// A strategy by its name, or `all` of them.
+fn strategy_or_all(name: &str) -> Result<Strategies, String> {
+    if name.eq_ignore_ascii_case("all") {
+        return Ok(Strategies(Strategy::ALL.to_vec()));
+    }
+    Strategy::from_str(name, true)
+        .map(|one| Strategies(vec![one]))
+        .map_err(|_| format!("{name:?} is not one of engine, naive, mget, all"))
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum Users {
+    /// Create a user and print it.
+    Add {
+        /// 1 to 255 of A-Z, a-z, 0-9, '-' and '_'.
+        id: String,
+        /// The user's data: a JSON object, or - to read it from standard input.
+        data: Option<String>,
+        /// If the user exists, print it unchanged instead of failing.
+        #[arg(long)]
+        get_or_create: bool,
+    },
+    /// Print a user.
+    Get {
+        /// The user's id.
+        id: String,
+    },
+    /// Replace a user's data and print the user.
+    Update {
+        /// The user's id.
+        id: String,
+        /// The new data: a JSON object, or - to read it from standard input.
+        data: String,
+    },
+    /// Delete a user; prints {}.
+    Delete {
+        /// The user's id.
+        id: String,
+    },
+    /// Import NDJSON lines {"id":…,"data":…} from a file or standard input.
+    Import {
+        /// The file to read; - or nothing for standard input.
+        file: Option<PathBuf>,
+        /// Replace users that exist instead of skipping them.
+        #[arg(long)]
+        override_existing: bool,
+    },
+}
+
+/// `4096`, `64K`, `64M`, `1G` (powers of 1024; `KiB`, `MB`… are read the same).
+fn parse_bytes(text: &str) -> Result<usize, String> {
+    let text = text.trim();
+    let digits = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, suffix) = text.split_at(digits);
+    let number: usize = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a number of bytes"))?;
+    let shift = match suffix.trim().to_ascii_uppercase().as_str() {
+        "" | "B" => 0,
+        "K" | "KB" | "KIB" => 10,
+        "M" | "MB" | "MIB" => 20,
+        "G" | "GB" | "GIB" => 30,
+        _ => return Err(format!("{text:?}: the suffix must be K, M or G")),
+    };
+    number
+        .checked_mul(1 << shift)
+        .ok_or_else(|| format!("{text:?} is too large"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_bytes;
+
+    #[test]
+    fn sizes_take_suffixes_in_powers_of_1024() {
+        assert_eq!(parse_bytes("4096"), Ok(4096));
+        assert_eq!(parse_bytes("64K"), Ok(64 << 10));
+        assert_eq!(parse_bytes("64M"), Ok(64 << 20));
+        assert_eq!(parse_bytes("1gib"), Ok(1 << 30));
+        assert!(parse_bytes("12T").is_err());
+        assert!(parse_bytes("M").is_err());
+        assert!(parse_bytes("-1").is_err());
+    }
+}

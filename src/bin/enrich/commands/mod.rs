@@ -1,0 +1,163 @@
+//! What the `enrich` binary does once its flags are parsed: each command checks its input,
+//! opens the store, runs, and reports. `main.rs` maps the outcome to output and exit codes.
+//!
+//! - `users`: `enrich users add|get|update|delete|import`;
+//! - `run`: `enrich run`, with its progress display and its signals;
+//! - `bench`: `enrich bench`; `serve`: `enrich serve`;
+//! - here: what they share — which store, how it is opened, inputs and outputs.
+
+mod bench;
+mod progress;
+mod run;
+mod serve;
+mod users;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use tokio::io::{AsyncRead, AsyncReadExt};
+
+use enrich::error::{Error, ErrorKind, Result};
+use enrich::retry::Backoff;
+use enrich::store::{self, SharedStore, StoreOptions};
+
+pub(crate) use self::bench::bench;
+pub(crate) use self::run::{RunArgs, run};
+pub(crate) use self::serve::{ServeArgs, serve};
+pub(crate) use self::users::{users_add, users_delete, users_get, users_import, users_update};
+
+/// The exit codes of the binary, listed in `enrich --help`.
+pub(crate) const EXIT_CODES: &str = "\
+Exit codes:
+  0  success
+  1  store unavailable, timeout, refusal (credentials, permissions, full), or any other failure
+  2  invalid input or usage, including a file store that does not exist for a command that
+     only reads (users get, update, delete; run without --users)
+  3  conflict: the user already exists
+  4  not found: the user does not exist";
+
+/// The exit code for an error.
+pub(crate) fn exit_code(err: &Error) -> u8 {
+    match err.kind() {
+        ErrorKind::InvalidInput => 2,
+        ErrorKind::Conflict => 3,
+        ErrorKind::NotFound => 4,
+        _ => 1,
+    }
+}
+
+/// Which store a command works on.
+#[derive(Debug, Clone)]
+pub(crate) struct StoreSpec {
+    url: String,
+    options: StoreOptions,
+}
+
+impl StoreSpec {
+    /// The store at `url`, opened with `options`.
+    pub fn new(url: impl Into<String>, options: StoreOptions) -> Self {
+        StoreSpec {
+            url: url.into(),
+            options,
+        }
+    }
+
+    /// Opens the store. Commands call this only once their own input has been checked, so bad
+    /// input is reported as such even when the store is down.
+    pub async fn open(&self) -> Result<SharedStore> {
+        store::open(&self.url, &self.options).await
+    }
+
+    /// Opens the store for work that only reads: a file store that does not exist is an error
+    /// naming its path, never a new empty store.
+    pub async fn open_existing(&self) -> Result<SharedStore> {
+        let options = self.options.clone().create_if_missing(false);
+        store::open(&self.url, &options).await
+    }
+}
+
+/// Reads a DATA argument: JSON object text, or `-` for standard input.
+pub(crate) async fn read_data(arg: &str) -> Result<Value> {
+    let text = if arg == "-" {
+        let mut text = String::new();
+        tokio::io::stdin()
+            .read_to_string(&mut text)
+            .await
+            .map_err(|e| Error::invalid("cannot read DATA from standard input").with_cause(e))?;
+        text
+    } else {
+        arg.to_string()
+    };
+    serde_json::from_str(&text).map_err(|e| Error::invalid(format!("DATA is not valid JSON: {e}")))
+}
+
+/// Opens the store, retrying while it is unavailable for up to `timeout`. The first failure is
+/// said at once on standard error, so a store that is down is never a silent wait; a failure
+/// that retrying cannot fix (credentials, permissions, a certificate) ends it at once.
+async fn open_with_retry(spec: &StoreSpec, create: bool, timeout: Duration) -> Result<SharedStore> {
+    let started = Instant::now();
+    let mut backoff = Backoff::new();
+    let mut told = false;
+    loop {
+        let opened = if create {
+            spec.open().await
+        } else {
+            spec.open_existing().await
+        };
+        match opened {
+            Err(err) if err.is_transient() && started.elapsed() < timeout => {
+                if !told {
+                    eprintln!(
+                        "enrich: {err}; retrying for up to {} s (--store-timeout)",
+                        timeout.as_secs_f64()
+                    );
+                    told = true;
+                }
+                let left = timeout.saturating_sub(started.elapsed());
+                tokio::time::sleep(backoff.pause().min(left)).await;
+            }
+            Err(err) if err.is_transient() => {
+                return Err(err.context(format!(
+                    "gave up after {} s (--store-timeout)",
+                    timeout.as_secs_f64()
+                )));
+            }
+            Ok(store) => {
+                if told {
+                    eprintln!("enrich: store {} is available", store.describe());
+                }
+                return Ok(store);
+            }
+            other => return other,
+        }
+    }
+}
+
+fn create_output(path: &Path) -> Result<std::fs::File> {
+    std::fs::File::create(path)
+        .map_err(|e| Error::invalid(format!("cannot create {}", path.display())).with_cause(e))
+}
+
+/// An input stream.
+pub(crate) type Input = Box<dyn AsyncRead + Unpin + Send>;
+
+/// Opens an input: a file, or standard input for `-` or nothing. The error names the file.
+pub(crate) async fn open_input(path: Option<&Path>) -> Result<Input> {
+    let path = match path {
+        None => return Ok(Box::new(tokio::io::stdin())),
+        Some(path) if path == Path::new("-") => return Ok(Box::new(tokio::io::stdin())),
+        Some(path) => path,
+    };
+    match tokio::fs::File::open(path).await {
+        Ok(file) => Ok(Box::new(file)),
+        Err(e) => {
+            let kind = if e.kind() == std::io::ErrorKind::NotFound {
+                ErrorKind::InvalidInput
+            } else {
+                ErrorKind::Internal
+            };
+            Err(Error::new(kind, format!("cannot open {}", path.display())).with_cause(e))
+        }
+    }
+}

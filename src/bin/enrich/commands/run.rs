@@ -1,0 +1,188 @@
+//! `enrich run`: the batch job, with its progress display and its signals.
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use futures::{Stream, StreamExt};
+
+use enrich::Enricher;
+use enrich::batch::{self, RunError, RunOptions, RunSummary, Stop};
+use enrich::batch::{ImportEvent, import_users};
+use enrich::error::{Error, ErrorKind, Result};
+
+use super::progress::{Progress, input_size};
+use super::{StoreSpec, create_output, open_input, open_with_retry};
+
+/// What `enrich run` was asked to do.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct RunArgs {
+    /// Input files; empty or `-` for standard input.
+    pub inputs: Vec<PathBuf>,
+    /// The output file; standard output if `None`.
+    pub output: Option<PathBuf>,
+    /// Users to import (override-existing) before the run.
+    pub users: Option<PathBuf>,
+    /// Where rejected lines go; without it the run stops at the first.
+    pub rejects: Option<PathBuf>,
+    /// The job's settings.
+    pub options: RunOptions,
+    /// Report progress and the summary on standard error.
+    pub verbose: bool,
+}
+
+/// `enrich run`: the NDJSON batch job. Refuses, before creating anything, outputs that are
+/// inputs ([`batch::check_outputs`]); stops cleanly on SIGINT or SIGTERM, the summary marked
+/// [`RunSummary::interrupted`]. A failure comes with the summary of what was written before it.
+pub(crate) async fn run(spec: &StoreSpec, args: RunArgs) -> Result<RunSummary, RunError> {
+    let failed = |error: Error| RunError {
+        summary: RunSummary::default(),
+        error,
+    };
+    let mut stops = stop_signals();
+    let started = Instant::now();
+    let prepared = tokio::select! {
+        prepared = prepare_run(spec, &args) => prepared.map_err(failed)?,
+        Some(stop) = stops.next() => {
+            return Ok(RunSummary {
+                interrupted: Some(stop),
+                elapsed: started.elapsed(),
+                ..RunSummary::default()
+            });
+        }
+    };
+    let (enricher, inputs, output, rejects) = prepared;
+    let to_terminal = args.output.is_none() && std::io::stdout().is_terminal();
+    let shown = args.verbose && std::io::stderr().is_terminal() && !to_terminal;
+    let display = Progress::new("lines", input_size(&args.inputs), shown);
+    let progress = batch::RunProgress::new();
+    let ticker = display.follow(progress.clone());
+    let summary = batch::run(
+        &enricher,
+        inputs,
+        output,
+        rejects,
+        &args.options,
+        &progress,
+        stops,
+    )
+    .await;
+    ticker.abort();
+    display.finish();
+    if args.verbose && summary.is_ok() {
+        // Beside the summary: which store the users were read from.
+        eprintln!("store {}", enricher.users().describe());
+    }
+    summary
+}
+
+/// Everything a run needs before its first line, checked in the order that reports bad input
+/// first and creates its outputs last.
+async fn prepare_run(
+    spec: &StoreSpec,
+    args: &RunArgs,
+) -> Result<(
+    Enricher,
+    Vec<batch::Source>,
+    batch::Output,
+    Option<batch::Output>,
+)> {
+    batch::check_outputs(
+        &args.inputs,
+        args.users.as_deref(),
+        args.output.as_deref(),
+        args.rejects.as_deref(),
+    )?;
+    let mut inputs = Vec::new();
+    if args.inputs.is_empty() {
+        inputs.push(batch::Source::new("-", open_input(None).await?));
+    }
+    for path in &args.inputs {
+        let name = path.display().to_string();
+        inputs.push(batch::Source::new(name, open_input(Some(path)).await?));
+    }
+    // Without users to import, a run only reads: a file store must exist.
+    let create = args.users.is_some();
+    let store = open_with_retry(spec, create, args.options.store_timeout_value()).await?;
+    let enricher = Enricher::new(store);
+    // Users first: a store that refuses writes says so at once, before any wait.
+    if let Some(users) = &args.users {
+        import_run_users(&enricher, users, args.verbose).await?;
+    }
+    // Pages resolved before the store's watch is up would not be cached.
+    enricher.wait_for_cache(Duration::from_secs(2)).await;
+    let output = match &args.output {
+        Some(path) => batch::Output::file(create_output(path)?),
+        None => batch::Output::stdout().map_err(|e| {
+            Error::new(ErrorKind::Internal, "cannot write to standard output").with_cause(e)
+        })?,
+    };
+    let rejects = match &args.rejects {
+        Some(path) => Some(batch::Output::file(create_output(path)?)),
+        None => None,
+    };
+    Ok((enricher, inputs, output, rejects))
+}
+
+/// `run --users`: imports the users (replacing existing ones) before the run; a bad line is
+/// reported as `FILE:LINE: reason` and fails the run, a store fault after the summary of what
+/// was committed.
+async fn import_run_users(enricher: &Enricher, users: &Path, verbose: bool) -> Result<()> {
+    let input = open_input(Some(users)).await?;
+    let name = users.display();
+    let mut bad = 0;
+    let imported = import_users(&*enricher.users(), input, true, |event| {
+        if let ImportEvent::Rejected { line, error } = event {
+            bad += 1;
+            eprintln!("error: {name}:{line}: {error}");
+        }
+    })
+    .await;
+    let summary = match imported {
+        Ok(summary) => summary,
+        Err(stopped) => {
+            eprintln!("{name}: {}", stopped.committed);
+            return Err(stopped.error);
+        }
+    };
+    if verbose {
+        eprintln!("{name}: {summary}");
+    }
+    if bad > 0 {
+        return Err(Error::invalid(format!(
+            "{name}: {bad} user line(s) rejected"
+        )));
+    }
+    Ok(())
+}
+
+/// SIGINT and SIGTERM, as they arrive, from now on: the process no longer dies of them.
+fn stop_signals() -> impl Stream<Item = Stop> + Unpin + Send {
+    let (sender, receiver) = tokio::sync::mpsc::unbounded_channel();
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        for (kind, stop) in [
+            (SignalKind::interrupt(), Stop::Interrupt),
+            (SignalKind::terminate(), Stop::Terminate),
+        ] {
+            if let Ok(mut signal) = signal(kind) {
+                let sender = sender.clone();
+                tokio::spawn(async move {
+                    while signal.recv().await.is_some() && sender.send(stop).is_ok() {}
+                });
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let sender = sender.clone();
+        tokio::spawn(async move {
+            while tokio::signal::ctrl_c().await.is_ok() && sender.send(Stop::Interrupt).is_ok() {}
+        });
+    }
+    drop(sender);
+    Box::pin(futures::stream::unfold(receiver, |mut receiver| async {
+        receiver.recv().await.map(|stop| (stop, receiver))
+    }))
+}

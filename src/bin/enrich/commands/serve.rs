@@ -1,0 +1,73 @@
+//! `enrich serve`.
+
+use enrich::Enricher;
+use enrich::error::{Error, ErrorKind, Result};
+
+use super::StoreSpec;
+
+/// What `enrich serve` was asked to do.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct ServeArgs {
+    /// The address to listen on, `host:port`.
+    pub listen: String,
+    /// The API key; required.
+    pub api_key: Option<String>,
+    /// The API secret; required.
+    pub api_secret: Option<String>,
+    /// What requests, connections and the server may cost.
+    pub limits: enrich::serve::Limits,
+}
+
+/// `enrich serve`: checks the credentials, opens the store, binds, says where it listens and
+/// serves until SIGTERM or Ctrl-C, letting requests in flight finish.
+pub(crate) async fn serve(spec: &StoreSpec, args: ServeArgs) -> Result<()> {
+    let nonempty = |v: Option<String>| v.filter(|v| !v.is_empty());
+    let Some(api_secret) = nonempty(args.api_secret) else {
+        return Err(Error::invalid(
+            "no API secret: pass --api-secret or set ENRICH_API_SECRET",
+        ));
+    };
+    let Some(api_key) = nonempty(args.api_key) else {
+        return Err(Error::invalid(
+            "no API key: pass --api-key or set ENRICH_API_KEY",
+        ));
+    };
+    let store = spec.open().await?;
+    let describe = store.describe();
+    let listener = tokio::net::TcpListener::bind(&args.listen)
+        .await
+        .map_err(|e| Error::invalid(format!("cannot listen on {}", args.listen)).with_cause(e))?;
+    let local = listener
+        .local_addr()
+        .map_err(|e| Error::new(ErrorKind::Internal, "no local address").with_cause(e))?;
+    let config = enrich::serve::ServeConfig::new(api_key, api_secret).limits(args.limits);
+    let enricher = Enricher::new(config.instrument(store));
+    tracing::info!("enrich serve: listening on http://{local}, store {describe}");
+    enrich::serve::serve(listener, enricher, config, shutdown_signal())
+        .await
+        .map_err(|e| Error::new(ErrorKind::Internal, "the server failed").with_cause(e))?;
+    tracing::info!("enrich serve: stopped");
+    Ok(())
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = term => {}
+    }
+}
