@@ -246,6 +246,32 @@ mod tests {
     }
 
     #[test]
+    fn a_source_builds_records_from_its_rows() {
+        let id = UserId::parse("eric").unwrap();
+        let at = Timestamp::parse("2021-04-13T22:53:19.670051Z").unwrap();
+        let json = UserJson::new(&id, json!({"name": "Eric"}), at, at).unwrap();
+        let written = NewUser::new("eric", Some(json!({"name": "Eric"}))).unwrap();
+        assert_eq!(json, written.to_json(at, at));
+        assert_eq!(json.id(), "eric");
+        assert_eq!(
+            UserJson::new(&id, Value::Null, at, at).unwrap().id(),
+            "eric"
+        );
+        let err = UserJson::new(&id, json!([1]), at, at).unwrap_err();
+        assert!(err.is_invalid_input(), "{err}");
+
+        let epoch = std::time::UNIX_EPOCH + std::time::Duration::from_micros(1_618_354_399_670_051);
+        assert_eq!(Timestamp::try_from(epoch).unwrap(), at);
+        let before = std::time::UNIX_EPOCH - std::time::Duration::from_secs(86_400);
+        assert_eq!(
+            Timestamp::try_from(before).unwrap().as_str(),
+            "1969-12-31T00:00:00.000000Z"
+        );
+        let far = std::time::UNIX_EPOCH + std::time::Duration::from_secs(400_000_000_000);
+        assert!(Timestamp::try_from(far).unwrap_err().is_invalid_input());
+    }
+
+    #[test]
     fn replace_tail_keeps_created_at() {
         let user = NewUser::new("eric", None).unwrap();
         let t0 = Timestamp::parse("2021-04-13T22:53:19Z").unwrap();

@@ -30,6 +30,19 @@ impl UserJson {
     const ID_START: usize = UserJson::UPDATED_AT.end + UserJson::ID_KEY.len();
     const DATA_KEY: &'static [u8] = br#"","data":"#;
 
+    /// The user `id` with `data` and these timestamps, checked as a written user is (`data` an
+    /// object, or null for `{}`; within [`MAX_USER_BYTES`](super::MAX_USER_BYTES)): what a
+    /// source over a service's own rows returns. The same as
+    /// [`NewUser::to_json`](super::NewUser::to_json).
+    pub fn new(
+        id: &UserId,
+        data: Value,
+        created_at: Timestamp,
+        updated_at: Timestamp,
+    ) -> Result<UserJson> {
+        Ok(super::NewUser::with_id(id.clone(), Some(data))?.to_json(created_at, updated_at))
+    }
+
     /// Wraps bytes read back from a store, checking that they are exactly what this crate
     /// writes: `{"created_at":"…","updated_at":"…","id":"…","data":{…}}`, both timestamps in
     /// [`Timestamp`]'s form and real, a valid id, the data a JSON object (in the grammar the
@@ -131,6 +144,13 @@ impl UserJson {
     /// The JSON bytes as a cheaply cloned buffer.
     pub fn bytes(&self) -> &Bytes {
         &self.0
+    }
+
+    /// The user's id, read straight from its place in the record.
+    pub fn id(&self) -> &str {
+        let rest = &self.as_str()[UserJson::ID_START..];
+        // Ids are [A-Za-z0-9_-]: the id ends at its closing quote.
+        &rest[..rest.find('"').expect("a record's id is quoted")]
     }
 
     /// The `created_at` timestamp, read straight from its fixed place (every record is built

@@ -97,6 +97,27 @@ impl Timestamp {
     }
 }
 
+impl TryFrom<std::time::SystemTime> for Timestamp {
+    type Error = Error;
+
+    /// The moment, to the microsecond; [`ErrorKind::InvalidInput`](crate::ErrorKind) for one
+    /// outside the years 0 to 9999.
+    fn try_from(at: std::time::SystemTime) -> Result<Timestamp> {
+        // Through nanoseconds since the epoch, which `time` checks, rather than its `From`,
+        // which panics on a moment it cannot represent.
+        let nanos = match at.duration_since(std::time::UNIX_EPOCH) {
+            Ok(after) => i128::try_from(after.as_nanos()).ok(),
+            Err(before) => i128::try_from(before.duration().as_nanos())
+                .ok()
+                .map(|n| -n),
+        };
+        nanos
+            .and_then(|n| OffsetDateTime::from_unix_timestamp_nanos(n).ok())
+            .and_then(Timestamp::from_datetime)
+            .ok_or_else(|| Error::invalid(format!("time {at:?} is out of range")))
+    }
+}
+
 impl fmt::Debug for Timestamp {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
