@@ -101,6 +101,7 @@ pub use cache::{CacheConfig, CacheStats};
 pub use enricher::{EnrichedPage, Enricher, EnricherBuilder, OnStoreError};
 pub use error::{Error, ErrorKind, Result};
 pub use page::RawPage;
+pub use reference::ReferenceKind;
 pub use shape::{Depth, MAX_DEPTH};
 pub use stats::EnrichStats;
 pub use store::{SharedStore, StoreOptions, UserStore};

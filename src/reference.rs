@@ -1,9 +1,35 @@
-//! References: which strings name a user, and what stands in for one that is missing.
+//! References: their kinds, which strings name a user, and what stands in for one that is
+//! missing.
 
 use crate::id::is_valid_id;
 
 /// The prefix of a user reference.
 pub const USER_PREFIX: &str = "SU:";
+
+/// What a reference names. Each kind is resolved through a source, an L1 and loads in flight
+/// of its own, so the same id under two kinds never meets in a cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ReferenceKind {
+    /// A user, `SU:<id>`.
+    User,
+}
+
+impl ReferenceKind {
+    /// The prefix of a reference of this kind: `SU:`.
+    pub const fn prefix(self) -> &'static str {
+        match self {
+            ReferenceKind::User => USER_PREFIX,
+        }
+    }
+
+    /// Stream's name for the kind, the `reference_type` of an error object: `user`.
+    pub const fn name(self) -> &'static str {
+        match self {
+            ReferenceKind::User => "user",
+        }
+    }
+}
 
 /// The id named by a well-formed user reference `SU:<id>`, or `None` for anything else
 /// (`SU:`, `su:x`, `SU:bad id`, `SU:a:b` are ordinary data).
@@ -15,14 +41,14 @@ pub fn user_ref(text: &str) -> Option<&str> {
 /// Appends Stream's inline object for a reference to a user that does not exist:
 /// `{"error":"ReferenceNotFound","reference":"SU:x","reference_type":"user","id":"x"}`.
 pub fn write_not_found(out: &mut Vec<u8>, id: &str) {
-    write_error(out, "ReferenceNotFound", id);
+    write_error(out, "ReferenceNotFound", ReferenceKind::User, id);
 }
 
 /// Appends the object that stands in for a reference the store could not answer for, when the
 /// caller asked to be served from L1 through a store fault. Same shape as `ReferenceNotFound`,
 /// with `"error":"ReferenceUnavailable"`, so it is never mistaken for a missing user.
 pub fn write_unavailable(out: &mut Vec<u8>, id: &str) {
-    write_error(out, "ReferenceUnavailable", id);
+    write_error(out, "ReferenceUnavailable", ReferenceKind::User, id);
 }
 
 /// The length of what [`write_not_found`] or [`write_unavailable`] appends for `id`.
@@ -32,18 +58,24 @@ pub(crate) fn error_len(answer_is_missing: bool, id: &str) -> usize {
     } else {
         "ReferenceUnavailable"
     };
-    r#"{"error":"","reference":"SU:","reference_type":"user","id":""}"#.len()
+    let kind = ReferenceKind::User;
+    r#"{"error":"","reference":"","reference_type":"","id":""}"#.len()
         + error.len()
+        + kind.prefix().len()
+        + kind.name().len()
         + 2 * id.len()
 }
 
-fn write_error(out: &mut Vec<u8>, error: &str, id: &str) {
+fn write_error(out: &mut Vec<u8>, error: &str, kind: ReferenceKind, id: &str) {
     // Ids are [A-Za-z0-9_-]: nothing to escape.
     out.extend_from_slice(br#"{"error":""#);
     out.extend_from_slice(error.as_bytes());
-    out.extend_from_slice(br#"","reference":"SU:"#);
+    out.extend_from_slice(br#"","reference":""#);
+    out.extend_from_slice(kind.prefix().as_bytes());
     out.extend_from_slice(id.as_bytes());
-    out.extend_from_slice(br#"","reference_type":"user","id":""#);
+    out.extend_from_slice(br#"","reference_type":""#);
+    out.extend_from_slice(kind.name().as_bytes());
+    out.extend_from_slice(br#"","id":""#);
     out.extend_from_slice(id.as_bytes());
     out.extend_from_slice(br#""}"#);
 }
