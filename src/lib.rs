@@ -14,7 +14,7 @@
 //!   [`EnrichedValues`] splices users' bytes, or [`Enricher::enrich_values`] puts them in
 //!   place) are siblings over it.
 //! - `resolver`: one answer per distinct id, through the L1 and at most one
-//!   [`UserStore::get_many`] call per page; `cache`: the L1 (moka, bounded by bytes), the
+//!   [`UserSource::get_many`] call per page; `cache`: the L1 (moka, bounded by bytes), the
 //!   fence and coalescing of loads in flight, the memos, and the write-through store
 //!   ([`CacheConfig`]).
 //! - [`store`]: the [`UserStore`] trait and its backends — memory, an embedded redb file
@@ -97,6 +97,7 @@ mod sync;
 pub mod user;
 mod value;
 
+pub use async_trait::async_trait;
 pub use cache::{CacheConfig, CacheStats};
 pub use enricher::{EnrichedPage, Enricher, EnricherBuilder, OnStoreError};
 pub use error::{Error, ErrorKind, Result};
@@ -104,6 +105,6 @@ pub use page::RawPage;
 pub use reference::ReferenceKind;
 pub use shape::{Depth, MAX_DEPTH};
 pub use stats::EnrichStats;
-pub use store::{SharedStore, StoreOptions, UserStore};
+pub use store::{SharedSource, SharedStore, StoreOptions, UserSource, UserStore};
 pub use user::{NewUser, Timestamp, UserId, UserJson};
 pub use value::{EnrichedDoc, EnrichedValues};

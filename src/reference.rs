@@ -11,7 +11,7 @@ pub const USER_PREFIX: &str = "SU:";
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum ReferenceKind {
-    /// A user, `SU:<id>`.
+    /// A user, `SU:<id>`, read from a [`UserSource`](crate::UserSource).
     User,
 }
 

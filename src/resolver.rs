@@ -2,7 +2,7 @@
 //!
 //! For each id: the L1 answers if it can; otherwise a load of that id already in flight for
 //! another page is joined; otherwise the id joins this page's batch. The batch is one
-//! [`UserStore::get_many_each`] call (an answer or an error per id), run on its own task so
+//! [`UserSource::get_many_each`](crate::UserSource::get_many_each) call (an answer or an error per id), run on its own task so
 //! that a page dropped mid-load (a client gone away) never leaves the pages that joined its
 //! loads waiting forever.
 

@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use enrich::store::{
-    self, Added, ImportOutcome, ImportUser, MemoryStore, SharedStore, StoreOptions, UserStore,
+    self, Added, ImportOutcome, ImportUser, MemoryStore, SharedStore, StoreOptions, UserSource,
+    UserStore,
 };
 use enrich::{
     CacheConfig, Depth, Enricher, Error, ErrorKind, NewUser, OnStoreError, RawPage, UserId,
@@ -57,11 +58,7 @@ impl Watched {
 }
 
 #[async_trait]
-impl UserStore for Watched {
-    async fn add(&self, user: &NewUser, get_or_create: bool) -> enrich::Result<Added> {
-        self.inner.add(user, get_or_create).await
-    }
-
+impl UserSource for Watched {
     async fn get_many(&self, ids: &[UserId]) -> enrich::Result<Vec<Option<UserJson>>> {
         self.calls.fetch_add(1, Ordering::SeqCst);
         self.ids.fetch_add(ids.len() as u64, Ordering::SeqCst);
@@ -72,6 +69,17 @@ impl UserStore for Watched {
             return Err(Error::new(ErrorKind::Unavailable, "store is down"));
         }
         self.inner.get_many(ids).await
+    }
+
+    fn describe(&self) -> String {
+        self.inner.describe()
+    }
+}
+
+#[async_trait]
+impl UserStore for Watched {
+    async fn add(&self, user: &NewUser, get_or_create: bool) -> enrich::Result<Added> {
+        self.inner.add(user, get_or_create).await
     }
 
     async fn update(&self, user: &NewUser) -> enrich::Result<UserJson> {
@@ -88,10 +96,6 @@ impl UserStore for Watched {
         override_existing: bool,
     ) -> enrich::Result<Vec<ImportOutcome>> {
         self.inner.import(users, override_existing).await
-    }
-
-    fn describe(&self) -> String {
-        self.inner.describe()
     }
 }
 

@@ -6,7 +6,7 @@ use async_trait::async_trait;
 
 use super::L1;
 use crate::error::Result;
-use crate::store::{Added, ImportOutcome, ImportUser, SharedStore, UserStore};
+use crate::store::{Added, ImportOutcome, ImportUser, SharedStore, UserSource, UserStore};
 use crate::user::{NewUser, UserId, UserJson};
 
 /// The store seen through an enricher: every write also invalidates the enricher's L1, whatever
@@ -18,19 +18,26 @@ pub(crate) struct WriteThrough {
 }
 
 #[async_trait]
-impl UserStore for WriteThrough {
-    async fn add(&self, user: &NewUser, get_or_create: bool) -> Result<Added> {
-        let added = self.store.add(user, get_or_create).await;
-        self.l1.invalidate(user.id().as_str());
-        added
-    }
-
+impl UserSource for WriteThrough {
     async fn get_many(&self, ids: &[UserId]) -> Result<Vec<Option<UserJson>>> {
         self.store.get_many(ids).await
     }
 
     async fn get_many_each(&self, ids: &[UserId]) -> Vec<Result<Option<UserJson>>> {
         self.store.get_many_each(ids).await
+    }
+
+    fn describe(&self) -> String {
+        self.store.describe()
+    }
+}
+
+#[async_trait]
+impl UserStore for WriteThrough {
+    async fn add(&self, user: &NewUser, get_or_create: bool) -> Result<Added> {
+        let added = self.store.add(user, get_or_create).await;
+        self.l1.invalidate(user.id().as_str());
+        added
     }
 
     async fn update(&self, user: &NewUser) -> Result<UserJson> {
@@ -55,9 +62,5 @@ impl UserStore for WriteThrough {
             self.l1.invalidate(user.user().id().as_str());
         }
         outcomes
-    }
-
-    fn describe(&self) -> String {
-        self.store.describe()
     }
 }

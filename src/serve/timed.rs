@@ -9,7 +9,7 @@ use async_trait::async_trait;
 use super::metrics::Metrics;
 use crate::error::Result;
 use crate::store::{
-    Added, EventSink, ImportOutcome, ImportUser, SharedStore, UserStore, WatchGuard,
+    Added, EventSink, ImportOutcome, ImportUser, SharedStore, UserSource, UserStore, WatchGuard,
 };
 use crate::user::{NewUser, UserId, UserJson};
 
@@ -29,14 +29,7 @@ struct Timed {
 }
 
 #[async_trait]
-impl UserStore for Timed {
-    async fn add(&self, user: &NewUser, get_or_create: bool) -> Result<Added> {
-        let started = Instant::now();
-        let result = self.store.add(user, get_or_create).await;
-        self.metrics.record_store_call("add", started, &result);
-        result
-    }
-
+impl UserSource for Timed {
     async fn get_many(&self, ids: &[UserId]) -> Result<Vec<Option<UserJson>>> {
         let started = Instant::now();
         let result = self.store.get_many(ids).await;
@@ -55,6 +48,24 @@ impl UserStore for Timed {
             }
             None => self.metrics.record_store_call("get_many", started, &Ok(())),
         }
+        result
+    }
+
+    fn describe(&self) -> String {
+        self.store.describe()
+    }
+
+    fn watch(&self, sink: EventSink) -> Option<WatchGuard> {
+        self.store.watch(sink)
+    }
+}
+
+#[async_trait]
+impl UserStore for Timed {
+    async fn add(&self, user: &NewUser, get_or_create: bool) -> Result<Added> {
+        let started = Instant::now();
+        let result = self.store.add(user, get_or_create).await;
+        self.metrics.record_store_call("add", started, &result);
         result
     }
 
@@ -88,13 +99,5 @@ impl UserStore for Timed {
         let result = self.store.import(users, override_existing).await;
         self.metrics.record_store_call("import", started, &result);
         result
-    }
-
-    fn describe(&self) -> String {
-        self.store.describe()
-    }
-
-    fn watch(&self, sink: EventSink) -> Option<WatchGuard> {
-        self.store.watch(sink)
     }
 }

@@ -33,7 +33,8 @@ use redb::{
 };
 
 use super::{
-    Added, ImportOutcome, ImportUser, StoreOptions, UserStore, conflict, not_found, stored_user,
+    Added, ImportOutcome, ImportUser, StoreOptions, UserSource, UserStore, conflict, not_found,
+    stored_user,
 };
 use crate::error::{Error, ErrorKind, Result};
 use crate::user::{NewUser, Timestamp, UserId, UserJson};
@@ -385,6 +386,28 @@ impl Inner {
 }
 
 #[async_trait]
+impl UserSource for FileStore {
+    async fn get_many(&self, ids: &[UserId]) -> Result<Vec<Option<UserJson>>> {
+        let ids = ids.to_vec();
+        self.run(move |inner| {
+            let txn = inner.db.begin_read().map_err(|e| inner.fail(e))?;
+            let table = match txn.open_table(inner.def()) {
+                Ok(table) => table,
+                // Nothing was ever written in this namespace.
+                Err(redb::TableError::TableDoesNotExist(_)) => return Ok(vec![None; ids.len()]),
+                Err(e) => return Err(inner.fail(e)),
+            };
+            ids.iter().map(|id| inner.get_in(&table, id)).collect()
+        })
+        .await
+    }
+
+    fn describe(&self) -> String {
+        format!("file:{}", self.inner.path.display())
+    }
+}
+
+#[async_trait]
 impl UserStore for FileStore {
     async fn add(&self, user: &NewUser, get_or_create: bool) -> Result<Added> {
         let user = user.clone();
@@ -410,21 +433,6 @@ impl UserStore for FileStore {
                     created: true,
                 })
             })
-        })
-        .await
-    }
-
-    async fn get_many(&self, ids: &[UserId]) -> Result<Vec<Option<UserJson>>> {
-        let ids = ids.to_vec();
-        self.run(move |inner| {
-            let txn = inner.db.begin_read().map_err(|e| inner.fail(e))?;
-            let table = match txn.open_table(inner.def()) {
-                Ok(table) => table,
-                // Nothing was ever written in this namespace.
-                Err(redb::TableError::TableDoesNotExist(_)) => return Ok(vec![None; ids.len()]),
-                Err(e) => return Err(inner.fail(e)),
-            };
-            ids.iter().map(|id| inner.get_in(&table, id)).collect()
         })
         .await
     }
@@ -489,9 +497,5 @@ impl UserStore for FileStore {
             })
         })
         .await
-    }
-
-    fn describe(&self) -> String {
-        format!("file:{}", self.inner.path.display())
     }
 }

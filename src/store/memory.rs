@@ -4,7 +4,7 @@ use async_trait::async_trait;
 use dashmap::DashMap;
 use dashmap::mapref::entry::Entry;
 
-use super::{Added, ImportOutcome, ImportUser, UserStore, conflict, not_found};
+use super::{Added, ImportOutcome, ImportUser, UserSource, UserStore, conflict, not_found};
 use crate::error::Result;
 use crate::user::{NewUser, Timestamp, UserId, UserJson};
 
@@ -19,6 +19,20 @@ impl MemoryStore {
     /// An empty store.
     pub fn new() -> Self {
         MemoryStore::default()
+    }
+}
+
+#[async_trait]
+impl UserSource for MemoryStore {
+    async fn get_many(&self, ids: &[UserId]) -> Result<Vec<Option<UserJson>>> {
+        Ok(ids
+            .iter()
+            .map(|id| self.users.get(id).map(|u| u.clone()))
+            .collect())
+    }
+
+    fn describe(&self) -> String {
+        "memory:".to_string()
     }
 }
 
@@ -41,13 +55,6 @@ impl UserStore for MemoryStore {
                 })
             }
         }
-    }
-
-    async fn get_many(&self, ids: &[UserId]) -> Result<Vec<Option<UserJson>>> {
-        Ok(ids
-            .iter()
-            .map(|id| self.users.get(id).map(|u| u.clone()))
-            .collect())
     }
 
     async fn update(&self, user: &NewUser) -> Result<UserJson> {
@@ -90,9 +97,5 @@ impl UserStore for MemoryStore {
                 },
             )
             .collect())
-    }
-
-    fn describe(&self) -> String {
-        "memory:".to_string()
     }
 }

@@ -1,4 +1,5 @@
-//! Where users live: one async trait, [`UserStore`], and its backends.
+//! Where users live: [`UserSource`], what an enricher reads from (one batched read, maybe
+//! announcements of writes); [`UserStore`], a source that also writes, and its backends.
 //!
 //! | URL | backend | for |
 //! |---|---|---|
@@ -8,7 +9,14 @@
 //! | `memory:` | [`MemoryStore`] | library users and tests |
 //!
 //! Every backend writes and hands out the same [`UserJson`] bytes, and answers
-//! [`UserStore::get_many`] in one round trip: that is the call the resolver makes once per page.
+//! [`UserSource::get_many`] in one round trip: that is the call the resolver makes once per
+//! page. A service that keeps its users elsewhere implements [`UserSource`] over its own
+//! database.
+//!
+//! - `source`: the [`UserSource`] trait; `watch`: the announcements of writes a source may
+//!   make ([`StoreEvent`]);
+//! - `options` and `url`: how a store is opened ([`open`]);
+//! - `memory`, `file`, `redis/`: the backends.
 
 #[cfg(feature = "file")]
 mod file;
@@ -16,9 +24,10 @@ mod memory;
 mod options;
 #[cfg(feature = "redis")]
 mod redis;
+mod source;
 mod url;
+mod watch;
 
-use std::fmt;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -29,33 +38,22 @@ pub use self::memory::MemoryStore;
 pub use self::options::{DEFAULT_NAMESPACE, StoreOptions};
 #[cfg(feature = "redis")]
 pub use self::redis::{ClusterStore, RedisStore};
+pub use self::source::{SharedSource, UserSource};
 pub use self::url::{DEFAULT_STORE_URL, StoreUrl, open};
+pub use self::watch::{EventSink, StoreEvent, WatchGuard};
 use crate::error::{Error, ErrorKind, Result};
 use crate::user::{NewUser, Timestamp, UserId, UserJson};
 
-/// A user store with the semantics of Stream's Feeds v2 users API.
+/// A user store with the semantics of Stream's Feeds v2 users API: a [`UserSource`] that also
+/// writes.
 ///
 /// Writes are atomic per user: two racing `add`s never both create, and an `update` never
 /// loses `created_at`.
 #[async_trait]
-pub trait UserStore: Send + Sync + fmt::Debug + 'static {
+pub trait UserStore: UserSource {
     /// Creates `user`. If it exists: with `get_or_create`, returns the stored user untouched;
     /// without, fails with [`ErrorKind::Conflict`].
     async fn add(&self, user: &NewUser, get_or_create: bool) -> Result<Added>;
-
-    /// Reads many users in one round trip: one answer per id, in order, `None` for a user that
-    /// does not exist.
-    async fn get_many(&self, ids: &[UserId]) -> Result<Vec<Option<UserJson>>>;
-
-    /// Like [`UserStore::get_many`], but with an answer or an error for each id on its own:
-    /// a store spread over several servers (Redis Cluster) still answers the ids of the servers
-    /// that are up when one is down. One round trip per server; an error is never `Ok(None)`.
-    async fn get_many_each(&self, ids: &[UserId]) -> Vec<Result<Option<UserJson>>> {
-        match self.get_many(ids).await {
-            Ok(found) => found.into_iter().map(Ok).collect(),
-            Err(err) => vec![Err(err); ids.len()],
-        }
-    }
 
     /// Replaces the data of an existing user, bumps `updated_at` and keeps `created_at`.
     async fn update(&self, user: &NewUser) -> Result<UserJson>;
@@ -71,18 +69,6 @@ pub trait UserStore: Send + Sync + fmt::Debug + 'static {
         override_existing: bool,
     ) -> Result<Vec<ImportOutcome>>;
 
-    /// Where the store is, for messages: `redis://127.0.0.1:6379`, `file:./enrich.db`. Never
-    /// includes a password.
-    fn describe(&self) -> String;
-
-    /// Starts telling `sink` of every write to this store's users, by anyone, for as long as
-    /// the returned guard lives. `None` if the store cannot: then a write made outside this
-    /// process is seen only when a cached entry's TTL runs out.
-    fn watch(&self, sink: EventSink) -> Option<WatchGuard> {
-        let _ = sink;
-        None
-    }
-
     /// Reads one user; [`ErrorKind::NotFound`] if there is none.
     async fn get(&self, id: &UserId) -> Result<UserJson> {
         let mut found = self.get_many(std::slice::from_ref(id)).await?;
@@ -92,40 +78,6 @@ pub trait UserStore: Send + Sync + fmt::Debug + 'static {
 
 /// A shared handle to any store.
 pub type SharedStore = Arc<dyn UserStore>;
-
-/// What a watched store says about writes.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum StoreEvent {
-    /// Announcements flow: from now on every write is told. Writes before may have been missed.
-    Connected,
-    /// These users were written.
-    Changed(Vec<Box<str>>),
-    /// Any user may have been written (the database was flushed, or announcements overflowed).
-    ChangedAll,
-    /// Announcements may be missed from now on, until the next [`StoreEvent::Connected`].
-    Lost,
-}
-
-/// Receives [`StoreEvent`]s; called on the watcher's task, so it must not block.
-pub type EventSink = Arc<dyn Fn(StoreEvent) + Send + Sync>;
-
-/// Keeps a watch running; dropping it stops the watch.
-#[derive(Debug)]
-pub struct WatchGuard(tokio::task::AbortHandle);
-
-impl WatchGuard {
-    /// A guard that stops `task` (the store's watcher) when dropped: what a store's
-    /// [`UserStore::watch`] returns.
-    pub fn new(task: tokio::task::AbortHandle) -> Self {
-        WatchGuard(task)
-    }
-}
-
-impl Drop for WatchGuard {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
 
 /// What [`UserStore::add`] did.
 #[derive(Debug, Clone, PartialEq, Eq)]

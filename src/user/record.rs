@@ -32,7 +32,7 @@ impl UserJson {
 
     /// The user `id` with `data` and these timestamps, checked as a written user is (`data` an
     /// object, or null for `{}`; within [`MAX_USER_BYTES`](super::MAX_USER_BYTES)): what a
-    /// source over a service's own rows returns. The same as
+    /// [`UserSource`](crate::UserSource) over a service's own rows returns. The same as
     /// [`NewUser::to_json`](super::NewUser::to_json).
     pub fn new(
         id: &UserId,

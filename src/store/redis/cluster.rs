@@ -45,7 +45,8 @@ use super::scripts::Scripts;
 use super::topology::{Node, NodeUrls, Topology, read_slot_map, slot};
 use crate::error::{Error, Result};
 use crate::store::{
-    Added, EventSink, ImportOutcome, ImportUser, StoreOptions, UserStore, WatchGuard, stored_user,
+    Added, EventSink, ImportOutcome, ImportUser, StoreOptions, UserSource, UserStore, WatchGuard,
+    stored_user,
 };
 use crate::user::{NewUser, Timestamp, UserId, UserJson};
 
@@ -191,15 +192,7 @@ impl ClusterStore {
 }
 
 #[async_trait]
-impl UserStore for ClusterStore {
-    async fn add(&self, user: &NewUser, get_or_create: bool) -> Result<Added> {
-        let key = self.key(user.id());
-        let conn = &mut self.writes.clone();
-        self.scripts
-            .add(conn, &self.describe, key, user, get_or_create)
-            .await
-    }
-
+impl UserSource for ClusterStore {
     async fn get_many(&self, ids: &[UserId]) -> Result<Vec<Option<UserJson>>> {
         self.get_many_each(ids).await.into_iter().collect()
     }
@@ -239,6 +232,32 @@ impl UserStore for ClusterStore {
             .into_iter()
             .map(|a| a.expect("every id is in one group"))
             .collect()
+    }
+
+    fn describe(&self) -> String {
+        self.describe.clone()
+    }
+
+    fn watch(&self, sink: EventSink) -> Option<WatchGuard> {
+        super::tracking::watch_cluster(
+            self.conn.clone(),
+            self.topology.clone(),
+            self.nodes.clone(),
+            self.prefix.clone(),
+            &self.options,
+            sink,
+        )
+    }
+}
+
+#[async_trait]
+impl UserStore for ClusterStore {
+    async fn add(&self, user: &NewUser, get_or_create: bool) -> Result<Added> {
+        let key = self.key(user.id());
+        let conn = &mut self.writes.clone();
+        self.scripts
+            .add(conn, &self.describe, key, user, get_or_create)
+            .await
     }
 
     async fn update(&self, user: &NewUser) -> Result<UserJson> {
@@ -284,20 +303,5 @@ impl UserStore for ClusterStore {
             }
         }
         Ok(outcomes)
-    }
-
-    fn describe(&self) -> String {
-        self.describe.clone()
-    }
-
-    fn watch(&self, sink: EventSink) -> Option<WatchGuard> {
-        super::tracking::watch_cluster(
-            self.conn.clone(),
-            self.topology.clone(),
-            self.nodes.clone(),
-            self.prefix.clone(),
-            &self.options,
-            sink,
-        )
     }
 }

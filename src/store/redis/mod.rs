@@ -33,7 +33,8 @@ use self::link::WriteLink;
 use self::scripts::Scripts;
 use super::url::redact;
 use super::{
-    Added, EventSink, ImportOutcome, ImportUser, StoreOptions, UserStore, WatchGuard, stored_user,
+    Added, EventSink, ImportOutcome, ImportUser, StoreOptions, UserSource, UserStore, WatchGuard,
+    stored_user,
 };
 use crate::error::{Error, Result};
 use crate::user::{NewUser, Timestamp, UserId, UserJson};
@@ -124,15 +125,7 @@ impl RedisStore {
 }
 
 #[async_trait]
-impl UserStore for RedisStore {
-    async fn add(&self, user: &NewUser, get_or_create: bool) -> Result<Added> {
-        let key = self.key(user.id());
-        let conn = &mut self.writer().await?;
-        self.scripts
-            .add(conn, &self.describe, key, user, get_or_create)
-            .await
-    }
-
+impl UserSource for RedisStore {
     async fn get_many(&self, ids: &[UserId]) -> Result<Vec<Option<UserJson>>> {
         self.get_many_each(ids).await.into_iter().collect()
     }
@@ -154,6 +147,31 @@ impl UserStore for RedisStore {
                 .collect(),
             Err(err) => vec![Err(err); ids.len()],
         }
+    }
+
+    fn describe(&self) -> String {
+        self.describe.clone()
+    }
+
+    fn watch(&self, sink: EventSink) -> Option<WatchGuard> {
+        tracking::watch(
+            self.client.clone(),
+            self.prefix.clone(),
+            self.describe.clone(),
+            &self.options,
+            sink,
+        )
+    }
+}
+
+#[async_trait]
+impl UserStore for RedisStore {
+    async fn add(&self, user: &NewUser, get_or_create: bool) -> Result<Added> {
+        let key = self.key(user.id());
+        let conn = &mut self.writer().await?;
+        self.scripts
+            .add(conn, &self.describe, key, user, get_or_create)
+            .await
     }
 
     async fn update(&self, user: &NewUser) -> Result<UserJson> {
@@ -184,19 +202,5 @@ impl UserStore for RedisStore {
                 Timestamp::now(),
             )
             .await
-    }
-
-    fn describe(&self) -> String {
-        self.describe.clone()
-    }
-
-    fn watch(&self, sink: EventSink) -> Option<WatchGuard> {
-        tracking::watch(
-            self.client.clone(),
-            self.prefix.clone(),
-            self.describe.clone(),
-            &self.options,
-            sink,
-        )
     }
 }
