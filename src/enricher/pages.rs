@@ -1,176 +1,18 @@
-//! [`Enricher`]: the handle a service shares between its request handlers.
-
-use std::sync::Arc;
+//! Enriching pages: documents held as bytes ([`RawPage`], [`EnrichedPage`]) or as
+//! `serde_json::Value`s, in place or spliced ([`EnrichedValues`]).
 
 use serde_json::Value;
 
+use super::{Enricher, OnStoreError};
 use crate::answer::Answer;
-use crate::cache::{CacheConfig, CacheStats, L1, Memo, MemoPool, WriteThrough};
+use crate::cache::Memo;
 use crate::error::Result;
 use crate::page::RawPage;
-use crate::resolver::Resolver;
 use crate::shape::Depth;
 use crate::stats::EnrichStats;
-use crate::store::{SharedStore, WatchGuard};
 use crate::value::{EnrichedValues, References, enrich_in_place};
 
-/// What to do when the store fails while a page is being enriched.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum OnStoreError {
-    /// The call fails with the store's error. The default: a fault is never served as data.
-    #[default]
-    Fail,
-    /// Serve what the L1 has; references the store could not answer for become
-    /// `{"error":"ReferenceUnavailable",…}` (never `ReferenceNotFound`), counted in
-    /// [`EnrichStats::unavailable`].
-    ServeFromCache,
-}
-
-/// Builds an [`Enricher`].
-#[derive(Debug)]
-pub struct EnricherBuilder {
-    store: SharedStore,
-    cache: CacheConfig,
-    on_store_error: OnStoreError,
-    coherent: bool,
-}
-
-impl EnricherBuilder {
-    /// The L1's size and lifetimes.
-    pub fn cache(mut self, cache: CacheConfig) -> Self {
-        self.cache = cache;
-        self
-    }
-
-    /// What a store fault does to a page.
-    pub fn on_store_error(mut self, policy: OnStoreError) -> Self {
-        self.on_store_error = policy;
-        self
-    }
-
-    /// Whether to watch the store for writes made by other processes (on by default, where the
-    /// store can: Redis). Off, such writes are seen when cached entries expire.
-    pub fn coherent(mut self, coherent: bool) -> Self {
-        self.coherent = coherent;
-        self
-    }
-
-    /// The enricher. Where the store is watched, the L1 stays bypassed until the watch is up,
-    /// since writes before it would go unannounced. Call within a tokio runtime.
-    pub fn build(self) -> Enricher {
-        let l1 = Arc::new(L1::new(&self.cache));
-        let watch = if self.coherent {
-            l1.set_bypass(true);
-            let sink_l1 = l1.clone();
-            let watch = self
-                .store
-                .watch(Arc::new(move |event| sink_l1.apply(event)));
-            if watch.is_none() {
-                l1.set_bypass(false);
-            }
-            watch
-        } else {
-            None
-        };
-        Enricher {
-            inner: Arc::new(Inner {
-                resolver: Resolver {
-                    store: self.store.clone(),
-                    l1: l1.clone(),
-                },
-                users: Arc::new(WriteThrough {
-                    store: self.store,
-                    l1,
-                }),
-                on_store_error: self.on_store_error,
-                memos: MemoPool::default(),
-                _watch: watch,
-            }),
-        }
-    }
-}
-
-/// Replaces user references in pages of activities, through a per-process L1 and one batched
-/// store call per page. Cheap to clone: clones share the L1 and the loads in flight.
-#[derive(Debug, Clone)]
-pub struct Enricher {
-    inner: Arc<Inner>,
-}
-
-#[derive(Debug)]
-struct Inner {
-    resolver: Resolver,
-    users: Arc<WriteThrough>,
-    on_store_error: OnStoreError,
-    /// Memos of the L1's answers lent to pages on the raw-bytes path.
-    memos: MemoPool,
-    /// Stops the watch when the last clone goes.
-    _watch: Option<WatchGuard>,
-}
-
 impl Enricher {
-    /// An enricher over `store` with the default cache.
-    pub fn new(store: SharedStore) -> Enricher {
-        Enricher::builder(store).build()
-    }
-
-    /// Starts configuring an enricher over `store`.
-    pub fn builder(store: SharedStore) -> EnricherBuilder {
-        EnricherBuilder {
-            store,
-            cache: CacheConfig::new(),
-            on_store_error: OnStoreError::Fail,
-            coherent: true,
-        }
-    }
-
-    /// The user store, as a handle whose writes also invalidate this enricher's L1 (so this
-    /// process reads its own writes at once).
-    pub fn users(&self) -> SharedStore {
-        self.inner.users.clone()
-    }
-
-    /// Drops `id` from the L1 and keeps loads of it in flight from filling it.
-    pub fn invalidate(&self, id: &str) {
-        self.inner.resolver.l1.invalidate(id);
-    }
-
-    /// Drops everything from the L1 and fences every load in flight.
-    pub fn invalidate_all(&self) {
-        self.inner.resolver.l1.invalidate_all();
-    }
-
-    /// While `true`, the L1 is neither read nor filled: every read goes to the store. For when
-    /// announcements of writes may be missed.
-    pub fn set_cache_bypass(&self, bypass: bool) {
-        self.inner.resolver.l1.set_bypass(bypass);
-    }
-
-    /// True while the L1 is bypassed: the store is watched but its announcements may be missed
-    /// (the watch is starting, or its connection is down).
-    pub fn cache_bypassed(&self) -> bool {
-        self.inner.resolver.l1.bypassed()
-    }
-
-    /// Waits until the L1 is in use (the store's watch is up), for at most `timeout`; true if
-    /// it is. A batch job calls this before its first page so that it caches from the start.
-    pub async fn wait_for_cache(&self, timeout: std::time::Duration) -> bool {
-        let deadline = tokio::time::Instant::now() + timeout;
-        while self.cache_bypassed() {
-            if tokio::time::Instant::now() >= deadline {
-                return false;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
-        }
-        true
-    }
-
-    /// What the L1 holds (users, misses, bytes) and what happened to it (evictions,
-    /// invalidations, bypass).
-    pub fn cache_stats(&self) -> CacheStats {
-        self.inner.resolver.l1.stats()
-    }
-
     /// Enriches a page of documents in place: each is an activity, a group or a feed response.
     pub async fn enrich_values(&self, page: &mut [Value], depth: Depth) -> Result<EnrichStats> {
         let refs = References::collect(page, depth);
