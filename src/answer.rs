@@ -1,7 +1,7 @@
 //! What an id resolves to, and how an answer is written in a document's place: the one rule
 //! every path that writes enriched documents follows.
 
-use crate::error::Error;
+use crate::error::{Error, Result};
 use crate::reference::{error_len, write_not_found, write_unavailable};
 use crate::stats::EnrichStats;
 use crate::user::UserJson;
@@ -25,6 +25,16 @@ impl Answer {
             Answer::Found(user) => out.extend_from_slice(user.as_bytes()),
             Answer::Missing => write_not_found(out, id),
             Answer::Unavailable(_) => write_unavailable(out, id),
+        }
+    }
+
+    /// The answer as a lookup returns it: the user, `None` for no such user, or the source's
+    /// error.
+    pub(crate) fn into_result(self) -> Result<Option<UserJson>> {
+        match self {
+            Answer::Found(user) => Ok(Some(user)),
+            Answer::Missing => Ok(None),
+            Answer::Unavailable(err) => Err(err),
         }
     }
 

@@ -7,21 +7,25 @@
 //! L1 → store (one batched call) → answers → bytes.
 //!
 //! - [`shape`]: Stream's shapes — depth, the role of an object, which arrays make a container
-//!   — the vocabulary both enrichment paths share; `reference`, `id` and `answer`: what a
-//!   reference looks like, a page's distinct ids, and what stands in a document for an answer.
+//!   — the vocabulary both enrichment paths share; [`reference`](mod@reference) (with its
+//!   kinds, [`ReferenceKind`]), `id` and `answer`: what a reference looks like, a page's
+//!   distinct ids, and what stands in a document for an answer.
 //! - `scan`: the one JSON grammar. [`page`] (the raw-bytes path: a [`RawPage`] checks,
 //!   compacts and finds references in one pass) and `value` (the `serde_json::Value` paths:
 //!   [`EnrichedValues`] splices users' bytes, or [`Enricher::enrich_values`] puts them in
 //!   place) are siblings over it.
-//! - `resolver`: one answer per distinct id, through the L1 and at most one
-//!   [`UserSource::get_many`] call per page; `cache`: the L1 (moka, bounded by bytes), the
-//!   fence and coalescing of loads in flight, the memos, and the write-through store
+//! - `resolver`: one answer per distinct id of one kind of reference, through the L1 and one
+//!   [`UserSource::get_many_each`] call per batch of misses (a page's, up to
+//!   [`EnricherBuilder::max_batch_size`]); `cache`: the L1 (moka, bounded by bytes), the fence
+//!   and coalescing of loads in flight, the memos, and the write-through store
 //!   ([`CacheConfig`]).
-//! - [`store`]: the [`UserStore`] trait and its backends — memory, an embedded redb file
-//!   (feature `file`), Redis and Redis Cluster (feature `redis`) — chosen by URL; [`user`]: the
-//!   model and [`UserJson`], the one serialized form every backend stores and every enrichment
-//!   embeds.
-//! - [`Enricher`]: the handle a service shares, over all of the above.
+//! - [`store`]: [`UserSource`], what an enricher reads from (a service may implement it over
+//!   its own database), and [`UserStore`], a source that also writes, with its backends —
+//!   memory, an embedded redb file (feature `file`), Redis and Redis Cluster (feature `redis`) —
+//!   chosen by URL; [`user`]: the model and [`UserJson`], the one serialized form every backend
+//!   stores and every enrichment embeds.
+//! - `enricher`: the [`Enricher`] a service shares, over all of the above — its lookups and L1
+//!   controls, its builder, and its pages.
 //! - [`batch`]: the NDJSON job behind `enrich run`, the user import, and the line reader.
 //! - [`error`]: the one [`Error`] type, with an [`ErrorKind`].
 //! - `serve` (feature `serve`): a Stream-compatible HTTP API over an [`Enricher`]; `bench`

@@ -18,7 +18,8 @@ struct Doc {
 }
 
 /// A page of documents on the raw-bytes path: push documents, resolve the page's distinct ids
-/// in one go, then write.
+/// in one go ([`Enricher::enrich_page`](crate::Enricher::enrich_page), which shows a page in
+/// use), then write.
 #[derive(Debug, Default)]
 pub struct RawPage {
     depth: Depth,

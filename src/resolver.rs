@@ -1,10 +1,13 @@
-//! The batch resolver: distinct ids in, one answer per id out, with at most one store call.
+//! The batch resolver: distinct ids in, one answer per id out, with one source call per batch
+//! of misses.
 //!
-//! For each id: the L1 answers if it can; otherwise a load of that id already in flight for
-//! another page is joined; otherwise the id joins this page's batch. The batch is one
-//! [`UserSource::get_many_each`](crate::UserSource::get_many_each) call (an answer or an error per id), run on its own task so
-//! that a page dropped mid-load (a client gone away) never leaves the pages that joined its
-//! loads waiting forever.
+//! A resolver serves one [`ReferenceKind`](crate::reference::ReferenceKind) of reference
+//! through its source and its L1. For each id: the L1 answers if it can; otherwise a load of
+//! that id already in flight for another page is joined; otherwise the id joins one of this
+//! page's batches (one unless the page has more misses than the batch size). A batch is one
+//! [`UserSource::get_many_each`](crate::store::UserSource::get_many_each) call (an answer or an
+//! error per id), run on its own task so that a page dropped mid-load (a client gone away)
+//! never leaves the pages that joined its loads waiting forever.
 
 use std::sync::Arc;
 
@@ -15,7 +18,7 @@ use crate::answer::Answer;
 use crate::cache::{BatchFuture, BatchResult, Cached, Flight, Joined, L1, Memo};
 use crate::error::{Error, ErrorKind, Result};
 use crate::stats::EnrichStats;
-use crate::store::SharedStore;
+use crate::store::SharedSource;
 use crate::user::UserId;
 
 impl From<Cached> for Answer {
@@ -27,11 +30,22 @@ impl From<Cached> for Answer {
     }
 }
 
-/// Resolves ids through the L1 and the store.
+/// Resolves ids of one kind through the L1 and the source.
 #[derive(Debug, Clone)]
 pub(crate) struct Resolver {
-    pub(crate) store: SharedStore,
+    pub(crate) source: SharedSource,
     pub(crate) l1: Arc<L1>,
+    /// The most ids one source call is asked for (at least 1).
+    pub(crate) max_batch: usize,
+}
+
+/// One of a page's batches of misses: the ids it registered, and where their answers will come
+/// from.
+struct Batch {
+    sender: oneshot::Sender<BatchResult>,
+    answer: BatchFuture,
+    /// Each registered id's place in the page, with its flight, in flight-index order.
+    started: Vec<(usize, Arc<Flight>)>,
 }
 
 impl Resolver {
@@ -41,8 +55,8 @@ impl Resolver {
     }
 
     /// Like [`Resolver::resolve`], answering first from `memo` and keeping in it what the L1
-    /// and the store said, as long as the L1 did not change meanwhile. The memo comes with the
-    /// [`id_hash`](crate::user::id_hash) of each id.
+    /// and the source said, as long as the L1 did not change meanwhile. The memo comes with
+    /// the [`id_hash`](crate::user::id_hash) of each id.
     pub(crate) async fn resolve_with(
         &self,
         ids: &[Box<str>],
@@ -60,9 +74,8 @@ impl Resolver {
         let mut answers: Vec<Option<Answer>> = vec![None; ids.len()];
         // Which answers came from the memo: the others are kept in it at the end.
         let mut remembered = vec![false; if generation.is_some() { ids.len() } else { 0 }];
-        // This page's own batch, made at its first miss: a warm page allocates none of it.
-        let mut batch: Option<(oneshot::Sender<BatchResult>, BatchFuture)> = None;
-        let mut started: Vec<(usize, Arc<Flight>)> = Vec::new();
+        // This page's own batches, made at its first miss: a warm page allocates none.
+        let mut batches: Vec<Batch> = Vec::new();
         let mut waiting: Vec<(usize, Arc<Flight>)> = Vec::new();
 
         for (i, id) in ids.iter().enumerate() {
@@ -77,45 +90,43 @@ impl Resolver {
                 answers[i] = Some(cached.into());
                 continue;
             }
-            let (_, shared) = batch.get_or_insert_with(|| {
+            if batches
+                .last()
+                .is_none_or(|batch| batch.started.len() >= self.max_batch)
+            {
                 let (sender, receiver) = oneshot::channel::<BatchResult>();
-                (sender, receiver.shared())
-            });
-            match self.l1.join_or_start(id, shared, started.len()) {
+                batches.push(Batch {
+                    sender,
+                    answer: receiver.shared(),
+                    started: Vec::new(),
+                });
+            }
+            let batch = batches.last_mut().expect("a batch was just made");
+            match self
+                .l1
+                .join_or_start(id, &batch.answer, batch.started.len())
+            {
                 Joined::Waiting(flight) => waiting.push((i, flight)),
-                Joined::Started(flight) => started.push((i, flight)),
+                Joined::Started(flight) => batch.started.push((i, flight)),
             }
         }
 
-        if let Some((sender, batch)) = batch.filter(|_| !started.is_empty()) {
-            // A load that ended between our miss and our registration has filled the L1:
-            // answer those ids from it rather than asking the store again.
-            let rechecked: Vec<Option<Cached>> =
-                started.iter().map(|(i, _)| self.l1.get(&ids[*i])).collect();
-            let to_load: Vec<UserId> = started
-                .iter()
-                .zip(&rechecked)
-                .filter(|(_, cached)| cached.is_none())
-                .map(|((i, _), _)| UserId::parse(&ids[*i]).expect("resolver ids are valid"))
-                .collect();
-            stats.l1_hits += (started.len() - to_load.len()) as u64;
-            if !to_load.is_empty() {
-                stats.store_calls += 1;
-                stats.fetched += to_load.len() as u64;
+        // Every batch is sent off before any is awaited, so that they load side by side.
+        let mut loading = Vec::with_capacity(batches.len());
+        for Batch {
+            sender,
+            answer,
+            started,
+        } in batches
+        {
+            // A batch whose every id joined other pages' loads has nothing to load.
+            if !started.is_empty() {
+                self.load(ids, &started, sender, stats);
+                loading.push((answer, started));
             }
-            let load = Load {
-                store: self.store.clone(),
-                l1: self.l1.clone(),
-                ids: started
-                    .iter()
-                    .map(|(i, flight)| (ids[*i].clone(), flight.clone()))
-                    .collect(),
-                rechecked,
-                to_load,
-                sender,
-            };
-            tokio::spawn(load.run());
-            let result = batch.clone().await;
+        }
+        for (answer, started) in loading {
+            let result = answer.await;
             for (slot, (i, _)) in started.iter().enumerate() {
                 answers[*i] = Some(pick(&result, slot));
             }
@@ -145,6 +156,44 @@ impl Resolver {
         }
         answers
     }
+
+    /// Starts the load of the ids a batch registered, on a task of its own, answering through
+    /// `sender`.
+    fn load(
+        &self,
+        ids: &[Box<str>],
+        started: &[(usize, Arc<Flight>)],
+        sender: oneshot::Sender<BatchResult>,
+        stats: &mut EnrichStats,
+    ) {
+        // A load that ended between our miss and our registration has filled the L1: answer
+        // those ids from it rather than asking the source again.
+        let rechecked: Vec<Option<Cached>> =
+            started.iter().map(|(i, _)| self.l1.get(&ids[*i])).collect();
+        let to_load: Vec<UserId> = started
+            .iter()
+            .zip(&rechecked)
+            .filter(|(_, cached)| cached.is_none())
+            .map(|((i, _), _)| UserId::parse(&ids[*i]).expect("resolver ids are valid"))
+            .collect();
+        stats.l1_hits += (started.len() - to_load.len()) as u64;
+        if !to_load.is_empty() {
+            stats.store_calls += 1;
+            stats.fetched += to_load.len() as u64;
+        }
+        let load = Load {
+            source: self.source.clone(),
+            l1: self.l1.clone(),
+            ids: started
+                .iter()
+                .map(|(i, flight)| (ids[*i].clone(), flight.clone()))
+                .collect(),
+            rechecked,
+            to_load,
+            sender,
+        };
+        tokio::spawn(load.run());
+    }
 }
 
 /// Reads slot `index` of a batch's result.
@@ -164,9 +213,9 @@ fn pick(result: &Result<BatchResult, oneshot::error::RecvError>, index: usize) -
     }
 }
 
-/// One batched load: the store call, the L1 fill, and the answer to every waiter.
+/// One batched load: the source call, the L1 fill, and the answer to every waiter.
 struct Load {
-    store: SharedStore,
+    source: SharedSource,
     l1: Arc<L1>,
     /// Every id registered by the page, with its flight, in flight-index order.
     ids: Vec<(Box<str>, Arc<Flight>)>,
@@ -181,13 +230,17 @@ impl Load {
         let fetched = if self.to_load.is_empty() {
             Vec::new()
         } else {
-            self.store.get_many_each(&self.to_load).await
+            self.source.get_many_each(&self.to_load).await
         };
         let expected = self.to_load.len();
         let result = if fetched.len() != expected {
             Err(Error::new(
                 ErrorKind::Internal,
-                format!("the store answered {} of {expected} ids", fetched.len()),
+                format!(
+                    "{} answered {} of {expected} ids",
+                    self.source.describe(),
+                    fetched.len()
+                ),
             ))
         } else {
             let mut fetched = fetched.into_iter();
@@ -201,8 +254,8 @@ impl Load {
                 .collect::<Vec<_>>())
         };
         for (slot, (id, flight)) in self.ids.iter().enumerate() {
-            // Only what the store just said fills the L1; rechecked ids are there already, and
-            // an id the store could not read is not cached at all.
+            // Only what the source just said fills the L1; rechecked ids are there already, and
+            // an id the source could not read is not cached at all.
             let answer = match &result {
                 Ok(found) if self.rechecked[slot].is_none() => found[slot]
                     .as_ref()

@@ -17,7 +17,8 @@ pub struct EnrichStats {
     pub coalesced: u64,
     /// Ids asked of the store.
     pub fetched: u64,
-    /// Store calls made (at most one per call).
+    /// Store calls made: at most one per call, or one per
+    /// [`EnricherBuilder::max_batch_size`](crate::EnricherBuilder::max_batch_size) ids asked.
     pub store_calls: u64,
     /// References to users that do not exist.
     pub missing: u64,

@@ -105,6 +105,21 @@ impl Flights {
             .remove_if(id, |_, current| Arc::ptr_eq(current, flight));
     }
 
+    /// Fills the cache with an answer that no load of this registry read (a prime): `fill`
+    /// runs while the registry entry of `id` is held, so an invalidation of `id` that begins
+    /// meanwhile waits and then removes what was inserted. A load of `id` in flight is voided:
+    /// it may have read the user before the write that the primed answer shows.
+    pub(crate) fn prime(&self, id: &str, fill: impl FnOnce(&Arc<str>)) {
+        match self.loads.entry(Arc::from(id)) {
+            Entry::Occupied(flight) => {
+                flight.get().voided.store(true, Ordering::Release);
+                fill(flight.key());
+                flight.remove();
+            }
+            Entry::Vacant(slot) => fill(slot.key()),
+        }
+    }
+
     /// Fences the load of `id` in flight, if any: it will not fill the cache.
     pub(crate) fn void(&self, id: &str) {
         if let Some((_, flight)) = self.loads.remove(id) {

@@ -10,6 +10,7 @@ use moka::Expiry;
 use super::flight::{BatchFuture, Flight, Flights, Joined};
 use super::{CacheConfig, CacheStats, Cached, Hasher};
 use crate::store::StoreEvent;
+use crate::user::UserJson;
 
 struct Ttl {
     found: Duration,
@@ -145,6 +146,22 @@ impl L1 {
                 self.part(&answer).insert(key.clone(), answer);
             }
         });
+    }
+
+    /// Puts `user`, which the caller holds and vouches is current, in the cache, as a load
+    /// that completes now would: not while the cache is bypassed or disabled, and not past an
+    /// invalidation of its id that begins meanwhile. A load of it in flight no longer fills.
+    pub(crate) fn prime(&self, user: UserJson) {
+        let _no_flush = crate::sync::read(&self.flush);
+        if !self.enabled || self.bypass.load(Ordering::Acquire) {
+            return;
+        }
+        self.flights.prime(user.id(), |key| {
+            self.misses.invalidate(key);
+            self.users.insert(key.clone(), Cached::Found(user.clone()));
+        });
+        // Memos hold what the L1 said before: they must start over, as after an invalidation.
+        self.generation.fetch_add(1, Ordering::AcqRel);
     }
 
     /// Drops what the cache holds for `id` and fences the loads of it in flight.

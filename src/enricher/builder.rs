@@ -1,4 +1,4 @@
-//! [`EnricherBuilder`]: how an [`Enricher`] is configured, and what it does when its store
+//! [`EnricherBuilder`]: how an [`Enricher`] is configured, and what it does when its source
 //! fails ([`OnStoreError`]).
 
 use std::sync::Arc;
@@ -6,7 +6,7 @@ use std::sync::Arc;
 use super::{Enricher, Inner};
 use crate::cache::{CacheConfig, L1, MemoPool, WriteThrough};
 use crate::resolver::Resolver;
-use crate::store::SharedStore;
+use crate::store::{SharedSource, UserSource, UserStore};
 
 /// What to do when the store fails while a page is being enriched.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -16,26 +16,31 @@ pub enum OnStoreError {
     Fail,
     /// Serve what the L1 has; references the store could not answer for become
     /// `{"error":"ReferenceUnavailable",…}` (never `ReferenceNotFound`), counted in
-    /// [`EnrichStats::unavailable`](crate::EnrichStats::unavailable).
+    /// [`EnrichStats::unavailable`](crate::EnrichStats::unavailable). Pages only: a lookup
+    /// ([`Enricher::get`]) has nothing to stand in for a user and returns the error.
     ServeFromCache,
 }
 
-/// Builds an [`Enricher`].
+/// Builds an [`Enricher`] over a [`UserStore`] ([`Enricher::builder`]) or a [`UserSource`]
+/// ([`Enricher::source_builder`]).
 #[derive(Debug)]
-pub struct EnricherBuilder {
-    store: SharedStore,
+#[must_use]
+pub struct EnricherBuilder<S: ?Sized = dyn UserStore> {
+    backing: Arc<S>,
     cache: CacheConfig,
     on_store_error: OnStoreError,
     coherent: bool,
+    max_batch: usize,
 }
 
-impl EnricherBuilder {
-    pub(super) fn new(store: SharedStore) -> Self {
+impl<S: ?Sized> EnricherBuilder<S> {
+    pub(super) fn new(backing: Arc<S>) -> Self {
         EnricherBuilder {
-            store,
+            backing,
             cache: CacheConfig::new(),
             on_store_error: OnStoreError::Fail,
             coherent: true,
+            max_batch: usize::MAX,
         }
     }
 
@@ -58,16 +63,25 @@ impl EnricherBuilder {
         self
     }
 
-    /// The enricher. Where the store is watched, the L1 stays bypassed until the watch is up,
-    /// since writes before it would go unannounced. Call within a tokio runtime.
-    pub fn build(self) -> Enricher {
+    /// The most ids one read of the source asks for (at least 1). A page with more misses
+    /// makes several reads, at once, each coalesced with other pages like any other; each
+    /// counts in [`EnrichStats::store_calls`](crate::EnrichStats::store_calls). Unlimited by
+    /// default: a page's misses are bounded by the page, and the Redis, file and memory stores
+    /// read any number in one call. Set it for a source with a limit on what one query may
+    /// take, such as a SQL database's bound on parameters.
+    pub fn max_batch_size(mut self, ids: usize) -> Self {
+        self.max_batch = ids.max(1);
+        self
+    }
+
+    /// The parts every enricher has, reading from `source`. Where the source is watched, the
+    /// L1 stays bypassed until the watch is up, since writes before it would go unannounced.
+    fn inner(&self, source: SharedSource) -> Arc<Inner> {
         let l1 = Arc::new(L1::new(&self.cache));
         let watch = if self.coherent {
             l1.set_bypass(true);
             let sink_l1 = l1.clone();
-            let watch = self
-                .store
-                .watch(Arc::new(move |event| sink_l1.apply(event)));
+            let watch = source.watch(Arc::new(move |event| sink_l1.apply(event)));
             if watch.is_none() {
                 l1.set_bypass(false);
             }
@@ -75,20 +89,40 @@ impl EnricherBuilder {
         } else {
             None
         };
+        Arc::new(Inner {
+            users: Resolver {
+                source,
+                l1,
+                max_batch: self.max_batch,
+            },
+            on_store_error: self.on_store_error,
+            memos: MemoPool::default(),
+            _watch: watch,
+        })
+    }
+}
+
+impl EnricherBuilder {
+    /// The enricher. Call within a tokio runtime.
+    pub fn build(self) -> Enricher {
+        let inner = self.inner(self.backing.clone());
+        let users = Arc::new(WriteThrough {
+            store: self.backing,
+            l1: inner.users.l1.clone(),
+        });
         Enricher {
-            inner: Arc::new(Inner {
-                resolver: Resolver {
-                    store: self.store.clone(),
-                    l1: l1.clone(),
-                },
-                users: Arc::new(WriteThrough {
-                    store: self.store,
-                    l1,
-                }),
-                on_store_error: self.on_store_error,
-                memos: MemoPool::default(),
-                _watch: watch,
-            }),
+            inner,
+            backing: users,
+        }
+    }
+}
+
+impl EnricherBuilder<dyn UserSource> {
+    /// The enricher. Call within a tokio runtime.
+    pub fn build(self) -> Enricher<dyn UserSource> {
+        Enricher {
+            inner: self.inner(self.backing.clone()),
+            backing: self.backing,
         }
     }
 }

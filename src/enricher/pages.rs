@@ -8,11 +8,12 @@ use crate::answer::Answer;
 use crate::cache::Memo;
 use crate::error::Result;
 use crate::page::RawPage;
+use crate::reference::ReferenceKind;
 use crate::shape::Depth;
 use crate::stats::EnrichStats;
 use crate::value::{EnrichedValues, References, enrich_in_place};
 
-impl Enricher {
+impl<S: ?Sized> Enricher<S> {
     /// Enriches a page of documents in place: each is an activity, a group or a feed response.
     pub async fn enrich_values(&self, page: &mut [Value], depth: Depth) -> Result<EnrichStats> {
         let refs = References::collect(page, depth);
@@ -36,8 +37,36 @@ impl Enricher {
         Ok(enriched.stats())
     }
 
-    /// Resolves every reference of a [`RawPage`] with at most one store call; the result
-    /// writes each enriched document.
+    /// Resolves every reference of a [`RawPage`] with one read of the store at most; the result
+    /// writes each enriched document. The raw-bytes path: documents go in and come out as
+    /// bytes, never as a DOM.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> enrich::Result<()> {
+    /// use enrich::{Depth, Enricher, NewUser, RawPage, StoreOptions, store};
+    ///
+    /// let enricher = Enricher::new(store::open("memory:", &StoreOptions::new()).await?);
+    /// enricher.users().add(&NewUser::new("alice", None)?, false).await?;
+    ///
+    /// // A page of documents as they come, one JSON object each (a line of NDJSON, a row).
+    /// let mut page = RawPage::new(Depth::TopLevel);
+    /// page.push(br#"{"actor": "SU:alice", "verb": "post"}"#)?;
+    /// page.push(br#"{"actor":"SU:bob","verb":"like"}"#)?;
+    ///
+    /// let enriched = enricher.enrich_page(&page).await?;
+    /// let mut out = Vec::new();
+    /// for doc in 0..page.len() {
+    ///     enriched.write(doc, &mut out);
+    ///     out.push(b'\n');
+    /// }
+    /// let text = String::from_utf8(out).unwrap();
+    /// assert!(text.starts_with(r#"{"actor":{"created_at":"#), "{text}");
+    /// assert!(text.contains(r#""actor":{"error":"ReferenceNotFound","reference":"SU:bob""#));
+    /// assert_eq!(enriched.stats().store_calls, 1);
+    /// # Ok(())
+    /// # }
+    /// ```
     pub async fn enrich_page<'p>(&self, page: &'p RawPage) -> Result<EnrichedPage<'p>> {
         // Popular users are answered from a memo of what the L1 said to earlier pages, as
         // coherent as the L1 itself; a page dropped mid-way just loses its memo.
@@ -61,8 +90,7 @@ impl Enricher {
         };
         stats.distinct = page.ids().len() as u64;
         let answers = self
-            .inner
-            .resolver
+            .resolver(ReferenceKind::User)
             .resolve_with(
                 page.ids(),
                 &mut stats,
@@ -89,6 +117,31 @@ impl Enricher {
     /// The same references, answers and stats as [`Enricher::enrich_values`], for a page that
     /// is to be serialized: no user is built as a `Value`, so it costs about what the raw-bytes
     /// path costs rather than a deep copy of a user per reference.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> enrich::Result<()> {
+    /// use enrich::{Depth, Enricher, NewUser, StoreOptions, store};
+    /// use serde_json::json;
+    ///
+    /// let enricher = Enricher::new(store::open("memory:", &StoreOptions::new()).await?);
+    /// let alice = NewUser::new("alice", Some(json!({"name": "Alice"})))?;
+    /// enricher.users().add(&alice, false).await?;
+    ///
+    /// // A feed response as the service built it: the page is left untouched.
+    /// let docs = vec![json!({"results": [{"actor": "SU:alice", "verb": "post"}], "next": ""})];
+    /// let enriched = enricher.enrich_value_page(&docs, Depth::TopLevel).await?;
+    ///
+    /// // Written out with the user's stored bytes spliced in; or serialized, as an array, inside
+    /// // a response type of the caller's own (see `EnrichedValues`).
+    /// let mut body = Vec::new();
+    /// enriched.write(0, &mut body);
+    /// let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    /// assert_eq!(body["results"][0]["actor"]["data"]["name"], "Alice");
+    /// assert_eq!(docs[0]["results"][0]["actor"], "SU:alice");
+    /// # Ok(())
+    /// # }
+    /// ```
     pub async fn enrich_value_page<'a>(
         &self,
         docs: &'a [Value],
@@ -115,7 +168,7 @@ impl Enricher {
 
     async fn resolve(&self, ids: &[Box<str>], stats: &mut EnrichStats) -> Result<Vec<Answer>> {
         stats.distinct = ids.len() as u64;
-        let answers = self.inner.resolver.resolve(ids, stats).await;
+        let answers = self.resolver(ReferenceKind::User).resolve(ids, stats).await;
         self.fail_on_store_fault(answers)
     }
 
