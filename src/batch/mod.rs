@@ -93,6 +93,7 @@ const FORCED_STOP_GRACE: Duration = Duration::from_secs(2);
 
 /// How a run treats its input.
 #[derive(Debug, Clone)]
+#[must_use]
 pub struct RunOptions {
     depth: Depth,
     store_timeout: Duration,

@@ -50,6 +50,7 @@ impl Cached {
 
 /// How big the L1 may grow and how long entries live.
 #[derive(Debug, Clone)]
+#[must_use]
 pub struct CacheConfig {
     max_bytes: u64,
     ttl: Duration,

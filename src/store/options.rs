@@ -10,6 +10,7 @@ pub const DEFAULT_NAMESPACE: &str = "enrich";
 
 /// How to open a store: the namespace and the time limits.
 #[derive(Debug, Clone)]
+#[must_use]
 pub struct StoreOptions {
     namespace: String,
     connect_timeout: Duration,
