@@ -63,6 +63,41 @@ impl fmt::Display for ErrorKind {
 type Cause = Arc<dyn std::error::Error + Send + Sync + 'static>;
 
 /// An error of the engine: a kind, a message naming the problem, and maybe the cause behind it.
+///
+/// Branch on [`Error::kind`] or on the classifiers, never on the message:
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> enrich::Result<()> {
+/// use enrich::{Error, ErrorKind, NewUser, StoreOptions, store};
+///
+/// /// The HTTP status a service answers an error with.
+/// fn status(err: &Error) -> u16 {
+///     match err.kind() {
+///         ErrorKind::InvalidInput => 400,
+///         ErrorKind::NotFound => 404,
+///         ErrorKind::Conflict => 409,
+///         // Unavailable, a timeout, a write of unknown outcome…: never "no such user".
+///         _ if err.is_store_fault() => 503,
+///         _ => 500,
+///     }
+/// }
+///
+/// let err = NewUser::new("no spaces", None).unwrap_err();
+/// assert_eq!(status(&err), 400);
+///
+/// let users = store::open("memory:", &StoreOptions::new()).await?;
+/// users.add(&NewUser::new("alice", None)?, false).await?;
+/// let err = users.add(&NewUser::new("alice", None)?, false).await.unwrap_err();
+/// assert!(err.is_conflict());
+/// assert_eq!(status(&err), 409);
+///
+/// let err = Error::new(ErrorKind::Timeout, "redis://10.0.0.1:6379 did not answer");
+/// assert!(err.is_store_fault() && err.is_transient());
+/// assert_eq!(status(&err), 503);
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Clone)]
 pub struct Error {
     kind: ErrorKind,

@@ -112,7 +112,32 @@ fn parse_cluster(scheme: &str, rest: &str) -> Result<StoreUrl> {
     })
 }
 
-/// Opens the store a URL names.
+/// Opens the store a URL names ([`StoreUrl`]). A URL of a backend this build was compiled
+/// without is [`ErrorKind::InvalidInput`](crate::ErrorKind::InvalidInput), naming the feature
+/// it needs.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> enrich::Result<()> {
+/// use std::time::Duration;
+///
+/// use enrich::{Enricher, StoreOptions, store};
+///
+/// let options = StoreOptions::new()
+///     .namespace("tenant-1")
+///     .response_timeout(Duration::from_millis(500));
+/// // `redis://host:6379` in production; `memory:` here.
+/// let store = store::open("memory:", &options).await?;
+/// assert_eq!(store.describe(), "memory:");
+/// let enricher = Enricher::new(store);
+///
+/// // A bad URL is refused with a message that names it, without its password.
+/// let err = store::open("postgres://app:secret@db/users", &options).await.unwrap_err();
+/// assert!(err.is_invalid_input());
+/// assert!(!err.to_string().contains("secret"), "{err}");
+/// # Ok(())
+/// # }
+/// ```
 pub async fn open(url: &str, options: &StoreOptions) -> Result<SharedStore> {
     options.validate()?;
     Ok(match StoreUrl::parse(url)? {
