@@ -2,16 +2,16 @@
 //! every path that writes enriched documents follows.
 
 use crate::error::{Error, Result};
+use crate::record::Record;
 use crate::reference::{error_len, write_not_found, write_unavailable};
 use crate::stats::EnrichStats;
-use crate::user::UserJson;
 
 /// What the resolver knows of one id.
 #[derive(Debug, Clone)]
 pub(crate) enum Answer {
-    /// The user as stored.
-    Found(UserJson),
-    /// No such user.
+    /// The record as stored.
+    Found(Record),
+    /// No such record.
     Missing,
     /// The store could not say.
     Unavailable(Error),
@@ -22,7 +22,7 @@ impl Answer {
     /// the inline error object.
     pub(crate) fn write(&self, id: &str, out: &mut Vec<u8>) {
         match self {
-            Answer::Found(user) => out.extend_from_slice(user.as_bytes()),
+            Answer::Found(record) => out.extend_from_slice(record.as_bytes()),
             Answer::Missing => write_not_found(out, id),
             Answer::Unavailable(_) => write_unavailable(out, id),
         }
@@ -30,9 +30,9 @@ impl Answer {
 
     /// The answer as a lookup returns it: the user, `None` for no such user, or the source's
     /// error.
-    pub(crate) fn into_result(self) -> Result<Option<UserJson>> {
+    pub(crate) fn into_result(self) -> Result<Option<Record>> {
         match self {
-            Answer::Found(user) => Ok(Some(user)),
+            Answer::Found(record) => Ok(Some(record)),
             Answer::Missing => Ok(None),
             Answer::Unavailable(err) => Err(err),
         }
@@ -50,7 +50,7 @@ impl Answer {
     /// The length of what [`Answer::write`] appends.
     pub(crate) fn len(&self, id: &str) -> usize {
         match self {
-            Answer::Found(user) => user.as_bytes().len(),
+            Answer::Found(record) => record.as_bytes().len(),
             Answer::Missing => error_len(true, id),
             Answer::Unavailable(_) => error_len(false, id),
         }

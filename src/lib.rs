@@ -1,5 +1,6 @@
-//! `enrich` replaces the user references in feed activities (`"actor":"SU:alice"`) with the
-//! user objects they name, exactly as Stream's Feeds v2 API returns them.
+//! `enrich` replaces the references in feed activities — users (`"actor":"SU:alice"`) and
+//! collection entries (`"object":"SO:food:burger"`) — with the objects they name, exactly as
+//! Stream's Feeds v2 API returns them.
 //!
 //! # Layout
 //!
@@ -67,7 +68,8 @@
 //! let stats = enricher.enrich_values(&mut page, Depth::TopLevel).await?;
 //! assert_eq!(page[0]["actor"]["data"]["name"], "Alice");
 //! assert_eq!(page[1]["actor"]["error"], "ReferenceNotFound");
-//! assert_eq!((stats.references, stats.store_calls, stats.missing), (2, 1, 1));
+//! assert_eq!(page[0]["object"]["reference_type"], "object"); // no entry post:1 yet
+//! assert_eq!((stats.references, stats.store_calls, stats.missing), (3, 1, 2));
 //! # Ok(())
 //! # }
 //! ```
@@ -84,10 +86,12 @@ pub mod batch;
 #[cfg(feature = "bench")]
 pub mod bench;
 mod cache;
+pub mod collection;
 mod enricher;
 pub mod error;
 mod id;
 pub mod page;
+pub mod record;
 pub mod reference;
 mod resolver;
 pub mod retry;
@@ -103,10 +107,12 @@ mod value;
 
 pub use async_trait::async_trait;
 pub use cache::{CacheConfig, CacheStats};
+pub use collection::{EntryJson, EntryKey, NewEntry};
 pub use enricher::{EnrichedPage, Enricher, EnricherBuilder, OnStoreError};
 pub use error::{Error, ErrorKind, Result};
 pub use page::RawPage;
-pub use reference::ReferenceKind;
+pub use record::Record;
+pub use reference::{Key, ReferenceKind};
 pub use shape::{Depth, MAX_DEPTH};
 pub use stats::EnrichStats;
 pub use store::{SharedSource, SharedStore, StoreOptions, UserSource, UserStore};

@@ -6,7 +6,7 @@
 use crate::answer::Answer;
 use crate::error::{Error, Result};
 use crate::id::Ids;
-use crate::reference::user_ref;
+use crate::reference::reference_key;
 use crate::scan::{Scanner, Site};
 use crate::shape::{Depth, Role};
 
@@ -133,9 +133,10 @@ impl RawPage {
             let decoded;
             let id = if site.escaped {
                 decoded = serde_json::from_slice::<String>(token).expect("checked as a reference");
-                user_ref(&decoded).expect("checked as a reference")
+                reference_key(&decoded).expect("checked as a reference")
             } else {
-                // "SU:<id>" without escapes: the id is the token less `"SU:` and `"`.
+                // "SU:<id>" or "SO:<collection>:<id>" without escapes: the key is the token
+                // less its quotes and three-character prefix.
                 std::str::from_utf8(&token[4..token.len() - 1]).expect("checked as a reference")
             };
             site.id = self.ids.intern(id);

@@ -17,9 +17,9 @@ use tokio::sync::oneshot;
 use crate::answer::Answer;
 use crate::cache::{BatchFuture, BatchResult, Cached, Flight, Joined, L1, Memo};
 use crate::error::{Error, ErrorKind, Result};
+use crate::reference::Key;
 use crate::stats::EnrichStats;
 use crate::store::SharedSource;
-use crate::user::UserId;
 
 impl From<Cached> for Answer {
     fn from(cached: Cached) -> Answer {
@@ -170,11 +170,11 @@ impl Resolver {
         // those ids from it rather than asking the source again.
         let rechecked: Vec<Option<Cached>> =
             started.iter().map(|(i, _)| self.l1.get(&ids[*i])).collect();
-        let to_load: Vec<UserId> = started
+        let to_load: Vec<Key> = started
             .iter()
             .zip(&rechecked)
             .filter(|(_, cached)| cached.is_none())
-            .map(|((i, _), _)| UserId::parse(&ids[*i]).expect("resolver ids are valid"))
+            .map(|((i, _), _)| Key::parse(&ids[*i]).expect("resolver keys are valid"))
             .collect();
         stats.l1_hits += (started.len() - to_load.len()) as u64;
         if !to_load.is_empty() {
@@ -221,7 +221,7 @@ struct Load {
     ids: Vec<(Box<str>, Arc<Flight>)>,
     /// What the L1 held for each when rechecked; `None` for those in `to_load`.
     rechecked: Vec<Option<Cached>>,
-    to_load: Vec<UserId>,
+    to_load: Vec<Key>,
     sender: oneshot::Sender<BatchResult>,
 }
 
@@ -230,7 +230,7 @@ impl Load {
         let fetched = if self.to_load.is_empty() {
             Vec::new()
         } else {
-            self.source.get_many_each(&self.to_load).await
+            self.source.get_records_each(&self.to_load).await
         };
         let expected = self.to_load.len();
         let result = if fetched.len() != expected {
@@ -248,7 +248,7 @@ impl Load {
                 .rechecked
                 .iter()
                 .map(|cached| match cached {
-                    Some(cached) => Ok(cached.user().cloned()),
+                    Some(cached) => Ok(cached.record().cloned()),
                     None => fetched.next().expect("one answer per id to load"),
                 })
                 .collect::<Vec<_>>())

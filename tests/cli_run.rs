@@ -47,7 +47,7 @@ fn golden(dir: &Path, store: &[&str], persistent: bool) {
         "{summary}"
     );
     assert!(
-        summary.contains("activities 12, references 19, distinct users 8, missing 3"),
+        summary.contains("activities 12, references 21, distinct 10, missing 5"),
         "{summary}"
     );
 }

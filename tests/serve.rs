@@ -399,16 +399,22 @@ async fn enrich_endpoint_takes_every_shape() {
     let missing =
         r#"{"error":"ReferenceNotFound","reference":"SU:bob","reference_type":"user","id":"bob"}"#;
 
-    let activity = r#"{"actor":"SU:eric","verb":"post","object":"SO:post:1","to":["SU:eric"]}"#;
+    // No such entry: Stream's object `ReferenceNotFound`; `SO:post` is no reference.
+    let post = r#"{"collection":"post","id":"1","error":"ReferenceNotFound","reference":"SO:post:1","reference_type":"object"}"#;
+    let activity = r#"{"actor":"SU:eric","verb":"post","object":"SO:post:1","to":["SU:eric"],"target":"SO:post"}"#;
     let enriched = enrich(&server, "/", activity).await;
     assert_eq!(
         enriched,
-        format!(r#"{{"actor":{eric},"verb":"post","object":"SO:post:1","to":["SU:eric"]}}"#)
+        format!(
+            r#"{{"actor":{eric},"verb":"post","object":{post},"to":["SU:eric"],"target":"SO:post"}}"#
+        )
     );
     let deep = enrich(&server, "/?deep=true", activity).await;
     assert_eq!(
         deep,
-        format!(r#"{{"actor":{eric},"verb":"post","object":"SO:post:1","to":[{eric}]}}"#)
+        format!(
+            r#"{{"actor":{eric},"verb":"post","object":{post},"to":[{eric}],"target":"SO:post"}}"#
+        )
     );
 
     let group = r#"{"id":"g","verb":"like","activity_count":2,"activities":[{"actor":"SU:eric"},{"actor":"SU:bob"}]}"#;

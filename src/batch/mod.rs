@@ -292,7 +292,7 @@ impl std::fmt::Display for RunSummary {
         }
         write!(
             f,
-            "lines {} (written {}, rejected {}), activities {}, references {}, distinct users {}, \
+            "lines {} (written {}, rejected {}), activities {}, references {}, distinct {}, \
              missing {}, L1 hit ratio {:.1}%, store calls {}, elapsed {:.3} s, {:.0} activities/s",
             self.lines,
             self.written,

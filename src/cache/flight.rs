@@ -22,11 +22,11 @@ use tokio::sync::oneshot;
 
 use super::Hasher;
 use crate::error::Result;
-use crate::user::UserJson;
+use crate::record::Record;
 
 /// The result of one batched store call, shared by every id it loaded: an answer or an error
 /// per id (a cluster node can fail while the others answer), or one error for the whole call.
-pub(crate) type BatchResult = Arc<Result<Vec<Result<Option<UserJson>>>>>;
+pub(crate) type BatchResult = Arc<Result<Vec<Result<Option<Record>>>>>;
 
 /// A batched load's answer, as every waiter sees it; an error if the loader was dropped.
 pub(crate) type BatchFuture = Shared<oneshot::Receiver<BatchResult>>;

@@ -9,8 +9,8 @@ use moka::Expiry;
 
 use super::flight::{BatchFuture, Flight, Flights, Joined};
 use super::{CacheConfig, CacheStats, Cached, Hasher};
+use crate::record::Record;
 use crate::store::StoreEvent;
-use crate::user::UserJson;
 
 struct Ttl {
     found: Duration,
@@ -41,7 +41,7 @@ impl Expiry<Arc<str>, Cached> for Ttl {
 const ENTRY_OVERHEAD: usize = 96;
 
 fn weigh(key: &Arc<str>, value: &Cached) -> u32 {
-    let bytes = key.len() + value.user().map_or(0, |u| u.as_bytes().len()) + ENTRY_OVERHEAD;
+    let bytes = key.len() + value.record().map_or(0, |r| r.as_bytes().len()) + ENTRY_OVERHEAD;
     u32::try_from(bytes).unwrap_or(u32::MAX)
 }
 
@@ -151,14 +151,15 @@ impl L1 {
     /// Puts `user`, which the caller holds and vouches is current, in the cache, as a load
     /// that completes now would: not while the cache is bypassed or disabled, and not past an
     /// invalidation of its id that begins meanwhile. A load of it in flight no longer fills.
-    pub(crate) fn prime(&self, user: UserJson) {
+    pub(crate) fn prime(&self, key: &str, record: Record) {
         let _no_flush = crate::sync::read(&self.flush);
         if !self.enabled || self.bypass.load(Ordering::Acquire) {
             return;
         }
-        self.flights.prime(user.id(), |key| {
+        self.flights.prime(key, |key| {
             self.misses.invalidate(key);
-            self.users.insert(key.clone(), Cached::Found(user.clone()));
+            self.users
+                .insert(key.clone(), Cached::Found(record.clone()));
         });
         // Memos hold what the L1 said before: they must start over, as after an invalidation.
         self.generation.fetch_add(1, Ordering::AcqRel);

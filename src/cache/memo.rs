@@ -90,26 +90,26 @@ impl Memo {
         }
         let answers: Vec<(&str, u64, Cached)> = answers.collect();
         let bytes = (answers.iter())
-            .filter_map(|(_, _, cached)| cached.user())
-            .map(|user| user.as_bytes().len())
+            .filter_map(|(_, _, cached)| cached.record())
+            .map(|record| record.as_bytes().len())
             .sum();
         self.bytes += bytes;
         // The memo's copies of a page's users share one buffer: one allocation, and one
         // reference count that stays in this core's cache however many of them a page uses.
         let mut copies = Vec::with_capacity(if self.shares { 0 } else { bytes });
         if !self.shares {
-            for user in answers.iter().filter_map(|(_, _, cached)| cached.user()) {
-                copies.extend_from_slice(user.as_bytes());
+            for record in answers.iter().filter_map(|(_, _, cached)| cached.record()) {
+                copies.extend_from_slice(record.as_bytes());
             }
         }
         let copies = bytes::Bytes::from(copies);
         let mut at = 0;
         for (id, hash, cached) in answers {
             let private = match cached {
-                Cached::Found(user) if !self.shares => {
-                    let len = user.as_bytes().len();
+                Cached::Found(record) if !self.shares => {
+                    let len = record.as_bytes().len();
                     at += len;
-                    Cached::Found(user.held_in(copies.slice(at - len..at)))
+                    Cached::Found(record.held_in(copies.slice(at - len..at)))
                 }
                 other => other,
             };
@@ -165,11 +165,11 @@ mod tests {
         let json = format!(
             r#"{{"created_at":"2021-04-13T22:53:19.670051Z","updated_at":"2021-04-13T22:53:19.670051Z","id":"a","data":{{"name":"{name}"}}}}"#
         );
-        Cached::Found(UserJson::from_stored(json).unwrap())
+        Cached::Found(UserJson::from_stored(json).unwrap().into())
     }
 
     fn name(cached: Option<&Cached>) -> Option<String> {
-        let user = cached?.user()?.as_str();
+        let user = cached?.record()?.as_str();
         let start = user.find(r#""name":""#)? + 8;
         Some(user[start..user.len() - 3].to_string())
     }

@@ -15,7 +15,7 @@ mod write_through;
 
 use std::time::Duration;
 
-use crate::user::UserJson;
+use crate::record::Record;
 
 pub(crate) use self::flight::{BatchFuture, BatchResult, Flight, Joined};
 pub(crate) use self::l1::L1;
@@ -26,23 +26,23 @@ pub(crate) use self::write_through::WriteThrough;
 /// be attacked with colliding keys.
 type Hasher = foldhash::fast::RandomState;
 
-/// What the L1 knows of a user.
+/// What the L1 knows of a key.
 #[derive(Debug, Clone)]
 pub(crate) enum Cached {
-    /// The user as stored.
-    Found(UserJson),
-    /// The store said there is no such user.
+    /// The record as stored.
+    Found(Record),
+    /// The store said there is no such record.
     Missing,
 }
 
 impl Cached {
-    pub(crate) fn from_store(found: Option<UserJson>) -> Cached {
+    pub(crate) fn from_store(found: Option<Record>) -> Cached {
         found.map_or(Cached::Missing, Cached::Found)
     }
 
-    pub(crate) fn user(&self) -> Option<&UserJson> {
+    pub(crate) fn record(&self) -> Option<&Record> {
         match self {
-            Cached::Found(user) => Some(user),
+            Cached::Found(record) => Some(record),
             Cached::Missing => None,
         }
     }

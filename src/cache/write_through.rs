@@ -5,7 +5,10 @@ use std::sync::Arc;
 use async_trait::async_trait;
 
 use super::L1;
+use crate::collection::{EntryJson, EntryKey, NewEntry, StoredEntry};
 use crate::error::Result;
+use crate::record::Record;
+use crate::reference::Key;
 use crate::store::{Added, ImportOutcome, ImportUser, SharedStore, UserSource, UserStore};
 use crate::user::{NewUser, UserId, UserJson};
 
@@ -25,6 +28,14 @@ impl UserSource for WriteThrough {
 
     async fn get_many_each(&self, ids: &[UserId]) -> Vec<Result<Option<UserJson>>> {
         self.store.get_many_each(ids).await
+    }
+
+    async fn get_entries_each(&self, keys: &[EntryKey]) -> Vec<Result<Option<EntryJson>>> {
+        self.store.get_entries_each(keys).await
+    }
+
+    async fn get_records_each(&self, keys: &[Key]) -> Vec<Result<Option<Record>>> {
+        self.store.get_records_each(keys).await
     }
 
     fn describe(&self) -> String {
@@ -62,5 +73,43 @@ impl UserStore for WriteThrough {
             self.l1.invalidate(user.user().id().as_str());
         }
         outcomes
+    }
+
+    async fn add_entry(&self, entry: &NewEntry) -> Result<EntryJson> {
+        let added = self.store.add_entry(entry).await;
+        self.l1.invalidate(entry.key().as_str());
+        added
+    }
+
+    async fn update_entry(&self, entry: &NewEntry) -> Result<EntryJson> {
+        let updated = self.store.update_entry(entry).await;
+        self.l1.invalidate(entry.key().as_str());
+        updated
+    }
+
+    async fn delete_entry(&self, key: &EntryKey) -> Result<()> {
+        let deleted = self.store.delete_entry(key).await;
+        self.l1.invalidate(key.as_str());
+        deleted
+    }
+
+    async fn upsert_entries(&self, entries: &[NewEntry]) -> Result<Vec<EntryJson>> {
+        let written = self.store.upsert_entries(entries).await;
+        for entry in entries {
+            self.l1.invalidate(entry.key().as_str());
+        }
+        written
+    }
+
+    async fn delete_entries(&self, keys: &[EntryKey]) -> Result<u64> {
+        let deleted = self.store.delete_entries(keys).await;
+        for key in keys {
+            self.l1.invalidate(key.as_str());
+        }
+        deleted
+    }
+
+    async fn get_stored_entry(&self, key: &EntryKey) -> Result<Option<StoredEntry>> {
+        self.store.get_stored_entry(key).await
     }
 }

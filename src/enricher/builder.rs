@@ -90,7 +90,7 @@ impl<S: ?Sized> EnricherBuilder<S> {
             None
         };
         Arc::new(Inner {
-            users: Resolver {
+            resolver: Resolver {
                 source,
                 l1,
                 max_batch: self.max_batch,
@@ -108,7 +108,7 @@ impl EnricherBuilder {
         let inner = self.inner(self.backing.clone());
         let users = Arc::new(WriteThrough {
             store: self.backing,
-            l1: inner.users.l1.clone(),
+            l1: inner.resolver.l1.clone(),
         });
         Enricher {
             inner,

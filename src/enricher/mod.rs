@@ -13,10 +13,12 @@ use std::sync::Arc;
 
 pub use self::builder::{EnricherBuilder, OnStoreError};
 pub use self::pages::EnrichedPage;
+use crate::answer::Answer;
 use crate::cache::{CacheStats, MemoPool};
+use crate::collection::{EntryJson, EntryKey};
 use crate::error::Result;
 use crate::id::Ids;
-use crate::reference::ReferenceKind;
+use crate::record::Record;
 use crate::resolver::Resolver;
 use crate::stats::EnrichStats;
 use crate::store::{SharedSource, SharedStore, UserSource, UserStore, WatchGuard};
@@ -88,7 +90,7 @@ impl<S: ?Sized + fmt::Debug> fmt::Debug for Enricher<S> {
 #[derive(Debug)]
 struct Inner {
     /// Resolves user references: the source, the L1, the loads in flight.
-    users: Resolver,
+    resolver: Resolver,
     on_store_error: OnStoreError,
     /// Memos of the L1's answers lent to pages on the raw-bytes path.
     memos: MemoPool,
@@ -135,10 +137,22 @@ impl<S: ?Sized> Enricher<S> {
     pub async fn get(&self, id: &UserId) -> Result<Option<UserJson>> {
         let ids = [Box::<str>::from(id.as_str())];
         let mut stats = EnrichStats::default();
-        let answers = self.inner.users.resolve(&ids, &mut stats).await;
-        (answers.into_iter().next())
-            .expect("one answer per id")
-            .into_result()
+        let answers = self.inner.resolver.resolve(&ids, &mut stats).await;
+        user_of((answers.into_iter().next()).expect("one answer per id"))
+    }
+
+    /// The collection entry `key` as a page's `SO:` reference to it would be answered, through
+    /// the L1 and the loads in flight: `None` if there is no such entry. A fault of the source
+    /// is an error, never `None`.
+    pub async fn get_entry(&self, key: &EntryKey) -> Result<Option<EntryJson>> {
+        let keys = [Box::<str>::from(key.as_str())];
+        let mut stats = EnrichStats::default();
+        let answers = self.inner.resolver.resolve(&keys, &mut stats).await;
+        let answer = answers.into_iter().next().expect("one answer per key");
+        Ok(answer.into_result()?.and_then(|record| match record {
+            Record::Entry(entry) => Some(entry),
+            Record::User(_) => None,
+        }))
     }
 
     /// The users `ids`, in order (an id given twice is answered twice, read once), with one
@@ -155,11 +169,11 @@ impl<S: ?Sized> Enricher<S> {
         let mut distinct = Ids::with_capacity(ids.len());
         let slots: Vec<u32> = ids.iter().map(|id| distinct.intern(id.as_str())).collect();
         let mut stats = EnrichStats::default();
-        let answers = (self.inner.users)
+        let answers = (self.inner.resolver)
             .resolve(&distinct.into_ids(), &mut stats)
             .await;
         (slots.into_iter())
-            .map(|slot| answers[slot as usize].clone().into_result())
+            .map(|slot| user_of(answers[slot as usize].clone()))
             .collect()
     }
 
@@ -174,29 +188,30 @@ impl<S: ?Sized> Enricher<S> {
     /// bypassed, not disabled), for the same TTL as a loaded user. Unlike DataLoader's `prime`,
     /// it replaces what the L1 holds for the id.
     pub fn prime(&self, user: UserJson) {
-        self.inner.users.l1.prime(user);
+        let key: Box<str> = user.id().into();
+        self.inner.resolver.l1.prime(&key, Record::User(user));
     }
 
     /// Drops `id` from the L1 and keeps loads of it in flight from filling it.
     pub fn invalidate(&self, id: &str) {
-        self.inner.users.l1.invalidate(id);
+        self.inner.resolver.l1.invalidate(id);
     }
 
     /// Drops everything from the L1 and fences every load in flight.
     pub fn invalidate_all(&self) {
-        self.inner.users.l1.invalidate_all();
+        self.inner.resolver.l1.invalidate_all();
     }
 
     /// While `true`, the L1 is neither read nor filled: every read goes to the store. For when
     /// announcements of writes may be missed.
     pub fn set_cache_bypass(&self, bypass: bool) {
-        self.inner.users.l1.set_bypass(bypass);
+        self.inner.resolver.l1.set_bypass(bypass);
     }
 
     /// True while the L1 is bypassed: the store is watched but its announcements may be missed
     /// (the watch is starting, or its connection is down).
     pub fn cache_bypassed(&self) -> bool {
-        self.inner.users.l1.bypassed()
+        self.inner.resolver.l1.bypassed()
     }
 
     /// Waits until the L1 is in use (the store's watch is up), for at most `timeout`; true if
@@ -215,13 +230,14 @@ impl<S: ?Sized> Enricher<S> {
     /// What the L1 holds (users, misses, bytes) and what happened to it (evictions,
     /// invalidations, bypass).
     pub fn cache_stats(&self) -> CacheStats {
-        self.inner.users.l1.stats()
+        self.inner.resolver.l1.stats()
     }
+}
 
-    /// The resolver of references of `kind`.
-    fn resolver(&self, kind: ReferenceKind) -> &Resolver {
-        match kind {
-            ReferenceKind::User => &self.inner.users,
-        }
-    }
+/// The user an answer to a user id holds.
+fn user_of(answer: Answer) -> Result<Option<UserJson>> {
+    Ok(answer.into_result()?.and_then(|record| match record {
+        Record::User(user) => Some(user),
+        Record::Entry(_) => None,
+    }))
 }

@@ -8,7 +8,6 @@ use crate::answer::Answer;
 use crate::cache::Memo;
 use crate::error::Result;
 use crate::page::RawPage;
-use crate::reference::ReferenceKind;
 use crate::shape::Depth;
 use crate::stats::EnrichStats;
 use crate::value::{EnrichedValues, References, enrich_in_place};
@@ -89,8 +88,7 @@ impl<S: ?Sized> Enricher<S> {
             ..EnrichStats::default()
         };
         stats.distinct = page.ids().len() as u64;
-        let answers = self
-            .resolver(ReferenceKind::User)
+        let answers = (self.inner.resolver)
             .resolve_with(
                 page.ids(),
                 &mut stats,
@@ -168,7 +166,7 @@ impl<S: ?Sized> Enricher<S> {
 
     async fn resolve(&self, ids: &[Box<str>], stats: &mut EnrichStats) -> Result<Vec<Answer>> {
         stats.distinct = ids.len() as u64;
-        let answers = self.resolver(ReferenceKind::User).resolve(ids, stats).await;
+        let answers = self.inner.resolver.resolve(ids, stats).await;
         self.fail_on_store_fault(answers)
     }
 

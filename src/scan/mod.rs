@@ -19,8 +19,7 @@ use std::ops::Range;
 use self::swar::string_stop;
 use self::token::{escape_len, number_in_range};
 use crate::error::{Error, Result};
-use crate::id::is_valid_id;
-use crate::reference::{USER_PREFIX, user_ref};
+use crate::reference::{reference_key, reference_key_bytes};
 use crate::shape::{Depth, MAX_DEPTH, Role, container};
 
 /// A reference found in a page: where its string token is in the compacted buffer, and which
@@ -267,12 +266,10 @@ impl<'a> Scanner<'a> {
         let Token { out, src, escaped } = self.string()?;
         let token = &self.src[src];
         let is_ref = if escaped {
-            serde_json::from_slice::<String>(token).is_ok_and(|text| user_ref(&text).is_some())
+            serde_json::from_slice::<String>(token).is_ok_and(|text| reference_key(&text).is_some())
         } else {
-            // Without escapes the bytes between the quotes are the text; an id is ASCII, so
-            // the bytes alone decide.
-            token[1..].starts_with(USER_PREFIX.as_bytes())
-                && is_valid_id(&token[1 + USER_PREFIX.len()..token.len() - 1])
+            // Without escapes the bytes between the quotes are the text.
+            reference_key_bytes(&token[1..token.len() - 1]).is_some()
         };
         if is_ref {
             sites.push(Site {

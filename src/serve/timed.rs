@@ -7,7 +7,10 @@ use std::time::Instant;
 use async_trait::async_trait;
 
 use super::metrics::Metrics;
+use crate::collection::{EntryJson, EntryKey, NewEntry, StoredEntry};
 use crate::error::Result;
+use crate::record::Record;
+use crate::reference::Key;
 use crate::store::{
     Added, EventSink, ImportOutcome, ImportUser, SharedStore, UserSource, UserStore, WatchGuard,
 };
@@ -48,6 +51,20 @@ impl UserSource for Timed {
             }
             None => self.metrics.record_store_call("get_many", started, &Ok(())),
         }
+        result
+    }
+
+    async fn get_entries_each(&self, keys: &[EntryKey]) -> Vec<Result<Option<EntryJson>>> {
+        let started = Instant::now();
+        let result = self.store.get_entries_each(keys).await;
+        self.record_each(started, &result);
+        result
+    }
+
+    async fn get_records_each(&self, keys: &[Key]) -> Vec<Result<Option<Record>>> {
+        let started = Instant::now();
+        let result = self.store.get_records_each(keys).await;
+        self.record_each(started, &result);
         result
     }
 
@@ -99,5 +116,66 @@ impl UserStore for Timed {
         let result = self.store.import(users, override_existing).await;
         self.metrics.record_store_call("import", started, &result);
         result
+    }
+
+    async fn add_entry(&self, entry: &NewEntry) -> Result<EntryJson> {
+        let started = Instant::now();
+        let result = self.store.add_entry(entry).await;
+        self.metrics
+            .record_store_call("add_entry", started, &result);
+        result
+    }
+
+    async fn update_entry(&self, entry: &NewEntry) -> Result<EntryJson> {
+        let started = Instant::now();
+        let result = self.store.update_entry(entry).await;
+        self.metrics
+            .record_store_call("update_entry", started, &result);
+        result
+    }
+
+    async fn delete_entry(&self, key: &EntryKey) -> Result<()> {
+        let started = Instant::now();
+        let result = self.store.delete_entry(key).await;
+        self.metrics
+            .record_store_call("delete_entry", started, &result);
+        result
+    }
+
+    async fn upsert_entries(&self, entries: &[NewEntry]) -> Result<Vec<EntryJson>> {
+        let started = Instant::now();
+        let result = self.store.upsert_entries(entries).await;
+        self.metrics
+            .record_store_call("upsert_entries", started, &result);
+        result
+    }
+
+    async fn delete_entries(&self, keys: &[EntryKey]) -> Result<u64> {
+        let started = Instant::now();
+        let result = self.store.delete_entries(keys).await;
+        self.metrics
+            .record_store_call("delete_entries", started, &result);
+        result
+    }
+
+    async fn get_stored_entry(&self, key: &EntryKey) -> Result<Option<StoredEntry>> {
+        let started = Instant::now();
+        let result = self.store.get_stored_entry(key).await;
+        self.metrics
+            .record_store_call("get_entry", started, &result);
+        result
+    }
+}
+
+impl Timed {
+    /// Records a batched read with an answer per key as one call, failed if any answer is.
+    fn record_each<T>(&self, started: Instant, answers: &[Result<T>]) {
+        match answers.iter().find_map(|r| r.as_ref().err()) {
+            Some(err) => {
+                let failed: Result<()> = Err(err.clone());
+                self.metrics.record_store_call("get_many", started, &failed);
+            }
+            None => self.metrics.record_store_call("get_many", started, &Ok(())),
+        }
     }
 }

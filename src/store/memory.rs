@@ -4,15 +4,46 @@ use async_trait::async_trait;
 use dashmap::DashMap;
 use dashmap::mapref::entry::Entry;
 
-use super::{Added, ImportOutcome, ImportUser, UserSource, UserStore, conflict, not_found};
+use super::{
+    Added, ImportOutcome, ImportUser, UserSource, UserStore, conflict, entry_conflict,
+    entry_not_found, not_found,
+};
+use crate::collection::{EntryJson, EntryKey, NewEntry, StoredEntry};
 use crate::error::Result;
+use crate::record::Record;
+use crate::reference::Key;
 use crate::user::{NewUser, Timestamp, UserId, UserJson};
 
-/// Users in this process's memory. Each `memory:` store starts empty and is gone with the
-/// process; the map's entry locks make every write atomic per user.
+/// Users and collection entries in this process's memory. Each `memory:` store starts empty
+/// and is gone with the process; the maps' entry locks make every write atomic per record.
 #[derive(Debug, Default)]
 pub struct MemoryStore {
     users: DashMap<UserId, UserJson>,
+    entries: DashMap<EntryKey, StoredEntry>,
+}
+
+impl MemoryStore {
+    fn entry(&self, key: &EntryKey) -> Option<EntryJson> {
+        self.entries.get(key).map(|e| e.entry.clone())
+    }
+
+    /// `entry` written now over `existing` (whose `created_at` and owner it keeps), or new.
+    fn replacing(entry: &NewEntry, existing: Option<&StoredEntry>, now: Timestamp) -> StoredEntry {
+        match existing {
+            Some(old) => {
+                let created = Timestamp::parse(old.entry.created_at())
+                    .expect("a stored created_at is a timestamp");
+                StoredEntry {
+                    entry: entry.to_json(created, now),
+                    owner: old.owner.clone(),
+                }
+            }
+            None => StoredEntry {
+                entry: entry.to_json(now, now),
+                owner: entry.owner().cloned(),
+            },
+        }
+    }
 }
 
 impl MemoryStore {
@@ -29,6 +60,21 @@ impl UserSource for MemoryStore {
             .iter()
             .map(|id| self.users.get(id).map(|u| u.clone()))
             .collect())
+    }
+
+    async fn get_entries_each(&self, keys: &[EntryKey]) -> Vec<Result<Option<EntryJson>>> {
+        keys.iter().map(|key| Ok(self.entry(key))).collect()
+    }
+
+    async fn get_records_each(&self, keys: &[Key]) -> Vec<Result<Option<Record>>> {
+        keys.iter()
+            .map(|key| {
+                Ok(match key {
+                    Key::User(id) => self.users.get(id).map(|u| Record::User(u.clone())),
+                    Key::Entry(key) => self.entry(key).map(Record::Entry),
+                })
+            })
+            .collect()
     }
 
     fn describe(&self) -> String {
@@ -97,5 +143,58 @@ impl UserStore for MemoryStore {
                 },
             )
             .collect())
+    }
+
+    async fn add_entry(&self, entry: &NewEntry) -> Result<EntryJson> {
+        match self.entries.entry(entry.key().clone()) {
+            Entry::Occupied(_) => Err(entry_conflict(entry.key())),
+            Entry::Vacant(slot) => {
+                let stored = MemoryStore::replacing(entry, None, Timestamp::now());
+                Ok(slot.insert(stored).entry.clone())
+            }
+        }
+    }
+
+    async fn update_entry(&self, entry: &NewEntry) -> Result<EntryJson> {
+        let mut stored =
+            (self.entries.get_mut(entry.key())).ok_or_else(|| entry_not_found(entry.key()))?;
+        *stored = MemoryStore::replacing(entry, Some(&stored), Timestamp::now());
+        Ok(stored.entry.clone())
+    }
+
+    async fn delete_entry(&self, key: &EntryKey) -> Result<()> {
+        self.entries
+            .remove(key)
+            .map(|_| ())
+            .ok_or_else(|| entry_not_found(key))
+    }
+
+    async fn upsert_entries(&self, entries: &[NewEntry]) -> Result<Vec<EntryJson>> {
+        let now = Timestamp::now();
+        Ok(entries
+            .iter()
+            .map(|entry| match self.entries.entry(entry.key().clone()) {
+                Entry::Vacant(slot) => {
+                    let stored = MemoryStore::replacing(entry, None, now);
+                    slot.insert(stored).entry.clone()
+                }
+                Entry::Occupied(mut existing) => {
+                    let stored = MemoryStore::replacing(entry, Some(existing.get()), now);
+                    existing.insert(stored.clone());
+                    stored.entry
+                }
+            })
+            .collect())
+    }
+
+    async fn delete_entries(&self, keys: &[EntryKey]) -> Result<u64> {
+        Ok(keys
+            .iter()
+            .filter(|key| self.entries.remove(*key).is_some())
+            .count() as u64)
+    }
+
+    async fn get_stored_entry(&self, key: &EntryKey) -> Result<Option<StoredEntry>> {
+        Ok(self.entries.get(key).map(|e| e.clone()))
     }
 }

@@ -41,6 +41,7 @@ pub use self::redis::{ClusterStore, RedisStore};
 pub use self::source::{SharedSource, UserSource};
 pub use self::url::{DEFAULT_STORE_URL, StoreUrl, open};
 pub use self::watch::{EventSink, StoreEvent, WatchGuard};
+use crate::collection::{EntryJson, EntryKey, NewEntry, StoredEntry};
 use crate::error::{Error, ErrorKind, Result};
 use crate::user::{NewUser, Timestamp, UserId, UserJson};
 
@@ -74,6 +75,75 @@ pub trait UserStore: UserSource {
         let mut found = self.get_many(std::slice::from_ref(id)).await?;
         found.pop().flatten().ok_or_else(|| not_found(id))
     }
+
+    // Collection entries. Every backend of this crate keeps them beside its users, with the
+    // same guarantees: atomic writes per entry, one serialized form, announcements of writes
+    // (an entry's key in `StoreEvent::Changed` is `<collection>:<id>`). A store of another
+    // crate that keeps none answers every entry write with `ErrorKind::InvalidInput`.
+
+    /// Creates `entry`, stamped now; [`ErrorKind::Conflict`] if its key is taken.
+    async fn add_entry(&self, entry: &NewEntry) -> Result<EntryJson> {
+        Err(no_collections(self.describe(), entry.key()))
+    }
+
+    /// Replaces the data of an existing entry, bumps `updated_at`, keeps `created_at` and the
+    /// owner; [`ErrorKind::NotFound`] if there is none.
+    async fn update_entry(&self, entry: &NewEntry) -> Result<EntryJson> {
+        Err(no_collections(self.describe(), entry.key()))
+    }
+
+    /// Removes an entry; [`ErrorKind::NotFound`] if there is none.
+    async fn delete_entry(&self, key: &EntryKey) -> Result<()> {
+        Err(no_collections(self.describe(), key))
+    }
+
+    /// Writes many entries in one round trip, in order: each is created, or replaces the
+    /// existing entry keeping its `created_at` and owner. Answers the entries as stored.
+    async fn upsert_entries(&self, entries: &[NewEntry]) -> Result<Vec<EntryJson>> {
+        match entries.first() {
+            Some(entry) => Err(no_collections(self.describe(), entry.key())),
+            None => Ok(Vec::new()),
+        }
+    }
+
+    /// Removes many entries in one round trip; keys that do not exist are skipped. Answers how
+    /// many existed.
+    async fn delete_entries(&self, keys: &[EntryKey]) -> Result<u64> {
+        match keys.first() {
+            Some(key) => Err(no_collections(self.describe(), key)),
+            None => Ok(0),
+        }
+    }
+
+    /// Reads one entry with its owner; `None` if there is none.
+    async fn get_stored_entry(&self, key: &EntryKey) -> Result<Option<StoredEntry>> {
+        Err(no_collections(self.describe(), key))
+    }
+
+    /// Reads one entry; [`ErrorKind::NotFound`] if there is none.
+    async fn get_entry(&self, key: &EntryKey) -> Result<EntryJson> {
+        let mut found = self.get_entries_each(std::slice::from_ref(key)).await;
+        found
+            .pop()
+            .unwrap_or(Ok(None))?
+            .ok_or_else(|| entry_not_found(key))
+    }
+}
+
+fn no_collections(store: String, key: &EntryKey) -> Error {
+    Error::invalid(format!(
+        "{store} keeps no collection entries (writing entry {key})"
+    ))
+}
+
+/// The error for an entry that does not exist.
+pub(crate) fn entry_not_found(key: &EntryKey) -> Error {
+    Error::new(ErrorKind::NotFound, format!("entry {key:?} does not exist"))
+}
+
+/// The error for an entry that exists already.
+pub(crate) fn entry_conflict(key: &EntryKey) -> Error {
+    Error::new(ErrorKind::Conflict, format!("entry {key:?} already exists"))
 }
 
 /// A shared handle to any store.

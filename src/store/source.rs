@@ -7,7 +7,10 @@ use std::sync::Arc;
 use async_trait::async_trait;
 
 use super::{EventSink, WatchGuard};
+use crate::collection::{EntryJson, EntryKey};
 use crate::error::Result;
+use crate::record::Record;
+use crate::reference::Key;
 use crate::user::{UserId, UserJson};
 
 /// Where an enricher reads users from: one batched read, and maybe announcements of writes.
@@ -85,6 +88,49 @@ pub trait UserSource: Send + Sync + fmt::Debug + 'static {
         }
     }
 
+    /// Reads many collection entries in one round trip, with an answer or an error for each.
+    ///
+    /// A source that keeps no collections need not implement it: every entry is then missing,
+    /// and `SO:` references become Stream's `ReferenceNotFound`.
+    async fn get_entries_each(&self, keys: &[EntryKey]) -> Vec<Result<Option<EntryJson>>> {
+        vec![Ok(None); keys.len()]
+    }
+
+    /// Reads records of every kind in one go: what the resolver calls once per batch of a
+    /// page's misses. The default asks [`UserSource::get_many_each`] for the users and
+    /// [`UserSource::get_entries_each`] for the entries, side by side; the stores of this crate
+    /// answer both kinds in one round trip (one `MGET` on Redis, one per node on a cluster).
+    async fn get_records_each(&self, keys: &[Key]) -> Vec<Result<Option<Record>>> {
+        let (mut users, mut entries) = (Vec::new(), Vec::new());
+        for key in keys {
+            match key {
+                Key::User(id) => users.push(id.clone()),
+                Key::Entry(key) => entries.push(key.clone()),
+            }
+        }
+        let (asked_users, asked_entries) = (users.len(), entries.len());
+        let (users, entries) = match (users.is_empty(), entries.is_empty()) {
+            (false, true) => (self.get_many_each(&users).await, Vec::new()),
+            (true, false) => (Vec::new(), self.get_entries_each(&entries).await),
+            _ => {
+                futures::join!(self.get_many_each(&users), self.get_entries_each(&entries))
+            }
+        };
+        if users.len() != asked_users || entries.len() != asked_entries {
+            let err = crate::Error::new(
+                crate::ErrorKind::Internal,
+                format!(
+                    "{} answered {} of {} ids",
+                    self.describe(),
+                    users.len() + entries.len(),
+                    keys.len()
+                ),
+            );
+            return vec![Err(err); keys.len()];
+        }
+        merge_answers(keys, users, entries)
+    }
+
     /// Where the source is, for messages: `redis://127.0.0.1:6379`, `file:./enrich.db`. Never
     /// includes a password.
     fn describe(&self) -> String;
@@ -97,6 +143,26 @@ pub trait UserSource: Send + Sync + fmt::Debug + 'static {
         let _ = sink;
         None
     }
+}
+
+/// Puts the answers for the users and for the entries of `keys` (one each, in order) back in
+/// the order of `keys`.
+pub(crate) fn merge_answers(
+    keys: &[Key],
+    users: Vec<Result<Option<UserJson>>>,
+    entries: Vec<Result<Option<EntryJson>>>,
+) -> Vec<Result<Option<Record>>> {
+    let (mut users, mut entries) = (users.into_iter(), entries.into_iter());
+    keys.iter()
+        .map(|key| match key {
+            Key::User(_) => (users.next())
+                .expect("one answer per user")
+                .map(|found| found.map(Record::User)),
+            Key::Entry(_) => (entries.next())
+                .expect("one answer per entry")
+                .map(|found| found.map(Record::Entry)),
+        })
+        .collect()
 }
 
 /// A shared handle to any source.

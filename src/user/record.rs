@@ -14,7 +14,7 @@ use crate::id::is_valid_id;
 
 /// A stored user, serialized exactly as Stream returns and embeds it.
 #[derive(Clone, PartialEq, Eq, Hash)]
-pub struct UserJson(pub(super) Bytes);
+pub struct UserJson(pub(crate) Bytes);
 
 impl UserJson {
     const PREFIX: &'static [u8] = br#"{"created_at":""#;
@@ -132,13 +132,6 @@ impl UserJson {
     /// The JSON bytes.
     pub fn as_bytes(&self) -> &[u8] {
         &self.0
-    }
-
-    /// The same record, held in `copy`: a copy of its bytes in another buffer (so that threads
-    /// using the two never contend on one reference count).
-    pub(crate) fn held_in(&self, copy: Bytes) -> UserJson {
-        debug_assert_eq!(copy, self.0, "a copy of the same record");
-        UserJson(copy)
     }
 
     /// The JSON bytes as a cheaply cloned buffer.

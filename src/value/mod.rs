@@ -17,7 +17,7 @@ mod splice;
 use serde_json::{Map, Value};
 
 use crate::id::Ids;
-use crate::reference::user_ref;
+use crate::reference::reference_key;
 use crate::shape::{Depth, Role, container};
 
 /// Where a value stands in a document, which decides how it is searched for references.
@@ -229,7 +229,8 @@ fn walk_mut(value: &mut Value, place: Place, depth: Depth, visit: &mut impl FnMu
     }
 }
 
-/// The id a string value refers to, if it is a user reference.
+/// The key a string value refers to, if it is a reference (`alice` for `SU:alice`,
+/// `food:x` for `SO:food:x`).
 pub(crate) fn referenced_id(value: &Value) -> Option<&str> {
-    value.as_str().and_then(user_ref)
+    value.as_str().and_then(reference_key)
 }

@@ -338,7 +338,7 @@ mod tests {
     /// A page of one activity naming `bob`, answered with `stored` as bob's record.
     fn page_with<'a>(docs: &'a [Value], stored: &'static str) -> EnrichedValues<'a> {
         let refs = References::collect(docs, Depth::TopLevel);
-        let answers = vec![Answer::Found(UserJson::from_stored(stored).unwrap())];
+        let answers = vec![Answer::Found(UserJson::from_stored(stored).unwrap().into())];
         EnrichedValues::new(docs, Depth::TopLevel, refs, answers, EnrichStats::default())
     }
 
