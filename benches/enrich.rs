@@ -324,9 +324,77 @@ fn job(b: &mut criterion::Bencher<'_>, name: &str) {
     }
 }
 
+/// The warm page with its objects turned into collection entries: per activity an `SU:`
+/// actor, an `SO:` object (one of 20 entries of about the users' size) and an `SU:` target.
+fn mixed_page() -> Vec<String> {
+    (0..25)
+        .map(|i| {
+            serde_json::json!({
+                "id": format!("a{i}"),
+                "actor": format!("SU:u{}", i % 20),
+                "verb": "post",
+                "object": format!("SO:post:p{}", (i * 7 + 3) % 20),
+                "target": format!("SU:u{}", (i * 3 + 1) % 20),
+                "foreign_id": format!("post:{i}"),
+                "time": "2021-05-14T14:51:13.767221",
+            })
+            .to_string()
+        })
+        .collect()
+}
+
+/// Users only against users and entries: the same page shape, the same number of references,
+/// warm, on the raw-bytes path. Throughput is in references, so the two rows compare per
+/// reference.
+fn mixed_page_bench(c: &mut Criterion) {
+    let rt = runtime();
+    let store: SharedStore = Arc::new(MemoryStore::new());
+    rt.block_on(load_users(&store, &warm_workload())).unwrap();
+    let entries: Vec<enrich::NewEntry> = (0..20)
+        .map(|i| {
+            let key = enrich::EntryKey::new("post", &format!("p{i}")).unwrap();
+            let data = serde_json::json!({"title": format!("Post {i}"), "text": "x".repeat(120)});
+            enrich::NewEntry::new(key, Some(data)).unwrap()
+        })
+        .collect();
+    rt.block_on(store.upsert_entries(&entries)).unwrap();
+    let enricher = Enricher::new(store.clone());
+
+    let mut group = c.benchmark_group("mixed_page");
+    for (name, lines) in [
+        ("users_only", warm_page()),
+        ("users_and_entries", mixed_page()),
+    ] {
+        let mut page = RawPage::new(Depth::TopLevel);
+        for line in &lines {
+            page.push(line.as_bytes()).unwrap();
+        }
+        let stats = rt.block_on(enricher.enrich_page(&page)).unwrap().stats();
+        assert_eq!(stats.missing, 0, "{name}: every reference names a record");
+        group.throughput(Throughput::Elements(stats.references));
+        group.bench_function(name, |b| {
+            b.to_async(&rt).iter(|| async {
+                let mut page = RawPage::new(Depth::TopLevel);
+                for line in &lines {
+                    page.push(black_box(line.as_bytes())).unwrap();
+                }
+                let enriched = enricher.enrich_page(&page).await.unwrap();
+                let mut out = Vec::with_capacity(32768);
+                for doc in 0..page.len() {
+                    enriched.write(doc, &mut out);
+                    out.push(b'\n');
+                }
+                out
+            })
+        });
+    }
+    group.finish();
+}
+
 criterion_group!(
     benches,
     warm_page_bench,
+    mixed_page_bench,
     cold_page_bench,
     coalescing_bench,
     job_bench
