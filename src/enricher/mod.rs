@@ -192,9 +192,11 @@ impl<S: ?Sized> Enricher<S> {
         self.inner.resolver.l1.prime(&key, Record::User(user));
     }
 
-    /// Drops `id` from the L1 and keeps loads of it in flight from filling it.
-    pub fn invalidate(&self, id: &str) {
-        self.inner.resolver.l1.invalidate(id);
+    /// Drops `key` from the L1 and keeps loads of it in flight from filling it: a user's id
+    /// (`alice`), or a collection entry's `<collection>:<id>` (`food:burger`, its
+    /// [`EntryKey::as_str`]).
+    pub fn invalidate(&self, key: &str) {
+        self.inner.resolver.l1.invalidate(key);
     }
 
     /// Drops everything from the L1 and fences every load in flight.
