@@ -325,7 +325,8 @@ fn job(b: &mut criterion::Bencher<'_>, name: &str) {
 }
 
 /// The warm page with its objects turned into collection entries: per activity an `SU:`
-/// actor, an `SO:` object (one of 20 entries of about the users' size) and an `SU:` target.
+/// actor, an `SO:` object (one of 20 entries with as much data as a user) and an `SU:`
+/// target.
 fn mixed_page() -> Vec<String> {
     (0..25)
         .map(|i| {
@@ -353,7 +354,11 @@ fn mixed_page_bench(c: &mut Criterion) {
     let entries: Vec<enrich::NewEntry> = (0..20)
         .map(|i| {
             let key = enrich::EntryKey::new("post", &format!("p{i}")).unwrap();
-            let data = serde_json::json!({"title": format!("Post {i}"), "text": "x".repeat(120)});
+            // As much data as a workload user: the records differ by their framing only.
+            let data = serde_json::json!({
+                "title": format!("Post {i}"),
+                "image": format!("https://cdn.example.com/posts/{i}.png"),
+            });
             enrich::NewEntry::new(key, Some(data)).unwrap()
         })
         .collect();
