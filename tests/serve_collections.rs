@@ -990,3 +990,73 @@ async fn metrics_name_the_route_templates() {
     assert!(!metrics.contains("e1"), "{metrics}");
     server.stop().await;
 }
+
+#[tokio::test]
+async fn writes_through_the_api_reach_the_next_enrichment() {
+    let server = Server::start("memory:").await;
+    let all = sign(&json!({"resource": "*", "action": "*", "feed_id": "*"}));
+    let doc = r#"{"actor":"SU:nobody","object":"SO:food:burger","verb":"eat"}"#;
+    let enriched = |answer: &str| -> Value {
+        let value: Value = serde_json::from_str(answer).unwrap();
+        value["object"].clone()
+    };
+    let missing = json!({"collection": "food", "id": "burger", "error": "ReferenceNotFound",
+        "reference": "SO:food:burger", "reference_type": "object"});
+    let (status, body) = server
+        .call_as(&all, Method::POST, "/api/v1.0/enrich/", doc)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(enriched(&body), missing, "{body}");
+
+    // Added: the entry as a get answers it, minus duration (the L1's miss was forgotten).
+    let (_, added) = server
+        .call(
+            Method::POST,
+            "/api/v1.0/collections/food/",
+            r#"{"id":"burger","data":{"v":1}}"#,
+        )
+        .await;
+    let (_, body) = server
+        .call_as(&all, Method::POST, "/api/v1.0/enrich/", doc)
+        .await;
+    assert!(body.contains(&strip_duration(&added)), "{body}");
+    // Updated, upserted, deleted: each shows in the next enrichment.
+    let (_, updated) = server
+        .call(
+            Method::PUT,
+            "/api/v1.0/collections/food/burger/",
+            r#"{"data":{"v":2}}"#,
+        )
+        .await;
+    let (_, body) = server
+        .call_as(&all, Method::POST, "/api/v1.0/enrich/", doc)
+        .await;
+    assert!(body.contains(&strip_duration(&updated)), "{body}");
+    server
+        .call(
+            Method::POST,
+            "/api/v1.0/collections/",
+            r#"{"data":{"food":[{"id":"burger","v":3}]}}"#,
+        )
+        .await;
+    let (_, body) = server
+        .call_as(&all, Method::POST, "/api/v1.0/enrich/", doc)
+        .await;
+    assert_eq!(
+        enriched(&body)["data"],
+        json!({"id": "burger", "v": 3}),
+        "{body}"
+    );
+    server
+        .call(
+            Method::DELETE,
+            "/api/v1.0/collections/?collection_name=food&ids=burger",
+            "",
+        )
+        .await;
+    let (_, body) = server
+        .call_as(&all, Method::POST, "/api/v1.0/enrich/", doc)
+        .await;
+    assert_eq!(enriched(&body), missing, "{body}");
+    server.stop().await;
+}
