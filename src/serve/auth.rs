@@ -73,9 +73,7 @@ impl Access {
     /// Reading users and enriching.
     pub(crate) fn check_read(&self) -> Result<(), ApiError> {
         match self {
-            Access::Server { users, .. } if !users.read => Err(ApiError::not_allowed(
-                "this token does not allow reading users (action read)",
-            )),
+            Access::Server { users, .. } if !users.read => Err(refused(users, "reading", "read")),
             _ => Ok(()),
         }
     }
@@ -84,9 +82,7 @@ impl Access {
     pub(crate) fn check_write(&self, id: &str) -> Result<(), ApiError> {
         match self {
             Access::Server { users, .. } if users.write => Ok(()),
-            Access::Server { .. } => Err(ApiError::not_allowed(
-                "this token does not allow writing users (action write)",
-            )),
+            Access::Server { users, .. } => Err(refused(users, "writing", "write")),
             Access::User(user) => same_user(user, id),
         }
     }
@@ -95,11 +91,28 @@ impl Access {
     pub(crate) fn check_delete(&self, id: &str) -> Result<(), ApiError> {
         match self {
             Access::Server { users, .. } if users.delete => Ok(()),
-            Access::Server { .. } => Err(ApiError::not_allowed(
-                "this token does not allow deleting users (action delete)",
-            )),
+            Access::Server { users, .. } => Err(refused(users, "deleting", "delete")),
             Access::User(user) => same_user(user, id),
         }
+    }
+}
+
+/// Why a server token, granted `users` on the users API, may not do `verb` there.
+fn refused(users: &Actions, verb: &str, action: &str) -> ApiError {
+    refused_on("users", "users", users, verb, action)
+}
+
+/// Why a server token, granted `granted` on `api`, may not do `verb` there: its resource does
+/// not name the API at all, or its action is another.
+fn refused_on(api: &str, what: &str, granted: &Actions, verb: &str, action: &str) -> ApiError {
+    if *granted == Actions::NONE {
+        ApiError::not_allowed(format!(
+            "this token's resource does not include {api} (sign it for resource {api} or *)"
+        ))
+    } else {
+        ApiError::not_allowed(format!(
+            "this token does not allow {verb} {what} (action {action})"
+        ))
     }
 }
 
@@ -138,10 +151,13 @@ impl Access {
                 if allowed {
                     Ok(())
                 } else {
-                    Err(ApiError::not_allowed(format!(
-                        "this token does not allow {verb} collection entries (resource \
-                         collections, action {claim})"
-                    )))
+                    Err(refused_on(
+                        "collections",
+                        "collection entries",
+                        collections,
+                        verb,
+                        claim,
+                    ))
                 }
             }
             Access::User(user) => match action {
@@ -484,7 +500,9 @@ mod tests {
         // A users token may not touch collections, nor a collections token users.
         let users = token(json!({"resource": "users", "action": "*"}));
         for action in everything {
-            assert_eq!(users.check_entries(action).unwrap_err().code, 17);
+            let err = users.check_entries(action).unwrap_err();
+            assert_eq!(err.code, 17);
+            assert!(err.detail.contains("resource"), "{}", err.detail);
         }
         let collections = token(json!({"resource": "collections", "action": "*"}));
         assert!(collections.check_read().is_err() && collections.check_write("a").is_err());
