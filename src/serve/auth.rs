@@ -13,6 +13,11 @@
 //! | `user_id` only (a user token) | read users, enrich, write and delete user `user_id` |
 //! | anything else | nothing (403) |
 //!
+//! The collections API follows the same rules with `resource` `*` or `collections` (Java signs
+//! `read`, `write` or `delete` per call, the other clients `*`). A user token may add entries
+//! (it owns them), read any entry, and update or delete only the entries it owns; the batch
+//! endpoints take server tokens only.
+//!
 //! `resource` and `action` may each be a comma-separated list (the JS client joins arrays so).
 //! An `exp` claim, when present, is enforced, and so is `nbf` (not before); tokens without
 //! them (the clients' default) do not expire.
@@ -34,13 +39,16 @@ use super::error::ApiError;
 /// What the request's token allows.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Access {
-    /// A server token: these actions on every user.
-    Server(Actions),
-    /// A user token: reads, and writes of this one user.
+    /// A server token: these actions on every user, and these on every collection entry.
+    Server {
+        users: Actions,
+        collections: Actions,
+    },
+    /// A user token: reads, and writes of this one user and of the entries it owns.
     User(String),
 }
 
-/// The actions a server token allows on the users API.
+/// The actions a server token allows on one API (users, or collections).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub(crate) struct Actions {
     pub(crate) read: bool,
@@ -54,15 +62,18 @@ impl Actions {
         write: true,
         delete: true,
     };
+    const NONE: Actions = Actions {
+        read: false,
+        write: false,
+        delete: false,
+    };
 }
 
 impl Access {
     /// Reading users and enriching.
     pub(crate) fn check_read(&self) -> Result<(), ApiError> {
         match self {
-            Access::Server(actions) if !actions.read => Err(ApiError::not_allowed(
-                "this token does not allow reading users (action read)",
-            )),
+            Access::Server { users, .. } if !users.read => Err(refused(users, "reading", "read")),
             _ => Ok(()),
         }
     }
@@ -70,10 +81,8 @@ impl Access {
     /// Creating or updating user `id`.
     pub(crate) fn check_write(&self, id: &str) -> Result<(), ApiError> {
         match self {
-            Access::Server(actions) if actions.write => Ok(()),
-            Access::Server(_) => Err(ApiError::not_allowed(
-                "this token does not allow writing users (action write)",
-            )),
+            Access::Server { users, .. } if users.write => Ok(()),
+            Access::Server { users, .. } => Err(refused(users, "writing", "write")),
             Access::User(user) => same_user(user, id),
         }
     }
@@ -81,11 +90,103 @@ impl Access {
     /// Deleting user `id`.
     pub(crate) fn check_delete(&self, id: &str) -> Result<(), ApiError> {
         match self {
-            Access::Server(actions) if actions.delete => Ok(()),
-            Access::Server(_) => Err(ApiError::not_allowed(
-                "this token does not allow deleting users (action delete)",
-            )),
+            Access::Server { users, .. } if users.delete => Ok(()),
+            Access::Server { users, .. } => Err(refused(users, "deleting", "delete")),
             Access::User(user) => same_user(user, id),
+        }
+    }
+}
+
+/// Why a server token, granted `users` on the users API, may not do `verb` there.
+fn refused(users: &Actions, verb: &str, action: &str) -> ApiError {
+    refused_on("users", "users", users, verb, action)
+}
+
+/// Why a server token, granted `granted` on `api`, may not do `verb` there: its resource does
+/// not name the API at all, or its action is another.
+fn refused_on(api: &str, what: &str, granted: &Actions, verb: &str, action: &str) -> ApiError {
+    if *granted == Actions::NONE {
+        ApiError::not_allowed(format!(
+            "this token's resource does not include {api} (sign it for resource {api} or *)"
+        ))
+    } else {
+        ApiError::not_allowed(format!(
+            "this token does not allow {verb} {what} (action {action})"
+        ))
+    }
+}
+
+/// What a collections call asks of the token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum EntryAction {
+    /// Get one entry (any token that may read).
+    Read,
+    /// Add one entry (a user token adds it as its owner).
+    Add,
+    /// Update one entry (a user token only its own).
+    Update,
+    /// Delete one entry (a user token only its own).
+    Delete,
+    /// Upsert many (server tokens only).
+    BatchWrite,
+    /// Select many (server tokens only).
+    BatchRead,
+    /// Delete many (server tokens only).
+    BatchDelete,
+}
+
+impl Access {
+    /// Whether the token may make a collections call of this kind. A user token passes for
+    /// [`EntryAction::Update`] and [`EntryAction::Delete`] here; the handler then checks that
+    /// it owns the entry ([`Access::check_owner`]).
+    pub(crate) fn check_entries(&self, action: EntryAction) -> Result<(), ApiError> {
+        use EntryAction::*;
+        match self {
+            Access::Server { collections, .. } => {
+                let (allowed, verb, claim) = match action {
+                    Read | BatchRead => (collections.read, "reading", "read"),
+                    Add | Update | BatchWrite => (collections.write, "writing", "write"),
+                    Delete | BatchDelete => (collections.delete, "deleting", "delete"),
+                };
+                if allowed {
+                    Ok(())
+                } else {
+                    Err(refused_on(
+                        "collections",
+                        "collection entries",
+                        collections,
+                        verb,
+                        claim,
+                    ))
+                }
+            }
+            Access::User(user) => match action {
+                Read | Add | Update | Delete => Ok(()),
+                BatchWrite | BatchRead | BatchDelete => Err(ApiError::not_allowed(format!(
+                    "the batch collections endpoints take a server token, not a token of user \
+                     {user:?}"
+                ))),
+            },
+        }
+    }
+
+    /// The user a user token acts as; `None` for a server token.
+    pub(crate) fn user(&self) -> Option<&str> {
+        match self {
+            Access::User(user) => Some(user),
+            Access::Server { .. } => None,
+        }
+    }
+
+    /// Whether the token may change the entry `key`, owned by `owner`: a server token always
+    /// (its action was checked), a user token only an entry it owns.
+    pub(crate) fn check_owner(&self, key: &str, owner: Option<&str>) -> Result<(), ApiError> {
+        match self {
+            Access::Server { .. } => Ok(()),
+            Access::User(user) if owner == Some(user.as_str()) => Ok(()),
+            Access::User(user) => Err(ApiError::not_allowed(format!(
+                "a token of user {user:?} may not change entry {key:?}, which it does not own"
+            ))),
         }
     }
 }
@@ -226,7 +327,9 @@ impl Auth {
 fn access_of(claims: &Value) -> Result<Access, ApiError> {
     let text = |key: &str| claims.get(key).and_then(Value::as_str);
     match (text("resource"), text("action"), text("user_id")) {
-        (Some(resource), action, _) if covers(resource, "users") => {
+        (Some(resource), action, _)
+            if covers(resource, "users") || covers(resource, "collections") =>
+        {
             let action = action.unwrap_or("");
             let actions = if covers(action, "*") {
                 Actions::ALL
@@ -239,13 +342,23 @@ fn access_of(claims: &Value) -> Result<Access, ApiError> {
             };
             if actions == Actions::default() {
                 return Err(ApiError::not_allowed(format!(
-                    "a token for action {action:?} may not use the users API"
+                    "a token for action {action:?} may not use the users or collections API"
                 )));
             }
-            Ok(Access::Server(actions))
+            let on = |api: &str| {
+                if covers(resource, api) {
+                    actions
+                } else {
+                    Actions::NONE
+                }
+            };
+            Ok(Access::Server {
+                users: on("users"),
+                collections: on("collections"),
+            })
         }
         (Some(resource), _, _) => Err(ApiError::not_allowed(format!(
-            "a token for resource {resource:?} may not use the users API"
+            "a token for resource {resource:?} may not use the users or collections API"
         ))),
         (None, _, Some(user)) => Ok(Access::User(user.to_string())),
         _ => Err(ApiError::not_allowed(
@@ -292,25 +405,35 @@ mod tests {
 
     #[test]
     fn claims_decide_access() {
+        let server = |users, collections| Access::Server { users, collections };
         let python = json!({"action": "*", "resource": "users", "feed_id": "*"});
-        assert_eq!(access_of(&python).unwrap(), Access::Server(Actions::ALL));
+        let all_users = server(Actions::ALL, Actions::NONE);
+        assert_eq!(access_of(&python).unwrap(), all_users);
         let js = json!({"resource": "*", "action": "*", "feed_id": "*"});
-        assert_eq!(access_of(&js).unwrap(), Access::Server(Actions::ALL));
+        assert_eq!(access_of(&js).unwrap(), server(Actions::ALL, Actions::ALL));
         let php = json!({"resource": "users", "action": "*", "feed_id": "*", "user_id": "*"});
-        assert_eq!(access_of(&php).unwrap(), Access::Server(Actions::ALL));
+        assert_eq!(access_of(&php).unwrap(), all_users);
+        let php = json!({"resource": "collections", "action": "*", "user_id": "*"});
+        assert_eq!(
+            access_of(&php).unwrap(),
+            server(Actions::NONE, Actions::ALL)
+        );
         let read = json!({"resource": "*", "action": "read"});
         let only_read = Actions {
             read: true,
             ..Actions::default()
         };
-        assert_eq!(access_of(&read).unwrap(), Access::Server(only_read));
+        assert_eq!(access_of(&read).unwrap(), server(only_read, only_read));
         let listed = json!({"resource": "feed,users", "action": "write, delete"});
         let write_delete = Actions {
             write: true,
             delete: true,
             ..Actions::default()
         };
-        assert_eq!(access_of(&listed).unwrap(), Access::Server(write_delete));
+        assert_eq!(
+            access_of(&listed).unwrap(),
+            server(write_delete, Actions::NONE)
+        );
         let user = json!({"user_id": "alice"});
         assert_eq!(access_of(&user).unwrap(), Access::User("alice".into()));
         let feed = json!({"resource": "feed", "action": "*"});
@@ -344,6 +467,86 @@ mod tests {
         assert!(alice.check_delete("alice").is_ok());
         assert_eq!(alice.check_write("bob").unwrap_err().status.as_u16(), 403);
         assert!(alice.check_delete("bob").is_err());
-        assert!(Access::Server(Actions::ALL).check_write("anyone").is_ok());
+        let server = Access::Server {
+            users: Actions::ALL,
+            collections: Actions::NONE,
+        };
+        assert!(server.check_write("anyone").is_ok());
+    }
+
+    #[test]
+    fn collection_tokens() {
+        use EntryAction::*;
+        let token = |claims: Value| access_of(&claims).unwrap();
+        let everything = [
+            Read,
+            Add,
+            Update,
+            Delete,
+            BatchWrite,
+            BatchRead,
+            BatchDelete,
+        ];
+        for claims in [
+            json!({"resource": "collections", "action": "*", "feed_id": "*", "user_id": "*"}),
+            json!({"resource": "*", "action": "*", "feed_id": "*"}),
+        ] {
+            let access = token(claims);
+            for action in everything {
+                assert!(access.check_entries(action).is_ok(), "{action:?}");
+            }
+            assert!(access.check_owner("food:x", None).is_ok());
+        }
+        // A users token may not touch collections, nor a collections token users.
+        let users = token(json!({"resource": "users", "action": "*"}));
+        for action in everything {
+            let err = users.check_entries(action).unwrap_err();
+            assert_eq!(err.code, 17);
+            assert!(err.detail.contains("resource"), "{}", err.detail);
+        }
+        let collections = token(json!({"resource": "collections", "action": "*"}));
+        assert!(collections.check_read().is_err() && collections.check_write("a").is_err());
+        // Java: one action per token.
+        let java = |action: &str| token(json!({"resource": "collections", "action": action}));
+        let (read, write, delete) = (java("read"), java("write"), java("delete"));
+        for (access, allowed) in [
+            (&read, [Read, BatchRead]),
+            (&write, [Add, BatchWrite]),
+            (&delete, [Delete, BatchDelete]),
+        ] {
+            for action in everything {
+                let want = allowed.contains(&action) || (access == &write && action == Update);
+                assert_eq!(
+                    access.check_entries(action).is_ok(),
+                    want,
+                    "{access:?} {action:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn users_change_only_their_entries() {
+        let alice = Access::User("alice".into());
+        for action in [EntryAction::Read, EntryAction::Add, EntryAction::Update] {
+            assert!(alice.check_entries(action).is_ok());
+        }
+        for action in [
+            EntryAction::BatchWrite,
+            EntryAction::BatchRead,
+            EntryAction::BatchDelete,
+        ] {
+            assert_eq!(
+                alice.check_entries(action).unwrap_err().status.as_u16(),
+                403
+            );
+        }
+        assert!(alice.check_owner("food:x", Some("alice")).is_ok());
+        assert_eq!(
+            alice.check_owner("food:x", Some("bob")).unwrap_err().code,
+            17
+        );
+        assert!(alice.check_owner("food:x", None).is_err());
+        assert_eq!(alice.user(), Some("alice"));
     }
 }

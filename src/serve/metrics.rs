@@ -91,6 +91,7 @@ pub(crate) struct Metrics {
     store_calls: Counter,
     fetched: Counter,
     written: Counter,
+    entries_written: Counter,
     live: Arc<Live>,
 }
 
@@ -121,6 +122,7 @@ impl Metrics {
             store_calls: Counter::default(),
             fetched: Counter::default(),
             written: Counter::default(),
+            entries_written: Counter::default(),
             live: Arc::new(Live::default()),
         };
         let r = &mut metrics.registry;
@@ -210,6 +212,12 @@ impl Metrics {
             "Users written through the server, each dropped from the L1 at once",
             metrics.written.clone(),
         );
+        r.register(
+            "enrich_entries_written",
+            "Collection entries written or deleted through the server, each dropped from the L1 \
+             at once",
+            metrics.entries_written.clone(),
+        );
         r.register_collector(Box::new(metrics.live.clone()));
         metrics
     }
@@ -258,6 +266,11 @@ impl Metrics {
     /// Users written through the server, each dropped from the L1.
     pub(crate) fn record_invalidations(&self, users: u64) {
         self.written.inc_by(users);
+    }
+
+    /// Collection entries written or deleted through the server, each dropped from the L1.
+    pub(crate) fn record_entry_writes(&self, entries: u64) {
+        self.entries_written.inc_by(entries);
     }
 
     /// A request refused by a limit.

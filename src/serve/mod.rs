@@ -1,8 +1,9 @@
 //! `enrich serve`: a Stream-compatible HTTP API over the same store and engine as the CLI.
 //!
 //! Stream's official server-side clients, unmodified, can be pointed at it: the users API
-//! (`/api/v1.0/user/…`, `/api/v1.0/users/`) answers with Stream's bodies, status codes and
-//! errors, and `POST /api/v1.0/enrich/` enriches documents sent to it.
+//! (`/api/v1.0/user/…`, `/api/v1.0/users/`) and the collections API
+//! (`/api/v1.0/collections/…`, PHP's `/api/v1.0/meta/`) answer with Stream's bodies, status
+//! codes and errors, and `POST /api/v1.0/enrich/` enriches documents sent to it.
 //!
 //! # Layout
 //!
@@ -16,7 +17,7 @@
 //! - `auth`: the API key and the JWT; decides what the token may do.
 //! - `request`: bodies within their limits of size and time, JSON and query parameters;
 //!   `budget`: the bytes all requests and responses may hold at once.
-//! - `users` and `enrich`: the handlers. `health`: `/livez`, `/readyz` (and `/healthz`, the
+//! - `users`, `collections` and `enrich`: the handlers. `health`: `/livez`, `/readyz` (and `/healthz`, the
 //!   same) and `/metrics`, kept by `metrics`.
 //! - `error`: Stream's error bodies and how an [`crate::Error`] maps to one.
 //!
@@ -37,6 +38,7 @@
 
 mod auth;
 mod budget;
+mod collections;
 mod conn;
 mod enrich;
 mod error;
@@ -195,6 +197,31 @@ fn router(enricher: Enricher, config: &ServeConfig) -> Result<(Router, AppState)
         post(users::add_many)
             .get(users::get_many)
             .delete(users::delete_many),
+    );
+    api = both(
+        api,
+        "/api/v1.0/collections/",
+        post(collections::upsert)
+            .get(collections::select)
+            .delete(collections::delete_many),
+    );
+    // PHP's client upserts and selects through `meta/`.
+    api = both(
+        api,
+        "/api/v1.0/meta/",
+        post(collections::upsert).get(collections::select),
+    );
+    api = both(
+        api,
+        "/api/v1.0/collections/{collection}/",
+        post(collections::add),
+    );
+    api = both(
+        api,
+        "/api/v1.0/collections/{collection}/{id}/",
+        get(collections::get)
+            .put(collections::update)
+            .delete(collections::delete),
     );
     api = both(api, "/api/v1.0/enrich/", post(enrich::enrich));
     let api = api.route_layer(middleware::from_fn_with_state(state.clone(), auth::require));

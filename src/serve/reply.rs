@@ -186,6 +186,10 @@ fn route_label(matched: Option<&str>) -> &'static str {
         "/api/v1.0/user" => "/api/v1.0/user",
         "/api/v1.0/user/{id}" => "/api/v1.0/user/{id}",
         "/api/v1.0/users" => "/api/v1.0/users",
+        "/api/v1.0/collections" => "/api/v1.0/collections",
+        "/api/v1.0/collections/{collection}" => "/api/v1.0/collections/{collection}",
+        "/api/v1.0/collections/{collection}/{id}" => "/api/v1.0/collections/{collection}/{id}",
+        "/api/v1.0/meta" => "/api/v1.0/meta",
         "/api/v1.0/enrich" => "/api/v1.0/enrich",
         "/healthz" => "/healthz",
         "/livez" => "/livez",
@@ -221,5 +225,10 @@ mod tests {
         assert_eq!(label("/api/v1.0/user/{id}/"), "/api/v1.0/user/{id}");
         assert_eq!(label("/api/v1.0/user/{id}"), "/api/v1.0/user/{id}");
         assert_eq!(route_label(None), "unmatched");
+        assert_eq!(
+            label("/api/v1.0/collections/{collection}/{id}/"),
+            "/api/v1.0/collections/{collection}/{id}"
+        );
+        assert_eq!(label("/api/v1.0/meta/"), "/api/v1.0/meta");
     }
 }

@@ -1,0 +1,407 @@
+//! The collections API: add, get, update and delete one entry, and the batch forms (upsert,
+//! select, delete many), with Stream's bodies. Every write goes through
+//! [`crate::Enricher::users`], so this process's L1 forgets an entry the moment it is written.
+//!
+//! Entries are answered as stored: their bytes go out with `"duration"` spliced in, never
+//! re-encoded. Upsert items are flat (the whole item, `id` included, is the entry's data), as
+//! every client sends them.
+
+use std::collections::HashSet;
+
+use axum::Extension;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use bytes::Bytes;
+use serde_json::{Map, Value};
+
+use super::AppState;
+use super::auth::{Access, EntryAction};
+use super::error::ApiError;
+use super::reply::Pending;
+use super::request::json_object;
+use crate::collection::{EntryJson, EntryKey, NewEntry, generate_id};
+use crate::user::{UserId, json_type};
+
+/// The path of an entry: `{collection}/{id}`.
+type EntryPath = Result<Path<(String, String)>, axum::extract::rejection::PathRejection>;
+/// The path of a collection: `{collection}`.
+type CollectionPath = Result<Path<String>, axum::extract::rejection::PathRejection>;
+/// The query string as pairs in order: the batch routes take `ids` repeated, as Python sends it.
+type Pairs = Result<Query<Vec<(String, String)>>, axum::extract::rejection::QueryRejection>;
+
+fn entry_key(path: EntryPath) -> Result<EntryKey, ApiError> {
+    let Path((collection, id)) =
+        path.map_err(|e| ApiError::input(format!("bad entry path: {e}")))?;
+    Ok(EntryKey::new(&collection, &id)?)
+}
+
+fn pairs(query: Pairs) -> Result<Vec<(String, String)>, ApiError> {
+    query
+        .map(|q| q.0)
+        .map_err(|e| ApiError::input(format!("bad query string: {e}")))
+}
+
+/// An optional string field: absent, `null` and `""` are all "not given" (JS leaves `id` out,
+/// Python, Ruby and PHP send `null`, Java's empty `CollectionData` sends `""`).
+fn optional_text<'a>(body: &'a Map<String, Value>, key: &str) -> Result<Option<&'a str>, ApiError> {
+    match body.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) if s.is_empty() => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s)),
+        Some(other) => Err(ApiError::input(format!(
+            "{key} must be a string, got {}",
+            json_type(other)
+        ))),
+    }
+}
+
+/// The owner of an entry added with `body`: a user token's own user, else the body's
+/// `user_id`, if any.
+fn owner_of(access: &Access, body: &Map<String, Value>) -> Result<Option<UserId>, ApiError> {
+    if let Some(user) = access.user() {
+        // A user token adds entries as itself, whatever the body says.
+        return UserId::parse(user).map(Some).map_err(|e| {
+            ApiError::not_allowed(format!(
+                "the token's user_id is not a valid user id: {}",
+                e.message()
+            ))
+        });
+    }
+    match optional_text(body, "user_id")? {
+        Some(user) => Ok(Some(UserId::parse(user)?)),
+        None => Ok(None),
+    }
+}
+
+fn entry_reply(status: StatusCode, entry: &EntryJson) -> Pending {
+    Pending::object(status, entry.bytes().clone())
+}
+
+/// `POST /api/v1.0/collections/{collection}/` `{"id":…,"data":{…},"user_id":…}`: creates the
+/// entry (an id not given is generated) and answers it, 201; a taken id is 409.
+pub(crate) async fn add(
+    State(state): State<AppState>,
+    Extension(access): Extension<Access>,
+    collection: CollectionPath,
+    body: Bytes,
+) -> Result<Pending, ApiError> {
+    access.check_entries(EntryAction::Add)?;
+    let Path(collection) =
+        collection.map_err(|e| ApiError::input(format!("bad collection path: {e}")))?;
+    let mut body = json_object(&body)?;
+    let id = match optional_text(&body, "id")? {
+        Some(id) => id.to_string(),
+        None => generate_id(),
+    };
+    let owner = owner_of(&access, &body)?;
+    let key = EntryKey::new(&collection, &id)?;
+    let entry = NewEntry::new(key, body.remove("data"))?.owned_by(owner);
+    let added = state.users().add_entry(&entry).await?;
+    state.metrics.record_entry_writes(1);
+    Ok(entry_reply(StatusCode::CREATED, &added))
+}
+
+/// `GET /api/v1.0/collections/{collection}/{id}/`: the entry, 200; absent is 404.
+pub(crate) async fn get(
+    State(state): State<AppState>,
+    Extension(access): Extension<Access>,
+    path: EntryPath,
+) -> Result<Pending, ApiError> {
+    access.check_entries(EntryAction::Read)?;
+    let key = entry_key(path)?;
+    let entry = state.users().get_entry(&key).await?;
+    Ok(entry_reply(StatusCode::OK, &entry))
+}
+
+/// Checks that a user token owns the entry `key` before it changes it: absent is 404, another
+/// user's (or no user's) is 403. A server token is not asked about.
+async fn check_owner(state: &AppState, access: &Access, key: &EntryKey) -> Result<(), ApiError> {
+    if access.user().is_none() {
+        return Ok(());
+    }
+    let stored = state
+        .users()
+        .get_stored_entry(key)
+        .await?
+        .ok_or_else(|| crate::store::entry_not_found(key))?;
+    access.check_owner(key.as_str(), stored.owner.as_ref().map(UserId::as_str))
+}
+
+/// `PUT /api/v1.0/collections/{collection}/{id}/` `{"data":{…}}`: replaces the data, keeps
+/// `created_at` and the owner, 201; absent is 404; a body `id` other than the path's is 400.
+pub(crate) async fn update(
+    State(state): State<AppState>,
+    Extension(access): Extension<Access>,
+    path: EntryPath,
+    body: Bytes,
+) -> Result<Pending, ApiError> {
+    access.check_entries(EntryAction::Update)?;
+    let key = entry_key(path)?;
+    let mut body = json_object(&body)?;
+    if let Some(id) = optional_text(&body, "id")?
+        && id != key.id()
+    {
+        return Err(ApiError::input(format!(
+            "an update may not change the id: the body names {:?}, the path {:?}",
+            crate::user::shorten(id),
+            key.id()
+        )));
+    }
+    // An owner given with an update (Java sends `user_id`) is not a change of owner.
+    let entry = NewEntry::new(key, body.remove("data"))?;
+    check_owner(&state, &access, entry.key()).await?;
+    let updated = state.users().update_entry(&entry).await?;
+    state.metrics.record_entry_writes(1);
+    Ok(entry_reply(StatusCode::CREATED, &updated))
+}
+
+/// `DELETE /api/v1.0/collections/{collection}/{id}/`: answers `{"duration":…}`, 200; absent
+/// is 404. A body (Python sends `{}`) is ignored.
+pub(crate) async fn delete(
+    State(state): State<AppState>,
+    Extension(access): Extension<Access>,
+    path: EntryPath,
+) -> Result<Pending, ApiError> {
+    access.check_entries(EntryAction::Delete)?;
+    let key = entry_key(path)?;
+    check_owner(&state, &access, &key).await?;
+    state.users().delete_entry(&key).await?;
+    state.metrics.record_entry_writes(1);
+    Ok(Pending::object(StatusCode::OK, "{}"))
+}
+
+/// Refuses a batch call naming more than `max` entries.
+fn check_batch(count: usize, max: usize) -> Result<(), ApiError> {
+    if count > max {
+        return Err(ApiError::over_limit(
+            "max_batch_ids",
+            "entries",
+            count as u64,
+            max as u64,
+        ));
+    }
+    Ok(())
+}
+
+/// `POST /api/v1.0/collections/` (PHP: `POST /api/v1.0/meta/`)
+/// `{"data":{"<collection>":[{"id":…,…},…],…}}`: creates or replaces every item (each item,
+/// `id` included, is its entry's data; an item without id gets a generated one as its first
+/// key). Answers 201 `{"data":{"<collection>":[items as stored…],…}}`.
+pub(crate) async fn upsert(
+    State(state): State<AppState>,
+    Extension(access): Extension<Access>,
+    body: Bytes,
+) -> Result<Pending, ApiError> {
+    access.check_entries(EntryAction::BatchWrite)?;
+    let mut body = json_object(&body)?;
+    let collections = match body.remove("data") {
+        Some(Value::Object(map)) => map,
+        Some(other) => {
+            return Err(ApiError::input(format!(
+                "data must be an object of collections, got {}",
+                json_type(&other)
+            )));
+        }
+        None => {
+            return Err(ApiError::input(
+                r#"the body needs data: {"<collection>":[items…]}"#,
+            ));
+        }
+    };
+    let mut count = 0usize;
+    for (name, items) in &collections {
+        let Value::Array(items) = items else {
+            return Err(ApiError::input(format!(
+                "data.{}: the items must be an array, got {}",
+                crate::user::shorten(name),
+                json_type(items)
+            )));
+        };
+        count += items.len();
+    }
+    check_batch(count, state.limits.max_batch_ids)?;
+    let mut entries = Vec::with_capacity(count);
+    // Where each collection's items sit in `entries`, in the order of the body.
+    let mut groups = Vec::with_capacity(collections.len());
+    for (name, items) in collections {
+        let Value::Array(items) = items else {
+            unreachable!("checked above")
+        };
+        let start = entries.len();
+        for (i, item) in items.into_iter().enumerate() {
+            let at = || format!("data.{}[{i}]", crate::user::shorten(&name));
+            let Value::Object(item) = item else {
+                return Err(ApiError::input(format!(
+                    "{}: an item must be an object, got {}",
+                    at(),
+                    json_type(&item)
+                )));
+            };
+            let (id, item) = match optional_text(&item, "id")
+                .map_err(|e| ApiError::input(format!("{}: {}", at(), e.detail)))?
+            {
+                Some(id) => (id.to_string(), item),
+                None => {
+                    let id = generate_id();
+                    let mut with_id = Map::with_capacity(item.len() + 1);
+                    with_id.insert("id".to_string(), Value::String(id.clone()));
+                    with_id.extend(item.into_iter().filter(|(k, _)| k != "id"));
+                    (id, with_id)
+                }
+            };
+            let entry = EntryKey::new(&name, &id)
+                .and_then(|key| NewEntry::new(key, Some(Value::Object(item))))
+                .map_err(|e| ApiError::input(format!("{}: {}", at(), e.message())))?;
+            entries.push(entry);
+        }
+        groups.push((name, start..entries.len()));
+    }
+    state.users().upsert_entries(&entries).await?;
+    state.metrics.record_entry_writes(entries.len() as u64);
+    let mut out = Vec::with_capacity(
+        16 + entries
+            .iter()
+            .map(|e| e.data_json().len() + 1)
+            .sum::<usize>(),
+    );
+    out.extend_from_slice(br#"{"data":{"#);
+    for (g, (name, range)) in groups.iter().enumerate() {
+        if g > 0 {
+            out.push(b',');
+        }
+        // Valid collection names need no escaping; an empty group's name was not checked.
+        out.extend_from_slice(
+            serde_json::to_string(name)
+                .expect("a string serializes")
+                .as_bytes(),
+        );
+        out.extend_from_slice(b":[");
+        for (i, entry) in entries[range.clone()].iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            out.extend_from_slice(entry.data_json().as_bytes());
+        }
+        out.push(b']');
+    }
+    out.extend_from_slice(b"}}");
+    Ok(Pending::object(StatusCode::CREATED, out))
+}
+
+/// Every value of `name` in the query, each split at commas, empty parts dropped, repeats
+/// answered once, in order.
+fn list(query: &[(String, String)], name: &str) -> Vec<String> {
+    let mut seen = HashSet::new();
+    query
+        .iter()
+        .filter(|(k, _)| k == name)
+        .flat_map(|(_, v)| v.split(','))
+        .map(str::trim)
+        .filter(|s| !s.is_empty() && seen.insert(s.to_string()))
+        .map(String::from)
+        .collect()
+}
+
+/// `GET /api/v1.0/collections/?foreign_ids=c:id,c:id` (PHP: `GET /api/v1.0/meta/`):
+/// `{"response":{"data":[entries]},"duration":…}`, the entries that exist in the order asked,
+/// each once.
+pub(crate) async fn select(
+    State(state): State<AppState>,
+    Extension(access): Extension<Access>,
+    query: Pairs,
+) -> Result<Pending, ApiError> {
+    access.check_entries(EntryAction::BatchRead)?;
+    let ids = list(&pairs(query)?, "foreign_ids");
+    if ids.is_empty() {
+        return Err(ApiError::input(
+            "the foreign_ids query parameter is missing; send foreign_ids=<collection>:<id>,…",
+        ));
+    }
+    check_batch(ids.len(), state.limits.max_batch_ids)?;
+    let keys = ids
+        .iter()
+        .map(|id| EntryKey::parse(id))
+        .collect::<crate::error::Result<Vec<_>>>()?;
+    let mut found = Vec::with_capacity(keys.len());
+    for entry in state.users().get_entries_each(&keys).await {
+        // A store fault is an error, never an entry left out.
+        if let Some(entry) = entry? {
+            found.push(entry);
+        }
+    }
+    let mut out =
+        Vec::with_capacity(32 + found.iter().map(|e| e.as_bytes().len() + 1).sum::<usize>());
+    out.extend_from_slice(br#"{"response":{"data":["#);
+    for (i, entry) in found.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(entry.as_bytes());
+    }
+    out.extend_from_slice(b"]}}");
+    Ok(Pending::object(StatusCode::OK, out))
+}
+
+/// `DELETE /api/v1.0/collections/?collection_name=c&ids=a,b` (or `ids=a&ids=b`): removes the
+/// entries that exist, skips the others; answers `{"duration":…}`, 200.
+pub(crate) async fn delete_many(
+    State(state): State<AppState>,
+    Extension(access): Extension<Access>,
+    query: Pairs,
+) -> Result<Pending, ApiError> {
+    access.check_entries(EntryAction::BatchDelete)?;
+    let query = pairs(query)?;
+    let collection = query
+        .iter()
+        .find(|(k, _)| k == "collection_name")
+        .map(|(_, v)| v.trim())
+        .filter(|v| !v.is_empty())
+        .ok_or_else(|| ApiError::input("the collection_name query parameter is missing"))?;
+    let ids = list(&query, "ids");
+    if ids.is_empty() {
+        return Err(ApiError::input(
+            "the ids query parameter is missing; send ids=a,b,c",
+        ));
+    }
+    check_batch(ids.len(), state.limits.max_batch_ids)?;
+    let keys = ids
+        .iter()
+        .map(|id| EntryKey::new(collection, id))
+        .collect::<crate::error::Result<Vec<_>>>()?;
+    state.users().delete_entries(&keys).await?;
+    state.metrics.record_entry_writes(keys.len() as u64);
+    Ok(Pending::object(StatusCode::OK, "{}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn query(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn lists_join_repeats_and_commas() {
+        let q = query(&[("ids", "a,b"), ("x", "c"), ("ids", "b"), ("ids", " d ,,")]);
+        assert_eq!(list(&q, "ids"), ["a", "b", "d"]);
+        assert!(list(&q, "foreign_ids").is_empty());
+    }
+
+    #[test]
+    fn no_id_means_generate() {
+        let body = |v: Value| v.as_object().unwrap().clone();
+        let t = |v: Value| optional_text(&body(v), "id").map(|o| o.map(String::from));
+        assert_eq!(t(serde_json::json!({})).unwrap(), None);
+        assert_eq!(t(serde_json::json!({"id": null})).unwrap(), None);
+        assert_eq!(t(serde_json::json!({"id": ""})).unwrap(), None);
+        assert_eq!(
+            t(serde_json::json!({"id": "x"})).unwrap(),
+            Some("x".to_string())
+        );
+        assert_eq!(t(serde_json::json!({"id": 1})).unwrap_err().code, 4);
+    }
+}

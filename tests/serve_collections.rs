@@ -1,0 +1,1062 @@
+//! The collections API of `enrich serve` driven over real HTTP, on port 0: Stream's bodies,
+//! status codes and errors for add, get, update, delete, upsert, select and delete many, their
+//! limits, and who may call what.
+
+use std::time::Duration;
+
+use enrich::serve::{ServeConfig, serve};
+use enrich::{Enricher, StoreOptions, store};
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+
+const KEY: &str = "test-key";
+const SECRET: &str = "test-secret";
+
+struct Server {
+    base: String,
+    client: reqwest::Client,
+    token: String,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+}
+
+impl Server {
+    async fn start(url: &str) -> Server {
+        let store = store::open(url, &StoreOptions::new().namespace("serve-collections"))
+            .await
+            .expect("open the store");
+        let config = ServeConfig::new(KEY, SECRET);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let enricher = Enricher::new(config.instrument(store));
+        assert!(enricher.wait_for_cache(Duration::from_secs(5)).await);
+        let task = tokio::spawn(serve(listener, enricher, config, async move {
+            let _ = stopped.await;
+        }));
+        Server {
+            base,
+            client: reqwest::Client::new(),
+            // What Python, Ruby and PHP sign for collection calls.
+            token: sign(
+                &json!({"resource": "collections", "action": "*", "feed_id": "*", "user_id": "*"}),
+            ),
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+
+    fn as_token(&self, method: Method, path: &str, token: &str) -> reqwest::RequestBuilder {
+        let sep = if path.contains('?') { '&' } else { '?' };
+        self.client
+            .request(method, format!("{}{path}{sep}api_key={KEY}", self.base))
+            .header("Authorization", token)
+            .header("stream-auth-type", "jwt")
+    }
+
+    /// Sends `body` to `path` with the server token; the status and the body of the answer.
+    async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        body: impl Into<reqwest::Body>,
+    ) -> (StatusCode, String) {
+        let token = self.token.clone();
+        self.call_as(&token, method, path, body).await
+    }
+
+    async fn call_as(
+        &self,
+        token: &str,
+        method: Method,
+        path: &str,
+        body: impl Into<reqwest::Body>,
+    ) -> (StatusCode, String) {
+        let resp = self
+            .as_token(method, path, token)
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status();
+        (status, resp.text().await.unwrap())
+    }
+
+    async fn metrics(&self) -> String {
+        let resp = self
+            .client
+            .get(format!("{}/metrics", self.base))
+            .send()
+            .await
+            .unwrap();
+        resp.text().await.unwrap()
+    }
+
+    async fn stop(mut self) {
+        let _ = self.stop.take().unwrap().send(());
+        self.task.take().unwrap().await.unwrap().unwrap();
+    }
+}
+
+fn sign(claims: &Value) -> String {
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        claims,
+        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()).unwrap(),
+    )
+    .unwrap()
+}
+
+fn user_token(user: &str) -> String {
+    sign(&json!({ "user_id": user }))
+}
+
+/// Splits `{…,"duration":"1.23ms"}` into the object without it, checking that it is last.
+fn strip_duration(body: &str) -> String {
+    let at = body
+        .rfind(r#","duration":""#)
+        .or_else(|| body.rfind(r#""duration":""#))
+        .unwrap_or_else(|| panic!("no duration in {body}"));
+    let tail = &body[at..];
+    assert!(tail.ends_with("ms\"}"), "duration is not last: {body}");
+    let mut rest = body[..at].to_string();
+    rest.push('}');
+    rest
+}
+
+/// Checks a Stream error body: the five keys in order, and what they say; answers the detail.
+fn assert_error(status: StatusCode, body: &str, want: u16, code: u64, exception: &str) -> String {
+    assert_eq!(status.as_u16(), want, "{body}");
+    let value: Value = serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body}"));
+    let keys: Vec<&str> = value
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(|k| k.as_str())
+        .collect();
+    assert_eq!(
+        keys,
+        ["code", "detail", "duration", "exception", "status_code"],
+        "{body}"
+    );
+    assert_eq!(value["code"], code, "{body}");
+    assert_eq!(value["exception"], exception, "{body}");
+    assert_eq!(value["status_code"], want, "{body}");
+    value["detail"].as_str().unwrap().to_string()
+}
+
+/// Checks an entry's bytes: Stream's keys in Stream's order, these values, timestamps with six
+/// fractional digits; answers them parsed.
+fn assert_entry(entry: &str, collection: &str, id: &str, data: &str) -> Value {
+    let head = format!(
+        r#"{{"id":"{id}","collection":"{collection}","foreign_id":"{collection}:{id}","data":{data},"created_at":""#
+    );
+    assert!(
+        entry.starts_with(&head),
+        "{entry}\nwant it to start with {head}"
+    );
+    let value: Value = serde_json::from_str(entry).unwrap();
+    let keys: Vec<&str> = value
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(|k| k.as_str())
+        .collect();
+    assert_eq!(
+        keys,
+        [
+            "id",
+            "collection",
+            "foreign_id",
+            "data",
+            "created_at",
+            "updated_at"
+        ]
+    );
+    for stamp in ["created_at", "updated_at"] {
+        let text = value[stamp].as_str().unwrap();
+        assert_eq!(text.len(), 27, "{text}");
+        assert!(text.ends_with('Z'), "{text}");
+    }
+    value
+}
+
+#[tokio::test]
+async fn single_entries_add_get_update_delete() {
+    let server = Server::start("memory:").await;
+    // Add with an id, as Python sends it (user_id null): 201, the entry, duration last.
+    let (status, body) = server
+        .call(
+            Method::POST,
+            "/api/v1.0/collections/food/",
+            r#"{"id":"burger","data":{"name":"Burger","n":1.50},"user_id":null}"#,
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let added = strip_duration(&body);
+    let value = assert_entry(&added, "food", "burger", r#"{"name":"Burger","n":1.5}"#);
+    assert_eq!(value["created_at"], value["updated_at"]);
+
+    // Get, with and without the trailing slash: the same bytes.
+    for path in [
+        "/api/v1.0/collections/food/burger/",
+        "/api/v1.0/collections/food/burger",
+    ] {
+        let (status, body) = server.call(Method::GET, path, "").await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(strip_duration(&body), added);
+    }
+
+    // A taken id: 409, whoever asks.
+    let again = r#"{"id":"burger","data":{"name":"Other"}}"#;
+    let (status, body) = server
+        .call(Method::POST, "/api/v1.0/collections/food", again)
+        .await;
+    assert_error(status, &body, 409, 22, "ConflictException");
+    let (status, body) = server
+        .call_as(
+            &user_token("carol"),
+            Method::POST,
+            "/api/v1.0/collections/food/",
+            again,
+        )
+        .await;
+    assert_error(status, &body, 409, 22, "ConflictException");
+
+    // No id (missing, null or ""): a generated UUID.
+    for body in [
+        r#"{"data":{"name":"A"}}"#,
+        r#"{"id":null,"data":{"name":"A"}}"#,
+        r#"{"id":"","data":{"name":"A"}}"#,
+    ] {
+        let (status, answer) = server
+            .call(Method::POST, "/api/v1.0/collections/food/", body)
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{answer}");
+        let value: Value = serde_json::from_str(&strip_duration(&answer)).unwrap();
+        let id = value["id"].as_str().unwrap();
+        assert_eq!(id.len(), 36, "{id}");
+        assert_eq!(value["foreign_id"], format!("food:{id}"));
+        let (status, _) = server
+            .call(
+                Method::GET,
+                &format!("/api/v1.0/collections/food/{id}/"),
+                "",
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK);
+    }
+
+    // Update: 201, new data and updated_at, the same created_at; an equal body id is fine.
+    tokio::time::sleep(Duration::from_millis(2)).await;
+    let (status, body) = server
+        .call(
+            Method::PUT,
+            "/api/v1.0/collections/food/burger/",
+            r#"{"id":"burger","data":{"name":"Burger2"}}"#,
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let updated = assert_entry(
+        &strip_duration(&body),
+        "food",
+        "burger",
+        r#"{"name":"Burger2"}"#,
+    );
+    assert_eq!(updated["created_at"], value["created_at"]);
+    assert_ne!(updated["updated_at"], value["updated_at"]);
+    let (_, body) = server
+        .call(Method::GET, "/api/v1.0/collections/food/burger", "")
+        .await;
+    assert_entry(
+        &strip_duration(&body),
+        "food",
+        "burger",
+        r#"{"name":"Burger2"}"#,
+    );
+
+    // Java adds user_id to an update: not a change of owner, accepted.
+    let (status, body) = server
+        .call(
+            Method::PUT,
+            "/api/v1.0/collections/food/burger",
+            r#"{"data":{"name":"Burger3"},"user_id":"someone"}"#,
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+
+    // Update may not change the id; absent is 404.
+    let (status, body) = server
+        .call(
+            Method::PUT,
+            "/api/v1.0/collections/food/burger/",
+            r#"{"id":"pizza","data":{"a":1}}"#,
+        )
+        .await;
+    let detail = assert_error(status, &body, 400, 4, "InputException");
+    assert!(detail.contains("id"), "{detail}");
+    let (status, body) = server
+        .call(
+            Method::PUT,
+            "/api/v1.0/collections/food/nope/",
+            r#"{"data":{"a":1}}"#,
+        )
+        .await;
+    assert_error(status, &body, 404, 16, "DoesNotExistException");
+
+    // Delete: 200, {"duration":…}, with Python's {} body or none; then get and delete are 404.
+    let (status, body) = server
+        .call(Method::DELETE, "/api/v1.0/collections/food/burger/", "{}")
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(strip_duration(&body), "{}");
+    let (status, body) = server
+        .call(Method::GET, "/api/v1.0/collections/food/burger/", "")
+        .await;
+    assert_error(status, &body, 404, 16, "DoesNotExistException");
+    let (status, body) = server
+        .call(Method::DELETE, "/api/v1.0/collections/food/burger", "")
+        .await;
+    assert_error(status, &body, 404, 16, "DoesNotExistException");
+
+    // Re-adding after a delete works, with new timestamps.
+    let (status, body) = server
+        .call(
+            Method::POST,
+            "/api/v1.0/collections/food/",
+            r#"{"id":"burger","data":{"name":"New"}}"#,
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let readded = assert_entry(
+        &strip_duration(&body),
+        "food",
+        "burger",
+        r#"{"name":"New"}"#,
+    );
+    assert_ne!(readded["created_at"], value["created_at"]);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn bad_input_is_400_naming_the_problem() {
+    let server = Server::start("memory:").await;
+    let add = "/api/v1.0/collections/food/";
+    for (path, body, named) in [
+        (add, r#"{"id":"!abcdee!","data":{"a":1}}"#, "entry id"),
+        (add, r#"{"id":"x","data":"text"}"#, "JSON object"),
+        (add, r#"{"id":"x","data":{}}"#, "empty"),
+        (add, r#"{"id":"x"}"#, "missing"),
+        (add, r#"{"id":"x","data":null}"#, "missing"),
+        (add, r#"{"id":7,"data":{"a":1}}"#, "id must be a string"),
+        (
+            add,
+            r#"{"id":"x","data":{"a":1},"user_id":"bad id"}"#,
+            "user id",
+        ),
+        (add, r#"{"id":"x","data":"#, "not valid JSON"),
+        (add, "", "empty"),
+        (
+            "/api/v1.0/collections/bad%20name/",
+            r#"{"id":"x","data":{"a":1}}"#,
+            "collection name",
+        ),
+    ] {
+        let (status, answer) = server.call(Method::POST, path, body).await;
+        let detail = assert_error(status, &answer, 400, 4, "InputException");
+        assert!(detail.contains(named), "{body}: {detail}");
+    }
+    for method in [Method::GET, Method::PUT, Method::DELETE] {
+        let (status, answer) = server
+            .call(
+                method.clone(),
+                "/api/v1.0/collections/food/bad%20id/",
+                r#"{"data":{"a":1}}"#,
+            )
+            .await;
+        let detail = assert_error(status, &answer, 400, 4, "InputException");
+        assert!(detail.contains("entry id"), "{method}: {detail}");
+    }
+    // Nothing of the refused adds was written.
+    let (status, _) = server
+        .call(Method::GET, "/api/v1.0/collections/food/x/", "")
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn upsert_select_and_delete_many() {
+    let server = Server::start("memory:").await;
+    // Ruby's items: flat, a `data` key stays nested; Stream answers the items under their
+    // collection.
+    let items = json!({"data": {
+        "test": [
+            {"id": "aabbcc", "name": "juniper", "data": {"hobbies": ["playing", "sleeping"]}},
+            {"id": "ddeeff", "name": "ruby", "data": {"interests": ["sunbeams"]}},
+        ],
+        "food": [{"name": "no id", "user_id": "alice"}],
+    }});
+    let (status, body) = server
+        .call(Method::POST, "/api/v1.0/collections/", items.to_string())
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let answer: Value = serde_json::from_str(&strip_duration(&body)).unwrap();
+    assert_eq!(answer["data"]["test"], items["data"]["test"], "{body}");
+    assert!(
+        body.starts_with(r#"{"data":{"test":[{"id":"aabbcc","name":"juniper","data":{"hobbies""#),
+        "{body}"
+    );
+    // An item without id gets one, as its first key; user_id is ordinary data.
+    let food = answer["data"]["food"][0].as_object().unwrap();
+    assert_eq!(
+        food.keys().collect::<Vec<_>>(),
+        ["id", "name", "user_id"],
+        "{body}"
+    );
+    let generated = food["id"].as_str().unwrap().to_string();
+    assert_eq!(generated.len(), 36);
+
+    // Select: the order of foreign_ids, missing left out, repeats once, several collections.
+    let select = format!(
+        "/api/v1.0/collections/?foreign_ids=test:ddeeff,test:nope,food:{generated},test:aabbcc,test:ddeeff"
+    );
+    let (status, body) = server.call(Method::GET, &select, "").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let answer: Value = serde_json::from_str(&strip_duration(&body)).unwrap();
+    let data = answer["response"]["data"].as_array().unwrap();
+    let ids: Vec<&str> = data
+        .iter()
+        .map(|e| e["foreign_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        ids,
+        [
+            "test:ddeeff",
+            format!("food:{generated}").as_str(),
+            "test:aabbcc"
+        ]
+    );
+    assert_eq!(
+        data[0]["data"],
+        json!({"id": "ddeeff", "name": "ruby", "data": {"interests": ["sunbeams"]}})
+    );
+    // Each entry is byte for byte what a get answers.
+    let (_, one) = server
+        .call(Method::GET, "/api/v1.0/collections/test/aabbcc/", "")
+        .await;
+    assert!(body.contains(&strip_duration(&one)), "{body}");
+    assert!(
+        !answer["response"]["data"][0]
+            .as_object()
+            .unwrap()
+            .contains_key("duration")
+    );
+    // PHP's meta/ is the same endpoint.
+    let (status, meta) = server
+        .call(Method::GET, &select.replace("collections/", "meta/"), "")
+        .await;
+    assert_eq!(status, StatusCode::OK, "{meta}");
+    assert_eq!(strip_duration(&meta), strip_duration(&body));
+
+    // Upsert of an existing id replaces its data, keeps created_at; PHP's meta/ upserts too.
+    let (_, before) = server
+        .call(Method::GET, "/api/v1.0/collections/test/aabbcc/", "")
+        .await;
+    let before: Value = serde_json::from_str(&strip_duration(&before)).unwrap();
+    tokio::time::sleep(Duration::from_millis(2)).await;
+    let (status, body) = server
+        .call(
+            Method::POST,
+            "/api/v1.0/meta/",
+            r#"{"data":{"test":[{"id":"aabbcc","name":"B3"}]}}"#,
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert_eq!(
+        strip_duration(&body),
+        r#"{"data":{"test":[{"id":"aabbcc","name":"B3"}]}}"#
+    );
+    let (_, after) = server
+        .call(Method::GET, "/api/v1.0/collections/test/aabbcc/", "")
+        .await;
+    let after = assert_entry(
+        &strip_duration(&after),
+        "test",
+        "aabbcc",
+        r#"{"id":"aabbcc","name":"B3"}"#,
+    );
+    assert_eq!(after["created_at"], before["created_at"]);
+    assert_ne!(after["updated_at"], before["updated_at"]);
+
+    // Delete many: comma-joined (JS, Go, Ruby, PHP, .NET, Java) or repeated (Python); absent
+    // ids skipped; 200 {"duration":…}.
+    let (status, body) = server
+        .call(
+            Method::DELETE,
+            "/api/v1.0/collections/?collection_name=test&ids=aabbcc,nope",
+            "",
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(strip_duration(&body), "{}");
+    let (status, body) = server
+        .call(
+            Method::DELETE,
+            &format!("/api/v1.0/collections/?collection_name=food&ids={generated}&ids=nope"),
+            "{}",
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (_, body) = server.call(Method::GET, &select, "").await;
+    let answer: Value = serde_json::from_str(&strip_duration(&body)).unwrap();
+    let ids: Vec<&str> = answer["response"]["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["foreign_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["test:ddeeff"]);
+
+    // Bad batch input: 400, code 4.
+    for (method, path, body, named) in [
+        (Method::GET, "/api/v1.0/collections/", "", "foreign_ids"),
+        (
+            Method::GET,
+            "/api/v1.0/collections/?foreign_ids=nocolon",
+            "",
+            "foreign id",
+        ),
+        (
+            Method::GET,
+            "/api/v1.0/collections/?foreign_ids=a:b:c",
+            "",
+            "entry id",
+        ),
+        (
+            Method::DELETE,
+            "/api/v1.0/collections/?ids=a",
+            "",
+            "collection_name",
+        ),
+        (
+            Method::DELETE,
+            "/api/v1.0/collections/?collection_name=test",
+            "",
+            "ids",
+        ),
+        (
+            Method::DELETE,
+            "/api/v1.0/collections/?collection_name=test&ids=bad%20id",
+            "",
+            "entry id",
+        ),
+        (
+            Method::POST,
+            "/api/v1.0/collections/",
+            r#"{"items":[]}"#,
+            "data",
+        ),
+        (
+            Method::POST,
+            "/api/v1.0/collections/",
+            r#"{"data":{"test":{}}}"#,
+            "array",
+        ),
+        (
+            Method::POST,
+            "/api/v1.0/collections/",
+            r#"{"data":{"test":[1]}}"#,
+            "data.test[0]",
+        ),
+        (
+            Method::POST,
+            "/api/v1.0/collections/",
+            r#"{"data":{"test":[{"id":"a b"}]}}"#,
+            "entry id",
+        ),
+        (
+            Method::POST,
+            "/api/v1.0/collections/",
+            r#"{"data":{"bad name":[{"id":"a"}]}}"#,
+            "collection name",
+        ),
+    ] {
+        let (status, answer) = server.call(method, path, body).await;
+        let detail = assert_error(status, &answer, 400, 4, "InputException");
+        assert!(detail.contains(named), "{path} {body}: {detail}");
+    }
+    // A refused upsert writes nothing, not even its valid items.
+    let (status, _) = server
+        .call(
+            Method::POST,
+            "/api/v1.0/collections/",
+            r#"{"data":{"test":[{"id":"fine","a":1},{"id":"bad id"}]}}"#,
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let (status, _) = server
+        .call(Method::GET, "/api/v1.0/collections/test/fine/", "")
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn limits_are_named() {
+    let server = Server::start("memory:").await;
+    // 1,000 entries per batch call, over every collection of an upsert.
+    let items: Vec<Value> = (0..600)
+        .map(|i| json!({"id": format!("i{i}"), "n": i}))
+        .collect();
+    let fits = json!({"data": {"a": items[..500], "b": items[..500]}});
+    let (status, body) = server
+        .call(Method::POST, "/api/v1.0/collections/", fits.to_string())
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let over = json!({"data": {"a": items, "b": items[..401]}});
+    let (status, body) = server
+        .call(Method::POST, "/api/v1.0/collections/", over.to_string())
+        .await;
+    let detail = assert_error(status, &body, 400, 4, "InputException");
+    assert!(
+        detail.contains("1001") && detail.contains("1000") && detail.contains("--max-batch-ids"),
+        "{detail}"
+    );
+    let ids: Vec<String> = (0..1001).map(|i| format!("a:i{i}")).collect();
+    let (status, body) = server
+        .call(
+            Method::GET,
+            &format!("/api/v1.0/collections/?foreign_ids={}", ids.join(",")),
+            "",
+        )
+        .await;
+    let detail = assert_error(status, &body, 400, 4, "InputException");
+    assert!(detail.contains("--max-batch-ids"), "{detail}");
+    let (status, body) = server
+        .call(
+            Method::GET,
+            &format!(
+                "/api/v1.0/collections/?foreign_ids={}",
+                ids[..1000].join(",")
+            ),
+            "",
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        serde_json::from_str::<Value>(&strip_duration(&body)).unwrap()["response"]["data"]
+            .as_array()
+            .unwrap()
+            .len(),
+        500
+    );
+    let ids: Vec<String> = (0..1001).map(|i| format!("i{i}")).collect();
+    let (status, body) = server
+        .call(
+            Method::DELETE,
+            &format!(
+                "/api/v1.0/collections/?collection_name=a&ids={}",
+                ids.join(",")
+            ),
+            "",
+        )
+        .await;
+    assert_error(status, &body, 400, 4, "InputException");
+
+    // An entry over 51,200 bytes (as {"id":…,"data":…}): 400, on add, update and upsert.
+    let big = "x".repeat(51_200);
+    let (status, body) = server
+        .call(
+            Method::POST,
+            "/api/v1.0/collections/food/",
+            json!({"id": "big", "data": {"a": big}}).to_string(),
+        )
+        .await;
+    let detail = assert_error(status, &body, 400, 4, "InputException");
+    assert!(detail.contains("51200"), "{detail}");
+    let (status, body) = server
+        .call(
+            Method::PUT,
+            "/api/v1.0/collections/a/i1/",
+            json!({"data": {"a": big}}).to_string(),
+        )
+        .await;
+    assert_error(status, &body, 400, 4, "InputException");
+    let (status, body) = server
+        .call(
+            Method::POST,
+            "/api/v1.0/collections/",
+            json!({"data": {"a": [{"id": "i1", "a": big}]}}).to_string(),
+        )
+        .await;
+    assert_error(status, &body, 400, 4, "InputException");
+    let fits = "x".repeat(51_200 - r#"{"id":"max","data":{"a":""}}"#.len());
+    let (status, body) = server
+        .call(
+            Method::POST,
+            "/api/v1.0/collections/food/",
+            json!({"id": "max", "data": {"a": fits}}).to_string(),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+
+    // A body over the server's limit: 413.
+    let huge = json!({"data": {"a": [{"id": "h", "a": "x".repeat(1 << 20)}]}}).to_string();
+    let (status, body) = server
+        .call(Method::POST, "/api/v1.0/collections/", huge)
+        .await;
+    assert_error(status, &body, 413, 18, "RequestEntityTooLargeException");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn who_may_call_what() {
+    let server = Server::start("memory:").await;
+    let alice = user_token("alice");
+    let bob = user_token("bob");
+    let entry = |id: &str| format!("/api/v1.0/collections/food/{id}/");
+
+    // Every client's server token may do everything; Java's only its action.
+    let mut tokens: Vec<(String, &str)> = [
+        json!({"resource": "collections", "action": "*", "feed_id": "*", "user_id": "*"}), // Python, Ruby, PHP
+        json!({"resource": "collections", "action": "*", "feed_id": "*"}), // Go, JS batch
+        json!({"resource": "*", "action": "*", "feed_id": "*"}),           // JS, .NET
+    ]
+    .iter()
+    .map(|c| (sign(c), "*"))
+    .collect();
+    for action in ["read", "write", "delete"] {
+        tokens.push((
+            sign(&json!({"resource": "collections", "action": action, "feed_id": "*"})),
+            action,
+        ));
+    }
+    for (n, (token, action)) in tokens.iter().enumerate() {
+        let id = format!("t{n}");
+        let may = |what: &str| *action == "*" || *action == what;
+        // Each call is made with the full token first where this one may not set it up.
+        let calls: [(Method, String, String, &str, StatusCode); 7] = [
+            (
+                Method::POST,
+                "/api/v1.0/collections/food/".into(),
+                format!(r#"{{"id":"{id}","data":{{"a":1}}}}"#),
+                "write",
+                StatusCode::CREATED,
+            ),
+            (
+                Method::GET,
+                entry(&id),
+                String::new(),
+                "read",
+                StatusCode::OK,
+            ),
+            (
+                Method::PUT,
+                entry(&id),
+                r#"{"data":{"a":2}}"#.into(),
+                "write",
+                StatusCode::CREATED,
+            ),
+            (
+                Method::POST,
+                "/api/v1.0/collections/".into(),
+                format!(r#"{{"data":{{"food":[{{"id":"{id}","a":3}}]}}}}"#),
+                "write",
+                StatusCode::CREATED,
+            ),
+            (
+                Method::GET,
+                format!("/api/v1.0/collections/?foreign_ids=food:{id}"),
+                String::new(),
+                "read",
+                StatusCode::OK,
+            ),
+            (
+                Method::DELETE,
+                entry(&id),
+                String::new(),
+                "delete",
+                StatusCode::OK,
+            ),
+            (
+                Method::DELETE,
+                format!("/api/v1.0/collections/?collection_name=food&ids={id}"),
+                String::new(),
+                "delete",
+                StatusCode::OK,
+            ),
+        ];
+        for (method, path, body, needs, ok) in calls {
+            // Set up with the full token: the entry absent for an add, present otherwise.
+            let adding = method == Method::POST && path.ends_with("/food/");
+            let setup = if adding {
+                (
+                    Method::DELETE,
+                    format!("/api/v1.0/collections/?collection_name=food&ids={id}"),
+                    String::new(),
+                )
+            } else {
+                (
+                    Method::POST,
+                    "/api/v1.0/collections/".to_string(),
+                    format!(r#"{{"data":{{"food":[{{"id":"{id}","a":0}}]}}}}"#),
+                )
+            };
+            let (status, answer) = server.call(setup.0, &setup.1, setup.2).await;
+            assert!(status.is_success(), "{answer}");
+            let (status, answer) = server.call_as(token, method.clone(), &path, body).await;
+            if may(needs) {
+                assert_eq!(status, ok, "{action} {method} {path}: {answer}");
+            } else {
+                let detail = assert_error(status, &answer, 403, 17, "NotAllowedException");
+                assert!(detail.contains(&format!("action {needs}")), "{detail}");
+            }
+        }
+    }
+
+    // Tokens for other resources: 403 on collections; a collections token may not use users.
+    let users_token = sign(&json!({"resource": "users", "action": "*", "feed_id": "*"}));
+    let feed_token = sign(&json!({"resource": "feed", "action": "*"}));
+    for token in [&users_token, &feed_token] {
+        let (status, body) = server.call_as(token, Method::GET, &entry("t0"), "").await;
+        assert_error(status, &body, 403, 17, "NotAllowedException");
+    }
+    let (status, body) = server
+        .call(
+            Method::POST,
+            "/api/v1.0/user/",
+            r#"{"id":"alice","data":{}}"#,
+        )
+        .await;
+    assert_error(status, &body, 403, 17, "NotAllowedException");
+
+    // A user token adds as its owner (a user_id in the body does not change that), reads any
+    // entry, changes only its own.
+    let (status, body) = server
+        .call_as(
+            &alice,
+            Method::POST,
+            "/api/v1.0/collections/food/",
+            r#"{"id":"pie","data":{"a":1},"user_id":"bob"}"#,
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert!(
+        !body.contains("user_id") && !body.contains("alice"),
+        "{body}"
+    );
+    let (status, _) = server
+        .call(
+            Method::POST,
+            "/api/v1.0/collections/food/",
+            r#"{"id":"server","data":{"a":1}}"#,
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    let (status, _) = server
+        .call(
+            Method::POST,
+            "/api/v1.0/collections/food/",
+            r#"{"id":"bobs","data":{"a":1},"user_id":"bob"}"#,
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    for id in ["pie", "server", "bobs"] {
+        let (status, _) = server.call_as(&alice, Method::GET, &entry(id), "").await;
+        assert_eq!(status, StatusCode::OK, "{id}");
+    }
+    for id in ["server", "bobs"] {
+        let (status, body) = server
+            .call_as(&alice, Method::PUT, &entry(id), r#"{"data":{"a":2}}"#)
+            .await;
+        let detail = assert_error(status, &body, 403, 17, "NotAllowedException");
+        assert!(detail.contains("alice"), "{detail}");
+        let (status, body) = server.call_as(&alice, Method::DELETE, &entry(id), "").await;
+        assert_error(status, &body, 403, 17, "NotAllowedException");
+    }
+    // bob owns what a server token added for him; alice owns pie.
+    let (status, body) = server
+        .call_as(&bob, Method::PUT, &entry("bobs"), r#"{"data":{"a":2}}"#)
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let (status, body) = server
+        .call_as(&bob, Method::PUT, &entry("pie"), r#"{"data":{"a":2}}"#)
+        .await;
+    assert_error(status, &body, 403, 17, "NotAllowedException");
+    let (status, body) = server
+        .call_as(&alice, Method::PUT, &entry("pie"), r#"{"data":{"b":2}}"#)
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    // The owner survives an update and an upsert by a server token.
+    let (status, _) = server
+        .call(
+            Method::POST,
+            "/api/v1.0/collections/",
+            r#"{"data":{"food":[{"id":"pie","c":3}]}}"#,
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    let (status, _) = server
+        .call(Method::PUT, &entry("pie"), r#"{"data":{"d":4}}"#)
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    let (status, body) = server
+        .call_as(&alice, Method::DELETE, &entry("pie"), "")
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    // An absent entry is 404 to a user token too.
+    let (status, body) = server
+        .call_as(&alice, Method::DELETE, &entry("pie"), "")
+        .await;
+    assert_error(status, &body, 404, 16, "DoesNotExistException");
+    let (status, body) = server
+        .call_as(&alice, Method::PUT, &entry("pie"), r#"{"data":{"a":1}}"#)
+        .await;
+    assert_error(status, &body, 404, 16, "DoesNotExistException");
+
+    // The batch endpoints are server-side only.
+    for (method, path, body) in [
+        (
+            Method::POST,
+            "/api/v1.0/collections/",
+            r#"{"data":{"food":[{"id":"x","a":1}]}}"#,
+        ),
+        (
+            Method::POST,
+            "/api/v1.0/meta/",
+            r#"{"data":{"food":[{"id":"x","a":1}]}}"#,
+        ),
+        (
+            Method::GET,
+            "/api/v1.0/collections/?foreign_ids=food:server",
+            "",
+        ),
+        (Method::GET, "/api/v1.0/meta/?foreign_ids=food:server", ""),
+        (
+            Method::DELETE,
+            "/api/v1.0/collections/?collection_name=food&ids=server",
+            "",
+        ),
+    ] {
+        let (status, answer) = server.call_as(&alice, method.clone(), path, body).await;
+        let detail = assert_error(status, &answer, 403, 17, "NotAllowedException");
+        assert!(detail.contains("server token"), "{method} {path}: {detail}");
+    }
+    let (status, _) = server.call(Method::GET, &entry("server"), "").await;
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "the refused delete many deleted nothing"
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn metrics_name_the_route_templates() {
+    let server = Server::start("memory:").await;
+    for i in 0..3 {
+        server
+            .call(
+                Method::POST,
+                "/api/v1.0/collections/food/",
+                format!(r#"{{"id":"e{i}","data":{{"a":1}}}}"#),
+            )
+            .await;
+        server
+            .call(Method::GET, &format!("/api/v1.0/collections/food/e{i}"), "")
+            .await;
+    }
+    server
+        .call(
+            Method::GET,
+            "/api/v1.0/collections/?foreign_ids=food:e0",
+            "",
+        )
+        .await;
+    server
+        .call(Method::GET, "/api/v1.0/meta/?foreign_ids=food:e0", "")
+        .await;
+    let metrics = server.metrics().await;
+    for line in [
+        r#"enrich_http_requests_total{route="/api/v1.0/collections/{collection}",method="POST",status="201"} 3"#,
+        r#"enrich_http_requests_total{route="/api/v1.0/collections/{collection}/{id}",method="GET",status="200"} 3"#,
+        r#"enrich_http_requests_total{route="/api/v1.0/collections",method="GET",status="200"} 1"#,
+        r#"enrich_http_requests_total{route="/api/v1.0/meta",method="GET",status="200"} 1"#,
+        "enrich_entries_written_total 3",
+    ] {
+        assert!(metrics.contains(line), "{line} not in\n{metrics}");
+    }
+    assert!(!metrics.contains("e1"), "{metrics}");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn writes_through_the_api_reach_the_next_enrichment() {
+    let server = Server::start("memory:").await;
+    let all = sign(&json!({"resource": "*", "action": "*", "feed_id": "*"}));
+    let doc = r#"{"actor":"SU:nobody","object":"SO:food:burger","verb":"eat"}"#;
+    let enriched = |answer: &str| -> Value {
+        let value: Value = serde_json::from_str(answer).unwrap();
+        value["object"].clone()
+    };
+    let missing = json!({"collection": "food", "id": "burger", "error": "ReferenceNotFound",
+        "reference": "SO:food:burger", "reference_type": "object"});
+    let (status, body) = server
+        .call_as(&all, Method::POST, "/api/v1.0/enrich/", doc)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(enriched(&body), missing, "{body}");
+
+    // Added: the entry as a get answers it, minus duration (the L1's miss was forgotten).
+    let (_, added) = server
+        .call(
+            Method::POST,
+            "/api/v1.0/collections/food/",
+            r#"{"id":"burger","data":{"v":1}}"#,
+        )
+        .await;
+    let (_, body) = server
+        .call_as(&all, Method::POST, "/api/v1.0/enrich/", doc)
+        .await;
+    assert!(body.contains(&strip_duration(&added)), "{body}");
+    // Updated, upserted, deleted: each shows in the next enrichment.
+    let (_, updated) = server
+        .call(
+            Method::PUT,
+            "/api/v1.0/collections/food/burger/",
+            r#"{"data":{"v":2}}"#,
+        )
+        .await;
+    let (_, body) = server
+        .call_as(&all, Method::POST, "/api/v1.0/enrich/", doc)
+        .await;
+    assert!(body.contains(&strip_duration(&updated)), "{body}");
+    server
+        .call(
+            Method::POST,
+            "/api/v1.0/collections/",
+            r#"{"data":{"food":[{"id":"burger","v":3}]}}"#,
+        )
+        .await;
+    let (_, body) = server
+        .call_as(&all, Method::POST, "/api/v1.0/enrich/", doc)
+        .await;
+    assert_eq!(
+        enriched(&body)["data"],
+        json!({"id": "burger", "v": 3}),
+        "{body}"
+    );
+    server
+        .call(
+            Method::DELETE,
+            "/api/v1.0/collections/?collection_name=food&ids=burger",
+            "",
+        )
+        .await;
+    let (_, body) = server
+        .call_as(&all, Method::POST, "/api/v1.0/enrich/", doc)
+        .await;
+    assert_eq!(enriched(&body), missing, "{body}");
+    server.stop().await;
+}
