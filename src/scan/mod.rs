@@ -688,11 +688,10 @@ impl ReactionKey {
 /// Whether the key written as `token` (with its quotes) is one of `names`.
 fn key_in(token: &[u8], escaped: bool, names: &[&[u8]]) -> bool {
     if escaped {
-        serde_json::from_slice::<String>(token)
-            .is_ok_and(|key| names.iter().any(|name| key.as_bytes() == *name))
+        serde_json::from_slice::<String>(token).is_ok_and(|key| names.contains(&key.as_bytes()))
     } else {
         let key = &token[1..token.len() - 1];
-        names.iter().any(|name| key == *name)
+        names.contains(&key)
     }
 }
 
