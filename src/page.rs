@@ -625,7 +625,11 @@ mod tests {
     /// doubled at random places), get the same verdict from the scanner as from serde_json.
     #[test]
     fn the_scanner_agrees_with_serde_json_on_corrupted_documents() {
-        let fixture = include_str!("../fixtures/activities.ndjson");
+        let fixture = [
+            include_str!("../fixtures/activities.ndjson"),
+            include_str!("../fixtures/mixed.ndjson"),
+        ]
+        .concat();
         let alphabet = b"{}[]:,\"\\ \t0123456789-+.eEtrufalsn\x01\xff\xc3u";
         let mut state = 0x2545_f491_4f6c_dd1du64;
         let mut random = move |below: usize| {
@@ -653,6 +657,19 @@ mod tests {
                     }
                 }
                 let verdict = accepts(&doc);
+                if verdict {
+                    // What is taken is written as JSON, at the length announced.
+                    for depth in [Depth::TopLevel, Depth::Deep] {
+                        let mut page = RawPage::new(depth);
+                        page.push_any(&doc).unwrap();
+                        let answers: Vec<Answer> =
+                            page.ids().iter().map(|_| Answer::Missing).collect();
+                        let mut out = Vec::new();
+                        page.write_doc(0, &answers, &mut out);
+                        assert_eq!(page.doc_len(0, &answers), out.len());
+                        assert!(serde_accepts(&out), "{}", String::from_utf8_lossy(&out));
+                    }
+                }
                 assert_eq!(
                     verdict,
                     serde_accepts(&doc),
