@@ -6,7 +6,8 @@
 //! `in_place` puts each user in its place as a `Value`, for callers who read or edit them.
 //!
 //! The rules live in one place, [`Place::search`]: given where a value stands, it says whether
-//! the value is a string that may be a reference, or where its members stand. Every walk of
+//! the value is a string that may be a reference, or where its members stand; [`Members`] says
+//! where a reaction's user stands among the members of the reaction. Every walk of
 //! the `Value` path — finding the references, substituting them in place, and writing a page
 //! with the users spliced in ([`crate::spliced`]) — follows it, so all of them meet the same
 //! references in the same order.
@@ -252,7 +253,7 @@ impl<'v> Iterator for Members<'v> {
                 return self.user();
             }
         }
-        if key == "user" && self.user_id.is_some() && !self.pending && !self.now {
+        if self.user_id.is_some() && !self.pending && !self.now && key == "user" {
             return self.user();
         }
         Some(Member::Field(key, value, self.fields.place(key)))
