@@ -7,8 +7,11 @@ use crate::answer::Answer;
 use crate::error::{Error, Result};
 use crate::id::Ids;
 use crate::reference::reference_key;
-use crate::scan::{Scanner, Site};
+use crate::scan::{Scanner, Site, SiteKind};
 use crate::shape::{Depth, Role};
+
+/// What precedes a reaction's user inserted after its `user_id`.
+const USER_MEMBER: &[u8] = b",\"user\":";
 
 #[derive(Debug, Clone)]
 struct Doc {
@@ -111,7 +114,7 @@ impl RawPage {
             } else {
                 scanner.document(|s, sites| s.object(Role::Document, sites), &mut sites)
             };
-            let (saw_ws, activities) = (scanner.saw_ws, scanner.activities);
+            let (saw_ws, activities, voids) = (scanner.saw_ws, scanner.activities, scanner.voids);
             self.sites = sites;
             self.activities += activities;
             if let Err(fault) = scanned {
@@ -125,19 +128,50 @@ impl RawPage {
             if !copy {
                 self.buf.extend_from_slice(doc);
             }
+            if voids {
+                let mut write = first_site;
+                for read in first_site..self.sites.len() {
+                    if self.sites[read].kind != SiteKind::Void {
+                        self.sites[write] = self.sites[read];
+                        write += 1;
+                    }
+                }
+                self.sites.truncate(write);
+            }
             break;
         }
         // Only the references that counted name ids the page must resolve.
         for site in &mut self.sites[first_site..] {
-            let token = &self.buf[site.start..site.end];
             let decoded;
-            let id = if site.escaped {
-                decoded = serde_json::from_slice::<String>(token).expect("checked as a reference");
-                reference_key(&decoded).expect("checked as a reference")
-            } else {
-                // "SU:<id>" or "SO:<collection>:<id>" without escapes: the key is the token
-                // less its quotes and three-character prefix.
-                std::str::from_utf8(&token[4..token.len() - 1]).expect("checked as a reference")
+            let id = match site.kind {
+                SiteKind::Reference { escaped: true } => {
+                    let token = &self.buf[site.start..site.end];
+                    decoded =
+                        serde_json::from_slice::<String>(token).expect("checked as a reference");
+                    reference_key(&decoded).expect("checked as a reference")
+                }
+                SiteKind::Reference { escaped: false } => {
+                    // "SU:<id>" or "SO:<collection>:<id>" without escapes: the key is the
+                    // token less its quotes and three-character prefix.
+                    let token = &self.buf[site.start..site.end];
+                    std::str::from_utf8(&token[4..token.len() - 1]).expect("checked as a reference")
+                }
+                SiteKind::User {
+                    key_start,
+                    key_end,
+                    escaped,
+                } => {
+                    // A reaction's `user_id`: the user's key is the id itself.
+                    let token = &self.buf[key_start..key_end];
+                    if escaped {
+                        decoded =
+                            serde_json::from_slice::<String>(token).expect("checked as an id");
+                        &decoded
+                    } else {
+                        std::str::from_utf8(&token[1..token.len() - 1]).expect("checked as an id")
+                    }
+                }
+                SiteKind::Void => unreachable!("void sites are dropped after the scan"),
             };
             site.id = self.ids.intern(id);
         }
@@ -199,6 +233,9 @@ impl RawPage {
         let mut at = doc.start;
         for site in &self.sites[doc.sites.clone()] {
             out.extend_from_slice(&self.buf[at..site.start]);
+            if site.inserts() {
+                out.extend_from_slice(USER_MEMBER);
+            }
             let id = &self.ids.ids[site.id as usize];
             answers[site.id as usize].write(id, out);
             at = site.end;
@@ -213,6 +250,9 @@ impl RawPage {
         let mut len = doc.end - doc.start;
         for site in &self.sites[doc.sites.clone()] {
             len -= site.end - site.start;
+            if site.inserts() {
+                len += USER_MEMBER.len();
+            }
             let id = &self.ids.ids[site.id as usize];
             len += answers[site.id as usize].len(id);
         }
@@ -361,6 +401,53 @@ mod tests {
         page.push(br#"{"activities":[{},{}],"activities":[{}]}"#)
             .unwrap();
         assert_eq!(page.activities(), 2);
+    }
+
+    #[test]
+    fn reaction_users_are_inserted_or_replaced_where_they_stand() {
+        let doc = r#"{"actor":"SU:a","latest_reactions":{"like":[{"id":"r1","user_id":"b","kind":"like","data":{"x":"SU:z"},"latest_children":{"reply":[{"user":{"old":1},"id":"c1","user_id":"c","children_counts":{}}]},"children_counts":{"reply":1}},{"user_id":"bad id"},{"user_id":7},{"user_id":""},3,"x"],"comment":{"user_id":"d"}},"own_reactions":{"like":[{"user_id":"\u0061","user":null}]},"reaction_counts":{"like":2},"latest_reactions_extra":{"like":{"next":""}},"object":{"latest_reactions":{"like":[{"user_id":"e"}]}}}"#;
+        let (out, ids) = scan(doc, Depth::TopLevel);
+        assert_eq!(ids, ["a", "b", "c"]);
+        let expected = format!(
+            r#"{{"actor":{a},"latest_reactions":{{"like":[{{"id":"r1","user_id":"b","user":{b},"kind":"like","data":{{"x":"SU:z"}},"latest_children":{{"reply":[{{"user":{c},"id":"c1","user_id":"c","children_counts":{{}}}}]}},"children_counts":{{"reply":1}}}},{{"user_id":"bad id"}},{{"user_id":7}},{{"user_id":""}},3,"x"],"comment":{{"user_id":"d"}}}},"own_reactions":{{"like":[{{"user_id":"\u0061","user":{a}}}]}},"reaction_counts":{{"like":2}},"latest_reactions_extra":{{"like":{{"next":""}}}},"object":{{"latest_reactions":{{"like":[{{"user_id":"e"}}]}}}}}}"#,
+            a = nf("a"),
+            b = nf("b"),
+            c = nf("c"),
+        );
+        assert_eq!(out, expected);
+        // With white space to drop, the same.
+        let spaced = doc
+            .replace(",\"", " ,\n \"")
+            .replace("\":", "\" : ")
+            .replace("{\"", "{ \"");
+        assert_eq!(scan(&spaced, Depth::TopLevel).0, expected);
+        // A group's own reactions are its own; its activities' are searched.
+        let group = r#"{"latest_reactions":{"like":[{"user_id":"g"}]},"activities":[{"own_reactions":{"like":[{"user":1,"user_id":"x","user":2,"user_id":"y"}]}}]}"#;
+        let (out, ids) = scan(group, Depth::TopLevel);
+        assert_eq!(ids, ["y"]);
+        assert_eq!(
+            out,
+            format!(
+                r#"{{"latest_reactions":{{"like":[{{"user_id":"g"}}]}},"activities":[{{"own_reactions":{{"like":[{{"user":1,"user_id":"x","user":{},"user_id":"y"}}]}}}}]}}"#,
+                nf("y")
+            )
+        );
+        // Deep: strings inside reactions count too, but not inside a `user` that is replaced.
+        let (out, ids) = scan(
+            r#"{"latest_reactions":{"like":[{"user":{"u":"SU:q"},"data":"SU:p","user_id":"SU:r"},{"user":"SU:s","user_id":"t"}]}}"#,
+            Depth::Deep,
+        );
+        assert_eq!(ids, ["q", "p", "r", "t"]);
+        assert_eq!(
+            out,
+            format!(
+                r#"{{"latest_reactions":{{"like":[{{"user":{{"u":{}}},"data":{},"user_id":{}}},{{"user":{},"user_id":"t"}}]}}}}"#,
+                nf("q"),
+                nf("p"),
+                nf("r"),
+                nf("t")
+            )
+        );
     }
 
     #[test]
@@ -538,7 +625,11 @@ mod tests {
     /// doubled at random places), get the same verdict from the scanner as from serde_json.
     #[test]
     fn the_scanner_agrees_with_serde_json_on_corrupted_documents() {
-        let fixture = include_str!("../fixtures/activities.ndjson");
+        let fixture = [
+            include_str!("../fixtures/activities.ndjson"),
+            include_str!("../fixtures/mixed.ndjson"),
+        ]
+        .concat();
         let alphabet = b"{}[]:,\"\\ \t0123456789-+.eEtrufalsn\x01\xff\xc3u";
         let mut state = 0x2545_f491_4f6c_dd1du64;
         let mut random = move |below: usize| {
@@ -566,6 +657,19 @@ mod tests {
                     }
                 }
                 let verdict = accepts(&doc);
+                if verdict {
+                    // What is taken is written as JSON, at the length announced.
+                    for depth in [Depth::TopLevel, Depth::Deep] {
+                        let mut page = RawPage::new(depth);
+                        page.push_any(&doc).unwrap();
+                        let answers: Vec<Answer> =
+                            page.ids().iter().map(|_| Answer::Missing).collect();
+                        let mut out = Vec::new();
+                        page.write_doc(0, &answers, &mut out);
+                        assert_eq!(page.doc_len(0, &answers), out.len());
+                        assert!(serde_accepts(&out), "{}", String::from_utf8_lossy(&out));
+                    }
+                }
                 assert_eq!(
                     verdict,
                     serde_accepts(&doc),

@@ -8,6 +8,12 @@
 //! - Any other object in those places is an activity: its top-level strings may be references,
 //!   or with [`Depth::Deep`] every string within it.
 //!
+//! - An activity's `latest_reactions` and `own_reactions` objects map kinds to lists of
+//!   reactions, and so do a reaction's `latest_children` and `own_children`. A reaction whose
+//!   `user_id` is a valid user id gets the user as its `user`: in place of the value of an
+//!   existing `user` member, or inserted right after `user_id`. Nothing else in them moves, and
+//!   what is not a list of objects there is left as it is.
+//!
 //! An object with both arrays is a feed response. The own fields of responses and groups are
 //! never searched. The raw-bytes path ([`crate::page`] through `scan`) and the `Value`
 //! paths (`value`) follow these rules, and nothing else decides them.

@@ -185,6 +185,8 @@ fn key() -> BoxedStrategy<String> {
     prop_oneof![
         3 => select(vec!["actor", "object", "results", "activities", "a", "é", "SU:u0"])
             .prop_map(|k| format!("\"{k}\"")),
+        1 => select(vec!["latest_reactions", "own_reactions", "user_id", "user", "latest_children"])
+            .prop_map(|k| format!("\"{k}\"")),
         1 => Just(r#""result\u0073""#.to_string()),
         1 => string(),
     ]
@@ -217,6 +219,81 @@ fn value() -> BoxedStrategy<String> {
     .boxed()
 }
 
+/// A plain id where a reaction's `user_id` goes, or something close to one.
+fn user_id() -> BoxedStrategy<String> {
+    let mut ids: Vec<String> = USERS.iter().map(|id| format!("\"{id}\"")).collect();
+    ids.extend(
+        [
+            r#""missing""#,
+            r#""bad id""#,
+            r#""""#,
+            r#""\u0075\u0031""#,
+            r#""SU:u1""#,
+            "7",
+        ]
+        .map(str::to_string),
+    );
+    select(ids).boxed()
+}
+
+/// A reaction: `user_id`, `user` and children among other members, in any order, any of them
+/// repeated; its children (if `children`) are reactions too.
+fn reaction(children: bool) -> BoxedStrategy<String> {
+    let leaf = prop_oneof![
+        3 => (
+            select(vec!["\"user_id\"", "\"\\u0075ser_id\""]),
+            user_id()
+        )
+            .prop_map(|(k, v)| format!("{k}:{v}")),
+        2 => value().prop_map(|v| format!("\"user\":{v}")),
+        2 => (key(), value()).prop_map(|(k, v)| format!("{k}:{v}")),
+    ];
+    let member = if children {
+        prop_oneof![
+            4 => leaf,
+            1 => (
+                select(vec!["latest_children", "own_children"]),
+                prop::collection::vec(reaction(false), 0..3)
+            )
+                .prop_map(|(k, rs)| format!(r#""{k}":{{"reply":[{}]}}"#, rs.join(","))),
+        ]
+        .boxed()
+    } else {
+        leaf.boxed()
+    };
+    prop::collection::vec((ws(), member), 0..5)
+        .prop_map(|members| {
+            let members: Vec<String> = members
+                .into_iter()
+                .map(|(a, m)| format!("{a}{m}"))
+                .collect();
+            format!("{{{}}}", members.join(","))
+        })
+        .boxed()
+}
+
+/// An activity with reactions, maybe inside a group.
+fn with_reactions() -> BoxedStrategy<String> {
+    let items = prop_oneof![4 => reaction(true), 1 => value()];
+    (
+        select(vec!["latest_reactions", "own_reactions"]),
+        prop::collection::vec(items, 0..4),
+        any::<bool>(),
+    )
+        .prop_map(|(k, items, grouped)| {
+            let activity = format!(
+                r#"{{"actor":"SU:u0","{k}":{{"like":[{}]}},"reaction_counts":{{"like":1}}}}"#,
+                items.join(",")
+            );
+            if grouped {
+                format!(r#"{{"activities":[{activity}]}}"#)
+            } else {
+                activity
+            }
+        })
+        .boxed()
+}
+
 /// A document: mostly an object (an activity, a group, a response), sometimes anything.
 fn document() -> impl Strategy<Value = String> {
     let object = prop::collection::vec((key(), value()), 0..6).prop_map(|members| {
@@ -231,6 +308,7 @@ fn document() -> impl Strategy<Value = String> {
     prop_oneof![
         4 => object,
         1 => group,
+        2 => with_reactions(),
         1 => value(),
     ]
     .prop_flat_map(|doc| (ws(), Just(doc), ws()).prop_map(|(a, d, b)| format!("{a}{d}{b}")))

@@ -48,6 +48,11 @@ const HAND_WRITTEN: &[&str] = &[
     r#"{"results":"SU:alice","activities":{"actor":"SU:bob"},"actor":"SU:frank"}"#,
     r#"{"a":{},"b":[],"c":"","d":[{}],"actor":"SU:nobody","other":"SU:é","bad":"SU:bad id"}"#,
     r#"{}"#,
+    // Reactions: users inserted after `user_id` or replacing `user`, children, look-alikes.
+    r#"{"actor":"SU:alice","latest_reactions":{"like":[{"created_at":"t","id":"r1","user_id":"bob","kind":"like","data":{"by":"SU:carol-ng"},"parent":"","latest_children":{"reply":[{"id":"c1","user":{"stale":true},"user_id":"ghost","latest_children":{"reply":[{"user_id":"Eve","own_children":{"x":[{"user_id":"frank"}]}}]}}]},"children_counts":{"reply":1}},{"user_id":"bad id"},{"user_id":""},{"user_id":7,"user":"SU:bob"},"SU:alice",3,{"user":null}],"comment":{"user_id":"bob"},"x":"SU:frank"},"own_reactions":{"like":[{"user":"old","user_id":"dave_99"}]},"reaction_counts":{"like":3},"latest_reactions_extra":{"like":{"next":""}},"reactions":{"like":[{"user_id":"bob"}]},"object":{"latest_reactions":{"like":[{"user_id":"bob"}]}}}"#,
+    r#"{"latest_reactions":{"like":[{"user_id":"bob","user":1},{"user_id":"SU:alice"}]},"own_reactions":"SU:bob","latest_reactions_extra":[{"user_id":"bob"}]}"#,
+    r#"{"latest_reactions":{"like":[{"user_id":"alice"}]},"activities":[{"own_reactions":{"like":[{"user_id":"bob"}]},"activities":[]},{"latest_reactions":{}}]}"#,
+    r#"{"results":[{"latest_reactions":{"like":[{"user_id":"Eve"}]}},{"activities":[{"own_reactions":{"like":[{"id":"z","user_id":"nobody","kind":"like"}]}}]}],"own_reactions":{"like":[{"user_id":"bob"}]}}"#,
 ];
 
 fn hand_written() -> Vec<Value> {
@@ -237,5 +242,76 @@ async fn serializing_gives_the_written_documents() {
             serde_json::to_value(&spliced).unwrap(),
             Value::Array(in_place)
         );
+    }
+}
+
+/// A reaction's user is written where Stream's reactions have it, on every path, at every
+/// level of children; everything else about reactions stays as it was.
+#[tokio::test]
+async fn reaction_users_come_out_in_place_on_every_path() {
+    let enricher = fixture_enricher().await;
+    let docs: Vec<Value> = hand_written()
+        .into_iter()
+        .filter(|doc| doc.to_string().contains("reactions"))
+        .collect();
+    assert_eq!(docs.len(), 4);
+    let user = |id: &'static str| {
+        let enricher = &enricher;
+        async move {
+            let id = enrich::UserId::parse(id).unwrap();
+            enricher
+                .get(&id)
+                .await
+                .unwrap()
+                .unwrap()
+                .as_str()
+                .to_owned()
+        }
+    };
+    let (bob, dave, frank) = (
+        user("bob").await,
+        user("dave_99").await,
+        user("frank").await,
+    );
+    let nf = |id: &str| {
+        format!(
+            r#"{{"error":"ReferenceNotFound","reference":"SU:{id}","reference_type":"user","id":"{id}"}}"#
+        )
+    };
+    for depth in [Depth::TopLevel, Depth::Deep] {
+        let out = assert_three_paths_agree(&enricher, &docs, depth).await;
+        let lines: Vec<&str> = out.lines().collect();
+        for expected in [
+            format!(r#""id":"r1","user_id":"bob","user":{bob},"kind":"like""#),
+            format!(r#"{{"id":"c1","user":{},"user_id":"ghost","latest_children""#, nf("ghost")),
+            r#"{"user_id":"bad id"},{"user_id":""},{"user_id":7,"#.to_owned(),
+            r#"{"user":null}],"comment":{"user_id":"bob"}"#.to_owned(),
+            r#""reaction_counts":{"like":3},"latest_reactions_extra":{"like":{"next":""}},"reactions":{"like":[{"user_id":"bob"}]},"object":{"latest_reactions":{"like":[{"user_id":"bob"}]}}}"#.to_owned(),
+            format!(r#""own_children":{{"x":[{{"user_id":"frank","user":{frank}}}]}}"#),
+            format!(r#""own_reactions":{{"like":[{{"user":{dave},"user_id":"dave_99"}}]}}"#),
+        ] {
+            assert!(lines[0].contains(&expected), "{depth:?} {expected}\n{}", lines[0]);
+        }
+        // Data holding references is left alone unless the activity is searched deep.
+        assert_eq!(
+            lines[0].contains(r#""data":{"by":"SU:carol-ng"}"#),
+            depth == Depth::TopLevel
+        );
+        // An escaped `user_id` under escaped keys; a `user_id` that is a reference is not an id.
+        assert!(
+            lines[1].contains(&format!(r#"{{"user_id":"bob","user":{bob}}}"#)),
+            "{}",
+            lines[1]
+        );
+        assert!(lines[1].contains(r#"{"user_id":"SU:alice"}"#) == (depth == Depth::TopLevel));
+        // A group's own reactions are its own; its activities' and a response's results' are
+        // searched.
+        assert!(lines[2].starts_with(r#"{"latest_reactions":{"like":[{"user_id":"alice"}]}"#));
+        assert!(lines[2].contains(&format!(r#"{{"user_id":"bob","user":{bob}}}"#)));
+        assert!(lines[3].contains(&format!(
+            r#""user_id":"nobody","user":{},"kind""#,
+            nf("nobody")
+        )));
+        assert!(lines[3].ends_with(r#""own_reactions":{"like":[{"user_id":"bob"}]}}"#));
     }
 }

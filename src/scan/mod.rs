@@ -19,19 +19,45 @@ use std::ops::Range;
 use self::swar::string_stop;
 use self::token::{escape_len, number_in_range};
 use crate::error::{Error, Result};
+use crate::id::is_valid_id;
 use crate::reference::{reference_key, reference_key_bytes};
 use crate::shape::{Depth, MAX_DEPTH, Role, container};
 
-/// A reference found in a page: where its string token is in the compacted buffer, and which
-/// distinct id it names.
+/// A place in a page where an answer is written: the span `start..end` of the compacted buffer
+/// it replaces, what names the id, and which distinct id that is.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Site {
     pub(crate) start: usize,
     pub(crate) end: usize,
-    /// The token has escapes: the id is read by decoding it.
-    pub(crate) escaped: bool,
+    pub(crate) kind: SiteKind,
     /// Set once the site is known to count.
     pub(crate) id: u32,
+}
+
+/// What a [`Site`] stands for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum SiteKind {
+    /// A string token that reads as a reference (the span); `escaped`: its text is read by
+    /// decoding it.
+    Reference { escaped: bool },
+    /// A reaction's user, named by the `user_id` string token at `key` of the buffer. The span
+    /// is the value of the reaction's `user` member, or empty where `,"user":` and the answer
+    /// are inserted (right after the `user_id` value).
+    User {
+        key_start: usize,
+        key_end: usize,
+        escaped: bool,
+    },
+    /// A slot kept in document order while a reaction was read, and not used: dropped before
+    /// the page's ids are counted.
+    Void,
+}
+
+impl Site {
+    /// A site that is an insertion rather than a replacement.
+    pub(crate) fn inserts(&self) -> bool {
+        self.start == self.end
+    }
 }
 
 /// Checks that `json` is one JSON object in the grammar the raw path takes, nested inside
@@ -91,6 +117,8 @@ pub(crate) struct Scanner<'a> {
     base: usize,
     /// White space was skipped: a compact copy needs the copying pass.
     pub(crate) saw_ws: bool,
+    /// Some sites were left [`SiteKind::Void`].
+    pub(crate) voids: bool,
 }
 
 /// A string token: where it is (or will be) in the page's buffer, and in the source.
@@ -120,6 +148,7 @@ impl<'a> Scanner<'a> {
             copy,
             base,
             saw_ws: false,
+            voids: false,
         }
     }
 
@@ -263,7 +292,14 @@ impl<'a> Scanner<'a> {
 
     /// A string value that may be a reference.
     fn candidate(&mut self, sites: &mut Vec<Site>) -> Scan {
-        let Token { out, src, escaped } = self.string()?;
+        let token = self.string()?;
+        self.note_candidate(token, sites);
+        Ok(())
+    }
+
+    /// Notes a string token already read as a reference, if it reads as one.
+    fn note_candidate(&mut self, token: Token, sites: &mut Vec<Site>) {
+        let Token { out, src, escaped } = token;
         let token = &self.src[src];
         let is_ref = if escaped {
             serde_json::from_slice::<String>(token).is_ok_and(|text| reference_key(&text).is_some())
@@ -275,11 +311,10 @@ impl<'a> Scanner<'a> {
             sites.push(Site {
                 start: out.start,
                 end: out.end,
-                escaped,
+                kind: SiteKind::Reference { escaped },
                 id: u32::MAX,
             });
         }
-        Ok(())
     }
 
     /// Copies a number, `true`, `false` or `null`.
@@ -417,7 +452,7 @@ impl<'a> Scanner<'a> {
             let items = if role == Role::Activity {
                 None
             } else {
-                container_key(role, &self.src[key.src], key.escaped)
+                container_key(role, &self.src[key.src.clone()], key.escaped)
             };
             self.expect(b':', "expected `:`")?;
             let slot = match items {
@@ -435,6 +470,15 @@ impl<'a> Scanner<'a> {
                     } else {
                         self.member(next, sites)?;
                     }
+                }
+                (_, _, b'{')
+                    if key_in(
+                        &self.src[key.src],
+                        key.escaped,
+                        &[b"latest_reactions", b"own_reactions"],
+                    ) =>
+                {
+                    self.reactions(sites)?
                 }
                 (_, _, next) => self.member(next, sites)?,
             }
@@ -461,6 +505,144 @@ impl<'a> Scanner<'a> {
         Ok(())
     }
 
+    /// Where the value under the cursor starts (or, after a value, where it ended) in the
+    /// page's buffer.
+    fn out_pos(&self) -> usize {
+        if self.copy {
+            self.out.len()
+        } else {
+            // Only a document without white space is kept from a scan that does not copy.
+            self.base + self.pos
+        }
+    }
+
+    /// An object of reactions (`latest_reactions` or `own_reactions` of an activity, or
+    /// `latest_children` or `own_children` of a reaction): kind → list of reactions. Whatever
+    /// else it holds is copied (and searched as deep as the activity is).
+    fn reactions(&mut self, sites: &mut Vec<Site>) -> Scan {
+        let deep = self.depth == Depth::Deep;
+        self.open()?;
+        if self.peek()? == b'}' {
+            return self.more(b'}', "").map(drop);
+        }
+        loop {
+            self.string()?;
+            self.expect(b':', "expected `:`")?;
+            if self.peek()? == b'[' {
+                self.array(
+                    |s, sites| {
+                        if s.peek()? == b'{' {
+                            s.reaction(sites)
+                        } else {
+                            s.any(deep, sites)
+                        }
+                    },
+                    sites,
+                )?;
+            } else {
+                self.any(deep, sites)?;
+            }
+            if !self.more(b'}', "expected `,` or `}`")? {
+                return Ok(());
+            }
+        }
+    }
+
+    /// A reaction: if its `user_id` is a valid user id, the user is written as its `user`, in
+    /// place of an existing `user` member's value or inserted right after the `user_id` value.
+    /// Its children are reactions too. Of members with the same name the last one counts.
+    ///
+    /// The user's site is reserved where the `user_id` or `user` member is met, so that the
+    /// sites stay in document order whichever comes first and whatever lies between.
+    fn reaction(&mut self, sites: &mut Vec<Site>) -> Scan {
+        let deep = self.depth == Depth::Deep;
+        let void = |at: usize| Site {
+            start: at,
+            end: at,
+            kind: SiteKind::Void,
+            id: u32::MAX,
+        };
+        // The slot after the last `user_id` (a user site if it is a valid id), and the slot of
+        // the last `user` value with where the sites found inside that value end.
+        let mut after_id: Option<usize> = None;
+        let mut user_value: Option<(usize, usize)> = None;
+        self.open()?;
+        let mut more = self.peek()? != b'}';
+        if !more {
+            self.more(b'}', "")?;
+        }
+        while more {
+            let key = self.string()?;
+            let name = ReactionKey::of(&self.src[key.src], key.escaped);
+            self.expect(b':', "expected `:`")?;
+            let next = self.peek()?;
+            match name {
+                ReactionKey::UserId => {
+                    if let Some(slot) = after_id.take() {
+                        sites[slot].kind = SiteKind::Void;
+                        self.voids = true;
+                    }
+                    if next == b'"' {
+                        let token = self.string()?;
+                        let text = &self.src[token.src.clone()];
+                        let valid = if token.escaped {
+                            serde_json::from_slice::<String>(text)
+                                .is_ok_and(|id| is_valid_id(id.as_bytes()))
+                        } else {
+                            is_valid_id(&text[1..text.len() - 1])
+                        };
+                        if valid {
+                            after_id = Some(sites.len());
+                            sites.push(Site {
+                                start: token.out.end,
+                                end: token.out.end,
+                                kind: SiteKind::User {
+                                    key_start: token.out.start,
+                                    key_end: token.out.end,
+                                    escaped: token.escaped,
+                                },
+                                id: u32::MAX,
+                            });
+                        } else if deep {
+                            self.note_candidate(token, sites);
+                        }
+                    } else {
+                        self.any(deep, sites)?;
+                    }
+                }
+                ReactionKey::User => {
+                    if let Some((slot, _)) = user_value.take() {
+                        sites[slot].kind = SiteKind::Void;
+                        self.voids = true;
+                    }
+                    let slot = sites.len();
+                    sites.push(void(self.out_pos()));
+                    self.any(deep, sites)?;
+                    sites[slot].end = self.out_pos();
+                    user_value = Some((slot, sites.len()));
+                }
+                ReactionKey::Children if next == b'{' => self.reactions(sites)?,
+                _ => self.any(deep, sites)?,
+            }
+            more = self.more(b'}', "expected `,` or `}`")?;
+        }
+        match (after_id, user_value) {
+            (Some(id), Some((slot, inner_end))) => {
+                // The `user` value is replaced whole: nothing found inside it is written.
+                sites[slot].kind = sites[id].kind;
+                sites[id].kind = SiteKind::Void;
+                for site in &mut sites[slot + 1..inner_end] {
+                    site.kind = SiteKind::Void;
+                }
+                self.voids = true;
+            }
+            (Some(_), None) => {}
+            (None, Some(_)) => self.voids = true,
+            (None, None) => {}
+        }
+        Ok(())
+    }
+
     /// A member of an activity (or one of a container's own): a string may be a reference.
     fn member(&mut self, next: u8, sites: &mut Vec<Site>) -> Scan {
         match next {
@@ -468,6 +650,48 @@ impl<'a> Scanner<'a> {
             b'{' | b'[' if self.depth == Depth::Deep => self.any(true, sites),
             _ => self.any(false, sites),
         }
+    }
+}
+
+/// Which member of a reaction a key names.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum ReactionKey {
+    UserId,
+    User,
+    Children,
+    Other,
+}
+
+impl ReactionKey {
+    fn of(token: &[u8], escaped: bool) -> ReactionKey {
+        let decoded;
+        let name = if escaped {
+            match serde_json::from_slice::<String>(token) {
+                Ok(text) => {
+                    decoded = text;
+                    decoded.as_bytes()
+                }
+                Err(_) => return ReactionKey::Other,
+            }
+        } else {
+            &token[1..token.len() - 1]
+        };
+        match name {
+            b"user_id" => ReactionKey::UserId,
+            b"user" => ReactionKey::User,
+            b"latest_children" | b"own_children" => ReactionKey::Children,
+            _ => ReactionKey::Other,
+        }
+    }
+}
+
+/// Whether the key written as `token` (with its quotes) is one of `names`.
+fn key_in(token: &[u8], escaped: bool, names: &[&[u8]]) -> bool {
+    if escaped {
+        serde_json::from_slice::<String>(token).is_ok_and(|key| names.contains(&key.as_bytes()))
+    } else {
+        let key = &token[1..token.len() - 1];
+        names.contains(&key)
     }
 }
 

@@ -3,7 +3,7 @@
 
 use serde_json::Value;
 
-use super::{Place, References, referenced_id, walk_mut};
+use super::{Place, References, Search, referenced_id, walk_mut};
 use crate::answer::Answer;
 use crate::shape::Depth;
 
@@ -22,8 +22,8 @@ pub(crate) fn enrich_in_place(
     // The walk meets the references in the order they were collected.
     let mut sites = refs.sites.iter();
     for doc in page.iter_mut() {
-        walk_mut(doc, Place::DOCUMENT, depth, &mut |value| {
-            if referenced_id(value).is_some() {
+        walk_mut(doc, Place::DOCUMENT, depth, &mut |value, search| {
+            if search == Search::User || referenced_id(value).is_some() {
                 let i = *sites
                     .next()
                     .expect("the same walk finds the same references")

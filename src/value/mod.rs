@@ -6,7 +6,8 @@
 //! `in_place` puts each user in its place as a `Value`, for callers who read or edit them.
 //!
 //! The rules live in one place, [`Place::search`]: given where a value stands, it says whether
-//! the value is a string that may be a reference, or where its members stand. Every walk of
+//! the value is a string that may be a reference, or where its members stand; [`Members`] says
+//! where a reaction's user stands among the members of the reaction. Every walk of
 //! the `Value` path — finding the references, substituting them in place, and writing a page
 //! with the users spliced in ([`crate::spliced`]) — follows it, so all of them meet the same
 //! references in the same order.
@@ -16,7 +17,7 @@ mod splice;
 
 use serde_json::{Map, Value};
 
-use crate::id::Ids;
+use crate::id::{Ids, is_valid_id};
 use crate::reference::reference_key;
 use crate::shape::{Depth, Role, container};
 
@@ -35,6 +36,14 @@ pub(crate) enum Place {
     Deep,
     /// Copied as it is: the own fields of responses and groups.
     Plain,
+    /// An activity's `latest_reactions` or `own_reactions` (`top`), or a reaction's
+    /// `latest_children` or `own_children`: as an object, kind → list of reactions; anything
+    /// else is searched as the place of an ordinary member would be.
+    Reactions { top: bool },
+    /// A list of reactions, under a kind.
+    ReactionList,
+    /// An element of a list of reactions.
+    Reaction,
 }
 
 /// How a value is searched, given where it stands. Borrows nothing, so a walk can decide and
@@ -49,6 +58,9 @@ pub(crate) enum Search {
     Elements(Place),
     /// An object whose members stand as [`Fields::place`] says.
     Fields(Fields),
+    /// A reaction's user, named by the `user_id` value handed with it: never answered by
+    /// [`Place::search`], met by a walk where [`Members`] puts the user.
+    User,
 }
 
 /// Where the members of an object stand.
@@ -61,16 +73,42 @@ pub(crate) enum Fields {
     Container { key: &'static str, role: Role },
     /// An object inside an activity, with [`Depth::Deep`].
     Nested,
+    /// An object of reactions: kind → list.
+    Reactions,
+    /// A reaction: its children are reactions, its other members stand at `member`
+    /// ([`Place::Plain`] or [`Place::Deep`]), and `user` says whether and how its user is
+    /// written.
+    Reaction { member: Place, user: UserSlot },
+}
+
+/// How a reaction's user is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum UserSlot {
+    /// Its `user_id` is not a valid user id: nothing changes.
+    None,
+    /// In place of the value of its `user` member.
+    Replace,
+    /// As a new `user` member, right after `user_id` (or where a map that sorts its keys puts
+    /// it).
+    Insert,
 }
 
 impl Fields {
     /// Where the member under `key` stands.
     pub(crate) fn place(self, key: &str) -> Place {
         match self {
+            Fields::Activity(_) if key == "latest_reactions" || key == "own_reactions" => {
+                Place::Reactions { top: true }
+            }
             Fields::Activity(place) => place,
             Fields::Container { key: items, role } if key == items => Place::Items(role),
             Fields::Container { .. } => Place::Plain,
             Fields::Nested => Place::Deep,
+            Fields::Reactions => Place::ReactionList,
+            Fields::Reaction { .. } if key == "latest_children" || key == "own_children" => {
+                Place::Reactions { top: false }
+            }
+            Fields::Reaction { member, .. } => member,
         }
     }
 }
@@ -94,8 +132,131 @@ impl Place {
             (Place::Field | Place::Deep, Value::String(_)) => Search::Candidate,
             (Place::Deep, Value::Array(_)) => Search::Elements(Place::Deep),
             (Place::Deep, Value::Object(_)) => Search::Fields(Fields::Nested),
+            (Place::Reactions { .. }, Value::Object(_)) => Search::Fields(Fields::Reactions),
+            (Place::ReactionList, Value::Array(_)) => Search::Elements(Place::Reaction),
+            (Place::Reaction, Value::Object(reaction)) => Search::Fields(Fields::Reaction {
+                member: if depth == Depth::Deep {
+                    Place::Deep
+                } else {
+                    Place::Plain
+                },
+                user: user_slot(reaction),
+            }),
+            // Anything else in those places is an ordinary member of the activity.
+            (Place::Reactions { .. } | Place::ReactionList | Place::Reaction, value)
+                if depth == Depth::Deep =>
+            {
+                Place::Deep.search(value, depth)
+            }
+            (Place::Reactions { top: true }, value) => Place::Field.search(value, depth),
             _ => Search::None,
         }
+    }
+}
+
+/// How a reaction's user is written: only if its `user_id` is a valid user id.
+fn user_slot(reaction: &Map<String, Value>) -> UserSlot {
+    match reaction.get("user_id").and_then(Value::as_str) {
+        Some(id) if is_valid_id(id.as_bytes()) => {
+            if reaction.contains_key("user") {
+                UserSlot::Replace
+            } else {
+                UserSlot::Insert
+            }
+        }
+        _ => UserSlot::None,
+    }
+}
+
+/// Whether a `serde_json::Map` keeps its keys in the order they came (serde_json's
+/// `preserve_order`, which any crate of the build may turn on) or sorts them.
+fn maps_keep_order() -> bool {
+    static KEEP: std::sync::LazyLock<bool> = std::sync::LazyLock::new(|| {
+        let mut map = Map::new();
+        map.insert("b".to_owned(), Value::Null);
+        map.insert("a".to_owned(), Value::Null);
+        map.keys().next().is_some_and(|key| key == "b")
+    });
+    *KEEP
+}
+
+/// A member of an object as the walks meet it: a field where it stands, or a reaction's user.
+pub(crate) enum Member<'v> {
+    /// A member, with where it stands.
+    Field(&'v str, &'v Value, Place),
+    /// A reaction's user (written under the key `user`), named by this `user_id` value.
+    User(&'v Value),
+}
+
+/// The members of an object standing under `fields`, in the order a serialization of the
+/// object enriched in place would have them: a reaction's user takes the place of its `user`
+/// member, or is inserted right after `user_id` (before the first key that sorts after `user`
+/// if maps sort their keys).
+pub(crate) struct Members<'v> {
+    iter: serde_json::map::Iter<'v>,
+    fields: Fields,
+    /// The `user_id` value of a reaction whose user is written.
+    user_id: Option<&'v Value>,
+    /// The user is still to be inserted.
+    pending: bool,
+    /// The user is inserted next.
+    now: bool,
+    /// A member held back for the inserted user to come first.
+    held: Option<(&'v String, &'v Value)>,
+}
+
+impl<'v> Members<'v> {
+    pub(crate) fn new(object: &'v Map<String, Value>, fields: Fields) -> Members<'v> {
+        let (user_id, pending) = match fields {
+            Fields::Reaction { user, .. } if user != UserSlot::None => {
+                (object.get("user_id"), user == UserSlot::Insert)
+            }
+            _ => (None, false),
+        };
+        Members {
+            iter: object.iter(),
+            fields,
+            user_id,
+            pending,
+            now: false,
+            held: None,
+        }
+    }
+
+    fn user(&mut self) -> Option<Member<'v>> {
+        self.pending = false;
+        self.user_id.map(Member::User)
+    }
+}
+
+impl<'v> Iterator for Members<'v> {
+    type Item = Member<'v>;
+
+    fn next(&mut self) -> Option<Member<'v>> {
+        if self.now {
+            self.now = false;
+            return self.user();
+        }
+        let (key, value) = match self.held.take() {
+            Some(held) => held,
+            None => match self.iter.next() {
+                Some(member) => member,
+                None if self.pending => return self.user(),
+                None => return None,
+            },
+        };
+        if self.pending {
+            if maps_keep_order() {
+                self.now = key == "user_id";
+            } else if key.as_str() > "user" {
+                self.held = Some((key, value));
+                return self.user();
+            }
+        }
+        if self.user_id.is_some() && !self.pending && !self.now && key == "user" {
+            return self.user();
+        }
+        Some(Member::Field(key, value, self.fields.place(key)))
     }
 }
 
@@ -165,6 +326,11 @@ impl References {
                             refs.sites.push(i);
                         }
                     }
+                    Search::User => {
+                        if let Some(id) = value.as_str() {
+                            refs.sites.push(ids.intern(id));
+                        }
+                    }
                     Search::Fields(Fields::Activity(_)) => refs.activities += 1,
                     _ => {}
                 },
@@ -199,8 +365,11 @@ fn walk<'v>(
             }
         }
         (Search::Fields(fields), Value::Object(object)) => {
-            for (key, member) in object {
-                walk(member, fields.place(key), depth, visit);
+            for member in Members::new(object, fields) {
+                match member {
+                    Member::Field(_, member, place) => walk(member, place, depth, visit),
+                    Member::User(user_id) => visit(user_id, Search::User),
+                }
             }
         }
         _ => {}
@@ -210,22 +379,53 @@ fn walk<'v>(
 pub(crate) use self::in_place::enrich_in_place;
 pub use self::splice::{EnrichedDoc, EnrichedValues};
 
-/// Calls `visit` on every string in `value` that sits where a reference counts, in document
-/// order, for substituting it in place.
-fn walk_mut(value: &mut Value, place: Place, depth: Depth, visit: &mut impl FnMut(&mut Value)) {
+/// Calls `visit` on every string in `value` that sits where a reference counts
+/// ([`Search::Candidate`]) and on every reaction's `user` that is written ([`Search::User`],
+/// a `null` put in place first if the reaction had none), in document order, for substituting
+/// them in place.
+fn walk_mut(
+    value: &mut Value,
+    place: Place,
+    depth: Depth,
+    visit: &mut impl FnMut(&mut Value, Search),
+) {
     match (place.search(value, depth), value) {
-        (Search::Candidate, value) => visit(value),
+        (Search::Candidate, value) => visit(value, Search::Candidate),
         (Search::Elements(place), Value::Array(items)) => {
             for item in items {
                 walk_mut(item, place, depth, visit);
             }
         }
         (Search::Fields(fields), Value::Object(object)) => {
+            let user = match fields {
+                Fields::Reaction { user, .. } => user,
+                _ => UserSlot::None,
+            };
+            if user == UserSlot::Insert {
+                insert_user(object);
+            }
             for (key, member) in object.iter_mut() {
-                walk_mut(member, fields.place(key), depth, visit);
+                if user != UserSlot::None && key == "user" {
+                    visit(member, Search::User);
+                } else {
+                    walk_mut(member, fields.place(key), depth, visit);
+                }
             }
         }
         _ => {}
+    }
+}
+
+/// Puts a `user` member (`null`, to be replaced) right after `user_id`, where a map that keeps
+/// its order shows it; a map that sorts its keys puts it in its place anyway.
+fn insert_user(object: &mut Map<String, Value>) {
+    let members = std::mem::take(object);
+    for (key, value) in members {
+        let after = key == "user_id";
+        object.insert(key, value);
+        if after {
+            object.insert("user".to_owned(), Value::Null);
+        }
     }
 }
 

@@ -16,7 +16,7 @@ use serde::{Serialize, Serializer};
 use serde_json::Value;
 use serde_json::value::RawValue;
 
-use super::{Place, References, Search, referenced_id};
+use super::{Fields, Member, Members, Place, References, Search, UserSlot, referenced_id};
 use crate::answer::Answer;
 use crate::shape::Depth;
 use crate::stats::EnrichStats;
@@ -147,15 +147,7 @@ struct Writer<'w, 'a> {
 impl Writer<'_, '_> {
     fn value(&mut self, value: &Value, place: Place) {
         match (place.search(value, self.page.depth), value) {
-            (Search::Candidate, value) if referenced_id(value).is_some() => {
-                let id = *self
-                    .sites
-                    .next()
-                    .expect("the same walk finds the same references")
-                    as usize;
-                let name = &self.page.refs.ids[id];
-                self.page.answers[id].write(name, self.out);
-            }
+            (Search::Candidate, value) if referenced_id(value).is_some() => self.answer(),
             (Search::Elements(place), Value::Array(items)) => {
                 self.out.push(b'[');
                 for (i, item) in items.iter().enumerate() {
@@ -168,18 +160,36 @@ impl Writer<'_, '_> {
             }
             (Search::Fields(fields), Value::Object(object)) => {
                 self.out.push(b'{');
-                for (i, (key, member)) in object.iter().enumerate() {
+                for (i, member) in Members::new(object, fields).enumerate() {
                     if i > 0 {
                         self.out.push(b',');
                     }
-                    self.plain(key.as_str());
-                    self.out.push(b':');
-                    self.value(member, fields.place(key));
+                    match member {
+                        Member::Field(key, member, place) => {
+                            self.plain(key);
+                            self.out.push(b':');
+                            self.value(member, place);
+                        }
+                        Member::User(_) => {
+                            self.out.extend_from_slice(b"\"user\":");
+                            self.answer();
+                        }
+                    }
                 }
                 self.out.push(b'}');
             }
             (_, value) => self.plain(value),
         }
+    }
+
+    /// Writes the answer to the next reference.
+    fn answer(&mut self) {
+        let id = *self
+            .sites
+            .next()
+            .expect("the same walk finds the same references") as usize;
+        let name = &self.page.refs.ids[id];
+        self.page.answers[id].write(name, self.out);
     }
 
     /// Writes a key or a value that holds no reference: serde_json's own escaping and number
@@ -281,6 +291,16 @@ struct Cx<'s> {
     splices: &'s [Option<Splice<'s>>],
 }
 
+impl Cx<'_> {
+    /// What stands in for the next reference.
+    fn splice(&self) -> &RawValue {
+        let at = self.next.get();
+        self.next.set(at + 1);
+        let id = self.sites[at] as usize;
+        self.splices[id].as_deref().expect("made for every site")
+    }
+}
+
 /// A value within a document, serialized with the users spliced in: the same walk as
 /// [`Writer::value`], through serde's API.
 struct Node<'s> {
@@ -294,11 +314,7 @@ impl Serialize for Node<'_> {
         let Node { value, place, cx } = *self;
         match (place.search(value, cx.depth), value) {
             (Search::Candidate, value) if referenced_id(value).is_some() => {
-                let at = cx.next.get();
-                cx.next.set(at + 1);
-                let id = cx.sites[at] as usize;
-                let splice = cx.splices[id].as_deref().expect("made for every site");
-                splice.serialize(serializer)
+                cx.splice().serialize(serializer)
             }
             (Search::Elements(place), Value::Array(items)) => {
                 let mut seq = serializer.serialize_seq(Some(items.len()))?;
@@ -312,16 +328,23 @@ impl Serialize for Node<'_> {
                 seq.end()
             }
             (Search::Fields(fields), Value::Object(object)) => {
-                let mut map = serializer.serialize_map(Some(object.len()))?;
-                for (key, member) in object {
-                    map.serialize_entry(
-                        key,
-                        &Node {
-                            value: member,
-                            place: fields.place(key),
-                            cx,
-                        },
-                    )?;
+                let members = Members::new(object, fields);
+                let inserted = matches!(
+                    fields,
+                    Fields::Reaction {
+                        user: UserSlot::Insert,
+                        ..
+                    }
+                );
+                let mut map =
+                    serializer.serialize_map(Some(object.len() + usize::from(inserted)))?;
+                for member in members {
+                    match member {
+                        Member::Field(key, value, place) => {
+                            map.serialize_entry(key, &Node { value, place, cx })?
+                        }
+                        Member::User(_) => map.serialize_entry("user", cx.splice())?,
+                    }
                 }
                 map.end()
             }
