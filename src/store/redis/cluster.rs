@@ -44,6 +44,7 @@ use redis::{Cmd, Value};
 
 use super::entries::{self, EntryScript, Mode};
 use super::fault::fault;
+use super::node_links::{Failed, NodeLinks};
 use super::scripts::Scripts;
 use super::topology::{Node, NodeUrls, Topology, read_slot_map, slot};
 use crate::collection::{EntryJson, EntryKey, NewEntry, StoredEntry};
@@ -81,6 +82,7 @@ pub struct ClusterStore {
     topology: Arc<Topology>,
     scripts: Arc<Scripts>,
     entry_script: Arc<EntryScript>,
+    node_links: Arc<NodeLinks>,
 }
 
 impl std::fmt::Debug for ClusterStore {
@@ -155,6 +157,7 @@ impl ClusterStore {
             prefix: format!("{ns}:user:"),
             entry_prefix: format!("{ns}:object:"),
             describe,
+            node_links: Arc::new(NodeLinks::new(nodes.clone(), options)),
             nodes,
             topology: Arc::new(Topology::new(map)),
             scripts: Arc::new(Scripts::new()),
@@ -250,12 +253,14 @@ impl ClusterStore {
     }
 
     /// Runs one write command per key: one pipeline per node (behind `prelude`, whose answers
-    /// are dropped), all nodes at once; each command's answer on its own, in key order.
+    /// are dropped), all nodes at once, each over a direct connection to its node (see
+    /// [`super::node_links`]); each command's answer on its own, in key order.
     ///
     /// `pipelined(i)` is key `i`'s command in a pipeline, `alone(i)` the same command sent on
     /// its own. A command the node refused because the key is not (or not yet, or no longer)
-    /// its own — a slot that moved, a node we have no connection to — was not run, so it is
-    /// sent again alone through the crate's routing, which follows the cluster's redirects.
+    /// its own (a slot that moved), or that could not be sent (a node we cannot reach), was not
+    /// run, so it is sent again alone through the crate's routing, which follows the
+    /// cluster's redirects.
     async fn write_keys(
         &self,
         keys: &[String],
@@ -278,14 +283,7 @@ impl ClusterStore {
                             pipe.add_command(pipelined(i));
                         }
                         let skip = usize::from(prelude.is_some());
-                        let routing = SingleNodeRoutingInfo::ByAddress {
-                            host: node.host.clone(),
-                            port: node.port,
-                        };
-                        let sent = (self.writes.clone())
-                            .route_pipeline(pipe, 0, skip + positions.len(), routing)
-                            .await;
-                        match sent {
+                        match self.node_links.send(&node, &pipe).await {
                             Ok(values) => entries::each(values, skip)
                                 .into_iter()
                                 .map(|answer| match answer {
@@ -293,28 +291,26 @@ impl ClusterStore {
                                     answer => Some(answer),
                                 })
                                 .collect(),
-                            Err(err)
-                                if err.kind() == redis::ErrorKind::ClusterConnectionNotFound =>
-                            {
+                            Err(Failed::NotSent(err)) => {
+                                tracing::debug!(%node, "cannot reach the node, following the cluster: {err}");
                                 vec![None; positions.len()]
                             }
-                            Err(err) => positions.iter().map(|_| Some(Err(err.clone()))).collect(),
+                            Err(Failed::Lost(err)) => {
+                                positions.iter().map(|_| Some(Err(err.clone()))).collect()
+                            }
                         }
                     }
                     None => vec![None; positions.len()],
                 };
+                if answers.iter().any(Option::is_none) {
+                    // Our map is stale: read it again, and tell the watcher if it moved.
+                    if let Ok(true) = self.topology.refresh(&mut self.conn.clone()).await {
+                        self.topology.stale.notify_one();
+                    }
+                }
                 for (slot_answer, &i) in answers.iter_mut().zip(&positions) {
                     if slot_answer.is_none() {
                         *slot_answer = Some(alone(i).query_async(&mut self.writes.clone()).await);
-                    }
-                }
-                if answers
-                    .iter()
-                    .any(|a| matches!(a, Some(Err(e)) if not_run_here(e)))
-                {
-                    // The map is stale: read it again, and tell the watcher if it moved.
-                    if let Ok(true) = self.topology.refresh(&mut self.conn.clone()).await {
-                        self.topology.stale.notify_one();
                     }
                 }
                 (positions, answers)

@@ -17,6 +17,7 @@ mod cluster;
 mod entries;
 mod fault;
 mod link;
+mod node_links;
 mod scripts;
 mod tls;
 mod topology;
