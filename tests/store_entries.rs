@@ -826,3 +826,32 @@ async fn cluster_batch_writes_follow_a_moved_slot() {
     let keys: Vec<EntryKey> = (0..20).map(|i| key("moved", &format!("e{i}"))).collect();
     assert_eq!(store.delete_entries(&keys).await.unwrap(), 20);
 }
+
+/// On a cluster too: each master announces the entry writes it executes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn entry_writes_reach_other_enrichers_on_a_cluster() {
+    let cluster = tokio::task::spawn_blocking(RedisCluster::start)
+        .await
+        .unwrap();
+    let a = support::watched_enricher(&cluster.url(), Duration::from_secs(5)).await;
+    let b = support::watched_enricher(&cluster.url(), Duration::from_secs(5)).await;
+    let v = |e: &Value| e["data"]["v"].as_i64().unwrap_or(-1);
+    let ids: Vec<String> = (0..12).map(|i| format!("food:e{i}")).collect();
+    for id in &ids {
+        assert_eq!(object(&b, id).await["error"], "ReferenceNotFound");
+    }
+    for round in 0..3 {
+        let batch: Vec<NewEntry> = (0..12)
+            .map(|i| entry("food", &format!("e{i}"), json!({ "v": round })))
+            .collect();
+        a.users().upsert_entries(&batch).await.unwrap();
+        for id in &ids {
+            until_object(&b, id, |e| v(e) == round).await;
+        }
+    }
+    let keys: Vec<EntryKey> = ids.iter().map(|id| EntryKey::parse(id).unwrap()).collect();
+    assert_eq!(a.users().delete_entries(&keys).await.unwrap(), 12);
+    for id in &ids {
+        until_object(&b, id, |e| e["error"] == "ReferenceNotFound").await;
+    }
+}

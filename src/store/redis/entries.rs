@@ -21,7 +21,9 @@ use crate::user::Timestamp;
 /// owner line of a new entry (`alice\n` or empty), the entry's fixed head up to `"data":`, its
 /// data, and the time of the write.
 ///
-/// Answers `{1, created_at}` when it wrote; `{2, ''}` for an add whose key is taken; nil for an
+/// Answers `{1, created_at}` when it wrote (or finds exactly what this call writes, stamp
+/// included: the same call sent again by a client that lost its answer, which must not turn
+/// into a conflict); `{2, ''}` for an add whose key is taken; nil for an
 /// update of an absent entry; `{0, old record}` (writing nothing) when the stored record is
 /// not one whose owner and `created_at` can be kept: it must be the owner line, if any, then
 /// this entry's head, then anything, then the tail with a real `created_at`, as the client's
@@ -51,7 +53,13 @@ local function kept(record, head)
 end
 local mode, now = ARGV[1], ARGV[5]
 local old = redis.call('GET', KEYS[1])
-if old and mode == 'a' then return {2, ''} end
+if old and mode == 'a' then
+  -- This very add, sent again after its answer was lost, finds what it wrote.
+  local same = ARGV[2] .. ARGV[3] .. ARGV[4]
+    .. ',"created_at":"' .. now .. '","updated_at":"' .. now .. '"}'
+  if old == same then return {1, now} end
+  return {2, ''}
+end
 if not old and mode == 'u' then return false end
 local owner, created = ARGV[2], now
 if old then
