@@ -1,5 +1,5 @@
-//! Batch work over NDJSON: the job behind `enrich run`, the import behind `enrich users
-//! import`, and the line reader both read with.
+//! Batch work over NDJSON: the job behind `enrich run`, the imports behind `enrich users
+//! import` and `enrich collections import`, and the line reader they all read with.
 //!
 //! # The job
 //!
@@ -37,6 +37,7 @@
 //! output ends with a complete line, and the summary says the run was interrupted.
 
 mod chunk;
+mod entries;
 mod files;
 mod import;
 mod lines;
@@ -54,6 +55,7 @@ use crate::error::Error;
 use crate::shape::Depth;
 use crate::stats::EnrichStats;
 
+pub use self::entries::{EntryImportError, EntryImportSummary, import_entries, parse_entry_line};
 pub use self::files::{FileId, check_outputs};
 pub use self::import::{
     IMPORT_BATCH, ImportError, ImportEvent, ImportSummary, import_users, parse_import_line,

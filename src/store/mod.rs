@@ -246,6 +246,13 @@ pub(crate) fn stored_user(id: &UserId, bytes: impl Into<bytes::Bytes>) -> Result
     UserJson::from_stored_as(id, bytes).map_err(|e| e.context(format!("user {id}")))
 }
 
+/// An entry record read back from a store for `key`, checked whole as a user's is; a corrupt
+/// one is an error naming the entry.
+#[cfg(any(feature = "redis", feature = "file"))]
+pub(crate) fn stored_entry(key: &EntryKey, bytes: impl Into<bytes::Bytes>) -> Result<StoredEntry> {
+    EntryJson::from_stored_as(key, bytes).map_err(|e| e.context(format!("entry {key}")))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

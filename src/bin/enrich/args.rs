@@ -52,6 +52,9 @@ pub(crate) enum Command {
     /// Manage users.
     #[command(subcommand, after_help = EXIT_CODES)]
     Users(Users),
+    /// Manage collection entries (objects referenced as SO:<collection>:<id>).
+    #[command(subcommand, after_help = EXIT_CODES)]
+    Collections(Collections),
     /// Enrich NDJSON: each line an activity, a group or a feed response; one line out per line in.
     #[command(after_help = EXIT_CODES)]
     Run {
@@ -63,6 +66,10 @@ pub(crate) enum Command {
         /// Import these users (NDJSON, replacing existing ones) before the run.
         #[arg(long, value_name = "USERS.ndjson")]
         users: Option<PathBuf>,
+        /// Import these collection entries (NDJSON {"collection":…,"id":…,"data":…}, replacing
+        /// existing ones) before the run.
+        #[arg(long, value_name = "OBJECTS.ndjson")]
+        objects: Option<PathBuf>,
         /// Enrich references at any depth inside an activity, not only its top-level fields.
         #[arg(long)]
         deep: bool,
@@ -328,6 +335,51 @@ pub(crate) enum Users {
         /// Replace users that exist instead of skipping them.
         #[arg(long)]
         override_existing: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum Collections {
+    /// Create an entry and print it.
+    Add {
+        /// The collection: 1 to 255 of A-Z, a-z, 0-9, '-' and '_'.
+        name: String,
+        /// The entry's id (same rule); a random UUID if not given.
+        #[arg(long)]
+        id: Option<String>,
+        /// The entry's data: a non-empty JSON object, or - to read it from standard input.
+        #[arg(long)]
+        data: String,
+    },
+    /// Print an entry.
+    Get {
+        /// The collection.
+        name: String,
+        /// The entry's id.
+        id: String,
+    },
+    /// Replace an entry's data and print the entry.
+    Update {
+        /// The collection.
+        name: String,
+        /// The entry's id.
+        id: String,
+        /// The new data: a non-empty JSON object, or - to read it from standard input.
+        #[arg(long)]
+        data: String,
+    },
+    /// Delete an entry; prints {}.
+    Delete {
+        /// The collection.
+        name: String,
+        /// The entry's id.
+        id: String,
+    },
+    /// Import NDJSON lines {"collection":…,"id":…,"data":{…}} from a file or standard input;
+    /// an entry that exists is replaced (keeping its created_at), a line without id gets one.
+    Import {
+        /// The file to read; - or nothing for standard input.
+        file: Option<PathBuf>,
     },
 }
 

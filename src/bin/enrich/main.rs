@@ -4,7 +4,7 @@
 use std::io::Write;
 use std::time::Duration;
 
-use args::{Cli, Command, Users};
+use args::{Cli, Collections, Command, Users};
 use clap::Parser;
 
 mod args;
@@ -28,6 +28,7 @@ async fn main() {
     let spec = StoreSpec::new(cli.store, StoreOptions::new().namespace(cli.namespace));
     let result = match cli.command {
         Command::Users(users) => run_users(&spec, users).await,
+        Command::Collections(command) => run_collections(&spec, command).await,
         Command::Bench {
             users,
             activities,
@@ -64,6 +65,7 @@ async fn main() {
             files,
             output,
             users,
+            objects,
             deep,
             rejects,
             max_line_output,
@@ -80,6 +82,7 @@ async fn main() {
                 inputs: files,
                 output,
                 users,
+                objects,
                 rejects,
                 options: RunOptions::new()
                     .depth(depth)
@@ -159,6 +162,36 @@ async fn run_users(spec: &StoreSpec, command: Users) -> Result<(), Error> {
             override_existing,
         } => {
             let summary = commands::users_import(spec, file.as_deref(), override_existing).await?;
+            eprintln!("{summary}");
+            if summary.rejected > 0 {
+                return Err(Error::invalid(format!(
+                    "{} line(s) rejected",
+                    summary.rejected
+                )));
+            }
+            return Ok(());
+        }
+    };
+    print_line(&line)
+}
+
+async fn run_collections(spec: &StoreSpec, command: Collections) -> Result<(), Error> {
+    let line = match command {
+        Collections::Add { name, id, data } => {
+            commands::entries_add(spec, &name, id.as_deref(), &data)
+                .await?
+                .to_string()
+        }
+        Collections::Get { name, id } => commands::entries_get(spec, &name, &id).await?.to_string(),
+        Collections::Update { name, id, data } => commands::entries_update(spec, &name, &id, &data)
+            .await?
+            .to_string(),
+        Collections::Delete { name, id } => {
+            commands::entries_delete(spec, &name, &id).await?;
+            "{}".to_string()
+        }
+        Collections::Import { file } => {
+            let summary = commands::entries_import(spec, file.as_deref()).await?;
             eprintln!("{summary}");
             if summary.rejected > 0 {
                 return Err(Error::invalid(format!(

@@ -40,13 +40,20 @@ use redis::cluster::{ClusterClient, ClusterClientBuilder};
 use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
 
+use redis::{Cmd, Value};
+
+use super::entries::{self, EntryScript, Mode};
 use super::fault::fault;
+use super::node_links::{Failed, NodeLinks};
 use super::scripts::Scripts;
 use super::topology::{Node, NodeUrls, Topology, read_slot_map, slot};
+use crate::collection::{EntryJson, EntryKey, NewEntry, StoredEntry};
 use crate::error::{Error, Result};
+use crate::record::Record;
+use crate::reference::Key;
 use crate::store::{
     Added, EventSink, ImportOutcome, ImportUser, StoreOptions, UserSource, UserStore, WatchGuard,
-    stored_user,
+    entry_not_found, stored_entry, stored_user,
 };
 use crate::user::{NewUser, Timestamp, UserId, UserJson};
 
@@ -69,10 +76,13 @@ pub struct ClusterStore {
     writes: ClusterConnection,
     options: StoreOptions,
     prefix: String,
+    entry_prefix: String,
     describe: String,
     nodes: NodeUrls,
     topology: Arc<Topology>,
     scripts: Arc<Scripts>,
+    entry_script: Arc<EntryScript>,
+    node_links: Arc<NodeLinks>,
 }
 
 impl std::fmt::Debug for ClusterStore {
@@ -145,10 +155,13 @@ impl ClusterStore {
             writes,
             options: options.clone(),
             prefix: format!("{ns}:user:"),
+            entry_prefix: format!("{ns}:object:"),
             describe,
+            node_links: Arc::new(NodeLinks::new(nodes.clone(), options)),
             nodes,
             topology: Arc::new(Topology::new(map)),
             scripts: Arc::new(Scripts::new()),
+            entry_script: Arc::new(EntryScript::new()),
         })
     }
 
@@ -189,18 +202,11 @@ impl ClusterStore {
             .await
             .map_err(|e| self.fault(e))
     }
-}
 
-#[async_trait]
-impl UserSource for ClusterStore {
-    async fn get_many(&self, ids: &[UserId]) -> Result<Vec<Option<UserJson>>> {
-        self.get_many_each(ids).await.into_iter().collect()
-    }
-
-    async fn get_many_each(&self, ids: &[UserId]) -> Vec<Result<Option<UserJson>>> {
-        let keys: Vec<String> = ids.iter().map(|id| self.key(id)).collect();
+    /// Positions in `keys` grouped by the master that serves them by our map (`None`: a slot
+    /// no master serves by it).
+    fn by_node(&self, keys: &[String]) -> Vec<(Option<Node>, Vec<usize>)> {
         let map = self.topology.current();
-        // Node index (None: a slot no master serves by our map) → positions in `ids`.
         let mut groups: BTreeMap<Option<usize>, Vec<usize>> = BTreeMap::new();
         for (i, key) in keys.iter().enumerate() {
             groups
@@ -208,17 +214,24 @@ impl UserSource for ClusterStore {
                 .or_default()
                 .push(i);
         }
-        let reads = groups.into_iter().map(|(node, positions)| {
-            let node = node.map(|n| map.node(n).clone());
+        (groups.into_iter())
+            .map(|(node, positions)| (node.map(|n| map.node(n).clone()), positions))
+            .collect()
+    }
+
+    /// Reads `keys` with one command per node, all nodes at once; an answer or an error per
+    /// key (a node that cannot be reached fails its keys only).
+    async fn read_keys(&self, keys: &[String]) -> Vec<Result<Option<Bytes>>> {
+        let reads = self.by_node(keys).into_iter().map(|(node, positions)| {
             let group_keys = positions.iter().map(|i| keys[*i].as_str()).collect();
             async move { (positions, self.read_group(node, group_keys).await) }
         });
-        let mut answers: Vec<Option<Result<Option<UserJson>>>> = vec![None; ids.len()];
+        let mut answers: Vec<Option<Result<Option<Bytes>>>> = vec![None; keys.len()];
         for (positions, result) in join_all(reads).await {
             match result {
                 Ok(found) => {
                     for (i, bytes) in positions.into_iter().zip(found) {
-                        answers[i] = Some(bytes.map(|b| stored_user(&ids[i], b)).transpose());
+                        answers[i] = Some(Ok(bytes));
                     }
                 }
                 Err(err) => {
@@ -230,7 +243,162 @@ impl UserSource for ClusterStore {
         }
         answers
             .into_iter()
-            .map(|a| a.expect("every id is in one group"))
+            .map(|a| a.expect("every key is in one group"))
+            .collect()
+    }
+
+    /// The key that holds a collection entry.
+    pub fn entry_key(&self, key: &EntryKey) -> String {
+        format!("{}{key}", self.entry_prefix)
+    }
+
+    /// Runs one write command per key: one pipeline per node (behind `prelude`, whose answers
+    /// are dropped), all nodes at once, each over a direct connection to its node (see
+    /// [`super::node_links`]); each command's answer on its own, in key order.
+    ///
+    /// `pipelined(i)` is key `i`'s command in a pipeline, `alone(i)` the same command sent on
+    /// its own. A command the node refused because the key is not (or not yet, or no longer)
+    /// its own (a slot that moved), or that could not be sent (a node we cannot reach), was not
+    /// run, so it is sent again alone through the crate's routing, which follows the
+    /// cluster's redirects.
+    async fn write_keys(
+        &self,
+        keys: &[String],
+        prelude: Option<Cmd>,
+        pipelined: impl Fn(usize) -> Cmd + Sync,
+        alone: impl Fn(usize) -> Cmd + Sync,
+    ) -> Vec<redis::RedisResult<Value>> {
+        let (pipelined, alone, prelude) = (&pipelined, &alone, &prelude);
+        let groups = self
+            .by_node(keys)
+            .into_iter()
+            .map(|(node, positions)| async move {
+                let mut answers: Vec<Option<redis::RedisResult<Value>>> = match node {
+                    Some(node) => {
+                        let mut pipe = redis::pipe();
+                        if let Some(prelude) = prelude {
+                            pipe.add_command(prelude.clone());
+                        }
+                        for &i in &positions {
+                            pipe.add_command(pipelined(i));
+                        }
+                        let skip = usize::from(prelude.is_some());
+                        match self.node_links.send(&node, &pipe).await {
+                            Ok(values) => entries::each(values, skip)
+                                .into_iter()
+                                .map(|answer| match answer {
+                                    Err(err) if not_run_here(&err) => None,
+                                    answer => Some(answer),
+                                })
+                                .collect(),
+                            Err(Failed::NotSent(err)) => {
+                                tracing::debug!(%node, "cannot reach the node, following the cluster: {err}");
+                                vec![None; positions.len()]
+                            }
+                            Err(Failed::Lost(err)) => {
+                                positions.iter().map(|_| Some(Err(err.clone()))).collect()
+                            }
+                        }
+                    }
+                    None => vec![None; positions.len()],
+                };
+                if answers.iter().any(Option::is_none) {
+                    // Our map is stale: read it again, and tell the watcher if it moved.
+                    if let Ok(true) = self.topology.refresh(&mut self.conn.clone()).await {
+                        self.topology.stale.notify_one();
+                    }
+                }
+                for (slot_answer, &i) in answers.iter_mut().zip(&positions) {
+                    if slot_answer.is_none() {
+                        *slot_answer = Some(alone(i).query_async(&mut self.writes.clone()).await);
+                    }
+                }
+                (positions, answers)
+            });
+        let mut out: Vec<Option<redis::RedisResult<Value>>> =
+            (0..keys.len()).map(|_| None).collect();
+        for (positions, answers) in join_all(groups).await {
+            for (i, answer) in positions.into_iter().zip(answers) {
+                out[i] = answer;
+            }
+        }
+        out.into_iter()
+            .map(|a| a.expect("every key is in one group"))
+            .collect()
+    }
+
+    /// Writes `batch` in `mode`: one pipeline per node, each entry its own atomic write.
+    async fn write_entries(&self, batch: &[NewEntry], mode: Mode) -> Vec<Result<EntryJson>> {
+        let now = Timestamp::now();
+        let keys: Vec<String> = batch.iter().map(|e| self.entry_key(e.key())).collect();
+        let script = &self.entry_script;
+        let call = |i: usize, loaded| script.call(&keys[i], &batch[i], mode, now, loaded);
+        let answers = self
+            .write_keys(
+                &keys,
+                Some(script.load()),
+                |i| call(i, true),
+                |i| call(i, false),
+            )
+            .await;
+        (batch.iter().zip(answers))
+            .map(|(entry, answer)| entries::written(&self.describe, entry, now, answer))
+            .collect()
+    }
+}
+
+/// True for a refusal that means the command was not run because its key is not this node's
+/// to serve (now), or the node did not know the script: sending it again elsewhere is safe.
+fn not_run_here(err: &redis::RedisError) -> bool {
+    use redis::ServerErrorKind as K;
+    matches!(
+        err.kind(),
+        redis::ErrorKind::Server(
+            K::Moved | K::Ask | K::TryAgain | K::ClusterDown | K::MasterDown | K::NoScript
+        )
+    )
+}
+
+#[async_trait]
+impl UserSource for ClusterStore {
+    async fn get_many(&self, ids: &[UserId]) -> Result<Vec<Option<UserJson>>> {
+        self.get_many_each(ids).await.into_iter().collect()
+    }
+
+    async fn get_many_each(&self, ids: &[UserId]) -> Vec<Result<Option<UserJson>>> {
+        let keys: Vec<String> = ids.iter().map(|id| self.key(id)).collect();
+        (ids.iter().zip(self.read_keys(&keys).await))
+            .map(|(id, found)| {
+                found.and_then(|bytes| bytes.map(|b| stored_user(id, b)).transpose())
+            })
+            .collect()
+    }
+
+    async fn get_entries_each(&self, keys: &[EntryKey]) -> Vec<Result<Option<EntryJson>>> {
+        let names: Vec<String> = keys.iter().map(|key| self.entry_key(key)).collect();
+        (keys.iter().zip(self.read_keys(&names).await))
+            .map(|(key, found)| {
+                found.and_then(|bytes| {
+                    bytes
+                        .map(|b| stored_entry(key, b).map(|stored| stored.entry))
+                        .transpose()
+                })
+            })
+            .collect()
+    }
+
+    /// Users and entries together: one command per node.
+    async fn get_records_each(&self, keys: &[Key]) -> Vec<Result<Option<Record>>> {
+        let names: Vec<String> = (keys.iter())
+            .map(|key| match key {
+                Key::User(id) => self.key(id),
+                Key::Entry(key) => self.entry_key(key),
+            })
+            .collect();
+        (keys.iter().zip(self.read_keys(&names).await))
+            .map(|(key, found)| {
+                found.and_then(|bytes| bytes.map(|b| super::record(key, b)).transpose())
+            })
             .collect()
     }
 
@@ -243,7 +411,7 @@ impl UserSource for ClusterStore {
             self.conn.clone(),
             self.topology.clone(),
             self.nodes.clone(),
-            self.prefix.clone(),
+            vec![self.prefix.clone(), self.entry_prefix.clone()],
             &self.options,
             sink,
         )
@@ -304,4 +472,62 @@ impl UserStore for ClusterStore {
         }
         Ok(outcomes)
     }
+    async fn add_entry(&self, entry: &NewEntry) -> Result<EntryJson> {
+        single(
+            self.write_entries(std::slice::from_ref(entry), Mode::Add)
+                .await,
+        )
+    }
+
+    async fn update_entry(&self, entry: &NewEntry) -> Result<EntryJson> {
+        single(
+            self.write_entries(std::slice::from_ref(entry), Mode::Update)
+                .await,
+        )
+    }
+
+    async fn delete_entry(&self, key: &EntryKey) -> Result<()> {
+        match self.delete_entries(std::slice::from_ref(key)).await? {
+            0 => Err(entry_not_found(key)),
+            _ => Ok(()),
+        }
+    }
+
+    async fn upsert_entries(&self, batch: &[NewEntry]) -> Result<Vec<EntryJson>> {
+        self.write_entries(batch, Mode::Upsert)
+            .await
+            .into_iter()
+            .collect()
+    }
+
+    /// One pipeline of single-key `DEL`s per node: a `DEL` of several keys would have to stay
+    /// within one slot.
+    async fn delete_entries(&self, keys: &[EntryKey]) -> Result<u64> {
+        let names: Vec<String> = keys.iter().map(|key| self.entry_key(key)).collect();
+        let del = |i: usize| redis::cmd("DEL").arg(&names[i]).clone();
+        let answers = self.write_keys(&names, None, del, del).await;
+        let mut removed = 0;
+        for answer in answers {
+            removed += entries::removed(&self.describe, answer)?;
+        }
+        Ok(removed)
+    }
+
+    async fn get_stored_entry(&self, key: &EntryKey) -> Result<Option<StoredEntry>> {
+        let found = self.read_keys(&[self.entry_key(key)]).await.pop();
+        match found {
+            Some(found) => found?.map(|bytes| stored_entry(key, bytes)).transpose(),
+            None => Ok(None),
+        }
+    }
+}
+
+/// The one answer of a batch of one.
+fn single<T>(mut answers: Vec<Result<T>>) -> Result<T> {
+    answers.pop().unwrap_or_else(|| {
+        Err(Error::new(
+            crate::ErrorKind::Internal,
+            "a write answered nothing",
+        ))
+    })
 }

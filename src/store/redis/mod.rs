@@ -1,7 +1,9 @@
 //! The Redis backend, the production source of truth.
 //!
 //! Each user is one string key, `{namespace}:user:{id}`, holding its final [`UserJson`] bytes,
-//! so a read hands out what Redis sent without re-encoding. Reads of a page are one `MGET`.
+//! so a read hands out what Redis sent without re-encoding; each collection entry likewise,
+//! `{namespace}:object:{collection}:{id}` (see [`entries`] for its stored form and its writes).
+//! Reads of a page, users and entries together, are one `MGET`.
 //! Every write is one Lua script, which makes it atomic on the server: create-if-absent cannot
 //! be won twice, and an update splices the stored `created_at` (always the first 42 bytes of a
 //! record) in front of the new tail, so it can never be lost. A record that something else
@@ -12,8 +14,10 @@
 //! learns of every write to its namespace, ours or anyone's.
 
 mod cluster;
+mod entries;
 mod fault;
 mod link;
+mod node_links;
 mod scripts;
 mod tls;
 mod topology;
@@ -28,15 +32,19 @@ use bytes::Bytes;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{AsyncConnectionConfig, Client};
 
-use self::fault::fault;
+use self::entries::{EntryScript, Mode};
+use self::fault::{fault, write_fault};
 use self::link::WriteLink;
 use self::scripts::Scripts;
 use super::url::redact;
 use super::{
     Added, EventSink, ImportOutcome, ImportUser, StoreOptions, UserSource, UserStore, WatchGuard,
-    stored_user,
+    entry_not_found, stored_entry, stored_user,
 };
+use crate::collection::{EntryJson, EntryKey, NewEntry, StoredEntry};
 use crate::error::{Error, Result};
+use crate::record::Record;
+use crate::reference::Key;
 use crate::user::{NewUser, Timestamp, UserId, UserJson};
 
 /// Users in Redis, under a namespace prefix. Cheap to clone; clones share two multiplexed,
@@ -49,8 +57,10 @@ pub struct RedisStore {
     client: Client,
     options: StoreOptions,
     prefix: String,
+    entry_prefix: String,
     describe: String,
     scripts: std::sync::Arc<Scripts>,
+    entry_script: std::sync::Arc<EntryScript>,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -99,8 +109,10 @@ impl RedisStore {
             client,
             options: options.clone(),
             prefix: format!("{ns}:user:"),
+            entry_prefix: format!("{ns}:object:"),
             describe,
             scripts: std::sync::Arc::new(Scripts::new()),
+            entry_script: std::sync::Arc::new(EntryScript::new()),
         })
     }
 
@@ -112,6 +124,63 @@ impl RedisStore {
     /// The prefix of every user key of this namespace.
     pub fn prefix(&self) -> &str {
         &self.prefix
+    }
+
+    /// The key that holds a collection entry.
+    pub fn entry_key(&self, key: &EntryKey) -> String {
+        format!("{}{key}", self.entry_prefix)
+    }
+
+    fn record_key(&self, key: &Key) -> String {
+        match key {
+            Key::User(id) => self.key(id),
+            Key::Entry(key) => self.entry_key(key),
+        }
+    }
+
+    /// Runs `cmds` as one pipeline on the write connection, behind `prelude` (whose answers
+    /// are dropped); each command's answer on its own.
+    async fn pipeline(
+        &self,
+        prelude: Option<redis::Cmd>,
+        cmds: impl Iterator<Item = redis::Cmd>,
+    ) -> Result<Vec<redis::RedisResult<redis::Value>>> {
+        use redis::aio::ConnectionLike;
+        let mut pipe = redis::pipe();
+        let skip = usize::from(prelude.is_some());
+        if let Some(prelude) = prelude {
+            pipe.add_command(prelude);
+        }
+        for cmd in cmds {
+            pipe.add_command(cmd);
+        }
+        let count = pipe.len();
+        let conn = &mut self.writer().await?;
+        let values = conn
+            .req_packed_commands(&pipe, 0, count)
+            .await
+            .map_err(|e| write_fault(&self.describe, e))?;
+        Ok(entries::each(values, skip))
+    }
+
+    /// Writes `entries` in `mode` in one round trip, each its own atomic write.
+    async fn write_entries(
+        &self,
+        batch: &[NewEntry],
+        mode: Mode,
+    ) -> Result<Vec<Result<EntryJson>>> {
+        if batch.is_empty() {
+            return Ok(Vec::new());
+        }
+        let now = Timestamp::now();
+        let script = &self.entry_script;
+        let calls = batch
+            .iter()
+            .map(|entry| script.call(&self.entry_key(entry.key()), entry, mode, now, true));
+        let answers = self.pipeline(Some(script.load()), calls).await?;
+        Ok((batch.iter().zip(answers))
+            .map(|(entry, answer)| entries::written(&self.describe, entry, now, answer))
+            .collect())
     }
 
     fn fault(&self, err: redis::RedisError) -> Error {
@@ -149,6 +218,39 @@ impl UserSource for RedisStore {
         }
     }
 
+    async fn get_entries_each(&self, keys: &[EntryKey]) -> Vec<Result<Option<EntryJson>>> {
+        let keys: Vec<Key> = keys.iter().cloned().map(Key::Entry).collect();
+        (self.get_records_each(&keys).await.into_iter())
+            .map(|found| found.map(|record| record.and_then(|r| r.entry().cloned())))
+            .collect()
+    }
+
+    /// One `MGET` over the keys of every kind.
+    async fn get_records_each(&self, keys: &[Key]) -> Vec<Result<Option<Record>>> {
+        if keys.is_empty() {
+            return Vec::new();
+        }
+        let names: Vec<String> = keys.iter().map(|key| self.record_key(key)).collect();
+        let found: Result<Vec<Option<Bytes>>> = redis::cmd("MGET")
+            .arg(&names)
+            .query_async(&mut self.reads.clone())
+            .await
+            .map_err(|e| self.fault(e));
+        match found {
+            Ok(found) if found.len() == keys.len() => (keys.iter().zip(found))
+                .map(|(key, bytes)| bytes.map(|bytes| record(key, bytes)).transpose())
+                .collect(),
+            Ok(found) => {
+                let err = Error::new(
+                    crate::ErrorKind::Internal,
+                    format!("MGET answered {} of {} keys", found.len(), keys.len()),
+                );
+                vec![Err(err); keys.len()]
+            }
+            Err(err) => vec![Err(err); keys.len()],
+        }
+    }
+
     fn describe(&self) -> String {
         self.describe.clone()
     }
@@ -156,7 +258,7 @@ impl UserSource for RedisStore {
     fn watch(&self, sink: EventSink) -> Option<WatchGuard> {
         tracking::watch(
             self.client.clone(),
-            self.prefix.clone(),
+            vec![self.prefix.clone(), self.entry_prefix.clone()],
             self.describe.clone(),
             &self.options,
             sink,
@@ -203,4 +305,75 @@ impl UserStore for RedisStore {
             )
             .await
     }
+
+    async fn add_entry(&self, entry: &NewEntry) -> Result<EntryJson> {
+        single(
+            self.write_entries(std::slice::from_ref(entry), Mode::Add)
+                .await?,
+        )
+    }
+
+    async fn update_entry(&self, entry: &NewEntry) -> Result<EntryJson> {
+        single(
+            self.write_entries(std::slice::from_ref(entry), Mode::Update)
+                .await?,
+        )
+    }
+
+    async fn delete_entry(&self, key: &EntryKey) -> Result<()> {
+        match self.delete_entries(std::slice::from_ref(key)).await? {
+            0 => Err(entry_not_found(key)),
+            _ => Ok(()),
+        }
+    }
+
+    async fn upsert_entries(&self, batch: &[NewEntry]) -> Result<Vec<EntryJson>> {
+        all(self.write_entries(batch, Mode::Upsert).await?)
+    }
+
+    /// One `DEL` of every key: each key is removed on its own, atomically.
+    async fn delete_entries(&self, keys: &[EntryKey]) -> Result<u64> {
+        if keys.is_empty() {
+            return Ok(0);
+        }
+        let names: Vec<String> = keys.iter().map(|key| self.entry_key(key)).collect();
+        let conn = &mut self.writer().await?;
+        redis::cmd("DEL")
+            .arg(&names)
+            .query_async(conn)
+            .await
+            .map_err(|e| write_fault(&self.describe, e))
+    }
+
+    async fn get_stored_entry(&self, key: &EntryKey) -> Result<Option<StoredEntry>> {
+        let found: Option<Bytes> = redis::cmd("GET")
+            .arg(self.entry_key(key))
+            .query_async(&mut self.reads.clone())
+            .await
+            .map_err(|e| self.fault(e))?;
+        found.map(|bytes| stored_entry(key, bytes)).transpose()
+    }
+}
+
+/// A record read under `key`, checked whole; a corrupt one is an error naming it.
+pub(super) fn record(key: &Key, bytes: Bytes) -> Result<Record> {
+    match key {
+        Key::User(id) => stored_user(id, bytes).map(Record::User),
+        Key::Entry(key) => stored_entry(key, bytes).map(|stored| Record::Entry(stored.entry)),
+    }
+}
+
+/// The one answer of a batch of one.
+fn single<T>(mut answers: Vec<Result<T>>) -> Result<T> {
+    answers.pop().unwrap_or_else(|| {
+        Err(Error::new(
+            crate::ErrorKind::Internal,
+            "a write answered nothing",
+        ))
+    })
+}
+
+/// The answers of a batch of writes, or the first error among them.
+fn all<T>(answers: Vec<Result<T>>) -> Result<Vec<T>> {
+    answers.into_iter().collect()
 }

@@ -1,9 +1,11 @@
 //! How every enricher learns of every write to Redis: server-assisted client-side caching.
 //!
 //! Each watching enricher keeps one extra RESP3 connection with
-//! `CLIENT TRACKING ON BCAST PREFIX {namespace}:user:`. Redis then pushes an `invalidate`
-//! message with the key of every write under that prefix, from the same command that made the
-//! write, so an acknowledged write has always been announced. We chose this over publishing
+//! `CLIENT TRACKING ON BCAST PREFIX {namespace}:user: PREFIX {namespace}:object:`. Redis then
+//! pushes an `invalidate` message with the key of every write under those prefixes, from the same command that made the
+//! write, so an acknowledged write has always been announced. A key becomes the L1 key of its
+//! record by dropping its prefix: `{namespace}:user:alice` is `alice`,
+//! `{namespace}:object:food:burger` is `food:burger`. We chose this over publishing
 //! from our own write scripts because it also catches writes made outside the engine (a
 //! `redis-cli SET`, a migration script, `FLUSHDB`), and because it keeps no per-key state on
 //! the server (broadcast mode).
@@ -51,7 +53,7 @@ const PING_EVERY: Duration = Duration::from_millis(500);
 /// Starts the watcher task, or `None` outside a tokio runtime.
 pub(super) fn watch(
     client: Client,
-    prefix: String,
+    prefixes: Vec<String>,
     describe: String,
     options: &StoreOptions,
     sink: EventSink,
@@ -59,7 +61,7 @@ pub(super) fn watch(
     let runtime = tokio::runtime::Handle::try_current().ok()?;
     let watcher = Watcher {
         client,
-        prefix,
+        prefixes,
         describe,
         connect_timeout: options.connect_timeout_value(),
         response_timeout: options.response_timeout_value(),
@@ -70,7 +72,8 @@ pub(super) fn watch(
 
 struct Watcher {
     client: Client,
-    prefix: String,
+    /// The key prefixes of every kind of record; none is a prefix of another.
+    prefixes: Vec<String>,
     describe: String,
     connect_timeout: Duration,
     response_timeout: Duration,
@@ -134,15 +137,12 @@ impl Watcher {
             .exec_async(&mut conn)
             .await
             .map_err(fault)?;
-        redis::cmd("CLIENT")
-            .arg("TRACKING")
-            .arg("ON")
-            .arg("BCAST")
-            .arg("PREFIX")
-            .arg(&self.prefix)
-            .exec_async(&mut conn)
-            .await
-            .map_err(fault)?;
+        let mut tracking = redis::cmd("CLIENT");
+        tracking.arg("TRACKING").arg("ON").arg("BCAST");
+        for prefix in &self.prefixes {
+            tracking.arg("PREFIX").arg(prefix);
+        }
+        tracking.exec_async(&mut conn).await.map_err(fault)?;
         Ok((conn, pushes))
     }
 
@@ -180,9 +180,9 @@ impl Watcher {
                     let ids = keys
                         .into_iter()
                         .filter_map(|key| match key {
-                            Value::BulkString(bytes) => bytes
-                                .strip_prefix(self.prefix.as_bytes())
-                                .and_then(|id| std::str::from_utf8(id).ok())
+                            Value::BulkString(bytes) => (self.prefixes.iter())
+                                .find_map(|prefix| bytes.strip_prefix(prefix.as_bytes()))
+                                .and_then(|key| std::str::from_utf8(key).ok())
                                 .map(Box::<str>::from),
                             _ => None,
                         })
@@ -206,7 +206,7 @@ pub(super) fn watch_cluster(
     conn: redis::cluster_async::ClusterConnection,
     topology: Arc<Topology>,
     nodes: NodeUrls,
-    prefix: String,
+    prefixes: Vec<String>,
     options: &StoreOptions,
     sink: EventSink,
 ) -> Option<WatchGuard> {
@@ -215,7 +215,7 @@ pub(super) fn watch_cluster(
         conn,
         topology,
         nodes,
-        prefix,
+        prefixes,
         options: options.clone(),
         sink,
         health: Arc::new(Mutex::new(Health::default())),
@@ -227,7 +227,7 @@ struct ClusterWatcher {
     conn: redis::cluster_async::ClusterConnection,
     topology: Arc<Topology>,
     nodes: NodeUrls,
-    prefix: String,
+    prefixes: Vec<String>,
     options: StoreOptions,
     sink: EventSink,
     health: Arc<Mutex<Health>>,
@@ -320,7 +320,7 @@ impl ClusterWatcher {
         });
         watch(
             client,
-            self.prefix.clone(),
+            self.prefixes.clone(),
             self.nodes.describe(node),
             &self.options,
             node_sink,

@@ -2,11 +2,13 @@
 //! opens the store, runs, and reports. `main.rs` maps the outcome to output and exit codes.
 //!
 //! - `users`: `enrich users add|get|update|delete|import`;
+//! - `collections`: `enrich collections add|get|update|delete|import`;
 //! - `run`: `enrich run`, with its progress display and its signals;
 //! - `bench`: `enrich bench`; `serve`: `enrich serve`;
 //! - here: what they share — which store, how it is opened, inputs and outputs.
 
 mod bench;
+mod collections;
 mod progress;
 mod run;
 mod serve;
@@ -23,6 +25,9 @@ use enrich::retry::Backoff;
 use enrich::store::{self, SharedStore, StoreOptions};
 
 pub(crate) use self::bench::bench;
+pub(crate) use self::collections::{
+    entries_add, entries_delete, entries_get, entries_import, entries_update,
+};
 pub(crate) use self::run::{RunArgs, run};
 pub(crate) use self::serve::{ServeArgs, serve};
 pub(crate) use self::users::{users_add, users_delete, users_get, users_import, users_update};
@@ -33,9 +38,9 @@ Exit codes:
   0  success
   1  store unavailable, timeout, refusal (credentials, permissions, full), or any other failure
   2  invalid input or usage, including a file store that does not exist for a command that
-     only reads (users get, update, delete; run without --users)
-  3  conflict: the user already exists
-  4  not found: the user does not exist";
+     only reads (users or collections get, update, delete; run without --users or --objects)
+  3  conflict: the user or entry already exists
+  4  not found: the user or entry does not exist";
 
 /// The exit code for an error.
 pub(crate) fn exit_code(err: &Error) -> u8 {

@@ -8,7 +8,7 @@ use futures::{Stream, StreamExt};
 
 use enrich::Enricher;
 use enrich::batch::{self, RunError, RunOptions, RunSummary, Stop};
-use enrich::batch::{ImportEvent, import_users};
+use enrich::batch::{ImportEvent, import_entries, import_users};
 use enrich::error::{Error, ErrorKind, Result};
 
 use super::progress::{Progress, input_size};
@@ -23,6 +23,8 @@ pub(crate) struct RunArgs {
     pub output: Option<PathBuf>,
     /// Users to import (override-existing) before the run.
     pub users: Option<PathBuf>,
+    /// Collection entries to import (upserted) before the run.
+    pub objects: Option<PathBuf>,
     /// Where rejected lines go; without it the run stops at the first.
     pub rejects: Option<PathBuf>,
     /// The job's settings.
@@ -93,6 +95,15 @@ async fn prepare_run(
         args.output.as_deref(),
         args.rejects.as_deref(),
     )?;
+    if let Some(objects) = &args.objects {
+        // The entries file is read too: no output may be it.
+        batch::check_outputs(
+            std::slice::from_ref(objects),
+            None,
+            args.output.as_deref(),
+            args.rejects.as_deref(),
+        )?;
+    }
     let mut inputs = Vec::new();
     if args.inputs.is_empty() {
         inputs.push(batch::Source::new("-", open_input(None).await?));
@@ -101,13 +112,16 @@ async fn prepare_run(
         let name = path.display().to_string();
         inputs.push(batch::Source::new(name, open_input(Some(path)).await?));
     }
-    // Without users to import, a run only reads: a file store must exist.
-    let create = args.users.is_some();
+    // Without users or entries to import, a run only reads: a file store must exist.
+    let create = args.users.is_some() || args.objects.is_some();
     let store = open_with_retry(spec, create, args.options.store_timeout_value()).await?;
     let enricher = Enricher::new(store);
     // Users first: a store that refuses writes says so at once, before any wait.
     if let Some(users) = &args.users {
         import_run_users(&enricher, users, args.verbose).await?;
+    }
+    if let Some(objects) = &args.objects {
+        import_run_objects(&enricher, objects, args.verbose).await?;
     }
     // Pages resolved before the store's watch is up would not be cached.
     enricher.wait_for_cache(Duration::from_secs(2)).await;
@@ -151,6 +165,37 @@ async fn import_run_users(enricher: &Enricher, users: &Path, verbose: bool) -> R
     if bad > 0 {
         return Err(Error::invalid(format!(
             "{name}: {bad} user line(s) rejected"
+        )));
+    }
+    Ok(())
+}
+
+/// `run --objects`: imports the entries (upserting them) before the run, reporting as
+/// `run --users` does.
+async fn import_run_objects(enricher: &Enricher, objects: &Path, verbose: bool) -> Result<()> {
+    let input = open_input(Some(objects)).await?;
+    let name = objects.display();
+    let mut bad = 0;
+    let imported = import_entries(&*enricher.users(), input, |event| {
+        if let ImportEvent::Rejected { line, error } = event {
+            bad += 1;
+            eprintln!("error: {name}:{line}: {error}");
+        }
+    })
+    .await;
+    let summary = match imported {
+        Ok(summary) => summary,
+        Err(stopped) => {
+            eprintln!("{name}: {}", stopped.committed);
+            return Err(stopped.error);
+        }
+    };
+    if verbose {
+        eprintln!("{name}: {summary}");
+    }
+    if bad > 0 {
+        return Err(Error::invalid(format!(
+            "{name}: {bad} entry line(s) rejected"
         )));
     }
     Ok(())

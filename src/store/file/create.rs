@@ -1,12 +1,4 @@
-//! The embedded file backend: one redb database file, the CLI's zero-setup default.
-//!
-//! redb gives crash safety (copy-on-write pages, a commit is durable when it returns) and
-//! serializable write transactions, which is all an atomic create-if-absent needs. The file is
-//! opened in redb's multi-writer mode so that several `enrich` processes (a long `enrich run`
-//! and an `enrich users update` beside it) can share it. redb is synchronous, so each call runs
-//! on tokio's blocking pool.
-//!
-//! # Creating the file
+//! Opening a file store, and creating its file.
 //!
 //! redb initializes a new database in place, and a process killed (or a disk that fills up)
 //! in the middle leaves a file that is not a database and never will be. So a new store is made
@@ -23,75 +15,17 @@
 
 use std::fs::File;
 use std::io::{self, Read};
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::path::Path;
 
-use async_trait::async_trait;
-use redb::{
-    ConcurrencyMode, Database, DatabaseError, ReadableDatabase, ReadableTable, StorageError,
-    TableDefinition,
-};
+use redb::{ConcurrencyMode, Database, DatabaseError, StorageError};
 
-use super::{
-    Added, ImportOutcome, ImportUser, StoreOptions, UserSource, UserStore, conflict, not_found,
-    stored_user,
-};
 use crate::error::{Error, ErrorKind, Result};
-use crate::user::{NewUser, Timestamp, UserId, UserJson};
 
 /// redb's header, and nothing else, is written before its magic number.
 const HEADER_SPAN: usize = 4096;
 
 /// A file larger than this is never taken for an interrupted creation.
 const UNINITIALISED_MAX: u64 = 1 << 20;
-
-/// Users in a redb file; each namespace is a table of its own.
-#[derive(Debug, Clone)]
-pub struct FileStore {
-    inner: Arc<Inner>,
-}
-
-#[derive(Debug)]
-struct Inner {
-    db: Database,
-    path: PathBuf,
-    table: String,
-}
-
-impl FileStore {
-    /// Opens the database at `path`. If there is none: creates it (see the module's doc for
-    /// how), unless [`StoreOptions::create_if_missing`] is off, which makes it an
-    /// [`ErrorKind::InvalidInput`] naming the path.
-    pub async fn open(path: &Path, options: &StoreOptions) -> Result<FileStore> {
-        // Messages name the file wherever the process runs.
-        let path = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
-        let table = format!("users:{}", options.namespace_str());
-        let create = options.create_if_missing_value();
-        blocking(move || {
-            let db = open_or_create(&path, create)?;
-            Ok(FileStore {
-                inner: Arc::new(Inner { db, path, table }),
-            })
-        })
-        .await
-    }
-
-    async fn run<T: Send + 'static>(
-        &self,
-        work: impl FnOnce(&Inner) -> Result<T> + Send + 'static,
-    ) -> Result<T> {
-        let inner = self.inner.clone();
-        blocking(move || work(&inner)).await
-    }
-}
-
-async fn blocking<T: Send + 'static>(
-    work: impl FnOnce() -> Result<T> + Send + 'static,
-) -> Result<T> {
-    tokio::task::spawn_blocking(work)
-        .await
-        .map_err(|e| Error::new(ErrorKind::Internal, "file store task failed").with_cause(e))?
-}
 
 fn builder() -> redb::Builder {
     let mut builder = Database::builder();
@@ -100,7 +34,7 @@ fn builder() -> redb::Builder {
 }
 
 /// Opens the database at `path`, creating or restarting it first where that is allowed.
-fn open_or_create(path: &Path, create: bool) -> Result<Database> {
+pub(super) fn open_or_create(path: &Path, create: bool) -> Result<Database> {
     // Each turn either opens, fails, or changes what is at `path` for the next; other
     // processes may change it too, but not forever.
     for _ in 0..4 {
@@ -304,7 +238,7 @@ fn parent(path: &Path) -> &Path {
 /// The kind an I/O failure is: a full disk or quota is [`ErrorKind::StoreFull`], a refusal
 /// by the file system's permissions [`ErrorKind::PermissionDenied`], anything else
 /// [`ErrorKind::Internal`].
-fn io_kind(err: &io::Error) -> ErrorKind {
+pub(super) fn io_kind(err: &io::Error) -> ErrorKind {
     match err.kind() {
         io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded => ErrorKind::StoreFull,
         io::ErrorKind::PermissionDenied => ErrorKind::PermissionDenied,
@@ -334,168 +268,4 @@ fn database_error(path: &Path, doing: &str, err: DatabaseError) -> Error {
         _ => ErrorKind::Internal,
     };
     Error::new(kind, format!("{doing} file store {}", path.display())).with_cause(err)
-}
-
-impl Inner {
-    fn def(&self) -> TableDefinition<'_, &'static str, &'static [u8]> {
-        TableDefinition::new(&self.table)
-    }
-
-    fn fail(&self, err: impl Into<redb::Error>) -> Error {
-        let err = err.into();
-        let (kind, what) = match &err {
-            redb::Error::Io(e) if io_kind(e) == ErrorKind::StoreFull => {
-                (ErrorKind::StoreFull, " has no room left")
-            }
-            redb::Error::Io(e) => (io_kind(e), ""),
-            // redb refuses every call after an I/O error, such as a full disk, until the file is
-            // opened again.
-            redb::Error::PreviousIo => (
-                ErrorKind::Internal,
-                " (unusable after an earlier I/O error until it is opened again)",
-            ),
-            _ => (ErrorKind::Internal, ""),
-        };
-        Error::new(kind, format!("file store {}{what}", self.path.display())).with_cause(err)
-    }
-
-    /// Runs `work` in one write transaction and commits it.
-    fn write<T>(
-        &self,
-        work: impl FnOnce(&mut redb::Table<'_, &'static str, &'static [u8]>) -> Result<T>,
-    ) -> Result<T> {
-        let txn = self.db.begin_write().map_err(|e| self.fail(e))?;
-        let out = {
-            let mut table = txn.open_table(self.def()).map_err(|e| self.fail(e))?;
-            work(&mut table)?
-        };
-        txn.commit().map_err(|e| self.fail(e))?;
-        Ok(out)
-    }
-
-    fn get_in(
-        &self,
-        table: &impl ReadableTable<&'static str, &'static [u8]>,
-        id: &UserId,
-    ) -> Result<Option<UserJson>> {
-        match table.get(id.as_str()).map_err(|e| self.fail(e))? {
-            Some(value) => Ok(Some(stored_user(id, value.value().to_vec())?)),
-            None => Ok(None),
-        }
-    }
-}
-
-#[async_trait]
-impl UserSource for FileStore {
-    async fn get_many(&self, ids: &[UserId]) -> Result<Vec<Option<UserJson>>> {
-        let ids = ids.to_vec();
-        self.run(move |inner| {
-            let txn = inner.db.begin_read().map_err(|e| inner.fail(e))?;
-            let table = match txn.open_table(inner.def()) {
-                Ok(table) => table,
-                // Nothing was ever written in this namespace.
-                Err(redb::TableError::TableDoesNotExist(_)) => return Ok(vec![None; ids.len()]),
-                Err(e) => return Err(inner.fail(e)),
-            };
-            ids.iter().map(|id| inner.get_in(&table, id)).collect()
-        })
-        .await
-    }
-
-    fn describe(&self) -> String {
-        format!("file:{}", self.inner.path.display())
-    }
-}
-
-#[async_trait]
-impl UserStore for FileStore {
-    async fn add(&self, user: &NewUser, get_or_create: bool) -> Result<Added> {
-        let user = user.clone();
-        self.run(move |inner| {
-            inner.write(|table| {
-                if let Some(existing) = inner.get_in(table, user.id())? {
-                    return if get_or_create {
-                        Ok(Added {
-                            user: existing,
-                            created: false,
-                        })
-                    } else {
-                        Err(conflict(user.id()))
-                    };
-                }
-                let now = Timestamp::now();
-                let json = user.to_json(now, now);
-                table
-                    .insert(user.id().as_str(), json.as_bytes())
-                    .map_err(|e| inner.fail(e))?;
-                Ok(Added {
-                    user: json,
-                    created: true,
-                })
-            })
-        })
-        .await
-    }
-
-    async fn update(&self, user: &NewUser) -> Result<UserJson> {
-        let user = user.clone();
-        self.run(move |inner| {
-            inner.write(|table| {
-                let existing = inner
-                    .get_in(table, user.id())?
-                    .ok_or_else(|| not_found(user.id()))?;
-                let json = existing.replace_tail(&user.tail(Timestamp::now()));
-                table
-                    .insert(user.id().as_str(), json.as_bytes())
-                    .map_err(|e| inner.fail(e))?;
-                Ok(json)
-            })
-        })
-        .await
-    }
-
-    async fn delete(&self, id: &UserId) -> Result<()> {
-        let id = id.clone();
-        self.run(move |inner| {
-            inner.write(|table| {
-                let removed = table.remove(id.as_str()).map_err(|e| inner.fail(e))?;
-                removed.map(|_| ()).ok_or_else(|| not_found(&id))
-            })
-        })
-        .await
-    }
-
-    async fn import(
-        &self,
-        users: &[ImportUser],
-        override_existing: bool,
-    ) -> Result<Vec<ImportOutcome>> {
-        let users = users.to_vec();
-        self.run(move |inner| {
-            inner.write(|table| {
-                let now = Timestamp::now();
-                let mut outcomes = Vec::with_capacity(users.len());
-                for import in &users {
-                    let id = import.user().id();
-                    let (json, outcome) = match inner.get_in(table, id)? {
-                        None => (import.to_json(now), ImportOutcome::Created),
-                        Some(existing) if override_existing => (
-                            import.to_override_json(&existing, now),
-                            ImportOutcome::Overridden,
-                        ),
-                        Some(_) => {
-                            outcomes.push(ImportOutcome::Skipped);
-                            continue;
-                        }
-                    };
-                    table
-                        .insert(id.as_str(), json.as_bytes())
-                        .map_err(|e| inner.fail(e))?;
-                    outcomes.push(outcome);
-                }
-                Ok(outcomes)
-            })
-        })
-        .await
-    }
 }

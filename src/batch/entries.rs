@@ -1,0 +1,210 @@
+//! Bulk import of collection entries from NDJSON: one `{"collection":…,"id":…,"data":{…}}` a
+//! line, streamed and upserted in batches, so memory stays flat whatever the size of the file.
+//! An entry that exists is replaced, keeping its `created_at`; a line without an id gets a
+//! generated one. A bad line is reported with its number and the rest goes on.
+
+use serde::Deserialize;
+use serde_json::Value;
+use tokio::io::AsyncRead;
+
+use super::ImportEvent;
+use super::lines::{Line, LineReader, is_blank};
+use crate::collection::{EntryKey, MAX_BATCH_ENTRIES, NewEntry, generate_id};
+use crate::error::{Error, Result};
+use crate::store::UserStore;
+
+/// Lines longer than this cannot hold an entry within the size limit and are refused unread.
+const MAX_LINE: usize = 1 << 20;
+
+/// A batch is written once its entries' data reach this many bytes, even if it holds fewer
+/// than [`MAX_BATCH_ENTRIES`]: what one batch holds stays a few MiB whatever the entries' size.
+const BATCH_BYTES: usize = 4 << 20;
+
+/// One line of an entry import file.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EntryLine {
+    collection: String,
+    #[serde(default)]
+    id: Option<String>,
+    #[serde(default)]
+    data: Option<Value>,
+}
+
+/// Reads one entry import line: `{"collection":…,"id":…,"data":{…}}`. A missing, `null` or
+/// empty id means a generated one.
+pub fn parse_entry_line(line: &[u8]) -> Result<NewEntry> {
+    let line: EntryLine = serde_json::from_slice(line).map_err(|e| {
+        Error::invalid(format!(
+            "not an entry line ({e}); expected {{\"collection\":…,\"id\":…,\"data\":{{…}}}}"
+        ))
+    })?;
+    let id = match line.id {
+        Some(id) if !id.is_empty() => id,
+        _ => generate_id(),
+    };
+    NewEntry::new(EntryKey::new(&line.collection, &id)?, line.data)
+}
+
+/// What an import of entries did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EntryImportSummary {
+    /// Lines dealt with: every line up to this one is committed or rejected.
+    pub lines: u64,
+    /// Entries written, created or replaced.
+    pub written: u64,
+    /// Lines refused.
+    pub rejected: u64,
+}
+
+impl std::fmt::Display for EntryImportSummary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "imported: {} entries written, {} rejected, of {} lines",
+            self.written, self.rejected, self.lines
+        )
+    }
+}
+
+/// An import of entries stopped by a store fault, with what it had committed before.
+#[derive(Debug, Clone)]
+pub struct EntryImportError {
+    /// Every line up to `committed.lines` is in the store (or was rejected); the lines after
+    /// it are not, or not all.
+    pub committed: EntryImportSummary,
+    /// Why it stopped, naming the first line not committed.
+    pub error: Error,
+}
+
+impl std::fmt::Display for EntryImportError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.error.fmt(f)
+    }
+}
+
+impl std::error::Error for EntryImportError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.error)
+    }
+}
+
+impl From<EntryImportError> for Error {
+    fn from(stopped: EntryImportError) -> Error {
+        stopped.error
+    }
+}
+
+/// Upserts every entry line of `input` into `store`, in batches of at most
+/// [`MAX_BATCH_ENTRIES`] per store call. Bad lines are passed to `events` and counted; a store
+/// fault stops the import with an error naming the first line not committed, beside the
+/// summary of what was.
+pub async fn import_entries<R: AsyncRead + Unpin>(
+    store: &dyn UserStore,
+    input: R,
+    mut events: impl FnMut(ImportEvent<'_>),
+) -> Result<EntryImportSummary, EntryImportError> {
+    let mut reader = LineReader::new(input, 1 << 16, MAX_LINE);
+    let mut summary = EntryImportSummary::default();
+    let mut batch: Vec<NewEntry> = Vec::new();
+    let mut batch_bytes = 0;
+    // Lines rejected since the last commit: they count once the lines before them are in.
+    let mut rejected = 0;
+    let stopped = |error: Error, summary: &EntryImportSummary| EntryImportError {
+        committed: summary.clone(),
+        error,
+    };
+    loop {
+        let next = reader.next_line().await.map_err(|e| stopped(e, &summary))?;
+        let done = next.is_none();
+        if let Some((number, line)) = next {
+            let parsed = match line {
+                Line::Text(text) if is_blank(&text) => None,
+                Line::Text(text) => Some(parse_entry_line(&text)),
+                Line::TooLong { len, .. } => Some(Err(Error::invalid(format!(
+                    "line is {len} bytes, over the limit of {MAX_LINE}"
+                )))),
+            };
+            match parsed {
+                Some(Ok(entry)) => {
+                    batch_bytes += entry.data_json().len();
+                    batch.push(entry);
+                }
+                Some(Err(error)) => {
+                    rejected += 1;
+                    events(ImportEvent::Rejected {
+                        line: number,
+                        error: &error,
+                    });
+                }
+                None => {}
+            }
+        }
+        let full = batch.len() >= MAX_BATCH_ENTRIES || batch_bytes >= BATCH_BYTES;
+        if full || (done && !batch.is_empty()) {
+            let written = store.upsert_entries(&batch).await.map_err(|e| {
+                let at = format!("import stopped at line {}", summary.lines + 1);
+                stopped(e.context(at), &summary)
+            })?;
+            summary.written += written.len() as u64;
+            batch.clear();
+            batch_bytes = 0;
+            events(ImportEvent::Progress {
+                lines: reader.number(),
+            });
+        }
+        if batch.is_empty() {
+            summary.lines = reader.number();
+            summary.rejected += std::mem::take(&mut rejected);
+        }
+        if done {
+            return Ok(summary);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines_name_their_problem() {
+        let entry = parse_entry_line(br#"{"collection":"food","id":"a","data":{"x":1}}"#).unwrap();
+        assert_eq!(entry.key().as_str(), "food:a");
+        for no_id in [
+            &br#"{"collection":"food","data":{"x":1}}"#[..],
+            br#"{"collection":"food","id":null,"data":{"x":1}}"#,
+            br#"{"collection":"food","id":"","data":{"x":1}}"#,
+        ] {
+            assert_eq!(parse_entry_line(no_id).unwrap().key().id().len(), 36);
+        }
+        let cases: [(&[u8], &str); 6] = [
+            (b"not json", "not an entry line"),
+            (
+                br#"{"id":"a","data":{"x":1}}"#,
+                "missing field `collection`",
+            ),
+            (
+                br#"{"collection":"f","id":"a b","data":{"x":1}}"#,
+                "invalid entry id",
+            ),
+            (
+                br#"{"collection":"f:g","id":"a","data":{"x":1}}"#,
+                "invalid collection name",
+            ),
+            (
+                br#"{"collection":"f","id":"a","data":{}}"#,
+                "must not be empty",
+            ),
+            (
+                br#"{"collection":"f","id":"a","dta":{}}"#,
+                "unknown field `dta`",
+            ),
+        ];
+        for (line, expected) in cases {
+            let err = parse_entry_line(line).unwrap_err();
+            assert!(err.is_invalid_input());
+            assert!(err.to_string().contains(expected), "{err}");
+        }
+    }
+}

@@ -1,0 +1,80 @@
+//! `enrich collections`.
+
+use std::io::IsTerminal;
+use std::path::Path;
+
+use enrich::batch::{self, EntryImportSummary, ImportEvent, import_entries};
+use enrich::collection::{EntryJson, EntryKey, NewEntry, generate_id};
+use enrich::error::Result;
+
+use super::progress::{Progress, input_size};
+use super::{StoreSpec, open_input, read_data};
+
+/// `collections add`: creates an entry, with a generated id if none is given.
+pub(crate) async fn entries_add(
+    spec: &StoreSpec,
+    name: &str,
+    id: Option<&str>,
+    data: &str,
+) -> Result<EntryJson> {
+    let id = id.map_or_else(generate_id, str::to_string);
+    let key = EntryKey::new(name, &id)?;
+    let entry = NewEntry::new(key, Some(read_data(data).await?))?;
+    spec.open().await?.add_entry(&entry).await
+}
+
+/// `collections get`.
+pub(crate) async fn entries_get(spec: &StoreSpec, name: &str, id: &str) -> Result<EntryJson> {
+    let key = EntryKey::new(name, id)?;
+    spec.open_existing().await?.get_entry(&key).await
+}
+
+/// `collections update`: replaces the data of an existing entry.
+pub(crate) async fn entries_update(
+    spec: &StoreSpec,
+    name: &str,
+    id: &str,
+    data: &str,
+) -> Result<EntryJson> {
+    let key = EntryKey::new(name, id)?;
+    let entry = NewEntry::new(key, Some(read_data(data).await?))?;
+    spec.open_existing().await?.update_entry(&entry).await
+}
+
+/// `collections delete`.
+pub(crate) async fn entries_delete(spec: &StoreSpec, name: &str, id: &str) -> Result<()> {
+    let key = EntryKey::new(name, id)?;
+    spec.open_existing().await?.delete_entry(&key).await
+}
+
+/// `collections import`: NDJSON entries from a file or `-` (standard input), upserted.
+/// Rejected lines are reported on standard error as `FILE:LINE: reason` as they are met; the
+/// summary says how many. An import stopped by a store fault prints the summary of what it
+/// committed before returning the error.
+pub(crate) async fn entries_import(
+    spec: &StoreSpec,
+    file: Option<&Path>,
+) -> Result<EntryImportSummary> {
+    let input = open_input(file).await?;
+    let store = spec.open().await?;
+    let name = file.map_or("-".into(), |f| f.display().to_string());
+    let total = file.and_then(|f| input_size(&[f.to_path_buf()]));
+    let display = Progress::new("entries", total, std::io::stderr().is_terminal());
+    let progress = batch::RunProgress::new();
+    let ticker = display.follow(progress.clone());
+    let input = progress.count_reads(input);
+    let summary = import_entries(&*store, input, |event| match event {
+        ImportEvent::Rejected { line, error } => display
+            .bar
+            .suspend(|| eprintln!("error: {name}:{line}: {error}")),
+        ImportEvent::Progress { lines } => progress.set_lines(lines),
+    })
+    .await;
+    ticker.abort();
+    display.finish();
+    summary.map_err(|stopped| {
+        // What is in the store already, before why the rest is not.
+        eprintln!("{}", stopped.committed);
+        stopped.error
+    })
+}

@@ -1,0 +1,384 @@
+//! The embedded file backend: one redb database file, the CLI's zero-setup default.
+//!
+//! redb gives crash safety (copy-on-write pages, a commit is durable when it returns) and
+//! serializable write transactions, which is all an atomic create-if-absent needs. The file is
+//! opened in redb's multi-writer mode so that several `enrich` processes (a long `enrich run`
+//! and an `enrich users update` beside it) can share it. redb is synchronous, so each call runs
+//! on tokio's blocking pool.
+//!
+//! Users and collection entries are tables of their own per namespace (`users:{ns}`,
+//! `entries:{ns}`), each keyed by id (`alice`, `food:burger`); see `create` for how the file
+//! comes to exist, and `entries` for the entry writes.
+
+mod create;
+mod entries;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+
+use self::create::{io_kind, open_or_create};
+use self::entries::Mode;
+use super::{
+    Added, ImportOutcome, ImportUser, StoreOptions, UserSource, UserStore, conflict,
+    entry_not_found, not_found, stored_user,
+};
+use crate::collection::{EntryJson, EntryKey, NewEntry, StoredEntry};
+use crate::error::{Error, ErrorKind, Result};
+use crate::record::Record;
+use crate::reference::Key;
+use crate::user::{NewUser, Timestamp, UserId, UserJson};
+
+/// A table of records by key: users by id, entries by `<collection>:<id>`.
+type Table<'a> = redb::Table<'a, &'static str, &'static [u8]>;
+
+/// Users and collection entries in a redb file; each namespace has tables of its own.
+#[derive(Debug, Clone)]
+pub struct FileStore {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    db: Database,
+    path: PathBuf,
+    table: String,
+    entries: String,
+}
+
+impl FileStore {
+    /// Opens the database at `path`. If there is none: creates it (see the module's doc for
+    /// how), unless [`StoreOptions::create_if_missing`] is off, which makes it an
+    /// [`ErrorKind::InvalidInput`] naming the path.
+    pub async fn open(path: &Path, options: &StoreOptions) -> Result<FileStore> {
+        // Messages name the file wherever the process runs.
+        let path = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+        let table = format!("users:{}", options.namespace_str());
+        let entries = format!("entries:{}", options.namespace_str());
+        let create = options.create_if_missing_value();
+        blocking(move || {
+            let db = open_or_create(&path, create)?;
+            Ok(FileStore {
+                inner: Arc::new(Inner {
+                    db,
+                    path,
+                    table,
+                    entries,
+                }),
+            })
+        })
+        .await
+    }
+
+    async fn run<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&Inner) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let inner = self.inner.clone();
+        blocking(move || work(&inner)).await
+    }
+}
+
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<T> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| Error::new(ErrorKind::Internal, "file store task failed").with_cause(e))?
+}
+
+impl Inner {
+    fn def(&self) -> TableDefinition<'_, &'static str, &'static [u8]> {
+        TableDefinition::new(&self.table)
+    }
+
+    fn entries_def(&self) -> TableDefinition<'_, &'static str, &'static [u8]> {
+        TableDefinition::new(&self.entries)
+    }
+
+    fn fail(&self, err: impl Into<redb::Error>) -> Error {
+        let err = err.into();
+        let (kind, what) = match &err {
+            redb::Error::Io(e) if io_kind(e) == ErrorKind::StoreFull => {
+                (ErrorKind::StoreFull, " has no room left")
+            }
+            redb::Error::Io(e) => (io_kind(e), ""),
+            // redb refuses every call after an I/O error, such as a full disk, until the file is
+            // opened again.
+            redb::Error::PreviousIo => (
+                ErrorKind::Internal,
+                " (unusable after an earlier I/O error until it is opened again)",
+            ),
+            _ => (ErrorKind::Internal, ""),
+        };
+        Error::new(kind, format!("file store {}{what}", self.path.display())).with_cause(err)
+    }
+
+    /// Runs `work` on the users in one write transaction and commits it.
+    fn write<T>(&self, work: impl FnOnce(&mut Table<'_>) -> Result<T>) -> Result<T> {
+        self.write_in(self.def(), work)
+    }
+
+    /// Runs `work` on the entries in one write transaction and commits it.
+    fn write_entries<T>(&self, work: impl FnOnce(&mut Table<'_>) -> Result<T>) -> Result<T> {
+        self.write_in(self.entries_def(), work)
+    }
+
+    fn write_in<T>(
+        &self,
+        def: TableDefinition<'_, &'static str, &'static [u8]>,
+        work: impl FnOnce(&mut Table<'_>) -> Result<T>,
+    ) -> Result<T> {
+        let txn = self.db.begin_write().map_err(|e| self.fail(e))?;
+        let out = {
+            let mut table = txn.open_table(def).map_err(|e| self.fail(e))?;
+            work(&mut table)?
+        };
+        txn.commit().map_err(|e| self.fail(e))?;
+        Ok(out)
+    }
+
+    /// Opens a table for reading; `None` if nothing was ever written to it.
+    fn read_table(
+        &self,
+        txn: &redb::ReadTransaction,
+        def: TableDefinition<'_, &'static str, &'static [u8]>,
+    ) -> Result<Option<redb::ReadOnlyTable<&'static str, &'static [u8]>>> {
+        match txn.open_table(def) {
+            Ok(table) => Ok(Some(table)),
+            Err(redb::TableError::TableDoesNotExist(_)) => Ok(None),
+            Err(e) => Err(self.fail(e)),
+        }
+    }
+
+    fn get_in(
+        &self,
+        table: &impl ReadableTable<&'static str, &'static [u8]>,
+        id: &UserId,
+    ) -> Result<Option<UserJson>> {
+        match table.get(id.as_str()).map_err(|e| self.fail(e))? {
+            Some(value) => Ok(Some(stored_user(id, value.value().to_vec())?)),
+            None => Ok(None),
+        }
+    }
+}
+
+#[async_trait]
+impl UserSource for FileStore {
+    async fn get_many(&self, ids: &[UserId]) -> Result<Vec<Option<UserJson>>> {
+        let ids = ids.to_vec();
+        self.run(move |inner| {
+            let txn = inner.db.begin_read().map_err(|e| inner.fail(e))?;
+            let table = match txn.open_table(inner.def()) {
+                Ok(table) => table,
+                // Nothing was ever written in this namespace.
+                Err(redb::TableError::TableDoesNotExist(_)) => return Ok(vec![None; ids.len()]),
+                Err(e) => return Err(inner.fail(e)),
+            };
+            ids.iter().map(|id| inner.get_in(&table, id)).collect()
+        })
+        .await
+    }
+
+    async fn get_entries_each(&self, keys: &[EntryKey]) -> Vec<Result<Option<EntryJson>>> {
+        let keys: Vec<Key> = keys.iter().cloned().map(Key::Entry).collect();
+        (self.get_records_each(&keys).await.into_iter())
+            .map(|found| found.map(|record| record.and_then(|r| r.entry().cloned())))
+            .collect()
+    }
+
+    /// Users and entries in one read transaction.
+    async fn get_records_each(&self, keys: &[Key]) -> Vec<Result<Option<Record>>> {
+        let count = keys.len();
+        let keys = keys.to_vec();
+        let read = self.run(move |inner| {
+            let txn = inner.db.begin_read().map_err(|e| inner.fail(e))?;
+            let users = inner.read_table(&txn, inner.def())?;
+            let entries = inner.read_table(&txn, inner.entries_def())?;
+            // A corrupt record fails its own key only.
+            Ok((keys.iter())
+                .map(|key| match key {
+                    Key::User(id) => match &users {
+                        Some(users) => Ok(inner.get_in(users, id)?.map(Record::User)),
+                        None => Ok(None),
+                    },
+                    Key::Entry(key) => match &entries {
+                        Some(entries) => Ok(inner
+                            .entry_in(entries, key)?
+                            .map(|e| Record::Entry(e.entry))),
+                        None => Ok(None),
+                    },
+                })
+                .collect::<Vec<_>>())
+        });
+        match read.await {
+            Ok(found) => found,
+            Err(err) => vec![Err(err); count],
+        }
+    }
+
+    fn describe(&self) -> String {
+        format!("file:{}", self.inner.path.display())
+    }
+}
+
+#[async_trait]
+impl UserStore for FileStore {
+    async fn add(&self, user: &NewUser, get_or_create: bool) -> Result<Added> {
+        let user = user.clone();
+        self.run(move |inner| {
+            inner.write(|table| {
+                if let Some(existing) = inner.get_in(table, user.id())? {
+                    return if get_or_create {
+                        Ok(Added {
+                            user: existing,
+                            created: false,
+                        })
+                    } else {
+                        Err(conflict(user.id()))
+                    };
+                }
+                let now = Timestamp::now();
+                let json = user.to_json(now, now);
+                table
+                    .insert(user.id().as_str(), json.as_bytes())
+                    .map_err(|e| inner.fail(e))?;
+                Ok(Added {
+                    user: json,
+                    created: true,
+                })
+            })
+        })
+        .await
+    }
+
+    async fn update(&self, user: &NewUser) -> Result<UserJson> {
+        let user = user.clone();
+        self.run(move |inner| {
+            inner.write(|table| {
+                let existing = inner
+                    .get_in(table, user.id())?
+                    .ok_or_else(|| not_found(user.id()))?;
+                let json = existing.replace_tail(&user.tail(Timestamp::now()));
+                table
+                    .insert(user.id().as_str(), json.as_bytes())
+                    .map_err(|e| inner.fail(e))?;
+                Ok(json)
+            })
+        })
+        .await
+    }
+
+    async fn delete(&self, id: &UserId) -> Result<()> {
+        let id = id.clone();
+        self.run(move |inner| {
+            inner.write(|table| {
+                let removed = table.remove(id.as_str()).map_err(|e| inner.fail(e))?;
+                removed.map(|_| ()).ok_or_else(|| not_found(&id))
+            })
+        })
+        .await
+    }
+
+    async fn import(
+        &self,
+        users: &[ImportUser],
+        override_existing: bool,
+    ) -> Result<Vec<ImportOutcome>> {
+        let users = users.to_vec();
+        self.run(move |inner| {
+            inner.write(|table| {
+                let now = Timestamp::now();
+                let mut outcomes = Vec::with_capacity(users.len());
+                for import in &users {
+                    let id = import.user().id();
+                    let (json, outcome) = match inner.get_in(table, id)? {
+                        None => (import.to_json(now), ImportOutcome::Created),
+                        Some(existing) if override_existing => (
+                            import.to_override_json(&existing, now),
+                            ImportOutcome::Overridden,
+                        ),
+                        Some(_) => {
+                            outcomes.push(ImportOutcome::Skipped);
+                            continue;
+                        }
+                    };
+                    table
+                        .insert(id.as_str(), json.as_bytes())
+                        .map_err(|e| inner.fail(e))?;
+                    outcomes.push(outcome);
+                }
+                Ok(outcomes)
+            })
+        })
+        .await
+    }
+    async fn add_entry(&self, entry: &NewEntry) -> Result<EntryJson> {
+        self.write_entry(entry, Mode::Add).await
+    }
+
+    async fn update_entry(&self, entry: &NewEntry) -> Result<EntryJson> {
+        self.write_entry(entry, Mode::Update).await
+    }
+
+    async fn delete_entry(&self, key: &EntryKey) -> Result<()> {
+        match self.delete_entries(std::slice::from_ref(key)).await? {
+            0 => Err(entry_not_found(key)),
+            _ => Ok(()),
+        }
+    }
+
+    /// One write transaction: all of the batch is written, or none of it.
+    async fn upsert_entries(&self, batch: &[NewEntry]) -> Result<Vec<EntryJson>> {
+        let batch = batch.to_vec();
+        self.run(move |inner| {
+            let now = Timestamp::now();
+            inner.write_entries(|table| {
+                (batch.iter())
+                    .map(|entry| inner.write_entry(table, entry, Mode::Upsert, now))
+                    .collect()
+            })
+        })
+        .await
+    }
+
+    async fn delete_entries(&self, keys: &[EntryKey]) -> Result<u64> {
+        let keys = keys.to_vec();
+        self.run(move |inner| {
+            inner.write_entries(|table| {
+                let mut removed = 0;
+                for key in &keys {
+                    let gone = table.remove(key.as_str()).map_err(|e| inner.fail(e))?;
+                    removed += u64::from(gone.is_some());
+                }
+                Ok(removed)
+            })
+        })
+        .await
+    }
+
+    async fn get_stored_entry(&self, key: &EntryKey) -> Result<Option<StoredEntry>> {
+        let key = key.clone();
+        self.run(move |inner| {
+            let txn = inner.db.begin_read().map_err(|e| inner.fail(e))?;
+            match inner.read_table(&txn, inner.entries_def())? {
+                Some(table) => inner.entry_in(&table, &key),
+                None => Ok(None),
+            }
+        })
+        .await
+    }
+}
+
+impl FileStore {
+    async fn write_entry(&self, entry: &NewEntry, mode: Mode) -> Result<EntryJson> {
+        let entry = entry.clone();
+        self.run(move |inner| {
+            let now = Timestamp::now();
+            inner.write_entries(|table| inner.write_entry(table, &entry, mode, now))
+        })
+        .await
+    }
+}
