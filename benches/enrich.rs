@@ -324,9 +324,9 @@ fn job(b: &mut criterion::Bencher<'_>, name: &str) {
     }
 }
 
-/// The warm page with its objects turned into collection entries: per activity an `SU:`
-/// actor, an `SO:` object (one of 20 entries with as much data as a user) and an `SU:`
-/// target.
+/// The warm page with one reference of each kind per activity: an `SU:` actor, an `SO:`
+/// object (one of 20 entries with as much data as a user) and a like whose `user_id` is
+/// enriched (in place of the users-only page's `SU:` target).
 fn mixed_page() -> Vec<String> {
     (0..25)
         .map(|i| {
@@ -335,16 +335,22 @@ fn mixed_page() -> Vec<String> {
                 "actor": format!("SU:u{}", i % 20),
                 "verb": "post",
                 "object": format!("SO:post:p{}", (i * 7 + 3) % 20),
-                "target": format!("SU:u{}", (i * 3 + 1) % 20),
                 "foreign_id": format!("post:{i}"),
                 "time": "2021-05-14T14:51:13.767221",
+                "latest_reactions": {"like": [{
+                    "id": format!("r{i}"),
+                    "kind": "like",
+                    "user_id": format!("u{}", (i * 3 + 1) % 20),
+                    "data": {},
+                }]},
+                "reaction_counts": {"like": 1},
             })
             .to_string()
         })
         .collect()
 }
 
-/// Users only against users and entries: the same page shape, the same number of references,
+/// Users only against users, entries and reaction users: the same number of references,
 /// warm, on the raw-bytes path. Throughput is in references, so the two rows compare per
 /// reference.
 fn mixed_page_bench(c: &mut Criterion) {
@@ -366,9 +372,25 @@ fn mixed_page_bench(c: &mut Criterion) {
     let enricher = Enricher::new(store.clone());
 
     let mut group = c.benchmark_group("mixed_page");
+    // Two baselines: the users-only warm page, and the mixed page with users only (its like's
+    // `user_id` renamed so that it is no reference, the object and a target `SU:`), which
+    // carries the same reaction JSON to scan: the cost of each kind of lookup, apart from the
+    // cost of the bytes around it.
+    let entries_only: Vec<String> = (warm_page().iter())
+        .map(|l| l.replace(r#""object":"SU:u"#, r#""object":"SO:post:p"#))
+        .collect();
+    let same_bytes: Vec<String> = (mixed_page().iter())
+        .map(|l| {
+            l.replace(r#""user_id""#, r#""user_xx""#)
+                .replace("SO:post:p", "SU:u")
+                .replace(r#""actor""#, r#""target":"SU:u1","actor""#)
+        })
+        .collect();
     for (name, lines) in [
         ("users_only", warm_page()),
-        ("users_and_entries", mixed_page()),
+        ("users_and_entries", entries_only),
+        ("users_only_reaction_json", same_bytes),
+        ("users_entries_reactions", mixed_page()),
     ] {
         let mut page = RawPage::new(Depth::TopLevel);
         for line in &lines {
