@@ -199,6 +199,28 @@ fn cold_page_bench(c: &mut Criterion) {
             })
         });
     }
+    // The engine over the mixed page: users, entries and reaction users of the page in one
+    // `MGET` all the same.
+    rt.block_on(store.upsert_entries(&post_entries())).unwrap();
+    let mixed = mixed_page();
+    let (_, stats) = rt
+        .block_on(enrich_page(Strategy::Engine, &enricher, &store, &mixed))
+        .unwrap();
+    assert_eq!(
+        stats.missing, 0,
+        "every reference of the mixed page names a record"
+    );
+    eprintln!(
+        "cold_page_redis/engine_mixed: {} store calls per page",
+        stats.store_calls
+    );
+    group.bench_function("engine_mixed", |b| {
+        b.to_async(&rt).iter(|| async {
+            enrich_page(Strategy::Engine, &enricher, &store, &mixed)
+                .await
+                .unwrap()
+        })
+    });
     group.finish();
 }
 
@@ -350,14 +372,9 @@ fn mixed_page() -> Vec<String> {
         .collect()
 }
 
-/// Users only against users, entries and reaction users: the same number of references,
-/// warm, on the raw-bytes path. Throughput is in references, so the two rows compare per
-/// reference.
-fn mixed_page_bench(c: &mut Criterion) {
-    let rt = runtime();
-    let store: SharedStore = Arc::new(MemoryStore::new());
-    rt.block_on(load_users(&store, &warm_workload())).unwrap();
-    let entries: Vec<enrich::NewEntry> = (0..20)
+/// The 20 entries `post:p0`… that the mixed page names, with as much data as a workload user.
+fn post_entries() -> Vec<enrich::NewEntry> {
+    (0..20)
         .map(|i| {
             let key = enrich::EntryKey::new("post", &format!("p{i}")).unwrap();
             // As much data as a workload user: the records differ by their framing only.
@@ -367,8 +384,17 @@ fn mixed_page_bench(c: &mut Criterion) {
             });
             enrich::NewEntry::new(key, Some(data)).unwrap()
         })
-        .collect();
-    rt.block_on(store.upsert_entries(&entries)).unwrap();
+        .collect()
+}
+
+/// Users only against users, entries and reaction users: the same number of references,
+/// warm, on the raw-bytes path. Throughput is in references, so the two rows compare per
+/// reference.
+fn mixed_page_bench(c: &mut Criterion) {
+    let rt = runtime();
+    let store: SharedStore = Arc::new(MemoryStore::new());
+    rt.block_on(load_users(&store, &warm_workload())).unwrap();
+    rt.block_on(store.upsert_entries(&post_entries())).unwrap();
     let enricher = Enricher::new(store.clone());
 
     let mut group = c.benchmark_group("mixed_page");
