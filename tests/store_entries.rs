@@ -8,9 +8,10 @@ mod support;
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
-use enrich::store::{self, SharedStore, StoreOptions};
+use enrich::store::{self, ImportEntry, SharedStore, StoreOptions};
 use enrich::{
-    Depth, Enricher, EntryJson, EntryKey, ErrorKind, Key, NewEntry, NewUser, RawPage, UserId,
+    Depth, Enricher, EntryJson, EntryKey, ErrorKind, Key, NewEntry, NewUser, RawPage, Timestamp,
+    UserId,
 };
 use serde_json::{Value, json};
 use support::{RedisCluster, RedisServer, temp_db};
@@ -97,6 +98,7 @@ suite!(
     missing_entries_are_not_found,
     delete_removes_and_allows_re_adding,
     upsert_creates_and_replaces,
+    import_takes_the_timestamps_it_is_given,
     delete_many_counts_those_that_existed,
     records_of_both_kinds_in_one_call,
     racing_adds_create_once,
@@ -253,6 +255,73 @@ async fn upsert_creates_and_replaces(store: SharedStore) {
         written[2]
     );
     assert!(store.upsert_entries(&[]).await.unwrap().is_empty());
+}
+
+/// An import with timestamps: a given one stands for both, neither means the time of the
+/// write, and a replaced entry keeps its `created_at` (and always its owner) unless the import
+/// gives one.
+async fn import_takes_the_timestamps_it_is_given(store: SharedStore) {
+    let t1 = Timestamp::parse("2020-01-01T00:00:00Z").unwrap();
+    let t2 = Timestamp::parse("2021-02-03T04:05:06.123456Z").unwrap();
+    let import = |id: &str, c, u| ImportEntry::new(entry("food", id, json!({"id": id})), c, u);
+    let stamps = |e: &EntryJson| {
+        let updated = e.to_value()["updated_at"].as_str().unwrap().to_string();
+        (e.created_at().to_string(), updated)
+    };
+    let at = |t: Timestamp| t.as_str().to_string();
+    let before = Timestamp::now();
+    let batch = [
+        import("both", Some(t1), Some(t2)).unwrap(),
+        import("created", Some(t1), None).unwrap(),
+        import("updated", None, Some(t2)).unwrap(),
+        import("neither", None, None).unwrap(),
+    ];
+    let written = store.import_entries(&batch).await.unwrap();
+    assert_eq!(written.len(), 4);
+    assert_eq!(stamps(&written[0]), (at(t1), at(t2)));
+    assert_eq!(stamps(&written[1]), (at(t1), at(t1)));
+    assert_eq!(stamps(&written[2]), (at(t2), at(t2)));
+    let (created, updated) = stamps(&written[3]);
+    assert_eq!(created, updated);
+    assert!(created.as_str() >= before.as_str(), "{created}");
+    for (import, written) in batch.iter().zip(&written) {
+        let stored = store.get_entry(import.entry().key()).await.unwrap();
+        assert_eq!(&stored, written);
+    }
+
+    // Replacing: created_at kept unless given, owner kept always.
+    store
+        .add_entry(&entry("food", "owned", json!({"v": 0})).owned_by(owner("carol")))
+        .await
+        .unwrap();
+    let before = Timestamp::now();
+    let again = [
+        import("both", None, None).unwrap(),
+        import("created", None, Some(t2)).unwrap(),
+        import("updated", Some(t1), None).unwrap(),
+        import("owned", Some(t1), Some(t2)).unwrap(),
+    ];
+    let written = store.import_entries(&again).await.unwrap();
+    let (created, updated) = stamps(&written[0]);
+    assert_eq!(created, at(t1));
+    assert!(updated.as_str() >= before.as_str(), "{updated}");
+    assert_eq!(stamps(&written[1]), (at(t1), at(t2)));
+    assert_eq!(stamps(&written[2]), (at(t1), at(t1)));
+    assert_eq!(stamps(&written[3]), (at(t1), at(t2)));
+    let owned = store
+        .get_stored_entry(&key("food", "owned"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (owned.entry, owned.owner),
+        (written[3].clone(), owner("carol"))
+    );
+    for (import, written) in again.iter().zip(&written) {
+        let stored = store.get_entry(import.entry().key()).await.unwrap();
+        assert_eq!(&stored, written);
+    }
+    assert!(store.import_entries(&[]).await.unwrap().is_empty());
 }
 
 async fn delete_many_counts_those_that_existed(store: SharedStore) {

@@ -1,7 +1,8 @@
 //! Bulk import of collection entries from NDJSON: one `{"collection":…,"id":…,"data":{…}}` a
-//! line, streamed and upserted in batches, so memory stays flat whatever the size of the file.
-//! An entry that exists is replaced, keeping its `created_at`; a line without an id gets a
-//! generated one. A bad line is reported with its number and the rest goes on.
+//! line, optionally with `created_at` and `updated_at`, streamed and upserted in batches, so
+//! memory stays flat whatever the size of the file. An entry that exists is replaced, keeping
+//! its `created_at` unless the line gives one; a line without an id gets a generated one. A bad
+//! line is reported with its number and the rest goes on.
 
 use serde::Deserialize;
 use serde_json::Value;
@@ -11,7 +12,8 @@ use super::ImportEvent;
 use super::lines::{Line, LineReader, is_blank};
 use crate::collection::{EntryKey, MAX_BATCH_ENTRIES, NewEntry, generate_id};
 use crate::error::{Error, Result};
-use crate::store::UserStore;
+use crate::store::{ImportEntry, UserStore};
+use crate::user::Timestamp;
 
 /// Lines longer than this cannot hold an entry within the size limit and are refused unread.
 const MAX_LINE: usize = 1 << 20;
@@ -29,11 +31,16 @@ struct EntryLine {
     id: Option<String>,
     #[serde(default)]
     data: Option<Value>,
+    #[serde(default)]
+    created_at: Option<String>,
+    #[serde(default)]
+    updated_at: Option<String>,
 }
 
-/// Reads one entry import line: `{"collection":…,"id":…,"data":{…}}`. A missing, `null` or
-/// empty id means a generated one.
-pub fn parse_entry_line(line: &[u8]) -> Result<NewEntry> {
+/// Reads one entry import line: `{"collection":…,"id":…,"data":{…}}`, optionally with
+/// `created_at` and `updated_at` kept from another store (filled in as
+/// [`ImportEntry::new`] says). A missing, `null` or empty id means a generated one.
+pub fn parse_entry_line(line: &[u8]) -> Result<ImportEntry> {
     let line: EntryLine = serde_json::from_slice(line).map_err(|e| {
         Error::invalid(format!(
             "not an entry line ({e}); expected {{\"collection\":…,\"id\":…,\"data\":{{…}}}}"
@@ -43,7 +50,18 @@ pub fn parse_entry_line(line: &[u8]) -> Result<NewEntry> {
         Some(id) if !id.is_empty() => id,
         _ => generate_id(),
     };
-    NewEntry::new(EntryKey::new(&line.collection, &id)?, line.data)
+    let entry = NewEntry::new(EntryKey::new(&line.collection, &id)?, line.data)?;
+    let created_at = line
+        .created_at
+        .as_deref()
+        .map(Timestamp::parse)
+        .transpose()?;
+    let updated_at = line
+        .updated_at
+        .as_deref()
+        .map(Timestamp::parse)
+        .transpose()?;
+    ImportEntry::new(entry, created_at, updated_at)
 }
 
 /// What an import of entries did.
@@ -106,7 +124,7 @@ pub async fn import_entries<R: AsyncRead + Unpin>(
 ) -> Result<EntryImportSummary, EntryImportError> {
     let mut reader = LineReader::new(input, 1 << 16, MAX_LINE);
     let mut summary = EntryImportSummary::default();
-    let mut batch: Vec<NewEntry> = Vec::new();
+    let mut batch: Vec<ImportEntry> = Vec::new();
     let mut batch_bytes = 0;
     // Lines rejected since the last commit: they count once the lines before them are in.
     let mut rejected = 0;
@@ -127,7 +145,7 @@ pub async fn import_entries<R: AsyncRead + Unpin>(
             };
             match parsed {
                 Some(Ok(entry)) => {
-                    batch_bytes += entry.data_json().len();
+                    batch_bytes += entry.entry().data_json().len();
                     batch.push(entry);
                 }
                 Some(Err(error)) => {
@@ -142,7 +160,7 @@ pub async fn import_entries<R: AsyncRead + Unpin>(
         }
         let full = batch.len() >= MAX_BATCH_ENTRIES || batch_bytes >= BATCH_BYTES;
         if full || (done && !batch.is_empty()) {
-            let written = store.upsert_entries(&batch).await.map_err(|e| {
+            let written = store.import_entries(&batch).await.map_err(|e| {
                 let at = format!("import stopped at line {}", summary.lines + 1);
                 stopped(e.context(at), &summary)
             })?;
@@ -170,15 +188,39 @@ mod tests {
     #[test]
     fn lines_name_their_problem() {
         let entry = parse_entry_line(br#"{"collection":"food","id":"a","data":{"x":1}}"#).unwrap();
-        assert_eq!(entry.key().as_str(), "food:a");
+        assert_eq!(entry.entry().key().as_str(), "food:a");
+        assert_eq!((entry.created_at(), entry.updated_at()), (None, None));
+        let stamped = parse_entry_line(
+            br#"{"collection":"food","id":"a","data":{"x":1},"created_at":"2021-04-13T22:53:19Z","updated_at":"2021-04-14T02:00:00.5+02:00"}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            stamped.created_at().unwrap().as_str(),
+            "2021-04-13T22:53:19.000000Z"
+        );
+        assert_eq!(
+            stamped.updated_at().unwrap().as_str(),
+            "2021-04-14T00:00:00.500000Z"
+        );
         for no_id in [
             &br#"{"collection":"food","data":{"x":1}}"#[..],
             br#"{"collection":"food","id":null,"data":{"x":1}}"#,
             br#"{"collection":"food","id":"","data":{"x":1}}"#,
         ] {
-            assert_eq!(parse_entry_line(no_id).unwrap().key().id().len(), 36);
+            assert_eq!(
+                parse_entry_line(no_id).unwrap().entry().key().id().len(),
+                36
+            );
         }
-        let cases: [(&[u8], &str); 6] = [
+        let cases: [(&[u8], &str); 8] = [
+            (
+                br#"{"collection":"f","id":"a","data":{"x":1},"created_at":"noon"}"#,
+                "invalid timestamp",
+            ),
+            (
+                br#"{"collection":"f","id":"a","data":{"x":1},"created_at":"2021-01-02T00:00:00Z","updated_at":"2021-01-01T00:00:00Z"}"#,
+                "before created_at",
+            ),
             (b"not json", "not an entry line"),
             (
                 br#"{"id":"a","data":{"x":1}}"#,

@@ -9,7 +9,9 @@ use crate::collection::{EntryJson, EntryKey, NewEntry, StoredEntry};
 use crate::error::Result;
 use crate::record::Record;
 use crate::reference::Key;
-use crate::store::{Added, ImportOutcome, ImportUser, SharedStore, UserSource, UserStore};
+use crate::store::{
+    Added, ImportEntry, ImportOutcome, ImportUser, SharedStore, UserSource, UserStore,
+};
 use crate::user::{NewUser, UserId, UserJson};
 
 /// The store seen through an enricher: every write also invalidates the enricher's L1, whatever
@@ -97,6 +99,14 @@ impl UserStore for WriteThrough {
         let written = self.store.upsert_entries(entries).await;
         for entry in entries {
             self.l1.invalidate(entry.key().as_str());
+        }
+        written
+    }
+
+    async fn import_entries(&self, entries: &[ImportEntry]) -> Result<Vec<EntryJson>> {
+        let written = self.store.import_entries(entries).await;
+        for import in entries {
+            self.l1.invalidate(import.entry().key().as_str());
         }
         written
     }

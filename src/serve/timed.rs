@@ -12,7 +12,8 @@ use crate::error::Result;
 use crate::record::Record;
 use crate::reference::Key;
 use crate::store::{
-    Added, EventSink, ImportOutcome, ImportUser, SharedStore, UserSource, UserStore, WatchGuard,
+    Added, EventSink, ImportEntry, ImportOutcome, ImportUser, SharedStore, UserSource, UserStore,
+    WatchGuard,
 };
 use crate::user::{NewUser, UserId, UserJson};
 
@@ -147,6 +148,14 @@ impl UserStore for Timed {
         let result = self.store.upsert_entries(entries).await;
         self.metrics
             .record_store_call("upsert_entries", started, &result);
+        result
+    }
+
+    async fn import_entries(&self, entries: &[ImportEntry]) -> Result<Vec<EntryJson>> {
+        let started = Instant::now();
+        let result = self.store.import_entries(entries).await;
+        self.metrics
+            .record_store_call("import_entries", started, &result);
         result
     }
 

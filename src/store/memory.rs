@@ -5,8 +5,8 @@ use dashmap::DashMap;
 use dashmap::mapref::entry::Entry;
 
 use super::{
-    Added, ImportOutcome, ImportUser, UserSource, UserStore, conflict, entry_conflict,
-    entry_not_found, not_found,
+    Added, ImportEntry, ImportOutcome, ImportUser, Stamps, UserSource, UserStore, conflict,
+    entry_conflict, entry_not_found, not_found,
 };
 use crate::collection::{EntryJson, EntryKey, NewEntry, StoredEntry};
 use crate::error::Result;
@@ -27,22 +27,49 @@ impl MemoryStore {
         self.entries.get(key).map(|e| e.entry.clone())
     }
 
-    /// `entry` written now over `existing` (whose `created_at` and owner it keeps), or new.
-    fn replacing(entry: &NewEntry, existing: Option<&StoredEntry>, now: Timestamp) -> StoredEntry {
+    /// `entry` written at `now` with `stamps` over `existing` (whose owner it keeps, and its
+    /// `created_at` unless `stamps` gives one), or new.
+    fn replacing(
+        entry: &NewEntry,
+        stamps: Stamps,
+        existing: Option<&StoredEntry>,
+        now: Timestamp,
+    ) -> StoredEntry {
         match existing {
             Some(old) => {
-                let created = Timestamp::parse(old.entry.created_at())
+                let kept = Timestamp::parse(old.entry.created_at())
                     .expect("a stored created_at is a timestamp");
                 StoredEntry {
-                    entry: entry.to_json(created, now),
+                    entry: entry.to_json(stamps.created(Some(kept), now), stamps.updated(now)),
                     owner: old.owner.clone(),
                 }
             }
             None => StoredEntry {
-                entry: entry.to_json(now, now),
+                entry: entry.to_json(stamps.fresh(now), stamps.updated(now)),
                 owner: entry.owner().cloned(),
             },
         }
+    }
+
+    /// Creates or replaces each entry, with its stamps.
+    fn upsert<'a>(&self, batch: impl Iterator<Item = (&'a NewEntry, Stamps)>) -> Vec<EntryJson> {
+        let now = Timestamp::now();
+        batch
+            .map(
+                |(entry, stamps)| match self.entries.entry(entry.key().clone()) {
+                    Entry::Vacant(slot) => {
+                        let stored = MemoryStore::replacing(entry, stamps, None, now);
+                        slot.insert(stored).entry.clone()
+                    }
+                    Entry::Occupied(mut existing) => {
+                        let stored =
+                            MemoryStore::replacing(entry, stamps, Some(existing.get()), now);
+                        existing.insert(stored.clone());
+                        stored.entry
+                    }
+                },
+            )
+            .collect()
     }
 }
 
@@ -149,7 +176,8 @@ impl UserStore for MemoryStore {
         match self.entries.entry(entry.key().clone()) {
             Entry::Occupied(_) => Err(entry_conflict(entry.key())),
             Entry::Vacant(slot) => {
-                let stored = MemoryStore::replacing(entry, None, Timestamp::now());
+                let stored =
+                    MemoryStore::replacing(entry, Stamps::default(), None, Timestamp::now());
                 Ok(slot.insert(stored).entry.clone())
             }
         }
@@ -158,7 +186,7 @@ impl UserStore for MemoryStore {
     async fn update_entry(&self, entry: &NewEntry) -> Result<EntryJson> {
         let mut stored =
             (self.entries.get_mut(entry.key())).ok_or_else(|| entry_not_found(entry.key()))?;
-        *stored = MemoryStore::replacing(entry, Some(&stored), Timestamp::now());
+        *stored = MemoryStore::replacing(entry, Stamps::default(), Some(&stored), Timestamp::now());
         Ok(stored.entry.clone())
     }
 
@@ -170,21 +198,11 @@ impl UserStore for MemoryStore {
     }
 
     async fn upsert_entries(&self, entries: &[NewEntry]) -> Result<Vec<EntryJson>> {
-        let now = Timestamp::now();
-        Ok(entries
-            .iter()
-            .map(|entry| match self.entries.entry(entry.key().clone()) {
-                Entry::Vacant(slot) => {
-                    let stored = MemoryStore::replacing(entry, None, now);
-                    slot.insert(stored).entry.clone()
-                }
-                Entry::Occupied(mut existing) => {
-                    let stored = MemoryStore::replacing(entry, Some(existing.get()), now);
-                    existing.insert(stored.clone());
-                    stored.entry
-                }
-            })
-            .collect())
+        Ok(self.upsert(entries.iter().map(|entry| (entry, Stamps::default()))))
+    }
+
+    async fn import_entries(&self, entries: &[ImportEntry]) -> Result<Vec<EntryJson>> {
+        Ok(self.upsert(entries.iter().map(|i| (i.entry(), i.stamps()))))
     }
 
     async fn delete_entries(&self, keys: &[EntryKey]) -> Result<u64> {

@@ -106,6 +106,17 @@ pub trait UserStore: UserSource {
         }
     }
 
+    /// Writes many imported entries in one round trip, in order, as
+    /// [`UserStore::upsert_entries`] does, but stamped with the timestamps each carries (see
+    /// [`ImportEntry::new`]): a replaced entry keeps its owner, and its `created_at` unless the
+    /// import gives one. Answers the entries as stored.
+    async fn import_entries(&self, entries: &[ImportEntry]) -> Result<Vec<EntryJson>> {
+        match entries.first() {
+            Some(import) => Err(no_collections(self.describe(), import.entry().key())),
+            None => Ok(Vec::new()),
+        }
+    }
+
     /// Removes many entries in one round trip; keys that do not exist are skipped. Answers how
     /// many existed.
     async fn delete_entries(&self, keys: &[EntryKey]) -> Result<u64> {
@@ -229,6 +240,102 @@ impl ImportUser {
     }
 }
 
+/// An entry to import, maybe with the timestamps it had in another store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImportEntry {
+    entry: NewEntry,
+    stamps: Stamps,
+}
+
+impl ImportEntry {
+    /// An entry to import. Missing timestamps are filled at write time as for an
+    /// [`ImportUser`]: a given one stands for both, and with neither the time of the write is
+    /// used (a replaced entry keeps its `created_at`). `updated_at` before `created_at` is
+    /// refused.
+    pub fn new(
+        entry: NewEntry,
+        created_at: Option<Timestamp>,
+        updated_at: Option<Timestamp>,
+    ) -> Result<ImportEntry> {
+        if let (Some(c), Some(u)) = (created_at, updated_at)
+            && u < c
+        {
+            return Err(Error::invalid(format!(
+                "entry {:?}: updated_at {u} is before created_at {c}",
+                entry.key().as_str()
+            )));
+        }
+        Ok(ImportEntry {
+            entry,
+            stamps: Stamps {
+                created_at,
+                updated_at,
+            },
+        })
+    }
+
+    /// The entry being imported.
+    pub fn entry(&self) -> &NewEntry {
+        &self.entry
+    }
+
+    /// The `created_at` the import gives, if any.
+    pub fn created_at(&self) -> Option<Timestamp> {
+        self.stamps.created_at
+    }
+
+    /// The `updated_at` the import gives, if any.
+    pub fn updated_at(&self) -> Option<Timestamp> {
+        self.stamps.updated_at
+    }
+
+    /// The timestamps this write is given.
+    pub(crate) fn stamps(&self) -> Stamps {
+        self.stamps
+    }
+}
+
+impl From<NewEntry> for ImportEntry {
+    /// An import without timestamps: stamped at write time, as an upsert is.
+    fn from(entry: NewEntry) -> ImportEntry {
+        ImportEntry {
+            entry,
+            stamps: Stamps::default(),
+        }
+    }
+}
+
+/// The timestamps one entry write is given: none for an add, an update or an upsert (stamped
+/// at write time), those of its line for an import. The rules of [`ImportUser`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Stamps {
+    created_at: Option<Timestamp>,
+    updated_at: Option<Timestamp>,
+}
+
+impl Stamps {
+    /// The `created_at` to write: the given one; else, over an existing entry, the one it
+    /// has (`kept`); else the given `updated_at`; else `now`.
+    pub(crate) fn created(&self, kept: Option<Timestamp>, now: Timestamp) -> Timestamp {
+        self.created_at.or(kept).or(self.updated_at).unwrap_or(now)
+    }
+
+    /// The `created_at` the import gives, which replaces an existing entry's.
+    pub(crate) fn given_created(&self) -> Option<Timestamp> {
+        self.created_at
+    }
+
+    /// The `created_at` of a new entry.
+    pub(crate) fn fresh(&self, now: Timestamp) -> Timestamp {
+        self.created(None, now)
+    }
+
+    /// The `updated_at` to write: the given one, else the given `created_at`, else `now`.
+    pub(crate) fn updated(&self, now: Timestamp) -> Timestamp {
+        self.updated_at.or(self.created_at).unwrap_or(now)
+    }
+}
+
 /// The error for a user that does not exist.
 pub(crate) fn not_found(id: &UserId) -> Error {
     Error::new(ErrorKind::NotFound, format!("user {id:?} does not exist"))
@@ -271,5 +378,31 @@ mod tests {
         let existing = user.to_json(t1, t1);
         assert_eq!(none.to_override_json(&existing, now), user.to_json(t1, now));
         assert!(ImportUser::new(user, Some(t2), Some(t1)).is_err());
+    }
+
+    #[test]
+    fn entry_import_timestamps_fill_in_as_a_user_import_does() {
+        let key = EntryKey::new("food", "a").unwrap();
+        let entry = NewEntry::new(key, Some(serde_json::json!({"x": 1}))).unwrap();
+        let t1 = Timestamp::parse("2020-01-01T00:00:00Z").unwrap();
+        let t2 = Timestamp::parse("2021-01-01T00:00:00Z").unwrap();
+        let now = Timestamp::parse("2022-01-01T00:00:00Z").unwrap();
+        let kept = Timestamp::parse("2019-01-01T00:00:00Z").unwrap();
+        let stamps = |c, u| ImportEntry::new(entry.clone(), c, u).unwrap().stamps();
+        // (created_at, updated_at) given → (new entry's, replacing one kept `kept`'s).
+        let cases = [
+            ((None, None), (now, now), (kept, now)),
+            ((Some(t1), None), (t1, t1), (t1, t1)),
+            ((None, Some(t2)), (t2, t2), (kept, t2)),
+            ((Some(t1), Some(t2)), (t1, t2), (t1, t2)),
+        ];
+        for ((c, u), fresh, replacing) in cases {
+            let s = stamps(c, u);
+            assert_eq!((s.fresh(now), s.updated(now)), fresh, "{c:?} {u:?}");
+            assert_eq!((s.created(Some(kept), now), s.updated(now)), replacing);
+        }
+        assert_eq!(ImportEntry::from(entry.clone()).stamps(), Stamps::default());
+        let err = ImportEntry::new(entry, Some(t2), Some(t1)).unwrap_err();
+        assert!(err.is_invalid_input() && err.to_string().contains("before created_at"));
     }
 }

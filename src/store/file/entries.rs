@@ -7,7 +7,7 @@ use redb::ReadableTable;
 use super::{Inner, Table};
 use crate::collection::{EntryJson, EntryKey, NewEntry, StoredEntry};
 use crate::error::Result;
-use crate::store::{entry_conflict, entry_not_found, stored_entry};
+use crate::store::{Stamps, entry_conflict, entry_not_found, stored_entry};
 use crate::user::Timestamp;
 
 /// What a write does with an entry that exists, or does not.
@@ -34,12 +34,14 @@ impl Inner {
         }
     }
 
-    /// Writes `entry` in `mode`, stamped `now`; a replaced entry keeps its `created_at` and
-    /// owner. A stored record that does not pass the full check is never built upon.
+    /// Writes `entry` in `mode` at `now` with `stamps`; a replaced entry keeps its owner, and
+    /// its `created_at` unless `stamps` gives one. A stored record that does not pass the full
+    /// check is never built upon.
     pub(super) fn write_entry(
         &self,
         table: &mut Table<'_>,
         entry: &NewEntry,
+        stamps: Stamps,
         mode: Mode,
         now: Timestamp,
     ) -> Result<EntryJson> {
@@ -48,13 +50,13 @@ impl Inner {
             (Some(_), Mode::Add) => return Err(entry_conflict(key)),
             (None, Mode::Update) => return Err(entry_not_found(key)),
             (None, _) => StoredEntry {
-                entry: entry.to_json(now, now),
+                entry: entry.to_json(stamps.fresh(now), stamps.updated(now)),
                 owner: entry.owner().cloned(),
             },
             (Some(old), _) => {
-                let created = Timestamp::parse(old.entry.created_at())?;
+                let kept = Timestamp::parse(old.entry.created_at())?;
                 StoredEntry {
-                    entry: entry.to_json(created, now),
+                    entry: entry.to_json(stamps.created(Some(kept), now), stamps.updated(now)),
                     owner: old.owner,
                 }
             }

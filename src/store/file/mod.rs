@@ -22,8 +22,8 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use self::create::{io_kind, open_or_create};
 use self::entries::Mode;
 use super::{
-    Added, ImportOutcome, ImportUser, StoreOptions, UserSource, UserStore, conflict,
-    entry_not_found, not_found, stored_user,
+    Added, ImportEntry, ImportOutcome, ImportUser, Stamps, StoreOptions, UserSource, UserStore,
+    conflict, entry_not_found, not_found, stored_user,
 };
 use crate::collection::{EntryJson, EntryKey, NewEntry, StoredEntry};
 use crate::error::{Error, ErrorKind, Result};
@@ -332,16 +332,13 @@ impl UserStore for FileStore {
 
     /// One write transaction: all of the batch is written, or none of it.
     async fn upsert_entries(&self, batch: &[NewEntry]) -> Result<Vec<EntryJson>> {
-        let batch = batch.to_vec();
-        self.run(move |inner| {
-            let now = Timestamp::now();
-            inner.write_entries(|table| {
-                (batch.iter())
-                    .map(|entry| inner.write_entry(table, entry, Mode::Upsert, now))
-                    .collect()
-            })
-        })
-        .await
+        self.upsert(batch.iter().cloned().map(ImportEntry::from).collect())
+            .await
+    }
+
+    /// One write transaction: all of the batch is written, or none of it.
+    async fn import_entries(&self, batch: &[ImportEntry]) -> Result<Vec<EntryJson>> {
+        self.upsert(batch.to_vec()).await
     }
 
     async fn delete_entries(&self, keys: &[EntryKey]) -> Result<u64> {
@@ -377,7 +374,22 @@ impl FileStore {
         let entry = entry.clone();
         self.run(move |inner| {
             let now = Timestamp::now();
-            inner.write_entries(|table| inner.write_entry(table, &entry, mode, now))
+            inner.write_entries(|table| {
+                inner.write_entry(table, &entry, Stamps::default(), mode, now)
+            })
+        })
+        .await
+    }
+
+    /// Creates or replaces each entry of `batch` in one write transaction.
+    async fn upsert(&self, batch: Vec<ImportEntry>) -> Result<Vec<EntryJson>> {
+        self.run(move |inner| {
+            let now = Timestamp::now();
+            inner.write_entries(|table| {
+                (batch.iter())
+                    .map(|i| inner.write_entry(table, i.entry(), i.stamps(), Mode::Upsert, now))
+                    .collect()
+            })
         })
         .await
     }

@@ -52,8 +52,8 @@ use crate::error::{Error, Result};
 use crate::record::Record;
 use crate::reference::Key;
 use crate::store::{
-    Added, EventSink, ImportOutcome, ImportUser, StoreOptions, UserSource, UserStore, WatchGuard,
-    entry_not_found, stored_entry, stored_user,
+    Added, EventSink, ImportEntry, ImportOutcome, ImportUser, Stamps, StoreOptions, UserSource,
+    UserStore, WatchGuard, entry_not_found, stored_entry, stored_user,
 };
 use crate::user::{NewUser, Timestamp, UserId, UserJson};
 
@@ -327,12 +327,17 @@ impl ClusterStore {
             .collect()
     }
 
-    /// Writes `batch` in `mode`: one pipeline per node, each entry its own atomic write.
-    async fn write_entries(&self, batch: &[NewEntry], mode: Mode) -> Vec<Result<EntryJson>> {
+    /// Writes `batch`, each entry with its stamps, in `mode`: one pipeline per node, each
+    /// entry its own atomic write.
+    async fn write_entries(
+        &self,
+        batch: &[(&NewEntry, Stamps)],
+        mode: Mode,
+    ) -> Vec<Result<EntryJson>> {
         let now = Timestamp::now();
-        let keys: Vec<String> = batch.iter().map(|e| self.entry_key(e.key())).collect();
+        let keys: Vec<String> = batch.iter().map(|(e, _)| self.entry_key(e.key())).collect();
         let script = &self.entry_script;
-        let call = |i: usize, loaded| script.call(&keys[i], &batch[i], mode, now, loaded);
+        let call = |i: usize, loaded| script.call(&keys[i], batch[i], mode, now, loaded);
         let answers = self
             .write_keys(
                 &keys,
@@ -342,7 +347,7 @@ impl ClusterStore {
             )
             .await;
         (batch.iter().zip(answers))
-            .map(|(entry, answer)| entries::written(&self.describe, entry, now, answer))
+            .map(|(&write, answer)| entries::written(&self.describe, write, now, answer))
             .collect()
     }
 }
@@ -474,14 +479,14 @@ impl UserStore for ClusterStore {
     }
     async fn add_entry(&self, entry: &NewEntry) -> Result<EntryJson> {
         single(
-            self.write_entries(std::slice::from_ref(entry), Mode::Add)
+            self.write_entries(&[(entry, Stamps::default())], Mode::Add)
                 .await,
         )
     }
 
     async fn update_entry(&self, entry: &NewEntry) -> Result<EntryJson> {
         single(
-            self.write_entries(std::slice::from_ref(entry), Mode::Update)
+            self.write_entries(&[(entry, Stamps::default())], Mode::Update)
                 .await,
         )
     }
@@ -494,7 +499,16 @@ impl UserStore for ClusterStore {
     }
 
     async fn upsert_entries(&self, batch: &[NewEntry]) -> Result<Vec<EntryJson>> {
-        self.write_entries(batch, Mode::Upsert)
+        let batch: Vec<_> = batch.iter().map(|e| (e, Stamps::default())).collect();
+        self.write_entries(&batch, Mode::Upsert)
+            .await
+            .into_iter()
+            .collect()
+    }
+
+    async fn import_entries(&self, batch: &[ImportEntry]) -> Result<Vec<EntryJson>> {
+        let batch: Vec<_> = batch.iter().map(|i| (i.entry(), i.stamps())).collect();
+        self.write_entries(&batch, Mode::Upsert)
             .await
             .into_iter()
             .collect()

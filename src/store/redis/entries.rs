@@ -4,9 +4,9 @@
 //! An entry is one string key, `{namespace}:object:{collection}:{id}`, holding its stored form:
 //! the [`EntryJson`] bytes, preceded by `{owner}\n` when it has an owner. Every write of an
 //! entry is one script call on that one key, so it is atomic on the server: an add cannot be
-//! won twice, and an update or an upsert keeps the stored `created_at` (always bytes 16 to 42
-//! of the record's fixed 87-byte tail) and owner. A batch is a pipeline of such calls: one round
-//! trip, each entry still its own atomic write.
+//! won twice, and an update or an upsert keeps the stored owner and `created_at` (always bytes
+//! 16 to 42 of the record's fixed 87-byte tail; an import that gives one replaces it). A batch
+//! is a pipeline of such calls: one round trip, each entry still its own atomic write.
 
 use bytes::Bytes;
 use redis::{Cmd, Script, Value};
@@ -14,12 +14,14 @@ use redis::{Cmd, Script, Value};
 use super::fault::write_fault;
 use crate::collection::{EntryJson, EntryKey, NewEntry};
 use crate::error::{Error, ErrorKind, Result};
-use crate::store::{entry_conflict, entry_not_found, stored_entry};
+use crate::store::{Stamps, entry_conflict, entry_not_found, stored_entry};
 use crate::user::Timestamp;
 
 /// Writes an entry. KEYS[1]: its key. ARGV: the mode (`a` add, `u` update, `s` upsert), the
 /// owner line of a new entry (`alice\n` or empty), the entry's fixed head up to `"data":`, its
-/// data, and the time of the write.
+/// data, its `updated_at`, the `created_at` of a new entry, and the `created_at` that replaces
+/// an existing entry's (empty: keep it). All three are the time of the write but for imports
+/// that carry timestamps.
 ///
 /// Answers `{1, created_at}` when it wrote (or finds exactly what this call writes, stamp
 /// included: the same call sent again by a client that lost its answer, which must not turn
@@ -51,23 +53,24 @@ local function kept(record, head)
     and tonumber(h) < 24 and tonumber(mi) < 60 and tonumber(s) < 60) then return nil end
   return string.sub(record, 1, at - 1), string.sub(tail, 16, 42)
 end
-local mode, now = ARGV[1], ARGV[5]
+local mode, updated, fresh, given = ARGV[1], ARGV[5], ARGV[6], ARGV[7]
 local old = redis.call('GET', KEYS[1])
 if old and mode == 'a' then
   -- This very add, sent again after its answer was lost, finds what it wrote.
   local same = ARGV[2] .. ARGV[3] .. ARGV[4]
-    .. ',"created_at":"' .. now .. '","updated_at":"' .. now .. '"}'
-  if old == same then return {1, now} end
+    .. ',"created_at":"' .. fresh .. '","updated_at":"' .. updated .. '"}'
+  if old == same then return {1, fresh} end
   return {2, ''}
 end
 if not old and mode == 'u' then return false end
-local owner, created = ARGV[2], now
+local owner, created = ARGV[2], fresh
 if old then
   owner, created = kept(old, ARGV[3])
   if not owner then return {0, old} end
+  if given ~= '' then created = given end
 end
 redis.call('SET', KEYS[1], owner .. ARGV[3] .. ARGV[4]
-  .. ',"created_at":"' .. created .. '","updated_at":"' .. now .. '"}')
+  .. ',"created_at":"' .. created .. '","updated_at":"' .. updated .. '"}')
 return {1, created}
 "#;
 
@@ -100,12 +103,13 @@ impl EntryScript {
         redis::cmd("SCRIPT").arg("LOAD").arg(WRITE).clone()
     }
 
-    /// The call writing `entry` at `key`: by hash behind a [`EntryScript::load`] (`loaded`),
-    /// or with the script's text, which works alone on any node.
+    /// The call writing `entry` at `key` with `stamps` at `now`: by hash behind a
+    /// [`EntryScript::load`] (`loaded`), or with the script's text, which works alone on any
+    /// node.
     pub(super) fn call(
         &self,
         key: &str,
-        entry: &NewEntry,
+        (entry, stamps): (&NewEntry, Stamps),
         mode: Mode,
         now: Timestamp,
         loaded: bool,
@@ -129,7 +133,14 @@ impl EntryScript {
             .arg(owner)
             .arg(key_head(entry.key()))
             .arg(entry.data_json())
-            .arg(now.as_str());
+            .arg(stamps.updated(now).as_str())
+            .arg(stamps.fresh(now).as_str())
+            .arg(
+                stamps
+                    .given_created()
+                    .as_ref()
+                    .map_or("", Timestamp::as_str),
+            );
         cmd
     }
 }
@@ -145,11 +156,11 @@ fn key_head(key: &EntryKey) -> String {
     )
 }
 
-/// What the script's answer (or the failure to get one) means for `entry`: the entry as now
-/// stored, or why not.
+/// What the script's answer (or the failure to get one) means for `entry`, written with
+/// `stamps` at `now`: the entry as now stored, or why not.
 pub(super) fn written(
     describe: &str,
-    entry: &NewEntry,
+    (entry, stamps): (&NewEntry, Stamps),
     now: Timestamp,
     answer: redis::RedisResult<Value>,
 ) -> Result<EntryJson> {
@@ -161,7 +172,7 @@ pub(super) fn written(
         Some((1, created)) => {
             let text = std::str::from_utf8(&created).unwrap_or_default();
             match Timestamp::parse(text) {
-                Ok(at) if at.as_str() == text => Ok(entry.to_json(at, now)),
+                Ok(at) if at.as_str() == text => Ok(entry.to_json(at, stamps.updated(now))),
                 _ => Err(Error::new(
                     ErrorKind::Internal,
                     format!("entry {key}: the write script answered created_at {created:?}"),

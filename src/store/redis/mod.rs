@@ -38,8 +38,8 @@ use self::link::WriteLink;
 use self::scripts::Scripts;
 use super::url::redact;
 use super::{
-    Added, EventSink, ImportOutcome, ImportUser, StoreOptions, UserSource, UserStore, WatchGuard,
-    entry_not_found, stored_entry, stored_user,
+    Added, EventSink, ImportEntry, ImportOutcome, ImportUser, Stamps, StoreOptions, UserSource,
+    UserStore, WatchGuard, entry_not_found, stored_entry, stored_user,
 };
 use crate::collection::{EntryJson, EntryKey, NewEntry, StoredEntry};
 use crate::error::{Error, Result};
@@ -163,10 +163,11 @@ impl RedisStore {
         Ok(entries::each(values, skip))
     }
 
-    /// Writes `entries` in `mode` in one round trip, each its own atomic write.
+    /// Writes `entries`, each with its stamps, in `mode` in one round trip, each its own
+    /// atomic write.
     async fn write_entries(
         &self,
-        batch: &[NewEntry],
+        batch: &[(&NewEntry, Stamps)],
         mode: Mode,
     ) -> Result<Vec<Result<EntryJson>>> {
         if batch.is_empty() {
@@ -174,12 +175,18 @@ impl RedisStore {
         }
         let now = Timestamp::now();
         let script = &self.entry_script;
-        let calls = batch
-            .iter()
-            .map(|entry| script.call(&self.entry_key(entry.key()), entry, mode, now, true));
+        let calls = (batch.iter()).map(|&(entry, stamps)| {
+            script.call(
+                &self.entry_key(entry.key()),
+                (entry, stamps),
+                mode,
+                now,
+                true,
+            )
+        });
         let answers = self.pipeline(Some(script.load()), calls).await?;
         Ok((batch.iter().zip(answers))
-            .map(|(entry, answer)| entries::written(&self.describe, entry, now, answer))
+            .map(|(&write, answer)| entries::written(&self.describe, write, now, answer))
             .collect())
     }
 
@@ -308,14 +315,14 @@ impl UserStore for RedisStore {
 
     async fn add_entry(&self, entry: &NewEntry) -> Result<EntryJson> {
         single(
-            self.write_entries(std::slice::from_ref(entry), Mode::Add)
+            self.write_entries(&[(entry, Stamps::default())], Mode::Add)
                 .await?,
         )
     }
 
     async fn update_entry(&self, entry: &NewEntry) -> Result<EntryJson> {
         single(
-            self.write_entries(std::slice::from_ref(entry), Mode::Update)
+            self.write_entries(&[(entry, Stamps::default())], Mode::Update)
                 .await?,
         )
     }
@@ -328,7 +335,13 @@ impl UserStore for RedisStore {
     }
 
     async fn upsert_entries(&self, batch: &[NewEntry]) -> Result<Vec<EntryJson>> {
-        all(self.write_entries(batch, Mode::Upsert).await?)
+        let batch: Vec<_> = batch.iter().map(|e| (e, Stamps::default())).collect();
+        all(self.write_entries(&batch, Mode::Upsert).await?)
+    }
+
+    async fn import_entries(&self, batch: &[ImportEntry]) -> Result<Vec<EntryJson>> {
+        let batch: Vec<_> = batch.iter().map(|i| (i.entry(), i.stamps())).collect();
+        all(self.write_entries(&batch, Mode::Upsert).await?)
     }
 
     /// One `DEL` of every key: each key is removed on its own, atomically.
