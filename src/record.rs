@@ -1,11 +1,47 @@
-//! [`Record`]: what a reference resolves to, a user or a collection entry, as the one
-//! serialized form a store handed out.
+//! [`Key`] and [`Record`]: what a source is asked for, a user or a collection entry, and what
+//! it answers, the one serialized form a store handed out.
 
 use bytes::Bytes;
 
-use crate::collection::EntryJson;
+use crate::collection::{EntryJson, EntryKey};
+use crate::error::Result;
 use crate::reference::ReferenceKind;
-use crate::user::UserJson;
+use crate::user::{UserId, UserJson};
+
+/// What a reference names, as a source is asked for it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Key {
+    /// A user.
+    User(UserId),
+    /// A collection entry.
+    Entry(EntryKey),
+}
+
+impl Key {
+    /// The key of a reference: `alice` names a user, `food:burger` an entry.
+    pub fn parse(key: &str) -> Result<Key> {
+        match ReferenceKind::of_key(key) {
+            ReferenceKind::User => UserId::parse(key).map(Key::User),
+            ReferenceKind::Object => EntryKey::parse(key).map(Key::Entry),
+        }
+    }
+
+    /// The key as text: what the L1 caches the record under.
+    pub fn as_str(&self) -> &str {
+        match self {
+            Key::User(id) => id.as_str(),
+            Key::Entry(key) => key.as_str(),
+        }
+    }
+
+    /// The kind of reference that names this key.
+    pub fn kind(&self) -> ReferenceKind {
+        match self {
+            Key::User(_) => ReferenceKind::User,
+            Key::Entry(_) => ReferenceKind::Object,
+        }
+    }
+}
 
 /// A stored record of any kind: what the L1 caches and a page splices in.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -77,5 +113,17 @@ impl From<UserJson> for Record {
 impl From<EntryJson> for Record {
     fn from(entry: EntryJson) -> Record {
         Record::Entry(entry)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_know_their_kind() {
+        assert_eq!(Key::parse("food:x").unwrap().kind(), ReferenceKind::Object);
+        assert_eq!(Key::parse("alice").unwrap().kind(), ReferenceKind::User);
+        assert!(Key::parse("food:x:y").is_err());
     }
 }

@@ -7,10 +7,7 @@
 //! L1, loads in flight and memos keep keys of every kind side by side without ever confusing
 //! two, and a page's misses of all kinds go to the store in one call.
 
-use crate::collection::EntryKey;
-use crate::error::Result;
 use crate::id::is_valid_id;
-use crate::user::UserId;
 
 /// The prefix of a user reference.
 pub const USER_PREFIX: &str = "SU:";
@@ -89,41 +86,6 @@ pub(crate) fn reference_key_bytes(text: &[u8]) -> Option<&[u8]> {
     let key = text.strip_prefix(OBJECT_PREFIX.as_bytes())?;
     let colon = key.iter().position(|&b| b == b':')?;
     (is_valid_id(&key[..colon]) && is_valid_id(&key[colon + 1..])).then_some(key)
-}
-
-/// What a reference names, as a source is asked for it.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub enum Key {
-    /// A user.
-    User(UserId),
-    /// A collection entry.
-    Entry(EntryKey),
-}
-
-impl Key {
-    /// The key of a reference: `alice` names a user, `food:burger` an entry.
-    pub fn parse(key: &str) -> Result<Key> {
-        match ReferenceKind::of_key(key) {
-            ReferenceKind::User => UserId::parse(key).map(Key::User),
-            ReferenceKind::Object => EntryKey::parse(key).map(Key::Entry),
-        }
-    }
-
-    /// The key as text: what the L1 caches the record under.
-    pub fn as_str(&self) -> &str {
-        match self {
-            Key::User(id) => id.as_str(),
-            Key::Entry(key) => key.as_str(),
-        }
-    }
-
-    /// The kind of reference that names this key.
-    pub fn kind(&self) -> ReferenceKind {
-        match self {
-            Key::User(_) => ReferenceKind::User,
-            Key::Entry(_) => ReferenceKind::Object,
-        }
-    }
 }
 
 /// Appends Stream's inline object for a reference whose record does not exist. For a user:
@@ -241,8 +203,6 @@ mod tests {
         }
         assert_eq!(reference_key("SO:food:x"), Some("food:x"));
         assert_eq!(reference_key("SU:alice"), Some("alice"));
-        assert_eq!(Key::parse("food:x").unwrap().kind(), ReferenceKind::Object);
-        assert_eq!(Key::parse("alice").unwrap().kind(), ReferenceKind::User);
     }
 
     #[test]

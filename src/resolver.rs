@@ -17,7 +17,7 @@ use tokio::sync::oneshot;
 use crate::answer::Answer;
 use crate::cache::{BatchFuture, BatchResult, Cached, Flight, Joined, L1, Memo};
 use crate::error::{Error, ErrorKind, Result};
-use crate::reference::Key;
+use crate::record::Key;
 use crate::stats::EnrichStats;
 use crate::store::SharedSource;
 

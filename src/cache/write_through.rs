@@ -7,8 +7,8 @@ use async_trait::async_trait;
 use super::L1;
 use crate::collection::{EntryJson, EntryKey, NewEntry, StoredEntry};
 use crate::error::Result;
+use crate::record::Key;
 use crate::record::Record;
-use crate::reference::Key;
 use crate::store::{
     Added, ImportEntry, ImportOutcome, ImportUser, SharedStore, UserSource, UserStore,
 };

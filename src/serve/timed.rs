@@ -9,8 +9,8 @@ use async_trait::async_trait;
 use super::metrics::Metrics;
 use crate::collection::{EntryJson, EntryKey, NewEntry, StoredEntry};
 use crate::error::Result;
+use crate::record::Key;
 use crate::record::Record;
-use crate::reference::Key;
 use crate::store::{
     Added, EventSink, ImportEntry, ImportOutcome, ImportUser, SharedStore, UserSource, UserStore,
     WatchGuard,

@@ -10,8 +10,8 @@ use super::{
 };
 use crate::collection::{EntryJson, EntryKey, NewEntry, StoredEntry};
 use crate::error::Result;
+use crate::record::Key;
 use crate::record::Record;
-use crate::reference::Key;
 use crate::user::{NewUser, Timestamp, UserId, UserJson};
 
 /// Users and collection entries in this process's memory. Each `memory:` store starts empty

@@ -9,8 +9,8 @@ use async_trait::async_trait;
 use super::{EventSink, WatchGuard};
 use crate::collection::{EntryJson, EntryKey};
 use crate::error::Result;
+use crate::record::Key;
 use crate::record::Record;
-use crate::reference::Key;
 use crate::user::{UserId, UserJson};
 
 /// Where an enricher reads users from: one batched read, and maybe announcements of writes.

@@ -27,8 +27,8 @@ use super::{
 };
 use crate::collection::{EntryJson, EntryKey, NewEntry, StoredEntry};
 use crate::error::{Error, ErrorKind, Result};
+use crate::record::Key;
 use crate::record::Record;
-use crate::reference::Key;
 use crate::user::{NewUser, Timestamp, UserId, UserJson};
 
 /// A table of records by key: users by id, entries by `<collection>:<id>`.

@@ -43,8 +43,8 @@ use super::{
 };
 use crate::collection::{EntryJson, EntryKey, NewEntry, StoredEntry};
 use crate::error::{Error, Result};
+use crate::record::Key;
 use crate::record::Record;
-use crate::reference::Key;
 use crate::user::{NewUser, Timestamp, UserId, UserJson};
 
 /// Users in Redis, under a namespace prefix. Cheap to clone; clones share two multiplexed,

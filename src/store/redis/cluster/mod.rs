@@ -47,8 +47,8 @@ use super::scripts::Scripts;
 use super::topology::{NodeUrls, Topology, read_slot_map, slot};
 use crate::collection::{EntryJson, EntryKey, NewEntry, StoredEntry};
 use crate::error::{Error, Result};
+use crate::record::Key;
 use crate::record::Record;
-use crate::reference::Key;
 use crate::store::{
     Added, EventSink, ImportEntry, ImportOutcome, ImportUser, Stamps, StoreOptions, UserSource,
     UserStore, WatchGuard, entry_not_found, stored_entry, stored_user,
