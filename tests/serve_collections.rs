@@ -2,6 +2,8 @@
 //! status codes and errors for add, get, update, delete, upsert, select and delete many, their
 //! limits, and who may call what.
 
+mod support;
+
 use std::time::Duration;
 
 use enrich::serve::{ServeConfig, serve};
@@ -181,9 +183,7 @@ fn assert_entry(entry: &str, collection: &str, id: &str, data: &str) -> Value {
     value
 }
 
-#[tokio::test]
-async fn single_entries_add_get_update_delete() {
-    let server = Server::start("memory:").await;
+async fn single_entries_add_get_update_delete(server: &Server) {
     // Add with an id, as Python sends it (user_id null): 201, the entry, duration last.
     let (status, body) = server
         .call(
@@ -335,12 +335,9 @@ async fn single_entries_add_get_update_delete() {
         r#"{"name":"New"}"#,
     );
     assert_ne!(readded["created_at"], value["created_at"]);
-    server.stop().await;
 }
 
-#[tokio::test]
-async fn bad_input_is_400_naming_the_problem() {
-    let server = Server::start("memory:").await;
+async fn bad_input_is_400_naming_the_problem(server: &Server) {
     let add = "/api/v1.0/collections/food/";
     for (path, body, named) in [
         (add, r#"{"id":"!abcdee!","data":{"a":1}}"#, "entry id"),
@@ -382,12 +379,9 @@ async fn bad_input_is_400_naming_the_problem() {
         .call(Method::GET, "/api/v1.0/collections/food/x/", "")
         .await;
     assert_eq!(status, StatusCode::NOT_FOUND);
-    server.stop().await;
 }
 
-#[tokio::test]
-async fn upsert_select_and_delete_many() {
-    let server = Server::start("memory:").await;
+async fn upsert_select_and_delete_many(server: &Server) {
     // Ruby's items: flat, a `data` key stays nested; Stream answers the items under their
     // collection.
     let items = json!({"data": {
@@ -599,12 +593,9 @@ async fn upsert_select_and_delete_many() {
         .call(Method::GET, "/api/v1.0/collections/test/fine/", "")
         .await;
     assert_eq!(status, StatusCode::NOT_FOUND);
-    server.stop().await;
 }
 
-#[tokio::test]
-async fn limits_are_named() {
-    let server = Server::start("memory:").await;
+async fn limits_are_named(server: &Server) {
     // 1,000 entries per batch call, over every collection of an upsert.
     let items: Vec<Value> = (0..600)
         .map(|i| json!({"id": format!("i{i}"), "n": i}))
@@ -707,12 +698,9 @@ async fn limits_are_named() {
         .call(Method::POST, "/api/v1.0/collections/", huge)
         .await;
     assert_error(status, &body, 413, 18, "RequestEntityTooLargeException");
-    server.stop().await;
 }
 
-#[tokio::test]
-async fn who_may_call_what() {
-    let server = Server::start("memory:").await;
+async fn who_may_call_what(server: &Server) {
     let alice = user_token("alice");
     let bob = user_token("bob");
     let entry = |id: &str| format!("/api/v1.0/collections/food/{id}/");
@@ -949,12 +937,9 @@ async fn who_may_call_what() {
         StatusCode::OK,
         "the refused delete many deleted nothing"
     );
-    server.stop().await;
 }
 
-#[tokio::test]
-async fn metrics_name_the_route_templates() {
-    let server = Server::start("memory:").await;
+async fn metrics_name_the_route_templates(server: &Server) {
     for i in 0..3 {
         server
             .call(
@@ -988,12 +973,9 @@ async fn metrics_name_the_route_templates() {
         assert!(metrics.contains(line), "{line} not in\n{metrics}");
     }
     assert!(!metrics.contains("e1"), "{metrics}");
-    server.stop().await;
 }
 
-#[tokio::test]
-async fn writes_through_the_api_reach_the_next_enrichment() {
-    let server = Server::start("memory:").await;
+async fn writes_through_the_api_reach_the_next_enrichment(server: &Server) {
     let all = sign(&json!({"resource": "*", "action": "*", "feed_id": "*"}));
     let doc = r#"{"actor":"SU:nobody","object":"SO:food:burger","verb":"eat"}"#;
     let enriched = |answer: &str| -> Value {
@@ -1058,5 +1040,47 @@ async fn writes_through_the_api_reach_the_next_enrichment() {
         .call_as(&all, Method::POST, "/api/v1.0/enrich/", doc)
         .await;
     assert_eq!(enriched(&body), missing, "{body}");
-    server.stop().await;
 }
+
+/// Each named test body, once over every backend: `memory:`, a file store and a real
+/// `redis-server` of the test's own, so the API answers the same whatever stores the entries.
+macro_rules! over_every_store {
+    ($($body:ident),* $(,)?) => {$(
+        mod $body {
+            use super::*;
+
+            #[tokio::test]
+            async fn memory() {
+                let server = Server::start("memory:").await;
+                super::$body(&server).await;
+                server.stop().await;
+            }
+
+            #[tokio::test]
+            async fn file() {
+                let (_dir, path) = support::temp_db();
+                let server = Server::start(&format!("file:{}", path.display())).await;
+                super::$body(&server).await;
+                server.stop().await;
+            }
+
+            #[tokio::test]
+            async fn redis() {
+                let redis = support::RedisServer::start();
+                let server = Server::start(&redis.url()).await;
+                super::$body(&server).await;
+                server.stop().await;
+            }
+        }
+    )*};
+}
+
+over_every_store!(
+    single_entries_add_get_update_delete,
+    bad_input_is_400_naming_the_problem,
+    upsert_select_and_delete_many,
+    limits_are_named,
+    who_may_call_what,
+    metrics_name_the_route_templates,
+    writes_through_the_api_reach_the_next_enrichment,
+);
