@@ -1084,3 +1084,159 @@ over_every_store!(
     metrics_name_the_route_templates,
     writes_through_the_api_reach_the_next_enrichment,
 );
+
+#[tokio::test]
+async fn store_faults_are_503_never_missing_entries() {
+    let mut redis = support::RedisServer::start();
+    let server = Server::start(&redis.url()).await;
+    let (status, body) = server
+        .call(
+            Method::POST,
+            "/api/v1.0/collections/food/",
+            r#"{"id":"burger","data":{"a":1}}"#,
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+
+    // With the store gone, no call answers as if the entry were absent (404, an empty select,
+    // a delete many that skipped it) or as if a write were kept.
+    redis.stop();
+    for (method, path, body) in [
+        (
+            Method::POST,
+            "/api/v1.0/collections/food/",
+            r#"{"id":"pizza","data":{"a":1}}"#,
+        ),
+        (Method::GET, "/api/v1.0/collections/food/burger/", ""),
+        (
+            Method::PUT,
+            "/api/v1.0/collections/food/burger/",
+            r#"{"data":{"a":2}}"#,
+        ),
+        (Method::DELETE, "/api/v1.0/collections/food/burger/", ""),
+        (
+            Method::POST,
+            "/api/v1.0/collections/",
+            r#"{"data":{"food":[{"id":"burger","a":3}]}}"#,
+        ),
+        (
+            Method::GET,
+            "/api/v1.0/collections/?foreign_ids=food:burger",
+            "",
+        ),
+        (Method::GET, "/api/v1.0/meta/?foreign_ids=food:burger", ""),
+        (
+            Method::DELETE,
+            "/api/v1.0/collections/?collection_name=food&ids=burger",
+            "",
+        ),
+    ] {
+        let resp = server
+            .as_token(method.clone(), path, &server.token)
+            .body(body)
+            .timeout(Duration::from_secs(10))
+            .send()
+            .await
+            .unwrap();
+        let (status, answer) = (resp.status(), resp.text().await.unwrap());
+        if method == Method::GET {
+            assert_error(status, &answer, 503, 1, "ServiceUnavailableException");
+        } else if status == StatusCode::GATEWAY_TIMEOUT {
+            // A write sent before the connection was seen to be lost may have been applied.
+            let detail = assert_error(status, &answer, 504, 1, "WriteOutcomeUnknownException");
+            assert!(detail.contains("entry"), "an entry write: {detail}");
+        } else {
+            assert_error(status, &answer, 503, 1, "ServiceUnavailableException");
+        }
+    }
+    // A user token's change of an entry needs its owner first: a fault, not a refusal.
+    let (status, answer) = server
+        .call_as(
+            &user_token("alice"),
+            Method::DELETE,
+            "/api/v1.0/collections/food/burger/",
+            "",
+        )
+        .await;
+    assert_error(status, &answer, 503, 1, "ServiceUnavailableException");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn store_refusals_of_entry_writes_are_answered_as_what_they_are() {
+    let redis = support::RedisServer::start();
+    let mut admin = redis.connection();
+    // A Redis user that may read but not write.
+    redis::cmd("ACL")
+        .arg("SETUSER")
+        .arg("reader")
+        .arg("on")
+        .arg(">readerpw")
+        .arg("~*")
+        .arg("+@read")
+        .arg("+@connection")
+        .arg("+client")
+        .exec(&mut admin)
+        .unwrap();
+    let reader = format!("redis://reader:readerpw@127.0.0.1:{}", redis.port());
+    let server = Server::start(&reader).await;
+    for (method, path, body) in [
+        (
+            Method::POST,
+            "/api/v1.0/collections/food/",
+            r#"{"id":"w","data":{"a":1}}"#,
+        ),
+        (
+            Method::POST,
+            "/api/v1.0/collections/",
+            r#"{"data":{"food":[{"id":"w","a":1}]}}"#,
+        ),
+    ] {
+        let (status, answer) = server.call(method, path, body).await;
+        let detail = assert_error(status, &answer, 502, 1, "StorePermissionException");
+        assert!(!detail.contains("readerpw"), "{detail}");
+    }
+    let (status, _) = server
+        .call(Method::GET, "/api/v1.0/collections/food/w/", "")
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    server.stop().await;
+
+    // A store out of memory refuses entry writes; reads go on.
+    let server = Server::start(&redis.url()).await;
+    for (name, value) in [("maxmemory-policy", "noeviction"), ("maxmemory", "2mb")] {
+        redis::cmd("CONFIG")
+            .arg("SET")
+            .arg(name)
+            .arg(value)
+            .exec(&mut admin)
+            .unwrap();
+    }
+    let big = "x".repeat(40_000);
+    let mut full = None;
+    for i in 0..100 {
+        let body = format!(r#"{{"id":"big{i}","data":{{"a":"{big}"}}}}"#);
+        let (status, answer) = server
+            .call(Method::POST, "/api/v1.0/collections/food/", body)
+            .await;
+        if status != StatusCode::CREATED {
+            full = Some((status, answer));
+            break;
+        }
+    }
+    let (status, answer) = full.expect("2 MB never filled");
+    assert_error(status, &answer, 507, 1, "StoreFullException");
+    let (status, answer) = server
+        .call(
+            Method::POST,
+            "/api/v1.0/collections/",
+            json!({"data": {"food": [{"id": "more", "a": big}]}}).to_string(),
+        )
+        .await;
+    assert_error(status, &answer, 507, 1, "StoreFullException");
+    let (status, _) = server
+        .call(Method::GET, "/api/v1.0/collections/food/big0/", "")
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    server.stop().await;
+}
