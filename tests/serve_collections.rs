@@ -6,145 +6,19 @@ mod support;
 
 use std::time::Duration;
 
-use enrich::serve::{ServeConfig, serve};
-use enrich::{Enricher, StoreOptions, store};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
+use support::serve::{SECRET, Server, assert_error, sign, strip_duration, text};
 
-const KEY: &str = "test-key";
-const SECRET: &str = "test-secret";
-
-struct Server {
-    base: String,
-    client: reqwest::Client,
-    token: String,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    task: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
-}
-
-impl Server {
-    async fn start(url: &str) -> Server {
-        let store = store::open(url, &StoreOptions::new().namespace("serve-collections"))
-            .await
-            .expect("open the store");
-        let config = ServeConfig::new(KEY, SECRET);
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let base = format!("http://{}", listener.local_addr().unwrap());
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let enricher = Enricher::new(config.instrument(store));
-        assert!(enricher.wait_for_cache(Duration::from_secs(5)).await);
-        let task = tokio::spawn(serve(listener, enricher, config, async move {
-            let _ = stopped.await;
-        }));
-        Server {
-            base,
-            client: reqwest::Client::new(),
-            // What Python, Ruby and PHP sign for collection calls.
-            token: sign(
-                &json!({"resource": "collections", "action": "*", "feed_id": "*", "user_id": "*"}),
-            ),
-            stop: Some(stop),
-            task: Some(task),
-        }
-    }
-
-    fn as_token(&self, method: Method, path: &str, token: &str) -> reqwest::RequestBuilder {
-        let sep = if path.contains('?') { '&' } else { '?' };
-        self.client
-            .request(method, format!("{}{path}{sep}api_key={KEY}", self.base))
-            .header("Authorization", token)
-            .header("stream-auth-type", "jwt")
-    }
-
-    /// Sends `body` to `path` with the server token; the status and the body of the answer.
-    async fn call(
-        &self,
-        method: Method,
-        path: &str,
-        body: impl Into<reqwest::Body>,
-    ) -> (StatusCode, String) {
-        let token = self.token.clone();
-        self.call_as(&token, method, path, body).await
-    }
-
-    async fn call_as(
-        &self,
-        token: &str,
-        method: Method,
-        path: &str,
-        body: impl Into<reqwest::Body>,
-    ) -> (StatusCode, String) {
-        let resp = self
-            .as_token(method, path, token)
-            .body(body)
-            .send()
-            .await
-            .unwrap();
-        let status = resp.status();
-        (status, resp.text().await.unwrap())
-    }
-
-    async fn metrics(&self) -> String {
-        let resp = self
-            .client
-            .get(format!("{}/metrics", self.base))
-            .send()
-            .await
-            .unwrap();
-        resp.text().await.unwrap()
-    }
-
-    async fn stop(mut self) {
-        let _ = self.stop.take().unwrap().send(());
-        self.task.take().unwrap().await.unwrap().unwrap();
-    }
-}
-
-fn sign(claims: &Value) -> String {
-    jsonwebtoken::encode(
-        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
-        claims,
-        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()).unwrap(),
-    )
-    .unwrap()
+/// A server whose calls carry what Python, Ruby and PHP sign for collection calls.
+async fn start(url: &str) -> Server {
+    Server::start(url)
+        .await
+        .signed(&json!({"resource": "collections", "action": "*", "feed_id": "*", "user_id": "*"}))
 }
 
 fn user_token(user: &str) -> String {
-    sign(&json!({ "user_id": user }))
-}
-
-/// Splits `{…,"duration":"1.23ms"}` into the object without it, checking that it is last.
-fn strip_duration(body: &str) -> String {
-    let at = body
-        .rfind(r#","duration":""#)
-        .or_else(|| body.rfind(r#""duration":""#))
-        .unwrap_or_else(|| panic!("no duration in {body}"));
-    let tail = &body[at..];
-    assert!(tail.ends_with("ms\"}"), "duration is not last: {body}");
-    let mut rest = body[..at].to_string();
-    rest.push('}');
-    rest
-}
-
-/// Checks a Stream error body: the five keys in order, and what they say; answers the detail.
-fn assert_error(status: StatusCode, body: &str, want: u16, code: u64, exception: &str) -> String {
-    assert_eq!(status.as_u16(), want, "{body}");
-    let value: Value = serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body}"));
-    let keys: Vec<&str> = value
-        .as_object()
-        .unwrap()
-        .keys()
-        .map(|k| k.as_str())
-        .collect();
-    assert_eq!(
-        keys,
-        ["code", "detail", "duration", "exception", "status_code"],
-        "{body}"
-    );
-    assert_eq!(value["code"], code, "{body}");
-    assert_eq!(value["exception"], exception, "{body}");
-    assert_eq!(value["status_code"], want, "{body}");
-    value["detail"].as_str().unwrap().to_string()
+    sign(&json!({ "user_id": user }), SECRET)
 }
 
 /// Checks an entry's bytes: Stream's keys in Stream's order, these values, timestamps with six
@@ -712,11 +586,14 @@ async fn who_may_call_what(server: &Server) {
         json!({"resource": "*", "action": "*", "feed_id": "*"}),           // JS, .NET
     ]
     .iter()
-    .map(|c| (sign(c), "*"))
+    .map(|c| (sign(c, SECRET), "*"))
     .collect();
     for action in ["read", "write", "delete"] {
         tokens.push((
-            sign(&json!({"resource": "collections", "action": action, "feed_id": "*"})),
+            sign(
+                &json!({"resource": "collections", "action": action, "feed_id": "*"}),
+                SECRET,
+            ),
             action,
         ));
     }
@@ -804,8 +681,11 @@ async fn who_may_call_what(server: &Server) {
     }
 
     // Tokens for other resources: 403 on collections; a collections token may not use users.
-    let users_token = sign(&json!({"resource": "users", "action": "*", "feed_id": "*"}));
-    let feed_token = sign(&json!({"resource": "feed", "action": "*"}));
+    let users_token = sign(
+        &json!({"resource": "users", "action": "*", "feed_id": "*"}),
+        SECRET,
+    );
+    let feed_token = sign(&json!({"resource": "feed", "action": "*"}), SECRET);
     for token in [&users_token, &feed_token] {
         let (status, body) = server.call_as(token, Method::GET, &entry("t0"), "").await;
         assert_error(status, &body, 403, 17, "NotAllowedException");
@@ -976,7 +856,10 @@ async fn metrics_name_the_route_templates(server: &Server) {
 }
 
 async fn writes_through_the_api_reach_the_next_enrichment(server: &Server) {
-    let all = sign(&json!({"resource": "*", "action": "*", "feed_id": "*"}));
+    let all = sign(
+        &json!({"resource": "*", "action": "*", "feed_id": "*"}),
+        SECRET,
+    );
     let doc = r#"{"actor":"SU:nobody","object":"SO:food:burger","verb":"eat"}"#;
     let enriched = |answer: &str| -> Value {
         let value: Value = serde_json::from_str(answer).unwrap();
@@ -1051,7 +934,7 @@ macro_rules! over_every_store {
 
             #[tokio::test]
             async fn memory() {
-                let server = Server::start("memory:").await;
+                let server = start("memory:").await;
                 super::$body(&server).await;
                 server.stop().await;
             }
@@ -1059,7 +942,7 @@ macro_rules! over_every_store {
             #[tokio::test]
             async fn file() {
                 let (_dir, path) = support::temp_db();
-                let server = Server::start(&format!("file:{}", path.display())).await;
+                let server = start(&format!("file:{}", path.display())).await;
                 super::$body(&server).await;
                 server.stop().await;
             }
@@ -1067,7 +950,7 @@ macro_rules! over_every_store {
             #[tokio::test]
             async fn redis() {
                 let redis = support::RedisServer::start();
-                let server = Server::start(&redis.url()).await;
+                let server = start(&redis.url()).await;
                 super::$body(&server).await;
                 server.stop().await;
             }
@@ -1088,7 +971,7 @@ over_every_store!(
 #[tokio::test]
 async fn store_faults_are_503_never_missing_entries() {
     let mut redis = support::RedisServer::start();
-    let server = Server::start(&redis.url()).await;
+    let server = start(&redis.url()).await;
     let (status, body) = server
         .call(
             Method::POST,
@@ -1131,14 +1014,16 @@ async fn store_faults_are_503_never_missing_entries() {
             "",
         ),
     ] {
-        let resp = server
-            .as_token(method.clone(), path, &server.token)
-            .body(body)
-            .timeout(Duration::from_secs(10))
-            .send()
-            .await
-            .unwrap();
-        let (status, answer) = (resp.status(), resp.text().await.unwrap());
+        let (status, answer) = text(
+            server
+                .api(method.clone(), path)
+                .body(body)
+                .timeout(Duration::from_secs(10))
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
         if method == Method::GET {
             assert_error(status, &answer, 503, 1, "ServiceUnavailableException");
         } else if status == StatusCode::GATEWAY_TIMEOUT {
@@ -1179,7 +1064,7 @@ async fn store_refusals_of_entry_writes_are_answered_as_what_they_are() {
         .exec(&mut admin)
         .unwrap();
     let reader = format!("redis://reader:readerpw@127.0.0.1:{}", redis.port());
-    let server = Server::start(&reader).await;
+    let server = start(&reader).await;
     for (method, path, body) in [
         (
             Method::POST,
@@ -1203,7 +1088,7 @@ async fn store_refusals_of_entry_writes_are_answered_as_what_they_are() {
     server.stop().await;
 
     // A store out of memory refuses entry writes; reads go on.
-    let server = Server::start(&redis.url()).await;
+    let server = start(&redis.url()).await;
     for (name, value) in [("maxmemory-policy", "noeviction"), ("maxmemory", "2mb")] {
         redis::cmd("CONFIG")
             .arg("SET")

@@ -8,6 +8,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+#[cfg(feature = "serve")]
+pub mod serve;
+
 /// A `redis-server` of this test's own: a free port, no snapshots, its log in a temp dir,
 /// killed when dropped.
 pub struct RedisServer {
