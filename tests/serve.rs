@@ -912,20 +912,7 @@ async fn reads_answer_while_a_failover_pauses_writes() {
 #[tokio::test]
 async fn store_refusals_are_answered_as_what_they_are() {
     let redis = RedisServer::start();
-    let mut admin = redis.connection();
-    // A user that may read but not write.
-    redis::cmd("ACL")
-        .arg("SETUSER")
-        .arg("reader")
-        .arg("on")
-        .arg(">readerpw")
-        .arg("~*")
-        .arg("+@read")
-        .arg("+@connection")
-        .arg("+client")
-        .exec(&mut admin)
-        .unwrap();
-    let reader = format!("redis://reader:readerpw@127.0.0.1:{}", redis.port());
+    let reader = redis.read_only_user("reader", "readerpw");
     let server = Server::start(&reader).await;
     let (status, body) = server
         .call(Method::POST, "/api/v1.0/user/", r#"{"id":"w","data":{}}"#)
@@ -945,14 +932,7 @@ async fn store_refusals_are_answered_as_what_they_are() {
 
     // A store out of memory refuses writes; reads go on.
     let server = Server::start(&redis.url()).await;
-    for (name, value) in [("maxmemory-policy", "noeviction"), ("maxmemory", "2mb")] {
-        redis::cmd("CONFIG")
-            .arg("SET")
-            .arg(name)
-            .arg(value)
-            .exec(&mut admin)
-            .unwrap();
-    }
+    redis.cap_memory("2mb");
     let bio = "x".repeat(10_000);
     let mut full = None;
     for i in 0..400 {

@@ -549,15 +549,7 @@ async fn a_user_without_write_permission_is_refused_at_once() {
 #[tokio::test]
 async fn a_full_redis_is_store_full() {
     let server = RedisServer::start();
-    let mut admin = server.connection();
-    for (name, value) in [("maxmemory-policy", "noeviction"), ("maxmemory", "2mb")] {
-        redis::cmd("CONFIG")
-            .arg("SET")
-            .arg(name)
-            .arg(value)
-            .exec(&mut admin)
-            .unwrap();
-    }
+    server.cap_memory("2mb");
     let store = store::open(&server.url(), &StoreOptions::new())
         .await
         .unwrap();

@@ -243,6 +243,37 @@ impl RedisServer {
         self.spawn();
     }
 
+    /// Adds the Redis user `name`, signed in by `password`, that may read but not write;
+    /// the URL that signs in as it.
+    pub fn read_only_user(&self, name: &str, password: &str) -> String {
+        redis::cmd("ACL")
+            .arg("SETUSER")
+            .arg(name)
+            .arg("on")
+            .arg(format!(">{password}"))
+            .arg("~*")
+            .arg("+@read")
+            .arg("+@connection")
+            .arg("+client")
+            .exec(&mut self.connection())
+            .unwrap();
+        format!("redis://{name}:{password}@127.0.0.1:{}", self.port)
+    }
+
+    /// Caps the server's memory at `max` (`"2mb"`) with `noeviction`: past it, writes are
+    /// refused with OOM and reads go on, as at a production `maxmemory`.
+    pub fn cap_memory(&self, max: &str) {
+        let mut admin = self.connection();
+        for (name, value) in [("maxmemory-policy", "noeviction"), ("maxmemory", max)] {
+            redis::cmd("CONFIG")
+                .arg("SET")
+                .arg(name)
+                .arg(value)
+                .exec(&mut admin)
+                .unwrap();
+        }
+    }
+
     /// A plain synchronous connection, for tests that look at the server directly.
     pub fn connection(&self) -> redis::Connection {
         redis::Client::open(self.url())

@@ -168,6 +168,16 @@ pub fn strip_duration(body: &str) -> String {
     rest
 }
 
+/// The keys of a JSON object, in their order.
+pub fn keys(object: &Value) -> Vec<&str> {
+    object
+        .as_object()
+        .unwrap_or_else(|| panic!("not an object: {object}"))
+        .keys()
+        .map(|k| k.as_str())
+        .collect()
+}
+
 /// Checks a Stream error body: the five keys in order, and what they say; answers the detail.
 pub fn assert_error(
     status: StatusCode,
@@ -178,14 +188,8 @@ pub fn assert_error(
 ) -> String {
     assert_eq!(status.as_u16(), want, "{body}");
     let value: Value = serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body}"));
-    let keys: Vec<&str> = value
-        .as_object()
-        .unwrap()
-        .keys()
-        .map(|k| k.as_str())
-        .collect();
     assert_eq!(
-        keys,
+        keys(&value),
         ["code", "detail", "duration", "exception", "status_code"],
         "{body}"
     );
