@@ -13,84 +13,10 @@ use enrich::{
     Depth, Enricher, EntryJson, EntryKey, ErrorKind, Key, NewEntry, NewUser, RawPage, UserId,
 };
 use serde_json::{Value, json};
+use support::backends::{cluster, file, memory, redis};
 use support::{RedisCluster, RedisServer, temp_db};
 
-/// A store and whatever keeps it alive (a server process, a temp dir).
-struct Backend {
-    store: SharedStore,
-    _guard: Box<dyn std::any::Any + Send>,
-}
-
-async fn memory() -> Backend {
-    Backend {
-        store: store::open("memory:", &StoreOptions::new()).await.unwrap(),
-        _guard: Box::new(()),
-    }
-}
-
-async fn file() -> Backend {
-    let (dir, path) = temp_db();
-    let url = format!("file:{}", path.display());
-    Backend {
-        store: store::open(&url, &StoreOptions::new()).await.unwrap(),
-        _guard: Box::new(dir),
-    }
-}
-
-async fn redis() -> Backend {
-    let server = RedisServer::start();
-    Backend {
-        store: store::open(&server.url(), &StoreOptions::new())
-            .await
-            .unwrap(),
-        _guard: Box::new(server),
-    }
-}
-
-async fn cluster() -> Backend {
-    let cluster = tokio::task::spawn_blocking(RedisCluster::start)
-        .await
-        .unwrap();
-    Backend {
-        store: store::open(&cluster.url(), &StoreOptions::new())
-            .await
-            .unwrap(),
-        _guard: Box::new(cluster),
-    }
-}
-
-/// Generates one test per behaviour and backend: `memory_backend::add_then_get`, ….
-macro_rules! suite {
-    ($($behaviour:ident),* $(,)?) => {
-        mod memory_backend {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-            async fn $behaviour() { super::$behaviour(super::memory().await.store).await })*
-        }
-        mod file_backend {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-            async fn $behaviour() {
-                let backend = super::file().await;
-                super::$behaviour(backend.store.clone()).await
-            })*
-        }
-        mod redis_backend {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-            async fn $behaviour() {
-                let backend = super::redis().await;
-                super::$behaviour(backend.store.clone()).await
-            })*
-        }
-        mod cluster_backend {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-            async fn $behaviour() {
-                let backend = super::cluster().await;
-                super::$behaviour(backend.store.clone()).await
-            })*
-        }
-    };
-}
-
-suite!(
+store_suite!(
     add_then_get,
     add_of_a_taken_key_conflicts,
     update_keeps_created_at_and_owner,
