@@ -8,42 +8,16 @@ use std::path::Path;
 use std::process::Output;
 
 use serde_json::Value;
-use support::{RedisServer, run_enrich as enrich};
-
-fn stdout(out: &Output) -> String {
-    String::from_utf8(out.stdout.clone()).unwrap()
-}
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8(out.stderr.clone()).unwrap()
-}
-
-fn code(out: &Output) -> i32 {
-    out.status.code().expect("exit code")
-}
+use support::{RedisServer, code, printed_record, run_enrich as enrich, stderr, stdout};
 
 /// Checks the exact shape of a printed entry (one compact line, Stream's key order) and
 /// returns it parsed.
 fn printed_entry(out: &Output, collection: &str, id: &str, data: &str) -> Value {
-    assert_eq!(code(out), 0, "stderr: {}", stderr(out));
-    let text = stdout(out);
-    assert!(
-        text.ends_with('\n') && text.lines().count() == 1,
-        "{text:?}"
-    );
-    let entry: Value = serde_json::from_str(&text).unwrap();
-    let created = entry["created_at"].as_str().unwrap();
-    let updated = entry["updated_at"].as_str().unwrap();
-    assert_eq!(
-        text.trim_end(),
+    printed_record(out, |created, updated| {
         format!(
             r#"{{"id":"{id}","collection":"{collection}","foreign_id":"{collection}:{id}","data":{data},"created_at":"{created}","updated_at":"{updated}"}}"#
         )
-    );
-    for ts in [created, updated] {
-        assert_eq!(ts.len(), 27, "{ts}");
-    }
-    entry
+    })
 }
 
 /// Every entry command, on whatever store `base` selects.

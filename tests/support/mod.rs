@@ -698,6 +698,45 @@ pub fn run_enrich(dir: &Path, args: &[&str], stdin: impl AsRef<[u8]>) -> std::pr
     child.wait_with_output().unwrap()
 }
 
+/// What a command printed on stdout.
+pub fn stdout(out: &std::process::Output) -> String {
+    String::from_utf8(out.stdout.clone()).unwrap()
+}
+
+/// What a command printed on stderr.
+pub fn stderr(out: &std::process::Output) -> String {
+    String::from_utf8(out.stderr.clone()).unwrap()
+}
+
+/// A command's exit code.
+pub fn code(out: &std::process::Output) -> i32 {
+    out.status.code().expect("exit code")
+}
+
+/// Checks that a command succeeded and printed one compact JSON line, exactly what `want`
+/// makes of its `created_at` and `updated_at` (each `YYYY-MM-DDTHH:MM:SS.ffffffZ`); the line
+/// parsed.
+pub fn printed_record(
+    out: &std::process::Output,
+    want: impl FnOnce(&str, &str) -> String,
+) -> serde_json::Value {
+    assert_eq!(code(out), 0, "stderr: {}", stderr(out));
+    let text = stdout(out);
+    assert!(
+        text.ends_with('\n') && text.lines().count() == 1,
+        "{text:?}"
+    );
+    let record: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let created = record["created_at"].as_str().unwrap();
+    let updated = record["updated_at"].as_str().unwrap();
+    assert_eq!(text.trim_end(), want(created, updated));
+    for ts in [created, updated] {
+        assert_eq!(ts.len(), 27, "{ts}");
+        assert!(ts.ends_with('Z') && ts.as_bytes()[19] == b'.', "{ts}");
+    }
+    record
+}
+
 /// The path of a file in `fixtures/`.
 pub fn fixture(name: &str) -> String {
     Path::new(env!("CARGO_MANIFEST_DIR"))
