@@ -253,6 +253,7 @@ fn import(dir: &Path, base: &[&str]) {
         err.contains("imported: 2502 entries written, 2 rejected, of 2505 lines"),
         "{err}"
     );
+    assert!(err.contains("error: 2 line(s) rejected"), "{err}");
     let after: Value =
         serde_json::from_str(&stdout(&run(&["collections", "get", "food", "a"], ""))).unwrap();
     assert_eq!(after["data"]["v"], 2);
@@ -367,6 +368,29 @@ fn run_with_objects_imports_then_enriches() {
             "{}",
             stderr(&out)
         );
+        assert!(
+            stderr(&out).contains(&format!("error: {name}: 1 entry line(s) rejected")),
+            "{}",
+            stderr(&out)
+        );
+        assert!(stdout(&out).is_empty());
+
+        // So does a bad users line, counted as a user line.
+        std::fs::write(
+            &objects,
+            "{\"collection\":\"food\",\"id\":\"burger\",\"data\":{\"a\":1}}\n",
+        )
+        .unwrap();
+        std::fs::write(&users, "{\"id\":\"bad id\"}\n{\"id\":\"bob\"}\n").unwrap();
+        let out = enrich(dir.path(), &args, page);
+        assert_eq!(code(&out), 2, "{}", stderr(&out));
+        let name = users.display().to_string();
+        for said in [
+            format!("error: {name}:1: "),
+            format!("error: {name}: 1 user line(s) rejected"),
+        ] {
+            assert!(stderr(&out).contains(&said), "{said}: {}", stderr(&out));
+        }
         assert!(stdout(&out).is_empty());
 
         // Writing over the objects file is refused.

@@ -239,6 +239,7 @@ fn import_reports_bad_lines_and_counts() {
             err.contains("imported: 2 created, 1 existing skipped, 0 overridden, 3 rejected"),
             "{err}"
         );
+        assert!(err.contains("error: 3 line(s) rejected"), "{err}");
         let out = run(&["users", "get", "b"], "");
         printed_user(&out, "b", "{}");
         assert!(stdout(&out).starts_with(
