@@ -321,23 +321,11 @@ async fn redis_get_many_is_one_mget() {
             .await
             .unwrap();
     }
-    let mut conn = server.connection();
-    redis::cmd("CONFIG")
-        .arg("RESETSTAT")
-        .exec(&mut conn)
-        .unwrap();
+    server.reset_stats();
     let ids: Vec<UserId> = (0..20).map(|i| id(&format!("m{i}"))).collect();
     let found = store.get_many(&ids).await.unwrap();
     assert_eq!(found.iter().filter(|f| f.is_some()).count(), 10);
-    let stats: String = redis::cmd("INFO")
-        .arg("commandstats")
-        .query(&mut conn)
-        .unwrap();
-    let calls: Vec<&str> = stats
-        .lines()
-        .filter(|l| l.starts_with("cmdstat_"))
-        .filter(|l| !l.starts_with("cmdstat_info") && !l.starts_with("cmdstat_config"))
-        .collect();
+    let (stats, calls) = server.commands_run();
     assert_eq!(calls.len(), 1, "{stats}");
     assert!(calls[0].starts_with("cmdstat_mget:calls=1,"), "{stats}");
 }

@@ -13,8 +13,8 @@ use enrich::{
     Depth, Enricher, EntryJson, EntryKey, ErrorKind, Key, NewEntry, NewUser, RawPage, UserId,
 };
 use serde_json::{Value, json};
-use support::backends::{cluster, file, memory, redis};
-use support::{RedisCluster, RedisServer, temp_db};
+use support::backends::{cluster, cluster_store, file, memory, redis, start_cluster};
+use support::{RedisServer, temp_db};
 
 store_suite!(
     add_then_get,
@@ -612,11 +612,7 @@ async fn redis_mixed_page_is_one_mget() {
     let enricher = Enricher::new(store);
     // The tracking connection's own commands come before the count starts.
     assert!(enricher.wait_for_cache(Duration::from_secs(5)).await);
-    let mut conn = server.connection();
-    redis::cmd("CONFIG")
-        .arg("RESETSTAT")
-        .exec(&mut conn)
-        .unwrap();
+    server.reset_stats();
     let page = mixed_page(10);
     let enriched = enricher.enrich_page(&page).await.unwrap();
     assert_eq!(enriched.stats().store_calls, 1);
@@ -626,17 +622,7 @@ async fn redis_mixed_page_is_one_mget() {
     assert!(text.contains(&users[3]), "{text}");
     assert!(text.contains(&entries[3]), "{text}");
     assert!(text.contains(r#"{"collection":"food","id":"missing3","error":"ReferenceNotFound","reference":"SO:food:missing3","reference_type":"object"}"#), "{text}");
-    let stats: String = redis::cmd("INFO")
-        .arg("commandstats")
-        .query(&mut conn)
-        .unwrap();
-    let calls: Vec<&str> = stats
-        .lines()
-        .filter(|l| l.starts_with("cmdstat_"))
-        .filter(|l| !l.starts_with("cmdstat_info") && !l.starts_with("cmdstat_config"))
-        .filter(|l| !l.starts_with("cmdstat_ping") && !l.starts_with("cmdstat_client"))
-        .filter(|l| !l.starts_with("cmdstat_hello"))
-        .collect();
+    let (stats, calls) = server.commands_run();
     assert_eq!(calls.len(), 1, "{stats}");
     assert!(calls[0].starts_with("cmdstat_mget:calls=1,"), "{stats}");
 }
@@ -644,12 +630,7 @@ async fn redis_mixed_page_is_one_mget() {
 /// On a cluster, the same page is one store call and at most one command per node.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn cluster_mixed_page_is_one_command_per_node() {
-    let cluster = tokio::task::spawn_blocking(RedisCluster::start)
-        .await
-        .unwrap();
-    let store = store::open(&cluster.url(), &StoreOptions::new())
-        .await
-        .unwrap();
+    let (cluster, store) = cluster_store().await;
     let (users, entries) = fill(&store, 30).await;
     let enricher = Enricher::new(store);
     cluster.reset_stats();
@@ -678,12 +659,7 @@ async fn cluster_mixed_page_is_one_command_per_node() {
 /// node, and every entry is one call.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn cluster_batch_writes_are_one_pipeline_per_node() {
-    let cluster = tokio::task::spawn_blocking(RedisCluster::start)
-        .await
-        .unwrap();
-    let store = store::open(&cluster.url(), &StoreOptions::new())
-        .await
-        .unwrap();
+    let (cluster, store) = cluster_store().await;
     cluster.reset_stats();
     let batch: Vec<NewEntry> = (0..100)
         .map(|i| entry("bulk", &format!("e{i}"), json!({ "i": i })))
@@ -715,12 +691,7 @@ async fn cluster_batch_writes_are_one_pipeline_per_node() {
 /// and every entry is written once, keeping its created_at.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn cluster_batch_writes_follow_a_moved_slot() {
-    let cluster = tokio::task::spawn_blocking(RedisCluster::start)
-        .await
-        .unwrap();
-    let store = store::open(&cluster.url(), &StoreOptions::new())
-        .await
-        .unwrap();
+    let (cluster, store) = cluster_store().await;
     let batch: Vec<NewEntry> = (0..20)
         .map(|i| entry("moved", &format!("e{i}"), json!({ "v": 0 })))
         .collect();
@@ -756,9 +727,7 @@ async fn cluster_batch_writes_follow_a_moved_slot() {
 /// On a cluster too: each master announces the entry writes it executes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn entry_writes_reach_other_enrichers_on_a_cluster() {
-    let cluster = tokio::task::spawn_blocking(RedisCluster::start)
-        .await
-        .unwrap();
+    let cluster = start_cluster().await;
     let a = support::watched_enricher(&cluster.url(), Duration::from_secs(5)).await;
     let b = support::watched_enricher(&cluster.url(), Duration::from_secs(5)).await;
     let v = |e: &Value| e["data"]["v"].as_i64().unwrap_or(-1);

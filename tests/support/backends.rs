@@ -40,17 +40,30 @@ pub async fn redis() -> Backend {
     }
 }
 
-/// A private three-master Redis Cluster.
+/// A store over a private three-master Redis Cluster.
 pub async fn cluster() -> Backend {
-    let cluster = tokio::task::spawn_blocking(RedisCluster::start)
-        .await
-        .unwrap();
+    let (cluster, store) = cluster_store().await;
     Backend {
-        store: store::open(&cluster.url(), &StoreOptions::new())
-            .await
-            .unwrap(),
+        store,
         _guard: Box::new(cluster),
     }
+}
+
+/// A private three-master Redis Cluster, started off the runtime's threads (it waits for its
+/// nodes to agree).
+pub async fn start_cluster() -> RedisCluster {
+    tokio::task::spawn_blocking(RedisCluster::start)
+        .await
+        .unwrap()
+}
+
+/// A private three-master Redis Cluster and a store over it.
+pub async fn cluster_store() -> (RedisCluster, SharedStore) {
+    let cluster = start_cluster().await;
+    let store = store::open(&cluster.url(), &StoreOptions::new())
+        .await
+        .unwrap();
+    (cluster, store)
 }
 
 /// Generates one test per behaviour and backend, `memory_backend::add_then_get`,

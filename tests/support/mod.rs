@@ -275,6 +275,32 @@ impl RedisServer {
         }
     }
 
+    /// Zeroes the server's counts of commands run (`CONFIG RESETSTAT`).
+    pub fn reset_stats(&self) {
+        redis::cmd("CONFIG")
+            .arg("RESETSTAT")
+            .exec(&mut self.connection())
+            .unwrap();
+    }
+
+    /// The `INFO commandstats` of the server, and its lines of the commands run since
+    /// [`RedisServer::reset_stats`] but the test's own (`INFO`, `CONFIG`) and connection upkeep
+    /// (`PING`, `CLIENT`, `HELLO`).
+    pub fn commands_run(&self) -> (String, Vec<String>) {
+        let stats: String = redis::cmd("INFO")
+            .arg("commandstats")
+            .query(&mut self.connection())
+            .unwrap();
+        let upkeep = ["info", "config", "ping", "client", "hello"];
+        let calls = stats
+            .lines()
+            .filter_map(|l| l.strip_prefix("cmdstat_"))
+            .filter(|l| !upkeep.iter().any(|u| l.starts_with(u)))
+            .map(|l| format!("cmdstat_{l}"))
+            .collect();
+        (stats, calls)
+    }
+
     /// A plain synchronous connection, for tests that look at the server directly.
     pub fn connection(&self) -> redis::Connection {
         redis::Client::open(self.url())
