@@ -535,14 +535,7 @@ async fn metrics_count_requests_and_the_cache() {
         .send()
         .await
         .unwrap();
-    let resp = server
-        .client
-        .get(format!("{}/metrics", server.base))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), StatusCode::OK);
-    let text = resp.text().await.unwrap();
+    let text = server.metrics().await;
     for line in [
         r#"enrich_http_requests_total{route="/api/v1.0/enrich",method="POST",status="200"} 3"#,
         r#"enrich_http_requests_total{route="/api/v1.0/user/{id}",method="GET",status="404"} 1"#,
