@@ -8,42 +8,16 @@ use std::path::Path;
 use std::process::Output;
 
 use serde_json::Value;
-use support::{RedisServer, run_enrich as enrich};
-
-fn stdout(out: &Output) -> String {
-    String::from_utf8(out.stdout.clone()).unwrap()
-}
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8(out.stderr.clone()).unwrap()
-}
-
-fn code(out: &Output) -> i32 {
-    out.status.code().expect("exit code")
-}
+use support::{RedisServer, code, printed_record, run_enrich as enrich, stderr, stdout};
 
 /// Checks the exact shape of a printed entry (one compact line, Stream's key order) and
 /// returns it parsed.
 fn printed_entry(out: &Output, collection: &str, id: &str, data: &str) -> Value {
-    assert_eq!(code(out), 0, "stderr: {}", stderr(out));
-    let text = stdout(out);
-    assert!(
-        text.ends_with('\n') && text.lines().count() == 1,
-        "{text:?}"
-    );
-    let entry: Value = serde_json::from_str(&text).unwrap();
-    let created = entry["created_at"].as_str().unwrap();
-    let updated = entry["updated_at"].as_str().unwrap();
-    assert_eq!(
-        text.trim_end(),
+    printed_record(out, |created, updated| {
         format!(
             r#"{{"id":"{id}","collection":"{collection}","foreign_id":"{collection}:{id}","data":{data},"created_at":"{created}","updated_at":"{updated}"}}"#
         )
-    );
-    for ts in [created, updated] {
-        assert_eq!(ts.len(), 27, "{ts}");
-    }
-    entry
+    })
 }
 
 /// Every entry command, on whatever store `base` selects.
@@ -279,6 +253,7 @@ fn import(dir: &Path, base: &[&str]) {
         err.contains("imported: 2502 entries written, 2 rejected, of 2505 lines"),
         "{err}"
     );
+    assert!(err.contains("error: 2 line(s) rejected"), "{err}");
     let after: Value =
         serde_json::from_str(&stdout(&run(&["collections", "get", "food", "a"], ""))).unwrap();
     assert_eq!(after["data"]["v"], 2);
@@ -393,6 +368,29 @@ fn run_with_objects_imports_then_enriches() {
             "{}",
             stderr(&out)
         );
+        assert!(
+            stderr(&out).contains(&format!("error: {name}: 1 entry line(s) rejected")),
+            "{}",
+            stderr(&out)
+        );
+        assert!(stdout(&out).is_empty());
+
+        // So does a bad users line, counted as a user line.
+        std::fs::write(
+            &objects,
+            "{\"collection\":\"food\",\"id\":\"burger\",\"data\":{\"a\":1}}\n",
+        )
+        .unwrap();
+        std::fs::write(&users, "{\"id\":\"bad id\"}\n{\"id\":\"bob\"}\n").unwrap();
+        let out = enrich(dir.path(), &args, page);
+        assert_eq!(code(&out), 2, "{}", stderr(&out));
+        let name = users.display().to_string();
+        for said in [
+            format!("error: {name}:1: "),
+            format!("error: {name}: 1 user line(s) rejected"),
+        ] {
+            assert!(stderr(&out).contains(&said), "{said}: {}", stderr(&out));
+        }
         assert!(stdout(&out).is_empty());
 
         // Writing over the objects file is refused.

@@ -21,15 +21,7 @@ fn users(count: usize) -> String {
 /// with `noeviction` does.
 fn small_redis() -> RedisServer {
     let server = RedisServer::start();
-    let mut conn = server.connection();
-    for (key, value) in [("maxmemory", "4mb"), ("maxmemory-policy", "noeviction")] {
-        redis::cmd("CONFIG")
-            .arg("SET")
-            .arg(key)
-            .arg(value)
-            .exec(&mut conn)
-            .unwrap();
-    }
+    server.cap_memory("4mb");
     server
 }
 

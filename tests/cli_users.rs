@@ -7,42 +7,15 @@ use std::path::Path;
 use std::process::{Command, Output};
 
 use serde_json::Value;
-use support::{RedisServer, run_enrich as enrich};
-
-fn stdout(out: &Output) -> String {
-    String::from_utf8(out.stdout.clone()).unwrap()
-}
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8(out.stderr.clone()).unwrap()
-}
-
-fn code(out: &Output) -> i32 {
-    out.status.code().expect("exit code")
-}
+use support::{RedisServer, code, printed_record, run_enrich as enrich, stderr, stdout};
 
 /// Checks the exact shape of a printed user and returns it parsed.
 fn printed_user(out: &Output, id: &str, data: &str) -> Value {
-    assert_eq!(code(out), 0, "stderr: {}", stderr(out));
-    let text = stdout(out);
-    assert!(
-        text.ends_with('\n') && text.lines().count() == 1,
-        "{text:?}"
-    );
-    let user: Value = serde_json::from_str(&text).unwrap();
-    let created = user["created_at"].as_str().unwrap();
-    let updated = user["updated_at"].as_str().unwrap();
-    assert_eq!(
-        text.trim_end(),
+    printed_record(out, |created, updated| {
         format!(
             r#"{{"created_at":"{created}","updated_at":"{updated}","id":"{id}","data":{data}}}"#
         )
-    );
-    for ts in [created, updated] {
-        assert_eq!(ts.len(), 27, "{ts}");
-        assert!(ts.ends_with('Z') && ts.as_bytes()[19] == b'.', "{ts}");
-    }
-    user
+    })
 }
 
 /// The whole users lifecycle, on whatever store `base` selects.
@@ -266,6 +239,7 @@ fn import_reports_bad_lines_and_counts() {
             err.contains("imported: 2 created, 1 existing skipped, 0 overridden, 3 rejected"),
             "{err}"
         );
+        assert!(err.contains("error: 3 line(s) rejected"), "{err}");
         let out = run(&["users", "get", "b"], "");
         printed_user(&out, "b", "{}");
         assert!(stdout(&out).starts_with(

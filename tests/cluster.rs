@@ -13,13 +13,8 @@ use std::time::{Duration, Instant};
 use enrich::store::{self, SharedStore, StoreOptions};
 use enrich::{Depth, Enricher, NewUser, OnStoreError, UserId};
 use serde_json::{Value, json};
+use support::backends::start_cluster as start;
 use support::{RedisCluster, actor, fixture, run_enrich, watched_enricher};
-
-async fn start() -> RedisCluster {
-    tokio::task::spawn_blocking(RedisCluster::start)
-        .await
-        .unwrap()
-}
 
 async fn open(cluster: &RedisCluster) -> SharedStore {
     store::open(&cluster.url(), &StoreOptions::new())

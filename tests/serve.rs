@@ -3,160 +3,17 @@
 
 mod support;
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-use enrich::serve::{ServeConfig, serve};
-use enrich::{Enricher, StoreOptions, store};
+use enrich::serve::ServeConfig;
+use enrich::{StoreOptions, store};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use support::RedisServer;
+use support::serve::{KEY, SECRET, Server, assert_error, now, sign, strip_duration, text};
 
-const KEY: &str = "test-key";
 /// The default limit on request bodies.
 const MAX_BODY: usize = 1 << 20;
-const SECRET: &str = "test-secret";
-
-struct Server {
-    base: String,
-    client: reqwest::Client,
-    token: String,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    task: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
-}
-
-impl Server {
-    async fn start(url: &str) -> Server {
-        let store = store::open(url, &StoreOptions::new().namespace("serve-test"))
-            .await
-            .expect("open the store");
-        Server::start_with(store, ServeConfig::new(KEY, SECRET)).await
-    }
-
-    /// A server over `store` with `config`, once its L1 is in use (the store's announcements
-    /// are heard).
-    async fn start_with(store: enrich::SharedStore, config: ServeConfig) -> Server {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let base = format!("http://{}", listener.local_addr().unwrap());
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let enricher = Enricher::new(config.instrument(store));
-        assert!(enricher.wait_for_cache(Duration::from_secs(5)).await);
-        let task = tokio::spawn(serve(listener, enricher, config, async move {
-            let _ = stopped.await;
-        }));
-        Server {
-            base,
-            client: reqwest::Client::new(),
-            token: sign(
-                &json!({"resource": "users", "action": "*", "feed_id": "*"}),
-                SECRET,
-            ),
-            stop: Some(stop),
-            task: Some(task),
-        }
-    }
-
-    /// A request as Stream's clients send it: api_key, the token, stream-auth-type.
-    fn api(&self, method: Method, path: &str) -> reqwest::RequestBuilder {
-        self.as_token(method, path, &self.token.clone())
-    }
-
-    fn as_token(&self, method: Method, path: &str, token: &str) -> reqwest::RequestBuilder {
-        let sep = if path.contains('?') { '&' } else { '?' };
-        self.client
-            .request(method, format!("{}{path}{sep}api_key={KEY}", self.base))
-            .header("Authorization", token)
-            .header("stream-auth-type", "jwt")
-    }
-
-    /// Sends `body` to `path` as [`Server::api`] does; the status and the body of the answer.
-    async fn call(
-        &self,
-        method: Method,
-        path: &str,
-        body: impl Into<reqwest::Body>,
-    ) -> (StatusCode, String) {
-        text(self.api(method, path).body(body).send().await.unwrap()).await
-    }
-
-    /// The text of `GET /metrics`.
-    async fn metrics(&self) -> String {
-        let resp = self
-            .client
-            .get(format!("{}/metrics", self.base))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(resp.status(), StatusCode::OK);
-        resp.text().await.unwrap()
-    }
-
-    async fn stop(mut self) {
-        let _ = self.stop.take().unwrap().send(());
-        self.task.take().unwrap().await.unwrap().unwrap();
-    }
-}
-
-fn sign(claims: &Value, secret: &str) -> String {
-    jsonwebtoken::encode(
-        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
-        claims,
-        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()).unwrap(),
-    )
-    .unwrap()
-}
-
-fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-}
-
-async fn text(resp: reqwest::Response) -> (StatusCode, String) {
-    let status = resp.status();
-    (status, resp.text().await.unwrap())
-}
-
-/// Splits `{…,"duration":"1.23ms"}` into the object without it, checking the format.
-fn strip_duration(body: &str) -> String {
-    let at = body
-        .rfind(r#","duration":""#)
-        .or_else(|| body.rfind(r#""duration":""#))
-        .unwrap_or_else(|| panic!("no duration in {body}"));
-    let tail = &body[at..];
-    let value = tail
-        .trim_start_matches(',')
-        .trim_start_matches(r#""duration":""#)
-        .trim_end_matches("\"}");
-    let ms = value.strip_suffix("ms").unwrap_or_else(|| panic!("{body}"));
-    let (whole, frac) = ms.split_once('.').unwrap_or_else(|| panic!("{body}"));
-    assert!(whole.parse::<u64>().is_ok() && frac.len() == 2, "{body}");
-    assert!(tail.ends_with("ms\"}"), "duration is not last: {body}");
-    let mut rest = body[..at].to_string();
-    rest.push('}');
-    rest
-}
-
-/// Checks a Stream error body: the five keys in order, and what they say.
-fn assert_error(status: StatusCode, body: &str, want: u16, code: u64, exception: &str) -> String {
-    assert_eq!(status.as_u16(), want, "{body}");
-    let value: Value = serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body}"));
-    let keys: Vec<&str> = value
-        .as_object()
-        .unwrap()
-        .keys()
-        .map(|k| k.as_str())
-        .collect();
-    assert_eq!(
-        keys,
-        ["code", "detail", "duration", "exception", "status_code"],
-        "{body}"
-    );
-    assert_eq!(value["code"], code, "{body}");
-    assert_eq!(value["exception"], exception, "{body}");
-    assert_eq!(value["status_code"], want, "{body}");
-    value["detail"].as_str().unwrap().to_string()
-}
 
 async fn users_api(server: &Server) {
     // Create: 201, the user with duration last, Stream's key order.
@@ -678,14 +535,7 @@ async fn metrics_count_requests_and_the_cache() {
         .send()
         .await
         .unwrap();
-    let resp = server
-        .client
-        .get(format!("{}/metrics", server.base))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), StatusCode::OK);
-    let text = resp.text().await.unwrap();
+    let text = server.metrics().await;
     for line in [
         r#"enrich_http_requests_total{route="/api/v1.0/enrich",method="POST",status="200"} 3"#,
         r#"enrich_http_requests_total{route="/api/v1.0/user/{id}",method="GET",status="404"} 1"#,
@@ -1055,20 +905,7 @@ async fn reads_answer_while_a_failover_pauses_writes() {
 #[tokio::test]
 async fn store_refusals_are_answered_as_what_they_are() {
     let redis = RedisServer::start();
-    let mut admin = redis.connection();
-    // A user that may read but not write.
-    redis::cmd("ACL")
-        .arg("SETUSER")
-        .arg("reader")
-        .arg("on")
-        .arg(">readerpw")
-        .arg("~*")
-        .arg("+@read")
-        .arg("+@connection")
-        .arg("+client")
-        .exec(&mut admin)
-        .unwrap();
-    let reader = format!("redis://reader:readerpw@127.0.0.1:{}", redis.port());
+    let reader = redis.read_only_user("reader", "readerpw");
     let server = Server::start(&reader).await;
     let (status, body) = server
         .call(Method::POST, "/api/v1.0/user/", r#"{"id":"w","data":{}}"#)
@@ -1088,14 +925,7 @@ async fn store_refusals_are_answered_as_what_they_are() {
 
     // A store out of memory refuses writes; reads go on.
     let server = Server::start(&redis.url()).await;
-    for (name, value) in [("maxmemory-policy", "noeviction"), ("maxmemory", "2mb")] {
-        redis::cmd("CONFIG")
-            .arg("SET")
-            .arg(name)
-            .arg(value)
-            .exec(&mut admin)
-            .unwrap();
-    }
+    redis.cap_memory("2mb");
     let bio = "x".repeat(10_000);
     let mut full = None;
     for i in 0..400 {

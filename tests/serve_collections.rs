@@ -2,147 +2,23 @@
 //! status codes and errors for add, get, update, delete, upsert, select and delete many, their
 //! limits, and who may call what.
 
+mod support;
+
 use std::time::Duration;
 
-use enrich::serve::{ServeConfig, serve};
-use enrich::{Enricher, StoreOptions, store};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
+use support::serve::{SECRET, Server, assert_error, keys, sign, strip_duration, text};
 
-const KEY: &str = "test-key";
-const SECRET: &str = "test-secret";
-
-struct Server {
-    base: String,
-    client: reqwest::Client,
-    token: String,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    task: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
-}
-
-impl Server {
-    async fn start(url: &str) -> Server {
-        let store = store::open(url, &StoreOptions::new().namespace("serve-collections"))
-            .await
-            .expect("open the store");
-        let config = ServeConfig::new(KEY, SECRET);
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let base = format!("http://{}", listener.local_addr().unwrap());
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let enricher = Enricher::new(config.instrument(store));
-        assert!(enricher.wait_for_cache(Duration::from_secs(5)).await);
-        let task = tokio::spawn(serve(listener, enricher, config, async move {
-            let _ = stopped.await;
-        }));
-        Server {
-            base,
-            client: reqwest::Client::new(),
-            // What Python, Ruby and PHP sign for collection calls.
-            token: sign(
-                &json!({"resource": "collections", "action": "*", "feed_id": "*", "user_id": "*"}),
-            ),
-            stop: Some(stop),
-            task: Some(task),
-        }
-    }
-
-    fn as_token(&self, method: Method, path: &str, token: &str) -> reqwest::RequestBuilder {
-        let sep = if path.contains('?') { '&' } else { '?' };
-        self.client
-            .request(method, format!("{}{path}{sep}api_key={KEY}", self.base))
-            .header("Authorization", token)
-            .header("stream-auth-type", "jwt")
-    }
-
-    /// Sends `body` to `path` with the server token; the status and the body of the answer.
-    async fn call(
-        &self,
-        method: Method,
-        path: &str,
-        body: impl Into<reqwest::Body>,
-    ) -> (StatusCode, String) {
-        let token = self.token.clone();
-        self.call_as(&token, method, path, body).await
-    }
-
-    async fn call_as(
-        &self,
-        token: &str,
-        method: Method,
-        path: &str,
-        body: impl Into<reqwest::Body>,
-    ) -> (StatusCode, String) {
-        let resp = self
-            .as_token(method, path, token)
-            .body(body)
-            .send()
-            .await
-            .unwrap();
-        let status = resp.status();
-        (status, resp.text().await.unwrap())
-    }
-
-    async fn metrics(&self) -> String {
-        let resp = self
-            .client
-            .get(format!("{}/metrics", self.base))
-            .send()
-            .await
-            .unwrap();
-        resp.text().await.unwrap()
-    }
-
-    async fn stop(mut self) {
-        let _ = self.stop.take().unwrap().send(());
-        self.task.take().unwrap().await.unwrap().unwrap();
-    }
-}
-
-fn sign(claims: &Value) -> String {
-    jsonwebtoken::encode(
-        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
-        claims,
-        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()).unwrap(),
-    )
-    .unwrap()
+/// A server whose calls carry what Python, Ruby and PHP sign for collection calls.
+async fn start(url: &str) -> Server {
+    Server::start(url)
+        .await
+        .signed(&json!({"resource": "collections", "action": "*", "feed_id": "*", "user_id": "*"}))
 }
 
 fn user_token(user: &str) -> String {
-    sign(&json!({ "user_id": user }))
-}
-
-/// Splits `{…,"duration":"1.23ms"}` into the object without it, checking that it is last.
-fn strip_duration(body: &str) -> String {
-    let at = body
-        .rfind(r#","duration":""#)
-        .or_else(|| body.rfind(r#""duration":""#))
-        .unwrap_or_else(|| panic!("no duration in {body}"));
-    let tail = &body[at..];
-    assert!(tail.ends_with("ms\"}"), "duration is not last: {body}");
-    let mut rest = body[..at].to_string();
-    rest.push('}');
-    rest
-}
-
-/// Checks a Stream error body: the five keys in order, and what they say; answers the detail.
-fn assert_error(status: StatusCode, body: &str, want: u16, code: u64, exception: &str) -> String {
-    assert_eq!(status.as_u16(), want, "{body}");
-    let value: Value = serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body}"));
-    let keys: Vec<&str> = value
-        .as_object()
-        .unwrap()
-        .keys()
-        .map(|k| k.as_str())
-        .collect();
-    assert_eq!(
-        keys,
-        ["code", "detail", "duration", "exception", "status_code"],
-        "{body}"
-    );
-    assert_eq!(value["code"], code, "{body}");
-    assert_eq!(value["exception"], exception, "{body}");
-    assert_eq!(value["status_code"], want, "{body}");
-    value["detail"].as_str().unwrap().to_string()
+    sign(&json!({ "user_id": user }), SECRET)
 }
 
 /// Checks an entry's bytes: Stream's keys in Stream's order, these values, timestamps with six
@@ -156,14 +32,8 @@ fn assert_entry(entry: &str, collection: &str, id: &str, data: &str) -> Value {
         "{entry}\nwant it to start with {head}"
     );
     let value: Value = serde_json::from_str(entry).unwrap();
-    let keys: Vec<&str> = value
-        .as_object()
-        .unwrap()
-        .keys()
-        .map(|k| k.as_str())
-        .collect();
     assert_eq!(
-        keys,
+        keys(&value),
         [
             "id",
             "collection",
@@ -181,9 +51,7 @@ fn assert_entry(entry: &str, collection: &str, id: &str, data: &str) -> Value {
     value
 }
 
-#[tokio::test]
-async fn single_entries_add_get_update_delete() {
-    let server = Server::start("memory:").await;
+async fn single_entries_add_get_update_delete(server: &Server) {
     // Add with an id, as Python sends it (user_id null): 201, the entry, duration last.
     let (status, body) = server
         .call(
@@ -335,12 +203,9 @@ async fn single_entries_add_get_update_delete() {
         r#"{"name":"New"}"#,
     );
     assert_ne!(readded["created_at"], value["created_at"]);
-    server.stop().await;
 }
 
-#[tokio::test]
-async fn bad_input_is_400_naming_the_problem() {
-    let server = Server::start("memory:").await;
+async fn bad_input_is_400_naming_the_problem(server: &Server) {
     let add = "/api/v1.0/collections/food/";
     for (path, body, named) in [
         (add, r#"{"id":"!abcdee!","data":{"a":1}}"#, "entry id"),
@@ -382,12 +247,9 @@ async fn bad_input_is_400_naming_the_problem() {
         .call(Method::GET, "/api/v1.0/collections/food/x/", "")
         .await;
     assert_eq!(status, StatusCode::NOT_FOUND);
-    server.stop().await;
 }
 
-#[tokio::test]
-async fn upsert_select_and_delete_many() {
-    let server = Server::start("memory:").await;
+async fn upsert_select_and_delete_many(server: &Server) {
     // Ruby's items: flat, a `data` key stays nested; Stream answers the items under their
     // collection.
     let items = json!({"data": {
@@ -599,12 +461,9 @@ async fn upsert_select_and_delete_many() {
         .call(Method::GET, "/api/v1.0/collections/test/fine/", "")
         .await;
     assert_eq!(status, StatusCode::NOT_FOUND);
-    server.stop().await;
 }
 
-#[tokio::test]
-async fn limits_are_named() {
-    let server = Server::start("memory:").await;
+async fn limits_are_named(server: &Server) {
     // 1,000 entries per batch call, over every collection of an upsert.
     let items: Vec<Value> = (0..600)
         .map(|i| json!({"id": format!("i{i}"), "n": i}))
@@ -707,12 +566,9 @@ async fn limits_are_named() {
         .call(Method::POST, "/api/v1.0/collections/", huge)
         .await;
     assert_error(status, &body, 413, 18, "RequestEntityTooLargeException");
-    server.stop().await;
 }
 
-#[tokio::test]
-async fn who_may_call_what() {
-    let server = Server::start("memory:").await;
+async fn who_may_call_what(server: &Server) {
     let alice = user_token("alice");
     let bob = user_token("bob");
     let entry = |id: &str| format!("/api/v1.0/collections/food/{id}/");
@@ -724,11 +580,14 @@ async fn who_may_call_what() {
         json!({"resource": "*", "action": "*", "feed_id": "*"}),           // JS, .NET
     ]
     .iter()
-    .map(|c| (sign(c), "*"))
+    .map(|c| (sign(c, SECRET), "*"))
     .collect();
     for action in ["read", "write", "delete"] {
         tokens.push((
-            sign(&json!({"resource": "collections", "action": action, "feed_id": "*"})),
+            sign(
+                &json!({"resource": "collections", "action": action, "feed_id": "*"}),
+                SECRET,
+            ),
             action,
         ));
     }
@@ -816,8 +675,11 @@ async fn who_may_call_what() {
     }
 
     // Tokens for other resources: 403 on collections; a collections token may not use users.
-    let users_token = sign(&json!({"resource": "users", "action": "*", "feed_id": "*"}));
-    let feed_token = sign(&json!({"resource": "feed", "action": "*"}));
+    let users_token = sign(
+        &json!({"resource": "users", "action": "*", "feed_id": "*"}),
+        SECRET,
+    );
+    let feed_token = sign(&json!({"resource": "feed", "action": "*"}), SECRET);
     for token in [&users_token, &feed_token] {
         let (status, body) = server.call_as(token, Method::GET, &entry("t0"), "").await;
         assert_error(status, &body, 403, 17, "NotAllowedException");
@@ -949,12 +811,9 @@ async fn who_may_call_what() {
         StatusCode::OK,
         "the refused delete many deleted nothing"
     );
-    server.stop().await;
 }
 
-#[tokio::test]
-async fn metrics_name_the_route_templates() {
-    let server = Server::start("memory:").await;
+async fn metrics_name_the_route_templates(server: &Server) {
     for i in 0..3 {
         server
             .call(
@@ -988,13 +847,13 @@ async fn metrics_name_the_route_templates() {
         assert!(metrics.contains(line), "{line} not in\n{metrics}");
     }
     assert!(!metrics.contains("e1"), "{metrics}");
-    server.stop().await;
 }
 
-#[tokio::test]
-async fn writes_through_the_api_reach_the_next_enrichment() {
-    let server = Server::start("memory:").await;
-    let all = sign(&json!({"resource": "*", "action": "*", "feed_id": "*"}));
+async fn writes_through_the_api_reach_the_next_enrichment(server: &Server) {
+    let all = sign(
+        &json!({"resource": "*", "action": "*", "feed_id": "*"}),
+        SECRET,
+    );
     let doc = r#"{"actor":"SU:nobody","object":"SO:food:burger","verb":"eat"}"#;
     let enriched = |answer: &str| -> Value {
         let value: Value = serde_json::from_str(answer).unwrap();
@@ -1058,5 +917,195 @@ async fn writes_through_the_api_reach_the_next_enrichment() {
         .call_as(&all, Method::POST, "/api/v1.0/enrich/", doc)
         .await;
     assert_eq!(enriched(&body), missing, "{body}");
+}
+
+/// Each named test body, once over every backend: `memory:`, a file store and a real
+/// `redis-server` of the test's own, so the API answers the same whatever stores the entries.
+macro_rules! over_every_store {
+    ($($body:ident),* $(,)?) => {$(
+        mod $body {
+            use super::*;
+
+            #[tokio::test]
+            async fn memory() {
+                let server = start("memory:").await;
+                super::$body(&server).await;
+                server.stop().await;
+            }
+
+            #[tokio::test]
+            async fn file() {
+                let (_dir, path) = support::temp_db();
+                let server = start(&format!("file:{}", path.display())).await;
+                super::$body(&server).await;
+                server.stop().await;
+            }
+
+            #[tokio::test]
+            async fn redis() {
+                let redis = support::RedisServer::start();
+                let server = start(&redis.url()).await;
+                super::$body(&server).await;
+                server.stop().await;
+            }
+        }
+    )*};
+}
+
+over_every_store!(
+    single_entries_add_get_update_delete,
+    bad_input_is_400_naming_the_problem,
+    upsert_select_and_delete_many,
+    limits_are_named,
+    who_may_call_what,
+    metrics_name_the_route_templates,
+    writes_through_the_api_reach_the_next_enrichment,
+);
+
+#[tokio::test]
+async fn store_faults_are_503_never_missing_entries() {
+    let mut redis = support::RedisServer::start();
+    let server = start(&redis.url()).await;
+    let (status, body) = server
+        .call(
+            Method::POST,
+            "/api/v1.0/collections/food/",
+            r#"{"id":"burger","data":{"a":1}}"#,
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+
+    // With the store gone, a write made at once may already be on its way: its outcome is
+    // unknown (504) or it is refused (503), and the answer names what to read.
+    redis.stop();
+    let (status, answer) = server
+        .call(
+            Method::POST,
+            "/api/v1.0/collections/food/",
+            r#"{"id":"pizza","data":{"a":1}}"#,
+        )
+        .await;
+    if status == StatusCode::GATEWAY_TIMEOUT {
+        let detail = assert_error(status, &answer, 504, 1, "WriteOutcomeUnknownException");
+        assert!(detail.contains("entry"), "an entry write: {detail}");
+    } else {
+        assert_error(status, &answer, 503, 1, "ServiceUnavailableException");
+    }
+
+    // Past the idle second, the connection is checked before a write: every call is 503, and
+    // none answers as if the entry were absent (404, an empty select, a delete many that
+    // skipped it) or as if a write were kept.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    for (method, path, body) in [
+        (
+            Method::POST,
+            "/api/v1.0/collections/food/",
+            r#"{"id":"pizza","data":{"a":1}}"#,
+        ),
+        (Method::GET, "/api/v1.0/collections/food/burger/", ""),
+        (
+            Method::PUT,
+            "/api/v1.0/collections/food/burger/",
+            r#"{"data":{"a":2}}"#,
+        ),
+        (Method::DELETE, "/api/v1.0/collections/food/burger/", ""),
+        (
+            Method::POST,
+            "/api/v1.0/collections/",
+            r#"{"data":{"food":[{"id":"burger","a":3}]}}"#,
+        ),
+        (
+            Method::GET,
+            "/api/v1.0/collections/?foreign_ids=food:burger",
+            "",
+        ),
+        (Method::GET, "/api/v1.0/meta/?foreign_ids=food:burger", ""),
+        (
+            Method::DELETE,
+            "/api/v1.0/collections/?collection_name=food&ids=burger",
+            "",
+        ),
+    ] {
+        let (status, answer) = text(
+            server
+                .api(method.clone(), path)
+                .body(body)
+                .timeout(Duration::from_secs(10))
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
+        assert_error(status, &answer, 503, 1, "ServiceUnavailableException");
+    }
+    // A user token's change of an entry needs its owner first: a fault, not a refusal.
+    let (status, answer) = server
+        .call_as(
+            &user_token("alice"),
+            Method::DELETE,
+            "/api/v1.0/collections/food/burger/",
+            "",
+        )
+        .await;
+    assert_error(status, &answer, 503, 1, "ServiceUnavailableException");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn store_refusals_of_entry_writes_are_answered_as_what_they_are() {
+    let redis = support::RedisServer::start();
+    let reader = redis.read_only_user("reader", "readerpw");
+    let server = start(&reader).await;
+    for (method, path, body) in [
+        (
+            Method::POST,
+            "/api/v1.0/collections/food/",
+            r#"{"id":"w","data":{"a":1}}"#,
+        ),
+        (
+            Method::POST,
+            "/api/v1.0/collections/",
+            r#"{"data":{"food":[{"id":"w","a":1}]}}"#,
+        ),
+    ] {
+        let (status, answer) = server.call(method, path, body).await;
+        let detail = assert_error(status, &answer, 502, 1, "StorePermissionException");
+        assert!(!detail.contains("readerpw"), "{detail}");
+    }
+    let (status, _) = server
+        .call(Method::GET, "/api/v1.0/collections/food/w/", "")
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    server.stop().await;
+
+    // A store out of memory refuses entry writes; reads go on.
+    let server = start(&redis.url()).await;
+    redis.cap_memory("2mb");
+    let big = "x".repeat(40_000);
+    let mut full = None;
+    for i in 0..100 {
+        let body = format!(r#"{{"id":"big{i}","data":{{"a":"{big}"}}}}"#);
+        let (status, answer) = server
+            .call(Method::POST, "/api/v1.0/collections/food/", body)
+            .await;
+        if status != StatusCode::CREATED {
+            full = Some((status, answer));
+            break;
+        }
+    }
+    let (status, answer) = full.expect("2 MB never filled");
+    assert_error(status, &answer, 507, 1, "StoreFullException");
+    let (status, answer) = server
+        .call(
+            Method::POST,
+            "/api/v1.0/collections/",
+            json!({"data": {"food": [{"id": "more", "a": big}]}}).to_string(),
+        )
+        .await;
+    assert_error(status, &answer, 507, 1, "StoreFullException");
+    let (status, _) = server
+        .call(Method::GET, "/api/v1.0/collections/food/big0/", "")
+        .await;
+    assert_eq!(status, StatusCode::OK);
     server.stop().await;
 }

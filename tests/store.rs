@@ -9,84 +9,9 @@ use std::sync::Arc;
 use enrich::store::{self, ImportOutcome, ImportUser, SharedStore, StoreOptions};
 use enrich::{ErrorKind, NewUser, Timestamp, UserId};
 use serde_json::json;
-use support::{RedisCluster, RedisServer, temp_db};
+use support::{RedisServer, temp_db};
 
-/// A store and whatever keeps it alive (a server process, a temp dir).
-struct Backend {
-    store: SharedStore,
-    _guard: Box<dyn std::any::Any + Send>,
-}
-
-async fn memory() -> Backend {
-    Backend {
-        store: store::open("memory:", &StoreOptions::new()).await.unwrap(),
-        _guard: Box::new(()),
-    }
-}
-
-async fn file() -> Backend {
-    let (dir, path) = temp_db();
-    let url = format!("file:{}", path.display());
-    Backend {
-        store: store::open(&url, &StoreOptions::new()).await.unwrap(),
-        _guard: Box::new(dir),
-    }
-}
-
-async fn redis() -> Backend {
-    let server = RedisServer::start();
-    Backend {
-        store: store::open(&server.url(), &StoreOptions::new())
-            .await
-            .unwrap(),
-        _guard: Box::new(server),
-    }
-}
-
-async fn cluster() -> Backend {
-    let cluster = tokio::task::spawn_blocking(RedisCluster::start)
-        .await
-        .unwrap();
-    Backend {
-        store: store::open(&cluster.url(), &StoreOptions::new())
-            .await
-            .unwrap(),
-        _guard: Box::new(cluster),
-    }
-}
-
-/// Generates one test per behaviour and backend: `memory::add_then_get`, `redis::…`.
-macro_rules! suite {
-    ($($behaviour:ident),* $(,)?) => {
-        mod memory_backend {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-            async fn $behaviour() { super::$behaviour(super::memory().await.store).await })*
-        }
-        mod file_backend {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-            async fn $behaviour() {
-                let backend = super::file().await;
-                super::$behaviour(backend.store.clone()).await
-            })*
-        }
-        mod redis_backend {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-            async fn $behaviour() {
-                let backend = super::redis().await;
-                super::$behaviour(backend.store.clone()).await
-            })*
-        }
-        mod cluster_backend {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-            async fn $behaviour() {
-                let backend = super::cluster().await;
-                super::$behaviour(backend.store.clone()).await
-            })*
-        }
-    };
-}
-
-suite!(
+store_suite!(
     add_then_get,
     add_twice_conflicts,
     get_or_create_returns_stored_user_untouched,
@@ -396,23 +321,11 @@ async fn redis_get_many_is_one_mget() {
             .await
             .unwrap();
     }
-    let mut conn = server.connection();
-    redis::cmd("CONFIG")
-        .arg("RESETSTAT")
-        .exec(&mut conn)
-        .unwrap();
+    server.reset_stats();
     let ids: Vec<UserId> = (0..20).map(|i| id(&format!("m{i}"))).collect();
     let found = store.get_many(&ids).await.unwrap();
     assert_eq!(found.iter().filter(|f| f.is_some()).count(), 10);
-    let stats: String = redis::cmd("INFO")
-        .arg("commandstats")
-        .query(&mut conn)
-        .unwrap();
-    let calls: Vec<&str> = stats
-        .lines()
-        .filter(|l| l.starts_with("cmdstat_"))
-        .filter(|l| !l.starts_with("cmdstat_info") && !l.starts_with("cmdstat_config"))
-        .collect();
+    let (stats, calls) = server.commands_run();
     assert_eq!(calls.len(), 1, "{stats}");
     assert!(calls[0].starts_with("cmdstat_mget:calls=1,"), "{stats}");
 }
@@ -549,15 +462,7 @@ async fn a_user_without_write_permission_is_refused_at_once() {
 #[tokio::test]
 async fn a_full_redis_is_store_full() {
     let server = RedisServer::start();
-    let mut admin = server.connection();
-    for (name, value) in [("maxmemory-policy", "noeviction"), ("maxmemory", "2mb")] {
-        redis::cmd("CONFIG")
-            .arg("SET")
-            .arg(name)
-            .arg(value)
-            .exec(&mut admin)
-            .unwrap();
-    }
+    server.cap_memory("2mb");
     let store = store::open(&server.url(), &StoreOptions::new())
         .await
         .unwrap();

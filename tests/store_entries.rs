@@ -14,84 +14,10 @@ use enrich::{
     UserId,
 };
 use serde_json::{Value, json};
-use support::{RedisCluster, RedisServer, temp_db};
+use support::backends::{cluster, cluster_store, file, memory, redis, start_cluster};
+use support::{RedisServer, temp_db};
 
-/// A store and whatever keeps it alive (a server process, a temp dir).
-struct Backend {
-    store: SharedStore,
-    _guard: Box<dyn std::any::Any + Send>,
-}
-
-async fn memory() -> Backend {
-    Backend {
-        store: store::open("memory:", &StoreOptions::new()).await.unwrap(),
-        _guard: Box::new(()),
-    }
-}
-
-async fn file() -> Backend {
-    let (dir, path) = temp_db();
-    let url = format!("file:{}", path.display());
-    Backend {
-        store: store::open(&url, &StoreOptions::new()).await.unwrap(),
-        _guard: Box::new(dir),
-    }
-}
-
-async fn redis() -> Backend {
-    let server = RedisServer::start();
-    Backend {
-        store: store::open(&server.url(), &StoreOptions::new())
-            .await
-            .unwrap(),
-        _guard: Box::new(server),
-    }
-}
-
-async fn cluster() -> Backend {
-    let cluster = tokio::task::spawn_blocking(RedisCluster::start)
-        .await
-        .unwrap();
-    Backend {
-        store: store::open(&cluster.url(), &StoreOptions::new())
-            .await
-            .unwrap(),
-        _guard: Box::new(cluster),
-    }
-}
-
-/// Generates one test per behaviour and backend: `memory_backend::add_then_get`, ….
-macro_rules! suite {
-    ($($behaviour:ident),* $(,)?) => {
-        mod memory_backend {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-            async fn $behaviour() { super::$behaviour(super::memory().await.store).await })*
-        }
-        mod file_backend {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-            async fn $behaviour() {
-                let backend = super::file().await;
-                super::$behaviour(backend.store.clone()).await
-            })*
-        }
-        mod redis_backend {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-            async fn $behaviour() {
-                let backend = super::redis().await;
-                super::$behaviour(backend.store.clone()).await
-            })*
-        }
-        mod cluster_backend {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-            async fn $behaviour() {
-                let backend = super::cluster().await;
-                super::$behaviour(backend.store.clone()).await
-            })*
-        }
-    };
-}
-
-suite!(
+store_suite!(
     add_then_get,
     add_of_a_taken_key_conflicts,
     update_keeps_created_at_and_owner,
@@ -755,11 +681,7 @@ async fn redis_mixed_page_is_one_mget() {
     let enricher = Enricher::new(store);
     // The tracking connection's own commands come before the count starts.
     assert!(enricher.wait_for_cache(Duration::from_secs(5)).await);
-    let mut conn = server.connection();
-    redis::cmd("CONFIG")
-        .arg("RESETSTAT")
-        .exec(&mut conn)
-        .unwrap();
+    server.reset_stats();
     let page = mixed_page(10);
     let enriched = enricher.enrich_page(&page).await.unwrap();
     assert_eq!(enriched.stats().store_calls, 1);
@@ -769,17 +691,7 @@ async fn redis_mixed_page_is_one_mget() {
     assert!(text.contains(&users[3]), "{text}");
     assert!(text.contains(&entries[3]), "{text}");
     assert!(text.contains(r#"{"collection":"food","id":"missing3","error":"ReferenceNotFound","reference":"SO:food:missing3","reference_type":"object"}"#), "{text}");
-    let stats: String = redis::cmd("INFO")
-        .arg("commandstats")
-        .query(&mut conn)
-        .unwrap();
-    let calls: Vec<&str> = stats
-        .lines()
-        .filter(|l| l.starts_with("cmdstat_"))
-        .filter(|l| !l.starts_with("cmdstat_info") && !l.starts_with("cmdstat_config"))
-        .filter(|l| !l.starts_with("cmdstat_ping") && !l.starts_with("cmdstat_client"))
-        .filter(|l| !l.starts_with("cmdstat_hello"))
-        .collect();
+    let (stats, calls) = server.commands_run();
     assert_eq!(calls.len(), 1, "{stats}");
     assert!(calls[0].starts_with("cmdstat_mget:calls=1,"), "{stats}");
 }
@@ -787,12 +699,7 @@ async fn redis_mixed_page_is_one_mget() {
 /// On a cluster, the same page is one store call and at most one command per node.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn cluster_mixed_page_is_one_command_per_node() {
-    let cluster = tokio::task::spawn_blocking(RedisCluster::start)
-        .await
-        .unwrap();
-    let store = store::open(&cluster.url(), &StoreOptions::new())
-        .await
-        .unwrap();
+    let (cluster, store) = cluster_store().await;
     let (users, entries) = fill(&store, 30).await;
     let enricher = Enricher::new(store);
     cluster.reset_stats();
@@ -821,12 +728,7 @@ async fn cluster_mixed_page_is_one_command_per_node() {
 /// node, and every entry is one call.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn cluster_batch_writes_are_one_pipeline_per_node() {
-    let cluster = tokio::task::spawn_blocking(RedisCluster::start)
-        .await
-        .unwrap();
-    let store = store::open(&cluster.url(), &StoreOptions::new())
-        .await
-        .unwrap();
+    let (cluster, store) = cluster_store().await;
     cluster.reset_stats();
     let batch: Vec<NewEntry> = (0..100)
         .map(|i| entry("bulk", &format!("e{i}"), json!({ "i": i })))
@@ -858,12 +760,7 @@ async fn cluster_batch_writes_are_one_pipeline_per_node() {
 /// and every entry is written once, keeping its created_at.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn cluster_batch_writes_follow_a_moved_slot() {
-    let cluster = tokio::task::spawn_blocking(RedisCluster::start)
-        .await
-        .unwrap();
-    let store = store::open(&cluster.url(), &StoreOptions::new())
-        .await
-        .unwrap();
+    let (cluster, store) = cluster_store().await;
     let batch: Vec<NewEntry> = (0..20)
         .map(|i| entry("moved", &format!("e{i}"), json!({ "v": 0 })))
         .collect();
@@ -899,9 +796,7 @@ async fn cluster_batch_writes_follow_a_moved_slot() {
 /// On a cluster too: each master announces the entry writes it executes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn entry_writes_reach_other_enrichers_on_a_cluster() {
-    let cluster = tokio::task::spawn_blocking(RedisCluster::start)
-        .await
-        .unwrap();
+    let cluster = start_cluster().await;
     let a = support::watched_enricher(&cluster.url(), Duration::from_secs(5)).await;
     let b = support::watched_enricher(&cluster.url(), Duration::from_secs(5)).await;
     let v = |e: &Value| e["data"]["v"].as_i64().unwrap_or(-1);

@@ -9,7 +9,7 @@
 use std::collections::HashSet;
 
 use axum::Extension;
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use bytes::Bytes;
 use serde_json::{Map, Value};
@@ -18,27 +18,21 @@ use super::AppState;
 use super::auth::{Access, EntryAction};
 use super::error::ApiError;
 use super::reply::Pending;
-use super::request::json_object;
+use super::reply::push_array;
+use super::request::{PathParams, Query, check_batch, json_object, params, path_params};
 use crate::collection::{EntryJson, EntryKey, NewEntry, generate_id};
 use crate::user::{UserId, json_type};
 
 /// The path of an entry: `{collection}/{id}`.
-type EntryPath = Result<Path<(String, String)>, axum::extract::rejection::PathRejection>;
+type EntryPath = PathParams<(String, String)>;
 /// The path of a collection: `{collection}`.
-type CollectionPath = Result<Path<String>, axum::extract::rejection::PathRejection>;
+type CollectionPath = PathParams<String>;
 /// The query string as pairs in order: the batch routes take `ids` repeated, as Python sends it.
-type Pairs = Result<Query<Vec<(String, String)>>, axum::extract::rejection::QueryRejection>;
+type Pairs = Query<Vec<(String, String)>>;
 
 fn entry_key(path: EntryPath) -> Result<EntryKey, ApiError> {
-    let Path((collection, id)) =
-        path.map_err(|e| ApiError::input(format!("bad entry path: {e}")))?;
+    let (collection, id) = path_params(path, "entry path")?;
     Ok(EntryKey::new(&collection, &id)?)
-}
-
-fn pairs(query: Pairs) -> Result<Vec<(String, String)>, ApiError> {
-    query
-        .map(|q| q.0)
-        .map_err(|e| ApiError::input(format!("bad query string: {e}")))
 }
 
 /// An optional string field: absent, `null` and `""` are all "not given" (JS leaves `id` out,
@@ -86,8 +80,7 @@ pub(crate) async fn add(
     body: Bytes,
 ) -> Result<Pending, ApiError> {
     access.check_entries(EntryAction::Add)?;
-    let Path(collection) =
-        collection.map_err(|e| ApiError::input(format!("bad collection path: {e}")))?;
+    let collection = path_params(collection, "collection path")?;
     let mut body = json_object(&body)?;
     let id = match optional_text(&body, "id")? {
         Some(id) => id.to_string(),
@@ -170,19 +163,6 @@ pub(crate) async fn delete(
     Ok(Pending::object(StatusCode::OK, "{}"))
 }
 
-/// Refuses a batch call naming more than `max` entries.
-fn check_batch(count: usize, max: usize) -> Result<(), ApiError> {
-    if count > max {
-        return Err(ApiError::over_limit(
-            "max_batch_ids",
-            "entries",
-            count as u64,
-            max as u64,
-        ));
-    }
-    Ok(())
-}
-
 /// `POST /api/v1.0/collections/` (PHP: `POST /api/v1.0/meta/`)
 /// `{"data":{"<collection>":[{"id":…,…},…],…}}`: creates or replaces every item (each item,
 /// `id` included, is its entry's data; an item without id gets a generated one as its first
@@ -219,7 +199,7 @@ pub(crate) async fn upsert(
         };
         count += items.len();
     }
-    check_batch(count, state.limits.max_batch_ids)?;
+    check_batch(count, state.limits.max_batch_ids, "entries")?;
     let mut entries = Vec::with_capacity(count);
     // Where each collection's items sit in `entries`, in the order of the body.
     let mut groups = Vec::with_capacity(collections.len());
@@ -275,14 +255,13 @@ pub(crate) async fn upsert(
                 .expect("a string serializes")
                 .as_bytes(),
         );
-        out.extend_from_slice(b":[");
-        for (i, entry) in entries[range.clone()].iter().enumerate() {
-            if i > 0 {
-                out.push(b',');
-            }
-            out.extend_from_slice(entry.data_json().as_bytes());
-        }
-        out.push(b']');
+        out.push(b':');
+        push_array(
+            &mut out,
+            entries[range.clone()]
+                .iter()
+                .map(|e| e.data_json().as_bytes()),
+        );
     }
     out.extend_from_slice(b"}}");
     Ok(Pending::object(StatusCode::CREATED, out))
@@ -311,13 +290,13 @@ pub(crate) async fn select(
     query: Pairs,
 ) -> Result<Pending, ApiError> {
     access.check_entries(EntryAction::BatchRead)?;
-    let ids = list(&pairs(query)?, "foreign_ids");
+    let ids = list(&params(query)?, "foreign_ids");
     if ids.is_empty() {
         return Err(ApiError::input(
             "the foreign_ids query parameter is missing; send foreign_ids=<collection>:<id>,…",
         ));
     }
-    check_batch(ids.len(), state.limits.max_batch_ids)?;
+    check_batch(ids.len(), state.limits.max_batch_ids, "entries")?;
     let keys = ids
         .iter()
         .map(|id| EntryKey::parse(id))
@@ -331,14 +310,9 @@ pub(crate) async fn select(
     }
     let mut out =
         Vec::with_capacity(32 + found.iter().map(|e| e.as_bytes().len() + 1).sum::<usize>());
-    out.extend_from_slice(br#"{"response":{"data":["#);
-    for (i, entry) in found.iter().enumerate() {
-        if i > 0 {
-            out.push(b',');
-        }
-        out.extend_from_slice(entry.as_bytes());
-    }
-    out.extend_from_slice(b"]}}");
+    out.extend_from_slice(br#"{"response":{"data":"#);
+    push_array(&mut out, found.iter().map(EntryJson::as_bytes));
+    out.extend_from_slice(b"}}");
     Ok(Pending::object(StatusCode::OK, out))
 }
 
@@ -350,7 +324,7 @@ pub(crate) async fn delete_many(
     query: Pairs,
 ) -> Result<Pending, ApiError> {
     access.check_entries(EntryAction::BatchDelete)?;
-    let query = pairs(query)?;
+    let query = params(query)?;
     let collection = query
         .iter()
         .find(|(k, _)| k == "collection_name")
@@ -363,7 +337,7 @@ pub(crate) async fn delete_many(
             "the ids query parameter is missing; send ids=a,b,c",
         ));
     }
-    check_batch(ids.len(), state.limits.max_batch_ids)?;
+    check_batch(ids.len(), state.limits.max_batch_ids, "entries")?;
     let keys = ids
         .iter()
         .map(|id| EntryKey::new(collection, id))

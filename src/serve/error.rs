@@ -197,7 +197,7 @@ impl From<Error> for ApiError {
                     StatusCode::SERVICE_UNAVAILABLE,
                     1,
                     "ServiceUnavailableException",
-                    format!("the user store is unavailable ({})", err.kind()),
+                    format!("the store is unavailable ({})", err.kind()),
                 )
             }
             ErrorKind::OutcomeUnknown => {
@@ -206,8 +206,8 @@ impl From<Error> for ApiError {
                     StatusCode::GATEWAY_TIMEOUT,
                     1,
                     "WriteOutcomeUnknownException",
-                    "the user store did not confirm the write in time; it may have been \
-                     applied: read the user before retrying"
+                    "the store did not confirm the write in time; it may have been applied: \
+                     read the user or entry before retrying"
                         .to_string(),
                 )
             }
@@ -217,8 +217,8 @@ impl From<Error> for ApiError {
                     StatusCode::BAD_GATEWAY,
                     1,
                     "StorePermissionException",
-                    "the user store refused this server's credentials or command; the write \
-                     was not applied (the server's log names the cause)"
+                    "the store refused this server's credentials or command; the write was \
+                     not applied (the server's log names the cause)"
                         .to_string(),
                 )
             }
@@ -228,8 +228,7 @@ impl From<Error> for ApiError {
                     StatusCode::INSUFFICIENT_STORAGE,
                     1,
                     "StoreFullException",
-                    "the user store is out of memory or disk; the write was not applied"
-                        .to_string(),
+                    "the store is out of memory or disk; the write was not applied".to_string(),
                 )
             }
             _ => {

@@ -184,46 +184,44 @@ fn router(enricher: Enricher, config: &ServeConfig) -> Result<(Router, AppState)
     state
         .metrics
         .watch(state.enricher.clone(), state.budget.clone());
-    let mut api = Router::new();
-    api = both(api, "/api/v1.0/user/", post(users::add));
-    api = both(
-        api,
-        "/api/v1.0/user/{id}/",
-        get(users::get).put(users::update).delete(users::delete),
-    );
-    api = both(
-        api,
-        "/api/v1.0/users/",
-        post(users::add_many)
-            .get(users::get_many)
-            .delete(users::delete_many),
-    );
-    api = both(
-        api,
-        "/api/v1.0/collections/",
-        post(collections::upsert)
-            .get(collections::select)
-            .delete(collections::delete_many),
-    );
-    // PHP's client upserts and selects through `meta/`.
-    api = both(
-        api,
-        "/api/v1.0/meta/",
-        post(collections::upsert).get(collections::select),
-    );
-    api = both(
-        api,
-        "/api/v1.0/collections/{collection}/",
-        post(collections::add),
-    );
-    api = both(
-        api,
-        "/api/v1.0/collections/{collection}/{id}/",
-        get(collections::get)
-            .put(collections::update)
-            .delete(collections::delete),
-    );
-    api = both(api, "/api/v1.0/enrich/", post(enrich::enrich));
+    let routes: [(&str, MethodRouter<AppState>); 8] = [
+        ("/api/v1.0/user/", post(users::add)),
+        (
+            "/api/v1.0/user/{id}/",
+            get(users::get).put(users::update).delete(users::delete),
+        ),
+        (
+            "/api/v1.0/users/",
+            post(users::add_many)
+                .get(users::get_many)
+                .delete(users::delete_many),
+        ),
+        (
+            "/api/v1.0/collections/",
+            post(collections::upsert)
+                .get(collections::select)
+                .delete(collections::delete_many),
+        ),
+        // PHP's client upserts and selects through `meta/`.
+        (
+            "/api/v1.0/meta/",
+            post(collections::upsert).get(collections::select),
+        ),
+        (
+            "/api/v1.0/collections/{collection}/",
+            post(collections::add),
+        ),
+        (
+            "/api/v1.0/collections/{collection}/{id}/",
+            get(collections::get)
+                .put(collections::update)
+                .delete(collections::delete),
+        ),
+        ("/api/v1.0/enrich/", post(enrich::enrich)),
+    ];
+    let api = routes
+        .into_iter()
+        .fold(Router::new(), |api, (path, method)| both(api, path, method));
     let api = api.route_layer(middleware::from_fn_with_state(state.clone(), auth::require));
     let app = Router::new()
         .merge(api)

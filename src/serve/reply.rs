@@ -64,6 +64,18 @@ impl IntoResponse for Pending {
     }
 }
 
+/// Appends the JSON array of `items`, each already JSON (stored bytes go out as they are).
+pub(crate) fn push_array<'a>(out: &mut Vec<u8>, items: impl IntoIterator<Item = &'a [u8]>) {
+    out.push(b'[');
+    for (i, item) in items.into_iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(item);
+    }
+    out.push(b']');
+}
+
 /// Appends `json` (an object) with `"duration":"…"` as its last key.
 pub(crate) fn splice_duration(json: &[u8], duration: &str, out: &mut Vec<u8>) {
     let body = json.trim_ascii_end();

@@ -13,15 +13,29 @@ use super::Shared;
 use super::budget::Charge;
 use super::error::ApiError;
 
-/// A handler's query string, or why it could not be read.
-pub(crate) type Params =
-    Result<axum::extract::Query<HashMap<String, String>>, axum::extract::rejection::QueryRejection>;
+/// A handler's query string read as `T` (a map, or the pairs in order), or why it could not
+/// be read.
+pub(crate) type Query<T> =
+    Result<axum::extract::Query<T>, axum::extract::rejection::QueryRejection>;
+
+/// A handler's query string as a map: a repeated name keeps one value.
+pub(crate) type Params = Query<HashMap<String, String>>;
+
+/// A handler's path parameters read as `T`, or why they could not be read.
+pub(crate) type PathParams<T> =
+    Result<axum::extract::Path<T>, axum::extract::rejection::PathRejection>;
 
 /// The query string's parameters; a malformed one is a 400 naming the problem.
-pub(crate) fn params(query: Params) -> Result<HashMap<String, String>, ApiError> {
+pub(crate) fn params<T>(query: Query<T>) -> Result<T, ApiError> {
     query
         .map(|q| q.0)
         .map_err(|e| ApiError::input(format!("bad query string: {e}")))
+}
+
+/// The path's parameters; a malformed one is a 400 saying it is a bad `what`.
+pub(crate) fn path_params<T>(path: PathParams<T>, what: &str) -> Result<T, ApiError> {
+    path.map(|p| p.0)
+        .map_err(|e| ApiError::input(format!("bad {what}: {e}")))
 }
 
 /// Reads a body of at most [`Limits::max_body_bytes`](super::Limits::max_body_bytes) within
@@ -111,12 +125,12 @@ pub(crate) fn ids(query: &HashMap<String, String>) -> Result<Vec<String>, ApiErr
     Ok(ids)
 }
 
-/// Refuses a batch call naming more than `max` ids or users.
-pub(crate) fn check_batch(count: usize, max: usize) -> Result<(), ApiError> {
+/// Refuses a batch call naming more than `max` of `what` (users, entries).
+pub(crate) fn check_batch(count: usize, max: usize, what: &str) -> Result<(), ApiError> {
     if count > max {
         return Err(ApiError::over_limit(
             "max_batch_ids",
-            "users",
+            what,
             count as u64,
             max as u64,
         ));

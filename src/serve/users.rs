@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 
 use axum::Extension;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use bytes::Bytes;
 use serde_json::{Map, Value};
@@ -14,15 +14,17 @@ use super::AppState;
 use super::auth::Access;
 use super::error::ApiError;
 use super::reply::Pending;
-use super::request::{Params, check_batch, flag, ids, json_object, params};
+use super::reply::push_array;
+use super::request::{
+    Params, PathParams, check_batch, flag, ids, json_object, params, path_params,
+};
 use crate::store::ImportUser;
 use crate::user::{NewUser, UserId, UserJson};
 
-type IdParam = Result<Path<String>, axum::extract::rejection::PathRejection>;
+type IdParam = PathParams<String>;
 
 fn path_id(id: IdParam) -> Result<String, ApiError> {
-    id.map(|p| p.0)
-        .map_err(|e| ApiError::input(format!("bad user id in the path: {e}")))
+    path_params(id, "user id in the path")
 }
 
 /// `data` of a body: absent or null mean `{}`; the model checks the rest.
@@ -124,7 +126,7 @@ pub(crate) async fn add_many(
     let Some(Value::Array(list)) = body.get("users") else {
         return Err(ApiError::input("the body needs a users array"));
     };
-    check_batch(list.len(), state.limits.max_batch_ids)?;
+    check_batch(list.len(), state.limits.max_batch_ids, "users")?;
     let mut users = Vec::with_capacity(list.len());
     let mut ids = Vec::with_capacity(list.len());
     for (i, entry) in list.iter().enumerate() {
@@ -207,7 +209,7 @@ fn parse_ids(query: &HashMap<String, String>, max: usize) -> Result<Vec<UserId>,
         }
     }
     // Repeats cost nothing: the distinct ids are what a call may not have too many of.
-    check_batch(out.len(), max)?;
+    check_batch(out.len(), max, "users")?;
     Ok(out)
 }
 
@@ -219,13 +221,8 @@ fn user_reply(status: StatusCode, user: &UserJson) -> Pending {
 fn users_object(key: &str, users: &[UserJson]) -> Vec<u8> {
     let mut out =
         Vec::with_capacity(16 + users.iter().map(|u| u.as_bytes().len() + 1).sum::<usize>());
-    out.extend_from_slice(format!(r#"{{"{key}":["#).as_bytes());
-    for (i, user) in users.iter().enumerate() {
-        if i > 0 {
-            out.push(b',');
-        }
-        out.extend_from_slice(user.as_bytes());
-    }
-    out.extend_from_slice(b"]}");
+    out.extend_from_slice(format!(r#"{{"{key}":"#).as_bytes());
+    push_array(&mut out, users.iter().map(UserJson::as_bytes));
+    out.push(b'}');
     out
 }

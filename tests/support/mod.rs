@@ -8,6 +8,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+pub mod backends;
+#[cfg(feature = "serve")]
+pub mod serve;
+
 /// A `redis-server` of this test's own: a free port, no snapshots, its log in a temp dir,
 /// killed when dropped.
 pub struct RedisServer {
@@ -238,6 +242,63 @@ impl RedisServer {
     pub fn restart(&mut self) {
         self.stop();
         self.spawn();
+    }
+
+    /// Adds the Redis user `name`, signed in by `password`, that may read but not write;
+    /// the URL that signs in as it.
+    pub fn read_only_user(&self, name: &str, password: &str) -> String {
+        redis::cmd("ACL")
+            .arg("SETUSER")
+            .arg(name)
+            .arg("on")
+            .arg(format!(">{password}"))
+            .arg("~*")
+            .arg("+@read")
+            .arg("+@connection")
+            .arg("+client")
+            .exec(&mut self.connection())
+            .unwrap();
+        format!("redis://{name}:{password}@127.0.0.1:{}", self.port)
+    }
+
+    /// Caps the server's memory at `max` (`"2mb"`) with `noeviction`: past it, writes are
+    /// refused with OOM and reads go on, as at a production `maxmemory`.
+    pub fn cap_memory(&self, max: &str) {
+        let mut admin = self.connection();
+        for (name, value) in [("maxmemory-policy", "noeviction"), ("maxmemory", max)] {
+            redis::cmd("CONFIG")
+                .arg("SET")
+                .arg(name)
+                .arg(value)
+                .exec(&mut admin)
+                .unwrap();
+        }
+    }
+
+    /// Zeroes the server's counts of commands run (`CONFIG RESETSTAT`).
+    pub fn reset_stats(&self) {
+        redis::cmd("CONFIG")
+            .arg("RESETSTAT")
+            .exec(&mut self.connection())
+            .unwrap();
+    }
+
+    /// The `INFO commandstats` of the server, and its lines of the commands run since
+    /// [`RedisServer::reset_stats`] but the test's own (`INFO`, `CONFIG`) and connection upkeep
+    /// (`PING`, `CLIENT`, `HELLO`).
+    pub fn commands_run(&self) -> (String, Vec<String>) {
+        let stats: String = redis::cmd("INFO")
+            .arg("commandstats")
+            .query(&mut self.connection())
+            .unwrap();
+        let upkeep = ["info", "config", "ping", "client", "hello"];
+        let calls = stats
+            .lines()
+            .filter_map(|l| l.strip_prefix("cmdstat_"))
+            .filter(|l| !upkeep.iter().any(|u| l.starts_with(u)))
+            .map(|l| format!("cmdstat_{l}"))
+            .collect();
+        (stats, calls)
     }
 
     /// A plain synchronous connection, for tests that look at the server directly.
@@ -661,6 +722,45 @@ pub fn run_enrich(dir: &Path, args: &[&str], stdin: impl AsRef<[u8]>) -> std::pr
         .write_all(stdin.as_ref())
         .unwrap();
     child.wait_with_output().unwrap()
+}
+
+/// What a command printed on stdout.
+pub fn stdout(out: &std::process::Output) -> String {
+    String::from_utf8(out.stdout.clone()).unwrap()
+}
+
+/// What a command printed on stderr.
+pub fn stderr(out: &std::process::Output) -> String {
+    String::from_utf8(out.stderr.clone()).unwrap()
+}
+
+/// A command's exit code.
+pub fn code(out: &std::process::Output) -> i32 {
+    out.status.code().expect("exit code")
+}
+
+/// Checks that a command succeeded and printed one compact JSON line, exactly what `want`
+/// makes of its `created_at` and `updated_at` (each `YYYY-MM-DDTHH:MM:SS.ffffffZ`); the line
+/// parsed.
+pub fn printed_record(
+    out: &std::process::Output,
+    want: impl FnOnce(&str, &str) -> String,
+) -> serde_json::Value {
+    assert_eq!(code(out), 0, "stderr: {}", stderr(out));
+    let text = stdout(out);
+    assert!(
+        text.ends_with('\n') && text.lines().count() == 1,
+        "{text:?}"
+    );
+    let record: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let created = record["created_at"].as_str().unwrap();
+    let updated = record["updated_at"].as_str().unwrap();
+    assert_eq!(text.trim_end(), want(created, updated));
+    for ts in [created, updated] {
+        assert_eq!(ts.len(), 27, "{ts}");
+        assert!(ts.ends_with('Z') && ts.as_bytes()[19] == b'.', "{ts}");
+    }
+    record
 }
 
 /// The path of a file in `fixtures/`.

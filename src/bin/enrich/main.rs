@@ -162,14 +162,7 @@ async fn run_users(spec: &StoreSpec, command: Users) -> Result<(), Error> {
             override_existing,
         } => {
             let summary = commands::users_import(spec, file.as_deref(), override_existing).await?;
-            eprintln!("{summary}");
-            if summary.rejected > 0 {
-                return Err(Error::invalid(format!(
-                    "{} line(s) rejected",
-                    summary.rejected
-                )));
-            }
-            return Ok(());
+            return imported(&summary, summary.rejected);
         }
     };
     print_line(&line)
@@ -192,17 +185,19 @@ async fn run_collections(spec: &StoreSpec, command: Collections) -> Result<(), E
         }
         Collections::Import { file } => {
             let summary = commands::entries_import(spec, file.as_deref()).await?;
-            eprintln!("{summary}");
-            if summary.rejected > 0 {
-                return Err(Error::invalid(format!(
-                    "{} line(s) rejected",
-                    summary.rejected
-                )));
-            }
-            return Ok(());
+            return imported(&summary, summary.rejected);
         }
     };
     print_line(&line)
+}
+
+/// An import's end: its summary on stderr; an error if any line was rejected.
+fn imported(summary: &impl std::fmt::Display, rejected: u64) -> Result<(), Error> {
+    eprintln!("{summary}");
+    if rejected > 0 {
+        return Err(Error::invalid(format!("{rejected} line(s) rejected")));
+    }
+    Ok(())
 }
 
 fn print_line(line: &str) -> Result<(), Error> {

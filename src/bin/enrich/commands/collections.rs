@@ -1,13 +1,12 @@
 //! `enrich collections`.
 
-use std::io::IsTerminal;
 use std::path::Path;
 
-use enrich::batch::{self, EntryImportSummary, ImportEvent, import_entries};
+use enrich::batch::{EntryImportSummary, import_entries};
 use enrich::collection::{EntryJson, EntryKey, NewEntry, generate_id};
 use enrich::error::Result;
 
-use super::progress::{Progress, input_size};
+use super::progress::ImportProgress;
 use super::{StoreSpec, open_input, read_data};
 
 /// `collections add`: creates an entry, with a generated id if none is given.
@@ -58,23 +57,12 @@ pub(crate) async fn entries_import(
     let input = open_input(file).await?;
     let store = spec.open().await?;
     let name = file.map_or("-".into(), |f| f.display().to_string());
-    let total = file.and_then(|f| input_size(&[f.to_path_buf()]));
-    let display = Progress::new("entries", total, std::io::stderr().is_terminal());
-    let progress = batch::RunProgress::new();
-    let ticker = display.follow(progress.clone());
-    let input = progress.count_reads(input);
-    let summary = import_entries(&*store, input, |event| match event {
-        ImportEvent::Rejected { line, error } => display
-            .bar
-            .suspend(|| eprintln!("error: {name}:{line}: {error}")),
-        ImportEvent::Progress { lines } => progress.set_lines(lines),
+    let (display, input) = ImportProgress::start("entries", file, input);
+    let imported = import_entries(&*store, input, |event| {
+        display.event(event, |line, error| {
+            format!("error: {name}:{line}: {error}")
+        })
     })
     .await;
-    ticker.abort();
-    display.finish();
-    summary.map_err(|stopped| {
-        // What is in the store already, before why the rest is not.
-        eprintln!("{}", stopped.committed);
-        stopped.error
-    })
+    display.finish(imported.map_err(|stopped| (stopped.committed, stopped.error)))
 }

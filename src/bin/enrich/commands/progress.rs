@@ -1,11 +1,15 @@
 //! The progress display on standard error: shown only where it cannot mix into the output.
 
-use std::path::PathBuf;
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressStyle};
 
-use enrich::batch::{self};
+use enrich::batch::{self, ImportEvent};
+use enrich::error::{Error, Result};
+
+use super::Input;
 
 /// The total size of `inputs` if they are all regular files (standard input is not), for a
 /// display that shows how far through them a command is.
@@ -67,6 +71,59 @@ impl Progress {
 
     pub(super) fn finish(&self) {
         self.bar.finish_and_clear();
+    }
+}
+
+/// The display of an import of a file or standard input, following the lines and bytes read;
+/// rejected lines are said above it as they are met.
+pub(super) struct ImportProgress {
+    display: Progress,
+    progress: batch::RunProgress,
+    ticker: tokio::task::JoinHandle<()>,
+}
+
+impl ImportProgress {
+    /// Starts the display of an import of `unit` (users, entries) from `file` (`None` for
+    /// standard input), shown on a terminal; `input`, counted, is what the import reads.
+    pub(super) fn start(unit: &'static str, file: Option<&Path>, input: Input) -> (Self, Input) {
+        let total = file.and_then(|f| input_size(&[f.to_path_buf()]));
+        let display = Progress::new(unit, total, std::io::stderr().is_terminal());
+        let progress = batch::RunProgress::new();
+        let ticker = display.follow(progress.clone());
+        let input = progress.count_reads(input);
+        let import = ImportProgress {
+            display,
+            progress,
+            ticker,
+        };
+        (import, input)
+    }
+
+    /// Takes an event of the import: a rejected line is said on standard error as `say`
+    /// words it from its number and error.
+    pub(super) fn event(&self, event: ImportEvent<'_>, say: impl FnOnce(u64, &Error) -> String) {
+        match event {
+            ImportEvent::Rejected { line, error } => self
+                .display
+                .bar
+                .suspend(|| eprintln!("{}", say(line, error))),
+            ImportEvent::Progress { lines } => self.progress.set_lines(lines),
+        }
+    }
+
+    /// Ends the display; an import stopped by a store fault prints the summary of what it
+    /// committed, before its error goes up.
+    pub(super) fn finish<S>(
+        self,
+        imported: std::result::Result<S, (impl std::fmt::Display, Error)>,
+    ) -> Result<S> {
+        self.ticker.abort();
+        self.display.finish();
+        imported.map_err(|(committed, error)| {
+            // What is in the store already, before why the rest is not.
+            eprintln!("{committed}");
+            error
+        })
     }
 }
 

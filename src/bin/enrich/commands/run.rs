@@ -138,67 +138,82 @@ async fn prepare_run(
     Ok((enricher, inputs, output, rejects))
 }
 
-/// `run --users`: imports the users (replacing existing ones) before the run; a bad line is
-/// reported as `FILE:LINE: reason` and fails the run, a store fault after the summary of what
-/// was committed.
+/// `run --users`: imports the users (replacing existing ones) before the run, reporting as
+/// [`BeforeRun`] says.
 async fn import_run_users(enricher: &Enricher, users: &Path, verbose: bool) -> Result<()> {
     let input = open_input(Some(users)).await?;
-    let name = users.display();
-    let mut bad = 0;
-    let imported = import_users(&*enricher.users(), input, true, |event| {
-        if let ImportEvent::Rejected { line, error } = event {
-            bad += 1;
-            eprintln!("error: {name}:{line}: {error}");
-        }
-    })
-    .await;
-    let summary = match imported {
-        Ok(summary) => summary,
-        Err(stopped) => {
-            eprintln!("{name}: {}", stopped.committed);
-            return Err(stopped.error);
-        }
-    };
-    if verbose {
-        eprintln!("{name}: {summary}");
-    }
-    if bad > 0 {
-        return Err(Error::invalid(format!(
-            "{name}: {bad} user line(s) rejected"
-        )));
-    }
-    Ok(())
+    let mut report = BeforeRun::new(users, "user");
+    let imported = import_users(&*enricher.users(), input, true, |event| report.event(event)).await;
+    report.finish(
+        imported.map_err(|stopped| (stopped.committed, stopped.error)),
+        verbose,
+    )
 }
 
 /// `run --objects`: imports the entries (upserting them) before the run, reporting as
-/// `run --users` does.
+/// [`BeforeRun`] says.
 async fn import_run_objects(enricher: &Enricher, objects: &Path, verbose: bool) -> Result<()> {
     let input = open_input(Some(objects)).await?;
-    let name = objects.display();
-    let mut bad = 0;
-    let imported = import_entries(&*enricher.users(), input, |event| {
+    let mut report = BeforeRun::new(objects, "entry");
+    let imported = import_entries(&*enricher.users(), input, |event| report.event(event)).await;
+    report.finish(
+        imported.map_err(|stopped| (stopped.committed, stopped.error)),
+        verbose,
+    )
+}
+
+/// What an import before the run says: each bad line as `FILE:LINE: reason`, and then the
+/// summary if verbose; bad lines fail the run once the file is in, a store fault stops it after
+/// the summary of what was committed.
+struct BeforeRun<'a> {
+    name: std::path::Display<'a>,
+    /// What a line holds, for the error: `user`, `entry`.
+    what: &'static str,
+    bad: u64,
+}
+
+impl<'a> BeforeRun<'a> {
+    fn new(path: &'a Path, what: &'static str) -> Self {
+        BeforeRun {
+            name: path.display(),
+            what,
+            bad: 0,
+        }
+    }
+
+    fn event(&mut self, event: ImportEvent<'_>) {
         if let ImportEvent::Rejected { line, error } = event {
-            bad += 1;
-            eprintln!("error: {name}:{line}: {error}");
+            self.bad += 1;
+            eprintln!("error: {}:{line}: {error}", self.name);
         }
-    })
-    .await;
-    let summary = match imported {
-        Ok(summary) => summary,
-        Err(stopped) => {
-            eprintln!("{name}: {}", stopped.committed);
-            return Err(stopped.error);
+    }
+
+    /// The run's verdict on the import, `imported` with a stopped import as what it committed
+    /// and why it stopped.
+    fn finish(
+        self,
+        imported: std::result::Result<impl std::fmt::Display, (impl std::fmt::Display, Error)>,
+        verbose: bool,
+    ) -> Result<()> {
+        let name = self.name;
+        let summary = match imported {
+            Ok(summary) => summary,
+            Err((committed, error)) => {
+                eprintln!("{name}: {committed}");
+                return Err(error);
+            }
+        };
+        if verbose {
+            eprintln!("{name}: {summary}");
         }
-    };
-    if verbose {
-        eprintln!("{name}: {summary}");
+        if self.bad > 0 {
+            return Err(Error::invalid(format!(
+                "{name}: {} {} line(s) rejected",
+                self.bad, self.what
+            )));
+        }
+        Ok(())
     }
-    if bad > 0 {
-        return Err(Error::invalid(format!(
-            "{name}: {bad} entry line(s) rejected"
-        )));
-    }
-    Ok(())
 }
 
 /// SIGINT and SIGTERM, as they arrive, from now on: the process no longer dies of them.

@@ -1,14 +1,12 @@
 //! `enrich users`.
 
-use std::io::IsTerminal;
 use std::path::Path;
 
-use enrich::batch::{self};
-use enrich::batch::{ImportError, ImportEvent, ImportSummary, import_users};
+use enrich::batch::{ImportSummary, import_users};
 use enrich::error::Result;
 use enrich::user::{NewUser, UserId, UserJson};
 
-use super::progress::{Progress, input_size};
+use super::progress::ImportProgress;
 use super::{StoreSpec, open_input, read_data};
 
 /// `users add`: creates a user, or with `get_or_create` returns the existing one.
@@ -55,23 +53,10 @@ pub(crate) async fn users_import(
 ) -> Result<ImportSummary> {
     let input = open_input(file).await?;
     let store = spec.open().await?;
-    let total = file.and_then(|f| input_size(&[f.to_path_buf()]));
-    let display = Progress::new("users", total, std::io::stderr().is_terminal());
-    let progress = batch::RunProgress::new();
-    let ticker = display.follow(progress.clone());
-    let input = progress.count_reads(input);
-    let summary = import_users(&*store, input, override_existing, |event| match event {
-        ImportEvent::Rejected { line, error } => display
-            .bar
-            .suspend(|| eprintln!("error: line {line}: {error}")),
-        ImportEvent::Progress { lines } => progress.set_lines(lines),
+    let (display, input) = ImportProgress::start("users", file, input);
+    let imported = import_users(&*store, input, override_existing, |event| {
+        display.event(event, |line, error| format!("error: line {line}: {error}"))
     })
     .await;
-    ticker.abort();
-    display.finish();
-    summary.map_err(|stopped: ImportError| {
-        // What is in the store already, before why the rest is not.
-        eprintln!("{}", stopped.committed);
-        stopped.error
-    })
+    display.finish(imported.map_err(|stopped| (stopped.committed, stopped.error)))
 }
