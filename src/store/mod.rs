@@ -321,6 +321,7 @@ impl Stamps {
     }
 
     /// The `created_at` the import gives, which replaces an existing entry's.
+    #[cfg(feature = "redis")]
     pub(crate) fn given_created(&self) -> Option<Timestamp> {
         self.created_at
     }
