@@ -393,28 +393,37 @@ fn post_entries() -> Vec<enrich::NewEntry> {
 fn mixed_page_bench(c: &mut Criterion) {
     let rt = runtime();
     let store: SharedStore = Arc::new(MemoryStore::new());
-    rt.block_on(load_users(&store, &warm_workload())).unwrap();
+    // `u0`…`u19` and the objects' `u20`…`u29`, `u210`…`u219`.
+    let users = Workload {
+        users: 220,
+        ..warm_workload()
+    };
+    rt.block_on(load_users(&store, &users)).unwrap();
     rt.block_on(store.upsert_entries(&post_entries())).unwrap();
     let enricher = Enricher::new(store.clone());
 
     let mut group = c.benchmark_group("mixed_page");
-    // Two baselines: the users-only warm page, and the mixed page with users only (its like's
-    // `user_id` renamed so that it is no reference, the object and a target `SU:`), which
-    // carries the same reaction JSON to scan: the cost of each kind of lookup, apart from the
-    // cost of the bytes around it.
-    let entries_only: Vec<String> = (warm_page().iter())
+    // Every page names 40 distinct records with 75 references, so the rows differ only by
+    // the kind of what they name. Two baselines: users only (the warm page with its objects
+    // 20 other users), and the mixed page with users only (its like's `user_id` renamed so
+    // that it is no reference, its objects other users, a target `SU:`), which carries the
+    // same reaction JSON to scan: the cost of each kind of lookup, apart from the cost of the
+    // bytes around it.
+    let other_users = |l: &String| l.replace(r#""object":"SU:u"#, r#""object":"SU:u2"#);
+    let users_only: Vec<String> = warm_page().iter().map(other_users).collect();
+    let entries: Vec<String> = (warm_page().iter())
         .map(|l| l.replace(r#""object":"SU:u"#, r#""object":"SO:post:p"#))
         .collect();
     let same_bytes: Vec<String> = (mixed_page().iter())
         .map(|l| {
             l.replace(r#""user_id""#, r#""user_xx""#)
-                .replace("SO:post:p", "SU:u")
+                .replace("SO:post:p", "SU:u2")
                 .replace(r#""actor""#, r#""target":"SU:u1","actor""#)
         })
         .collect();
     for (name, lines) in [
-        ("users_only", warm_page()),
-        ("users_and_entries", entries_only),
+        ("users_only", users_only),
+        ("users_and_entries", entries),
         ("users_only_reaction_json", same_bytes),
         ("users_entries_reactions", mixed_page()),
     ] {
@@ -424,6 +433,7 @@ fn mixed_page_bench(c: &mut Criterion) {
         }
         let stats = rt.block_on(enricher.enrich_page(&page)).unwrap().stats();
         assert_eq!(stats.missing, 0, "{name}: every reference names a record");
+        assert_eq!(stats.distinct, 40, "{name}: as many distinct records as the others");
         group.throughput(Throughput::Elements(stats.references));
         group.bench_function(name, |b| {
             b.to_async(&rt).iter(|| async {
