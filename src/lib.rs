@@ -7,24 +7,27 @@
 //! Read from the top down, the modules follow a reference on its way: bytes → references →
 //! L1 → store (one batched call) → answers → bytes.
 //!
-//! - [`shape`]: Stream's shapes — depth, the role of an object, which arrays make a container
-//!   — the vocabulary both enrichment paths share; [`reference`](mod@reference) (with its
-//!   kinds, [`ReferenceKind`]), `id` and `answer`: what a reference looks like, a page's
-//!   distinct ids, and what stands in a document for an answer.
+//! - [`shape`]: Stream's shapes — depth, the role of an object, which arrays make a container,
+//!   where reactions stand — the vocabulary both enrichment paths share;
+//!   [`reference`](mod@reference) (with its kinds, [`ReferenceKind`]), `id` and `answer`: what
+//!   a reference looks like (`SU:<id>`, `SO:<collection>:<id>`, a reaction's `user_id`), the
+//!   key it names, a page's distinct keys, and what stands in a document for an answer.
 //! - `scan`: the one JSON grammar. [`page`] (the raw-bytes path: a [`RawPage`] checks,
 //!   compacts and finds references in one pass) and `value` (the `serde_json::Value` paths:
-//!   [`EnrichedValues`] splices users' bytes, or [`Enricher::enrich_values`] puts them in
+//!   [`EnrichedValues`] splices records' bytes, or [`Enricher::enrich_values`] puts them in
 //!   place) are siblings over it.
-//! - `resolver`: one answer per distinct id of one kind of reference, through the L1 and one
-//!   [`UserSource::get_many_each`] call per batch of misses (a page's, up to
+//! - `resolver`: one answer per distinct key of a page, of every kind, through the L1 and one
+//!   [`UserSource::get_records_each`] call per batch of misses (a page's, up to
 //!   [`EnricherBuilder::max_batch_size`]); `cache`: the L1 (moka, bounded by bytes), the fence
 //!   and coalescing of loads in flight, the memos, and the write-through store
 //!   ([`CacheConfig`]).
 //! - [`store`]: [`UserSource`], what an enricher reads from (a service may implement it over
-//!   its own database), and [`UserStore`], a source that also writes, with its backends —
-//!   memory, an embedded redb file (feature `file`), Redis and Redis Cluster (feature `redis`) —
-//!   chosen by URL; [`user`]: the model and [`UserJson`], the one serialized form every backend
-//!   stores and every enrichment embeds.
+//!   its own database), and [`UserStore`], a source that also writes users and collection
+//!   entries, with its backends — memory, an embedded redb file (feature `file`), Redis and
+//!   Redis Cluster (feature `redis`) — chosen by URL; [`record`]: the [`Key`] a source is asked
+//!   for and the [`Record`] it answers; [`collection`] and [`user`]: the two models, with
+//!   [`EntryJson`] and [`UserJson`], the one serialized form every backend stores and every
+//!   enrichment embeds.
 //! - `enricher`: the [`Enricher`] a service shares, over all of the above — its lookups and L1
 //!   controls, its builder, and its pages.
 //! - [`batch`]: the NDJSON job behind `enrich run`, the user import, and the line reader.
