@@ -962,6 +962,118 @@ over_every_store!(
     writes_through_the_api_reach_the_next_enrichment,
 );
 
+/// The largest answer [`answers_over_the_response_limit_are_refused`] allows.
+const MAX_RESPONSE: usize = 20_000;
+
+/// Selects and upserts whose answer would be over `--max-response-bytes` are refused before
+/// it is built, naming the flag; an upsert refused so writes nothing.
+async fn answers_over_the_response_limit_are_refused(server: &Server) {
+    let refused = |status, body: &str| {
+        let detail = assert_error(status, body, 400, 4, "InputException");
+        assert!(detail.contains("--max-response-bytes"), "{detail}");
+        detail
+    };
+    // Three entries of about 8 kB: two fit in 20,000 bytes, three do not.
+    let data = json!({"text": "x".repeat(8_000)});
+    for id in ["a", "b", "c"] {
+        let (status, body) = server
+            .call(
+                Method::POST,
+                "/api/v1.0/collections/big/",
+                json!({"id": id, "data": data}).to_string(),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+    }
+    for route in ["collections", "meta"] {
+        let (status, body) = server
+            .call(
+                Method::GET,
+                &format!("/api/v1.0/{route}/?foreign_ids=big:a,big:b,big:c"),
+                "",
+            )
+            .await;
+        let detail = refused(status, &body);
+        assert!(detail.contains(&MAX_RESPONSE.to_string()), "{detail}");
+        let (status, body) = server
+            .call(
+                Method::GET,
+                &format!("/api/v1.0/{route}/?foreign_ids=big:a,big:b,big:zz"),
+                "",
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert!(body.len() < MAX_RESPONSE + 30, "{}", body.len());
+    }
+
+    // An upsert whose echo would be over the limit writes nothing, even when the body is well
+    // under it: `{}` items come back with a generated id of 36 characters.
+    let items: Vec<Value> = (0..3)
+        .map(|i| json!({"id": format!("u{i}"), "text": "x".repeat(8_000)}))
+        .collect();
+    let generated: Vec<Value> = (0..500).map(|_| json!({})).collect();
+    for body in [
+        json!({"data": {"big": items}}).to_string(),
+        json!({"data": {"small": generated}}).to_string(),
+    ] {
+        assert!(body.len() < 30_000);
+        let (status, answer) = server
+            .call(Method::POST, "/api/v1.0/collections/", body)
+            .await;
+        refused(status, &answer);
+    }
+    let (status, body) = server
+        .call(Method::GET, "/api/v1.0/collections/?foreign_ids=big:u0", "")
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(body.contains(r#""data":[]"#), "{body}");
+    // Two of them fit.
+    let (status, body) = server
+        .call(
+            Method::POST,
+            "/api/v1.0/collections/",
+            json!({"data": {"big": items[..2]}}).to_string(),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+
+    let metrics = server.metrics().await;
+    let line = r#"enrich_limit_refusals_total{limit="max_response_bytes"} 4"#;
+    assert!(
+        metrics.lines().any(|l| l == line),
+        "no {line} in\n{metrics}"
+    );
+}
+
+mod response_limit {
+    use super::*;
+
+    fn limits() -> enrich::serve::Limits {
+        enrich::serve::Limits::new().max_response_bytes(MAX_RESPONSE)
+    }
+
+    async fn start(url: &str) -> Server {
+        Server::start_limited(url, limits()).await.signed(
+            &json!({"resource": "collections", "action": "*", "feed_id": "*", "user_id": "*"}),
+        )
+    }
+
+    #[tokio::test]
+    async fn memory() {
+        let server = start("memory:").await;
+        answers_over_the_response_limit_are_refused(&server).await;
+        server.stop().await;
+    }
+
+    #[tokio::test]
+    async fn redis() {
+        let redis = support::RedisServer::start();
+        let server = start(&redis.url()).await;
+        answers_over_the_response_limit_are_refused(&server).await;
+        server.stop().await;
+    }
+}
+
 #[tokio::test]
 async fn store_faults_are_503_never_missing_entries() {
     let mut redis = support::RedisServer::start();

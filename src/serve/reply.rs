@@ -145,7 +145,7 @@ pub(crate) async fn finish(
         pending.write(&format_duration(started), &mut body);
         // A read's answer waits for room in the budget like any other; a write's answer is
         // sent whatever the budget says (refusing it now would hide that the write was made),
-        // and it is never larger than the request body that asked for it.
+        // and its size was held to the response limit before the write was made.
         let charge = if method == axum::http::Method::GET {
             match state.budget.charge(body.len()).await {
                 Ok(charge) => charge,
