@@ -510,6 +510,39 @@ async fn limits_are_named(server: &Server) {
             .len(),
         500
     );
+    // A select answer large enough to be charged to the memory budget comes whole, and its
+    // charge is given back once it is read.
+    let text_of_8k = "y".repeat(8_000);
+    let items: Vec<Value> = (0..10)
+        .map(|i| json!({"id": format!("e{i}"), "t": text_of_8k}))
+        .collect();
+    let (status, body) = server
+        .call(
+            Method::POST,
+            "/api/v1.0/collections/",
+            json!({"data": {"eights": items}}).to_string(),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let ids: Vec<String> = (0..10).map(|i| format!("eights:e{i}")).collect();
+    let (status, body) = server
+        .call(
+            Method::GET,
+            &format!("/api/v1.0/collections/?foreign_ids={}", ids.join(",")),
+            "",
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(body.len() > 80_000, "{}", body.len());
+    let selected: Value = serde_json::from_str(&strip_duration(&body)).unwrap();
+    assert_eq!(selected["response"]["data"].as_array().unwrap().len(), 10);
+    assert_eq!(selected["response"]["data"][9]["data"]["t"], text_of_8k);
+    let metrics = server.metrics().await;
+    assert!(
+        metrics.lines().any(|l| l == "enrich_in_flight_bytes 0"),
+        "{metrics}"
+    );
+
     let ids: Vec<String> = (0..1001).map(|i| format!("i{i}")).collect();
     let (status, body) = server
         .call(

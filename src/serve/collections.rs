@@ -346,12 +346,15 @@ pub(crate) async fn select(
             "select fewer entries at once",
         ));
     }
+    // Charged before it is built, as the enrich endpoint's answer is: a busy server answers
+    // 503 instead of building one more answer of up to the limit.
+    let charge = state.budget.charge(len).await?;
     let mut out = Vec::with_capacity(len);
     out.extend_from_slice(OPEN);
     push_array(&mut out, found.iter().map(EntryJson::as_bytes));
     out.extend_from_slice(CLOSE);
     debug_assert_eq!(out.len(), len);
-    Ok(Pending::object(StatusCode::OK, out))
+    Ok(Pending::charged(StatusCode::OK, out, charge))
 }
 
 /// `DELETE /api/v1.0/collections/?collection_name=c&ids=a,b` (or `ids=a&ids=b`): removes the
