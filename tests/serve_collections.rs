@@ -1107,6 +1107,74 @@ mod response_limit {
     }
 }
 
+/// What a body costs once parsed (a node of some 70 bytes for each JSON value) is charged to
+/// the memory budget before it is parsed: 120 kB of small values would take 8 MB.
+#[tokio::test]
+async fn parsed_bodies_are_charged_to_the_memory_budget() {
+    use std::io::Write;
+    let limits = enrich::serve::Limits::new().max_in_flight_bytes(1_200_000);
+    let server = Server::start_limited("memory:", limits)
+        .await
+        .signed(&json!({"resource": "collections", "action": "*", "feed_id": "*"}));
+    // 1,000 items of 50 numbers: 130 kB of body, 51,000 values.
+    let items: Vec<Value> = (0..1000)
+        .map(|i| json!({"id": format!("i{i}"), "v": vec![0; 50]}))
+        .collect();
+    let body = json!({"data": {"many": items}}).to_string();
+    assert!(body.len() < 150_000, "{}", body.len());
+
+    // A client that declares a body of 1 MiB and sends 10 bytes of it holds 1 MiB of the
+    // budget until it goes away.
+    let addr = server.base.trim_start_matches("http://").to_string();
+    let mut slow = std::net::TcpStream::connect(&addr).unwrap();
+    write!(
+        slow,
+        "POST /api/v1.0/collections/?api_key={} HTTP/1.1\r\nHost: x\r\nAuthorization: {}\r\n\
+         stream-auth-type: jwt\r\nContent-Length: 1048576\r\n\r\n{{\"data\":{{",
+        support::serve::KEY,
+        server.token
+    )
+    .unwrap();
+    let held = "enrich_in_flight_bytes 1048576";
+    for _ in 0..100 {
+        if server.metrics().await.lines().any(|l| l == held) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(server.metrics().await.lines().any(|l| l == held));
+
+    // The body itself fits in what is left, its parsed values do not: 503 after the wait.
+    let (status, answer) = server
+        .call(Method::POST, "/api/v1.0/collections/", body.clone())
+        .await;
+    let detail = assert_error(status, &answer, 503, 1, "ServiceUnavailableException");
+    assert!(detail.contains("--max-in-flight-bytes"), "{detail}");
+    let (status, _) = server
+        .call(Method::GET, "/api/v1.0/collections/many/i0/", "")
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+
+    // Once the budget is free, the same upsert is made.
+    drop(slow);
+    for _ in 0..100 {
+        if server
+            .metrics()
+            .await
+            .lines()
+            .any(|l| l == "enrich_in_flight_bytes 0")
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (status, answer) = server
+        .call(Method::POST, "/api/v1.0/collections/", body)
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{answer}");
+    server.stop().await;
+}
+
 #[tokio::test]
 async fn store_faults_are_503_never_missing_entries() {
     let mut redis = support::RedisServer::start();

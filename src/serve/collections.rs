@@ -19,7 +19,7 @@ use super::auth::{Access, EntryAction};
 use super::error::ApiError;
 use super::reply::Pending;
 use super::reply::push_array;
-use super::request::{PathParams, Query, check_batch, json_object, params, path_params};
+use super::request::{PathParams, Query, check_batch, params, parse_object, path_params};
 use crate::collection::{EntryJson, EntryKey, NewEntry, generate_id};
 use crate::user::{UserId, json_type};
 
@@ -81,7 +81,7 @@ pub(crate) async fn add(
 ) -> Result<Pending, ApiError> {
     access.check_entries(EntryAction::Add)?;
     let collection = path_params(collection, "collection path")?;
-    let mut body = json_object(&body)?;
+    let (mut body, _parsed) = parse_object(&state, &body).await?;
     let id = match optional_text(&body, "id")? {
         Some(id) => id.to_string(),
         None => generate_id(),
@@ -130,7 +130,7 @@ pub(crate) async fn update(
 ) -> Result<Pending, ApiError> {
     access.check_entries(EntryAction::Update)?;
     let key = entry_key(path)?;
-    let mut body = json_object(&body)?;
+    let (mut body, _parsed) = parse_object(&state, &body).await?;
     if let Some(id) = optional_text(&body, "id")?
         && id != key.id()
     {
@@ -173,7 +173,7 @@ pub(crate) async fn upsert(
     body: Bytes,
 ) -> Result<Pending, ApiError> {
     access.check_entries(EntryAction::BatchWrite)?;
-    let mut body = json_object(&body)?;
+    let (mut body, _parsed) = parse_object(&state, &body).await?;
     let collections = match body.remove("data") {
         Some(Value::Object(map)) => map,
         Some(other) => {
