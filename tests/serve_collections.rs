@@ -510,6 +510,39 @@ async fn limits_are_named(server: &Server) {
             .len(),
         500
     );
+    // A select answer large enough to be charged to the memory budget comes whole, and its
+    // charge is given back once it is read.
+    let text_of_8k = "y".repeat(8_000);
+    let items: Vec<Value> = (0..10)
+        .map(|i| json!({"id": format!("e{i}"), "t": text_of_8k}))
+        .collect();
+    let (status, body) = server
+        .call(
+            Method::POST,
+            "/api/v1.0/collections/",
+            json!({"data": {"eights": items}}).to_string(),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let ids: Vec<String> = (0..10).map(|i| format!("eights:e{i}")).collect();
+    let (status, body) = server
+        .call(
+            Method::GET,
+            &format!("/api/v1.0/collections/?foreign_ids={}", ids.join(",")),
+            "",
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(body.len() > 80_000, "{}", body.len());
+    let selected: Value = serde_json::from_str(&strip_duration(&body)).unwrap();
+    assert_eq!(selected["response"]["data"].as_array().unwrap().len(), 10);
+    assert_eq!(selected["response"]["data"][9]["data"]["t"], text_of_8k);
+    let metrics = server.metrics().await;
+    assert!(
+        metrics.lines().any(|l| l == "enrich_in_flight_bytes 0"),
+        "{metrics}"
+    );
+
     let ids: Vec<String> = (0..1001).map(|i| format!("i{i}")).collect();
     let (status, body) = server
         .call(
@@ -961,6 +994,186 @@ over_every_store!(
     metrics_name_the_route_templates,
     writes_through_the_api_reach_the_next_enrichment,
 );
+
+/// The largest answer [`answers_over_the_response_limit_are_refused`] allows.
+const MAX_RESPONSE: usize = 20_000;
+
+/// Selects and upserts whose answer would be over `--max-response-bytes` are refused before
+/// it is built, naming the flag; an upsert refused so writes nothing.
+async fn answers_over_the_response_limit_are_refused(server: &Server) {
+    let refused = |status, body: &str| {
+        let detail = assert_error(status, body, 400, 4, "InputException");
+        assert!(detail.contains("--max-response-bytes"), "{detail}");
+        detail
+    };
+    // Three entries of about 8 kB: two fit in 20,000 bytes, three do not.
+    let data = json!({"text": "x".repeat(8_000)});
+    for id in ["a", "b", "c"] {
+        let (status, body) = server
+            .call(
+                Method::POST,
+                "/api/v1.0/collections/big/",
+                json!({"id": id, "data": data}).to_string(),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+    }
+    for route in ["collections", "meta"] {
+        let (status, body) = server
+            .call(
+                Method::GET,
+                &format!("/api/v1.0/{route}/?foreign_ids=big:a,big:b,big:c"),
+                "",
+            )
+            .await;
+        let detail = refused(status, &body);
+        assert!(detail.contains(&MAX_RESPONSE.to_string()), "{detail}");
+        let (status, body) = server
+            .call(
+                Method::GET,
+                &format!("/api/v1.0/{route}/?foreign_ids=big:a,big:b,big:zz"),
+                "",
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert!(body.len() < MAX_RESPONSE + 30, "{}", body.len());
+    }
+
+    // An upsert whose echo would be over the limit writes nothing, even when the body is well
+    // under it: `{}` items come back with a generated id of 36 characters.
+    let items: Vec<Value> = (0..3)
+        .map(|i| json!({"id": format!("u{i}"), "text": "x".repeat(8_000)}))
+        .collect();
+    let generated: Vec<Value> = (0..500).map(|_| json!({})).collect();
+    for body in [
+        json!({"data": {"big": items}}).to_string(),
+        json!({"data": {"small": generated}}).to_string(),
+    ] {
+        assert!(body.len() < 30_000);
+        let (status, answer) = server
+            .call(Method::POST, "/api/v1.0/collections/", body)
+            .await;
+        refused(status, &answer);
+    }
+    let (status, body) = server
+        .call(Method::GET, "/api/v1.0/collections/?foreign_ids=big:u0", "")
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(body.contains(r#""data":[]"#), "{body}");
+    // Two of them fit.
+    let (status, body) = server
+        .call(
+            Method::POST,
+            "/api/v1.0/collections/",
+            json!({"data": {"big": items[..2]}}).to_string(),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+
+    let metrics = server.metrics().await;
+    let line = r#"enrich_limit_refusals_total{limit="max_response_bytes"} 4"#;
+    assert!(
+        metrics.lines().any(|l| l == line),
+        "no {line} in\n{metrics}"
+    );
+}
+
+mod response_limit {
+    use super::*;
+
+    fn limits() -> enrich::serve::Limits {
+        enrich::serve::Limits::new().max_response_bytes(MAX_RESPONSE)
+    }
+
+    async fn start(url: &str) -> Server {
+        Server::start_limited(url, limits()).await.signed(
+            &json!({"resource": "collections", "action": "*", "feed_id": "*", "user_id": "*"}),
+        )
+    }
+
+    #[tokio::test]
+    async fn memory() {
+        let server = start("memory:").await;
+        answers_over_the_response_limit_are_refused(&server).await;
+        server.stop().await;
+    }
+
+    #[tokio::test]
+    async fn redis() {
+        let redis = support::RedisServer::start();
+        let server = start(&redis.url()).await;
+        answers_over_the_response_limit_are_refused(&server).await;
+        server.stop().await;
+    }
+}
+
+/// What a body costs once parsed (a node of some 70 bytes for each JSON value) is charged to
+/// the memory budget before it is parsed: 120 kB of small values would take 8 MB.
+#[tokio::test]
+async fn parsed_bodies_are_charged_to_the_memory_budget() {
+    use std::io::Write;
+    let limits = enrich::serve::Limits::new().max_in_flight_bytes(1_200_000);
+    let server = Server::start_limited("memory:", limits)
+        .await
+        .signed(&json!({"resource": "collections", "action": "*", "feed_id": "*"}));
+    // 1,000 items of 50 numbers: 130 kB of body, 51,000 values.
+    let items: Vec<Value> = (0..1000)
+        .map(|i| json!({"id": format!("i{i}"), "v": vec![0; 50]}))
+        .collect();
+    let body = json!({"data": {"many": items}}).to_string();
+    assert!(body.len() < 150_000, "{}", body.len());
+
+    // A client that declares a body of 1 MiB and sends 10 bytes of it holds 1 MiB of the
+    // budget until it goes away.
+    let addr = server.base.trim_start_matches("http://").to_string();
+    let mut slow = std::net::TcpStream::connect(&addr).unwrap();
+    write!(
+        slow,
+        "POST /api/v1.0/collections/?api_key={} HTTP/1.1\r\nHost: x\r\nAuthorization: {}\r\n\
+         stream-auth-type: jwt\r\nContent-Length: 1048576\r\n\r\n{{\"data\":{{",
+        support::serve::KEY,
+        server.token
+    )
+    .unwrap();
+    let held = "enrich_in_flight_bytes 1048576";
+    for _ in 0..100 {
+        if server.metrics().await.lines().any(|l| l == held) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(server.metrics().await.lines().any(|l| l == held));
+
+    // The body itself fits in what is left, its parsed values do not: 503 after the wait.
+    let (status, answer) = server
+        .call(Method::POST, "/api/v1.0/collections/", body.clone())
+        .await;
+    let detail = assert_error(status, &answer, 503, 1, "ServiceUnavailableException");
+    assert!(detail.contains("--max-in-flight-bytes"), "{detail}");
+    let (status, _) = server
+        .call(Method::GET, "/api/v1.0/collections/many/i0/", "")
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+
+    // Once the budget is free, the same upsert is made.
+    drop(slow);
+    for _ in 0..100 {
+        if server
+            .metrics()
+            .await
+            .lines()
+            .any(|l| l == "enrich_in_flight_bytes 0")
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (status, answer) = server
+        .call(Method::POST, "/api/v1.0/collections/", body)
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{answer}");
+    server.stop().await;
+}
 
 #[tokio::test]
 async fn store_faults_are_503_never_missing_entries() {

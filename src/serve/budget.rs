@@ -78,6 +78,11 @@ impl Budget {
         }
     }
 
+    /// Bytes the budget holds in all.
+    pub(crate) fn total(&self) -> usize {
+        self.total
+    }
+
     /// Bytes charged now.
     pub(crate) fn used(&self) -> usize {
         self.total - self.bytes.available_permits()

@@ -19,7 +19,7 @@ use super::auth::{Access, EntryAction};
 use super::error::ApiError;
 use super::reply::Pending;
 use super::reply::push_array;
-use super::request::{PathParams, Query, check_batch, json_object, params, path_params};
+use super::request::{PathParams, Query, check_batch, params, parse_object, path_params};
 use crate::collection::{EntryJson, EntryKey, NewEntry, generate_id};
 use crate::user::{UserId, json_type};
 
@@ -81,7 +81,7 @@ pub(crate) async fn add(
 ) -> Result<Pending, ApiError> {
     access.check_entries(EntryAction::Add)?;
     let collection = path_params(collection, "collection path")?;
-    let mut body = json_object(&body)?;
+    let (mut body, _parsed) = parse_object(&state, &body).await?;
     let id = match optional_text(&body, "id")? {
         Some(id) => id.to_string(),
         None => generate_id(),
@@ -130,7 +130,7 @@ pub(crate) async fn update(
 ) -> Result<Pending, ApiError> {
     access.check_entries(EntryAction::Update)?;
     let key = entry_key(path)?;
-    let mut body = json_object(&body)?;
+    let (mut body, _parsed) = parse_object(&state, &body).await?;
     if let Some(id) = optional_text(&body, "id")?
         && id != key.id()
     {
@@ -173,7 +173,7 @@ pub(crate) async fn upsert(
     body: Bytes,
 ) -> Result<Pending, ApiError> {
     access.check_entries(EntryAction::BatchWrite)?;
-    let mut body = json_object(&body)?;
+    let (mut body, _parsed) = parse_object(&state, &body).await?;
     let collections = match body.remove("data") {
         Some(Value::Object(map)) => map,
         Some(other) => {
@@ -201,7 +201,8 @@ pub(crate) async fn upsert(
     }
     check_batch(count, state.limits.max_batch_ids, "entries")?;
     let mut entries = Vec::with_capacity(count);
-    // Where each collection's items sit in `entries`, in the order of the body.
+    // Each collection's name as JSON, and where its items sit in `entries`, in the order of
+    // the body.
     let mut groups = Vec::with_capacity(collections.len());
     for (name, items) in collections {
         let Value::Array(items) = items else {
@@ -234,27 +235,44 @@ pub(crate) async fn upsert(
                 .map_err(|e| ApiError::input(format!("{}: {}", at(), e.message())))?;
             entries.push(entry);
         }
+        // Valid collection names need no escaping; an empty group's name was not checked.
+        let name = serde_json::to_string(&name).expect("a string serializes");
         groups.push((name, start..entries.len()));
+    }
+    // The echo can be larger than the body (a generated id makes `{}` 45 bytes; `1E15` comes
+    // back as `1000000000000000.0`), and a write's answer is sent whatever the memory budget
+    // says: so its size is checked before anything is written, and a write whose answer would
+    // be over the limit is not made.
+    const OPEN: &[u8] = br#"{"data":{"#;
+    const CLOSE: &[u8] = b"}}";
+    let len = OPEN.len()
+        + groups
+            .iter()
+            .map(|(name, range)| {
+                name.len()
+                    + 1
+                    + array_len(entries[range.clone()].iter().map(|e| e.data_json().len()))
+            })
+            .sum::<usize>()
+        + groups.len().saturating_sub(1)
+        + CLOSE.len();
+    if len > state.limits.max_response_bytes {
+        return Err(ApiError::response_too_large(
+            "the upserted entries, as answered,",
+            len,
+            state.limits.max_response_bytes,
+            "nothing was written: upsert fewer entries at once",
+        ));
     }
     state.users().upsert_entries(&entries).await?;
     state.metrics.record_entry_writes(entries.len() as u64);
-    let mut out = Vec::with_capacity(
-        16 + entries
-            .iter()
-            .map(|e| e.data_json().len() + 1)
-            .sum::<usize>(),
-    );
-    out.extend_from_slice(br#"{"data":{"#);
+    let mut out = Vec::with_capacity(len);
+    out.extend_from_slice(OPEN);
     for (g, (name, range)) in groups.iter().enumerate() {
         if g > 0 {
             out.push(b',');
         }
-        // Valid collection names need no escaping; an empty group's name was not checked.
-        out.extend_from_slice(
-            serde_json::to_string(name)
-                .expect("a string serializes")
-                .as_bytes(),
-        );
+        out.extend_from_slice(name.as_bytes());
         out.push(b':');
         push_array(
             &mut out,
@@ -263,8 +281,15 @@ pub(crate) async fn upsert(
                 .map(|e| e.data_json().as_bytes()),
         );
     }
-    out.extend_from_slice(b"}}");
+    out.extend_from_slice(CLOSE);
+    debug_assert_eq!(out.len(), len);
     Ok(Pending::object(StatusCode::CREATED, out))
+}
+
+/// The length of the JSON array [`push_array`] writes of items of these lengths.
+fn array_len(items: impl Iterator<Item = usize>) -> usize {
+    let (count, bytes) = items.fold((0usize, 0usize), |(n, sum), len| (n + 1, sum + len));
+    2 + bytes + count.saturating_sub(1)
 }
 
 /// Every value of `name` in the query, each split at commas, empty parts dropped, repeats
@@ -308,12 +333,28 @@ pub(crate) async fn select(
             found.push(entry);
         }
     }
-    let mut out =
-        Vec::with_capacity(32 + found.iter().map(|e| e.as_bytes().len() + 1).sum::<usize>());
-    out.extend_from_slice(br#"{"response":{"data":"#);
+    // Up to 1,000 entries of 51 kB each: the answer's size is known from the entries before
+    // a byte of it is written, and refused when over the limit.
+    const OPEN: &[u8] = br#"{"response":{"data":"#;
+    const CLOSE: &[u8] = b"}}";
+    let len = OPEN.len() + array_len(found.iter().map(|e| e.as_bytes().len())) + CLOSE.len();
+    if len > state.limits.max_response_bytes {
+        return Err(ApiError::response_too_large(
+            "the selected entries",
+            len,
+            state.limits.max_response_bytes,
+            "select fewer entries at once",
+        ));
+    }
+    // Charged before it is built, as the enrich endpoint's answer is: a busy server answers
+    // 503 instead of building one more answer of up to the limit.
+    let charge = state.budget.charge(len).await?;
+    let mut out = Vec::with_capacity(len);
+    out.extend_from_slice(OPEN);
     push_array(&mut out, found.iter().map(EntryJson::as_bytes));
-    out.extend_from_slice(b"}}");
-    Ok(Pending::object(StatusCode::OK, out))
+    out.extend_from_slice(CLOSE);
+    debug_assert_eq!(out.len(), len);
+    Ok(Pending::charged(StatusCode::OK, out, charge))
 }
 
 /// `DELETE /api/v1.0/collections/?collection_name=c&ids=a,b` (or `ids=a&ids=b`): removes the

@@ -114,6 +114,16 @@ impl ApiError {
         .by(limit)
     }
 
+    /// 400: the answer would be `len` bytes, over `max` per response (`--max-response-bytes`);
+    /// `what` is the answer, `advice` what to ask for instead.
+    pub(crate) fn response_too_large(what: &str, len: usize, max: usize, advice: &str) -> Self {
+        ApiError::input(format!(
+            "{what} would be {len} bytes, over the limit of {max} bytes per response \
+             (--max-response-bytes); {advice}"
+        ))
+        .by("max_response_bytes")
+    }
+
     /// 408: the client did not send its body in time.
     pub(crate) fn body_timeout(limit: std::time::Duration) -> Self {
         ApiError::new(

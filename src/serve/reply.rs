@@ -6,6 +6,7 @@
 //! object is never re-encoded: its stored bytes go out with `,"duration":"…"` before the final
 //! `}`.
 
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use axum::body::Body;
@@ -23,8 +24,9 @@ use super::request::read_body;
 /// A body waiting for its duration.
 #[derive(Debug, Clone)]
 pub(crate) enum Pending {
-    /// A JSON object; `"duration"` becomes its last key.
-    Object(StatusCode, Bytes),
+    /// A JSON object; `"duration"` becomes its last key. It may hold the charge its handler
+    /// took for it.
+    Object(StatusCode, Bytes, Held),
     /// An error; `"duration"` takes its place among the sorted keys.
     Error(ApiError),
 }
@@ -32,23 +34,48 @@ pub(crate) enum Pending {
 impl Pending {
     /// A JSON object answered with `status`.
     pub(crate) fn object(status: StatusCode, json: impl Into<Bytes>) -> Pending {
-        Pending::Object(status, json.into())
+        Pending::Object(status, json.into(), Held::default())
+    }
+
+    /// A JSON object answered with `status`, for which `charge` was taken before it was built:
+    /// `finish` sends it under that charge instead of charging it again.
+    pub(crate) fn charged(status: StatusCode, json: impl Into<Bytes>, charge: Charge) -> Pending {
+        Pending::Object(
+            status,
+            json.into(),
+            Held(Some(Arc::new(Mutex::new(Some(charge))))),
+        )
+    }
+
+    /// The charge its handler took, once.
+    fn take_charge(&self) -> Option<Charge> {
+        match self {
+            Pending::Object(_, _, Held(Some(held))) => {
+                held.lock().unwrap_or_else(|e| e.into_inner()).take()
+            }
+            _ => None,
+        }
     }
 
     fn status(&self) -> StatusCode {
         match self {
-            Pending::Object(status, _) => *status,
+            Pending::Object(status, ..) => *status,
             Pending::Error(err) => err.status,
         }
     }
 
     fn write(&self, duration: &str, out: &mut Vec<u8>) {
         match self {
-            Pending::Object(_, json) => splice_duration(json, duration, out),
+            Pending::Object(_, json, _) => splice_duration(json, duration, out),
             Pending::Error(err) => err.write_body(duration, out),
         }
     }
 }
+
+/// A charge carried from a handler to [`finish`] (shared because response extensions are
+/// cloneable; taken once).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Held(Option<Arc<Mutex<Option<Charge>>>>);
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
@@ -145,8 +172,10 @@ pub(crate) async fn finish(
         pending.write(&format_duration(started), &mut body);
         // A read's answer waits for room in the budget like any other; a write's answer is
         // sent whatever the budget says (refusing it now would hide that the write was made),
-        // and it is never larger than the request body that asked for it.
-        let charge = if method == axum::http::Method::GET {
+        // and its size was held to the response limit before the write was made.
+        let charge = if let Some(charge) = pending.take_charge() {
+            charge
+        } else if method == axum::http::Method::GET {
             match state.budget.charge(body.len()).await {
                 Ok(charge) => charge,
                 Err(busy) => {

@@ -70,6 +70,53 @@ pub(crate) async fn read_body(
     }
 }
 
+/// Bytes one parsed JSON value may take: its node, and as much again, since an array's or an
+/// object's room grows by doubling.
+const PARSED_VALUE_BYTES: usize = 2 * std::mem::size_of::<Value>();
+
+/// What `body` costs once parsed into a [`Value`] tree, at most: its bytes, and a node for each
+/// value (counted by the `[`, `{`, `,` and `:` outside strings, which is never fewer). A body
+/// of `0,0,0,…` grows some 70 times when parsed, so the body's own charge does not cover it.
+pub(crate) fn parsed_cost(body: &[u8]) -> usize {
+    let mut values = 1usize;
+    let mut in_string = false;
+    let mut escaped = false;
+    for &b in body {
+        if in_string {
+            match b {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+        } else {
+            match b {
+                b'"' => in_string = true,
+                b'[' | b'{' | b',' | b':' => values += 1,
+                _ => {}
+            }
+        }
+    }
+    body.len()
+        .saturating_add(values.saturating_mul(PARSED_VALUE_BYTES))
+}
+
+/// [`json_object`], with what the parsed object costs beyond the body (whose bytes were
+/// charged as they were read) charged to the memory budget first; the charge is held until the
+/// returned [`Charge`] is dropped, which the handler does when it has no more use of the
+/// object.
+pub(crate) async fn parse_object(
+    state: &Shared,
+    body: &[u8],
+) -> Result<(serde_json::Map<String, Value>, Charge), ApiError> {
+    // Body and values together are held to the whole budget, so that a request larger than it
+    // still passes alone, as one body does, instead of waiting for itself.
+    let values =
+        (parsed_cost(body) - body.len()).min(state.budget.total().saturating_sub(body.len()));
+    let charge = state.budget.charge(values).await?;
+    Ok((json_object(body)?, charge))
+}
+
 /// Parses a body that must be a JSON object. `[]` counts as `{}`: PHP writes an empty map so,
 /// and Stream's PHP client sends it as the whole body of an update without data.
 pub(crate) fn json_object(body: &[u8]) -> Result<serde_json::Map<String, Value>, ApiError> {
@@ -160,6 +207,20 @@ mod tests {
         assert!(!flag(&query(&[]), "f").unwrap());
         let err = flag(&query(&[("f", "yes")]), "f").unwrap_err();
         assert!(err.detail.contains("yes"), "{}", err.detail);
+    }
+
+    #[test]
+    fn the_parsed_cost_counts_every_value_but_none_in_strings() {
+        let node = PARSED_VALUE_BYTES;
+        assert_eq!(parsed_cost(b"0"), 1 + node);
+        assert_eq!(parsed_cost(b"[0,0,0]"), 7 + 4 * node);
+        assert_eq!(parsed_cost(br#"{"a":1,"b":[]}"#), 14 + 6 * node);
+        // Commas and brackets in strings, escaped quotes included, are not values.
+        let text = br#"{"a":"x,y:[{\",]"}"#;
+        assert_eq!(parsed_cost(text), text.len() + 3 * node);
+        // Never less than what serde_json builds: a megabyte of zeros is some 36 MB.
+        let zeros = format!("[{}]", vec!["0"; 500_000].join(","));
+        assert!(parsed_cost(zeros.as_bytes()) > 500_000 * std::mem::size_of::<Value>());
     }
 
     #[test]

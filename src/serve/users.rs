@@ -16,7 +16,7 @@ use super::error::ApiError;
 use super::reply::Pending;
 use super::reply::push_array;
 use super::request::{
-    Params, PathParams, check_batch, flag, ids, json_object, params, path_params,
+    Params, PathParams, check_batch, flag, ids, params, parse_object, path_params,
 };
 use crate::store::ImportUser;
 use crate::user::{NewUser, UserId, UserJson};
@@ -51,7 +51,7 @@ pub(crate) async fn add(
     body: Bytes,
 ) -> Result<Pending, ApiError> {
     let get_or_create = flag(&params(query)?, "get_or_create")?;
-    let mut body = json_object(&body)?;
+    let (mut body, _parsed) = parse_object(&state, &body).await?;
     let id = string_field(&body, "id")?;
     let user = NewUser::new(&id, data_of(&mut body))?;
     access.check_write(user.id().as_str())?;
@@ -81,7 +81,7 @@ pub(crate) async fn update(
 ) -> Result<Pending, ApiError> {
     let id = UserId::parse(&path_id(id)?)?;
     access.check_write(id.as_str())?;
-    let mut body = json_object(&body)?;
+    let (mut body, _parsed) = parse_object(&state, &body).await?;
     let user = NewUser::with_id(id, data_of(&mut body))?;
     let updated = state.users().update(&user).await?;
     state.metrics.record_invalidations(1);
@@ -109,7 +109,7 @@ pub(crate) async fn add_many(
     Extension(access): Extension<Access>,
     body: Bytes,
 ) -> Result<Pending, ApiError> {
-    let body = json_object(&body)?;
+    let (body, _parsed) = parse_object(&state, &body).await?;
     let override_existing = match body
         .get("override_existing")
         .or_else(|| body.get("override"))

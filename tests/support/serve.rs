@@ -33,6 +33,14 @@ impl Server {
         Server::start_with(store, ServeConfig::new(KEY, SECRET)).await
     }
 
+    /// A server over the store at `url` within `limits`.
+    pub async fn start_limited(url: &str, limits: enrich::serve::Limits) -> Server {
+        let store = store::open(url, &StoreOptions::new().namespace("serve-test"))
+            .await
+            .expect("open the store");
+        Server::start_with(store, ServeConfig::new(KEY, SECRET).limits(limits)).await
+    }
+
     /// A server over `store` with `config`, once its L1 is in use (the store's announcements
     /// are heard).
     pub async fn start_with(store: enrich::SharedStore, config: ServeConfig) -> Server {
