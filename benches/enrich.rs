@@ -433,7 +433,10 @@ fn mixed_page_bench(c: &mut Criterion) {
         }
         let stats = rt.block_on(enricher.enrich_page(&page)).unwrap().stats();
         assert_eq!(stats.missing, 0, "{name}: every reference names a record");
-        assert_eq!(stats.distinct, 40, "{name}: as many distinct records as the others");
+        assert_eq!(
+            stats.distinct, 40,
+            "{name}: as many distinct records as the others"
+        );
         group.throughput(Throughput::Elements(stats.references));
         group.bench_function(name, |b| {
             b.to_async(&rt).iter(|| async {
