@@ -233,6 +233,12 @@ impl<'v> Iterator for Members<'v> {
     type Item = Member<'v>;
 
     fn next(&mut self) -> Option<Member<'v>> {
+        if self.user_id.is_none() {
+            // No user to write (every object but a reaction's): nothing is pending, held or
+            // due, and each member stands where `fields` says.
+            let (key, value) = self.iter.next()?;
+            return Some(Member::Field(key, value, self.fields.place(key)));
+        }
         if self.now {
             self.now = false;
             return self.user();
