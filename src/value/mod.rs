@@ -94,6 +94,11 @@ pub(crate) enum UserSlot {
 }
 
 impl Fields {
+    /// Whether a reaction's user is written among the members ([`Members`] is needed).
+    pub(crate) fn writes_user(self) -> bool {
+        matches!(self, Fields::Reaction { user, .. } if user != UserSlot::None)
+    }
+
     /// Where the member under `key` stands.
     pub(crate) fn place(self, key: &str) -> Place {
         match self {
@@ -368,6 +373,12 @@ fn walk<'v>(
         (Search::Elements(place), Value::Array(items)) => {
             for item in items {
                 walk(item, place, depth, visit);
+            }
+        }
+        (Search::Fields(fields), Value::Object(object)) if !fields.writes_user() => {
+            // Every object but a reaction with a user: its members as they are.
+            for (key, member) in object {
+                walk(member, fields.place(key), depth, visit);
             }
         }
         (Search::Fields(fields), Value::Object(object)) => {
