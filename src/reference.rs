@@ -70,20 +70,28 @@ pub fn object_ref(text: &str) -> Option<(&str, &str)> {
 
 /// The key of a well-formed reference of any kind (its text after the prefix), or `None`.
 pub fn reference_key(text: &str) -> Option<&str> {
-    if user_ref(text).is_some() || object_ref(text).is_some() {
-        Some(&text[3..])
-    } else {
-        None
-    }
+    // The key is ASCII after an ASCII prefix: slicing at 3 is on a character boundary.
+    reference_key_bytes(text.as_bytes()).map(|_| &text[3..])
 }
 
 /// Like [`reference_key`], for the bytes between the quotes of a JSON string without escapes
 /// (a key is ASCII, so the bytes alone decide).
+#[inline]
 pub(crate) fn reference_key_bytes(text: &[u8]) -> Option<&[u8]> {
-    if let Some(id) = text.strip_prefix(USER_PREFIX.as_bytes()) {
-        return is_valid_id(id).then_some(id);
+    // Most strings are not references: one look at the `S?:` of both prefixes turns them
+    // away before anything else is read.
+    let [b'S', kind, b':', key @ ..] = text else {
+        return None;
+    };
+    match kind {
+        b'U' => is_valid_id(key).then_some(key),
+        b'O' => object_key(key),
+        _ => None,
     }
-    let key = text.strip_prefix(OBJECT_PREFIX.as_bytes())?;
+}
+
+/// The `<collection>:<id>` after `SO:`, if both are valid.
+fn object_key(key: &[u8]) -> Option<&[u8]> {
     let colon = key.iter().position(|&b| b == b':')?;
     (is_valid_id(&key[..colon]) && is_valid_id(&key[colon + 1..])).then_some(key)
 }

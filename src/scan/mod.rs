@@ -234,6 +234,7 @@ impl<'a> Scanner<'a> {
     }
 
     /// A string value that may be a reference.
+    #[inline(always)]
     fn candidate(&mut self, sites: &mut Vec<Site>) -> Scan {
         let token = self.string()?;
         self.note_candidate(token, sites);
@@ -241,6 +242,7 @@ impl<'a> Scanner<'a> {
     }
 
     /// Notes a string token already read as a reference, if it reads as one.
+    #[inline(always)]
     fn note_candidate(&mut self, token: Token, sites: &mut Vec<Site>) {
         let Token { out, src, escaped } = token;
         let token = &self.src[src];
@@ -449,6 +451,9 @@ impl<'a> Scanner<'a> {
     }
 
     /// A member of an activity (or one of a container's own): a string may be a reference.
+    // Inlined into the loop over an object's members, the scan's hottest path, as before
+    // objects learned reactions and grew too big for the compiler to inline it on its own.
+    #[inline(always)]
     fn member(&mut self, next: u8, sites: &mut Vec<Site>) -> Scan {
         match next {
             b'"' => self.candidate(sites),

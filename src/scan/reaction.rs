@@ -21,6 +21,7 @@ impl Scanner<'_> {
     /// An object of reactions (`latest_reactions` or `own_reactions` of an activity, or
     /// `latest_children` or `own_children` of a reaction): kind → list of reactions. Whatever
     /// else it holds is copied (and searched as deep as the activity is).
+    #[inline(never)]
     pub(super) fn reactions(&mut self, sites: &mut Vec<Site>) -> Scan {
         let deep = self.depth == Depth::Deep;
         self.open()?;

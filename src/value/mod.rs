@@ -94,6 +94,11 @@ pub(crate) enum UserSlot {
 }
 
 impl Fields {
+    /// Whether a reaction's user is written among the members ([`Members`] is needed).
+    pub(crate) fn writes_user(self) -> bool {
+        matches!(self, Fields::Reaction { user, .. } if user != UserSlot::None)
+    }
+
     /// Where the member under `key` stands.
     pub(crate) fn place(self, key: &str) -> Place {
         match self {
@@ -233,6 +238,12 @@ impl<'v> Iterator for Members<'v> {
     type Item = Member<'v>;
 
     fn next(&mut self) -> Option<Member<'v>> {
+        if self.user_id.is_none() {
+            // No user to write (every object but a reaction's): nothing is pending, held or
+            // due, and each member stands where `fields` says.
+            let (key, value) = self.iter.next()?;
+            return Some(Member::Field(key, value, self.fields.place(key)));
+        }
         if self.now {
             self.now = false;
             return self.user();
@@ -362,6 +373,12 @@ fn walk<'v>(
         (Search::Elements(place), Value::Array(items)) => {
             for item in items {
                 walk(item, place, depth, visit);
+            }
+        }
+        (Search::Fields(fields), Value::Object(object)) if !fields.writes_user() => {
+            // Every object but a reaction with a user: its members as they are.
+            for (key, member) in object {
+                walk(member, fields.place(key), depth, visit);
             }
         }
         (Search::Fields(fields), Value::Object(object)) => {

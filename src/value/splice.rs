@@ -158,6 +158,19 @@ impl Writer<'_, '_> {
                 }
                 self.out.push(b']');
             }
+            (Search::Fields(fields), Value::Object(object)) if !fields.writes_user() => {
+                // Every object but a reaction with a user: its members as they are.
+                self.out.push(b'{');
+                for (i, (key, member)) in object.iter().enumerate() {
+                    if i > 0 {
+                        self.out.push(b',');
+                    }
+                    self.plain(key.as_str());
+                    self.out.push(b':');
+                    self.value(member, fields.place(key));
+                }
+                self.out.push(b'}');
+            }
             (Search::Fields(fields), Value::Object(object)) => {
                 self.out.push(b'{');
                 for (i, member) in Members::new(object, fields).enumerate() {
