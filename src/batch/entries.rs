@@ -86,32 +86,7 @@ impl std::fmt::Display for EntryImportSummary {
 }
 
 /// An import of entries stopped by a store fault, with what it had committed before.
-#[derive(Debug, Clone)]
-pub struct EntryImportError {
-    /// Every line up to `committed.lines` is in the store (or was rejected); the lines after
-    /// it are not, or not all.
-    pub committed: EntryImportSummary,
-    /// Why it stopped, naming the first line not committed.
-    pub error: Error,
-}
-
-impl std::fmt::Display for EntryImportError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        self.error.fmt(f)
-    }
-}
-
-impl std::error::Error for EntryImportError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        Some(&self.error)
-    }
-}
-
-impl From<EntryImportError> for Error {
-    fn from(stopped: EntryImportError) -> Error {
-        stopped.error
-    }
-}
+pub type EntryImportError = super::ImportError<EntryImportSummary>;
 
 /// Upserts every entry line of `input` into `store`, in batches of at most
 /// [`MAX_BATCH_ENTRIES`] per store call. Bad lines are passed to `events` and counted; a store

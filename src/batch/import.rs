@@ -77,30 +77,32 @@ impl std::fmt::Display for ImportSummary {
     }
 }
 
-/// An import stopped by a store fault, with what it had committed before.
+/// An import stopped by a store fault, with what it had committed before: of users
+/// ([`ImportSummary`]) or of collection entries
+/// ([`EntryImportSummary`](super::EntryImportSummary)).
 #[derive(Debug, Clone)]
-pub struct ImportError {
+pub struct ImportError<S = ImportSummary> {
     /// Every line up to `committed.lines` is in the store (or was rejected); the lines after
     /// it are not, or not all.
-    pub committed: ImportSummary,
+    pub committed: S,
     /// Why it stopped, naming the first line not committed.
     pub error: Error,
 }
 
-impl std::fmt::Display for ImportError {
+impl<S> std::fmt::Display for ImportError<S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         self.error.fmt(f)
     }
 }
 
-impl std::error::Error for ImportError {
+impl<S: std::fmt::Debug> std::error::Error for ImportError<S> {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         Some(&self.error)
     }
 }
 
-impl From<ImportError> for Error {
-    fn from(stopped: ImportError) -> Error {
+impl<S> From<ImportError<S>> for Error {
+    fn from(stopped: ImportError<S>) -> Error {
         stopped.error
     }
 }
