@@ -9,7 +9,7 @@ use serde_json::Value;
 use tokio::io::AsyncRead;
 
 use super::ImportEvent;
-use super::lines::{Line, LineReader, is_blank};
+use super::import::{Batches, Tally, import_lines};
 use crate::collection::{EntryKey, MAX_BATCH_ENTRIES, NewEntry, generate_id};
 use crate::error::{Error, Result};
 use crate::store::{ImportEntry, UserStore};
@@ -95,64 +95,24 @@ pub type EntryImportError = super::ImportError<EntryImportSummary>;
 pub async fn import_entries<R: AsyncRead + Unpin>(
     store: &dyn UserStore,
     input: R,
-    mut events: impl FnMut(ImportEvent<'_>),
+    events: impl FnMut(ImportEvent<'_>),
 ) -> Result<EntryImportSummary, EntryImportError> {
-    let mut reader = LineReader::new(input, 1 << 16, MAX_LINE);
-    let mut summary = EntryImportSummary::default();
-    let mut batch: Vec<ImportEntry> = Vec::new();
-    let mut batch_bytes = 0;
-    // Lines rejected since the last commit: they count once the lines before them are in.
-    let mut rejected = 0;
-    let stopped = |error: Error, summary: &EntryImportSummary| EntryImportError {
-        committed: summary.clone(),
-        error,
+    let batches = Batches {
+        items: MAX_BATCH_ENTRIES,
+        bytes: BATCH_BYTES,
+        weigh: |entry: &ImportEntry| entry.entry().data_json().len(),
     };
-    loop {
-        let next = reader.next_line().await.map_err(|e| stopped(e, &summary))?;
-        let done = next.is_none();
-        if let Some((number, line)) = next {
-            let parsed = match line {
-                Line::Text(text) if is_blank(&text) => None,
-                Line::Text(text) => Some(parse_entry_line(&text)),
-                Line::TooLong { len, .. } => Some(Err(Error::invalid(format!(
-                    "line is {len} bytes, over the limit of {MAX_LINE}"
-                )))),
-            };
-            match parsed {
-                Some(Ok(entry)) => {
-                    batch_bytes += entry.entry().data_json().len();
-                    batch.push(entry);
-                }
-                Some(Err(error)) => {
-                    rejected += 1;
-                    events(ImportEvent::Rejected {
-                        line: number,
-                        error: &error,
-                    });
-                }
-                None => {}
-            }
-        }
-        let full = batch.len() >= MAX_BATCH_ENTRIES || batch_bytes >= BATCH_BYTES;
-        if full || (done && !batch.is_empty()) {
-            let written = store.import_entries(&batch).await.map_err(|e| {
-                let at = format!("import stopped at line {}", summary.lines + 1);
-                stopped(e.context(at), &summary)
-            })?;
-            summary.written += written.len() as u64;
-            batch.clear();
-            batch_bytes = 0;
-            events(ImportEvent::Progress {
-                lines: reader.number(),
-            });
-        }
-        if batch.is_empty() {
-            summary.lines = reader.number();
-            summary.rejected += std::mem::take(&mut rejected);
-        }
-        if done {
-            return Ok(summary);
-        }
+    let write = async |batch: &[ImportEntry], summary: &mut EntryImportSummary| {
+        summary.written += store.import_entries(batch).await?.len() as u64;
+        Ok(())
+    };
+    import_lines(input, MAX_LINE, parse_entry_line, batches, write, events).await
+}
+
+impl Tally for EntryImportSummary {
+    fn settle(&mut self, lines: u64, rejected: u64) {
+        self.lines = lines;
+        self.rejected += rejected;
     }
 }
 

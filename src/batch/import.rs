@@ -131,33 +131,87 @@ pub async fn import_users<R: AsyncRead + Unpin>(
     store: &dyn UserStore,
     input: R,
     override_existing: bool,
-    mut events: impl FnMut(ImportEvent<'_>),
+    events: impl FnMut(ImportEvent<'_>),
 ) -> Result<ImportSummary, ImportError> {
-    let mut reader = LineReader::new(input, 1 << 16, MAX_LINE);
-    let mut summary = ImportSummary::default();
-    let mut batch = Vec::with_capacity(IMPORT_BATCH);
+    let batches = Batches {
+        items: IMPORT_BATCH,
+        bytes: usize::MAX,
+        weigh: |_: &ImportUser| 0,
+    };
+    let write = async |batch: &[ImportUser], summary: &mut ImportSummary| {
+        for outcome in store.import(batch, override_existing).await? {
+            match outcome {
+                ImportOutcome::Created => summary.created += 1,
+                ImportOutcome::Skipped => summary.skipped += 1,
+                ImportOutcome::Overridden => summary.overridden += 1,
+            }
+        }
+        Ok(())
+    };
+    import_lines(input, MAX_LINE, parse_import_line, batches, write, events).await
+}
+
+/// The summary of an import: the lines dealt with and refused, beside what its batches wrote.
+pub(super) trait Tally: Clone + Default {
+    /// Every line up to `lines` is committed or rejected, `rejected` more of them refused.
+    fn settle(&mut self, lines: u64, rejected: u64);
+}
+
+impl Tally for ImportSummary {
+    fn settle(&mut self, lines: u64, rejected: u64) {
+        self.lines = lines;
+        self.rejected += rejected;
+    }
+}
+
+/// When a batch is written: at `items` items, or once their `weigh`t reaches `bytes`.
+pub(super) struct Batches<W> {
+    pub(super) items: usize,
+    pub(super) bytes: usize,
+    pub(super) weigh: W,
+}
+
+/// The one way an import goes, whatever it imports: `input`'s lines (each at most `max_line`
+/// bytes) parsed with `parse`, bad lines passed to `events` and counted, the rest written a
+/// batch at a time with `write`, which adds to the summary what the store did (once the store
+/// call succeeded: a failed write must leave the summary as it was). A line counts
+/// (in `lines` and `rejected`) once every line before it is committed; a store fault stops the
+/// import with an error naming the first line not committed, beside the summary of what was.
+pub(super) async fn import_lines<R: AsyncRead + Unpin, T, S: Tally>(
+    input: R,
+    max_line: usize,
+    parse: impl Fn(&[u8]) -> Result<T>,
+    batches: Batches<impl Fn(&T) -> usize>,
+    mut write: impl AsyncFnMut(&[T], &mut S) -> Result<()>,
+    mut events: impl FnMut(ImportEvent<'_>),
+) -> Result<S, ImportError<S>> {
+    let mut reader = LineReader::new(input, 1 << 16, max_line);
+    let mut summary = S::default();
+    let mut batch = Vec::with_capacity(batches.items.min(1024));
+    let mut batch_bytes = 0;
     // Lines rejected since the last commit: they count once the lines before them are in.
     let mut rejected = 0;
-    let read_error = |error: Error, summary: &ImportSummary| ImportError {
-        committed: summary.clone(),
-        error,
-    };
+    // Every line up to this one is committed or rejected.
+    let mut committed = 0;
     loop {
-        let next = reader
-            .next_line()
-            .await
-            .map_err(|e| read_error(e, &summary))?;
+        let next = reader.next_line().await.map_err(|error| ImportError {
+            committed: summary.clone(),
+            error,
+        })?;
         let done = next.is_none();
         if let Some((number, line)) = next {
             let parsed = match line {
                 Line::Text(text) if is_blank(&text) => None,
-                Line::Text(text) => Some(parse_import_line(&text)),
+                Line::Text(text) => Some(parse(&text)),
                 Line::TooLong { len, .. } => Some(Err(Error::invalid(format!(
-                    "line is {len} bytes, over the limit of {MAX_LINE}"
+                    "line is {len} bytes, over the limit of {max_line}"
                 )))),
             };
             match parsed {
-                Some(Ok(user)) => batch.push(user),
+                Some(Ok(item)) => {
+                    batch_bytes += (batches.weigh)(&item);
+                    batch.push(item);
+                }
                 Some(Err(error)) => {
                     rejected += 1;
                     events(ImportEvent::Rejected {
@@ -168,30 +222,23 @@ pub async fn import_users<R: AsyncRead + Unpin>(
                 None => {}
             }
         }
-        if batch.len() >= IMPORT_BATCH || (done && !batch.is_empty()) {
-            let outcomes =
-                store
-                    .import(&batch, override_existing)
-                    .await
-                    .map_err(|e| ImportError {
-                        error: e.context(format!("import stopped at line {}", summary.lines + 1)),
-                        committed: summary.clone(),
-                    })?;
-            for outcome in outcomes {
-                match outcome {
-                    ImportOutcome::Created => summary.created += 1,
-                    ImportOutcome::Skipped => summary.skipped += 1,
-                    ImportOutcome::Overridden => summary.overridden += 1,
-                }
+        let full = batch.len() >= batches.items || batch_bytes >= batches.bytes;
+        if full || (done && !batch.is_empty()) {
+            if let Err(e) = write(&batch, &mut summary).await {
+                return Err(ImportError {
+                    error: e.context(format!("import stopped at line {}", committed + 1)),
+                    committed: summary,
+                });
             }
             batch.clear();
+            batch_bytes = 0;
             events(ImportEvent::Progress {
                 lines: reader.number(),
             });
         }
         if batch.is_empty() {
-            summary.lines = reader.number();
-            summary.rejected += std::mem::take(&mut rejected);
+            committed = reader.number();
+            summary.settle(committed, std::mem::take(&mut rejected));
         }
         if done {
             return Ok(summary);
