@@ -76,13 +76,15 @@ impl Limits {
     /// The largest enriched document one request may be answered with, 16 MiB by default.
     /// Enrichment multiplies: a reference of a few bytes becomes a user of up to 10 kB, so the
     /// size is computed once the users are known and an answer over it is refused before it is
-    /// built.
+    /// built. A collections select or upsert answering over it is refused the same way (an
+    /// upsert then writes nothing).
     pub fn max_response_bytes(mut self, bytes: usize) -> Self {
         self.max_response_bytes = bytes;
         self
     }
 
-    /// Ids (or users) one batch call may name, 1,000 by default, as Stream allows.
+    /// Ids (or users, or collection entries) one batch call may name, 1,000 by default, as
+    /// Stream allows.
     pub fn max_batch_ids(mut self, ids: usize) -> Self {
         self.max_batch_ids = ids;
         self

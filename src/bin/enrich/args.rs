@@ -170,8 +170,8 @@ pub(crate) struct ServeLimits {
         default_value_t = 10_000
     )]
     max_references: u64,
-    /// The largest enriched document one request is answered with, in bytes; checked before
-    /// it is built.
+    /// The largest answer of an enrich request, a collections select or an upsert, in bytes;
+    /// checked before it is built.
     #[arg(
         long,
         env = "ENRICH_MAX_RESPONSE_BYTES",
@@ -179,7 +179,7 @@ pub(crate) struct ServeLimits {
         default_value_t = 16 << 20
     )]
     max_response_bytes: usize,
-    /// Ids or users one batch call may name.
+    /// Ids, users or collection entries one batch call may name.
     #[arg(
         long,
         env = "ENRICH_MAX_BATCH_IDS",
