@@ -93,6 +93,22 @@ impl Record {
         }
     }
 
+    /// The user, if it is one, by value.
+    pub(crate) fn into_user(self) -> Option<UserJson> {
+        match self {
+            Record::User(user) => Some(user),
+            Record::Entry(_) => None,
+        }
+    }
+
+    /// The entry, if it is one, by value.
+    pub(crate) fn into_entry(self) -> Option<EntryJson> {
+        match self {
+            Record::User(_) => None,
+            Record::Entry(entry) => Some(entry),
+        }
+    }
+
     /// The same record, held in `copy`: a copy of its bytes in another buffer (so that threads
     /// using the two never contend on one reference count).
     pub(crate) fn held_in(&self, copy: Bytes) -> Record {

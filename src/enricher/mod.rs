@@ -149,10 +149,7 @@ impl<S: ?Sized> Enricher<S> {
         let mut stats = EnrichStats::default();
         let answers = self.inner.resolver.resolve(&keys, &mut stats).await;
         let answer = answers.into_iter().next().expect("one answer per key");
-        Ok(answer.into_result()?.and_then(|record| match record {
-            Record::Entry(entry) => Some(entry),
-            Record::User(_) => None,
-        }))
+        Ok(answer.into_result()?.and_then(Record::into_entry))
     }
 
     /// The users `ids`, in order (an id given twice is answered twice, read once), with one
@@ -238,8 +235,5 @@ impl<S: ?Sized> Enricher<S> {
 
 /// The user an answer to a user id holds.
 fn user_of(answer: Answer) -> Result<Option<UserJson>> {
-    Ok(answer.into_result()?.and_then(|record| match record {
-        Record::User(user) => Some(user),
-        Record::Entry(_) => None,
-    }))
+    Ok(answer.into_result()?.and_then(Record::into_user))
 }

@@ -145,6 +145,32 @@ pub trait UserSource: Send + Sync + fmt::Debug + 'static {
     }
 }
 
+/// [`UserSource::get_many_each`] of a source whose one read is
+/// [`UserSource::get_records_each`].
+#[cfg(feature = "redis")]
+pub(crate) async fn users_through_records<S: UserSource + ?Sized>(
+    source: &S,
+    ids: &[UserId],
+) -> Vec<Result<Option<UserJson>>> {
+    let keys: Vec<Key> = ids.iter().cloned().map(Key::User).collect();
+    (source.get_records_each(&keys).await.into_iter())
+        .map(|found| found.map(|record| record.and_then(Record::into_user)))
+        .collect()
+}
+
+/// [`UserSource::get_entries_each`] of a source whose one read is
+/// [`UserSource::get_records_each`].
+#[cfg(any(feature = "redis", feature = "file"))]
+pub(crate) async fn entries_through_records<S: UserSource + ?Sized>(
+    source: &S,
+    keys: &[EntryKey],
+) -> Vec<Result<Option<EntryJson>>> {
+    let keys: Vec<Key> = keys.iter().cloned().map(Key::Entry).collect();
+    (source.get_records_each(&keys).await.into_iter())
+        .map(|found| found.map(|record| record.and_then(Record::into_entry)))
+        .collect()
+}
+
 /// Puts the answers for the users and for the entries of `keys` (one each, in order) back in
 /// the order of `keys`.
 pub(crate) fn merge_answers(

@@ -21,6 +21,7 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
 use self::create::{io_kind, open_or_create};
 use self::entries::Mode;
+use super::entries_through_records;
 use super::{
     Added, ImportEntry, ImportOutcome, ImportUser, Stamps, StoreOptions, UserSource, UserStore,
     conflict, entry_not_found, not_found, stored_user,
@@ -183,10 +184,7 @@ impl UserSource for FileStore {
     }
 
     async fn get_entries_each(&self, keys: &[EntryKey]) -> Vec<Result<Option<EntryJson>>> {
-        let keys: Vec<Key> = keys.iter().cloned().map(Key::Entry).collect();
-        (self.get_records_each(&keys).await.into_iter())
-            .map(|found| found.map(|record| record.and_then(|r| r.entry().cloned())))
-            .collect()
+        entries_through_records(self, keys).await
     }
 
     /// Users and entries in one read transaction.

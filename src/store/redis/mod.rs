@@ -41,6 +41,7 @@ use super::{
     Added, EventSink, ImportEntry, ImportOutcome, ImportUser, Stamps, StoreOptions, UserSource,
     UserStore, WatchGuard, entry_not_found, stored_entry, stored_user,
 };
+use super::{entries_through_records, users_through_records};
 use crate::collection::{EntryJson, EntryKey, NewEntry, StoredEntry};
 use crate::error::{Error, Result};
 use crate::record::Key;
@@ -207,29 +208,11 @@ impl UserSource for RedisStore {
     }
 
     async fn get_many_each(&self, ids: &[UserId]) -> Vec<Result<Option<UserJson>>> {
-        if ids.is_empty() {
-            return Vec::new();
-        }
-        let keys: Vec<String> = ids.iter().map(|id| self.key(id)).collect();
-        let found: Result<Vec<Option<Bytes>>> = redis::cmd("MGET")
-            .arg(&keys)
-            .query_async(&mut self.reads.clone())
-            .await
-            .map_err(|e| self.fault(e));
-        match found {
-            // A corrupt record fails its own id only.
-            Ok(found) => (ids.iter().zip(found))
-                .map(|(id, bytes)| bytes.map(|bytes| stored_user(id, bytes)).transpose())
-                .collect(),
-            Err(err) => vec![Err(err); ids.len()],
-        }
+        users_through_records(self, ids).await
     }
 
     async fn get_entries_each(&self, keys: &[EntryKey]) -> Vec<Result<Option<EntryJson>>> {
-        let keys: Vec<Key> = keys.iter().cloned().map(Key::Entry).collect();
-        (self.get_records_each(&keys).await.into_iter())
-            .map(|found| found.map(|record| record.and_then(|r| r.entry().cloned())))
-            .collect()
+        entries_through_records(self, keys).await
     }
 
     /// One `MGET` over the keys of every kind.

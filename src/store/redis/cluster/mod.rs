@@ -51,7 +51,8 @@ use crate::record::Key;
 use crate::record::Record;
 use crate::store::{
     Added, EventSink, ImportEntry, ImportOutcome, ImportUser, Stamps, StoreOptions, UserSource,
-    UserStore, WatchGuard, entry_not_found, stored_entry, stored_user,
+    UserStore, WatchGuard, entries_through_records, entry_not_found, stored_entry,
+    users_through_records,
 };
 use crate::user::{NewUser, Timestamp, UserId, UserJson};
 
@@ -167,6 +168,14 @@ impl ClusterStore {
     pub fn entry_key(&self, key: &EntryKey) -> String {
         format!("{}{key}", self.entry_prefix)
     }
+
+    /// The key that holds the record `key` names.
+    fn record_key(&self, key: &Key) -> String {
+        match key {
+            Key::User(id) => self.key(id),
+            Key::Entry(key) => self.entry_key(key),
+        }
+    }
 }
 
 #[async_trait]
@@ -176,35 +185,16 @@ impl UserSource for ClusterStore {
     }
 
     async fn get_many_each(&self, ids: &[UserId]) -> Vec<Result<Option<UserJson>>> {
-        let keys: Vec<String> = ids.iter().map(|id| self.key(id)).collect();
-        (ids.iter().zip(self.read_keys(&keys).await))
-            .map(|(id, found)| {
-                found.and_then(|bytes| bytes.map(|b| stored_user(id, b)).transpose())
-            })
-            .collect()
+        users_through_records(self, ids).await
     }
 
     async fn get_entries_each(&self, keys: &[EntryKey]) -> Vec<Result<Option<EntryJson>>> {
-        let names: Vec<String> = keys.iter().map(|key| self.entry_key(key)).collect();
-        (keys.iter().zip(self.read_keys(&names).await))
-            .map(|(key, found)| {
-                found.and_then(|bytes| {
-                    bytes
-                        .map(|b| stored_entry(key, b).map(|stored| stored.entry))
-                        .transpose()
-                })
-            })
-            .collect()
+        entries_through_records(self, keys).await
     }
 
     /// Users and entries together: one command per node.
     async fn get_records_each(&self, keys: &[Key]) -> Vec<Result<Option<Record>>> {
-        let names: Vec<String> = (keys.iter())
-            .map(|key| match key {
-                Key::User(id) => self.key(id),
-                Key::Entry(key) => self.entry_key(key),
-            })
-            .collect();
+        let names: Vec<String> = keys.iter().map(|key| self.record_key(key)).collect();
         (keys.iter().zip(self.read_keys(&names).await))
             .map(|(key, found)| {
                 found.and_then(|bytes| bytes.map(|b| super::record(key, b)).transpose())
