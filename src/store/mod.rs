@@ -38,11 +38,11 @@ pub use self::memory::MemoryStore;
 pub use self::options::{DEFAULT_NAMESPACE, StoreOptions};
 #[cfg(feature = "redis")]
 pub use self::redis::{ClusterStore, RedisStore};
-pub use self::source::{SharedSource, UserSource};
 #[cfg(any(feature = "redis", feature = "file"))]
 pub(crate) use self::source::entries_through_records;
 #[cfg(feature = "redis")]
 pub(crate) use self::source::users_through_records;
+pub use self::source::{SharedSource, UserSource};
 pub use self::url::{DEFAULT_STORE_URL, StoreUrl, open};
 pub use self::watch::{EventSink, StoreEvent, WatchGuard};
 use crate::collection::{EntryJson, EntryKey, NewEntry, StoredEntry};
