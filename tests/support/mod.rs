@@ -315,6 +315,11 @@ impl Drop for RedisServer {
     }
 }
 
+/// The `cluster-node-timeout` of [`RedisCluster::start_replicated`], in milliseconds: how long
+/// a master may be silent before it is failed over. Small, so failover tests stay short, and
+/// not so small that a busy test machine fails a master that is only slow.
+pub const NODE_TIMEOUT_MS: u64 = 1000;
+
 /// A port free for a cluster node: the node listens on it and on it + 10000 (the cluster bus).
 fn cluster_port() -> u16 {
     loop {
@@ -349,6 +354,29 @@ impl RedisCluster {
     }
 
     fn start_with(certs: Option<&TestCerts>) -> RedisCluster {
+        RedisCluster::create(certs, 0, &[])
+    }
+
+    /// Three masters each with one replica (six nodes), failure detection after
+    /// [`NODE_TIMEOUT_MS`]: a killed master's replica is promoted within about two seconds.
+    pub fn start_replicated() -> RedisCluster {
+        let timeout = NODE_TIMEOUT_MS.to_string();
+        let extra = [
+            "--cluster-node-timeout",
+            timeout.as_str(),
+            // Replicas start syncing at once instead of waiting for more replicas to batch.
+            "--repl-diskless-sync-delay",
+            "0",
+            // Any replica may be promoted, however long its link was down.
+            "--cluster-replica-validity-factor",
+            "0",
+        ];
+        let cluster = RedisCluster::create(None, 1, &extra);
+        cluster.wait_replicas_synced();
+        cluster
+    }
+
+    fn create(certs: Option<&TestCerts>, replicas: usize, extra: &[&str]) -> RedisCluster {
         // Full coverage off: when a master dies, the others keep serving their own slots.
         let mut args = vec![
             "--cluster-enabled",
@@ -363,7 +391,8 @@ impl RedisCluster {
         if certs.is_some() {
             args.extend(["--tls-cluster", "yes", "--tls-replication", "yes"]);
         }
-        let nodes: Vec<RedisServer> = (0..3)
+        args.extend(extra);
+        let nodes: Vec<RedisServer> = (0..3 * (1 + replicas))
             .map(|_| match certs {
                 Some(certs) => RedisServer::with_tls_on_free_port(cluster_port, certs, &args),
                 None => RedisServer::on_free_port(cluster_port, &args),
@@ -376,6 +405,7 @@ impl RedisCluster {
         let out = Command::new(cli_binary())
             .args(["--cluster", "create"])
             .args(&addrs)
+            .args(["--cluster-replicas", &replicas.to_string()])
             .arg("--cluster-yes")
             .stdin(Stdio::null())
             .output()
@@ -394,7 +424,7 @@ impl RedisCluster {
     fn wait_ok(&self) {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            let ready = (0..self.nodes.len()).all(|i| {
+            let ready = self.running().into_iter().all(|i| {
                 let mut conn = self.node_connection(i);
                 let info: String = redis::cmd("CLUSTER")
                     .arg("INFO")
@@ -581,9 +611,126 @@ impl RedisCluster {
         }
     }
 
-    /// Kills master `i`; its slots stay unserved (there are no replicas).
+    /// Kills node `i` (SIGKILL): without replicas its slots stay unserved; with them, its
+    /// replica is promoted after [`NODE_TIMEOUT_MS`] and an election.
     pub fn kill(&mut self, i: usize) {
         self.nodes[i].stop();
+    }
+
+    /// Starts killed node `i` again on its port and directory: it rejoins the cluster (its
+    /// `nodes.conf`), as a replica if it was failed over.
+    pub fn restart(&mut self, i: usize) {
+        self.nodes[i].spawn();
+    }
+
+    /// The indices of the nodes that are running.
+    pub fn running(&self) -> Vec<usize> {
+        (0..self.nodes.len())
+            .filter(|&i| self.nodes[i].child.is_some())
+            .collect()
+    }
+
+    /// Node `i`'s own account of its role: `"master"` or `"slave"`.
+    pub fn role(&self, i: usize) -> String {
+        let role: Vec<redis::Value> = redis::cmd("ROLE")
+            .query(&mut self.node_connection(i))
+            .unwrap();
+        match role.first() {
+            Some(redis::Value::BulkString(b)) => String::from_utf8_lossy(b).into_owned(),
+            other => panic!("ROLE answered {other:?}"),
+        }
+    }
+
+    /// The running nodes that are masters, in start order.
+    pub fn masters(&self) -> Vec<usize> {
+        (self.running().into_iter())
+            .filter(|&i| self.role(i) == "master")
+            .collect()
+    }
+
+    /// The running replica of master `master`.
+    pub fn replica_of(&self, master: usize) -> usize {
+        (self.replicas_of(master).first().copied())
+            .unwrap_or_else(|| panic!("master {master} has no running replica"))
+    }
+
+    /// The running replicas of master `master`.
+    pub fn replicas_of(&self, master: usize) -> Vec<usize> {
+        let port = format!("master_port:{}", self.nodes[master].port());
+        (self.running().into_iter())
+            .filter(|&i| {
+                i != master && {
+                    let info: String = redis::cmd("INFO")
+                        .arg("replication")
+                        .query(&mut self.node_connection(i))
+                        .unwrap();
+                    info.lines().any(|l| l.trim() == port)
+                }
+            })
+            .collect()
+    }
+
+    /// Waits until every running replica's link to its master is up and caught up.
+    pub fn wait_replicas_synced(&self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let synced = self.running().into_iter().all(|i| {
+                let info: String = redis::cmd("INFO")
+                    .arg("replication")
+                    .query(&mut self.node_connection(i))
+                    .unwrap_or_default();
+                info.contains("role:master")
+                    || (info.contains("master_link_status:up")
+                        && !info.contains("master_sync_in_progress:1"))
+            });
+            if synced {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "replicas never synced:\n{}",
+                self.running()
+                    .into_iter()
+                    .map(|i| self.nodes[i].log())
+                    .collect::<Vec<_>>()
+                    .join("\n---\n")
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Waits until node `i` is a master and every running node says `cluster_state:ok` and
+    /// sees three masters serving slots; how long that took.
+    pub fn wait_promoted(&self, i: usize) -> Duration {
+        let start = Instant::now();
+        let deadline = start + Duration::from_secs(30);
+        while self.role(i) != "master" {
+            assert!(Instant::now() < deadline, "node {i} was never promoted");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.wait_ok();
+        start.elapsed()
+    }
+
+    /// A manual failover: replica `replica` takes over from its master, which becomes its
+    /// replica, with no write lost (`CLUSTER FAILOVER` without `FORCE`); waits until done.
+    pub fn failover(&self, replica: usize) {
+        let old = (self.masters().into_iter())
+            .find(|&m| self.replicas_of(m).contains(&replica))
+            .unwrap_or_else(|| panic!("node {replica} replicates no running master"));
+        redis::cmd("CLUSTER")
+            .arg("FAILOVER")
+            .exec(&mut self.node_connection(replica))
+            .unwrap();
+        self.wait_promoted(replica);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self.role(old) != "slave" {
+            assert!(
+                Instant::now() < deadline,
+                "node {old} never became a replica"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 }
 
