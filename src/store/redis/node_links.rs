@@ -36,7 +36,7 @@ impl NodeLinks {
             urls,
             config: AsyncConnectionConfig::new()
                 .set_connection_timeout(Some(options.connect_timeout_value()))
-                .set_response_timeout(Some(options.response_timeout_value())),
+                .set_response_timeout(Some(options.write_response_timeout())),
             links: tokio::sync::Mutex::new(HashMap::new()),
         }
     }
