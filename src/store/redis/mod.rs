@@ -10,6 +10,10 @@
 //! wrote under our key, whose first 42 bytes are not a `created_at` of ours, is never built
 //! upon: the write fails naming the user, and the record is left as it was.
 //!
+//! With a write concern ([`StoreOptions::wait_replicas`]), every write is acknowledged only
+//! once enough replicas confirmed it: see [`concern`] for how a write and its `WAIT` travel
+//! together, and what an unconfirmed write is reported as.
+//!
 //! Writes are announced by the server itself: see [`super::tracking`] for how every enricher
 //! learns of every write to its namespace, ours or anyone's.
 

@@ -28,6 +28,14 @@
 //! [`UserStore::get_many_each`]); the other groups' answers are kept. A failure is never a
 //! `None`, which would mean "no such user".
 //!
+//! # Writes
+//!
+//! A single write is one script call through the cluster connection, which routes it by its
+//! key and follows redirects; a batch (entries, deletes, the per-slot scripts of a user
+//! import) is one pipeline per master over a direct connection (see [`super::node_links`]).
+//! Either way the `WAIT` of the write concern ([`super::concern`]) ends the same pipeline, on
+//! the same connection as the writes it confirms.
+//!
 //! Invalidation: see [`super::tracking`], which keeps one tracking connection per master.
 
 use std::collections::BTreeMap;
