@@ -507,23 +507,30 @@ async fn cli_and_serve_take_the_flags() {
     assert!(get(&mut replica.connection(), "enrich:user:alice").is_some());
 
     let frozen = Frozen::new(&mut replica.connection());
-    let started = Instant::now();
-    let out = run(&[
-        "--wait-timeout",
-        "0.3",
-        "users",
-        "update",
-        "alice",
-        r#"{"v":2}"#,
-    ]);
-    assert_eq!(code(&out), 1, "{}", stderr(&out));
-    assert!(stdout(&out).is_empty(), "{}", stdout(&out));
-    assert!(
-        stderr(&out).contains("only 0 of the 1 replicas"),
-        "{}",
-        stderr(&out)
-    );
-    assert!(started.elapsed() < Duration::from_secs(5));
+    for write in [
+        &["users", "add", "bob", r#"{"v":1}"#][..],
+        &["users", "update", "alice", r#"{"v":2}"#],
+        &[
+            "collections",
+            "add",
+            "food",
+            "--id",
+            "a",
+            "--data",
+            r#"{"v":1}"#,
+        ],
+    ] {
+        let started = Instant::now();
+        let out = run(&[&["--wait-timeout", "0.3"][..], write].concat());
+        assert_eq!(code(&out), 1, "{write:?}: {}", stderr(&out));
+        assert!(stdout(&out).is_empty(), "{}", stdout(&out));
+        assert!(
+            stderr(&out).contains("only 0 of the 1 replicas"),
+            "{}",
+            stderr(&out)
+        );
+        assert!(started.elapsed() < Duration::from_secs(5));
+    }
 
     // From the environment, for an import: what was committed before, then why it stopped.
     let lines: String = (0..700)
@@ -543,7 +550,7 @@ async fn cli_and_serve_take_the_flags() {
     assert!(said.contains("import stopped at line 1"), "{said}");
     assert!(said.contains("replicas"), "{said}");
 
-    let (status, body) = serve_post_user(&url, "bob").await;
+    let (status, body) = serve_post_user(&url, "carol").await;
     assert_eq!(status, 504, "{body}");
     assert!(body.contains("WriteOutcomeUnknownException"), "{body}");
     drop(frozen);
