@@ -36,16 +36,17 @@ impl NodeLinks {
             urls,
             config: AsyncConnectionConfig::new()
                 .set_connection_timeout(Some(options.connect_timeout_value()))
-                .set_response_timeout(Some(options.response_timeout_value())),
+                .set_response_timeout(Some(options.write_response_timeout())),
             links: tokio::sync::Mutex::new(HashMap::new()),
         }
     }
 
     async fn connection(&self, node: &Node) -> RedisResult<MultiplexedConnection> {
-        let mut links = self.links.lock().await;
-        if let Some(conn) = links.get(node) {
+        if let Some(conn) = self.links.lock().await.get(node) {
             return Ok(conn.clone());
         }
+        // Connected without the lock: a node that does not answer (a partition) must not hold
+        // up the writes to the others for the connect timeout.
         let client =
             super::tls::client(&self.urls.url(node), &self.urls.describe(node)).map_err(|e| {
                 redis::RedisError::from((
@@ -57,7 +58,7 @@ impl NodeLinks {
         let conn = client
             .get_multiplexed_async_connection_with_config(&self.config)
             .await?;
-        links.insert(node.clone(), conn.clone());
+        self.links.lock().await.insert(node.clone(), conn.clone());
         Ok(conn)
     }
 
