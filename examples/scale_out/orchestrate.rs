@@ -43,6 +43,10 @@ pub struct RunArgs {
     /// Pages per second asked of each reader; 0 (the default) for as many as it can.
     #[arg(long, default_value_t = 0.0)]
     read_rate: f64,
+    /// Readers that do not watch the store (no tracking): a check of the checker, which must
+    /// then find wrong answers (older versions served for as long as the L1 keeps them).
+    #[arg(long)]
+    no_tracking: bool,
     /// Pages in flight in each reader.
     #[arg(long, default_value_t = 4)]
     concurrency: usize,
@@ -322,6 +326,9 @@ fn run_one(
             ]
             .map(String::from),
         );
+        if args.no_tracking {
+            reader_args.push("--no-tracking".into());
+        }
         children.push(Proc::start(&format!("reader-{i}"), dir, &reader_args)?);
     }
     for child in &mut children {

@@ -35,6 +35,9 @@ pub struct ReaderArgs {
     /// many as it can.
     #[arg(long, default_value_t = 0.0)]
     pub rate: f64,
+    /// Do not watch the store: writes are seen when the L1's entries expire.
+    #[arg(long)]
+    pub no_tracking: bool,
 }
 
 /// What a reader says when it is done (its answers are in `reader-N.pages`).
@@ -127,7 +130,9 @@ pub async fn run(args: ReaderArgs) -> Result<(), String> {
     let counted = Counted::new(store, map, format!("{}:user:", common.namespace));
     let counts = counted.counts();
     let source: std::sync::Arc<dyn UserSource> = std::sync::Arc::new(counted);
-    let enricher = Enricher::source_builder(source).build();
+    let enricher = Enricher::source_builder(source)
+        .coherent(!args.no_tracking)
+        .build();
     if !enricher.wait_for_cache(Duration::from_secs(10)).await {
         return Err("the invalidation stream did not come up within 10 s".into());
     }

@@ -100,7 +100,8 @@ impl fmt::Display for Wrong {
             self.end
         )?;
         if let Some(at) = self.superseded {
-            write!(f, ", superseded at {at} ns")?;
+            let after = self.start.saturating_sub(at) as f64 / 1e6;
+            write!(f, ", {after:.3} ms after a newer write was acknowledged")?;
         }
         Ok(())
     }
