@@ -107,6 +107,44 @@ impl Cluster {
         Ok(cluster)
     }
 
+    /// Kills the node on `port` (SIGKILL): a master dies without a word.
+    pub fn kill(&mut self, port: u16) -> Result<(), String> {
+        let i = (self.ports.iter().position(|&p| p == port))
+            .ok_or_else(|| format!("no node on port {port}"))?;
+        self.nodes[i]
+            .kill()
+            .map_err(|e| format!("cannot kill the node on {port}: {e}"))?;
+        let _ = self.nodes[i].wait();
+        Ok(())
+    }
+
+    /// `CLUSTER FAILOVER` on a replica of the master on `port`: the replica takes over once it
+    /// has caught up, and the master becomes its replica.
+    pub fn failover(&self, port: u16) -> Result<(), String> {
+        let mut master = connection(port).ok_or(format!("cannot reach {port}"))?;
+        let id: String = redis::cmd("CLUSTER")
+            .arg("MYID")
+            .query(&mut master)
+            .map_err(|e| e.to_string())?;
+        let replicas: Vec<String> = redis::cmd("CLUSTER")
+            .arg("REPLICAS")
+            .arg(&id)
+            .query(&mut master)
+            .map_err(|e| e.to_string())?;
+        // `<id> <ip>:<port>@<bus port> slave …`
+        let replica = (replicas.first())
+            .and_then(|line| line.split_whitespace().nth(1))
+            .and_then(|addr| addr.split('@').next())
+            .and_then(|addr| addr.rsplit_once(':'))
+            .and_then(|(_, p)| p.parse::<u16>().ok())
+            .ok_or(format!("the master on {port} has no replica"))?;
+        let mut conn = connection(replica).ok_or(format!("cannot reach {replica}"))?;
+        redis::cmd("CLUSTER")
+            .arg("FAILOVER")
+            .exec(&mut conn)
+            .map_err(|e| format!("CLUSTER FAILOVER on {replica}: {e}"))
+    }
+
     /// The nodes' ports.
     pub fn ports(&self) -> &[u16] {
         &self.ports

@@ -68,6 +68,14 @@ pub struct RunArgs {
     /// Replicas per master of the private cluster (reads and tracking stay on the masters).
     #[arg(long, default_value_t = 0)]
     replicas: u32,
+    /// Kill the first master (SIGKILL) this many seconds into each run; its replica takes
+    /// over. Needs `--replicas 1` or more; each run then gets a new cluster.
+    #[arg(long)]
+    kill_master_after: Option<f64>,
+    /// Fail the first master over to its replica (`CLUSTER FAILOVER`) this many seconds into
+    /// each run. Needs `--replicas 1` or more; each run then gets a new cluster.
+    #[arg(long)]
+    failover_after: Option<f64>,
     /// A cluster of your own (`redis+cluster://h:p,…`) instead of a private one; each run
     /// writes its own namespace `scale-out-N`.
     #[arg(long)]
@@ -117,36 +125,53 @@ struct Row {
     reader_cpu_pct: Vec<f64>,
     writer_cpu_pct: f64,
     redis_cpu_pct: Vec<f64>,
+    /// When the master was killed or failed over, in seconds from the start, if it was.
+    fault_at_s: Option<f64>,
+    /// From the fault to the end of the last page or write that failed, in ms.
+    unavailable_ms: Option<f64>,
     /// /proc/loadavg's one-minute figure at the end of the run: the machine is shared.
     load_average: f64,
     verdict: Verdict,
 }
 
 pub fn run(args: RunArgs) -> Result<(), String> {
-    let cluster;
-    let url = match &args.url {
-        Some(url) => url.clone(),
-        None => {
-            eprintln!(
-                "starting a cluster of 3 masters ({} replica(s) each) on loopback…",
-                args.replicas
-            );
-            cluster = crate::cluster::Cluster::start(args.replicas)?;
-            cluster.url()
-        }
-    };
+    let faults = args.kill_master_after.is_some() || args.failover_after.is_some();
+    if faults && (args.replicas == 0 || args.url.is_some()) {
+        return Err("--kill-master-after and --failover-after need --replicas 1 or more, and a cluster of the harness's own".into());
+    }
     let temp = tempfile::tempdir().map_err(|e| format!("no temp dir: {e}"))?;
     let root = args
         .keep
         .clone()
         .unwrap_or_else(|| temp.path().to_path_buf());
-    let map = NodeMap::read(&url)?;
     let runtime = tokio::runtime::Runtime::new().map_err(|e| format!("no runtime: {e}"))?;
+    let start_cluster = || -> Result<crate::cluster::Cluster, String> {
+        eprintln!(
+            "starting a cluster of 3 masters ({} replica(s) each) on loopback…",
+            args.replicas
+        );
+        crate::cluster::Cluster::start(args.replicas)
+    };
+    // A run that kills or fails over a master gets a cluster of its own.
+    let mut cluster = match (&args.url, faults) {
+        (None, false) => Some(start_cluster()?),
+        _ => None,
+    };
     let mut rows: Vec<Row> = Vec::new();
+    let mut map = None;
     let mut n = 0;
     for &rate in &args.write_rates {
         for &processes in &args.processes {
             n += 1;
+            if faults {
+                cluster = Some(start_cluster()?);
+            }
+            let url = match (&cluster, &args.url) {
+                (Some(cluster), _) => cluster.url(),
+                (None, Some(url)) => url.clone(),
+                (None, None) => unreachable!("a cluster is started when none is given"),
+            };
+            let nodes = NodeMap::read(&url)?;
             let dir = root.join(format!("run-{n}"));
             std::fs::create_dir_all(&dir).map_err(|e| format!("cannot make {dir:?}: {e}"))?;
             let namespace = format!("scale-out-{n}-{}", now_ns() % 1_000_000);
@@ -154,9 +179,14 @@ pub fn run(args: RunArgs) -> Result<(), String> {
                 "run {n}: {processes} reader(s), {rate} writes/s, {} s",
                 args.seconds
             );
-            let mut row = run_one(
-                &args, &runtime, &url, &map, &namespace, &dir, rate, processes,
-            )?;
+            let place = Place {
+                url: &url,
+                map: &nodes,
+                cluster: cluster.as_mut(),
+                namespace: &namespace,
+                dir: &dir,
+            };
+            let mut row = run_one(&args, &runtime, place, rate, processes)?;
             let one = rows
                 .iter()
                 .find(|r| r.write_rate == rate && r.processes == 1)
@@ -164,15 +194,22 @@ pub fn run(args: RunArgs) -> Result<(), String> {
             row.scaling = one.map_or(1.0, |one| row.activities_per_sec / one);
             eprintln!("{}", summary_line(&row));
             rows.push(row);
+            map = Some(nodes);
         }
     }
+    let map = map.ok_or("no run was asked for")?;
     print!("{}", tables(&rows, &map));
     if let Some(path) = &args.json {
         let json = serde_json::to_vec_pretty(&rows).expect("rows serialize");
         std::fs::write(path, json).map_err(|e| format!("cannot write {path:?}: {e}"))?;
     }
     let wrong: u64 = rows.iter().map(|r| r.verdict.wrong).sum();
-    let errors: u64 = rows.iter().map(|r| r.reader_errors + r.write_errors).sum();
+    // With a master killed, failed pages and writes are expected: they are reported, and
+    // only wrong answers fail the run.
+    let errors: u64 = match faults {
+        true => 0,
+        false => rows.iter().map(|r| r.reader_errors + r.write_errors).sum(),
+    };
     if wrong > 0 || errors > 0 {
         return Err(format!(
             "{wrong} wrong answer(s), {errors} failed page(s) or write(s)"
@@ -259,17 +296,30 @@ impl Drop for Proc {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
+/// Where a run happens.
+struct Place<'a> {
+    url: &'a str,
+    map: &'a NodeMap,
+    /// The harness's own cluster, to kill or fail a master over.
+    cluster: Option<&'a mut crate::cluster::Cluster>,
+    namespace: &'a str,
+    dir: &'a Path,
+}
+
 fn run_one(
     args: &RunArgs,
     runtime: &tokio::runtime::Runtime,
-    url: &str,
-    map: &NodeMap,
-    namespace: &str,
-    dir: &Path,
+    place: Place<'_>,
     rate: f64,
     processes: u32,
 ) -> Result<Row, String> {
+    let Place {
+        url,
+        map,
+        cluster,
+        namespace,
+        dir,
+    } = place;
     let load = runtime.block_on(load_users(url, namespace, args.users, args.pad))?;
     let common = |index: u32| -> Vec<String> {
         [
@@ -351,11 +401,27 @@ fn run_one(
     for child in &mut children {
         child.go(start, end)?;
     }
+    let mut fault_at = None;
+    if let Some(cluster) = cluster {
+        let after = args.kill_master_after.or(args.failover_after);
+        if let Some(after) = after {
+            let at = start + (after * 1e9) as u64;
+            std::thread::sleep(Duration::from_nanos(at.saturating_sub(now_ns())));
+            fault_at = Some(now_ns());
+            if args.kill_master_after.is_some() {
+                eprintln!("  killing the master on {}", ports[0]);
+                cluster.kill(ports[0])?;
+            } else {
+                eprintln!("  failing the master on {} over", ports[0]);
+                cluster.failover(ports[0])?;
+            }
+        }
+    }
     std::thread::sleep(Duration::from_nanos(end.saturating_sub(now_ns())));
-    let after: Vec<String> = ports
-        .iter()
-        .map(|&p| proc::info(p))
-        .collect::<Result<_, _>>()?;
+    // A killed master answers nothing: its CPU counts as none.
+    let after: Vec<String> = (ports.iter())
+        .map(|&p| proc::info(p).unwrap_or_default())
+        .collect();
     let deadline = Instant::now() + Duration::from_secs(60);
     for child in &mut children {
         child.wait(deadline)?;
@@ -440,8 +506,19 @@ fn run_one(
             .collect(),
         writer_cpu_pct: 100.0 * writer.cpu_secs / writer.seconds,
         redis_cpu_pct: (before.iter().zip(&after))
-            .map(|(b, a)| 100.0 * (proc::server_cpu_secs(a) - proc::server_cpu_secs(b)) / secs)
+            .map(|(b, a)| match a.is_empty() {
+                true => 0.0,
+                false => 100.0 * (proc::server_cpu_secs(a) - proc::server_cpu_secs(b)) / secs,
+            })
             .collect(),
+        fault_at_s: fault_at.map(|at| (at - start) as f64 / 1e9),
+        unavailable_ms: fault_at.map(|at| {
+            let last = (readers.iter().filter_map(|r| r.last_error_at))
+                .chain(writer.last_error_at)
+                .max()
+                .unwrap_or(at);
+            last.saturating_sub(at) as f64 / 1e6
+        }),
         load_average: std::fs::read_to_string("/proc/loadavg")
             .ok()
             .and_then(|l| l.split_whitespace().next().and_then(|v| v.parse().ok()))
@@ -505,7 +582,18 @@ fn thousands(v: f64) -> String {
 }
 
 fn summary_line(r: &Row) -> String {
-    format!(
+    let fault = match (r.fault_at_s, r.unavailable_ms) {
+        (Some(at), Some(ms)) => format!(
+            "; master down at {at:.1} s: {} failed pages, {} failed writes, the last {ms:.0} ms after{}",
+            r.reader_errors,
+            r.write_errors,
+            r.reader_first_error
+                .as_ref()
+                .map_or(String::new(), |e| format!(" (first: {e})"))
+        ),
+        _ => String::new(),
+    };
+    let line = format!(
         "  {} activities/s ({:.2}× one reader), page p50 {:.3} ms p99 {:.3} ms, {:.0} writes/s, \
          {} answers checked, {} stale, window {:.2} ms, {} wrong",
         thousands(r.activities_per_sec),
@@ -517,7 +605,8 @@ fn summary_line(r: &Row) -> String {
         r.verdict.stale,
         r.verdict.window_ns as f64 / 1e6,
         r.verdict.wrong
-    )
+    );
+    line + &fault
 }
 
 fn tables(rows: &[Row], map: &NodeMap) -> String {
@@ -573,6 +662,27 @@ fn tables(rows: &[Row], map: &NodeMap) -> String {
             v.stale_p99_ns as f64 / 1e6,
             v.wrong,
         );
+    }
+    if rows.iter().any(|r| r.fault_at_s.is_some()) {
+        let _ = writeln!(
+            out,
+            "\n| writes/s | readers | master down at s | failed pages | failed writes | last failure after the fault, ms | tracking lost (readers) | first error |"
+        );
+        let _ = writeln!(out, "|---|---|---|---|---|---|---|---|");
+        for r in rows {
+            let _ = writeln!(
+                out,
+                "| {:.0} | {} | {:.1} | {} | {} | {:.0} | {} | {} |",
+                r.writes_per_sec,
+                r.processes,
+                r.fault_at_s.unwrap_or(0.0),
+                r.reader_errors,
+                r.write_errors,
+                r.unavailable_ms.unwrap_or(0.0),
+                r.stream_lost,
+                r.reader_first_error.as_deref().unwrap_or("–"),
+            );
+        }
     }
     for r in rows.iter().filter(|r| r.verdict.wrong > 0) {
         let _ = writeln!(

@@ -49,6 +49,9 @@ pub struct ReaderSummary {
     /// Pages that failed (a store fault), and the first such error.
     pub errors: u64,
     pub first_error: Option<String>,
+    /// When the first and the last failed page ended ([`now_ns`]).
+    pub first_error_at: Option<u64>,
+    pub last_error_at: Option<u64>,
     /// CPU seconds used during the run, and the run's length in seconds.
     pub cpu_secs: f64,
     pub seconds: f64,
@@ -285,6 +288,9 @@ impl Reading<'_> {
         let mut summary = self.summary.borrow_mut();
         summary.errors += 1;
         summary.first_error.get_or_insert_with(|| err.to_string());
+        let now = now_ns();
+        summary.first_error_at.get_or_insert(now);
+        summary.last_error_at = Some(now);
     }
 
     fn count(&self, activities: u64, stats: &enrich::EnrichStats) {

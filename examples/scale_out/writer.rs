@@ -43,6 +43,9 @@ pub struct WriterSummary {
     /// Writes that failed: their outcome is unknown.
     pub errors: u64,
     pub first_error: Option<String>,
+    /// When the first and the last failed write was answered ([`now_ns`]).
+    pub first_error_at: Option<u64>,
+    pub last_error_at: Option<u64>,
     /// Writes per node (by the slot of the user's key).
     pub per_node: Vec<u64>,
     pub cpu_secs: f64,
@@ -84,6 +87,11 @@ pub async fn run(args: WriterArgs) -> Result<(), String> {
     for part in done {
         summary.errors += part.errors;
         summary.first_error = summary.first_error.or(part.first_error);
+        summary.first_error_at = match (summary.first_error_at, part.first_error_at) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        summary.last_error_at = summary.last_error_at.max(part.last_error_at);
         for write in part.writes {
             write.encode(&mut log);
             summary.writes += 1;
@@ -117,6 +125,8 @@ struct Part {
     creates: u64,
     errors: u64,
     first_error: Option<String>,
+    first_error_at: Option<u64>,
+    last_error_at: Option<u64>,
 }
 
 /// The writes of task `task` of `k`: its share of the schedule, to the users `u` with
@@ -176,6 +186,8 @@ async fn write_some(
         if let Err(err) = &outcome {
             part.errors += 1;
             part.first_error.get_or_insert_with(|| err.to_string());
+            part.first_error_at.get_or_insert(acked);
+            part.last_error_at = Some(acked);
         }
         part.writes.push(WriteRecord {
             user,
