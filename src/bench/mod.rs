@@ -7,11 +7,14 @@
 //! - `naive`: one store read per reference, substituted into a DOM ("enrich in a loop").
 //! - `mget`: one batched read per page without any cache, substituted into a DOM ("enrich from
 //!   your own DB").
-
+//!
+//! [`scale`] holds what the scale-out harness (several engine processes reading while one
+//! writes) records, and the checker of every answer they served.
 //!
 //! Behind the `bench` feature, for the benchmarks and `enrich bench`; not a stable API.
 
 mod report;
+pub mod scale;
 mod strategy;
 mod workload;
 
