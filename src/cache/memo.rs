@@ -12,8 +12,8 @@ use crate::user::id_hash;
 
 /// A private copy of answers the L1 gave, kept by one worker of a batch job between its pages.
 ///
-/// A job looks up the same popular users in page after page; asking moka each time costs a
-/// shared hash table probe, reference-count traffic between cores and access-order bookkeeping.
+/// A job looks up the same popular users in page after page; asking the L1 each time costs a
+/// lock, a probe of a shared table and a copy of the user.
 /// A memo answers those from a plain map the worker owns, with its own copies of the bytes.
 ///
 /// It stays exactly as coherent as the L1: it holds only answers taken while the L1's
@@ -40,9 +40,9 @@ impl Memo {
     /// Bytes of users at most; a memo this full starts over.
     pub(crate) const MAX_BYTES: usize = 16 << 20;
 
-    /// A memo whose users are the L1's own bytes, not copies: for memos that come and go with
-    /// requests (a copy per page would cost more than it saves), and whose memory should stay
-    /// the L1's.
+    /// A memo that keeps the users as the L1 handed them out (a copy of its own each), not
+    /// copied once more: for memos that come and go with requests, where a second copy per
+    /// page would cost more than it saves.
     pub(crate) fn sharing() -> Memo {
         Memo {
             shares: true,
