@@ -8,7 +8,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch};
 
 use super::lines::LineRef;
 use super::read::RawLines;
-use super::{IN_FLIGHT, MAX_LINE, PIECE_BYTES, RunOptions};
+use super::{MAX_LINE, PIECE_BYTES, RunOptions};
 use crate::cache::Memo;
 use crate::enricher::{EnrichedPage, Enricher};
 use crate::error::Error;
@@ -336,10 +336,11 @@ pub(super) struct Spares {
     memos: Pool<Memo>,
 }
 
-impl Default for Spares {
-    fn default() -> Self {
+impl Spares {
+    /// Spares for a run with `in_flight` chunks in the works at once.
+    pub(super) fn new(in_flight: usize) -> Self {
         // More than the chunks in the works can hold at once is never kept.
-        let keep = IN_FLIGHT + 2;
+        let keep = in_flight + 2;
         Spares {
             lines: Pool::new(keep),
             chunks: Pool::new(keep),

@@ -10,7 +10,7 @@ use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::task::JoinSet;
 
 use super::{
-    FORCED_STOP_GRACE, IN_FLIGHT, Output, RunError, RunOptions, RunProgress, RunSummary, Source,
+    FORCED_STOP_GRACE, Output, RunError, RunOptions, RunProgress, RunSummary, Source,
     Stop, chunk, read, write,
 };
 use crate::enricher::Enricher;
@@ -30,7 +30,8 @@ pub async fn run(
     mut stops: impl Stream<Item = Stop> + Unpin,
 ) -> Result<RunSummary, RunError> {
     let started = Instant::now();
-    let spares = chunk::Spares::default();
+    let in_flight = super::in_flight();
+    let spares = chunk::Spares::new(in_flight);
     let shared = Arc::new(chunk::Shared {
         enricher: enricher.clone(),
         options: options.clone(),
@@ -57,14 +58,14 @@ pub async fn run(
             });
         }
     };
-    let (sender, mut chunks) = mpsc::channel(IN_FLIGHT);
+    let (sender, mut chunks) = mpsc::channel(in_flight);
     let reader = tokio::spawn(read::read(
         inputs,
         sender,
         spares.lines.clone(),
         progress.clone(),
     ));
-    let in_flight = Arc::new(Semaphore::new(IN_FLIGHT));
+    let in_flight = Arc::new(Semaphore::new(in_flight));
     let (stopping, stopping_seen) = watch::channel(false);
     let mut tasks = JoinSet::new();
     let mut queue = Some(queue);
