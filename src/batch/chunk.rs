@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch};
 
 use super::lines::LineRef;
+use super::distinct::Distinct;
 use super::read::RawLines;
 use super::{MAX_LINE, PIECE_BYTES, RunOptions};
 use crate::cache::Memo;
@@ -27,6 +28,8 @@ pub(super) struct Shared {
     pub(super) budget: Arc<Semaphore>,
     /// The input file names, by position.
     pub(super) names: Arc<[Arc<str>]>,
+    /// The distinct ids of the chunks enriched.
+    pub(super) distinct: Distinct,
 }
 
 /// What a chunk hands the writer, in line order.
@@ -222,6 +225,7 @@ pub(super) async fn process(
         step.hand_over(&shared, &enriched, &pieces, None).await;
     }
     turn.pass();
+    shared.distinct.add(chunk.page.id_hashes());
     let stats = enriched.stats();
     drop(enriched);
     let mut lines = lines;

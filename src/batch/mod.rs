@@ -38,6 +38,7 @@
 //! output ends with a complete line, and the summary says the run was interrupted.
 
 mod chunk;
+mod distinct;
 mod entries;
 mod files;
 mod import;

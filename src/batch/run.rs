@@ -38,6 +38,7 @@ pub async fn run(
         spares: spares.clone(),
         budget: Arc::new(Semaphore::new(options.max_pending_output)),
         names: read::names(&inputs),
+        distinct: Default::default(),
     });
     let (queue, queued) = mpsc::unbounded_channel();
     let abort = Arc::new(AtomicBool::new(false));
@@ -156,7 +157,7 @@ pub async fn run(
     summary.written = report.written;
     summary.rejected = report.rejected;
     summary.stats = report.stats;
-    summary.distinct_users = report.distinct_users;
+    summary.distinct_users = shared.distinct.count();
     match report.end {
         write::End::Finished | write::End::Stopped => Ok(summary),
         write::End::Failed(error) => Err(RunError { summary, error }),
