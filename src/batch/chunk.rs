@@ -6,8 +6,8 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch};
 
-use super::lines::LineRef;
 use super::distinct::Distinct;
+use super::lines::LineRef;
 use super::read::RawLines;
 use super::{MAX_LINE, PIECE_BYTES, RunOptions};
 use crate::cache::Memo;

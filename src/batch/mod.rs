@@ -84,8 +84,8 @@ const PAGE_LINES: usize = 1024;
 const PAGE_BYTES: usize = 4 << 20;
 
 /// Pages being resolved at once, at least: a run on a runtime with more worker threads than
-/// half this keeps two pages in the works per worker ([`in_flight`]), so that every worker has
-/// a page to scan while another waits for the store or for its turn to be written.
+/// half this keeps two pages in the works per worker, so that every worker has a page to scan
+/// while another waits for the store or for its turn to be written.
 pub const IN_FLIGHT: usize = 4;
 
 /// Pages in the works at once on the current runtime: [`IN_FLIGHT`], or two per worker thread

@@ -10,8 +10,8 @@ use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::task::JoinSet;
 
 use super::{
-    FORCED_STOP_GRACE, Output, RunError, RunOptions, RunProgress, RunSummary, Source,
-    Stop, chunk, read, write,
+    FORCED_STOP_GRACE, Output, RunError, RunOptions, RunProgress, RunSummary, Source, Stop, chunk,
+    read, write,
 };
 use crate::enricher::Enricher;
 use crate::error::{Error, ErrorKind};

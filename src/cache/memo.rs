@@ -139,7 +139,10 @@ impl Memo {
 /// activities and 50k users, `memcmp` on the boxed ids 4.2 % of the job's CPU.
 #[derive(Debug)]
 enum MemoId {
-    Inline { len: u8, bytes: [u8; MemoId::INLINE] },
+    Inline {
+        len: u8,
+        bytes: [u8; MemoId::INLINE],
+    },
     Boxed(Box<str>),
 }
 
