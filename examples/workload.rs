@@ -2,7 +2,8 @@
 //!
 //! ```sh
 //! # users.ndjson and activities.ndjson from enrich::bench::Workload (10,000 users, Zipf actors)
-//! cargo run --release --example workload -- DIR --activities 500000 [--users 10000] [--seed 42]
+//! cargo run --release --example workload -- DIR --activities 500000 [--users 10000] \
+//!     [--zipf 1.0] [--seed 42]
 //! # big-users.ndjson (one user "big" of about 10 kB) and big.ndjson: LINES lines of about
 //! # 1 MiB, each with 79,000 top-level references to it (output about 790 MB a line), or as
 //! # many references as asked
@@ -31,6 +32,12 @@ fn main() -> std::io::Result<()> {
             "--users" => workload.users = value("--users"),
             "--activities" => workload.activities = value("--activities"),
             "--seed" => workload.seed = value("--seed") as u64,
+            "--zipf" => {
+                workload.zipf = args
+                    .next()
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or_else(|| panic!("--zipf takes a number"))
+            }
             "--amplify" => amplify = Some(value("--amplify")),
             "--references" => references = value("--references"),
             _ if dir.is_none() => dir = Some(PathBuf::from(arg)),

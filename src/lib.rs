@@ -18,7 +18,7 @@
 //!   place) are siblings over it.
 //! - `resolver`: one answer per distinct key of a page, of every kind, through the L1 and one
 //!   [`UserSource::get_records_each`] call per batch of misses (a page's, up to
-//!   [`EnricherBuilder::max_batch_size`]); `cache`: the L1 (moka, bounded by bytes), the fence
+//!   [`EnricherBuilder::max_batch_size`]); `cache`: the L1 (bounded by bytes), the fence
 //!   and coalescing of loads in flight, the memos, and the write-through store
 //!   ([`CacheConfig`]).
 //! - [`store`]: [`UserSource`], what an enricher reads from (a service may implement it over

@@ -73,6 +73,38 @@ fn golden_on_redis() {
     golden(dir.path(), &["--store", &server.url()], true);
 }
 
+/// However many worker threads the job runs on, the same output; none at all is refused.
+#[test]
+fn any_thread_count_writes_the_golden_output() {
+    let dir = tempfile::tempdir().unwrap();
+    let expected = std::fs::read_to_string(fixture("activities.enriched.ndjson")).unwrap();
+    let (users, activities) = (fixture("users.ndjson"), fixture("activities.ndjson"));
+    for threads in ["1", "3"] {
+        let args = [
+            "--store",
+            "memory:",
+            "run",
+            "--threads",
+            threads,
+            "--users",
+            &users,
+            &activities,
+        ];
+        let out = run(dir.path(), &args, "");
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        assert_eq!(text(&out.stdout), expected, "--threads {threads}");
+    }
+    let args = ["--store", "memory:", "run", "--threads", "0", &activities];
+    let out = run(dir.path(), &args, "");
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("--threads"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(out.stdout.is_empty());
+}
+
 #[test]
 fn bad_line_stops_after_writing_what_came_before() {
     let dir = tempfile::tempdir().unwrap();

@@ -6,9 +6,10 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch};
 
+use super::distinct::Distinct;
 use super::lines::LineRef;
 use super::read::RawLines;
-use super::{IN_FLIGHT, MAX_LINE, PIECE_BYTES, RunOptions};
+use super::{MAX_LINE, PIECE_BYTES, RunOptions};
 use crate::cache::Memo;
 use crate::enricher::{EnrichedPage, Enricher};
 use crate::error::Error;
@@ -27,6 +28,8 @@ pub(super) struct Shared {
     pub(super) budget: Arc<Semaphore>,
     /// The input file names, by position.
     pub(super) names: Arc<[Arc<str>]>,
+    /// The distinct ids of the chunks enriched.
+    pub(super) distinct: Distinct,
 }
 
 /// What a chunk hands the writer, in line order.
@@ -159,20 +162,21 @@ pub(super) async fn process(
             return;
         }
     };
-    turn.wait().await;
+    // Every line's fate first: its size is known exactly, nothing is built yet.
+    let mut steps = Vec::new();
     let mut piece = Plan::default();
     let mut doc = 0;
     for (i, line) in chunk.lines.iter_mut().enumerate() {
         if let Some(rejected) = line.take() {
-            piece.hand_over(&shared, &enriched, &pieces).await;
-            let _ = pieces.send(Piece::Rejected(rejected));
+            piece.close(&mut steps);
+            steps.push(Step::Rejected(rejected));
             continue;
         }
         let len = enriched.doc_len(doc);
         if len > options.max_line_output {
-            piece.hand_over(&shared, &enriched, &pieces).await;
+            piece.close(&mut steps);
             let line = &lines.lines[i];
-            let _ = pieces.send(Piece::Rejected(Rejected {
+            steps.push(Step::Rejected(Rejected {
                 file: shared.names[line.file as usize].clone(),
                 line: line.number,
                 error: Error::invalid(format!(
@@ -184,20 +188,98 @@ pub(super) async fn process(
             }));
         } else {
             if piece.bytes + len + 1 > PIECE_BYTES {
-                piece.hand_over(&shared, &enriched, &pieces).await;
+                piece.close(&mut steps);
             }
             piece.add(doc, len + 1);
         }
         doc += 1;
     }
-    piece.hand_over(&shared, &enriched, &pieces).await;
+    piece.close(&mut steps);
+
+    // The chunk's budget, in input order. When all of it is there at once (the usual case)
+    // the turn passes before anything is rendered, so chunks render side by side: holding the
+    // turn while rendering made rendering a one-core stage of the job (perf, 1M activities:
+    // 16 % of the CPU, one chunk at a time). Otherwise the chunk keeps the turn and takes
+    // each piece's share as the writer frees it, rendering as it goes, as the chunk the writer
+    // waits for must never wait for chunks behind it.
+    turn.wait().await;
+    let mut steps = steps.into_iter().peekable();
+    let mut ready = Vec::new();
+    while let Some(step) = steps.peek() {
+        let budget = match step {
+            Step::Lines(plan) => match plan.try_budget(&shared) {
+                Some(budget) => Some(budget),
+                None => break,
+            },
+            Step::Rejected(_) => None,
+        };
+        ready.push((steps.next().expect("peeked"), budget));
+    }
+    if steps.peek().is_none() {
+        turn.pass();
+    }
+    for (step, budget) in ready {
+        step.hand_over(&shared, &enriched, &pieces, budget).await;
+    }
+    for step in steps {
+        step.hand_over(&shared, &enriched, &pieces, None).await;
+    }
     turn.pass();
+    shared.distinct.add(chunk.page.id_hashes());
     let stats = enriched.stats();
     drop(enriched);
     let mut lines = lines;
     lines.clear();
     spares.lines.put(lines);
     let _ = pieces.send(Piece::Done { chunk, stats });
+}
+
+/// What a chunk hands over, in line order, once planned.
+#[derive(Debug)]
+enum Step {
+    /// Documents to render as one piece.
+    Lines(Plan),
+    Rejected(Rejected),
+}
+
+impl Step {
+    /// Sends the step on: a piece is rendered with `budget`, its share of the output budget,
+    /// or first takes it (all of it for a piece larger than the budget, which is then
+    /// rendered alone).
+    async fn hand_over(
+        self,
+        shared: &Shared,
+        enriched: &EnrichedPage<'_>,
+        pieces: &mpsc::UnboundedSender<Piece>,
+        budget: Option<OwnedSemaphorePermit>,
+    ) {
+        let plan = match self {
+            Step::Rejected(rejected) => {
+                let _ = pieces.send(Piece::Rejected(rejected));
+                return;
+            }
+            Step::Lines(plan) => plan,
+        };
+        let budget = match budget {
+            Some(budget) => budget,
+            None => shared
+                .budget
+                .clone()
+                .acquire_many_owned(plan.share(shared))
+                .await
+                .expect("the output budget is never closed"),
+        };
+        let Plan { docs, bytes } = plan;
+        let mut out = shared.spares.outputs.take().unwrap_or_default();
+        out.reserve_exact(bytes);
+        let lines = docs.len() as u64;
+        for doc in docs {
+            enriched.write(doc, &mut out);
+            out.push(b'\n');
+        }
+        debug_assert_eq!(out.len(), bytes, "doc_len is exact");
+        let _ = pieces.send(Piece::Lines { out, lines, budget });
+    }
 }
 
 /// Documents of a chunk to be rendered as one piece.
@@ -217,34 +299,26 @@ impl Plan {
         self.bytes += bytes;
     }
 
-    /// Takes the budget for the planned documents (all of it for a piece larger than the
-    /// budget, which is then rendered alone), renders them and sends them on.
-    async fn hand_over(
-        &mut self,
-        shared: &Shared,
-        enriched: &EnrichedPage<'_>,
-        pieces: &mpsc::UnboundedSender<Piece>,
-    ) {
-        let Plan { docs, bytes } = std::mem::take(self);
-        if docs.is_empty() {
-            return;
+    /// Ends the piece planned so far, if any.
+    fn close(&mut self, steps: &mut Vec<Step>) {
+        let plan = std::mem::take(self);
+        if !plan.docs.is_empty() {
+            steps.push(Step::Lines(plan));
         }
-        let share = bytes.min(shared.options.max_pending_output) as u32;
-        let budget = shared
+    }
+
+    /// The piece's share of the output budget: its bytes, or the whole budget.
+    fn share(&self, shared: &Shared) -> u32 {
+        (self.bytes.min(shared.options.max_pending_output) as u32).max(1)
+    }
+
+    /// The piece's share, if the budget has it now.
+    fn try_budget(&self, shared: &Shared) -> Option<OwnedSemaphorePermit> {
+        shared
             .budget
             .clone()
-            .acquire_many_owned(share.max(1))
-            .await
-            .expect("the output budget is never closed");
-        let mut out = shared.spares.outputs.take().unwrap_or_default();
-        out.reserve_exact(bytes);
-        let lines = docs.len() as u64;
-        for doc in docs {
-            enriched.write(doc, &mut out);
-            out.push(b'\n');
-        }
-        debug_assert_eq!(out.len(), bytes, "doc_len is exact");
-        let _ = pieces.send(Piece::Lines { out, lines, budget });
+            .try_acquire_many_owned(self.share(shared))
+            .ok()
     }
 }
 
@@ -336,10 +410,11 @@ pub(super) struct Spares {
     memos: Pool<Memo>,
 }
 
-impl Default for Spares {
-    fn default() -> Self {
+impl Spares {
+    /// Spares for a run with `in_flight` chunks in the works at once.
+    pub(super) fn new(in_flight: usize) -> Self {
         // More than the chunks in the works can hold at once is never kept.
-        let keep = IN_FLIGHT + 2;
+        let keep = in_flight + 2;
         Spares {
             lines: Pool::new(keep),
             chunks: Pool::new(keep),

@@ -11,8 +11,9 @@
 //!    [`RawPage`](crate::RawPage),
 //!    resolves it (a memo of the L1's answers first, then the L1, then one store call, retried
 //!    through store faults up to the store timeout) and renders it in pieces of complete lines;
-//!    up to [`IN_FLIGHT`] chunks are in the works at once, on any core, each with a memo and
-//!    buffers of its own taken from small pools;
+//!    up to [`IN_FLIGHT`] chunks (two per worker thread of the runtime, if that is more) are
+//!    in the works at once, on any core, each with a memo and buffers of its own taken from
+//!    small pools;
 //! 3. a writer thread takes the pieces in input order and writes them.
 //!
 //! Every input line ends as exactly one output line or one rejected line.
@@ -37,6 +38,7 @@
 //! output ends with a complete line, and the summary says the run was interrupted.
 
 mod chunk;
+mod distinct;
 mod entries;
 mod files;
 mod import;
@@ -81,8 +83,17 @@ const PAGE_LINES: usize = 1024;
 /// Bytes per page at most (compacted input).
 const PAGE_BYTES: usize = 4 << 20;
 
-/// Pages being resolved at once.
+/// Pages being resolved at once, at least: a run on a runtime with more worker threads than
+/// half this keeps two pages in the works per worker, so that every worker has a page to scan
+/// while another waits for the store or for its turn to be written.
 pub const IN_FLIGHT: usize = 4;
+
+/// Pages in the works at once on the current runtime: [`IN_FLIGHT`], or two per worker thread
+/// if that is more.
+fn in_flight() -> usize {
+    let workers = tokio::runtime::Handle::try_current().map_or(1, |rt| rt.metrics().num_workers());
+    IN_FLIGHT.max(2 * workers)
+}
 
 /// Enriched output handed to the writer at a time, at most (unless one line is larger): small
 /// enough that a chunk whose output is large is written as it is rendered, large enough that a

@@ -10,8 +10,8 @@ use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::task::JoinSet;
 
 use super::{
-    FORCED_STOP_GRACE, IN_FLIGHT, Output, RunError, RunOptions, RunProgress, RunSummary, Source,
-    Stop, chunk, read, write,
+    FORCED_STOP_GRACE, Output, RunError, RunOptions, RunProgress, RunSummary, Source, Stop, chunk,
+    read, write,
 };
 use crate::enricher::Enricher;
 use crate::error::{Error, ErrorKind};
@@ -30,13 +30,15 @@ pub async fn run(
     mut stops: impl Stream<Item = Stop> + Unpin,
 ) -> Result<RunSummary, RunError> {
     let started = Instant::now();
-    let spares = chunk::Spares::default();
+    let in_flight = super::in_flight();
+    let spares = chunk::Spares::new(in_flight);
     let shared = Arc::new(chunk::Shared {
         enricher: enricher.clone(),
         options: options.clone(),
         spares: spares.clone(),
         budget: Arc::new(Semaphore::new(options.max_pending_output)),
         names: read::names(&inputs),
+        distinct: Default::default(),
     });
     let (queue, queued) = mpsc::unbounded_channel();
     let abort = Arc::new(AtomicBool::new(false));
@@ -57,14 +59,14 @@ pub async fn run(
             });
         }
     };
-    let (sender, mut chunks) = mpsc::channel(IN_FLIGHT);
+    let (sender, mut chunks) = mpsc::channel(in_flight);
     let reader = tokio::spawn(read::read(
         inputs,
         sender,
         spares.lines.clone(),
         progress.clone(),
     ));
-    let in_flight = Arc::new(Semaphore::new(IN_FLIGHT));
+    let in_flight = Arc::new(Semaphore::new(in_flight));
     let (stopping, stopping_seen) = watch::channel(false);
     let mut tasks = JoinSet::new();
     let mut queue = Some(queue);
@@ -155,7 +157,7 @@ pub async fn run(
     summary.written = report.written;
     summary.rejected = report.rejected;
     summary.stats = report.stats;
-    summary.distinct_users = report.distinct_users;
+    summary.distinct_users = shared.distinct.count();
     match report.end {
         write::End::Finished | write::End::Stopped => Ok(summary),
         write::End::Failed(error) => Err(RunError { summary, error }),

@@ -4,7 +4,6 @@
 //! descriptor (no copy into an async runtime's buffer) and the writer knows, after each write,
 //! that every byte it has written ends a complete line.
 
-use std::collections::HashSet;
 use std::fs::File;
 use std::io::{Seek, Write};
 use std::sync::Arc;
@@ -141,7 +140,6 @@ pub(super) struct Report {
     pub(super) written: u64,
     pub(super) rejected: u64,
     pub(super) stats: EnrichStats,
-    pub(super) distinct_users: u64,
     pub(super) end: End,
 }
 
@@ -161,7 +159,6 @@ pub(super) fn spawn(
         written: 0,
         rejected: 0,
         stats: EnrichStats::default(),
-        users: HashSet::default(),
         spares,
         progress,
         abort,
@@ -181,10 +178,6 @@ struct Writer {
     written: u64,
     rejected: u64,
     stats: EnrichStats,
-    /// Distinct users are counted by the 64-bit hashes of their ids that the chunks computed
-    /// anyway: the writer only merges numbers. Exact unless two ids collide (odds about one
-    /// in a million for ten million distinct ids).
-    users: HashSet<u64, foldhash::fast::RandomState>,
     spares: Spares,
     progress: RunProgress,
     abort: Arc<AtomicBool>,
@@ -212,7 +205,6 @@ impl Writer {
             written: self.written,
             rejected: self.rejected,
             stats: self.stats,
-            distinct_users: self.users.len() as u64,
             end,
         }
     }
@@ -245,7 +237,6 @@ impl Writer {
                 }
                 Some(Piece::Done { chunk, stats }) => {
                     self.stats += stats;
-                    self.users.extend(chunk.page.id_hashes().iter().copied());
                     self.spares.recycle_chunk(chunk);
                     return self.write_rejects().err().map(End::Failed);
                 }

@@ -1,8 +1,8 @@
 //! The registry of loads in flight, and the fence that keeps a load racing a write from
 //! filling the L1 with what it read before the write.
 //!
-//! moka's `invalidate` does not stop a load already in flight from inserting the value it read
-//! before the write: the stale value would then be served until its TTL. So every load
+//! Dropping an id from the L1 does not stop a load already in flight from inserting the value
+//! it read before the write: the stale value would then be served until its TTL. So every load
 //! registers a [`Flight`] before it asks the store, and inserts its result only if that flight
 //! is still registered, not voided, and no flush happened since it began. An invalidation
 //! removes and voids the flight first and drops the cached entry second, both under the lock

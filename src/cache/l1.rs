@@ -1,60 +1,21 @@
-//! The L1: moka caches of users and of misses, bounded by bytes, in front of the registry of
-//! loads in flight ([`super::flight`]).
+//! The L1: tables of users and of misses, each bounded by bytes ([`super::table`]), in front
+//! of the registry of loads in flight ([`super::flight`]).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
-use std::time::{Duration, Instant};
-
-use moka::Expiry;
 
 use super::flight::{BatchFuture, Flight, Flights, Joined};
-use super::{CacheConfig, CacheStats, Cached, Hasher};
+use super::table::Table;
+use super::{CacheConfig, CacheStats, Cached};
 use crate::record::Record;
 use crate::store::StoreEvent;
-
-struct Ttl {
-    found: Duration,
-    missing: Duration,
-}
-
-impl Expiry<Arc<str>, Cached> for Ttl {
-    fn expire_after_create(&self, _: &Arc<str>, value: &Cached, _: Instant) -> Option<Duration> {
-        Some(match value {
-            Cached::Found(_) => self.found,
-            Cached::Missing => self.missing,
-        })
-    }
-
-    fn expire_after_update(
-        &self,
-        key: &Arc<str>,
-        value: &Cached,
-        at: Instant,
-        _: Option<Duration>,
-    ) -> Option<Duration> {
-        self.expire_after_create(key, value, at)
-    }
-}
-
-/// What moka charges an entry beyond its key and value bytes: its node, the hash table slot,
-/// the timer wheel and the `Arc`s.
-const ENTRY_OVERHEAD: usize = 96;
-
-fn weigh(key: &Arc<str>, value: &Cached) -> u32 {
-    let bytes = key.len() + value.record().map_or(0, |r| r.as_bytes().len()) + ENTRY_OVERHEAD;
-    u32::try_from(bytes).unwrap_or(u32::MAX)
-}
-
-type Cache = moka::sync::Cache<Arc<str>, Cached, Hasher>;
 
 /// The L1 and its registry of loads in flight.
 pub(crate) struct L1 {
     /// Users found.
-    users: Cache,
+    users: Table,
     /// Ids the store said do not exist, in a budget of their own.
-    misses: Cache,
-    /// Users pushed out to make room.
-    evictions: Arc<AtomicU64>,
+    misses: Table,
     flights: Flights,
     /// Held shared while a load fills the cache, exclusively while a flush bumps the epoch.
     flush: RwLock<()>,
@@ -80,33 +41,11 @@ impl std::fmt::Debug for L1 {
 
 impl L1 {
     pub(crate) fn new(config: &CacheConfig) -> L1 {
-        let ttl = || Ttl {
-            found: config.ttl,
-            missing: config.negative_ttl,
-        };
         // Truncation is fine: a share of a byte count.
         let miss_bytes = (config.max_bytes as f64 * config.negative_share) as u64;
-        let evictions = Arc::new(AtomicU64::new(0));
-        let evicted = evictions.clone();
-        let users = moka::sync::Cache::builder()
-            .max_capacity(config.max_bytes.saturating_sub(miss_bytes))
-            .weigher(weigh)
-            .expire_after(ttl())
-            .eviction_listener(move |_, _, cause| {
-                if cause == moka::notification::RemovalCause::Size {
-                    evicted.fetch_add(1, Ordering::Relaxed);
-                }
-            })
-            .build_with_hasher(Hasher::default());
-        let misses = moka::sync::Cache::builder()
-            .max_capacity(miss_bytes)
-            .weigher(weigh)
-            .expire_after(ttl())
-            .build_with_hasher(Hasher::default());
         L1 {
-            users,
-            misses,
-            evictions,
+            users: Table::new(config.max_bytes.saturating_sub(miss_bytes), config.ttl),
+            misses: Table::new(miss_bytes, config.negative_ttl),
             flights: Flights::default(),
             flush: RwLock::new(()),
             bypass: AtomicBool::new(false),
@@ -124,7 +63,7 @@ impl L1 {
         self.users.get(id).or_else(|| self.misses.get(id))
     }
 
-    fn part(&self, answer: &Cached) -> &Cache {
+    fn part(&self, answer: &Cached) -> &Table {
         match answer {
             Cached::Found(_) => &self.users,
             Cached::Missing => &self.misses,
@@ -143,7 +82,7 @@ impl L1 {
         let fill_now = answer.is_some() && self.enabled && !self.bypass.load(Ordering::Acquire);
         self.flights.complete(id, flight, fill_now, |key| {
             if let Some(answer) = answer {
-                self.part(&answer).insert(key.clone(), answer);
+                self.part(&answer).insert(key, &answer);
             }
         });
     }
@@ -158,8 +97,7 @@ impl L1 {
         }
         self.flights.prime(key, |key| {
             self.misses.invalidate(key);
-            self.users
-                .insert(key.clone(), Cached::Found(record.clone()));
+            self.users.insert(key, &Cached::Found(record.clone()));
         });
         // Memos hold what the L1 said before: they must start over, as after an invalidation.
         self.generation.fetch_add(1, Ordering::AcqRel);
@@ -219,16 +157,14 @@ impl L1 {
         (self.enabled && !self.bypass.load(Ordering::Acquire)).then_some(generation)
     }
 
-    /// What the L1 holds now, after moka's pending bookkeeping.
+    /// What the L1 holds now.
     pub(crate) fn stats(&self) -> CacheStats {
-        self.users.run_pending_tasks();
-        self.misses.run_pending_tasks();
         CacheStats {
             users: self.users.entry_count(),
             misses: self.misses.entry_count(),
             bytes: self.users.weighted_size() + self.misses.weighted_size(),
             miss_bytes: self.misses.weighted_size(),
-            evictions: self.evictions.load(Ordering::Relaxed),
+            evictions: self.users.evictions(),
             invalidations: self.invalidations.load(Ordering::Relaxed),
             bypassed: self.bypassed(),
         }

@@ -1,7 +1,8 @@
 //! The per-process L1 and what keeps it coherent.
 //!
-//! - `l1`: moka caches of users and of misses, bounded by bytes, bypassed while the store's
+//! - `l1`: tables of users and of misses, bounded by bytes, bypassed while the store's
 //!   announcements of writes may be missed;
+//! - `table`: the table itself: one allocation per entry, CLOCK eviction, a TTL per table;
 //! - `flight`: the registry of loads in flight, which coalesces loads across pages and fences
 //!   a load that raced an invalidation;
 //! - `memo`: private copies of the L1's answers a worker keeps between its pages, exactly as
@@ -11,6 +12,7 @@
 mod flight;
 mod l1;
 mod memo;
+mod table;
 mod write_through;
 
 use std::time::Duration;

@@ -109,6 +109,10 @@ pub(crate) enum Command {
         /// No summary on standard error.
         #[arg(long)]
         quiet: bool,
+        /// Threads that scan, resolve and render lines (default: one per core). Reading the
+        /// input and writing the output take a thread each besides.
+        #[arg(long, value_name = "N", env = "ENRICH_THREADS", value_parser = clap::value_parser!(u16).range(1..=1024))]
+        threads: Option<u16>,
     },
     /// Benchmark the engine against per-reference reads and per-page MGET on this store.
     ///

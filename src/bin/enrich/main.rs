@@ -20,9 +20,26 @@ use enrich::{Depth, Error, StoreOptions};
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-#[tokio::main]
-async fn main() {
+fn main() {
     let cli = Cli::parse();
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    runtime.enable_all();
+    // `run --threads N`: the job's chunks are tasks, so the runtime's workers are its threads.
+    if let Command::Run {
+        threads: Some(threads),
+        ..
+    } = &cli.command
+    {
+        runtime.worker_threads(usize::from(*threads));
+    }
+    let runtime = runtime.build().unwrap_or_else(|err| {
+        eprintln!("error: cannot start the runtime: {err}");
+        std::process::exit(1)
+    });
+    runtime.block_on(run_command(cli))
+}
+
+async fn run_command(cli: Cli) {
     let serving = matches!(cli.command, Command::Serve { .. });
     let logging = logging::init(cli.log_format, if serving { "info" } else { "warn" });
     let options = StoreOptions::new()
@@ -75,6 +92,7 @@ async fn main() {
             max_line_output,
             store_timeout,
             quiet,
+            threads: _,
         } => {
             let Ok(store_timeout) = Duration::try_from_secs_f64(store_timeout) else {
                 std::process::exit(i32::from(fail(&Error::invalid(format!(
