@@ -13,6 +13,16 @@
 //! walks its slots from where it stopped, clearing bits and evicting the first entry whose bit
 //! is clear. A scan of entries read once goes before the entries read again and again, as with
 //! an LRU, for one bit per entry.
+//!
+//! Why not `quick_cache`, the maintained crate made for low-overhead weighted caches: it was
+//! measured behind this same interface (its key the id's hash, the id and JSON one value, an
+//! expiry stamp for the time to live), release builds run in alternation. CPU of the batch job
+//! (1M activities, 50k users) came out the same (0.97× over Redis, 1.01× over the file store,
+//! medians of 15 runs; callgrind 2.82 G against 2.85 G instructions), but memory did not: 1M
+//! users took 1.45–1.52× their JSON (median 1.47×, 6 runs) against 1.36–1.44× (median 1.39×)
+//! here, because it also remembers recently evicted keys and keeps its arrays at their peak
+//! size after a flush, where this table gives them back. With the L1 held to at most 1.5× its
+//! payload, that margin is the whole point of the table, so it stays hand-written.
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
