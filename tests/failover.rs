@@ -1,10 +1,44 @@
-//! Redis Cluster with replicas: a master killed or failed over under reads and writes.
+//! Redis Cluster with replicas: a master killed or failed over while several enrichers read
+//! and one writer writes, every answer checked against the writer's history.
+//!
+//! # What is checked
+//!
+//! The writer is one task doing one operation at a time on users whose data is `{"v": N}`, N
+//! unique per operation: an update, a delete or a re-creation. Each operation is logged with
+//! the instant it was sent and the instant its answer came, and its outcome: applied,
+//! refused (not applied), or unknown (a fault: it may or may not have been applied).
+//!
+//! Each enricher (its own cluster connections, its own tracking, its own L1: a separate
+//! process as far as coherence goes) reads every user in a loop. An answer of a read that
+//! started at `s` and ended at `e` is right if it is the state left by some operation `k`
+//! that was sent before `e` and not refused, and no operation after `k` was acknowledged
+//! before `s - LAG`: the value was current at some instant of the read, give or take `LAG`,
+//! the time an invalidation takes from the server to the enricher's L1 (the server sends it
+//! before it acknowledges the write, but another process receives it on its own clock). A
+//! "not found" is checked the same way (it must be the state left by a delete), and a store
+//! fault is allowed (it is an error, not an answer). Once the writer stops, every enricher's
+//! answer must equal the cluster's exactly: a missed invalidation would leave a stale entry
+//! that only its TTL would end.
+//!
+//! Redis replicates asynchronously: a write a master acknowledged just before it died may be
+//! missing from its promoted replica, and the store's truth then goes back a version. That
+//! loss is not what these tests are about, so before the kill the writer is held for the
+//! instant it takes the replica to confirm the master's replication offset; the writer goes
+//! on at once after the kill.
 
 mod support;
 
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
+use enrich::store::{self, SharedStore, StoreOptions};
+use enrich::{Enricher, NewUser, UserId};
+use serde_json::json;
 use support::RedisCluster;
+
+/// How long an invalidation may take to reach another enricher's L1 (see the module doc).
+const LAG: Duration = Duration::from_millis(100);
 
 #[test]
 fn replicated_cluster_fails_over() {
@@ -21,4 +55,500 @@ fn replicated_cluster_fails_over() {
     assert_eq!(cluster.masters().len(), 3);
     cluster.restart(m);
     cluster.wait_replicas_synced();
+}
+
+/// What a user is after an operation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Present(i64),
+    Absent,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    /// Sent, no answer yet.
+    Pending,
+    Applied(Instant),
+    Refused,
+    Unknown,
+}
+
+#[derive(Debug, Clone)]
+struct Op {
+    sent: Instant,
+    outcome: Outcome,
+    state: State,
+}
+
+/// Every operation on every user, in order (one writer, one operation at a time).
+struct History {
+    ops: Mutex<Vec<Vec<Op>>>,
+}
+
+impl History {
+    fn new(users: usize, at: Instant) -> History {
+        let first = Op {
+            sent: at,
+            outcome: Outcome::Applied(at),
+            state: State::Present(0),
+        };
+        History {
+            ops: Mutex::new(vec![vec![first]; users]),
+        }
+    }
+
+    fn send(&self, user: usize, state: State) {
+        let op = Op {
+            sent: Instant::now(),
+            outcome: Outcome::Pending,
+            state,
+        };
+        self.ops.lock().unwrap()[user].push(op);
+    }
+
+    fn answer(&self, user: usize, outcome: Outcome) {
+        let mut ops = self.ops.lock().unwrap();
+        ops[user].last_mut().unwrap().outcome = outcome;
+    }
+
+    /// How far behind the writes an answer seen by a read over `[start, end]` is: zero if it
+    /// was current during the read, else how long before `start` the first write after it
+    /// was acknowledged; `None` if no operation could have left it.
+    fn staleness(
+        &self,
+        user: usize,
+        seen: State,
+        start: Instant,
+        end: Instant,
+    ) -> Option<Duration> {
+        let ops = self.ops.lock().unwrap();
+        let ops = &ops[user];
+        (0..ops.len())
+            .filter(|&k| {
+                let op = &ops[k];
+                op.state == seen && op.sent <= end && op.outcome != Outcome::Refused
+            })
+            .map(|k| {
+                let next = ops[k + 1..].iter().find_map(|op| match op.outcome {
+                    Outcome::Applied(at) => Some(at),
+                    _ => None,
+                });
+                match next {
+                    Some(at) if at < start => start - at,
+                    _ => Duration::ZERO,
+                }
+            })
+            .min()
+    }
+}
+
+fn id(i: usize) -> UserId {
+    UserId::parse(&format!("f{i}")).unwrap()
+}
+
+fn user(i: usize, v: i64) -> NewUser {
+    NewUser::new(&format!("f{i}"), Some(json!({ "v": v }))).unwrap()
+}
+
+/// The state an answer shows; `None` for a fault.
+fn state_of(answer: &enrich::Result<Option<enrich::UserJson>>) -> Option<State> {
+    match answer {
+        Ok(Some(user)) => Some(State::Present(
+            user.to_value()["data"]["v"]
+                .as_i64()
+                .expect("versioned data"),
+        )),
+        Ok(None) => Some(State::Absent),
+        Err(err) => {
+            assert!(err.is_store_fault(), "a read failed with {err:?}");
+            None
+        }
+    }
+}
+
+/// What the readers and the writer saw of the users whose master is disrupted.
+#[derive(Default)]
+struct Seen {
+    /// (read ended, all answered) per read of the disrupted master's users.
+    reads: Vec<(Instant, bool)>,
+    /// (answer came, applied) per write of one of them.
+    writes: Vec<(Instant, bool)>,
+    answers: u64,
+    faults: u64,
+    /// The largest staleness of any answer.
+    worst: Duration,
+    wrong: Vec<String>,
+}
+
+impl Seen {
+    /// How long after `at` the disrupted slots answered again.
+    fn availability(&self, at: Instant) -> Availability {
+        let after = |t: &Instant| t.checked_duration_since(at);
+        let first_fault = (self.reads.iter())
+            .find(|(t, ok)| *t > at && !*ok)
+            .map(|r| r.0);
+        let read = (self.reads.iter())
+            .find(|(t, ok)| *ok && *t > first_fault.unwrap_or(at))
+            .and_then(|(t, _)| after(t))
+            .expect("the disrupted slots never answered a read");
+        let write = (self.writes.iter())
+            .find(|(t, ok)| *ok && *t > at)
+            .and_then(|(t, _)| after(t))
+            .expect("the disrupted slots never took a write");
+        Availability { read, write }
+    }
+
+    /// Prints when reads and writes of the disrupted slots went from answered to failed and
+    /// back, in ms from `at`.
+    fn trace(&self, at: Instant) {
+        let ms = |t: Instant| match t.checked_duration_since(at) {
+            Some(d) => d.as_millis() as i64,
+            None => -((at - t).as_millis() as i64),
+        };
+        for (name, events) in [("reads", &self.reads), ("writes", &self.writes)] {
+            let mut last = None;
+            let changes: Vec<String> = (events.iter())
+                .filter(|(_, ok)| last.replace(*ok) != Some(*ok))
+                .map(|(t, ok)| format!("{} at {}", if *ok { "ok" } else { "FAULT" }, ms(*t)))
+                .collect();
+            eprintln!("{name} of the disrupted slots: {}", changes.join(", "));
+        }
+    }
+}
+
+struct Run {
+    users: usize,
+    /// The users whose slot the disrupted master serves.
+    affected: Vec<bool>,
+    history: History,
+    seen: Mutex<Seen>,
+    stop: AtomicBool,
+    /// Set by the test to hold the writer between two operations; `held` says it is.
+    hold: AtomicBool,
+    held: AtomicBool,
+    version: AtomicI64,
+}
+
+impl Run {
+    async fn read_loop(self: Arc<Run>, enricher: Enricher) -> (u64, Enricher) {
+        let ids: Vec<UserId> = (0..self.users).map(id).collect();
+        let mut reads = 0;
+        while !self.stop.load(Ordering::Relaxed) {
+            let start = Instant::now();
+            let answers = enricher.get_many_each(&ids).await;
+            let end = Instant::now();
+            reads += 1;
+            self.check(&answers, start, end);
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        (reads, enricher)
+    }
+
+    /// Checks the answers of a read over `[start, end]`.
+    fn check(
+        &self,
+        answers: &[enrich::Result<Option<enrich::UserJson>>],
+        start: Instant,
+        end: Instant,
+    ) {
+        let mut affected_ok = true;
+        let mut seen = self.seen.lock().unwrap();
+        for (i, answer) in answers.iter().enumerate() {
+            seen.answers += 1;
+            let Some(state) = state_of(answer) else {
+                seen.faults += 1;
+                affected_ok &= !self.affected[i];
+                continue;
+            };
+            match self.history.staleness(i, state, start, end) {
+                Some(late) if late <= LAG => seen.worst = seen.worst.max(late),
+                Some(late) => {
+                    seen.worst = seen.worst.max(late);
+                    let wrong = format!("f{i}: {state:?} served {late:?} after it was replaced");
+                    seen.wrong.push(wrong);
+                }
+                None => seen
+                    .wrong
+                    .push(format!("f{i}: {state:?} was never written")),
+            }
+        }
+        seen.reads.push((end, affected_ok));
+    }
+
+    async fn write_loop(self: Arc<Run>, store: SharedStore) -> u64 {
+        let mut present = vec![true; self.users];
+        let mut writes = 0u64;
+        let mut pick = 7usize;
+        while !self.stop.load(Ordering::Relaxed) {
+            if self.hold.load(Ordering::Acquire) {
+                self.held.store(true, Ordering::Release);
+                tokio::time::sleep(Duration::from_millis(1)).await;
+                continue;
+            }
+            self.held.store(false, Ordering::Release);
+            // A fixed stride over the users: each is written about as often as the others.
+            pick = (pick + 37) % self.users;
+            let i = pick;
+            let v = self.version.fetch_add(1, Ordering::Relaxed) + 1;
+            let delete = present[i] && v % 7 == 0;
+            let state = if delete {
+                State::Absent
+            } else {
+                State::Present(v)
+            };
+            self.history.send(i, state);
+            let result = if delete {
+                store.delete(&id(i)).await
+            } else if present[i] {
+                store.update(&user(i, v)).await.map(|_| ())
+            } else {
+                store.add(&user(i, v), false).await.map(|_| ())
+            };
+            let at = Instant::now();
+            let outcome = match &result {
+                Ok(()) => {
+                    present[i] = !delete;
+                    Outcome::Applied(at)
+                }
+                // The user was not as the writer believed (after an unknown outcome).
+                Err(err) if err.is_not_found() => {
+                    present[i] = false;
+                    Outcome::Refused
+                }
+                Err(err) if err.is_conflict() => {
+                    present[i] = true;
+                    Outcome::Refused
+                }
+                Err(err) => {
+                    assert!(err.is_store_fault(), "a write failed with {err:?}");
+                    Outcome::Unknown
+                }
+            };
+            self.history.answer(i, outcome);
+            if self.affected[i] {
+                let applied = matches!(outcome, Outcome::Applied(_));
+                self.seen.lock().unwrap().writes.push((at, applied));
+            }
+            writes += 1;
+            tokio::time::sleep(Duration::from_millis(3)).await;
+        }
+        writes
+    }
+}
+
+/// Replication offsets of `master` and of its replicas, from the master's account.
+fn replication_offsets(cluster: &RedisCluster, master: usize) -> (u64, Vec<u64>) {
+    let info: String = redis::cmd("INFO")
+        .arg("replication")
+        .query(&mut cluster.node_connection(master))
+        .unwrap();
+    let own = (info.lines())
+        .find_map(|l| l.strip_prefix("master_repl_offset:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap();
+    let replicas = (info.lines())
+        .filter(|l| l.starts_with("slave"))
+        .filter_map(|l| l.split(',').find_map(|f| f.strip_prefix("offset=")))
+        .filter_map(|v| v.trim().parse().ok())
+        .collect();
+    (own, replicas)
+}
+
+/// Waits until every replica of `master` has confirmed all it was sent.
+fn wait_replicated(cluster: &RedisCluster, master: usize) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let (own, replicas) = replication_offsets(cluster, master);
+        if !replicas.is_empty() && replicas.iter().all(|r| *r >= own) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "replicas never caught up");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Disruption {
+    Kill,
+    ManualFailover,
+}
+
+/// How long after the disruption the disrupted slots answered again.
+#[derive(Debug)]
+struct Availability {
+    /// The first read of all those users without a fault, after the first fault (or zero if
+    /// no read failed).
+    read: Duration,
+    /// The first write to one of them that was applied, after the disruption.
+    write: Duration,
+}
+
+/// How long the disrupted slots may stay unavailable: the cluster's own failure detection
+/// and election (about two seconds with [`support::NODE_TIMEOUT_MS`]), the engine's noticing,
+/// and room for a busy test machine.
+const OUTAGE: Duration = Duration::from_secs(8);
+
+impl Availability {
+    fn check(&self, what: &str) {
+        eprintln!("{what}: {self:?}");
+        assert!(
+            self.read < OUTAGE && self.write < OUTAGE,
+            "{what}: {self:?}"
+        );
+    }
+}
+
+const USERS: usize = 90;
+const READERS: usize = 3;
+
+/// Runs readers and the writer across `disruption` of the master of the first user's slot;
+/// checks every answer and returns the availability figures.
+async fn under_load(disruption: Disruption) -> Availability {
+    if std::env::var_os("FAILOVER_TRACE").is_some() {
+        // The engine's own account of the failover, filtered by RUST_LOG.
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_test_writer()
+            .try_init();
+    }
+    let cluster = RedisCluster::start_replicated();
+    let url = cluster.url();
+    let writer = store::open(&url, &StoreOptions::new()).await.unwrap();
+    for i in 0..USERS {
+        writer.add(&user(i, 0), false).await.unwrap();
+    }
+    let victim = cluster.owner_of(cluster.slot_of("enrich:user:f0"));
+    let promoted = cluster.replica_of(victim);
+    let affected: Vec<bool> = (0..USERS)
+        .map(|i| cluster.owner_of(cluster.slot_of(&format!("enrich:user:f{i}"))) == victim)
+        .collect();
+    let run = Arc::new(Run {
+        users: USERS,
+        affected,
+        history: History::new(USERS, Instant::now()),
+        seen: Mutex::new(Seen::default()),
+        stop: AtomicBool::new(false),
+        hold: AtomicBool::new(false),
+        held: AtomicBool::new(false),
+        version: AtomicI64::new(0),
+    });
+    let mut readers = Vec::new();
+    for _ in 0..READERS {
+        let enricher = support::watched_enricher(&url, Duration::from_secs(10)).await;
+        readers.push(tokio::spawn(run.clone().read_loop(enricher)));
+    }
+    let writing = tokio::spawn(run.clone().write_loop(writer.clone()));
+    tokio::time::sleep(Duration::from_millis(700)).await;
+
+    let (cluster, at) = {
+        let run = run.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut cluster = cluster;
+            let at = match disruption {
+                Disruption::Kill => {
+                    run.hold.store(true, Ordering::Release);
+                    while !run.held.load(Ordering::Acquire) {
+                        std::thread::sleep(Duration::from_micros(200));
+                    }
+                    wait_replicated(&cluster, victim);
+                    let at = Instant::now();
+                    cluster.kill(victim);
+                    run.hold.store(false, Ordering::Release);
+                    tracing::warn!("disrupted node {victim}");
+                    let took = cluster.wait_promoted(promoted);
+                    eprintln!("the cluster promoted the replica {took:?} after the kill");
+                    at
+                }
+                Disruption::ManualFailover => {
+                    let at = Instant::now();
+                    cluster.failover(promoted);
+                    eprintln!("CLUSTER FAILOVER done in {:?}", at.elapsed());
+                    at
+                }
+            };
+            (cluster, at)
+        })
+        .await
+        .unwrap()
+    };
+    // Run on until the disrupted slots have answered a read and a write, and a while more.
+    let deadline = Instant::now() + Duration::from_secs(8);
+    loop {
+        let recovered = {
+            let seen = run.seen.lock().unwrap();
+            let read = seen.reads.iter().any(|(t, ok)| *t > at && *ok);
+            let write = seen.writes.iter().any(|(t, ok)| *t > at && *ok);
+            read && write && seen.reads.last().is_some_and(|(_, ok)| *ok)
+        };
+        if recovered || Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    run.stop.store(true, Ordering::Relaxed);
+    let writes = writing.await.unwrap();
+    let mut reads = Vec::new();
+    let mut enrichers = Vec::new();
+    for reader in readers {
+        let (count, enricher) = reader.await.unwrap();
+        reads.push(count);
+        enrichers.push(enricher);
+    }
+
+    let figures = {
+        let seen = run.seen.lock().unwrap();
+        eprintln!(
+            "{disruption:?}: {writes} writes, reads per enricher {reads:?}, {} answers, {} faults, \
+         worst staleness {:?}",
+            seen.answers, seen.faults, seen.worst
+        );
+        assert!(
+            seen.wrong.is_empty(),
+            "{} wrong answers, the first: {:#?}",
+            seen.wrong.len(),
+            &seen.wrong[..seen.wrong.len().min(10)]
+        );
+        seen.trace(at);
+        seen.availability(at)
+    };
+
+    // Quiet now: every enricher must answer exactly what the cluster holds.
+    tokio::time::sleep(LAG).await;
+    let truth = store::open(&url, &StoreOptions::new()).await.unwrap();
+    let ids: Vec<UserId> = (0..USERS).map(id).collect();
+    let held: Vec<State> = (truth.get_many(&ids).await.unwrap().into_iter())
+        .map(|held| state_of(&Ok(held)).unwrap())
+        .collect();
+    let now = Instant::now();
+    for (i, state) in held.iter().enumerate() {
+        let late = run.history.staleness(i, *state, now, now);
+        assert_eq!(
+            late,
+            Some(Duration::ZERO),
+            "f{i} is {state:?} in the cluster"
+        );
+    }
+    for enricher in &enrichers {
+        for _ in 0..2 {
+            let answers = enricher.get_many_each(&ids).await;
+            for (i, answer) in answers.iter().enumerate() {
+                assert_eq!(state_of(answer), Some(held[i]), "f{i} once quiet");
+            }
+        }
+    }
+    drop(cluster);
+    figures
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_master_under_load_serves_no_stale_or_missing_user() {
+    under_load(Disruption::Kill).await.check("after the kill");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_manual_failover_under_load_serves_no_stale_or_missing_user() {
+    under_load(Disruption::ManualFailover)
+        .await
+        .check("after CLUSTER FAILOVER");
 }
