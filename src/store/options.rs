@@ -1,5 +1,5 @@
-//! How a store is opened: its namespace, its time limits, and whether a file store may be
-//! created.
+//! How a store is opened: its namespace, its time limits, whether a file store may be
+//! created, and which nodes of a Redis Cluster answer reads.
 
 use std::time::Duration;
 
@@ -7,6 +7,21 @@ use crate::error::{Error, Result};
 
 /// The namespace used when none is given.
 pub const DEFAULT_NAMESPACE: &str = "enrich";
+
+/// Which nodes of a Redis Cluster answer an enricher's reads.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum ReadFrom {
+    /// Each slot's master (the default): a read sees every write the master acknowledged.
+    #[default]
+    Masters,
+    /// A replica of each slot's master, where it has one, to take reads off the masters. A
+    /// replica applies writes a moment after its master acknowledged them, so a read may show
+    /// the version before a write that was just acknowledged, for as long as replication
+    /// takes; it never shows a user as missing on a replica's word alone (a miss is asked of
+    /// the master), and the L1 of a watching enricher follows the replica it reads from (see
+    /// [`ClusterStore`](crate::store::ClusterStore)).
+    Replicas,
+}
 
 /// How to open a store: the namespace and the time limits.
 #[derive(Debug, Clone)]
@@ -16,6 +31,7 @@ pub struct StoreOptions {
     connect_timeout: Duration,
     response_timeout: Duration,
     create_if_missing: bool,
+    read_from: ReadFrom,
 }
 
 impl Default for StoreOptions {
@@ -26,14 +42,27 @@ impl Default for StoreOptions {
 
 impl StoreOptions {
     /// The defaults: namespace `enrich`, 2 s to connect, 2 s for an answer, a file store
-    /// created if missing.
+    /// created if missing, reads from masters.
     pub fn new() -> Self {
         StoreOptions {
             namespace: DEFAULT_NAMESPACE.to_string(),
             connect_timeout: Duration::from_secs(2),
             response_timeout: Duration::from_secs(2),
             create_if_missing: true,
+            read_from: ReadFrom::Masters,
         }
+    }
+
+    /// Which nodes of a Redis Cluster answer reads ([`ReadFrom::Masters`] by default). Other
+    /// backends ignore it.
+    pub fn read_from(mut self, read_from: ReadFrom) -> Self {
+        self.read_from = read_from;
+        self
+    }
+
+    /// Which nodes of a Redis Cluster answer reads.
+    pub fn read_from_value(&self) -> ReadFrom {
+        self.read_from
     }
 
     /// Whether opening a file store that does not exist creates it (the default) or fails
