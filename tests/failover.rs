@@ -40,23 +40,6 @@ use support::RedisCluster;
 /// How long an invalidation may take to reach another enricher's L1 (see the module doc).
 const LAG: Duration = Duration::from_millis(100);
 
-#[test]
-fn replicated_cluster_fails_over() {
-    let mut cluster = RedisCluster::start_replicated();
-    assert_eq!(cluster.masters().len(), 3);
-    let m = cluster.masters()[0];
-    let r = cluster.replica_of(m);
-    cluster.kill(m);
-    let took = cluster.wait_promoted(r);
-    assert!(took < Duration::from_secs(10), "{took:?}");
-    eprintln!("promoted after {took:?}");
-    let r2 = cluster.replica_of(cluster.masters()[1]);
-    cluster.failover(r2);
-    assert_eq!(cluster.masters().len(), 3);
-    cluster.restart(m);
-    cluster.wait_replicas_synced();
-}
-
 /// What a user is after an operation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
@@ -564,6 +547,24 @@ async fn under_load(disruption: Disruption, read_from: ReadFrom) -> Availability
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    let cluster = match disruption {
+        // The killed master comes back as a replica of its replacement, empty (no
+        // persistence here) until it has synced: under load all the same.
+        Disruption::Kill => tokio::task::spawn_blocking(move || {
+            let mut cluster = cluster;
+            cluster.restart(victim);
+            cluster.wait_replicas_synced();
+            wait_replicas_listed(&cluster);
+            eprintln!(
+                "the killed master is back as a replica {:?} after the kill",
+                at.elapsed()
+            );
+            cluster
+        })
+        .await
+        .unwrap(),
+        _ => cluster,
+    };
     tokio::time::sleep(Duration::from_millis(1000)).await;
     run.stop.store(true, Ordering::Relaxed);
     let flushed = flushes() - flushed_before;
@@ -657,4 +658,288 @@ async fn a_manual_failover_under_load_serves_no_stale_or_missing_user() {
     figures.check("after CLUSTER FAILOVER");
     // The new master was tracked as a replica: heard from its first write, nothing to flush.
     assert_eq!(figures.flushes, 0, "{figures:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_master_under_load_with_reads_from_replicas_serves_no_stale_or_missing_user() {
+    let figures = under_load(Disruption::Kill, ReadFrom::Replicas).await;
+    figures.check("after the kill, reading from replicas");
+}
+
+/// The number of `EVAL_RO` calls nodes `nodes` ran since their statistics were reset.
+fn eval_ro_calls(cluster: &RedisCluster, nodes: &[usize]) -> u64 {
+    (nodes.iter())
+        .map(|&i| cluster.stat(i, "cmdstat_eval_ro:calls="))
+        .sum()
+}
+
+/// A started replicated cluster with `users` users `r0…` at version 0, once its replicas are
+/// listed; the masters and the replicas.
+async fn replicated_with_users(users: usize) -> (RedisCluster, Vec<usize>, Vec<usize>) {
+    let cluster = RedisCluster::start_replicated();
+    let writer = store::open(&cluster.url(), &StoreOptions::new())
+        .await
+        .unwrap();
+    for i in 0..users {
+        let user = NewUser::new(&format!("r{i}"), Some(json!({ "v": 0 }))).unwrap();
+        writer.add(&user, false).await.unwrap();
+    }
+    let cluster = tokio::task::spawn_blocking(move || {
+        wait_replicas_listed(&cluster);
+        cluster
+    })
+    .await
+    .unwrap();
+    let masters = cluster.masters();
+    let replicas = (cluster.running().into_iter())
+        .filter(|i| !masters.contains(i))
+        .collect();
+    (cluster, masters, replicas)
+}
+
+fn version_of(user: &Option<enrich::UserJson>) -> Option<i64> {
+    user.as_ref()
+        .map(|u| u.to_value()["data"]["v"].as_i64().unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_from_replicas_are_answered_by_replicas_and_follow_every_write() {
+    let (cluster, masters, replicas) = replicated_with_users(30).await;
+    let url = cluster.url();
+    let writer = store::open(&url, &StoreOptions::new()).await.unwrap();
+    let reader = Enricher::new(
+        store::open(&url, &options(ReadFrom::Replicas))
+            .await
+            .unwrap(),
+    );
+    assert!(reader.wait_for_cache(Duration::from_secs(10)).await);
+    let ids: Vec<UserId> = (0..30)
+        .map(|i| UserId::parse(&format!("r{i}")).unwrap())
+        .collect();
+
+    // A cold page: one EVAL_RO per replica, none on the masters.
+    cluster.reset_stats();
+    let found = reader.get_many(&ids).await.unwrap();
+    assert!(found.iter().all(|u| version_of(u) == Some(0)));
+    assert_eq!(eval_ro_calls(&cluster, &masters), 0);
+    assert_eq!(eval_ro_calls(&cluster, &replicas), 3);
+
+    // Each write through another store reaches the reader's L1 through the replica it reads:
+    // once it shows the new version, it never shows an older one.
+    let mut latencies = Vec::new();
+    for v in 1..=150 {
+        let id = &ids[v as usize % ids.len()];
+        let user = NewUser::with_id(id.clone(), Some(json!({ "v": v }))).unwrap();
+        writer.update(&user).await.unwrap();
+        let written = Instant::now();
+        loop {
+            let seen = version_of(&reader.get(id).await.unwrap()).unwrap();
+            if seen == v {
+                break;
+            }
+            assert!(
+                seen < v && written.elapsed() < Duration::from_secs(5),
+                "{id}: {seen}"
+            );
+            tokio::time::sleep(Duration::from_micros(200)).await;
+        }
+        latencies.push(written.elapsed());
+        for _ in 0..5 {
+            assert_eq!(version_of(&reader.get(id).await.unwrap()), Some(v), "{id}");
+        }
+    }
+    latencies.sort();
+    eprintln!(
+        "a write seen by an enricher reading replicas after: p50 {:?}, max {:?}",
+        latencies[latencies.len() / 2],
+        latencies[latencies.len() - 1]
+    );
+    // A delete and a re-creation are followed the same way.
+    writer.delete(&ids[0]).await.unwrap();
+    let deleted = Instant::now();
+    while reader.get(&ids[0]).await.unwrap().is_some() {
+        assert!(deleted.elapsed() < Duration::from_secs(5));
+        tokio::time::sleep(Duration::from_micros(200)).await;
+    }
+    let back = NewUser::with_id(ids[0].clone(), Some(json!({ "v": 1000 }))).unwrap();
+    writer.add(&back, false).await.unwrap();
+    let created = Instant::now();
+    while version_of(&reader.get(&ids[0]).await.unwrap()) != Some(1000) {
+        assert!(created.elapsed() < Duration::from_secs(5));
+        tokio::time::sleep(Duration::from_micros(200)).await;
+    }
+    // The L1 answers the rest: no store read at all.
+    cluster.reset_stats();
+    reader.get_many(&ids[1..]).await.unwrap();
+    assert_eq!(
+        eval_ro_calls(&cluster, &masters) + eval_ro_calls(&cluster, &replicas),
+        0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_without_a_user_does_not_make_it_missing() {
+    let (cluster, masters, replicas) = replicated_with_users(1).await;
+    let store = store::open(&cluster.url(), &options(ReadFrom::Replicas))
+        .await
+        .unwrap();
+    // A replica that lacks the user, as one does before it applies a creation or while a
+    // restarted one syncs: here made so by emptying the replica itself.
+    let key = "enrich:user:r0";
+    let replica = cluster.replica_of(cluster.owner_of(cluster.slot_of(key)));
+    let mut conn = cluster.node_connection(replica);
+    redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("replica-read-only")
+        .arg("no")
+        .exec(&mut conn)
+        .unwrap();
+    redis::cmd("FLUSHALL").exec(&mut conn).unwrap();
+    cluster.reset_stats();
+    let r0 = UserId::parse("r0").unwrap();
+    let found = store.get_many(std::slice::from_ref(&r0)).await.unwrap();
+    assert_eq!(version_of(&found[0]), Some(0));
+    // Asked of the replica first, then of its master.
+    assert_eq!(eval_ro_calls(&cluster, &[replica]), 1);
+    assert_eq!(eval_ro_calls(&cluster, &masters), 1);
+    // A user nobody has is missing, on the master's word.
+    let nobody = UserId::parse("nobody").unwrap();
+    assert!(store.get(&nobody).await.unwrap_err().is_not_found());
+    assert_eq!(eval_ro_calls(&cluster, &masters), 2);
+    assert!(eval_ro_calls(&cluster, &replicas) >= 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_read_from_flag_reaches_the_commands_and_the_server() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+
+    let (cluster, masters, replicas) = replicated_with_users(2).await;
+    let url = cluster.url();
+    let bin = env!("CARGO_BIN_EXE_enrich");
+
+    cluster.reset_stats();
+    let out = Command::new(bin)
+        .args([
+            "--store",
+            &url,
+            "--read-from",
+            "replicas",
+            "users",
+            "get",
+            "r0",
+        ])
+        .env_remove("ENRICH_STORE")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains(r#""id":"r0""#));
+    assert_eq!(eval_ro_calls(&cluster, &masters), 0);
+    assert_eq!(eval_ro_calls(&cluster, &replicas), 1);
+
+    let mut server = Command::new(bin)
+        .args(["--store", &url, "serve", "--listen", "127.0.0.1:0"])
+        .env("ENRICH_READ_FROM", "replicas")
+        .env("ENRICH_API_KEY", support::serve::KEY)
+        .env("ENRICH_API_SECRET", support::serve::SECRET)
+        .env_remove("ENRICH_STORE")
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = BufReader::new(server.stderr.take().unwrap());
+    let addr = tokio::task::spawn_blocking(move || {
+        for line in stderr.lines() {
+            let line = line.unwrap();
+            if let Some((_, rest)) = line.split_once("listening on http://") {
+                return rest.split(',').next().unwrap().to_string();
+            }
+        }
+        panic!("enrich serve did not start");
+    })
+    .await
+    .unwrap();
+    let client = reqwest::Client::new();
+    let ready = Instant::now();
+    while client
+        .get(format!("http://{addr}/readyz"))
+        .send()
+        .await
+        .map_or(true, |r| !r.status().is_success())
+    {
+        assert!(ready.elapsed() < Duration::from_secs(10), "never ready");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    cluster.reset_stats();
+    let token = support::serve::sign(
+        &json!({"resource": "users", "action": "*", "feed_id": "*"}),
+        support::serve::SECRET,
+    );
+    let resp = client
+        .get(format!(
+            "http://{addr}/api/v1.0/user/r1/?api_key={}",
+            support::serve::KEY
+        ))
+        .header("authorization", token)
+        .header("stream-auth-type", "jwt")
+        .send()
+        .await
+        .unwrap();
+    let _ = server.kill();
+    let _ = server.wait();
+    assert_eq!(resp.status().as_u16(), 200);
+    assert!(resp.text().await.unwrap().contains(r#""v":0"#));
+    assert_eq!(eval_ro_calls(&cluster, &masters), 0);
+    assert_eq!(eval_ro_calls(&cluster, &replicas), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_out_of_sync_with_its_master_is_not_read() {
+    let (cluster, _, _) = replicated_with_users(1).await;
+    let url = cluster.url();
+    let store = store::open(&url, &options(ReadFrom::Replicas))
+        .await
+        .unwrap();
+    let writer = store::open(&url, &StoreOptions::new()).await.unwrap();
+    let r0 = UserId::parse("r0").unwrap();
+    let master = cluster.owner_of(cluster.slot_of("enrich:user:r0"));
+    let replica = cluster.replica_of(master);
+    cluster.reset_stats();
+    store.get(&r0).await.unwrap();
+    assert_eq!(
+        eval_ro_calls(&cluster, &[replica]),
+        1,
+        "read from the replica"
+    );
+
+    // Cut the replica off its master: it cannot sign in again, and goes on answering reads
+    // with what it has.
+    let mut conn = cluster.node_connection(replica);
+    redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("masterauth")
+        .arg("not-the-password")
+        .exec(&mut conn)
+        .unwrap();
+    redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("TYPE")
+        .arg("master")
+        .exec(&mut conn)
+        .unwrap();
+    let v1 = NewUser::with_id(r0.clone(), Some(json!({ "v": 1 }))).unwrap();
+    writer.update(&v1).await.unwrap();
+    // Once the store has heard the replica is out of sync, its master answers.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    cluster.reset_stats();
+    let found = store.get_many(std::slice::from_ref(&r0)).await.unwrap();
+    assert_eq!(version_of(&found[0]), Some(1));
+    assert_eq!(eval_ro_calls(&cluster, &[replica]), 0);
+    assert_eq!(eval_ro_calls(&cluster, &[master]), 1);
 }

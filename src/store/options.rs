@@ -14,12 +14,13 @@ pub enum ReadFrom {
     /// Each slot's master (the default): a read sees every write the master acknowledged.
     #[default]
     Masters,
-    /// A replica of each slot's master, where it has one, to take reads off the masters. A
-    /// replica applies writes a moment after its master acknowledged them, so a read may show
-    /// the version before a write that was just acknowledged, for as long as replication
-    /// takes; it never shows a user as missing on a replica's word alone (a miss is asked of
-    /// the master), and the L1 of a watching enricher follows the replica it reads from (see
-    /// [`ClusterStore`](crate::store::ClusterStore)).
+    /// A replica of each slot's master that says it is in sync with it, where there is one,
+    /// to take reads off the masters; the master otherwise. A replica applies a write a moment
+    /// after its master acknowledged it, so a read may show the version before a write that
+    /// was just acknowledged, for as long as replication takes. It never shows a user as
+    /// missing on a replica's word alone (a miss is asked of the master), and a watching
+    /// enricher's L1 is invalidated by the replica it read from, once that replica has
+    /// applied the write (see `ClusterStore`, feature `redis`).
     Replicas,
 }
 

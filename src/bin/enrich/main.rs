@@ -25,7 +25,8 @@ async fn main() {
     let cli = Cli::parse();
     let serving = matches!(cli.command, Command::Serve { .. });
     let logging = logging::init(cli.log_format, if serving { "info" } else { "warn" });
-    let spec = StoreSpec::new(cli.store, StoreOptions::new().namespace(cli.namespace));
+    let options = (StoreOptions::new().namespace(cli.namespace)).read_from(cli.read_from.into());
+    let spec = StoreSpec::new(cli.store, options);
     let result = match cli.command {
         Command::Users(users) => run_users(&spec, users).await,
         Command::Collections(command) => run_collections(&spec, command).await,

@@ -35,12 +35,13 @@
 //! # Reads from replicas
 //!
 //! With [`ReadFrom::Replicas`], each group goes to a replica of its master instead, in turn
-//! when there are several (its connection says `READONLY`), and to the master when the
-//! master has none or the replica does not answer. A replica applies a write a moment after
-//! its master acknowledged it, so what it answers may be a version behind for that moment;
-//! but a user it does not have is asked of the master before it is called missing, since a
-//! replica that has not yet applied a creation (or a restarted one still syncing) would
-//! otherwise deny a user that exists.
+//! when there are several (its connection says `READONLY`), and to the master when none is
+//! in sync with it (see [`replicas`]: a replica just restarted, or cut off its master, would
+//! answer from an old dataset) or the replica does not answer. A replica applies a write a
+//! moment after its master acknowledged it, so what it answers may be a version behind for
+//! that moment; but a user it does not have is asked of the master before it is called
+//! missing, since a replica that has not yet applied a creation would otherwise deny a user
+//! that exists.
 //!
 //! Invalidation: see [`super::tracking`], which keeps one tracking connection per node,
 //! masters and replicas.
@@ -54,6 +55,7 @@ use redis::cluster::{ClusterClient, ClusterClientBuilder};
 use redis::cluster_async::ClusterConnection;
 
 mod per_node;
+mod replicas;
 
 use super::entries::{self, EntryScript, Mode};
 use super::fault::fault;
@@ -95,6 +97,8 @@ pub struct ClusterStore {
     read_links: Arc<NodeLinks>,
     /// Turns through each shard's replicas, read after read.
     next_replica: Arc<std::sync::atomic::AtomicUsize>,
+    /// With reads from replicas, those that may answer them.
+    replicas: Option<Arc<replicas::Replicas>>,
 }
 
 impl std::fmt::Debug for ClusterStore {
@@ -175,6 +179,17 @@ impl ClusterStore {
         topology.follow(writes.clone());
         let topology = Arc::new(topology);
         topology.keep_current();
+        let replicas = match options.read_from_value() {
+            ReadFrom::Masters => None,
+            ReadFrom::Replicas => Some(
+                replicas::Replicas::watch(
+                    read_links.clone(),
+                    topology.clone(),
+                    options.response_timeout_value(),
+                )
+                .await,
+            ),
+        };
         let ns = options.namespace_str();
         Ok(ClusterStore {
             conn,
@@ -186,6 +201,7 @@ impl ClusterStore {
             node_links: Arc::new(NodeLinks::new(nodes.clone(), options)),
             read_links,
             next_replica: Arc::default(),
+            replicas,
             nodes,
             topology,
             scripts: Arc::new(Scripts::new()),

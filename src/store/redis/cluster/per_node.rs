@@ -12,10 +12,10 @@ use redis::{Cmd, Value};
 use super::ClusterStore;
 use crate::collection::{EntryJson, NewEntry};
 use crate::error::Result;
+use crate::store::Stamps;
 use crate::store::redis::entries::{self, Mode};
 use crate::store::redis::node_links::Failed;
 use crate::store::redis::topology::{Node, Shard, SlotMap, slot};
-use crate::store::{ReadFrom, Stamps};
 use crate::user::Timestamp;
 
 /// Reads the keys given as arguments, all served by the node that runs it. `no-writes` lets it
@@ -64,24 +64,28 @@ impl ClusterStore {
         }
     }
 
-    /// The node of `shard` a read goes to: its master, or in turn each of its replicas when
-    /// reading from replicas.
+    /// The node of `shard` a read goes to: its master, or in turn each of its replicas that
+    /// is in sync when reading from replicas (see [`super::replicas`]).
     fn reader<'m>(&self, shard: &'m Shard) -> &'m Node {
-        match self.options.read_from_value() {
-            ReadFrom::Replicas if !shard.replicas.is_empty() => {
-                let turn = self.next_replica.fetch_add(1, Ordering::Relaxed);
-                &shard.replicas[turn % shard.replicas.len()]
-            }
-            _ => &shard.master,
+        let Some(replicas) = &self.replicas else {
+            return &shard.master;
+        };
+        let in_sync: Vec<&Node> = (shard.replicas.iter())
+            .filter(|node| replicas.readable(node))
+            .collect();
+        if in_sync.is_empty() {
+            return &shard.master;
         }
+        let turn = self.next_replica.fetch_add(1, Ordering::Relaxed);
+        in_sync[turn % in_sync.len()]
     }
 
     /// Reads `keys`, all of shard `index` of `map`: one `EVAL_RO` on the shard's reader. A
-    /// replica's misses are asked of the master, and a replica that does not answer is
-    /// replaced by the master. A node that refuses sends the keys through the `redis` crate's
-    /// redirect-following `MGET`; one that does not answer (down, hung) has its keys read
-    /// again once if a fresh map says another master now serves them (a failover), and
-    /// fails them otherwise.
+    /// replica's misses are asked of the master, and a replica that does not answer or
+    /// refuses is replaced by the master. A master that refuses sends the keys through the
+    /// `redis` crate's redirect-following `MGET`; one that does not answer (down, hung) has
+    /// its keys read again once if a fresh map says another master now serves them (a
+    /// failover), and fails them otherwise.
     async fn read_shard(&self, map: &SlotMap, index: usize, keys: &[&str], retry: bool) -> Answers {
         let shard = map.shard(index);
         let node = self.reader(shard);
@@ -93,14 +97,22 @@ impl ClusterStore {
         } else {
             self.eval_ro(node, keys).await
         };
+        let mut node = node;
         if node != &shard.master {
             match read {
-                Ok(found) => return self.confirm_misses(shard, keys, found).await,
-                Err(Unread::Unreachable(ref err)) => {
-                    tracing::debug!(%node, "replica unreachable, reading the master: {err}");
-                    read = self.eval_ro(&shard.master, keys).await;
+                Ok(found) => return self.confirm_misses(shard, keys, found, retry).await,
+                Err(Unread::Unreachable(ref err) | Unread::Refused(ref err)) => {
+                    // Down, hung, loading, out of sync: its master answers instead.
+                    tracing::debug!(%node, "replica did not answer, reading the master: {err}");
+                    if let Some(replicas) = &self.replicas {
+                        replicas.failed(node);
+                    }
+                    if matches!(read, Err(Unread::Unreachable(_))) {
+                        self.topology.trouble();
+                    }
+                    node = &shard.master;
+                    read = self.eval_ro(node, keys).await;
                 }
-                Err(Unread::Refused(_)) => {}
             }
         }
         match read {
@@ -154,12 +166,14 @@ impl ClusterStore {
 
     /// What replica reads found, with each miss asked of the master: a replica that has not
     /// yet applied a creation (or a restarted one still syncing) would say a user is missing
-    /// that exists. A miss the master cannot confirm is a fault, never "missing".
+    /// that exists. A miss the master cannot confirm is a fault, never "missing" (unless a
+    /// fresh map names a new master, which is then asked).
     async fn confirm_misses(
         &self,
         shard: &Shard,
         keys: &[&str],
         found: Vec<Option<Bytes>>,
+        retry: bool,
     ) -> Answers {
         let missing: Vec<usize> = (0..keys.len()).filter(|&i| found[i].is_none()).collect();
         let mut answers: Answers = found.into_iter().map(Ok).collect();
@@ -167,23 +181,24 @@ impl ClusterStore {
             return answers;
         }
         let asked: Vec<&str> = missing.iter().map(|&i| keys[i]).collect();
-        match self.eval_ro(&shard.master, &asked).await {
-            Ok(confirmed) => {
-                for (i, bytes) in missing.into_iter().zip(confirmed) {
-                    answers[i] = Ok(bytes);
-                }
-            }
-            Err(Unread::Refused(_)) => {
-                for (i, answer) in missing.into_iter().zip(self.mget(&asked).await) {
-                    answers[i] = answer;
-                }
-            }
+        let confirmed = match self.eval_ro(&shard.master, &asked).await {
+            Ok(confirmed) => confirmed.into_iter().map(Ok).collect(),
+            Err(Unread::Refused(_)) => self.mget(&asked).await,
             Err(Unread::Unreachable(err)) => {
-                let err = self.fault(err);
-                for i in missing {
-                    answers[i] = Err(err.clone());
+                self.topology.trouble();
+                match self.topology.refresh().await {
+                    Ok(fresh) if retry && moved(&fresh, &asked, &shard.master) => {
+                        self.read_on(fresh, &asked, false).await
+                    }
+                    _ => {
+                        let err = self.fault(err);
+                        asked.iter().map(|_| Err(err.clone())).collect()
+                    }
                 }
             }
+        };
+        for (i, answer) in missing.into_iter().zip(confirmed) {
+            answers[i] = answer;
         }
         answers
     }
