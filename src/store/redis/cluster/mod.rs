@@ -55,6 +55,7 @@ use redis::cluster::{ClusterClient, ClusterClientBuilder};
 use redis::cluster_async::ClusterConnection;
 
 mod per_node;
+mod reads;
 mod replicas;
 
 use super::entries::{self, EntryScript, Mode};
