@@ -443,8 +443,7 @@ fn logs_are_plain_lines_and_one_per_request() {
     let serve = Serve::start("memory:", &[], None);
     serve.request("GET", "/livez", "");
     serve.request("GET", "/api/v1.0/user/nobody/", "");
-    std::thread::sleep(Duration::from_millis(200));
-    let log = serve.log();
+    let log = log_once(&serve, |log| log.contains("status=404"));
     assert!(!log.contains('\u{1b}'), "colour codes on a pipe: {log:?}");
     assert!(
         log.lines().any(|l| l.contains("GET")
@@ -456,8 +455,7 @@ fn logs_are_plain_lines_and_one_per_request() {
 
     let serve = Serve::start("memory:", &["--log-format", "json"], None);
     serve.request("GET", "/livez", "");
-    std::thread::sleep(Duration::from_millis(200));
-    let log = serve.log();
+    let log = log_once(&serve, |log| log.contains(r#""route":"/livez""#));
     let access: Vec<Value> = log
         .lines()
         .map(|l| serde_json::from_str::<Value>(l).unwrap_or_else(|e| panic!("{e}: {l}")))
@@ -466,6 +464,19 @@ fn logs_are_plain_lines_and_one_per_request() {
     assert_eq!(access.len(), 1, "{log}");
     assert_eq!(access[0]["fields"]["status"], 200);
     assert_eq!(access[0]["level"], "INFO");
+}
+
+/// The server's log once `ready` holds for it (access lines are written by a buffered writer,
+/// so they trail the answer), or after 10 s, whatever it holds then.
+fn log_once(serve: &Serve, ready: impl Fn(&str) -> bool) -> String {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let log = serve.log();
+        if ready(&log) || Instant::now() > deadline {
+            return log;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 /// Reads one HTTP/1.1 answer with a content-length from `stream`: its status and headers.

@@ -491,7 +491,14 @@ async fn a_full_redis_is_store_full() {
 
 #[tokio::test]
 async fn a_server_without_scripting_is_an_internal_error() {
-    let server = RedisServer::with_args(&["--rename-command", "EVALSHA", ""]);
+    let server = RedisServer::with_args(&[
+        "--rename-command",
+        "EVALSHA",
+        "",
+        "--rename-command",
+        "EVAL",
+        "",
+    ]);
     let store = store::open(&server.url(), &StoreOptions::new())
         .await
         .unwrap();

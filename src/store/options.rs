@@ -1,5 +1,6 @@
 //! How a store is opened: its namespace, its time limits, whether a file store may be
-//! created, and which nodes of a Redis Cluster answer reads.
+//! created, how many replicas must confirm each write, and which nodes of a Redis Cluster
+//! answer reads.
 
 use std::time::Duration;
 
@@ -24,7 +25,12 @@ pub enum ReadFrom {
     Replicas,
 }
 
-/// How to open a store: the namespace and the time limits.
+/// How long a write waits for its replicas when none is given
+/// ([`StoreOptions::wait_timeout`]).
+pub const DEFAULT_WAIT_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// How to open a store: the namespace, the time limits, the write concern, and where reads
+/// go.
 #[derive(Debug, Clone)]
 #[must_use]
 pub struct StoreOptions {
@@ -33,6 +39,8 @@ pub struct StoreOptions {
     response_timeout: Duration,
     create_if_missing: bool,
     read_from: ReadFrom,
+    wait_replicas: u32,
+    wait_timeout: Duration,
 }
 
 impl Default for StoreOptions {
@@ -43,7 +51,8 @@ impl Default for StoreOptions {
 
 impl StoreOptions {
     /// The defaults: namespace `enrich`, 2 s to connect, 2 s for an answer, a file store
-    /// created if missing, reads from masters.
+    /// created if missing, writes acknowledged without waiting for replicas, reads from
+    /// masters.
     pub fn new() -> Self {
         StoreOptions {
             namespace: DEFAULT_NAMESPACE.to_string(),
@@ -51,6 +60,8 @@ impl StoreOptions {
             response_timeout: Duration::from_secs(2),
             create_if_missing: true,
             read_from: ReadFrom::Masters,
+            wait_replicas: 0,
+            wait_timeout: DEFAULT_WAIT_TIMEOUT,
         }
     }
 
@@ -98,6 +109,62 @@ impl StoreOptions {
         self
     }
 
+    /// How many replicas must confirm each write before it is acknowledged; 0 (the default)
+    /// acknowledges a write once the master applied it.
+    ///
+    /// Redis replicates asynchronously: a write the master acknowledged and then lost in a
+    /// crash, before any replica had it, is gone once a replica is promoted. With `n` > 0,
+    /// every write of a Redis or Redis Cluster store is followed, on the same connection,
+    /// by `WAIT n` ([`StoreOptions::wait_timeout`]); a write that fewer than `n` replicas
+    /// confirmed in time fails with [`ErrorKind::OutcomeUnknown`](crate::ErrorKind::OutcomeUnknown):
+    /// the master applied it, and a failover may lose it. Writes that change nothing (a
+    /// conflict, a user not found) are answered as such. A store without replicas (`memory:`,
+    /// `file:`) refuses to open with `n` > 0.
+    pub fn wait_replicas(mut self, n: u32) -> Self {
+        self.wait_replicas = n;
+        self
+    }
+
+    /// How long a write waits for its replicas ([`StoreOptions::wait_replicas`]) before its
+    /// outcome is reported unknown; [`DEFAULT_WAIT_TIMEOUT`] (1 s) by default, 1 ms at least.
+    /// A write's answer may then take this long beyond the
+    /// [`response timeout`](StoreOptions::response_timeout).
+    pub fn wait_timeout(mut self, timeout: Duration) -> Self {
+        self.wait_timeout = timeout;
+        self
+    }
+
+    /// How many replicas must confirm each write; 0 for none.
+    pub fn wait_replicas_value(&self) -> u32 {
+        self.wait_replicas
+    }
+
+    /// How long a write waits for its replicas.
+    pub fn wait_timeout_value(&self) -> Duration {
+        self.wait_timeout
+    }
+
+    /// How long the answer to a write may take: an answer's time, and the wait for replicas
+    /// when there is one.
+    #[cfg(feature = "redis")]
+    pub(crate) fn write_response_timeout(&self) -> Duration {
+        match self.wait_replicas {
+            0 => self.response_timeout,
+            _ => self.response_timeout.saturating_add(self.wait_timeout),
+        }
+    }
+
+    /// Refuses a write concern for `store`, which has no replicas to confirm anything.
+    pub(super) fn without_replicas(&self, store: &str) -> Result<()> {
+        match self.wait_replicas {
+            0 => Ok(()),
+            n => Err(Error::invalid(format!(
+                "wait_replicas {n} (--wait-replicas, ENRICH_WAIT_REPLICAS) needs a Redis store \
+                 with replicas to confirm each write, and {store} has none"
+            ))),
+        }
+    }
+
     /// The namespace.
     pub fn namespace_str(&self) -> &str {
         &self.namespace
@@ -120,13 +187,19 @@ impl StoreOptions {
             && ns
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
-        if ok {
-            Ok(())
-        } else {
-            Err(Error::invalid(format!(
+        if !ok {
+            return Err(Error::invalid(format!(
                 "invalid namespace {ns:?}: use 1 to 64 of A-Z, a-z, 0-9, '-', '_', '.'"
-            )))
+            )));
         }
+        // `WAIT n 0` would wait for ever.
+        if self.wait_replicas > 0 && self.wait_timeout < Duration::from_millis(1) {
+            return Err(Error::invalid(format!(
+                "wait_timeout {:?} (--wait-timeout, ENRICH_WAIT_TIMEOUT) is below the minimum of 1 ms",
+                self.wait_timeout
+            )));
+        }
+        Ok(())
     }
 }
 
@@ -144,5 +217,19 @@ mod tests {
         );
         assert!(StoreOptions::new().namespace("a b").validate().is_err());
         assert!(StoreOptions::new().namespace("").validate().is_err());
+    }
+
+    #[test]
+    fn a_write_concern_needs_a_timeout_and_replicas() {
+        let on = StoreOptions::new().wait_replicas(1);
+        assert_eq!(on.wait_timeout_value(), DEFAULT_WAIT_TIMEOUT);
+        assert!(on.validate().is_ok());
+        let err = (on.clone().wait_timeout(Duration::ZERO).validate()).unwrap_err();
+        assert!(err.to_string().contains("--wait-timeout"), "{err}");
+        // Off, the timeout is not used.
+        let off = StoreOptions::new().wait_timeout(Duration::ZERO);
+        assert!(off.validate().is_ok() && off.without_replicas("memory:").is_ok());
+        let err = on.without_replicas("memory:").unwrap_err();
+        assert!(err.is_invalid_input() && err.to_string().contains("--wait-replicas"));
     }
 }

@@ -149,7 +149,10 @@ pub async fn open(url: &str, options: &StoreOptions) -> Result<SharedStore> {
         }
         #[cfg(feature = "file")]
         StoreUrl::File(path) => Arc::new(FileStore::open(&path, options).await?),
-        StoreUrl::Memory => Arc::new(MemoryStore::new()),
+        StoreUrl::Memory => {
+            options.without_replicas("memory:")?;
+            Arc::new(MemoryStore::new())
+        }
         #[allow(unreachable_patterns)]
         _ => return Err(without_backend(url)),
     })

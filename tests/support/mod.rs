@@ -879,7 +879,9 @@ pub fn enrich_command(dir: &Path) -> Command {
     command
         .current_dir(dir)
         .env_remove("ENRICH_STORE")
-        .env_remove("ENRICH_NAMESPACE");
+        .env_remove("ENRICH_NAMESPACE")
+        .env_remove("ENRICH_WAIT_REPLICAS")
+        .env_remove("ENRICH_WAIT_TIMEOUT");
     command
 }
 

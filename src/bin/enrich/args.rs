@@ -38,6 +38,28 @@ pub(crate) struct Cli {
     #[arg(long, global = true, env = "ENRICH_READ_FROM", value_enum, default_value_t = ReadFrom::Masters)]
     pub(crate) read_from: ReadFrom,
 
+    /// Acknowledge a write only once this many replicas confirm it (Redis WAIT); if fewer do
+    /// within --wait-timeout, its outcome is reported unknown. 0: do not wait.
+    #[arg(
+        long,
+        global = true,
+        env = "ENRICH_WAIT_REPLICAS",
+        value_name = "N",
+        default_value_t = 0
+    )]
+    pub(crate) wait_replicas: u32,
+
+    /// Seconds a write waits for its --wait-replicas.
+    #[arg(
+        long,
+        global = true,
+        env = "ENRICH_WAIT_TIMEOUT",
+        value_name = "SECS",
+        default_value = "1",
+        value_parser = positive_secs
+    )]
+    pub(crate) wait_timeout: Duration,
+
     /// How log lines on standard error are written. RUST_LOG sets what is logged (default:
     /// info for serve, with one access line per request; warn for the other commands).
     #[arg(
@@ -403,6 +425,14 @@ pub(crate) enum Collections {
         /// The file to read; - or nothing for standard input.
         file: Option<PathBuf>,
     },
+}
+
+/// A positive number of seconds, such as `0.5`.
+fn positive_secs(text: &str) -> Result<Duration, String> {
+    (text.trim().parse::<f64>().ok())
+        .and_then(|secs| Duration::try_from_secs_f64(secs).ok())
+        .filter(|d| !d.is_zero())
+        .ok_or_else(|| format!("{text:?} is not a positive number of seconds"))
 }
 
 /// `4096`, `64K`, `64M`, `1G` (powers of 1024; `KiB`, `MB`… are read the same).

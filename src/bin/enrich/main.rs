@@ -25,7 +25,11 @@ async fn main() {
     let cli = Cli::parse();
     let serving = matches!(cli.command, Command::Serve { .. });
     let logging = logging::init(cli.log_format, if serving { "info" } else { "warn" });
-    let options = (StoreOptions::new().namespace(cli.namespace)).read_from(cli.read_from.into());
+    let options = StoreOptions::new()
+        .namespace(cli.namespace)
+        .wait_replicas(cli.wait_replicas)
+        .wait_timeout(cli.wait_timeout)
+        .read_from(cli.read_from.into());
     let spec = StoreSpec::new(cli.store, options);
     let result = match cli.command {
         Command::Users(users) => run_users(&spec, users).await,

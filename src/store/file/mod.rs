@@ -52,8 +52,10 @@ struct Inner {
 impl FileStore {
     /// Opens the database at `path`. If there is none: creates it (see the module's doc for
     /// how), unless [`StoreOptions::create_if_missing`] is off, which makes it an
-    /// [`ErrorKind::InvalidInput`] naming the path.
+    /// [`ErrorKind::InvalidInput`] naming the path. A file has no replicas: a non-zero
+    /// [`StoreOptions::wait_replicas`] is refused.
     pub async fn open(path: &Path, options: &StoreOptions) -> Result<FileStore> {
+        options.without_replicas(&format!("file:{}", path.display()))?;
         // Messages name the file wherever the process runs.
         let path = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
         let table = format!("users:{}", options.namespace_str());

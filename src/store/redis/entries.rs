@@ -9,9 +9,10 @@
 //! is a pipeline of such calls: one round trip, each entry still its own atomic write.
 
 use bytes::Bytes;
-use redis::{Cmd, Script, Value};
+use redis::{Cmd, Value};
 
 use super::fault::write_fault;
+use super::scripts::Lua;
 use crate::collection::{EntryJson, EntryKey, NewEntry};
 use crate::error::{Error, ErrorKind, Result};
 use crate::store::{Stamps, entry_conflict, entry_not_found, stored_entry};
@@ -87,20 +88,20 @@ pub(super) enum Mode {
 
 /// The write script, and the commands that run it.
 pub(super) struct EntryScript {
-    hash: String,
+    lua: Lua,
 }
 
 impl EntryScript {
     pub(super) fn new() -> EntryScript {
         EntryScript {
-            hash: Script::new(WRITE).get_hash().to_string(),
+            lua: Lua::new(WRITE),
         }
     }
 
     /// Loads the script: the first command of every pipeline of writes, so that the calls
     /// behind it can name it by its hash whatever the server had cached.
     pub(super) fn load(&self) -> Cmd {
-        redis::cmd("SCRIPT").arg("LOAD").arg(WRITE).clone()
+        self.lua.load()
     }
 
     /// The call writing `entry` at `key` with `stamps` at `now`: by hash behind a
@@ -114,11 +115,7 @@ impl EntryScript {
         now: Timestamp,
         loaded: bool,
     ) -> Cmd {
-        let mut cmd = if loaded {
-            redis::cmd("EVALSHA").arg(&self.hash).clone()
-        } else {
-            redis::cmd("EVAL").arg(WRITE).clone()
-        };
+        let mut cmd = self.lua.call(loaded);
         let owner = match entry.owner() {
             Some(owner) => format!("{owner}\n"),
             None => String::new(),
@@ -195,17 +192,4 @@ pub(super) fn written(
 pub(super) fn removed(describe: &str, answer: redis::RedisResult<Value>) -> Result<u64> {
     let answer = answer.map_err(|e| write_fault(describe, e))?;
     redis::from_redis_value(answer).map_err(|e| write_fault(describe, e.into()))
-}
-
-/// The answers of a pipeline without its first `skip` commands, each its own result: a
-/// command the server refused fails alone.
-pub(super) fn each(values: Vec<Value>, skip: usize) -> Vec<redis::RedisResult<Value>> {
-    values
-        .into_iter()
-        .skip(skip)
-        .map(|value| match value {
-            Value::ServerError(err) => Err(err.into()),
-            value => Ok(value),
-        })
-        .collect()
 }

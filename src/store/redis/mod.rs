@@ -10,10 +10,15 @@
 //! wrote under our key, whose first 42 bytes are not a `created_at` of ours, is never built
 //! upon: the write fails naming the user, and the record is left as it was.
 //!
+//! With a write concern ([`StoreOptions::wait_replicas`]), every write is acknowledged only
+//! once enough replicas confirmed it: see [`concern`] for how a write and its `WAIT` travel
+//! together, and what an unconfirmed write is reported as.
+//!
 //! Writes are announced by the server itself: see [`super::tracking`] for how every enricher
 //! learns of every write to its namespace, ours or anyone's.
 
 mod cluster;
+mod concern;
 mod entries;
 mod fault;
 mod link;
@@ -32,10 +37,11 @@ use bytes::Bytes;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{AsyncConnectionConfig, Client};
 
+use self::concern::{Answer, WriteConcern, Writes};
 use self::entries::{EntryScript, Mode};
 use self::fault::{fault, write_fault};
 use self::link::WriteLink;
-use self::scripts::Scripts;
+use self::scripts::{Scripts, import_changed};
 use super::url::redact;
 use super::{
     Added, EventSink, ImportEntry, ImportOutcome, ImportUser, Stamps, StoreOptions, UserSource,
@@ -62,6 +68,7 @@ pub struct RedisStore {
     describe: String,
     scripts: std::sync::Arc<Scripts>,
     entry_script: std::sync::Arc<EntryScript>,
+    concern: Option<WriteConcern>,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -101,7 +108,7 @@ impl RedisStore {
             client.clone(),
             AsyncConnectionConfig::new()
                 .set_connection_timeout(Some(options.connect_timeout_value()))
-                .set_response_timeout(Some(options.response_timeout_value())),
+                .set_response_timeout(Some(options.write_response_timeout())),
         );
         let ns = options.namespace_str();
         Ok(RedisStore {
@@ -114,6 +121,7 @@ impl RedisStore {
             describe,
             scripts: std::sync::Arc::new(Scripts::new()),
             entry_script: std::sync::Arc::new(EntryScript::new()),
+            concern: WriteConcern::new(options),
         })
     }
 
@@ -139,29 +147,27 @@ impl RedisStore {
         }
     }
 
-    /// Runs `cmds` as one pipeline on the write connection, behind `prelude` (whose answers
-    /// are dropped); each command's answer on its own.
-    async fn pipeline(
+    /// Runs the write commands `cmds` as one pipeline on the write connection, behind
+    /// `prelude` (whose answers are dropped) and before the `WAIT` of the write concern; each
+    /// command's answer on its own.
+    async fn write(
         &self,
         prelude: Option<redis::Cmd>,
-        cmds: impl Iterator<Item = redis::Cmd>,
-    ) -> Result<Vec<redis::RedisResult<redis::Value>>> {
+        cmds: impl IntoIterator<Item = redis::Cmd>,
+    ) -> Result<Vec<Answer>> {
         use redis::aio::ConnectionLike;
-        let mut pipe = redis::pipe();
-        let skip = usize::from(prelude.is_some());
-        if let Some(prelude) = prelude {
-            pipe.add_command(prelude);
-        }
-        for cmd in cmds {
-            pipe.add_command(cmd);
-        }
-        let count = pipe.len();
+        let writes = Writes::new(prelude, cmds, self.concern.as_ref());
         let conn = &mut self.writer().await?;
         let values = conn
-            .req_packed_commands(&pipe, 0, count)
+            .req_packed_commands(writes.pipe(), 0, writes.len())
             .await
             .map_err(|e| write_fault(&self.describe, e))?;
-        Ok(entries::each(values, skip))
+        Ok(writes.answers(&self.describe, values))
+    }
+
+    /// Runs one write command; its answer.
+    async fn write_one(&self, cmd: redis::Cmd) -> Result<Answer> {
+        Ok(concern::one(self.write(None, [cmd]).await?))
     }
 
     /// Writes `entries`, each with its stamps, in `mode` in one round trip, each its own
@@ -185,9 +191,11 @@ impl RedisStore {
                 true,
             )
         });
-        let answers = self.pipeline(Some(script.load()), calls).await?;
+        let answers = self.write(Some(script.load()), calls).await?;
         Ok((batch.iter().zip(answers))
-            .map(|(&write, answer)| entries::written(&self.describe, write, now, answer))
+            .map(|(&write, answer)| {
+                answer.confirm(|value| entries::written(&self.describe, write, now, value))
+            })
             .collect())
     }
 
@@ -259,22 +267,26 @@ impl UserSource for RedisStore {
 #[async_trait]
 impl UserStore for RedisStore {
     async fn add(&self, user: &NewUser, get_or_create: bool) -> Result<Added> {
-        let key = self.key(user.id());
-        let conn = &mut self.writer().await?;
-        self.scripts
-            .add(conn, &self.describe, key, user, get_or_create)
-            .await
+        let now = Timestamp::now();
+        let json = user.to_json(now, now);
+        let answer = (self.write_one(self.scripts.add(&self.key(user.id()), &json))).await?;
+        answer.confirm_when(
+            |value| scripts::added(&self.describe, user, json, get_or_create, value),
+            |added| added.created,
+        )
     }
 
     async fn update(&self, user: &NewUser) -> Result<UserJson> {
-        let key = self.key(user.id());
-        let conn = &mut self.writer().await?;
-        self.scripts.update(conn, &self.describe, key, user).await
+        let update = self
+            .scripts
+            .update(&self.key(user.id()), user, Timestamp::now());
+        let answer = self.write_one(update).await?;
+        answer.confirm(|value| scripts::updated(&self.describe, user, value))
     }
 
     async fn delete(&self, id: &UserId) -> Result<()> {
-        let conn = &mut self.writer().await?;
-        Scripts::delete(conn, &self.describe, self.key(id), id).await
+        let answer = self.write_one(Scripts::delete(&self.key(id))).await?;
+        answer.confirm(|value| scripts::deleted(&self.describe, id, value))
     }
 
     async fn import(
@@ -284,16 +296,15 @@ impl UserStore for RedisStore {
     ) -> Result<Vec<ImportOutcome>> {
         let keys: Vec<String> = users.iter().map(|u| self.key(u.user().id())).collect();
         let batch: Vec<(&str, &ImportUser)> = keys.iter().map(String::as_str).zip(users).collect();
-        let conn = &mut self.writer().await?;
-        (self.scripts)
-            .import(
-                conn,
-                &self.describe,
-                &batch,
-                override_existing,
-                Timestamp::now(),
-            )
-            .await
+        if batch.is_empty() {
+            return Ok(Vec::new());
+        }
+        let import = (self.scripts).import(&batch, override_existing, Timestamp::now(), false);
+        let answer = self.write_one(import).await?;
+        answer.confirm_when(
+            |value| scripts::imported(&self.describe, &batch, value),
+            |outcomes| import_changed(outcomes),
+        )
     }
 
     async fn add_entry(&self, entry: &NewEntry) -> Result<EntryJson> {
@@ -333,12 +344,13 @@ impl UserStore for RedisStore {
             return Ok(0);
         }
         let names: Vec<String> = keys.iter().map(|key| self.entry_key(key)).collect();
-        let conn = &mut self.writer().await?;
-        redis::cmd("DEL")
-            .arg(&names)
-            .query_async(conn)
-            .await
-            .map_err(|e| write_fault(&self.describe, e))
+        let answer = self
+            .write_one(redis::cmd("DEL").arg(&names).clone())
+            .await?;
+        answer.confirm_when(
+            |value| entries::removed(&self.describe, value),
+            |&removed| removed > 0,
+        )
     }
 
     async fn get_stored_entry(&self, key: &EntryKey) -> Result<Option<StoredEntry>> {

@@ -46,23 +46,31 @@ impl NodeLinks {
             urls,
             config: AsyncConnectionConfig::new()
                 .set_connection_timeout(Some(options.connect_timeout_value()))
-                .set_response_timeout(Some(options.response_timeout_value())),
+                .set_response_timeout(Some(options.write_response_timeout())),
             read_only: false,
             links: std::sync::Mutex::new(HashMap::new()),
         }
     }
 
-    /// Links whose connections say `READONLY` first: for reads from replicas.
-    pub(super) fn read_only(mut self) -> NodeLinks {
-        self.read_only = true;
-        self
+    /// Links for reads (and the slot map): an answer's time is the response timeout, and with
+    /// `read_only` each connection says `READONLY` first, for reads from replicas.
+    pub(super) fn for_reads(urls: NodeUrls, options: &StoreOptions, read_only: bool) -> NodeLinks {
+        NodeLinks {
+            urls,
+            config: AsyncConnectionConfig::new()
+                .set_connection_timeout(Some(options.connect_timeout_value()))
+                .set_response_timeout(Some(options.response_timeout_value())),
+            read_only,
+            links: std::sync::Mutex::new(HashMap::new()),
+        }
     }
 
     async fn connection(&self, node: &Node) -> RedisResult<MultiplexedConnection> {
         if let Some(conn) = crate::sync::lock(&self.links).get(node) {
             return Ok(conn.clone());
         }
-        // Not under the lock: a node that does not answer must not hold up the others.
+        // Connected without the lock: a node that does not answer (a partition) must not hold
+        // up the others for the connect timeout.
         let client =
             super::tls::client(&self.urls.url(node), &self.urls.describe(node)).map_err(|e| {
                 redis::RedisError::from((

@@ -1,9 +1,8 @@
-//! The Lua scripts that make every write atomic on the server, and the single-key writes both
-//! Redis backends make with them.
+//! The Lua scripts that make every user write atomic on the server, the commands that call
+//! them, and what their answers mean.
 
 use bytes::Bytes;
-use redis::Script;
-use redis::aio::ConnectionLike;
+use redis::{Cmd, RedisResult, Script, Value};
 
 use super::fault::write_fault;
 use crate::error::{Error, ErrorKind, Result};
@@ -99,141 +98,197 @@ return out
 "
 );
 
-/// The scripts, and the single-key writes both Redis backends make with them. The connection
-/// routes each write (on a cluster, to the node of the key's slot).
+/// A Lua script, called with its text (which works alone on any node) or by its hash behind
+/// a [`Lua::load`] in the same pipeline (which a batch of calls takes, to send the text once).
+pub(super) struct Lua {
+    text: &'static str,
+    hash: String,
+}
+
+impl Lua {
+    pub(super) fn new(text: &'static str) -> Lua {
+        Lua {
+            text,
+            hash: Script::new(text).get_hash().to_string(),
+        }
+    }
+
+    /// Loads the script: the first command of a pipeline of calls by hash, so that they run
+    /// whatever the server had cached (a restarted server, a promoted replica, a node that
+    /// took the slot have none).
+    pub(super) fn load(&self) -> Cmd {
+        redis::cmd("SCRIPT").arg("LOAD").arg(self.text).clone()
+    }
+
+    /// A call, its keys and arguments to follow: by hash behind a [`Lua::load`] (`loaded`),
+    /// else with the script's text.
+    pub(super) fn call(&self, loaded: bool) -> Cmd {
+        if loaded {
+            redis::cmd("EVALSHA").arg(&self.hash).clone()
+        } else {
+            redis::cmd("EVAL").arg(self.text).clone()
+        }
+    }
+}
+
+/// The user scripts: the command of each user write, for both Redis backends to send (with
+/// the `WAIT` of their write concern, see [`super::concern`]), and what its answer means. The
+/// connection routes each command (on a cluster, to the node of the key's slot).
 pub(super) struct Scripts {
-    add: Script,
-    update: Script,
-    import: Script,
+    add: Lua,
+    update: Lua,
+    import: Lua,
 }
 
 impl Scripts {
     pub(super) fn new() -> Scripts {
         Scripts {
-            add: Script::new(ADD),
-            update: Script::new(UPDATE),
-            import: Script::new(IMPORT),
+            add: Lua::new(ADD),
+            update: Lua::new(UPDATE),
+            import: Lua::new(IMPORT),
         }
     }
 
-    /// Creates the user at `key` unless it exists (then: conflict, or with `get_or_create`
-    /// the stored user).
-    pub(super) async fn add(
-        &self,
-        conn: &mut (impl ConnectionLike + Send),
-        describe: &str,
-        key: String,
-        user: &NewUser,
-        get_or_create: bool,
-    ) -> Result<Added> {
-        let now = Timestamp::now();
-        let json = user.to_json(now, now);
-        let existing: Option<Bytes> = self
-            .add
-            .key(key)
+    /// Creates the user at `key` as `json` unless it exists; see [`added`].
+    pub(super) fn add(&self, key: &str, json: &UserJson) -> Cmd {
+        self.add
+            .call(false)
+            .arg(1)
+            .arg(key)
             .arg(json.as_bytes())
-            .invoke_async(conn)
-            .await
-            .map_err(|e| write_fault(describe, e))?;
-        match existing {
-            None => Ok(Added {
-                user: json,
-                created: true,
-            }),
-            Some(bytes) if get_or_create => Ok(Added {
-                user: stored_user(user.id(), bytes)?,
-                created: false,
-            }),
-            Some(_) => Err(conflict(user.id())),
-        }
+            .clone()
     }
 
-    /// Replaces the data of the user at `key`, keeping its `created_at`.
-    pub(super) async fn update(
-        &self,
-        conn: &mut (impl ConnectionLike + Send),
-        describe: &str,
-        key: String,
-        user: &NewUser,
-    ) -> Result<UserJson> {
-        let updated: Option<(u8, Bytes)> = self
-            .update
-            .key(key)
-            .arg(user.tail(Timestamp::now()))
-            .invoke_async(conn)
-            .await
-            .map_err(|e| write_fault(describe, e))?;
-        match updated {
-            Some((1, bytes)) => stored_user(user.id(), bytes),
-            // Left as it was: the full check says what is wrong with it.
-            Some((_, old)) => Err(stored_user(user.id(), old)
-                .err()
-                .unwrap_or_else(|| kept_part_corrupt(user.id()))),
-            None => Err(not_found(user.id())),
-        }
+    /// Replaces the data of the user at `key` with `user`'s, keeping its `created_at`; see
+    /// [`updated`].
+    pub(super) fn update(&self, key: &str, user: &NewUser, now: Timestamp) -> Cmd {
+        self.update
+            .call(false)
+            .arg(1)
+            .arg(key)
+            .arg(user.tail(now))
+            .clone()
     }
 
-    /// Writes `batch` (each user with its key) in one script call, each user one atomic write;
-    /// the outcomes in batch order. The keys must be of one slot where the server is a cluster.
-    pub(super) async fn import(
+    /// Deletes the user at `key`; see [`deleted`].
+    pub(super) fn delete(key: &str) -> Cmd {
+        redis::cmd("DEL").arg(key).clone()
+    }
+
+    /// Loads the import script, for [`Scripts::import`] calls by hash behind it.
+    pub(super) fn import_load(&self) -> Cmd {
+        self.import.load()
+    }
+
+    /// Writes `batch` (each user with its key) in one script call, each user one atomic
+    /// write; see [`imported`]. The keys must be of one slot where the server is a cluster.
+    pub(super) fn import(
         &self,
-        conn: &mut (impl ConnectionLike + Send),
-        describe: &str,
         batch: &[(&str, &ImportUser)],
         override_existing: bool,
         now: Timestamp,
-    ) -> Result<Vec<ImportOutcome>> {
-        if batch.is_empty() {
-            return Ok(Vec::new());
+        loaded: bool,
+    ) -> Cmd {
+        let mut call = self.import.call(loaded);
+        call.arg(batch.len());
+        for (key, _) in batch {
+            call.arg(*key);
         }
-        let mut call = self.import.prepare_invoke();
         call.arg(if override_existing { "1" } else { "0" });
-        for (key, import) in batch {
-            call.key(*key)
-                .arg(import.to_json(now).as_bytes())
+        for (_, import) in batch {
+            call.arg(import.to_json(now).as_bytes())
                 .arg(if import.keeps_created_at() { "1" } else { "0" });
         }
-        let codes: Vec<u8> = call
-            .invoke_async(conn)
-            .await
-            .map_err(|e| write_fault(describe, e))?;
-        if codes.len() != batch.len() {
-            return Err(Error::new(
-                ErrorKind::Internal,
-                format!("import script answered {} of {}", codes.len(), batch.len()),
-            ));
-        }
-        if let Some(i) = codes.iter().position(|&code| code == 3) {
-            let id = batch[i].1.user().id();
-            return Err(Error::new(
-                ErrorKind::Internal,
-                format!(
-                    "user {id}: stored user record is corrupt (created_at is not a timestamp); \
-                     nothing of this batch was written"
-                ),
-            ));
-        }
-        codes.into_iter().map(import_outcome).collect()
+        call
     }
+}
 
-    /// Deletes the user at `key`.
-    pub(super) async fn delete(
-        conn: &mut (impl ConnectionLike + Send),
-        describe: &str,
-        key: String,
-        id: &UserId,
-    ) -> Result<()> {
-        let removed: i64 = redis::cmd("DEL")
-            .arg(key)
-            .query_async(conn)
-            .await
-            .map_err(|e| write_fault(describe, e))?;
-        if removed == 1 {
-            Ok(())
-        } else {
-            Err(not_found(id))
-        }
+/// What the answer to [`Scripts::add`] of `user` as `json` means: created, the stored user
+/// (`get_or_create`), or a conflict.
+pub(super) fn added(
+    describe: &str,
+    user: &NewUser,
+    json: UserJson,
+    get_or_create: bool,
+    answer: RedisResult<Value>,
+) -> Result<Added> {
+    let existing: Option<Bytes> = parse(describe, answer)?;
+    match existing {
+        None => Ok(Added {
+            user: json,
+            created: true,
+        }),
+        Some(bytes) if get_or_create => Ok(Added {
+            user: stored_user(user.id(), bytes)?,
+            created: false,
+        }),
+        Some(_) => Err(conflict(user.id())),
     }
+}
+
+/// What the answer to [`Scripts::update`] of `user` means: the user as stored now, or why
+/// not.
+pub(super) fn updated(
+    describe: &str,
+    user: &NewUser,
+    answer: RedisResult<Value>,
+) -> Result<UserJson> {
+    let updated: Option<(u8, Bytes)> = parse(describe, answer)?;
+    match updated {
+        Some((1, bytes)) => stored_user(user.id(), bytes),
+        // Left as it was: the full check says what is wrong with it.
+        Some((_, old)) => Err(stored_user(user.id(), old)
+            .err()
+            .unwrap_or_else(|| kept_part_corrupt(user.id()))),
+        None => Err(not_found(user.id())),
+    }
+}
+
+/// What the answer to [`Scripts::delete`] of `id` means.
+pub(super) fn deleted(describe: &str, id: &UserId, answer: RedisResult<Value>) -> Result<()> {
+    match parse::<i64>(describe, answer)? {
+        1 => Ok(()),
+        _ => Err(not_found(id)),
+    }
+}
+
+/// What the answer to [`Scripts::import`] of `batch` means: each user's outcome, in batch
+/// order, or why nothing was written.
+pub(super) fn imported(
+    describe: &str,
+    batch: &[(&str, &ImportUser)],
+    answer: RedisResult<Value>,
+) -> Result<Vec<ImportOutcome>> {
+    let codes: Vec<u8> = parse(describe, answer)?;
+    if codes.len() != batch.len() {
+        return Err(Error::new(
+            ErrorKind::Internal,
+            format!("import script answered {} of {}", codes.len(), batch.len()),
+        ));
+    }
+    if let Some(i) = codes.iter().position(|&code| code == 3) {
+        let id = batch[i].1.user().id();
+        return Err(Error::new(
+            ErrorKind::Internal,
+            format!(
+                "user {id}: stored user record is corrupt (created_at is not a timestamp); \
+                 nothing of this batch was written"
+            ),
+        ));
+    }
+    codes.into_iter().map(import_outcome).collect()
+}
+
+/// True when an import wrote any user (a batch of users that all existed, not overridden,
+/// changed nothing).
+pub(super) fn import_changed(outcomes: &[ImportOutcome]) -> bool {
+    outcomes.iter().any(|&o| o != ImportOutcome::Skipped)
+}
+
+/// An answer read as `T`, or the failure to get it.
+fn parse<T: redis::FromRedisValue>(describe: &str, answer: RedisResult<Value>) -> Result<T> {
+    let value = answer.map_err(|e| write_fault(describe, e))?;
+    redis::from_redis_value(value).map_err(|e| write_fault(describe, e.into()))
 }
 
 /// The error for a stored record whose `created_at` a write was to keep but could not.

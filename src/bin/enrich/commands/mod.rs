@@ -36,7 +36,8 @@ pub(crate) use self::users::{users_add, users_delete, users_get, users_import, u
 pub(crate) const EXIT_CODES: &str = "\
 Exit codes:
   0  success
-  1  store unavailable, timeout, refusal (credentials, permissions, full), or any other failure
+  1  store unavailable, timeout, refusal (credentials, permissions, full), a write of unknown
+     outcome (not answered, or not confirmed by --wait-replicas), or any other failure
   2  invalid input or usage, including a file store that does not exist for a command that
      only reads (users or collections get, update, delete; run without --users or --objects)
   3  conflict: the user or entry already exists

@@ -43,6 +43,16 @@
 //! missing, since a replica that has not yet applied a creation would otherwise deny a user
 //! that exists.
 //!
+//! # Writes
+//!
+//! A single write is one script call through the cluster connection, which routes it by its
+//! key and follows redirects; a batch (entries, deletes, the per-slot scripts of a user
+//! import) is one pipeline per master over a direct connection (see [`super::node_links`]).
+//! Either way the `WAIT` of the write concern ([`super::concern`]) ends the same pipeline, on
+//! the same connection as the writes it confirms. The cluster connection re-reads its own
+//! slot map when ours changes (see [`super::topology`]), so single writes follow a failover
+//! too.
+//!
 //! Invalidation: see [`super::tracking`], which keeps one tracking connection per node,
 //! masters and replicas.
 
@@ -50,7 +60,6 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use futures::future::join_all;
 use redis::cluster::{ClusterClient, ClusterClientBuilder};
 use redis::cluster_async::ClusterConnection;
 
@@ -58,10 +67,11 @@ mod per_node;
 mod reads;
 mod replicas;
 
+use super::concern::{self, Answer, WriteConcern, Writes};
 use super::entries::{self, EntryScript, Mode};
-use super::fault::fault;
+use super::fault::{fault, write_fault};
 use super::node_links::NodeLinks;
-use super::scripts::Scripts;
+use super::scripts::{self, Scripts, import_changed};
 use super::topology::{NodeUrls, Topology, seed_node, slot};
 use crate::collection::{EntryJson, EntryKey, NewEntry, StoredEntry};
 use crate::error::{Error, Result};
@@ -94,6 +104,7 @@ pub struct ClusterStore {
     scripts: Arc<Scripts>,
     entry_script: Arc<EntryScript>,
     node_links: Arc<NodeLinks>,
+    concern: Option<WriteConcern>,
     /// Direct connections for the reads of pages (`READONLY` when reading from replicas).
     read_links: Arc<NodeLinks>,
     /// Turns through each shard's replicas, read after read.
@@ -138,35 +149,38 @@ impl ClusterStore {
         super::tls::install_crypto_provider();
         let verified = nodes.scheme == "rediss" && !insecure;
         let seed_nodes = seeds.iter().filter_map(|seed| seed_node(seed)).collect();
-        let mut builder = ClusterClientBuilder::new(seeds);
-        if verified {
-            builder = builder.certs(super::tls::certificates()?);
-        }
-        let client: ClusterClient = builder
-            .connection_timeout(options.connect_timeout_value())
-            .response_timeout(options.response_timeout_value())
-            // A dead node must turn into "unavailable" quickly, not after a long retry ladder:
-            // the resolver and `enrich run` have their own retry policies above us.
-            .retries(2)
-            .min_retry_wait(10)
-            .max_retry_wait(200)
-            .build()
-            .map_err(|e| {
-                Error::invalid(format!("invalid cluster URL {describe:?}")).with_cause(e)
-            })?;
-        let conn = client
+        let client = |response_timeout| -> Result<ClusterClient> {
+            let mut builder = ClusterClientBuilder::new(seeds.clone());
+            if verified {
+                builder = builder.certs(super::tls::certificates()?);
+            }
+            builder
+                .connection_timeout(options.connect_timeout_value())
+                .response_timeout(response_timeout)
+                // A dead node must turn into "unavailable" quickly, not after a long retry
+                // ladder: the resolver and `enrich run` have their own retry policies above us.
+                .retries(2)
+                .min_retry_wait(10)
+                .max_retry_wait(200)
+                .build()
+                .map_err(|e| {
+                    Error::invalid(format!("invalid cluster URL {describe:?}")).with_cause(e)
+                })
+        };
+        let conn = client(options.response_timeout_value())?
             .get_async_connection()
             .await
             .map_err(|e| fault(&describe, e))?;
-        let writes = client
+        // Writes may wait for replicas on top of the answer's time.
+        let writes = client(options.write_response_timeout())?
             .get_async_connection()
             .await
             .map_err(|e| fault(&describe, e))?;
-        let read_links = NodeLinks::new(nodes.clone(), options);
-        let read_links = Arc::new(match options.read_from_value() {
-            ReadFrom::Masters => read_links,
-            ReadFrom::Replicas => read_links.read_only(),
-        });
+        let read_links = Arc::new(NodeLinks::for_reads(
+            nodes.clone(),
+            options,
+            options.read_from_value() == ReadFrom::Replicas,
+        ));
         // Reading the slot map also proves the credentials and that the nodes are in cluster
         // mode, so a wrong URL fails here with a clear message.
         let topology = Topology::connect(
@@ -207,6 +221,7 @@ impl ClusterStore {
             topology,
             scripts: Arc::new(Scripts::new()),
             entry_script: Arc::new(EntryScript::new()),
+            concern: WriteConcern::new(options),
         })
     }
 
@@ -217,6 +232,20 @@ impl ClusterStore {
 
     fn fault(&self, err: redis::RedisError) -> Error {
         fault(&self.describe, err)
+    }
+
+    /// Runs one single-key write command, and the `WAIT` of the write concern behind it, as
+    /// one pipeline through the cluster connection, which sends it to the master of the key's
+    /// slot and follows the cluster's redirects (a command refused with `MOVED` or `ASK` was
+    /// not run, so the pipeline is sent again whole, its `WAIT` still behind its write).
+    async fn write_one(&self, cmd: redis::Cmd) -> Result<Answer> {
+        use redis::aio::ConnectionLike;
+        let writes = Writes::new(None, [cmd], self.concern.as_ref());
+        let values = (self.writes.clone())
+            .req_packed_commands(writes.pipe(), 0, writes.len())
+            .await
+            .map_err(|e| write_fault(&self.describe, e))?;
+        Ok(concern::one(writes.answers(&self.describe, values)))
     }
 
     /// The key that holds a collection entry.
@@ -275,25 +304,31 @@ impl UserSource for ClusterStore {
 #[async_trait]
 impl UserStore for ClusterStore {
     async fn add(&self, user: &NewUser, get_or_create: bool) -> Result<Added> {
-        let key = self.key(user.id());
-        let conn = &mut self.writes.clone();
-        self.scripts
-            .add(conn, &self.describe, key, user, get_or_create)
-            .await
+        let now = Timestamp::now();
+        let json = user.to_json(now, now);
+        let answer = (self.write_one(self.scripts.add(&self.key(user.id()), &json))).await?;
+        answer.confirm_when(
+            |value| scripts::added(&self.describe, user, json, get_or_create, value),
+            |added| added.created,
+        )
     }
 
     async fn update(&self, user: &NewUser) -> Result<UserJson> {
-        let key = self.key(user.id());
-        let conn = &mut self.writes.clone();
-        self.scripts.update(conn, &self.describe, key, user).await
+        let update = self
+            .scripts
+            .update(&self.key(user.id()), user, Timestamp::now());
+        let answer = self.write_one(update).await?;
+        answer.confirm(|value| scripts::updated(&self.describe, user, value))
     }
 
     async fn delete(&self, id: &UserId) -> Result<()> {
-        Scripts::delete(&mut self.writes.clone(), &self.describe, self.key(id), id).await
+        let answer = self.write_one(Scripts::delete(&self.key(id))).await?;
+        answer.confirm(|value| scripts::deleted(&self.describe, id, value))
     }
 
-    /// One import script per slot of the batch, all at once: a script may only touch keys of
-    /// one slot, and each user stays one atomic write. Outcomes come back in batch order.
+    /// One import script per slot of the batch (a script may only touch keys of one slot, and
+    /// each user stays one atomic write), sent as one pipeline per node, all nodes at once.
+    /// Outcomes come back in batch order.
     async fn import(
         &self,
         users: &[ImportUser],
@@ -305,22 +340,33 @@ impl UserStore for ClusterStore {
         for (i, key) in keys.iter().enumerate() {
             by_slot.entry(slot(key.as_bytes())).or_default().push(i);
         }
-        let calls = by_slot.into_values().map(|positions| {
-            let batch: Vec<(&str, &ImportUser)> = (positions.iter())
-                .map(|&i| (keys[i].as_str(), &users[i]))
-                .collect();
-            let mut conn = self.writes.clone();
-            async move {
-                let outcomes = (self.scripts)
-                    .import(&mut conn, &self.describe, &batch, override_existing, now)
-                    .await?;
-                Ok::<_, Error>((positions, outcomes))
-            }
-        });
+        let groups: Vec<Vec<usize>> = by_slot.into_values().collect();
+        let batches: Vec<Vec<(&str, &ImportUser)>> = (groups.iter())
+            .map(|positions| {
+                (positions.iter())
+                    .map(|&i| (keys[i].as_str(), &users[i]))
+                    .collect()
+            })
+            .collect();
+        // Each group is routed by its first key: all of its keys are of that slot.
+        let firsts: Vec<String> = groups.iter().map(|g| keys[g[0]].clone()).collect();
+        let call =
+            |g: usize, loaded| (self.scripts).import(&batches[g], override_existing, now, loaded);
+        let answers = self
+            .write_keys(
+                &firsts,
+                Some(self.scripts.import_load()),
+                |g| call(g, true),
+                |g| call(g, false),
+            )
+            .await;
         let mut outcomes = vec![ImportOutcome::Skipped; users.len()];
-        for done in join_all(calls).await {
-            let (positions, done) = done?;
-            for (i, outcome) in positions.into_iter().zip(done) {
+        for ((positions, batch), answer) in groups.iter().zip(&batches).zip(answers) {
+            let done = answer.confirm_when(
+                |value| scripts::imported(&self.describe, batch, value),
+                |outcomes| import_changed(outcomes),
+            )?;
+            for (&i, outcome) in positions.iter().zip(done) {
                 outcomes[i] = outcome;
             }
         }
@@ -371,7 +417,10 @@ impl UserStore for ClusterStore {
         let answers = self.write_keys(&names, None, del, del).await;
         let mut removed = 0;
         for answer in answers {
-            removed += entries::removed(&self.describe, answer)?;
+            removed += answer.confirm_when(
+                |value| entries::removed(&self.describe, value),
+                |&removed| removed > 0,
+            )?;
         }
         Ok(removed)
     }

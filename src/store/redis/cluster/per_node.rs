@@ -4,12 +4,13 @@
 use std::collections::BTreeMap;
 
 use futures::future::join_all;
-use redis::{Cmd, Value};
+use redis::Cmd;
 
 use super::ClusterStore;
 use crate::collection::{EntryJson, NewEntry};
 use crate::error::Result;
 use crate::store::Stamps;
+use crate::store::redis::concern::{self, Answer, Writes};
 use crate::store::redis::entries::{self, Mode};
 use crate::store::redis::node_links::Failed;
 use crate::store::redis::topology::{Node, slot};
@@ -33,51 +34,51 @@ impl ClusterStore {
     }
 
     /// Runs one write command per key: one pipeline per node (behind `prelude`, whose answers
-    /// are dropped), all nodes at once, each over a direct connection to its node (see
-    /// [`super::node_links`]); each command's answer on its own, in key order.
+    /// are dropped, and before the `WAIT` of the write concern), all nodes at once, each over
+    /// a direct connection to its node (see [`super::node_links`]); each command's answer on
+    /// its own, in key order.
     ///
     /// `pipelined(i)` is key `i`'s command in a pipeline, `alone(i)` the same command sent on
     /// its own. A command the node refused because the key is not (or not yet, or no longer)
     /// its own (a slot that moved), or that could not be sent (a node we cannot reach), was not
-    /// run, so it is sent again alone through the crate's routing, which follows the
-    /// cluster's redirects.
+    /// run, so it is sent again alone (with its own `WAIT`) through the crate's routing, which
+    /// follows the cluster's redirects.
     pub(super) async fn write_keys(
         &self,
         keys: &[String],
         prelude: Option<Cmd>,
         pipelined: impl Fn(usize) -> Cmd + Sync,
         alone: impl Fn(usize) -> Cmd + Sync,
-    ) -> Vec<redis::RedisResult<Value>> {
+    ) -> Vec<Answer> {
         let (pipelined, alone, prelude) = (&pipelined, &alone, &prelude);
         let groups = self
             .by_node(keys)
             .into_iter()
             .map(|(node, positions)| async move {
-                let mut answers: Vec<Option<redis::RedisResult<Value>>> = match node {
+                let mut answers: Vec<Option<Answer>> = match node {
                     Some(node) => {
-                        let mut pipe = redis::pipe();
-                        if let Some(prelude) = prelude {
-                            pipe.add_command(prelude.clone());
-                        }
-                        for &i in &positions {
-                            pipe.add_command(pipelined(i));
-                        }
-                        let skip = usize::from(prelude.is_some());
-                        match self.node_links.send(&node, &pipe).await {
-                            Ok(values) => entries::each(values, skip)
-                                .into_iter()
-                                .map(|answer| match answer {
-                                    Err(err) if not_run_here(&err) => None,
-                                    answer => Some(answer),
-                                })
-                                .collect(),
+                        let writes = Writes::new(
+                            prelude.clone(),
+                            positions.iter().map(|&i| pipelined(i)),
+                            self.concern.as_ref(),
+                        );
+                        match self.node_links.send(&node, writes.pipe()).await {
+                            Ok(values) => {
+                                let describe = format!("{} (node {node})", self.describe);
+                                (writes.answers(&describe, values).into_iter())
+                                    .map(|answer| match answer.value() {
+                                        Err(err) if not_run_here(err) => None,
+                                        _ => Some(answer),
+                                    })
+                                    .collect()
+                            }
                             Err(Failed::NotSent(err)) => {
                                 tracing::debug!(%node, "cannot reach the node, following the cluster: {err}");
                                 vec![None; positions.len()]
                             }
-                            Err(Failed::Lost(err)) => {
-                                positions.iter().map(|_| Some(Err(err.clone()))).collect()
-                            }
+                            Err(Failed::Lost(err)) => (positions.iter())
+                                .map(|_| Some(Answer::lost(err.clone())))
+                                .collect(),
                         }
                     }
                     None => vec![None; positions.len()],
@@ -88,13 +89,12 @@ impl ClusterStore {
                 }
                 for (slot_answer, &i) in answers.iter_mut().zip(&positions) {
                     if slot_answer.is_none() {
-                        *slot_answer = Some(alone(i).query_async(&mut self.writes.clone()).await);
+                        *slot_answer = Some(self.write_alone(alone(i)).await);
                     }
                 }
                 (positions, answers)
             });
-        let mut out: Vec<Option<redis::RedisResult<Value>>> =
-            (0..keys.len()).map(|_| None).collect();
+        let mut out: Vec<Option<Answer>> = (0..keys.len()).map(|_| None).collect();
         for (positions, answers) in join_all(groups).await {
             for (i, answer) in positions.into_iter().zip(answers) {
                 out[i] = answer;
@@ -103,6 +103,20 @@ impl ClusterStore {
         out.into_iter()
             .map(|a| a.expect("every key is in one group"))
             .collect()
+    }
+
+    /// One write sent again alone through the cluster connection, with the `WAIT` of the
+    /// write concern behind it in the same pipeline.
+    async fn write_alone(&self, cmd: Cmd) -> Answer {
+        use redis::aio::ConnectionLike;
+        let writes = Writes::new(None, [cmd], self.concern.as_ref());
+        match (self.writes.clone())
+            .req_packed_commands(writes.pipe(), 0, writes.len())
+            .await
+        {
+            Ok(values) => concern::one(writes.answers(&self.describe, values)),
+            Err(err) => Answer::lost(err),
+        }
     }
 
     /// Writes `batch`, each entry with its stamps, in `mode`: one pipeline per node, each
@@ -125,7 +139,9 @@ impl ClusterStore {
             )
             .await;
         (batch.iter().zip(answers))
-            .map(|(&write, answer)| entries::written(&self.describe, write, now, answer))
+            .map(|(&write, answer)| {
+                answer.confirm(|value| entries::written(&self.describe, write, now, value))
+            })
             .collect()
     }
 }
