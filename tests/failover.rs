@@ -437,7 +437,7 @@ enum Disruption {
     Kill,
     /// SIGSTOP: the master hangs, its connections stay open and unanswered.
     Freeze,
-    /// `CLUSTER FAILOVER` on its replica: no write is lost, the roles swap.
+    /// `CLUSTER FAILOVER` on its replica: no write is lost, the roles swap; then back.
     ManualFailover,
 }
 
@@ -523,6 +523,11 @@ async fn under_load(disruption: Disruption, read_from: ReadFrom) -> Availability
                     let at = Instant::now();
                     cluster.failover(promoted);
                     eprintln!("CLUSTER FAILOVER done in {:?}", at.elapsed());
+                    // And back, once the old master has been a replica for a moment.
+                    std::thread::sleep(Duration::from_millis(1500));
+                    let back = Instant::now();
+                    cluster.failover(victim);
+                    eprintln!("CLUSTER FAILOVER back done in {:?}", back.elapsed());
                     at
                 }
             };

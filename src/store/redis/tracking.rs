@@ -208,19 +208,7 @@ impl Watcher {
         tracking.exec_async(&mut conn).await.map_err(fault)?;
         // Asked after tracking is on: a node that is a replica now announces every write it
         // makes from here on, including those it makes once promoted.
-        let replica = self.ask_role && {
-            let role: redis::RedisResult<Vec<Value>> =
-                redis::cmd("ROLE").query_async(&mut conn).await;
-            match role {
-                Ok(role) => matches!(role.first(), Some(Value::BulkString(r)) if r == b"slave"),
-                Err(err) => {
-                    // A user without the right to ask counts its nodes as masters: a
-                    // promotion then flushes the L1, which is always safe.
-                    tracing::debug!(store = %self.describe, "cannot ask the node's role: {err}");
-                    false
-                }
-            }
-        };
+        let replica = self.ask_role && self.replica(&mut conn).await.map_err(fault)?;
         Ok((conn, pushes, replica))
     }
 
@@ -242,11 +230,38 @@ impl Watcher {
                     Some(_) => {}
                 },
                 _ = ping.tick() => {
-                    if let Err(err) = redis::cmd("PING").exec_async(&mut conn).await {
+                    // A cluster node is asked its role as the ping: one that is a replica now
+                    // (a master demoted by a failover) is heard from its first write if it is
+                    // promoted again.
+                    let ping = if self.ask_role {
+                        self.replica(&mut conn).await.map(|replica| {
+                            if replica {
+                                (self.stream)(Stream::Up { replica });
+                            }
+                        })
+                    } else {
+                        redis::cmd("PING").exec_async(&mut conn).await
+                    };
+                    if let Err(err) = ping {
                         return format!("ping failed: {err}");
                     }
                 }
             }
+        }
+    }
+
+    /// Whether the node says it is a replica (`ROLE`). A user without the right to ask counts
+    /// its nodes as masters: a promotion then flushes the L1, which is always safe.
+    async fn replica(&self, conn: &mut MultiplexedConnection) -> redis::RedisResult<bool> {
+        let role: redis::RedisResult<Vec<Value>> = redis::cmd("ROLE").query_async(conn).await;
+        match role {
+            Ok(role) => Ok(matches!(role.first(), Some(Value::BulkString(r)) if r == b"slave")),
+            // Refused: the connection is alive, the answer unknown.
+            Err(err) if err.code().is_some() => {
+                tracing::debug!(store = %self.describe, "cannot ask the node's role: {err}");
+                Ok(false)
+            }
+            Err(err) => Err(err),
         }
     }
 
