@@ -245,16 +245,27 @@ struct Run {
     hold: AtomicBool,
     held: AtomicBool,
     version: AtomicI64,
+    /// When the disruption began.
+    disrupted: Mutex<Option<Instant>>,
 }
 
 impl Run {
+    /// When `t` was, next to the disruption, for messages.
+    fn since_disruption(&self, t: Instant) -> String {
+        match *self.disrupted.lock().unwrap() {
+            Some(at) if t >= at => format!("{:?} after the disruption", t - at),
+            Some(at) => format!("{:?} before the disruption", at - t),
+            None => "before the disruption".to_string(),
+        }
+    }
+
     async fn read_loop(self: Arc<Run>, enricher: Enricher) -> (u64, Enricher) {
         let ids: Vec<UserId> = (0..self.users).map(id).collect();
         let mut reads = 0;
         while !self.stop.load(Ordering::Relaxed) {
             let sent = Instant::now();
             let answers = enricher.get_many_each(&ids).await;
-            let attempt = self.check(&ids, &answers, sent);
+            let attempt = self.check("an enricher", &ids, &answers, sent);
             self.seen.lock().unwrap().reads.push(attempt);
             reads += 1;
             tokio::time::sleep(Duration::from_millis(1)).await;
@@ -271,7 +282,7 @@ impl Run {
         while !self.stop.load(Ordering::Relaxed) {
             let sent = Instant::now();
             let answers = store.get_many_each(&ids).await;
-            let attempt = self.check(&ids, &answers, sent);
+            let attempt = self.check("the store", &ids, &answers, sent);
             self.seen.lock().unwrap().probes.push(attempt);
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
@@ -281,6 +292,7 @@ impl Run {
     /// disrupted master's users.
     fn check(
         &self,
+        who: &str,
         ids: &[UserId],
         answers: &[enrich::Result<Option<enrich::UserJson>>],
         sent: Instant,
@@ -300,12 +312,15 @@ impl Run {
                 Some(late) if late <= LAG => seen.worst = seen.worst.max(late),
                 Some(late) => {
                     seen.worst = seen.worst.max(late);
-                    let wrong = format!("f{i}: {state:?} served {late:?} after it was replaced");
+                    let wrong = format!(
+                        "f{i}: {state:?} served by {who} {late:?} after it was replaced, {}",
+                        self.since_disruption(sent)
+                    );
                     seen.wrong.push(wrong);
                 }
                 None => seen
                     .wrong
-                    .push(format!("f{i}: {state:?} was never written")),
+                    .push(format!("f{i}: {state:?} served by {who} was never written")),
             }
         }
         Attempt { sent, done, ok }
@@ -480,6 +495,7 @@ async fn under_load(disruption: Disruption, read_from: ReadFrom) -> Availability
         hold: AtomicBool::new(false),
         held: AtomicBool::new(false),
         version: AtomicI64::new(0),
+        disrupted: Mutex::new(None),
     });
     let mut readers = Vec::new();
     let mut watching = Vec::new();
@@ -509,6 +525,7 @@ async fn under_load(disruption: Disruption, read_from: ReadFrom) -> Availability
                     }
                     wait_replicated(&cluster, victim);
                     let at = Instant::now();
+                    *run.disrupted.lock().unwrap() = Some(at);
                     match disruption {
                         Disruption::Kill => cluster.kill(victim),
                         _ => cluster.freeze(victim),
@@ -521,6 +538,7 @@ async fn under_load(disruption: Disruption, read_from: ReadFrom) -> Availability
                 }
                 Disruption::ManualFailover => {
                     let at = Instant::now();
+                    *run.disrupted.lock().unwrap() = Some(at);
                     cluster.failover(promoted);
                     eprintln!("CLUSTER FAILOVER done in {:?}", at.elapsed());
                     // And back, once the old master has been a replica for a moment.
@@ -905,7 +923,7 @@ async fn the_read_from_flag_reaches_the_commands_and_the_server() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_replica_out_of_sync_with_its_master_is_not_read() {
+async fn a_replica_behind_or_cut_off_its_master_is_not_read() {
     let (cluster, _, _) = replicated_with_users(1).await;
     let url = cluster.url();
     let store = store::open(&url, &options(ReadFrom::Replicas))
@@ -923,9 +941,35 @@ async fn a_replica_out_of_sync_with_its_master_is_not_read() {
         "read from the replica"
     );
 
+    // A replica linked to its master but behind it: `CLIENT PAUSE WRITE` holds back the
+    // writes of its replication stream, as a master holds them back after a full sync until
+    // the replica's first acknowledgement. It says `connected`, and answers reads with the
+    // version before.
+    let mut conn = cluster.node_connection(replica);
+    redis::cmd("CLIENT")
+        .arg("PAUSE")
+        .arg(3000)
+        .arg("WRITE")
+        .exec(&mut conn)
+        .unwrap();
+    let version = |v| NewUser::with_id(r0.clone(), Some(json!({ "v": v }))).unwrap();
+    writer.update(&version(1)).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    cluster.reset_stats();
+    let found = store.get_many(std::slice::from_ref(&r0)).await.unwrap();
+    assert_eq!(version_of(&found[0]), Some(1));
+    assert_eq!(eval_ro_calls(&cluster, &[replica]), 0);
+    assert_eq!(eval_ro_calls(&cluster, &[master]), 1);
+    redis::cmd("CLIENT").arg("UNPAUSE").exec(&mut conn).unwrap();
+    // Caught up, it is read again.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    cluster.reset_stats();
+    let found = store.get_many(std::slice::from_ref(&r0)).await.unwrap();
+    assert_eq!(version_of(&found[0]), Some(1));
+    assert_eq!(eval_ro_calls(&cluster, &[replica]), 1);
+
     // Cut the replica off its master: it cannot sign in again, and goes on answering reads
     // with what it has.
-    let mut conn = cluster.node_connection(replica);
     redis::cmd("CONFIG")
         .arg("SET")
         .arg("masterauth")
@@ -938,13 +982,12 @@ async fn a_replica_out_of_sync_with_its_master_is_not_read() {
         .arg("master")
         .exec(&mut conn)
         .unwrap();
-    let v1 = NewUser::with_id(r0.clone(), Some(json!({ "v": 1 }))).unwrap();
-    writer.update(&v1).await.unwrap();
+    writer.update(&version(2)).await.unwrap();
     // Once the store has heard the replica is out of sync, its master answers.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    tokio::time::sleep(Duration::from_millis(600)).await;
     cluster.reset_stats();
     let found = store.get_many(std::slice::from_ref(&r0)).await.unwrap();
-    assert_eq!(version_of(&found[0]), Some(1));
+    assert_eq!(version_of(&found[0]), Some(2));
     assert_eq!(eval_ro_calls(&cluster, &[replica]), 0);
     assert_eq!(eval_ro_calls(&cluster, &[master]), 1);
 }

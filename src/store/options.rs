@@ -15,8 +15,8 @@ pub enum ReadFrom {
     /// Each slot's master (the default): a read sees every write the master acknowledged.
     #[default]
     Masters,
-    /// A replica of each slot's master that says it is in sync with it, where there is one,
-    /// to take reads off the masters; the master otherwise. A replica applies a write a moment
+    /// A replica of each slot's master that has caught up with it (checked every 250 ms),
+    /// where there is one, to take reads off the masters; the master otherwise. A replica applies a write a moment
     /// after its master acknowledged it, so a read may show the version before a write that
     /// was just acknowledged, for as long as replication takes. It never shows a user as
     /// missing on a replica's word alone (a miss is asked of the master), and a watching

@@ -151,6 +151,11 @@ impl SlotMap {
         &self.shards[index]
     }
 
+    /// Every shard of the map.
+    pub(super) fn shards(&self) -> &[Shard] {
+        &self.shards
+    }
+
     /// Every master that serves at least one slot, sorted.
     pub(super) fn masters(&self) -> Vec<Node> {
         let mut nodes: Vec<Node> = self.shards.iter().map(|s| s.master.clone()).collect();

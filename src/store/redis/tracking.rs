@@ -27,9 +27,9 @@
 //! and over sharded pub/sub (which would need a publish in every write script and would miss
 //! writes made outside the engine), for the same reasons as on one node.
 //!
-//! Why replicas too: a replica's stream, opened while it was a replica (it says so when asked
-//! `ROLE` right after tracking is on), announces every write it makes once promoted, from the
-//! first, before the slot map says it is a master. So a failover needs no flush: after a
+//! Why replicas too: a replica's stream, up since a moment it was a replica (it says so when
+//! asked `ROLE`, right after tracking is on and then at every ping), announces every write it
+//! makes once promoted, from the first, before the slot map says it is a master. So a failover needs no flush: after a
 //! manual `CLUSTER FAILOVER` the L1 is neither bypassed nor emptied, and after a master dies
 //! the L1 is used again as soon as its replica is promoted. And when the store reads from
 //! replicas ([`ReadFrom::Replicas`]), the node a read went to is tracked: its announcement of

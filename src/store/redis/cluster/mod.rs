@@ -35,9 +35,9 @@
 //! # Reads from replicas
 //!
 //! With [`ReadFrom::Replicas`], each group goes to a replica of its master instead, in turn
-//! when there are several (its connection says `READONLY`), and to the master when none is
-//! in sync with it (see [`replicas`]: a replica just restarted, or cut off its master, would
-//! answer from an old dataset) or the replica does not answer. A replica applies a write a
+//! when there are several (its connection says `READONLY`), and to the master when none has
+//! caught up with it (see [`replicas`]: a replica just restarted, cut off its master, or held
+//! back, would answer from an old dataset) or the replica does not answer. A replica applies a write a
 //! moment after its master acknowledged it, so what it answers may be a version behind for
 //! that moment; but a user it does not have is asked of the master before it is called
 //! missing, since a replica that has not yet applied a creation would otherwise deny a user
