@@ -7,7 +7,8 @@
 //! meanwhile until the replica's first acknowledgement, up to a second later (seen on 7.0:
 //! a restarted replica served versions a second old while saying `connected`). So when the
 //! store reads from replicas, every [`CHECK_EVERY`] each master and then each replica of the
-//! map is asked `ROLE`, and a replica may answer reads only if it says `connected` and its
+//! map is asked `ROLE`, and a replica may answer reads only if its master counts it online
+//! (which it does only from that first acknowledgement on), it says `connected`, and its
 //! replication offset reaches the offset its master gave just before (within
 //! [`CATCH_UP_TRIES`] × [`CATCH_UP_WAIT`]): it has applied every write its master had
 //! acknowledged at the time of the check. That verdict holds until the next round (at most
@@ -91,21 +92,29 @@ impl Replicas {
     async fn check(&self) {
         let map = self.topology.current();
         let masters = map.masters();
-        let offsets: HashMap<&Node, i64> = (join_all(masters.iter().map(|m| self.role(m)))
-            .await
-            .into_iter())
-        .zip(&masters)
-        .filter_map(|(role, master)| match role {
-            Some(Role::Master(offset)) => Some((master, offset)),
-            _ => None,
-        })
-        .collect();
-        // Each replica, and the offset its master had just now: everything the master had
-        // acknowledged before this round.
-        let mut pending: Vec<(&Node, i64)> = (map.shards().iter())
-            .filter_map(|s| offsets.get(&s.master).map(|wanted| (s, *wanted)))
-            .flat_map(|(s, wanted)| s.replicas.iter().map(move |r| (r, wanted)))
+        let roles: HashMap<&Node, (i64, Vec<Address>)> =
+            (join_all(masters.iter().map(|m| self.role(m)))
+                .await
+                .into_iter())
+            .zip(&masters)
+            .filter_map(|(role, master)| match role {
+                Some(Role::Master { offset, online }) => Some((master, (offset, online))),
+                _ => None,
+            })
             .collect();
+        // Each replica its master counts as online, and the offset its master had just now:
+        // everything the master had acknowledged before this round.
+        let mut pending: Vec<(&Node, i64)> = Vec::new();
+        for shard in map.shards() {
+            let Some((offset, online)) = roles.get(&shard.master) else {
+                continue;
+            };
+            for replica in &shard.replicas {
+                if listed(online, replica) {
+                    pending.push((replica, *offset));
+                }
+            }
+        }
         let mut caught_up = Vec::new();
         for attempt in 0..CATCH_UP_TRIES {
             if attempt > 0 {
@@ -148,11 +157,15 @@ impl Replicas {
     }
 }
 
+/// A replica as its master names it: the address it connected from, and its port.
+type Address = (String, u16);
+
 /// A node's `ROLE`, as far as reads from replicas care.
 #[derive(Debug, PartialEq, Eq)]
 enum Role {
-    /// `["master", offset, replicas]`.
-    Master(i64),
+    /// `["master", offset, [[ip, port, offset]…]]`: its replication offset and the address of
+    /// each replica it counts as online (past its sync, acknowledging).
+    Master { offset: i64, online: Vec<Address> },
     /// `["slave", host, port, state, offset]`; `connected` once linked and past the sync.
     Replica { connected: bool, offset: i64 },
 }
@@ -169,7 +182,23 @@ fn role(answer: &Value) -> Option<Role> {
         _ => None,
     };
     if said(0, b"master") {
-        return int(1).map(Role::Master);
+        let text = |v: &Value| match v {
+            Value::BulkString(s) => Some(String::from_utf8_lossy(s).into_owned()),
+            Value::Int(n) => Some(n.to_string()),
+            _ => None,
+        };
+        let online = match items.get(2) {
+            Some(Value::Array(replicas)) => (replicas.iter())
+                .filter_map(|r| match r {
+                    Value::Array(r) if r.len() >= 2 => {
+                        Some((text(&r[0])?, text(&r[1])?.parse().ok()?))
+                    }
+                    _ => None,
+                })
+                .collect(),
+            _ => Vec::new(),
+        };
+        return int(1).map(|offset| Role::Master { offset, online });
     }
     if said(0, b"slave") {
         return int(4).map(|offset| Role::Replica {
@@ -178,6 +207,17 @@ fn role(answer: &Value) -> Option<Role> {
         });
     }
     None
+}
+
+/// True if `replica` is among the replicas a master counts as `online`: the same port, and
+/// the same host, or the only one on that port (the master names a replica by the address it
+/// connected from, which need not be the one the cluster announces).
+fn listed(online: &[Address], replica: &Node) -> bool {
+    let same_port: Vec<&Address> = online
+        .iter()
+        .filter(|(_, port)| *port == replica.port)
+        .collect();
+    same_port.iter().any(|(ip, _)| *ip == replica.host) || same_port.len() == 1
 }
 
 #[cfg(test)]
@@ -213,8 +253,37 @@ mod tests {
                 "{state}"
             );
         }
-        let master = Value::Array(vec![text("master"), Value::Int(42), Value::Array(vec![])]);
-        assert_eq!(role(&master), Some(Role::Master(42)));
+        let master = Value::Array(vec![
+            text("master"),
+            Value::Int(42),
+            Value::Array(vec![Value::Array(vec![
+                text("10.0.0.2"),
+                text("6379"),
+                text("40"),
+            ])]),
+        ]);
+        let online = vec![("10.0.0.2".to_string(), 6379)];
+        assert_eq!(
+            role(&master),
+            Some(Role::Master {
+                offset: 42,
+                online: online.clone()
+            })
+        );
         assert_eq!(role(&Value::Nil), None);
+        let node = |host: &str, port| Node {
+            host: host.to_string(),
+            port,
+        };
+        assert!(listed(&online, &node("10.0.0.2", 6379)));
+        // Seen from another address, but the only replica on that port.
+        assert!(listed(&online, &node("replica-1.internal", 6379)));
+        assert!(!listed(&online, &node("10.0.0.2", 6380)));
+        let two = vec![
+            ("10.0.0.2".to_string(), 6379),
+            ("10.0.0.3".to_string(), 6379),
+        ];
+        assert!(listed(&two, &node("10.0.0.3", 6379)));
+        assert!(!listed(&two, &node("10.0.0.4", 6379)));
     }
 }
