@@ -9,7 +9,8 @@
 //! refused (not applied), or unknown (a fault: it may or may not have been applied).
 //!
 //! Each enricher (its own cluster connections, its own tracking, its own L1: a separate
-//! process as far as coherence goes) reads every user in a loop. An answer of a read that
+//! process as far as coherence goes), and a real `enrich serve` process through its enrich
+//! endpoint, reads every user in a loop. An answer of a read that
 //! started at `s` and ended at `e` is right if it is the state left by some operation `k`
 //! that was sent before `e` and not refused, and no operation after `k` was acknowledged
 //! before `s - LAG`: the value was current at some instant of the read, give or take `LAG`,
@@ -149,6 +150,23 @@ fn state_of(answer: &enrich::Result<Option<enrich::UserJson>>) -> Option<State> 
     }
 }
 
+/// What `enrich serve` put in place of `SU:id`, as a store's answer: the user, "missing", or a
+/// fault.
+fn served(actor: &serde_json::Value, id: &UserId) -> enrich::Result<Option<enrich::UserJson>> {
+    match actor["error"].as_str() {
+        None => {
+            assert_eq!(actor["id"], id.as_str(), "{actor}");
+            let text = serde_json::to_string(actor).unwrap();
+            Ok(Some(enrich::UserJson::from_stored(text).unwrap()))
+        }
+        Some("ReferenceNotFound") => Ok(None),
+        Some(_) => Err(enrich::Error::new(
+            enrich::ErrorKind::Unavailable,
+            actor.to_string(),
+        )),
+    }
+}
+
 /// One read or write of the disrupted master's users: when it was sent, when its answer
 /// came, and whether it was answered (every id of a read; a write applied).
 #[derive(Debug, Clone, Copy)]
@@ -271,6 +289,44 @@ impl Run {
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
         (reads, enricher)
+    }
+
+    /// Has `server` enrich a page of one activity per user, again and again: its answers
+    /// through the enrich endpoint, L1 and all, of another process.
+    async fn serve_loop(self: Arc<Run>, server: ServeProcess) -> (u64, ServeProcess) {
+        let ids: Vec<UserId> = (0..self.users).map(id).collect();
+        let page: Vec<serde_json::Value> = (ids.iter())
+            .map(|id| json!({"actor": format!("SU:{id}"), "verb": "read"}))
+            .collect();
+        let mut reads = 0;
+        while !self.stop.load(Ordering::Relaxed) {
+            let sent = Instant::now();
+            let resp = (server.api(reqwest::Method::POST, "/api/v1.0/enrich/"))
+                .json(&page)
+                .send()
+                .await
+                .unwrap();
+            let status = resp.status().as_u16();
+            let body = resp.text().await.unwrap();
+            let answers: Vec<enrich::Result<Option<enrich::UserJson>>> = match status {
+                200 => {
+                    let docs: Vec<serde_json::Value> = serde_json::from_str(&body).unwrap();
+                    (docs.iter().zip(&ids))
+                        .map(|(doc, id)| served(&doc["actor"], id))
+                        .collect()
+                }
+                503 => {
+                    let fault = enrich::Error::new(enrich::ErrorKind::Unavailable, body);
+                    ids.iter().map(|_| Err(fault.clone())).collect()
+                }
+                other => panic!("enrich answered {other}: {body}"),
+            };
+            let attempt = self.check("enrich serve", &ids, &answers, sent);
+            self.seen.lock().unwrap().reads.push(attempt);
+            reads += 1;
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        (reads, server)
     }
 
     /// Reads the disrupted master's users from the store itself, again and again.
@@ -456,6 +512,101 @@ enum Disruption {
     ManualFailover,
 }
 
+/// An `enrich serve` process of its own over the cluster at `url`, killed when dropped: an
+/// engine process beside the test's own enrichers.
+struct ServeProcess {
+    child: std::process::Child,
+    base: String,
+    client: reqwest::Client,
+    token: String,
+}
+
+impl ServeProcess {
+    /// Starts it with `env` set, and waits until it is ready (its store's announcements
+    /// heard).
+    async fn start(url: &str, env: &[(&str, &str)]) -> ServeProcess {
+        use std::io::{BufRead, BufReader};
+        use std::process::{Command, Stdio};
+        let mut child = Command::new(env!("CARGO_BIN_EXE_enrich"))
+            .args(["--store", url, "serve", "--listen", "127.0.0.1:0"])
+            .envs(env.iter().copied())
+            .env(
+                "RUST_LOG",
+                format!("info,{}", std::env::var("RUST_LOG").unwrap_or_default()),
+            )
+            .env("ENRICH_API_KEY", support::serve::KEY)
+            .env("ENRICH_API_SECRET", support::serve::SECRET)
+            .env_remove("ENRICH_STORE")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = BufReader::new(child.stderr.take().unwrap());
+        // With FAILOVER_TRACE, its log joins the test's (RUST_LOG filters both).
+        let echo = std::env::var_os("FAILOVER_TRACE").is_some();
+        let (found, address) = tokio::sync::oneshot::channel();
+        // Reads its log to the end, so that it never blocks on a full pipe.
+        std::thread::spawn(move || {
+            let mut found = Some(found);
+            for line in stderr.lines().map_while(Result::ok) {
+                if echo {
+                    eprintln!("SERVE {line}");
+                }
+                if let Some((_, rest)) = line.split_once("listening on http://")
+                    && let Some(found) = found.take()
+                {
+                    let _ = found.send(rest.split(',').next().unwrap().to_string());
+                }
+            }
+        });
+        let addr = tokio::time::timeout(Duration::from_secs(20), address)
+            .await
+            .expect("enrich serve did not start")
+            .unwrap();
+        let server = ServeProcess {
+            child,
+            base: format!("http://{addr}"),
+            client: reqwest::Client::new(),
+            token: support::serve::sign(
+                &json!({"resource": "*", "action": "*", "feed_id": "*"}),
+                support::serve::SECRET,
+            ),
+        };
+        let ready = Instant::now();
+        while !(server
+            .client
+            .get(format!("{}/readyz", server.base))
+            .send()
+            .await)
+            .is_ok_and(|r| r.status().is_success())
+        {
+            assert!(ready.elapsed() < Duration::from_secs(10), "never ready");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        server
+    }
+
+    /// A request with the API key and a server token.
+    fn api(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        let sep = if path.contains('?') { '&' } else { '?' };
+        (self.client)
+            .request(
+                method,
+                format!("{}{path}{sep}api_key={}", self.base, support::serve::KEY),
+            )
+            .header("authorization", &self.token)
+            .header("stream-auth-type", "jwt")
+    }
+}
+
+impl Drop for ServeProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 const USERS: usize = 90;
 const READERS: usize = 3;
 
@@ -507,6 +658,12 @@ async fn under_load(disruption: Disruption, read_from: ReadFrom) -> Availability
         readers.push(tokio::spawn(run.clone().read_loop(enricher)));
     }
     let flushes = || -> u64 { watching.iter().map(|e| e.cache_stats().flushes).sum() };
+    let read_from_env = match read_from {
+        ReadFrom::Masters => "masters",
+        _ => "replicas",
+    };
+    let server = ServeProcess::start(&url, &[("ENRICH_READ_FROM", read_from_env)]).await;
+    let serving = tokio::spawn(run.clone().serve_loop(server));
     let probe = store::open(&url, &options(read_from)).await.unwrap();
     let probing = tokio::spawn(run.clone().probe_loop(probe));
     let writing = tokio::spawn(run.clone().write_loop(writer.clone()));
@@ -593,6 +750,7 @@ async fn under_load(disruption: Disruption, read_from: ReadFrom) -> Availability
     let flushed = flushes() - flushed_before;
     let writes = writing.await.unwrap();
     probing.await.unwrap();
+    let (served_reads, server) = serving.await.unwrap();
     let mut reads = Vec::new();
     let mut enrichers = Vec::new();
     for reader in readers {
@@ -605,7 +763,8 @@ async fn under_load(disruption: Disruption, read_from: ReadFrom) -> Availability
         let seen = run.seen.lock().unwrap();
         eprintln!(
             "{disruption:?} reading {read_from:?}: {writes} writes, reads per enricher {reads:?}, \
-             {} answers, {} faults, worst staleness {:?}",
+             {served_reads} pages through enrich serve, {} answers, {} faults, worst staleness \
+             {:?}",
             seen.answers, seen.faults, seen.worst
         );
         assert!(
@@ -656,6 +815,27 @@ async fn under_load(disruption: Disruption, read_from: ReadFrom) -> Availability
             }
         }
     }
+    let page: Vec<serde_json::Value> = (ids.iter())
+        .map(|id| json!({"actor": format!("SU:{id}")}))
+        .collect();
+    for _ in 0..2 {
+        let resp = (server.api(reqwest::Method::POST, "/api/v1.0/enrich/"))
+            .json(&page)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status().as_u16(), 200);
+        let docs: Vec<serde_json::Value> = resp.json().await.unwrap();
+        for (i, doc) in docs.iter().enumerate() {
+            let answer = served(&doc["actor"], &ids[i]);
+            assert_eq!(
+                state_of(&answer),
+                Some(held[i]),
+                "f{i} from enrich serve once quiet"
+            );
+        }
+    }
+    drop(server);
     drop(cluster);
     figures
 }
