@@ -1014,8 +1014,7 @@ async fn a_replica_without_a_user_does_not_make_it_missing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_read_from_flag_reaches_the_commands_and_the_server() {
-    use std::io::{BufRead, BufReader};
-    use std::process::{Command, Stdio};
+    use std::process::Command;
 
     let (cluster, masters, replicas) = replicated_with_users(2).await;
     let url = cluster.url();
@@ -1044,58 +1043,12 @@ async fn the_read_from_flag_reaches_the_commands_and_the_server() {
     assert_eq!(eval_ro_calls(&cluster, &masters), 0);
     assert_eq!(eval_ro_calls(&cluster, &replicas), 1);
 
-    let mut server = Command::new(bin)
-        .args(["--store", &url, "serve", "--listen", "127.0.0.1:0"])
-        .env("ENRICH_READ_FROM", "replicas")
-        .env("ENRICH_API_KEY", support::serve::KEY)
-        .env("ENRICH_API_SECRET", support::serve::SECRET)
-        .env_remove("ENRICH_STORE")
-        .env_remove("RUST_LOG")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = BufReader::new(server.stderr.take().unwrap());
-    let addr = tokio::task::spawn_blocking(move || {
-        for line in stderr.lines() {
-            let line = line.unwrap();
-            if let Some((_, rest)) = line.split_once("listening on http://") {
-                return rest.split(',').next().unwrap().to_string();
-            }
-        }
-        panic!("enrich serve did not start");
-    })
-    .await
-    .unwrap();
-    let client = reqwest::Client::new();
-    let ready = Instant::now();
-    while client
-        .get(format!("http://{addr}/readyz"))
-        .send()
-        .await
-        .map_or(true, |r| !r.status().is_success())
-    {
-        assert!(ready.elapsed() < Duration::from_secs(10), "never ready");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let server = ServeProcess::start(&url, &[("ENRICH_READ_FROM", "replicas")]).await;
     cluster.reset_stats();
-    let token = support::serve::sign(
-        &json!({"resource": "users", "action": "*", "feed_id": "*"}),
-        support::serve::SECRET,
-    );
-    let resp = client
-        .get(format!(
-            "http://{addr}/api/v1.0/user/r1/?api_key={}",
-            support::serve::KEY
-        ))
-        .header("authorization", token)
-        .header("stream-auth-type", "jwt")
+    let resp = (server.api(reqwest::Method::GET, "/api/v1.0/user/r1/"))
         .send()
         .await
         .unwrap();
-    let _ = server.kill();
-    let _ = server.wait();
     assert_eq!(resp.status().as_u16(), 200);
     assert!(resp.text().await.unwrap().contains(r#""v":0"#));
     assert_eq!(eval_ro_calls(&cluster, &masters), 0);
