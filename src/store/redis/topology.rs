@@ -10,15 +10,17 @@
 //!
 //! # Keeping the map current
 //!
-//! The map is read again every second by the watcher (every 100 ms while a stream is down,
-//! which is when a failover is under way), and at once when a read or a write finds a node
-//! that refuses or does not answer. A refresh asks several nodes at once — every master and
-//! replica of the map, up to [`ASKED`], and the seeds — each over its own connection, and
-//! takes the view that most of those that answer agree on, as soon as more than half of
-//! those asked do. So a node that hangs (a frozen process, a partition) costs nothing: it is
-//! one of the asked that never answers, not a response timeout on the critical path; and a
-//! node that comes back with an old view of itself (a master failed over while it was
-//! frozen) is outvoted. Refreshes asked for while one runs share its answer.
+//! The map is read again every second in the background (see [`Topology::keep_current`]),
+//! every 100 ms while a node fails to answer or a tracking stream is down (a failover is then
+//! likely under way), and at once when a read or a write finds a node that refuses or does
+//! not answer. A refresh asks several nodes at once — the masters of the map first, then its
+//! replicas, then the seeds, [`ASKED`] in all — each over its own connection, and takes the
+//! view that most of those that answer agree on, as soon as more than half of those asked
+//! do. So a node that hangs (a frozen process, a partition) costs nothing: it is one of the
+//! asked that never answers, not a response timeout on the critical path; and a node that
+//! comes back with an old view of itself (a master failed over while it was frozen) is
+//! outvoted. Refreshes asked for while one runs share its answer, and two begin at least
+//! 50 ms apart.
 //!
 //! When the map changes, the `redis` crate's own connections are told too: it re-reads its
 //! map on a `MOVED`, but it retries a command that timed out on the same node, so after a
@@ -381,7 +383,7 @@ impl Topology {
                 asked.push(node);
             }
         }
-        asked.truncate(ASKED.max(self.seeds.len()));
+        asked.truncate(ASKED);
         let map = Arc::new(self.ask(asked).await?);
         if *map != *current {
             *crate::sync::write(&self.map) = map.clone();
