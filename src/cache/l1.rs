@@ -24,6 +24,7 @@ pub(crate) struct L1 {
     bypass: AtomicBool,
     enabled: bool,
     pub(crate) invalidations: AtomicU64,
+    flushes: AtomicU64,
     /// Bumped after every invalidation, flush and change of bypass: a [`Memo`] taken at one
     /// generation is current while the generation holds.
     generation: AtomicU64,
@@ -51,6 +52,7 @@ impl L1 {
             bypass: AtomicBool::new(false),
             enabled: config.max_bytes > 0,
             invalidations: AtomicU64::new(0),
+            flushes: AtomicU64::new(0),
             generation: AtomicU64::new(0),
         }
     }
@@ -118,6 +120,7 @@ impl L1 {
         self.flights.void_all();
         self.users.invalidate_all();
         self.misses.invalidate_all();
+        self.flushes.fetch_add(1, Ordering::Relaxed);
         self.generation.fetch_add(1, Ordering::AcqRel);
     }
 
@@ -166,6 +169,7 @@ impl L1 {
             miss_bytes: self.misses.weighted_size(),
             evictions: self.users.evictions(),
             invalidations: self.invalidations.load(Ordering::Relaxed),
+            flushes: self.flushes.load(Ordering::Relaxed),
             bypassed: self.bypassed(),
         }
     }

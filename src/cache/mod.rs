@@ -133,6 +133,9 @@ pub struct CacheStats {
     pub evictions: u64,
     /// Ids dropped because they were written, since the start.
     pub invalidations: u64,
+    /// Times the whole L1 was emptied, since the start: when announcements of writes were
+    /// lost and when they came back, when the store was flushed, when asked to.
+    pub flushes: u64,
     /// True while the L1 is bypassed (the store's announcements may be missed).
     pub bypassed: bool,
 }

@@ -412,7 +412,7 @@ impl Collector for Live {
             let gauge = ConstGauge::new(value);
             gauge.encode(encoder.encode_descriptor(name, help, None, gauge.metric_type())?)?;
         }
-        let counters: [(&str, &str, u64); 2] = [
+        let counters: [(&str, &str, u64); 3] = [
             (
                 "enrich_l1_evictions",
                 "Users pushed out of the L1 to make room",
@@ -423,6 +423,12 @@ impl Collector for Live {
                 "Ids dropped from the L1 because they were written, by this server or \
                  announced by the store",
                 cache.invalidations,
+            ),
+            (
+                "enrich_l1_flushes",
+                "Times the whole L1 was emptied: the store's announcements of writes lost or \
+                 back, the store flushed",
+                cache.flushes,
             ),
         ];
         for (name, help, value) in counters {

@@ -1,5 +1,6 @@
 //! How a store is opened: its namespace, its time limits, whether a file store may be
-//! created, and how many replicas must confirm each write.
+//! created, how many replicas must confirm each write, and which nodes of a Redis Cluster
+//! answer reads.
 
 use std::time::Duration;
 
@@ -8,11 +9,28 @@ use crate::error::{Error, Result};
 /// The namespace used when none is given.
 pub const DEFAULT_NAMESPACE: &str = "enrich";
 
+/// Which nodes of a Redis Cluster answer an enricher's reads.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum ReadFrom {
+    /// Each slot's master (the default): a read sees every write the master acknowledged.
+    #[default]
+    Masters,
+    /// A replica of each slot's master that has caught up with it (checked every 250 ms),
+    /// where there is one, to take reads off the masters; the master otherwise. A replica applies a write a moment
+    /// after its master acknowledged it, so a read may show the version before a write that
+    /// was just acknowledged, for as long as replication takes. It never shows a user as
+    /// missing on a replica's word alone (a miss is asked of the master), and a watching
+    /// enricher's L1 is invalidated by the replica it read from, once that replica has
+    /// applied the write (see `ClusterStore`, feature `redis`).
+    Replicas,
+}
+
 /// How long a write waits for its replicas when none is given
 /// ([`StoreOptions::wait_timeout`]).
 pub const DEFAULT_WAIT_TIMEOUT: Duration = Duration::from_secs(1);
 
-/// How to open a store: the namespace, the time limits, and the write concern.
+/// How to open a store: the namespace, the time limits, the write concern, and where reads
+/// go.
 #[derive(Debug, Clone)]
 #[must_use]
 pub struct StoreOptions {
@@ -20,6 +38,7 @@ pub struct StoreOptions {
     connect_timeout: Duration,
     response_timeout: Duration,
     create_if_missing: bool,
+    read_from: ReadFrom,
     wait_replicas: u32,
     wait_timeout: Duration,
 }
@@ -32,16 +51,30 @@ impl Default for StoreOptions {
 
 impl StoreOptions {
     /// The defaults: namespace `enrich`, 2 s to connect, 2 s for an answer, a file store
-    /// created if missing, writes acknowledged without waiting for replicas.
+    /// created if missing, writes acknowledged without waiting for replicas, reads from
+    /// masters.
     pub fn new() -> Self {
         StoreOptions {
             namespace: DEFAULT_NAMESPACE.to_string(),
             connect_timeout: Duration::from_secs(2),
             response_timeout: Duration::from_secs(2),
             create_if_missing: true,
+            read_from: ReadFrom::Masters,
             wait_replicas: 0,
             wait_timeout: DEFAULT_WAIT_TIMEOUT,
         }
+    }
+
+    /// Which nodes of a Redis Cluster answer reads ([`ReadFrom::Masters`] by default). Other
+    /// backends ignore it.
+    pub fn read_from(mut self, read_from: ReadFrom) -> Self {
+        self.read_from = read_from;
+        self
+    }
+
+    /// Which nodes of a Redis Cluster answer reads.
+    pub fn read_from_value(&self) -> ReadFrom {
+        self.read_from
     }
 
     /// Whether opening a file store that does not exist creates it (the default) or fails

@@ -238,6 +238,11 @@ impl RedisServer {
         }
     }
 
+    /// The server's process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// Stops the server and starts it again on the same port and directory.
     pub fn restart(&mut self) {
         self.stop();
@@ -338,6 +343,8 @@ fn cli_binary() -> String {
 /// port and temp dir, all killed when dropped.
 pub struct RedisCluster {
     nodes: Vec<RedisServer>,
+    /// Nodes stopped by [`RedisCluster::freeze`]: running, but answering nothing.
+    frozen: Vec<usize>,
 }
 
 impl RedisCluster {
@@ -416,7 +423,10 @@ impl RedisCluster {
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
-        let cluster = RedisCluster { nodes };
+        let cluster = RedisCluster {
+            nodes,
+            frozen: Vec::new(),
+        };
         cluster.wait_ok();
         cluster
     }
@@ -615,6 +625,7 @@ impl RedisCluster {
     /// replica is promoted after [`NODE_TIMEOUT_MS`] and an election.
     pub fn kill(&mut self, i: usize) {
         self.nodes[i].stop();
+        self.frozen.retain(|&f| f != i);
     }
 
     /// Starts killed node `i` again on its port and directory: it rejoins the cluster (its
@@ -623,10 +634,29 @@ impl RedisCluster {
         self.nodes[i].spawn();
     }
 
-    /// The indices of the nodes that are running.
+    /// Freezes node `i` (SIGSTOP): its connections stay open and nothing answers, as when a
+    /// host hangs or a network partition cuts it off. Its replica is promoted as after a kill.
+    pub fn freeze(&mut self, i: usize) {
+        self.signal(i, "-STOP");
+        self.frozen.push(i);
+    }
+
+    /// Lets frozen node `i` go on (SIGCONT).
+    pub fn thaw(&mut self, i: usize) {
+        self.signal(i, "-CONT");
+        self.frozen.retain(|&f| f != i);
+    }
+
+    fn signal(&self, i: usize, signal: &str) {
+        let pid = self.nodes[i].pid().expect("a running node").to_string();
+        let status = Command::new("kill").args([signal, &pid]).status().unwrap();
+        assert!(status.success(), "kill {signal} {pid}");
+    }
+
+    /// The indices of the nodes that are running and not frozen.
     pub fn running(&self) -> Vec<usize> {
         (0..self.nodes.len())
-            .filter(|&i| self.nodes[i].child.is_some())
+            .filter(|&i| self.nodes[i].child.is_some() && !self.frozen.contains(&i))
             .collect()
     }
 

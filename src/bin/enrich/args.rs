@@ -32,6 +32,12 @@ pub(crate) struct Cli {
     #[arg(long, global = true, env = "ENRICH_NAMESPACE", default_value = DEFAULT_NAMESPACE)]
     pub(crate) namespace: String,
 
+    /// On Redis Cluster, which nodes answer reads: each slot's master, or one of its replicas
+    /// to take reads off the masters (a read may then lag a write acknowledged a moment ago;
+    /// a user is never called missing unless the master agrees).
+    #[arg(long, global = true, env = "ENRICH_READ_FROM", value_enum, default_value_t = ReadFrom::Masters)]
+    pub(crate) read_from: ReadFrom,
+
     /// Acknowledge a write only once this many replicas confirm it (Redis WAIT); if fewer do
     /// within --wait-timeout, its outcome is reported unknown. 0: do not wait.
     #[arg(
@@ -67,6 +73,22 @@ pub(crate) struct Cli {
 
     #[command(subcommand)]
     pub(crate) command: Command,
+}
+
+/// `--read-from`: [`enrich::store::ReadFrom`] as a flag.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub(crate) enum ReadFrom {
+    Masters,
+    Replicas,
+}
+
+impl From<ReadFrom> for enrich::store::ReadFrom {
+    fn from(read_from: ReadFrom) -> Self {
+        match read_from {
+            ReadFrom::Masters => enrich::store::ReadFrom::Masters,
+            ReadFrom::Replicas => enrich::store::ReadFrom::Replicas,
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]

@@ -45,7 +45,8 @@ async fn run_command(cli: Cli) {
     let options = StoreOptions::new()
         .namespace(cli.namespace)
         .wait_replicas(cli.wait_replicas)
-        .wait_timeout(cli.wait_timeout);
+        .wait_timeout(cli.wait_timeout)
+        .read_from(cli.read_from.into());
     let spec = StoreSpec::new(cli.store, options);
     let result = match cli.command {
         Command::Users(users) => run_users(&spec, users).await,

@@ -1,4 +1,5 @@
-//! Direct connections to each master of a cluster, for the pipelines of batch writes.
+//! Direct connections to each node of a cluster: for the pipelines of batch writes, for the
+//! reads of a page, and for reading the slot map.
 //!
 //! Not through the cluster connection, because it treats a pipeline as one request: if one of
 //! its commands is answered `MOVED` (a slot that moved since our map was read), it sends the
@@ -6,6 +7,12 @@
 //! twice. Over a plain connection each command's answer is its own: the store sends the
 //! refused ones again one by one, through the cluster connection, which follows redirects
 //! safely for a single command (one that was refused was not run).
+//!
+//! Reads and the slot map go this way too, because the cluster connection retries a command
+//! that timed out on the same node, and reads its own map from one node after another: a
+//! master that hangs would cost several response timeouts per read, and hold up everything
+//! else while it is asked for the map. Here a node that does not answer costs its caller one
+//! response timeout, and nobody else anything.
 
 use std::collections::HashMap;
 
@@ -15,11 +22,14 @@ use redis::{AsyncConnectionConfig, Pipeline, RedisResult, Value};
 use super::topology::{Node, NodeUrls};
 use crate::store::StoreOptions;
 
-/// One multiplexed connection per master, opened on first use and again after a failure.
+/// One multiplexed connection per node, opened on first use and again after a failure.
 pub(super) struct NodeLinks {
     urls: NodeUrls,
     config: AsyncConnectionConfig,
-    links: tokio::sync::Mutex<HashMap<Node, MultiplexedConnection>>,
+    /// Whether each connection says `READONLY` first, so that a replica answers reads of its
+    /// master's slots instead of redirecting them.
+    read_only: bool,
+    links: std::sync::Mutex<HashMap<Node, MultiplexedConnection>>,
 }
 
 /// Why a pipeline did not get its answers.
@@ -37,16 +47,30 @@ impl NodeLinks {
             config: AsyncConnectionConfig::new()
                 .set_connection_timeout(Some(options.connect_timeout_value()))
                 .set_response_timeout(Some(options.write_response_timeout())),
-            links: tokio::sync::Mutex::new(HashMap::new()),
+            read_only: false,
+            links: std::sync::Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Links for reads (and the slot map): an answer's time is the response timeout, and with
+    /// `read_only` each connection says `READONLY` first, for reads from replicas.
+    pub(super) fn for_reads(urls: NodeUrls, options: &StoreOptions, read_only: bool) -> NodeLinks {
+        NodeLinks {
+            urls,
+            config: AsyncConnectionConfig::new()
+                .set_connection_timeout(Some(options.connect_timeout_value()))
+                .set_response_timeout(Some(options.response_timeout_value())),
+            read_only,
+            links: std::sync::Mutex::new(HashMap::new()),
         }
     }
 
     async fn connection(&self, node: &Node) -> RedisResult<MultiplexedConnection> {
-        if let Some(conn) = self.links.lock().await.get(node) {
+        if let Some(conn) = crate::sync::lock(&self.links).get(node) {
             return Ok(conn.clone());
         }
         // Connected without the lock: a node that does not answer (a partition) must not hold
-        // up the writes to the others for the connect timeout.
+        // up the others for the connect timeout.
         let client =
             super::tls::client(&self.urls.url(node), &self.urls.describe(node)).map_err(|e| {
                 redis::RedisError::from((
@@ -55,11 +79,14 @@ impl NodeLinks {
                     e.to_string(),
                 ))
             })?;
-        let conn = client
+        let mut conn = client
             .get_multiplexed_async_connection_with_config(&self.config)
             .await?;
-        self.links.lock().await.insert(node.clone(), conn.clone());
-        Ok(conn)
+        if self.read_only {
+            redis::cmd("READONLY").exec_async(&mut conn).await?;
+        }
+        let mut links = crate::sync::lock(&self.links);
+        Ok(links.entry(node.clone()).or_insert(conn).clone())
     }
 
     /// Sends `pipe` to `node` and answers each command's reply, a refusal among them.
@@ -69,7 +96,7 @@ impl NodeLinks {
             Ok(values) => Ok(values),
             Err(err) => {
                 // The next batch connects afresh.
-                self.links.lock().await.remove(node);
+                crate::sync::lock(&self.links).remove(node);
                 Err(Failed::Lost(err))
             }
         }

@@ -1,5 +1,5 @@
-//! Which Redis Cluster node serves which key: the hash slot of a key, the slot map, the
-//! masters the store and the watcher share, and how to reach each node.
+//! Which Redis Cluster node serves which key: the hash slot of a key, the slot map (each
+//! slot's master and its replicas), how to reach each node, and how the map is kept current.
 //!
 //! The cluster store groups a page's keys by the node that serves them, so it needs the slot
 //! of each key (CRC16/XMODEM of the key, or of its `{hash tag}`, modulo 16384) and the owner
@@ -7,17 +7,56 @@
 //! not expose it; ours is only a routing hint — a node that no longer owns a key refuses the
 //! read and the store falls back to the crate's redirect-following path (see
 //! [`super::cluster`]).
+//!
+//! # Keeping the map current
+//!
+//! The map is read again every second in the background (see [`Topology::keep_current`]),
+//! every 100 ms while a node fails to answer or a tracking stream is down (a failover is then
+//! likely under way), and at once when a read or a write finds a node that refuses or does
+//! not answer. A refresh asks several nodes at once — the masters of the map first, then its
+//! replicas, then the seeds, [`ASKED`] in all — each over its own connection, and takes the
+//! view that most of those that answer agree on, as soon as more than half of those asked
+//! do. So a node that hangs (a frozen process, a partition) costs nothing: it is one of the
+//! asked that never answers, not a response timeout on the critical path; and a node that
+//! comes back with an old view of itself (a master failed over while it was frozen) is
+//! outvoted. Refreshes asked for while one runs share its answer, and two begin at least
+//! 50 ms apart.
+//!
+//! When the map changes, the `redis` crate's own connections are told too: it re-reads its
+//! map on a `MOVED`, but it retries a command that timed out on the same node, so after a
+//! master hangs it would keep sending writes to it. Each connection it holds is sent one
+//! command that the new map says another master serves, and the redirect makes it re-read.
 
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
 
+use futures::stream::{FuturesUnordered, StreamExt};
 use redis::Value;
 use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
 
+use super::node_links::{Failed, NodeLinks};
+
 /// The number of hash slots of a Redis Cluster.
 pub(super) const SLOTS: usize = 16384;
 
-/// A master node, as the cluster names it.
+/// The most nodes a refresh asks for their view of the map.
+pub(super) const ASKED: usize = 5;
+
+/// How often the map is read again in the background.
+pub(super) const REFRESH_EVERY: Duration = Duration::from_secs(1);
+
+/// How often while a node is failing to answer: a failover is then likely under way, and the
+/// sooner its new master is known the sooner its slots answer again.
+pub(super) const REFRESH_EVERY_IN_TROUBLE: Duration = Duration::from_millis(100);
+
+/// How long after a node last failed to answer the map is read that often.
+const TROUBLE_LASTS: Duration = Duration::from_secs(10);
+
+/// The least time between two refreshes: during an outage every failed read asks for one.
+const MIN_GAP: Duration = Duration::from_millis(50);
+
+/// A node, as the cluster names it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub(super) struct Node {
     pub(super) host: String,
@@ -30,12 +69,21 @@ impl std::fmt::Display for Node {
     }
 }
 
+/// A master and its replicas: the nodes that hold the same slots.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Shard {
+    pub(super) master: Node,
+    /// Sorted. Only replicas the cluster counts as usable: `CLUSTER SLOTS` leaves out a
+    /// replica marked failed or that has not synced yet.
+    pub(super) replicas: Vec<Node>,
+}
+
 /// The owner of every slot, as one node saw it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) struct SlotMap {
-    /// Index into `nodes` per slot; `None` for a slot no master serves.
+    /// Index into `shards` per slot; `None` for a slot no master serves.
     owner: Vec<Option<u16>>,
-    nodes: Vec<Node>,
+    shards: Vec<Shard>,
 }
 
 impl SlotMap {
@@ -43,41 +91,47 @@ impl SlotMap {
     pub(super) fn empty() -> SlotMap {
         SlotMap {
             owner: vec![None; SLOTS],
-            nodes: Vec::new(),
+            shards: Vec::new(),
         }
     }
 
-    /// Reads a `CLUSTER SLOTS` reply: `[[start, end, [host, port, id…], replicas…]…]`.
+    /// Reads a `CLUSTER SLOTS` reply: `[[start, end, master, replica…]…]`, each node
+    /// `[host, port, id…]`.
     pub(super) fn from_cluster_slots(reply: &Value) -> Result<SlotMap, String> {
         let Value::Array(ranges) = reply else {
             return Err(format!("CLUSTER SLOTS answered {reply:?}"));
         };
         let mut map = SlotMap::empty();
         for range in ranges {
-            let (start, end, master) = match range {
-                Value::Array(items) if items.len() >= 3 => (&items[0], &items[1], &items[2]),
+            let items = match range {
+                Value::Array(items) if items.len() >= 3 => items,
                 other => return Err(format!("CLUSTER SLOTS range {other:?}")),
             };
-            let (Value::Int(start), Value::Int(end)) = (start, end) else {
-                return Err(format!("CLUSTER SLOTS bounds {start:?}, {end:?}"));
+            let (Value::Int(start), Value::Int(end)) = (&items[0], &items[1]) else {
+                return Err(format!(
+                    "CLUSTER SLOTS bounds {:?}, {:?}",
+                    items[0], items[1]
+                ));
             };
-            let node = match master {
-                Value::Array(addr) if addr.len() >= 2 => match (&addr[0], &addr[1]) {
-                    (Value::BulkString(host), Value::Int(port)) => Node {
-                        host: String::from_utf8_lossy(host).into_owned(),
-                        port: u16::try_from(*port).map_err(|_| format!("port {port}"))?,
-                    },
-                    other => return Err(format!("CLUSTER SLOTS node {other:?}")),
-                },
-                other => return Err(format!("CLUSTER SLOTS node {other:?}")),
-            };
-            let index = match map.nodes.iter().position(|n| *n == node) {
+            let master = node(&items[2])?;
+            let index = match map.shards.iter().position(|s| s.master == master) {
                 Some(i) => i,
                 None => {
-                    map.nodes.push(node);
-                    map.nodes.len() - 1
+                    map.shards.push(Shard {
+                        master,
+                        replicas: Vec::new(),
+                    });
+                    map.shards.len() - 1
                 }
             };
+            let replicas = &mut map.shards[index].replicas;
+            for replica in &items[3..] {
+                let replica = node(replica)?;
+                if !replicas.contains(&replica) {
+                    replicas.push(replica);
+                }
+            }
+            replicas.sort();
             let (start, end) = (*start as usize, *end as usize);
             if start > end || end >= SLOTS {
                 return Err(format!("CLUSTER SLOTS range {start}-{end}"));
@@ -89,21 +143,69 @@ impl SlotMap {
         Ok(map)
     }
 
-    /// The master serving `slot`, if the map knows one.
-    pub(super) fn node_of(&self, slot: u16) -> Option<usize> {
+    /// The shard serving `slot`, if the map knows one.
+    pub(super) fn shard_of(&self, slot: u16) -> Option<usize> {
         self.owner[slot as usize].map(usize::from)
     }
 
-    /// Node `index` of the map.
-    pub(super) fn node(&self, index: usize) -> &Node {
-        &self.nodes[index]
+    /// Shard `index` of the map.
+    pub(super) fn shard(&self, index: usize) -> &Shard {
+        &self.shards[index]
+    }
+
+    /// Every shard of the map.
+    pub(super) fn shards(&self) -> &[Shard] {
+        &self.shards
     }
 
     /// Every master that serves at least one slot, sorted.
     pub(super) fn masters(&self) -> Vec<Node> {
-        let mut nodes = self.nodes.clone();
+        let mut nodes: Vec<Node> = self.shards.iter().map(|s| s.master.clone()).collect();
         nodes.sort();
         nodes
+    }
+
+    /// Every master and replica of the map, sorted.
+    pub(super) fn nodes(&self) -> Vec<Node> {
+        let mut nodes: Vec<Node> = (self.shards.iter())
+            .flat_map(|s| std::iter::once(&s.master).chain(&s.replicas))
+            .cloned()
+            .collect();
+        nodes.sort();
+        nodes.dedup();
+        nodes
+    }
+
+    /// True if every slot has the same master in both maps (their replicas may differ).
+    fn same_masters(&self, other: &SlotMap) -> bool {
+        fn master(map: &SlotMap, owner: Option<u16>) -> Option<&Node> {
+            owner.map(|i| &map.shards[usize::from(i)].master)
+        }
+        (self.owner.iter().zip(&other.owner)).all(|(a, b)| master(self, *a) == master(other, *b))
+    }
+
+    /// A key that master `node` does not serve by this map, for a command it will redirect.
+    fn key_elsewhere(&self, node: &Node) -> Option<String> {
+        (0..1000)
+            .map(|i| format!("enrich:redirect:{i}"))
+            .find(|key| {
+                self.shard_of(slot(key.as_bytes()))
+                    .is_some_and(|s| self.shards[s].master != *node)
+            })
+    }
+}
+
+/// A node of a `CLUSTER SLOTS` reply: `[host, port, id…]`.
+fn node(value: &Value) -> Result<Node, String> {
+    match value {
+        Value::Array(addr) if addr.len() >= 2 => match (&addr[0], &addr[1]) {
+            (Value::BulkString(host), Value::Int(port)) => Ok(Node {
+                host: String::from_utf8_lossy(host).into_owned(),
+                port: u16::try_from(*port).map_err(|_| format!("port {port}"))?,
+            }),
+            other => Err(format!("CLUSTER SLOTS node {other:?}")),
+        },
+        other => Err(format!("CLUSTER SLOTS node {other:?}")),
     }
 }
 
@@ -123,6 +225,19 @@ pub(super) fn slot(key: &[u8]) -> u16 {
         .unwrap_or(key);
     // CRC16/XMODEM, the checksum Redis Cluster uses (from the crate the Redis client uses).
     crc16::State::<crc16::XMODEM>::calculate(hashed) % SLOTS as u16
+}
+
+/// The node a seed URL (`redis://[user:pass@]host:port[#insecure]`) names, if it names one.
+pub(super) fn seed_node(url: &str) -> Option<Node> {
+    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+    let rest = rest.rsplit_once('@').map_or(rest, |(_, rest)| rest);
+    let rest = rest.strip_suffix("#insecure").unwrap_or(rest);
+    let (host, port) = rest.rsplit_once(':')?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    Some(Node {
+        host: host.to_string(),
+        port: port.parse().ok()?,
+    })
 }
 
 /// How to reach one node by URL: the seeds' scheme, credentials and `#insecure` with its
@@ -154,52 +269,221 @@ impl NodeUrls {
     }
 }
 
-/// The slot map the store routes its reads by, shared with the watcher so that both react
-/// to a topology change the store notices first.
-#[derive(Debug)]
+/// The slot map the store routes its reads and batch writes by, shared with the watcher so
+/// that both follow a change either notices first.
 pub(super) struct Topology {
     map: RwLock<Arc<SlotMap>>,
-    /// Woken whenever a read found the map stale.
-    pub(super) stale: tokio::sync::Notify,
+    /// Woken whenever a refresh changed the map.
+    pub(super) changed: tokio::sync::Notify,
+    /// Connections of our own to ask nodes for their view (the store's read links).
+    links: Arc<NodeLinks>,
+    /// The nodes of the store's URL: asked too, in case the map has lost them all.
+    seeds: Vec<Node>,
+    /// When the last refresh began; held while one runs, so that others wait for it.
+    last: tokio::sync::Mutex<Option<Instant>>,
+    /// The `redis` crate's connections, told of each change.
+    followers: Mutex<Vec<ClusterConnection>>,
+    /// When a node last failed to answer: the map is then read again more often for a while.
+    trouble: Mutex<Option<Instant>>,
+    response_timeout: Duration,
+}
+
+impl std::fmt::Debug for Topology {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Topology")
+            .field("masters", &self.current().masters())
+            .finish()
+    }
 }
 
 impl Topology {
-    pub(super) fn new(map: SlotMap) -> Topology {
-        Topology {
-            map: RwLock::new(Arc::new(map)),
-            stale: tokio::sync::Notify::new(),
-        }
+    /// Reads the map from the seeds; fails with the last error if none answers.
+    pub(super) async fn connect(
+        seeds: Vec<Node>,
+        links: Arc<NodeLinks>,
+        response_timeout: Duration,
+    ) -> redis::RedisResult<Topology> {
+        let topology = Topology {
+            map: RwLock::new(Arc::new(SlotMap::empty())),
+            changed: tokio::sync::Notify::new(),
+            links,
+            seeds,
+            last: tokio::sync::Mutex::new(None),
+            followers: Mutex::new(Vec::new()),
+            trouble: Mutex::new(None),
+            response_timeout,
+        };
+        let map = topology.ask(topology.seeds.clone()).await?;
+        *crate::sync::write(&topology.map) = Arc::new(map);
+        Ok(topology)
+    }
+
+    /// Reads the map again every [`REFRESH_EVERY`] in the background, for as long as the
+    /// topology is in use: a store that only writes, with no watcher and no failed read to
+    /// ask for a refresh, still follows a failover.
+    pub(super) fn keep_current(self: &Arc<Self>) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let topology = Arc::downgrade(self);
+        runtime.spawn(async move {
+            let mut pause = REFRESH_EVERY;
+            loop {
+                tokio::time::sleep(pause).await;
+                let Some(topology) = topology.upgrade() else {
+                    return;
+                };
+                if let Err(err) = topology.refresh().await {
+                    tracing::debug!("cannot read the cluster's slot map: {err}");
+                }
+                let troubled = crate::sync::lock(&topology.trouble)
+                    .is_some_and(|at| at.elapsed() < TROUBLE_LASTS);
+                pause = if troubled {
+                    REFRESH_EVERY_IN_TROUBLE
+                } else {
+                    REFRESH_EVERY
+                };
+            }
+        });
+    }
+
+    /// Says a node did not answer: a failover may be under way, so the map is read again
+    /// every [`REFRESH_EVERY_IN_TROUBLE`] for the next [`TROUBLE_LASTS`].
+    pub(super) fn trouble(&self) {
+        *crate::sync::lock(&self.trouble) = Some(Instant::now());
+    }
+
+    /// Tells `conn`, a connection of the `redis` crate, of every change of the map.
+    pub(super) fn follow(&self, conn: ClusterConnection) {
+        crate::sync::lock(&self.followers).push(conn);
     }
 
     pub(super) fn current(&self) -> Arc<SlotMap> {
         crate::sync::read(&self.map).clone()
     }
 
-    /// Reads `CLUSTER SLOTS` from some master and installs it; true if it changed.
-    pub(super) async fn refresh(&self, conn: &mut ClusterConnection) -> redis::RedisResult<bool> {
-        let map = Arc::new(read_slot_map(conn).await?);
-        let mut current = crate::sync::write(&self.map);
-        let changed = **current != *map;
-        *current = map;
-        Ok(changed)
+    /// Reads the map again (or waits for a refresh that began after this call) and installs
+    /// it; the map now.
+    pub(super) async fn refresh(&self) -> redis::RedisResult<Arc<SlotMap>> {
+        let called = Instant::now();
+        let mut last = self.last.lock().await;
+        if last.is_some_and(|began| began >= called || began.elapsed() < MIN_GAP) {
+            return Ok(self.current());
+        }
+        *last = Some(Instant::now());
+        let current = self.current();
+        // Masters first: they are the ones a failover replaces.
+        let mut asked: Vec<Node> = current.masters();
+        for node in current
+            .nodes()
+            .into_iter()
+            .chain(self.seeds.iter().cloned())
+        {
+            if !asked.contains(&node) {
+                asked.push(node);
+            }
+        }
+        asked.truncate(ASKED);
+        let map = Arc::new(self.ask(asked).await?);
+        if *map != *current {
+            *crate::sync::write(&self.map) = map.clone();
+            tracing::debug!(nodes = ?map.nodes(), masters = ?map.masters(), "the cluster's slot map changed");
+            self.changed.notify_waiters();
+            if !map.same_masters(&current) {
+                self.tell_followers(&map);
+            }
+        }
+        Ok(map)
     }
-}
 
-/// The cluster's slot map, as a random master sees it.
-pub(super) async fn read_slot_map(conn: &mut ClusterConnection) -> redis::RedisResult<SlotMap> {
-    let reply = conn
-        .route_command(
-            redis::cmd("CLUSTER").arg("SLOTS").clone(),
-            RoutingInfo::SingleNode(SingleNodeRoutingInfo::RandomPrimary),
-        )
-        .await?;
-    SlotMap::from_cluster_slots(&reply).map_err(|why| {
-        redis::RedisError::from((
-            redis::ErrorKind::Client,
-            "unreadable CLUSTER SLOTS reply",
-            why,
-        ))
-    })
+    /// The view of the map most of `asked` agree on: as soon as more than half of them do,
+    /// or, once all have answered or failed, the view most of those that answered gave.
+    async fn ask(&self, asked: Vec<Node>) -> redis::RedisResult<SlotMap> {
+        let majority = asked.len() / 2 + 1;
+        let mut pending: FuturesUnordered<_> = (asked.iter())
+            .map(|node| async move {
+                let mut pipe = redis::pipe();
+                pipe.cmd("CLUSTER").arg("SLOTS");
+                let answer =
+                    tokio::time::timeout(self.response_timeout, self.links.send(node, &pipe));
+                match answer.await {
+                    Ok(Ok(mut values)) => match values.pop() {
+                        Some(Value::ServerError(err)) => Err(err.into()),
+                        Some(reply) => SlotMap::from_cluster_slots(&reply).map_err(|why| {
+                            redis::RedisError::from((
+                                redis::ErrorKind::Client,
+                                "unreadable CLUSTER SLOTS reply",
+                                why,
+                            ))
+                        }),
+                        None => Err(redis::RedisError::from((
+                            redis::ErrorKind::Client,
+                            "CLUSTER SLOTS answered nothing",
+                        ))),
+                    },
+                    Ok(Err(Failed::NotSent(err) | Failed::Lost(err))) => Err(err),
+                    Err(_) => Err(redis::RedisError::from(std::io::Error::from(
+                        std::io::ErrorKind::TimedOut,
+                    ))),
+                }
+            })
+            .collect();
+        let mut views: Vec<(SlotMap, usize)> = Vec::new();
+        let mut last_err = None;
+        while let Some(answer) = pending.next().await {
+            match answer {
+                Ok(map) => {
+                    let count = match views.iter_mut().find(|(view, _)| *view == map) {
+                        Some((_, count)) => {
+                            *count += 1;
+                            *count
+                        }
+                        None => {
+                            views.push((map, 1));
+                            1
+                        }
+                    };
+                    if count >= majority {
+                        break;
+                    }
+                }
+                Err(err) => last_err = Some(err),
+            }
+        }
+        // The first of the most agreed views (the first to arrive among equals).
+        let best = views.iter().map(|(_, count)| *count).max();
+        match views.into_iter().find(|(_, count)| Some(*count) == best) {
+            Some((map, _)) => Ok(map),
+            None => Err(last_err.unwrap_or_else(|| {
+                redis::RedisError::from((redis::ErrorKind::Client, "no cluster node to ask"))
+            })),
+        }
+    }
+
+    /// Makes each follower re-read its own map: one command to a master that the new map
+    /// says it does not serve, which answers `MOVED`. In the background: nobody waits for it.
+    fn tell_followers(&self, map: &SlotMap) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let target = (map.masters().into_iter())
+            .find_map(|master| map.key_elsewhere(&master).map(|key| (master, key)));
+        let Some((master, key)) = target else {
+            return;
+        };
+        for conn in crate::sync::lock(&self.followers).iter() {
+            let mut conn = conn.clone();
+            let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress {
+                host: master.host.clone(),
+                port: master.port,
+            });
+            let exists = redis::cmd("EXISTS").arg(&key).clone();
+            let timeout = self.response_timeout;
+            runtime.spawn(async move {
+                let _ = tokio::time::timeout(timeout, conn.route_command(exists, routing)).await;
+            });
+        }
+    }
 }
 
 #[cfg(test)]
@@ -225,18 +509,47 @@ mod tests {
                 Value::BulkString(b"id".to_vec()),
             ])
         };
-        let range = |a, b, n| Value::Array(vec![Value::Int(a), Value::Int(b), n]);
+        let range = |a, b, nodes: Vec<Value>| {
+            Value::Array([vec![Value::Int(a), Value::Int(b)], nodes].concat())
+        };
         let reply = Value::Array(vec![
-            range(0, 5460, node("127.0.0.1", 7000)),
-            range(5461, 16383, node("127.0.0.1", 7001)),
+            range(
+                0,
+                5460,
+                vec![node("127.0.0.1", 7000), node("127.0.0.1", 7005)],
+            ),
+            range(5461, 10000, vec![node("127.0.0.1", 7001)]),
+            // A second range of the first master, with a second replica.
+            range(
+                10001,
+                16383,
+                vec![node("127.0.0.1", 7000), node("127.0.0.1", 7004)],
+            ),
         ]);
         let map = SlotMap::from_cluster_slots(&reply).unwrap();
-        assert_eq!(map.node(map.node_of(0).unwrap()).port, 7000);
+        let first = map.shard(map.shard_of(0).unwrap());
+        assert_eq!(first.master.port, 7000);
         assert_eq!(
-            map.node(map.node_of(16383).unwrap()).to_string(),
-            "127.0.0.1:7001"
+            first.replicas.iter().map(|n| n.port).collect::<Vec<_>>(),
+            [7004, 7005]
         );
+        assert_eq!(map.shard_of(16383), map.shard_of(0));
+        let second = map.shard(map.shard_of(5461).unwrap());
+        assert_eq!(second.master.to_string(), "127.0.0.1:7001");
+        assert!(second.replicas.is_empty());
         assert_eq!(map.masters().len(), 2);
+        assert_eq!(map.nodes().len(), 4);
+        let key = map.key_elsewhere(&first.master).unwrap();
+        assert_eq!(map.shard_of(slot(key.as_bytes())), map.shard_of(5461));
         assert!(SlotMap::from_cluster_slots(&Value::Int(1)).is_err());
+    }
+
+    #[test]
+    fn seeds_name_their_node() {
+        let node = |url| seed_node(url).map(|n| n.to_string());
+        assert_eq!(node("redis://u:p@w@h:7000").as_deref(), Some("h:7000"));
+        assert_eq!(node("rediss://h:1#insecure").as_deref(), Some("h:1"));
+        assert_eq!(node("redis://[::1]:7000").as_deref(), Some("::1:7000"));
+        assert_eq!(node("redis://h"), None);
     }
 }

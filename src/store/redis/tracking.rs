@@ -19,33 +19,53 @@
 //!
 //! # On Redis Cluster
 //!
-//! Tracking is per connection and per node: a node announces the writes it executes. So the
-//! cluster watcher keeps one such connection per master, found in the slot map, and merges
-//! their announcements. We chose this over classic pub/sub (which a cluster broadcasts to every
-//! node, so each write would cost traffic on all of them) and over sharded pub/sub (which
-//! would need a publish in every write script and would miss writes made outside the engine),
-//! for the same reasons as on one node.
+//! Tracking is per connection and per node: a node announces the writes it executes, and a
+//! replica announces the writes it applies from its master's replication stream, once it has
+//! applied them. So the cluster watcher keeps one such connection per node of the slot map,
+//! masters and replicas, and merges their announcements. We chose this over classic pub/sub
+//! (which a cluster broadcasts to every node, so each write would cost traffic on all of them)
+//! and over sharded pub/sub (which would need a publish in every write script and would miss
+//! writes made outside the engine), for the same reasons as on one node.
 //!
-//! The flush-on-loss rule holds for every node: the moment any master's stream is lost, the
-//! watcher says [`StoreEvent::Lost`]; it says [`StoreEvent::Connected`] only once every master's
-//! stream is up again. A master we do not hear from yet could already be taking writes, so the
-//! slot map is read again every second, and at once when a read finds it stale (a slot that
-//! moved, a node that failed over): a change in the set of masters says `Lost` until the new
-//! masters' streams are up. A slot that moves between masters we already hear from needs
+//! Why replicas too: a replica's stream, up since a moment it was a replica (it says so when
+//! asked `ROLE`, right after tracking is on and then at every ping), announces every write it
+//! makes once promoted, from the first, before the slot map says it is a master. So a failover needs no flush: after a
+//! manual `CLUSTER FAILOVER` the L1 is neither bypassed nor emptied, and after a master dies
+//! the L1 is used again as soon as its replica is promoted. And when the store reads from
+//! replicas ([`ReadFrom::Replicas`]), the node a read went to is tracked: its announcement of
+//! a write comes after it applied the write, so an L1 filled from a replica is invalidated
+//! after, never before, the replica shows the new value. The cost: each write is announced to
+//! each enricher once by its master and once by each replica.
+//!
+//! The flush-on-loss rule holds for every node the L1 depends on: the masters (they take the
+//! writes), and with reads from replicas every node. The moment one of those streams is lost,
+//! the watcher says [`StoreEvent::Lost`]; it says [`StoreEvent::Connected`] once they are all
+//! up again. A node that becomes a master without a stream opened while it was a replica (a
+//! replica the map did not list yet, or whose stream was down) may have taken writes we did
+//! not hear, so the watcher says `Lost` then, and `Connected` once its stream is up. The slot
+//! map is read every second, every 100 ms while a stream is down or a node fails to answer
+//! (see [`super::topology`]). A slot that moves between masters we already hear from needs
 //! nothing more: both announce their side of the move (the source deletes, the target writes).
+//!
+//! What is left: a master cut off from us but not from its writers (a partition) takes
+//! writes we do not hear until its stream misses a ping: at most 500 ms and a response
+//! timeout. With reads from masters, a replica whose stream is down when it is promoted is
+//! heard from once the map shows it as a master (at most a second later).
+//!
+//! [`ReadFrom::Replicas`]: crate::store::ReadFrom::Replicas
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, Client, ProtocolVersion, PushInfo, PushKind, Value};
 use tokio::sync::mpsc;
 
-use super::topology::{Node, NodeUrls, Topology};
+use super::topology::{Node, NodeUrls, REFRESH_EVERY_IN_TROUBLE, SlotMap, Topology};
 use crate::error::Result;
 use crate::retry::Backoff;
-use crate::store::{EventSink, StoreEvent, StoreOptions, WatchGuard};
+use crate::store::{EventSink, ReadFrom, StoreEvent, StoreOptions, WatchGuard};
 
 /// How often the tracking connection is pinged to notice a silent failure.
 const PING_EVERY: Duration = Duration::from_millis(500);
@@ -58,6 +78,37 @@ pub(super) fn watch(
     options: &StoreOptions,
     sink: EventSink,
 ) -> Option<WatchGuard> {
+    let events = sink.clone();
+    let stream: StreamSink = Arc::new(move |state| {
+        events(match state {
+            Stream::Up { .. } => StoreEvent::Connected,
+            Stream::Down => StoreEvent::Lost,
+        })
+    });
+    start(client, prefixes, describe, options, sink, stream, false)
+}
+
+/// What a tracking stream says of itself.
+enum Stream {
+    /// Tracking is on; `replica` if the node said it was a replica after that.
+    Up { replica: bool },
+    /// The connection is lost: writes may go unannounced.
+    Down,
+}
+
+type StreamSink = Arc<dyn Fn(Stream) + Send + Sync>;
+
+/// Starts a watcher task that passes writes to `sink` and its own state to `stream`; `None`
+/// outside a tokio runtime.
+fn start(
+    client: Client,
+    prefixes: Vec<String>,
+    describe: String,
+    options: &StoreOptions,
+    sink: EventSink,
+    stream: StreamSink,
+    ask_role: bool,
+) -> Option<WatchGuard> {
     let runtime = tokio::runtime::Handle::try_current().ok()?;
     let watcher = Watcher {
         client,
@@ -66,6 +117,8 @@ pub(super) fn watch(
         connect_timeout: options.connect_timeout_value(),
         response_timeout: options.response_timeout_value(),
         sink,
+        stream,
+        ask_role,
     };
     Some(WatchGuard::new(runtime.spawn(watcher.run()).abort_handle()))
 }
@@ -78,6 +131,9 @@ struct Watcher {
     connect_timeout: Duration,
     response_timeout: Duration,
     sink: EventSink,
+    stream: StreamSink,
+    /// Whether to ask the node's role once tracking is on (cluster nodes).
+    ask_role: bool,
 }
 
 impl Watcher {
@@ -88,14 +144,14 @@ impl Watcher {
         let mut down = false;
         loop {
             match self.connect().await {
-                Ok((conn, pushes)) => {
-                    (self.sink)(StoreEvent::Connected);
+                Ok((conn, pushes, replica)) => {
+                    (self.stream)(Stream::Up { replica });
                     if down {
                         tracing::warn!(store = %self.describe, "invalidation stream restored");
                     }
                     backoff.reset();
                     let why = self.listen(conn, pushes).await;
-                    (self.sink)(StoreEvent::Lost);
+                    (self.stream)(Stream::Down);
                     tracing::warn!(
                         store = %self.describe,
                         "invalidation stream lost ({why}); serving from the store until it is back"
@@ -113,8 +169,15 @@ impl Watcher {
         }
     }
 
-    /// Opens a RESP3 connection and turns tracking on for the namespace's keys.
-    async fn connect(&self) -> Result<(MultiplexedConnection, mpsc::UnboundedReceiver<PushInfo>)> {
+    /// Opens a RESP3 connection and turns tracking on for the namespace's keys; whether the
+    /// node then said it was a replica.
+    async fn connect(
+        &self,
+    ) -> Result<(
+        MultiplexedConnection,
+        mpsc::UnboundedReceiver<PushInfo>,
+        bool,
+    )> {
         let fault = |e| super::fault::fault(&self.describe, e);
         let info = self.client.get_connection_info().clone();
         let settings = info
@@ -143,7 +206,10 @@ impl Watcher {
             tracking.arg("PREFIX").arg(prefix);
         }
         tracking.exec_async(&mut conn).await.map_err(fault)?;
-        Ok((conn, pushes))
+        // Asked after tracking is on: a node that is a replica now announces every write it
+        // makes from here on, including those it makes once promoted.
+        let replica = self.ask_role && self.replica(&mut conn).await.map_err(fault)?;
+        Ok((conn, pushes, replica))
     }
 
     /// Passes announcements on until the connection fails; says why it stopped.
@@ -164,11 +230,38 @@ impl Watcher {
                     Some(_) => {}
                 },
                 _ = ping.tick() => {
-                    if let Err(err) = redis::cmd("PING").exec_async(&mut conn).await {
+                    // A cluster node is asked its role as the ping: one that is a replica now
+                    // (a master demoted by a failover) is heard from its first write if it is
+                    // promoted again.
+                    let ping = if self.ask_role {
+                        self.replica(&mut conn).await.map(|replica| {
+                            if replica {
+                                (self.stream)(Stream::Up { replica });
+                            }
+                        })
+                    } else {
+                        redis::cmd("PING").exec_async(&mut conn).await
+                    };
+                    if let Err(err) = ping {
                         return format!("ping failed: {err}");
                     }
                 }
             }
+        }
+    }
+
+    /// Whether the node says it is a replica (`ROLE`). A user without the right to ask counts
+    /// its nodes as masters: a promotion then flushes the L1, which is always safe.
+    async fn replica(&self, conn: &mut MultiplexedConnection) -> redis::RedisResult<bool> {
+        let role: redis::RedisResult<Vec<Value>> = redis::cmd("ROLE").query_async(conn).await;
+        match role {
+            Ok(role) => Ok(matches!(role.first(), Some(Value::BulkString(r)) if r == b"slave")),
+            // Refused: the connection is alive, the answer unknown.
+            Err(err) if err.code().is_some() => {
+                tracing::debug!(store = %self.describe, "cannot ask the node's role: {err}");
+                Ok(false)
+            }
+            Err(err) => Err(err),
         }
     }
 
@@ -197,13 +290,12 @@ impl Watcher {
     }
 }
 
-/// How often the cluster watcher reads the slot map, to notice new masters.
-const TOPOLOGY_EVERY: Duration = Duration::from_secs(1);
+/// How long the stream of a node is kept after the node left the map.
+const STREAM_KEPT: Duration = Duration::from_secs(10);
 
-/// Starts the cluster watcher task (one tracking connection per master), or `None` outside a
+/// Starts the cluster watcher task (one tracking connection per node), or `None` outside a
 /// tokio runtime.
 pub(super) fn watch_cluster(
-    conn: redis::cluster_async::ClusterConnection,
     topology: Arc<Topology>,
     nodes: NodeUrls,
     prefixes: Vec<String>,
@@ -212,11 +304,11 @@ pub(super) fn watch_cluster(
 ) -> Option<WatchGuard> {
     let runtime = tokio::runtime::Handle::try_current().ok()?;
     let watcher = ClusterWatcher {
-        conn,
         topology,
         nodes,
         prefixes,
         options: options.clone(),
+        every_node: options.read_from_value() == ReadFrom::Replicas,
         sink,
         health: Arc::new(Mutex::new(Health::default())),
     };
@@ -224,19 +316,32 @@ pub(super) fn watch_cluster(
 }
 
 struct ClusterWatcher {
-    conn: redis::cluster_async::ClusterConnection,
     topology: Arc<Topology>,
     nodes: NodeUrls,
     prefixes: Vec<String>,
     options: StoreOptions,
+    /// Whether every node's stream is needed (reads from replicas), or only the masters'.
+    every_node: bool,
     sink: EventSink,
     health: Arc<Mutex<Health>>,
 }
 
-/// Which masters' streams are up, and whether we last said `Connected`.
+/// The state of one node's stream.
+#[derive(Default)]
+struct NodeStream {
+    up: bool,
+    /// Up since a moment the node said it was a replica: every write it has made as a master
+    /// was announced.
+    since_replica: bool,
+}
+
+/// The streams of the nodes, which of them the L1 needs, and whether we last said
+/// `Connected`.
 #[derive(Default)]
 struct Health {
-    up: HashMap<Node, bool>,
+    streams: HashMap<Node, NodeStream>,
+    masters: Vec<Node>,
+    needed: Vec<Node>,
     announced: bool,
 }
 
@@ -248,82 +353,122 @@ impl Health {
             sink(StoreEvent::Lost);
         }
     }
+
+    /// Says `Connected` when every needed stream is up, `Lost` when one is not.
+    fn settle(&mut self, sink: &EventSink) {
+        let up = (self.needed.iter()).all(|n| self.streams.get(n).is_some_and(|s| s.up));
+        if !up {
+            self.lose(sink);
+        } else if !self.announced {
+            self.announced = true;
+            sink(StoreEvent::Connected);
+        }
+    }
+
+    /// Takes in a new map: its nodes, its masters, and which streams are needed; the streams
+    /// of nodes not in `kept` are gone.
+    fn follow(&mut self, map: &SlotMap, kept: &[Node], every_node: bool, sink: &EventSink) {
+        let (nodes, masters) = (map.nodes(), map.masters());
+        // A node that became a master was heard from its first write as a master only if its
+        // stream was opened while it was a replica and stayed up since; otherwise what it
+        // wrote before we knew may be cached, stale.
+        let first = self.masters.is_empty();
+        let unheard = (masters.iter())
+            .filter(|m| !self.masters.contains(m))
+            .any(|m| !self.streams.get(m).is_some_and(|s| s.up && s.since_replica));
+        if unheard && !first {
+            tracing::debug!(
+                ?masters,
+                "a new master was not heard from as a replica: flushing"
+            );
+            self.lose(sink);
+        }
+        self.streams.retain(|node, _| kept.contains(node));
+        for node in kept {
+            self.streams.entry(node.clone()).or_default();
+        }
+        self.needed = if every_node { nodes } else { masters.clone() };
+        self.masters = masters;
+        self.settle(sink);
+    }
 }
 
 impl ClusterWatcher {
-    async fn run(mut self) {
+    async fn run(self) {
         let mut watchers: HashMap<Node, WatchGuard> = HashMap::new();
+        // When each node was last in the map. Nodes' views of a replica that just synced or
+        // changed roles differ for a moment, so a refresh may leave it out and the next put it
+        // back: its stream is kept through that, and dropped only once it has been gone a
+        // while.
+        let mut seen: HashMap<Node, Instant> = HashMap::new();
         loop {
-            if let Err(err) = self.topology.refresh(&mut self.conn).await {
-                tracing::debug!("cannot read the cluster's slot map: {err}");
+            let map = self.topology.current();
+            let now = Instant::now();
+            for node in map.nodes() {
+                seen.insert(node, now);
             }
-            let masters = self.topology.current().masters();
-            let same =
-                masters.len() == watchers.len() && masters.iter().all(|m| watchers.contains_key(m));
-            if !same {
+            seen.retain(|_, at| now.duration_since(*at) < STREAM_KEPT);
+            let kept: Vec<Node> = seen.keys().cloned().collect();
+            let down = {
+                let mut health = crate::sync::lock(&self.health);
+                health.follow(&map, &kept, self.every_node, &self.sink);
+                !health.announced
+            };
+            watchers.retain(|node, _| seen.contains_key(node));
+            for node in kept {
+                if !watchers.contains_key(&node)
+                    && let Some(guard) = self.watch_node(&node)
                 {
-                    let mut health = crate::sync::lock(&self.health);
-                    health.lose(&self.sink);
-                    health.up.retain(|node, _| masters.contains(node));
-                    for node in &masters {
-                        health.up.entry(node.clone()).or_insert(false);
-                    }
-                }
-                watchers.retain(|node, _| masters.contains(node));
-                for node in masters {
-                    if !watchers.contains_key(&node)
-                        && let Some(guard) = self.watch_node(&node)
-                    {
-                        watchers.insert(node, guard);
-                    }
+                    watchers.insert(node, guard);
                 }
             }
+            if down {
+                // A stream is down: a failover is likely under way.
+                self.topology.trouble();
+            }
+            // The store reads the map in the background and wakes us on a change; the timer
+            // only catches streams that came up or went down meanwhile.
             tokio::select! {
-                _ = tokio::time::sleep(TOPOLOGY_EVERY) => {}
-                _ = self.topology.stale.notified() => {}
+                _ = tokio::time::sleep(REFRESH_EVERY_IN_TROUBLE) => {}
+                _ = self.topology.changed.notified() => {}
             }
         }
     }
 
-    /// Starts the tracking connection of one master; its `Connected` and `Lost` count towards
-    /// the cluster's, its announcements pass straight on.
+    /// Starts the tracking connection of one node; its state counts towards the cluster's,
+    /// its announcements pass straight on.
     fn watch_node(&self, node: &Node) -> Option<WatchGuard> {
         let client = match super::tls::client(&self.nodes.url(node), &self.nodes.describe(node)) {
             Ok(client) => client,
             Err(err) => {
-                tracing::warn!(%node, "cannot watch this master: {err}");
+                tracing::warn!(%node, "cannot watch this node: {err}");
                 return None;
             }
         };
         let health = self.health.clone();
         let sink = self.sink.clone();
         let me = node.clone();
-        let node_sink: EventSink = Arc::new(move |event| match event {
-            StoreEvent::Connected => {
-                let mut health = crate::sync::lock(&health);
-                if let Some(up) = health.up.get_mut(&me) {
-                    *up = true;
-                }
-                if !health.announced && health.up.values().all(|up| *up) {
-                    health.announced = true;
-                    sink(StoreEvent::Connected);
-                }
+        let stream: StreamSink = Arc::new(move |state| {
+            let mut health = crate::sync::lock(&health);
+            if let Some(stream) = health.streams.get_mut(&me) {
+                *stream = match state {
+                    Stream::Up { replica } => NodeStream {
+                        up: true,
+                        since_replica: replica,
+                    },
+                    Stream::Down => NodeStream::default(),
+                };
             }
-            StoreEvent::Lost => {
-                let mut health = crate::sync::lock(&health);
-                if let Some(up) = health.up.get_mut(&me) {
-                    *up = false;
-                }
-                health.lose(&sink);
-            }
-            other => sink(other),
+            health.settle(&sink);
         });
-        watch(
+        start(
             client,
             self.prefixes.clone(),
             self.nodes.describe(node),
             &self.options,
-            node_sink,
+            self.sink.clone(),
+            stream,
+            true,
         )
     }
 }

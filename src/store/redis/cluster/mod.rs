@@ -8,8 +8,9 @@
 //! # Reads: one command per node, in parallel
 //!
 //! A page's ids are grouped by the master that serves their slot (our own slot map, read with
-//! `CLUSTER SLOTS`), and each group is one command to its node, all groups at once; the answers
-//! are put back in id order. A cold page therefore costs one round trip per node involved.
+//! `CLUSTER SLOTS`: see [`super::topology`]), and each group is one command to its node over
+//! a direct connection, all groups at once; the answers are put back in id order. A cold
+//! page therefore costs one round trip per node involved.
 //!
 //! Which command: Redis refuses any multi-key command whose keys hash to different slots
 //! (`CROSSSLOT`), even when one node serves all of them, so a plain `MGET` per node is out.
@@ -20,13 +21,27 @@
 //! the script's inner `GET`s in its command statistics too, but the client sends one command
 //! and the node answers it in one go.
 //!
-//! When the node refuses (a slot moved or is migrating, so a key is not local; a node we have
-//! no connection to; a server older than 7), that group falls back to the `redis` crate's
-//! own cluster `MGET`, which splits per slot and follows `MOVED` and `ASK`, and our slot map is
-//! read again. A group whose node cannot be reached either way is answered with
-//! [`ErrorKind::Unavailable`](crate::ErrorKind::Unavailable) for its ids only (see
+//! When the node refuses (a slot moved or is migrating, so a key is not local; a server
+//! older than 7), that group falls back to the `redis` crate's own cluster `MGET`, which
+//! splits per slot and follows `MOVED` and `ASK`, and our slot map is read again. A node that
+//! does not answer (down, hung, cut off) is a failover in the making: the map is read again,
+//! and if it now names another master for the group's slots the group is read there; a read
+//! still out when the map changes that way is not waited for. Otherwise the group is
+//! answered with [`ErrorKind::Unavailable`](crate::ErrorKind::Unavailable) (or
+//! [`ErrorKind::Timeout`](crate::ErrorKind::Timeout)) for its ids only (see
 //! [`UserStore::get_many_each`]); the other groups' answers are kept. A failure is never a
 //! `None`, which would mean "no such user".
+//!
+//! # Reads from replicas
+//!
+//! With [`ReadFrom::Replicas`], each group goes to a replica of its master instead, in turn
+//! when there are several (its connection says `READONLY`), and to the master when none has
+//! caught up with it (see [`replicas`]: a replica just restarted, cut off its master, or held
+//! back, would answer from an old dataset) or the replica does not answer. A replica applies a write a
+//! moment after its master acknowledged it, so what it answers may be a version behind for
+//! that moment; but a user it does not have is asked of the master before it is called
+//! missing, since a replica that has not yet applied a creation would otherwise deny a user
+//! that exists.
 //!
 //! # Writes
 //!
@@ -34,9 +49,12 @@
 //! key and follows redirects; a batch (entries, deletes, the per-slot scripts of a user
 //! import) is one pipeline per master over a direct connection (see [`super::node_links`]).
 //! Either way the `WAIT` of the write concern ([`super::concern`]) ends the same pipeline, on
-//! the same connection as the writes it confirms.
+//! the same connection as the writes it confirms. The cluster connection re-reads its own
+//! slot map when ours changes (see [`super::topology`]), so single writes follow a failover
+//! too.
 //!
-//! Invalidation: see [`super::tracking`], which keeps one tracking connection per master.
+//! Invalidation: see [`super::tracking`], which keeps one tracking connection per node,
+//! masters and replicas.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -46,28 +64,33 @@ use redis::cluster::{ClusterClient, ClusterClientBuilder};
 use redis::cluster_async::ClusterConnection;
 
 mod per_node;
+mod reads;
+mod replicas;
 
 use super::concern::{self, Answer, WriteConcern, Writes};
 use super::entries::{self, EntryScript, Mode};
 use super::fault::{fault, write_fault};
 use super::node_links::NodeLinks;
 use super::scripts::{self, Scripts, import_changed};
-use super::topology::{NodeUrls, Topology, read_slot_map, slot};
+use super::topology::{NodeUrls, Topology, seed_node, slot};
 use crate::collection::{EntryJson, EntryKey, NewEntry, StoredEntry};
 use crate::error::{Error, Result};
 use crate::record::Key;
 use crate::record::Record;
 use crate::store::{
-    Added, EventSink, ImportEntry, ImportOutcome, ImportUser, Stamps, StoreOptions, UserSource,
-    UserStore, WatchGuard, entries_through_records, entry_not_found, stored_entry,
+    Added, EventSink, ImportEntry, ImportOutcome, ImportUser, ReadFrom, Stamps, StoreOptions,
+    UserSource, UserStore, WatchGuard, entries_through_records, entry_not_found, stored_entry,
     users_through_records,
 };
 use crate::user::{NewUser, Timestamp, UserId, UserJson};
 
-/// Users in a Redis Cluster, under a namespace prefix. Cheap to clone; clones share two
-/// cluster connections (each a multiplexed connection per node, reconnecting by itself): one
-/// for reads, one for writes, so that a write the server holds back (`CLIENT PAUSE WRITE`
-/// during a failover) does not hold the reads queued behind it.
+/// Users in a Redis Cluster, under a namespace prefix. Cheap to clone; clones share their
+/// connections (each multiplexed, reconnecting by itself): the pages' reads go over direct
+/// connections to each node, apart from the writes, so that a write the server holds back
+/// (`CLIENT PAUSE WRITE` during a failover) does not hold the reads queued behind it. Which
+/// nodes answer reads is [`StoreOptions::read_from`]. The slot map is followed through
+/// failovers and slot moves, and every node is watched for writes, replicas included, so a
+/// promoted replica is heard from its first write.
 #[derive(Clone)]
 pub struct ClusterStore {
     conn: ClusterConnection,
@@ -82,6 +105,12 @@ pub struct ClusterStore {
     entry_script: Arc<EntryScript>,
     node_links: Arc<NodeLinks>,
     concern: Option<WriteConcern>,
+    /// Direct connections for the reads of pages (`READONLY` when reading from replicas).
+    read_links: Arc<NodeLinks>,
+    /// Turns through each shard's replicas, read after read.
+    next_replica: Arc<std::sync::atomic::AtomicUsize>,
+    /// With reads from replicas, those that may answer them.
+    replicas: Option<Arc<replicas::Replicas>>,
 }
 
 impl std::fmt::Debug for ClusterStore {
@@ -119,6 +148,7 @@ impl ClusterStore {
         };
         super::tls::install_crypto_provider();
         let verified = nodes.scheme == "rediss" && !insecure;
+        let seed_nodes = seeds.iter().filter_map(|seed| seed_node(seed)).collect();
         let client = |response_timeout| -> Result<ClusterClient> {
             let mut builder = ClusterClientBuilder::new(seeds.clone());
             if verified {
@@ -137,7 +167,7 @@ impl ClusterStore {
                     Error::invalid(format!("invalid cluster URL {describe:?}")).with_cause(e)
                 })
         };
-        let mut conn = client(options.response_timeout_value())?
+        let conn = client(options.response_timeout_value())?
             .get_async_connection()
             .await
             .map_err(|e| fault(&describe, e))?;
@@ -146,11 +176,35 @@ impl ClusterStore {
             .get_async_connection()
             .await
             .map_err(|e| fault(&describe, e))?;
+        let read_links = Arc::new(NodeLinks::for_reads(
+            nodes.clone(),
+            options,
+            options.read_from_value() == ReadFrom::Replicas,
+        ));
         // Reading the slot map also proves the credentials and that the nodes are in cluster
         // mode, so a wrong URL fails here with a clear message.
-        let map = read_slot_map(&mut conn)
-            .await
-            .map_err(|e| fault(&describe, e))?;
+        let topology = Topology::connect(
+            seed_nodes,
+            read_links.clone(),
+            options.response_timeout_value(),
+        )
+        .await
+        .map_err(|e| fault(&describe, e))?;
+        topology.follow(conn.clone());
+        topology.follow(writes.clone());
+        let topology = Arc::new(topology);
+        topology.keep_current();
+        let replicas = match options.read_from_value() {
+            ReadFrom::Masters => None,
+            ReadFrom::Replicas => Some(
+                replicas::Replicas::watch(
+                    read_links.clone(),
+                    topology.clone(),
+                    options.response_timeout_value(),
+                )
+                .await,
+            ),
+        };
         let ns = options.namespace_str();
         Ok(ClusterStore {
             conn,
@@ -160,8 +214,11 @@ impl ClusterStore {
             entry_prefix: format!("{ns}:object:"),
             describe,
             node_links: Arc::new(NodeLinks::new(nodes.clone(), options)),
+            read_links,
+            next_replica: Arc::default(),
+            replicas,
             nodes,
-            topology: Arc::new(Topology::new(map)),
+            topology,
             scripts: Arc::new(Scripts::new()),
             entry_script: Arc::new(EntryScript::new()),
             concern: WriteConcern::new(options),
@@ -235,7 +292,6 @@ impl UserSource for ClusterStore {
 
     fn watch(&self, sink: EventSink) -> Option<WatchGuard> {
         super::tracking::watch_cluster(
-            self.conn.clone(),
             self.topology.clone(),
             self.nodes.clone(),
             vec![self.prefix.clone(), self.entry_prefix.clone()],

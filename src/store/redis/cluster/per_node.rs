@@ -1,12 +1,10 @@
-//! Commands grouped by the master that serves their keys: a page's reads as one `EVAL_RO` per
-//! node, and batch writes as one pipeline per node, all nodes at once.
+//! Batch writes grouped by the master that serves their keys: one pipeline per node, all
+//! nodes at once.
 
 use std::collections::BTreeMap;
 
-use bytes::Bytes;
 use futures::future::join_all;
 use redis::Cmd;
-use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
 
 use super::ClusterStore;
 use crate::collection::{EntryJson, NewEntry};
@@ -18,45 +16,7 @@ use crate::store::redis::node_links::Failed;
 use crate::store::redis::topology::{Node, slot};
 use crate::user::Timestamp;
 
-/// Reads the keys given as arguments, all served by the node that runs it. `no-writes` lets it
-/// run as `EVAL_RO`; `allow-cross-slot-keys` lets it read keys of several slots, which Redis
-/// allows only for keys not declared as `KEYS` (declared keys must share one slot).
-const READ: &str = "#!lua flags=no-writes,allow-cross-slot-keys
-local out = {}
-for i, key in ipairs(ARGV) do out[i] = redis.call('GET', key) end
-return out
-";
-
 impl ClusterStore {
-    /// One group of keys, all served by `node` by our map: one `EVAL_RO` there, or the
-    /// crate's redirect-following `MGET` if the node refuses.
-    async fn read_group(&self, node: Option<Node>, keys: Vec<&str>) -> Result<Vec<Option<Bytes>>> {
-        if let Some(node) = node {
-            let mut read = redis::cmd("EVAL_RO");
-            read.arg(READ).arg(0).arg(&keys);
-            let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress {
-                host: node.host.clone(),
-                port: node.port,
-            });
-            match self.conn.clone().route_command(read, routing).await {
-                Ok(value) => match redis::from_redis_value::<Vec<Option<Bytes>>>(value) {
-                    Ok(found) if found.len() == keys.len() => return Ok(found),
-                    other => tracing::debug!(%node, "unexpected read answer: {other:?}"),
-                },
-                Err(err) => tracing::debug!(%node, "read refused, following the cluster: {err}"),
-            }
-            // The map may be stale: read it again, and tell the watcher if it moved.
-            if let Ok(true) = self.topology.refresh(&mut self.conn.clone()).await {
-                self.topology.stale.notify_one();
-            }
-        }
-        redis::cmd("MGET")
-            .arg(&keys)
-            .query_async(&mut self.conn.clone())
-            .await
-            .map_err(|e| self.fault(e))
-    }
-
     /// Positions in `keys` grouped by the master that serves them by our map (`None`: a slot
     /// no master serves by it).
     fn by_node(&self, keys: &[String]) -> Vec<(Option<Node>, Vec<usize>)> {
@@ -64,40 +24,12 @@ impl ClusterStore {
         let mut groups: BTreeMap<Option<usize>, Vec<usize>> = BTreeMap::new();
         for (i, key) in keys.iter().enumerate() {
             groups
-                .entry(map.node_of(slot(key.as_bytes())))
+                .entry(map.shard_of(slot(key.as_bytes())))
                 .or_default()
                 .push(i);
         }
         (groups.into_iter())
-            .map(|(node, positions)| (node.map(|n| map.node(n).clone()), positions))
-            .collect()
-    }
-
-    /// Reads `keys` with one command per node, all nodes at once; an answer or an error per
-    /// key (a node that cannot be reached fails its keys only).
-    pub(super) async fn read_keys(&self, keys: &[String]) -> Vec<Result<Option<Bytes>>> {
-        let reads = self.by_node(keys).into_iter().map(|(node, positions)| {
-            let group_keys = positions.iter().map(|i| keys[*i].as_str()).collect();
-            async move { (positions, self.read_group(node, group_keys).await) }
-        });
-        let mut answers: Vec<Option<Result<Option<Bytes>>>> = vec![None; keys.len()];
-        for (positions, result) in join_all(reads).await {
-            match result {
-                Ok(found) => {
-                    for (i, bytes) in positions.into_iter().zip(found) {
-                        answers[i] = Some(Ok(bytes));
-                    }
-                }
-                Err(err) => {
-                    for i in positions {
-                        answers[i] = Some(Err(err.clone()));
-                    }
-                }
-            }
-        }
-        answers
-            .into_iter()
-            .map(|a| a.expect("every key is in one group"))
+            .map(|(shard, positions)| (shard.map(|s| map.shard(s).master.clone()), positions))
             .collect()
     }
 
@@ -152,10 +84,8 @@ impl ClusterStore {
                     None => vec![None; positions.len()],
                 };
                 if answers.iter().any(Option::is_none) {
-                    // Our map is stale: read it again, and tell the watcher if it moved.
-                    if let Ok(true) = self.topology.refresh(&mut self.conn.clone()).await {
-                        self.topology.stale.notify_one();
-                    }
+                    // Our map is stale: read it again (the watcher hears of a change).
+                    let _ = self.topology.refresh().await;
                 }
                 for (slot_answer, &i) in answers.iter_mut().zip(&positions) {
                     if slot_answer.is_none() {

@@ -1,0 +1,265 @@
+//! A page's reads: one `EVAL_RO` per node, all nodes at once, through slot moves,
+//! failovers and replicas (see [`super`] for the why).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use bytes::Bytes;
+use futures::future::join_all;
+use redis::Value;
+
+use super::ClusterStore;
+use crate::error::Result;
+use crate::store::redis::node_links::Failed;
+use crate::store::redis::topology::{Node, Shard, SlotMap, slot};
+
+/// Reads the keys given as arguments, all served by the node that runs it. `no-writes` lets it
+/// run as `EVAL_RO`; `allow-cross-slot-keys` lets it read keys of several slots, which Redis
+/// allows only for keys not declared as `KEYS` (declared keys must share one slot).
+const READ: &str = "#!lua flags=no-writes,allow-cross-slot-keys
+local out = {}
+for i, key in ipairs(ARGV) do out[i] = redis.call('GET', key) end
+return out
+";
+
+/// Why a node did not answer a read.
+enum Unread {
+    /// It answered with an error: a key it does not serve (a slot that moved), a cluster that
+    /// is down, a server still loading, one older than Redis 7.
+    Refused(redis::RedisError),
+    /// No answer came: the node is down, hung or cut off.
+    Unreachable(redis::RedisError),
+}
+
+/// What one group of keys read to: an answer or an error per key.
+type Answers = Vec<Result<Option<Bytes>>>;
+
+impl ClusterStore {
+    /// Runs the read script on `node` over its direct connection.
+    async fn eval_ro(&self, node: &Node, keys: &[&str]) -> Result<Vec<Option<Bytes>>, Unread> {
+        let mut pipe = redis::pipe();
+        pipe.cmd("EVAL_RO").arg(READ).arg(0).arg(keys);
+        match self.read_links.send(node, &pipe).await {
+            Ok(mut values) => match values.pop() {
+                Some(Value::ServerError(err)) => Err(Unread::Refused(err.into())),
+                Some(value) => match redis::from_redis_value::<Vec<Option<Bytes>>>(value) {
+                    Ok(found) if found.len() == keys.len() => Ok(found),
+                    other => Err(Unread::Refused(redis::RedisError::from((
+                        redis::ErrorKind::Client,
+                        "unexpected read answer",
+                        format!("{other:?}"),
+                    )))),
+                },
+                None => Err(Unread::Refused(redis::RedisError::from((
+                    redis::ErrorKind::Client,
+                    "a read answered nothing",
+                )))),
+            },
+            Err(Failed::NotSent(err) | Failed::Lost(err)) => Err(Unread::Unreachable(err)),
+        }
+    }
+
+    /// The node of `shard` a read goes to: its master, or in turn each of its replicas that
+    /// is in sync when reading from replicas (see [`super::replicas`]).
+    fn reader<'m>(&self, shard: &'m Shard) -> &'m Node {
+        let Some(replicas) = &self.replicas else {
+            return &shard.master;
+        };
+        let in_sync: Vec<&Node> = (shard.replicas.iter())
+            .filter(|node| replicas.readable(node))
+            .collect();
+        if in_sync.is_empty() {
+            return &shard.master;
+        }
+        let turn = self.next_replica.fetch_add(1, Ordering::Relaxed);
+        in_sync[turn % in_sync.len()]
+    }
+
+    /// Reads `keys`, all of shard `index` of `map`: one `EVAL_RO` on the shard's reader. A
+    /// replica's misses are asked of the master, and a replica that does not answer or
+    /// refuses is replaced by the master. A master that refuses sends the keys through the
+    /// `redis` crate's redirect-following `MGET`; one that does not answer (down, hung) has
+    /// its keys read again once if a fresh map says another master now serves them (a
+    /// failover), and fails them otherwise.
+    async fn read_shard(&self, map: &SlotMap, index: usize, keys: &[&str], retry: bool) -> Answers {
+        let shard = map.shard(index);
+        let node = self.reader(shard);
+        let mut read = if retry {
+            match self.eval_ro_unless_moved(node, &shard.master, keys).await {
+                Some(read) => read,
+                None => return self.read_on(self.topology.current(), keys, false).await,
+            }
+        } else {
+            self.eval_ro(node, keys).await
+        };
+        let mut node = node;
+        if node != &shard.master {
+            match read {
+                Ok(found) => return self.confirm_misses(shard, keys, found, retry).await,
+                Err(Unread::Unreachable(ref err) | Unread::Refused(ref err)) => {
+                    // Down, hung, loading, out of sync: its master answers instead.
+                    tracing::debug!(%node, "replica did not answer, reading the master: {err}");
+                    if let Some(replicas) = &self.replicas {
+                        replicas.failed(node);
+                    }
+                    if matches!(read, Err(Unread::Unreachable(_))) {
+                        self.topology.trouble();
+                    }
+                    node = &shard.master;
+                    read = self.eval_ro(node, keys).await;
+                }
+            }
+        }
+        match read {
+            Ok(found) => found.into_iter().map(Ok).collect(),
+            Err(Unread::Refused(err)) => {
+                tracing::debug!(%node, "read refused, following the cluster: {err}");
+                let _ = self.topology.refresh().await;
+                self.mget(keys).await
+            }
+            Err(Unread::Unreachable(err)) => {
+                tracing::debug!(%node, "read unanswered: {err}");
+                self.topology.trouble();
+                if retry
+                    && let Ok(fresh) = self.topology.refresh().await
+                    && moved(&fresh, keys, &shard.master)
+                {
+                    return self.read_on(fresh, keys, false).await;
+                }
+                let err = self.fault(err);
+                keys.iter().map(|_| Err(err.clone())).collect()
+            }
+        }
+    }
+
+    /// [`ClusterStore::eval_ro`], unless the map changes while the read is out so that
+    /// `master` no longer serves all of `keys` (a failover of a master that hangs): then
+    /// `None`, and the keys are to be read again where they are now, without waiting for the
+    /// old node's response timeout.
+    async fn eval_ro_unless_moved(
+        &self,
+        node: &Node,
+        master: &Node,
+        keys: &[&str],
+    ) -> Option<Result<Vec<Option<Bytes>>, Unread>> {
+        let read = self.eval_ro(node, keys);
+        tokio::pin!(read);
+        loop {
+            let changed = self.topology.changed.notified();
+            tokio::pin!(changed);
+            // Registered before the map is looked at, so no change slips in between.
+            changed.as_mut().enable();
+            if moved(&self.topology.current(), keys, master) {
+                return None;
+            }
+            tokio::select! {
+                read = &mut read => return Some(read),
+                _ = changed => {}
+            }
+        }
+    }
+
+    /// What replica reads found, with each miss asked of the master: a replica that has not
+    /// yet applied a creation (or a restarted one still syncing) would say a user is missing
+    /// that exists. A miss the master cannot confirm is a fault, never "missing" (unless a
+    /// fresh map names a new master, which is then asked).
+    async fn confirm_misses(
+        &self,
+        shard: &Shard,
+        keys: &[&str],
+        found: Vec<Option<Bytes>>,
+        retry: bool,
+    ) -> Answers {
+        let missing: Vec<usize> = (0..keys.len()).filter(|&i| found[i].is_none()).collect();
+        let mut answers: Answers = found.into_iter().map(Ok).collect();
+        if missing.is_empty() {
+            return answers;
+        }
+        let asked: Vec<&str> = missing.iter().map(|&i| keys[i]).collect();
+        let confirmed = match self.eval_ro(&shard.master, &asked).await {
+            Ok(confirmed) => confirmed.into_iter().map(Ok).collect(),
+            Err(Unread::Refused(_)) => self.mget(&asked).await,
+            Err(Unread::Unreachable(err)) => {
+                self.topology.trouble();
+                match self.topology.refresh().await {
+                    Ok(fresh) if retry && moved(&fresh, &asked, &shard.master) => {
+                        self.read_on(fresh, &asked, false).await
+                    }
+                    _ => {
+                        let err = self.fault(err);
+                        asked.iter().map(|_| Err(err.clone())).collect()
+                    }
+                }
+            }
+        };
+        for (i, answer) in missing.into_iter().zip(confirmed) {
+            answers[i] = answer;
+        }
+        answers
+    }
+
+    /// Reads `keys` through the `redis` crate's cluster `MGET`, which splits them by slot and
+    /// follows `MOVED` and `ASK`.
+    async fn mget(&self, keys: &[&str]) -> Answers {
+        let found: Result<Vec<Option<Bytes>>> = redis::cmd("MGET")
+            .arg(keys)
+            .query_async(&mut self.conn.clone())
+            .await
+            .map_err(|e| self.fault(e));
+        match found {
+            Ok(found) => found.into_iter().map(Ok).collect(),
+            Err(err) => keys.iter().map(|_| Err(err.clone())).collect(),
+        }
+    }
+
+    /// Reads `keys` with one command per node, all nodes at once; an answer or an error per
+    /// key (a node that cannot be reached fails its keys only).
+    pub(super) async fn read_keys(&self, keys: &[String]) -> Answers {
+        let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
+        self.read_on(self.topology.current(), &keys, true).await
+    }
+
+    /// [`ClusterStore::read_keys`] by `map`; `retry` allows one more pass after a failover.
+    fn read_on<'a>(
+        &'a self,
+        map: Arc<SlotMap>,
+        keys: &'a [&'a str],
+        retry: bool,
+    ) -> futures::future::BoxFuture<'a, Answers> {
+        Box::pin(async move {
+            let mut groups: BTreeMap<Option<usize>, Vec<usize>> = BTreeMap::new();
+            for (i, key) in keys.iter().enumerate() {
+                groups
+                    .entry(map.shard_of(slot(key.as_bytes())))
+                    .or_default()
+                    .push(i);
+            }
+            let map = &map;
+            let reads = groups.into_iter().map(|(shard, positions)| async move {
+                let group: Vec<&str> = positions.iter().map(|&i| keys[i]).collect();
+                let answers = match shard {
+                    Some(index) => self.read_shard(map, index, &group, retry).await,
+                    None => self.mget(&group).await,
+                };
+                (positions, answers)
+            });
+            let mut answers: Vec<Option<Result<Option<Bytes>>>> = vec![None; keys.len()];
+            for (positions, found) in join_all(reads).await {
+                for (i, answer) in positions.into_iter().zip(found) {
+                    answers[i] = Some(answer);
+                }
+            }
+            (answers.into_iter())
+                .map(|a| a.expect("every key is in one group"))
+                .collect()
+        })
+    }
+}
+
+/// True if `map` says some of `keys` are served by another master than `master`.
+fn moved(map: &SlotMap, keys: &[&str], master: &Node) -> bool {
+    keys.iter().any(|key| {
+        (map.shard_of(slot(key.as_bytes()))).is_some_and(|s| map.shard(s).master != *master)
+    })
+}

@@ -1,0 +1,289 @@
+//! Which replicas may answer reads: those that have caught up with their master.
+//!
+//! A replica answers reads whatever the state of its link to its master
+//! (`replica-serve-stale-data`, on by default): one that was just restarted and is still
+//! syncing holds an empty or old dataset, and one whose master died holds what it had. Even
+//! `connected` is not enough: after a full sync a master holds back the writes it took
+//! meanwhile until the replica's first acknowledgement, up to a second later (seen on 7.0:
+//! a restarted replica served versions a second old while saying `connected`). So when the
+//! store reads from replicas, every [`CHECK_EVERY`] each master and then each replica of the
+//! map is asked `ROLE`, and a replica may answer reads only if its master counts it online
+//! (which it does only from that first acknowledgement on), it says `connected`, and its
+//! replication offset reaches the offset its master gave just before (within
+//! [`CATCH_UP_TRIES`] × [`CATCH_UP_WAIT`]): it has applied every write its master had
+//! acknowledged at the time of the check. That verdict holds until the next round (at most
+//! [`TRUSTED_FOR`]); a replica that fails a read is off the list until a round says otherwise.
+//! The others' reads go to their master.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::future::join_all;
+use redis::Value;
+
+use crate::store::redis::node_links::NodeLinks;
+use crate::store::redis::topology::{Node, Topology};
+
+/// How often each replica is asked whether it is in sync.
+const CHECK_EVERY: Duration = Duration::from_millis(250);
+
+/// How long a replica's last "caught up" is trusted, should the checks stop coming.
+const TRUSTED_FOR: Duration = Duration::from_millis(600);
+
+/// How many times a round asks a replica that has not caught up yet, and how long apart: a
+/// replica under a stream of writes is always a few behind the instant its master answered,
+/// and is counted caught up if it gets there within this.
+const CATCH_UP_TRIES: usize = 3;
+const CATCH_UP_WAIT: Duration = Duration::from_millis(5);
+
+/// The replicas that were last found caught up, and when.
+pub(super) struct Replicas {
+    in_sync: Mutex<HashMap<Node, Instant>>,
+    links: Arc<NodeLinks>,
+    topology: Arc<Topology>,
+    response_timeout: Duration,
+}
+
+impl Replicas {
+    /// Asks every replica of the map once, then keeps asking in the background for as long
+    /// as the store is in use.
+    pub(super) async fn watch(
+        links: Arc<NodeLinks>,
+        topology: Arc<Topology>,
+        response_timeout: Duration,
+    ) -> Arc<Replicas> {
+        let replicas = Arc::new(Replicas {
+            in_sync: Mutex::new(HashMap::new()),
+            links,
+            topology,
+            response_timeout,
+        });
+        replicas.check().await;
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let weak = Arc::downgrade(&replicas);
+            runtime.spawn(async move {
+                loop {
+                    tokio::time::sleep(CHECK_EVERY).await;
+                    let Some(replicas) = weak.upgrade() else {
+                        return;
+                    };
+                    replicas.check().await;
+                }
+            });
+        }
+        replicas
+    }
+
+    /// True if `node` said it was in sync less than [`TRUSTED_FOR`] ago.
+    pub(super) fn readable(&self, node: &Node) -> bool {
+        crate::sync::lock(&self.in_sync)
+            .get(node)
+            .is_some_and(|at| at.elapsed() < TRUSTED_FOR)
+    }
+
+    /// Takes `node` off the list until it says it is in sync again.
+    pub(super) fn failed(&self, node: &Node) {
+        crate::sync::lock(&self.in_sync).remove(node);
+    }
+
+    /// Asks every master of the map its offset, then every replica its state and offset,
+    /// again a few times, [`CATCH_UP_WAIT`] apart, for those not there yet.
+    async fn check(&self) {
+        let map = self.topology.current();
+        let masters = map.masters();
+        let roles: HashMap<&Node, (i64, Vec<Address>)> =
+            (join_all(masters.iter().map(|m| self.role(m)))
+                .await
+                .into_iter())
+            .zip(&masters)
+            .filter_map(|(role, master)| match role {
+                Some(Role::Master { offset, online }) => Some((master, (offset, online))),
+                _ => None,
+            })
+            .collect();
+        // Each replica its master counts as online, and the offset its master had just now:
+        // everything the master had acknowledged before this round.
+        let mut pending: Vec<(&Node, i64)> = Vec::new();
+        for shard in map.shards() {
+            let Some((offset, online)) = roles.get(&shard.master) else {
+                continue;
+            };
+            for replica in &shard.replicas {
+                if listed(online, replica) {
+                    pending.push((replica, *offset));
+                }
+            }
+        }
+        let mut caught_up = Vec::new();
+        for attempt in 0..CATCH_UP_TRIES {
+            if attempt > 0 {
+                tokio::time::sleep(CATCH_UP_WAIT).await;
+            }
+            let roles = join_all(pending.iter().map(|(replica, _)| self.role(replica))).await;
+            let mut behind = Vec::new();
+            for ((replica, wanted), role) in pending.into_iter().zip(roles) {
+                match role {
+                    Some(Role::Replica {
+                        connected: true,
+                        offset,
+                    }) if offset >= wanted => caught_up.push(replica.clone()),
+                    Some(Role::Replica {
+                        connected: true, ..
+                    }) => behind.push((replica, wanted)),
+                    _ => {}
+                }
+            }
+            pending = behind;
+            if pending.is_empty() {
+                break;
+            }
+        }
+        let now = Instant::now();
+        let mut list = crate::sync::lock(&self.in_sync);
+        list.clear();
+        list.extend(caught_up.into_iter().map(|node| (node, now)));
+    }
+
+    /// What `node` says it is, or `None` if it does not answer in time.
+    async fn role(&self, node: &Node) -> Option<Role> {
+        let mut pipe = redis::pipe();
+        pipe.cmd("ROLE");
+        let answer = tokio::time::timeout(self.response_timeout, self.links.send(node, &pipe));
+        match answer.await {
+            Ok(Ok(values)) => values.first().and_then(role),
+            _ => None,
+        }
+    }
+}
+
+/// A replica as its master names it: the address it connected from, and its port.
+type Address = (String, u16);
+
+/// A node's `ROLE`, as far as reads from replicas care.
+#[derive(Debug, PartialEq, Eq)]
+enum Role {
+    /// `["master", offset, [[ip, port, offset]…]]`: its replication offset and the address of
+    /// each replica it counts as online (past its sync, acknowledging).
+    Master { offset: i64, online: Vec<Address> },
+    /// `["slave", host, port, state, offset]`; `connected` once linked and past the sync.
+    Replica { connected: bool, offset: i64 },
+}
+
+/// Reads a `ROLE` answer.
+fn role(answer: &Value) -> Option<Role> {
+    let Value::Array(items) = answer else {
+        return None;
+    };
+    let said =
+        |i: usize, what: &[u8]| matches!(items.get(i), Some(Value::BulkString(s)) if s == what);
+    let int = |i: usize| match items.get(i) {
+        Some(Value::Int(n)) => Some(*n),
+        _ => None,
+    };
+    if said(0, b"master") {
+        let text = |v: &Value| match v {
+            Value::BulkString(s) => Some(String::from_utf8_lossy(s).into_owned()),
+            Value::Int(n) => Some(n.to_string()),
+            _ => None,
+        };
+        let online = match items.get(2) {
+            Some(Value::Array(replicas)) => (replicas.iter())
+                .filter_map(|r| match r {
+                    Value::Array(r) if r.len() >= 2 => {
+                        Some((text(&r[0])?, text(&r[1])?.parse().ok()?))
+                    }
+                    _ => None,
+                })
+                .collect(),
+            _ => Vec::new(),
+        };
+        return int(1).map(|offset| Role::Master { offset, online });
+    }
+    if said(0, b"slave") {
+        return int(4).map(|offset| Role::Replica {
+            connected: said(3, b"connected"),
+            offset,
+        });
+    }
+    None
+}
+
+/// True if `replica` is among the replicas a master counts as `online`: the same port, and
+/// the same host, or the only one on that port (the master names a replica by the address it
+/// connected from, which need not be the one the cluster announces).
+fn listed(online: &[Address], replica: &Node) -> bool {
+    let same_port: Vec<&Address> = online
+        .iter()
+        .filter(|(_, port)| *port == replica.port)
+        .collect();
+    same_port.iter().any(|(ip, _)| *ip == replica.host) || same_port.len() == 1
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn roles_read() {
+        let text = |s: &str| Value::BulkString(s.as_bytes().to_vec());
+        let replica = |state: &str| {
+            Value::Array(vec![
+                text("slave"),
+                text("h"),
+                Value::Int(1),
+                text(state),
+                Value::Int(9),
+            ])
+        };
+        assert_eq!(
+            role(&replica("connected")),
+            Some(Role::Replica {
+                connected: true,
+                offset: 9
+            })
+        );
+        for state in ["connect", "connecting", "sync", "handshake"] {
+            assert_eq!(
+                role(&replica(state)),
+                Some(Role::Replica {
+                    connected: false,
+                    offset: 9
+                }),
+                "{state}"
+            );
+        }
+        let master = Value::Array(vec![
+            text("master"),
+            Value::Int(42),
+            Value::Array(vec![Value::Array(vec![
+                text("10.0.0.2"),
+                text("6379"),
+                text("40"),
+            ])]),
+        ]);
+        let online = vec![("10.0.0.2".to_string(), 6379)];
+        assert_eq!(
+            role(&master),
+            Some(Role::Master {
+                offset: 42,
+                online: online.clone()
+            })
+        );
+        assert_eq!(role(&Value::Nil), None);
+        let node = |host: &str, port| Node {
+            host: host.to_string(),
+            port,
+        };
+        assert!(listed(&online, &node("10.0.0.2", 6379)));
+        // Seen from another address, but the only replica on that port.
+        assert!(listed(&online, &node("replica-1.internal", 6379)));
+        assert!(!listed(&online, &node("10.0.0.2", 6380)));
+        let two = vec![
+            ("10.0.0.2".to_string(), 6379),
+            ("10.0.0.3".to_string(), 6379),
+        ];
+        assert!(listed(&two, &node("10.0.0.3", 6379)));
+        assert!(!listed(&two, &node("10.0.0.4", 6379)));
+    }
+}
