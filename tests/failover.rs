@@ -466,9 +466,9 @@ fn replication_offsets(cluster: &RedisCluster, master: usize) -> (u64, Vec<u64>)
     (own, replicas)
 }
 
-/// Waits until every running node's `CLUSTER SLOTS` lists a replica for each master: the
-/// cluster lists a replica only once the others have heard it has synced, and the engine
-/// tracks the nodes it lists.
+/// Waits until every running node's `CLUSTER SLOTS` lists a replica for each master: it lists
+/// a replica only once it has heard the replica has synced, so then every node knows every
+/// replica, synced.
 fn wait_replicas_listed(cluster: &RedisCluster) {
     let deadline = Instant::now() + Duration::from_secs(10);
     let listed = |i: usize| {

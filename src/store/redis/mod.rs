@@ -18,6 +18,7 @@
 //! learns of every write to its namespace, ours or anyone's.
 
 mod cluster;
+mod cluster_nodes;
 mod concern;
 mod entries;
 mod fault;

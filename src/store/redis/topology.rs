@@ -3,10 +3,10 @@
 //!
 //! The cluster store groups a page's keys by the node that serves them, so it needs the slot
 //! of each key (CRC16/XMODEM of the key, or of its `{hash tag}`, modulo 16384) and the owner
-//! of each slot, read with `CLUSTER SLOTS`. The `redis` crate keeps a map of its own but does
-//! not expose it; ours is only a routing hint — a node that no longer owns a key refuses the
-//! read and the store falls back to the crate's redirect-following path (see
-//! [`super::cluster`]).
+//! of each slot, read with `CLUSTER NODES` (see [`super::cluster_nodes`]). The `redis` crate
+//! keeps a map of its own but does not expose it; ours is only a routing hint — a node that
+//! no longer owns a key refuses the read and the store falls back to the crate's
+//! redirect-following path (see [`super::cluster`]).
 //!
 //! # Keeping the map current
 //!
@@ -14,13 +14,14 @@
 //! every 100 ms while a node fails to answer or a tracking stream is down (a failover is then
 //! likely under way), and at once when a read or a write finds a node that refuses or does
 //! not answer. A refresh asks several nodes at once — the masters of the map first, then its
-//! replicas, then the seeds, [`ASKED`] in all — each over its own connection, and takes the
-//! view that most of those that answer agree on, as soon as more than half of those asked
-//! do. So a node that hangs (a frozen process, a partition) costs nothing: it is one of the
-//! asked that never answers, not a response timeout on the critical path; and a node that
-//! comes back with an old view of itself (a master failed over while it was frozen) is
-//! outvoted. Refreshes asked for while one runs share its answer, and two begin at least
-//! 50 ms apart.
+//! replicas, then the seeds, [`ASKED`] in all — each over its own connection, and merges the
+//! views of the first half of them to answer, each slot going to the master that claims it
+//! with the highest config epoch. So a node that hangs (a frozen process, a partition) costs
+//! nothing: it is one of the asked that never answers, not a response timeout on the critical
+//! path; nodes that have not yet heard of a promotion do not outvote the one that has; and a
+//! master that comes back from a freeze still thinking it owns its slots loses them to its
+//! replacement's newer epoch. Refreshes asked for while one runs share its answer, and two
+//! begin at least 50 ms apart.
 //!
 //! When the map changes, the `redis` crate's own connections are told too: it re-reads its
 //! map on a `MOVED`, but it retries a command that timed out on the same node, so after a
@@ -95,52 +96,10 @@ impl SlotMap {
         }
     }
 
-    /// Reads a `CLUSTER SLOTS` reply: `[[start, end, master, replica…]…]`, each node
-    /// `[host, port, id…]`.
-    pub(super) fn from_cluster_slots(reply: &Value) -> Result<SlotMap, String> {
-        let Value::Array(ranges) = reply else {
-            return Err(format!("CLUSTER SLOTS answered {reply:?}"));
-        };
-        let mut map = SlotMap::empty();
-        for range in ranges {
-            let items = match range {
-                Value::Array(items) if items.len() >= 3 => items,
-                other => return Err(format!("CLUSTER SLOTS range {other:?}")),
-            };
-            let (Value::Int(start), Value::Int(end)) = (&items[0], &items[1]) else {
-                return Err(format!(
-                    "CLUSTER SLOTS bounds {:?}, {:?}",
-                    items[0], items[1]
-                ));
-            };
-            let master = node(&items[2])?;
-            let index = match map.shards.iter().position(|s| s.master == master) {
-                Some(i) => i,
-                None => {
-                    map.shards.push(Shard {
-                        master,
-                        replicas: Vec::new(),
-                    });
-                    map.shards.len() - 1
-                }
-            };
-            let replicas = &mut map.shards[index].replicas;
-            for replica in &items[3..] {
-                let replica = node(replica)?;
-                if !replicas.contains(&replica) {
-                    replicas.push(replica);
-                }
-            }
-            replicas.sort();
-            let (start, end) = (*start as usize, *end as usize);
-            if start > end || end >= SLOTS {
-                return Err(format!("CLUSTER SLOTS range {start}-{end}"));
-            }
-            for owner in &mut map.owner[start..=end] {
-                *owner = Some(index as u16);
-            }
-        }
-        Ok(map)
+    /// A map of `shards`, `owner` giving each slot's index in them.
+    pub(super) fn from_parts(owner: Vec<Option<u16>>, shards: Vec<Shard>) -> SlotMap {
+        debug_assert_eq!(owner.len(), SLOTS);
+        SlotMap { owner, shards }
     }
 
     /// The shard serving `slot`, if the map knows one.
@@ -192,20 +151,6 @@ impl SlotMap {
                 self.shard_of(slot(key.as_bytes()))
                     .is_some_and(|s| self.shards[s].master != *node)
             })
-    }
-}
-
-/// A node of a `CLUSTER SLOTS` reply: `[host, port, id…]`.
-fn node(value: &Value) -> Result<Node, String> {
-    match value {
-        Value::Array(addr) if addr.len() >= 2 => match (&addr[0], &addr[1]) {
-            (Value::BulkString(host), Value::Int(port)) => Ok(Node {
-                host: String::from_utf8_lossy(host).into_owned(),
-                port: u16::try_from(*port).map_err(|_| format!("port {port}"))?,
-            }),
-            other => Err(format!("CLUSTER SLOTS node {other:?}")),
-        },
-        other => Err(format!("CLUSTER SLOTS node {other:?}")),
     }
 }
 
@@ -396,30 +341,33 @@ impl Topology {
         Ok(map)
     }
 
-    /// The view of the map most of `asked` agree on: as soon as more than half of them do,
-    /// or, once all have answered or failed, the view most of those that answered gave.
+    /// The map the views of `asked` make together (see [`super::cluster_nodes`]), from the
+    /// answers of more than half of them, or of as many as answer before the others fail or
+    /// time out.
     async fn ask(&self, asked: Vec<Node>) -> redis::RedisResult<SlotMap> {
-        let majority = asked.len() / 2 + 1;
+        let enough = asked.len() / 2 + 1;
         let mut pending: FuturesUnordered<_> = (asked.iter())
             .map(|node| async move {
                 let mut pipe = redis::pipe();
-                pipe.cmd("CLUSTER").arg("SLOTS");
+                pipe.cmd("CLUSTER").arg("NODES");
                 let answer =
                     tokio::time::timeout(self.response_timeout, self.links.send(node, &pipe));
+                let unreadable = |why: String| {
+                    redis::RedisError::from((
+                        redis::ErrorKind::Client,
+                        "unreadable CLUSTER NODES reply",
+                        why,
+                    ))
+                };
                 match answer.await {
                     Ok(Ok(mut values)) => match values.pop() {
                         Some(Value::ServerError(err)) => Err(err.into()),
-                        Some(reply) => SlotMap::from_cluster_slots(&reply).map_err(|why| {
-                            redis::RedisError::from((
-                                redis::ErrorKind::Client,
-                                "unreadable CLUSTER SLOTS reply",
-                                why,
-                            ))
-                        }),
-                        None => Err(redis::RedisError::from((
-                            redis::ErrorKind::Client,
-                            "CLUSTER SLOTS answered nothing",
-                        ))),
+                        Some(reply) => {
+                            let text: String = redis::from_redis_value(reply)
+                                .map_err(|e| unreadable(e.to_string()))?;
+                            super::cluster_nodes::parse(&text).map_err(unreadable)
+                        }
+                        None => Err(unreadable("nothing".to_string())),
                     },
                     Ok(Err(Failed::NotSent(err) | Failed::Lost(err))) => Err(err),
                     Err(_) => Err(redis::RedisError::from(std::io::Error::from(
@@ -428,36 +376,25 @@ impl Topology {
                 }
             })
             .collect();
-        let mut views: Vec<(SlotMap, usize)> = Vec::new();
+        let mut views = Vec::new();
         let mut last_err = None;
         while let Some(answer) = pending.next().await {
             match answer {
-                Ok(map) => {
-                    let count = match views.iter_mut().find(|(view, _)| *view == map) {
-                        Some((_, count)) => {
-                            *count += 1;
-                            *count
-                        }
-                        None => {
-                            views.push((map, 1));
-                            1
-                        }
-                    };
-                    if count >= majority {
+                Ok(view) => {
+                    views.push(view);
+                    if views.len() >= enough {
                         break;
                     }
                 }
                 Err(err) => last_err = Some(err),
             }
         }
-        // The first of the most agreed views (the first to arrive among equals).
-        let best = views.iter().map(|(_, count)| *count).max();
-        match views.into_iter().find(|(_, count)| Some(*count) == best) {
-            Some((map, _)) => Ok(map),
-            None => Err(last_err.unwrap_or_else(|| {
+        if views.is_empty() {
+            return Err(last_err.unwrap_or_else(|| {
                 redis::RedisError::from((redis::ErrorKind::Client, "no cluster node to ask"))
-            })),
+            }));
         }
+        Ok(super::cluster_nodes::merge(&views))
     }
 
     /// Makes each follower re-read its own map: one command to a master that the new map
@@ -501,47 +438,34 @@ mod tests {
     }
 
     #[test]
-    fn cluster_slots_reply_reads() {
-        let node = |host: &str, port| {
-            Value::Array(vec![
-                Value::BulkString(host.into()),
-                Value::Int(port),
-                Value::BulkString(b"id".to_vec()),
-            ])
+    fn maps_answer_what_they_hold() {
+        let node = |port| Node {
+            host: "127.0.0.1".to_string(),
+            port,
         };
-        let range = |a, b, nodes: Vec<Value>| {
-            Value::Array([vec![Value::Int(a), Value::Int(b)], nodes].concat())
-        };
-        let reply = Value::Array(vec![
-            range(
-                0,
-                5460,
-                vec![node("127.0.0.1", 7000), node("127.0.0.1", 7005)],
-            ),
-            range(5461, 10000, vec![node("127.0.0.1", 7001)]),
-            // A second range of the first master, with a second replica.
-            range(
-                10001,
-                16383,
-                vec![node("127.0.0.1", 7000), node("127.0.0.1", 7004)],
-            ),
-        ]);
-        let map = SlotMap::from_cluster_slots(&reply).unwrap();
+        let shards = vec![
+            Shard {
+                master: node(7000),
+                replicas: vec![node(7004), node(7005)],
+            },
+            Shard {
+                master: node(7001),
+                replicas: Vec::new(),
+            },
+        ];
+        let mut owner = vec![Some(0); SLOTS];
+        owner[5461..=10000].fill(Some(1));
+        let map = SlotMap::from_parts(owner, shards);
         let first = map.shard(map.shard_of(0).unwrap());
         assert_eq!(first.master.port, 7000);
-        assert_eq!(
-            first.replicas.iter().map(|n| n.port).collect::<Vec<_>>(),
-            [7004, 7005]
-        );
         assert_eq!(map.shard_of(16383), map.shard_of(0));
-        let second = map.shard(map.shard_of(5461).unwrap());
-        assert_eq!(second.master.to_string(), "127.0.0.1:7001");
-        assert!(second.replicas.is_empty());
+        assert_eq!(map.shard(map.shard_of(5461).unwrap()).master.port, 7001);
         assert_eq!(map.masters().len(), 2);
         assert_eq!(map.nodes().len(), 4);
         let key = map.key_elsewhere(&first.master).unwrap();
         assert_eq!(map.shard_of(slot(key.as_bytes())), map.shard_of(5461));
-        assert!(SlotMap::from_cluster_slots(&Value::Int(1)).is_err());
+        assert!(!map.same_masters(&SlotMap::empty()));
+        assert!(map.same_masters(&map.clone()));
     }
 
     #[test]
