@@ -107,6 +107,22 @@ impl SlotMap {
         self.owner[slot as usize].map(usize::from)
     }
 
+    /// The positions of `keys` grouped by the shard that serves each key's slot, shards in
+    /// order (`None`: a slot no master serves by this map).
+    pub(super) fn group<K: AsRef<[u8]>>(
+        &self,
+        keys: &[K],
+    ) -> std::collections::BTreeMap<Option<usize>, Vec<usize>> {
+        let mut groups = std::collections::BTreeMap::<_, Vec<usize>>::new();
+        for (i, key) in keys.iter().enumerate() {
+            groups
+                .entry(self.shard_of(slot(key.as_ref())))
+                .or_default()
+                .push(i);
+        }
+        groups
+    }
+
     /// Shard `index` of the map.
     pub(super) fn shard(&self, index: usize) -> &Shard {
         &self.shards[index]

@@ -1,8 +1,6 @@
 //! Batch writes grouped by the master that serves their keys: one pipeline per node, all
 //! nodes at once.
 
-use std::collections::BTreeMap;
-
 use futures::future::join_all;
 use redis::Cmd;
 
@@ -13,7 +11,7 @@ use crate::store::Stamps;
 use crate::store::redis::concern::{self, Answer, Writes};
 use crate::store::redis::entries::{self, Mode};
 use crate::store::redis::node_links::Failed;
-use crate::store::redis::topology::{Node, slot};
+use crate::store::redis::topology::Node;
 use crate::user::Timestamp;
 
 impl ClusterStore {
@@ -21,14 +19,7 @@ impl ClusterStore {
     /// no master serves by it).
     fn by_node(&self, keys: &[String]) -> Vec<(Option<Node>, Vec<usize>)> {
         let map = self.topology.current();
-        let mut groups: BTreeMap<Option<usize>, Vec<usize>> = BTreeMap::new();
-        for (i, key) in keys.iter().enumerate() {
-            groups
-                .entry(map.shard_of(slot(key.as_bytes())))
-                .or_default()
-                .push(i);
-        }
-        (groups.into_iter())
+        (map.group(keys).into_iter())
             .map(|(shard, positions)| (shard.map(|s| map.shard(s).master.clone()), positions))
             .collect()
     }

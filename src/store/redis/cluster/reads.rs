@@ -1,7 +1,6 @@
 //! A page's reads: one `EVAL_RO` per node, all nodes at once, through slot moves,
 //! failovers and replicas (see [`super`] for the why).
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
@@ -228,13 +227,7 @@ impl ClusterStore {
         retry: bool,
     ) -> futures::future::BoxFuture<'a, Answers> {
         Box::pin(async move {
-            let mut groups: BTreeMap<Option<usize>, Vec<usize>> = BTreeMap::new();
-            for (i, key) in keys.iter().enumerate() {
-                groups
-                    .entry(map.shard_of(slot(key.as_bytes())))
-                    .or_default()
-                    .push(i);
-            }
+            let groups = map.group(keys);
             let map = &map;
             let reads = groups.into_iter().map(|(shard, positions)| async move {
                 let group: Vec<&str> = positions.iter().map(|&i| keys[i]).collect();
