@@ -23,22 +23,6 @@ fn env(name: &str, default: usize) -> usize {
         .unwrap_or(default)
 }
 
-/// A replica of `master`, once it is in sync.
-fn replica_of(master: &RedisServer) -> RedisServer {
-    let port = master.port().to_string();
-    let replica = RedisServer::with_args(&["--replicaof", "127.0.0.1", &port]);
-    loop {
-        let info: String = redis::cmd("INFO")
-            .arg("replication")
-            .query(&mut replica.connection())
-            .unwrap();
-        if info.contains("master_link_status:up") && !info.contains("master_sync_in_progress:1") {
-            return replica;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 /// The users file of an import: `users` lines.
 fn lines(users: usize) -> Vec<u8> {
     (0..users)
@@ -82,7 +66,7 @@ fn main() {
     let (users, writes) = (env("WC_USERS", 10_000), env("WC_WRITES", 2_000));
     let rt = tokio::runtime::Runtime::new().unwrap();
     let master = RedisServer::start();
-    let _replica = replica_of(&master);
+    let _replica = master.start_replica();
     let cluster = RedisCluster::start_replicated();
     let file = Arc::new(lines(users));
     println!("| store | writes | wait 0 | wait 1 | ratio |");

@@ -16,24 +16,6 @@ use enrich::{EntryKey, ErrorKind, NewEntry, NewUser, UserId};
 use serde_json::{Value, json};
 use support::{RedisCluster, RedisServer, code, run_enrich, stderr, stdout};
 
-/// A replica of `master`, once it is in sync.
-fn replica_of(master: &RedisServer) -> RedisServer {
-    let port = master.port().to_string();
-    let replica = RedisServer::with_args(&["--replicaof", "127.0.0.1", &port]);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let info: String = redis::cmd("INFO")
-            .arg("replication")
-            .query(&mut replica.connection())
-            .unwrap();
-        if info.contains("master_link_status:up") && !info.contains("master_sync_in_progress:1") {
-            return replica;
-        }
-        assert!(Instant::now() < deadline, "replica never synced: {info}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 /// A stopped (`SIGSTOP`) server process, which neither reads its replication stream nor
 /// acknowledges anything; it goes on (`SIGCONT`) when dropped.
 struct Frozen(u32);
@@ -110,7 +92,7 @@ async fn unknown<T: std::fmt::Debug>(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_write_waits_for_its_replica() {
     let master = RedisServer::start();
-    let replica = replica_of(&master);
+    let replica = master.start_replica();
     let wait = Duration::from_millis(400);
     let store = store::open(&master.url(), &waiting(1, wait)).await.unwrap();
     let (mut on_master, mut on_replica) = (master.connection(), replica.connection());
@@ -214,7 +196,7 @@ async fn every_write_waits_for_its_replica() {
 #[tokio::test]
 async fn fewer_replicas_than_asked_for_is_unknown() {
     let master = RedisServer::start();
-    let _replica = replica_of(&master);
+    let _replica = master.start_replica();
     let wait = Duration::from_millis(200);
     let store = store::open(&master.url(), &waiting(2, wait)).await.unwrap();
     let said = unknown(wait, store.add(&user("alice", 1), false)).await;
@@ -501,7 +483,7 @@ async fn without_the_concern_a_failover_loses_an_acknowledged_write() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cli_and_serve_take_the_flags() {
     let master = RedisServer::start();
-    let replica = replica_of(&master);
+    let replica = master.start_replica();
     let dir = tempfile::tempdir().unwrap();
     let url = master.url();
     let base = ["--store", url.as_str(), "--wait-replicas", "1"];

@@ -238,6 +238,25 @@ impl RedisServer {
         }
     }
 
+    /// A new server replicating this one (`--replicaof`), once it has synced (20 s at most).
+    pub fn start_replica(&self) -> RedisServer {
+        let port = self.port.to_string();
+        let replica = RedisServer::with_args(&["--replicaof", "127.0.0.1", &port]);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let info: String = redis::cmd("INFO")
+                .arg("replication")
+                .query(&mut replica.connection())
+                .unwrap();
+            if info.contains("master_link_status:up") && !info.contains("master_sync_in_progress:1")
+            {
+                return replica;
+            }
+            assert!(Instant::now() < deadline, "replica never synced: {info}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// The server's process id, while it runs.
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)
