@@ -1042,6 +1042,53 @@ fn progress_never_mixes_into_output_on_a_terminal() {
     assert_eq!(lines, 200_000);
 }
 
+/// Standard output redirected to a file, as a shell does it: written from where the file
+/// stands, left where the output ends (the shell's next write to the same file follows it),
+/// and appended to when opened to append, whether the chunks write the file themselves or the
+/// writer thread does it for them.
+#[test]
+fn a_redirected_output_is_written_where_the_shell_expects() {
+    let dir = tempfile::tempdir().unwrap();
+    write_workload(dir.path(), 20_000);
+    let job = format!(
+        "{} --store memory: run --threads 3 --users users.ndjson activities.ndjson",
+        env!("CARGO_BIN_EXE_enrich")
+    );
+    let sh = |script: &str| {
+        let out = std::process::Command::new("sh")
+            .args(["-c", script])
+            .current_dir(dir.path())
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{script}: {}", text(&out.stderr));
+        out
+    };
+    sh(&format!("{job} -o full.ndjson"));
+    let full = std::fs::read(dir.path().join("full.ndjson")).unwrap();
+    assert_eq!(full.iter().filter(|&&b| b == b'\n').count(), 20_000);
+    let expect = |file: &str, head: &str, tail: &str| {
+        let got = std::fs::read(dir.path().join(file)).unwrap();
+        let want = [head.as_bytes(), &full, tail.as_bytes()].concat();
+        assert!(
+            got == want,
+            "{file}: {} bytes, not {}",
+            got.len(),
+            want.len()
+        );
+    };
+    sh(&format!(
+        "{{ echo head; {job}; echo tail; }} > shared.ndjson"
+    ));
+    expect("shared.ndjson", "head\n", "tail\n");
+    sh(&format!(
+        "echo before > appended.ndjson; {job} >> appended.ndjson; echo after >> appended.ndjson"
+    ));
+    expect("appended.ndjson", "before\n", "after\n");
+    sh(&format!("{job} | cat > piped.ndjson"));
+    expect("piped.ndjson", "", "");
+}
+
 /// A write that fails half way (here the file size limit, `ulimit -f`) leaves the output file
 /// with complete lines only, as many as the summary says were written.
 #[test]
