@@ -5,7 +5,7 @@
 
 use crate::answer::Answer;
 use crate::error::{Error, Result};
-use crate::id::Ids;
+use crate::id::{IdList, Ids};
 use crate::reference::reference_key;
 use crate::scan::{Scanner, Site, SiteKind};
 use crate::shape::{Depth, Role};
@@ -199,8 +199,8 @@ impl RawPage {
     }
 
     /// The page's distinct user ids.
-    pub(crate) fn ids(&self) -> &[Box<str>] {
-        &self.ids.ids
+    pub(crate) fn ids(&self) -> &Ids {
+        &self.ids
     }
 
     /// The [`id_hash`] of each of [`RawPage::ids`].
@@ -220,7 +220,7 @@ impl RawPage {
 
     /// How many references name each distinct id.
     pub(crate) fn site_counts(&self) -> Vec<u64> {
-        let mut counts = vec![0; self.ids.ids.len()];
+        let mut counts = vec![0; self.ids.count()];
         for site in &self.sites {
             counts[site.id as usize] += 1;
         }
@@ -236,7 +236,7 @@ impl RawPage {
             if site.inserts() {
                 out.extend_from_slice(USER_MEMBER);
             }
-            let id = &self.ids.ids[site.id as usize];
+            let id = self.ids.id(site.id as usize);
             answers[site.id as usize].write(id, out);
             at = site.end;
         }
@@ -253,7 +253,7 @@ impl RawPage {
             if site.inserts() {
                 len += USER_MEMBER.len();
             }
-            let id = &self.ids.ids[site.id as usize];
+            let id = self.ids.id(site.id as usize);
             len += answers[site.id as usize].len(id);
         }
         len

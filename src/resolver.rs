@@ -17,6 +17,7 @@ use tokio::sync::oneshot;
 use crate::answer::Answer;
 use crate::cache::{BatchFuture, BatchResult, Cached, Flight, Joined, L1, Memo};
 use crate::error::{Error, ErrorKind, Result};
+use crate::id::IdList;
 use crate::record::Key;
 use crate::stats::EnrichStats;
 use crate::store::SharedSource;
@@ -50,35 +51,41 @@ struct Batch {
 
 impl Resolver {
     /// One answer per id of `ids` (which must be distinct, valid ids), in order.
-    pub(crate) async fn resolve(&self, ids: &[Box<str>], stats: &mut EnrichStats) -> Vec<Answer> {
-        self.resolve_with(ids, stats, None).await
+    pub(crate) async fn resolve(
+        &self,
+        ids: &(impl IdList + ?Sized),
+        stats: &mut EnrichStats,
+    ) -> Vec<Answer> {
+        self.resolve_with(ids, stats, None).await.0
     }
 
     /// Like [`Resolver::resolve`], answering first from `memo` and keeping in it what the L1
     /// and the source said, as long as the L1 did not change meanwhile. The memo comes with
-    /// the [`id_hash`](crate::user::id_hash) of each id.
+    /// the [`id_hash`](crate::user::id_hash) of each id. Also says which ids the memo
+    /// answered (nothing if it could not be used).
     pub(crate) async fn resolve_with(
         &self,
-        ids: &[Box<str>],
+        ids: &(impl IdList + ?Sized),
         stats: &mut EnrichStats,
         memo: Option<(&mut Memo, &[u64])>,
-    ) -> Vec<Answer> {
+    ) -> (Vec<Answer>, Vec<bool>) {
         let (mut memo, hashes) = match memo {
             Some((memo, hashes)) => (Some(memo), hashes),
             None => (None, &[][..]),
         };
         let generation = memo.as_deref_mut().and_then(|memo| memo.begin(&self.l1));
         let memo_hits = |i: usize, memo: &Option<&mut Memo>| {
-            generation.and_then(|_| memo.as_deref()?.get(&ids[i], hashes[i]).cloned())
+            generation.and_then(|_| memo.as_deref()?.get(ids.id(i), hashes[i]).cloned())
         };
-        let mut answers: Vec<Option<Answer>> = vec![None; ids.len()];
+        let mut answers: Vec<Option<Answer>> = vec![None; ids.count()];
         // Which answers came from the memo: the others are kept in it at the end.
-        let mut remembered = vec![false; if generation.is_some() { ids.len() } else { 0 }];
+        let mut remembered = vec![false; if generation.is_some() { ids.count() } else { 0 }];
         // This page's own batches, made at its first miss: a warm page allocates none.
         let mut batches: Vec<Batch> = Vec::new();
         let mut waiting: Vec<(usize, Arc<Flight>)> = Vec::new();
 
-        for (i, id) in ids.iter().enumerate() {
+        for i in 0..ids.count() {
+            let id = ids.id(i);
             if let Some(cached) = memo_hits(i, &memo) {
                 stats.l1_hits += 1;
                 remembered[i] = true;
@@ -142,39 +149,42 @@ impl Resolver {
             .map(|a| a.expect("every id is answered"))
             .collect();
         if let (Some(memo), Some(generation)) = (memo, generation) {
-            let fresh = (ids.iter().zip(hashes).zip(&answers).zip(&remembered)).filter_map(
+            let ids = (0..ids.count()).map(|i| ids.id(i));
+            let fresh = (ids.zip(hashes).zip(&answers).zip(&remembered)).filter_map(
                 |(((id, hash), answer), remembered)| {
                     let cached = match answer {
                         Answer::Found(user) => Cached::Found(user.clone()),
                         Answer::Missing => Cached::Missing,
                         Answer::Unavailable(_) => return None,
                     };
-                    (!remembered).then_some((&**id, *hash, cached))
+                    (!remembered).then_some((id, *hash, cached))
                 },
             );
             memo.keep(&self.l1, generation, fresh);
         }
-        answers
+        (answers, remembered)
     }
 
     /// Starts the load of the ids a batch registered, on a task of its own, answering through
     /// `sender`.
     fn load(
         &self,
-        ids: &[Box<str>],
+        ids: &(impl IdList + ?Sized),
         started: &[(usize, Arc<Flight>)],
         sender: oneshot::Sender<BatchResult>,
         stats: &mut EnrichStats,
     ) {
         // A load that ended between our miss and our registration has filled the L1: answer
         // those ids from it rather than asking the source again.
-        let rechecked: Vec<Option<Cached>> =
-            started.iter().map(|(i, _)| self.l1.get(&ids[*i])).collect();
+        let rechecked: Vec<Option<Cached>> = started
+            .iter()
+            .map(|(i, _)| self.l1.get(ids.id(*i)))
+            .collect();
         let to_load: Vec<Key> = started
             .iter()
             .zip(&rechecked)
             .filter(|(_, cached)| cached.is_none())
-            .map(|((i, _), _)| Key::parse(&ids[*i]).expect("resolver keys are valid"))
+            .map(|((i, _), _)| Key::parse(ids.id(*i)).expect("resolver keys are valid"))
             .collect();
         stats.l1_hits += (started.len() - to_load.len()) as u64;
         if !to_load.is_empty() {
@@ -186,7 +196,7 @@ impl Resolver {
             l1: self.l1.clone(),
             ids: started
                 .iter()
-                .map(|(i, flight)| (ids[*i].clone(), flight.clone()))
+                .map(|(i, flight)| (Box::from(ids.id(*i)), flight.clone()))
                 .collect(),
             rechecked,
             to_load,

@@ -159,14 +159,21 @@ pub(super) async fn process(
         &mut stopping,
     )
     .await;
-    spares.memos.put(memo);
     let enriched = match resolved {
         Ok(enriched) => enriched,
         Err(failure) => {
+            spares.memos.put(memo);
             let _ = pieces.send(failure.unwrap_or(Piece::Abandoned));
             return;
         }
     };
+    // The run's count of distinct ids takes only the ids the memo did not answer: the others
+    // were counted by the page that taught them to the memo. Counted before the memo goes
+    // back, so no page can be answered by it before they are. (Adding every id of every page
+    // was 3.7 % of the job's CPU: 1.8M hashes into a shared set, for 51k distinct.)
+    let new: Vec<u64> = enriched.unremembered_hashes().collect();
+    shared.distinct.add(&new);
+    spares.memos.put(memo);
     // Every line's fate first: its size is known exactly, nothing is built yet.
     let mut steps = Vec::new();
     let mut piece = Plan::default();
@@ -231,7 +238,6 @@ pub(super) async fn process(
         step.hand_over(&shared, &enriched, &pieces, None).await;
     }
     turn.pass();
-    shared.distinct.add(chunk.page.id_hashes());
     let stats = enriched.stats();
     drop(enriched);
     let mut lines = lines;

@@ -265,6 +265,9 @@ mod tests {
         let (expected, rejected, summary) = run_with(&enricher, RunOptions::new()).await;
         assert_eq!(summary.lines, 6_000);
         assert_eq!(summary.rejected, 7);
+        // Pages after the first are mostly answered by memos: the count stays exact.
+        assert_eq!(summary.distinct_users, 50);
+        assert!(summary.stats.activities > 1024, "several pages");
         assert_eq!(rejected.lines().count(), 7);
         for budget in [1, 3_000, 100_000] {
             let (out, rejects, summary) =
@@ -272,6 +275,42 @@ mod tests {
             assert!(out == expected, "budget {budget}: different output");
             assert_eq!(rejects, rejected);
             assert_eq!(summary.written, 5_993);
+            assert_eq!(summary.distinct_users, 50);
+        }
+    }
+
+    /// Ids met on one page only and ids met on every page are each counted once, however
+    /// the pages were answered (the memos answer most ids after the first page).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_distinct_count_is_exact_across_pages() {
+        let enricher = enricher().await;
+        let input: String = (0..5_000)
+            .map(|i| {
+                let once = if i < 1_500 {
+                    format!("once{i}")
+                } else {
+                    format!("u{}", i % 50)
+                };
+                format!("{{\"actor\":\"SU:u7\",\"object\":\"SU:{once}\"}}\n")
+            })
+            .collect();
+        for budget in [1, 100_000] {
+            let summary = run(
+                &enricher,
+                vec![Source::new(
+                    "in",
+                    std::io::Cursor::new(input.clone().into_bytes()),
+                )],
+                Output::writer(Collected::default()),
+                None,
+                &RunOptions::new().max_pending_output(budget),
+                &RunProgress::new(),
+                futures::stream::pending(),
+            )
+            .await
+            .unwrap();
+            assert_eq!(summary.written, 5_000);
+            assert_eq!(summary.distinct_users, 1_550);
         }
     }
 

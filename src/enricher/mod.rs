@@ -137,7 +137,7 @@ impl<S: ?Sized> Enricher<S> {
     pub async fn get(&self, id: &UserId) -> Result<Option<UserJson>> {
         let ids = [Box::<str>::from(id.as_str())];
         let mut stats = EnrichStats::default();
-        let answers = self.inner.resolver.resolve(&ids, &mut stats).await;
+        let answers = self.inner.resolver.resolve(&ids[..], &mut stats).await;
         user_of((answers.into_iter().next()).expect("one answer per id"))
     }
 
@@ -147,7 +147,7 @@ impl<S: ?Sized> Enricher<S> {
     pub async fn get_entry(&self, key: &EntryKey) -> Result<Option<EntryJson>> {
         let keys = [Box::<str>::from(key.as_str())];
         let mut stats = EnrichStats::default();
-        let answers = self.inner.resolver.resolve(&keys, &mut stats).await;
+        let answers = self.inner.resolver.resolve(&keys[..], &mut stats).await;
         let answer = answers.into_iter().next().expect("one answer per key");
         Ok(answer.into_result()?.and_then(Record::into_entry))
     }
@@ -166,9 +166,7 @@ impl<S: ?Sized> Enricher<S> {
         let mut distinct = Ids::with_capacity(ids.len());
         let slots: Vec<u32> = ids.iter().map(|id| distinct.intern(id.as_str())).collect();
         let mut stats = EnrichStats::default();
-        let answers = (self.inner.resolver)
-            .resolve(&distinct.into_ids(), &mut stats)
-            .await;
+        let answers = (self.inner.resolver).resolve(&distinct, &mut stats).await;
         (slots.into_iter())
             .map(|slot| user_of(answers[slot as usize].clone()))
             .collect()

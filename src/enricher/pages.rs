@@ -7,6 +7,7 @@ use super::{Enricher, OnStoreError};
 use crate::answer::Answer;
 use crate::cache::Memo;
 use crate::error::Result;
+use crate::id::IdList;
 use crate::page::RawPage;
 use crate::shape::Depth;
 use crate::stats::EnrichStats;
@@ -87,8 +88,8 @@ impl<S: ?Sized> Enricher<S> {
             references: page.references(),
             ..EnrichStats::default()
         };
-        stats.distinct = page.ids().len() as u64;
-        let answers = (self.inner.resolver)
+        stats.distinct = page.ids().count() as u64;
+        let (answers, remembered) = (self.inner.resolver)
             .resolve_with(
                 page.ids(),
                 &mut stats,
@@ -104,6 +105,7 @@ impl<S: ?Sized> Enricher<S> {
         Ok(EnrichedPage {
             page,
             answers,
+            remembered,
             stats,
         })
     }
@@ -187,6 +189,8 @@ impl<S: ?Sized> Enricher<S> {
 pub struct EnrichedPage<'p> {
     page: &'p RawPage,
     answers: Vec<Answer>,
+    /// Which ids a memo answered (empty if none was used).
+    remembered: Vec<bool>,
     stats: EnrichStats,
 }
 
@@ -205,5 +209,14 @@ impl EnrichedPage<'_> {
     /// What the enrichment did.
     pub fn stats(&self) -> EnrichStats {
         self.stats
+    }
+
+    /// The [`id_hash`](crate::id::id_hash) of each of the page's ids that its memo did not
+    /// answer: an id a memo answered was new to an earlier page, which taught it to the memo.
+    pub(crate) fn unremembered_hashes(&self) -> impl Iterator<Item = u64> {
+        let hashes = self.page.id_hashes().iter();
+        (hashes.enumerate())
+            .filter(|(i, _)| !self.remembered.get(*i).copied().unwrap_or(false))
+            .map(|(_, hash)| *hash)
     }
 }
