@@ -74,27 +74,37 @@ impl Resolver {
             None => (None, &[][..]),
         };
         let generation = memo.as_deref_mut().and_then(|memo| memo.begin(&self.l1));
-        let memo_hits = |i: usize, memo: &Option<&mut Memo>| {
-            generation.and_then(|_| memo.as_deref()?.get(ids.id(i), hashes[i]).cloned())
+        // The memo is asked about every id before any of its answers is cloned: a clone counts
+        // a reference, an atomic add that lets no later load start before it, so asking and
+        // cloning in turn made each lookup wait out its cache miss alone.
+        let mut answers: Vec<Option<Answer>> = match (generation, memo.as_deref()) {
+            (Some(_), Some(memo)) => {
+                let hits: Vec<Option<&Cached>> = (0..ids.count())
+                    .map(|i| memo.get(ids.id(i), hashes[i]))
+                    .collect();
+                let answers = hits.into_iter().map(|hit| hit.cloned().map(Answer::from));
+                answers.collect()
+            }
+            _ => vec![None; ids.count()],
         };
-        let mut answers: Vec<Option<Answer>> = vec![None; ids.count()];
         // Which answers came from the memo: the others are kept in it at the end.
-        let mut remembered = vec![false; if generation.is_some() { ids.count() } else { 0 }];
+        let remembered: Vec<bool> = match generation {
+            Some(_) => answers.iter().map(Option::is_some).collect(),
+            None => Vec::new(),
+        };
+        stats.l1_hits += remembered.iter().filter(|&&hit| hit).count() as u64;
         // This page's own batches, made at its first miss: a warm page allocates none.
         let mut batches: Vec<Batch> = Vec::new();
         let mut waiting: Vec<(usize, Arc<Flight>)> = Vec::new();
 
-        for i in 0..ids.count() {
-            let id = ids.id(i);
-            if let Some(cached) = memo_hits(i, &memo) {
-                stats.l1_hits += 1;
-                remembered[i] = true;
-                answers[i] = Some(cached.into());
+        for (i, answer) in answers.iter_mut().enumerate() {
+            if answer.is_some() {
                 continue;
             }
+            let id = ids.id(i);
             if let Some(cached) = self.l1.get(id) {
                 stats.l1_hits += 1;
-                answers[i] = Some(cached.into());
+                *answer = Some(cached.into());
                 continue;
             }
             if batches
