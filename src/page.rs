@@ -9,6 +9,7 @@ use crate::id::{IdList, Ids};
 use crate::reference::reference_key;
 use crate::scan::{Scanner, Site, SiteKind};
 use crate::shape::{Depth, Role};
+use crate::stats::EnrichStats;
 
 /// What precedes a reaction's user inserted after its `user_id`.
 const USER_MEMBER: &[u8] = b",\"user\":";
@@ -218,13 +219,11 @@ impl RawPage {
         self.activities
     }
 
-    /// How many references name each distinct id.
-    pub(crate) fn site_counts(&self) -> Vec<u64> {
-        let mut counts = vec![0; self.ids.count()];
+    /// Counts what each reference of the page was answered (missing, unavailable).
+    pub(crate) fn count_answers(&self, answers: &[Answer], stats: &mut EnrichStats) {
         for site in &self.sites {
-            counts[site.id as usize] += 1;
+            answers[site.id as usize].count(stats);
         }
-        counts
     }
 
     /// Writes document `doc` with every reference replaced by its answer.
@@ -236,8 +235,11 @@ impl RawPage {
             if site.inserts() {
                 out.extend_from_slice(USER_MEMBER);
             }
-            let id = self.ids.id(site.id as usize);
-            answers[site.id as usize].write(id, out);
+            match &answers[site.id as usize] {
+                // The usual case, without finding the id's text it does not need.
+                Answer::Found(record) => out.extend_from_slice(record.as_bytes()),
+                answer => answer.write(self.ids.id(site.id as usize), out),
+            }
             at = site.end;
         }
         out.extend_from_slice(&self.buf[at..doc.end]);
@@ -253,8 +255,10 @@ impl RawPage {
             if site.inserts() {
                 len += USER_MEMBER.len();
             }
-            let id = self.ids.id(site.id as usize);
-            len += answers[site.id as usize].len(id);
+            len += match &answers[site.id as usize] {
+                Answer::Found(record) => record.as_bytes().len(),
+                answer => answer.len(self.ids.id(site.id as usize)),
+            };
         }
         len
     }

@@ -97,11 +97,7 @@ impl<S: ?Sized> Enricher<S> {
             )
             .await;
         let answers = self.fail_on_store_fault(answers)?;
-        for (answer, count) in answers.iter().zip(page.site_counts()) {
-            for _ in 0..count {
-                answer.count(&mut stats);
-            }
-        }
+        page.count_answers(&answers, &mut stats);
         Ok(EnrichedPage {
             page,
             answers,
