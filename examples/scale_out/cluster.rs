@@ -78,6 +78,26 @@ impl Cluster {
         Ok(nodes)
     }
 
+    /// One plain `redis-server` and its replica (`REPLICAOF`), linked.
+    pub fn pair() -> Result<Cluster, String> {
+        let pair = Cluster::nodes(2, false)?;
+        let (master, replica) = (pair.ports[0], pair.ports[1]);
+        let mut conn = connection(replica).ok_or(format!("cannot reach {replica}"))?;
+        redis::cmd("REPLICAOF")
+            .arg("127.0.0.1")
+            .arg(master)
+            .exec(&mut conn)
+            .map_err(|e| format!("REPLICAOF on {replica}: {e}"))?;
+        wait(
+            || {
+                query(replica, redis::cmd("INFO").arg("replication"))
+                    .contains("master_link_status:up")
+            },
+            "the replica never linked to its master",
+        )?;
+        Ok(pair)
+    }
+
     /// Three masters with `replicas` replicas each.
     pub fn start(replicas: u32) -> Result<Cluster, String> {
         let cluster = Cluster::nodes(3 * (1 + replicas), true)?;
@@ -103,6 +123,27 @@ impl Cluster {
                 })
             },
             "the cluster never became ok",
+        )?;
+        // The cluster is ok before every node knows the replicas as replicas (for a moment
+        // they are masters without slots), and a client that reads the map then would not
+        // track them as replicas: wait until every node lists them all, each replica linked.
+        let want = 3 * replicas as usize;
+        wait(
+            || {
+                ports.iter().all(|&p| {
+                    let nodes = query(p, redis::cmd("CLUSTER").arg("NODES"));
+                    let linked = query(p, redis::cmd("INFO").arg("replication"));
+                    let flags =
+                        |l: &str| l.split_whitespace().nth(2).unwrap_or_default().to_string();
+                    (nodes.lines())
+                        .filter(|l| flags(l).split(',').any(|f| f == "slave"))
+                        .count()
+                        == want
+                        && (linked.contains("role:master")
+                            || linked.contains("master_link_status:up"))
+                })
+            },
+            "the replicas never joined",
         )?;
         Ok(cluster)
     }
@@ -193,7 +234,12 @@ fn ping(port: u16) -> bool {
 }
 
 fn cluster_info(port: u16) -> String {
+    query(port, redis::cmd("CLUSTER").arg("INFO"))
+}
+
+/// A command's text answer, empty if the node does not give one.
+fn query(port: u16, command: &redis::Cmd) -> String {
     connection(port)
-        .and_then(|mut c| redis::cmd("CLUSTER").arg("INFO").query(&mut c).ok())
+        .and_then(|mut c| command.query(&mut c).ok())
         .unwrap_or_default()
 }

@@ -1,8 +1,9 @@
 //! Counting the invalidations each process receives, per node, without touching the engine:
 //! the reader's enricher reads through [`Counted`], a source that passes every call to the
 //! cluster store and counts the announcements on their way from the store's watch to the L1.
-//! Each `Changed` event is one `invalidate` push of one master (the watcher passes each push's
-//! keys on as one event), so the node is the one that serves the slot of its first key.
+//! Each `Changed` event is one `invalidate` push of one node (the watcher passes each push's
+//! keys on as one event), counted under the master that serves the slot of its first key: a
+//! replica's pushes count with its master's, as the event does not say which node sent it.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -16,8 +17,10 @@ use serde::Serialize;
 pub struct NodeMap {
     /// (first slot, last slot, node).
     ranges: Vec<(u16, u16, usize)>,
-    /// Each node as `host:port`.
+    /// Each master as `host:port`.
     pub names: Vec<String>,
+    /// Each replica as `host:port`, in port order.
+    pub replicas: Vec<String>,
 }
 
 impl NodeMap {
@@ -29,6 +32,7 @@ impl NodeMap {
             return Ok(NodeMap {
                 ranges: vec![(0, 16383, 0)],
                 names: vec![node.to_string()],
+                replicas: Vec::new(),
             });
         };
         let seed = seeds.split(',').next().unwrap_or_default();
@@ -42,9 +46,24 @@ impl NodeMap {
         let mut map = NodeMap {
             ranges: Vec::new(),
             names: Vec::new(),
+            replicas: Vec::new(),
         };
         let redis::Value::Array(ranges) = slots else {
             return Err("CLUSTER SLOTS answered no array".into());
+        };
+        // `host:port` of a range's master: `[host, port, id, …]`.
+        let name = |node: &redis::Value| {
+            let redis::Value::Array(node) = node else {
+                return None;
+            };
+            let host = match node.first() {
+                Some(redis::Value::BulkString(h)) => String::from_utf8_lossy(h).into_owned(),
+                _ => "127.0.0.1".to_string(),
+            };
+            match node.get(1) {
+                Some(redis::Value::Int(port)) => Some(format!("{host}:{port}")),
+                _ => None,
+            }
         };
         for range in ranges {
             let redis::Value::Array(items) = range else {
@@ -55,17 +74,9 @@ impl NodeMap {
             else {
                 continue;
             };
-            let Some(redis::Value::Array(master)) = items.get(2) else {
+            let Some(name) = items.get(2).and_then(name) else {
                 continue;
             };
-            let host = match master.first() {
-                Some(redis::Value::BulkString(h)) => String::from_utf8_lossy(h).into_owned(),
-                _ => "127.0.0.1".to_string(),
-            };
-            let Some(redis::Value::Int(port)) = master.get(1) else {
-                continue;
-            };
-            let name = format!("{host}:{port}");
             let node = match map.names.iter().position(|n| *n == name) {
                 Some(node) => node,
                 None => {
@@ -83,6 +94,24 @@ impl NodeMap {
             .collect();
         map.ranges.iter_mut().for_each(|r| r.2 = rank[r.2]);
         map.names.sort();
+        // Replicas from `CLUSTER NODES`: `CLUSTER SLOTS` lists a replica only once its
+        // replication offset has reached the node through gossip, seconds after it is one.
+        let nodes: String = redis::cmd("CLUSTER")
+            .arg("NODES")
+            .query(&mut conn)
+            .map_err(|e| format!("CLUSTER NODES on {seed}: {e}"))?;
+        for line in nodes.lines() {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let replica = fields
+                .get(2)
+                .is_some_and(|flags| flags.split(',').any(|f| f == "slave"));
+            if let (true, Some(addr)) = (replica, fields.get(1)) {
+                // `ip:port@bus-port[,hostname]`
+                let addr = addr.split(['@', ',']).next().unwrap_or_default();
+                map.replicas.push(addr.to_string());
+            }
+        }
+        map.replicas.sort();
         Ok(map)
     }
 

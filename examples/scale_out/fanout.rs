@@ -12,6 +12,14 @@
 //!    idle window without writes, divided by the keys they received.
 //! 3. Server memory of default (per-key) tracking: connections with `CLIENT TRACKING ON` that
 //!    each read the same keys; `used_memory` and `tracking_total_items` before and after.
+//! 4. What the commands every engine process sends every node in the background cost the
+//!    node (`ROLE`, `CLUSTER NODES`, against `PING`): server CPU per command around a
+//!    `redis-benchmark` run of each, on a master and a replica of a private cluster.
+//!
+//! With `--replica`, the server of 1. has a replica, and the trackers sit on the master alone,
+//! then on both (N on each, as engine processes track every node): a replica announces the
+//! writes it applies from its master, so it spends its own CPU on its pushes; the CPU of both
+//! is measured.
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
@@ -54,9 +62,29 @@ pub struct FanoutArgs {
     /// Writes during the engine measurement.
     #[arg(long, default_value_t = 400_000)]
     listen_writes: u64,
+    /// Writing connections during the engine measurement, one measurement each: with many,
+    /// Redis gathers several keys in a push; with one, each write is a push of its own.
+    #[arg(long, value_delimiter = ',', default_value = "32")]
+    listen_writers: Vec<u32>,
     /// Numbers of per-key tracking connections, each reading every key, for the memory figure.
     #[arg(long, value_delimiter = ',', default_value = "1,10,100")]
     per_key_clients: Vec<u32>,
+    /// Which measurements to make: `push` (1.), `engine` (2.), `per-key` (3.), `polling` (4.).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "push,engine,per-key,polling"
+    )]
+    parts: Vec<String>,
+    /// Give the server of `push` a replica, and measure with the trackers on the master alone,
+    /// then on the master and the replica.
+    #[arg(long)]
+    replica: bool,
+    /// Commands per `polling` measurement, and the connections sending them.
+    #[arg(long, default_value_t = 100_000)]
+    polling_commands: u64,
+    #[arg(long, default_value_t = 50)]
+    polling_connections: u32,
     /// Keep the records here.
     #[arg(long)]
     keep: Option<PathBuf>,
@@ -66,7 +94,18 @@ const NAMESPACE: &str = "fan";
 const PREFIX: &str = "fan:user:";
 
 pub fn run(args: FanoutArgs) -> Result<(), String> {
-    let server = crate::cluster::Cluster::single()?;
+    const PARTS: [&str; 4] = ["push", "engine", "per-key", "polling"];
+    if let Some(part) = args.parts.iter().find(|p| !PARTS.contains(&p.as_str())) {
+        return Err(format!(
+            "no part {part:?}: the parts are {}",
+            PARTS.join(", ")
+        ));
+    }
+    let part = |name: &str| args.parts.iter().any(|p| p == name);
+    let server = match args.replica && part("push") {
+        true => crate::cluster::Cluster::pair()?,
+        false => crate::cluster::Cluster::single()?,
+    };
     let port = server.ports()[0];
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
@@ -81,68 +120,157 @@ pub fn run(args: FanoutArgs) -> Result<(), String> {
     std::fs::create_dir_all(&dir).map_err(|e| format!("{dir:?}: {e}"))?;
     let mut out = String::new();
 
-    // 1. Server CPU per write against broadcast trackers.
+    if part("push") {
+        push_costs(&args, &runtime, server.ports(), &mut out)?;
+    }
+    if part("engine") {
+        engine_costs(&args, &runtime, port, &dir, &mut out)?;
+    }
+    if part("per-key") {
+        per_key_memory(&args, &runtime, port, &mut out)?;
+    }
+    if part("polling") {
+        polling_costs(&args, &mut out)?;
+    }
+    print!("{out}");
+    drop(server);
+    Ok(())
+}
+
+/// Part 1, server CPU per write against broadcast trackers: on the server; with a replica,
+/// on the master alone, then on the master and the replica (N each, as engine processes
+/// track both), with the CPU of both.
+fn push_costs(
+    args: &FanoutArgs,
+    runtime: &tokio::runtime::Runtime,
+    ports: &[u16],
+    out: &mut String,
+) -> Result<(), String> {
+    let (port, replica) = (ports[0], ports.get(1).copied());
     let _ = writeln!(
         out,
-        "| BCAST trackers | writing connections | writes | writes/s | server µs per write | µs per push (over 0 trackers) | pushes received per tracker | keys per push |"
+        "| BCAST trackers | on | writing connections | writes | writes/s | server µs per write | µs per push (over 0 trackers) | replica µs per write | replica µs per push | pushes received per tracker | keys per push |"
     );
-    let _ = writeln!(out, "|---|---|---|---|---|---|---|---|");
-    for writers in [1u32, 32] {
-        let mut base = None;
-        for &n in &args.clients {
-            let writes = (args.pushes / u64::from(n.max(1)))
-                .min(args.writes)
-                .max(args.min_writes);
-            let trackers = runtime.block_on(Trackers::open(port, n, true))?;
-            wait_for(port, "tracking_clients:", f64::from(n))?;
-            let before = proc::info(port)?;
-            let took = benchmark(port, writes, writers, args.keys)?;
-            let after = proc::info(port)?;
-            // Let the trackers read what is still on its way.
-            std::thread::sleep(Duration::from_millis(300));
-            let (messages, keys) = trackers.counts();
-            runtime.block_on(trackers.close());
-            wait_for(port, "tracking_clients:", 0.0)?;
-            let cpu = proc::server_cpu_secs(&after) - proc::server_cpu_secs(&before);
-            let per_write = cpu * 1e6 / writes as f64;
-            let base_per_write = *base.get_or_insert(per_write);
-            let per_push = if n > 0 {
-                format!("{:.3}", (per_write - base_per_write) / f64::from(n))
-            } else {
-                "–".into()
-            };
-            let per_tracker = messages as f64 / f64::from(n.max(1));
-            let _ = writeln!(
-                out,
-                "| {n} | {writers} | {writes} | {:.0} | {per_write:.2} | {per_push} | {} | {} |",
-                writes as f64 / took.as_secs_f64(),
-                if n > 0 {
-                    format!("{per_tracker:.0}")
-                } else {
-                    "–".into()
-                },
-                if messages > 0 {
-                    format!("{:.2}", keys as f64 / messages as f64)
-                } else {
-                    "–".into()
-                },
-            );
-            eprintln!("{}", out.lines().last().unwrap_or_default());
+    let _ = writeln!(out, "|---|---|---|---|---|---|---|---|---|---|---|");
+    let placements: &[&[u16]] = match replica {
+        None => &[&[port]],
+        Some(_) => &[&ports[..1], ports],
+    };
+    for &on in placements {
+        let on_name = match on.len() {
+            1 => "master",
+            _ => "master + replica",
+        };
+        for writers in [1u32, 32] {
+            // The CPU per write with no tracker, of the master and of the replica.
+            let mut base: Option<(f64, f64)> = None;
+            for &n in &args.clients {
+                let writes = (args.pushes / u64::from(n.max(1)))
+                    .min(args.writes)
+                    .max(args.min_writes);
+                let mut trackers = Vec::new();
+                for &node in on {
+                    trackers.push(runtime.block_on(Trackers::open(node, n, true))?);
+                    wait_for(node, "tracking_clients:", f64::from(n))?;
+                }
+                let cpu = |p: u16| proc::info(p).map(|i| proc::server_cpu_secs(&i));
+                let before = (cpu(port)?, replica.map(cpu).transpose()?);
+                let took = benchmark(port, writes, writers, args.keys)?;
+                if let Some(replica) = replica {
+                    caught_up(port, replica)?;
+                }
+                // Let the trackers read what is still on its way.
+                std::thread::sleep(Duration::from_millis(300));
+                let after = (cpu(port)?, replica.map(cpu).transpose()?);
+                let counts: Vec<(u64, u64)> = trackers.iter().map(Trackers::counts).collect();
+                for (trackers, &node) in trackers.into_iter().zip(on) {
+                    runtime.block_on(trackers.close());
+                    wait_for(node, "tracking_clients:", 0.0)?;
+                }
+                let per_write = (after.0 - before.0) * 1e6 / writes as f64;
+                let replica_per_write =
+                    (after.1.zip(before.1)).map(|(a, b)| (a - b) * 1e6 / writes as f64);
+                let (base_master, base_replica) =
+                    *base.get_or_insert((per_write, replica_per_write.unwrap_or(0.0)));
+                let per_push = |cost: f64, base: f64| match n {
+                    0 => "–".to_string(),
+                    n => format!("{:.3}", (cost - base) / f64::from(n)),
+                };
+                let replica_push = match (on.len(), replica_per_write) {
+                    (2, Some(cost)) => per_push(cost, base_replica),
+                    _ => "–".to_string(),
+                };
+                let each = |f: &dyn Fn(u64, u64) -> String| -> String {
+                    let all: Vec<String> = counts.iter().map(|&(m, k)| f(m, k)).collect();
+                    all.join(" / ")
+                };
+                let _ = writeln!(
+                    out,
+                    "| {n} | {on_name} | {writers} | {writes} | {:.0} | {per_write:.2} | {} | {} | {replica_push} | {} | {} |",
+                    writes as f64 / took.as_secs_f64(),
+                    per_push(per_write, base_master),
+                    replica_per_write.map_or("–".to_string(), |c| format!("{c:.2}")),
+                    each(&|m, _| match n {
+                        0 => "–".into(),
+                        n => format!("{:.0}", m as f64 / f64::from(n)),
+                    }),
+                    each(&|m, k| match m {
+                        0 => "–".into(),
+                        m => format!("{:.2}", k as f64 / m as f64),
+                    }),
+                );
+                eprintln!("{}", out.lines().last().unwrap_or_default());
+            }
         }
     }
+    Ok(())
+}
 
-    // 2. Engine CPU per invalidation received.
+/// Waits until the replica on `replica` has applied everything the master on `master` has.
+fn caught_up(master: u16, replica: u16) -> Result<(), String> {
+    let offset = proc::info_number(&proc::info(master)?, "master_repl_offset:");
+    wait_until(replica, "slave_repl_offset:", |v| v >= offset)
+}
+
+/// Part 2, engine CPU per invalidation received.
+fn engine_costs(
+    args: &FanoutArgs,
+    runtime: &tokio::runtime::Runtime,
+    port: u16,
+    dir: &std::path::Path,
+    out: &mut String,
+) -> Result<(), String> {
     redis::cmd("FLUSHALL")
         .exec(&mut connection(port)?)
         .map_err(|e| format!("FLUSHALL: {e}"))?;
     runtime.block_on(load_users(port, args.keys))?;
-    let idle = listen_round(port, &args, &dir, 0)?;
-    let busy = listen_round(port, &args, &dir, args.listen_writes)?;
+    let idle = listen_round(port, args, dir, 0, 0)?;
     let _ = writeln!(
         out,
-        "\n| engine listeners | writes | keys received per listener | invalidate pushes per listener | CPU s per listener (idle window) | CPU s per listener (writes) | engine µs per key received |"
+        "\n| engine listeners | writing connections | writes | keys received per listener | invalidate pushes per listener | CPU s per listener (idle window) | CPU s per listener (writes) | engine µs per key received | engine µs per push received |"
     );
-    let _ = writeln!(out, "|---|---|---|---|---|---|---|");
+    let _ = writeln!(out, "|---|---|---|---|---|---|---|---|---|");
+    for (i, &writers) in args.listen_writers.iter().enumerate() {
+        // `redis-benchmark` wrote over the users: load them again for the engine's L1.
+        if i > 0 {
+            redis::cmd("FLUSHALL")
+                .exec(&mut connection(port)?)
+                .map_err(|e| format!("FLUSHALL: {e}"))?;
+            runtime.block_on(load_users(port, args.keys))?;
+        }
+        let busy = listen_round(port, args, dir, args.listen_writes, writers)?;
+        engine_row(args, writers, &idle, &busy, out);
+    }
+    Ok(())
+}
+
+fn engine_row(
+    args: &FanoutArgs,
+    writers: u32,
+    idle: &[ListenSummary],
+    busy: &[ListenSummary],
+    out: &mut String,
+) {
     let keys = busy
         .iter()
         .map(|l| l.pushes.keys.iter().sum::<u64>())
@@ -157,14 +285,22 @@ pub fn run(args: FanoutArgs) -> Result<(), String> {
     let cpu_busy = busy.iter().map(|l| l.cpu_secs).sum::<f64>() / busy.len() as f64;
     let _ = writeln!(
         out,
-        "| {} | {} | {keys:.0} | {pushes:.0} | {cpu_idle:.2} | {cpu_busy:.2} | {:.3} |",
+        "| {} | {writers} | {} | {keys:.0} | {pushes:.0} | {cpu_idle:.2} | {cpu_busy:.2} | {:.3} | {:.3} |",
         args.listeners,
         args.listen_writes,
-        (cpu_busy - cpu_idle) * 1e6 / keys.max(1.0)
+        (cpu_busy - cpu_idle) * 1e6 / keys.max(1.0),
+        (cpu_busy - cpu_idle) * 1e6 / pushes.max(1.0)
     );
     eprintln!("{}", out.lines().last().unwrap_or_default());
+}
 
-    // 3. Server memory of per-key tracking.
+/// Part 3, server memory of per-key tracking.
+fn per_key_memory(
+    args: &FanoutArgs,
+    runtime: &tokio::runtime::Runtime,
+    port: u16,
+    out: &mut String,
+) -> Result<(), String> {
     let _ = writeln!(
         out,
         "\n| per-key trackers | keys each read | tracking_total_keys | tracking_total_items | used_memory added (less connection buffers) | bytes per item |"
@@ -213,8 +349,66 @@ pub fn run(args: FanoutArgs) -> Result<(), String> {
         runtime.block_on(trackers.close());
         wait_for(port, "tracking_clients:", 0.0)?;
     }
-    print!("{out}");
-    drop(server);
+    Ok(())
+}
+
+/// Part 4, server CPU per background command of an engine process, on a master and on a replica
+/// of a private cluster of 3 masters and 3 replicas: each command from
+/// `--polling-connections` connections at once, as many processes' would arrive.
+fn polling_costs(args: &FanoutArgs, out: &mut String) -> Result<(), String> {
+    let cluster = crate::cluster::Cluster::start(1)?;
+    let map = NodeMap::read(&cluster.url())?;
+    let port = |name: &String| -> Result<u16, String> {
+        (name.rsplit_once(':').and_then(|(_, p)| p.parse().ok()))
+            .ok_or_else(|| format!("no port in {name}"))
+    };
+    let nodes = [
+        ("master", port(&map.names[0])?),
+        ("replica", port(&map.replicas[0])?),
+    ];
+    let _ = writeln!(
+        out,
+        "\n| command | on | connections | commands | commands/s | server µs per command | of it in the command (commandstats) | bytes per answer |"
+    );
+    let _ = writeln!(out, "|---|---|---|---|---|---|---|---|");
+    for (on, port) in nodes {
+        for command in [&["PING"][..], &["ROLE"], &["CLUSTER", "NODES"]] {
+            let before = proc::info(port)?;
+            let started = Instant::now();
+            let status = Command::new("redis-benchmark")
+                .args(["-h", "127.0.0.1", "-p", &port.to_string()])
+                .args(["-n", &args.polling_commands.to_string()])
+                .args(["-c", &args.polling_connections.to_string(), "-q"])
+                .args(command)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .map_err(|e| format!("cannot run redis-benchmark: {e}"))?;
+            if !status.success() {
+                return Err(format!("redis-benchmark {}: {status}", command.join(" ")));
+            }
+            let took = started.elapsed();
+            let after = proc::info(port)?;
+            let n = args.polling_commands as f64;
+            let cpu = proc::server_cpu_secs(&after) - proc::server_cpu_secs(&before);
+            let name = command.join("|").to_lowercase();
+            let usec = proc::command_usec(&after, &name) - proc::command_usec(&before, &name);
+            let bytes = proc::info_number(&after, "total_net_output_bytes:")
+                - proc::info_number(&before, "total_net_output_bytes:");
+            let _ = writeln!(
+                out,
+                "| `{}` | {on} | {} | {} | {:.0} | {:.2} | {:.2} | {:.0} |",
+                command.join(" "),
+                args.polling_connections,
+                args.polling_commands,
+                n / took.as_secs_f64(),
+                cpu * 1e6 / n,
+                usec / n,
+                bytes / n,
+            );
+            eprintln!("{}", out.lines().last().unwrap_or_default());
+        }
+    }
     Ok(())
 }
 
@@ -226,14 +420,19 @@ fn connection(port: u16) -> Result<redis::Connection, String> {
 
 /// Waits until the server's `INFO` says `value` for `name`, for at most 10 s.
 fn wait_for(port: u16, name: &str, value: f64) -> Result<(), String> {
+    wait_until(port, name, |got| got == value)
+}
+
+/// Waits until the server's `INFO` figure `name` passes `test`, for at most 10 s.
+fn wait_until(port: u16, name: &str, test: impl Fn(f64) -> bool) -> Result<(), String> {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let got = proc::info_number(&proc::info(port)?, name);
-        if got == value {
+        if test(got) {
             return Ok(());
         }
         if Instant::now() > deadline {
-            return Err(format!("{name} is {got}, not {value}"));
+            return Err(format!("{name} is still {got}"));
         }
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -308,28 +507,10 @@ impl Trackers {
             messages: Arc::new(AtomicU64::new(0)),
             keys: Arc::new(AtomicU64::new(0)),
         };
+        let addr = format!("127.0.0.1:{port}");
         for _ in 0..n {
-            let mut conn = TcpStream::connect(("127.0.0.1", port))
-                .await
-                .map_err(|e| format!("cannot connect: {e}"))?;
-            let mut hello = resp(&["HELLO", "3"]);
-            hello.extend(if bcast {
-                resp(&["CLIENT", "TRACKING", "ON", "BCAST", "PREFIX", PREFIX])
-            } else {
-                resp(&["CLIENT", "TRACKING", "ON"])
-            });
-            conn.write_all(&hello).await.map_err(|e| e.to_string())?;
-            // HELLO answers a map without `+OK`; TRACKING answers `+OK`.
-            let mut got = Vec::new();
-            let mut buf = [0u8; 4096];
-            while memmem::find(&got, b"+OK\r\n").is_none() {
-                let read = conn.read(&mut buf).await.map_err(|e| e.to_string())?;
-                if read == 0 {
-                    return Err("a tracker was refused".into());
-                }
-                got.extend_from_slice(&buf[..read]);
-            }
-            let (read, write) = conn.into_split();
+            let prefix = bcast.then_some(PREFIX);
+            let (read, write) = tracker(&addr, prefix).await?.into_split();
             trackers.writers.push(write);
             if bcast {
                 let (messages, keys) = (trackers.messages.clone(), trackers.keys.clone());
@@ -393,9 +574,34 @@ impl Trackers {
     }
 }
 
+/// A bare RESP3 connection to `addr` with tracking on: broadcast on `prefix` if given, per
+/// key otherwise.
+pub async fn tracker(addr: &str, prefix: Option<&str>) -> Result<TcpStream, String> {
+    let mut conn = TcpStream::connect(addr)
+        .await
+        .map_err(|e| format!("cannot connect to {addr}: {e}"))?;
+    let mut hello = resp(&["HELLO", "3"]);
+    hello.extend(match prefix {
+        Some(prefix) => resp(&["CLIENT", "TRACKING", "ON", "BCAST", "PREFIX", prefix]),
+        None => resp(&["CLIENT", "TRACKING", "ON"]),
+    });
+    conn.write_all(&hello).await.map_err(|e| e.to_string())?;
+    // HELLO answers a map without `+OK`; TRACKING answers `+OK`.
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while memmem::find(&got, b"+OK\r\n").is_none() {
+        let read = conn.read(&mut buf).await.map_err(|e| e.to_string())?;
+        if read == 0 {
+            return Err(format!("a tracker was refused by {addr}"));
+        }
+        got.extend_from_slice(&buf[..read]);
+    }
+    Ok(conn)
+}
+
 /// Reads a broadcast tracker's pushes: `>2 $10 invalidate *N $len key…`, counting messages
 /// and the bulk strings after them (the keys).
-async fn drain(
+pub async fn drain(
     mut read: tokio::net::tcp::OwnedReadHalf,
     messages: Arc<AtomicU64>,
     keys: Arc<AtomicU64>,
@@ -460,6 +666,7 @@ fn listen_round(
     args: &FanoutArgs,
     dir: &std::path::Path,
     writes: u64,
+    writers: u32,
 ) -> Result<Vec<ListenSummary>, String> {
     use std::io::{BufRead, BufReader, Write};
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
@@ -498,7 +705,7 @@ fn listen_round(
     }
     std::thread::sleep(Duration::from_nanos(start.saturating_sub(now_ns())));
     if writes > 0 {
-        let took = benchmark(port, writes, 32, args.keys)?;
+        let took = benchmark(port, writes, writers, args.keys)?;
         eprintln!(
             "{writes} writes in {:.1} s under {} listener(s)",
             took.as_secs_f64(),

@@ -5,9 +5,13 @@
 //! ```sh
 //! # 3 masters on free loopback ports; P readers (1, 2, then 4) and one writer, 10 s each
 //! scripts/scale-out run --processes 1,2,4 --write-rates 200,2000 --seconds 10
+//! # the same with a replica per master, which every reader tracks too
+//! scripts/scale-out run --replicas 1 --processes 1,2,4 --write-rates 200,2000 --seconds 5
 //! # server CPU per write with 0…1000 broadcast tracking clients; engine CPU per invalidation;
-//! # server memory of default (per-key) tracking
+//! # server memory of default (per-key) tracking; server CPU per background command
 //! scripts/scale-out fanout
+//! # server CPU per write with the trackers on a master, then on the master and its replica
+//! scripts/scale-out fanout --parts push --replica
 //! ```
 //!
 //! `run` starts the cluster and, for each write rate and number of readers, its own processes
@@ -21,6 +25,7 @@ mod cluster;
 mod counted;
 mod fanout;
 mod orchestrate;
+mod probe;
 mod proc;
 mod reader;
 mod writer;
@@ -42,7 +47,8 @@ enum Command {
     /// the writer, check every answer and report.
     Run(orchestrate::RunArgs),
     /// Measure what broadcast tracking costs: server CPU per write against the number of
-    /// tracking clients, engine CPU per invalidation, server memory of per-key tracking.
+    /// tracking clients (on a master and its replica with `--replica`), engine CPU per
+    /// invalidation, server memory of per-key tracking, server CPU per background command.
     Fanout(fanout::FanoutArgs),
     /// (Started by `run`.) One reader process.
     Reader(reader::ReaderArgs),

@@ -13,6 +13,7 @@ use enrich::{NewUser, StoreOptions, store};
 use serde::Serialize;
 
 use crate::counted::NodeMap;
+use crate::probe::Probe;
 use crate::proc;
 use crate::reader::ReaderSummary;
 use crate::writer::{WriterSummary, data};
@@ -65,9 +66,13 @@ pub struct RunArgs {
     /// An answer stale by more than this many milliseconds is wrong.
     #[arg(long, default_value_t = 1000.0)]
     bound_ms: f64,
-    /// Replicas per master of the private cluster (reads and tracking stay on the masters).
+    /// Replicas per master of the private cluster. Reads stay on the masters (unless
+    /// `--read-from-replicas`); every reader tracks every node, replicas too.
     #[arg(long, default_value_t = 0)]
     replicas: u32,
+    /// Readers read from replicas that have caught up (`ReadFrom::Replicas`).
+    #[arg(long)]
+    read_from_replicas: bool,
     /// Kill the first master (SIGKILL) this many seconds into each run; its replica takes
     /// over. Needs `--replicas 1` or more; each run then gets a new cluster.
     #[arg(long)]
@@ -112,10 +117,23 @@ struct Row {
     write_errors: u64,
     ack_p50_ms: f64,
     ack_p99_ms: f64,
-    /// Invalidation pushes received by all readers, per second, per master.
+    /// Invalidation pushes received by all readers, per second, per shard (a master and its
+    /// replicas: a reader cannot tell them apart).
     pushes_per_sec_per_node: Vec<f64>,
-    /// Keys they carried, per second, per master.
+    /// Keys they carried, per second, per shard.
     keys_per_sec_per_node: Vec<f64>,
+    /// Pushes and keys each reader received, per write.
+    pushes_per_write_per_reader: f64,
+    keys_per_write_per_reader: f64,
+    /// What one tracking connection (the probe's) received from each node, per second:
+    /// masters, then replicas.
+    probe_pushes_per_sec: Vec<f64>,
+    probe_keys_per_sec: Vec<f64>,
+    /// `ROLE` and `CLUSTER NODES` commands each node executed, per second: masters, then
+    /// replicas.
+    role_per_sec: Vec<f64>,
+    cluster_nodes_per_sec: Vec<f64>,
+    replicas: u32,
     /// Writes per master, per second.
     writes_per_sec_per_node: Vec<f64>,
     tracking_clients_per_node: Vec<u64>,
@@ -125,6 +143,7 @@ struct Row {
     reader_cpu_pct: Vec<f64>,
     writer_cpu_pct: f64,
     redis_cpu_pct: Vec<f64>,
+    replica_cpu_pct: Vec<f64>,
     /// When the master was killed or failed over, in seconds from the start, if it was.
     fault_at_s: Option<f64>,
     /// From the fault to the end of the last page or write that failed, in ms.
@@ -379,23 +398,28 @@ fn run_one(
         if args.no_tracking {
             reader_args.push("--no-tracking".into());
         }
+        if args.read_from_replicas {
+            reader_args.push("--read-from-replicas".into());
+        }
         children.push(Proc::start(&format!("reader-{i}"), dir, &reader_args)?);
     }
     for child in &mut children {
         child.wait_ready()?;
     }
-    let ports = map
-        .names
-        .iter()
+    // Masters first, then replicas.
+    let ports = (map.names.iter().chain(&map.replicas))
         .map(|n| {
             (n.rsplit_once(':').and_then(|(_, p)| p.parse::<u16>().ok()))
                 .ok_or_else(|| format!("no port in {n}"))
         })
         .collect::<Result<Vec<u16>, String>>()?;
+    let all_nodes: Vec<String> = map.names.iter().chain(&map.replicas).cloned().collect();
+    let probe = runtime.block_on(Probe::open(&all_nodes, &format!("{namespace}:user:")))?;
     let before: Vec<String> = ports
         .iter()
         .map(|&p| proc::info(p))
         .collect::<Result<_, _>>()?;
+    let probed = probe.snapshot();
     let start = now_ns() + 300_000_000;
     let end = start + (args.seconds * 1e9) as u64;
     for child in &mut children {
@@ -426,6 +450,11 @@ fn run_one(
     for child in &mut children {
         child.wait(deadline)?;
     }
+    // Read once the readers are done, so the pushes of the last writes have arrived.
+    let probed: Vec<(u64, u64)> = (probe.snapshot().iter().zip(&probed))
+        .map(|(a, b)| (a.0 - b.0, a.1 - b.1))
+        .collect();
+    drop(probe);
 
     let read = |name: &str| std::fs::read(dir.join(name)).map_err(|e| format!("{name}: {e}"));
     let writer: WriterSummary =
@@ -467,6 +496,26 @@ fn run_one(
             .collect()
     };
     let activities: u64 = readers.iter().map(|r| r.activities).sum();
+    let received = |f: &dyn Fn(&ReaderSummary) -> &Vec<u64>| -> f64 {
+        readers
+            .iter()
+            .map(|r| f(r).iter().sum::<u64>())
+            .sum::<u64>() as f64
+            / f64::from(processes.max(1))
+            / (writer.writes.max(1) as f64)
+    };
+    let cpu_pct = |b: &String, a: &String| match a.is_empty() {
+        true => 0.0,
+        false => 100.0 * (proc::server_cpu_secs(a) - proc::server_cpu_secs(b)) / secs,
+    };
+    let calls_per_sec = |command: &str| -> Vec<f64> {
+        (before.iter().zip(&after))
+            .map(|(b, a)| match a.is_empty() {
+                true => 0.0,
+                false => (proc::command_calls(a, command) - proc::command_calls(b, command)) / secs,
+            })
+            .collect()
+    };
     let pages: u64 = readers.iter().map(|r| r.pages).sum();
     let references: u64 = readers.iter().map(|r| r.references).sum();
     Ok(Row {
@@ -492,6 +541,13 @@ fn run_one(
         ack_p99_ms: writer.ack_p99_ms,
         pushes_per_sec_per_node: sum_nodes(&|r| &r.pushes.pushes),
         keys_per_sec_per_node: sum_nodes(&|r| &r.pushes.keys),
+        pushes_per_write_per_reader: received(&|r| &r.pushes.pushes),
+        keys_per_write_per_reader: received(&|r| &r.pushes.keys),
+        probe_pushes_per_sec: probed.iter().map(|p| p.0 as f64 / secs).collect(),
+        probe_keys_per_sec: probed.iter().map(|p| p.1 as f64 / secs).collect(),
+        role_per_sec: calls_per_sec("role"),
+        cluster_nodes_per_sec: calls_per_sec("cluster|nodes"),
+        replicas: map.replicas.len() as u32 / nodes.max(1) as u32,
         writes_per_sec_per_node: writer.per_node.iter().map(|&w| w as f64 / secs).collect(),
         tracking_clients_per_node: before
             .iter()
@@ -506,10 +562,12 @@ fn run_one(
             .collect(),
         writer_cpu_pct: 100.0 * writer.cpu_secs / writer.seconds,
         redis_cpu_pct: (before.iter().zip(&after))
-            .map(|(b, a)| match a.is_empty() {
-                true => 0.0,
-                false => 100.0 * (proc::server_cpu_secs(a) - proc::server_cpu_secs(b)) / secs,
-            })
+            .take(nodes)
+            .map(|(b, a)| cpu_pct(b, a))
+            .collect(),
+        replica_cpu_pct: (before.iter().zip(&after))
+            .skip(nodes)
+            .map(|(b, a)| cpu_pct(b, a))
             .collect(),
         fault_at_s: fault_at.map(|at| (at - start) as f64 / 1e9),
         unavailable_ms: fault_at.map(|at| {
@@ -581,6 +639,10 @@ fn thousands(v: f64) -> String {
     out
 }
 
+fn or_dash(s: String) -> String {
+    if s.is_empty() { "–".into() } else { s }
+}
+
 fn summary_line(r: &Row) -> String {
     let fault = match (r.fault_at_s, r.unavailable_ms) {
         (Some(at), Some(ms)) => format!(
@@ -611,17 +673,24 @@ fn summary_line(r: &Row) -> String {
 
 fn tables(rows: &[Row], map: &NodeMap) -> String {
     let mut out = String::new();
-    let _ = writeln!(out, "\nmasters: {}\n", map.names.join(", "));
+    let _ = writeln!(out, "\nmasters: {}", map.names.join(", "));
+    if !map.replicas.is_empty() {
+        let _ = writeln!(out, "replicas: {}", map.replicas.join(", "));
+    }
+    let _ = writeln!(out);
     let _ = writeln!(
         out,
-        "| writes/s | readers | activities/s | × 1 reader | per reader | per reader CPU-s | page p50 ms | page p99 ms | L1 hits | CPU % readers | CPU % writer | CPU % masters | load avg |"
+        "| writes/s | readers | activities/s | × 1 reader | per reader | per reader CPU-s | page p50 ms | page p99 ms | L1 hits | CPU % readers | CPU % writer | CPU % masters | CPU % replicas | load avg |"
     );
-    let _ = writeln!(out, "|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    let _ = writeln!(
+        out,
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+    );
     for r in rows {
         let per: Vec<f64> = r.per_reader_per_sec.iter().map(|v| v / 1000.0).collect();
         let _ = writeln!(
             out,
-            "| {:.0} | {} | {} | {:.2}× | {}k | {} | {:.3} | {:.3} | {:.1} % | {} | {:.0} | {} | {:.1} |",
+            "| {:.0} | {} | {} | {:.2}× | {}k | {} | {:.3} | {:.3} | {:.1} % | {} | {:.0} | {} | {} | {:.1} |",
             r.writes_per_sec,
             r.processes,
             thousands(r.activities_per_sec),
@@ -634,25 +703,27 @@ fn tables(rows: &[Row], map: &NodeMap) -> String {
             list(&r.reader_cpu_pct, 0),
             r.writer_cpu_pct,
             list(&r.redis_cpu_pct, 0),
+            or_dash(list(&r.replica_cpu_pct, 0)),
             r.load_average,
         );
     }
     let _ = writeln!(
         out,
-        "\n| writes/s | readers | writes/s per master | pushes/s per master (all readers) | keys per push | answers checked | stale | staleness window ms (at least) | stale p50 / p99 ms | wrong |"
+        "\n| writes/s | readers | writes/s per master | pushes/s per shard (all readers) | pushes per write, per reader | keys per push | answers checked | stale | staleness window ms (at least) | stale p50 / p99 ms | wrong |"
     );
-    let _ = writeln!(out, "|---|---|---|---|---|---|---|---|---|---|");
+    let _ = writeln!(out, "|---|---|---|---|---|---|---|---|---|---|---|");
     for r in rows {
         let v = &r.verdict;
         let pushes: f64 = r.pushes_per_sec_per_node.iter().sum();
         let keys: f64 = r.keys_per_sec_per_node.iter().sum();
         let _ = writeln!(
             out,
-            "| {:.0} | {} | {} | {} | {:.2} | {} | {} | {:.2} ({:.2}) | {:.2} / {:.2} | **{}** |",
+            "| {:.0} | {} | {} | {} | {:.2} | {:.2} | {} | {} | {:.2} ({:.2}) | {:.2} / {:.2} | **{}** |",
             r.writes_per_sec,
             r.processes,
             list(&r.writes_per_sec_per_node, 0),
             list(&r.pushes_per_sec_per_node, 0),
+            r.pushes_per_write_per_reader,
             keys / pushes.max(1e-9),
             thousands(v.observations as f64),
             thousands(v.stale as f64),
@@ -661,6 +732,34 @@ fn tables(rows: &[Row], map: &NodeMap) -> String {
             v.stale_p50_ns as f64 / 1e6,
             v.stale_p99_ns as f64 / 1e6,
             v.wrong,
+        );
+    }
+    // What each node sent one tracking connection, and the background commands it ran.
+    let _ = writeln!(
+        out,
+        "\n| writes/s | readers | pushes/s to one tracker, masters | replicas | keys per push, masters | replicas | keys per write, per reader | `ROLE`/s per node | `CLUSTER NODES`/s per node |"
+    );
+    let _ = writeln!(out, "|---|---|---|---|---|---|---|---|---|");
+    for r in rows {
+        let m = r.redis_cpu_pct.len();
+        let per_push = |from: usize, to: usize| -> Vec<f64> {
+            (from..to)
+                .map(|n| r.probe_keys_per_sec[n] / r.probe_pushes_per_sec[n].max(1e-9))
+                .collect()
+        };
+        let n = r.probe_pushes_per_sec.len();
+        let _ = writeln!(
+            out,
+            "| {:.0} | {} | {} | {} | {} | {} | {:.2} | {} | {} |",
+            r.writes_per_sec,
+            r.processes,
+            list(&r.probe_pushes_per_sec[..m], 0),
+            or_dash(list(&r.probe_pushes_per_sec[m..], 0)),
+            list(&per_push(0, m), 2),
+            or_dash(list(&per_push(m, n), 2)),
+            r.keys_per_write_per_reader,
+            list(&r.role_per_sec, 1),
+            list(&r.cluster_nodes_per_sec, 1),
         );
     }
     if rows.iter().any(|r| r.fault_at_s.is_some()) {

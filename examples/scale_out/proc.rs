@@ -6,10 +6,27 @@ use std::time::Duration;
 
 use enrich::bench::scale::now_ns;
 
-/// CPU seconds (user and system, every thread) this process has used: fields 14 and 15 of
-/// /proc/self/stat, in clock ticks of 1/100 s (Linux's `USER_HZ` on every architecture).
+/// CPU seconds (user and system) this process has used: the scheduler's run time of each of
+/// its threads (`/proc/self/task/*/schedstat`, in nanoseconds), so that the few milliseconds
+/// a run's invalidations cost show; the tick counts of /proc/self/stat (1/100 s) where that
+/// cannot be read.
 pub fn cpu_secs() -> f64 {
-    cpu_secs_of("self")
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return cpu_secs_of("self");
+    };
+    let mut ns = 0u64;
+    for task in tasks.flatten() {
+        let stat = std::fs::read_to_string(task.path().join("schedstat")).unwrap_or_default();
+        match stat
+            .split_whitespace()
+            .next()
+            .and_then(|n| n.parse::<u64>().ok())
+        {
+            Some(n) => ns += n,
+            None => return cpu_secs_of("self"),
+        }
+    }
+    ns as f64 / 1e9
 }
 
 /// The same for process `pid` (`"self"` for this one); 0 when it cannot be read.
@@ -83,4 +100,24 @@ pub fn info(port: u16) -> Result<String, String> {
 /// The server's CPU seconds, user and system, main and background threads.
 pub fn server_cpu_secs(info: &str) -> f64 {
     info_number(info, "used_cpu_sys:") + info_number(info, "used_cpu_user:")
+}
+
+/// The calls of `command` (`role`, `cluster|nodes`) in an `INFO all`'s commandstats; 0 when
+/// it never ran.
+pub fn command_calls(info: &str, command: &str) -> f64 {
+    info.lines()
+        .find_map(|l| l.strip_prefix(&format!("cmdstat_{command}:calls=")))
+        .and_then(|v| v.split(',').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// The microseconds `command` spent executing, from an `INFO all`'s commandstats; 0 when it
+/// never ran.
+pub fn command_usec(info: &str, command: &str) -> f64 {
+    info.lines()
+        .find_map(|l| l.strip_prefix(&format!("cmdstat_{command}:")))
+        .and_then(|v| v.split(',').find_map(|f| f.strip_prefix("usec=")))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
 }

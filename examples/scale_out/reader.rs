@@ -1,5 +1,5 @@
 //! One reader process: an [`Enricher`] over the cluster store (its L1, its loads in flight,
-//! its tracking connection per master) enriching pages of activities as a feed server would,
+//! its tracking connection per node) enriching pages of activities as a feed server would,
 //! recording what each page served.
 
 use std::cell::{Cell, RefCell};
@@ -8,6 +8,7 @@ use std::time::Duration;
 use clap::Args;
 use enrich::bench::scale::{PageRecord, Seen, now_ns, observe};
 use enrich::bench::{Rng, Zipf};
+use enrich::store::ReadFrom;
 use enrich::{Depth, Enricher, RawPage, StoreOptions, UserSource, store};
 use serde::{Deserialize, Serialize};
 
@@ -38,6 +39,9 @@ pub struct ReaderArgs {
     /// Do not watch the store: writes are seen when the L1's entries expire.
     #[arg(long)]
     pub no_tracking: bool,
+    /// Read from replicas that have caught up (`ReadFrom::Replicas`).
+    #[arg(long)]
+    pub read_from_replicas: bool,
 }
 
 /// What a reader says when it is done (its answers are in `reader-N.pages`).
@@ -125,7 +129,13 @@ fn index_of(id: &[u8], users: u32) -> Option<u32> {
 
 pub async fn run(args: ReaderArgs) -> Result<(), String> {
     let common = &args.common;
-    let options = StoreOptions::new().namespace(common.namespace.clone());
+    let read_from = match args.read_from_replicas {
+        true => ReadFrom::Replicas,
+        false => ReadFrom::Masters,
+    };
+    let options = StoreOptions::new()
+        .namespace(common.namespace.clone())
+        .read_from(read_from);
     let store = store::open(&common.url, &options)
         .await
         .map_err(|e| format!("cannot open {}: {e}", common.url))?;
