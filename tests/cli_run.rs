@@ -1044,8 +1044,7 @@ fn progress_never_mixes_into_output_on_a_terminal() {
 
 /// Standard output redirected to a file, as a shell does it: written from where the file
 /// stands, left where the output ends (the shell's next write to the same file follows it),
-/// and appended to when opened to append, whether the chunks write the file themselves or the
-/// writer thread does it for them.
+/// and appended to when opened to append.
 #[test]
 fn a_redirected_output_is_written_where_the_shell_expects() {
     let dir = tempfile::tempdir().unwrap();

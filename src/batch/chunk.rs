@@ -9,11 +9,10 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch};
 use super::distinct::Distinct;
 use super::lines::LineRef;
 use super::read::RawLines;
-use super::write::Placed;
 use super::{MAX_LINE, PIECE_BYTES, RunOptions};
 use crate::cache::Memo;
 use crate::enricher::{EnrichedPage, Enricher};
-use crate::error::{Error, ErrorKind};
+use crate::error::Error;
 use crate::page::RawPage;
 use crate::retry::Backoff;
 use crate::stats::EnrichStats;
@@ -31,8 +30,6 @@ pub(super) struct Shared {
     pub(super) names: Arc<[Arc<str>]>,
     /// The distinct ids of the chunks enriched.
     pub(super) distinct: Distinct,
-    /// Set when the chunks write their pieces into the output themselves.
-    pub(super) placed: Option<Arc<Placed>>,
 }
 
 /// What a chunk hands the writer, in line order.
@@ -44,8 +41,6 @@ pub(super) enum Piece {
         lines: u64,
         budget: OwnedSemaphorePermit,
     },
-    /// Complete enriched lines the chunk wrote into the output itself, ending at `end`.
-    Placed { lines: u64, end: u64 },
     /// A line that could not be enriched.
     Rejected(Rejected),
     /// Every line of the chunk was handed over: its counters, and its buffers to reuse.
@@ -208,31 +203,30 @@ pub(super) async fn process(
     }
     piece.close(&mut steps);
 
-    // The chunk's budget (and its place in a placed output), in input order. When all of it
-    // is there at once (the usual case) the turn passes before anything is rendered, so
-    // chunks render side by side: holding the turn while rendering made rendering a one-core
-    // stage of the job (perf, 1M activities: 16 % of the CPU, one chunk at a time).
-    // Otherwise the chunk keeps the turn and takes each piece's share as the writer frees
-    // it, rendering as it goes, as the chunk the writer waits for must never wait for chunks
-    // behind it.
+    // The chunk's budget, in input order. When all of it is there at once (the usual case)
+    // the turn passes before anything is rendered, so chunks render side by side: holding the
+    // turn while rendering made rendering a one-core stage of the job (perf, 1M activities:
+    // 16 % of the CPU, one chunk at a time). Otherwise the chunk keeps the turn and takes
+    // each piece's share as the writer frees it, rendering as it goes, as the chunk the writer
+    // waits for must never wait for chunks behind it.
     turn.wait().await;
     let mut steps = steps.into_iter().peekable();
     let mut ready = Vec::new();
     while let Some(step) = steps.peek() {
-        let claim = match step {
+        let budget = match step {
             Step::Lines(plan) => match plan.try_budget(&shared) {
-                Some(budget) => Some(Claim::new(&shared, plan, budget)),
+                Some(budget) => Some(budget),
                 None => break,
             },
             Step::Rejected(_) => None,
         };
-        ready.push((steps.next().expect("peeked"), claim));
+        ready.push((steps.next().expect("peeked"), budget));
     }
     if steps.peek().is_none() {
         turn.pass();
     }
-    for (step, claim) in ready {
-        step.hand_over(&shared, &enriched, &pieces, claim).await;
+    for (step, budget) in ready {
+        step.hand_over(&shared, &enriched, &pieces, budget).await;
     }
     for step in steps {
         step.hand_over(&shared, &enriched, &pieces, None).await;
@@ -255,15 +249,15 @@ enum Step {
 }
 
 impl Step {
-    /// Sends the step on: a piece is rendered with `claim`, its share of the output budget and
-    /// its place, or first takes them (all of the budget for a piece larger than it, which is
-    /// then rendered alone).
+    /// Sends the step on: a piece is rendered with `budget`, its share of the output budget,
+    /// or first takes it (all of it for a piece larger than the budget, which is then
+    /// rendered alone).
     async fn hand_over(
         self,
         shared: &Shared,
         enriched: &EnrichedPage<'_>,
         pieces: &mpsc::UnboundedSender<Piece>,
-        claim: Option<Claim>,
+        budget: Option<OwnedSemaphorePermit>,
     ) {
         let plan = match self {
             Step::Rejected(rejected) => {
@@ -272,17 +266,14 @@ impl Step {
             }
             Step::Lines(plan) => plan,
         };
-        let claim = match claim {
-            Some(claim) => claim,
-            None => {
-                let budget = shared
-                    .budget
-                    .clone()
-                    .acquire_many_owned(plan.share(shared))
-                    .await
-                    .expect("the output budget is never closed");
-                Claim::new(shared, &plan, budget)
-            }
+        let budget = match budget {
+            Some(budget) => budget,
+            None => shared
+                .budget
+                .clone()
+                .acquire_many_owned(plan.share(shared))
+                .await
+                .expect("the output budget is never closed"),
         };
         let Plan { docs, bytes } = plan;
         let mut out = shared.spares.outputs.take().unwrap_or_default();
@@ -293,38 +284,7 @@ impl Step {
             out.push(b'\n');
         }
         debug_assert_eq!(out.len(), bytes, "doc_len is exact");
-        let Claim { budget, at } = claim;
-        let (Some(placed), Some(at)) = (&shared.placed, at) else {
-            let _ = pieces.send(Piece::Lines { out, lines, budget });
-            return;
-        };
-        let piece = match placed.write_at(&out, at) {
-            Ok(()) => Piece::Placed {
-                lines,
-                end: at + bytes as u64,
-            },
-            Err(err) => Piece::Failed(
-                Error::new(ErrorKind::Internal, "cannot write output").with_cause(err),
-            ),
-        };
-        drop(budget);
-        shared.spares.recycle_output(out);
-        let _ = pieces.send(piece);
-    }
-}
-
-/// What a piece takes before it is rendered, in input order: its share of the output budget,
-/// and in a placed output the bytes of the file it is written to.
-#[derive(Debug)]
-struct Claim {
-    budget: OwnedSemaphorePermit,
-    at: Option<u64>,
-}
-
-impl Claim {
-    fn new(shared: &Shared, plan: &Plan, budget: OwnedSemaphorePermit) -> Claim {
-        let at = (shared.placed.as_ref()).map(|placed| placed.reserve(plan.bytes));
-        Claim { budget, at }
+        let _ = pieces.send(Piece::Lines { out, lines, budget });
     }
 }
 

@@ -14,9 +14,7 @@
 //!    up to [`IN_FLIGHT`] chunks (two per worker thread of the runtime, if that is more) are
 //!    in the works at once, on any core, each with a memo and buffers of its own taken from
 //!    small pools;
-//! 3. a writer thread takes the pieces in input order and writes them; or, when the output is
-//!    a regular file, each chunk writes its pieces itself at the offsets they reserved in
-//!    input order, and the writer thread only counts them (see `write::Placed`).
+//! 3. a writer thread takes the pieces in input order and writes them.
 //!
 //! Every input line ends as exactly one output line or one rejected line.
 //!

@@ -32,7 +32,6 @@ pub async fn run(
     let started = Instant::now();
     let in_flight = super::in_flight();
     let spares = chunk::Spares::new(in_flight);
-    let placed = output.placed().map(Arc::new);
     let shared = Arc::new(chunk::Shared {
         enricher: enricher.clone(),
         options: options.clone(),
@@ -40,13 +39,11 @@ pub async fn run(
         budget: Arc::new(Semaphore::new(options.max_pending_output)),
         names: read::names(&inputs),
         distinct: Default::default(),
-        placed: placed.clone(),
     });
     let (queue, queued) = mpsc::unbounded_channel();
     let abort = Arc::new(AtomicBool::new(false));
     let mut writer = match write::spawn(
         output,
-        placed.clone(),
         rejects,
         queued,
         spares.clone(),
@@ -137,18 +134,6 @@ pub async fn run(
     };
     reader.abort();
     tasks.abort_all();
-    let placed_end = match &placed {
-        Some(placed) => {
-            // Chunks still writing their pieces end first; one stuck in a write is not waited
-            // for beyond the grace a stopping run gives.
-            let _ = tokio::time::timeout(FORCED_STOP_GRACE, async {
-                while tasks.join_next().await.is_some() {}
-            })
-            .await;
-            placed.finish()
-        }
-        None => Ok(()),
-    };
     let mut summary = RunSummary {
         elapsed: started.elapsed(),
         interrupted: stopped,
@@ -173,13 +158,9 @@ pub async fn run(
     summary.rejected = report.rejected;
     summary.stats = report.stats;
     summary.distinct_users = shared.distinct.count();
-    match (report.end, placed_end) {
-        (write::End::Failed(error), _) => Err(RunError { summary, error }),
-        (_, Err(err)) => {
-            let error = Error::new(ErrorKind::Internal, "cannot end the output").with_cause(err);
-            Err(RunError { summary, error })
-        }
-        (write::End::Finished | write::End::Stopped, Ok(())) => Ok(summary),
+    match report.end {
+        write::End::Finished | write::End::Stopped => Ok(summary),
+        write::End::Failed(error) => Err(RunError { summary, error }),
     }
 }
 

@@ -2,14 +2,12 @@
 //!
 //! A thread rather than a task, so that writes go straight from the pieces to the file
 //! descriptor (no copy into an async runtime's buffer) and the writer knows, after each write,
-//! that every byte it has written ends a complete line. Into a regular file the chunks write
-//! their pieces themselves ([`Placed`]); the writer then keeps the count of what is written
-//! in order, and the rejects.
+//! that every byte it has written ends a complete line.
 
 use std::fs::File;
-use std::io::{Seek, SeekFrom, Write};
+use std::io::{Seek, Write};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use tokio::sync::{OwnedSemaphorePermit, mpsc, oneshot};
 
@@ -90,32 +88,6 @@ impl Output {
         self.mark.is_some()
     }
 
-    /// The output as a file the chunks write into themselves, if it is a regular file written
-    /// from its end and not opened to append (where every write goes to the end, wherever it
-    /// was aimed).
-    pub(super) fn placed(&self) -> Option<Placed> {
-        #[cfg(unix)]
-        {
-            let Target::File(file) = &self.target else {
-                return None;
-            };
-            let mark = self.mark?;
-            let flags = rustix::fs::fcntl_getfl(file).ok()?;
-            if flags.contains(rustix::fs::OFlags::APPEND) {
-                return None;
-            }
-            let at = (&*file).stream_position().ok()?;
-            (at == mark).then_some(())?;
-            Some(Placed {
-                file: file.try_clone().ok()?,
-                next: AtomicU64::new(at),
-                done: AtomicU64::new(at),
-            })
-        }
-        #[cfg(not(unix))]
-        None
-    }
-
     /// Writes complete lines; on a failure, cuts a regular file back to its last complete line.
     fn write_lines(&mut self, lines: &[u8]) -> std::io::Result<()> {
         let written = match &mut self.target {
@@ -136,62 +108,6 @@ impl Output {
             }
         }
         written
-    }
-}
-
-/// A regular file that the chunks write into side by side, each piece at the offset it
-/// reserved in input order (`pwrite`), rather than handing their pieces to the writer thread.
-///
-/// One thread writing every byte was the job's one-core stage: perf, `enrich run` over 1M
-/// activities (664 MB out), the writer thread 12 % of the job's CPU, most of it the kernel's
-/// copy into the page cache, while a worker waited for it to take the next piece. Placed, a
-/// piece is written by the worker that rendered it, while it is still in that core's cache,
-/// and the writer thread only counts the lines written, in order.
-///
-/// What is kept stays complete lines: pieces are written out of order only among the chunks
-/// in the works; if the run fails or is stopped short, the file is cut back to the end of the
-/// last piece written with every piece before it ([`Placed::finish`]), and the file's position
-/// is left at the end of what was written. A process killed outright (SIGKILL) may leave, in
-/// its last few megabytes, pieces written after a gap of NUL bytes where a piece was not
-/// written yet.
-#[derive(Debug)]
-pub(super) struct Placed {
-    file: File,
-    /// Where the next piece goes: reserved in input order (chunks take turns).
-    next: AtomicU64,
-    /// Where the last piece written with every piece before it ends.
-    done: AtomicU64,
-}
-
-impl Placed {
-    /// Reserves the next `bytes` of the file; returns where they start.
-    pub(super) fn reserve(&self, bytes: usize) -> u64 {
-        self.next.fetch_add(bytes as u64, Ordering::Relaxed)
-    }
-
-    /// Writes `bytes` at `at`, all of them.
-    pub(super) fn write_at(&self, bytes: &[u8], at: u64) -> std::io::Result<()> {
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::FileExt;
-            self.file.write_all_at(bytes, at)
-        }
-        #[cfg(not(unix))]
-        {
-            let _ = (bytes, at);
-            unreachable!("placed output is made on unix only")
-        }
-    }
-
-    /// Ends the writing once no chunk writes any more: cuts off pieces written after one that
-    /// was not (a run that failed or stopped short), and leaves the file's position at the end
-    /// of what is kept, where a shell's next command writing to the same file goes on.
-    pub(super) fn finish(&self) -> std::io::Result<()> {
-        let end = self.done.load(Ordering::Acquire);
-        if self.next.load(Ordering::Acquire) != end {
-            self.file.set_len(end)?;
-        }
-        (&self.file).seek(SeekFrom::Start(end)).map(drop)
     }
 }
 
@@ -230,7 +146,6 @@ pub(super) struct Report {
 /// Starts the writer thread; its report comes when it ends.
 pub(super) fn spawn(
     output: Output,
-    placed: Option<Arc<Placed>>,
     rejects: Option<Output>,
     queue: mpsc::UnboundedReceiver<Queued>,
     spares: Spares,
@@ -240,7 +155,6 @@ pub(super) fn spawn(
     let (report, reported) = oneshot::channel();
     let writer = Writer {
         output,
-        placed,
         rejects: rejects.map(|r| (r, Vec::new())),
         written: 0,
         rejected: 0,
@@ -259,8 +173,6 @@ pub(super) fn spawn(
 
 struct Writer {
     output: Output,
-    /// Set when the chunks write the output themselves.
-    placed: Option<Arc<Placed>>,
     /// The rejects file and the records of the chunk being written, written at its end.
     rejects: Option<(Output, Vec<u8>)>,
     written: u64,
@@ -314,13 +226,6 @@ impl Writer {
                     self.written += lines;
                     self.progress.add_written(lines);
                     self.spares.recycle_output(out);
-                }
-                Some(Piece::Placed { lines, end }) => {
-                    if let Some(placed) = &self.placed {
-                        placed.done.store(end, Ordering::Release);
-                    }
-                    self.written += lines;
-                    self.progress.add_written(lines);
                 }
                 Some(Piece::Rejected(rejected)) => {
                     self.rejected += 1;
