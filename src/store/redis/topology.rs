@@ -133,6 +133,14 @@ impl SlotMap {
         &self.shards
     }
 
+    /// True if this map says some of `keys` are served by another master than `master` (a
+    /// failover or a slot move since `master` was chosen for them).
+    pub(super) fn elsewhere<K: AsRef<[u8]>>(&self, keys: &[K], master: &Node) -> bool {
+        keys.iter().any(|key| {
+            (self.shard_of(slot(key.as_ref()))).is_some_and(|s| self.shards[s].master != *master)
+        })
+    }
+
     /// Every master that serves at least one slot, sorted.
     pub(super) fn masters(&self) -> Vec<Node> {
         let mut nodes: Vec<Node> = self.shards.iter().map(|s| s.master.clone()).collect();
@@ -323,6 +331,31 @@ impl Topology {
         crate::sync::read(&self.map).clone()
     }
 
+    /// `work` (on `master`, for `keys`), unless the map changes while it runs so that `master`
+    /// no longer serves all of `keys` (a failover of a master that hangs): then `None`, and
+    /// `work` is dropped, without waiting for the old node's timeout.
+    pub(super) async fn unless_moved<F: std::future::Future>(
+        &self,
+        work: F,
+        keys: &[&str],
+        master: &Node,
+    ) -> Option<F::Output> {
+        tokio::pin!(work);
+        loop {
+            let changed = self.changed.notified();
+            tokio::pin!(changed);
+            // Registered before the map is looked at, so no change slips in between.
+            changed.as_mut().enable();
+            if self.current().elsewhere(keys, master) {
+                return None;
+            }
+            tokio::select! {
+                done = &mut work => return Some(done),
+                _ = changed => {}
+            }
+        }
+    }
+
     /// Reads the map again (or waits for a refresh that began after this call) and installs
     /// it; the map now.
     pub(super) async fn refresh(&self) -> redis::RedisResult<Arc<SlotMap>> {
@@ -480,6 +513,12 @@ mod tests {
         assert_eq!(map.nodes().len(), 4);
         let key = map.key_elsewhere(&first.master).unwrap();
         assert_eq!(map.shard_of(slot(key.as_bytes())), map.shard_of(5461));
+        assert!(map.elsewhere(&[key.as_str()], &first.master));
+        assert!(!map.elsewhere(&[key.as_str()], &node(7001)));
+        // A slot no master serves is nobody else's either.
+        let mut unserved = map.clone();
+        unserved.owner.fill(None);
+        assert!(!unserved.elsewhere(&[key.as_str()], &first.master));
         assert!(!map.same_masters(&SlotMap::empty()));
         assert!(map.same_masters(&map.clone()));
     }
