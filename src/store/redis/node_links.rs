@@ -1,5 +1,5 @@
-//! Direct connections to each node of a cluster: for the pipelines of batch writes, for the
-//! reads of a page, and for reading the slot map.
+//! Direct connections to each node of a cluster: for every write (a single one is a
+//! pipeline of one), for the reads of a page, and for reading the slot map.
 //!
 //! Not through the cluster connection, because it treats a pipeline as one request: if one of
 //! its commands is answered `MOVED` (a slot that moved since our map was read), it sends the
@@ -8,11 +8,14 @@
 //! refused ones again one by one, through the cluster connection, which follows redirects
 //! safely for a single command (one that was refused was not run).
 //!
-//! Reads and the slot map go this way too, because the cluster connection retries a command
-//! that timed out on the same node, and reads its own map from one node after another: a
-//! master that hangs would cost several response timeouts per read, and hold up everything
-//! else while it is asked for the map. Here a node that does not answer costs its caller one
-//! response timeout, and nobody else anything.
+//! Single writes, reads and the slot map go this way too, because the cluster connection
+//! retries a command that timed out on the same node, and reads its own map from one node
+//! after another: a master that hangs would cost several response timeouts per read, take
+//! write after write until the crate's own map had changed, and hold up everything else while
+//! it is asked for the map. Here a node that does not answer costs its caller one response
+//! timeout, and nobody else anything; and connecting is a step of its own ([`NodeLinks::connect`]),
+//! so a caller knows whether its write was sent, and may give up a connection that is slow
+//! to be made (to a node that hangs) when the map names another master.
 
 use std::collections::HashMap;
 
@@ -30,14 +33,6 @@ pub(super) struct NodeLinks {
     /// master's slots instead of redirecting them.
     read_only: bool,
     links: std::sync::Mutex<HashMap<Node, MultiplexedConnection>>,
-}
-
-/// Why a pipeline did not get its answers.
-pub(super) enum Failed {
-    /// No connection to the node could be made: nothing was sent.
-    NotSent(redis::RedisError),
-    /// It was sent, and its answers were lost: its commands may have run.
-    Lost(redis::RedisError),
 }
 
 impl NodeLinks {
@@ -65,10 +60,23 @@ impl NodeLinks {
         }
     }
 
-    async fn connection(&self, node: &Node) -> RedisResult<MultiplexedConnection> {
-        if let Some(conn) = crate::sync::lock(&self.links).get(node) {
-            return Ok(conn.clone());
-        }
+    /// A connection to `node`, opened if there is none; an error here means that nothing was
+    /// sent. A caller may drop the future while the node is slow to answer (a node that hangs
+    /// accepts the connection and then never answers its setup): nothing is sent then either.
+    pub(super) async fn connect<'a>(&'a self, node: &'a Node) -> RedisResult<Link<'a>> {
+        let cached = crate::sync::lock(&self.links).get(node).cloned();
+        let conn = match cached {
+            Some(conn) => conn,
+            None => self.open(node).await?,
+        };
+        Ok(Link {
+            links: self,
+            node,
+            conn,
+        })
+    }
+
+    async fn open(&self, node: &Node) -> RedisResult<MultiplexedConnection> {
         // Connected without the lock: a node that does not answer (a partition) must not hold
         // up the others for the connect timeout.
         let client =
@@ -89,16 +97,30 @@ impl NodeLinks {
         Ok(links.entry(node.clone()).or_insert(conn).clone())
     }
 
-    /// Sends `pipe` to `node` and answers each command's reply, a refusal among them.
-    pub(super) async fn send(&self, node: &Node, pipe: &Pipeline) -> Result<Vec<Value>, Failed> {
-        let mut conn = self.connection(node).await.map_err(Failed::NotSent)?;
-        match conn.req_packed_commands(pipe, 0, pipe.len()).await {
-            Ok(values) => Ok(values),
-            Err(err) => {
-                // The next batch connects afresh.
-                crate::sync::lock(&self.links).remove(node);
-                Err(Failed::Lost(err))
-            }
+    /// Sends `pipe` to `node` and answers each command's reply, a refusal among them; for a
+    /// caller to whom a pipeline not sent and one whose answers were lost are the same (a
+    /// read).
+    pub(super) async fn send(&self, node: &Node, pipe: &Pipeline) -> RedisResult<Vec<Value>> {
+        self.connect(node).await?.send(pipe).await
+    }
+}
+
+/// A connection to one node, ready: what is sent on it may run.
+pub(super) struct Link<'a> {
+    links: &'a NodeLinks,
+    node: &'a Node,
+    conn: MultiplexedConnection,
+}
+
+impl Link<'_> {
+    /// Sends `pipe` and answers each command's reply, a refusal among them; an error means
+    /// the answers were lost, and the commands may have run.
+    pub(super) async fn send(mut self, pipe: &Pipeline) -> RedisResult<Vec<Value>> {
+        let sent = self.conn.req_packed_commands(pipe, 0, pipe.len()).await;
+        if sent.is_err() {
+            // The next batch connects afresh.
+            crate::sync::lock(&self.links.links).remove(self.node);
         }
+        sent
     }
 }

@@ -133,7 +133,7 @@ impl Lua {
 
 /// The user scripts: the command of each user write, for both Redis backends to send (with
 /// the `WAIT` of their write concern, see [`super::concern`]), and what its answer means. The
-/// connection routes each command (on a cluster, to the node of the key's slot).
+/// store sends each command to its server (on a cluster, to the master of the key's slot).
 pub(super) struct Scripts {
     add: Lua,
     update: Lua,

@@ -23,10 +23,11 @@
 //! replacement's newer epoch. Refreshes asked for while one runs share its answer, and two
 //! begin at least 50 ms apart.
 //!
-//! When the map changes, the `redis` crate's own connections are told too: it re-reads its
-//! map on a `MOVED`, but it retries a command that timed out on the same node, so after a
-//! master hangs it would keep sending writes to it. Each connection it holds is sent one
-//! command that the new map says another master serves, and the redirect makes it re-read.
+//! When the map changes, the `redis` crate's own connections (what a refused read or write
+//! falls back to) are told too: it re-reads its map on a `MOVED`, but it retries a command
+//! that timed out on the same node, so after a master hangs it would keep sending to it. Each
+//! connection it holds is sent one command that the new map says another master serves, and
+//! the redirect makes it re-read.
 
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
@@ -36,7 +37,7 @@ use redis::Value;
 use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
 
-use super::node_links::{Failed, NodeLinks};
+use super::node_links::NodeLinks;
 
 /// The number of hash slots of a Redis Cluster.
 pub(super) const SLOTS: usize = 16384;
@@ -418,7 +419,7 @@ impl Topology {
                         }
                         None => Err(unreadable("nothing".to_string())),
                     },
-                    Ok(Err(Failed::NotSent(err) | Failed::Lost(err))) => Err(err),
+                    Ok(Err(err)) => Err(err),
                     Err(_) => Err(redis::RedisError::from(std::io::Error::from(
                         std::io::ErrorKind::TimedOut,
                     ))),

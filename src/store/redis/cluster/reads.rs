@@ -10,7 +10,6 @@ use redis::Value;
 
 use super::ClusterStore;
 use crate::error::Result;
-use crate::store::redis::node_links::Failed;
 use crate::store::redis::topology::{Node, Shard, SlotMap};
 
 /// Reads the keys given as arguments, all served by the node that runs it. `no-writes` lets it
@@ -55,7 +54,7 @@ impl ClusterStore {
                     "a read answered nothing",
                 )))),
             },
-            Err(Failed::NotSent(err) | Failed::Lost(err)) => Err(Unread::Unreachable(err)),
+            Err(err) => Err(Unread::Unreachable(err)),
         }
     }
 
