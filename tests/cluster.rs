@@ -1,6 +1,6 @@
 //! The engine on a private three-master Redis Cluster: the golden run through the CLI, reads
 //! per node from each node's own statistics, coherence across enrichers, a slot migration
-//! under reads, and a killed master.
+//! under reads and under writes, and a killed master.
 
 mod support;
 
@@ -315,6 +315,102 @@ async fn a_slot_migration_under_reads_gives_no_wrong_answer() {
         assert!(cluster.stat(node, "cmdstat_eval_ro:calls=") <= 1);
         assert_eq!(cluster.stat(node, "cmdstat_mget:calls="), 0, "node {node}");
     }
+}
+
+/// Single writes while their slots move: a write the old owner refuses (`ASK` for a key that
+/// has moved already, `MOVED` once the slot is the new owner's) was not run there, and is sent
+/// where the key is now. Every write is answered, none of unknown outcome; a refused one (the
+/// cluster may say `TRYAGAIN` for a moment) changed nothing; each user ends as last written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn single_writes_during_a_slot_migration_follow_the_keys() {
+    let cluster = start().await;
+    let store = open(&cluster).await;
+    let names: Vec<String> = (0..6).map(|i| format!("w{i}")).collect();
+    for name in &names {
+        store.add(&user(name, 0), false).await.unwrap();
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = tokio::spawn({
+        let (store, names, stop) = (store.clone(), names.clone(), stop.clone());
+        async move {
+            // What each user holds: the version last applied, `None` once deleted.
+            let mut held: Vec<Option<i64>> = vec![Some(0); names.len()];
+            let (mut writes, mut refused) = (0u64, 0u64);
+            let mut v = 0;
+            let check = |result: enrich::Result<()>, refused: &mut u64| -> bool {
+                match result {
+                    Ok(()) => true,
+                    Err(err) => {
+                        // An answer that says nothing was applied, never a lost one.
+                        assert_eq!(err.kind(), enrich::ErrorKind::Unavailable, "{err}");
+                        *refused += 1;
+                        false
+                    }
+                }
+            };
+            while !stop.load(Ordering::Relaxed) {
+                for (k, name) in names.iter().enumerate() {
+                    v += 1;
+                    writes += 1;
+                    // Updates, and every third write a delete and a create: the create of a
+                    // key gone from the old owner is what `ASK` sends to the new one.
+                    match held[k] {
+                        Some(_) if v % 3 == 0 => {
+                            if check(store.delete(&id(name)).await, &mut refused) {
+                                held[k] = None;
+                            }
+                        }
+                        Some(_) => {
+                            let updated = store.update(&user(name, v)).await.map(drop);
+                            if check(updated, &mut refused) {
+                                held[k] = Some(v);
+                            }
+                        }
+                        None => {
+                            let added = store.add(&user(name, v), false).await.map(drop);
+                            if check(added, &mut refused) {
+                                held[k] = Some(v);
+                            }
+                        }
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            (held, writes, refused)
+        }
+    });
+    let moves: Vec<(u16, usize)> = (names.iter())
+        .map(|n| {
+            let slot = cluster.slot_of(&format!("enrich:user:{n}"));
+            (slot, cluster.owner_of(slot))
+        })
+        .collect();
+    let cluster = tokio::task::spawn_blocking(move || {
+        for (slot, from) in moves {
+            cluster.migrate_slot(slot, from, (from + 1) % 3, Duration::from_millis(50));
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        cluster
+    })
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, Ordering::Relaxed);
+    let (held, writes, refused) = writer.await.unwrap();
+    let asking: u64 = (0..3)
+        .map(|i| cluster.stat(i, "cmdstat_asking:calls="))
+        .sum();
+    eprintln!("{writes} writes during the migration, {refused} refused, {asking} ASKING");
+    assert!(writes > 60, "{writes}");
+    // Some writes met a key mid-move, and were sent on to its new owner.
+    assert!(asking > 0, "no write met a key mid-move");
+    assert!(refused * 10 <= writes, "{refused} refused of {writes}");
+    for (name, held) in names.iter().zip(held) {
+        let stored = store.get_many(&[id(name)]).await.unwrap().pop().unwrap();
+        let v = stored.map(|u| u.to_value()["data"]["v"].as_i64().unwrap());
+        assert_eq!(v, held, "{name}");
+    }
+    drop(cluster);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
