@@ -470,4 +470,15 @@ async fn a_killed_master_makes_only_its_users_unavailable() {
     let lost = &names[owner.iter().position(|o| *o == 2).unwrap()];
     let err = store.get(&id(lost)).await.unwrap_err();
     assert!(err.is_store_fault(), "{err:?}");
+    // A write to it is a store fault. The first may be sent on the connection the node
+    // closed as it died, and be of unknown outcome (a closed connection does not say whether
+    // what was sent on it arrived); the next cannot connect, so nothing is sent: unavailable.
+    let first = store.update(&user(lost, 2)).await.unwrap_err();
+    assert!(first.is_store_fault(), "{first}");
+    for _ in 0..3 {
+        let err = store.update(&user(lost, 2)).await.unwrap_err();
+        assert_eq!(err.kind(), enrich::ErrorKind::Unavailable, "{err}");
+    }
+    let alive = &names[owner.iter().position(|o| *o != 2).unwrap()];
+    store.update(&user(alive, 2)).await.unwrap();
 }
