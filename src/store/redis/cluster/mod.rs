@@ -80,7 +80,7 @@ use super::concern::{self, Answer, WriteConcern};
 use super::entries::{self, EntryScript, Mode};
 use super::fault::fault;
 use super::node_links::NodeLinks;
-use super::scripts::{self, Scripts, import_changed};
+use super::scripts::{self, Scripts};
 use super::topology::{NodeUrls, Topology, seed_node, slot};
 use crate::collection::{EntryJson, EntryKey, NewEntry, StoredEntry};
 use crate::error::{Error, Result};
@@ -312,23 +312,20 @@ impl UserStore for ClusterStore {
         let json = user.to_json(now, now);
         let key = self.key(user.id());
         let answer = self.write_one(&key, self.scripts.add(&key, &json)).await;
-        answer.confirm_when(
-            |value| scripts::added(&self.describe, user, json, get_or_create, value),
-            |added| added.created,
-        )
+        scripts::added(&self.describe, user, json, get_or_create, answer)
     }
 
     async fn update(&self, user: &NewUser) -> Result<UserJson> {
         let key = self.key(user.id());
         let update = self.scripts.update(&key, user, Timestamp::now());
         let answer = self.write_one(&key, update).await;
-        answer.confirm(|value| scripts::updated(&self.describe, user, value))
+        scripts::updated(&self.describe, user, answer)
     }
 
     async fn delete(&self, id: &UserId) -> Result<()> {
         let key = self.key(id);
         let answer = self.write_one(&key, Scripts::delete(&key)).await;
-        answer.confirm(|value| scripts::deleted(&self.describe, id, value))
+        scripts::deleted(&self.describe, id, answer)
     }
 
     /// One import script per slot of the batch (a script may only touch keys of one slot, and
@@ -367,10 +364,7 @@ impl UserStore for ClusterStore {
             .await;
         let mut outcomes = vec![ImportOutcome::Skipped; users.len()];
         for ((positions, batch), answer) in groups.iter().zip(&batches).zip(answers) {
-            let done = answer.confirm_when(
-                |value| scripts::imported(&self.describe, batch, value),
-                |outcomes| import_changed(outcomes),
-            )?;
+            let done = scripts::imported(&self.describe, batch, answer)?;
             for (&i, outcome) in positions.iter().zip(done) {
                 outcomes[i] = outcome;
             }
@@ -422,10 +416,7 @@ impl UserStore for ClusterStore {
         let answers = self.write_keys(&names, None, del, del).await;
         let mut removed = 0;
         for answer in answers {
-            removed += answer.confirm_when(
-                |value| entries::removed(&self.describe, value),
-                |&removed| removed > 0,
-            )?;
+            removed += entries::removed(&self.describe, answer)?;
         }
         Ok(removed)
     }

@@ -228,9 +228,7 @@ impl ClusterStore {
             )
             .await;
         (batch.iter().zip(answers))
-            .map(|(&write, answer)| {
-                answer.confirm(|value| entries::written(&self.describe, write, now, value))
-            })
+            .map(|(&write, answer)| entries::written(&self.describe, write, now, answer))
             .collect()
     }
 }
