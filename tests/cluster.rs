@@ -1,6 +1,6 @@
 //! The engine on a private three-master Redis Cluster: the golden run through the CLI, reads
 //! per node from each node's own statistics, coherence across enrichers, a slot migration
-//! under reads and under writes, and a killed master.
+//! under reads and under writes, a master that hangs, and a killed master.
 
 mod support;
 
@@ -411,6 +411,98 @@ async fn single_writes_during_a_slot_migration_follow_the_keys() {
         assert_eq!(v, held, "{name}");
     }
     drop(cluster);
+}
+
+/// The TCP connections open from this machine to local port `port`, by the kernel's table.
+fn connections_to(port: u16) -> usize {
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
+    (table.lines().skip(1))
+        .filter(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            // The remote address, and the state: 01 is ESTABLISHED.
+            fields[2].rsplit(':').next() == Some(&format!("{port:04X}")) && fields[3] == "01"
+        })
+        .count()
+}
+
+/// A master that hangs, after its connection lost a write: the writes that come next, all
+/// at once, wait for one connection attempt together (the node accepts connections and never
+/// answers them), not one socket each; and since none of them was sent, none is of unknown
+/// outcome when the attempt times out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_to_a_hung_master_share_one_connection_attempt() {
+    let mut cluster = start().await;
+    let store = open(&cluster).await;
+    let names: Vec<String> = (0..30).map(|i| format!("h{i}")).collect();
+    for name in &names {
+        store.add(&user(name, 1), false).await.unwrap();
+    }
+    let owner = owners(&cluster, &names);
+    let hung: Vec<String> = (names.iter().zip(&owner))
+        .filter(|(_, o)| **o == 2)
+        .map(|(n, _)| n.clone())
+        .collect();
+    let port = cluster.ports()[2];
+    cluster.freeze(2);
+    let lost = store.update(&user(&hung[0], 2)).await.unwrap_err();
+    assert_eq!(lost.kind(), enrich::ErrorKind::OutcomeUnknown, "{lost}");
+    // The Redis client's own connections, and one of ours for reading the slot map.
+    let before = connections_to(port);
+    let writes: Vec<_> = (0..40)
+        .map(|i| {
+            let (store, name) = (store.clone(), hung[i % hung.len()].clone());
+            tokio::spawn(async move { store.update(&user(&name, 3)).await })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let open = connections_to(port);
+    eprintln!("{open} connections to the hung node while 40 writes wait for it, {before} before");
+    assert!(
+        open <= before + 1,
+        "{open} connections to the hung node, {before} before"
+    );
+    for write in writes {
+        let err = write.await.unwrap().unwrap_err();
+        assert!(err.is_store_fault(), "{err:?}");
+        assert_ne!(err.kind(), enrich::ErrorKind::OutcomeUnknown, "{err}");
+    }
+    cluster.thaw(2);
+}
+
+/// A write given up while its connection was being made (its caller gone, as a read moved to
+/// another node or a slot map read that heard enough go) is not sent, and leaves the attempt
+/// to finish on its own: the next write, after the attempt's connect timeout, finds the
+/// connection, not that timeout long past.
+// On one thread, so that nothing else runs between the one poll and the drop.
+#[tokio::test]
+async fn a_connection_attempt_given_up_is_finished_for_the_next_write() {
+    let cluster = start().await;
+    open(&cluster)
+        .await
+        .add(&user("g", 1), false)
+        .await
+        .unwrap();
+    let options = StoreOptions::new().connect_timeout(Duration::from_millis(300));
+    let store = store::open(&cluster.url(), &options).await.unwrap();
+    // Its first write: polled once, which starts connecting, then given up.
+    let second = user("g", 2);
+    let mut given_up = Box::pin(store.update(&second));
+    assert!(futures::poll!(&mut given_up).is_pending());
+    drop(given_up);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let held = store
+        .get_many(&[id("g")])
+        .await
+        .unwrap()
+        .pop()
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        held.to_value()["data"]["v"],
+        1,
+        "the write given up was sent"
+    );
+    store.update(&user("g", 3)).await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
