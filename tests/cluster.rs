@@ -1,6 +1,6 @@
 //! The engine on a private three-master Redis Cluster: the golden run through the CLI, reads
 //! per node from each node's own statistics, coherence across enrichers, a slot migration
-//! under reads, and a killed master.
+//! under reads and under writes, a master that hangs, and a killed master.
 
 mod support;
 
@@ -317,6 +317,194 @@ async fn a_slot_migration_under_reads_gives_no_wrong_answer() {
     }
 }
 
+/// Single writes while their slots move: a write the old owner refuses (`ASK` for a key that
+/// has moved already, `MOVED` once the slot is the new owner's) was not run there, and is sent
+/// where the key is now. Every write is answered, none of unknown outcome; a refused one (the
+/// cluster may say `TRYAGAIN` for a moment) changed nothing; each user ends as last written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn single_writes_during_a_slot_migration_follow_the_keys() {
+    let cluster = start().await;
+    let store = open(&cluster).await;
+    let names: Vec<String> = (0..6).map(|i| format!("w{i}")).collect();
+    for name in &names {
+        store.add(&user(name, 0), false).await.unwrap();
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = tokio::spawn({
+        let (store, names, stop) = (store.clone(), names.clone(), stop.clone());
+        async move {
+            // What each user holds: the version last applied, `None` once deleted.
+            let mut held: Vec<Option<i64>> = vec![Some(0); names.len()];
+            let (mut writes, mut refused) = (0u64, 0u64);
+            let mut v = 0;
+            let check = |result: enrich::Result<()>, refused: &mut u64| -> bool {
+                match result {
+                    Ok(()) => true,
+                    Err(err) => {
+                        // An answer that says nothing was applied, never a lost one.
+                        assert_eq!(err.kind(), enrich::ErrorKind::Unavailable, "{err}");
+                        *refused += 1;
+                        false
+                    }
+                }
+            };
+            while !stop.load(Ordering::Relaxed) {
+                for (k, name) in names.iter().enumerate() {
+                    v += 1;
+                    writes += 1;
+                    // Updates, and every third write a delete and a create: the create of a
+                    // key gone from the old owner is what `ASK` sends to the new one.
+                    match held[k] {
+                        Some(_) if v % 3 == 0 => {
+                            if check(store.delete(&id(name)).await, &mut refused) {
+                                held[k] = None;
+                            }
+                        }
+                        Some(_) => {
+                            let updated = store.update(&user(name, v)).await.map(drop);
+                            if check(updated, &mut refused) {
+                                held[k] = Some(v);
+                            }
+                        }
+                        None => {
+                            let added = store.add(&user(name, v), false).await.map(drop);
+                            if check(added, &mut refused) {
+                                held[k] = Some(v);
+                            }
+                        }
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            (held, writes, refused)
+        }
+    });
+    let moves: Vec<(u16, usize)> = (names.iter())
+        .map(|n| {
+            let slot = cluster.slot_of(&format!("enrich:user:{n}"));
+            (slot, cluster.owner_of(slot))
+        })
+        .collect();
+    let cluster = tokio::task::spawn_blocking(move || {
+        for (slot, from) in moves {
+            cluster.migrate_slot(slot, from, (from + 1) % 3, Duration::from_millis(50));
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        cluster
+    })
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, Ordering::Relaxed);
+    let (held, writes, refused) = writer.await.unwrap();
+    let asking: u64 = (0..3)
+        .map(|i| cluster.stat(i, "cmdstat_asking:calls="))
+        .sum();
+    eprintln!("{writes} writes during the migration, {refused} refused, {asking} ASKING");
+    assert!(writes > 60, "{writes}");
+    // Some writes met a key mid-move, and were sent on to its new owner.
+    assert!(asking > 0, "no write met a key mid-move");
+    assert!(refused * 10 <= writes, "{refused} refused of {writes}");
+    for (name, held) in names.iter().zip(held) {
+        let stored = store.get_many(&[id(name)]).await.unwrap().pop().unwrap();
+        let v = stored.map(|u| u.to_value()["data"]["v"].as_i64().unwrap());
+        assert_eq!(v, held, "{name}");
+    }
+    drop(cluster);
+}
+
+/// The TCP connections open from this machine to local port `port`, by the kernel's table.
+fn connections_to(port: u16) -> usize {
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
+    (table.lines().skip(1))
+        .filter(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            // The remote address, and the state: 01 is ESTABLISHED.
+            fields[2].rsplit(':').next() == Some(&format!("{port:04X}")) && fields[3] == "01"
+        })
+        .count()
+}
+
+/// A master that hangs, after its connection lost a write: the writes that come next, all
+/// at once, wait for one connection attempt together (the node accepts connections and never
+/// answers them), not one socket each; and since none of them was sent, none is of unknown
+/// outcome when the attempt times out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_to_a_hung_master_share_one_connection_attempt() {
+    let mut cluster = start().await;
+    let store = open(&cluster).await;
+    let names: Vec<String> = (0..30).map(|i| format!("h{i}")).collect();
+    for name in &names {
+        store.add(&user(name, 1), false).await.unwrap();
+    }
+    let owner = owners(&cluster, &names);
+    let hung: Vec<String> = (names.iter().zip(&owner))
+        .filter(|(_, o)| **o == 2)
+        .map(|(n, _)| n.clone())
+        .collect();
+    let port = cluster.ports()[2];
+    cluster.freeze(2);
+    let lost = store.update(&user(&hung[0], 2)).await.unwrap_err();
+    assert_eq!(lost.kind(), enrich::ErrorKind::OutcomeUnknown, "{lost}");
+    // The Redis client's own connections, and one of ours for reading the slot map.
+    let before = connections_to(port);
+    let writes: Vec<_> = (0..40)
+        .map(|i| {
+            let (store, name) = (store.clone(), hung[i % hung.len()].clone());
+            tokio::spawn(async move { store.update(&user(&name, 3)).await })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let open = connections_to(port);
+    eprintln!("{open} connections to the hung node while 40 writes wait for it, {before} before");
+    assert!(
+        open <= before + 1,
+        "{open} connections to the hung node, {before} before"
+    );
+    for write in writes {
+        let err = write.await.unwrap().unwrap_err();
+        assert!(err.is_store_fault(), "{err:?}");
+        assert_ne!(err.kind(), enrich::ErrorKind::OutcomeUnknown, "{err}");
+    }
+    cluster.thaw(2);
+}
+
+/// A write given up while its connection was being made (its caller gone, as a read moved to
+/// another node or a slot map read that heard enough go) is not sent, and leaves the attempt
+/// to finish on its own: the next write, after the attempt's connect timeout, finds the
+/// connection, not that timeout long past.
+// On one thread, so that nothing else runs between the one poll and the drop.
+#[tokio::test]
+async fn a_connection_attempt_given_up_is_finished_for_the_next_write() {
+    let cluster = start().await;
+    open(&cluster)
+        .await
+        .add(&user("g", 1), false)
+        .await
+        .unwrap();
+    let options = StoreOptions::new().connect_timeout(Duration::from_millis(300));
+    let store = store::open(&cluster.url(), &options).await.unwrap();
+    // Its first write: polled once, which starts connecting, then given up.
+    let second = user("g", 2);
+    let mut given_up = Box::pin(store.update(&second));
+    assert!(futures::poll!(&mut given_up).is_pending());
+    drop(given_up);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let held = store
+        .get_many(&[id("g")])
+        .await
+        .unwrap()
+        .pop()
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        held.to_value()["data"]["v"],
+        1,
+        "the write given up was sent"
+    );
+    store.update(&user("g", 3)).await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_master_makes_only_its_users_unavailable() {
     let mut cluster = start().await;
@@ -374,4 +562,15 @@ async fn a_killed_master_makes_only_its_users_unavailable() {
     let lost = &names[owner.iter().position(|o| *o == 2).unwrap()];
     let err = store.get(&id(lost)).await.unwrap_err();
     assert!(err.is_store_fault(), "{err:?}");
+    // A write to it is a store fault. The first may be sent on the connection the node
+    // closed as it died, and be of unknown outcome (a closed connection does not say whether
+    // what was sent on it arrived); the next cannot connect, so nothing is sent: unavailable.
+    let first = store.update(&user(lost, 2)).await.unwrap_err();
+    assert!(first.is_store_fault(), "{first}");
+    for _ in 0..3 {
+        let err = store.update(&user(lost, 2)).await.unwrap_err();
+        assert_eq!(err.kind(), enrich::ErrorKind::Unavailable, "{err}");
+    }
+    let alive = &names[owner.iter().position(|o| *o != 2).unwrap()];
+    store.update(&user(alive, 2)).await.unwrap();
 }

@@ -883,6 +883,66 @@ async fn a_killed_master_under_load_with_reads_from_replicas_serves_no_stale_or_
     figures.check("after the kill, reading from replicas");
 }
 
+/// A master that hangs, one write at a time to its users: the first write, sent to it, is of
+/// unknown outcome once its response timeout is out (the node may still apply it when it goes
+/// on); no later write is sent to the hung node, so none is of unknown outcome — each either
+/// goes to the replica as soon as it is promoted, or fails as never sent. The first one
+/// applied is on the promoted replica.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_write_lost_on_a_hung_master_no_other_is_sent_to_it() {
+    let mut cluster = RedisCluster::start_replicated();
+    let store = store::open(&cluster.url(), &StoreOptions::new())
+        .await
+        .unwrap();
+    for i in 0..USERS {
+        store.add(&user(i, 0), false).await.unwrap();
+    }
+    wait_replicas_listed(&cluster);
+    let victim = cluster.owner_of(cluster.slot_of("enrich:user:f0"));
+    let promoted = cluster.replica_of(victim);
+    let affected: Vec<usize> = (0..USERS)
+        .filter(|i| cluster.owner_of(cluster.slot_of(&format!("enrich:user:f{i}"))) == victim)
+        .collect();
+    wait_replicated(&cluster, victim);
+    cluster.freeze(victim);
+    let at = Instant::now();
+    let mut outcomes = Vec::new();
+    let applied = loop {
+        let v = outcomes.len() as i64 + 1;
+        let i = affected[outcomes.len() % affected.len()];
+        let result = store.update(&user(i, v)).await;
+        outcomes.push((
+            at.elapsed(),
+            result.as_ref().map(drop).map_err(|e| e.kind()),
+        ));
+        match result {
+            Ok(_) => break (i, v),
+            Err(err) => assert!(err.is_store_fault(), "{err:?}"),
+        }
+        assert!(at.elapsed() < OUTAGE, "no write applied: {outcomes:?}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    eprintln!("writes after the freeze (time of the answer, outcome): {outcomes:?}");
+    assert_eq!(
+        outcomes[0].1,
+        Err(enrich::ErrorKind::OutcomeUnknown),
+        "{outcomes:?}"
+    );
+    let unknown = (outcomes.iter())
+        .filter(|(_, outcome)| *outcome == Err(enrich::ErrorKind::OutcomeUnknown))
+        .count();
+    assert_eq!(
+        unknown, 1,
+        "a write was sent to the hung master again: {outcomes:?}"
+    );
+    let (i, v) = applied;
+    let held: String = redis::cmd("GET")
+        .arg(format!("enrich:user:f{i}"))
+        .query(&mut cluster.node_connection(promoted))
+        .unwrap();
+    assert!(held.contains(&format!(r#""v":{v}"#)), "{held}");
+}
+
 /// The number of `EVAL_RO` calls nodes `nodes` ran since their statistics were reset.
 fn eval_ro_calls(cluster: &RedisCluster, nodes: &[usize]) -> u64 {
     (nodes.iter())

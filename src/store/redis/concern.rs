@@ -130,10 +130,10 @@ impl<'a> Writes<'a> {
             .and_then(|concern| concern.verdict(describe, values.next()));
         let mut answers: Vec<Answer> = (writes.into_iter())
             .map(|value| Answer {
-                value: match value {
+                value: Ok(match value {
                     Value::ServerError(err) => Err(err.into()),
                     value => Ok(value),
-                },
+                }),
                 unconfirmed: unconfirmed.clone(),
             })
             .collect();
@@ -152,7 +152,9 @@ impl<'a> Writes<'a> {
 /// One write's answer, and whether the replicas confirmed it.
 #[derive(Debug, Clone)]
 pub(super) struct Answer {
-    value: RedisResult<Value>,
+    /// What the server answered the write, or the failure to get an answer; `Err`: the write
+    /// was never sent, and why.
+    value: Result<RedisResult<Value>>,
     unconfirmed: Option<Error>,
 }
 
@@ -160,14 +162,23 @@ impl Answer {
     /// A write that got no answer (the pipeline was lost); what `value` says is all there is.
     pub(super) fn lost(err: redis::RedisError) -> Answer {
         Answer {
+            value: Ok(Err(err)),
+            unconfirmed: None,
+        }
+    }
+
+    /// A write that was never sent (no connection to its node could be made), failed with
+    /// `err`: unlike a lost one, it cannot have been applied.
+    pub(super) fn unsent(err: Error) -> Answer {
+        Answer {
             value: Err(err),
             unconfirmed: None,
         }
     }
 
-    /// The server's answer to the write itself.
-    pub(super) fn value(&self) -> &RedisResult<Value> {
-        &self.value
+    /// The server's answer to the write itself; `None` if it was never sent.
+    pub(super) fn value(&self) -> Option<&RedisResult<Value>> {
+        self.value.as_ref().ok()
     }
 
     /// What the write did, as `read` makes of its answer; but one that `changed` the store
@@ -179,7 +190,9 @@ impl Answer {
         read: impl FnOnce(RedisResult<Value>) -> Result<T>,
         changed: impl FnOnce(&T) -> bool,
     ) -> Result<T> {
-        match (read(self.value), self.unconfirmed) {
+        // A write never sent answers why.
+        let value = self.value?;
+        match (read(value), self.unconfirmed) {
             (Ok(done), Some(err)) if changed(&done) => Err(err),
             (result, _) => result,
         }
@@ -271,6 +284,17 @@ mod tests {
         let answers = writes.answers("r", vec![Value::Okay, Value::Nil, Value::Nil, Value::Nil]);
         let err = one(answers).confirm(read).unwrap_err();
         assert_eq!(err.kind(), ErrorKind::Conflict);
+    }
+
+    #[test]
+    fn a_write_never_sent_is_its_error() {
+        let err = Error::new(ErrorKind::Unavailable, "node down");
+        let unsent = Answer::unsent(err);
+        assert!(unsent.value().is_none());
+        let said = unsent.confirm(read).unwrap_err();
+        assert_eq!(said.kind(), ErrorKind::Unavailable, "{said}");
+        let lost = redis::RedisError::from(std::io::Error::from(std::io::ErrorKind::TimedOut));
+        assert!(Answer::lost(lost).value().is_some_and(|v| v.is_err()));
     }
 
     #[test]

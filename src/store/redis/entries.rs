@@ -11,6 +11,7 @@
 use bytes::Bytes;
 use redis::{Cmd, Value};
 
+use super::concern::Answer;
 use super::fault::write_fault;
 use super::scripts::Lua;
 use crate::collection::{EntryJson, EntryKey, NewEntry};
@@ -154,42 +155,48 @@ fn key_head(key: &EntryKey) -> String {
 }
 
 /// What the script's answer (or the failure to get one) means for `entry`, written with
-/// `stamps` at `now`: the entry as now stored, or why not.
+/// `stamps` at `now`: the entry as now stored (once the replicas confirmed it), or why not.
 pub(super) fn written(
     describe: &str,
     (entry, stamps): (&NewEntry, Stamps),
     now: Timestamp,
-    answer: redis::RedisResult<Value>,
+    answer: Answer,
 ) -> Result<EntryJson> {
     let key = entry.key();
-    let answer = answer.map_err(|e| write_fault(describe, e))?;
-    let answer: Option<(u8, Bytes)> =
-        redis::from_redis_value(answer).map_err(|e| write_fault(describe, e.into()))?;
-    match answer {
-        Some((1, created)) => {
-            let text = std::str::from_utf8(&created).unwrap_or_default();
-            match Timestamp::parse(text) {
-                Ok(at) if at.as_str() == text => Ok(entry.to_json(at, stamps.updated(now))),
-                _ => Err(Error::new(
-                    ErrorKind::Internal,
-                    format!("entry {key}: the write script answered created_at {created:?}"),
-                )),
+    answer.confirm(|answer| {
+        let answer = answer.map_err(|e| write_fault(describe, e))?;
+        let answer: Option<(u8, Bytes)> =
+            redis::from_redis_value(answer).map_err(|e| write_fault(describe, e.into()))?;
+        match answer {
+            Some((1, created)) => {
+                let text = std::str::from_utf8(&created).unwrap_or_default();
+                match Timestamp::parse(text) {
+                    Ok(at) if at.as_str() == text => Ok(entry.to_json(at, stamps.updated(now))),
+                    _ => Err(Error::new(
+                        ErrorKind::Internal,
+                        format!("entry {key}: the write script answered created_at {created:?}"),
+                    )),
+                }
             }
+            Some((2, _)) => Err(entry_conflict(key)),
+            // Left as it was: the full check says what is wrong with it.
+            Some((_, old)) => Err(stored_entry(key, old).err().unwrap_or_else(|| {
+                Error::new(
+                    ErrorKind::Internal,
+                    format!("entry {key}: stored entry record is corrupt; it was left as it was"),
+                )
+            })),
+            None => Err(entry_not_found(key)),
         }
-        Some((2, _)) => Err(entry_conflict(key)),
-        // Left as it was: the full check says what is wrong with it.
-        Some((_, old)) => Err(stored_entry(key, old).err().unwrap_or_else(|| {
-            Error::new(
-                ErrorKind::Internal,
-                format!("entry {key}: stored entry record is corrupt; it was left as it was"),
-            )
-        })),
-        None => Err(entry_not_found(key)),
-    }
+    })
 }
 
-/// The number of keys a `DEL` answered it removed.
-pub(super) fn removed(describe: &str, answer: redis::RedisResult<Value>) -> Result<u64> {
-    let answer = answer.map_err(|e| write_fault(describe, e))?;
-    redis::from_redis_value(answer).map_err(|e| write_fault(describe, e.into()))
+/// The number of keys a `DEL` answered it removed; a removal the replicas did not confirm is
+/// of unknown outcome, a `DEL` that found nothing is not.
+pub(super) fn removed(describe: &str, answer: Answer) -> Result<u64> {
+    let read = |answer: redis::RedisResult<Value>| {
+        let answer = answer.map_err(|e| write_fault(describe, e))?;
+        redis::from_redis_value(answer).map_err(|e| write_fault(describe, e.into()))
+    };
+    answer.confirm_when(read, |&removed| removed > 0)
 }

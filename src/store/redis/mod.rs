@@ -42,7 +42,7 @@ use self::concern::{Answer, WriteConcern, Writes};
 use self::entries::{EntryScript, Mode};
 use self::fault::{fault, write_fault};
 use self::link::WriteLink;
-use self::scripts::{Scripts, import_changed};
+use self::scripts::Scripts;
 use super::url::redact;
 use super::{
     Added, EventSink, ImportEntry, ImportOutcome, ImportUser, Stamps, StoreOptions, UserSource,
@@ -194,9 +194,7 @@ impl RedisStore {
         });
         let answers = self.write(Some(script.load()), calls).await?;
         Ok((batch.iter().zip(answers))
-            .map(|(&write, answer)| {
-                answer.confirm(|value| entries::written(&self.describe, write, now, value))
-            })
+            .map(|(&write, answer)| entries::written(&self.describe, write, now, answer))
             .collect())
     }
 
@@ -271,10 +269,7 @@ impl UserStore for RedisStore {
         let now = Timestamp::now();
         let json = user.to_json(now, now);
         let answer = (self.write_one(self.scripts.add(&self.key(user.id()), &json))).await?;
-        answer.confirm_when(
-            |value| scripts::added(&self.describe, user, json, get_or_create, value),
-            |added| added.created,
-        )
+        scripts::added(&self.describe, user, json, get_or_create, answer)
     }
 
     async fn update(&self, user: &NewUser) -> Result<UserJson> {
@@ -282,12 +277,12 @@ impl UserStore for RedisStore {
             .scripts
             .update(&self.key(user.id()), user, Timestamp::now());
         let answer = self.write_one(update).await?;
-        answer.confirm(|value| scripts::updated(&self.describe, user, value))
+        scripts::updated(&self.describe, user, answer)
     }
 
     async fn delete(&self, id: &UserId) -> Result<()> {
         let answer = self.write_one(Scripts::delete(&self.key(id))).await?;
-        answer.confirm(|value| scripts::deleted(&self.describe, id, value))
+        scripts::deleted(&self.describe, id, answer)
     }
 
     async fn import(
@@ -302,10 +297,7 @@ impl UserStore for RedisStore {
         }
         let import = (self.scripts).import(&batch, override_existing, Timestamp::now(), false);
         let answer = self.write_one(import).await?;
-        answer.confirm_when(
-            |value| scripts::imported(&self.describe, &batch, value),
-            |outcomes| import_changed(outcomes),
-        )
+        scripts::imported(&self.describe, &batch, answer)
     }
 
     async fn add_entry(&self, entry: &NewEntry) -> Result<EntryJson> {
@@ -348,10 +340,7 @@ impl UserStore for RedisStore {
         let answer = self
             .write_one(redis::cmd("DEL").arg(&names).clone())
             .await?;
-        answer.confirm_when(
-            |value| entries::removed(&self.describe, value),
-            |&removed| removed > 0,
-        )
+        entries::removed(&self.describe, answer)
     }
 
     async fn get_stored_entry(&self, key: &EntryKey) -> Result<Option<StoredEntry>> {

@@ -4,6 +4,7 @@
 use bytes::Bytes;
 use redis::{Cmd, RedisResult, Script, Value};
 
+use super::concern::Answer;
 use super::fault::write_fault;
 use crate::error::{Error, ErrorKind, Result};
 use crate::store::{Added, ImportOutcome, ImportUser, conflict, not_found, stored_user};
@@ -133,7 +134,7 @@ impl Lua {
 
 /// The user scripts: the command of each user write, for both Redis backends to send (with
 /// the `WAIT` of their write concern, see [`super::concern`]), and what its answer means. The
-/// connection routes each command (on a cluster, to the node of the key's slot).
+/// store sends each command to its server (on a cluster, to the master of the key's slot).
 pub(super) struct Scripts {
     add: Lua,
     update: Lua,
@@ -204,85 +205,88 @@ impl Scripts {
 }
 
 /// What the answer to [`Scripts::add`] of `user` as `json` means: created, the stored user
-/// (`get_or_create`), or a conflict.
+/// (`get_or_create`), or a conflict. A creation the replicas did not confirm is of unknown
+/// outcome (see [`Answer::confirm_when`]); a user handed back as it was is not.
 pub(super) fn added(
     describe: &str,
     user: &NewUser,
     json: UserJson,
     get_or_create: bool,
-    answer: RedisResult<Value>,
+    answer: Answer,
 ) -> Result<Added> {
-    let existing: Option<Bytes> = parse(describe, answer)?;
-    match existing {
-        None => Ok(Added {
-            user: json,
-            created: true,
-        }),
-        Some(bytes) if get_or_create => Ok(Added {
-            user: stored_user(user.id(), bytes)?,
-            created: false,
-        }),
-        Some(_) => Err(conflict(user.id())),
-    }
+    let read = |value| {
+        let existing: Option<Bytes> = parse(describe, value)?;
+        match existing {
+            None => Ok(Added {
+                user: json,
+                created: true,
+            }),
+            Some(bytes) if get_or_create => Ok(Added {
+                user: stored_user(user.id(), bytes)?,
+                created: false,
+            }),
+            Some(_) => Err(conflict(user.id())),
+        }
+    };
+    answer.confirm_when(read, |added| added.created)
 }
 
-/// What the answer to [`Scripts::update`] of `user` means: the user as stored now, or why
-/// not.
-pub(super) fn updated(
-    describe: &str,
-    user: &NewUser,
-    answer: RedisResult<Value>,
-) -> Result<UserJson> {
-    let updated: Option<(u8, Bytes)> = parse(describe, answer)?;
-    match updated {
-        Some((1, bytes)) => stored_user(user.id(), bytes),
-        // Left as it was: the full check says what is wrong with it.
-        Some((_, old)) => Err(stored_user(user.id(), old)
-            .err()
-            .unwrap_or_else(|| kept_part_corrupt(user.id()))),
-        None => Err(not_found(user.id())),
-    }
+/// What the answer to [`Scripts::update`] of `user` means: the user as stored now (once the
+/// replicas confirmed it), or why not.
+pub(super) fn updated(describe: &str, user: &NewUser, answer: Answer) -> Result<UserJson> {
+    answer.confirm(|value| {
+        let updated: Option<(u8, Bytes)> = parse(describe, value)?;
+        match updated {
+            Some((1, bytes)) => stored_user(user.id(), bytes),
+            // Left as it was: the full check says what is wrong with it.
+            Some((_, old)) => Err(stored_user(user.id(), old)
+                .err()
+                .unwrap_or_else(|| kept_part_corrupt(user.id()))),
+            None => Err(not_found(user.id())),
+        }
+    })
 }
 
-/// What the answer to [`Scripts::delete`] of `id` means.
-pub(super) fn deleted(describe: &str, id: &UserId, answer: RedisResult<Value>) -> Result<()> {
-    match parse::<i64>(describe, answer)? {
+/// What the answer to [`Scripts::delete`] of `id` means (once the replicas confirmed it).
+pub(super) fn deleted(describe: &str, id: &UserId, answer: Answer) -> Result<()> {
+    answer.confirm(|value| match parse::<i64>(describe, value)? {
         1 => Ok(()),
         _ => Err(not_found(id)),
-    }
+    })
 }
 
 /// What the answer to [`Scripts::import`] of `batch` means: each user's outcome, in batch
-/// order, or why nothing was written.
+/// order, or why nothing was written. An import that wrote any user, and that the replicas
+/// did not confirm, is of unknown outcome; one that found every user there and left them
+/// changed nothing.
 pub(super) fn imported(
     describe: &str,
     batch: &[(&str, &ImportUser)],
-    answer: RedisResult<Value>,
+    answer: Answer,
 ) -> Result<Vec<ImportOutcome>> {
-    let codes: Vec<u8> = parse(describe, answer)?;
-    if codes.len() != batch.len() {
-        return Err(Error::new(
-            ErrorKind::Internal,
-            format!("import script answered {} of {}", codes.len(), batch.len()),
-        ));
-    }
-    if let Some(i) = codes.iter().position(|&code| code == 3) {
-        let id = batch[i].1.user().id();
-        return Err(Error::new(
-            ErrorKind::Internal,
-            format!(
-                "user {id}: stored user record is corrupt (created_at is not a timestamp); \
-                 nothing of this batch was written"
-            ),
-        ));
-    }
-    codes.into_iter().map(import_outcome).collect()
-}
-
-/// True when an import wrote any user (a batch of users that all existed, not overridden,
-/// changed nothing).
-pub(super) fn import_changed(outcomes: &[ImportOutcome]) -> bool {
-    outcomes.iter().any(|&o| o != ImportOutcome::Skipped)
+    let read = |value| {
+        let codes: Vec<u8> = parse(describe, value)?;
+        if codes.len() != batch.len() {
+            return Err(Error::new(
+                ErrorKind::Internal,
+                format!("import script answered {} of {}", codes.len(), batch.len()),
+            ));
+        }
+        if let Some(i) = codes.iter().position(|&code| code == 3) {
+            let id = batch[i].1.user().id();
+            return Err(Error::new(
+                ErrorKind::Internal,
+                format!(
+                    "user {id}: stored user record is corrupt (created_at is not a timestamp); \
+                     nothing of this batch was written"
+                ),
+            ));
+        }
+        codes.into_iter().map(import_outcome).collect()
+    };
+    answer.confirm_when(read, |outcomes: &Vec<ImportOutcome>| {
+        outcomes.iter().any(|&o| o != ImportOutcome::Skipped)
+    })
 }
 
 /// An answer read as `T`, or the failure to get it.

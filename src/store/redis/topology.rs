@@ -23,10 +23,11 @@
 //! replacement's newer epoch. Refreshes asked for while one runs share its answer, and two
 //! begin at least 50 ms apart.
 //!
-//! When the map changes, the `redis` crate's own connections are told too: it re-reads its
-//! map on a `MOVED`, but it retries a command that timed out on the same node, so after a
-//! master hangs it would keep sending writes to it. Each connection it holds is sent one
-//! command that the new map says another master serves, and the redirect makes it re-read.
+//! When the map changes, the `redis` crate's own connections (what a refused read or write
+//! falls back to) are told too: it re-reads its map on a `MOVED`, but it retries a command
+//! that timed out on the same node, so after a master hangs it would keep sending to it. Each
+//! connection it holds is sent one command that the new map says another master serves, and
+//! the redirect makes it re-read.
 
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
@@ -36,7 +37,7 @@ use redis::Value;
 use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
 
-use super::node_links::{Failed, NodeLinks};
+use super::node_links::NodeLinks;
 
 /// The number of hash slots of a Redis Cluster.
 pub(super) const SLOTS: usize = 16384;
@@ -131,6 +132,14 @@ impl SlotMap {
     /// Every shard of the map.
     pub(super) fn shards(&self) -> &[Shard] {
         &self.shards
+    }
+
+    /// True if this map says some of `keys` are served by another master than `master` (a
+    /// failover or a slot move since `master` was chosen for them).
+    pub(super) fn elsewhere<K: AsRef<[u8]>>(&self, keys: &[K], master: &Node) -> bool {
+        keys.iter().any(|key| {
+            (self.shard_of(slot(key.as_ref()))).is_some_and(|s| self.shards[s].master != *master)
+        })
     }
 
     /// Every master that serves at least one slot, sorted.
@@ -323,6 +332,31 @@ impl Topology {
         crate::sync::read(&self.map).clone()
     }
 
+    /// `work` (on `master`, for `keys`), unless the map changes while it runs so that `master`
+    /// no longer serves all of `keys` (a failover of a master that hangs): then `None`, and
+    /// `work` is dropped, without waiting for the old node's timeout.
+    pub(super) async fn unless_moved<F: std::future::Future>(
+        &self,
+        work: F,
+        keys: &[&str],
+        master: &Node,
+    ) -> Option<F::Output> {
+        tokio::pin!(work);
+        loop {
+            let changed = self.changed.notified();
+            tokio::pin!(changed);
+            // Registered before the map is looked at, so no change slips in between.
+            changed.as_mut().enable();
+            if self.current().elsewhere(keys, master) {
+                return None;
+            }
+            tokio::select! {
+                done = &mut work => return Some(done),
+                _ = changed => {}
+            }
+        }
+    }
+
     /// Reads the map again (or waits for a refresh that began after this call) and installs
     /// it; the map now.
     pub(super) async fn refresh(&self) -> redis::RedisResult<Arc<SlotMap>> {
@@ -385,7 +419,7 @@ impl Topology {
                         }
                         None => Err(unreadable("nothing".to_string())),
                     },
-                    Ok(Err(Failed::NotSent(err) | Failed::Lost(err))) => Err(err),
+                    Ok(Err(err)) => Err(err),
                     Err(_) => Err(redis::RedisError::from(std::io::Error::from(
                         std::io::ErrorKind::TimedOut,
                     ))),
@@ -480,6 +514,12 @@ mod tests {
         assert_eq!(map.nodes().len(), 4);
         let key = map.key_elsewhere(&first.master).unwrap();
         assert_eq!(map.shard_of(slot(key.as_bytes())), map.shard_of(5461));
+        assert!(map.elsewhere(&[key.as_str()], &first.master));
+        assert!(!map.elsewhere(&[key.as_str()], &node(7001)));
+        // A slot no master serves is nobody else's either.
+        let mut unserved = map.clone();
+        unserved.owner.fill(None);
+        assert!(!unserved.elsewhere(&[key.as_str()], &first.master));
         assert!(!map.same_masters(&SlotMap::empty()));
         assert!(map.same_masters(&map.clone()));
     }

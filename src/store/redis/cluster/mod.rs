@@ -8,7 +8,7 @@
 //! # Reads: one command per node, in parallel
 //!
 //! A page's ids are grouped by the master that serves their slot (our own slot map, read with
-//! `CLUSTER SLOTS`: see [`super::topology`]), and each group is one command to its node over
+//! `CLUSTER NODES`: see [`super::topology`]), and each group is one command to its node over
 //! a direct connection, all groups at once; the answers are put back in id order. A cold
 //! page therefore costs one round trip per node involved.
 //!
@@ -45,13 +45,22 @@
 //!
 //! # Writes
 //!
-//! A single write is one script call through the cluster connection, which routes it by its
-//! key and follows redirects; a batch (entries, deletes, the per-slot scripts of a user
-//! import) is one pipeline per master over a direct connection (see [`super::node_links`]).
-//! Either way the `WAIT` of the write concern ([`super::concern`]) ends the same pipeline, on
-//! the same connection as the writes it confirms. The cluster connection re-reads its own
-//! slot map when ours changes (see [`super::topology`]), so single writes follow a failover
-//! too.
+//! Every write goes to the master of its key's slot by our map, over a direct connection
+//! (see [`super::node_links`]): a single write (a user's add, update or delete, an entry's)
+//! is one script call there, a batch (entries, deletes, the per-slot scripts of a user
+//! import) one pipeline per master, all masters at once. Either way the `WAIT` of the write
+//! concern ([`super::concern`]) ends the same pipeline, on the same connection as the writes
+//! it confirms. A command the node refuses because the slot moved was not run, and is sent
+//! again alone through the `redis` crate's cluster connection, which follows `MOVED` and
+//! `ASK`.
+//!
+//! Through a failover, writes follow our map as reads do, with one difference: a read still
+//! waiting on a master that hangs is sent again to the new master, a write is not — it may
+//! still be applied where it was sent, so it waits for its answer (or its timeout, and is
+//! then of unknown outcome). A write not yet sent (its connection to a master that hangs not
+//! made yet, or refused by one that is down) has nothing to lose: it goes to the new master
+//! as soon as our map names one. So after the first write lost on a master that hangs, the
+//! next go to its replacement as soon as it is promoted, not to the hung node.
 //!
 //! Invalidation: see [`super::tracking`], which keeps one tracking connection per node,
 //! masters and replicas.
@@ -67,11 +76,11 @@ mod per_node;
 mod reads;
 mod replicas;
 
-use super::concern::{self, Answer, WriteConcern, Writes};
+use super::concern::{self, Answer, WriteConcern};
 use super::entries::{self, EntryScript, Mode};
-use super::fault::{fault, write_fault};
+use super::fault::fault;
 use super::node_links::NodeLinks;
-use super::scripts::{self, Scripts, import_changed};
+use super::scripts::{self, Scripts};
 use super::topology::{NodeUrls, Topology, seed_node, slot};
 use crate::collection::{EntryJson, EntryKey, NewEntry, StoredEntry};
 use crate::error::{Error, Result};
@@ -234,18 +243,13 @@ impl ClusterStore {
         fault(&self.describe, err)
     }
 
-    /// Runs one single-key write command, and the `WAIT` of the write concern behind it, as
-    /// one pipeline through the cluster connection, which sends it to the master of the key's
-    /// slot and follows the cluster's redirects (a command refused with `MOVED` or `ASK` was
-    /// not run, so the pipeline is sent again whole, its `WAIT` still behind its write).
-    async fn write_one(&self, cmd: redis::Cmd) -> Result<Answer> {
-        use redis::aio::ConnectionLike;
-        let writes = Writes::new(None, [cmd], self.concern.as_ref());
-        let values = (self.writes.clone())
-            .req_packed_commands(writes.pipe(), 0, writes.len())
-            .await
-            .map_err(|e| write_fault(&self.describe, e))?;
-        Ok(concern::one(writes.answers(&self.describe, values)))
+    /// Runs one write command on `key`, and the `WAIT` of the write concern behind it, as one
+    /// pipeline to the master of the key's slot: a batch of one, by the path every write takes
+    /// (see [`ClusterStore::write_keys`]).
+    async fn write_one(&self, key: &str, cmd: redis::Cmd) -> Answer {
+        let keys = [key.to_string()];
+        let answers = self.write_keys(&keys, None, |_| cmd.clone(), |_| cmd.clone());
+        concern::one(answers.await)
     }
 
     /// The key that holds a collection entry.
@@ -306,24 +310,22 @@ impl UserStore for ClusterStore {
     async fn add(&self, user: &NewUser, get_or_create: bool) -> Result<Added> {
         let now = Timestamp::now();
         let json = user.to_json(now, now);
-        let answer = (self.write_one(self.scripts.add(&self.key(user.id()), &json))).await?;
-        answer.confirm_when(
-            |value| scripts::added(&self.describe, user, json, get_or_create, value),
-            |added| added.created,
-        )
+        let key = self.key(user.id());
+        let answer = self.write_one(&key, self.scripts.add(&key, &json)).await;
+        scripts::added(&self.describe, user, json, get_or_create, answer)
     }
 
     async fn update(&self, user: &NewUser) -> Result<UserJson> {
-        let update = self
-            .scripts
-            .update(&self.key(user.id()), user, Timestamp::now());
-        let answer = self.write_one(update).await?;
-        answer.confirm(|value| scripts::updated(&self.describe, user, value))
+        let key = self.key(user.id());
+        let update = self.scripts.update(&key, user, Timestamp::now());
+        let answer = self.write_one(&key, update).await;
+        scripts::updated(&self.describe, user, answer)
     }
 
     async fn delete(&self, id: &UserId) -> Result<()> {
-        let answer = self.write_one(Scripts::delete(&self.key(id))).await?;
-        answer.confirm(|value| scripts::deleted(&self.describe, id, value))
+        let key = self.key(id);
+        let answer = self.write_one(&key, Scripts::delete(&key)).await;
+        scripts::deleted(&self.describe, id, answer)
     }
 
     /// One import script per slot of the batch (a script may only touch keys of one slot, and
@@ -362,10 +364,7 @@ impl UserStore for ClusterStore {
             .await;
         let mut outcomes = vec![ImportOutcome::Skipped; users.len()];
         for ((positions, batch), answer) in groups.iter().zip(&batches).zip(answers) {
-            let done = answer.confirm_when(
-                |value| scripts::imported(&self.describe, batch, value),
-                |outcomes| import_changed(outcomes),
-            )?;
+            let done = scripts::imported(&self.describe, batch, answer)?;
             for (&i, outcome) in positions.iter().zip(done) {
                 outcomes[i] = outcome;
             }
@@ -417,10 +416,7 @@ impl UserStore for ClusterStore {
         let answers = self.write_keys(&names, None, del, del).await;
         let mut removed = 0;
         for answer in answers {
-            removed += answer.confirm_when(
-                |value| entries::removed(&self.describe, value),
-                |&removed| removed > 0,
-            )?;
+            removed += entries::removed(&self.describe, answer)?;
         }
         Ok(removed)
     }

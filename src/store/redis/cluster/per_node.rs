@@ -1,7 +1,9 @@
-//! Batch writes grouped by the master that serves their keys: one pipeline per node, all
-//! nodes at once.
+//! Writes grouped by the master that serves their keys, by our slot map: one pipeline per
+//! node, all nodes at once, over our own connections; a single write is a batch of one.
 
-use futures::future::join_all;
+use std::sync::Arc;
+
+use futures::future::{BoxFuture, join_all};
 use redis::Cmd;
 
 use super::ClusterStore;
@@ -10,30 +12,51 @@ use crate::error::Result;
 use crate::store::Stamps;
 use crate::store::redis::concern::{self, Answer, Writes};
 use crate::store::redis::entries::{self, Mode};
-use crate::store::redis::node_links::Failed;
-use crate::store::redis::topology::Node;
+use crate::store::redis::fault::fault;
+use crate::store::redis::topology::{Node, SlotMap};
 use crate::user::Timestamp;
 
-impl ClusterStore {
-    /// Positions in `keys` grouped by the master that serves them by our map (`None`: a slot
-    /// no master serves by it).
-    fn by_node(&self, keys: &[String]) -> Vec<(Option<Node>, Vec<usize>)> {
-        let map = self.topology.current();
-        (map.group(keys).into_iter())
-            .map(|(shard, positions)| (shard.map(|s| map.shard(s).master.clone()), positions))
-            .collect()
-    }
+/// Writes, one command per key, and how to make each: `pipelined(i)` is key `i`'s command
+/// in a pipeline behind `prelude` (whose answers are dropped), `alone(i)` the same command
+/// sent on its own.
+struct Batch<'a> {
+    keys: &'a [String],
+    prelude: &'a Option<Cmd>,
+    pipelined: &'a (dyn Fn(usize) -> Cmd + Sync),
+    alone: &'a (dyn Fn(usize) -> Cmd + Sync),
+}
 
+/// Each position of a batch with its answer.
+type Answered = Vec<(usize, Answer)>;
+
+impl ClusterStore {
     /// Runs one write command per key: one pipeline per node (behind `prelude`, whose answers
     /// are dropped, and before the `WAIT` of the write concern), all nodes at once, each over
-    /// a direct connection to its node (see [`super::node_links`]); each command's answer on
-    /// its own, in key order.
+    /// a direct connection to its node (see [`super::super::node_links`]); each command's answer on
+    /// its own, in key order. A single write is a batch of one.
     ///
     /// `pipelined(i)` is key `i`'s command in a pipeline, `alone(i)` the same command sent on
-    /// its own. A command the node refused because the key is not (or not yet, or no longer)
-    /// its own (a slot that moved), or that could not be sent (a node we cannot reach), was not
-    /// run, so it is sent again alone (with its own `WAIT`) through the crate's routing, which
-    /// follows the cluster's redirects.
+    /// its own. Where a write goes, and what happens when its node fails:
+    ///
+    /// - Each key goes to the master our map names for its slot.
+    /// - While the connection to that master is being made (a node that hangs accepts it and
+    ///   never answers), nothing has been sent: if the map changes meanwhile so that another
+    ///   master serves the key (the failover of a master that hangs), the write goes there at
+    ///   once, without waiting out the connect timeout.
+    /// - No connection could be made (a node that is down, or that hung until the connect
+    ///   timeout): nothing was sent, so the map is read again and, if another master now
+    ///   serves the key, the write goes there; otherwise it fails at once, as a read does,
+    ///   [`ErrorKind::Unavailable`](crate::ErrorKind::Unavailable) (or
+    ///   [`ErrorKind::Timeout`](crate::ErrorKind::Timeout)), never of unknown outcome.
+    /// - Sent, and the answers lost (no answer within the response timeout, or the connection
+    ///   dropped): the writes may have run, so they are never sent again; each is answered
+    ///   [`ErrorKind::OutcomeUnknown`](crate::ErrorKind::OutcomeUnknown) by the caller.
+    /// - Refused by the node without being run — the key is not (or not yet, or no longer)
+    ///   its own (a slot that moved), the cluster is down or failing over for now, a script
+    ///   it did not know: that command is sent again alone (with its own `WAIT`) through the
+    ///   crate's routing, which follows the cluster's `MOVED` and `ASK`.
+    ///
+    /// A write is moved to another master at most once.
     pub(super) async fn write_keys(
         &self,
         keys: &[String],
@@ -41,59 +64,134 @@ impl ClusterStore {
         pipelined: impl Fn(usize) -> Cmd + Sync,
         alone: impl Fn(usize) -> Cmd + Sync,
     ) -> Vec<Answer> {
-        let (pipelined, alone, prelude) = (&pipelined, &alone, &prelude);
-        let groups = self
-            .by_node(keys)
-            .into_iter()
-            .map(|(node, positions)| async move {
-                let mut answers: Vec<Option<Answer>> = match node {
-                    Some(node) => {
-                        let writes = Writes::new(
-                            prelude.clone(),
-                            positions.iter().map(|&i| pipelined(i)),
-                            self.concern.as_ref(),
-                        );
-                        match self.node_links.send(&node, writes.pipe()).await {
-                            Ok(values) => {
-                                let describe = format!("{} (node {node})", self.describe);
-                                (writes.answers(&describe, values).into_iter())
-                                    .map(|answer| match answer.value() {
-                                        Err(err) if not_run_here(err) => None,
-                                        _ => Some(answer),
-                                    })
-                                    .collect()
-                            }
-                            Err(Failed::NotSent(err)) => {
-                                tracing::debug!(%node, "cannot reach the node, following the cluster: {err}");
-                                vec![None; positions.len()]
-                            }
-                            Err(Failed::Lost(err)) => (positions.iter())
-                                .map(|_| Some(Answer::lost(err.clone())))
-                                .collect(),
-                        }
-                    }
-                    None => vec![None; positions.len()],
-                };
-                if answers.iter().any(Option::is_none) {
-                    // Our map is stale: read it again (the watcher hears of a change).
-                    let _ = self.topology.refresh().await;
-                }
-                for (slot_answer, &i) in answers.iter_mut().zip(&positions) {
-                    if slot_answer.is_none() {
-                        *slot_answer = Some(self.write_alone(alone(i)).await);
-                    }
-                }
-                (positions, answers)
-            });
+        let batch = Batch {
+            keys,
+            prelude: &prelude,
+            pipelined: &pipelined,
+            alone: &alone,
+        };
+        let all = (0..keys.len()).collect();
         let mut out: Vec<Option<Answer>> = (0..keys.len()).map(|_| None).collect();
-        for (positions, answers) in join_all(groups).await {
-            for (i, answer) in positions.into_iter().zip(answers) {
-                out[i] = answer;
-            }
+        for (i, answer) in self
+            .write_on(self.topology.current(), &batch, all, true)
+            .await
+        {
+            out[i] = Some(answer);
         }
         out.into_iter()
             .map(|a| a.expect("every key is in one group"))
             .collect()
+    }
+
+    /// Writes the keys of `batch` at `positions` grouped by `map`, all nodes at once; `retry`
+    /// allows a group one more pass on another master.
+    fn write_on<'a>(
+        &'a self,
+        map: Arc<SlotMap>,
+        batch: &'a Batch<'a>,
+        positions: Vec<usize>,
+        retry: bool,
+    ) -> BoxFuture<'a, Answered> {
+        Box::pin(async move {
+            let keys: Vec<&str> = positions.iter().map(|&i| batch.keys[i].as_str()).collect();
+            let groups = (map.group(&keys).into_iter()).map(|(shard, group)| {
+                let node = shard.map(|s| map.shard(s).master.clone());
+                let group = group.into_iter().map(|g| positions[g]).collect();
+                self.write_group(node, batch, group, retry)
+            });
+            join_all(groups).await.into_iter().flatten().collect()
+        })
+    }
+
+    /// Writes the keys of `batch` at `positions`, all of `node`'s by our map (`None`: of slots
+    /// no master serves by it), as one pipeline.
+    async fn write_group(
+        &self,
+        node: Option<Node>,
+        batch: &Batch<'_>,
+        positions: Vec<usize>,
+        retry: bool,
+    ) -> Answered {
+        let Some(node) = node else {
+            // Our map is stale, or the cluster lost those slots.
+            let _ = self.topology.refresh().await;
+            if retry {
+                return self
+                    .write_on(self.topology.current(), batch, positions, false)
+                    .await;
+            }
+            return self.write_each_alone(batch, positions).await;
+        };
+        let keys: Vec<&str> = positions.iter().map(|&i| batch.keys[i].as_str()).collect();
+        let connect = self.node_links.connect(&node);
+        let connected = if retry {
+            match self.topology.unless_moved(connect, &keys, &node).await {
+                Some(connected) => connected,
+                None => {
+                    tracing::debug!(%node, "slots moved while connecting, writing elsewhere");
+                    return (self.write_on(self.topology.current(), batch, positions, false)).await;
+                }
+            }
+        } else {
+            connect.await
+        };
+        let describe = format!("{} (node {node})", self.describe);
+        let link = match connected {
+            Ok(link) => link,
+            Err(err) => {
+                tracing::debug!(%node, "cannot reach the node, nothing written: {err}");
+                self.topology.trouble();
+                if retry
+                    && let Ok(fresh) = self.topology.refresh().await
+                    && fresh.elsewhere(&keys, &node)
+                {
+                    return self.write_on(fresh, batch, positions, false).await;
+                }
+                let err = fault(&describe, err);
+                return (positions.into_iter())
+                    .map(|i| (i, Answer::unsent(err.clone())))
+                    .collect();
+            }
+        };
+        let writes = Writes::new(
+            batch.prelude.clone(),
+            positions.iter().map(|&i| (batch.pipelined)(i)),
+            self.concern.as_ref(),
+        );
+        let values = match link.send(writes.pipe()).await {
+            Ok(values) => values,
+            Err(err) => {
+                // Sent: they may have run, so they are not sent again.
+                tracing::debug!(%node, "writes unanswered: {err}");
+                self.topology.trouble();
+                return (positions.into_iter())
+                    .map(|i| (i, Answer::lost(err.clone())))
+                    .collect();
+            }
+        };
+        let mut answered = Vec::with_capacity(positions.len());
+        let mut not_run = Vec::new();
+        for (i, answer) in positions.into_iter().zip(writes.answers(&describe, values)) {
+            match answer.value() {
+                Some(Err(err)) if not_run_here(err) => not_run.push(i),
+                _ => answered.push((i, answer)),
+            }
+        }
+        if !not_run.is_empty() {
+            // Our map is stale: read it again (the watcher hears of a change).
+            let _ = self.topology.refresh().await;
+            answered.extend(self.write_each_alone(batch, not_run).await);
+        }
+        answered
+    }
+
+    /// The keys of `batch` at `positions` written one by one through the crate's routing.
+    async fn write_each_alone(&self, batch: &Batch<'_>, positions: Vec<usize>) -> Answered {
+        let mut answered = Vec::with_capacity(positions.len());
+        for i in positions {
+            answered.push((i, self.write_alone((batch.alone)(i)).await));
+        }
+        answered
     }
 
     /// One write sent again alone through the cluster connection, with the `WAIT` of the
@@ -130,9 +228,7 @@ impl ClusterStore {
             )
             .await;
         (batch.iter().zip(answers))
-            .map(|(&write, answer)| {
-                answer.confirm(|value| entries::written(&self.describe, write, now, value))
-            })
+            .map(|(&write, answer)| entries::written(&self.describe, write, now, answer))
             .collect()
     }
 }

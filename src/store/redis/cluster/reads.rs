@@ -10,8 +10,7 @@ use redis::Value;
 
 use super::ClusterStore;
 use crate::error::Result;
-use crate::store::redis::node_links::Failed;
-use crate::store::redis::topology::{Node, Shard, SlotMap, slot};
+use crate::store::redis::topology::{Node, Shard, SlotMap};
 
 /// Reads the keys given as arguments, all served by the node that runs it. `no-writes` lets it
 /// run as `EVAL_RO`; `allow-cross-slot-keys` lets it read keys of several slots, which Redis
@@ -55,7 +54,7 @@ impl ClusterStore {
                     "a read answered nothing",
                 )))),
             },
-            Err(Failed::NotSent(err) | Failed::Lost(err)) => Err(Unread::Unreachable(err)),
+            Err(err) => Err(Unread::Unreachable(err)),
         }
     }
 
@@ -122,7 +121,7 @@ impl ClusterStore {
                 self.topology.trouble();
                 if retry
                     && let Ok(fresh) = self.topology.refresh().await
-                    && moved(&fresh, keys, &shard.master)
+                    && fresh.elsewhere(keys, &shard.master)
                 {
                     return self.read_on(fresh, keys, false).await;
                 }
@@ -142,21 +141,9 @@ impl ClusterStore {
         master: &Node,
         keys: &[&str],
     ) -> Option<Result<Vec<Option<Bytes>>, Unread>> {
-        let read = self.eval_ro(node, keys);
-        tokio::pin!(read);
-        loop {
-            let changed = self.topology.changed.notified();
-            tokio::pin!(changed);
-            // Registered before the map is looked at, so no change slips in between.
-            changed.as_mut().enable();
-            if moved(&self.topology.current(), keys, master) {
-                return None;
-            }
-            tokio::select! {
-                read = &mut read => return Some(read),
-                _ = changed => {}
-            }
-        }
+        (self.topology)
+            .unless_moved(self.eval_ro(node, keys), keys, master)
+            .await
     }
 
     /// What replica reads found, with each miss asked of the master: a replica that has not
@@ -182,7 +169,7 @@ impl ClusterStore {
             Err(Unread::Unreachable(err)) => {
                 self.topology.trouble();
                 match self.topology.refresh().await {
-                    Ok(fresh) if retry && moved(&fresh, &asked, &shard.master) => {
+                    Ok(fresh) if retry && fresh.elsewhere(&asked, &shard.master) => {
                         self.read_on(fresh, &asked, false).await
                     }
                     _ => {
@@ -248,11 +235,4 @@ impl ClusterStore {
                 .collect()
         })
     }
-}
-
-/// True if `map` says some of `keys` are served by another master than `master`.
-fn moved(map: &SlotMap, keys: &[&str], master: &Node) -> bool {
-    keys.iter().any(|key| {
-        (map.shard_of(slot(key.as_bytes()))).is_some_and(|s| map.shard(s).master != *master)
-    })
 }
