@@ -235,11 +235,7 @@ impl RawPage {
             if site.inserts() {
                 out.extend_from_slice(USER_MEMBER);
             }
-            match &answers[site.id as usize] {
-                // The usual case, without finding the id's text it does not need.
-                Answer::Found(record) => out.extend_from_slice(record.as_bytes()),
-                answer => answer.write(self.ids.id(site.id as usize), out),
-            }
+            answers[site.id as usize].write(|| self.ids.id(site.id as usize), out);
             at = site.end;
         }
         out.extend_from_slice(&self.buf[at..doc.end]);
@@ -255,10 +251,7 @@ impl RawPage {
             if site.inserts() {
                 len += USER_MEMBER.len();
             }
-            len += match &answers[site.id as usize] {
-                Answer::Found(record) => record.as_bytes().len(),
-                answer => answer.len(self.ids.id(site.id as usize)),
-            };
+            len += answers[site.id as usize].len(|| self.ids.id(site.id as usize));
         }
         len
     }

@@ -37,6 +37,6 @@ pub(crate) fn enrich_in_place(
 /// An answer as a `Value`.
 fn answer_value(answer: &Answer, id: &str) -> Value {
     let mut bytes = Vec::new();
-    answer.write(id, &mut bytes);
+    answer.write(|| id, &mut bytes);
     serde_json::from_slice(&bytes).expect("user records and error objects are valid JSON")
 }

@@ -202,7 +202,7 @@ impl Writer<'_, '_> {
             .next()
             .expect("the same walk finds the same references") as usize;
         let name = &self.page.refs.ids[id];
-        self.page.answers[id].write(name, self.out);
+        self.page.answers[id].write(|| name, self.out);
     }
 
     /// Writes a key or a value that holds no reference: serde_json's own escaping and number
@@ -283,7 +283,7 @@ impl EnrichedValues<'_> {
                     .map_err(|e| format!("stored user {id:?} is not valid JSON: {e}"))?,
                 stand_in => {
                     let mut bytes = Vec::new();
-                    stand_in.write(id, &mut bytes);
+                    stand_in.write(|| id, &mut bytes);
                     let json = String::from_utf8(bytes).expect("ids are ASCII");
                     Cow::Owned(
                         RawValue::from_string(json).expect("the stand-in objects are valid JSON"),
