@@ -30,6 +30,10 @@ pub(crate) trait IdList {
     fn count(&self) -> usize;
     /// Id number `i`.
     fn id(&self, i: usize) -> &str;
+    /// Every id, in order of their numbers.
+    fn all(&self) -> impl ExactSizeIterator<Item = &str> {
+        (0..self.count()).map(|i| self.id(i))
+    }
 }
 
 impl IdList for [Box<str>] {
@@ -65,12 +69,17 @@ impl IdList for Ids {
     }
 
     fn id(&self, i: usize) -> &str {
-        let start = match i {
-            0 => 0,
-            _ => self.ends[i - 1] as usize,
-        };
-        &self.text[start..self.ends[i] as usize]
+        &self.text[span(&self.ends, i)]
     }
+}
+
+/// Where id number `i` lies in the text of ids whose ends are `ends`.
+fn span(ends: &[u32], i: usize) -> std::ops::Range<usize> {
+    let start = match i {
+        0 => 0,
+        _ => ends[i - 1] as usize,
+    };
+    start..ends[i] as usize
 }
 
 impl Ids {
@@ -92,11 +101,7 @@ impl Ids {
             hashes,
             index,
         } = self;
-        let known = |i: &u32| {
-            let i = *i as usize;
-            let start = if i == 0 { 0 } else { ends[i - 1] as usize };
-            &text.as_bytes()[start..ends[i] as usize] == id.as_bytes()
-        };
+        let known = |&i: &u32| &text.as_bytes()[span(ends, i as usize)] == id.as_bytes();
         match index.entry(hash, known, |&i| hashes[i as usize]) {
             hashbrown::hash_table::Entry::Occupied(known) => *known.get(),
             hashbrown::hash_table::Entry::Vacant(slot) => {
@@ -118,13 +123,8 @@ impl Ids {
         self.index.clear();
     }
 
-    /// The ids, in order of their numbers.
-    pub(crate) fn iter(&self) -> impl ExactSizeIterator<Item = &str> {
-        (0..self.count()).map(|i| self.id(i))
-    }
-
     /// The ids, in order of their numbers, each on its own.
     pub(crate) fn into_ids(self) -> Vec<Box<str>> {
-        self.iter().map(Box::from).collect()
+        self.all().map(Box::from).collect()
     }
 }

@@ -280,11 +280,11 @@ mod tests {
     fn scan(doc: &str, depth: Depth) -> (String, Vec<String>) {
         let mut page = RawPage::new(depth);
         page.push_any(doc.as_bytes()).unwrap();
-        let answers: Vec<Answer> = page.ids().iter().map(|_| Answer::Missing).collect();
+        let answers: Vec<Answer> = page.ids().all().map(|_| Answer::Missing).collect();
         let mut out = Vec::new();
         page.write_doc(0, &answers, &mut out);
         assert_eq!(page.doc_len(0, &answers), out.len(), "doc_len is exact");
-        let ids = page.ids().iter().map(|s| s.to_string()).collect();
+        let ids = page.ids().all().map(|s| s.to_string()).collect();
         (String::from_utf8(out).unwrap(), ids)
     }
 
@@ -660,7 +660,7 @@ mod tests {
                         let mut page = RawPage::new(depth);
                         page.push_any(&doc).unwrap();
                         let answers: Vec<Answer> =
-                            page.ids().iter().map(|_| Answer::Missing).collect();
+                            page.ids().all().map(|_| Answer::Missing).collect();
                         let mut out = Vec::new();
                         page.write_doc(0, &answers, &mut out);
                         assert_eq!(page.doc_len(0, &answers), out.len());

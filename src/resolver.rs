@@ -79,8 +79,9 @@ impl Resolver {
         // cloning in turn made each lookup wait out its cache miss alone.
         let mut answers: Vec<Option<Answer>> = match (generation, memo.as_deref()) {
             (Some(_), Some(memo)) => {
-                let hits: Vec<Option<&Cached>> = (0..ids.count())
-                    .map(|i| memo.get(ids.id(i), hashes[i]))
+                debug_assert_eq!(hashes.len(), ids.count(), "a hash per id");
+                let hits: Vec<Option<&Cached>> = (ids.all().zip(hashes))
+                    .map(|(id, &hash)| memo.get(id, hash))
                     .collect();
                 let answers = hits.into_iter().map(|hit| hit.cloned().map(Answer::from));
                 answers.collect()
@@ -159,8 +160,7 @@ impl Resolver {
             .map(|a| a.expect("every id is answered"))
             .collect();
         if let (Some(memo), Some(generation)) = (memo, generation) {
-            let ids = (0..ids.count()).map(|i| ids.id(i));
-            let fresh = (ids.zip(hashes).zip(&answers).zip(&remembered)).filter_map(
+            let fresh = (ids.all().zip(hashes).zip(&answers).zip(&remembered)).filter_map(
                 |(((id, hash), answer), remembered)| {
                     let cached = match answer {
                         Answer::Found(user) => Cached::Found(user.clone()),
