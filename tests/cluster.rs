@@ -220,6 +220,25 @@ async fn writes_reach_other_enrichers_and_a_lost_stream_bypasses_the_cache() {
     }
 }
 
+/// Moves the slot of each of `names`' users, one at a time (keys moved 50 ms apart, 100 ms
+/// between slots), from its master to the next, while the caller's tasks go on.
+async fn migrate_users(cluster: RedisCluster, names: &[String]) -> RedisCluster {
+    let moves: Vec<(u16, usize)> = (names.iter())
+        .map(|n| {
+            let slot = cluster.slot_of(&format!("enrich:user:{n}"));
+            (slot, cluster.owner_of(slot))
+        })
+        .collect();
+    tokio::task::spawn_blocking(move || {
+        for (slot, from) in moves {
+            cluster.migrate_slot(slot, from, (from + 1) % 3, Duration::from_millis(50));
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        cluster
+    })
+    .await
+    .unwrap()
+}
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slot_migration_under_reads_gives_no_wrong_answer() {
     let cluster = start().await;
@@ -282,22 +301,7 @@ async fn a_slot_migration_under_reads_gives_no_wrong_answer() {
         }));
     }
     // Move the slots of the first six users, one at a time, to the next master.
-    let moves: Vec<(u16, usize)> = names[..6]
-        .iter()
-        .map(|n| {
-            let slot = cluster.slot_of(&format!("enrich:user:{n}"));
-            (slot, cluster.owner_of(slot))
-        })
-        .collect();
-    let cluster = tokio::task::spawn_blocking(move || {
-        for (slot, from) in moves {
-            cluster.migrate_slot(slot, from, (from + 1) % 3, Duration::from_millis(50));
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        cluster
-    })
-    .await
-    .unwrap();
+    let cluster = migrate_users(cluster, &names[..6]).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     stop.store(true, Ordering::Relaxed);
     for reader in readers {
@@ -379,21 +383,7 @@ async fn single_writes_during_a_slot_migration_follow_the_keys() {
             (held, writes, refused)
         }
     });
-    let moves: Vec<(u16, usize)> = (names.iter())
-        .map(|n| {
-            let slot = cluster.slot_of(&format!("enrich:user:{n}"));
-            (slot, cluster.owner_of(slot))
-        })
-        .collect();
-    let cluster = tokio::task::spawn_blocking(move || {
-        for (slot, from) in moves {
-            cluster.migrate_slot(slot, from, (from + 1) % 3, Duration::from_millis(50));
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        cluster
-    })
-    .await
-    .unwrap();
+    let cluster = migrate_users(cluster, &names).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     stop.store(true, Ordering::Relaxed);
     let (held, writes, refused) = writer.await.unwrap();
