@@ -15,7 +15,7 @@ use futures::FutureExt;
 use tokio::sync::oneshot;
 
 use crate::answer::Answer;
-use crate::cache::{BatchFuture, BatchResult, Cached, Flight, Joined, L1, Memo};
+use crate::cache::{BatchFuture, BatchResult, Cached, Flight, Joined, L1, Memo, MemoPool};
 use crate::error::{Error, ErrorKind, Result};
 use crate::id::IdList;
 use crate::record::Key;
@@ -59,36 +59,34 @@ impl Resolver {
         self.resolve_with(ids, stats, None).await.0
     }
 
-    /// Like [`Resolver::resolve`], answering first from `memo` and keeping in it what the L1
-    /// and the source said, as long as the L1 did not change meanwhile. The memo comes with
-    /// the [`id_hash`](crate::user::id_hash) of each id. Also says which ids the memo
+    /// Like [`Resolver::resolve`], answering first from a memo of `memos` and keeping in one
+    /// what the L1 and the source said, as long as the L1 did not change meanwhile. The memos
+    /// come with the [`id_hash`](crate::user::id_hash) of each id. Also says which ids the memo
     /// answered (nothing if it could not be used).
+    ///
+    /// A memo is borrowed while it answers and again while it learns, never across the loads'
+    /// waits (see [`MemoPool`]).
     pub(crate) async fn resolve_with(
         &self,
         ids: &(impl IdList + ?Sized),
         stats: &mut EnrichStats,
-        memo: Option<(&mut Memo, &[u64])>,
+        memos: Option<(&MemoPool, &[u64])>,
     ) -> (Vec<Answer>, Vec<bool>) {
-        let (mut memo, hashes) = match memo {
-            Some((memo, hashes)) => (Some(memo), hashes),
-            None => (None, &[][..]),
-        };
-        let generation = memo.as_deref_mut().and_then(|memo| memo.begin(&self.l1));
-        // The memo is asked about every id before any of its answers is cloned: a clone counts
-        // a reference, an atomic add that lets no later load start before it, so asking and
-        // cloning in turn made each lookup wait out its cache miss alone.
-        let mut answers: Vec<Option<Answer>> = match (generation, memo.as_deref()) {
-            (Some(_), Some(memo)) => {
-                debug_assert_eq!(hashes.len(), ids.count(), "a hash per id");
-                let hits: Vec<Option<&Cached>> = (ids.all().zip(hashes))
-                    .map(|(id, &hash)| memo.get(id, hash))
-                    .collect();
-                let answers = hits.into_iter().map(|hit| hit.cloned().map(Answer::from));
-                answers.collect()
+        let mut generation = None;
+        let mut answers: Vec<Option<Answer>> = match memos {
+            Some((memos, hashes)) => {
+                let mut memo = memos.take();
+                generation = memo.begin(&self.l1);
+                let answers = match generation {
+                    Some(_) => remembered(&memo, ids, hashes),
+                    None => vec![None; ids.count()],
+                };
+                memos.put(memo);
+                answers
             }
-            _ => vec![None; ids.count()],
+            None => vec![None; ids.count()],
         };
-        // Which answers came from the memo: the others are kept in it at the end.
+        // Which answers came from the memo: the others are kept in one at the end.
         let remembered: Vec<bool> = match generation {
             Some(_) => answers.iter().map(Option::is_some).collect(),
             None => Vec::new(),
@@ -159,7 +157,11 @@ impl Resolver {
             .into_iter()
             .map(|a| a.expect("every id is answered"))
             .collect();
-        if let (Some(memo), Some(generation)) = (memo, generation) {
+        // A page the store failed keeps nothing: it may be tried again, and its ids must then
+        // be answered as new ones, not as ones an earlier page learned (a batch job counts the
+        // distinct ids of a run by what each page did not find in a memo).
+        let faulty = answers.iter().any(|a| matches!(a, Answer::Unavailable(_)));
+        if let (Some((memos, hashes)), Some(generation), false) = (memos, generation, faulty) {
             let fresh = (ids.all().zip(hashes).zip(&answers).zip(&remembered)).filter_map(
                 |(((id, hash), answer), remembered)| {
                     let cached = match answer {
@@ -170,7 +172,12 @@ impl Resolver {
                     (!remembered).then_some((id, *hash, cached))
                 },
             );
+            // Maybe not the memo that answered: this one keeps them only if it too was filled
+            // under the generation the page began in (`begin` starts it over otherwise).
+            let mut memo = memos.take();
+            memo.begin(&self.l1);
             memo.keep(&self.l1, generation, fresh);
+            memos.put(memo);
         }
         (answers, remembered)
     }
@@ -214,6 +221,20 @@ impl Resolver {
         };
         tokio::spawn(load.run());
     }
+}
+
+/// What `memo` answers for each of `ids`, whose [`id_hash`](crate::user::id_hash)es are
+/// `hashes`.
+fn remembered(memo: &Memo, ids: &(impl IdList + ?Sized), hashes: &[u64]) -> Vec<Option<Answer>> {
+    debug_assert_eq!(hashes.len(), ids.count(), "a hash per id");
+    // The memo is asked about every id before any of its answers is cloned: a clone counts a
+    // reference, an atomic add that lets no later load start before it, so asking and cloning
+    // in turn made each lookup wait out its cache miss alone.
+    let hits: Vec<Option<&Cached>> = (ids.all().zip(hashes))
+        .map(|(id, &hash)| memo.get(id, hash))
+        .collect();
+    let answers = hits.into_iter().map(|hit| hit.cloned().map(Answer::from));
+    answers.collect()
 }
 
 /// Reads slot `index` of a batch's result.
@@ -287,5 +308,67 @@ impl Load {
         }
         // Every waiter holds the shared receiver; nobody listening is fine.
         let _ = self.sender.send(Arc::new(result));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use async_trait::async_trait;
+
+    use super::*;
+    use crate::cache::CacheConfig;
+    use crate::id::id_hash;
+    use crate::user::{UserId, UserJson};
+
+    /// A source that knows every user but `down`, which it cannot read.
+    #[derive(Debug)]
+    struct DownFor(&'static str);
+
+    #[async_trait]
+    impl crate::store::UserSource for DownFor {
+        async fn get_many(&self, _: &[UserId]) -> Result<Vec<Option<UserJson>>> {
+            unreachable!("asked for each id")
+        }
+
+        async fn get_many_each(&self, ids: &[UserId]) -> Vec<Result<Option<UserJson>>> {
+            ids.iter()
+                .map(|id| match id.as_str() {
+                    down if down == self.0 => Err(Error::new(ErrorKind::Unavailable, "down")),
+                    id => Ok(Some(UserJson::from_stored(format!(
+                        r#"{{"created_at":"2021-04-13T22:53:19.670051Z","updated_at":"2021-04-13T22:53:19.670051Z","id":"{id}","data":{{}}}}"#
+                    ))?)),
+                })
+                .collect()
+        }
+
+        fn describe(&self) -> String {
+            "down for one id".to_string()
+        }
+    }
+
+    /// A page the store failed teaches the memos nothing: tried again, none of its ids is
+    /// "remembered", so a job counts each of them as seen for the first time.
+    #[tokio::test]
+    async fn a_page_the_store_failed_keeps_nothing_in_a_memo() {
+        let resolver = Resolver {
+            source: Arc::new(DownFor("b")),
+            l1: Arc::new(L1::new(&CacheConfig::new())),
+            max_batch: 100,
+        };
+        let memos = MemoPool::copying(2);
+        let ids: Vec<Box<str>> = ["a", "b"].into_iter().map(Box::from).collect();
+        let hashes: Vec<u64> = ids.iter().map(|id| id_hash(id)).collect();
+        let mut stats = EnrichStats::default();
+        let (answers, _) =
+            (resolver.resolve_with(&ids[..], &mut stats, Some((&memos, &hashes)))).await;
+        assert!(matches!(answers[0], Answer::Found(_)));
+        assert!(matches!(answers[1], Answer::Unavailable(_)));
+        let (_, remembered) =
+            (resolver.resolve_with(&ids[..1], &mut stats, Some((&memos, &hashes[..1])))).await;
+        assert_eq!(remembered, [false]);
+        // Once a page is answered whole, what it learned is kept.
+        let (_, remembered) =
+            (resolver.resolve_with(&ids[..1], &mut stats, Some((&memos, &hashes[..1])))).await;
+        assert_eq!(remembered, [true]);
     }
 }

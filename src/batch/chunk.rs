@@ -10,7 +10,7 @@ use super::distinct::Distinct;
 use super::lines::LineRef;
 use super::read::RawLines;
 use super::{MAX_LINE, PIECE_BYTES, RunOptions};
-use crate::cache::Memo;
+use crate::cache::MemoPool;
 use crate::enricher::{EnrichedPage, Enricher};
 use crate::error::Error;
 use crate::page::RawPage;
@@ -145,30 +145,27 @@ pub(super) async fn process(
         });
         chunk.lines.push(rejected);
     }
-    let mut memo = spares.memos.take().unwrap_or_default();
     let resolved = resolve(
         &shared.enricher,
         &chunk.page,
         options.store_timeout,
-        &mut memo,
+        &spares.memos,
         &mut stopping,
     )
     .await;
     let enriched = match resolved {
         Ok(enriched) => enriched,
         Err(failure) => {
-            spares.memos.put(memo);
             let _ = pieces.send(failure.unwrap_or(Piece::Abandoned));
             return;
         }
     };
     // The run's count of distinct ids takes only the ids the memo did not answer: the others
-    // were counted by the page that taught them to the memo. Counted before the memo goes
-    // back, so no page can be answered by it before they are. (Adding every id of every page
+    // are counted by the page that taught them to the memo, as only a page answered whole
+    // teaches one (a page tried again after a store fault counts all it learned). (Adding every id of every page
     // was 3.7 % of the job's CPU: 1.8M hashes into a shared set, for 51k distinct.)
     let new: Vec<u64> = enriched.unremembered_hashes().collect();
     shared.distinct.add(&new);
-    spares.memos.put(memo);
     // Every line's fate first: its size is known exactly, nothing is built yet.
     let mut steps = Vec::new();
     let mut piece = Plan::default();
@@ -334,14 +331,14 @@ async fn resolve<'p>(
     enricher: &Enricher,
     page: &'p RawPage,
     timeout: Duration,
-    memo: &mut Memo,
+    memos: &MemoPool,
     stopping: &mut watch::Receiver<bool>,
 ) -> std::result::Result<EnrichedPage<'p>, Option<Piece>> {
     let first_failure = Instant::now();
     let mut backoff = Backoff::new();
     let mut failed = false;
     loop {
-        match enricher.enrich_page_with(page, Some(memo)).await {
+        match enricher.enrich_page_with(page, memos).await {
             Ok(enriched) => return Ok(enriched),
             Err(err) if err.is_transient() => {
                 let waited = if failed {
@@ -411,9 +408,9 @@ pub(super) struct Spares {
     chunks: Pool<Chunk>,
     /// Rendered pieces.
     outputs: Pool<Vec<u8>>,
-    /// Each chunk in the works borrows a memo, so a memo is only ever used by one task at a
-    /// time and popular users are answered without asking the shared L1.
-    memos: Pool<Memo>,
+    /// Memos of what the L1 answered, lent to each page while it reads or teaches one, so
+    /// popular users are answered without asking the shared L1.
+    memos: MemoPool,
 }
 
 impl Spares {
@@ -425,7 +422,7 @@ impl Spares {
             lines: Pool::new(keep),
             chunks: Pool::new(keep),
             outputs: Pool::new(keep),
-            memos: Pool::new(keep),
+            memos: MemoPool::copying(keep),
         }
     }
 }

@@ -28,7 +28,7 @@ pub(crate) struct Memo {
     answers: HashTable<(MemoId, Cached)>,
     /// Bytes of the users held.
     bytes: usize,
-    /// Whether the users are shared with the L1 rather than copied (see [`Memo::sharing`]).
+    /// Whether the users are shared with the L1 rather than copied (see [`MemoPool`]).
     shares: bool,
 }
 
@@ -39,16 +39,6 @@ impl Memo {
     pub(crate) const MAX_ENTRIES: usize = 1 << 16;
     /// Bytes of users at most; a memo this full starts over.
     pub(crate) const MAX_BYTES: usize = 16 << 20;
-
-    /// A memo that keeps the users as the L1 handed them out (a copy of its own each), not
-    /// copied once more: for memos that come and go with requests, where a second copy per
-    /// page would cost more than it saves.
-    pub(crate) fn sharing() -> Memo {
-        Memo {
-            shares: true,
-            ..Memo::default()
-        }
-    }
 
     /// Starts a page: empties the memo if the L1 moved on since it was filled. Returns the
     /// generation the page's answers may be kept under, or `None` if they may not be kept.
@@ -174,25 +164,49 @@ impl MemoId {
     }
 }
 
-/// Memos lent to one page at a time: a service's requests come and go, but the popular users
-/// they name are the same, so each page borrows a memo that earlier pages filled. A few per
-/// core cover the pages resolving at once; more are never kept.
+/// Memos lent out for moments: a page borrows one to read its answers, gives it back while it
+/// waits for its loads, and borrows one again to keep what it learned. Held no longer than
+/// that, there are never more memos than threads using them at once, and the popular users
+/// are learned by one or two memos rather than by one per page in the works (a job with four
+/// chunks waiting on their loads made four, each asking the L1 about every user).
 #[derive(Debug, Clone)]
-pub(crate) struct MemoPool(Pool<Memo>);
+pub(crate) struct MemoPool {
+    spares: Pool<Memo>,
+    /// Whether the memos keep the users as the L1 handed them out (a copy of its own each),
+    /// not copied once more: for memos that come and go with requests, where a second copy per
+    /// page would cost more than it saves.
+    shares: bool,
+}
 
 impl Default for MemoPool {
+    /// Sharing memos, a few per core: for a service whose requests come and go.
     fn default() -> Self {
-        MemoPool(Pool::new(8))
+        MemoPool {
+            spares: Pool::new(8),
+            shares: true,
+        }
     }
 }
 
 impl MemoPool {
+    /// Memos with copies of their own of the users, at most `keep` of them kept: for a worker
+    /// that enriches page after page, whose memos last.
+    pub(crate) fn copying(keep: usize) -> MemoPool {
+        MemoPool {
+            spares: Pool::new(keep),
+            shares: false,
+        }
+    }
+
     pub(crate) fn take(&self) -> Memo {
-        self.0.take().unwrap_or_else(Memo::sharing)
+        self.spares.take().unwrap_or_else(|| Memo {
+            shares: self.shares,
+            ..Memo::default()
+        })
     }
 
     pub(crate) fn put(&self, memo: Memo) {
-        self.0.put(memo);
+        self.spares.put(memo);
     }
 }
 

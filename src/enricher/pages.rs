@@ -5,7 +5,7 @@ use serde_json::Value;
 
 use super::{Enricher, OnStoreError};
 use crate::answer::Answer;
-use crate::cache::Memo;
+use crate::cache::MemoPool;
 use crate::error::Result;
 use crate::id::IdList;
 use crate::page::RawPage;
@@ -70,18 +70,15 @@ impl<S: ?Sized> Enricher<S> {
     pub async fn enrich_page<'p>(&self, page: &'p RawPage) -> Result<EnrichedPage<'p>> {
         // Popular users are answered from a memo of what the L1 said to earlier pages, as
         // coherent as the L1 itself; a page dropped mid-way just loses its memo.
-        let mut memo = self.inner.memos.take();
-        let enriched = self.enrich_page_with(page, Some(&mut memo)).await;
-        self.inner.memos.put(memo);
-        enriched
+        self.enrich_page_with(page, &self.inner.memos).await
     }
 
-    /// Like [`Enricher::enrich_page`], for a worker that enriches page after page: `memo`
-    /// answers the ids it saw in earlier pages, as long as the L1 has not changed since.
+    /// Like [`Enricher::enrich_page`], for a worker that enriches page after page: `memos`
+    /// answer the ids they saw in earlier pages, as long as the L1 has not changed since.
     pub(crate) async fn enrich_page_with<'p>(
         &self,
         page: &'p RawPage,
-        memo: Option<&mut Memo>,
+        memos: &MemoPool,
     ) -> Result<EnrichedPage<'p>> {
         let mut stats = EnrichStats {
             activities: page.activities(),
@@ -90,11 +87,7 @@ impl<S: ?Sized> Enricher<S> {
         };
         stats.distinct = page.ids().count() as u64;
         let (answers, remembered) = (self.inner.resolver)
-            .resolve_with(
-                page.ids(),
-                &mut stats,
-                memo.map(|memo| (memo, page.id_hashes())),
-            )
+            .resolve_with(page.ids(), &mut stats, Some((memos, page.id_hashes())))
             .await;
         let answers = self.fail_on_store_fault(answers)?;
         page.count_answers(&answers, &mut stats);
