@@ -149,13 +149,15 @@ impl RawPage {
                     let token = &self.buf[site.start..site.end];
                     decoded =
                         serde_json::from_slice::<String>(token).expect("checked as a reference");
-                    reference_key(&decoded).expect("checked as a reference")
+                    reference_key(&decoded)
+                        .expect("checked as a reference")
+                        .as_bytes()
                 }
                 SiteKind::Reference { escaped: false } => {
                     // "SU:<id>" or "SO:<collection>:<id>" without escapes: the key is the
                     // token less its quotes and three-character prefix.
                     let token = &self.buf[site.start..site.end];
-                    std::str::from_utf8(&token[4..token.len() - 1]).expect("checked as a reference")
+                    &token[4..token.len() - 1]
                 }
                 SiteKind::User {
                     key_start,
@@ -167,9 +169,9 @@ impl RawPage {
                     if escaped {
                         decoded =
                             serde_json::from_slice::<String>(token).expect("checked as an id");
-                        &decoded
+                        decoded.as_bytes()
                     } else {
-                        std::str::from_utf8(&token[1..token.len() - 1]).expect("checked as an id")
+                        &token[1..token.len() - 1]
                     }
                 }
                 SiteKind::Void => unreachable!("void sites are dropped after the scan"),

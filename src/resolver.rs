@@ -100,8 +100,7 @@ impl Resolver {
             if answer.is_some() {
                 continue;
             }
-            let id = ids.id(i);
-            if let Some(cached) = self.l1.get(id) {
+            if let Some(cached) = self.l1.get(ids.id_bytes(i)) {
                 stats.l1_hits += 1;
                 *answer = Some(cached.into());
                 continue;
@@ -120,7 +119,7 @@ impl Resolver {
             let batch = batches.last_mut().expect("a batch was just made");
             match self
                 .l1
-                .join_or_start(id, &batch.answer, batch.started.len())
+                .join_or_start(ids.id(i), &batch.answer, batch.started.len())
             {
                 Joined::Waiting(flight) => waiting.push((i, flight)),
                 Joined::Started(flight) => batch.started.push((i, flight)),
@@ -162,16 +161,16 @@ impl Resolver {
         // distinct ids of a run by what each page did not find in a memo).
         let faulty = answers.iter().any(|a| matches!(a, Answer::Unavailable(_)));
         if let (Some((memos, hashes)), Some(generation), false) = (memos, generation, faulty) {
-            let fresh = (ids.all().zip(hashes).zip(&answers).zip(&remembered)).filter_map(
-                |(((id, hash), answer), remembered)| {
+            let fresh = (answers.iter().zip(&remembered).enumerate())
+                .filter(|(_, (_, remembered))| !**remembered)
+                .filter_map(|(i, (answer, _))| {
                     let cached = match answer {
                         Answer::Found(user) => Cached::Found(user.clone()),
                         Answer::Missing => Cached::Missing,
                         Answer::Unavailable(_) => return None,
                     };
-                    (!remembered).then_some((id, *hash, cached))
-                },
-            );
+                    Some((ids.id_bytes(i), hashes[i], cached))
+                });
             // Maybe not the memo that answered: this one keeps them only if it too was filled
             // under the generation the page began in (`begin` starts it over otherwise).
             let mut memo = memos.take();
@@ -195,7 +194,7 @@ impl Resolver {
         // those ids from it rather than asking the source again.
         let rechecked: Vec<Option<Cached>> = started
             .iter()
-            .map(|(i, _)| self.l1.get(ids.id(*i)))
+            .map(|(i, _)| self.l1.get(ids.id_bytes(*i)))
             .collect();
         let to_load: Vec<Key> = started
             .iter()
@@ -230,8 +229,8 @@ fn remembered(memo: &Memo, ids: &(impl IdList + ?Sized), hashes: &[u64]) -> Vec<
     // The memo is asked about every id before any of its answers is cloned: a clone counts a
     // reference, an atomic add that lets no later load start before it, so asking and cloning
     // in turn made each lookup wait out its cache miss alone.
-    let hits: Vec<Option<&Cached>> = (ids.all().zip(hashes))
-        .map(|(id, &hash)| memo.get(id, hash))
+    let hits: Vec<Option<&Cached>> = (hashes.iter().enumerate())
+        .map(|(i, &hash)| memo.get(ids.id_bytes(i), hash))
         .collect();
     let answers = hits.into_iter().map(|hit| hit.cloned().map(Answer::from));
     answers.collect()
@@ -357,7 +356,7 @@ mod tests {
         };
         let memos = MemoPool::copying(2);
         let ids: Vec<Box<str>> = ["a", "b"].into_iter().map(Box::from).collect();
-        let hashes: Vec<u64> = ids.iter().map(|id| id_hash(id)).collect();
+        let hashes: Vec<u64> = ids.iter().map(|id| id_hash(id.as_bytes())).collect();
         let mut stats = EnrichStats::default();
         let (answers, _) =
             (resolver.resolve_with(&ids[..], &mut stats, Some((&memos, &hashes)))).await;

@@ -58,7 +58,7 @@ impl L1 {
     }
 
     /// The cached answer for `id`, if any and if the cache may be read now.
-    pub(crate) fn get(&self, id: &str) -> Option<Cached> {
+    pub(crate) fn get(&self, id: &[u8]) -> Option<Cached> {
         if !self.enabled || self.bypass.load(Ordering::Acquire) {
             return None;
         }

@@ -62,9 +62,9 @@ impl Memo {
     }
 
     /// What the memo holds for `id`, whose [`id_hash`] is `hash`.
-    pub(crate) fn get(&self, id: &str, hash: u64) -> Option<&Cached> {
+    pub(crate) fn get(&self, id: &[u8], hash: u64) -> Option<&Cached> {
         self.answers
-            .find(hash, |(known, _)| known.as_bytes() == id.as_bytes())
+            .find(hash, |(known, _)| known.as_bytes() == id)
             .map(|(_, cached)| cached)
     }
 
@@ -73,12 +73,12 @@ impl Memo {
         &mut self,
         l1: &L1,
         generation: u64,
-        answers: impl Iterator<Item = (&'a str, u64, Cached)>,
+        answers: impl Iterator<Item = (&'a [u8], u64, Cached)>,
     ) {
         if l1.generation() != Some(generation) || generation != self.generation {
             return;
         }
-        let answers: Vec<(&str, u64, Cached)> = answers.collect();
+        let answers: Vec<(&[u8], u64, Cached)> = answers.collect();
         let bytes = (answers.iter())
             .filter_map(|(_, _, cached)| cached.record())
             .map(|record| record.as_bytes().len())
@@ -105,8 +105,8 @@ impl Memo {
             };
             match self.answers.entry(
                 hash,
-                |(known, _)| known.as_bytes() == id.as_bytes(),
-                |(known, _)| id_hash(known.as_str()),
+                |(known, _)| known.as_bytes() == id,
+                |(known, _)| id_hash(known.as_bytes()),
             ) {
                 TableEntry::Occupied(mut known) => known.get_mut().1 = private,
                 TableEntry::Vacant(slot) => {
@@ -133,18 +133,18 @@ enum MemoId {
         len: u8,
         bytes: [u8; MemoId::INLINE],
     },
-    Boxed(Box<str>),
+    Boxed(Box<[u8]>),
 }
 
 impl MemoId {
     /// The longest id kept inline; the entry, with its answer, is then 64 bytes.
     const INLINE: usize = 22;
 
-    fn new(id: &str) -> MemoId {
+    fn new(id: &[u8]) -> MemoId {
         match u8::try_from(id.len()) {
             Ok(len) if id.len() <= MemoId::INLINE => {
                 let mut bytes = [0; MemoId::INLINE];
-                bytes[..id.len()].copy_from_slice(id.as_bytes());
+                bytes[..id.len()].copy_from_slice(id);
                 MemoId::Inline { len, bytes }
             }
             _ => MemoId::Boxed(id.into()),
@@ -154,13 +154,8 @@ impl MemoId {
     fn as_bytes(&self) -> &[u8] {
         match self {
             MemoId::Inline { len, bytes } => &bytes[..usize::from(*len)],
-            MemoId::Boxed(id) => id.as_bytes(),
+            MemoId::Boxed(id) => id,
         }
-    }
-
-    fn as_str(&self) -> &str {
-        // Made from a `&str`, cut where it ended.
-        std::str::from_utf8(self.as_bytes()).unwrap_or_default()
     }
 }
 
@@ -236,14 +231,14 @@ mod tests {
         Some(generation)
     }
 
-    fn hashed(answers: Vec<(&str, Cached)>) -> impl Iterator<Item = (&str, u64, Cached)> {
+    fn hashed(answers: Vec<(&str, Cached)>) -> impl Iterator<Item = (&[u8], u64, Cached)> {
         answers
             .into_iter()
-            .map(|(id, cached)| (id, id_hash(id), cached))
+            .map(|(id, cached)| (id.as_bytes(), id_hash(id.as_bytes()), cached))
     }
 
     fn get<'m>(memo: &'m Memo, id: &str) -> Option<&'m Cached> {
-        memo.get(id, id_hash(id))
+        memo.get(id.as_bytes(), id_hash(id.as_bytes()))
     }
 
     #[test]
@@ -316,8 +311,11 @@ mod tests {
         assert_eq!(name(get(&memo, &inline)).as_deref(), Some("inline"));
         assert!(get(&memo, &longer).is_none());
         assert!(get(&memo, &inline[1..]).is_none());
-        assert!(matches!(MemoId::new(&inline), MemoId::Inline { .. }));
-        assert!(matches!(MemoId::new(&long), MemoId::Boxed(_)));
+        assert!(matches!(
+            MemoId::new(inline.as_bytes()),
+            MemoId::Inline { .. }
+        ));
+        assert!(matches!(MemoId::new(long.as_bytes()), MemoId::Boxed(_)));
         assert_eq!(
             std::mem::size_of::<(MemoId, Cached)>(),
             64,

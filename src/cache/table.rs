@@ -143,7 +143,7 @@ impl Shard {
     /// Frees slot `i`, which holds an entry.
     fn remove(&mut self, i: usize) {
         let slot = &mut self.slots[i];
-        let hash = id_hash_bytes(slot.key());
+        let hash = id_hash(slot.key());
         self.bytes -= slot.weight();
         slot.data = None;
         if let Ok(found) = self.index.find_entry(hash, |&j| j as usize == i) {
@@ -182,11 +182,6 @@ impl Shard {
     }
 }
 
-fn id_hash_bytes(key: &[u8]) -> u64 {
-    // Keys are checked ids, ASCII.
-    id_hash(std::str::from_utf8(key).unwrap_or_default())
-}
-
 impl Table {
     /// A table of `capacity` bytes whose entries live `ttl`.
     pub(crate) fn new(capacity: u64, ttl: Duration) -> Table {
@@ -222,10 +217,10 @@ impl Table {
     }
 
     /// The answer held for `key`, if any and not expired.
-    pub(crate) fn get(&self, key: &str) -> Option<Cached> {
+    pub(crate) fn get(&self, key: &[u8]) -> Option<Cached> {
         let hash = id_hash(key);
         let mut shard = lock(self.shard(hash));
-        let i = shard.find(hash, key.as_bytes())?;
+        let i = shard.find(hash, key)?;
         if shard.slots[i].expires <= self.now() {
             shard.remove(i);
             return None;
@@ -252,7 +247,7 @@ impl Table {
             return;
         };
         let weight = weigh(key, json.len());
-        let hash = id_hash(key);
+        let hash = id_hash(key.as_bytes());
         let now = self.now();
         let mut shard = lock(self.shard(hash));
         if let Some(i) = shard.find(hash, key.as_bytes()) {
@@ -287,12 +282,12 @@ impl Table {
             }
         };
         let Shard { index, slots, .. } = &mut *shard;
-        index.insert_unique(hash, i, |&j| id_hash_bytes(slots[j as usize].key()));
+        index.insert_unique(hash, i, |&j| id_hash(slots[j as usize].key()));
     }
 
     /// Drops what is held for `key`.
     pub(crate) fn invalidate(&self, key: &str) {
-        let hash = id_hash(key);
+        let hash = id_hash(key.as_bytes());
         let mut shard = lock(self.shard(hash));
         if let Some(i) = shard.find(hash, key.as_bytes()) {
             shard.remove(i);
@@ -351,26 +346,26 @@ mod tests {
         let table = Table::new(1 << 20, Duration::from_secs(60));
         table.insert("u1", &user(1));
         table.insert("gone", &Cached::Missing);
-        assert_eq!(json(table.get("u1")), json(Some(user(1))));
-        assert!(matches!(table.get("gone"), Some(Cached::Missing)));
-        assert!(table.get("u2").is_none());
+        assert_eq!(json(table.get(b"u1")), json(Some(user(1))));
+        assert!(matches!(table.get(b"gone"), Some(Cached::Missing)));
+        assert!(table.get(b"u2").is_none());
         table.insert("u1", &user(7));
-        assert_eq!(json(table.get("u1")), json(Some(user(7))));
+        assert_eq!(json(table.get(b"u1")), json(Some(user(7))));
         assert_eq!(table.entry_count(), 2);
         let charged = weigh("u1", user(7).record().unwrap().as_bytes().len()) + weigh("gone", 0);
         assert_eq!(table.weighted_size(), charged);
         table.invalidate("u1");
-        assert!(table.get("u1").is_none());
+        assert!(table.get(b"u1").is_none());
         table.invalidate_all();
         assert_eq!((table.entry_count(), table.weighted_size()), (0, 0));
-        assert!(table.get("gone").is_none());
+        assert!(table.get(b"gone").is_none());
     }
 
     #[test]
     fn entries_expire() {
         let table = Table::new(1 << 20, Duration::ZERO);
         table.insert("u1", &user(1));
-        assert!(table.get("u1").is_none());
+        assert!(table.get(b"u1").is_none());
         assert_eq!(table.weighted_size(), 0);
     }
 
@@ -383,20 +378,20 @@ mod tests {
         for n in 0..1000 {
             table.insert(&format!("u{n:04}"), &user(n));
             // A popular entry, read between every insert.
-            assert!(table.get("u0000").is_some(), "{n}");
+            assert!(table.get(b"u0000").is_some(), "{n}");
             assert!(table.weighted_size() <= 100 * one);
         }
         // Within a few bytes of full: later users have longer ids.
         assert!(table.entry_count() >= 95, "{}", table.entry_count());
         assert_eq!(table.evictions(), 1000 - table.entry_count());
-        assert!(table.get("u0999").is_some());
+        assert!(table.get(b"u0999").is_some());
     }
 
     #[test]
     fn an_entry_larger_than_a_shard_is_not_held() {
         let table = Table::new(100, Duration::from_secs(60));
         table.insert("u1", &user(1));
-        assert!(table.get("u1").is_none());
+        assert!(table.get(b"u1").is_none());
         assert_eq!(table.weighted_size(), 0);
     }
 }

@@ -164,7 +164,10 @@ impl<S: ?Sized> Enricher<S> {
     /// Redis Cluster, the ids of the nodes that are up are answered while one is down.
     pub async fn get_many_each(&self, ids: &[UserId]) -> Vec<Result<Option<UserJson>>> {
         let mut distinct = Ids::with_capacity(ids.len());
-        let slots: Vec<u32> = ids.iter().map(|id| distinct.intern(id.as_str())).collect();
+        let slots: Vec<u32> = ids
+            .iter()
+            .map(|id| distinct.intern(id.as_str().as_bytes()))
+            .collect();
         let mut stats = EnrichStats::default();
         let answers = (self.inner.resolver).resolve(&distinct, &mut stats).await;
         (slots.into_iter())

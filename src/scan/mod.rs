@@ -144,6 +144,7 @@ impl<'a> Scanner<'a> {
     }
 
     /// Copies the structural byte under the cursor and the white space after it.
+    #[inline(always)]
     fn punct(&mut self) {
         if self.copy {
             self.out.push(self.src[self.pos]);
@@ -153,6 +154,7 @@ impl<'a> Scanner<'a> {
     }
 
     /// Copies `byte`, which must be under the cursor.
+    #[inline(always)]
     fn expect(&mut self, byte: u8, what: &'static str) -> Scan {
         if self.peek()? != byte {
             return self.fail(what);
@@ -172,6 +174,7 @@ impl<'a> Scanner<'a> {
     }
 
     /// After a member or an element: a comma (`true`: another follows) or `close`.
+    #[inline(always)]
     fn more(&mut self, close: u8, what: &'static str) -> Scan<bool> {
         match self.peek()? {
             b',' => {

@@ -333,13 +333,13 @@ impl References {
                 &mut |value, search| match search {
                     Search::Candidate => {
                         if let Some(id) = referenced_id(value) {
-                            let i = ids.intern(id);
+                            let i = ids.intern(id.as_bytes());
                             refs.sites.push(i);
                         }
                     }
                     Search::User => {
                         if let Some(id) = value.as_str() {
-                            refs.sites.push(ids.intern(id));
+                            refs.sites.push(ids.intern(id.as_bytes()));
                         }
                     }
                     Search::Fields(Fields::Activity(_)) => refs.activities += 1,
