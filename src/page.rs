@@ -243,6 +243,16 @@ impl RawPage {
         out.extend_from_slice(&self.buf[at..doc.end]);
     }
 
+    /// Starts fetching the users of document `doc` (if there is one) into the cache, for a
+    /// [`RawPage::write_doc`] soon after.
+    pub(crate) fn prefetch_doc(&self, doc: usize, answers: &[Answer]) {
+        if let Some(doc) = self.docs.get(doc) {
+            for site in &self.sites[doc.sites.clone()] {
+                answers[site.id as usize].prefetch();
+            }
+        }
+    }
+
     /// The exact length of what [`RawPage::write_doc`] writes for document `doc`: a caller can
     /// refuse an answer over its limit before building it.
     pub(crate) fn doc_len(&self, doc: usize, answers: &[Answer]) -> usize {
