@@ -72,12 +72,12 @@ impl Resolver {
         stats: &mut EnrichStats,
         memos: Option<(&MemoPool, &[u64])>,
     ) -> (Vec<Answer>, Vec<bool>) {
-        let mut generation = None;
+        let mut stamp = None;
         let mut answers: Vec<Option<Answer>> = match memos {
             Some((memos, hashes)) => {
                 let mut memo = memos.take();
-                generation = memo.begin(&self.l1);
-                let answers = match generation {
+                stamp = memo.begin(&self.l1);
+                let answers = match stamp {
                     Some(_) => remembered(&memo, ids, hashes),
                     None => vec![None; ids.count()],
                 };
@@ -87,7 +87,7 @@ impl Resolver {
             None => vec![None; ids.count()],
         };
         // Which answers came from the memo: the others are kept in one at the end.
-        let remembered: Vec<bool> = match generation {
+        let remembered: Vec<bool> = match stamp {
             Some(_) => answers.iter().map(Option::is_some).collect(),
             None => Vec::new(),
         };
@@ -160,7 +160,7 @@ impl Resolver {
         // be answered as new ones, not as ones an earlier page learned (a batch job counts the
         // distinct ids of a run by what each page did not find in a memo).
         let faulty = answers.iter().any(|a| matches!(a, Answer::Unavailable(_)));
-        if let (Some((memos, hashes)), Some(generation), false) = (memos, generation, faulty) {
+        if let (Some((memos, hashes)), Some(stamp), false) = (memos, stamp, faulty) {
             let fresh = (answers.iter().zip(&remembered).enumerate())
                 .filter(|(_, (_, remembered))| !**remembered)
                 .filter_map(|(i, (answer, _))| {
@@ -172,10 +172,10 @@ impl Resolver {
                     Some((ids.id_bytes(i), hashes[i], cached))
                 });
             // Maybe not the memo that answered: this one keeps them only if it too was filled
-            // under the generation the page began in (`begin` starts it over otherwise).
+            // under the generation the page began in, and since before the page began.
             let mut memo = memos.take();
             memo.begin(&self.l1);
-            memo.keep(&self.l1, generation, fresh);
+            memo.keep(&self.l1, stamp, fresh);
             memos.put(memo);
         }
         (answers, remembered)

@@ -41,8 +41,8 @@ impl Memo {
     pub(crate) const MAX_BYTES: usize = 16 << 20;
 
     /// Starts a page: empties the memo if the L1 moved on since it was filled. Returns the
-    /// generation the page's answers may be kept under, or `None` if they may not be kept.
-    pub(crate) fn begin(&mut self, l1: &L1) -> Option<u64> {
+    /// page's stamp, under which its answers may be kept, or `None` if they may not be kept.
+    pub(crate) fn begin(&mut self, l1: &L1) -> Option<Stamp> {
         let Some(generation) = l1.generation() else {
             self.clear();
             return None;
@@ -58,7 +58,10 @@ impl Memo {
             self.generation = generation;
             self.since = Some(Instant::now());
         }
-        Some(generation)
+        Some(Stamp {
+            generation,
+            at: Instant::now(),
+        })
     }
 
     /// What the memo holds for `id`, whose [`id_hash`] is `hash`.
@@ -68,14 +71,20 @@ impl Memo {
             .map(|(_, cached)| cached)
     }
 
-    /// Keeps the answers of a page begun at `generation`, if the L1 has not moved on since.
+    /// Keeps the answers of a page begun with `stamp`, if the L1 has not moved on since, and
+    /// if this memo is no younger than the page (a page may keep its answers in another memo
+    /// than the one it read: one started after the page's answers were taken would serve them
+    /// for longer than [`Memo::MAX_AGE`] after).
     pub(crate) fn keep<'a>(
         &mut self,
         l1: &L1,
-        generation: u64,
+        stamp: Stamp,
         answers: impl Iterator<Item = (&'a [u8], u64, Cached)>,
     ) {
-        if l1.generation() != Some(generation) || generation != self.generation {
+        if l1.generation() != Some(stamp.generation)
+            || stamp.generation != self.generation
+            || self.since.is_none_or(|since| since > stamp.at)
+        {
             return;
         }
         let answers: Vec<(&[u8], u64, Cached)> = answers.collect();
@@ -121,6 +130,13 @@ impl Memo {
         self.since = None;
         self.bytes = 0;
     }
+}
+
+/// When a page began, as a memo says it: the L1's generation then, and the time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Stamp {
+    generation: u64,
+    at: Instant,
 }
 
 /// An id as a memo keeps it: a short one (the usual case) inside the memo's entry, so that
@@ -225,10 +241,10 @@ mod tests {
     }
 
     /// Fills a memo as a page would: begin, then keep what the page learned.
-    fn fill(memo: &mut Memo, l1: &L1, answers: Vec<(&str, Cached)>) -> Option<u64> {
-        let generation = memo.begin(l1)?;
-        memo.keep(l1, generation, hashed(answers));
-        Some(generation)
+    fn fill(memo: &mut Memo, l1: &L1, answers: Vec<(&str, Cached)>) -> Option<Stamp> {
+        let stamp = memo.begin(l1)?;
+        memo.keep(l1, stamp, hashed(answers));
+        Some(stamp)
     }
 
     fn hashed(answers: Vec<(&str, Cached)>) -> impl Iterator<Item = (&[u8], u64, Cached)> {
@@ -270,13 +286,32 @@ mod tests {
     fn a_page_that_saw_an_invalidation_keeps_nothing() {
         let l1 = L1::new(&CacheConfig::new());
         let mut memo = Memo::default();
-        let generation = memo.begin(&l1).unwrap();
+        let stamp = memo.begin(&l1).unwrap();
         // The page read "a", then a write to "a" was announced before it finished.
         l1.invalidate("a");
-        memo.keep(&l1, generation, hashed(vec![("a", user("stale"))]));
+        memo.keep(&l1, stamp, hashed(vec![("a", user("stale"))]));
         assert!(get(&memo, "a").is_none());
         memo.begin(&l1).unwrap();
         assert!(get(&memo, "a").is_none());
+    }
+
+    /// A page may keep its answers in another memo than the one it read: not in one started
+    /// after the page began, which would serve them past their age.
+    #[test]
+    fn a_memo_younger_than_the_page_keeps_nothing_of_it() {
+        let l1 = L1::new(&CacheConfig::new());
+        let (mut read, mut other) = (Memo::default(), Memo::default());
+        let stamp = read.begin(&l1).unwrap();
+        std::thread::sleep(Duration::from_millis(2));
+        other.begin(&l1).unwrap();
+        other.keep(&l1, stamp, hashed(vec![("a", user("old"))]));
+        assert!(get(&other, "a").is_none());
+        // One as old as the page, under the same generation, keeps them.
+        let mut older = Memo::default();
+        older.begin(&l1).unwrap();
+        let stamp = read.begin(&l1).unwrap();
+        older.keep(&l1, stamp, hashed(vec![("a", user("old"))]));
+        assert_eq!(name(get(&older, "a")).as_deref(), Some("old"));
     }
 
     #[test]
