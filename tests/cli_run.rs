@@ -1119,3 +1119,43 @@ fn a_failed_write_leaves_only_complete_lines() {
         "{lines} lines in the file: {err}"
     );
 }
+
+/// Past `--max-distinct-ids` the summary's distinct count is an estimate, marked `~` and
+/// close to the truth; below it, exact as ever.
+#[test]
+fn the_distinct_count_past_its_bound_is_an_estimate() {
+    let dir = tempfile::tempdir().unwrap();
+    let input: String = (0..20_000)
+        .map(|i| format!("{{\"actor\":\"SU:u{i}\",\"object\":\"SU:u{}\"}}\n", i / 2))
+        .collect();
+    let path = dir.path().join("in.ndjson");
+    std::fs::write(&path, input).unwrap();
+    let distinct = |bound: &str| {
+        let out = run(
+            dir.path(),
+            &[
+                "--store",
+                "memory:",
+                "run",
+                "--max-distinct-ids",
+                bound,
+                path.to_str().unwrap(),
+                "-o",
+                "/dev/null",
+            ],
+            "",
+        );
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        let summary = text(&out.stderr);
+        let count = summary.split("distinct ").nth(1).unwrap();
+        count[..count.find(',').unwrap()].to_string()
+    };
+    assert_eq!(distinct("20000"), "20000");
+    let estimate = distinct("1000");
+    let ids: f64 = estimate
+        .strip_prefix('~')
+        .expect("marked as an estimate")
+        .parse()
+        .unwrap();
+    assert!((ids - 20_000.0).abs() < 600.0, "{estimate} for 20000");
+}

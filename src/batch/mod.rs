@@ -74,6 +74,10 @@ pub const MAX_LINE: usize = 1 << 20;
 /// with typical users, while one line still fits many times over in a run's memory.
 pub const DEFAULT_MAX_LINE_OUTPUT: usize = 64 << 20;
 
+/// The default of [`RunOptions::max_distinct_ids`]: counted exactly, a million ids take about
+/// 16 MiB; past them the count is estimated in a fixed 200 KiB.
+pub const DEFAULT_MAX_DISTINCT_IDS: u64 = 1_000_000;
+
 /// The default of [`RunOptions::max_pending_output`]: 64 MiB.
 pub const DEFAULT_MAX_PENDING_OUTPUT: usize = 64 << 20;
 
@@ -112,6 +116,7 @@ pub struct RunOptions {
     store_timeout: Duration,
     max_line_output: usize,
     max_pending_output: usize,
+    max_distinct_ids: u64,
 }
 
 impl Default for RunOptions {
@@ -128,6 +133,7 @@ impl RunOptions {
             store_timeout: Duration::from_secs(30),
             max_line_output: DEFAULT_MAX_LINE_OUTPUT,
             max_pending_output: DEFAULT_MAX_PENDING_OUTPUT,
+            max_distinct_ids: DEFAULT_MAX_DISTINCT_IDS,
         }
     }
 
@@ -155,6 +161,14 @@ impl RunOptions {
     /// written). Default [`DEFAULT_MAX_PENDING_OUTPUT`].
     pub fn max_pending_output(mut self, bytes: usize) -> Self {
         self.max_pending_output = bytes.clamp(1, u32::MAX as usize);
+        self
+    }
+
+    /// Distinct ids the run counts exactly, at most: past them [`RunSummary::distinct_users`]
+    /// is an estimate (within a few percent; [`RunSummary::distinct_estimated`] says so), and
+    /// the count's memory stops growing. Default [`DEFAULT_MAX_DISTINCT_IDS`].
+    pub fn max_distinct_ids(mut self, ids: u64) -> Self {
+        self.max_distinct_ids = ids;
         self
     }
 
@@ -284,8 +298,11 @@ pub struct RunSummary {
     pub rejected: u64,
     /// Enrichment counters, summed over the pages written.
     pub stats: EnrichStats,
-    /// Distinct users referenced in the whole run.
+    /// Distinct users referenced in the whole run: exact up to
+    /// [`RunOptions::max_distinct_ids`], estimated past it.
     pub distinct_users: u64,
+    /// Whether [`RunSummary::distinct_users`] is an estimate.
+    pub distinct_estimated: bool,
     /// Wall time.
     pub elapsed: Duration,
     /// Set if the run was stopped before the end of its input.
@@ -305,13 +322,14 @@ impl std::fmt::Display for RunSummary {
         }
         write!(
             f,
-            "lines {} (written {}, rejected {}), activities {}, references {}, distinct {}, \
+            "lines {} (written {}, rejected {}), activities {}, references {}, distinct {}{}, \
              missing {}, L1 hit ratio {:.1}%, store calls {}, elapsed {:.3} s, {:.0} activities/s",
             self.lines,
             self.written,
             self.rejected,
             self.stats.activities,
             self.stats.references,
+            if self.distinct_estimated { "~" } else { "" },
             self.distinct_users,
             self.stats.missing,
             self.stats.l1_hit_ratio() * 100.0,

@@ -9,6 +9,7 @@ use futures::{Stream, StreamExt};
 use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::task::JoinSet;
 
+use super::distinct::Distinct;
 use super::{
     FORCED_STOP_GRACE, Output, RunError, RunOptions, RunProgress, RunSummary, Source, Stop, chunk,
     read, write,
@@ -38,7 +39,7 @@ pub async fn run(
         spares: spares.clone(),
         budget: Arc::new(Semaphore::new(options.max_pending_output)),
         names: read::names(&inputs),
-        distinct: Default::default(),
+        distinct: Distinct::new(options.max_distinct_ids),
     });
     let (queue, queued) = mpsc::unbounded_channel();
     let abort = Arc::new(AtomicBool::new(false));
@@ -157,7 +158,9 @@ pub async fn run(
     summary.written = report.written;
     summary.rejected = report.rejected;
     summary.stats = report.stats;
-    summary.distinct_users = shared.distinct.count();
+    let distinct = shared.distinct.count();
+    summary.distinct_users = distinct.ids;
+    summary.distinct_estimated = distinct.estimated;
     match report.end {
         write::End::Finished | write::End::Stopped => Ok(summary),
         write::End::Failed(error) => Err(RunError { summary, error }),

@@ -125,6 +125,10 @@ pub(crate) enum Command {
         /// suffix K, M or G (powers of 1024).
         #[arg(long, value_name = "BYTES", default_value = "64M", value_parser = parse_bytes)]
         max_line_output: usize,
+        /// Count the run's distinct users exactly up to this many (about 16 bytes each);
+        /// past them the summary gives an estimate, within a few percent, marked with `~`.
+        #[arg(long, value_name = "IDS", default_value_t = enrich::batch::DEFAULT_MAX_DISTINCT_IDS)]
+        max_distinct_ids: u64,
         /// Keep retrying while the store is unavailable for this long, then fail.
         #[arg(long, value_name = "SECS", default_value_t = 30.0)]
         store_timeout: f64,

@@ -91,6 +91,7 @@ async fn run_command(cli: Cli) {
             deep,
             rejects,
             max_line_output,
+            max_distinct_ids,
             store_timeout,
             quiet,
             threads: _,
@@ -110,7 +111,8 @@ async fn run_command(cli: Cli) {
                 options: RunOptions::new()
                     .depth(depth)
                     .store_timeout(store_timeout)
-                    .max_line_output(max_line_output),
+                    .max_line_output(max_line_output)
+                    .max_distinct_ids(max_distinct_ids),
                 verbose: !quiet,
             };
             match commands::run(&spec, args).await {
