@@ -64,27 +64,20 @@ impl Resolver {
     /// come with the [`id_hash`](crate::user::id_hash) of each id. Also says which ids the memo
     /// answered (nothing if it could not be used).
     ///
-    /// A memo is borrowed while it answers and again while it learns, never across the loads'
-    /// waits (see [`MemoPool`]).
+    /// A memo is read at the start and taught at the end, never held across the loads' waits
+    /// (see [`MemoPool`]).
     pub(crate) async fn resolve_with(
         &self,
         ids: &(impl IdList + ?Sized),
         stats: &mut EnrichStats,
         memos: Option<(&MemoPool, &[u64])>,
     ) -> (Vec<Answer>, Vec<bool>) {
-        let mut stamp = None;
-        let mut answers: Vec<Option<Answer>> = match memos {
-            Some((memos, hashes)) => {
-                let mut memo = memos.take();
-                stamp = memo.begin(&self.l1);
-                let answers = match stamp {
-                    Some(_) => remembered(&memo, ids, hashes),
-                    None => vec![None; ids.count()],
-                };
-                memos.put(memo);
-                answers
-            }
-            None => vec![None; ids.count()],
+        let read = memos.and_then(|(memos, hashes)| {
+            memos.begin(&self.l1, |memo| remembered(memo, ids, hashes))
+        });
+        let (stamp, mut answers) = match read {
+            Some((stamp, answers)) => (Some(stamp), answers),
+            None => (None, vec![None; ids.count()]),
         };
         // Which answers came from the memo: the others are kept in one at the end.
         let remembered: Vec<bool> = match stamp {
@@ -171,12 +164,7 @@ impl Resolver {
                     };
                     Some((ids.id_bytes(i), hashes[i], cached))
                 });
-            // Maybe not the memo that answered: this one keeps them only if it too was filled
-            // under the generation the page began in, and since before the page began.
-            let mut memo = memos.take();
-            memo.begin(&self.l1);
-            memo.keep(&self.l1, stamp, fresh);
-            memos.put(memo);
+            memos.keep(&self.l1, stamp, fresh);
         }
         (answers, remembered)
     }
@@ -354,7 +342,7 @@ mod tests {
             l1: Arc::new(L1::new(&CacheConfig::new())),
             max_batch: 100,
         };
-        let memos = MemoPool::copying(2);
+        let memos = MemoPool::shared();
         let ids: Vec<Box<str>> = ["a", "b"].into_iter().map(Box::from).collect();
         let hashes: Vec<u64> = ids.iter().map(|id| id_hash(id.as_bytes())).collect();
         let mut stats = EnrichStats::default();

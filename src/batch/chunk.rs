@@ -408,8 +408,8 @@ pub(super) struct Spares {
     chunks: Pool<Chunk>,
     /// Rendered pieces.
     outputs: Pool<Vec<u8>>,
-    /// Memos of what the L1 answered, lent to each page while it reads or teaches one, so
-    /// popular users are answered without asking the shared L1.
+    /// The run's memo of what the L1 answered, so popular users are answered without asking
+    /// the shared L1.
     memos: MemoPool,
 }
 
@@ -422,7 +422,7 @@ impl Spares {
             lines: Pool::new(keep),
             chunks: Pool::new(keep),
             outputs: Pool::new(keep),
-            memos: MemoPool::copying(keep),
+            memos: MemoPool::shared(),
         }
     }
 }
