@@ -135,6 +135,10 @@ pub async fn run(
     };
     reader.abort();
     tasks.abort_all();
+    // Aborted chunks stop at their next await. One between teaching the memo and counting its
+    // new ids (no await between the two) finishes both first, so the count below misses none
+    // of the ids the memo answered for other pages.
+    while tasks.join_next().await.is_some() {}
     let mut summary = RunSummary {
         elapsed: started.elapsed(),
         interrupted: stopped,

@@ -11,11 +11,13 @@ use super::l1::L1;
 use crate::sync::{self, Pool, write};
 use crate::user::id_hash;
 
-/// A private copy of answers the L1 gave, kept by one worker of a batch job between its pages.
+/// A private copy of answers the L1 gave, kept between pages: one for all the workers of a
+/// batch job, or several lent to a service's requests (see [`MemoPool`]).
 ///
 /// A job looks up the same popular users in page after page; asking the L1 each time costs a
 /// lock, a probe of a shared table and a copy of the user.
-/// A memo answers those from a plain map the worker owns, with its own copies of the bytes.
+/// A memo answers those from a plain map of its own, with its own copies of the bytes (or,
+/// lent to requests, the L1's).
 ///
 /// It stays exactly as coherent as the L1: it holds only answers taken while the L1's
 /// generation did not move, and it is emptied as soon as the generation moves (any
