@@ -69,7 +69,8 @@ impl<S: ?Sized> Enricher<S> {
     /// ```
     pub async fn enrich_page<'p>(&self, page: &'p RawPage) -> Result<EnrichedPage<'p>> {
         // Popular users are answered from a memo of what the L1 said to earlier pages, as
-        // coherent as the L1 itself; a page dropped mid-way just loses its memo.
+        // coherent as the L1 itself; no memo is held across an await, so a page dropped
+        // mid-way takes none with it.
         self.enrich_page_with(page, &self.inner.memos).await
     }
 
