@@ -162,8 +162,9 @@ pub(super) async fn process(
     };
     // The run's count of distinct ids takes only the ids the memo did not answer: the others
     // are counted by the page that taught them to the memo, as only a page answered whole
-    // teaches one (a page tried again after a store fault counts all it learned). (Adding every id of every page
-    // was 3.7 % of the job's CPU: 1.8M hashes into a shared set, for 51k distinct.)
+    // teaches one (a page tried again after a store fault counts all it learned). (Adding
+    // every id of every page was 3.7 % of the job's CPU: 1.8M hashes into a shared set, for
+    // 51k distinct.)
     let new: Vec<u64> = enriched.unremembered_hashes().collect();
     shared.distinct.add(&new);
     // Every line's fate first: its size is known exactly, nothing is built yet.

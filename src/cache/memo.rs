@@ -77,13 +77,15 @@ impl Memo {
     /// Keeps the answers of a page begun with `stamp`, if the L1 has not moved on since, and
     /// if this memo is no younger than the page (a page may keep its answers in another memo
     /// than the one it read: one started after the page's answers were taken would serve them
-    /// for longer than [`Memo::MAX_AGE`] after).
+    /// for longer than [`Memo::MAX_AGE`] after). The memo is first started over if it is stale,
+    /// as [`Memo::begin`] does.
     pub(crate) fn keep<'a>(
         &mut self,
         l1: &L1,
         stamp: Stamp,
         answers: impl Iterator<Item = (&'a [u8], u64, Cached)>,
     ) {
+        self.begin(l1);
         if l1.generation() != Some(stamp.generation)
             || stamp.generation != self.generation
             || self.since.is_none_or(|since| since > stamp.at)
@@ -216,10 +218,7 @@ impl MemoPool {
     pub(crate) fn begin<R>(&self, l1: &L1, read: impl FnOnce(&Memo) -> R) -> Option<(Stamp, R)> {
         match self {
             MemoPool::Lent(spares) => {
-                let mut memo = spares.take().unwrap_or_else(|| Memo {
-                    shares: true,
-                    ..Memo::default()
-                });
+                let mut memo = lend(spares);
                 let read = memo.begin(l1).map(|stamp| (stamp, read(&memo)));
                 spares.put(memo);
                 read
@@ -242,21 +241,21 @@ impl MemoPool {
             MemoPool::Lent(spares) => {
                 // Maybe not the memo the page read: it keeps them only if it too was filled
                 // under the generation the page began in, and since before the page began.
-                let mut memo = spares.take().unwrap_or_else(|| Memo {
-                    shares: true,
-                    ..Memo::default()
-                });
-                memo.begin(l1);
+                let mut memo = lend(spares);
                 memo.keep(l1, stamp, answers);
                 spares.put(memo);
             }
-            MemoPool::Shared(memo) => {
-                let mut memo = write(memo);
-                memo.begin(l1);
-                memo.keep(l1, stamp, answers);
-            }
+            MemoPool::Shared(memo) => write(memo).keep(l1, stamp, answers),
         }
     }
+}
+
+/// A spare memo, or a new one keeping the users as the L1 handed them out.
+fn lend(spares: &Pool<Memo>) -> Memo {
+    spares.take().unwrap_or_else(|| Memo {
+        shares: true,
+        ..Memo::default()
+    })
 }
 
 #[cfg(test)]
