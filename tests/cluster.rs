@@ -34,6 +34,15 @@ fn enrich(dir: &Path, args: &[&str]) -> std::process::Output {
     run_enrich(dir, args, "")
 }
 
+/// Adds `n` users `prefix0…` at version `v`; their names.
+async fn add_users(store: &SharedStore, prefix: &str, n: usize, v: i64) -> Vec<String> {
+    let names: Vec<String> = (0..n).map(|i| format!("{prefix}{i}")).collect();
+    for name in &names {
+        store.add(&user(name, v), false).await.unwrap();
+    }
+    names
+}
+
 /// The node index serving each id, from the nodes themselves.
 fn owners(cluster: &RedisCluster, ids: &[String]) -> Vec<usize> {
     ids.iter()
@@ -92,10 +101,7 @@ async fn golden_run_through_the_cli() {
 async fn a_cold_page_is_one_read_per_node_and_each_id_is_read_once() {
     let cluster = start().await;
     let store = open(&cluster).await;
-    let names: Vec<String> = (0..60).map(|i| format!("p{i}")).collect();
-    for name in &names {
-        store.add(&user(name, 1), false).await.unwrap();
-    }
+    let names = add_users(&store, "p", 60, 1).await;
     let mut ids: Vec<String> = names.clone();
     ids.extend((0..9).map(|i| format!("absent{i}")));
     let owner = owners(&cluster, &ids);
@@ -243,10 +249,7 @@ async fn migrate_users(cluster: RedisCluster, names: &[String]) -> RedisCluster 
 async fn a_slot_migration_under_reads_gives_no_wrong_answer() {
     let cluster = start().await;
     let store = open(&cluster).await;
-    let names: Vec<String> = (0..40).map(|i| format!("m{i}")).collect();
-    for name in &names {
-        store.add(&user(name, 7), false).await.unwrap();
-    }
+    let names = add_users(&store, "m", 40, 7).await;
     let ids: Vec<UserId> = names.iter().map(|n| id(n)).collect();
     let enricher = enricher(&cluster).await;
     let stop = Arc::new(AtomicBool::new(false));
@@ -329,10 +332,7 @@ async fn a_slot_migration_under_reads_gives_no_wrong_answer() {
 async fn single_writes_during_a_slot_migration_follow_the_keys() {
     let cluster = start().await;
     let store = open(&cluster).await;
-    let names: Vec<String> = (0..6).map(|i| format!("w{i}")).collect();
-    for name in &names {
-        store.add(&user(name, 0), false).await.unwrap();
-    }
+    let names = add_users(&store, "w", 6, 0).await;
     let stop = Arc::new(AtomicBool::new(false));
     let writer = tokio::spawn({
         let (store, names, stop) = (store.clone(), names.clone(), stop.clone());
@@ -423,10 +423,7 @@ fn connections_to(port: u16) -> usize {
 async fn writes_to_a_hung_master_share_one_connection_attempt() {
     let mut cluster = start().await;
     let store = open(&cluster).await;
-    let names: Vec<String> = (0..30).map(|i| format!("h{i}")).collect();
-    for name in &names {
-        store.add(&user(name, 1), false).await.unwrap();
-    }
+    let names = add_users(&store, "h", 30, 1).await;
     let owner = owners(&cluster, &names);
     let hung: Vec<String> = (names.iter().zip(&owner))
         .filter(|(_, o)| **o == 2)
@@ -499,10 +496,7 @@ async fn a_connection_attempt_given_up_is_finished_for_the_next_write() {
 async fn a_killed_master_makes_only_its_users_unavailable() {
     let mut cluster = start().await;
     let store = open(&cluster).await;
-    let names: Vec<String> = (0..30).map(|i| format!("k{i}")).collect();
-    for name in &names {
-        store.add(&user(name, 1), false).await.unwrap();
-    }
+    let names = add_users(&store, "k", 30, 1).await;
     let owner = owners(&cluster, &names);
     let by_node: HashMap<usize, usize> = owner.iter().fold(HashMap::new(), |mut m, o| {
         *m.entry(*o).or_default() += 1;

@@ -635,18 +635,14 @@ async fn under_load(disruption: Disruption, read_from: ReadFrom) -> Availability
             .with_test_writer()
             .try_init();
     }
-    let cluster = RedisCluster::start_replicated();
+    let Outage {
+        cluster,
+        store: writer,
+        victim,
+        promoted,
+        affected,
+    } = Outage::prepare().await;
     let url = cluster.url();
-    let writer = store::open(&url, &StoreOptions::new()).await.unwrap();
-    for i in 0..USERS {
-        writer.add(&user(i, 0), false).await.unwrap();
-    }
-    wait_replicas_listed(&cluster);
-    let victim = cluster.owner_of(cluster.slot_of("enrich:user:f0"));
-    let promoted = cluster.replica_of(victim);
-    let affected: Vec<bool> = (0..USERS)
-        .map(|i| cluster.owner_of(cluster.slot_of(&format!("enrich:user:f{i}"))) == victim)
-        .collect();
     let run = Arc::new(Run {
         users: USERS,
         affected,
@@ -890,19 +886,14 @@ async fn a_killed_master_under_load_with_reads_from_replicas_serves_no_stale_or_
 /// applied is on the promoted replica.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_a_write_lost_on_a_hung_master_no_other_is_sent_to_it() {
-    let mut cluster = RedisCluster::start_replicated();
-    let store = store::open(&cluster.url(), &StoreOptions::new())
-        .await
-        .unwrap();
-    for i in 0..USERS {
-        store.add(&user(i, 0), false).await.unwrap();
-    }
-    wait_replicas_listed(&cluster);
-    let victim = cluster.owner_of(cluster.slot_of("enrich:user:f0"));
-    let promoted = cluster.replica_of(victim);
-    let affected: Vec<usize> = (0..USERS)
-        .filter(|i| cluster.owner_of(cluster.slot_of(&format!("enrich:user:f{i}"))) == victim)
-        .collect();
+    let Outage {
+        mut cluster,
+        store,
+        victim,
+        promoted,
+        affected,
+    } = Outage::prepare().await;
+    let affected: Vec<usize> = (0..USERS).filter(|&i| affected[i]).collect();
     wait_replicated(&cluster, victim);
     cluster.freeze(victim);
     let at = Instant::now();
@@ -941,6 +932,43 @@ async fn after_a_write_lost_on_a_hung_master_no_other_is_sent_to_it() {
         .query(&mut cluster.node_connection(promoted))
         .unwrap();
     assert!(held.contains(&format!(r#""v":{v}"#)), "{held}");
+}
+
+/// A replicated cluster holding the users `f0…` at version 0 (its replicas listed), a store on
+/// it, and the master an outage is made on: the one holding `f0`.
+struct Outage {
+    cluster: RedisCluster,
+    store: SharedStore,
+    victim: usize,
+    /// The victim's replica, which the cluster promotes.
+    promoted: usize,
+    /// Whether each user is held by the victim.
+    affected: Vec<bool>,
+}
+
+impl Outage {
+    async fn prepare() -> Outage {
+        let cluster = RedisCluster::start_replicated();
+        let store = store::open(&cluster.url(), &StoreOptions::new())
+            .await
+            .unwrap();
+        for i in 0..USERS {
+            store.add(&user(i, 0), false).await.unwrap();
+        }
+        wait_replicas_listed(&cluster);
+        let victim = cluster.owner_of(cluster.slot_of("enrich:user:f0"));
+        let promoted = cluster.replica_of(victim);
+        let affected = (0..USERS)
+            .map(|i| cluster.owner_of(cluster.slot_of(&format!("enrich:user:f{i}"))) == victim)
+            .collect();
+        Outage {
+            cluster,
+            store,
+            victim,
+            promoted,
+            affected,
+        }
+    }
 }
 
 /// The number of `EVAL_RO` calls nodes `nodes` ran since their statistics were reset.
