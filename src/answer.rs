@@ -36,7 +36,8 @@ impl Answer {
     #[inline]
     pub(crate) fn prefetch(&self) {
         if let Answer::Found(record) = self {
-            prefetch(record.as_bytes());
+            // A user is a few hundred bytes.
+            crate::prefetch::bytes(record.as_bytes(), 4);
         }
     }
 
@@ -68,16 +69,3 @@ impl Answer {
         }
     }
 }
-
-/// Asks the processor to fetch the first cache lines of `bytes` (a user is a few hundred
-/// bytes) into its caches. A hint only: nothing waits for it, and it changes no result.
-#[cfg(target_arch = "x86_64")]
-fn prefetch(bytes: &[u8]) {
-    const LINE: usize = 64;
-    for byte in bytes.iter().step_by(LINE).take(4) {
-        safe_arch::prefetch_t0(byte);
-    }
-}
-
-#[cfg(not(target_arch = "x86_64"))]
-fn prefetch(_: &[u8]) {}

@@ -94,6 +94,7 @@ mod enricher;
 pub mod error;
 mod id;
 pub mod page;
+mod prefetch;
 pub mod record;
 pub mod reference;
 mod resolver;
