@@ -217,9 +217,7 @@ fn remembered(memo: &Memo, ids: &(impl IdList + ?Sized), hashes: &[u64]) -> Vec<
     // The memo is asked about every id before any of its answers is cloned: a clone counts a
     // reference, an atomic add that lets no later load start before it, so asking and cloning
     // in turn made each lookup wait out its cache miss alone.
-    let hits: Vec<Option<&Cached>> = (hashes.iter().enumerate())
-        .map(|(i, &hash)| memo.get(ids.id_bytes(i), hash))
-        .collect();
+    let hits = memo.get_all(hashes, |i| ids.id_bytes(i));
     let answers = hits.into_iter().map(|hit| hit.cloned().map(Answer::from));
     answers.collect()
 }

@@ -1,15 +1,16 @@
 //! Memos: private copies of what the L1 answered, kept by a worker between its pages.
 
+mod slots;
+
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-use hashbrown::HashTable;
-use hashbrown::hash_table::Entry as TableEntry;
-
+#[cfg(test)]
+use self::slots::MemoId;
+use self::slots::Slots;
 use super::Cached;
 use super::l1::L1;
 use crate::sync::{self, Pool, write};
-use crate::user::id_hash;
 
 /// A private copy of answers the L1 gave, kept between pages: one for all the workers of a
 /// batch job, or several lent to a service's requests (see [`MemoPool`]).
@@ -27,8 +28,8 @@ use crate::user::id_hash;
 pub(crate) struct Memo {
     generation: u64,
     since: Option<Instant>,
-    /// Ids with their answers, found by [`id_hash`].
-    answers: HashTable<(MemoId, Cached)>,
+    /// Ids with their answers, found by [`id_hash`](crate::user::id_hash).
+    answers: Slots,
     /// Bytes of the users held.
     bytes: usize,
     /// Whether the users are shared with the L1 rather than copied (see [`MemoPool`]).
@@ -38,10 +39,14 @@ pub(crate) struct Memo {
 impl Memo {
     /// The longest an answer is served from a memo after the memo was started.
     pub(crate) const MAX_AGE: Duration = Duration::from_secs(1);
-    /// Entries at most; a memo this full starts over.
+    /// Entries at most; a memo this full starts over, and a page keeps no more than there is
+    /// room for.
     pub(crate) const MAX_ENTRIES: usize = 1 << 16;
-    /// Bytes of users at most; a memo this full starts over.
+    /// Bytes of users at most; a memo this full starts over, and a page keeps no more than
+    /// there is room for.
     pub(crate) const MAX_BYTES: usize = 16 << 20;
+    /// How far ahead of its lookups [`Memo::get_all`] fetches what they will read.
+    const AHEAD: usize = 8;
 
     /// Starts a page: empties the memo if the L1 moved on since it was filled. Returns the
     /// page's stamp, under which its answers may be kept, or `None` if they may not be kept.
@@ -67,11 +72,34 @@ impl Memo {
         })
     }
 
-    /// What the memo holds for `id`, whose [`id_hash`] is `hash`.
+    /// What the memo holds for `id`, whose [`id_hash`](crate::user::id_hash) is `hash`.
+    #[cfg(test)]
     pub(crate) fn get(&self, id: &[u8], hash: u64) -> Option<&Cached> {
-        self.answers
-            .find(hash, |(known, _)| known.as_bytes() == id)
-            .map(|(_, cached)| cached)
+        self.answers.get(id, hash)
+    }
+
+    /// What the memo holds for each of the ids `id` gives, whose hashes are `hashes`.
+    ///
+    /// Each lookup first has the index slot of the id [`Memo::AHEAD`]` * 2` after it fetched,
+    /// and the entry of the one [`Memo::AHEAD`] after it, whose index slot is then in the cache:
+    /// a memo of 50k users is a few MiB, so most lookups of a page are cache misses, waited
+    /// for side by side rather than one after the other.
+    pub(crate) fn get_all<'i>(
+        &self,
+        hashes: &[u64],
+        id: impl Fn(usize) -> &'i [u8],
+    ) -> Vec<Option<&Cached>> {
+        (hashes.iter().enumerate())
+            .map(|(i, &hash)| {
+                if let Some(&ahead) = hashes.get(i + 2 * Memo::AHEAD) {
+                    self.answers.prefetch_index(ahead);
+                }
+                if let Some(&ahead) = hashes.get(i + Memo::AHEAD) {
+                    self.answers.prefetch_entry(ahead);
+                }
+                self.answers.get(id(i), hash)
+            })
+            .collect()
     }
 
     /// Keeps the answers of a page begun with `stamp`, if the L1 has not moved on since, and
@@ -92,7 +120,15 @@ impl Memo {
         {
             return;
         }
-        let answers: Vec<(&[u8], u64, Cached)> = answers.collect();
+        // As many as there is room for: a page may name more users than a memo holds.
+        let mut room = Memo::MAX_BYTES.saturating_sub(self.bytes);
+        let answers: Vec<(&[u8], u64, Cached)> = answers
+            .take(Memo::MAX_ENTRIES.saturating_sub(self.answers.len()))
+            .take_while(|(_, _, cached)| {
+                let len = cached.record().map_or(0, |record| record.as_bytes().len());
+                room.checked_sub(len).inspect(|left| room = *left).is_some()
+            })
+            .collect();
         let bytes = (answers.iter())
             .filter_map(|(_, _, cached)| cached.record())
             .map(|record| record.as_bytes().len())
@@ -117,16 +153,7 @@ impl Memo {
                 }
                 other => other,
             };
-            match self.answers.entry(
-                hash,
-                |(known, _)| known.as_bytes() == id,
-                |(known, _)| id_hash(known.as_bytes()),
-            ) {
-                TableEntry::Occupied(mut known) => known.get_mut().1 = private,
-                TableEntry::Vacant(slot) => {
-                    slot.insert((MemoId::new(id), private));
-                }
-            }
+            self.answers.insert(id, hash, private);
         }
     }
 
@@ -142,42 +169,6 @@ impl Memo {
 pub(crate) struct Stamp {
     generation: u64,
     at: Instant,
-}
-
-/// An id as a memo keeps it: a short one (the usual case) inside the memo's entry, so that
-/// finding it reads the entry's cache line and not also a line elsewhere holding the id's text.
-/// That second read was most of the cost of a memo's answer: perf, `enrich run` over 1M
-/// activities and 50k users, `memcmp` on the boxed ids 4.2 % of the job's CPU.
-#[derive(Debug)]
-enum MemoId {
-    Inline {
-        len: u8,
-        bytes: [u8; MemoId::INLINE],
-    },
-    Boxed(Box<[u8]>),
-}
-
-impl MemoId {
-    /// The longest id kept inline; the entry, with its answer, is then 64 bytes.
-    const INLINE: usize = 22;
-
-    fn new(id: &[u8]) -> MemoId {
-        match u8::try_from(id.len()) {
-            Ok(len) if id.len() <= MemoId::INLINE => {
-                let mut bytes = [0; MemoId::INLINE];
-                bytes[..id.len()].copy_from_slice(id);
-                MemoId::Inline { len, bytes }
-            }
-            _ => MemoId::Boxed(id.into()),
-        }
-    }
-
-    fn as_bytes(&self) -> &[u8] {
-        match self {
-            MemoId::Inline { len, bytes } => &bytes[..usize::from(*len)],
-            MemoId::Boxed(id) => id,
-        }
-    }
 }
 
 /// Where pages find their memo: lent out for moments, or one shared by every page.
@@ -263,6 +254,7 @@ mod tests {
     use super::*;
     use crate::cache::CacheConfig;
     use crate::user::UserJson;
+    use crate::user::id_hash;
 
     fn user(name: &str) -> Cached {
         let json = format!(
@@ -393,6 +385,38 @@ mod tests {
             64,
             "an entry is one cache line"
         );
+    }
+
+    /// A page naming more users than a memo holds keeps as many as there is room for.
+    #[test]
+    fn a_page_keeps_no_more_than_a_memo_holds() {
+        let l1 = L1::new(&CacheConfig::new());
+        let mut memo = Memo::default();
+        let ids: Vec<String> = (0..Memo::MAX_ENTRIES + 100)
+            .map(|i| format!("u{i}"))
+            .collect();
+        let answers = ids
+            .iter()
+            .map(|id| (id.as_str(), Cached::Missing))
+            .collect();
+        fill(&mut memo, &l1, answers).unwrap();
+        assert_eq!(memo.answers.len(), Memo::MAX_ENTRIES);
+        assert!(get(&memo, "u0").is_some() && get(&memo, &ids[ids.len() - 1]).is_none());
+
+        let mut memo = Memo::default();
+        let big = format!("{:0>9000}", 0);
+        let users = (Memo::MAX_BYTES / big.len()) + 10;
+        let answers = (0..users)
+            .map(|i| (ids[i].as_str(), user(&big)))
+            .collect::<Vec<_>>();
+        fill(&mut memo, &l1, answers).unwrap();
+        assert!(memo.bytes <= Memo::MAX_BYTES, "{} bytes", memo.bytes);
+        assert!(
+            memo.bytes > Memo::MAX_BYTES - 10_000,
+            "{} bytes",
+            memo.bytes
+        );
+        assert!(memo.answers.len() < users);
     }
 
     #[test]
