@@ -178,10 +178,26 @@ impl Slots {
         }
     }
 
-    /// Drops every entry, keeping the table for the answers to come.
+    /// Drops every entry, keeping the table for the answers to come. A memo lent to requests
+    /// starts over at every write the L1 hears of, often with few entries in an index sized
+    /// for many: then only their slots are emptied, not the whole index.
     pub(super) fn clear(&mut self) {
+        if self.entries.len() < self.index.len() / 32 {
+            // Each entry's slot is found by its position, not by a lookup of its id: a lookup
+            // stops at the first empty slot, and emptying one entry's slot may cut another's
+            // path from its home.
+            let mask = self.index.len() - 1;
+            for (i, entry) in self.entries.iter().enumerate() {
+                let mut at = self.home(id_hash(entry.id.as_bytes()));
+                while self.index[at] as u32 as usize != i + 1 {
+                    at = (at + 1) & mask;
+                }
+                self.index[at] = 0;
+            }
+        } else {
+            self.index.fill(0);
+        }
         self.entries.clear();
-        self.index.fill(0);
     }
 
     /// The index slot and the entry of `id`, if held.
@@ -254,6 +270,33 @@ mod tests {
         }
     }
 
+    /// Ids whose lookups begin at the same slot of the index follow one another; emptying a
+    /// few entries' slots empties all of them, whatever the order.
+    #[test]
+    fn clearing_a_few_entries_empties_their_slots_along_a_shared_path() {
+        let mut slots = Slots::default();
+        for i in 0..3000 {
+            let id = format!("fill{i}");
+            slots.insert(id.as_bytes(), id_hash(id.as_bytes()), Cached::Missing);
+        }
+        slots.clear();
+        let home = |id: &str| slots.home(id_hash(id.as_bytes()));
+        let first = home("a0");
+        let same: Vec<String> = (0..)
+            .map(|i| format!("a{i}"))
+            .filter(|id| home(id) == first)
+            .take(3)
+            .collect();
+        for id in &same {
+            slots.insert(id.as_bytes(), id_hash(id.as_bytes()), Cached::Missing);
+        }
+        assert!(same.iter().all(|id| held(&slots, id).is_some()));
+        assert!(slots.len() < slots.index.len() / 32, "the sparse way");
+        slots.clear();
+        assert!(slots.index.iter().all(|&slot| slot == 0));
+        assert!(same.iter().all(|id| held(&slots, id).is_none()));
+    }
+
     #[test]
     fn an_entry_is_one_cache_line() {
         assert_eq!(std::mem::size_of::<Entry>(), 64);
@@ -312,5 +355,14 @@ mod tests {
         assert_eq!(slots.index.len(), table, "the table is kept");
         slots.insert(b"u0", id_hash(b"u0"), Cached::Missing);
         assert_eq!(held(&slots, "u0").as_deref(), Some("missing"));
+
+        // Few entries in a large index: only their slots are emptied, and all of them.
+        for id in &ids[..20] {
+            slots.insert(id.as_bytes(), id_hash(id.as_bytes()), Cached::Missing);
+        }
+        assert!(slots.len() < slots.index.len() / 32);
+        slots.clear();
+        assert!(slots.index.iter().all(|&slot| slot == 0));
+        assert!(ids.iter().all(|id| held(&slots, id).is_none()));
     }
 }
