@@ -27,6 +27,7 @@ static ID_BYTE: [bool; 256] = {
 /// A hash of an id, the same for every page and memo of this process (so a page's hashes serve
 /// its lookups elsewhere) and seeded at random per process (ids come from outside: a fixed
 /// seed could be attacked with colliding ids).
+#[inline]
 pub(crate) fn id_hash(id: &[u8]) -> u64 {
     static STATE: std::sync::LazyLock<foldhash::fast::RandomState> =
         std::sync::LazyLock::new(foldhash::fast::RandomState::default);

@@ -47,6 +47,9 @@ impl Memo {
     pub(crate) const MAX_BYTES: usize = 16 << 20;
     /// How far ahead of its lookups [`Memo::get_all`] fetches what they will read.
     const AHEAD: usize = 8;
+    /// Entries from which [`Memo::get_all`] fetches ahead: fewer (256 KiB of them) are mostly
+    /// in the cache, where the hints would cost more than they save.
+    const FETCHED_FROM: usize = 4096;
 
     /// Starts a page: empties the memo if the L1 moved on since it was filled. Returns the
     /// page's stamp, under which its answers may be kept, or `None` if they may not be kept.
@@ -89,6 +92,12 @@ impl Memo {
         hashes: &[u64],
         id: impl Fn(usize) -> &'i [u8],
     ) -> Vec<Option<&Cached>> {
+        if self.answers.len() < Memo::FETCHED_FROM {
+            // Small enough to be in the cache already (a service's memos, mostly).
+            return (hashes.iter().enumerate())
+                .map(|(i, &hash)| self.answers.get(id(i), hash))
+                .collect();
+        }
         (hashes.iter().enumerate())
             .map(|(i, &hash)| {
                 if let Some(&ahead) = hashes.get(i + 2 * Memo::AHEAD) {

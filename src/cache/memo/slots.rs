@@ -48,6 +48,7 @@ impl MemoId {
     }
 
     /// `id` as it is compared with the ids held.
+    #[inline]
     fn sought(id: &[u8]) -> Sought<'_> {
         match u8::try_from(id.len()) {
             Ok(len) if id.len() <= MemoId::INLINE => {
@@ -129,7 +130,7 @@ impl Slots {
     }
 
     /// The answer held for `id`, whose [`id_hash`] is `hash`.
-    #[inline]
+    #[inline(always)]
     pub(super) fn get(&self, id: &[u8], hash: u64) -> Option<&Cached> {
         self.find(id, hash)
             .map(|(_, entry)| &self.entries[entry].cached)
@@ -201,7 +202,7 @@ impl Slots {
     }
 
     /// The index slot and the entry of `id`, if held.
-    #[inline]
+    #[inline(always)]
     fn find(&self, id: &[u8], hash: u64) -> Option<(usize, usize)> {
         if self.index.is_empty() {
             return None;
