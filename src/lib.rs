@@ -31,7 +31,8 @@
 //! - `enricher`: the [`Enricher`] a service shares, over all of the above — its lookups and L1
 //!   controls, its builder, and its pages.
 //! - [`batch`]: the NDJSON job behind `enrich run`, the user import, and the line reader.
-//! - [`error`]: the one [`Error`] type, with an [`ErrorKind`].
+//! - [`error`]: the one [`Error`] type, with an [`ErrorKind`]; `prefetch`: the cache hints the
+//!   memo's lookups and the rendering of users give the processor (x86-64; none elsewhere).
 //! - `serve` (feature `serve`): a Stream-compatible HTTP API over an [`Enricher`]; `bench`
 //!   (feature `bench`): the benchmarks' workload. The `enrich` binary (feature `cli`, the
 //!   default) lives in `src/bin/enrich/`: it parses flags and calls the library.

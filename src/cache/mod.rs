@@ -6,7 +6,8 @@
 //! - `flight`: the registry of loads in flight, which coalesces loads across pages and fences
 //!   a load that raced an invalidation;
 //! - `memo`: private copies of the L1's answers a worker keeps between its pages, exactly as
-//!   coherent as the L1;
+//!   coherent as the L1, in a map of its own (`memo::slots`) whose lookups can be fetched
+//!   ahead;
 //! - `write_through`: the store seen through an enricher, whose writes invalidate the L1.
 
 mod flight;
