@@ -366,4 +366,82 @@ mod tests {
         assert!(slots.index.iter().all(|&slot| slot == 0));
         assert!(ids.iter().all(|id| held(&slots, id).is_none()));
     }
+
+    /// Slots answer as a `HashMap` does over a long random run of inserts, replacements,
+    /// lookups and both ways of clearing, with ids that share long prefixes and lie on either
+    /// side of [`MemoId::INLINE`] and at [`MAX_ID_LEN`](crate::id::MAX_ID_LEN); and the index
+    /// always points at exactly the entries held, at most half full.
+    #[test]
+    fn slots_answer_as_a_hash_map_does() {
+        use std::collections::HashMap;
+        // splitmix64, seeded: the same run every time.
+        let mut state = 0x5eed_u64;
+        let mut next = move || {
+            state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            let mut z = state;
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            z ^ (z >> 31)
+        };
+        let ids: Vec<String> = (0..4000)
+            .map(|i| match i % 4 {
+                // 20 to 25 bytes: inline, at the limit, and just past it.
+                0 => format!("{:0>w$}", i, w = 20 + (i / 4) % 6),
+                1 => format!("{}{i}", "x".repeat(250 - i.to_string().len())),
+                2 => format!("{}-{i}", "p".repeat(255 - 1 - i.to_string().len())),
+                _ => format!("{i}"),
+            })
+            .collect();
+        assert!(ids.iter().any(|id| id.len() == MemoId::INLINE));
+        assert!(ids.iter().any(|id| id.len() == MemoId::INLINE + 1));
+        assert!(ids.iter().all(|id| id.len() <= crate::id::MAX_ID_LEN));
+        assert!(ids.iter().any(|id| id.len() == crate::id::MAX_ID_LEN));
+
+        let answer = |value: u64| match value % 5 {
+            0 => Cached::Missing,
+            _ => found(&value.to_string()),
+        };
+        let shown = |cached: &Cached| match cached {
+            Cached::Found(record) => record.as_str().to_string(),
+            Cached::Missing => "missing".to_string(),
+        };
+        let mut slots = Slots::default();
+        let mut model: HashMap<&str, String> = HashMap::new();
+        let (mut sparse, mut dense) = (0, 0);
+        for round in 0..150 {
+            // Phases of few and of many distinct ids, so that clearing takes both ways.
+            let pool = [3, 40, 200, 700, ids.len()][(next() % 5) as usize];
+            for _ in 0..next() % 3000 {
+                let id = ids[(next() % pool as u64) as usize].as_str();
+                let hash = id_hash(id.as_bytes());
+                if next() % 4 == 0 {
+                    let held = slots.get(id.as_bytes(), hash).map(shown);
+                    assert_eq!(held.as_ref(), model.get(id), "round {round}: {id}");
+                } else {
+                    let value = next();
+                    slots.insert(id.as_bytes(), hash, answer(value));
+                    model.insert(id, shown(&answer(value)));
+                }
+            }
+            assert_eq!(slots.len(), model.len());
+            assert!(2 * slots.len() <= slots.index.len(), "at most half taken");
+            let taken = slots.index.iter().filter(|&&slot| slot != 0).count();
+            assert_eq!(taken, slots.len(), "a slot for each entry, no other");
+            for id in &ids {
+                let held = slots.get(id.as_bytes(), id_hash(id.as_bytes())).map(shown);
+                assert_eq!(held.as_ref(), model.get(id.as_str()), "round {round}: {id}");
+            }
+            if next() % 2 == 0 {
+                if slots.len() < slots.index.len() / 32 {
+                    sparse += 1;
+                } else {
+                    dense += 1;
+                }
+                slots.clear();
+                model.clear();
+                assert!(slots.index.iter().all(|&slot| slot == 0));
+            }
+        }
+        assert!(sparse > 3 && dense > 3, "{sparse} sparse, {dense} dense");
+    }
 }
