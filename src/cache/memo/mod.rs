@@ -162,7 +162,12 @@ impl Memo {
                 }
                 other => other,
             };
-            self.answers.insert(id, hash, private);
+            // An answer replaced (two pages that learned the same id) no longer counts.
+            if let Some(replaced) = self.answers.insert(id, hash, private) {
+                self.bytes -= replaced
+                    .record()
+                    .map_or(0, |record| record.as_bytes().len());
+            }
         }
     }
 
@@ -394,6 +399,21 @@ mod tests {
             64,
             "an entry is one cache line"
         );
+    }
+
+    /// The memo counts the bytes of the users it holds, an answer replaced no longer.
+    #[test]
+    fn a_replaced_answer_no_longer_counts() {
+        let l1 = L1::new(&CacheConfig::new());
+        let mut memo = Memo::default();
+        let stamp = memo.begin(&l1).unwrap();
+        memo.keep(&l1, stamp, hashed(vec![("a", user("first"))]));
+        let one = memo.bytes;
+        memo.keep(&l1, stamp, hashed(vec![("a", user("again"))]));
+        assert_eq!(memo.bytes, one);
+        assert_eq!(name(get(&memo, "a")).as_deref(), Some("again"));
+        memo.keep(&l1, stamp, hashed(vec![("a", Cached::Missing)]));
+        assert_eq!(memo.bytes, 0);
     }
 
     /// A page naming more users than a memo holds keeps as many as there is room for.

@@ -162,12 +162,13 @@ impl Slots {
     }
 
     /// Holds `cached` for `id`, whose [`id_hash`] is `hash`, in place of any answer held.
-    pub(super) fn insert(&mut self, id: &[u8], hash: u64, cached: Cached) {
+    /// Returns the answer it replaces, if any.
+    pub(super) fn insert(&mut self, id: &[u8], hash: u64, cached: Cached) -> Option<Cached> {
         if 2 * (self.entries.len() + 1) > self.index.len() {
             self.grow();
         }
         match self.find(id, hash) {
-            Some((_, entry)) => self.entries[entry].cached = cached,
+            Some((_, entry)) => Some(std::mem::replace(&mut self.entries[entry].cached, cached)),
             None => {
                 let at = self.vacant(hash);
                 self.entries.push(Entry {
@@ -175,6 +176,7 @@ impl Slots {
                     cached,
                 });
                 self.index[at] = Slots::tag(hash) | self.entries.len() as u64;
+                None
             }
         }
     }
