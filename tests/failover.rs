@@ -22,8 +22,9 @@
 //! that only its TTL would end.
 //!
 //! Reading from replicas adds the replication delay: a replica is read only if it had
-//! caught up with its master at the last check, and checks come every 250 ms, so those runs
-//! allow `LAG` and a check round, [`REPLICA_LAG`].
+//! caught up with its master at a check begun less than 300 ms before (the engine's trust in a
+//! check; the next comes 250 ms after the last began), so those runs allow `LAG` and that,
+//! [`REPLICA_LAG`].
 //!
 //! Redis replicates asynchronously: a write a master acknowledged just before it died may be
 //! missing from its promoted replica, and the store's truth then goes back a version. That
@@ -45,9 +46,9 @@ use support::RedisCluster;
 /// How long an invalidation may take to reach another enricher's L1 (see the module doc).
 const LAG: Duration = Duration::from_millis(100);
 
-/// How far behind a read from replicas may be: `LAG`, and the time until the engine checks
-/// again that the replica has caught up with its master.
-const REPLICA_LAG: Duration = Duration::from_millis(100 + 250);
+/// How far behind a read from replicas may be: `LAG`, and how long the engine trusts a check
+/// that found the replica caught up with its master.
+const REPLICA_LAG: Duration = Duration::from_millis(100 + 300);
 
 /// What a user is after an operation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -11,9 +11,11 @@
 //! (which it does only from that first acknowledgement on), it says `connected`, and its
 //! replication offset reaches the offset its master gave just before (within
 //! [`CATCH_UP_TRIES`] × [`CATCH_UP_WAIT`]): it has applied every write its master had
-//! acknowledged at the time of the check. That verdict holds until the next round (at most
-//! [`TRUSTED_FOR`]); a replica that fails a read is off the list until a round says otherwise.
-//! The others' reads go to their master.
+//! acknowledged at the time of the check. That verdict holds for [`TRUSTED_FOR`] from the
+//! moment the round asked the masters, which bounds how far behind a read from a replica can
+//! be; a round slowed by a node that does not answer (a failover) lets the verdicts lapse
+//! rather than stretch them, and the masters answer meanwhile. A replica that fails a read is
+//! off the list until a round says otherwise. The others' reads go to their master.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -25,11 +27,16 @@ use redis::Value;
 use crate::store::redis::node_links::NodeLinks;
 use crate::store::redis::topology::{Node, Topology};
 
-/// How often each replica is asked whether it is in sync.
+/// How often each replica is asked whether it is in sync, from the start of one round to the
+/// start of the next.
 const CHECK_EVERY: Duration = Duration::from_millis(250);
 
-/// How long a replica's last "caught up" is trusted, should the checks stop coming.
-const TRUSTED_FOR: Duration = Duration::from_millis(600);
+/// How long a replica's "caught up" is trusted, from the moment its master gave the offset it
+/// reached: a read from it answers no older than that, give or take the replication delay.
+/// The next round comes [`CHECK_EVERY`] after, and takes a few milliseconds. (Counted from the
+/// end of a round and trusted for 600 ms, a round slowed by a failover let replicas be read
+/// up to 0.9 s behind: `tests/failover.rs` saw reads 356–883 ms stale.)
+const TRUSTED_FOR: Duration = Duration::from_millis(300);
 
 /// How many times a round asks a replica that has not caught up yet, and how long apart: a
 /// replica under a stream of writes is always a few behind the instant its master answered,
@@ -63,8 +70,12 @@ impl Replicas {
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             let weak = Arc::downgrade(&replicas);
             runtime.spawn(async move {
+                let mut rounds = tokio::time::interval(CHECK_EVERY);
+                rounds.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                // The first tick is at once: the round above was just made.
+                rounds.tick().await;
                 loop {
-                    tokio::time::sleep(CHECK_EVERY).await;
+                    rounds.tick().await;
                     let Some(replicas) = weak.upgrade() else {
                         return;
                     };
@@ -75,7 +86,7 @@ impl Replicas {
         replicas
     }
 
-    /// True if `node` said it was in sync less than [`TRUSTED_FOR`] ago.
+    /// True if `node` was found in sync by a round begun less than [`TRUSTED_FOR`] ago.
     pub(super) fn readable(&self, node: &Node) -> bool {
         crate::sync::lock(&self.in_sync)
             .get(node)
@@ -90,6 +101,8 @@ impl Replicas {
     /// Asks every master of the map its offset, then every replica its state and offset,
     /// again a few times, [`CATCH_UP_WAIT`] apart, for those not there yet.
     async fn check(&self) {
+        // What a replica caught up with is its master's state now, before the masters answer.
+        let asked = Instant::now();
         let map = self.topology.current();
         let masters = map.masters();
         let roles: HashMap<&Node, (i64, Vec<Address>)> =
@@ -139,10 +152,9 @@ impl Replicas {
                 break;
             }
         }
-        let now = Instant::now();
         let mut list = crate::sync::lock(&self.in_sync);
         list.clear();
-        list.extend(caught_up.into_iter().map(|node| (node, now)));
+        list.extend(caught_up.into_iter().map(|node| (node, asked)));
     }
 
     /// What `node` says it is, or `None` if it does not answer in time.
