@@ -92,19 +92,17 @@ impl Memo {
         hashes: &[u64],
         id: impl Fn(usize) -> &'i [u8],
     ) -> Vec<Option<&Cached>> {
-        if self.answers.len() < Memo::FETCHED_FROM {
-            // Small enough to be in the cache already (a service's memos, mostly).
-            return (hashes.iter().enumerate())
-                .map(|(i, &hash)| self.answers.get(id(i), hash))
-                .collect();
-        }
+        // A small memo is in the cache already (a service's memos, mostly).
+        let hints = self.answers.len() >= Memo::FETCHED_FROM;
         (hashes.iter().enumerate())
             .map(|(i, &hash)| {
-                if let Some(&ahead) = hashes.get(i + 2 * Memo::AHEAD) {
-                    self.answers.prefetch_index(ahead);
-                }
-                if let Some(&ahead) = hashes.get(i + Memo::AHEAD) {
-                    self.answers.prefetch_entry(ahead);
+                if hints {
+                    if let Some(&ahead) = hashes.get(i + 2 * Memo::AHEAD) {
+                        self.answers.prefetch_index(ahead);
+                    }
+                    if let Some(&ahead) = hashes.get(i + Memo::AHEAD) {
+                        self.answers.prefetch_entry(ahead);
+                    }
                 }
                 self.answers.get(id(i), hash)
             })
@@ -130,18 +128,16 @@ impl Memo {
             return;
         }
         // As many as there is room for: a page may name more users than a memo holds.
-        let mut room = Memo::MAX_BYTES.saturating_sub(self.bytes);
+        let room = Memo::MAX_BYTES.saturating_sub(self.bytes);
+        let mut left = room;
         let answers: Vec<(&[u8], u64, Cached)> = answers
             .take(Memo::MAX_ENTRIES.saturating_sub(self.answers.len()))
             .take_while(|(_, _, cached)| {
                 let len = cached.record().map_or(0, |record| record.as_bytes().len());
-                room.checked_sub(len).inspect(|left| room = *left).is_some()
+                left.checked_sub(len).inspect(|rest| left = *rest).is_some()
             })
             .collect();
-        let bytes = (answers.iter())
-            .filter_map(|(_, _, cached)| cached.record())
-            .map(|record| record.as_bytes().len())
-            .sum();
+        let bytes = room - left;
         self.bytes += bytes;
         // The memo's copies of a page's users share one buffer: one allocation, and one
         // reference count that stays in this core's cache however many of them a page uses.

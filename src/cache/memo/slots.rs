@@ -37,13 +37,9 @@ impl MemoId {
     pub(super) const INLINE: usize = 22;
 
     pub(super) fn new(id: &[u8]) -> MemoId {
-        match u8::try_from(id.len()) {
-            Ok(len) if id.len() <= MemoId::INLINE => {
-                let mut bytes = [0; MemoId::INLINE];
-                bytes[..id.len()].copy_from_slice(id);
-                MemoId::Inline { len, bytes }
-            }
-            _ => MemoId::Boxed(id.into()),
+        match MemoId::sought(id) {
+            Sought::Inline { len, bytes } => MemoId::Inline { len, bytes },
+            Sought::Long(id) => MemoId::Boxed(id.into()),
         }
     }
 
@@ -124,9 +120,19 @@ impl Slots {
         hash as usize & (self.index.len() - 1)
     }
 
-    /// What an index slot for `hash` holds besides the entry's position.
+    /// What an index slot for `hash` holds besides the entry's position; of a slot, that part.
     fn tag(hash: u64) -> u64 {
         hash & !u64::from(u32::MAX)
+    }
+
+    /// The index slot of the entry at `position`, whose id's hash is `hash`.
+    fn slot(hash: u64, position: usize) -> u64 {
+        Slots::tag(hash) | (position as u64 + 1)
+    }
+
+    /// The position of the entry a taken index slot points to.
+    fn position(slot: u64) -> usize {
+        (slot as u32 - 1) as usize
     }
 
     /// The answer held for `id`, whose [`id_hash`] is `hash`.
@@ -153,11 +159,11 @@ impl Slots {
             return;
         }
         let slot = self.index[self.home(hash)];
-        if slot != 0 && slot & !u64::from(u32::MAX) == Slots::tag(hash) {
-            let entry = (slot as u32 - 1) as usize;
-            if let Some(entry) = self.entries.get(entry) {
-                crate::prefetch::line(entry);
-            }
+        if slot != 0
+            && Slots::tag(slot) == Slots::tag(hash)
+            && let Some(entry) = self.entries.get(Slots::position(slot))
+        {
+            crate::prefetch::line(entry);
         }
     }
 
@@ -171,11 +177,11 @@ impl Slots {
             Some((_, entry)) => Some(std::mem::replace(&mut self.entries[entry].cached, cached)),
             None => {
                 let at = self.vacant(hash);
+                self.index[at] = Slots::slot(hash, self.entries.len());
                 self.entries.push(Entry {
                     id: MemoId::new(id),
                     cached,
                 });
-                self.index[at] = Slots::tag(hash) | self.entries.len() as u64;
                 None
             }
         }
@@ -192,7 +198,7 @@ impl Slots {
             let mask = self.index.len() - 1;
             for (i, entry) in self.entries.iter().enumerate() {
                 let mut at = self.home(id_hash(entry.id.as_bytes()));
-                while self.index[at] as u32 as usize != i + 1 {
+                while self.index[at] == 0 || Slots::position(self.index[at]) != i {
                     at = (at + 1) & mask;
                 }
                 self.index[at] = 0;
@@ -217,8 +223,8 @@ impl Slots {
             if slot == 0 {
                 return None;
             }
-            if slot & !u64::from(u32::MAX) == tag {
-                let entry = (slot as u32 - 1) as usize;
+            if Slots::tag(slot) == tag {
+                let entry = Slots::position(slot);
                 if self.entries[entry].id.is(&sought) {
                     return Some((at, entry));
                 }
@@ -242,14 +248,10 @@ impl Slots {
         let len = (2 * self.index.len()).max(Slots::FIRST);
         self.index = vec![0; len].into_boxed_slice();
         self.entries.reserve(len / 2 - self.entries.len());
-        for (i, entry) in self.entries.iter().enumerate() {
-            let hash = id_hash(entry.id.as_bytes());
-            let mask = len - 1;
-            let mut at = hash as usize & mask;
-            while self.index[at] != 0 {
-                at = (at + 1) & mask;
-            }
-            self.index[at] = Slots::tag(hash) | (i as u64 + 1);
+        for i in 0..self.entries.len() {
+            let hash = id_hash(self.entries[i].id.as_bytes());
+            let at = self.vacant(hash);
+            self.index[at] = Slots::slot(hash, i);
         }
     }
 }
