@@ -1159,3 +1159,53 @@ fn the_distinct_count_past_its_bound_is_an_estimate() {
         .unwrap();
     assert!((ids - 20_000.0).abs() < 600.0, "{estimate} for 20000");
 }
+
+/// `--file-cache` bounds what a file store holds of its file: a run that reads every user of a
+/// store of tens of megabytes holds them all (its L1 does too) with the default of 1 GiB, and
+/// the file's pages no more with a cache of 1 MiB.
+#[test]
+fn the_file_cache_bounds_what_a_file_store_holds() {
+    let dir = tempfile::tempdir().unwrap();
+    let users = 6_000;
+    let bio = "b".repeat(5_000);
+    let lines: String = (0..users)
+        .map(|i| format!("{{\"id\":\"u{i}\",\"data\":{{\"bio\":\"{bio}\"}}}}\n"))
+        .collect();
+    std::fs::write(dir.path().join("users.ndjson"), lines).unwrap();
+    let activities: String = (0..users)
+        .map(|i| format!("{{\"actor\":\"SU:u{i}\"}}\n"))
+        .collect();
+    std::fs::write(dir.path().join("in.ndjson"), activities).unwrap();
+    let out = run(
+        dir.path(),
+        &["--store", "file:s.db", "users", "import", "users.ndjson"],
+        "",
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let file = std::fs::metadata(dir.path().join("s.db")).unwrap().len() >> 10;
+    assert!(file > 30 << 10, "store of {file} KiB");
+
+    let peak = |cache: &str| {
+        let (out, peak) = support::run_enrich_measured(
+            dir.path(),
+            &[
+                "--store",
+                "file:s.db",
+                "--file-cache",
+                cache,
+                "run",
+                "in.ndjson",
+                "-o",
+                "out.ndjson",
+            ],
+        );
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        peak
+    };
+    let (held, bounded) = (peak("1G"), peak("1M"));
+    // The pages of the file read: most of it, as every user was read.
+    assert!(
+        held > bounded + file / 2,
+        "peak {held} KiB with 1 GiB, {bounded} KiB with 1 MiB, for a file of {file} KiB"
+    );
+}

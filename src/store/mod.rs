@@ -35,7 +35,9 @@ use async_trait::async_trait;
 #[cfg(feature = "file")]
 pub use self::file::FileStore;
 pub use self::memory::MemoryStore;
-pub use self::options::{DEFAULT_NAMESPACE, DEFAULT_WAIT_TIMEOUT, ReadFrom, StoreOptions};
+pub use self::options::{
+    DEFAULT_FILE_CACHE, DEFAULT_NAMESPACE, DEFAULT_WAIT_TIMEOUT, ReadFrom, StoreOptions,
+};
 #[cfg(feature = "redis")]
 pub use self::redis::{ClusterStore, RedisStore};
 #[cfg(any(feature = "redis", feature = "file"))]

@@ -29,6 +29,10 @@ pub enum ReadFrom {
 /// ([`StoreOptions::wait_timeout`]).
 pub const DEFAULT_WAIT_TIMEOUT: Duration = Duration::from_secs(1);
 
+/// The default of [`StoreOptions::file_cache`]: 1 GiB, what the file store's engine (redb)
+/// holds by default. A store smaller than this is held whole once read.
+pub const DEFAULT_FILE_CACHE: usize = 1 << 30;
+
 /// How to open a store: the namespace, the time limits, the write concern, and where reads
 /// go.
 #[derive(Debug, Clone)]
@@ -41,6 +45,7 @@ pub struct StoreOptions {
     read_from: ReadFrom,
     wait_replicas: u32,
     wait_timeout: Duration,
+    file_cache: usize,
 }
 
 impl Default for StoreOptions {
@@ -62,6 +67,7 @@ impl StoreOptions {
             read_from: ReadFrom::Masters,
             wait_replicas: 0,
             wait_timeout: DEFAULT_WAIT_TIMEOUT,
+            file_cache: DEFAULT_FILE_CACHE,
         }
     }
 
@@ -89,6 +95,21 @@ impl StoreOptions {
     /// Whether a store that does not exist yet may be created.
     pub fn create_if_missing_value(&self) -> bool {
         self.create_if_missing
+    }
+
+    /// The most a file store holds in memory of the pages of its file, in bytes
+    /// ([`DEFAULT_FILE_CACHE`] by default), besides an enricher's L1 in front of it. Less
+    /// memory for a large store costs reads of its file again: a job over 1M users of a
+    /// 550 MB file took 12 % longer with 64 MiB and peaked at 350 MB instead of 777 MB
+    /// (BENCHMARKS.md). Other backends ignore it.
+    pub fn file_cache(mut self, bytes: usize) -> Self {
+        self.file_cache = bytes;
+        self
+    }
+
+    /// The most a file store holds of its file's pages.
+    pub fn file_cache_value(&self) -> usize {
+        self.file_cache
     }
 
     /// Keeps users apart from those of other namespaces in the same store.

@@ -60,6 +60,18 @@ pub(crate) struct Cli {
     )]
     pub(crate) wait_timeout: Duration,
 
+    /// For a file: store, the most of the file's pages held in memory besides the L1: bytes,
+    /// or with a suffix K, M or G (powers of 1024). Less costs reads of the file again.
+    #[arg(
+        long,
+        global = true,
+        env = "ENRICH_FILE_CACHE",
+        value_name = "BYTES",
+        default_value = "1G",
+        value_parser = parse_bytes
+    )]
+    pub(crate) file_cache: usize,
+
     /// How log lines on standard error are written. RUST_LOG sets what is logged (default:
     /// info for serve, with one access line per request; warn for the other commands).
     #[arg(
@@ -475,6 +487,8 @@ mod tests {
         assert_eq!(parse_bytes("64K"), Ok(64 << 10));
         assert_eq!(parse_bytes("64M"), Ok(64 << 20));
         assert_eq!(parse_bytes("1gib"), Ok(1 << 30));
+        // `--file-cache`'s default, as the library has it.
+        assert_eq!(parse_bytes("1G"), Ok(enrich::store::DEFAULT_FILE_CACHE));
         assert!(parse_bytes("12T").is_err());
         assert!(parse_bytes("M").is_err());
         assert!(parse_bytes("-1").is_err());

@@ -46,6 +46,7 @@ async fn run_command(cli: Cli) {
         .namespace(cli.namespace)
         .wait_replicas(cli.wait_replicas)
         .wait_timeout(cli.wait_timeout)
+        .file_cache(cli.file_cache)
         .read_from(cli.read_from.into());
     let spec = StoreSpec::new(cli.store, options);
     let result = match cli.command {

@@ -33,12 +33,13 @@ fn builder() -> redb::Builder {
     builder
 }
 
-/// Opens the database at `path`, creating or restarting it first where that is allowed.
-pub(super) fn open_or_create(path: &Path, create: bool) -> Result<Database> {
+/// Opens the database at `path`, creating or restarting it first where that is allowed; it
+/// holds at most `cache` bytes of its pages in memory.
+pub(super) fn open_or_create(path: &Path, create: bool, cache: usize) -> Result<Database> {
     // Each turn either opens, fails, or changes what is at `path` for the next; other
     // processes may change it too, but not forever.
     for _ in 0..4 {
-        match builder().open(path) {
+        match builder().set_cache_size(cache).open(path) {
             Ok(db) => return Ok(db),
             Err(DatabaseError::Storage(StorageError::Io(e)))
                 if e.kind() == io::ErrorKind::NotFound =>

@@ -61,8 +61,9 @@ impl FileStore {
         let table = format!("users:{}", options.namespace_str());
         let entries = format!("entries:{}", options.namespace_str());
         let create = options.create_if_missing_value();
+        let cache = options.file_cache_value();
         blocking(move || {
-            let db = open_or_create(&path, create)?;
+            let db = open_or_create(&path, create, cache)?;
             Ok(FileStore {
                 inner: Arc::new(Inner {
                     db,
