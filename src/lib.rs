@@ -111,7 +111,7 @@ pub mod user;
 mod value;
 
 pub use async_trait::async_trait;
-pub use cache::{CacheConfig, CacheStats};
+pub use cache::{CacheConfig, CacheStats, DEFAULT_L1_BYTES};
 pub use collection::{EntryJson, EntryKey, NewEntry};
 pub use enricher::{EnrichedPage, Enricher, EnricherBuilder, OnStoreError};
 pub use error::{Error, ErrorKind, Result};

@@ -1160,17 +1160,19 @@ fn the_distinct_count_past_its_bound_is_an_estimate() {
     assert!((ids - 20_000.0).abs() < 600.0, "{estimate} for 20000");
 }
 
-/// `--file-cache` bounds what a file store holds of its file: a run that reads every user of a
-/// store of tens of megabytes holds them all (its L1 does too) with the default of 1 GiB, and
-/// the file's pages no more with a cache of 1 MiB.
+/// `--file-cache` bounds what a file store holds of its file, and `--l1-bytes` what the L1
+/// holds: a run that reads every user of a store of tens of megabytes holds the file's pages
+/// and the users with the defaults (1 GiB, 256 MiB), the pages no more with a cache of 1 MiB,
+/// and the users no more either with an L1 of 1 MiB.
 #[test]
-fn the_file_cache_bounds_what_a_file_store_holds() {
+fn the_file_cache_and_the_l1_bound_what_a_run_holds() {
     let dir = tempfile::tempdir().unwrap();
     let users = 6_000;
     let bio = "b".repeat(5_000);
     let lines: String = (0..users)
         .map(|i| format!("{{\"id\":\"u{i}\",\"data\":{{\"bio\":\"{bio}\"}}}}\n"))
         .collect();
+    let payload = lines.len() as u64 >> 10;
     std::fs::write(dir.path().join("users.ndjson"), lines).unwrap();
     let activities: String = (0..users)
         .map(|i| format!("{{\"actor\":\"SU:u{i}\"}}\n"))
@@ -1185,14 +1187,16 @@ fn the_file_cache_bounds_what_a_file_store_holds() {
     let file = std::fs::metadata(dir.path().join("s.db")).unwrap().len() >> 10;
     assert!(file > 30 << 10, "store of {file} KiB");
 
-    let peak = |cache: &str| {
+    let peak = |file_cache: &str, l1: &str| {
         let (out, peak) = support::run_enrich_measured(
             dir.path(),
             &[
                 "--store",
                 "file:s.db",
                 "--file-cache",
-                cache,
+                file_cache,
+                "--l1-bytes",
+                l1,
                 "run",
                 "in.ndjson",
                 "-o",
@@ -1202,10 +1206,18 @@ fn the_file_cache_bounds_what_a_file_store_holds() {
         assert!(out.status.success(), "{}", text(&out.stderr));
         peak
     };
-    let (held, bounded) = (peak("1G"), peak("1M"));
-    // The pages of the file read: most of it, as every user was read.
+    let held = peak("1G", "256M");
+    let no_pages = peak("1M", "256M");
+    let neither = peak("1M", "1M");
+    // The pages of the file read: most of it, as every user was read; then the users.
     assert!(
-        held > bounded + file / 2,
-        "peak {held} KiB with 1 GiB, {bounded} KiB with 1 MiB, for a file of {file} KiB"
+        held > no_pages + file / 2,
+        "peak {held} KiB with a 1 GiB file cache, {no_pages} KiB with 1 MiB, for a file of \
+         {file} KiB"
+    );
+    assert!(
+        no_pages > neither + payload / 2,
+        "peak {no_pages} KiB with a 256 MiB L1, {neither} KiB with 1 MiB, for {payload} KiB \
+         of users"
     );
 }

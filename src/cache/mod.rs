@@ -67,11 +67,15 @@ impl Default for CacheConfig {
     }
 }
 
+/// The default of [`CacheConfig::max_bytes`]: 256 MiB.
+pub const DEFAULT_L1_BYTES: u64 = 256 << 20;
+
 impl CacheConfig {
-    /// 256 MiB, users kept 60 s at most, misses 5 s, misses at most a tenth of the bytes.
+    /// [`DEFAULT_L1_BYTES`], users kept 60 s at most, misses 5 s, misses at most a tenth of
+    /// the bytes.
     pub fn new() -> Self {
         CacheConfig {
-            max_bytes: 256 << 20,
+            max_bytes: DEFAULT_L1_BYTES,
             ttl: Duration::from_secs(60),
             negative_ttl: Duration::from_secs(5),
             negative_share: 0.1,

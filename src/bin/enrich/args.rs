@@ -72,6 +72,19 @@ pub(crate) struct Cli {
     )]
     pub(crate) file_cache: usize,
 
+    /// The most the in-process cache of users and entries (the L1) holds, in bytes of their
+    /// JSON and keys plus a fixed charge per entry: bytes, or with a suffix K, M or G. 0: no
+    /// L1, every page asks the store.
+    #[arg(
+        long,
+        global = true,
+        env = "ENRICH_L1_BYTES",
+        value_name = "BYTES",
+        default_value = "256M",
+        value_parser = parse_bytes
+    )]
+    pub(crate) l1_bytes: usize,
+
     /// How log lines on standard error are written. RUST_LOG sets what is logged (default:
     /// info for serve, with one access line per request; warn for the other commands).
     #[arg(
@@ -487,8 +500,9 @@ mod tests {
         assert_eq!(parse_bytes("64K"), Ok(64 << 10));
         assert_eq!(parse_bytes("64M"), Ok(64 << 20));
         assert_eq!(parse_bytes("1gib"), Ok(1 << 30));
-        // `--file-cache`'s default, as the library has it.
+        // `--file-cache`'s and `--l1-bytes`' defaults, as the library has them.
         assert_eq!(parse_bytes("1G"), Ok(enrich::store::DEFAULT_FILE_CACHE));
+        assert_eq!(parse_bytes("256M"), Ok(enrich::DEFAULT_L1_BYTES as usize));
         assert!(parse_bytes("12T").is_err());
         assert!(parse_bytes("M").is_err());
         assert!(parse_bytes("-1").is_err());

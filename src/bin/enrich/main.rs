@@ -13,7 +13,7 @@ mod logging;
 use commands::{RunArgs, StoreSpec};
 use enrich::batch::RunOptions;
 use enrich::bench::Workload;
-use enrich::{Depth, Error, StoreOptions};
+use enrich::{CacheConfig, Depth, Error, StoreOptions};
 
 /// mimalloc: a batch job allocates and frees buffers from both cores all the time, where it is
 /// markedly cheaper than the system allocator.
@@ -48,7 +48,8 @@ async fn run_command(cli: Cli) {
         .wait_timeout(cli.wait_timeout)
         .file_cache(cli.file_cache)
         .read_from(cli.read_from.into());
-    let spec = StoreSpec::new(cli.store, options);
+    let cache = CacheConfig::new().max_bytes(cli.l1_bytes as u64);
+    let spec = StoreSpec::new(cli.store, options, cache);
     let result = match cli.command {
         Command::Users(users) => run_users(&spec, users).await,
         Command::Collections(command) => run_collections(&spec, command).await,

@@ -3,7 +3,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use enrich::Enricher;
 use enrich::bench::{BenchReport, Strategy, Workload, load_users, run_strategy};
 use enrich::error::Result;
 
@@ -22,11 +21,12 @@ pub(crate) async fn bench(
         spec.options
             .clone()
             .namespace(format!("{}.bench", spec.options.namespace_str())),
+        spec.cache.clone(),
     );
     let store = bench_spec.open().await?;
     load_users(&store, &workload).await?;
     let pages = Arc::new(workload.pages());
-    let enricher = Enricher::new(store.clone());
+    let enricher = spec.enricher(store.clone());
     enricher.wait_for_cache(Duration::from_secs(2)).await;
     let mut report = BenchReport {
         store: store.describe(),

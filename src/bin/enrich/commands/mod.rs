@@ -23,6 +23,7 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 use enrich::error::{Error, ErrorKind, Result};
 use enrich::retry::Backoff;
 use enrich::store::{self, SharedStore, StoreOptions};
+use enrich::{CacheConfig, Enricher};
 
 pub(crate) use self::bench::bench;
 pub(crate) use self::collections::{
@@ -58,15 +59,23 @@ pub(crate) fn exit_code(err: &Error) -> u8 {
 pub(crate) struct StoreSpec {
     url: String,
     options: StoreOptions,
+    /// The L1 of the enrichers built over it.
+    cache: CacheConfig,
 }
 
 impl StoreSpec {
-    /// The store at `url`, opened with `options`.
-    pub fn new(url: impl Into<String>, options: StoreOptions) -> Self {
+    /// The store at `url`, opened with `options`; enrichers over it cache as `cache` says.
+    pub fn new(url: impl Into<String>, options: StoreOptions, cache: CacheConfig) -> Self {
         StoreSpec {
             url: url.into(),
             options,
+            cache,
         }
+    }
+
+    /// An enricher over `store` (opened from this spec), with this spec's L1.
+    pub fn enricher(&self, store: SharedStore) -> Enricher {
+        Enricher::builder(store).cache(self.cache.clone()).build()
     }
 
     /// Opens the store. Commands call this only once their own input has been checked, so bad

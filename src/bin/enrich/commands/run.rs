@@ -115,7 +115,7 @@ async fn prepare_run(
     // Without users or entries to import, a run only reads: a file store must exist.
     let create = args.users.is_some() || args.objects.is_some();
     let store = open_with_retry(spec, create, args.options.store_timeout_value()).await?;
-    let enricher = Enricher::new(store);
+    let enricher = spec.enricher(store);
     // Users first: a store that refuses writes says so at once, before any wait.
     if let Some(users) = &args.users {
         import_run_users(&enricher, users, args.verbose).await?;

@@ -1,6 +1,5 @@
 //! `enrich serve`.
 
-use enrich::Enricher;
 use enrich::error::{Error, ErrorKind, Result};
 
 use super::StoreSpec;
@@ -41,7 +40,7 @@ pub(crate) async fn serve(spec: &StoreSpec, args: ServeArgs) -> Result<()> {
         .local_addr()
         .map_err(|e| Error::new(ErrorKind::Internal, "no local address").with_cause(e))?;
     let config = enrich::serve::ServeConfig::new(api_key, api_secret).limits(args.limits);
-    let enricher = Enricher::new(config.instrument(store));
+    let enricher = spec.enricher(config.instrument(store));
     tracing::info!("enrich serve: listening on http://{local}, store {describe}");
     enrich::serve::serve(listener, enricher, config, shutdown_signal())
         .await
