@@ -82,7 +82,8 @@ impl CacheConfig {
         }
     }
 
-    /// The bound on the bytes held (keys, user JSON and per-entry overhead).
+    /// The bound on the bytes held (keys, user JSON and per-entry overhead):
+    /// [`DEFAULT_L1_BYTES`] by default; 0 caches nothing ([`CacheConfig::disabled`]).
     pub fn max_bytes(mut self, bytes: u64) -> Self {
         self.max_bytes = bytes;
         self
