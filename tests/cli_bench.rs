@@ -84,3 +84,44 @@ fn bench_reports_every_strategy_and_leaves_the_namespace_alone() {
     );
     assert!(!text.lines().any(|l| l.starts_with("naive")), "{text}");
 }
+
+/// `--l1-bytes` (here as `ENRICH_L1_BYTES`) sizes the L1 of the engine that `bench` measures:
+/// at 0 it answers nothing, and every page asks the store.
+#[test]
+fn bench_measures_the_engine_with_the_l1_it_is_given() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = |l1: Option<&str>| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_enrich"));
+        command
+            .current_dir(dir.path())
+            .env_remove("ENRICH_L1_BYTES");
+        if let Some(l1) = l1 {
+            command.env("ENRICH_L1_BYTES", l1);
+        }
+        let out = command
+            .args(["--store", "memory:", "bench", "--users", "50"])
+            .args(["--activities", "500", "--strategy", "engine", "--json"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+        report["strategies"][0].clone()
+    };
+    let cached = engine(None);
+    assert!(cached["l1_hit_ratio"].as_f64().unwrap() > 0.5, "{cached}");
+    let uncached = engine(Some("0"));
+    assert_eq!(
+        uncached["l1_hit_ratio"].as_f64().unwrap(),
+        0.0,
+        "{uncached}"
+    );
+    assert_eq!(
+        uncached["store_calls_per_page"].as_f64().unwrap(),
+        1.0,
+        "{uncached}"
+    );
+}

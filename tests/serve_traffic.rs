@@ -1,6 +1,7 @@
 //! `enrich serve`, the built binary, in front of hostile and careless clients: requests that
 //! amplify, clients that stall or hold connections, a process out of file descriptors, and a
-//! shutdown with connections stuck. Memory is read from the process, not from its counters.
+//! shutdown with connections stuck; and the flags that size what it holds. Memory is read
+//! from the process, not from its counters.
 
 mod support;
 
@@ -555,4 +556,30 @@ fn a_refused_request_leaves_its_connection_usable() {
     );
     stream.write_all(request.as_bytes()).unwrap();
     assert_eq!(read_answer(&mut stream).0, 201);
+}
+
+/// `--l1-bytes` sizes the server's L1: by default a user enriched again is answered from it, at
+/// 0 every request asks the store.
+#[test]
+fn the_l1_of_the_server_is_sized_by_l1_bytes() {
+    for (args, hits, store_calls) in [(&[][..], 2, 1), (&["--l1-bytes", "0"][..], 0, 3)] {
+        let serve = Serve::start("memory:", args, None);
+        let (status, body) = serve.request("POST", "/api/v1.0/user/", r#"{"id":"eric","data":{}}"#);
+        assert_eq!(status, 201, "{body}");
+        for _ in 0..3 {
+            let (status, body) =
+                serve.request("POST", "/api/v1.0/enrich/", r#"{"actor":"SU:eric"}"#);
+            assert_eq!(status, 200, "{body}");
+        }
+        let (_, metrics) = serve.request("GET", "/metrics", "");
+        for line in [
+            format!("enrich_l1_hits_total {hits}"),
+            format!("enrich_store_calls_total {store_calls}"),
+        ] {
+            assert!(
+                metrics.lines().any(|l| l == line),
+                "{args:?}: no {line:?} in\n{metrics}"
+            );
+        }
+    }
 }
