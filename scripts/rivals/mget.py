@@ -1,5 +1,6 @@
-"""What a Python service picks instead of enrich: redis-py, one MGET per page of 25 activities,
-parsed with json.loads and written with json.dumps.
+"""What a Python service picks instead of enrich: redis-py (with hiredis installed, which it
+then parses replies with), one MGET per page of 25 activities, parsed with json.loads and
+written with json.dumps.
 
     python3 mget.py REDIS_URL INPUT OUTPUT [--namespace NS] [--page 25]
 
