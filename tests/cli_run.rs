@@ -1215,8 +1215,10 @@ fn the_file_cache_and_the_l1_bound_what_a_run_holds() {
         "peak {held} KiB with a 1 GiB file cache, {no_pages} KiB with 1 MiB, for a file of \
          {file} KiB"
     );
+    // Less than all of them: the run's memo keeps up to 16 MiB of users whatever the L1's
+    // size (a 1 MiB L1 drops the peak by 22 MB of the 29 MB of users; one ignored, by 2 MB).
     assert!(
-        no_pages > neither + payload / 2,
+        no_pages > neither + payload / 3,
         "peak {no_pages} KiB with a 256 MiB L1, {neither} KiB with 1 MiB, for {payload} KiB \
          of users"
     );
