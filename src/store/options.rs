@@ -100,7 +100,8 @@ impl StoreOptions {
     /// The most a file store holds in memory of the pages of its file, in bytes
     /// ([`DEFAULT_FILE_CACHE`] by default), besides an enricher's L1 in front of it. Less
     /// memory for a large store costs reads of its file again: a job over 1M users of a
-    /// 550 MB file took 12 % longer with 64 MiB and peaked at 350 MB instead of 777 MB.
+    /// 550 MB file took 12 % longer with 64 MiB and peaked at about 365 MB instead
+    /// of 790 MB (BENCHMARKS.md, fifth pass).
     /// Other backends ignore it.
     pub fn file_cache(mut self, bytes: usize) -> Self {
         self.file_cache = bytes;
