@@ -11,7 +11,7 @@
 //!    [`RawPage`](crate::RawPage),
 //!    resolves it (a memo of the L1's answers first, then the L1, then one store call, retried
 //!    through store faults up to the store timeout) and renders it in pieces of complete lines;
-//!    up to [`IN_FLIGHT`] chunks (two per worker thread of the runtime, if that is more) are
+//!    up to [`IN_FLIGHT`] chunks (four per worker thread of the runtime, if that is more) are
 //!    in the works at once, on any core, each with a memo and buffers of its own taken from
 //!    small pools;
 //! 3. a writer thread takes the pieces in input order and writes them.
@@ -88,15 +88,20 @@ const PAGE_LINES: usize = 1024;
 const PAGE_BYTES: usize = 4 << 20;
 
 /// Pages being resolved at once, at least: a run on a runtime with more worker threads than
-/// half this keeps two pages in the works per worker, so that every worker has a page to scan
-/// while another waits for the store or for its turn to be written.
-pub const IN_FLIGHT: usize = 4;
+/// a quarter of this keeps four pages in the works per worker, so that every worker has a
+/// page to scan while others wait for the store or for their turn to be written.
+///
+/// Four rather than two per worker for a run whose pages wait on the store (1M activities
+/// naming 707k users, most loaded once: 3.18 → 2.91 s over Redis, 3.77 → 3.45 s over the file
+/// store; eight per worker no better); a run whose users are in the L1 gains nothing and holds
+/// 11 MB more at its peak (99 MB instead of 88 MB). BENCHMARKS.md, fifth pass.
+pub const IN_FLIGHT: usize = 8;
 
-/// Pages in the works at once on the current runtime: [`IN_FLIGHT`], or two per worker thread
-/// if that is more.
+/// Pages in the works at once on the current runtime: [`IN_FLIGHT`], or four per worker
+/// thread if that is more.
 fn in_flight() -> usize {
     let workers = tokio::runtime::Handle::try_current().map_or(1, |rt| rt.metrics().num_workers());
-    IN_FLIGHT.max(2 * workers)
+    IN_FLIGHT.max(4 * workers)
 }
 
 /// Enriched output handed to the writer at a time, at most (unless one line is larger): small
