@@ -115,6 +115,33 @@ fn tracking_client(server: &RedisServer) -> Option<String> {
         .map(str::to_string)
 }
 
+/// An enricher without an L1 has nothing to keep coherent: it opens no tracking connection
+/// and is never bypassed waiting for one (with an L1 it is, until its stream is up).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_enricher_without_an_l1_watches_nothing() {
+    let server = RedisServer::start();
+    let store = store::open(&server.url(), &StoreOptions::new())
+        .await
+        .unwrap();
+    let uncached = Enricher::builder(store.clone())
+        .cache(enrich::CacheConfig::disabled())
+        .build();
+    assert!(!uncached.cache_stats().bypassed);
+    assert!(uncached.wait_for_cache(Duration::ZERO).await);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(tracking_client(&server).is_none(), "a tracking connection");
+    uncached.users().add(&user("n", 1), false).await.unwrap();
+    assert_eq!(version(&actor(&uncached, "n").await), 1);
+
+    let cached = Enricher::new(store);
+    assert!(
+        cached.cache_stats().bypassed,
+        "cached before its stream is up"
+    );
+    assert!(cached.wait_for_cache(Duration::from_secs(5)).await);
+    assert!(tracking_client(&server).is_some(), "no tracking connection");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_stream_bypasses_the_cache_until_it_is_back() {
     let server = RedisServer::start();

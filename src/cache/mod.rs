@@ -89,6 +89,11 @@ impl CacheConfig {
         self
     }
 
+    /// Whether anything is cached at all.
+    pub(crate) fn caches(&self) -> bool {
+        self.max_bytes > 0
+    }
+
     /// How long a user may be served from the L1: the backstop for writes that were never
     /// announced. (Pages on the raw-bytes path also answer from memos of what the L1 said,
     /// which forget everything at every invalidation and at least once a second, so an answer

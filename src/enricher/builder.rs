@@ -57,7 +57,8 @@ impl<S: ?Sized> EnricherBuilder<S> {
     }
 
     /// Whether to watch the store for writes made by other processes (on by default, where the
-    /// store can: Redis). Off, such writes are seen when cached entries expire.
+    /// store can: Redis, and when there is an L1 to keep coherent). Off, such writes are seen
+    /// when cached entries expire.
     pub fn coherent(mut self, coherent: bool) -> Self {
         self.coherent = coherent;
         self
@@ -76,9 +77,11 @@ impl<S: ?Sized> EnricherBuilder<S> {
 
     /// The parts every enricher has, reading from `source`. Where the source is watched, the
     /// L1 stays bypassed until the watch is up, since writes before it would go unannounced.
+    /// Without an L1 there is nothing to keep coherent, and no watch (a connection of its
+    /// own, on Redis) is started.
     fn inner(&self, source: SharedSource) -> Arc<Inner> {
         let l1 = Arc::new(L1::new(&self.cache));
-        let watch = if self.coherent {
+        let watch = if self.coherent && self.cache.caches() {
             l1.set_bypass(true);
             let sink_l1 = l1.clone();
             let watch = source.watch(Arc::new(move |event| sink_l1.apply(event)));
