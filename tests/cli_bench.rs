@@ -91,10 +91,7 @@ fn bench_reports_every_strategy_and_leaves_the_namespace_alone() {
 fn bench_measures_the_engine_with_the_l1_it_is_given() {
     let dir = tempfile::tempdir().unwrap();
     let engine = |l1: Option<&str>| {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_enrich"));
-        command
-            .current_dir(dir.path())
-            .env_remove("ENRICH_L1_BYTES");
+        let mut command = support::enrich_command(dir.path());
         if let Some(l1) = l1 {
             command.env("ENRICH_L1_BYTES", l1);
         }

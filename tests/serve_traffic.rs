@@ -48,10 +48,9 @@ impl Serve {
                 command
             }
         };
-        let mut child = command
+        let mut child = support::without_settings(&mut command)
             .env("ENRICH_API_KEY", KEY)
             .env("ENRICH_API_SECRET", SECRET)
-            .env_remove("ENRICH_STORE")
             .env_remove("RUST_LOG")
             .stdin(Stdio::null())
             .stdout(Stdio::null())

@@ -895,12 +895,27 @@ pub fn temp_db() -> (tempfile::TempDir, PathBuf) {
 /// The built `enrich` binary, run in `dir` with no store settings from the environment.
 pub fn enrich_command(dir: &Path) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_enrich"));
+    command.current_dir(dir);
+    without_settings(&mut command);
     command
-        .current_dir(dir)
-        .env_remove("ENRICH_STORE")
-        .env_remove("ENRICH_NAMESPACE")
-        .env_remove("ENRICH_WAIT_REPLICAS")
-        .env_remove("ENRICH_WAIT_TIMEOUT");
+}
+
+/// The settings of the shell that would change what `enrich` does, which a test gives as flags
+/// when it means them.
+const SETTINGS: [&str; 6] = [
+    "ENRICH_STORE",
+    "ENRICH_NAMESPACE",
+    "ENRICH_WAIT_REPLICAS",
+    "ENRICH_WAIT_TIMEOUT",
+    "ENRICH_L1_BYTES",
+    "ENRICH_FILE_CACHE",
+];
+
+/// `command` without the shell's [`SETTINGS`].
+pub fn without_settings(command: &mut Command) -> &mut Command {
+    for setting in SETTINGS {
+        command.env_remove(setting);
+    }
     command
 }
 
@@ -1007,9 +1022,8 @@ pub fn run_enrich_measured(dir: &Path, args: &[&str]) -> (std::process::Output, 
             .arg(env!("CARGO_BIN_EXE_enrich"))
             .args(args)
             .current_dir(dir)
-            .env_remove("ENRICH_STORE")
-            .env_remove("ENRICH_NAMESPACE")
             .stdin(Stdio::null());
+        without_settings(&mut command);
         let out = command.output().expect("run enrich under /usr/bin/time");
         let text = std::fs::read_to_string(&report).unwrap_or_default();
         let _ = std::fs::remove_file(&report);
