@@ -43,7 +43,8 @@ fn main() -> std::io::Result<()> {
                 threads = args
                     .next()
                     .and_then(|n| n.parse().ok())
-                    .expect("--threads takes a number")
+                    .filter(|&n| n > 0)
+                    .expect("--threads takes a number above 0")
             }
             _ => paths.push(arg),
         }
@@ -86,7 +87,9 @@ fn main() -> std::io::Result<()> {
             })
         })
         .collect();
-    drop((done, spent_in));
+    // Only the workers hold these: should they all stop (the writer failed), the reader's
+    // next send fails instead of waiting for ever.
+    drop((work, fresh_out, done, spent_in));
     let writer = std::thread::spawn(move || write_in_order(output, written, spent_out));
 
     // The reader: blocks of whole lines, the partial last line carried into the next block.
@@ -102,20 +105,23 @@ fn main() -> std::io::Result<()> {
         block.truncate(start + n);
         if n == 0 {
             if !block.is_empty() {
-                blocks.send((seq, block)).expect("the workers run");
+                let _ = blocks.send((seq, block));
             }
             break;
         }
         let end = memchr::memrchr(b'\n', &block).map_or(0, |i| i + 1);
         carry.extend_from_slice(&block[end..]);
         block.truncate(end);
-        blocks.send((seq, block)).expect("the workers run");
+        if blocks.send((seq, block)).is_err() {
+            break;
+        }
         seq += 1;
     }
     drop(blocks);
     for worker in workers {
         worker.join().expect("no worker panics");
     }
+    // The writer's error, if it stopped the run.
     writer.join().expect("the writer does not panic")
 }
 
@@ -142,7 +148,10 @@ impl Users {
                 continue;
             };
             let id = &line[at + 6..];
-            let id = &id[..memchr::memchr(b'"', id).expect("the id ends")];
+            let Some(len) = memchr::memchr(b'"', id) else {
+                continue;
+            };
+            let id = &id[..len];
             match number(id) {
                 Some(n) => {
                     if numbered.len() <= n {
