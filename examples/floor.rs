@@ -1,37 +1,59 @@
-//! The floor under `enrich run`: the least a substitution of user references can cost on this
-//! machine, measured by `scripts/job-bench` in the same rounds as the job and the copy.
+//! The bare substitution under `enrich run`: the job's output with nothing else done, by a
+//! plain program written for speed, measured by `scripts/job-bench` in the same rounds as the
+//! job and the copy of its output.
 //!
 //! ```sh
 //! cargo run --release --example floor -- USERS.ndjson ACTIVITIES.ndjson OUT.ndjson [--threads 2]
 //! ```
 //!
 //! It writes the job's output byte for byte (job-bench checks), for the workload of
-//! `examples/workload.rs` only, and does nothing else: the users are read from their file
-//! before the first activity, and a user is found by the cheapest lookup there is, the number
-//! in its id (`u123`) as an index into an array (other ids, such as the workload's missing
-//! ones, in a hash map); every `"SU:…"` string in the input is taken for a reference wherever
-//! it stands (no JSON is parsed or checked, no line counted, no limit kept); the reader, the
-//! workers and the writer pass blocks of 256 KiB and recycle their buffers.
+//! `examples/workload.rs` only: the users are read from their file before the first activity
+//! and found by the number in their ids (`u123`) as an index into an array (other ids, such as
+//! the workload's missing ones, in a hash map); every `"SU:…"` string in the input is taken for
+//! a reference wherever it stands (no JSON is parsed or checked, no line counted, no limit
+//! kept). What the job does beyond that (the grammar, the store, the L1 and the memo, the
+//! outcome of every line, the bounds) is its price over the floor.
 //!
-//! What the job does beyond that (the grammar, the store, the L1 and the memo, the outcome of
-//! every line, the bounds) is its price over the floor. What the floor costs beyond the copy
-//! is the price of the substitution itself, which the copy does not pay: reading the input,
-//! finding the references, looking them up and assembling the output.
+//! What makes it fast, each measured against the version before it (BENCHMARKS.md, sixth
+//! pass): no reader or writer thread, each worker reading its own block of the input at its
+//! offset and writing its output itself once the blocks before it are written, so that the
+//! output is copied into the page cache from the cache of the core that assembled it (0.40 →
+//! 0.29 s); the users a block names fetched into the cache [`AHEAD`] references before they are
+//! copied, a lookup being a cache miss otherwise (50k users are 10 MB; 0.29 → 0.23 s); blocks
+//! of [`BLOCK`] bytes, whose output is still in the cache when it is written.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::fs::File;
-use std::io::{Read, Write};
-use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
-use std::sync::{Arc, Mutex};
+use std::io::Write;
+use std::ops::Range;
+use std::os::unix::fs::FileExt;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Condvar, Mutex};
 
 use foldhash::fast::RandomState;
 use memchr::memmem;
 
-/// Bytes read at a time; a block ends at its last whole line. A block's output (~1.2 MiB) is
-/// then still in the cache when the writer copies it: with blocks of 1 MiB, one worker beside
-/// the writer took twice the CPU in two runs of three (2.2 against 1.0 s) and one core took
-/// 0.84–1.37 s against 0.86–1.04 s; blocks of 128 KiB did no better than 256 KiB.
-const BLOCK: usize = 1 << 18;
+/// Input bytes a block starts from; it then runs to the end of the line it ends in. Its
+/// output (~1.2 MiB) is still in the cache when it is written: with blocks of 1 MiB the
+/// kernel's copy into the page cache took most of the time.
+const BLOCK: u64 = 1 << 18;
+/// References whose users are fetched into the cache before the first of them is copied.
+const AHEAD: usize = 32;
+
+/// The users file, and where each user's line is in it.
+struct Users {
+    file: Vec<u8>,
+    /// By the number of an id `u<number>`: (start, end), or (0, 0) for none.
+    numbered: Vec<(u32, u32)>,
+    /// By any other id.
+    named: HashMap<Box<[u8]>, (u32, u32), RandomState>,
+}
+
+/// Whose turn it is to write: the number of the next block, or `None` once a write failed.
+struct Turn {
+    next: Mutex<Option<u64>>,
+    changed: Condvar,
+}
 
 fn main() -> std::io::Result<()> {
     let mut args = std::env::args().skip(1);
@@ -51,87 +73,92 @@ fn main() -> std::io::Result<()> {
     }
     let [users, input, output] = <[String; 3]>::try_from(paths)
         .expect("usage: floor USERS.ndjson ACTIVITIES.ndjson OUT.ndjson [--threads N]");
-    let users = Arc::new(Users::read(std::fs::read(users)?));
-    let mut input = File::open(input)?;
+    let users = Users::read(std::fs::read(users)?);
+    let input = File::open(input)?;
+    let len = input.metadata()?.len();
     let output = File::create(output)?;
-
-    let (blocks, work) = sync_channel::<(usize, Vec<u8>)>(threads * 2);
-    let (done, written) = sync_channel::<(usize, Vec<u8>)>(threads * 2);
-    let (spent_in, fresh_in) = sync_channel::<Vec<u8>>(threads * 4);
-    let (spent_out, fresh_out) = sync_channel::<Vec<u8>>(threads * 4);
-    let work = Arc::new(Mutex::new(work));
-    let fresh_out = Arc::new(Mutex::new(fresh_out));
-    let workers: Vec<_> = (0..threads)
-        .map(|_| {
-            let (users, work, done, fresh_out, spent_in) = (
-                users.clone(),
-                work.clone(),
-                done.clone(),
-                fresh_out.clone(),
-                spent_in.clone(),
-            );
-            std::thread::spawn(move || {
-                let finder = memmem::Finder::new(b"\"SU:");
-                loop {
-                    let Ok((seq, block)) = work.lock().expect("no worker panics").recv() else {
-                        return;
-                    };
-                    let reused = fresh_out.lock().expect("no worker panics").try_recv();
-                    let mut out = reused.unwrap_or_else(|_| Vec::with_capacity(BLOCK * 5));
-                    substitute(&block, &users, &finder, &mut out);
-                    let _ = spent_in.try_send(block);
-                    if done.send((seq, out)).is_err() {
-                        return;
-                    }
-                }
-            })
-        })
-        .collect();
-    // Only the workers hold these: should they all stop (the writer failed), the reader's
-    // next send fails instead of waiting for ever.
-    drop((work, fresh_out, done, spent_in));
-    let writer = std::thread::spawn(move || write_in_order(output, written, spent_out));
-
-    // The reader: blocks of whole lines, the partial last line carried into the next block.
-    let mut carry = Vec::new();
-    let mut seq = 0;
-    loop {
-        let mut block = fresh_in.try_recv().unwrap_or_default();
-        block.clear();
-        block.append(&mut carry);
-        let start = block.len();
-        block.resize(start + BLOCK, 0);
-        let n = input.read(&mut block[start..])?;
-        block.truncate(start + n);
-        if n == 0 {
-            if !block.is_empty() {
-                let _ = blocks.send((seq, block));
-            }
-            break;
-        }
-        let end = memchr::memrchr(b'\n', &block).map_or(0, |i| i + 1);
-        carry.extend_from_slice(&block[end..]);
-        block.truncate(end);
-        if blocks.send((seq, block)).is_err() {
-            break;
-        }
-        seq += 1;
-    }
-    drop(blocks);
-    for worker in workers {
-        worker.join().expect("no worker panics");
-    }
-    // The writer's error, if it stopped the run.
-    writer.join().expect("the writer does not panic")
+    let claimed = AtomicUsize::new(0);
+    let turn = Turn {
+        next: Mutex::new(Some(0)),
+        changed: Condvar::new(),
+    };
+    std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..threads)
+            .map(|_| scope.spawn(|| work(&users, &input, len, &output, &claimed, &turn)))
+            .collect();
+        workers
+            .into_iter()
+            .try_for_each(|worker| worker.join().expect("no worker panics"))
+    })
 }
 
-/// The users file, and where each user's line is in it.
-struct Users {
-    file: Vec<u8>,
-    /// By the number of an id `u<number>`.
-    numbered: Vec<Option<(usize, usize)>>,
-    /// By any other id.
-    named: HashMap<Box<[u8]>, (usize, usize), RandomState>,
+/// Takes blocks in turn until the input is done: reads one, substitutes, waits for the blocks
+/// before it to be written, writes it.
+fn work(
+    users: &Users,
+    input: &File,
+    len: u64,
+    mut output: &File,
+    claimed: &AtomicUsize,
+    turn: &Turn,
+) -> std::io::Result<()> {
+    let finder = memmem::Finder::new(b"\"SU:");
+    let (mut block, mut out, mut found) = (Vec::new(), Vec::new(), Vec::new());
+    loop {
+        let k = claimed.fetch_add(1, Ordering::Relaxed) as u64;
+        if k * BLOCK >= len {
+            return Ok(());
+        }
+        let lines = read_block(input, len, k, &mut block)?;
+        substitute(&block[lines], users, &finder, &mut found, &mut out);
+        let mut next = turn.next.lock().expect("no worker panics");
+        while *next != Some(k) {
+            if next.is_none() {
+                return Ok(());
+            }
+            next = turn.changed.wait(next).expect("no worker panics");
+        }
+        let written = output.write_all(&out);
+        *next = written.as_ref().ok().map(|()| k + 1);
+        turn.changed.notify_all();
+        written?;
+    }
+}
+
+/// Reads block `k` into `block`; returns where its lines are in it. A block runs from the
+/// first line that starts at or after `k * BLOCK` to the first that starts at or after
+/// `(k + 1) * BLOCK` (a line starts at 0 or after a newline), so that neighbouring blocks meet
+/// at the same line and every line is in exactly one block.
+fn read_block(
+    input: &File,
+    len: u64,
+    k: u64,
+    block: &mut Vec<u8>,
+) -> std::io::Result<Range<usize>> {
+    // From one byte before the block: whether a line starts at its first byte is in that byte.
+    let from = (k * BLOCK).saturating_sub(1);
+    let mut to = ((k + 1) * BLOCK + 4096).min(len);
+    let (start, end) = loop {
+        block.resize((to - from) as usize, 0);
+        input.read_exact_at(block, from)?;
+        let at_end = to == len;
+        // The first newline at or after `i` in what was read, or `None` to read further.
+        let line_start = |i: usize| match memchr::memchr(b'\n', block.get(i..).unwrap_or(&[])) {
+            Some(n) => Some(i + n + 1),
+            None => at_end.then_some(block.len()),
+        };
+        let start = if k == 0 { Some(0) } else { line_start(0) };
+        let end = if (k + 1) * BLOCK >= len {
+            Some(block.len())
+        } else {
+            line_start(((k + 1) * BLOCK - 1 - from) as usize)
+        };
+        match (start, end) {
+            (Some(start), Some(end)) => break (start, end.max(start)),
+            _ => to = (to + BLOCK).min(len),
+        }
+    };
+    Ok(start..end)
 }
 
 impl Users {
@@ -142,8 +169,8 @@ impl Users {
         let mut named = HashMap::default();
         let mut start = 0;
         for line in file.split_inclusive(|&b| b == b'\n') {
-            let span = (start, start + line.trim_ascii_end().len());
-            start += line.len();
+            let span = (start, start + line.trim_ascii_end().len() as u32);
+            start += line.len() as u32;
             let Some(at) = id_key.find(line) else {
                 continue;
             };
@@ -155,9 +182,9 @@ impl Users {
             match number(id) {
                 Some(n) => {
                     if numbered.len() <= n {
-                        numbered.resize(n + 1, None);
+                        numbered.resize(n + 1, (0, 0));
                     }
-                    numbered[n] = Some(span);
+                    numbered[n] = span;
                 }
                 None => {
                     named.insert(id.into(), span);
@@ -173,10 +200,10 @@ impl Users {
 
     fn get(&self, id: &[u8]) -> Option<&[u8]> {
         let (start, end) = match number(id) {
-            Some(n) => (*self.numbered.get(n)?)?,
+            Some(n) => *self.numbered.get(n)?,
             None => *self.named.get(id)?,
         };
-        Some(&self.file[start..end])
+        (end > start).then(|| &self.file[start as usize..end as usize])
     }
 }
 
@@ -192,9 +219,16 @@ fn number(id: &[u8]) -> Option<usize> {
 }
 
 /// `block` with each `"SU:ID"` replaced by user ID, or by the inline error that says it
-/// does not exist.
-fn substitute(block: &[u8], users: &Users, finder: &memmem::Finder, out: &mut Vec<u8>) {
-    out.clear();
+/// does not exist. The references are found first, so that each user can be fetched into the
+/// cache [`AHEAD`] references before it is copied.
+fn substitute<'u>(
+    block: &[u8],
+    users: &'u Users,
+    finder: &memmem::Finder,
+    found: &mut Vec<(usize, usize, Option<&'u [u8]>)>,
+    out: &mut Vec<u8>,
+) {
+    found.clear();
     let mut from = 0;
     while let Some(at) = finder.find(&block[from..]) {
         let start = from + at;
@@ -202,11 +236,21 @@ fn substitute(block: &[u8], users: &Users, finder: &memmem::Finder, out: &mut Ve
         let Some(len) = memchr::memchr(b'"', &block[id_start..]) else {
             break;
         };
-        let id = &block[id_start..id_start + len];
+        let id_end = id_start + len;
+        found.push((start, id_end, users.get(&block[id_start..id_end])));
+        from = id_end + 1;
+    }
+    out.clear();
+    let mut from = 0;
+    for (i, &(start, id_end, user)) in found.iter().enumerate() {
+        if let Some(&(_, _, Some(ahead))) = found.get(i + AHEAD) {
+            prefetch(ahead);
+        }
         out.extend_from_slice(&block[from..start]);
-        match users.get(id) {
+        match user {
             Some(user) => out.extend_from_slice(user),
             None => {
+                let id = &block[start + 4..id_end];
                 out.extend_from_slice(b"{\"error\":\"ReferenceNotFound\",\"reference\":\"SU:");
                 out.extend_from_slice(id);
                 out.extend_from_slice(b"\",\"reference_type\":\"user\",\"id\":\"");
@@ -214,26 +258,17 @@ fn substitute(block: &[u8], users: &Users, finder: &memmem::Finder, out: &mut Ve
                 out.extend_from_slice(b"\"}");
             }
         }
-        from = id_start + len + 1;
+        from = id_end + 1;
     }
     out.extend_from_slice(&block[from..]);
 }
 
-/// Writes the workers' blocks in the order they were read, handing the buffers back.
-fn write_in_order(
-    mut output: File,
-    written: Receiver<(usize, Vec<u8>)>,
-    spent: SyncSender<Vec<u8>>,
-) -> std::io::Result<()> {
-    let mut next = 0;
-    let mut early = BTreeMap::new();
-    for (seq, out) in written {
-        early.insert(seq, out);
-        while let Some(out) = early.remove(&next) {
-            output.write_all(&out)?;
-            let _ = spent.try_send(out);
-            next += 1;
-        }
+/// Starts fetching the cache lines of `bytes` (a user of ~200 bytes: four).
+fn prefetch(bytes: &[u8]) {
+    for byte in bytes.iter().step_by(64) {
+        #[cfg(target_arch = "x86_64")]
+        safe_arch::prefetch_t0(byte);
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = byte;
     }
-    Ok(())
 }
