@@ -109,19 +109,22 @@ fn work(
         if k * BLOCK >= len {
             return Ok(());
         }
-        let lines = read_block(input, len, k, &mut block)?;
-        substitute(&block[lines], users, &finder, &mut found, &mut out);
+        let read = read_block(input, len, k, &mut block);
+        if let Ok(lines) = &read {
+            substitute(&block[lines.clone()], users, &finder, &mut found, &mut out);
+        }
         let mut next = turn.next.lock().expect("no worker panics");
-        while *next != Some(k) {
+        while read.is_ok() && *next != Some(k) {
             if next.is_none() {
                 return Ok(());
             }
             next = turn.changed.wait(next).expect("no worker panics");
         }
-        let written = output.write_all(&out);
-        *next = written.as_ref().ok().map(|()| k + 1);
+        // A block that cannot be read or written ends the run: nobody waits for its turn.
+        let done = read.and_then(|_| output.write_all(&out));
+        *next = done.as_ref().ok().map(|()| k + 1);
         turn.changed.notify_all();
-        written?;
+        done?;
     }
 }
 
