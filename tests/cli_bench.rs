@@ -11,26 +11,11 @@ use support::RedisServer;
 fn bench_reports_every_strategy_and_leaves_the_namespace_alone() {
     let server = RedisServer::start();
     let dir = tempfile::tempdir().unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_enrich"))
-        .current_dir(dir.path())
-        .args([
-            "--store",
-            &server.url(),
-            "bench",
-            "--users",
-            "200",
-            "--activities",
-            "2000",
-        ])
-        .args(["--page", "20", "--concurrency", "4", "--json"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let report = bench_json(
+        support::enrich_command(dir.path())
+            .args(["--store", &server.url(), "bench", "--users", "200"])
+            .args(["--activities", "2000", "--page", "20", "--concurrency", "4"]),
     );
-    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
     let strategies = report["strategies"].as_array().unwrap();
     let by_name = |name: &str| {
         strategies
@@ -62,8 +47,7 @@ fn bench_reports_every_strategy_and_leaves_the_namespace_alone() {
         .unwrap();
     assert_eq!(keys.len(), 200);
 
-    let table = Command::new(env!("CARGO_BIN_EXE_enrich"))
-        .current_dir(dir.path())
+    let table = support::enrich_command(dir.path())
         .args([
             "--store",
             "memory:",
@@ -95,17 +79,11 @@ fn bench_measures_the_engine_with_the_l1_it_is_given() {
         if let Some(l1) = l1 {
             command.env("ENRICH_L1_BYTES", l1);
         }
-        let out = command
-            .args(["--store", "memory:", "bench", "--users", "50"])
-            .args(["--activities", "500", "--strategy", "engine", "--json"])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
+        let report = bench_json(
+            command
+                .args(["--store", "memory:", "bench", "--users", "50"])
+                .args(["--activities", "500", "--strategy", "engine"]),
         );
-        let report: Value = serde_json::from_slice(&out.stdout).unwrap();
         report["strategies"][0].clone()
     };
     let cached = engine(None);
@@ -121,4 +99,15 @@ fn bench_measures_the_engine_with_the_l1_it_is_given() {
         1.0,
         "{uncached}"
     );
+}
+
+/// Runs `command` (an `enrich bench`) with `--json`; its report, once it has succeeded.
+fn bench_json(command: &mut Command) -> Value {
+    let out = command.arg("--json").output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
 }
