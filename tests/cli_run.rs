@@ -848,6 +848,123 @@ fn signals_stop_a_run_with_complete_lines_and_a_summary() {
     assert!(interrupted >= 4, "only {interrupted} runs were interrupted");
 }
 
+/// A disk that fills up part way through a write (here, the file size limit of the process):
+/// the run fails naming the write, and the output file is cut back to its last complete line,
+/// a prefix of what a full run writes. The writing happens on whichever worker rendered the
+/// lines, so this holds for every thread count.
+#[test]
+fn a_full_disk_leaves_only_complete_lines() {
+    let dir = tempfile::tempdir().unwrap();
+    write_workload(dir.path(), 40_000);
+    let base = [
+        "--store",
+        "memory:",
+        "run",
+        "--users",
+        "users.ndjson",
+        "activities.ndjson",
+    ];
+    let out = run(
+        dir.path(),
+        &[&base[..], &["-o", "full.ndjson"]].concat(),
+        "",
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let full = std::fs::read(dir.path().join("full.ndjson")).unwrap();
+    assert!(full.len() > 4 << 20, "{} bytes", full.len());
+    for threads in ["1", "2"] {
+        // A write past the limit is cut short, then fails (EFBIG) instead of raising SIGXFSZ,
+        // which the shell leaves ignored for the command it runs. 4,000 blocks: 2 MB in 512-byte
+        // blocks, 4 MB in 1,024-byte ones.
+        let command = enrich(dir.path());
+        let out = std::process::Command::new("sh")
+            .current_dir(dir.path())
+            .arg("-c")
+            .arg("trap '' XFSZ; ulimit -f 4000; exec \"$0\" \"$@\"")
+            .arg(command.get_program())
+            .args(base)
+            .args(["--threads", threads, "-o", "out.ndjson"])
+            .env_clear()
+            .envs(command.get_envs().filter_map(|(k, v)| Some((k, v?))))
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .output()
+            .unwrap();
+        let err = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "threads {threads}: {err}");
+        assert!(
+            err.contains("cannot write output"),
+            "threads {threads}: {err}"
+        );
+        let written = std::fs::read(dir.path().join("out.ndjson")).unwrap();
+        assert!(
+            !written.is_empty() && written.len() < full.len(),
+            "threads {threads}: {} bytes",
+            written.len()
+        );
+        assert!(
+            full.starts_with(&written),
+            "threads {threads}: not a prefix"
+        );
+        assert!(written.ends_with(b"\n"), "threads {threads}: a cut line");
+        let lines = written.iter().filter(|&&b| b == b'\n').count();
+        assert!(
+            err.contains(&format!("lines {lines} (written {lines}, rejected 0)")),
+            "threads {threads}: {lines} lines in the file: {err}"
+        );
+    }
+}
+
+/// A second stop while the output is a pipe nobody reads: the run cannot finish the write it
+/// is in, and ends anyway, soon after, with the stop's exit code and what it wrote so far.
+#[test]
+fn a_second_stop_ends_a_run_stuck_on_a_pipe_nobody_reads() {
+    let dir = tempfile::tempdir().unwrap();
+    write_workload(dir.path(), 40_000);
+    for threads in ["1", "2"] {
+        let mut child = enrich(dir.path())
+            .args([
+                "--store",
+                "memory:",
+                "run",
+                "--users",
+                "users.ndjson",
+                "activities.ndjson",
+                "--threads",
+                threads,
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // The pipe fills (64 KiB), and the run waits on it.
+        std::thread::sleep(Duration::from_millis(800));
+        assert!(child.try_wait().unwrap().is_none(), "the run ended");
+        kill(child.id(), "-TERM");
+        // Apart, so that the second is not merged into the first while it is pending.
+        std::thread::sleep(Duration::from_millis(200));
+        kill(child.id(), "-TERM");
+        let stopped = Instant::now();
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break status;
+            }
+            assert!(
+                stopped.elapsed() < Duration::from_secs(15),
+                "threads {threads}: still running 15 s after the second SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let mut err = String::new();
+        std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+        assert_eq!(status.code(), Some(143), "threads {threads}: {err}");
+        assert!(
+            err.contains("interrupted by SIGTERM"),
+            "threads {threads}: {err}"
+        );
+    }
+}
+
 /// A stop while the store is down does not wait out the store timeout: the page waiting for
 /// the store is dropped whole and the run ends at once with what it wrote before.
 #[test]

@@ -4,11 +4,12 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot, watch};
 
 use super::distinct::Distinct;
 use super::lines::LineRef;
 use super::read::RawLines;
+use super::write::LaneSender;
 use super::{MAX_LINE, PIECE_BYTES, RunOptions};
 use crate::cache::MemoPool;
 use crate::enricher::{EnrichedPage, Enricher};
@@ -49,6 +50,8 @@ pub(super) enum Piece {
     Failed(Error),
     /// The run is stopping and the chunk gave up waiting for the store.
     Abandoned,
+    /// The chunk ended without handing over all its lines (its task was aborted or panicked).
+    Lost,
 }
 
 /// A line that could not be enriched.
@@ -119,13 +122,13 @@ impl Turn {
     }
 }
 
-/// Scans, resolves and renders one chunk, handing every line over to `pieces` in order.
+/// Scans, resolves and renders one chunk, handing every line over to its `lane` in order.
 pub(super) async fn process(
     shared: Arc<Shared>,
     lines: RawLines,
     mut turn: Turn,
     mut stopping: watch::Receiver<bool>,
-    pieces: mpsc::UnboundedSender<Piece>,
+    mut lane: LaneSender,
 ) {
     let spares = &shared.spares;
     let options = &shared.options;
@@ -156,7 +159,7 @@ pub(super) async fn process(
     let enriched = match resolved {
         Ok(enriched) => enriched,
         Err(failure) => {
-            let _ = pieces.send(failure.unwrap_or(Piece::Abandoned));
+            lane.send(failure.unwrap_or(Piece::Abandoned));
             return;
         }
     };
@@ -224,10 +227,10 @@ pub(super) async fn process(
         turn.pass();
     }
     for (step, budget) in ready {
-        step.hand_over(&shared, &enriched, &pieces, budget).await;
+        step.hand_over(&shared, &enriched, &mut lane, budget).await;
     }
     for step in steps {
-        step.hand_over(&shared, &enriched, &pieces, None).await;
+        step.hand_over(&shared, &enriched, &mut lane, None).await;
     }
     turn.pass();
     let stats = enriched.stats();
@@ -235,7 +238,7 @@ pub(super) async fn process(
     let mut lines = lines;
     lines.clear();
     spares.lines.put(lines);
-    let _ = pieces.send(Piece::Done { chunk, stats });
+    lane.send(Piece::Done { chunk, stats });
 }
 
 /// What a chunk hands over, in line order, once planned.
@@ -254,12 +257,12 @@ impl Step {
         self,
         shared: &Shared,
         enriched: &EnrichedPage<'_>,
-        pieces: &mpsc::UnboundedSender<Piece>,
+        lane: &mut LaneSender,
         budget: Option<OwnedSemaphorePermit>,
     ) {
         let plan = match self {
             Step::Rejected(rejected) => {
-                let _ = pieces.send(Piece::Rejected(rejected));
+                lane.send(Piece::Rejected(rejected));
                 return;
             }
             Step::Lines(plan) => plan,
@@ -282,7 +285,7 @@ impl Step {
             out.push(b'\n');
         }
         debug_assert_eq!(out.len(), bytes, "doc_len is exact");
-        let _ = pieces.send(Piece::Lines { out, lines, budget });
+        lane.send(Piece::Lines { out, lines, budget });
     }
 }
 

@@ -1,8 +1,7 @@
-//! The job's coordinator: the reader, the chunks in the works and the writer, and how a run
-//! ends.
+//! The job's coordinator: the reader, the chunks in the works and their output, and how a
+//! run ends.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use futures::{Stream, StreamExt};
@@ -41,25 +40,8 @@ pub async fn run(
         names: read::names(&inputs),
         distinct: Distinct::new(options.max_distinct_ids),
     });
-    let (queue, queued) = mpsc::unbounded_channel();
-    let abort = Arc::new(AtomicBool::new(false));
-    let mut writer = match write::spawn(
-        output,
-        rejects,
-        queued,
-        spares.clone(),
-        progress.clone(),
-        abort.clone(),
-    ) {
-        Ok(writer) => writer,
-        Err(err) => {
-            let error = Error::new(ErrorKind::Internal, "cannot start the writer").with_cause(err);
-            return Err(RunError {
-                summary: RunSummary::default(),
-                error,
-            });
-        }
-    };
+    let (ordered, mut reported) =
+        write::Ordered::new(output, rejects, spares.clone(), progress.clone());
     let (sender, mut chunks) = mpsc::channel(in_flight);
     let reader = tokio::spawn(read::read(
         inputs,
@@ -70,12 +52,12 @@ pub async fn run(
     let in_flight = Arc::new(Semaphore::new(in_flight));
     let (stopping, stopping_seen) = watch::channel(false);
     let mut tasks = JoinSet::new();
-    let mut queue = Some(queue);
+    let mut reading = true;
     let mut turn = None;
     let mut stopped = None;
     let mut forced_by = None;
     let mut listening = true;
-    // `None` when the writer was given up on after a second stop.
+    // `None` when the writing was given up on after a second stop.
     let report = loop {
         let next_chunk = async {
             let slot = in_flight.clone().acquire_owned().await;
@@ -83,18 +65,19 @@ pub async fn run(
         };
         tokio::select! {
             biased;
-            report = &mut writer => break Some(report),
+            report = &mut reported => break Some(report),
             stop = stops.next(), if listening => match stop {
                 None => listening = false,
                 Some(stop) if stopped.is_none() => {
                     stopped = Some(stop);
                     reader.abort();
                     let _ = stopping.send(true);
-                    // The chunks queued are written; nothing more is queued.
-                    queue = None;
+                    // The chunks in the works are written; no more are taken.
+                    reading = false;
+                    ordered.close();
                 }
                 Some(_) => {
-                    abort.store(true, Ordering::Relaxed);
+                    ordered.stop();
                     tasks.abort_all();
                     forced_by = Some(tokio::time::Instant::now() + FORCED_STOP_GRACE);
                     listening = false;
@@ -106,28 +89,26 @@ pub async fn run(
                     None => std::future::pending().await,
                 }
             } => break None,
-            (slot, lines) = next_chunk, if queue.is_some() => {
-                let Some(sink) = &queue else { continue };
-                match lines {
-                    Some(Ok(lines)) => {
-                        let (pieces, receiver) = mpsc::unbounded_channel();
-                        let (mine, next) = chunk::Turn::after(turn.take());
-                        turn = Some(next);
-                        tasks.spawn(chunk::process(
-                            shared.clone(),
-                            lines,
-                            mine,
-                            stopping_seen.clone(),
-                            pieces,
-                        ));
-                        let slot = slot.expect("the in-flight slots are never closed");
-                        let _ = sink.send(write::Queued::Chunk { pieces: receiver, slot });
-                    }
-                    Some(Err(err)) => {
-                        let _ = sink.send(write::Queued::Failed(err));
-                        queue = None;
-                    }
-                    None => queue = None,
+            (slot, lines) = next_chunk, if reading => match lines {
+                Some(Ok(lines)) => {
+                    let (mine, next) = chunk::Turn::after(turn.take());
+                    turn = Some(next);
+                    let slot = slot.expect("the in-flight slots are never closed");
+                    tasks.spawn(chunk::process(
+                        shared.clone(),
+                        lines,
+                        mine,
+                        stopping_seen.clone(),
+                        ordered.lane(Some(slot)),
+                    ));
+                }
+                Some(Err(err)) => {
+                    reading = false;
+                    ordered.fail(err);
+                }
+                None => {
+                    reading = false;
+                    ordered.close();
                 }
             },
             Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
@@ -135,10 +116,6 @@ pub async fn run(
     };
     reader.abort();
     tasks.abort_all();
-    // Aborted chunks stop at their next await. One between teaching the memo and counting its
-    // new ids (no await between the two) finishes both first, so the count below misses none
-    // of the ids the memo answered for other pages.
-    while tasks.join_next().await.is_some() {}
     let mut summary = RunSummary {
         elapsed: started.elapsed(),
         interrupted: stopped,
@@ -151,13 +128,19 @@ pub async fn run(
             return Err(RunError { summary, error });
         }
         None => {
-            // The writer is stuck in a write nobody reads; what it wrote is all there is.
+            // A chunk is stuck in a write nobody reads (its task cannot be waited for); what
+            // was written is all there is.
+            tasks.detach_all();
             summary.lines = progress.lines();
             summary.written = progress.written();
             summary.rejected = summary.lines.saturating_sub(summary.written);
             return Ok(summary);
         }
     };
+    // Aborted chunks stop at their next await. One between teaching the memo and counting its
+    // new ids (no await between the two) finishes both first, so the count below misses none
+    // of the ids the memo answered for other pages.
+    while tasks.join_next().await.is_some() {}
     summary.lines = report.written + report.rejected;
     summary.written = report.written;
     summary.rejected = report.rejected;

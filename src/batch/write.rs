@@ -1,15 +1,27 @@
-//! The writer stage: a thread of its own that writes the chunks' pieces in input order.
+//! The writer stage: the chunks' pieces written in input order, by the chunks themselves.
 //!
-//! A thread rather than a task, so that writes go straight from the pieces to the file
-//! descriptor (no copy into an async runtime's buffer) and the writer knows, after each write,
-//! that every byte it has written ends a complete line.
+//! Each chunk hands its pieces to a [`Lane`] of its own; lanes are written one after the other,
+//! in the order they were opened. There is no writer thread: when a piece lands on the lane
+//! being written and nobody is writing, the chunk that handed it over writes it, then whatever
+//! has become due behind it (the rest of its lane, then the lanes after it as each one ends),
+//! until nothing due is ready, and hands the writer on (flat combining). Writes go straight
+//! from the pieces to the file descriptor (no copy into an async runtime's buffer), from the
+//! core that has just rendered them. The writer thread this replaces cost the job a hand-over
+//! per piece and a copy of every piece out of the other core's cache (BENCHMARKS.md, seventh
+//! pass).
+//!
+//! A write to a regular file is made where the piece is handed over. One to anything else (a
+//! pipe, a terminal: what may block for as long as its reader pleases) first moves the other
+//! tasks of the runtime's worker to another thread ([`tokio::task::block_in_place`]), on a
+//! multi-threaded runtime; on a single-threaded one such a write holds up the runtime.
 
+use std::collections::VecDeque;
 use std::fs::File;
 use std::io::{Seek, Write};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, TryLockError};
 
-use tokio::sync::{OwnedSemaphorePermit, mpsc, oneshot};
+use tokio::sync::{OwnedSemaphorePermit, oneshot};
 
 use super::RunProgress;
 use super::chunk::{Piece, Spares};
@@ -111,18 +123,6 @@ impl Output {
     }
 }
 
-/// What the writer is given, in input order.
-#[derive(Debug)]
-pub(super) enum Queued {
-    /// A chunk's pieces, and its place among the chunks in flight, freed once it is written.
-    Chunk {
-        pieces: mpsc::UnboundedReceiver<Piece>,
-        slot: OwnedSemaphorePermit,
-    },
-    /// The input could not be read from here on.
-    Failed(Error),
-}
-
 /// How the writer ended.
 #[derive(Debug)]
 pub(super) enum End {
@@ -143,60 +143,331 @@ pub(super) struct Report {
     pub(super) end: End,
 }
 
-/// Starts the writer thread; its report comes when it ends.
-pub(super) fn spawn(
-    output: Output,
-    rejects: Option<Output>,
-    queue: mpsc::UnboundedReceiver<Queued>,
-    spares: Spares,
-    progress: RunProgress,
-    abort: Arc<AtomicBool>,
-) -> std::io::Result<oneshot::Receiver<Report>> {
-    let (report, reported) = oneshot::channel();
-    let writer = Writer {
-        output,
-        rejects: rejects.map(|r| (r, Vec::new())),
-        written: 0,
-        rejected: 0,
-        stats: EnrichStats::default(),
-        spares,
-        progress,
-        abort,
-    };
-    std::thread::Builder::new()
-        .name("enrich-writer".into())
-        .spawn(move || {
-            let _ = report.send(writer.run(queue));
-        })?;
-    Ok(reported)
+/// The run's output, written lane after lane.
+pub(super) struct Ordered {
+    state: Mutex<State>,
+    /// Set by a second stop: the writing ends at the next piece.
+    abort: AtomicBool,
+    /// Whether a write may block for long and the runtime can move its other tasks away.
+    hand_off: bool,
+}
+
+impl std::fmt::Debug for Ordered {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ordered")
+            .field("abort", &self.abort)
+            .field("hand_off", &self.hand_off)
+            .finish_non_exhaustive()
+    }
+}
+
+struct State {
+    /// The lanes not yet written, from the one being written on.
+    lanes: VecDeque<Lane>,
+    /// The number of `lanes[0]`.
+    head: u64,
+    /// The number of the next lane opened.
+    next: u64,
+    /// No lane opens after those open: the output ends with the last of them.
+    closed: bool,
+    /// The writer while nobody writes; `None` while a chunk writes, and once the output ended.
+    writer: Option<Box<Writer>>,
+    /// Where the report goes; taken when the output ends, after which pieces are dropped.
+    report: Option<oneshot::Sender<Report>>,
+}
+
+/// A lane's pieces not yet written, and its chunk's place among the chunks in flight, freed
+/// once it is written.
+struct Lane {
+    pieces: VecDeque<Piece>,
+    _slot: Option<OwnedSemaphorePermit>,
+}
+
+/// Where a chunk hands its pieces, in line order. A lane dropped before its chunk's last piece
+/// (its task aborted or panicked) ends the output there.
+pub(super) struct LaneSender {
+    ordered: Arc<Ordered>,
+    number: u64,
+    open: bool,
+}
+
+impl std::fmt::Debug for LaneSender {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LaneSender")
+            .field("number", &self.number)
+            .field("open", &self.open)
+            .finish()
+    }
+}
+
+impl LaneSender {
+    /// Hands a piece over; if it is due, it is written before this returns, with whatever
+    /// became due behind it.
+    pub(super) fn send(&mut self, piece: Piece) {
+        if matches!(
+            piece,
+            Piece::Done { .. } | Piece::Failed(_) | Piece::Abandoned
+        ) {
+            self.open = false;
+        }
+        self.ordered.deliver(self.number, piece);
+    }
+}
+
+impl Drop for LaneSender {
+    fn drop(&mut self) {
+        if self.open {
+            self.ordered.deliver(self.number, Piece::Lost);
+        }
+    }
+}
+
+/// What writing a piece leaves to do.
+enum Next {
+    /// Go on with the lane.
+    More,
+    /// The lane is written: go on with the next.
+    LaneDone,
+    /// The output ends here.
+    End(End),
+}
+
+impl Ordered {
+    /// The output of a run; its report comes when it ends.
+    pub(super) fn new(
+        output: Output,
+        rejects: Option<Output>,
+        spares: Spares,
+        progress: RunProgress,
+    ) -> (Arc<Ordered>, oneshot::Receiver<Report>) {
+        let blocks =
+            !output.is_regular_file() || rejects.as_ref().is_some_and(|r| !r.is_regular_file());
+        let multi_threaded = tokio::runtime::Handle::try_current()
+            .is_ok_and(|rt| rt.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+        let writer = Writer {
+            output,
+            rejects: rejects.map(|r| (r, Vec::new())),
+            written: 0,
+            rejected: 0,
+            stats: EnrichStats::default(),
+            spares,
+            progress,
+        };
+        let (report, reported) = oneshot::channel();
+        let state = State {
+            lanes: VecDeque::new(),
+            head: 0,
+            next: 0,
+            closed: false,
+            writer: Some(Box::new(writer)),
+            report: Some(report),
+        };
+        let ordered = Ordered {
+            state: Mutex::new(state),
+            abort: AtomicBool::new(false),
+            hand_off: blocks && multi_threaded,
+        };
+        (Arc::new(ordered), reported)
+    }
+
+    /// Opens the next lane, holding `slot` until it is written.
+    pub(super) fn lane(self: &Arc<Self>, slot: Option<OwnedSemaphorePermit>) -> LaneSender {
+        let mut state = self.lock();
+        let number = state.next;
+        state.next += 1;
+        if state.report.is_some() {
+            state.lanes.push_back(Lane {
+                pieces: VecDeque::new(),
+                _slot: slot,
+            });
+        }
+        LaneSender {
+            ordered: self.clone(),
+            number,
+            open: true,
+        }
+    }
+
+    /// Ends the output after the lanes open with `error`: the input could not be read further.
+    pub(super) fn fail(self: &Arc<Self>, error: Error) {
+        self.lane(None).send(Piece::Failed(error));
+        self.close();
+    }
+
+    /// No lane opens after those open; the output ends once they are written.
+    pub(super) fn close(&self) {
+        let mut state = self.lock();
+        state.closed = true;
+        self.drain(state);
+    }
+
+    /// Ends the writing at the next piece (at once if nobody is writing).
+    pub(super) fn stop(&self) {
+        self.abort.store(true, Ordering::Relaxed);
+        let state = self.lock();
+        self.drain(state);
+    }
+
+    fn deliver(&self, number: u64, piece: Piece) {
+        let mut state = self.lock();
+        if state.report.is_none() {
+            // The output has ended; what the piece holds (its budget) goes back.
+            drop(state);
+            drop(piece);
+            return;
+        }
+        let at = usize::try_from(number - state.head).expect("lanes in flight fit in memory");
+        state.lanes[at].pieces.push_back(piece);
+        if at == 0 {
+            self.drain(state);
+        }
+    }
+
+    /// Writes what is due, if nobody else is writing, until nothing due is ready.
+    fn drain<'a>(&'a self, mut state: MutexGuard<'a, State>) {
+        let Some(mut writer) = state.writer.take() else {
+            // Someone writes, and looks again for what is due before handing the writer back.
+            return;
+        };
+        let _unwinding = Writing(self);
+        loop {
+            let piece = if self.abort.load(Ordering::Relaxed) {
+                Err(End::Stopped)
+            } else {
+                let closed = state.closed;
+                match state.lanes.front_mut() {
+                    Some(lane) => match lane.pieces.pop_front() {
+                        Some(piece) => Ok(piece),
+                        None => break,
+                    },
+                    None if closed => Err(End::Finished),
+                    None => break,
+                }
+            };
+            let next = match piece {
+                Ok(piece) => {
+                    drop(state);
+                    let next = self.blocking(|| writer.piece(piece));
+                    state = self.lock();
+                    next
+                }
+                Err(end) => Next::End(end),
+            };
+            match next {
+                Next::More => {}
+                Next::LaneDone => {
+                    let written = state.lanes.pop_front();
+                    state.head += 1;
+                    drop(written);
+                }
+                Next::End(end) => {
+                    let report = state.report.take();
+                    let lanes = std::mem::take(&mut state.lanes);
+                    drop(state);
+                    // What the lanes not written hold (budget, slots) goes back.
+                    drop(lanes);
+                    let summary = self.blocking(|| writer.finish(end));
+                    if let Some(report) = report {
+                        let _ = report.send(summary);
+                    }
+                    return;
+                }
+            }
+        }
+        state.writer = Some(writer);
+    }
+
+    /// Runs a write: where it is, or with the worker's other tasks moved away first if it may
+    /// block for long.
+    fn blocking<R>(&self, write: impl FnOnce() -> R) -> R {
+        if self.hand_off {
+            tokio::task::block_in_place(write)
+        } else {
+            write()
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // Nothing panics while holding the lock; a poisoned one is as good as any.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Held while a chunk writes: if the writing panics, the report is dropped, so the run ends
+/// ("the writer failed") instead of waiting for a writer that is gone.
+struct Writing<'a>(&'a Ordered);
+
+impl Drop for Writing<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            // Not if the panic came with the lock held: that lock is this thread's own.
+            let mut state = match self.0.state.try_lock() {
+                Ok(state) => state,
+                Err(TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
+                Err(TryLockError::WouldBlock) => return,
+            };
+            drop(state.report.take());
+        }
+    }
 }
 
 struct Writer {
     output: Output,
-    /// The rejects file and the records of the chunk being written, written at its end.
+    /// The rejects file and the records of the lane being written, written at its end.
     rejects: Option<(Output, Vec<u8>)>,
     written: u64,
     rejected: u64,
     stats: EnrichStats,
     spares: Spares,
     progress: RunProgress,
-    abort: Arc<AtomicBool>,
 }
 
 impl Writer {
-    fn run(mut self, mut queue: mpsc::UnboundedReceiver<Queued>) -> Report {
-        let end = loop {
-            match queue.blocking_recv() {
-                None => break End::Finished,
-                Some(Queued::Failed(err)) => break End::Failed(err),
-                Some(Queued::Chunk { mut pieces, slot }) => {
-                    if let Some(end) = self.chunk(&mut pieces) {
-                        break end;
+    /// Writes one piece.
+    fn piece(&mut self, piece: Piece) -> Next {
+        match piece {
+            Piece::Lines { out, lines, budget } => {
+                if let Err(err) = self.output.write_lines(&out) {
+                    return Next::End(End::Failed(
+                        Error::new(ErrorKind::Internal, "cannot write output").with_cause(err),
+                    ));
+                }
+                drop(budget);
+                self.written += lines;
+                self.progress.add_written(lines);
+                self.spares.recycle_output(out);
+                Next::More
+            }
+            Piece::Rejected(rejected) => {
+                self.rejected += 1;
+                self.progress.add_rejected();
+                match &mut self.rejects {
+                    Some((_, records)) => {
+                        records.extend_from_slice(&rejected.record());
+                        Next::More
                     }
-                    drop(slot);
+                    None => Next::End(End::Failed(rejected.into_error())),
                 }
             }
-        };
+            Piece::Done { chunk, stats } => {
+                self.stats += stats;
+                self.spares.recycle_chunk(chunk);
+                match self.write_rejects() {
+                    Ok(()) => Next::LaneDone,
+                    Err(err) => Next::End(End::Failed(err)),
+                }
+            }
+            Piece::Failed(err) => Next::End(End::Failed(err)),
+            Piece::Abandoned => Next::End(End::Stopped),
+            Piece::Lost => Next::End(End::Failed(Error::new(
+                ErrorKind::Internal,
+                "a chunk of the run failed",
+            ))),
+        }
+    }
+
+    /// The report of an output that ends with `end`, once the rejects held are written.
+    fn finish(&mut self, end: End) -> Report {
         let end = match (end, self.write_rejects()) {
             (End::Failed(err), _) | (_, Err(err)) => End::Failed(err),
             (end, Ok(())) => end,
@@ -204,52 +475,8 @@ impl Writer {
         Report {
             written: self.written,
             rejected: self.rejected,
-            stats: self.stats,
+            stats: std::mem::take(&mut self.stats),
             end,
-        }
-    }
-
-    /// Writes one chunk; `Some` if the run ends here.
-    fn chunk(&mut self, pieces: &mut mpsc::UnboundedReceiver<Piece>) -> Option<End> {
-        loop {
-            if self.abort.load(Ordering::Relaxed) {
-                return Some(End::Stopped);
-            }
-            match pieces.blocking_recv() {
-                Some(Piece::Lines { out, lines, budget }) => {
-                    if let Err(err) = self.output.write_lines(&out) {
-                        return Some(End::Failed(
-                            Error::new(ErrorKind::Internal, "cannot write output").with_cause(err),
-                        ));
-                    }
-                    drop(budget);
-                    self.written += lines;
-                    self.progress.add_written(lines);
-                    self.spares.recycle_output(out);
-                }
-                Some(Piece::Rejected(rejected)) => {
-                    self.rejected += 1;
-                    self.progress.add_rejected();
-                    match &mut self.rejects {
-                        Some((_, records)) => records.extend_from_slice(&rejected.record()),
-                        None => return Some(End::Failed(rejected.into_error())),
-                    }
-                }
-                Some(Piece::Done { chunk, stats }) => {
-                    self.stats += stats;
-                    self.spares.recycle_chunk(chunk);
-                    return self.write_rejects().err().map(End::Failed);
-                }
-                Some(Piece::Failed(err)) => return Some(End::Failed(err)),
-                Some(Piece::Abandoned) => return Some(End::Stopped),
-                None if self.abort.load(Ordering::Relaxed) => return Some(End::Stopped),
-                None => {
-                    return Some(End::Failed(Error::new(
-                        ErrorKind::Internal,
-                        "a chunk of the run failed",
-                    )));
-                }
-            }
         }
     }
 
