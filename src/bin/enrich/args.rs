@@ -160,8 +160,8 @@ pub(crate) enum Command {
         /// No summary on standard error.
         #[arg(long)]
         quiet: bool,
-        /// Threads that scan, resolve and render lines (default: one per core). Reading the
-        /// input and writing the output take a thread each besides.
+        /// Threads that scan, resolve, render and write lines (default: one per core). Only
+        /// the reads of files go through short-lived helper threads besides.
         #[arg(long, value_name = "N", env = "ENRICH_THREADS", value_parser = clap::value_parser!(u16).range(1..=1024))]
         threads: Option<u16>,
     },
