@@ -14,9 +14,9 @@
 //!    up to [`IN_FLIGHT`] chunks (four per worker thread of the runtime, if that is more) are
 //!    in the works at once, on any core, each with a memo and buffers of its own taken from
 //!    small pools;
-//! 3. the pieces are written in input order by the chunks themselves: whichever chunk hands
-//!    over the piece due next writes it, and what became due behind it, on its own core (no
-//!    writer thread to hand each piece to).
+//! 3. the pieces are written in input order: into a regular file by the chunks themselves
+//!    (whichever hands over the piece due next writes it, and what became due behind it, on
+//!    its own core), into a pipe or any other writer by a thread of its own.
 //!
 //! Every input line ends as exactly one output line or one rejected line.
 //!
@@ -111,7 +111,7 @@ fn in_flight() -> usize {
 /// usual chunk (1,024 lines of a few kB) is a single write.
 pub const PIECE_BYTES: usize = 4 << 20;
 
-/// After a second stop, how long a chunk may take to finish the piece it is writing (only a
+/// After a second stop, how long the writing may take to finish the piece it is on (only a
 /// pipe nobody reads can take longer) before the run ends without it.
 const FORCED_STOP_GRACE: Duration = Duration::from_secs(2);
 

@@ -41,7 +41,19 @@ pub async fn run(
         distinct: Distinct::new(options.max_distinct_ids),
     });
     let (ordered, mut reported) =
-        write::Ordered::new(output, rejects, spares.clone(), progress.clone());
+        match write::Ordered::new(output, rejects, spares.clone(), progress.clone()) {
+            Ok(ordered) => ordered,
+            Err(err) => {
+                let error =
+                    Error::new(ErrorKind::Internal, "cannot start the writer").with_cause(err);
+                return Err(RunError {
+                    summary: RunSummary::default(),
+                    error,
+                });
+            }
+        };
+    // However the run ends (its future dropped too), the writing ends with it.
+    let _ended = write::StopOnDrop(ordered.clone());
     let (sender, mut chunks) = mpsc::channel(in_flight);
     let reader = tokio::spawn(read::read(
         inputs,
@@ -128,8 +140,8 @@ pub async fn run(
             return Err(RunError { summary, error });
         }
         None => {
-            // A chunk is stuck in a write nobody reads (its task cannot be waited for); what
-            // was written is all there is.
+            // The writing is stuck in a write nobody reads (on the writer thread, or in a chunk
+            // whose task cannot be waited for); what was written is all there is.
             tasks.detach_all();
             summary.lines = progress.lines();
             summary.written = progress.written();
@@ -247,6 +259,40 @@ mod tests {
             assert_eq!(rejects, rejected);
             assert_eq!(summary.written, 5_993);
             assert_eq!(summary.distinct_users, 50);
+        }
+    }
+
+    /// A regular file is written by the chunks themselves rather than by a writer thread: the
+    /// same lines in the same order, whatever the budget, rejects included.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_regular_file_gets_the_same_output() {
+        let enricher = enricher().await;
+        let (expected, rejected, _) = run_with(&enricher, RunOptions::new()).await;
+        let dir = tempfile::tempdir().unwrap();
+        for budget in [1, 3_000, 100_000] {
+            let (out, rejects) = (dir.path().join("out"), dir.path().join("rejects"));
+            let output = Output::file(std::fs::File::create(&out).unwrap());
+            assert!(output.is_regular_file());
+            let summary = run(
+                &enricher,
+                vec![Source::new(
+                    "in",
+                    std::io::Cursor::new(input().into_bytes()),
+                )],
+                output,
+                Some(Output::file(std::fs::File::create(&rejects).unwrap())),
+                &RunOptions::new().max_pending_output(budget),
+                &RunProgress::new(),
+                futures::stream::pending(),
+            )
+            .await
+            .unwrap();
+            assert!(
+                std::fs::read_to_string(&out).unwrap() == expected,
+                "budget {budget}: different output"
+            );
+            assert_eq!(std::fs::read_to_string(&rejects).unwrap(), rejected);
+            assert_eq!(summary.written, 5_993);
         }
     }
 

@@ -1,25 +1,24 @@
-//! The writer stage: the chunks' pieces written in input order, by the chunks themselves.
+//! The writer stage: the chunks' pieces written in input order.
 //!
-//! Each chunk hands its pieces to a [`Lane`] of its own; lanes are written one after the other,
-//! in the order they were opened. There is no writer thread: when a piece lands on the lane
-//! being written and nobody is writing, the chunk that handed it over writes it, then whatever
-//! has become due behind it (the rest of its lane, then the lanes after it as each one ends),
-//! until nothing due is ready, and hands the writer on (flat combining). Writes go straight
-//! from the pieces to the file descriptor (no copy into an async runtime's buffer), from the
-//! core that has just rendered them. The writer thread this replaces cost the job a hand-over
-//! per piece and a copy of every piece out of the other core's cache (BENCHMARKS.md, seventh
-//! pass).
+//! Each chunk hands its pieces to a [`LaneSender`] of its own; lanes are written one after the
+//! other, in the order they were opened. Into a regular file, the chunks write themselves:
+//! when a piece lands on the lane being written and nobody is writing, the chunk that handed
+//! it over writes it, then whatever has become due behind it (the rest of its lane, then the
+//! lanes after it as each one ends), until nothing due is ready, and hands the writer on (flat
+//! combining). So each piece is written from the cache of the core that rendered it, and one
+//! worker thread of the job is one core's work. Into anything else (a pipe, a terminal, a
+//! writer given by the caller: what may block for as long as its reader pleases) a thread of
+//! its own writes, woken when something is due, so that no worker waits on a reader.
 //!
-//! A write to a regular file is made where the piece is handed over. One to anything else (a
-//! pipe, a terminal: what may block for as long as its reader pleases) first moves the other
-//! tasks of the runtime's worker to another thread ([`tokio::task::block_in_place`]), on a
-//! multi-threaded runtime; on a single-threaded one such a write holds up the runtime.
+//! Either way, writes go straight from the pieces to the file descriptor (no copy into an async
+//! runtime's buffer), and the writer knows, after each write, that every byte it has written
+//! ends a complete line.
 
 use std::collections::VecDeque;
 use std::fs::File;
 use std::io::{Seek, Write};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError, TryLockError};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, TryLockError};
 
 use tokio::sync::{OwnedSemaphorePermit, oneshot};
 
@@ -148,15 +147,17 @@ pub(super) struct Ordered {
     state: Mutex<State>,
     /// Set by a second stop: the writing ends at the next piece.
     abort: AtomicBool,
-    /// Whether a write may block for long and the runtime can move its other tasks away.
-    hand_off: bool,
+    /// Whether a thread of its own writes (an output whose writes may block for long).
+    thread: bool,
+    /// Wakes the writer thread when something is due.
+    due: Condvar,
 }
 
 impl std::fmt::Debug for Ordered {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Ordered")
             .field("abort", &self.abort)
-            .field("hand_off", &self.hand_off)
+            .field("thread", &self.thread)
             .finish_non_exhaustive()
     }
 }
@@ -239,11 +240,9 @@ impl Ordered {
         rejects: Option<Output>,
         spares: Spares,
         progress: RunProgress,
-    ) -> (Arc<Ordered>, oneshot::Receiver<Report>) {
+    ) -> std::io::Result<(Arc<Ordered>, oneshot::Receiver<Report>)> {
         let blocks =
             !output.is_regular_file() || rejects.as_ref().is_some_and(|r| !r.is_regular_file());
-        let multi_threaded = tokio::runtime::Handle::try_current()
-            .is_ok_and(|rt| rt.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
         let writer = Writer {
             output,
             rejects: rejects.map(|r| (r, Vec::new())),
@@ -262,12 +261,20 @@ impl Ordered {
             writer: Some(Box::new(writer)),
             report: Some(report),
         };
-        let ordered = Ordered {
+        let ordered = Arc::new(Ordered {
             state: Mutex::new(state),
             abort: AtomicBool::new(false),
-            hand_off: blocks && multi_threaded,
-        };
-        (Arc::new(ordered), reported)
+            thread: blocks,
+            due: Condvar::new(),
+        });
+        if blocks {
+            let writer = ordered.lock().writer.take().expect("nobody writes yet");
+            let writing = ordered.clone();
+            std::thread::Builder::new()
+                .name("enrich-writer".into())
+                .spawn(move || writing.write_due(writer, true))?;
+        }
+        Ok((ordered, reported))
     }
 
     /// Opens the next lane, holding `slot` until it is written.
@@ -323,31 +330,51 @@ impl Ordered {
         }
     }
 
-    /// Writes what is due, if nobody else is writing, until nothing due is ready.
-    fn drain<'a>(&'a self, mut state: MutexGuard<'a, State>) {
-        let Some(mut writer) = state.writer.take() else {
+    /// Writes what is due, if nobody else is writing, until nothing due is ready; with a writer
+    /// thread, wakes it instead.
+    fn drain(&self, mut state: MutexGuard<'_, State>) {
+        if self.thread {
+            drop(state);
+            self.due.notify_one();
+            return;
+        }
+        let Some(writer) = state.writer.take() else {
             // Someone writes, and looks again for what is due before handing the writer back.
             return;
         };
+        drop(state);
+        self.write_due(writer, false);
+    }
+
+    /// Writes what is due with `writer`, then hands it back (or, on the writer thread, waits
+    /// for more), or reports the end.
+    fn write_due(&self, mut writer: Box<Writer>, wait: bool) {
         let _unwinding = Writing(self);
+        let mut state = self.lock();
         loop {
             let piece = if self.abort.load(Ordering::Relaxed) {
-                Err(End::Stopped)
+                Err(Some(End::Stopped))
             } else {
                 let closed = state.closed;
                 match state.lanes.front_mut() {
-                    Some(lane) => match lane.pieces.pop_front() {
-                        Some(piece) => Ok(piece),
-                        None => break,
-                    },
-                    None if closed => Err(End::Finished),
-                    None => break,
+                    Some(lane) => lane.pieces.pop_front().ok_or(None),
+                    None if closed => Err(Some(End::Finished)),
+                    None => Err(None),
                 }
+            };
+            let piece = match piece {
+                Ok(piece) => Ok(piece),
+                Err(Some(end)) => Err(end),
+                Err(None) if wait => {
+                    state = self.due.wait(state).unwrap_or_else(PoisonError::into_inner);
+                    continue;
+                }
+                Err(None) => break,
             };
             let next = match piece {
                 Ok(piece) => {
                     drop(state);
-                    let next = self.blocking(|| writer.piece(piece));
+                    let next = writer.piece(piece);
                     state = self.lock();
                     next
                 }
@@ -366,7 +393,7 @@ impl Ordered {
                     drop(state);
                     // What the lanes not written hold (budget, slots) goes back.
                     drop(lanes);
-                    let summary = self.blocking(|| writer.finish(end));
+                    let summary = writer.finish(end);
                     if let Some(report) = report {
                         let _ = report.send(summary);
                     }
@@ -377,19 +404,19 @@ impl Ordered {
         state.writer = Some(writer);
     }
 
-    /// Runs a write: where it is, or with the worker's other tasks moved away first if it may
-    /// block for long.
-    fn blocking<R>(&self, write: impl FnOnce() -> R) -> R {
-        if self.hand_off {
-            tokio::task::block_in_place(write)
-        } else {
-            write()
-        }
-    }
-
     fn lock(&self) -> MutexGuard<'_, State> {
         // Nothing panics while holding the lock; a poisoned one is as good as any.
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Stops the writing when dropped: a writer thread waiting for pieces that will never come
+/// ends.
+pub(super) struct StopOnDrop(pub(super) Arc<Ordered>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.stop();
     }
 }
 

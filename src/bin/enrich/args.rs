@@ -161,7 +161,8 @@ pub(crate) enum Command {
         #[arg(long)]
         quiet: bool,
         /// Threads that scan, resolve, render and write lines (default: one per core). Only
-        /// the reads of files go through short-lived helper threads besides.
+        /// the reads of files go through short-lived helper threads besides, and output to a
+        /// pipe or a terminal is written by a thread of its own.
         #[arg(long, value_name = "N", env = "ENRICH_THREADS", value_parser = clap::value_parser!(u16).range(1..=1024))]
         threads: Option<u16>,
     },
