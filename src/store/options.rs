@@ -21,7 +21,9 @@ pub enum ReadFrom {
     /// was just acknowledged, for as long as replication takes. It never shows a user as
     /// missing on a replica's word alone (a miss is asked of the master), and a watching
     /// enricher's L1 is invalidated by the replica it read from, once that replica has
-    /// applied the write (see `ClusterStore`, feature `redis`).
+    /// applied the write (see `ClusterStore`, feature `redis`). A key the watch announced
+    /// written in the last 300 ms (every key, for 300 ms after the watch comes up or the
+    /// store is flushed) is read from its master, so that what the L1 keeps is current.
     Replicas,
 }
 

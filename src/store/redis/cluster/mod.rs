@@ -37,9 +37,11 @@
 //! With [`ReadFrom::Replicas`], each group goes to a replica of its master instead, in turn
 //! when there are several (its connection says `READONLY`), and to the master when none has
 //! caught up with it (see [`replicas`]: a replica just restarted, cut off its master, or held
-//! back, would answer from an old dataset) or the replica does not answer. A replica applies a write a
-//! moment after its master acknowledged it, so what it answers may be a version behind for
-//! that moment; but a user it does not have is asked of the master before it is called
+//! back, would answer from an old dataset) or the replica does not answer, and to the master
+//! when one of its keys was announced written lately (an enricher would otherwise cache what a
+//! replica held back from its stream answered, until the replica applies the write). A replica
+//! applies a write a moment after its master acknowledged it, so what it answers may be a
+//! version behind for that moment; but a user it does not have is asked of the master before it is called
 //! missing, since a replica that has not yet applied a creation would otherwise deny a user
 //! that exists.
 //!
@@ -295,6 +297,18 @@ impl UserSource for ClusterStore {
     }
 
     fn watch(&self, sink: EventSink) -> Option<WatchGuard> {
+        // With reads from replicas, the keys written lately are read from their masters (see
+        // `replicas`): the replicas hear of every write before the L1 does.
+        let sink: EventSink = match &self.replicas {
+            Some(replicas) => {
+                let replicas = replicas.clone();
+                Arc::new(move |event| {
+                    replicas.heard(&event);
+                    sink(event)
+                })
+            }
+            None => sink,
+        };
         super::tracking::watch_cluster(
             self.topology.clone(),
             self.nodes.clone(),

@@ -58,12 +58,21 @@ impl ClusterStore {
         }
     }
 
-    /// The node of `shard` a read goes to: its master, or in turn each of its replicas that
-    /// is in sync when reading from replicas (see [`super::replicas`]).
-    fn reader<'m>(&self, shard: &'m Shard) -> &'m Node {
+    /// The node of `shard` a read of `keys` goes to: its master, or in turn each of its
+    /// replicas that is in sync when reading from replicas, unless one of the keys was written
+    /// lately (see [`super::replicas`]).
+    fn reader<'m>(&self, shard: &'m Shard, keys: &[&str]) -> &'m Node {
         let Some(replicas) = &self.replicas else {
             return &shard.master;
         };
+        let ids = keys.iter().map(|key| {
+            (key.strip_prefix(self.prefix.as_str()))
+                .or_else(|| key.strip_prefix(self.entry_prefix.as_str()))
+                .unwrap_or(key)
+        });
+        if replicas.written_lately(ids) {
+            return &shard.master;
+        }
         let in_sync: Vec<&Node> = (shard.replicas.iter())
             .filter(|node| replicas.readable(node))
             .collect();
@@ -82,7 +91,7 @@ impl ClusterStore {
     /// failover), and fails them otherwise.
     async fn read_shard(&self, map: &SlotMap, index: usize, keys: &[&str], retry: bool) -> Answers {
         let shard = map.shard(index);
-        let node = self.reader(shard);
+        let node = self.reader(shard, keys);
         let mut read = if retry {
             match self.eval_ro_unless_moved(node, &shard.master, keys).await {
                 Some(read) => read,

@@ -16,14 +16,23 @@
 //! be; a round slowed by a node that does not answer (a failover) lets the verdicts lapse
 //! rather than stretch them, and the masters answer meanwhile. A replica that fails a read is
 //! off the list until a round says otherwise. The others' reads go to their master.
+//!
+//! That trust bounds what a read answers, not how long an L1 keeps it: an answer cached from a
+//! replica is dropped when the replica announces the write it missed, which it does only once
+//! it applies it — seconds later if its stream is held back (as after a full sync) or cut.
+//! So a key announced written less than [`TRUSTED_FOR`] ago is read from its master: a replica
+//! trusted now was caught up at a round begun less than that ago, so it holds every write
+//! announced before, and a write announced after the read began fences the load (see
+//! `crate::cache`). The watch of the store tells which keys were written ([`Replicas::heard`]).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::future::join_all;
 use redis::Value;
 
+use crate::store::StoreEvent;
 use crate::store::redis::node_links::NodeLinks;
 use crate::store::redis::topology::{Node, Topology};
 
@@ -44,9 +53,84 @@ const TRUSTED_FOR: Duration = Duration::from_millis(300);
 const CATCH_UP_TRIES: usize = 3;
 const CATCH_UP_WAIT: Duration = Duration::from_millis(5);
 
+/// The most ids [`Written`] holds per generation; past it, every key counts as written lately
+/// until the generation is over (every read goes to the masters meanwhile).
+const MAX_WRITTEN: usize = 1 << 16;
+
+/// The ids announced written lately: each kept at least [`TRUSTED_FOR`] after it was heard, in
+/// two generations of that length (the older dropped as a whole).
+struct Written {
+    current: HashSet<Box<str>>,
+    previous: HashSet<Box<str>>,
+    /// When `current` began.
+    since: Instant,
+    /// Every id counts as written lately until then: after a flush, after announcements that
+    /// may have been missed, after an overflow.
+    all_until: Option<Instant>,
+}
+
+impl Written {
+    fn new() -> Written {
+        Written {
+            current: HashSet::new(),
+            previous: HashSet::new(),
+            since: Instant::now(),
+            all_until: None,
+        }
+    }
+
+    /// Starts a new generation if the current one is [`TRUSTED_FOR`] old.
+    fn rotate(&mut self, now: Instant) {
+        let age = now.duration_since(self.since);
+        if age < TRUSTED_FOR {
+            return;
+        }
+        if age < 2 * TRUSTED_FOR {
+            self.previous = std::mem::take(&mut self.current);
+        } else {
+            // Every id of both was heard more than `TRUSTED_FOR` ago.
+            self.previous = HashSet::new();
+            self.current = HashSet::new();
+        }
+        self.since = now;
+    }
+
+    fn all(&mut self, now: Instant) {
+        self.all_until = Some(now + TRUSTED_FOR);
+    }
+
+    fn heard(&mut self, event: &StoreEvent) {
+        let now = Instant::now();
+        self.rotate(now);
+        match event {
+            StoreEvent::Changed(ids) => {
+                if self.current.len() + ids.len() > MAX_WRITTEN {
+                    self.all(now);
+                    self.current = HashSet::new();
+                } else {
+                    self.current.extend(ids.iter().cloned());
+                }
+            }
+            // Writes made while announcements were not heard are not known.
+            StoreEvent::ChangedAll | StoreEvent::Connected => self.all(now),
+            StoreEvent::Lost => {}
+        }
+    }
+
+    fn lately(&mut self, id: &str) -> bool {
+        let now = Instant::now();
+        self.rotate(now);
+        self.all_until.is_some_and(|until| now < until)
+            || self.current.contains(id)
+            || self.previous.contains(id)
+    }
+}
+
 /// The replicas that were last found caught up, and when.
 pub(super) struct Replicas {
     in_sync: Mutex<HashMap<Node, Instant>>,
+    /// The ids announced written lately, which are read from the masters.
+    written: Mutex<Written>,
     links: Arc<NodeLinks>,
     topology: Arc<Topology>,
     response_timeout: Duration,
@@ -62,6 +146,7 @@ impl Replicas {
     ) -> Arc<Replicas> {
         let replicas = Arc::new(Replicas {
             in_sync: Mutex::new(HashMap::new()),
+            written: Mutex::new(Written::new()),
             links,
             topology,
             response_timeout,
@@ -91,6 +176,19 @@ impl Replicas {
         crate::sync::lock(&self.in_sync)
             .get(node)
             .is_some_and(|at| at.elapsed() < TRUSTED_FOR)
+    }
+
+    /// Takes in what the store's watch said, before it is passed on to the L1.
+    pub(super) fn heard(&self, event: &StoreEvent) {
+        crate::sync::lock(&self.written).heard(event);
+    }
+
+    /// True if one of `ids` (keys without their namespace prefix, as announced) was announced
+    /// written less than [`TRUSTED_FOR`] ago, or may have been: a replica may not have applied
+    /// it yet.
+    pub(super) fn written_lately<'a>(&self, mut ids: impl Iterator<Item = &'a str>) -> bool {
+        let mut written = crate::sync::lock(&self.written);
+        ids.any(|id| written.lately(id))
     }
 
     /// Takes `node` off the list until it says it is in sync again.
@@ -235,6 +333,29 @@ fn listed(online: &[Address], replica: &Node) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn written_ids_are_kept_for_the_trust_then_dropped() {
+        let mut written = Written::new();
+        written.heard(&StoreEvent::Changed(vec!["a".into()]));
+        assert!(written.lately("a"));
+        assert!(!written.lately("b"));
+        // One generation later, still kept; two later, gone.
+        written.since -= TRUSTED_FOR;
+        assert!(written.lately("a"));
+        written.since -= TRUSTED_FOR;
+        assert!(!written.lately("a"));
+        // Announcements that may have been missed: every id, for the trust's length.
+        written.heard(&StoreEvent::Connected);
+        assert!(written.lately("b"));
+        written.all_until = Some(Instant::now());
+        assert!(!written.lately("b"));
+        // More ids than it keeps: every id.
+        let many: Vec<Box<str>> = (0..=MAX_WRITTEN).map(|i| i.to_string().into()).collect();
+        written.heard(&StoreEvent::Changed(many));
+        assert!(written.lately("b"));
+        assert!(written.current.is_empty());
+    }
 
     #[test]
     fn roles_read() {
