@@ -18,7 +18,7 @@ use std::collections::VecDeque;
 use std::fs::File;
 use std::io::{Seek, Write};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, TryLockError};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 
 use tokio::sync::{OwnedSemaphorePermit, oneshot};
 
@@ -202,8 +202,8 @@ impl std::fmt::Debug for LaneSender {
 }
 
 impl LaneSender {
-    /// Hands a piece over; if it is due, it is written before this returns, with whatever
-    /// became due behind it.
+    /// Hands a piece over. Without a writer thread, a piece that is due (and whatever became
+    /// due behind it) is written before this returns, unless another chunk is writing.
     pub(super) fn send(&mut self, piece: Piece) {
         if matches!(
             piece,
@@ -420,20 +420,15 @@ impl Drop for StopOnDrop {
     }
 }
 
-/// Held while a chunk writes: if the writing panics, the report is dropped, so the run ends
-/// ("the writer failed") instead of waiting for a writer that is gone.
+/// Held while writing, made before the state is locked (so dropped after it is released): if
+/// the writing panics, the report is dropped, so the run ends ("the writer failed") instead of
+/// waiting for a writer that is gone.
 struct Writing<'a>(&'a Ordered);
 
 impl Drop for Writing<'_> {
     fn drop(&mut self) {
         if std::thread::panicking() {
-            // Not if the panic came with the lock held: that lock is this thread's own.
-            let mut state = match self.0.state.try_lock() {
-                Ok(state) => state,
-                Err(TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
-                Err(TryLockError::WouldBlock) => return,
-            };
-            drop(state.report.take());
+            drop(self.0.lock().report.take());
         }
     }
 }
