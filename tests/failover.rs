@@ -1194,12 +1194,7 @@ async fn a_replica_behind_or_cut_off_its_master_is_not_read() {
     // the replica's first acknowledgement. It says `connected`, and answers reads with the
     // version before.
     let mut conn = cluster.node_connection(replica);
-    redis::cmd("CLIENT")
-        .arg("PAUSE")
-        .arg(3000)
-        .arg("WRITE")
-        .exec(&mut conn)
-        .unwrap();
+    hold_back(&mut conn);
     let version = |v| NewUser::with_id(r0.clone(), Some(json!({ "v": v }))).unwrap();
     writer.update(&version(1)).await.unwrap();
     tokio::time::sleep(Duration::from_millis(600)).await;
@@ -1208,7 +1203,7 @@ async fn a_replica_behind_or_cut_off_its_master_is_not_read() {
     assert_eq!(version_of(&found[0]), Some(1));
     assert_eq!(eval_ro_calls(&cluster, &[replica]), 0);
     assert_eq!(eval_ro_calls(&cluster, &[master]), 1);
-    redis::cmd("CLIENT").arg("UNPAUSE").exec(&mut conn).unwrap();
+    let_go(&mut conn);
     // Caught up, it is read again.
     tokio::time::sleep(Duration::from_millis(600)).await;
     cluster.reset_stats();
@@ -1266,12 +1261,7 @@ async fn a_replica_held_back_after_a_write_leaves_no_stale_user_in_the_l1() {
         // Caught up and trusted again.
         tokio::time::sleep(Duration::from_millis(600)).await;
         assert_eq!(version_of(&reader.get(&r0).await.unwrap()), Some(v - 1));
-        redis::cmd("CLIENT")
-            .arg("PAUSE")
-            .arg(3000)
-            .arg("WRITE")
-            .exec(&mut conn)
-            .unwrap();
+        hold_back(&mut conn);
         let user = NewUser::with_id(r0.clone(), Some(json!({ "v": v }))).unwrap();
         writer.update(&user).await.unwrap();
         // The master's announcement is heard: the L1 holds nothing for r0 now.
@@ -1281,9 +1271,25 @@ async fn a_replica_held_back_after_a_write_leaves_no_stale_user_in_the_l1() {
         from_replica += eval_ro_calls(&cluster, &[replica]);
         tokio::time::sleep(REPLICA_LAG + LAG).await;
         let later = version_of(&reader.get(&r0).await.unwrap());
-        redis::cmd("CLIENT").arg("UNPAUSE").exec(&mut conn).unwrap();
+        let_go(&mut conn);
         eprintln!("round {v}: read {first:?}, then {later:?}");
         assert_eq!(later, Some(v), "r0 once the replica's trust is over");
     }
     eprintln!("reads from the held-back replica: {from_replica}");
+}
+
+/// Holds back the replica `conn` is connected to: `CLIENT PAUSE WRITE` (for 3 s at most) stops
+/// it applying its replication stream, while it still says `connected` and answers reads.
+fn hold_back(conn: &mut redis::Connection) {
+    redis::cmd("CLIENT")
+        .arg("PAUSE")
+        .arg(3000)
+        .arg("WRITE")
+        .exec(conn)
+        .unwrap();
+}
+
+/// Ends [`hold_back`].
+fn let_go(conn: &mut redis::Connection) {
+    redis::cmd("CLIENT").arg("UNPAUSE").exec(conn).unwrap();
 }
