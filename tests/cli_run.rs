@@ -748,6 +748,19 @@ fn kill(pid: u32, signal: &str) {
     assert!(status.success(), "kill {signal} {pid}");
 }
 
+/// How `child` exits, which it must within `limit` from now (`what`: since what, for the
+/// message).
+fn exit_within(child: &mut Child, limit: Duration, what: &str) -> std::process::ExitStatus {
+    let since = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        assert!(since.elapsed() < limit, "still running {limit:?} {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// SIGINT and SIGTERM at random moments, to a file and to a pipe, once or twice: the output is
 /// always a prefix of the full output made of complete lines, the summary says the run was
 /// interrupted and how many lines it wrote, and the exit code is 130 or 143.
@@ -878,17 +891,11 @@ fn a_second_stop_ends_a_run_stuck_on_a_pipe_nobody_reads() {
         // Apart, so that the second is not merged into the first while it is pending.
         std::thread::sleep(Duration::from_millis(200));
         kill(child.id(), "-TERM");
-        let stopped = Instant::now();
-        let status = loop {
-            if let Some(status) = child.try_wait().unwrap() {
-                break status;
-            }
-            assert!(
-                stopped.elapsed() < Duration::from_secs(15),
-                "threads {threads}: still running 15 s after the second SIGTERM"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        };
+        let status = exit_within(
+            &mut child,
+            Duration::from_secs(15),
+            &format!("threads {threads}: after the second SIGTERM"),
+        );
         let mut err = String::new();
         std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
         assert_eq!(status.code(), Some(143), "threads {threads}: {err}");
@@ -926,18 +933,8 @@ fn a_stop_during_a_store_outage_ends_the_run_at_once() {
     writeln!(stdin, "{{\"n\":2,\"actor\":\"SU:other\"}}").unwrap();
     stdin.flush().unwrap();
     std::thread::sleep(Duration::from_millis(500));
-    let stopped = Instant::now();
     kill(child.id(), "-TERM");
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        assert!(
-            stopped.elapsed() < Duration::from_secs(10),
-            "still running 10 s after SIGTERM"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let status = exit_within(&mut child, Duration::from_secs(10), "after SIGTERM");
     assert_eq!(status.code(), Some(143));
     let mut rest = String::new();
     std::io::Read::read_to_string(&mut stdout, &mut rest).unwrap();
