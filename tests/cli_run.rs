@@ -717,6 +717,16 @@ fn outputs_never_overwrite_inputs() {
     );
 }
 
+/// The arguments of a run over what [`write_workload`] wrote, with a memory store.
+const WORKLOAD_RUN: [&str; 6] = [
+    "--store",
+    "memory:",
+    "run",
+    "--users",
+    "users.ndjson",
+    "activities.ndjson",
+];
+
 /// Users with fixed timestamps and activities naming them: every run writes the same bytes.
 fn write_workload(dir: &Path, activities: usize) {
     let users: String = (0..200)
@@ -768,14 +778,7 @@ fn exit_within(child: &mut Child, limit: Duration, what: &str) -> std::process::
 fn signals_stop_a_run_with_complete_lines_and_a_summary() {
     let dir = tempfile::tempdir().unwrap();
     write_workload(dir.path(), 300_000);
-    let base = [
-        "--store",
-        "memory:",
-        "run",
-        "--users",
-        "users.ndjson",
-        "activities.ndjson",
-    ];
+    let base = WORKLOAD_RUN;
     let started = Instant::now();
     let full = run(
         dir.path(),
@@ -869,16 +872,8 @@ fn a_second_stop_ends_a_run_stuck_on_a_pipe_nobody_reads() {
     write_workload(dir.path(), 40_000);
     for threads in ["1", "2"] {
         let mut child = enrich(dir.path())
-            .args([
-                "--store",
-                "memory:",
-                "run",
-                "--users",
-                "users.ndjson",
-                "activities.ndjson",
-                "--threads",
-                threads,
-            ])
+            .args(WORKLOAD_RUN)
+            .args(["--threads", threads])
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -1149,16 +1144,7 @@ fn a_failed_write_leaves_only_complete_lines() {
     );
     let full = run(
         dir.path(),
-        &[
-            "--store",
-            "memory:",
-            "run",
-            "--users",
-            "users.ndjson",
-            "activities.ndjson",
-            "-o",
-            "full.ndjson",
-        ],
+        &[&WORKLOAD_RUN[..], &["-o", "full.ndjson"]].concat(),
         "",
     );
     assert!(full.status.success(), "{}", text(&full.stderr));
