@@ -171,7 +171,8 @@ struct State {
     next: u64,
     /// No lane opens after those open: the output ends with the last of them.
     closed: bool,
-    /// The writer while nobody writes; `None` while a chunk writes, and once the output ended.
+    /// The writer while nobody writes; `None` while a chunk writes, all along with a writer
+    /// thread (which holds it), and once the output ended.
     writer: Option<Box<Writer>>,
     /// Where the report goes; taken when the output ends, after which pieces are dropped.
     report: Option<oneshot::Sender<Report>>,
