@@ -224,6 +224,19 @@ impl Drop for LaneSender {
     }
 }
 
+/// What is due to be written.
+// A `Due` lives for one turn of the writing loop, on the stack: boxing the piece would cost an
+// allocation per piece for nothing.
+#[allow(clippy::large_enum_variant)]
+enum Due {
+    /// The next piece of the lane being written.
+    Piece(Piece),
+    /// Nothing more: the output ends.
+    End(End),
+    /// Nothing ready yet.
+    Nothing,
+}
+
 /// What writing a piece leaves to do.
 enum Next {
     /// Go on with the lane.
@@ -244,7 +257,7 @@ impl Ordered {
     ) -> std::io::Result<(Arc<Ordered>, oneshot::Receiver<Report>)> {
         let blocks =
             !output.is_regular_file() || rejects.as_ref().is_some_and(|r| !r.is_regular_file());
-        let writer = Writer {
+        let writer = Box::new(Writer {
             output,
             rejects: rejects.map(|r| (r, Vec::new())),
             written: 0,
@@ -252,6 +265,12 @@ impl Ordered {
             stats: EnrichStats::default(),
             spares,
             progress,
+        });
+        // The writer thread holds the writer for good; otherwise it waits in the state.
+        let (waiting, for_thread) = if blocks {
+            (None, Some(writer))
+        } else {
+            (Some(writer), None)
         };
         let (report, reported) = oneshot::channel();
         let state = State {
@@ -259,7 +278,7 @@ impl Ordered {
             head: 0,
             next: 0,
             closed: false,
-            writer: Some(Box::new(writer)),
+            writer: waiting,
             report: Some(report),
         };
         let ordered = Arc::new(Ordered {
@@ -268,8 +287,7 @@ impl Ordered {
             thread: blocks,
             due: Condvar::new(),
         });
-        if blocks {
-            let writer = ordered.lock().writer.take().expect("nobody writes yet");
+        if let Some(writer) = for_thread {
             let writing = ordered.clone();
             std::thread::Builder::new()
                 .name("enrich-writer".into())
@@ -353,33 +371,26 @@ impl Ordered {
         let _unwinding = Writing(self);
         let mut state = self.lock();
         loop {
-            let piece = if self.abort.load(Ordering::Relaxed) {
-                Err(Some(End::Stopped))
-            } else {
-                let closed = state.closed;
-                match state.lanes.front_mut() {
-                    Some(lane) => lane.pieces.pop_front().ok_or(None),
-                    None if closed => Err(Some(End::Finished)),
-                    None => Err(None),
-                }
+            let closed = state.closed;
+            let due = match state.lanes.front_mut() {
+                _ if self.abort.load(Ordering::Relaxed) => Due::End(End::Stopped),
+                Some(lane) => lane.pieces.pop_front().map_or(Due::Nothing, Due::Piece),
+                None if closed => Due::End(End::Finished),
+                None => Due::Nothing,
             };
-            let piece = match piece {
-                Ok(piece) => Ok(piece),
-                Err(Some(end)) => Err(end),
-                Err(None) if wait => {
-                    state = self.due.wait(state).unwrap_or_else(PoisonError::into_inner);
-                    continue;
-                }
-                Err(None) => break,
-            };
-            let next = match piece {
-                Ok(piece) => {
+            let next = match due {
+                Due::Piece(piece) => {
                     drop(state);
                     let next = writer.piece(piece);
                     state = self.lock();
                     next
                 }
-                Err(end) => Next::End(end),
+                Due::End(end) => Next::End(end),
+                Due::Nothing if wait => {
+                    state = self.due.wait(state).unwrap_or_else(PoisonError::into_inner);
+                    continue;
+                }
+                Due::Nothing => break,
             };
             match next {
                 Next::More => {}
