@@ -221,22 +221,34 @@ mod tests {
             .collect()
     }
 
-    async fn run_with(enricher: &Enricher, options: RunOptions) -> (String, String, RunSummary) {
-        let (out, rejects) = (Collected::default(), Collected::default());
-        let summary = run(
+    /// Runs [`input`] into `output`, its rejects into `rejects`.
+    async fn run_into(
+        enricher: &Enricher,
+        options: RunOptions,
+        output: Output,
+        rejects: Output,
+    ) -> RunSummary {
+        run(
             enricher,
             vec![Source::new(
                 "in",
                 std::io::Cursor::new(input().into_bytes()),
             )],
-            Output::writer(out.clone()),
-            Some(Output::writer(rejects.clone())),
+            output,
+            Some(rejects),
             &options,
             &RunProgress::new(),
             futures::stream::pending(),
         )
         .await
-        .unwrap();
+        .unwrap()
+    }
+
+    /// Runs [`input`] into writers (the writer thread writes): the output, the rejects.
+    async fn run_with(enricher: &Enricher, options: RunOptions) -> (String, String, RunSummary) {
+        let (out, rejects) = (Collected::default(), Collected::default());
+        let output = Output::writer(out.clone());
+        let summary = run_into(enricher, options, output, Output::writer(rejects.clone())).await;
         (out.text(), rejects.text(), summary)
     }
 
@@ -273,20 +285,9 @@ mod tests {
             let (out, rejects) = (dir.path().join("out"), dir.path().join("rejects"));
             let output = Output::file(std::fs::File::create(&out).unwrap());
             assert!(output.is_regular_file());
-            let summary = run(
-                &enricher,
-                vec![Source::new(
-                    "in",
-                    std::io::Cursor::new(input().into_bytes()),
-                )],
-                output,
-                Some(Output::file(std::fs::File::create(&rejects).unwrap())),
-                &RunOptions::new().max_pending_output(budget),
-                &RunProgress::new(),
-                futures::stream::pending(),
-            )
-            .await
-            .unwrap();
+            let options = RunOptions::new().max_pending_output(budget);
+            let rejected_to = Output::file(std::fs::File::create(&rejects).unwrap());
+            let summary = run_into(&enricher, options, output, rejected_to).await;
             assert!(
                 std::fs::read_to_string(&out).unwrap() == expected,
                 "budget {budget}: different output"
