@@ -1139,8 +1139,9 @@ fn a_failed_write_leaves_only_complete_lines() {
     let dir = tempfile::tempdir().unwrap();
     write_workload(dir.path(), 20_000);
     let job = format!(
-        "{} --store memory: run --users users.ndjson activities.ndjson",
-        env!("CARGO_BIN_EXE_enrich")
+        "{} {}",
+        env!("CARGO_BIN_EXE_enrich"),
+        WORKLOAD_RUN.join(" ")
     );
     let full = run(
         dir.path(),

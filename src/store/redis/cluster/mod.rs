@@ -41,9 +41,9 @@
 //! when one of its keys was announced written lately (an enricher would otherwise cache what a
 //! replica held back from its stream answered, until the replica applies the write). A replica
 //! applies a write a moment after its master acknowledged it, so what it answers may be a
-//! version behind for that moment; but a user it does not have is asked of the master before it is called
-//! missing, since a replica that has not yet applied a creation would otherwise deny a user
-//! that exists.
+//! version behind for that moment; but a user it does not have is asked of the master before
+//! it is called missing, since a replica that has not yet applied a creation would otherwise
+//! deny a user that exists.
 //!
 //! # Writes
 //!
@@ -298,7 +298,7 @@ impl UserSource for ClusterStore {
 
     fn watch(&self, sink: EventSink) -> Option<WatchGuard> {
         // With reads from replicas, the keys written lately are read from their masters (see
-        // `replicas`): the replicas hear of every write before the L1 does.
+        // `replicas`): the list of them hears of every write before the L1 does.
         let sink: EventSink = match &self.replicas {
             Some(replicas) => {
                 let replicas = replicas.clone();

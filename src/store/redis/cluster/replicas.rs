@@ -117,12 +117,12 @@ impl Written {
         }
     }
 
-    fn lately(&mut self, id: &str) -> bool {
+    /// True if one of `ids` was heard less than [`TRUSTED_FOR`] ago (or may have been).
+    fn lately<'a>(&mut self, mut ids: impl Iterator<Item = &'a str>) -> bool {
         let now = Instant::now();
         self.rotate(now);
         self.all_until.is_some_and(|until| now < until)
-            || self.current.contains(id)
-            || self.previous.contains(id)
+            || ids.any(|id| self.current.contains(id) || self.previous.contains(id))
     }
 }
 
@@ -186,9 +186,8 @@ impl Replicas {
     /// True if one of `ids` (keys without their namespace prefix, as announced) was announced
     /// written less than [`TRUSTED_FOR`] ago, or may have been: a replica may not have applied
     /// it yet.
-    pub(super) fn written_lately<'a>(&self, mut ids: impl Iterator<Item = &'a str>) -> bool {
-        let mut written = crate::sync::lock(&self.written);
-        ids.any(|id| written.lately(id))
+    pub(super) fn written_lately<'a>(&self, ids: impl Iterator<Item = &'a str>) -> bool {
+        crate::sync::lock(&self.written).lately(ids)
     }
 
     /// Takes `node` off the list until it says it is in sync again.
@@ -338,22 +337,22 @@ mod tests {
     fn written_ids_are_kept_for_the_trust_then_dropped() {
         let mut written = Written::new();
         written.heard(&StoreEvent::Changed(vec!["a".into()]));
-        assert!(written.lately("a"));
-        assert!(!written.lately("b"));
+        assert!(written.lately(["a"].into_iter()));
+        assert!(!written.lately(["b"].into_iter()));
         // One generation later, still kept; two later, gone.
         written.since -= TRUSTED_FOR;
-        assert!(written.lately("a"));
+        assert!(written.lately(["a"].into_iter()));
         written.since -= TRUSTED_FOR;
-        assert!(!written.lately("a"));
+        assert!(!written.lately(["a"].into_iter()));
         // Announcements that may have been missed: every id, for the trust's length.
         written.heard(&StoreEvent::Connected);
-        assert!(written.lately("b"));
+        assert!(written.lately(["b"].into_iter()));
         written.all_until = Some(Instant::now());
-        assert!(!written.lately("b"));
+        assert!(!written.lately(["b"].into_iter()));
         // More ids than it keeps: every id.
         let many: Vec<Box<str>> = (0..=MAX_WRITTEN).map(|i| i.to_string().into()).collect();
         written.heard(&StoreEvent::Changed(many));
-        assert!(written.lately("b"));
+        assert!(written.lately(["b"].into_iter()));
         assert!(written.current.is_empty());
     }
 
