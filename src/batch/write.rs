@@ -143,6 +143,7 @@ pub(super) struct Report {
 }
 
 /// The run's output, written lane after lane.
+#[derive(Debug)]
 pub(super) struct Ordered {
     state: Mutex<State>,
     /// Set by a second stop: the writing ends at the next piece.
@@ -153,15 +154,7 @@ pub(super) struct Ordered {
     due: Condvar,
 }
 
-impl std::fmt::Debug for Ordered {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Ordered")
-            .field("abort", &self.abort)
-            .field("thread", &self.thread)
-            .finish_non_exhaustive()
-    }
-}
-
+#[derive(Debug)]
 struct State {
     /// The lanes not yet written, from the one being written on.
     lanes: VecDeque<Lane>,
@@ -180,6 +173,7 @@ struct State {
 
 /// A lane's pieces not yet written, and its chunk's place among the chunks in flight, freed
 /// once it is written.
+#[derive(Debug)]
 struct Lane {
     pieces: VecDeque<Piece>,
     _slot: Option<OwnedSemaphorePermit>,
@@ -187,19 +181,11 @@ struct Lane {
 
 /// Where a chunk hands its pieces, in line order. A lane dropped before its chunk's last piece
 /// (its task aborted or panicked) ends the output there.
+#[derive(Debug)]
 pub(super) struct LaneSender {
     ordered: Arc<Ordered>,
     number: u64,
     open: bool,
-}
-
-impl std::fmt::Debug for LaneSender {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LaneSender")
-            .field("number", &self.number)
-            .field("open", &self.open)
-            .finish()
-    }
 }
 
 impl LaneSender {
@@ -445,6 +431,7 @@ impl Drop for Writing<'_> {
     }
 }
 
+#[derive(Debug)]
 struct Writer {
     output: Output,
     /// The rejects file and the records of the lane being written, written at its end.
