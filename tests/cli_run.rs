@@ -1250,24 +1250,33 @@ fn the_file_cache_and_the_l1_bound_what_a_run_holds() {
     let file = std::fs::metadata(dir.path().join("s.db")).unwrap().len() >> 10;
     assert!(file > 30 << 10, "store of {file} KiB");
 
+    // The median of three runs: a run's peak also holds the output waiting to be written, up
+    // to all 30 MB of it when the writing falls behind (tests running beside it), which one
+    // run alone can add to either side of a comparison.
     let peak = |file_cache: &str, l1: &str| {
-        let (out, peak) = support::run_enrich_measured(
-            dir.path(),
-            &[
-                "--store",
-                "file:s.db",
-                "--file-cache",
-                file_cache,
-                "--l1-bytes",
-                l1,
-                "run",
-                "in.ndjson",
-                "-o",
-                "out.ndjson",
-            ],
-        );
-        assert!(out.status.success(), "{}", text(&out.stderr));
-        peak
+        let mut peaks: Vec<u64> = (0..3)
+            .map(|_| {
+                let (out, peak) = support::run_enrich_measured(
+                    dir.path(),
+                    &[
+                        "--store",
+                        "file:s.db",
+                        "--file-cache",
+                        file_cache,
+                        "--l1-bytes",
+                        l1,
+                        "run",
+                        "in.ndjson",
+                        "-o",
+                        "out.ndjson",
+                    ],
+                );
+                assert!(out.status.success(), "{}", text(&out.stderr));
+                peak
+            })
+            .collect();
+        peaks.sort_unstable();
+        peaks[1]
     };
     let held = peak("1G", "256M");
     let no_pages = peak("1M", "256M");
