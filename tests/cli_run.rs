@@ -1223,6 +1223,77 @@ fn the_distinct_count_past_its_bound_is_an_estimate() {
     assert!((ids - 20_000.0).abs() < 600.0, "{estimate} for 20000");
 }
 
+/// `--max-pending-output` bounds the enriched output a run holds for a reader that does not
+/// keep up: into a pipe nobody reads yet, a run of 90 MB of output holds about the default's
+/// 64 MiB of it, and about 4 MiB with `--max-pending-output 4M`; read in the end, both outputs
+/// are whole and the same.
+#[test]
+fn the_output_budget_bounds_what_waits_for_a_slow_reader() {
+    // Imported twice, the users must be the same bytes both times.
+    const AT: &str = "2021-04-13T22:53:19.670051Z";
+    let dir = tempfile::tempdir().unwrap();
+    let bio = "b".repeat(9_000);
+    let users: String = (0..1_000)
+        .map(|i| {
+            format!(
+                "{{\"id\":\"u{i}\",\"created_at\":\"{AT}\",\"updated_at\":\"{AT}\",\
+                 \"data\":{{\"bio\":\"{bio}\"}}}}\n"
+            )
+        })
+        .collect();
+    std::fs::write(dir.path().join("users.ndjson"), users).unwrap();
+    let activities: String = (0..10_000)
+        .map(|i| format!("{{\"actor\":\"SU:u{}\"}}\n", i % 1_000))
+        .collect();
+    std::fs::write(dir.path().join("in.ndjson"), activities).unwrap();
+    let held = |budget: &[&str]| {
+        let mut child = enrich(dir.path())
+            .args([
+                "--store",
+                "memory:",
+                "run",
+                "--users",
+                "users.ndjson",
+                "in.ndjson",
+            ])
+            .args(budget)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Nothing is read until the run's memory has stopped growing for a second: it is then
+        // waiting on its budget (or it has failed, which the status below says).
+        let (mut peak, mut since) = (0, Instant::now());
+        let started = Instant::now();
+        while since.elapsed() < Duration::from_secs(1)
+            && started.elapsed() < Duration::from_secs(60)
+        {
+            let now = support::peak_kib(child.id()).unwrap_or(0);
+            if now > peak {
+                (peak, since) = (now, Instant::now());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let stdout = support::drain(child.stdout.take());
+        let stderr = support::drain(child.stderr.take());
+        let status = child.wait().unwrap();
+        let (stdout, stderr) = (stdout.join().unwrap(), stderr.join().unwrap());
+        assert!(status.success(), "{}", text(&stderr));
+        (peak, stdout)
+    };
+    let (default, full) = held(&[]);
+    let (bounded, same) = held(&["--max-pending-output", "4M"]);
+    assert_eq!(full.iter().filter(|&&b| b == b'\n').count(), 10_000);
+    assert!(full.len() > 90_000_000, "{} bytes of output", full.len());
+    assert!(full == same, "the outputs differ");
+    // The default lets 64 MiB wait; 4 MiB leaves most of that out.
+    assert!(
+        default > bounded + (40 << 10),
+        "peak {default} KiB waiting with the default budget, {bounded} KiB with 4 MiB"
+    );
+}
+
 /// `--file-cache` bounds what a file store holds of its file, and `--l1-bytes` what the L1
 /// holds: a run that reads every user of a store of tens of megabytes holds the file's pages
 /// and the users with the defaults (1 GiB, 256 MiB), the pages no more with a cache of 1 MiB,

@@ -1041,18 +1041,11 @@ pub fn run_enrich_measured(dir: &Path, args: &[&str]) -> (std::process::Output, 
         .stderr(Stdio::piped())
         .spawn()
         .expect("run enrich");
-    let status_file = format!("/proc/{}/status", child.id());
     let stdout = drain(child.stdout.take());
     let stderr = drain(child.stderr.take());
     let mut peak = 0;
     let status = loop {
-        if let Ok(text) = std::fs::read_to_string(&status_file) {
-            let hwm = text
-                .lines()
-                .find_map(|l| l.strip_prefix("VmHWM:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok());
-            peak = peak.max(hwm.unwrap_or(0));
-        }
+        peak = peak.max(peak_kib(child.id()).unwrap_or(0));
         if let Some(status) = child.try_wait().expect("wait for enrich") {
             break status;
         }
@@ -1066,8 +1059,17 @@ pub fn run_enrich_measured(dir: &Path, args: &[&str]) -> (std::process::Output, 
     (out, peak)
 }
 
+/// The peak resident memory of process `pid` so far (`VmHWM`), in KiB; `None` once it is gone.
+pub fn peak_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
 /// Reads a child's pipe to its end on a thread of its own.
-fn drain(pipe: Option<impl Read + Send + 'static>) -> std::thread::JoinHandle<Vec<u8>> {
+pub fn drain(pipe: Option<impl Read + Send + 'static>) -> std::thread::JoinHandle<Vec<u8>> {
     std::thread::spawn(move || {
         let mut bytes = Vec::new();
         if let Some(mut pipe) = pipe {

@@ -150,6 +150,11 @@ pub(crate) enum Command {
         /// suffix K, M or G (powers of 1024).
         #[arg(long, value_name = "BYTES", default_value = "64M", value_parser = parse_bytes)]
         max_line_output: usize,
+        /// Hold at most this much enriched output in memory waiting to be written (to a slow
+        /// reader, a slow disk): bytes, or with a suffix K, M or G, under 4G. A longer line is
+        /// built alone, once everything before it is written.
+        #[arg(long, value_name = "BYTES", default_value = "64M", value_parser = parse_budget)]
+        max_pending_output: usize,
         /// Count the run's distinct users exactly up to this many (about 16 bytes each);
         /// past them the summary gives an estimate, within a few percent, marked with `~`.
         #[arg(long, value_name = "IDS", default_value_t = enrich::batch::DEFAULT_MAX_DISTINCT_IDS)]
@@ -491,9 +496,19 @@ fn parse_bytes(text: &str) -> Result<usize, String> {
         .ok_or_else(|| format!("{text:?} is too large"))
 }
 
+/// `--max-pending-output`: a number of bytes as [`parse_bytes`] takes it, at least one and
+/// under 4 GiB (the budget is counted in `u32` permits).
+fn parse_budget(text: &str) -> Result<usize, String> {
+    let bytes = parse_bytes(text)?;
+    if bytes == 0 || bytes > u32::MAX as usize {
+        return Err(format!("{text:?}: must be at least 1 byte and under 4G"));
+    }
+    Ok(bytes)
+}
+
 #[cfg(test)]
 mod tests {
-    use super::parse_bytes;
+    use super::{parse_budget, parse_bytes};
 
     #[test]
     fn sizes_take_suffixes_in_powers_of_1024() {
@@ -507,5 +522,17 @@ mod tests {
         assert!(parse_bytes("12T").is_err());
         assert!(parse_bytes("M").is_err());
         assert!(parse_bytes("-1").is_err());
+    }
+
+    #[test]
+    fn an_output_budget_is_at_least_a_byte_and_under_4_gib() {
+        assert_eq!(
+            parse_budget("64M"),
+            Ok(enrich::batch::DEFAULT_MAX_PENDING_OUTPUT)
+        );
+        assert_eq!(parse_budget("1"), Ok(1));
+        assert_eq!(parse_budget("4095M"), Ok(4095 << 20));
+        assert!(parse_budget("0").unwrap_err().contains("at least 1 byte"));
+        assert!(parse_budget("4G").unwrap_err().contains("under 4G"));
     }
 }

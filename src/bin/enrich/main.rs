@@ -93,6 +93,7 @@ async fn run_command(cli: Cli) {
             deep,
             rejects,
             max_line_output,
+            max_pending_output,
             max_distinct_ids,
             store_timeout,
             quiet,
@@ -114,6 +115,7 @@ async fn run_command(cli: Cli) {
                     .depth(depth)
                     .store_timeout(store_timeout)
                     .max_line_output(max_line_output)
+                    .max_pending_output(max_pending_output)
                     .max_distinct_ids(max_distinct_ids),
                 verbose: !quiet,
             };
