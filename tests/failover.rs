@@ -542,8 +542,8 @@ impl ServeProcess {
     /// heard).
     async fn start(url: &str, env: &[(&str, &str)]) -> ServeProcess {
         use std::io::{BufRead, BufReader};
-        use std::process::{Command, Stdio};
-        let mut child = Command::new(env!("CARGO_BIN_EXE_enrich"))
+        use std::process::Stdio;
+        let mut child = support::enrich_command(std::path::Path::new("."))
             .args(["--store", url, "serve", "--listen", "127.0.0.1:0"])
             .envs(env.iter().copied())
             .env(
@@ -552,7 +552,6 @@ impl ServeProcess {
             )
             .env("ENRICH_API_KEY", support::serve::KEY)
             .env("ENRICH_API_SECRET", support::serve::SECRET)
-            .env_remove("ENRICH_STORE")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -1128,14 +1127,11 @@ async fn a_replica_without_a_user_does_not_make_it_missing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_read_from_flag_reaches_the_commands_and_the_server() {
-    use std::process::Command;
-
     let (cluster, masters, replicas) = replicated_with_users(2).await;
     let url = cluster.url();
-    let bin = env!("CARGO_BIN_EXE_enrich");
 
     cluster.reset_stats();
-    let out = Command::new(bin)
+    let out = support::enrich_command(std::path::Path::new("."))
         .args([
             "--store",
             &url,
@@ -1145,7 +1141,6 @@ async fn the_read_from_flag_reaches_the_commands_and_the_server() {
             "get",
             "r0",
         ])
-        .env_remove("ENRICH_STORE")
         .output()
         .unwrap();
     assert!(

@@ -900,21 +900,14 @@ pub fn enrich_command(dir: &Path) -> Command {
     command
 }
 
-/// The settings of the shell that would change what `enrich` does, which a test gives as flags
-/// when it means them.
-const SETTINGS: [&str; 6] = [
-    "ENRICH_STORE",
-    "ENRICH_NAMESPACE",
-    "ENRICH_WAIT_REPLICAS",
-    "ENRICH_WAIT_TIMEOUT",
-    "ENRICH_L1_BYTES",
-    "ENRICH_FILE_CACHE",
-];
-
-/// `command` without the shell's [`SETTINGS`].
+/// `command` without the shell's settings of `enrich` (every `ENRICH_*` variable: the store,
+/// the namespace, the threads, the limits, the keys…), which a test gives as flags or sets
+/// again when it means them.
 pub fn without_settings(command: &mut Command) -> &mut Command {
-    for setting in SETTINGS {
-        command.env_remove(setting);
+    for (name, _) in std::env::vars_os() {
+        if name.to_string_lossy().starts_with("ENRICH_") {
+            command.env_remove(name);
+        }
     }
     command
 }
