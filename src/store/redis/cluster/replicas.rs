@@ -4,13 +4,14 @@
 //! (`replica-serve-stale-data`, on by default): one that was just restarted and is still
 //! syncing holds an empty or old dataset, and one whose master died holds what it had. Even
 //! `connected` is not enough: after a full sync a master holds back the writes it took
-//! meanwhile until the replica's first acknowledgement, up to a second later (seen on 7.0:
-//! a restarted replica served versions a second old while saying `connected`). So when the
-//! store reads from replicas, every [`CHECK_EVERY`] each master and then each replica of the
-//! map is asked `ROLE`, and a replica may answer reads only if its master counts it online
-//! (which it does only from that first acknowledgement on), it says `connected`, and its
-//! replication offset reaches the offset its master gave just before (within
-//! [`CATCH_UP_TRIES`] × [`CATCH_UP_WAIT`]): it has applied every write its master had
+//! meanwhile until the replica's first acknowledgement, up to a second later (seen on 7.0: a
+//! restarted replica served versions a second old while saying `connected`). So when the store
+//! reads from replicas, every [`CHECK_EVERY`] each master and then each replica of the map is
+//! asked `ROLE`, and a replica may answer reads only if its master lists it (past its sync: not
+//! proof of much, as a master lists a replica as soon as its sync is sent, with an acknowledged
+//! offset of 0 until its first acknowledgement, seen on 7.0 with a disk-based sync), it says
+//! `connected`, and its own replication offset reaches the offset its master gave just before
+//! (within [`CATCH_UP_TRIES`] × [`CATCH_UP_WAIT`]): it has applied every write its master had
 //! acknowledged at the time of the check. That verdict holds for [`TRUSTED_FOR`] from the
 //! moment the round asked the masters, which bounds how far behind a read from a replica can
 //! be; a round slowed by a node that does not answer (a failover) lets the verdicts lapse
@@ -273,7 +274,7 @@ type Address = (String, u16);
 #[derive(Debug, PartialEq, Eq)]
 enum Role {
     /// `["master", offset, [[ip, port, offset]…]]`: its replication offset and the address of
-    /// each replica it counts as online (past its sync, acknowledging).
+    /// each replica it lists (past its sync; not necessarily acknowledging yet).
     Master { offset: i64, online: Vec<Address> },
     /// `["slave", host, port, state, offset]`; `connected` once linked and past the sync.
     Replica { connected: bool, offset: i64 },
