@@ -1262,11 +1262,11 @@ fn the_output_budget_bounds_what_waits_for_a_slow_reader() {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        // Nothing is read until the run's memory has stopped growing for a second: it is then
-        // waiting on its budget (or it has failed, which the status below says).
+        // Nothing is read until the run's memory has stopped growing for two seconds: it is
+        // then waiting on its budget (or it has failed, which the status below says).
         let (mut peak, mut since) = (0, Instant::now());
         let started = Instant::now();
-        while since.elapsed() < Duration::from_secs(1)
+        while since.elapsed() < Duration::from_secs(2)
             && started.elapsed() < Duration::from_secs(60)
         {
             let now = support::peak_kib(child.id()).unwrap_or(0);

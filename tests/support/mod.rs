@@ -892,7 +892,7 @@ pub fn temp_db() -> (tempfile::TempDir, PathBuf) {
     (dir, path)
 }
 
-/// The built `enrich` binary, run in `dir` with no store settings from the environment.
+/// The built `enrich` binary, run in `dir` with none of the shell's `ENRICH_*` settings.
 pub fn enrich_command(dir: &Path) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_enrich"));
     command.current_dir(dir);
