@@ -143,7 +143,7 @@ impl Serve {
 
     /// The process's peak resident memory, in bytes, as the kernel counts it.
     fn peak_rss(&self) -> u64 {
-        status_kb(self.pid(), "VmHWM") * 1024
+        support::peak_kib(self.pid()).expect("the server's peak memory") * 1024
     }
 
     fn signal(&self, name: &str) {
@@ -172,15 +172,6 @@ impl Drop for Serve {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-fn status_kb(pid: u32, field: &str) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let line = status
-        .lines()
-        .find(|l| l.starts_with(field))
-        .unwrap_or_else(|| panic!("no {field} in {status}"));
-    line.split_whitespace().nth(1).unwrap().parse().unwrap()
 }
 
 fn token() -> String {
