@@ -729,11 +729,20 @@ const WORKLOAD_RUN: [&str; 6] = [
 
 /// Users with fixed timestamps and activities naming them: every run writes the same bytes.
 fn write_workload(dir: &Path, activities: usize) {
+    write_workload_padded(dir, activities, 0);
+}
+
+/// [`write_workload`] with users `pad` bytes larger (a `bio` of that many letters).
+fn write_workload_padded(dir: &Path, activities: usize, pad: usize) {
+    let bio = match pad {
+        0 => String::new(),
+        _ => format!(",\"bio\":\"{}\"", "b".repeat(pad)),
+    };
     let users: String = (0..200)
         .map(|i| {
             format!(
                 "{{\"id\":\"u{i}\",\"created_at\":\"2021-04-13T22:53:19.670051Z\",\
-                 \"data\":{{\"name\":\"User {i}\"}}}}\n"
+                 \"data\":{{\"name\":\"User {i}\"{bio}}}}}\n"
             )
         })
         .collect();
@@ -1224,38 +1233,17 @@ fn the_distinct_count_past_its_bound_is_an_estimate() {
 }
 
 /// `--max-pending-output` bounds the enriched output a run holds for a reader that does not
-/// keep up: into a pipe nobody reads yet, a run of 90 MB of output holds about the default's
+/// keep up: into a pipe nobody reads yet, a run of 107 MB of output holds about the default's
 /// 64 MiB of it, and about 4 MiB with `--max-pending-output 4M`; read in the end, both outputs
 /// are whole and the same.
 #[test]
 fn the_output_budget_bounds_what_waits_for_a_slow_reader() {
-    // Imported twice, the users must be the same bytes both times.
-    const AT: &str = "2021-04-13T22:53:19.670051Z";
     let dir = tempfile::tempdir().unwrap();
-    let bio = "b".repeat(9_000);
-    let users: String = (0..1_000)
-        .map(|i| {
-            format!(
-                "{{\"id\":\"u{i}\",\"created_at\":\"{AT}\",\"updated_at\":\"{AT}\",\
-                 \"data\":{{\"bio\":\"{bio}\"}}}}\n"
-            )
-        })
-        .collect();
-    std::fs::write(dir.path().join("users.ndjson"), users).unwrap();
-    let activities: String = (0..10_000)
-        .map(|i| format!("{{\"actor\":\"SU:u{}\"}}\n", i % 1_000))
-        .collect();
-    std::fs::write(dir.path().join("in.ndjson"), activities).unwrap();
+    // Two users of 9 kB a line: 107 MB of output.
+    write_workload_padded(dir.path(), 6_000, 9_000);
     let held = |budget: &[&str]| {
         let mut child = enrich(dir.path())
-            .args([
-                "--store",
-                "memory:",
-                "run",
-                "--users",
-                "users.ndjson",
-                "in.ndjson",
-            ])
+            .args(WORKLOAD_RUN)
             .args(budget)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -1284,8 +1272,8 @@ fn the_output_budget_bounds_what_waits_for_a_slow_reader() {
     };
     let (default, full) = held(&[]);
     let (bounded, same) = held(&["--max-pending-output", "4M"]);
-    assert_eq!(full.iter().filter(|&&b| b == b'\n').count(), 10_000);
-    assert!(full.len() > 90_000_000, "{} bytes of output", full.len());
+    assert_eq!(full.iter().filter(|&&b| b == b'\n').count(), 6_000);
+    assert!(full.len() > 100_000_000, "{} bytes of output", full.len());
     assert!(full == same, "the outputs differ");
     // The default lets 64 MiB wait; 4 MiB leaves most of that out.
     assert!(
