@@ -280,6 +280,71 @@ fn coalescing(b: &mut criterion::Bencher<'_>) {
     b.to_async(&rt).iter(|| run(Enricher::new(store.clone())));
 }
 
+/// Checking documents against the JSON grammar: the raw path's scanner (which also notes
+/// every reference, numbers the page's ids and compacts the document) against serde_json's
+/// check alone (`IgnoredAny`, the baseline), the same walk done with sonic-rs's SIMD parser,
+/// and serde_json's and sonic-rs's DOMs, over 100k
+/// generated activities in pages of 1,024 lines, as the batch job takes them. The scanner is
+/// hand-written; this is the measurement that keeps it so (BENCHMARKS.md).
+fn scan_bench(c: &mut Criterion) {
+    let workload = Workload {
+        activities: 100_000,
+        ..Workload::default()
+    };
+    let lines = workload.activity_lines();
+    let bytes: usize = lines.iter().map(String::len).sum();
+    let mut group = c.benchmark_group("scan");
+    group.throughput(Throughput::Bytes(bytes as u64));
+    group.sample_size(20);
+    group.bench_function("serde_json_check", |b| {
+        b.iter(|| {
+            for line in &lines {
+                serde_json::from_str::<serde::de::IgnoredAny>(black_box(line)).unwrap();
+            }
+        })
+    });
+    group.bench_function("raw_page", |b| {
+        let mut page = RawPage::new(Depth::TopLevel);
+        b.iter(|| {
+            for chunk in lines.chunks(1024) {
+                page.clear();
+                for line in chunk {
+                    page.push(black_box(line.as_bytes())).unwrap();
+                }
+            }
+        })
+    });
+    // What the scanner does, done with sonic-rs (SIMD): each activity's members walked by its
+    // checked lazy iterator, each value tested for a reference (no compaction, no interning).
+    group.bench_function("sonic_rs_members", |b| {
+        b.iter(|| {
+            let mut references = 0;
+            for line in &lines {
+                for member in sonic_rs::to_object_iter(black_box(line.as_str())) {
+                    let (_, value) = member.unwrap();
+                    references += usize::from(value.as_raw_str().starts_with("\"SU:"));
+                }
+            }
+            assert!(references >= 2 * lines.len());
+        })
+    });
+    group.bench_function("sonic_rs_value", |b| {
+        b.iter(|| {
+            for line in &lines {
+                black_box(sonic_rs::from_str::<sonic_rs::Value>(black_box(line)).unwrap());
+            }
+        })
+    });
+    group.bench_function("serde_json_value", |b| {
+        b.iter(|| {
+            for line in &lines {
+                black_box(serde_json::from_str::<Value>(black_box(line)).unwrap());
+            }
+        })
+    });
+    group.finish();
+}
+
 fn job_bench(c: &mut Criterion) {
     let mut group = c.benchmark_group("job_100k");
     group.throughput(Throughput::Elements(100_000));
@@ -463,6 +528,7 @@ criterion_group!(
     mixed_page_bench,
     cold_page_bench,
     coalescing_bench,
+    scan_bench,
     job_bench
 );
 criterion_main!(benches);
