@@ -283,9 +283,9 @@ fn coalescing(b: &mut criterion::Bencher<'_>) {
 /// Checking documents against the JSON grammar: the raw path's scanner (which also notes
 /// every reference, numbers the page's ids and compacts the document) against serde_json's
 /// check alone (`IgnoredAny`, the baseline), the same walk done with sonic-rs's SIMD parser,
-/// and serde_json's and sonic-rs's DOMs, over 100k
-/// generated activities in pages of 1,024 lines, as the batch job takes them. The scanner is
-/// hand-written; this is the measurement that keeps it so (BENCHMARKS.md).
+/// and serde_json's and sonic-rs's DOMs, over 100k generated activities in pages of 1,024
+/// lines, as the batch job takes them. The scanner is hand-written; this is the measurement
+/// that keeps it so (BENCHMARKS.md).
 fn scan_bench(c: &mut Criterion) {
     let workload = Workload {
         activities: 100_000,
