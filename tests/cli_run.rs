@@ -251,9 +251,77 @@ fn streams_from_a_pipe() {
         assert_eq!(doc["actor"]["id"], "s1");
         latencies.push(at - sent);
     }
+    // A line written with the start of the next one is answered all the same, before the
+    // rest of that next line comes.
+    write!(stdin, "{{\"i\":5,\"actor\":\"SU:s1\"}}\n{{\"i\":6,").unwrap();
+    stdin.flush().unwrap();
+    let (line, _) = answers
+        .recv_timeout(Duration::from_secs(10))
+        .expect("a whole line held back behind the start of the next");
+    assert_eq!(serde_json::from_str::<Value>(&line).unwrap()["i"], 5);
+    writeln!(stdin, "\"actor\":\"SU:s1\"}}").unwrap();
     drop(stdin);
+    let (line, _) = answers.recv_timeout(Duration::from_secs(10)).unwrap();
+    assert_eq!(serde_json::from_str::<Value>(&line).unwrap()["i"], 6);
     assert!(child.wait().unwrap().success());
     eprintln!("pipe answer latencies: {latencies:?}");
+}
+
+/// Input files are opened one at a time as the run comes to them: a run over more files
+/// than the process may hold open reads them all, in order.
+#[test]
+fn inputs_are_opened_one_at_a_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = run(dir.path(), &["users", "add", "s1", "{\"n\":1}"], "");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let names: Vec<String> = (0..300).map(|i| format!("in{i}.ndjson")).collect();
+    for (i, name) in names.iter().enumerate() {
+        let line = format!("{{\"i\":{i},\"actor\":\"SU:s1\"}}\n");
+        std::fs::write(dir.path().join(name), line).unwrap();
+    }
+    // 64 descriptors in all, a fifth of the inputs.
+    let script = format!(
+        "ulimit -n 64; exec {} run --quiet {}",
+        env!("CARGO_BIN_EXE_enrich"),
+        names.join(" ")
+    );
+    let mut command = std::process::Command::new("sh");
+    support::without_settings(&mut command);
+    let out = command
+        .args(["-c", &script])
+        .current_dir(dir.path())
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let order: Vec<i64> = text(&out.stdout)
+        .lines()
+        .map(|line| {
+            serde_json::from_str::<Value>(line).unwrap()["i"]
+                .as_i64()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(order, (0..300).collect::<Vec<_>>());
+}
+
+/// A directory given as an input is bad input, said before anything is written.
+#[test]
+fn a_directory_is_not_an_input() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("logs")).unwrap();
+    let out = run(
+        dir.path(),
+        &["--store", "memory:", "run", "logs", "-o", "out.ndjson"],
+        "",
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("cannot open logs: it is a directory"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(!dir.path().join("out.ndjson").exists());
 }
 
 #[test]

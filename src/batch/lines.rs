@@ -28,6 +28,9 @@ pub struct LineReader<R> {
     text: Vec<u8>,
     /// Bytes of the buffer lent out as the last line, consumed at the next call.
     lent: usize,
+    /// Where the next line ends in the buffer, once the last one is consumed, if
+    /// [`LineReader::has_buffered_line`] found it.
+    next_end: Option<usize>,
 }
 
 impl<R: AsyncRead + Unpin> LineReader<R> {
@@ -40,6 +43,7 @@ impl<R: AsyncRead + Unpin> LineReader<R> {
             number: 0,
             text: Vec::new(),
             lent: 0,
+            next_end: None,
         }
     }
 
@@ -52,6 +56,14 @@ impl<R: AsyncRead + Unpin> LineReader<R> {
     /// caller that batches lines flushes its batch when this is false: input has paused.
     pub fn has_buffered(&self) -> bool {
         self.input.buffer().len() > self.lent
+    }
+
+    /// True if a whole line is buffered: the next line comes without waiting for input. (Only
+    /// the start of one may be, which [`LineReader::has_buffered`] counts too.) Where it ends
+    /// is kept for the next call to [`LineReader::next_line_ref`], which looks no further.
+    pub fn has_buffered_line(&mut self) -> bool {
+        self.next_end = memchr::memchr(b'\n', &self.input.buffer()[self.lent..]);
+        self.next_end.is_some()
     }
 
     /// The next line, or `None` at the end of the input. A last line without a newline counts.
@@ -73,7 +85,8 @@ impl<R: AsyncRead + Unpin> LineReader<R> {
     pub async fn next_line_ref(&mut self) -> Result<Option<(u64, LineRef<'_>)>> {
         self.input.consume(std::mem::take(&mut self.lent));
         // A whole line already in the buffer is lent from there, not copied.
-        if let Some(end) = memchr::memchr(b'\n', self.input.buffer()) {
+        let end = (self.next_end.take()).or_else(|| memchr::memchr(b'\n', self.input.buffer()));
+        if let Some(end) = end {
             let line = &self.input.buffer()[..end];
             let line = line.strip_suffix(b"\r").unwrap_or(line);
             if line.len() <= self.max_len {
@@ -199,6 +212,32 @@ mod tests {
         assert_eq!(lines, all(input, 5).await);
         assert_eq!(lines.len(), 4);
         assert!(!reader.has_buffered());
+    }
+
+    /// The start of a line is buffered, but not a whole line: the next one would wait.
+    #[tokio::test]
+    async fn a_whole_line_buffered_is_told_from_the_start_of_one() {
+        let mut reader = LineReader::new(&b"ab\ncd\nef"[..], 64, 5);
+        let mut seen = Vec::new();
+        loop {
+            let whole = reader.has_buffered_line();
+            let buffered = reader.has_buffered();
+            let Some((_, line)) = reader.next_line().await.unwrap() else {
+                break;
+            };
+            seen.push((line, buffered, whole));
+        }
+        let text = |t: &[u8]| Line::Text(t.to_vec());
+        assert_eq!(
+            seen,
+            vec![
+                // Nothing read yet.
+                (text(b"ab"), false, false),
+                (text(b"cd"), true, true),
+                // Only `ef`, with no newline after it.
+                (text(b"ef"), true, false),
+            ]
+        );
     }
 
     /// `\r\n` ends a line like `\n`: a line of exactly the cap is accepted with either, on

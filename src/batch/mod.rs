@@ -53,6 +53,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use futures::future::BoxFuture;
 use tokio::io::AsyncRead;
 
 use crate::error::Error;
@@ -188,7 +189,16 @@ impl RunOptions {
 /// An input of a run: a name for messages and rejected lines, and its bytes.
 pub struct Source {
     name: String,
-    reader: Box<dyn AsyncRead + Unpin + Send>,
+    reader: Reader,
+}
+
+/// An input's bytes to be read, or how to open them.
+type Input = Box<dyn AsyncRead + Unpin + Send>;
+
+enum Reader {
+    Open(Input),
+    /// Opened when the run comes to it.
+    Deferred(Box<dyn FnOnce() -> BoxFuture<'static, crate::Result<Input>> + Send>),
 }
 
 impl Source {
@@ -196,7 +206,28 @@ impl Source {
     pub fn new(name: impl Into<String>, reader: impl AsyncRead + Unpin + Send + 'static) -> Self {
         Source {
             name: name.into(),
-            reader: Box::new(reader),
+            reader: Reader::Open(Box::new(reader)),
+        }
+    }
+
+    /// An input called `name`, opened by `open` only when the run comes to it and closed when
+    /// it is read: a run over thousands of files holds one of them open at a time, not all of
+    /// them from the start. A failure to open ends the run there, after the lines before it;
+    /// its error is the one `open` gives, which should name the file.
+    pub fn deferred<R, F>(
+        name: impl Into<String>,
+        open: impl FnOnce() -> F + Send + 'static,
+    ) -> Self
+    where
+        R: AsyncRead + Unpin + Send + 'static,
+        F: Future<Output = crate::Result<R>> + Send + 'static,
+    {
+        let open = move || -> BoxFuture<'static, crate::Result<Input>> {
+            Box::pin(async move { Ok(Box::new(open().await?) as Input) })
+        };
+        Source {
+            name: name.into(),
+            reader: Reader::Deferred(Box::new(open)),
         }
     }
 }

@@ -5,13 +5,14 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use tokio::io::{AsyncRead, ReadBuf};
 use tokio::sync::mpsc;
 
 use super::lines::{LineReader, LineRef};
-use super::{MAX_LINE, PAGE_BYTES, PAGE_LINES, RunProgress, Source};
-use crate::error::Result;
+use super::{MAX_LINE, PAGE_BYTES, PAGE_LINES, Reader, RunProgress, Source};
+use crate::error::{Error, Result};
 use crate::sync::Pool;
 
 /// Lines as read, not yet looked at.
@@ -57,8 +58,14 @@ impl RawLines {
     }
 }
 
-/// Reads every input in turn, each numbered from its own line 1, into `chunks`; a read error is
-/// sent on as such, naming the input, and ends the reading.
+/// How long the reader waits for the rest of a line before it hands on the lines it holds: a
+/// line that comes with the start of the next one (a producer writing into a pipe, then
+/// pausing) is answered without waiting for that next line.
+const PAUSE: Duration = Duration::from_millis(5);
+
+/// Reads every input in turn, each numbered from its own line 1, into `chunks`; an input that
+/// cannot be opened or read is sent on as an error, after the lines before it, and ends the
+/// reading. A deferred input is opened when its turn comes and closed once read.
 pub(super) async fn read(
     inputs: Vec<Source>,
     chunks: mpsc::Sender<Result<RawLines>>,
@@ -68,16 +75,38 @@ pub(super) async fn read(
     let mut chunk = RawLines::default();
     for (file, input) in inputs.into_iter().enumerate() {
         let file = u32::try_from(file).expect("fewer than 4 billion inputs");
-        let counted = progress.count_reads(input.reader);
-        let mut reader = LineReader::new(counted, 1 << 18, MAX_LINE);
+        let Source { name, reader } = input;
+        let reader = match reader {
+            Reader::Open(reader) => reader,
+            // Its error names the input already.
+            Reader::Deferred(open) => match open().await {
+                Ok(reader) => reader,
+                Err(err) => return fail(&chunks, chunk, err).await,
+            },
+        };
+        let mut reader = LineReader::new(progress.count_reads(reader), 1 << 18, MAX_LINE);
         loop {
-            let (number, line) = match reader.next_line_ref().await {
+            let next = if chunk.lines.is_empty() || reader.has_buffered_line() {
+                reader.next_line_ref().await
+            } else {
+                // The next line needs more input, which may be long in coming.
+                let next = reader.next_line_ref();
+                tokio::pin!(next);
+                tokio::select! {
+                    biased;
+                    next = &mut next => next,
+                    () = tokio::time::sleep(PAUSE) => {
+                        if !hand_on(&chunks, &mut chunk, &spares).await {
+                            return;
+                        }
+                        next.await
+                    }
+                }
+            };
+            let (number, line) = match next {
                 Ok(Some(line)) => line,
                 Ok(None) => break,
-                Err(err) => {
-                    let _ = chunks.send(Err(err.context(&input.name))).await;
-                    return;
-                }
+                Err(err) => return fail(&chunks, chunk, err.context(&name)).await,
             };
             let start = chunk.data.len();
             let too_long = match line {
@@ -97,24 +126,39 @@ pub(super) async fn read(
                 too_long,
             });
             let full = chunk.lines.len() >= PAGE_LINES || chunk.data.len() >= PAGE_BYTES;
-            if full || !reader.has_buffered() {
-                let next = spares.take().unwrap_or_else(|| RawLines {
-                    data: Vec::with_capacity(chunk.data.len()),
-                    lines: Vec::with_capacity(chunk.lines.len()),
-                });
-                if chunks
-                    .send(Ok(std::mem::replace(&mut chunk, next)))
-                    .await
-                    .is_err()
-                {
-                    return;
-                }
+            if (full || !reader.has_buffered()) && !hand_on(&chunks, &mut chunk, &spares).await {
+                return;
             }
         }
     }
     if !chunk.lines.is_empty() {
         let _ = chunks.send(Ok(chunk)).await;
     }
+}
+
+/// Hands `chunk` on, leaving an empty one (a spare, if any) in its place. False if the run no
+/// longer takes chunks.
+async fn hand_on(
+    chunks: &mpsc::Sender<Result<RawLines>>,
+    chunk: &mut RawLines,
+    spares: &Pool<RawLines>,
+) -> bool {
+    let next = spares.take().unwrap_or_else(|| RawLines {
+        data: Vec::with_capacity(chunk.data.len()),
+        lines: Vec::with_capacity(chunk.lines.len()),
+    });
+    chunks
+        .send(Ok(std::mem::replace(chunk, next)))
+        .await
+        .is_ok()
+}
+
+/// Ends the reading with `err`, after the lines read before it.
+async fn fail(chunks: &mpsc::Sender<Result<RawLines>>, chunk: RawLines, err: Error) {
+    if !chunk.lines.is_empty() && chunks.send(Ok(chunk)).await.is_err() {
+        return;
+    }
+    let _ = chunks.send(Err(err)).await;
 }
 
 /// An input that adds what it reads to the run's progress.

@@ -170,6 +170,7 @@ pub async fn run(
 mod tests {
     use std::io::Write;
     use std::sync::Mutex;
+    use std::sync::atomic::{AtomicUsize, Ordering};
 
     use super::*;
     use crate::store::MemoryStore;
@@ -295,6 +296,70 @@ mod tests {
             assert_eq!(std::fs::read_to_string(&rejects).unwrap(), rejected);
             assert_eq!(summary.written, 5_993);
         }
+    }
+
+    /// Deferred inputs are opened one at a time, as the run comes to each, and closed once
+    /// read; one that cannot be opened ends the run there, after the lines before it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn deferred_inputs_are_opened_in_turn() {
+        let enricher = enricher().await;
+        let open = Arc::new(AtomicUsize::new(0));
+        let most = Arc::new(AtomicUsize::new(0));
+        /// Counts the inputs open at once.
+        struct Held(Arc<AtomicUsize>, std::io::Cursor<Vec<u8>>);
+        impl Drop for Held {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, Ordering::SeqCst);
+            }
+        }
+        impl tokio::io::AsyncRead for Held {
+            fn poll_read(
+                mut self: std::pin::Pin<&mut Self>,
+                cx: &mut std::task::Context<'_>,
+                buf: &mut tokio::io::ReadBuf<'_>,
+            ) -> std::task::Poll<std::io::Result<()>> {
+                std::pin::Pin::new(&mut self.1).poll_read(cx, buf)
+            }
+        }
+        let source = |i: usize| {
+            let (open, most) = (open.clone(), most.clone());
+            Source::deferred(format!("in{i}"), move || async move {
+                if i == 30 {
+                    return Err(Error::invalid("cannot open in30"));
+                }
+                let now = open.fetch_add(1, Ordering::SeqCst) + 1;
+                most.fetch_max(now, Ordering::SeqCst);
+                let line = format!("{{\"n\":{i},\"actor\":\"SU:u{}\"}}\n", i % 50);
+                Ok(Held(
+                    open,
+                    std::io::Cursor::new(line.repeat(10).into_bytes()),
+                ))
+            })
+        };
+        let out = Collected::default();
+        let failed = run(
+            &enricher,
+            (0..40).map(source).collect(),
+            Output::writer(out.clone()),
+            None,
+            &RunOptions::new(),
+            &RunProgress::new(),
+            futures::stream::pending(),
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(failed.error.message(), "cannot open in30");
+        assert_eq!(failed.summary.written, 300);
+        let written: Vec<String> = out.text().lines().map(String::from).collect();
+        assert_eq!(written.len(), 300);
+        assert!(
+            written[0].starts_with(r#"{"n":0,"actor":{"#),
+            "{}",
+            written[0]
+        );
+        assert!(written[299].starts_with(r#"{"n":29,"#), "{}", written[299]);
+        assert_eq!(most.load(Ordering::SeqCst), 1, "one input open at a time");
+        assert_eq!(open.load(Ordering::SeqCst), 0, "every input closed");
     }
 
     /// Ids met on one page only and ids met on every page are each counted once, however

@@ -157,22 +157,34 @@ fn create_output(path: &Path) -> Result<std::fs::File> {
 /// An input stream.
 pub(crate) type Input = Box<dyn AsyncRead + Unpin + Send>;
 
-/// Opens an input: a file, or standard input for `-` or nothing. The error names the file.
+/// Opens an input: a file, or standard input for `-` or nothing. The error names the file; a
+/// file that is missing or a directory is bad input (exit 2), like a bad line.
 pub(crate) async fn open_input(path: Option<&Path>) -> Result<Input> {
     let path = match path {
         None => return Ok(Box::new(tokio::io::stdin())),
         Some(path) if path == Path::new("-") => return Ok(Box::new(tokio::io::stdin())),
         Some(path) => path,
     };
-    match tokio::fs::File::open(path).await {
-        Ok(file) => Ok(Box::new(file)),
-        Err(e) => {
-            let kind = if e.kind() == std::io::ErrorKind::NotFound {
-                ErrorKind::InvalidInput
-            } else {
-                ErrorKind::Internal
-            };
-            Err(Error::new(kind, format!("cannot open {}", path.display())).with_cause(e))
-        }
+    let cannot =
+        |kind, e| Error::new(kind, format!("cannot open {}", path.display())).with_cause(e);
+    let file = tokio::fs::File::open(path).await.map_err(|e| {
+        let kind = if e.kind() == std::io::ErrorKind::NotFound {
+            ErrorKind::InvalidInput
+        } else {
+            ErrorKind::Internal
+        };
+        cannot(kind, e)
+    })?;
+    // A directory opens, and fails only when read.
+    let metadata = file
+        .metadata()
+        .await
+        .map_err(|e| cannot(ErrorKind::Internal, e))?;
+    if metadata.is_dir() {
+        return Err(Error::invalid(format!(
+            "cannot open {}: it is a directory",
+            path.display()
+        )));
     }
+    Ok(Box::new(file))
 }

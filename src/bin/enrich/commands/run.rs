@@ -110,7 +110,18 @@ async fn prepare_run(
     }
     for path in &args.inputs {
         let name = path.display().to_string();
-        inputs.push(batch::Source::new(name, open_input(Some(path)).await?));
+        // Every input is checked now, before anything is created; a file is then opened again
+        // when the run comes to it, so a run over thousands of files holds one of them open.
+        let input = open_input(Some(path)).await?;
+        if path == Path::new("-") {
+            inputs.push(batch::Source::new(name, input));
+        } else {
+            drop(input);
+            let path = path.clone();
+            inputs.push(batch::Source::deferred(name, move || async move {
+                open_input(Some(&path)).await
+            }));
+        }
     }
     // Without users or entries to import, a run only reads: a file store must exist.
     let create = args.users.is_some() || args.objects.is_some();
