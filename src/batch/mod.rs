@@ -37,7 +37,9 @@
 //! A [`Stop`] (SIGINT or SIGTERM in the binary) ends the reading; chunks in flight are finished
 //! and written, except one still waiting out a store fault, which is dropped whole with every
 //! chunk after it. A second stop ends the writing at the next line boundary. Either way the
-//! output ends with a complete line, and the summary says the run was interrupted.
+//! output ends with a complete line, and the summary says the run was interrupted; but after a
+//! second stop the run waits no more than 2 s for the line being written, so an output whose
+//! reader has not taken a long line by then ends part way through it.
 
 mod chunk;
 mod distinct;
