@@ -51,7 +51,9 @@ use super::metrics::Metrics;
 /// file store, the log, a connection being accepted.
 const FD_RESERVE: u64 = 64;
 
-/// The most bytes of a request's line and headers a connection buffers.
+/// Where a connection stops reading a request's line and headers. hyper's last read may fill
+/// its buffer's spare room beyond it, so a head of up to twice this may be taken, depending on
+/// how its bytes arrive; a connection never buffers 128 KiB of head.
 const MAX_HEAD_BYTES: usize = 64 << 10;
 
 /// Serves `app` on `listener` until `shutdown` resolves, within `limits`.
