@@ -132,6 +132,13 @@ pub(crate) fn json_object(body: &[u8]) -> Result<serde_json::Map<String, Value>,
             "the request body must be a JSON object, got {}",
             crate::user::json_type(&other)
         ))),
+        // serde_json refuses a 128th level, as every other way in does, but says it its own way.
+        Err(e) if e.to_string().starts_with("recursion limit exceeded") => {
+            Err(ApiError::input(format!(
+                "the request body is nested too deep: more than {} levels",
+                crate::shape::MAX_DEPTH
+            )))
+        }
         Err(e) => Err(ApiError::input(format!(
             "the request body is not valid JSON: {e}"
         ))),
@@ -229,5 +236,20 @@ mod tests {
         assert!(err.detail.contains("not valid JSON"), "{}", err.detail);
         let err = json_object(b"[1]").unwrap_err();
         assert!(err.detail.contains("an array"), "{}", err.detail);
+        // Nesting: the limit named, as the enrich endpoint and `enrich run` name it.
+        let nested = |levels: usize| {
+            format!(
+                "{{\"a\":{}{}}}",
+                "[".repeat(levels - 1),
+                "]".repeat(levels - 1)
+            )
+        };
+        assert!(json_object(nested(127).as_bytes()).is_ok());
+        let err = json_object(nested(128).as_bytes()).unwrap_err();
+        assert!(
+            err.detail.contains("nested too deep: more than 127 levels"),
+            "{}",
+            err.detail
+        );
     }
 }
