@@ -305,6 +305,51 @@ fn inputs_are_opened_one_at_a_time() {
     assert_eq!(order, (0..300).collect::<Vec<_>>());
 }
 
+/// A FIFO among the inputs is opened once, when the inputs are checked, and read at its turn:
+/// closed after the check, the lines its writer wrote and the end it gave would be lost, and
+/// the run would wait at its turn for a writer that never comes.
+#[test]
+fn a_fifo_among_the_inputs_is_opened_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = run(dir.path(), &["users", "add", "s1", "{\"n\":1}"], "");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let line = |i: usize| format!("{{\"i\":{i},\"actor\":\"SU:s1\"}}\n");
+    std::fs::write(dir.path().join("a.ndjson"), line(0)).unwrap();
+    std::fs::write(dir.path().join("c.ndjson"), line(4)).unwrap();
+    let fifo = dir.path().join("b.fifo");
+    let made = std::process::Command::new("mkfifo").arg(&fifo).status();
+    assert!(made.unwrap().success());
+    let mut child = enrich(dir.path())
+        .args(["run", "--quiet", "a.ndjson", "b.fifo", "c.ndjson"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Everything at once, then the end: as soon as the run opens the FIFO to check it.
+    let lines: String = (1..=3).map(line).collect();
+    std::fs::write(&fifo, lines).expect("the FIFO's writer was cut off");
+    let since = Instant::now();
+    while child.try_wait().unwrap().is_none() && since.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    if child.try_wait().unwrap().is_none() {
+        // Waiting for a writer at the FIFO's turn: one that writes nothing lets it end.
+        drop(std::fs::OpenOptions::new().write(true).open(&fifo));
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let order: Vec<i64> = text(&out.stdout)
+        .lines()
+        .map(|line| {
+            serde_json::from_str::<Value>(line).unwrap()["i"]
+                .as_i64()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(order, [0, 1, 2, 3, 4]);
+}
+
 /// A directory given as an input is bad input, said before anything is written.
 #[test]
 fn a_directory_is_not_an_input() {

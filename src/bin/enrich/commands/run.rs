@@ -110,10 +110,14 @@ async fn prepare_run(
     }
     for path in &args.inputs {
         let name = path.display().to_string();
-        // Every input is checked now, before anything is created; a file is then opened again
-        // when the run comes to it, so a run over thousands of files holds one of them open.
+        // Every input is checked now, before anything is created; a regular file is then
+        // opened again when the run comes to it, so a run over thousands of files holds one of
+        // them open. Anything else (standard input, a FIFO, a device) is kept open: a FIFO
+        // closed now would cut off its writer, and reopened wait for another.
+        let regular = path != Path::new("-")
+            && std::fs::metadata(path).is_ok_and(|metadata| metadata.is_file());
         let input = open_input(Some(path)).await?;
-        if path == Path::new("-") {
+        if !regular {
             inputs.push(batch::Source::new(name, input));
         } else {
             drop(input);
