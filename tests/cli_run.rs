@@ -1140,12 +1140,59 @@ fn crlf_counts_like_lf_toward_the_line_limit() {
         "{prefix}{}\"}}\r\n",
         "v".repeat((1 << 20) - prefix.len() - 1)
     );
+    // Without rejects the run ends at the line, read no further than the limit; with them it
+    // is read to its end, and its record gives its length.
     let out = run(dir.path(), &["--store", "memory:", "run"], &over);
     assert_eq!(out.status.code(), Some(2));
     assert!(
-        text(&out.stderr).contains("-:1: line is 1048577 bytes, over the limit of 1048576"),
+        text(&out.stderr).contains("-:1: line is over the limit of 1048576 bytes"),
         "{}",
         text(&out.stderr)
+    );
+    let args = ["--store", "memory:", "run", "--rejects", "rejects.ndjson"];
+    let out = run(dir.path(), &args, &over);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let rejects = std::fs::read_to_string(dir.path().join("rejects.ndjson")).unwrap();
+    assert!(
+        rejects.contains("line is 1048577 bytes, over the limit of 1048576"),
+        "{}",
+        &rejects[..200]
+    );
+}
+
+/// Without rejects, a line over the limit ends the run as soon as the limit is passed, without
+/// waiting for the rest of the line: a pipe that pauses inside it, or never ends it.
+#[test]
+fn a_line_over_the_limit_ends_the_run_without_waiting_for_its_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = run(dir.path(), &["users", "add", "s1", "{\"n\":1}"], "");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let mut child = enrich(dir.path())
+        .args(["run", "--quiet"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(b"{\"actor\":\"SU:s1\"}\n").unwrap();
+    // Past the limit, and the pipe kept open with no end to the line.
+    let long = vec![b'x'; (1 << 20) + 4096];
+    // The run may end before it has read all of it.
+    let _ = stdin.write_all(&long);
+    let status = exit_within(&mut child, Duration::from_secs(10), "with the pipe open");
+    drop(stdin);
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(status.code(), Some(2), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("-:2: line is over the limit of 1048576 bytes"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert_eq!(
+        text(&out.stdout).lines().count(),
+        1,
+        "the line before it is written"
     );
 }
 

@@ -141,7 +141,7 @@ pub(super) async fn process(
         rejected: Vec::new(),
     });
     for i in 0..lines.lines.len() {
-        if let Some(error) = take(&mut chunk.page, lines.line(i)) {
+        if let Some(error) = take(&mut chunk.page, lines.line(i), lines.lines[i].cut) {
             let line = &lines.lines[i];
             let rejected = Rejected {
                 file: shared.names[line.file as usize].clone(),
@@ -377,8 +377,9 @@ async fn resolve<'p>(
     }
 }
 
-/// Adds a line to the page, or says why it is rejected.
-fn take(page: &mut RawPage, line: LineRef<'_>) -> Option<Error> {
+/// Adds a line to the page, or says why it is rejected. `cut`: the reading stopped at the
+/// line, over the limit, maybe before its end, so its length is not told.
+fn take(page: &mut RawPage, line: LineRef<'_>, cut: bool) -> Option<Error> {
     match line {
         LineRef::Text(text) => match page.push(text) {
             Ok(()) => None,
@@ -391,6 +392,9 @@ fn take(page: &mut RawPage, line: LineRef<'_>) -> Option<Error> {
             ))),
             Err(error) => Some(error),
         },
+        LineRef::TooLong { .. } if cut => Some(Error::invalid(format!(
+            "line is over the limit of {MAX_LINE} bytes"
+        ))),
         LineRef::TooLong { len, .. } => Some(Error::invalid(format!(
             "line is {len} bytes, over the limit of {MAX_LINE} bytes"
         ))),

@@ -31,6 +31,10 @@ pub struct LineReader<R> {
     /// Where the next line ends in the buffer, once the last one is consumed, if
     /// [`LineReader::has_buffered_line`] found it.
     next_end: Option<usize>,
+    /// A line over the cap ends the reading ([`LineReader::stop_past_cap`]).
+    stop_past_cap: bool,
+    /// The reading ended at such a line.
+    ended: bool,
 }
 
 impl<R: AsyncRead + Unpin> LineReader<R> {
@@ -44,7 +48,18 @@ impl<R: AsyncRead + Unpin> LineReader<R> {
             text: Vec::new(),
             lent: 0,
             next_end: None,
+            stop_past_cap: false,
+            ended: false,
         }
+    }
+
+    /// From now on, a line over the cap ends the reading: it comes back as
+    /// [`LineRef::TooLong`] as soon as the cap is passed, its `len` the bytes read of it so far
+    /// (all of it, if its end came with them), and nothing comes after it. For a caller that
+    /// stops at such a line anyway: a line with no end in sight (`/dev/zero`, a pipe that
+    /// pauses inside it) is not waited out.
+    pub fn stop_past_cap(&mut self) {
+        self.stop_past_cap = true;
     }
 
     /// The number of the line returned last.
@@ -83,6 +98,9 @@ impl<R: AsyncRead + Unpin> LineReader<R> {
 
     /// Like [`LineReader::next_line`], lending the line instead of allocating it.
     pub async fn next_line_ref(&mut self) -> Result<Option<(u64, LineRef<'_>)>> {
+        if self.ended {
+            return Ok(None);
+        }
         self.input.consume(std::mem::take(&mut self.lent));
         // A whole line already in the buffer is lent from there, not copied.
         let end = (self.next_end.take()).or_else(|| memchr::memchr(b'\n', self.input.buffer()));
@@ -129,6 +147,16 @@ impl<R: AsyncRead + Unpin> LineReader<R> {
             if done.is_some() {
                 break;
             }
+            // A `\r` last may yet be the line's ending, which does not count.
+            if self.stop_past_cap && len - usize::from(last == Some(b'\r')) > self.max_len {
+                self.ended = true;
+                self.number += 1;
+                let line = LineRef::TooLong {
+                    prefix: &self.text,
+                    len,
+                };
+                return Ok(Some((self.number, line)));
+            }
         }
         self.number += 1;
         if last == Some(b'\r') {
@@ -138,6 +166,7 @@ impl<R: AsyncRead + Unpin> LineReader<R> {
             }
         }
         if len > self.max_len {
+            self.ended = self.stop_past_cap;
             let line = LineRef::TooLong {
                 prefix: &self.text,
                 len,
@@ -157,7 +186,8 @@ pub enum LineRef<'a> {
     TooLong {
         /// The start of the line.
         prefix: &'a [u8],
-        /// How long the line was, in bytes.
+        /// How long the line was, in bytes; after [`LineReader::stop_past_cap`], how much of it
+        /// was read.
         len: usize,
     },
 }
@@ -238,6 +268,54 @@ mod tests {
                 (text(b"ef"), true, false),
             ]
         );
+    }
+
+    /// Stopping past the cap: a line over it comes back as soon as the cap is passed, with
+    /// what was read of it, and nothing after it; lines up to the cap are read as ever.
+    #[tokio::test]
+    async fn a_line_past_the_cap_can_end_the_reading() {
+        let mut reader = LineReader::new(&b"ab\n12345\n0123456789\nlast\n"[..], 4, 5);
+        reader.stop_past_cap();
+        let mut lines = Vec::new();
+        while let Some(line) = reader.next_line().await.unwrap() {
+            lines.push(line);
+        }
+        assert_eq!(lines.len(), 3, "{lines:?}");
+        assert_eq!(
+            lines[..2],
+            [
+                (1, Line::Text(b"ab".to_vec())),
+                (2, Line::Text(b"12345".to_vec()))
+            ]
+        );
+        let (number, Line::TooLong { prefix, len }) = &lines[2] else {
+            panic!("{lines:?}");
+        };
+        assert_eq!((*number, &prefix[..]), (3, &b"01234"[..]));
+        assert!(
+            *len > 5 && *len < 10,
+            "{len}: more than the cap, less than the whole line"
+        );
+    }
+
+    /// Stopping past the cap, a line of exactly the cap is still taken with `\r\n`, even when
+    /// the `\r` and the `\n` come in different reads.
+    #[tokio::test]
+    async fn stopping_past_the_cap_leaves_crlf_out_of_the_count() {
+        for capacity in [64, 4, 3, 2] {
+            let mut reader = LineReader::new(&b"12345\r\n123456\r\nnever"[..], capacity, 5);
+            reader.stop_past_cap();
+            let mut lines = Vec::new();
+            while let Some(line) = reader.next_line().await.unwrap() {
+                lines.push(line);
+            }
+            assert_eq!(lines.len(), 2, "through a buffer of {capacity}: {lines:?}");
+            assert_eq!(lines[0], (1, Line::Text(b"12345".to_vec())));
+            assert!(
+                matches!(&lines[1], (2, Line::TooLong { prefix, len: 6.. }) if prefix == b"12345"),
+                "through a buffer of {capacity}: {lines:?}"
+            );
+        }
     }
 
     /// `\r\n` ends a line like `\n`: a line of exactly the cap is accepted with either, on

@@ -33,6 +33,8 @@ pub(super) struct RawLine {
     pub(super) range: Range<usize>,
     /// `Some(len)` for a line over [`MAX_LINE`], of which only the first bytes are kept.
     pub(super) too_long: Option<usize>,
+    /// The reading stopped at the line, over the limit: `too_long` is what was read of it.
+    pub(super) cut: bool,
 }
 
 impl RawLines {
@@ -66,11 +68,15 @@ const PAUSE: Duration = Duration::from_millis(5);
 /// Reads every input in turn, each numbered from its own line 1, into `chunks`; an input that
 /// cannot be opened or read is sent on as an error, after the lines before it, and ends the
 /// reading. A deferred input is opened when its turn comes and closed once read.
+///
+/// With `stop_past_cap` (a run that stops at its first bad line), a line over [`MAX_LINE`] ends
+/// the reading as soon as the limit is passed, rather than when its end comes, if ever.
 pub(super) async fn read(
     inputs: Vec<Source>,
     chunks: mpsc::Sender<Result<RawLines>>,
     spares: Pool<RawLines>,
     progress: RunProgress,
+    stop_past_cap: bool,
 ) {
     let mut chunk = RawLines::default();
     for (file, input) in inputs.into_iter().enumerate() {
@@ -85,6 +91,9 @@ pub(super) async fn read(
             },
         };
         let mut reader = LineReader::new(progress.count_reads(reader), 1 << 18, MAX_LINE);
+        if stop_past_cap {
+            reader.stop_past_cap();
+        }
         loop {
             let next = if chunk.lines.is_empty() || reader.has_buffered_line() {
                 reader.next_line_ref().await
@@ -119,12 +128,19 @@ pub(super) async fn read(
                     Some(len)
                 }
             };
+            let cut = stop_past_cap && too_long.is_some();
             chunk.lines.push(RawLine {
                 file,
                 number,
                 range: start..chunk.data.len(),
                 too_long,
+                cut,
             });
+            if cut {
+                // The run ends at this line; nothing after it is read.
+                let _ = hand_on(&chunks, &mut chunk, &spares).await;
+                return;
+            }
             let full = chunk.lines.len() >= PAGE_LINES || chunk.data.len() >= PAGE_BYTES;
             if (full || !reader.has_buffered()) && !hand_on(&chunks, &mut chunk, &spares).await {
                 return;

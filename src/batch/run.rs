@@ -40,6 +40,9 @@ pub async fn run(
         names: read::names(&inputs),
         distinct: Distinct::new(options.max_distinct_ids),
     });
+    // Without rejects the run ends at its first bad line: one over the limit need not be read
+    // to its end.
+    let stop_past_cap = rejects.is_none();
     let (ordered, mut reported) =
         match write::Ordered::new(output, rejects, spares.clone(), progress.clone()) {
             Ok(ordered) => ordered,
@@ -60,6 +63,7 @@ pub async fn run(
         sender,
         spares.lines.clone(),
         progress.clone(),
+        stop_past_cap,
     ));
     let in_flight = Arc::new(Semaphore::new(in_flight));
     let (stopping, stopping_seen) = watch::channel(false);
