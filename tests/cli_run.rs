@@ -15,6 +15,28 @@ fn text(bytes: &[u8]) -> String {
     String::from_utf8(bytes.to_vec()).unwrap()
 }
 
+/// A directory whose file store (the default `./enrich.db`) holds one user, `s1`.
+fn with_user_s1() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let out = run(dir.path(), &["users", "add", "s1", "{\"n\":1}"], "");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    dir
+}
+
+/// Activity number `i`, naming `s1`, as a line.
+fn numbered(i: usize) -> String {
+    format!("{{\"i\":{i},\"actor\":\"SU:s1\"}}\n")
+}
+
+/// The number of each activity written.
+fn numbers(stdout: &[u8]) -> Vec<i64> {
+    let number = |line: &str| serde_json::from_str::<Value>(line).unwrap()["i"].as_i64();
+    text(stdout)
+        .lines()
+        .map(|line| number(line).unwrap())
+        .collect()
+}
+
 /// Runs the fixtures as the README does and compares with the golden file byte for byte.
 /// Where the store outlives a process, `dan` is created and deleted first: a deleted user must
 /// read as missing, like one never created.
@@ -271,13 +293,10 @@ fn streams_from_a_pipe() {
 /// than the process may hold open reads them all, in order.
 #[test]
 fn inputs_are_opened_one_at_a_time() {
-    let dir = tempfile::tempdir().unwrap();
-    let out = run(dir.path(), &["users", "add", "s1", "{\"n\":1}"], "");
-    assert!(out.status.success(), "{}", text(&out.stderr));
+    let dir = with_user_s1();
     let names: Vec<String> = (0..300).map(|i| format!("in{i}.ndjson")).collect();
     for (i, name) in names.iter().enumerate() {
-        let line = format!("{{\"i\":{i},\"actor\":\"SU:s1\"}}\n");
-        std::fs::write(dir.path().join(name), line).unwrap();
+        std::fs::write(dir.path().join(name), numbered(i)).unwrap();
     }
     // 64 descriptors in all, a fifth of the inputs.
     let script = format!(
@@ -294,15 +313,7 @@ fn inputs_are_opened_one_at_a_time() {
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", text(&out.stderr));
-    let order: Vec<i64> = text(&out.stdout)
-        .lines()
-        .map(|line| {
-            serde_json::from_str::<Value>(line).unwrap()["i"]
-                .as_i64()
-                .unwrap()
-        })
-        .collect();
-    assert_eq!(order, (0..300).collect::<Vec<_>>());
+    assert_eq!(numbers(&out.stdout), (0..300).collect::<Vec<_>>());
 }
 
 /// A FIFO among the inputs is opened once, when the inputs are checked, and read at its turn:
@@ -310,12 +321,9 @@ fn inputs_are_opened_one_at_a_time() {
 /// the run would wait at its turn for a writer that never comes.
 #[test]
 fn a_fifo_among_the_inputs_is_opened_once() {
-    let dir = tempfile::tempdir().unwrap();
-    let out = run(dir.path(), &["users", "add", "s1", "{\"n\":1}"], "");
-    assert!(out.status.success(), "{}", text(&out.stderr));
-    let line = |i: usize| format!("{{\"i\":{i},\"actor\":\"SU:s1\"}}\n");
-    std::fs::write(dir.path().join("a.ndjson"), line(0)).unwrap();
-    std::fs::write(dir.path().join("c.ndjson"), line(4)).unwrap();
+    let dir = with_user_s1();
+    std::fs::write(dir.path().join("a.ndjson"), numbered(0)).unwrap();
+    std::fs::write(dir.path().join("c.ndjson"), numbered(4)).unwrap();
     let fifo = dir.path().join("b.fifo");
     let made = std::process::Command::new("mkfifo").arg(&fifo).status();
     assert!(made.unwrap().success());
@@ -327,7 +335,7 @@ fn a_fifo_among_the_inputs_is_opened_once() {
         .spawn()
         .unwrap();
     // Everything at once, then the end: as soon as the run opens the FIFO to check it.
-    let lines: String = (1..=3).map(line).collect();
+    let lines: String = (1..=3).map(numbered).collect();
     std::fs::write(&fifo, lines).expect("the FIFO's writer was cut off");
     let since = Instant::now();
     while child.try_wait().unwrap().is_none() && since.elapsed() < Duration::from_secs(10) {
@@ -339,15 +347,7 @@ fn a_fifo_among_the_inputs_is_opened_once() {
     }
     let out = child.wait_with_output().unwrap();
     assert!(out.status.success(), "{}", text(&out.stderr));
-    let order: Vec<i64> = text(&out.stdout)
-        .lines()
-        .map(|line| {
-            serde_json::from_str::<Value>(line).unwrap()["i"]
-                .as_i64()
-                .unwrap()
-        })
-        .collect();
-    assert_eq!(order, [0, 1, 2, 3, 4]);
+    assert_eq!(numbers(&out.stdout), [0, 1, 2, 3, 4]);
 }
 
 /// A directory given as an input is bad input, said before anything is written.
@@ -1164,9 +1164,7 @@ fn crlf_counts_like_lf_toward_the_line_limit() {
 /// waiting for the rest of the line: a pipe that pauses inside it, or never ends it.
 #[test]
 fn a_line_over_the_limit_ends_the_run_without_waiting_for_its_end() {
-    let dir = tempfile::tempdir().unwrap();
-    let out = run(dir.path(), &["users", "add", "s1", "{\"n\":1}"], "");
-    assert!(out.status.success(), "{}", text(&out.stderr));
+    let dir = with_user_s1();
     let mut child = enrich(dir.path())
         .args(["run", "--quiet"])
         .stdin(Stdio::piped())
@@ -1175,7 +1173,7 @@ fn a_line_over_the_limit_ends_the_run_without_waiting_for_its_end() {
         .spawn()
         .unwrap();
     let mut stdin = child.stdin.take().unwrap();
-    stdin.write_all(b"{\"actor\":\"SU:s1\"}\n").unwrap();
+    stdin.write_all(numbered(1).as_bytes()).unwrap();
     // Past the limit, and the pipe kept open with no end to the line.
     let long = vec![b'x'; (1 << 20) + 4096];
     // The run may end before it has read all of it.
