@@ -160,11 +160,16 @@ pub(crate) type Input = Box<dyn AsyncRead + Unpin + Send>;
 /// Opens an input: a file, or standard input for `-` or nothing. The error names the file; a
 /// file that is missing or a directory is bad input (exit 2), like a bad line.
 pub(crate) async fn open_input(path: Option<&Path>) -> Result<Input> {
-    let path = match path {
-        None => return Ok(Box::new(tokio::io::stdin())),
-        Some(path) if path == Path::new("-") => return Ok(Box::new(tokio::io::stdin())),
-        Some(path) => path,
-    };
+    match path {
+        None => Ok(Box::new(tokio::io::stdin())),
+        Some(path) if path == Path::new("-") => Ok(Box::new(tokio::io::stdin())),
+        Some(path) => Ok(Box::new(open_file(path).await?.0)),
+    }
+}
+
+/// Opens the file at `path` as [`open_input`] does, with what it is (a regular file, a FIFO, a
+/// device).
+pub(crate) async fn open_file(path: &Path) -> Result<(tokio::fs::File, std::fs::Metadata)> {
     let cannot =
         |kind, e| Error::new(kind, format!("cannot open {}", path.display())).with_cause(e);
     let file = tokio::fs::File::open(path).await.map_err(|e| {
@@ -186,5 +191,5 @@ pub(crate) async fn open_input(path: Option<&Path>) -> Result<Input> {
             path.display()
         )));
     }
-    Ok(Box::new(file))
+    Ok((file, metadata))
 }

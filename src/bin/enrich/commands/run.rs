@@ -12,7 +12,7 @@ use enrich::batch::{ImportEvent, import_entries, import_users};
 use enrich::error::{Error, ErrorKind, Result};
 
 use super::progress::{Progress, input_size};
-use super::{StoreSpec, create_output, open_input, open_with_retry};
+use super::{StoreSpec, create_output, open_file, open_input, open_with_retry};
 
 /// What `enrich run` was asked to do.
 #[derive(Debug, Clone, Default)]
@@ -110,21 +110,23 @@ async fn prepare_run(
     }
     for path in &args.inputs {
         let name = path.display().to_string();
+        if path == Path::new("-") {
+            inputs.push(batch::Source::new(name, open_input(None).await?));
+            continue;
+        }
         // Every input is checked now, before anything is created; a regular file is then
         // opened again when the run comes to it, so a run over thousands of files holds one of
-        // them open. Anything else (standard input, a FIFO, a device) is kept open: a FIFO
-        // closed now would cut off its writer, and reopened wait for another.
-        let regular = path != Path::new("-")
-            && std::fs::metadata(path).is_ok_and(|metadata| metadata.is_file());
-        let input = open_input(Some(path)).await?;
-        if !regular {
-            inputs.push(batch::Source::new(name, input));
-        } else {
-            drop(input);
+        // them open. Anything else (a FIFO, a device) is kept open: a FIFO closed now would
+        // cut off its writer, and reopened wait for another.
+        let (file, metadata) = open_file(path).await?;
+        if metadata.is_file() {
+            drop(file);
             let path = path.clone();
             inputs.push(batch::Source::deferred(name, move || async move {
                 open_input(Some(&path)).await
             }));
+        } else {
+            inputs.push(batch::Source::new(name, file));
         }
     }
     // Without users or entries to import, a run only reads: a file store must exist.
