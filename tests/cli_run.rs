@@ -28,6 +28,19 @@ fn numbered(i: usize) -> String {
     format!("{{\"i\":{i},\"actor\":\"SU:s1\"}}\n")
 }
 
+/// `script` run by `sh` in `dir`, standard input empty, with none of the shell's `ENRICH_*`
+/// settings: for what only a shell sets up (limits, ignored signals, redirections).
+fn shell(dir: &Path, script: &str) -> std::process::Output {
+    let mut command = std::process::Command::new("sh");
+    support::without_settings(&mut command);
+    command
+        .args(["-c", script])
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
 /// The number of each activity written.
 fn numbers(stdout: &[u8]) -> Vec<i64> {
     let number = |line: &str| serde_json::from_str::<Value>(line).unwrap()["i"].as_i64();
@@ -242,9 +255,7 @@ fn rejects_keep_every_bad_line_and_the_run_goes_on() {
 /// A line written into a pipe is answered while the pipe stays open.
 #[test]
 fn streams_from_a_pipe() {
-    let dir = tempfile::tempdir().unwrap();
-    let out = run(dir.path(), &["users", "add", "s1", "{\"n\":1}"], "");
-    assert!(out.status.success());
+    let dir = with_user_s1();
     let mut child: Child = enrich(dir.path())
         .args(["run", "--quiet"])
         .stdin(Stdio::piped())
@@ -263,7 +274,7 @@ fn streams_from_a_pipe() {
     let mut latencies = Vec::new();
     for i in 0..5 {
         let sent = Instant::now();
-        writeln!(stdin, "{{\"i\":{i},\"actor\":\"SU:s1\"}}").unwrap();
+        stdin.write_all(numbered(i).as_bytes()).unwrap();
         stdin.flush().unwrap();
         let (line, at) = answers
             .recv_timeout(Duration::from_secs(10))
@@ -275,7 +286,7 @@ fn streams_from_a_pipe() {
     }
     // A line written with the start of the next one is answered all the same, before the
     // rest of that next line comes.
-    write!(stdin, "{{\"i\":5,\"actor\":\"SU:s1\"}}\n{{\"i\":6,").unwrap();
+    write!(stdin, "{}{{\"i\":6,", numbered(5)).unwrap();
     stdin.flush().unwrap();
     let (line, _) = answers
         .recv_timeout(Duration::from_secs(10))
@@ -304,14 +315,7 @@ fn inputs_are_opened_one_at_a_time() {
         env!("CARGO_BIN_EXE_enrich"),
         names.join(" ")
     );
-    let mut command = std::process::Command::new("sh");
-    support::without_settings(&mut command);
-    let out = command
-        .args(["-c", &script])
-        .current_dir(dir.path())
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
+    let out = shell(dir.path(), &script);
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert_eq!(numbers(&out.stdout), (0..300).collect::<Vec<_>>());
 }
@@ -1264,12 +1268,7 @@ fn a_redirected_output_is_written_where_the_shell_expects() {
         env!("CARGO_BIN_EXE_enrich")
     );
     let sh = |script: &str| {
-        let out = std::process::Command::new("sh")
-            .args(["-c", script])
-            .current_dir(dir.path())
-            .stdin(Stdio::null())
-            .output()
-            .unwrap();
+        let out = shell(dir.path(), script);
         assert!(out.status.success(), "{script}: {}", text(&out.stderr));
         out
     };
@@ -1323,12 +1322,7 @@ fn a_failed_write_leaves_only_complete_lines() {
         let script = format!(
             "trap '' XFSZ; ulimit -f 1000; exec {job} --threads {threads} -o out{threads}.ndjson"
         );
-        let out = std::process::Command::new("sh")
-            .args(["-c", &script])
-            .current_dir(dir.path())
-            .stdin(Stdio::null())
-            .output()
-            .unwrap();
+        let out = shell(dir.path(), &script);
         let err = text(&out.stderr);
         assert_eq!(out.status.code(), Some(1), "threads {threads}: {err}");
         assert!(
