@@ -453,10 +453,12 @@ impl Writer {
                         Error::new(ErrorKind::Internal, "cannot write output").with_cause(err),
                     ));
                 }
+                // The buffer goes (back to the spares, or to the allocator) before its share
+                // of the budget does, so that the budget never counts less than is held.
+                self.spares.recycle_output(out);
                 drop(budget);
                 self.written += lines;
                 self.progress.add_written(lines);
-                self.spares.recycle_output(out);
                 Next::More
             }
             Piece::Rejected(rejected) => {
