@@ -9,7 +9,7 @@
 
 use std::collections::HashMap;
 
-use super::topology::{Node, SLOTS, Shard, SlotMap};
+use super::slot_map::{Node, SLOTS, Shard, SlotMap};
 
 /// One line of `CLUSTER NODES`: a node as one node sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -25,6 +25,7 @@ mod fault;
 mod link;
 mod node_links;
 mod scripts;
+mod slot_map;
 mod tls;
 mod topology;
 mod tracking;

@@ -27,7 +27,7 @@ use futures::future::{BoxFuture, FutureExt, Shared};
 use redis::aio::{ConnectionLike, MultiplexedConnection};
 use redis::{AsyncConnectionConfig, Pipeline, RedisResult, Value};
 
-use super::topology::{Node, NodeUrls};
+use super::slot_map::{Node, NodeUrls};
 use crate::store::StoreOptions;
 
 /// One multiplexed connection per node, opened on first use and again after a failure.

@@ -62,7 +62,8 @@ use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, Client, ProtocolVersion, PushInfo, PushKind, Value};
 use tokio::sync::mpsc;
 
-use super::topology::{Node, NodeUrls, REFRESH_EVERY_IN_TROUBLE, SlotMap, Topology};
+use super::slot_map::{Node, NodeUrls, SlotMap};
+use super::topology::{REFRESH_EVERY_IN_TROUBLE, Topology};
 use crate::error::Result;
 use crate::retry::Backoff;
 use crate::store::{EventSink, ReadFrom, StoreEvent, StoreOptions, WatchGuard};

@@ -13,7 +13,7 @@ use crate::store::Stamps;
 use crate::store::redis::concern::{self, Answer, Writes};
 use crate::store::redis::entries::{self, Mode};
 use crate::store::redis::fault::fault;
-use crate::store::redis::topology::{Node, SlotMap};
+use crate::store::redis::slot_map::{Node, SlotMap};
 use crate::user::Timestamp;
 
 /// Writes, one command per key, and how to make each: `pipelined(i)` is key `i`'s command

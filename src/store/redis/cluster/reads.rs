@@ -10,7 +10,7 @@ use redis::Value;
 
 use super::ClusterStore;
 use crate::error::Result;
-use crate::store::redis::topology::{Node, Shard, SlotMap};
+use crate::store::redis::slot_map::{Node, Shard, SlotMap};
 
 /// Reads the keys given as arguments, all served by the node that runs it. `no-writes` lets it
 /// run as `EVAL_RO`; `allow-cross-slot-keys` lets it read keys of several slots, which Redis

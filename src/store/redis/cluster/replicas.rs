@@ -35,7 +35,8 @@ use redis::Value;
 
 use crate::store::StoreEvent;
 use crate::store::redis::node_links::NodeLinks;
-use crate::store::redis::topology::{Node, Topology};
+use crate::store::redis::slot_map::Node;
+use crate::store::redis::topology::Topology;
 
 /// How often each replica is asked whether it is in sync, from the start of one round to the
 /// start of the next.
