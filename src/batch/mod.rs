@@ -47,6 +47,7 @@ mod entries;
 mod files;
 mod import;
 mod lines;
+mod piece;
 mod read;
 mod run;
 mod write;
@@ -200,7 +201,7 @@ type Input = Box<dyn AsyncRead + Unpin + Send>;
 enum Reader {
     Open(Input),
     /// Opened when the run comes to it.
-    Deferred(Box<dyn FnOnce() -> BoxFuture<'static, crate::Result<Input>> + Send>),
+    Deferred(Box<dyn FnOnce() -> BoxFuture<'static, crate::error::Result<Input>> + Send>),
 }
 
 impl Source {
@@ -222,9 +223,9 @@ impl Source {
     ) -> Self
     where
         R: AsyncRead + Unpin + Send + 'static,
-        F: Future<Output = crate::Result<R>> + Send + 'static,
+        F: Future<Output = crate::error::Result<R>> + Send + 'static,
     {
-        let open = move || -> BoxFuture<'static, crate::Result<Input>> {
+        let open = move || -> BoxFuture<'static, crate::error::Result<Input>> {
             Box::pin(async move { Ok(Box::new(open().await?) as Input) })
         };
         Source {

@@ -11,7 +11,7 @@ use tokio::task::JoinSet;
 use super::distinct::Distinct;
 use super::{
     FORCED_STOP_GRACE, Output, RunError, RunOptions, RunProgress, RunSummary, Source, Stop, chunk,
-    read, write,
+    piece, read, write,
 };
 use crate::enricher::Enricher;
 use crate::error::{Error, ErrorKind};
@@ -31,7 +31,7 @@ pub async fn run(
 ) -> Result<RunSummary, RunError> {
     let started = Instant::now();
     let in_flight = super::in_flight();
-    let spares = chunk::Spares::new(in_flight);
+    let spares = piece::Spares::new(in_flight);
     let shared = Arc::new(chunk::Shared {
         enricher: enricher.clone(),
         options: options.clone(),

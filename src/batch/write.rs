@@ -23,7 +23,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use tokio::sync::{OwnedSemaphorePermit, oneshot};
 
 use super::RunProgress;
-use super::chunk::{Piece, Spares};
+use super::piece::{Piece, Spares};
 use crate::error::{Error, ErrorKind};
 use crate::stats::EnrichStats;
 
