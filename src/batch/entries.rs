@@ -9,11 +9,10 @@ use serde_json::Value;
 use tokio::io::AsyncRead;
 
 use super::ImportEvent;
-use super::import::{Batches, Tally, import_lines};
+use super::import::{Batches, Tally, import_lines, kept_time};
 use crate::collection::{EntryKey, MAX_BATCH_ENTRIES, NewEntry, generate_id};
 use crate::error::{Error, Result};
 use crate::store::{ImportEntry, UserStore};
-use crate::user::Timestamp;
 
 /// Lines longer than this cannot hold an entry within the size limit and are refused unread.
 const MAX_LINE: usize = 1 << 20;
@@ -51,16 +50,8 @@ pub fn parse_entry_line(line: &[u8]) -> Result<ImportEntry> {
         _ => generate_id(),
     };
     let entry = NewEntry::new(EntryKey::new(&line.collection, &id)?, line.data)?;
-    let created_at = line
-        .created_at
-        .as_deref()
-        .map(Timestamp::parse)
-        .transpose()?;
-    let updated_at = line
-        .updated_at
-        .as_deref()
-        .map(Timestamp::parse)
-        .transpose()?;
+    let created_at = kept_time(line.created_at.as_deref())?;
+    let updated_at = kept_time(line.updated_at.as_deref())?;
     ImportEntry::new(entry, created_at, updated_at)
 }
 

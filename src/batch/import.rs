@@ -39,17 +39,14 @@ pub fn parse_import_line(line: &[u8]) -> Result<ImportUser> {
         ))
     })?;
     let user = NewUser::new(&line.id, line.data)?;
-    let created_at = line
-        .created_at
-        .as_deref()
-        .map(Timestamp::parse)
-        .transpose()?;
-    let updated_at = line
-        .updated_at
-        .as_deref()
-        .map(Timestamp::parse)
-        .transpose()?;
+    let created_at = kept_time(line.created_at.as_deref())?;
+    let updated_at = kept_time(line.updated_at.as_deref())?;
     ImportUser::new(user, created_at, updated_at)
+}
+
+/// A `created_at` or `updated_at` kept from another store, if the line has one.
+pub(super) fn kept_time(at: Option<&str>) -> Result<Option<Timestamp>> {
+    at.map(Timestamp::parse).transpose()
 }
 
 /// What an import did.
