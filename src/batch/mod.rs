@@ -29,8 +29,8 @@
 //! [`RunOptions::max_line_output`] is rejected like any bad line, and the others are rendered
 //! in pieces of about [`PIECE_BYTES`], each of which first takes its size from a budget of
 //! [`RunOptions::max_pending_output`] bytes shared by the whole run and gives it back once
-//! written and its buffer given up. Chunks take their budget in input order, so the chunk the writer waits for is
-//! never starved by the chunks behind it.
+//! written and its buffer given up. Chunks take their budget in input order, so the chunk the
+//! writer waits for is never starved by the chunks behind it.
 //!
 //! # Stopping
 //!
