@@ -8,7 +8,7 @@ use async_trait::async_trait;
 
 use super::{EventSink, WatchGuard};
 use crate::collection::{EntryJson, EntryKey};
-use crate::error::Result;
+use crate::error::{Error, ErrorKind, Result};
 use crate::record::Key;
 use crate::record::Record;
 use crate::user::{UserId, UserJson};
@@ -24,7 +24,7 @@ use crate::user::{UserId, UserJson};
 /// A source answers `Ok(None)` only for a user that does not exist: that answer is cached as a
 /// miss. A failure to read (a database down, a timeout) must be an `Err`, with a kind for which
 /// [`Error::is_store_fault`](crate::Error::is_store_fault) holds, such as
-/// [`ErrorKind::Unavailable`](crate::error::ErrorKind::Unavailable): it is never cached, and pages
+/// [`ErrorKind::Unavailable`](crate::ErrorKind::Unavailable): it is never cached, and pages
 /// fail with it (or show `ReferenceUnavailable`, as the enricher is configured).
 ///
 /// # Example: a source over the service's own rows
@@ -117,8 +117,8 @@ pub trait UserSource: Send + Sync + fmt::Debug + 'static {
             }
         };
         if users.len() != asked_users || entries.len() != asked_entries {
-            let err = crate::error::Error::new(
-                crate::error::ErrorKind::Internal,
+            let err = Error::new(
+                ErrorKind::Internal,
                 format!(
                     "{} answered {} of {} ids",
                     self.describe(),

@@ -51,7 +51,7 @@ use super::{
 };
 use super::{entries_through_records, users_through_records};
 use crate::collection::{EntryJson, EntryKey, NewEntry, StoredEntry};
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorKind, Result};
 use crate::record::Key;
 use crate::record::Record;
 use crate::user::{NewUser, Timestamp, UserId, UserJson};
@@ -84,7 +84,7 @@ impl std::fmt::Debug for RedisStore {
 
 impl RedisStore {
     /// Connects to the server at `url` (`redis://` or `rediss://`), failing fast with
-    /// [`ErrorKind::Unavailable`](crate::error::ErrorKind::Unavailable) if it cannot be reached, [`ErrorKind::PermissionDenied`](crate::error::ErrorKind::PermissionDenied) if
+    /// [`ErrorKind::Unavailable`](crate::ErrorKind::Unavailable) if it cannot be reached, [`ErrorKind::PermissionDenied`](crate::ErrorKind::PermissionDenied) if
     /// it refuses the credentials. A `rediss://` server must present a certificate that
     /// chains to a trusted CA: Mozilla's roots, the system's store, or those of `SSL_CERT_FILE`
     /// or `SSL_CERT_DIR` when set; `#insecure` at the end of the URL skips the check.
@@ -240,7 +240,7 @@ impl UserSource for RedisStore {
                 .collect(),
             Ok(found) => {
                 let err = Error::new(
-                    crate::error::ErrorKind::Internal,
+                    ErrorKind::Internal,
                     format!("MGET answered {} of {} keys", found.len(), keys.len()),
                 );
                 vec![Err(err); keys.len()]
@@ -364,12 +364,9 @@ pub(super) fn record(key: &Key, bytes: Bytes) -> Result<Record> {
 
 /// The one answer of a batch of one.
 fn single<T>(mut answers: Vec<Result<T>>) -> Result<T> {
-    answers.pop().unwrap_or_else(|| {
-        Err(Error::new(
-            crate::error::ErrorKind::Internal,
-            "a write answered nothing",
-        ))
-    })
+    answers
+        .pop()
+        .unwrap_or_else(|| Err(Error::new(ErrorKind::Internal, "a write answered nothing")))
 }
 
 /// The answers of a batch of writes, or the first error among them.

@@ -27,8 +27,8 @@
 //! does not answer (down, hung, cut off) is a failover in the making: the map is read again,
 //! and if it now names another master for the group's slots the group is read there; a read
 //! still out when the map changes that way is not waited for. Otherwise the group is
-//! answered with [`ErrorKind::Unavailable`](crate::error::ErrorKind::Unavailable) (or
-//! [`ErrorKind::Timeout`](crate::error::ErrorKind::Timeout)) for its ids only (see
+//! answered with [`ErrorKind::Unavailable`](crate::ErrorKind::Unavailable) (or
+//! [`ErrorKind::Timeout`](crate::ErrorKind::Timeout)) for its ids only (see
 //! [`UserStore::get_many_each`]); the other groups' answers are kept. A failure is never a
 //! `None`, which would mean "no such user".
 //!
@@ -86,7 +86,7 @@ use super::scripts::{self, Scripts};
 use super::slot_map::{NodeUrls, seed_node, slot};
 use super::topology::Topology;
 use crate::collection::{EntryJson, EntryKey, NewEntry, StoredEntry};
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorKind, Result};
 use crate::record::Key;
 use crate::record::Record;
 use crate::store::{
@@ -137,7 +137,7 @@ impl std::fmt::Debug for ClusterStore {
 impl ClusterStore {
     /// Connects to the cluster through `seeds` (`redis://[user:pass@]host:port` each; any one
     /// that answers is enough), failing fast with
-    /// [`ErrorKind::Unavailable`](crate::error::ErrorKind::Unavailable) if none can be reached or the
+    /// [`ErrorKind::Unavailable`](crate::ErrorKind::Unavailable) if none can be reached or the
     /// credentials are refused. `describe` is the URL without its password.
     pub async fn connect(
         seeds: Vec<String>,
@@ -447,10 +447,7 @@ impl UserStore for ClusterStore {
 
 /// The one answer of a batch of one.
 fn single<T>(mut answers: Vec<Result<T>>) -> Result<T> {
-    answers.pop().unwrap_or_else(|| {
-        Err(Error::new(
-            crate::error::ErrorKind::Internal,
-            "a write answered nothing",
-        ))
-    })
+    answers
+        .pop()
+        .unwrap_or_else(|| Err(Error::new(ErrorKind::Internal, "a write answered nothing")))
 }
