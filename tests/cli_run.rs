@@ -9,7 +9,7 @@ use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use support::{RedisServer, enrich_command as enrich, fixture, run_enrich as run};
+use support::{RedisServer, enrich_command as enrich, exit_within, fixture, run_enrich as run};
 
 fn text(bytes: &[u8]) -> String {
     String::from_utf8(bytes.to_vec()).unwrap()
@@ -882,19 +882,6 @@ fn kill(pid: u32, signal: &str) {
         .status()
         .unwrap();
     assert!(status.success(), "kill {signal} {pid}");
-}
-
-/// How `child` exits, which it must within `limit` from now (`what`: since what, for the
-/// message).
-fn exit_within(child: &mut Child, limit: Duration, what: &str) -> std::process::ExitStatus {
-    let since = Instant::now();
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return status;
-        }
-        assert!(since.elapsed() < limit, "still running {limit:?} {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 /// SIGINT and SIGTERM at random moments, to a file and to a pipe, once or twice: the output is

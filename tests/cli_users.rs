@@ -5,6 +5,7 @@ mod support;
 
 use std::path::Path;
 use std::process::{Command, Output};
+use std::time::Duration;
 
 use serde_json::Value;
 use support::{RedisServer, code, printed_record, run_enrich as enrich, stderr, stdout};
@@ -150,6 +151,34 @@ fn bad_input_exits_2_and_names_the_problem() {
     // Nothing was written by any of them: not even an empty store was made.
     let out = enrich(dir.path(), &["users", "get", "a"], "");
     assert_eq!(code(&out), 2, "{}", stderr(&out));
+    assert!(!dir.path().join("enrich.db").exists());
+}
+
+/// DATA from standard input is read no further than its limit: an endless input is refused at
+/// once, naming the limit, with nothing written.
+#[test]
+fn data_from_standard_input_is_read_no_further_than_its_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    for args in [
+        &["users", "add", "a", "-"][..],
+        &["collections", "add", "food", "--id", "a", "--data", "-"],
+    ] {
+        let mut child = support::enrich_command(dir.path())
+            .args(args)
+            .stdin(std::fs::File::open("/dev/zero").unwrap())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let errors = support::drain(child.stderr.take());
+        let status = support::exit_within(&mut child, Duration::from_secs(30), "endless DATA");
+        let errors = String::from_utf8(errors.join().unwrap()).unwrap();
+        assert_eq!(status.code(), Some(2), "{args:?}: {errors}");
+        assert!(
+            errors.contains("DATA from standard input is over the limit of 1048576 bytes"),
+            "{args:?}: {errors}"
+        );
+    }
     assert!(!dir.path().join("enrich.db").exists());
 }
 

@@ -1071,3 +1071,16 @@ pub fn drain(pipe: Option<impl Read + Send + 'static>) -> std::thread::JoinHandl
         bytes
     })
 }
+
+/// How `child` exits, which it must within `limit` from now (`what`: since what, for the
+/// message).
+pub fn exit_within(child: &mut Child, limit: Duration, what: &str) -> std::process::ExitStatus {
+    let since = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        assert!(since.elapsed() < limit, "still running {limit:?} {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

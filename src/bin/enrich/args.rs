@@ -388,7 +388,8 @@ pub(crate) enum Users {
     Add {
         /// 1 to 255 of A-Z, a-z, 0-9, '-' and '_'.
         id: String,
-        /// The user's data: a JSON object, or - to read it from standard input.
+        /// The user's data: a JSON object, or - to read it from standard input
+        /// (at most 1 MiB).
         data: Option<String>,
         /// If the user exists, print it unchanged instead of failing.
         #[arg(long)]
@@ -403,7 +404,8 @@ pub(crate) enum Users {
     Update {
         /// The user's id.
         id: String,
-        /// The new data: a JSON object, or - to read it from standard input.
+        /// The new data: a JSON object, or - to read it from standard input
+        /// (at most 1 MiB).
         data: String,
     },
     /// Delete a user; prints {}.
@@ -430,7 +432,8 @@ pub(crate) enum Collections {
         /// The entry's id (same rule); a random UUID if not given.
         #[arg(long)]
         id: Option<String>,
-        /// The entry's data: a non-empty JSON object, or - to read it from standard input.
+        /// The entry's data: a non-empty JSON object, or - to read it from standard input
+        /// (at most 1 MiB).
         #[arg(long)]
         data: String,
     },
@@ -447,7 +450,8 @@ pub(crate) enum Collections {
         name: String,
         /// The entry's id.
         id: String,
-        /// The new data: a non-empty JSON object, or - to read it from standard input.
+        /// The new data: a non-empty JSON object, or - to read it from standard input
+        /// (at most 1 MiB).
         #[arg(long)]
         data: String,
     },

@@ -92,19 +92,30 @@ impl StoreSpec {
     }
 }
 
-/// Reads a DATA argument: JSON object text, or `-` for standard input.
+/// The most DATA read from standard input, as for a line of an import: a user holds at most
+/// 10,240 bytes of compact JSON and an entry 51,200, so this leaves room for any layout and no
+/// more; what goes on is not read.
+const MAX_DATA: u64 = 1 << 20;
+
+/// Reads a DATA argument: JSON object text, or `-` for standard input (at most [`MAX_DATA`]).
 pub(crate) async fn read_data(arg: &str) -> Result<Value> {
+    let mut read = Vec::new();
     let text = if arg == "-" {
-        let mut text = String::new();
         tokio::io::stdin()
-            .read_to_string(&mut text)
+            .take(MAX_DATA + 1)
+            .read_to_end(&mut read)
             .await
             .map_err(|e| Error::invalid("cannot read DATA from standard input").with_cause(e))?;
-        text
+        if read.len() as u64 > MAX_DATA {
+            return Err(Error::invalid(format!(
+                "DATA from standard input is over the limit of {MAX_DATA} bytes"
+            )));
+        }
+        &read[..]
     } else {
-        arg.to_string()
+        arg.as_bytes()
     };
-    serde_json::from_str(&text).map_err(|e| Error::invalid(format!("DATA is not valid JSON: {e}")))
+    serde_json::from_slice(text).map_err(|e| Error::invalid(format!("DATA is not valid JSON: {e}")))
 }
 
 /// Opens the store, retrying while it is unavailable for up to `timeout`. The first failure is
