@@ -182,6 +182,43 @@ fn data_from_standard_input_is_read_no_further_than_its_limit() {
     assert!(!dir.path().join("enrich.db").exists());
 }
 
+/// Standard output and standard error that cannot be written (`>/dev/full 2>/dev/full`) make
+/// documented exit codes, never a panic's 101; what was done stays done.
+#[test]
+fn unwritable_output_is_an_exit_code_not_a_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("users.ndjson"),
+        "{\"id\":\"b\",\"data\":{}}\nbad\n",
+    )
+    .unwrap();
+    let full = || {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open("/dev/full")
+            .unwrap()
+    };
+    for (args, expected) in [
+        (&["users", "add", "a", "{}"][..], 1),
+        (&["users", "import", "users.ndjson"], 2),
+        (&["users", "get", "a"], 1),
+        (&["users", "get", "nobody"], 4),
+    ] {
+        let status = support::enrich_command(dir.path())
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .stdout(full())
+            .stderr(full())
+            .status()
+            .unwrap();
+        assert_eq!(status.code(), Some(expected), "{args:?}");
+    }
+    for id in ["a", "b"] {
+        let out = enrich(dir.path(), &["users", "get", id], "");
+        assert_eq!(code(&out), 0, "{id}: {}", stderr(&out));
+    }
+}
+
 #[test]
 fn unreachable_store_exits_1_and_names_it() {
     let dir = tempfile::tempdir().unwrap();

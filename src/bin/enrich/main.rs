@@ -7,6 +7,16 @@ use std::time::Duration;
 use args::{Cli, Collections, Command, Users};
 use clap::Parser;
 
+/// `eprintln!` that cannot fail: a message for a standard error that is closed or full (`2>&-`,
+/// `2>/dev/full`, a pipe whose reader has gone) is dropped, where `eprintln!` would panic and
+/// turn the command's outcome into exit 101.
+macro_rules! tell {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
 mod args;
 mod commands;
 mod logging;
@@ -33,7 +43,7 @@ fn main() {
         runtime.worker_threads(usize::from(*threads));
     }
     let runtime = runtime.build().unwrap_or_else(|err| {
-        eprintln!("error: cannot start the runtime: {err}");
+        tell!("error: cannot start the runtime: {err}");
         std::process::exit(1)
     });
     runtime.block_on(run_command(cli))
@@ -74,14 +84,11 @@ async fn run_command(cli: Cli) {
             let strategies = strategy.0;
             commands::bench(&spec, workload, &strategies)
                 .await
-                .map(|report| {
+                .and_then(|report| {
                     if json {
-                        println!(
-                            "{}",
-                            serde_json::to_string(&report).expect("a report serializes")
-                        );
+                        print_line(&serde_json::to_string(&report).expect("a report serializes"))
                     } else {
-                        print!("{report}");
+                        print_out(&report.to_string())
                     }
                 })
         }
@@ -123,13 +130,13 @@ async fn run_command(cli: Cli) {
                 Ok(summary) => match summary.interrupted {
                     // Stopped before the end: always said, like an error.
                     Some(stop) => {
-                        eprintln!("{summary}");
+                        tell!("{summary}");
                         drop(logging);
                         std::process::exit(i32::from(stop.exit_code()));
                     }
                     None => {
                         if !quiet {
-                            eprintln!("{summary}");
+                            tell!("{summary}");
                         }
                         Ok(())
                     }
@@ -137,7 +144,7 @@ async fn run_command(cli: Cli) {
                 Err(failed) => {
                     // What was written before the failure, when the run got that far.
                     if !quiet && failed.summary.lines > 0 {
-                        eprintln!("{}", failed.summary);
+                        tell!("{}", failed.summary);
                     }
                     Err(failed.error)
                 }
@@ -222,7 +229,7 @@ async fn run_collections(spec: &StoreSpec, command: Collections) -> Result<(), E
 
 /// An import's end: its summary on stderr; an error if any line was rejected.
 fn imported(summary: &impl std::fmt::Display, rejected: u64) -> Result<(), Error> {
-    eprintln!("{summary}");
+    tell!("{summary}");
     if rejected > 0 {
         return Err(Error::invalid(format!("{rejected} line(s) rejected")));
     }
@@ -230,13 +237,17 @@ fn imported(summary: &impl std::fmt::Display, rejected: u64) -> Result<(), Error
 }
 
 fn print_line(line: &str) -> Result<(), Error> {
+    print_out(&format!("{line}\n"))
+}
+
+fn print_out(text: &str) -> Result<(), Error> {
     let mut out = std::io::stdout().lock();
-    writeln!(out, "{line}")
+    (out.write_all(text.as_bytes()))
         .and_then(|()| out.flush())
         .map_err(|e| Error::new(enrich::ErrorKind::Internal, "cannot write output").with_cause(e))
 }
 
 fn fail(err: &Error) -> u8 {
-    eprintln!("error: {err}");
+    tell!("error: {err}");
     commands::exit_code(err)
 }

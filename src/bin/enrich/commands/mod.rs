@@ -134,7 +134,7 @@ async fn open_with_retry(spec: &StoreSpec, create: bool, timeout: Duration) -> R
         match opened {
             Err(err) if err.is_transient() && started.elapsed() < timeout => {
                 if !told {
-                    eprintln!(
+                    tell!(
                         "enrich: {err}; retrying for up to {} s (--store-timeout)",
                         timeout.as_secs_f64()
                     );
@@ -151,7 +151,7 @@ async fn open_with_retry(spec: &StoreSpec, create: bool, timeout: Duration) -> R
             }
             Ok(store) => {
                 if told {
-                    eprintln!("enrich: store {} is available", store.describe());
+                    tell!("enrich: store {} is available", store.describe());
                 }
                 return Ok(store);
             }

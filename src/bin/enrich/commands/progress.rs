@@ -103,10 +103,9 @@ impl ImportProgress {
     /// words it from its number and error.
     pub(super) fn event(&self, event: ImportEvent<'_>, say: impl FnOnce(u64, &Error) -> String) {
         match event {
-            ImportEvent::Rejected { line, error } => self
-                .display
-                .bar
-                .suspend(|| eprintln!("{}", say(line, error))),
+            ImportEvent::Rejected { line, error } => {
+                self.display.bar.suspend(|| tell!("{}", say(line, error)))
+            }
             ImportEvent::Progress { lines } => self.progress.set_lines(lines),
         }
     }
@@ -121,7 +120,7 @@ impl ImportProgress {
         self.display.finish();
         imported.map_err(|(committed, error)| {
             // What is in the store already, before why the rest is not.
-            eprintln!("{committed}");
+            tell!("{committed}");
             error
         })
     }

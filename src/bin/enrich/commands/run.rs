@@ -73,7 +73,7 @@ pub(crate) async fn run(spec: &StoreSpec, args: RunArgs) -> Result<RunSummary, R
     display.finish();
     if args.verbose && summary.is_ok() {
         // Beside the summary: which store the users were read from.
-        eprintln!("store {}", enricher.users().describe());
+        tell!("store {}", enricher.users().describe());
     }
     summary
 }
@@ -201,7 +201,7 @@ impl<'a> BeforeRun<'a> {
     fn event(&mut self, event: ImportEvent<'_>) {
         if let ImportEvent::Rejected { line, error } = event {
             self.bad += 1;
-            eprintln!("error: {}:{line}: {error}", self.name);
+            tell!("error: {}:{line}: {error}", self.name);
         }
     }
 
@@ -216,12 +216,12 @@ impl<'a> BeforeRun<'a> {
         let summary = match imported {
             Ok(summary) => summary,
             Err((committed, error)) => {
-                eprintln!("{name}: {committed}");
+                tell!("{name}: {committed}");
                 return Err(error);
             }
         };
         if verbose {
-            eprintln!("{name}: {summary}");
+            tell!("{name}: {summary}");
         }
         if self.bad > 0 {
             return Err(Error::invalid(format!(
