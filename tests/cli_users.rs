@@ -219,6 +219,40 @@ fn unwritable_output_is_an_exit_code_not_a_panic() {
     }
 }
 
+/// A file store that reaches the process's file size limit (`ulimit -f`) is full, as a full disk
+/// is: the import stops naming it, with the batches before it committed, instead of being
+/// killed by SIGXFSZ with no word.
+#[test]
+fn the_file_size_limit_is_a_full_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let users: String = (0..50_000)
+        .map(|i| format!("{{\"id\":\"u{i}\",\"data\":{{\"name\":\"{:0>50}\"}}}}\n", i))
+        .collect();
+    std::fs::write(dir.path().join("users.ndjson"), users).unwrap();
+    let mut command = std::process::Command::new("sh");
+    command.current_dir(dir.path()).arg("-c").arg(format!(
+        "ulimit -f 2048; exec {} --store file:users.db users import users.ndjson",
+        env!("CARGO_BIN_EXE_enrich")
+    ));
+    support::without_settings(&mut command);
+    let out = command.output().unwrap();
+    let errors = stderr(&out);
+    assert_eq!(code(&out), 1, "{errors}");
+    assert!(errors.contains("has no room left"), "{errors}");
+    let created: u64 = (errors.split("imported: ").nth(1))
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no summary: {errors}"));
+    assert!(created > 0 && created < 50_000, "{errors}");
+    let last = format!("u{}", created - 1);
+    let out = enrich(
+        dir.path(),
+        &["--store", "file:users.db", "users", "get", &last],
+        "",
+    );
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+}
+
 #[test]
 fn unreachable_store_exits_1_and_names_it() {
     let dir = tempfile::tempdir().unwrap();

@@ -49,7 +49,18 @@ fn main() {
     runtime.block_on(run_command(cli))
 }
 
+/// A file grown past the process's file size limit (`ulimit -f`) raises SIGXFSZ, whose default
+/// action ends the process in the middle of a write with no word said. Caught (tokio keeps the
+/// handler for the life of the process), the write fails with `EFBIG` instead, and the command
+/// says so as it says a full disk: a run keeps only complete lines, an import the batches it
+/// committed.
+fn survive_the_file_size_limit() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let _ = signal(SignalKind::from_raw(rustix::process::Signal::XFSZ.as_raw()));
+}
+
 async fn run_command(cli: Cli) {
+    survive_the_file_size_limit();
     let serving = matches!(cli.command, Command::Serve { .. });
     let logging = logging::init(cli.log_format, if serving { "info" } else { "warn" });
     let options = StoreOptions::new()

@@ -241,7 +241,10 @@ fn parent(path: &Path) -> &Path {
 /// [`ErrorKind::Internal`].
 pub(super) fn io_kind(err: &io::Error) -> ErrorKind {
     match err.kind() {
-        io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded => ErrorKind::StoreFull,
+        // A file grown to the process's size limit (`ulimit -f`, EFBIG) is as full as a disk.
+        io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded | io::ErrorKind::FileTooLarge => {
+            ErrorKind::StoreFull
+        }
         io::ErrorKind::PermissionDenied => ErrorKind::PermissionDenied,
         _ => ErrorKind::Internal,
     }
