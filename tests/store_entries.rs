@@ -489,6 +489,63 @@ async fn a_corrupt_entry_in_redis_is_an_error_never_missing() {
     }
 }
 
+/// A batch that meets a corrupt stored entry is refused whole on one Redis, as the file
+/// store's transaction and the users' import are: nothing of it is written, whether it is an
+/// upsert or an import, and the store says which entry stopped it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupt_entry_in_redis_refuses_its_batch_whole() {
+    let server = RedisServer::start();
+    let store = store::open(&server.url(), &StoreOptions::new())
+        .await
+        .unwrap();
+    let mut conn = server.connection();
+    redis::cmd("SET")
+        .arg("enrich:object:food:bad")
+        .arg("garbage")
+        .exec(&mut conn)
+        .unwrap();
+    refuses_its_batch_whole(&store, 0).await;
+    let left: String = redis::cmd("GET")
+        .arg("enrich:object:food:bad")
+        .query(&mut conn)
+        .unwrap();
+    assert_eq!(left, "garbage");
+}
+
+/// Writes `good3`, `bad` (corrupt in the store) and `good4` in one batch, three ways: each
+/// is refused naming `bad`, at position 1, with `written` of the batch written all the same.
+async fn refuses_its_batch_whole(store: &SharedStore, written: u64) {
+    let batch: Vec<NewEntry> = ["good3", "bad", "good4"]
+        .iter()
+        .map(|id| entry("food", id, json!({"v": 1})))
+        .collect();
+    let imports: Vec<ImportEntry> = batch.iter().cloned().map(ImportEntry::from).collect();
+    let names_bad = |err: &enrich::Error| {
+        assert_eq!(err.kind(), ErrorKind::Internal, "{err}");
+        assert!(err.to_string().contains("entry food:bad"), "{err}");
+        assert!(err.to_string().contains("corrupt"), "{err}");
+    };
+    names_bad(&store.upsert_entries(&batch).await.unwrap_err());
+    names_bad(&store.import_entries(&imports).await.unwrap_err());
+    let stopped = store.import_entry_batch(&imports).await.unwrap_err();
+    names_bad(&stopped.error);
+    assert_eq!((stopped.at, stopped.written), (Some(1), written));
+    if written == 0 {
+        assert!(
+            stopped
+                .error
+                .to_string()
+                .contains("nothing of this batch was written"),
+            "{}",
+            stopped.error
+        );
+        for id in ["good3", "good4"] {
+            let err = store.get_entry(&key("food", id)).await.unwrap_err();
+            assert!(err.is_not_found(), "{id}: {err}");
+        }
+    }
+}
+
 /// The same on the file store, whose records are written here with redb directly.
 #[tokio::test]
 async fn a_corrupt_entry_in_the_file_store_is_an_error_never_missing() {
@@ -537,6 +594,30 @@ async fn a_corrupt_entry_in_the_file_store_is_an_error_never_missing() {
             .await
             .unwrap_err();
         assert_eq!(err.kind(), ErrorKind::Internal, "{err}");
+    }
+    // Its batches are one transaction: refused whole, naming the entry that stopped it.
+    let stopped = store
+        .import_entry_batch(&[
+            entry("food", "good3", json!({"v": 1})).into(),
+            entry("food", "bad", json!({"v": 1})).into(),
+            entry("food", "good4", json!({"v": 1})).into(),
+        ])
+        .await
+        .unwrap_err();
+    assert!(
+        stopped.error.to_string().contains("entry food:bad"),
+        "{}",
+        stopped.error
+    );
+    assert_eq!((stopped.at, stopped.written), (Some(1), 0));
+    for id in ["good3", "good4"] {
+        assert!(
+            store
+                .get_entry(&key("food", id))
+                .await
+                .unwrap_err()
+                .is_not_found()
+        );
     }
 }
 
@@ -741,7 +822,11 @@ async fn cluster_batch_writes_are_one_pipeline_per_node() {
         loads += cluster.stat(node, "cmdstat_script|load:calls=");
         calls += cluster.stat(node, "cmdstat_evalsha:calls=");
     }
-    assert_eq!((loads, calls), (nodes as u64, 100));
+    // One call per slot: the keys of a slot are written whole, or not at all.
+    let slots: HashSet<u16> = (0..100)
+        .map(|i| cluster.slot_of(&format!("enrich:object:bulk:e{i}")))
+        .collect();
+    assert_eq!((loads, calls), (nodes as u64, slots.len() as u64));
     let keys: Vec<EntryKey> = (0..100).map(|i| key("bulk", &format!("e{i}"))).collect();
     let ids: HashSet<String> = (store.get_entries_each(&keys).await.into_iter())
         .map(|e| {
@@ -791,6 +876,29 @@ async fn cluster_batch_writes_follow_a_moved_slot() {
     assert_eq!(on_new.as_deref(), Some(after[0].as_str()));
     let keys: Vec<EntryKey> = (0..20).map(|i| key("moved", &format!("e{i}"))).collect();
     assert_eq!(store.delete_entries(&keys).await.unwrap(), 20);
+}
+
+/// On a cluster, a batch is written whole or not at all per slot: a corrupt stored entry
+/// refuses the entries of its slot, the others' are written, and the store says how many.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_corrupt_entry_on_a_cluster_refuses_its_slot() {
+    let (cluster, store) = cluster_store().await;
+    let slots: HashSet<u16> = ["good3", "bad", "good4"]
+        .iter()
+        .map(|id| cluster.slot_of(&format!("enrich:object:food:{id}")))
+        .collect();
+    assert_eq!(slots.len(), 3, "the test wants three slots");
+    let name = "enrich:object:food:bad";
+    let node = cluster.owner_of(cluster.slot_of(name));
+    redis::cmd("SET")
+        .arg(name)
+        .arg("garbage")
+        .exec(&mut cluster.node_connection(node))
+        .unwrap();
+    refuses_its_batch_whole(&store, 2).await;
+    for id in ["good3", "good4"] {
+        store.get_entry(&key("food", id)).await.unwrap();
+    }
 }
 
 /// On a cluster too: each master announces the entry writes it executes.

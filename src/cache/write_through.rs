@@ -10,7 +10,7 @@ use crate::error::Result;
 use crate::record::Key;
 use crate::record::Record;
 use crate::store::{
-    Added, ImportEntry, ImportOutcome, ImportUser, SharedStore, UserSource, UserStore,
+    Added, BatchError, ImportEntry, ImportOutcome, ImportUser, SharedStore, UserSource, UserStore,
 };
 use crate::user::{NewUser, UserId, UserJson};
 
@@ -105,6 +105,17 @@ impl UserStore for WriteThrough {
 
     async fn import_entries(&self, entries: &[ImportEntry]) -> Result<Vec<EntryJson>> {
         let written = self.store.import_entries(entries).await;
+        for import in entries {
+            self.l1.invalidate(import.entry().key().as_str());
+        }
+        written
+    }
+
+    async fn import_entry_batch(
+        &self,
+        entries: &[ImportEntry],
+    ) -> std::result::Result<Vec<EntryJson>, BatchError> {
+        let written = self.store.import_entry_batch(entries).await;
         for import in entries {
             self.l1.invalidate(import.entry().key().as_str());
         }

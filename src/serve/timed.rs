@@ -12,8 +12,8 @@ use crate::error::Result;
 use crate::record::Key;
 use crate::record::Record;
 use crate::store::{
-    Added, EventSink, ImportEntry, ImportOutcome, ImportUser, SharedStore, UserSource, UserStore,
-    WatchGuard,
+    Added, BatchError, EventSink, ImportEntry, ImportOutcome, ImportUser, SharedStore, UserSource,
+    UserStore, WatchGuard,
 };
 use crate::user::{NewUser, UserId, UserJson};
 
@@ -156,6 +156,18 @@ impl UserStore for Timed {
         let result = self.store.import_entries(entries).await;
         self.metrics
             .record_store_call("import_entries", started, &result);
+        result
+    }
+
+    async fn import_entry_batch(
+        &self,
+        entries: &[ImportEntry],
+    ) -> std::result::Result<Vec<EntryJson>, BatchError> {
+        let started = Instant::now();
+        let result = self.store.import_entry_batch(entries).await;
+        let recorded = result.as_ref().map(|_| ()).map_err(|e| e.error.clone());
+        self.metrics
+            .record_store_call("import_entries", started, &recorded);
         result
     }
 

@@ -105,6 +105,11 @@ pub trait UserStore: UserSource {
 
     /// Writes many entries in one round trip, in order: each is created, or replaces the
     /// existing entry keeping its `created_at` and owner. Answers the entries as stored.
+    ///
+    /// A batch is refused whole: if a stored record of one of its entries cannot be kept
+    /// (corrupt), nothing of the batch is written, on every backend of this crate; on a Redis
+    /// Cluster, whose writes cannot span slots, that holds for the entries of each slot (see
+    /// [`UserStore::import_entry_batch`] for what was written all the same).
     async fn upsert_entries(&self, entries: &[NewEntry]) -> Result<Vec<EntryJson>> {
         match entries.first() {
             Some(entry) => Err(no_collections(self.describe(), entry.key())),
@@ -115,12 +120,29 @@ pub trait UserStore: UserSource {
     /// Writes many imported entries in one round trip, in order, as
     /// [`UserStore::upsert_entries`] does, but stamped with the timestamps each carries (see
     /// [`ImportEntry::new`]): a replaced entry keeps its owner, and its `created_at` unless the
-    /// import gives one. Answers the entries as stored.
+    /// import gives one. Answers the entries as stored. Refused whole as an upsert is.
     async fn import_entries(&self, entries: &[ImportEntry]) -> Result<Vec<EntryJson>> {
         match entries.first() {
             Some(import) => Err(no_collections(self.describe(), import.entry().key())),
             None => Ok(Vec::new()),
         }
+    }
+
+    /// [`UserStore::import_entries`], saying when it fails which entry stopped it and how
+    /// many of the batch were written all the same: what an import reports. The default
+    /// knows neither, and answers the error of [`UserStore::import_entries`] with nothing
+    /// written, as a batch refused whole is.
+    async fn import_entry_batch(
+        &self,
+        entries: &[ImportEntry],
+    ) -> Result<Vec<EntryJson>, BatchError> {
+        self.import_entries(entries)
+            .await
+            .map_err(|error| BatchError {
+                error,
+                at: None,
+                written: 0,
+            })
     }
 
     /// Removes many entries in one round trip; keys that do not exist are skipped. Answers how
@@ -161,6 +183,44 @@ pub(crate) fn entry_not_found(key: &EntryKey) -> Error {
 /// The error for an entry that exists already.
 pub(crate) fn entry_conflict(key: &EntryKey) -> Error {
     Error::new(ErrorKind::Conflict, format!("entry {key:?} already exists"))
+}
+
+/// A batch of entry writes that did not all succeed: see [`UserStore::import_entry_batch`].
+#[derive(Debug, Clone)]
+pub struct BatchError {
+    /// Why, naming the entry.
+    pub error: Error,
+    /// The position in the batch of the entry that stopped it, when the store knows it.
+    pub at: Option<usize>,
+    /// How many entries of the batch were written all the same: none where a batch is
+    /// written whole or not at all; on a Redis Cluster, those of the slots (or nodes) that
+    /// were written.
+    pub written: u64,
+}
+
+/// The entries of a batch written each on its own, `each` in batch order: all of them, or
+/// why the batch stopped: at `refused`, the entry whose stored record refused it whole, else
+/// at the first entry not written.
+#[cfg(feature = "redis")]
+pub(crate) fn batch_written(
+    each: Vec<Result<EntryJson>>,
+    refused: Option<usize>,
+) -> Result<Vec<EntryJson>, BatchError> {
+    let at = refused.or_else(|| each.iter().position(Result::is_err));
+    let Some(at) = at else {
+        return Ok(each.into_iter().flatten().collect());
+    };
+    let written = each.iter().filter(|e| e.is_ok()).count() as u64;
+    let error = each
+        .into_iter()
+        .nth(at)
+        .and_then(Result::err)
+        .unwrap_or_else(|| Error::new(ErrorKind::Internal, "a batch stopped at a written entry"));
+    Err(BatchError {
+        error,
+        at: Some(at),
+        written,
+    })
 }
 
 /// A shared handle to any store.

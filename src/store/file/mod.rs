@@ -23,8 +23,8 @@ use self::create::{io_kind, open_or_create};
 use self::entries::Mode;
 use super::entries_through_records;
 use super::{
-    Added, ImportEntry, ImportOutcome, ImportUser, Stamps, StoreOptions, UserSource, UserStore,
-    conflict, entry_not_found, not_found, stored_user,
+    Added, BatchError, ImportEntry, ImportOutcome, ImportUser, Stamps, StoreOptions, UserSource,
+    UserStore, conflict, entry_not_found, not_found, stored_user,
 };
 use crate::collection::{EntryJson, EntryKey, NewEntry, StoredEntry};
 use crate::error::{Error, ErrorKind, Result};
@@ -342,6 +342,14 @@ impl UserStore for FileStore {
         self.upsert(batch.to_vec()).await
     }
 
+    /// One write transaction: all of the batch is written, or none of it.
+    async fn import_entry_batch(
+        &self,
+        batch: &[ImportEntry],
+    ) -> Result<Vec<EntryJson>, BatchError> {
+        self.upsert_at(batch.to_vec()).await
+    }
+
     async fn delete_entries(&self, keys: &[EntryKey]) -> Result<u64> {
         let keys = keys.to_vec();
         self.run(move |inner| {
@@ -384,14 +392,34 @@ impl FileStore {
 
     /// Creates or replaces each entry of `batch` in one write transaction.
     async fn upsert(&self, batch: Vec<ImportEntry>) -> Result<Vec<EntryJson>> {
-        self.run(move |inner| {
+        self.upsert_at(batch).await.map_err(|stopped| stopped.error)
+    }
+
+    /// Writes `batch` in one transaction; if it fails, the position of the entry that failed.
+    async fn upsert_at(&self, batch: Vec<ImportEntry>) -> Result<Vec<EntryJson>, BatchError> {
+        let stopped = |error, at| BatchError {
+            error,
+            at,
+            written: 0,
+        };
+        let written = self.run(move |inner| {
             let now = Timestamp::now();
-            inner.write_entries(|table| {
-                (batch.iter())
-                    .map(|i| inner.write_entry(table, i.entry(), i.stamps(), Mode::Upsert, now))
+            let mut at = None;
+            let written = inner.write_entries(|table| {
+                (batch.iter().enumerate())
+                    .map(|(i, import)| {
+                        let (entry, stamps) = (import.entry(), import.stamps());
+                        (inner.write_entry(table, entry, stamps, Mode::Upsert, now))
+                            .inspect_err(|_| at = Some(i))
+                    })
                     .collect()
-            })
-        })
-        .await
+            });
+            Ok(written.map_err(|error| (error, at)))
+        });
+        match written.await {
+            Ok(Ok(written)) => Ok(written),
+            Ok(Err((error, at))) => Err(stopped(error, at)),
+            Err(error) => Err(stopped(error, None)),
+        }
     }
 }

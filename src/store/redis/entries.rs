@@ -1,12 +1,16 @@
-//! Collection entries on both Redis backends: the write script, the commands a batch of
-//! entry writes is made of, and how their answers are read.
+//! Collection entries on both Redis backends: the write script, the command a batch of
+//! entry writes is made of, and how its answer is read.
 //!
 //! An entry is one string key, `{namespace}:object:{collection}:{id}`, holding its stored form:
-//! the [`EntryJson`] bytes, preceded by `{owner}\n` when it has an owner. Every write of an
-//! entry is one script call on that one key, so it is atomic on the server: an add cannot be
-//! won twice, and an update or an upsert keeps the stored owner and `created_at` (always bytes
-//! 16 to 42 of the record's fixed 87-byte tail; an import that gives one replaces it). A batch
-//! is a pipeline of such calls: one round trip, each entry still its own atomic write.
+//! the [`EntryJson`] bytes, preceded by `{owner}\n` when it has an owner. A write of entries is
+//! one script call over their keys, so it is atomic on the server: an add cannot be won twice,
+//! and an update or an upsert keeps the stored owner and `created_at` (always bytes 16 to 42
+//! of the record's fixed 87-byte tail; an import that gives one replaces it). The script
+//! checks every stored record of the batch before it writes any: if one of them cannot be
+//! kept (corrupt), nothing of the batch is written, as the file store's transaction and the
+//! users' import do. A batch on one Redis is one call; on a cluster, a script may only touch
+//! keys of one slot, so a batch is one call per slot, each all or nothing (see
+//! [`super::ClusterStore`]).
 
 use bytes::Bytes;
 use redis::{Cmd, Value};
@@ -19,20 +23,22 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::store::{Stamps, entry_conflict, entry_not_found, stored_entry};
 use crate::user::Timestamp;
 
-/// Writes an entry. KEYS[1]: its key. ARGV: the mode (`a` add, `u` update, `s` upsert), the
-/// owner line of a new entry (`alice\n` or empty), the entry's fixed head up to `"data":`, its
-/// data, its `updated_at`, the `created_at` of a new entry, and the `created_at` that replaces
-/// an existing entry's (empty: keep it). All three are the time of the write but for imports
-/// that carry timestamps.
+/// Writes entries. KEYS: their keys. ARGV: the mode (`a` add, `u` update, `s` upsert), then
+/// six for each key: the owner line of a new entry (`alice\n` or empty), the entry's fixed
+/// head up to `"data":`, its data, its `updated_at`, the `created_at` of a new entry, and the
+/// `created_at` that replaces an existing entry's (empty: keep it). All three are the time of
+/// the write but for imports that carry timestamps.
 ///
-/// Answers `{1, created_at}` when it wrote (or finds exactly what this call writes, stamp
-/// included: the same call sent again by a client that lost its answer, which must not turn
-/// into a conflict); `{2, ''}` for an add whose key is taken; nil for an
-/// update of an absent entry; `{0, old record}` (writing nothing) when the stored record is
-/// not one whose owner and `created_at` can be kept: it must be the owner line, if any, then
-/// this entry's head, then anything, then the tail with a real `created_at`, as the client's
-/// full check of every read would demand (the data in between is replaced by the new entry's,
-/// so it is not looked at).
+/// Answers one answer per key: `{1, created_at}` when it wrote (or finds exactly what this
+/// call writes, stamp included: the same call sent again by a client that lost its answer,
+/// which must not turn into a conflict); `{2, ''}` for an add whose key is taken; nil for an
+/// update of an absent entry. Before any write, an update or an upsert checks every stored
+/// record of its keys: if one is not a record whose owner and `created_at` can be kept (it
+/// must be the owner line, if any, then this entry's head, then anything, then the tail with
+/// a real `created_at`, as the client's full check of every read would demand; the data in
+/// between is replaced by the new entry's, so it is not looked at), nothing is written: that
+/// key is answered `{0, old record}`, every other `{3, ''}`. A key named twice is written
+/// twice, in order, the second keeping what the first wrote.
 const WRITE: &str = r#"
 local function kept(record, head)
   local at = 1
@@ -55,25 +61,47 @@ local function kept(record, head)
     and tonumber(h) < 24 and tonumber(mi) < 60 and tonumber(s) < 60) then return nil end
   return string.sub(record, 1, at - 1), string.sub(tail, 16, 42)
 end
-local mode, updated, fresh, given = ARGV[1], ARGV[5], ARGV[6], ARGV[7]
-local old = redis.call('GET', KEYS[1])
-if old and mode == 'a' then
-  -- This very add, sent again after its answer was lost, finds what it wrote.
-  local same = ARGV[2] .. ARGV[3] .. ARGV[4]
-    .. ',"created_at":"' .. fresh .. '","updated_at":"' .. updated .. '"}'
-  if old == same then return {1, fresh} end
-  return {2, ''}
+local mode = ARGV[1]
+local function arg(i, n) return ARGV[1 + (i - 1) * 6 + n] end
+if mode ~= 'a' then
+  -- Every stored record is checked before anything is written: one that cannot be kept
+  -- refuses the batch whole.
+  local out, refused = {}, false
+  for i, key in ipairs(KEYS) do
+    out[i] = {3, ''}
+    local old = redis.call('GET', key)
+    if old and not kept(old, arg(i, 2)) then
+      out[i] = {0, old}
+      refused = true
+    end
+  end
+  if refused then return out end
 end
-if not old and mode == 'u' then return false end
-local owner, created = ARGV[2], fresh
-if old then
-  owner, created = kept(old, ARGV[3])
-  if not owner then return {0, old} end
-  if given ~= '' then created = given end
+local function write(key, i)
+  local owner, head, data = arg(i, 1), arg(i, 2), arg(i, 3)
+  local updated, fresh, given = arg(i, 4), arg(i, 5), arg(i, 6)
+  local old = redis.call('GET', key)
+  if old and mode == 'a' then
+    -- This very add, sent again after its answer was lost, finds what it wrote.
+    local same = owner .. head .. data
+      .. ',"created_at":"' .. fresh .. '","updated_at":"' .. updated .. '"}'
+    if old == same then return {1, fresh} end
+    return {2, ''}
+  end
+  if not old and mode == 'u' then return false end
+  local created = fresh
+  if old then
+    -- Checked above, or written by this very call: it can be kept.
+    owner, created = kept(old, head)
+    if given ~= '' then created = given end
+  end
+  redis.call('SET', key, owner .. head .. data
+    .. ',"created_at":"' .. created .. '","updated_at":"' .. updated .. '"}')
+  return {1, created}
 end
-redis.call('SET', KEYS[1], owner .. ARGV[3] .. ARGV[4]
-  .. ',"created_at":"' .. created .. '","updated_at":"' .. updated .. '"}')
-return {1, created}
+local out = {}
+for i, key in ipairs(KEYS) do out[i] = write(key, i) end
+return out
 "#;
 
 /// What a write does with an entry that exists, or does not.
@@ -105,43 +133,49 @@ impl EntryScript {
         self.lua.load()
     }
 
-    /// The call writing `entry` at `key` with `stamps` at `now`: by hash behind a
-    /// [`EntryScript::load`] (`loaded`), or with the script's text, which works alone on any
-    /// node.
+    /// The call writing `batch` (each entry with its key and stamps) at `now`: by hash behind
+    /// an [`EntryScript::load`] (`loaded`), or with the script's text, which works alone on
+    /// any node. On a cluster, the keys must be of one slot.
     pub(super) fn call(
         &self,
-        key: &str,
-        (entry, stamps): (&NewEntry, Stamps),
+        batch: &[(&str, Write<'_>)],
         mode: Mode,
         now: Timestamp,
         loaded: bool,
     ) -> Cmd {
         let mut cmd = self.lua.call(loaded);
-        let owner = match entry.owner() {
-            Some(owner) => format!("{owner}\n"),
-            None => String::new(),
-        };
-        cmd.arg(1)
-            .arg(key)
-            .arg(match mode {
-                Mode::Add => "a",
-                Mode::Update => "u",
-                Mode::Upsert => "s",
-            })
-            .arg(owner)
-            .arg(key_head(entry.key()))
-            .arg(entry.data_json())
-            .arg(stamps.updated(now).as_str())
-            .arg(stamps.fresh(now).as_str())
-            .arg(
-                stamps
-                    .given_created()
-                    .as_ref()
-                    .map_or("", Timestamp::as_str),
-            );
+        cmd.arg(batch.len());
+        for (key, _) in batch {
+            cmd.arg(*key);
+        }
+        cmd.arg(match mode {
+            Mode::Add => "a",
+            Mode::Update => "u",
+            Mode::Upsert => "s",
+        });
+        for &(_, (entry, stamps)) in batch {
+            let owner = match entry.owner() {
+                Some(owner) => format!("{owner}\n"),
+                None => String::new(),
+            };
+            cmd.arg(owner)
+                .arg(key_head(entry.key()))
+                .arg(entry.data_json())
+                .arg(stamps.updated(now).as_str())
+                .arg(stamps.fresh(now).as_str())
+                .arg(
+                    stamps
+                        .given_created()
+                        .as_ref()
+                        .map_or("", Timestamp::as_str),
+                );
+        }
         cmd
     }
 }
+
+/// One entry to write, with its stamps.
+pub(super) type Write<'a> = (&'a NewEntry, Stamps);
 
 /// The start of every record of the entry `key`, up to its data: what the script checks a
 /// stored record against before keeping its `created_at`.
@@ -154,41 +188,102 @@ fn key_head(key: &EntryKey) -> String {
     )
 }
 
-/// What the script's answer (or the failure to get one) means for `entry`, written with
-/// `stamps` at `now`: the entry as now stored (once the replicas confirmed it), or why not.
+/// What the script's answer to the call writing `batch` at `now` (or the failure to get one)
+/// means for each entry: the entry as now stored (once the replicas confirmed it), or why not;
+/// and, when the script refused the batch whole, the position of the entry that stopped it.
 pub(super) fn written(
     describe: &str,
-    (entry, stamps): (&NewEntry, Stamps),
+    batch: &[Write<'_>],
     now: Timestamp,
     answer: Answer,
+) -> Written {
+    let mut refused = None;
+    let read = |answer: redis::RedisResult<Value>| {
+        let answer = answer.map_err(|e| write_fault(describe, e))?;
+        let answers: Vec<Option<(u8, Bytes)>> =
+            redis::from_redis_value(answer).map_err(|e| write_fault(describe, e.into()))?;
+        if answers.len() != batch.len() {
+            return Err(Error::new(
+                ErrorKind::Internal,
+                format!(
+                    "the entry write script answered {} of {}",
+                    answers.len(),
+                    batch.len()
+                ),
+            ));
+        }
+        refused = answers.iter().position(|a| matches!(a, Some((0, _))));
+        let culprit = refused.map(|at| batch[at].0.key());
+        Ok((batch.iter().zip(answers))
+            .map(|(&write, answer)| one(write, now, answer, culprit, batch.len()))
+            .collect::<Vec<_>>())
+    };
+    let each = match answer.confirm_when(read, |each| each.iter().any(Result::is_ok)) {
+        Ok(each) => each,
+        Err(err) => vec![Err(err); batch.len()],
+    };
+    Written { each, refused }
+}
+
+/// What one entry's answer means; `culprit`: the entry whose stored record refused the batch
+/// (of `len` entries), if one did.
+fn one(
+    (entry, stamps): Write<'_>,
+    now: Timestamp,
+    answer: Option<(u8, Bytes)>,
+    culprit: Option<&EntryKey>,
+    len: usize,
 ) -> Result<EntryJson> {
     let key = entry.key();
-    answer.confirm(|answer| {
-        let answer = answer.map_err(|e| write_fault(describe, e))?;
-        let answer: Option<(u8, Bytes)> =
-            redis::from_redis_value(answer).map_err(|e| write_fault(describe, e.into()))?;
-        match answer {
-            Some((1, created)) => {
-                let text = std::str::from_utf8(&created).unwrap_or_default();
-                match Timestamp::parse(text) {
-                    Ok(at) if at.as_str() == text => Ok(entry.to_json(at, stamps.updated(now))),
-                    _ => Err(Error::new(
-                        ErrorKind::Internal,
-                        format!("entry {key}: the write script answered created_at {created:?}"),
-                    )),
-                }
-            }
-            Some((2, _)) => Err(entry_conflict(key)),
-            // Left as it was: the full check says what is wrong with it.
-            Some((_, old)) => Err(stored_entry(key, old).err().unwrap_or_else(|| {
-                Error::new(
+    let whole = |err: Error| match len {
+        1 => err,
+        _ => Error::new(
+            err.kind(),
+            format!("{}; nothing of this batch was written", err.message()),
+        ),
+    };
+    match answer {
+        Some((1, created)) => {
+            let text = std::str::from_utf8(&created).unwrap_or_default();
+            match Timestamp::parse(text) {
+                Ok(at) if at.as_str() == text => Ok(entry.to_json(at, stamps.updated(now))),
+                _ => Err(Error::new(
                     ErrorKind::Internal,
-                    format!("entry {key}: stored entry record is corrupt; it was left as it was"),
-                )
-            })),
-            None => Err(entry_not_found(key)),
+                    format!("entry {key}: the write script answered created_at {created:?}"),
+                )),
+            }
         }
-    })
+        Some((2, _)) => Err(entry_conflict(key)),
+        // Left as it was: the full check says what is wrong with it.
+        Some((0, old)) => Err(whole(stored_entry(key, old).err().unwrap_or_else(|| {
+            Error::new(
+                ErrorKind::Internal,
+                format!("entry {key}: stored entry record is corrupt; it was left as it was"),
+            )
+        }))),
+        Some((3, _)) => Err(whole(Error::new(
+            ErrorKind::Internal,
+            match culprit {
+                Some(culprit) => format!(
+                    "entry {key} was not written: the stored record of entry {culprit} is \
+                     corrupt"
+                ),
+                None => format!("entry {key} was not written: its batch was refused"),
+            },
+        ))),
+        Some((code, _)) => Err(Error::new(
+            ErrorKind::Internal,
+            format!("entry {key}: the write script answered {code}"),
+        )),
+        None => Err(entry_not_found(key)),
+    }
+}
+
+/// Each entry's outcome of a batch, in batch order, and the position of the one whose stored
+/// record refused the batch whole, if one did.
+pub(super) struct Written {
+    pub(super) each: Vec<Result<EntryJson>>,
+    pub(super) refused: Option<usize>,
 }
 
 /// The number of keys a `DEL` answered it removed; a removal the replicas did not confirm is

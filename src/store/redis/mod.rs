@@ -40,14 +40,14 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{AsyncConnectionConfig, Client};
 
 use self::concern::{Answer, WriteConcern, Writes};
-use self::entries::{EntryScript, Mode};
+use self::entries::{EntryScript, Mode, Write, Written};
 use self::fault::{fault, write_fault};
 use self::link::WriteLink;
 use self::scripts::Scripts;
 use super::url::redact;
 use super::{
-    Added, EventSink, ImportEntry, ImportOutcome, ImportUser, Stamps, StoreOptions, UserSource,
-    UserStore, WatchGuard, entry_not_found, stored_entry, stored_user,
+    Added, BatchError, EventSink, ImportEntry, ImportOutcome, ImportUser, Stamps, StoreOptions,
+    UserSource, UserStore, WatchGuard, batch_written, entry_not_found, stored_entry, stored_user,
 };
 use super::{entries_through_records, users_through_records};
 use crate::collection::{EntryJson, EntryKey, NewEntry, StoredEntry};
@@ -172,31 +172,27 @@ impl RedisStore {
         Ok(concern::one(self.write(None, [cmd]).await?))
     }
 
-    /// Writes `entries`, each with its stamps, in `mode` in one round trip, each its own
-    /// atomic write.
-    async fn write_entries(
-        &self,
-        batch: &[(&NewEntry, Stamps)],
-        mode: Mode,
-    ) -> Result<Vec<Result<EntryJson>>> {
+    /// Writes `batch`, each entry with its stamps, in `mode`: one script call, in one round
+    /// trip, which writes nothing if a stored record of the batch cannot be kept.
+    async fn write_entries(&self, batch: &[Write<'_>], mode: Mode) -> Result<Written> {
         if batch.is_empty() {
-            return Ok(Vec::new());
+            return Ok(Written {
+                each: Vec::new(),
+                refused: None,
+            });
         }
         let now = Timestamp::now();
-        let script = &self.entry_script;
-        let calls = (batch.iter()).map(|&(entry, stamps)| {
-            script.call(
-                &self.entry_key(entry.key()),
-                (entry, stamps),
-                mode,
-                now,
-                true,
-            )
-        });
-        let answers = self.write(Some(script.load()), calls).await?;
-        Ok((batch.iter().zip(answers))
-            .map(|(&write, answer)| entries::written(&self.describe, write, now, answer))
-            .collect())
+        let keys: Vec<String> = (batch.iter())
+            .map(|(entry, _)| self.entry_key(entry.key()))
+            .collect();
+        let writes: Vec<(&str, Write<'_>)> = keys
+            .iter()
+            .map(String::as_str)
+            .zip(batch.iter().copied())
+            .collect();
+        let call = self.entry_script.call(&writes, mode, now, false);
+        let answer = self.write_one(call).await?;
+        Ok(entries::written(&self.describe, batch, now, answer))
     }
 
     fn fault(&self, err: redis::RedisError) -> Error {
@@ -302,17 +298,13 @@ impl UserStore for RedisStore {
     }
 
     async fn add_entry(&self, entry: &NewEntry) -> Result<EntryJson> {
-        single(
-            self.write_entries(&[(entry, Stamps::default())], Mode::Add)
-                .await?,
-        )
+        let batch = [(entry, Stamps::default())];
+        single(self.write_entries(&batch, Mode::Add).await?.each)
     }
 
     async fn update_entry(&self, entry: &NewEntry) -> Result<EntryJson> {
-        single(
-            self.write_entries(&[(entry, Stamps::default())], Mode::Update)
-                .await?,
-        )
+        let batch = [(entry, Stamps::default())];
+        single(self.write_entries(&batch, Mode::Update).await?.each)
     }
 
     async fn delete_entry(&self, key: &EntryKey) -> Result<()> {
@@ -322,14 +314,33 @@ impl UserStore for RedisStore {
         }
     }
 
+    /// One script call: the batch is written whole, or not at all.
     async fn upsert_entries(&self, batch: &[NewEntry]) -> Result<Vec<EntryJson>> {
         let batch: Vec<_> = batch.iter().map(|e| (e, Stamps::default())).collect();
-        all(self.write_entries(&batch, Mode::Upsert).await?)
+        let written = self.write_entries(&batch, Mode::Upsert).await?;
+        batch_written(written.each, written.refused).map_err(|stopped| stopped.error)
     }
 
+    /// One script call: the batch is written whole, or not at all.
     async fn import_entries(&self, batch: &[ImportEntry]) -> Result<Vec<EntryJson>> {
+        let written = self.import_entry_batch(batch).await;
+        written.map_err(|stopped| stopped.error)
+    }
+
+    async fn import_entry_batch(
+        &self,
+        batch: &[ImportEntry],
+    ) -> Result<Vec<EntryJson>, BatchError> {
         let batch: Vec<_> = batch.iter().map(|i| (i.entry(), i.stamps())).collect();
-        all(self.write_entries(&batch, Mode::Upsert).await?)
+        let written = (self.write_entries(&batch, Mode::Upsert).await).map_err(|error| {
+            // Never sent, or its answer lost: nothing of it is known written.
+            BatchError {
+                error,
+                at: None,
+                written: 0,
+            }
+        })?;
+        batch_written(written.each, written.refused)
     }
 
     /// One `DEL` of every key: each key is removed on its own, atomically.
@@ -367,9 +378,4 @@ fn single<T>(mut answers: Vec<Result<T>>) -> Result<T> {
     answers
         .pop()
         .unwrap_or_else(|| Err(Error::new(ErrorKind::Internal, "a write answered nothing")))
-}
-
-/// The answers of a batch of writes, or the first error among them.
-fn all<T>(answers: Vec<Result<T>>) -> Result<Vec<T>> {
-    answers.into_iter().collect()
 }

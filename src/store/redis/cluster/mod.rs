@@ -49,8 +49,11 @@
 //!
 //! Every write goes to the master of its key's slot by our map, over a direct connection
 //! (see [`super::node_links`]): a single write (a user's add, update or delete, an entry's)
-//! is one script call there, a batch (entries, deletes, the per-slot scripts of a user
-//! import) one pipeline per master, all masters at once. Either way the `WAIT` of the write
+//! is one script call there, a batch (deletes, and the per-slot scripts of a user import or of
+//! a batch of entry writes) one pipeline per master, all masters at once. A script may only
+//! touch keys of one slot, so a batch of entry writes, refused whole on one Redis when a stored
+//! record of it cannot be kept, is refused whole per slot here: the other slots' entries are
+//! written, and [`UserStore::import_entry_batch`] says how many. Either way the `WAIT` of the write
 //! concern ([`super::concern`]) ends the same pipeline, on the same connection as the writes
 //! it confirms. A command the node refuses because the slot moved was not run, and is sent
 //! again alone through the `redis` crate's cluster connection, which follows `MOVED` and
@@ -90,9 +93,9 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::record::Key;
 use crate::record::Record;
 use crate::store::{
-    Added, EventSink, ImportEntry, ImportOutcome, ImportUser, ReadFrom, Stamps, StoreOptions,
-    UserSource, UserStore, WatchGuard, entries_through_records, entry_not_found, stored_entry,
-    users_through_records,
+    Added, BatchError, EventSink, ImportEntry, ImportOutcome, ImportUser, ReadFrom, Stamps,
+    StoreOptions, UserSource, UserStore, WatchGuard, batch_written, entries_through_records,
+    entry_not_found, stored_entry, users_through_records,
 };
 use crate::user::{NewUser, Timestamp, UserId, UserJson};
 
@@ -387,17 +390,13 @@ impl UserStore for ClusterStore {
         Ok(outcomes)
     }
     async fn add_entry(&self, entry: &NewEntry) -> Result<EntryJson> {
-        single(
-            self.write_entries(&[(entry, Stamps::default())], Mode::Add)
-                .await,
-        )
+        let batch = [(entry, Stamps::default())];
+        single(self.write_entries(&batch, Mode::Add).await.each)
     }
 
     async fn update_entry(&self, entry: &NewEntry) -> Result<EntryJson> {
-        single(
-            self.write_entries(&[(entry, Stamps::default())], Mode::Update)
-                .await,
-        )
+        let batch = [(entry, Stamps::default())];
+        single(self.write_entries(&batch, Mode::Update).await.each)
     }
 
     async fn delete_entry(&self, key: &EntryKey) -> Result<()> {
@@ -407,20 +406,28 @@ impl UserStore for ClusterStore {
         }
     }
 
+    /// One script call per slot: the entries of each slot are written whole, or not at all.
     async fn upsert_entries(&self, batch: &[NewEntry]) -> Result<Vec<EntryJson>> {
         let batch: Vec<_> = batch.iter().map(|e| (e, Stamps::default())).collect();
-        self.write_entries(&batch, Mode::Upsert)
-            .await
-            .into_iter()
-            .collect()
+        let written = self.write_entries(&batch, Mode::Upsert).await;
+        batch_written(written.each, written.refused).map_err(|stopped| stopped.error)
     }
 
+    /// One script call per slot: the entries of each slot are written whole, or not at all.
     async fn import_entries(&self, batch: &[ImportEntry]) -> Result<Vec<EntryJson>> {
+        let written = self.import_entry_batch(batch).await;
+        written.map_err(|stopped| stopped.error)
+    }
+
+    /// The slots refused, or not answered, are counted out of what was written; the others'
+    /// entries are written all the same.
+    async fn import_entry_batch(
+        &self,
+        batch: &[ImportEntry],
+    ) -> Result<Vec<EntryJson>, BatchError> {
         let batch: Vec<_> = batch.iter().map(|i| (i.entry(), i.stamps())).collect();
-        self.write_entries(&batch, Mode::Upsert)
-            .await
-            .into_iter()
-            .collect()
+        let written = self.write_entries(&batch, Mode::Upsert).await;
+        batch_written(written.each, written.refused)
     }
 
     /// One pipeline of single-key `DEL`s per node: a `DEL` of several keys would have to stay

@@ -1,19 +1,19 @@
 //! Writes grouped by the master that serves their keys, by our slot map: one pipeline per
 //! node, all nodes at once, over our own connections; a single write is a batch of one.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use futures::future::{BoxFuture, join_all};
 use redis::Cmd;
 
 use super::ClusterStore;
-use crate::collection::{EntryJson, NewEntry};
+use crate::collection::EntryJson;
 use crate::error::Result;
-use crate::store::Stamps;
 use crate::store::redis::concern::{self, Answer, Writes};
-use crate::store::redis::entries::{self, Mode};
+use crate::store::redis::entries::{self, Mode, Write, Written};
 use crate::store::redis::fault::fault;
-use crate::store::redis::slot_map::{Node, SlotMap};
+use crate::store::redis::slot_map::{Node, SlotMap, slot};
 use crate::user::Timestamp;
 
 /// Writes, one command per key, and how to make each: `pipelined(i)` is key `i`'s command
@@ -208,28 +208,55 @@ impl ClusterStore {
         }
     }
 
-    /// Writes `batch`, each entry with its stamps, in `mode`: one pipeline per node, each
-    /// entry its own atomic write.
-    pub(super) async fn write_entries(
-        &self,
-        batch: &[(&NewEntry, Stamps)],
-        mode: Mode,
-    ) -> Vec<Result<EntryJson>> {
+    /// Writes `batch`, each entry with its stamps, in `mode`: one script call per slot (a
+    /// script may only touch keys of one slot), each written whole or not at all, sent as one
+    /// pipeline per node, all nodes at once.
+    pub(super) async fn write_entries(&self, batch: &[Write<'_>], mode: Mode) -> Written {
         let now = Timestamp::now();
         let keys: Vec<String> = batch.iter().map(|(e, _)| self.entry_key(e.key())).collect();
+        let mut by_slot: BTreeMap<u16, Vec<usize>> = BTreeMap::new();
+        for (i, key) in keys.iter().enumerate() {
+            by_slot.entry(slot(key.as_bytes())).or_default().push(i);
+        }
+        let groups: Vec<Vec<usize>> = by_slot.into_values().collect();
+        let calls: Vec<Vec<(&str, Write<'_>)>> = (groups.iter())
+            .map(|group| {
+                group
+                    .iter()
+                    .map(|&i| (keys[i].as_str(), batch[i]))
+                    .collect()
+            })
+            .collect();
+        // Each group is routed by its first key: all of its keys are of that slot.
+        let firsts: Vec<String> = groups.iter().map(|g| keys[g[0]].clone()).collect();
         let script = &self.entry_script;
-        let call = |i: usize, loaded| script.call(&keys[i], batch[i], mode, now, loaded);
+        let call = |g: usize, loaded| script.call(&calls[g], mode, now, loaded);
         let answers = self
             .write_keys(
-                &keys,
+                &firsts,
                 Some(script.load()),
-                |i| call(i, true),
-                |i| call(i, false),
+                |g| call(g, true),
+                |g| call(g, false),
             )
             .await;
-        (batch.iter().zip(answers))
-            .map(|(&write, answer)| entries::written(&self.describe, write, now, answer))
-            .collect()
+        let mut each: Vec<Option<Result<EntryJson>>> = (0..batch.len()).map(|_| None).collect();
+        let mut refused = None;
+        for (group, answer) in groups.iter().zip(answers) {
+            let writes: Vec<Write<'_>> = group.iter().map(|&i| batch[i]).collect();
+            let written = entries::written(&self.describe, &writes, now, answer);
+            if let Some(at) = written.refused {
+                refused = Some(refused.map_or(group[at], |r: usize| r.min(group[at])));
+            }
+            for (&i, outcome) in group.iter().zip(written.each) {
+                each[i] = Some(outcome);
+            }
+        }
+        Written {
+            each: (each.into_iter())
+                .map(|e| e.expect("every entry is in one group"))
+                .collect(),
+            refused,
+        }
     }
 }
 
