@@ -302,6 +302,58 @@ fn import_on_redis_writes_in_batches_of_at_most_1000() {
     assert_eq!(calls("cmdstat_evalsha:calls="), 0, "{stats}");
 }
 
+/// An import whose batch meets a corrupt stored entry writes nothing of that batch, and says
+/// so: the summary counts only what was written, and the error names the line of the entry
+/// that stopped it.
+#[test]
+fn import_on_redis_over_a_corrupt_entry_writes_nothing_of_its_batch() {
+    let server = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let url = server.url();
+    let mut conn = server.connection();
+    redis::cmd("SET")
+        .arg("enrich:object:food:bad")
+        .arg("garbage")
+        .exec(&mut conn)
+        .unwrap();
+    let file = dir.path().join("entries.ndjson");
+    let lines: String = ["good3", "bad", "good4"]
+        .iter()
+        .map(|id| format!("{{\"collection\":\"food\",\"id\":\"{id}\",\"data\":{{\"v\":1}}}}\n"))
+        .collect();
+    std::fs::write(&file, lines).unwrap();
+    let run = |args: &[&str]| {
+        let all: Vec<&str> = ["--store", url.as_str()]
+            .iter()
+            .chain(args)
+            .copied()
+            .collect();
+        enrich(dir.path(), &all, "")
+    };
+    let out = run(&["collections", "import", file.to_str().unwrap()]);
+    let err = stderr(&out);
+    assert_eq!(code(&out), 1, "{err}");
+    assert!(
+        err.contains("imported: 0 entries written, 0 rejected, of 0 lines"),
+        "{err}"
+    );
+    assert!(
+        err.contains("import stopped at line 2, of the batch from line 1 to 3: entry food:bad"),
+        "{err}"
+    );
+    assert!(err.contains("corrupt"), "{err}");
+    assert!(err.contains("nothing of this batch was written"), "{err}");
+    for id in ["good3", "good4"] {
+        let out = run(&["collections", "get", "food", id]);
+        assert_ne!(code(&out), 0, "{id} was written: {}", stdout(&out));
+    }
+    let left: String = redis::cmd("GET")
+        .arg("enrich:object:food:bad")
+        .query(&mut conn)
+        .unwrap();
+    assert_eq!(left, "garbage");
+}
+
 #[test]
 fn run_with_objects_imports_then_enriches() {
     for on_redis in [false, true] {

@@ -9,7 +9,7 @@ use serde_json::Value;
 use tokio::io::AsyncRead;
 
 use super::ImportEvent;
-use super::import::{Batches, Tally, import_lines, kept_time};
+use super::import::{Batches, Stop, Tally, import_lines, kept_time};
 use crate::collection::{EntryKey, MAX_BATCH_ENTRIES, NewEntry, generate_id};
 use crate::error::{Error, Result};
 use crate::store::{ImportEntry, UserStore};
@@ -81,8 +81,9 @@ pub type EntryImportError = super::ImportError<EntryImportSummary>;
 
 /// Upserts every entry line of `input` into `store`, in batches of at most
 /// [`MAX_BATCH_ENTRIES`] per store call. Bad lines are passed to `events` and counted; a store
-/// fault stops the import with an error naming the first line not committed, beside the
-/// summary of what was.
+/// fault stops the import with an error naming the line that stopped it (the line of the entry
+/// the store refused, when it says which: a corrupt stored record, which refuses its batch
+/// whole), beside the summary of what was written.
 pub async fn import_entries<R: AsyncRead + Unpin>(
     store: &dyn UserStore,
     input: R,
@@ -94,8 +95,20 @@ pub async fn import_entries<R: AsyncRead + Unpin>(
         weigh: |entry: &ImportEntry| entry.entry().data_json().len(),
     };
     let write = async |batch: &[ImportEntry], summary: &mut EntryImportSummary| {
-        summary.written += store.import_entries(batch).await?.len() as u64;
-        Ok(())
+        match store.import_entry_batch(batch).await {
+            Ok(written) => {
+                summary.written += written.len() as u64;
+                Ok(())
+            }
+            Err(stopped) => {
+                // Only a Redis Cluster writes part of a batch: the slots it could.
+                summary.written += stopped.written;
+                Err(Stop {
+                    error: stopped.error,
+                    at: stopped.at,
+                })
+            }
+        }
     };
     import_lines(input, MAX_LINE, parse_entry_line, batches, write, events).await
 }

@@ -80,9 +80,11 @@ impl std::fmt::Display for ImportSummary {
 #[derive(Debug, Clone)]
 pub struct ImportError<S = ImportSummary> {
     /// Every line up to `committed.lines` is in the store (or was rejected); the lines after
-    /// it are not, or not all.
+    /// it are not, or not all (its counts include what the batch that stopped wrote all the
+    /// same, on a store that writes a batch in parts).
     pub committed: S,
-    /// Why it stopped, naming the first line not committed.
+    /// Why it stopped, naming the line that stopped it: the line of the item the store
+    /// refused when it says which, else the first line not committed.
     pub error: Error,
 }
 
@@ -135,7 +137,7 @@ pub async fn import_users<R: AsyncRead + Unpin>(
         bytes: usize::MAX,
         weigh: |_: &ImportUser| 0,
     };
-    let write = async |batch: &[ImportUser], summary: &mut ImportSummary| {
+    let write = async |batch: &[ImportUser], summary: &mut ImportSummary| -> Result<(), Stop> {
         for outcome in store.import(batch, override_existing).await? {
             match outcome {
                 ImportOutcome::Created => summary.created += 1,
@@ -161,6 +163,19 @@ impl Tally for ImportSummary {
     }
 }
 
+/// Why the write of a batch stopped an import: the error, and the position in the batch of
+/// the item that stopped it, when the store says which.
+pub(super) struct Stop {
+    pub(super) error: Error,
+    pub(super) at: Option<usize>,
+}
+
+impl From<Error> for Stop {
+    fn from(error: Error) -> Stop {
+        Stop { error, at: None }
+    }
+}
+
 /// When a batch is written: at `items` items, or once their `weigh`t reaches `bytes`.
 pub(super) struct Batches<W> {
     pub(super) items: usize,
@@ -170,21 +185,24 @@ pub(super) struct Batches<W> {
 
 /// The one way an import goes, whatever it imports: `input`'s lines (each at most `max_line`
 /// bytes) parsed with `parse`, bad lines passed to `events` and counted, the rest written a
-/// batch at a time with `write`, which adds to the summary what the store did (once the store
-/// call succeeded: a failed write must leave the summary as it was). A line counts
+/// batch at a time with `write`, which adds to the summary what the store did (only that: a
+/// failed write adds what the store says it wrote all the same, if anything). A line counts
 /// (in `lines` and `rejected`) once every line before it is committed; a store fault stops the
-/// import with an error naming the first line not committed, beside the summary of what was.
+/// import with an error naming the line that stopped it (see [`ImportError::error`]), beside
+/// the summary of what was.
 pub(super) async fn import_lines<R: AsyncRead + Unpin, T, S: Tally>(
     input: R,
     max_line: usize,
     parse: impl Fn(&[u8]) -> Result<T>,
     batches: Batches<impl Fn(&T) -> usize>,
-    mut write: impl AsyncFnMut(&[T], &mut S) -> Result<()>,
+    mut write: impl AsyncFnMut(&[T], &mut S) -> Result<(), Stop>,
     mut events: impl FnMut(ImportEvent<'_>),
 ) -> Result<S, ImportError<S>> {
     let mut reader = LineReader::new(input, 1 << 16, max_line);
     let mut summary = S::default();
     let mut batch = Vec::with_capacity(batches.items.min(1024));
+    // The line number of each item of the batch.
+    let mut numbers = Vec::with_capacity(batches.items.min(1024));
     let mut batch_bytes = 0;
     // Lines rejected since the last commit: they count once the lines before them are in.
     let mut rejected = 0;
@@ -208,6 +226,7 @@ pub(super) async fn import_lines<R: AsyncRead + Unpin, T, S: Tally>(
                 Some(Ok(item)) => {
                     batch_bytes += (batches.weigh)(&item);
                     batch.push(item);
+                    numbers.push(number);
                 }
                 Some(Err(error)) => {
                     rejected += 1;
@@ -221,13 +240,23 @@ pub(super) async fn import_lines<R: AsyncRead + Unpin, T, S: Tally>(
         }
         let full = batch.len() >= batches.items || batch_bytes >= batches.bytes;
         if full || (done && !batch.is_empty()) {
-            if let Err(e) = write(&batch, &mut summary).await {
+            if let Err(stop) = write(&batch, &mut summary).await {
+                let first = committed + 1;
+                let line = stop.at.and_then(|at| numbers.get(at).copied());
+                let context = match line {
+                    Some(line) if line != first => format!(
+                        "import stopped at line {line}, of the batch from line {first} to {}",
+                        numbers.last().copied().unwrap_or(line)
+                    ),
+                    _ => format!("import stopped at line {first}"),
+                };
                 return Err(ImportError {
-                    error: e.context(format!("import stopped at line {}", committed + 1)),
+                    error: stop.error.context(context),
                     committed: summary,
                 });
             }
             batch.clear();
+            numbers.clear();
             batch_bytes = 0;
             events(ImportEvent::Progress {
                 lines: reader.number(),
