@@ -669,6 +669,79 @@ fn leftovers_of_an_interrupted_creation_are_started_afresh() {
     assert_eq!(std::fs::read_to_string(&db).unwrap(), "my notes\n");
 }
 
+/// A store started afresh keeps its file's permissions; one named through a symbolic link is
+/// made where the link points, the link kept; a path that is not a regular file (a FIFO, on
+/// which an open would wait for ever, or a directory) is refused at once.
+#[test]
+fn a_store_path_is_a_regular_file_kept_as_it_is() {
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+    let dir = tempfile::tempdir().unwrap();
+    let private = dir.path().join("private.db");
+    std::fs::write(&private, "").unwrap();
+    std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let out = enrich(
+        dir.path(),
+        &["--store", "file:private.db", "users", "add", "a"],
+        "",
+    );
+    printed_user(&out, "a", "{}");
+    let mode = std::fs::metadata(&private).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "{mode:o}");
+
+    std::fs::write(dir.path().join("target.db"), "").unwrap();
+    std::os::unix::fs::symlink("target.db", dir.path().join("link.db")).unwrap();
+    let out = enrich(
+        dir.path(),
+        &["--store", "file:link.db", "users", "add", "a"],
+        "",
+    );
+    printed_user(&out, "a", "{}");
+    let link = std::fs::symlink_metadata(dir.path().join("link.db")).unwrap();
+    assert!(link.file_type().is_symlink());
+    let out = enrich(
+        dir.path(),
+        &["--store", "file:target.db", "users", "get", "a"],
+        "",
+    );
+    printed_user(&out, "a", "{}");
+
+    let fifo = std::process::Command::new("mkfifo")
+        .arg(dir.path().join("fifo.db"))
+        .status()
+        .unwrap();
+    assert!(fifo.success());
+    std::fs::create_dir(dir.path().join("dir.db")).unwrap();
+    for (path, what) in [("fifo.db", "a device, a FIFO"), ("dir.db", "a directory")] {
+        let store = format!("file:{path}");
+        for args in [
+            &["--store", &store, "users", "get", "a"][..],
+            &["--store", &store, "users", "add", "a"],
+        ] {
+            let mut child = support::enrich_command(dir.path())
+                .args(args)
+                .stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap();
+            let errors = support::drain(child.stderr.take());
+            let status = support::exit_within(&mut child, Duration::from_secs(30), path);
+            let errors = String::from_utf8(errors.join().unwrap()).unwrap();
+            assert_eq!(status.code(), Some(2), "{args:?}: {errors}");
+            assert!(
+                errors.contains("is not a regular file: it is") && errors.contains(what),
+                "{args:?}: {errors}"
+            );
+        }
+    }
+    assert!(
+        std::fs::symlink_metadata(dir.path().join("fifo.db"))
+            .unwrap()
+            .file_type()
+            .is_fifo()
+    );
+}
+
 /// A tmpfs of `size` at `dir`, if this process may mount one (root); unmounted when dropped.
 struct SmallDisk(std::path::PathBuf);
 

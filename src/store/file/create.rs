@@ -15,7 +15,7 @@
 
 use std::fs::File;
 use std::io::{self, Read};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use redb::{ConcurrencyMode, Database, DatabaseError, StorageError};
 
@@ -36,6 +36,7 @@ fn builder() -> redb::Builder {
 /// Opens the database at `path`, creating or restarting it first where that is allowed; it
 /// holds at most `cache` bytes of its pages in memory.
 pub(super) fn open_or_create(path: &Path, create: bool, cache: usize) -> Result<Database> {
+    let path = &resolve(path)?;
     // Each turn either opens, fails, or changes what is at `path` for the next; other
     // processes may change it too, but not forever.
     for _ in 0..4 {
@@ -82,6 +83,32 @@ pub(super) fn open_or_create(path: &Path, create: bool, cache: usize) -> Result<
             path.display()
         ),
     ))
+}
+
+/// The file `path` names: a symbolic link is followed to its target, so that a store reached
+/// through one is opened, or started afresh, where it is (never replaced by a file of the
+/// link's name). Anything but a regular file is refused: redb would wait for ever on a FIFO,
+/// and starting an empty device afresh would replace the device node.
+fn resolve(path: &Path) -> Result<PathBuf> {
+    let not_regular = |what: &str| {
+        Err(Error::invalid(format!(
+            "file store {} is not a regular file: it is {what}",
+            path.display()
+        )))
+    };
+    match std::fs::metadata(path) {
+        Ok(meta) if meta.is_file() => {}
+        Ok(meta) if meta.is_dir() => return not_regular("a directory"),
+        Ok(_) => return not_regular("a device, a FIFO or a socket"),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(path.to_path_buf()),
+        Err(e) => return Err(io_error(path, "cannot read", e)),
+    }
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.file_type().is_symlink() => {
+            std::fs::canonicalize(path).map_err(|e| io_error(path, "cannot read", e))
+        }
+        _ => Ok(path.to_path_buf()),
+    }
 }
 
 fn not_a_database(err: &DatabaseError) -> bool {
@@ -174,6 +201,12 @@ fn create_aside(path: &Path, replace: bool) -> Result<()> {
         .open(temp.path())
         .map_err(|e| database_error(path, "cannot create", e))?;
     drop(db);
+    if replace {
+        // The file started afresh keeps its owner and permissions (a private store stays so).
+        if let Ok(old) = std::fs::metadata(path) {
+            keep_access(temp.as_file(), &old);
+        }
+    }
     temp.as_file()
         .sync_all()
         .map_err(|e| io_error(path, "cannot create", e))?;
@@ -192,6 +225,21 @@ fn create_aside(path: &Path, replace: bool) -> Result<()> {
         let _ = dir.sync_all();
     }
     Ok(())
+}
+
+/// Gives `file` the owner and permissions of `old`, as far as this process may (only root
+/// may give a file to another user).
+#[cfg(unix)]
+fn keep_access(file: &File, old: &std::fs::Metadata) {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    // The owner first: a change of owner clears the set-id bits.
+    let _ = std::os::unix::fs::fchown(file, Some(old.uid()), Some(old.gid()));
+    let _ = file.set_permissions(std::fs::Permissions::from_mode(old.mode() & 0o7777));
+}
+
+#[cfg(not(unix))]
+fn keep_access(file: &File, old: &std::fs::Metadata) {
+    let _ = file.set_permissions(old.permissions());
 }
 
 /// Removes the temp files of creations whose process is gone (killed mid-way).
