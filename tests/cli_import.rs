@@ -1,5 +1,5 @@
-//! Imports stopped by the store, against a real `redis-server` that runs out of memory: what
-//! was committed is reported before the error, and matches what the store holds.
+//! Imports stopped by the store, against a real `redis-server` that runs out of memory, or by
+//! a signal: what was committed is reported, and matches what the store holds.
 
 mod support;
 
@@ -95,4 +95,63 @@ fn a_run_whose_users_import_is_stopped_reports_what_it_committed() {
     );
     assert!(err.contains("error: import stopped at line"), "{err}");
     assert!(!dir.path().join("out.ndjson").exists());
+}
+
+/// True once process `pid` catches signal `number` (its bit in `SigCgt` of its status).
+fn catches(pid: u32, number: u32) -> bool {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    (status.lines())
+        .find_map(|line| line.strip_prefix("SigCgt:"))
+        .and_then(|mask| u64::from_str_radix(mask.trim(), 16).ok())
+        .is_some_and(|mask| mask & (1 << (number - 1)) != 0)
+}
+
+/// SIGINT or SIGTERM in the middle of an import: the lines it read are committed, the summary
+/// says it was interrupted and how many lines are in, the store holds exactly those, and the
+/// exit code is 130 or 143.
+#[test]
+fn a_signal_stops_an_import_with_what_it_read_committed() {
+    use std::time::Duration;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("users.ndjson"), users(200_000)).unwrap();
+    for (signal, number, code) in [("-INT", 2, 130), ("-TERM", 15, 143)] {
+        let store = format!("file:{}.db", &signal[1..]);
+        let mut child = support::enrich_command(dir.path())
+            .args(["--store", &store, "users", "import", "users.ndjson"])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let errors = support::drain(child.stderr.take());
+        while !catches(child.id(), number) {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        let sent = std::process::Command::new("kill")
+            .args([signal, &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(sent.success());
+        let status = support::exit_within(&mut child, Duration::from_secs(60), signal);
+        let errors = text(&errors.join().unwrap());
+        assert_eq!(status.code(), Some(code), "{errors}");
+        let said = format!("interrupted by SIG{}: imported: ", &signal[1..]);
+        let rest = (errors.split(&said).nth(1)).unwrap_or_else(|| panic!("{signal}: {errors}"));
+        let created: u64 = rest.split(' ').next().unwrap().parse().unwrap();
+        assert!(
+            rest.contains(&format!("of {created} lines")),
+            "{signal}: {errors}"
+        );
+        assert!(created < 200_000, "{signal}: not interrupted: {errors}");
+        for (id, there) in [(created.checked_sub(1), true), (Some(created), false)] {
+            let Some(id) = id else { continue };
+            let out = run(
+                dir.path(),
+                &["--store", &store, "users", "get", &format!("u{id}")],
+                "",
+            );
+            assert_eq!(out.status.success(), there, "{signal} u{id}: {errors}");
+        }
+    }
 }

@@ -9,7 +9,8 @@ use serde_json::Value;
 use tokio::io::AsyncRead;
 
 use super::ImportEvent;
-use super::import::{Batches, Stop, Tally, import_lines, kept_time};
+use super::Stop;
+use super::import::{BatchFailure, Batches, Tally, import_lines, interrupted, kept_time};
 use crate::collection::{EntryKey, MAX_BATCH_ENTRIES, NewEntry, generate_id};
 use crate::error::{Error, Result};
 use crate::store::{ImportEntry, UserStore};
@@ -64,10 +65,14 @@ pub struct EntryImportSummary {
     pub written: u64,
     /// Lines refused.
     pub rejected: u64,
+    /// Set when a stop ended the import before its input did: every line up to `lines` is
+    /// committed or rejected, and nothing after it was read into a batch.
+    pub interrupted: Option<Stop>,
 }
 
 impl std::fmt::Display for EntryImportSummary {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        interrupted(f, self.interrupted)?;
         write!(
             f,
             "imported: {} entries written, {} rejected, of {} lines",
@@ -89,6 +94,18 @@ pub async fn import_entries<R: AsyncRead + Unpin>(
     input: R,
     events: impl FnMut(ImportEvent<'_>),
 ) -> Result<EntryImportSummary, EntryImportError> {
+    import_entries_until(store, input, events, std::future::pending()).await
+}
+
+/// [`import_entries`] until `stop` comes (SIGINT or SIGTERM in the binary): then the whole
+/// lines read so far are committed, nothing more is read, and the summary says it was
+/// [`interrupted`](EntryImportSummary::interrupted).
+pub async fn import_entries_until<R: AsyncRead + Unpin>(
+    store: &dyn UserStore,
+    input: R,
+    events: impl FnMut(ImportEvent<'_>),
+    stop: impl Future<Output = Stop>,
+) -> Result<EntryImportSummary, EntryImportError> {
     let batches = Batches {
         items: MAX_BATCH_ENTRIES,
         bytes: BATCH_BYTES,
@@ -103,20 +120,33 @@ pub async fn import_entries<R: AsyncRead + Unpin>(
             Err(stopped) => {
                 // Only a Redis Cluster writes part of a batch: the slots it could.
                 summary.written += stopped.written;
-                Err(Stop {
+                Err(BatchFailure {
                     error: stopped.error,
                     at: stopped.at,
                 })
             }
         }
     };
-    import_lines(input, MAX_LINE, parse_entry_line, batches, write, events).await
+    import_lines(
+        input,
+        MAX_LINE,
+        parse_entry_line,
+        batches,
+        write,
+        events,
+        stop,
+    )
+    .await
 }
 
 impl Tally for EntryImportSummary {
     fn settle(&mut self, lines: u64, rejected: u64) {
         self.lines = lines;
         self.rejected += rejected;
+    }
+
+    fn interrupt(&mut self, stop: Stop) {
+        self.interrupted = Some(stop);
     }
 }
 

@@ -6,6 +6,7 @@ use serde::Deserialize;
 use serde_json::Value;
 use tokio::io::AsyncRead;
 
+use super::Stop;
 use super::lines::{Line, LineReader, is_blank};
 use crate::error::{Error, Result};
 use crate::store::{ImportOutcome, ImportUser, UserStore};
@@ -62,10 +63,14 @@ pub struct ImportSummary {
     pub overridden: u64,
     /// Lines refused.
     pub rejected: u64,
+    /// Set when a stop ended the import before its input did: every line up to `lines` is
+    /// committed or rejected, and nothing after it was read into a batch.
+    pub interrupted: Option<Stop>,
 }
 
 impl std::fmt::Display for ImportSummary {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        interrupted(f, self.interrupted)?;
         write!(
             f,
             "imported: {} created, {} existing skipped, {} overridden, {} rejected, of {} lines",
@@ -132,28 +137,54 @@ pub async fn import_users<R: AsyncRead + Unpin>(
     override_existing: bool,
     events: impl FnMut(ImportEvent<'_>),
 ) -> Result<ImportSummary, ImportError> {
+    let never = std::future::pending();
+    import_users_until(store, input, override_existing, events, never).await
+}
+
+/// [`import_users`] until `stop` comes (SIGINT or SIGTERM in the binary): then the whole lines
+/// read so far are committed, nothing more is read, and the summary says it was
+/// [`interrupted`](ImportSummary::interrupted).
+pub async fn import_users_until<R: AsyncRead + Unpin>(
+    store: &dyn UserStore,
+    input: R,
+    override_existing: bool,
+    events: impl FnMut(ImportEvent<'_>),
+    stop: impl Future<Output = Stop>,
+) -> Result<ImportSummary, ImportError> {
     let batches = Batches {
         items: IMPORT_BATCH,
         bytes: usize::MAX,
         weigh: |_: &ImportUser| 0,
     };
-    let write = async |batch: &[ImportUser], summary: &mut ImportSummary| -> Result<(), Stop> {
-        for outcome in store.import(batch, override_existing).await? {
-            match outcome {
-                ImportOutcome::Created => summary.created += 1,
-                ImportOutcome::Skipped => summary.skipped += 1,
-                ImportOutcome::Overridden => summary.overridden += 1,
+    let write =
+        async |batch: &[ImportUser], summary: &mut ImportSummary| -> Result<(), BatchFailure> {
+            for outcome in store.import(batch, override_existing).await? {
+                match outcome {
+                    ImportOutcome::Created => summary.created += 1,
+                    ImportOutcome::Skipped => summary.skipped += 1,
+                    ImportOutcome::Overridden => summary.overridden += 1,
+                }
             }
-        }
-        Ok(())
-    };
-    import_lines(input, MAX_LINE, parse_import_line, batches, write, events).await
+            Ok(())
+        };
+    import_lines(
+        input,
+        MAX_LINE,
+        parse_import_line,
+        batches,
+        write,
+        events,
+        stop,
+    )
+    .await
 }
 
 /// The summary of an import: the lines dealt with and refused, beside what its batches wrote.
 pub(super) trait Tally: Clone + Default {
     /// Every line up to `lines` is committed or rejected, `rejected` more of them refused.
     fn settle(&mut self, lines: u64, rejected: u64);
+    /// A stop ended the import.
+    fn interrupt(&mut self, stop: Stop);
 }
 
 impl Tally for ImportSummary {
@@ -161,18 +192,30 @@ impl Tally for ImportSummary {
         self.lines = lines;
         self.rejected += rejected;
     }
+
+    fn interrupt(&mut self, stop: Stop) {
+        self.interrupted = Some(stop);
+    }
+}
+
+/// `interrupted by SIGINT: ` before an import's summary, as a run's says it.
+pub(super) fn interrupted(f: &mut std::fmt::Formatter<'_>, stop: Option<Stop>) -> std::fmt::Result {
+    match stop {
+        Some(stop) => write!(f, "interrupted by {}: ", stop.signal_name()),
+        None => Ok(()),
+    }
 }
 
 /// Why the write of a batch stopped an import: the error, and the position in the batch of
 /// the item that stopped it, when the store says which.
-pub(super) struct Stop {
+pub(super) struct BatchFailure {
     pub(super) error: Error,
     pub(super) at: Option<usize>,
 }
 
-impl From<Error> for Stop {
-    fn from(error: Error) -> Stop {
-        Stop { error, at: None }
+impl From<Error> for BatchFailure {
+    fn from(error: Error) -> BatchFailure {
+        BatchFailure { error, at: None }
     }
 }
 
@@ -195,9 +238,12 @@ pub(super) async fn import_lines<R: AsyncRead + Unpin, T, S: Tally>(
     max_line: usize,
     parse: impl Fn(&[u8]) -> Result<T>,
     batches: Batches<impl Fn(&T) -> usize>,
-    mut write: impl AsyncFnMut(&[T], &mut S) -> Result<(), Stop>,
+    mut write: impl AsyncFnMut(&[T], &mut S) -> Result<(), BatchFailure>,
     mut events: impl FnMut(ImportEvent<'_>),
+    stop: impl Future<Output = Stop>,
 ) -> Result<S, ImportError<S>> {
+    let mut stop = std::pin::pin!(stop);
+    let mut stopped = None;
     let mut reader = LineReader::new(input, 1 << 16, max_line);
     let mut summary = S::default();
     let mut batch = Vec::with_capacity(batches.items.min(1024));
@@ -209,10 +255,28 @@ pub(super) async fn import_lines<R: AsyncRead + Unpin, T, S: Tally>(
     // Every line up to this one is committed or rejected.
     let mut committed = 0;
     loop {
-        let next = reader.next_line().await.map_err(|error| ImportError {
-            committed: summary.clone(),
-            error,
-        })?;
+        // A stop ends the reading: the whole lines already read are still taken, then
+        // committed below as at the input's end. A line in the middle of being read when the
+        // stop comes is not one of them (the reader waits for input only with nothing
+        // buffered, so what it had of that line is all it lent).
+        let read = |next: Result<_>| {
+            next.map_err(|error| ImportError {
+                committed: summary.clone(),
+                error,
+            })
+        };
+        let next = match stopped {
+            Some(_) if reader.has_buffered_line() => read(reader.next_line().await)?,
+            Some(_) => None,
+            None => tokio::select! {
+                biased;
+                signal = &mut stop => {
+                    stopped = Some(signal);
+                    continue;
+                }
+                next = reader.next_line() => read(next)?,
+            },
+        };
         let done = next.is_none();
         if let Some((number, line)) = next {
             let parsed = match line {
@@ -267,6 +331,9 @@ pub(super) async fn import_lines<R: AsyncRead + Unpin, T, S: Tally>(
             summary.settle(committed, std::mem::take(&mut rejected));
         }
         if done {
+            if let Some(stop) = stopped {
+                summary.interrupt(stop);
+            }
             return Ok(summary);
         }
     }

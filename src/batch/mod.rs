@@ -63,10 +63,13 @@ use crate::error::Error;
 use crate::shape::Depth;
 use crate::stats::EnrichStats;
 
-pub use self::entries::{EntryImportError, EntryImportSummary, import_entries, parse_entry_line};
+pub use self::entries::{
+    EntryImportError, EntryImportSummary, import_entries, import_entries_until, parse_entry_line,
+};
 pub use self::files::{FileId, check_outputs};
 pub use self::import::{
-    IMPORT_BATCH, ImportError, ImportEvent, ImportSummary, import_users, parse_import_line,
+    IMPORT_BATCH, ImportError, ImportEvent, ImportSummary, import_users, import_users_until,
+    parse_import_line,
 };
 pub use self::lines::{Line, LineReader, LineRef, is_blank};
 pub use self::run::run;

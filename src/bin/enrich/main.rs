@@ -21,7 +21,7 @@ mod args;
 mod commands;
 mod logging;
 use commands::{RunArgs, StoreSpec};
-use enrich::batch::RunOptions;
+use enrich::batch::{RunOptions, Stop};
 use enrich::bench::Workload;
 use enrich::{CacheConfig, Depth, Error, StoreOptions};
 
@@ -102,6 +102,7 @@ async fn run_command(cli: Cli) {
                         print_out(&report.to_string())
                     }
                 })
+                .map(|()| 0)
         }
         Command::Run {
             files,
@@ -142,14 +143,13 @@ async fn run_command(cli: Cli) {
                     // Stopped before the end: always said, like an error.
                     Some(stop) => {
                         tell!("{summary}");
-                        drop(logging);
-                        std::process::exit(i32::from(stop.exit_code()));
+                        Ok(stop.exit_code())
                     }
                     None => {
                         if !quiet {
                             tell!("{summary}");
                         }
-                        Ok(())
+                        Ok(0)
                     }
                 },
                 Err(failed) => {
@@ -174,13 +174,13 @@ async fn run_command(cli: Cli) {
                     api_secret,
                     limits,
                 };
-                commands::serve(&spec, args).await
+                commands::serve(&spec, args).await.map(|()| 0)
             }
             Err(err) => Err(err),
         },
     };
     let code = match result {
-        Ok(()) => 0,
+        Ok(code) => code,
         Err(err) => fail(&err),
     };
     // Exit now rather than wait for a read of standard input that may never return, once the
@@ -189,7 +189,8 @@ async fn run_command(cli: Cli) {
     std::process::exit(i32::from(code))
 }
 
-async fn run_users(spec: &StoreSpec, command: Users) -> Result<(), Error> {
+/// A users command; `Ok`: its exit code.
+async fn run_users(spec: &StoreSpec, command: Users) -> Result<u8, Error> {
     let line = match command {
         Users::Add {
             id,
@@ -209,13 +210,14 @@ async fn run_users(spec: &StoreSpec, command: Users) -> Result<(), Error> {
             override_existing,
         } => {
             let summary = commands::users_import(spec, file.as_deref(), override_existing).await?;
-            return imported(&summary, summary.rejected);
+            return imported(&summary, summary.rejected, summary.interrupted);
         }
     };
-    print_line(&line)
+    print_line(&line).map(|()| 0)
 }
 
-async fn run_collections(spec: &StoreSpec, command: Collections) -> Result<(), Error> {
+/// A collections command; `Ok`: its exit code.
+async fn run_collections(spec: &StoreSpec, command: Collections) -> Result<u8, Error> {
     let line = match command {
         Collections::Add { name, id, data } => {
             commands::entries_add(spec, &name, id.as_deref(), &data)
@@ -232,19 +234,28 @@ async fn run_collections(spec: &StoreSpec, command: Collections) -> Result<(), E
         }
         Collections::Import { file } => {
             let summary = commands::entries_import(spec, file.as_deref()).await?;
-            return imported(&summary, summary.rejected);
+            return imported(&summary, summary.rejected, summary.interrupted);
         }
     };
-    print_line(&line)
+    print_line(&line).map(|()| 0)
 }
 
-/// An import's end: its summary on stderr; an error if any line was rejected.
-fn imported(summary: &impl std::fmt::Display, rejected: u64) -> Result<(), Error> {
+/// An import's end: its summary on stderr, and the exit code: that of a process stopped by
+/// the signal if one ended it (once what was read is committed), an error if any line was
+/// rejected.
+fn imported(
+    summary: &impl std::fmt::Display,
+    rejected: u64,
+    interrupted: Option<Stop>,
+) -> Result<u8, Error> {
     tell!("{summary}");
+    if let Some(stop) = interrupted {
+        return Ok(stop.exit_code());
+    }
     if rejected > 0 {
         return Err(Error::invalid(format!("{rejected} line(s) rejected")));
     }
-    Ok(())
+    Ok(0)
 }
 
 fn print_line(line: &str) -> Result<(), Error> {

@@ -2,12 +2,12 @@
 
 use std::path::Path;
 
-use enrich::batch::{EntryImportSummary, import_entries};
+use enrich::batch::{EntryImportSummary, ImportEvent, import_entries_until};
 use enrich::collection::{EntryJson, EntryKey, NewEntry, generate_id};
 use enrich::error::Result;
 
 use super::progress::ImportProgress;
-use super::{StoreSpec, open_input, read_data};
+use super::{StoreSpec, first_stop, open_input, read_data};
 
 /// `collections add`: creates an entry, with a generated id if none is given.
 pub(crate) async fn entries_add(
@@ -58,11 +58,11 @@ pub(crate) async fn entries_import(
     let store = spec.open().await?;
     let name = file.map_or("-".into(), |f| f.display().to_string());
     let (display, input) = ImportProgress::start("entries", file, input);
-    let imported = import_entries(&*store, input, |event| {
+    let events = |event: ImportEvent<'_>| {
         display.event(event, |line, error| {
             format!("error: {name}:{line}: {error}")
         })
-    })
-    .await;
+    };
+    let imported = import_entries_until(&*store, input, events, first_stop()).await;
     display.finish(imported.map_err(|stopped| (stopped.committed, stopped.error)))
 }

@@ -17,9 +17,11 @@ mod users;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use futures::{Stream, StreamExt};
 use serde_json::Value;
 use tokio::io::{AsyncRead, AsyncReadExt};
 
+use enrich::batch::Stop;
 use enrich::error::{Error, ErrorKind, Result};
 use enrich::retry::Backoff;
 use enrich::store::{self, SharedStore, StoreOptions};
@@ -203,4 +205,43 @@ pub(crate) async fn open_file(path: &Path) -> Result<(tokio::fs::File, std::fs::
         )));
     }
     Ok((file, metadata))
+}
+
+/// SIGINT and SIGTERM, as they arrive, from now on: the process no longer dies of them.
+pub(super) fn stop_signals() -> impl Stream<Item = Stop> + Unpin + Send {
+    let (sender, receiver) = tokio::sync::mpsc::unbounded_channel();
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        for (kind, stop) in [
+            (SignalKind::interrupt(), Stop::Interrupt),
+            (SignalKind::terminate(), Stop::Terminate),
+        ] {
+            if let Ok(mut signal) = signal(kind) {
+                let sender = sender.clone();
+                tokio::spawn(async move {
+                    while signal.recv().await.is_some() && sender.send(stop).is_ok() {}
+                });
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let sender = sender.clone();
+        tokio::spawn(async move {
+            while tokio::signal::ctrl_c().await.is_ok() && sender.send(Stop::Interrupt).is_ok() {}
+        });
+    }
+    drop(sender);
+    Box::pin(futures::stream::unfold(receiver, |mut receiver| async {
+        receiver.recv().await.map(|stop| (stop, receiver))
+    }))
+}
+
+/// The first SIGINT or SIGTERM from when it is first polled: what stops an import.
+pub(super) async fn first_stop() -> Stop {
+    match stop_signals().next().await {
+        Some(stop) => stop,
+        None => std::future::pending().await,
+    }
 }

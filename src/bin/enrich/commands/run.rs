@@ -4,15 +4,15 @@ use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use futures::{Stream, StreamExt};
+use futures::StreamExt;
 
 use enrich::Enricher;
-use enrich::batch::{self, RunError, RunOptions, RunSummary, Stop};
+use enrich::batch::{self, RunError, RunOptions, RunSummary};
 use enrich::batch::{ImportEvent, import_entries, import_users};
 use enrich::error::{Error, ErrorKind, Result};
 
 use super::progress::{Progress, input_size};
-use super::{StoreSpec, create_output, open_file, open_input, open_with_retry};
+use super::{StoreSpec, create_output, open_file, open_input, open_with_retry, stop_signals};
 
 /// What `enrich run` was asked to do.
 #[derive(Debug, Clone, Default)]
@@ -231,35 +231,4 @@ impl<'a> BeforeRun<'a> {
         }
         Ok(())
     }
-}
-
-/// SIGINT and SIGTERM, as they arrive, from now on: the process no longer dies of them.
-fn stop_signals() -> impl Stream<Item = Stop> + Unpin + Send {
-    let (sender, receiver) = tokio::sync::mpsc::unbounded_channel();
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        for (kind, stop) in [
-            (SignalKind::interrupt(), Stop::Interrupt),
-            (SignalKind::terminate(), Stop::Terminate),
-        ] {
-            if let Ok(mut signal) = signal(kind) {
-                let sender = sender.clone();
-                tokio::spawn(async move {
-                    while signal.recv().await.is_some() && sender.send(stop).is_ok() {}
-                });
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let sender = sender.clone();
-        tokio::spawn(async move {
-            while tokio::signal::ctrl_c().await.is_ok() && sender.send(Stop::Interrupt).is_ok() {}
-        });
-    }
-    drop(sender);
-    Box::pin(futures::stream::unfold(receiver, |mut receiver| async {
-        receiver.recv().await.map(|stop| (stop, receiver))
-    }))
 }

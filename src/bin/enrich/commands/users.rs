@@ -2,12 +2,12 @@
 
 use std::path::Path;
 
-use enrich::batch::{ImportSummary, import_users};
+use enrich::batch::{ImportEvent, ImportSummary, import_users_until};
 use enrich::error::Result;
 use enrich::user::{NewUser, UserId, UserJson};
 
 use super::progress::ImportProgress;
-use super::{StoreSpec, open_input, read_data};
+use super::{StoreSpec, first_stop, open_input, read_data};
 
 /// `users add`: creates a user, or with `get_or_create` returns the existing one.
 pub(crate) async fn users_add(
@@ -54,9 +54,10 @@ pub(crate) async fn users_import(
     let input = open_input(file).await?;
     let store = spec.open().await?;
     let (display, input) = ImportProgress::start("users", file, input);
-    let imported = import_users(&*store, input, override_existing, |event| {
+    let events = |event: ImportEvent<'_>| {
         display.event(event, |line, error| format!("error: line {line}: {error}"))
-    })
-    .await;
+    };
+    let imported =
+        import_users_until(&*store, input, override_existing, events, first_stop()).await;
     display.finish(imported.map_err(|stopped| (stopped.committed, stopped.error)))
 }
