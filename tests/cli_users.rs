@@ -253,6 +253,27 @@ fn the_file_size_limit_is_a_full_store() {
     assert_eq!(code(&out), 0, "{}", stderr(&out));
 }
 
+/// An open-file limit too low for the runtime is said, not a panic (tokio's, at 6 or 7).
+#[test]
+fn too_few_open_files_is_said_not_a_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    for limit in [6, 7] {
+        let mut command = std::process::Command::new("sh");
+        command.current_dir(dir.path()).arg("-c").arg(format!(
+            "ulimit -n {limit}; exec {} --store memory: users get a",
+            env!("CARGO_BIN_EXE_enrich")
+        ));
+        support::without_settings(&mut command);
+        let out = command.output().unwrap();
+        assert_eq!(code(&out), 1, "{limit}: {}", stderr(&out));
+        assert!(
+            stderr(&out).contains(&format!("the open-file limit (ulimit -n) is {limit}")),
+            "{limit}: {}",
+            stderr(&out)
+        );
+    }
+}
+
 #[test]
 fn unreachable_store_exits_1_and_names_it() {
     let dir = tempfile::tempdir().unwrap();

@@ -30,8 +30,21 @@ use enrich::{CacheConfig, Depth, Error, StoreOptions};
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// The fewest open files a command may be started with: the runtime's own take a few (its
+/// event queue, the signal driver's socket pair), and tokio panics where it cannot make that
+/// pair (`ulimit -n` 6 or 7) rather than say so.
+const MIN_OPEN_FILES: u64 = 16;
+
 fn main() {
     let cli = Cli::parse();
+    let files = rustix::process::getrlimit(rustix::process::Resource::Nofile).current;
+    if let Some(files) = files.filter(|&files| files < MIN_OPEN_FILES) {
+        tell!(
+            "error: the open-file limit (ulimit -n) is {files}; enrich needs at least \
+             {MIN_OPEN_FILES}"
+        );
+        std::process::exit(1);
+    }
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
     runtime.enable_all();
     // `run --threads N`: the job's chunks are tasks, so the runtime's workers are its threads.
