@@ -9,14 +9,11 @@ use serde_json::Value;
 use tokio::io::AsyncRead;
 
 use super::ImportEvent;
-use super::Stop;
-use super::import::{BatchFailure, Batches, Tally, import_lines, interrupted, kept_time};
+use super::import::{BatchFailure, Batches, Tally, import_lines, kept_time};
+use super::{MAX_LINE, Stop, interrupted};
 use crate::collection::{EntryKey, MAX_BATCH_ENTRIES, NewEntry, generate_id};
 use crate::error::{Error, Result};
 use crate::store::{ImportEntry, UserStore};
-
-/// Lines longer than this cannot hold an entry within the size limit and are refused unread.
-const MAX_LINE: usize = 1 << 20;
 
 /// A batch is written once its entries' data reach this many bytes, even if it holds fewer
 /// than [`MAX_BATCH_ENTRIES`]: what one batch holds stays a few MiB whatever the entries' size.

@@ -6,17 +6,14 @@ use serde::Deserialize;
 use serde_json::Value;
 use tokio::io::AsyncRead;
 
-use super::Stop;
 use super::lines::{Line, LineReader, is_blank};
+use super::{MAX_LINE, Stop, interrupted};
 use crate::error::{Error, Result};
 use crate::store::{ImportOutcome, ImportUser, UserStore};
 use crate::user::{NewUser, Timestamp};
 
 /// How many users one store call writes.
 pub const IMPORT_BATCH: usize = 500;
-
-/// Lines longer than this cannot hold a user within the size limit and are refused unread.
-const MAX_LINE: usize = 1 << 20;
 
 /// One line of an import file.
 #[derive(Deserialize)]
@@ -195,14 +192,6 @@ impl Tally for ImportSummary {
 
     fn interrupt(&mut self, stop: Stop) {
         self.interrupted = Some(stop);
-    }
-}
-
-/// `interrupted by SIGINT: ` before an import's summary, as a run's says it.
-pub(super) fn interrupted(f: &mut std::fmt::Formatter<'_>, stop: Option<Stop>) -> std::fmt::Result {
-    match stop {
-        Some(stop) => write!(f, "interrupted by {}: ", stop.signal_name()),
-        None => Ok(()),
     }
 }
 

@@ -271,6 +271,14 @@ impl Stop {
     }
 }
 
+/// `interrupted by SIGINT: ` before a summary (a run's, an import's) that a stop ended.
+fn interrupted(f: &mut std::fmt::Formatter<'_>, stop: Option<Stop>) -> std::fmt::Result {
+    match stop {
+        Some(stop) => write!(f, "interrupted by {}: ", stop.signal_name()),
+        None => Ok(()),
+    }
+}
+
 /// What a run has done so far, for a progress display to read while it runs.
 #[derive(Debug, Clone, Default)]
 pub struct RunProgress {
@@ -361,9 +369,7 @@ impl std::fmt::Display for RunSummary {
         } else {
             0.0
         };
-        if let Some(stop) = self.interrupted {
-            write!(f, "interrupted by {}: ", stop.signal_name())?;
-        }
+        interrupted(f, self.interrupted)?;
         write!(
             f,
             "lines {} (written {}, rejected {}), activities {}, references {}, distinct {}{}, \

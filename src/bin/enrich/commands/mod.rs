@@ -94,10 +94,11 @@ impl StoreSpec {
     }
 }
 
-/// The most DATA read from standard input, as for a line of an import: a user holds at most
-/// 10,240 bytes of compact JSON and an entry 51,200, so this leaves room for any layout and no
-/// more; what goes on is not read.
-const MAX_DATA: u64 = 1 << 20;
+/// The most DATA read from standard input: the longest line an import takes
+/// ([`batch::MAX_LINE`](enrich::batch::MAX_LINE)). A user holds at most 10,240 bytes of compact
+/// JSON and an entry 51,200, so this leaves room for any layout and no more; what goes on is
+/// not read.
+const MAX_DATA: u64 = enrich::batch::MAX_LINE as u64;
 
 /// Reads a DATA argument: JSON object text, or `-` for standard input (at most [`MAX_DATA`]).
 pub(crate) async fn read_data(arg: &str) -> Result<Value> {
