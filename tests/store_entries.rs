@@ -526,8 +526,7 @@ async fn refuses_its_batch_whole(store: &SharedStore, written: u64) {
         assert!(err.to_string().contains("corrupt"), "{err}");
     };
     names_bad(&store.upsert_entries(&batch).await.unwrap_err());
-    names_bad(&store.import_entries(&imports).await.unwrap_err());
-    let stopped = store.import_entry_batch(&imports).await.unwrap_err();
+    let stopped = store.import_entries(&imports).await.unwrap_err();
     names_bad(&stopped.error);
     assert_eq!((stopped.at, stopped.written), (Some(1), written));
     if written == 0 {
@@ -597,7 +596,7 @@ async fn a_corrupt_entry_in_the_file_store_is_an_error_never_missing() {
     }
     // Its batches are one transaction: refused whole, naming the entry that stopped it.
     let stopped = store
-        .import_entry_batch(&[
+        .import_entries(&[
             entry("food", "good3", json!({"v": 1})).into(),
             entry("food", "bad", json!({"v": 1})).into(),
             entry("food", "good4", json!({"v": 1})).into(),

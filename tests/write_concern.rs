@@ -150,7 +150,8 @@ async fn every_write_waits_for_its_replica() {
     unknown(wait, store.add_entry(&entry("e", 1))).await;
     unknown(wait, store.update_entry(&entry("c", 2))).await;
     unknown(wait, store.upsert_entries(&[entry("f", 1)])).await;
-    unknown(wait, store.import_entries(&[entry("g", 1).into()])).await;
+    let import = [entry("g", 1).into()];
+    unknown(wait, async { Ok(store.import_entries(&import).await?) }).await;
     unknown(
         wait,
         store.delete_entry(&EntryKey::new("food", "c").unwrap()),

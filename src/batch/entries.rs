@@ -109,7 +109,7 @@ pub async fn import_entries_until<R: AsyncRead + Unpin>(
         weigh: |entry: &ImportEntry| entry.entry().data_json().len(),
     };
     let write = async |batch: &[ImportEntry], summary: &mut EntryImportSummary| {
-        match store.import_entry_batch(batch).await {
+        match store.import_entries(batch).await {
             Ok(written) => {
                 summary.written += written.len() as u64;
                 Ok(())

@@ -103,19 +103,11 @@ impl UserStore for WriteThrough {
         written
     }
 
-    async fn import_entries(&self, entries: &[ImportEntry]) -> Result<Vec<EntryJson>> {
-        let written = self.store.import_entries(entries).await;
-        for import in entries {
-            self.l1.invalidate(import.entry().key().as_str());
-        }
-        written
-    }
-
-    async fn import_entry_batch(
+    async fn import_entries(
         &self,
         entries: &[ImportEntry],
     ) -> std::result::Result<Vec<EntryJson>, BatchError> {
-        let written = self.store.import_entry_batch(entries).await;
+        let written = self.store.import_entries(entries).await;
         for import in entries {
             self.l1.invalidate(import.entry().key().as_str());
         }

@@ -151,20 +151,12 @@ impl UserStore for Timed {
         result
     }
 
-    async fn import_entries(&self, entries: &[ImportEntry]) -> Result<Vec<EntryJson>> {
-        let started = Instant::now();
-        let result = self.store.import_entries(entries).await;
-        self.metrics
-            .record_store_call("import_entries", started, &result);
-        result
-    }
-
-    async fn import_entry_batch(
+    async fn import_entries(
         &self,
         entries: &[ImportEntry],
     ) -> std::result::Result<Vec<EntryJson>, BatchError> {
         let started = Instant::now();
-        let result = self.store.import_entry_batch(entries).await;
+        let result = self.store.import_entries(entries).await;
         let recorded = result.as_ref().map(|_| ()).map_err(|e| e.error.clone());
         self.metrics
             .record_store_call("import_entries", started, &recorded);

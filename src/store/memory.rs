@@ -5,8 +5,8 @@ use dashmap::DashMap;
 use dashmap::mapref::entry::Entry;
 
 use super::{
-    Added, ImportEntry, ImportOutcome, ImportUser, Stamps, UserSource, UserStore, conflict,
-    entry_conflict, entry_not_found, not_found,
+    Added, BatchError, ImportEntry, ImportOutcome, ImportUser, Stamps, UserSource, UserStore,
+    conflict, entry_conflict, entry_not_found, not_found,
 };
 use crate::collection::{EntryJson, EntryKey, NewEntry, StoredEntry};
 use crate::error::Result;
@@ -201,7 +201,7 @@ impl UserStore for MemoryStore {
         Ok(self.upsert(entries.iter().map(|entry| (entry, Stamps::default()))))
     }
 
-    async fn import_entries(&self, entries: &[ImportEntry]) -> Result<Vec<EntryJson>> {
+    async fn import_entries(&self, entries: &[ImportEntry]) -> Result<Vec<EntryJson>, BatchError> {
         Ok(self.upsert(entries.iter().map(|i| (i.entry(), i.stamps()))))
     }
 

@@ -28,6 +28,7 @@ mod source;
 mod url;
 mod watch;
 
+use std::fmt;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -109,7 +110,7 @@ pub trait UserStore: UserSource {
     /// A batch is refused whole: if a stored record of one of its entries cannot be kept
     /// (corrupt), nothing of the batch is written, on every backend of this crate; on a Redis
     /// Cluster, whose writes cannot span slots, that holds for the entries of each slot (see
-    /// [`UserStore::import_entry_batch`] for what was written all the same).
+    /// [`UserStore::import_entries`] for what was written all the same).
     async fn upsert_entries(&self, entries: &[NewEntry]) -> Result<Vec<EntryJson>> {
         match entries.first() {
             Some(entry) => Err(no_collections(self.describe(), entry.key())),
@@ -121,28 +122,19 @@ pub trait UserStore: UserSource {
     /// [`UserStore::upsert_entries`] does, but stamped with the timestamps each carries (see
     /// [`ImportEntry::new`]): a replaced entry keeps its owner, and its `created_at` unless the
     /// import gives one. Answers the entries as stored. Refused whole as an upsert is.
-    async fn import_entries(&self, entries: &[ImportEntry]) -> Result<Vec<EntryJson>> {
+    ///
+    /// When it fails, the [`BatchError`] says which entry stopped the batch, when the store
+    /// knows it, and how many of the batch were written all the same (none, except on a Redis
+    /// Cluster): what an import reports. `?` turns it into the crate's [`Error`].
+    async fn import_entries(&self, entries: &[ImportEntry]) -> Result<Vec<EntryJson>, BatchError> {
         match entries.first() {
-            Some(import) => Err(no_collections(self.describe(), import.entry().key())),
+            Some(import) => Err(BatchError {
+                error: no_collections(self.describe(), import.entry().key()),
+                at: Some(0),
+                written: 0,
+            }),
             None => Ok(Vec::new()),
         }
-    }
-
-    /// [`UserStore::import_entries`], saying when it fails which entry stopped it and how
-    /// many of the batch were written all the same: what an import reports. The default
-    /// knows neither, and answers the error of [`UserStore::import_entries`] with nothing
-    /// written, as a batch refused whole is.
-    async fn import_entry_batch(
-        &self,
-        entries: &[ImportEntry],
-    ) -> Result<Vec<EntryJson>, BatchError> {
-        self.import_entries(entries)
-            .await
-            .map_err(|error| BatchError {
-                error,
-                at: None,
-                written: 0,
-            })
     }
 
     /// Removes many entries in one round trip; keys that do not exist are skipped. Answers how
@@ -185,7 +177,7 @@ pub(crate) fn entry_conflict(key: &EntryKey) -> Error {
     Error::new(ErrorKind::Conflict, format!("entry {key:?} already exists"))
 }
 
-/// A batch of entry writes that did not all succeed: see [`UserStore::import_entry_batch`].
+/// A batch of entry writes that did not all succeed: see [`UserStore::import_entries`].
 #[derive(Debug, Clone)]
 pub struct BatchError {
     /// Why, naming the entry.
@@ -196,6 +188,26 @@ pub struct BatchError {
     /// written whole or not at all; on a Redis Cluster, those of the slots (or nodes) that
     /// were written.
     pub written: u64,
+}
+
+impl fmt::Display for BatchError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.error, f)
+    }
+}
+
+/// Displayed as its error, whose cause is its cause.
+impl std::error::Error for BatchError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        std::error::Error::source(&self.error)
+    }
+}
+
+impl From<BatchError> for Error {
+    /// The error alone, for callers to whom the batch's position and count do not matter.
+    fn from(stopped: BatchError) -> Error {
+        stopped.error
+    }
 }
 
 /// The entries of a batch written each on its own, `each` in batch order: all of them, or

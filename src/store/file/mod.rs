@@ -338,15 +338,7 @@ impl UserStore for FileStore {
     }
 
     /// One write transaction: all of the batch is written, or none of it.
-    async fn import_entries(&self, batch: &[ImportEntry]) -> Result<Vec<EntryJson>> {
-        self.upsert(batch.to_vec()).await
-    }
-
-    /// One write transaction: all of the batch is written, or none of it.
-    async fn import_entry_batch(
-        &self,
-        batch: &[ImportEntry],
-    ) -> Result<Vec<EntryJson>, BatchError> {
+    async fn import_entries(&self, batch: &[ImportEntry]) -> Result<Vec<EntryJson>, BatchError> {
         self.upsert_at(batch.to_vec()).await
     }
 

@@ -322,15 +322,7 @@ impl UserStore for RedisStore {
     }
 
     /// One script call: the batch is written whole, or not at all.
-    async fn import_entries(&self, batch: &[ImportEntry]) -> Result<Vec<EntryJson>> {
-        let written = self.import_entry_batch(batch).await;
-        written.map_err(|stopped| stopped.error)
-    }
-
-    async fn import_entry_batch(
-        &self,
-        batch: &[ImportEntry],
-    ) -> Result<Vec<EntryJson>, BatchError> {
+    async fn import_entries(&self, batch: &[ImportEntry]) -> Result<Vec<EntryJson>, BatchError> {
         let batch: Vec<_> = batch.iter().map(|i| (i.entry(), i.stamps())).collect();
         let written = (self.write_entries(&batch, Mode::Upsert).await).map_err(|error| {
             // Never sent, or its answer lost: nothing of it is known written.

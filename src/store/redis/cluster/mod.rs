@@ -53,7 +53,7 @@
 //! a batch of entry writes) one pipeline per master, all masters at once. A script may only
 //! touch keys of one slot, so a batch of entry writes, refused whole on one Redis when a stored
 //! record of it cannot be kept, is refused whole per slot here: the other slots' entries are
-//! written, and [`UserStore::import_entry_batch`] says how many. Either way the `WAIT` of the write
+//! written, and [`UserStore::import_entries`] says how many. Either way the `WAIT` of the write
 //! concern ([`super::concern`]) ends the same pipeline, on the same connection as the writes
 //! it confirms. A command the node refuses because the slot moved was not run, and is sent
 //! again alone through the `redis` crate's cluster connection, which follows `MOVED` and
@@ -414,17 +414,9 @@ impl UserStore for ClusterStore {
     }
 
     /// One script call per slot: the entries of each slot are written whole, or not at all.
-    async fn import_entries(&self, batch: &[ImportEntry]) -> Result<Vec<EntryJson>> {
-        let written = self.import_entry_batch(batch).await;
-        written.map_err(|stopped| stopped.error)
-    }
-
     /// The slots refused, or not answered, are counted out of what was written; the others'
     /// entries are written all the same.
-    async fn import_entry_batch(
-        &self,
-        batch: &[ImportEntry],
-    ) -> Result<Vec<EntryJson>, BatchError> {
+    async fn import_entries(&self, batch: &[ImportEntry]) -> Result<Vec<EntryJson>, BatchError> {
         let batch: Vec<_> = batch.iter().map(|i| (i.entry(), i.stamps())).collect();
         let written = self.write_entries(&batch, Mode::Upsert).await;
         batch_written(written.each, written.refused)
