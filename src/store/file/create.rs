@@ -16,9 +16,11 @@
 use std::fs::File;
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use redb::{ConcurrencyMode, Database, DatabaseError, StorageError};
 
+use super::read_only::{Db, Why, needs_repair, unwritable};
 use crate::error::{Error, ErrorKind, Result};
 
 /// redb's header, and nothing else, is written before its magic number.
@@ -27,6 +29,8 @@ const HEADER_SPAN: usize = 4096;
 /// A file larger than this is never taken for an interrupted creation.
 const UNINITIALISED_MAX: u64 = 1 << 20;
 
+/// How every `enrich` process opens a file store, to write or only to read: in redb's
+/// multi-writer mode, so that they share it.
 fn builder() -> redb::Builder {
     let mut builder = Database::builder();
     builder.set_concurrency_mode(ConcurrencyMode::MultiWriter);
@@ -34,14 +38,36 @@ fn builder() -> redb::Builder {
 }
 
 /// Opens the database at `path`, creating or restarting it first where that is allowed; it
-/// holds at most `cache` bytes of its pages in memory.
-pub(super) fn open_or_create(path: &Path, create: bool, cache: usize) -> Result<Database> {
+/// holds at most `cache` bytes of its pages in memory. If the file is there but this process
+/// may not write it, it is opened only to read (see `read_only`), and never restarted.
+pub(super) fn open_or_create(path: &Path, create: bool, cache: usize) -> Result<Db> {
     let path = &resolve(path)?;
-    // Each turn either opens, fails, or changes what is at `path` for the next; other
-    // processes may change it too, but not forever.
+    let mut only_read: Option<Why> = None;
+    // Each turn either opens, fails, or changes what is at `path` (or how it is opened) for
+    // the next; other processes may change it too, but not forever.
     for _ in 0..4 {
-        match builder().set_cache_size(cache).open(path) {
+        let opened = match &only_read {
+            None => builder().set_cache_size(cache).open(path).map(Db::Writable),
+            Some(why) => (builder().set_cache_size(cache).open_read_only(path))
+                .map(|db| Db::ReadOnly(db, why.clone())),
+        };
+        // Nor is a file opened to read created or started afresh: that writes.
+        let create = create && only_read.is_none();
+        match opened {
             Ok(db) => return Ok(db),
+            // Opening to write opens the file read-write, which the file's permissions or its
+            // mount may refuse while they allow reading it.
+            Err(DatabaseError::Storage(StorageError::Io(e)))
+                if only_read.is_none() && unwritable(&e) =>
+            {
+                only_read = Some(Why::Unwritable(Arc::new(e)));
+            }
+            Err(err @ DatabaseError::RepairAborted) => {
+                return Err(match &only_read {
+                    Some(why) => needs_repair(path, why, err),
+                    None => open_error(path, err),
+                });
+            }
             Err(DatabaseError::Storage(StorageError::Io(e)))
                 if e.kind() == io::ErrorKind::NotFound =>
             {

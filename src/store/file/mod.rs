@@ -8,19 +8,22 @@
 //!
 //! Users and collection entries are tables of their own per namespace (`users:{ns}`,
 //! `entries:{ns}`), each keyed by id (`alice`, `food:burger`); see `create` for how the file
-//! comes to exist, and `entries` for the entry writes.
+//! comes to exist, `entries` for the entry writes, and `read_only` for a file this process may
+//! read but not write.
 
 mod create;
 mod entries;
+mod read_only;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{ReadableTable, TableDefinition};
 
 use self::create::{io_kind, open_or_create};
 use self::entries::Mode;
+use self::read_only::Db;
 use super::entries_through_records;
 use super::{
     Added, BatchError, ImportEntry, ImportOutcome, ImportUser, Stamps, StoreOptions, UserSource,
@@ -43,7 +46,7 @@ pub struct FileStore {
 
 #[derive(Debug)]
 struct Inner {
-    db: Database,
+    db: Db,
     path: PathBuf,
     table: String,
     entries: String,
@@ -54,6 +57,10 @@ impl FileStore {
     /// how), unless [`StoreOptions::create_if_missing`] is off, which makes it an
     /// [`ErrorKind::InvalidInput`] naming the path. A file has no replicas: a non-zero
     /// [`StoreOptions::wait_replicas`] is refused.
+    ///
+    /// A file this process may read but not write (its permissions, a read-only mount) is
+    /// opened only to read: every read answers, every write fails with
+    /// [`ErrorKind::PermissionDenied`] naming the file.
     pub async fn open(path: &Path, options: &StoreOptions) -> Result<FileStore> {
         options.without_replicas(&format!("file:{}", path.display()))?;
         // Messages name the file wherever the process runs.
@@ -135,7 +142,8 @@ impl Inner {
         def: TableDefinition<'_, &'static str, &'static [u8]>,
         work: impl FnOnce(&mut Table<'_>) -> Result<T>,
     ) -> Result<T> {
-        let txn = self.db.begin_write().map_err(|e| self.fail(e))?;
+        let db = self.db.writable(&self.path)?;
+        let txn = db.begin_write().map_err(|e| self.fail(e))?;
         let out = {
             let mut table = txn.open_table(def).map_err(|e| self.fail(e))?;
             work(&mut table)?
