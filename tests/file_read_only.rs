@@ -1,10 +1,186 @@
-//! A file store that the process may read but not write (another user's file with mode 0644):
-//! every read answers, every write fails naming the file and why, and the file is left as it
-//! was.
+//! A file store opened only to read: on purpose (`StoreOptions::file_read_only`), and because
+//! the process may read the file but not write it (another user's file with mode 0644). Every
+//! read answers, every write fails naming the file and why, and the file is left as it was.
 
 mod support;
 
-use support::{code, run_enrich as enrich, stderr, stdout};
+use std::path::Path;
+
+use enrich::store::{self, ImportEntry, ImportUser, SharedStore, StoreOptions};
+use enrich::{EntryKey, ErrorKind, NewEntry, NewUser, UserId};
+use serde_json::json;
+use support::{code, run_enrich as enrich, stderr, stdout, temp_db};
+
+fn id(s: &str) -> UserId {
+    UserId::parse(s).unwrap()
+}
+
+fn key(collection: &str, id: &str) -> EntryKey {
+    EntryKey::new(collection, id).unwrap()
+}
+
+fn user(s: &str) -> NewUser {
+    NewUser::new(s, Some(json!({"name": s}))).unwrap()
+}
+
+fn entry(collection: &str, id: &str) -> NewEntry {
+    NewEntry::new(key(collection, id), Some(json!({"n": 1}))).unwrap()
+}
+
+/// A store at `path` holding the user `alice` and the entry `food:burger`.
+async fn written(path: &Path) {
+    let store = store::open(&url(path), &StoreOptions::new()).await.unwrap();
+    store.add(&user("alice"), false).await.unwrap();
+    store.add_entry(&entry("food", "burger")).await.unwrap();
+}
+
+fn url(path: &Path) -> String {
+    format!("file:{}", path.display())
+}
+
+fn read_only() -> StoreOptions {
+    StoreOptions::new().file_read_only(true)
+}
+
+/// Every kind of write `store` takes, each refused naming `path` and saying `why`.
+async fn every_write_is_refused(store: &SharedStore, path: &Path, why: &str) {
+    let import = ImportUser::new(user("bob"), None, None).unwrap();
+    let import_entry = ImportEntry::new(entry("food", "fries"), None, None).unwrap();
+    let refusals = [
+        ("add", store.add(&user("bob"), false).await.map(drop)),
+        (
+            "get_or_create",
+            store.add(&user("alice"), true).await.map(drop),
+        ),
+        ("update", store.update(&user("alice")).await.map(drop)),
+        ("delete", store.delete(&id("alice")).await),
+        ("import", store.import(&[import], true).await.map(drop)),
+        (
+            "add_entry",
+            store.add_entry(&entry("food", "fries")).await.map(drop),
+        ),
+        (
+            "update_entry",
+            store.update_entry(&entry("food", "burger")).await.map(drop),
+        ),
+        (
+            "delete_entry",
+            store.delete_entry(&key("food", "burger")).await,
+        ),
+        (
+            "upsert_entries",
+            store
+                .upsert_entries(&[entry("food", "fries")])
+                .await
+                .map(drop),
+        ),
+        (
+            "import_entries",
+            (store.import_entries(&[import_entry]).await)
+                .map(drop)
+                .map_err(|stopped| stopped.error),
+        ),
+        (
+            "delete_entries",
+            store
+                .delete_entries(&[key("food", "burger")])
+                .await
+                .map(drop),
+        ),
+    ];
+    for (write, result) in refusals {
+        let err = result.expect_err(write);
+        assert_eq!(err.kind(), ErrorKind::PermissionDenied, "{write}: {err}");
+        let said = err.to_string();
+        assert!(
+            said.contains(&path.display().to_string()),
+            "{write}: {said}"
+        );
+        assert!(said.contains("is open read-only"), "{write}: {said}");
+        assert!(said.contains(why), "{write}: {said}");
+    }
+}
+
+/// Reads answer from a store opened read-only, writes are refused, and nothing of the file
+/// changes; a namespace that was never written reads as empty.
+#[tokio::test]
+async fn a_store_opened_read_only_reads_and_refuses_writes() {
+    let (_dir, path) = temp_db();
+    written(&path).await;
+    let before = std::fs::read(&path).unwrap();
+
+    let store = store::open(&url(&path), &read_only()).await.unwrap();
+    assert_eq!(store.describe(), url(&path));
+    let alice = store.get(&id("alice")).await.unwrap();
+    assert!(
+        alice.as_str().contains(r#""name":"alice""#),
+        "{}",
+        alice.as_str()
+    );
+    assert!(store.get(&id("bob")).await.unwrap_err().is_not_found());
+    let burger = store.get_entry(&key("food", "burger")).await.unwrap();
+    assert!(burger.as_str().contains(r#""n":1"#), "{}", burger.as_str());
+    every_write_is_refused(&store, &path, "StoreOptions::file_read_only").await;
+    // What the refused writes would have changed is as it was.
+    assert_eq!(store.get(&id("alice")).await.unwrap(), alice);
+    assert_eq!(
+        store.get_entry(&key("food", "burger")).await.unwrap(),
+        burger
+    );
+
+    // Neither of this namespace's tables exists: reads find nothing, and create nothing.
+    let other = store::open(&url(&path), &read_only().namespace("other"))
+        .await
+        .unwrap();
+    assert!(other.get(&id("alice")).await.unwrap_err().is_not_found());
+    assert_eq!(other.get_many(&[id("alice")]).await.unwrap(), vec![None]);
+    assert!(
+        (other.get_entry(&key("food", "burger")).await)
+            .unwrap_err()
+            .is_not_found()
+    );
+    drop((store, other));
+    assert!(std::fs::read(&path).unwrap() == before, "the file changed");
+}
+
+/// A store opened read-only beside processes that write it shares the file with them (it is
+/// opened in their mode), and each read sees their latest commit.
+#[tokio::test]
+async fn a_read_only_store_follows_a_writer_beside_it() {
+    let (_dir, path) = temp_db();
+    written(&path).await;
+    let writer = store::open(&url(&path), &StoreOptions::new())
+        .await
+        .unwrap();
+    let reader = store::open(&url(&path), &read_only()).await.unwrap();
+    assert!(reader.get(&id("bob")).await.unwrap_err().is_not_found());
+    writer.add(&user("bob"), false).await.unwrap();
+    assert_eq!(
+        reader.get(&id("bob")).await.unwrap(),
+        writer.get(&id("bob")).await.unwrap()
+    );
+    // A writer opened after the reader shares it too.
+    let late = store::open(&url(&path), &StoreOptions::new())
+        .await
+        .unwrap();
+    late.delete(&id("bob")).await.unwrap();
+    assert!(reader.get(&id("bob")).await.unwrap_err().is_not_found());
+}
+
+/// A store opened read-only is never created: a missing file is an error naming the path, as
+/// it is for work that only reads.
+#[tokio::test]
+async fn a_read_only_store_is_never_created() {
+    let (dir, path) = temp_db();
+    let err = store::open(&url(&path), &read_only()).await.unwrap_err();
+    assert!(err.is_invalid_input(), "{err}");
+    assert!(err.to_string().contains("does not exist"), "{err}");
+    assert!(
+        err.to_string().contains(&path.display().to_string()),
+        "{err}"
+    );
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+}
 
 /// The id of the process's user: 0 for root.
 fn euid() -> u32 {

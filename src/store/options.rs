@@ -1,5 +1,5 @@
 //! How a store is opened: its namespace, its time limits, whether a file store may be
-//! created, how many replicas must confirm each write, and which nodes of a Redis Cluster
+//! created or written, how many replicas must confirm each write, and which nodes of a Redis Cluster
 //! answer reads.
 
 use std::time::Duration;
@@ -48,6 +48,7 @@ pub struct StoreOptions {
     wait_replicas: u32,
     wait_timeout: Duration,
     file_cache: usize,
+    file_read_only: bool,
 }
 
 impl Default for StoreOptions {
@@ -70,6 +71,7 @@ impl StoreOptions {
             wait_replicas: 0,
             wait_timeout: DEFAULT_WAIT_TIMEOUT,
             file_cache: DEFAULT_FILE_CACHE,
+            file_read_only: false,
         }
     }
 
@@ -113,6 +115,23 @@ impl StoreOptions {
     /// The most a file store holds of its file's pages.
     pub fn file_cache_value(&self) -> usize {
         self.file_cache
+    }
+
+    /// Whether a file store is opened only to read (off by default): every read answers, every
+    /// write fails with [`ErrorKind::PermissionDenied`](crate::ErrorKind::PermissionDenied)
+    /// naming the file, and a file that does not exist is not created (an
+    /// [`ErrorKind::InvalidInput`](crate::ErrorKind::InvalidInput) naming the path). For a
+    /// process that must never change the store, such as one serving a shipped file. Without
+    /// it, a file this process may read but not write (its permissions, a read-only mount) is
+    /// opened so all the same. Other backends ignore it.
+    pub fn file_read_only(mut self, read_only: bool) -> Self {
+        self.file_read_only = read_only;
+        self
+    }
+
+    /// Whether a file store is opened only to read.
+    pub fn file_read_only_value(&self) -> bool {
+        self.file_read_only
     }
 
     /// Keeps users apart from those of other namespaces in the same store.

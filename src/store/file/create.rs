@@ -38,11 +38,17 @@ fn builder() -> redb::Builder {
 }
 
 /// Opens the database at `path`, creating or restarting it first where that is allowed; it
-/// holds at most `cache` bytes of its pages in memory. If the file is there but this process
-/// may not write it, it is opened only to read (see `read_only`), and never restarted.
-pub(super) fn open_or_create(path: &Path, create: bool, cache: usize) -> Result<Db> {
+/// holds at most `cache` bytes of its pages in memory. With `read_only`, or if the file is
+/// there but this process may not write it, it is opened only to read (see `read_only`), and
+/// never created or restarted.
+pub(super) fn open_or_create(
+    path: &Path,
+    create: bool,
+    cache: usize,
+    read_only: bool,
+) -> Result<Db> {
     let path = &resolve(path)?;
-    let mut only_read: Option<Why> = None;
+    let mut only_read = read_only.then_some(Why::Asked);
     // Each turn either opens, fails, or changes what is at `path` (or how it is opened) for
     // the next; other processes may change it too, but not forever.
     for _ in 0..4 {

@@ -58,9 +58,10 @@ impl FileStore {
     /// [`ErrorKind::InvalidInput`] naming the path. A file has no replicas: a non-zero
     /// [`StoreOptions::wait_replicas`] is refused.
     ///
-    /// A file this process may read but not write (its permissions, a read-only mount) is
-    /// opened only to read: every read answers, every write fails with
-    /// [`ErrorKind::PermissionDenied`] naming the file.
+    /// A file this process may read but not write (its permissions, a read-only mount), or
+    /// any file with [`StoreOptions::file_read_only`], is opened only to read: every read
+    /// answers, every write fails with [`ErrorKind::PermissionDenied`] naming the file. Such a
+    /// store is never created.
     pub async fn open(path: &Path, options: &StoreOptions) -> Result<FileStore> {
         options.without_replicas(&format!("file:{}", path.display()))?;
         // Messages name the file wherever the process runs.
@@ -69,8 +70,9 @@ impl FileStore {
         let entries = format!("entries:{}", options.namespace_str());
         let create = options.create_if_missing_value();
         let cache = options.file_cache_value();
+        let read_only = options.file_read_only_value();
         blocking(move || {
-            let db = open_or_create(&path, create, cache)?;
+            let db = open_or_create(&path, create, cache, read_only)?;
             Ok(FileStore {
                 inner: Arc::new(Inner {
                     db,

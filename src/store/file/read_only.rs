@@ -1,5 +1,6 @@
-//! A file store opened only to read, because this process may read the file but not write it
-//! (another user's file with mode 0644, a read-only mount, an immutable file). Such a store answers every read and refuses
+//! A file store opened only to read: because [`StoreOptions::file_read_only`] asks for it, or
+//! because this process may read the file but not write it (another user's file with mode
+//! 0644, a read-only mount, an immutable file). Such a store answers every read and refuses
 //! every write with [`ErrorKind::PermissionDenied`] naming the file and why it is read-only.
 //!
 //! It is opened with redb's `ReadOnlyDatabase`, which never writes: its file is opened
@@ -22,6 +23,8 @@
 //! Nothing else of the file store writes: it keeps no state beside the file and announces no
 //! writes, and a table that was never written (a namespace without users or entries) reads as
 //! empty, as it does on a store open for writing.
+//!
+//! [`StoreOptions::file_read_only`]: crate::store::StoreOptions::file_read_only
 
 use std::io;
 use std::path::Path;
@@ -40,6 +43,8 @@ pub(super) enum Db {
 /// Why a file store is open only to read.
 #[derive(Debug, Clone)]
 pub(super) enum Why {
+    /// [`StoreOptions::file_read_only`](crate::store::StoreOptions::file_read_only).
+    Asked,
     /// Opening it to write failed with this.
     Unwritable(Arc<io::Error>),
 }
@@ -81,10 +86,17 @@ pub(super) fn unwritable(err: &io::Error) -> bool {
 
 /// A write refused: the store is read-only. [`ErrorKind::PermissionDenied`], as a store that
 /// refuses a command is (exit 1; 502 from `enrich serve`): retrying cannot help until the
-/// file's permissions or its mount change.
+/// file's permissions, its mount, or the options change.
 fn refused(path: &Path, why: &Why) -> Error {
     let path = path.display();
     match why {
+        Why::Asked => Error::new(
+            ErrorKind::PermissionDenied,
+            format!(
+                "file store {path} is open read-only (StoreOptions::file_read_only): the write \
+                 was not applied"
+            ),
+        ),
         Why::Unwritable(cause) => Error::new(
             ErrorKind::PermissionDenied,
             format!(
@@ -99,6 +111,7 @@ fn refused(path: &Path, why: &Why) -> Error {
 /// The error for a file that redb would not open to read because it needs a repair.
 pub(super) fn needs_repair(path: &Path, why: &Why, err: redb::DatabaseError) -> Error {
     let because = match why {
+        Why::Asked => "it is opened read-only",
         Why::Unwritable(_) => "this process cannot write it",
     };
     Error::new(
