@@ -182,6 +182,52 @@ async fn a_read_only_store_is_never_created() {
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
 }
 
+/// A process that had the file open to write and was killed leaves it unclean. A read-only
+/// open never repairs it: it is refused as unavailable, naming the file and saying why, until
+/// the next open to write repairs it.
+#[tokio::test]
+async fn a_file_left_unclean_is_refused_until_a_writer_repairs_it() {
+    use std::io::{BufRead, Write};
+
+    let (dir, path) = temp_db();
+    written(&path).await;
+    let mut writer = support::enrich_command(dir.path())
+        .args(["--store", &url(&path), "run"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // A line through it: it has the store open.
+    let mut input = writer.stdin.take().unwrap();
+    writeln!(input, "{{\"actor\":\"SU:alice\",\"verb\":\"eat\"}}").unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(writer.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert!(line.contains(r#""name":"alice""#), "{line}");
+    writer.kill().unwrap();
+    writer.wait().unwrap();
+
+    let err = store::open(&url(&path), &read_only()).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Unavailable, "{err}");
+    let said = err.to_string();
+    assert!(said.contains(&path.display().to_string()), "{said}");
+    assert!(said.contains("was not closed cleanly"), "{said}");
+    assert!(
+        said.contains("the next command that may write it repairs it"),
+        "{said}"
+    );
+
+    drop(
+        store::open(&url(&path), &StoreOptions::new())
+            .await
+            .unwrap(),
+    );
+    let store = store::open(&url(&path), &read_only()).await.unwrap();
+    assert!(store.get(&id("alice")).await.is_ok());
+}
+
 /// The id of the process's user: 0 for root.
 fn euid() -> u32 {
     use std::os::unix::fs::MetadataExt;

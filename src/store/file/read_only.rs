@@ -16,9 +16,10 @@
 //!   must be opened in their mode: a reader in redb's default (exclusive) mode locks the whole
 //!   file and would be refused by, and refuse, every writer. A process holding the file in
 //!   exclusive mode (another tool) refuses it: `DatabaseAlreadyOpen`, [`ErrorKind::Unavailable`].
-//! - Repair. A reader never repairs. A file that a writer left unclean (killed mid-commit) and
-//!   that no live writer holds fails the open with `RepairAborted`; the next process that opens
-//!   it for writing repairs it, so that is [`ErrorKind::Unavailable`] too, saying so.
+//! - Repair. A reader never repairs. A writer marks the file unclean for as long as it has it
+//!   open, so a writer that did not close it (killed, even idle) leaves it so; while no live
+//!   writer holds it, a reader's open fails with `RepairAborted`. The next process that opens
+//!   it to write repairs it, so that is [`ErrorKind::Unavailable`] too, saying so.
 //!
 //! Nothing else of the file store writes: it keeps no state beside the file and announces no
 //! writes, and a table that was never written (a namespace without users or entries) reads as
@@ -117,9 +118,9 @@ pub(super) fn needs_repair(path: &Path, why: &Why, err: redb::DatabaseError) -> 
     Error::new(
         ErrorKind::Unavailable,
         format!(
-            "file store {} was left unclean by a process that stopped while writing it, and \
-             cannot be repaired here because {because}; the next command that may write it \
-             repairs it",
+            "file store {} was not closed cleanly by a process that had it open to write \
+             (killed, or crashed), and cannot be repaired here because {because}; the next \
+             command that may write it repairs it",
             path.display()
         ),
     )
