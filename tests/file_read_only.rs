@@ -278,8 +278,20 @@ fn a_file_the_process_cannot_write_is_read_and_never_written() {
     )
     .unwrap();
 
+    // As `nobody`, the binary runs from a copy beside the store: the directories of the
+    // checkout it was built in may be closed to other users (a home directory, 0700).
+    let binary = match root {
+        true => {
+            let copy = dir.path().join("enrich");
+            std::fs::copy(env!("CARGO_BIN_EXE_enrich"), &copy).unwrap();
+            std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o755)).unwrap();
+            copy
+        }
+        false => env!("CARGO_BIN_EXE_enrich").into(),
+    };
     let as_reader = |args: &[&str], stdin: &str| {
-        let mut command = support::enrich_command(dir.path());
+        let mut command = std::process::Command::new(&binary);
+        support::without_settings(command.current_dir(dir.path()));
         if root {
             command.uid(65534).gid(65534);
         }

@@ -1,6 +1,6 @@
 //! How a store is opened: its namespace, its time limits, whether a file store may be
-//! created or written, how many replicas must confirm each write, and which nodes of a Redis Cluster
-//! answer reads.
+//! created or written, how many replicas must confirm each write, and which nodes of a Redis
+//! Cluster answer reads.
 
 use std::time::Duration;
 
