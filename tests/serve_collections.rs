@@ -443,6 +443,19 @@ async fn upsert_select_and_delete_many(server: &Server) {
             r#"{"data":{"bad name":[{"id":"a"}]}}"#,
             "collection name",
         ),
+        // A group's name is checked even when the group is empty.
+        (
+            Method::POST,
+            "/api/v1.0/collections/",
+            r#"{"data":{"fine":[],"a:b":[]}}"#,
+            r#"data: invalid collection name "a:b""#,
+        ),
+        (
+            Method::POST,
+            "/api/v1.0/collections/",
+            r#"{"data":{"":[{"id":"x"}]}}"#,
+            r#"data: invalid collection name "": must not be empty"#,
+        ),
     ] {
         let (status, answer) = server.call(method, path, body).await;
         let detail = assert_error(status, &answer, 400, 4, "InputException");

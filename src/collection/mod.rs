@@ -50,6 +50,12 @@ fn invalid_name(what: &str, text: &str) -> Option<Error> {
     )))
 }
 
+/// Checks a collection name alone (an upsert's group may have no entry to check it with),
+/// naming what is wrong.
+pub(crate) fn check_collection_name(name: &str) -> Result<()> {
+    invalid_name("collection name", name).map_or(Ok(()), Err)
+}
+
 /// A valid collection name and entry id: `<collection>:<id>`, Stream's `foreign_id`.
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct EntryKey {

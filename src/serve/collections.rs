@@ -190,6 +190,9 @@ pub(crate) async fn upsert(
     };
     let mut count = 0usize;
     for (name, items) in &collections {
+        // Checked here, not with each entry's key: a group may be empty.
+        crate::collection::check_collection_name(name)
+            .map_err(|e| ApiError::input(format!("data: {}", e.message())))?;
         let Value::Array(items) = items else {
             return Err(ApiError::input(format!(
                 "data.{}: the items must be an array, got {}",
@@ -235,7 +238,7 @@ pub(crate) async fn upsert(
                 .map_err(|e| ApiError::input(format!("{}: {}", at(), e.message())))?;
             entries.push(entry);
         }
-        // Valid collection names need no escaping; an empty group's name was not checked.
+        // Valid collection names need no escaping.
         let name = serde_json::to_string(&name).expect("a string serializes");
         groups.push((name, start..entries.len()));
     }
