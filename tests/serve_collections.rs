@@ -409,6 +409,12 @@ async fn upsert_select_and_delete_many(server: &Server) {
         ),
         (
             Method::DELETE,
+            "/api/v1.0/collections/?collection_name=nope&collection_name=test&ids=a",
+            "",
+            "collection_name query parameter is given twice",
+        ),
+        (
+            Method::DELETE,
             "/api/v1.0/collections/?collection_name=test&ids=bad%20id",
             "",
             "entry id",
@@ -882,13 +888,22 @@ async fn metrics_name_the_route_templates(server: &Server) {
     server
         .call(Method::GET, "/api/v1.0/meta/?foreign_ids=food:e0", "")
         .await;
+    // Deleting one entry that exists and two that do not counts one.
+    let (status, _) = server
+        .call(
+            Method::DELETE,
+            "/api/v1.0/collections/?collection_name=food&ids=e2,gone,never",
+            "",
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
     let metrics = server.metrics().await;
     for line in [
         r#"enrich_http_requests_total{route="/api/v1.0/collections/{collection}",method="POST",status="201"} 3"#,
         r#"enrich_http_requests_total{route="/api/v1.0/collections/{collection}/{id}",method="GET",status="200"} 3"#,
         r#"enrich_http_requests_total{route="/api/v1.0/collections",method="GET",status="200"} 1"#,
         r#"enrich_http_requests_total{route="/api/v1.0/meta",method="GET",status="200"} 1"#,
-        "enrich_entries_written_total 3",
+        "enrich_entries_written_total 4",
     ] {
         assert!(metrics.contains(line), "{line} not in\n{metrics}");
     }

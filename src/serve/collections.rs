@@ -369,12 +369,18 @@ pub(crate) async fn delete_many(
 ) -> Result<Pending, ApiError> {
     access.check_entries(EntryAction::BatchDelete)?;
     let query = params(query)?;
-    let collection = query
-        .iter()
-        .find(|(k, _)| k == "collection_name")
+    let mut names = query.iter().filter(|(k, _)| k == "collection_name");
+    let collection = (names.next())
         .map(|(_, v)| v.trim())
         .filter(|v| !v.is_empty())
         .ok_or_else(|| ApiError::input("the collection_name query parameter is missing"))?;
+    // One call deletes from one collection: a second name would be dropped unseen.
+    if names.any(|(_, v)| v.trim() != collection) {
+        return Err(ApiError::input(
+            "the collection_name query parameter is given twice with different values; delete \
+             from one collection at a time",
+        ));
+    }
     let ids = list(&query, "ids");
     if ids.is_empty() {
         return Err(ApiError::input(
@@ -386,8 +392,8 @@ pub(crate) async fn delete_many(
         .iter()
         .map(|id| EntryKey::new(collection, id))
         .collect::<crate::error::Result<Vec<_>>>()?;
-    state.users().delete_entries(&keys).await?;
-    state.metrics.record_entry_writes(keys.len() as u64);
+    let deleted = state.users().delete_entries(&keys).await?;
+    state.metrics.record_entry_writes(deleted);
     Ok(Pending::object(StatusCode::OK, "{}"))
 }
 
