@@ -309,7 +309,11 @@ async fn enrich_endpoint_takes_every_shape() {
     );
 
     // Not an object or array, not JSON: 400 naming it.
-    for (doc, named) in [("42", "not an object or an array"), ("{\"a\":", "")] {
+    for (doc, named) in [
+        ("42", "not an object or an array"),
+        ("{\"a\":", ""),
+        (" \n", "the request body is empty"),
+    ] {
         let (status, body) = server.call(Method::POST, "/api/v1.0/enrich/", doc).await;
         let detail = assert_error(status, &body, 400, 4, "InputException");
         assert!(detail.contains(named), "{detail}");

@@ -32,6 +32,12 @@ pub(crate) async fn enrich(
     } else {
         Depth::TopLevel
     };
+    if doc.iter().all(u8::is_ascii_whitespace) {
+        return Err(ApiError::input(
+            "the request body is empty; send an activity, a group, a feed response or an \
+             array of them",
+        ));
+    }
     let limits = &state.limits;
     let mut page = PooledPage::take(&state.pages, depth, doc.len());
     page.push_any(&doc)?;
