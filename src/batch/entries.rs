@@ -9,7 +9,9 @@ use serde_json::Value;
 use tokio::io::AsyncRead;
 
 use super::ImportEvent;
-use super::import::{BatchFailure, Batches, Tally, import_lines, kept_time};
+use super::import::{
+    BatchFailure, Batches, Tally, import_lines, is_array, json_problem, kept_time,
+};
 use super::{MAX_LINE, Stop, interrupted};
 use crate::collection::{EntryKey, MAX_BATCH_ENTRIES, NewEntry, generate_id};
 use crate::error::{Error, Result};
@@ -38,9 +40,15 @@ struct EntryLine {
 /// `created_at` and `updated_at` kept from another store (filled in as
 /// [`ImportEntry::new`] says). A missing, `null` or empty id means a generated one.
 pub fn parse_entry_line(line: &[u8]) -> Result<ImportEntry> {
+    if is_array(line) {
+        return Err(Error::invalid(
+            "not an entry line (an array); expected {\"collection\":…,\"id\":…,\"data\":{…}}",
+        ));
+    }
     let line: EntryLine = serde_json::from_slice(line).map_err(|e| {
         Error::invalid(format!(
-            "not an entry line ({e}); expected {{\"collection\":…,\"id\":…,\"data\":{{…}}}}"
+            "not an entry line ({}); expected {{\"collection\":…,\"id\":…,\"data\":{{…}}}}",
+            json_problem(&e)
         ))
     })?;
     let id = match line.id {
@@ -214,5 +222,11 @@ mod tests {
             assert!(err.is_invalid_input());
             assert!(err.to_string().contains(expected), "{err}");
         }
+        // An array of the fields is no entry line, and an unknown field's name is quoted on
+        // one line (both found by the fuzz target `import_lines`; see import.rs).
+        let err = parse_entry_line(br#"["food","a",{"x":1}]"#).unwrap_err();
+        assert!(err.to_string().contains("(an array)"), "{err}");
+        let err = parse_entry_line(br#"{"collection":"f","a\nb":1}"#).unwrap_err();
+        assert!(err.to_string().contains(r"unknown field `a\nb`"), "{err}");
     }
 }

@@ -31,15 +31,55 @@ struct ImportLine {
 /// Reads one import line: `{"id":…,"data":…}`, optionally with `created_at` and `updated_at`
 /// kept from another store.
 pub fn parse_import_line(line: &[u8]) -> Result<ImportUser> {
+    if is_array(line) {
+        return Err(Error::invalid(
+            "not a user line (an array); expected {\"id\":…,\"data\":{…}}",
+        ));
+    }
     let line: ImportLine = serde_json::from_slice(line).map_err(|e| {
         Error::invalid(format!(
-            "not a user line ({e}); expected {{\"id\":…,\"data\":{{…}}}}"
+            "not a user line ({}); expected {{\"id\":…,\"data\":{{…}}}}",
+            json_problem(&e)
         ))
     })?;
     let user = NewUser::new(&line.id, line.data)?;
     let created_at = kept_time(line.created_at.as_deref())?;
     let updated_at = kept_time(line.updated_at.as_deref())?;
     ImportUser::new(user, created_at, updated_at)
+}
+
+/// True when `line` is (or starts) a JSON array: serde's derived structs read an array of
+/// their fields in order too (`["alice",{…}]`), but a line is an object, as the format says.
+pub(super) fn is_array(line: &[u8]) -> bool {
+    line.trim_ascii_start().first() == Some(&b'[')
+}
+
+/// The longest [`json_problem`], in characters, before its position.
+const MAX_PROBLEM: usize = 160;
+
+/// What serde_json says is wrong with a line, on one line and bounded whatever the line holds:
+/// it quotes an unknown field's name as the line spells it, newlines and all, and as long as
+/// the line lets it be (a rejection is reported as one line of the import's output).
+pub(super) fn json_problem(err: &serde_json::Error) -> String {
+    let message = err.to_string();
+    let position = format!(" at line {} column {}", err.line(), err.column());
+    let problem = message.strip_suffix(&position).unwrap_or(&message);
+    let mut out = String::with_capacity(problem.len().min(4 * MAX_PROBLEM) + position.len());
+    for (n, c) in problem.chars().enumerate() {
+        if n == MAX_PROBLEM {
+            out.push('…');
+            break;
+        }
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    if problem.len() < message.len() {
+        out.push_str(&position);
+    }
+    out
 }
 
 /// A `created_at` or `updated_at` kept from another store, if the line has one.
@@ -348,5 +388,39 @@ mod tests {
             assert!(err.is_invalid_input());
             assert!(err.to_string().contains(expected), "{err}");
         }
+    }
+
+    /// Found by the fuzz target `import_lines`: serde reads a struct from an array of its
+    /// fields as well, so an array line was a user.
+    #[test]
+    fn an_array_is_no_user_line() {
+        for line in [&br#"["2Q"]"#[..], b"\t[\"alice\",{\"x\":1}]"] {
+            let err = parse_import_line(line).unwrap_err();
+            assert!(err.is_invalid_input());
+            assert!(
+                err.to_string().contains("not a user line (an array)"),
+                "{err}"
+            );
+        }
+    }
+
+    /// Found by the fuzz target `import_lines`: serde_json quotes an unknown field's name as the
+    /// line has it, so a name holding an escaped newline made a rejection of two lines, and a
+    /// long name one as long as the line.
+    #[test]
+    fn a_rejection_is_one_bounded_line() {
+        let newline =
+            br#"{"id":"Eve","dine\nbreak\ttab \\ pdated_at":"2021-01-01T00:00:00.000000Z"}"#;
+        let err = parse_import_line(newline).unwrap_err().to_string();
+        assert!(!err.contains('\n') && !err.contains('\t'), "{err}");
+        assert!(
+            err.contains(r"unknown field `dine\nbreak\ttab \ pdated_at`"),
+            "{err}"
+        );
+        assert!(err.contains("at line 1 column"), "{err}");
+        let long = format!(r#"{{"id":"a","{}":1}}"#, "x".repeat(100_000));
+        let err = parse_import_line(long.as_bytes()).unwrap_err().to_string();
+        assert!(err.len() < 1_000, "{} bytes", err.len());
+        assert!(err.contains("at line 1 column 100012"), "{err}");
     }
 }
