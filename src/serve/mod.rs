@@ -163,6 +163,16 @@ pub async fn serve(
     .await
 }
 
+/// The app [`serve`] runs, without what `conn` adds around it (the connection limit and
+/// clocks, hyper's parsing): for the fuzz target `fuzz/fuzz_targets/serve_app.rs`, which drives
+/// it in process with `tower::ServiceExt::oneshot`. Built only under cargo-fuzz's
+/// `--cfg fuzzing`, so it is no part of the crate's API.
+#[cfg(fuzzing)]
+#[doc(hidden)]
+pub fn app(enricher: Enricher, config: &ServeConfig) -> Result<Router, String> {
+    router(enricher, config).map(|(app, _)| app)
+}
+
 /// Registers `route` with and without its trailing slash: Stream's clients add one, people
 /// typing URLs often do not.
 fn both(router: Router<AppState>, path: &str, method: MethodRouter<AppState>) -> Router<AppState> {
