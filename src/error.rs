@@ -21,6 +21,9 @@ pub enum ErrorKind {
     Conflict,
     /// The user does not exist.
     NotFound,
+    /// The entry belongs to another user, or to none: a write made only if a given user owns
+    /// it (see [`crate::UserStore::update_owned_entry`]) was refused and changed nothing.
+    NotOwner,
     /// The store cannot be reached for now: connection refused or reset, a server still
     /// loading its data, a file store locked by another process. Retrying may succeed.
     Unavailable,
@@ -44,6 +47,7 @@ impl ErrorKind {
             ErrorKind::InvalidInput => "invalid input",
             ErrorKind::Conflict => "conflict",
             ErrorKind::NotFound => "not found",
+            ErrorKind::NotOwner => "not the owner",
             ErrorKind::Unavailable => "store unavailable",
             ErrorKind::Timeout => "store timeout",
             ErrorKind::OutcomeUnknown => "write outcome unknown",
@@ -150,6 +154,11 @@ impl Error {
     /// True for [`ErrorKind::NotFound`].
     pub fn is_not_found(&self) -> bool {
         self.kind == ErrorKind::NotFound
+    }
+
+    /// True for [`ErrorKind::NotOwner`].
+    pub fn is_not_owner(&self) -> bool {
+        self.kind == ErrorKind::NotOwner
     }
 
     /// True for [`ErrorKind::Conflict`].

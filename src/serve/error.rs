@@ -194,6 +194,9 @@ impl From<Error> for ApiError {
         match err.kind() {
             ErrorKind::InvalidInput => ApiError::input(err.message()),
             ErrorKind::NotFound => ApiError::not_found(err.message()),
+            // The handlers of a user token's writes answer with the token's own words; this
+            // is any other refusal of a write made only for an entry's owner.
+            ErrorKind::NotOwner => ApiError::not_allowed(err.message()),
             ErrorKind::Conflict => ApiError::new(
                 StatusCode::CONFLICT,
                 22,

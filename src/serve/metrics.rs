@@ -318,7 +318,8 @@ impl Metrics {
     }
 
     fn record_store_error(&self, op: &'static str, err: &Error) {
-        if !err.is_not_found() && !err.is_conflict() {
+        // Answers about the record, not failures of the store.
+        if !err.is_not_found() && !err.is_conflict() && !err.is_not_owner() {
             self.store_errors
                 .get_or_create(&StoreErrorLabels {
                     op,
@@ -363,6 +364,7 @@ fn kind_label(err: &Error) -> &'static str {
         K::InvalidInput => "invalid_input",
         K::NotFound => "not_found",
         K::Conflict => "conflict",
+        K::NotOwner => "not_owner",
         _ => "internal",
     }
 }
