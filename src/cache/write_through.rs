@@ -95,6 +95,18 @@ impl UserStore for WriteThrough {
         deleted
     }
 
+    async fn update_owned_entry(&self, entry: &NewEntry, owner: &UserId) -> Result<EntryJson> {
+        let updated = self.store.update_owned_entry(entry, owner).await;
+        self.l1.invalidate(entry.key().as_str());
+        updated
+    }
+
+    async fn delete_owned_entry(&self, key: &EntryKey, owner: &UserId) -> Result<()> {
+        let deleted = self.store.delete_owned_entry(key, owner).await;
+        self.l1.invalidate(key.as_str());
+        deleted
+    }
+
     async fn upsert_entries(&self, entries: &[NewEntry]) -> Result<Vec<EntryJson>> {
         let written = self.store.upsert_entries(entries).await;
         for entry in entries {

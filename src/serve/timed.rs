@@ -143,6 +143,22 @@ impl UserStore for Timed {
         result
     }
 
+    async fn update_owned_entry(&self, entry: &NewEntry, owner: &UserId) -> Result<EntryJson> {
+        let started = Instant::now();
+        let result = self.store.update_owned_entry(entry, owner).await;
+        self.metrics
+            .record_store_call("update_owned_entry", started, &result);
+        result
+    }
+
+    async fn delete_owned_entry(&self, key: &EntryKey, owner: &UserId) -> Result<()> {
+        let started = Instant::now();
+        let result = self.store.delete_owned_entry(key, owner).await;
+        self.metrics
+            .record_store_call("delete_owned_entry", started, &result);
+        result
+    }
+
     async fn upsert_entries(&self, entries: &[NewEntry]) -> Result<Vec<EntryJson>> {
         let started = Instant::now();
         let result = self.store.upsert_entries(entries).await;

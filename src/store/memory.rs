@@ -6,7 +6,7 @@ use dashmap::mapref::entry::Entry;
 
 use super::{
     Added, BatchError, ImportEntry, ImportOutcome, ImportUser, Stamps, UserSource, UserStore,
-    conflict, entry_conflict, entry_not_found, not_found,
+    conflict, entry_conflict, entry_not_found, entry_not_owned, not_found,
 };
 use crate::collection::{EntryJson, EntryKey, NewEntry, StoredEntry};
 use crate::error::Result;
@@ -195,6 +195,31 @@ impl UserStore for MemoryStore {
             .remove(key)
             .map(|_| ())
             .ok_or_else(|| entry_not_found(key))
+    }
+
+    /// The owner is checked under the map's lock of the entry, which the write holds.
+    async fn update_owned_entry(&self, entry: &NewEntry, owner: &UserId) -> Result<EntryJson> {
+        let mut stored =
+            (self.entries.get_mut(entry.key())).ok_or_else(|| entry_not_found(entry.key()))?;
+        if stored.owner.as_ref() != Some(owner) {
+            return Err(entry_not_owned(entry.key(), owner));
+        }
+        *stored = MemoryStore::replacing(entry, Stamps::default(), Some(&stored), Timestamp::now());
+        Ok(stored.entry.clone())
+    }
+
+    /// The owner is checked under the map's lock of the entry, which the removal holds.
+    async fn delete_owned_entry(&self, key: &EntryKey, owner: &UserId) -> Result<()> {
+        match self.entries.entry(key.clone()) {
+            Entry::Vacant(_) => Err(entry_not_found(key)),
+            Entry::Occupied(stored) if stored.get().owner.as_ref() != Some(owner) => {
+                Err(entry_not_owned(key, owner))
+            }
+            Entry::Occupied(stored) => {
+                stored.remove();
+                Ok(())
+            }
+        }
     }
 
     async fn upsert_entries(&self, entries: &[NewEntry]) -> Result<Vec<EntryJson>> {

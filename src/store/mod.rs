@@ -104,6 +104,25 @@ pub trait UserStore: UserSource {
         Err(no_collections(self.describe(), key))
     }
 
+    /// [`UserStore::update_entry`] made only if `owner` owns the entry: what a user may do to
+    /// its own entries. One owned by another user, or by none, is left as it is and answered
+    /// [`ErrorKind::NotOwner`]; an absent one is [`ErrorKind::NotFound`]. The check and the
+    /// write are one atomic operation on every backend of this crate, so the entry cannot be
+    /// deleted and created again by another user in between.
+    async fn update_owned_entry(&self, entry: &NewEntry, owner: &UserId) -> Result<EntryJson> {
+        let _ = owner;
+        Err(no_collections(self.describe(), entry.key()))
+    }
+
+    /// [`UserStore::delete_entry`] made only if `owner` owns the entry, in one atomic
+    /// operation as [`UserStore::update_owned_entry`] is: another user's entry, or one of no
+    /// user, is left and answered [`ErrorKind::NotOwner`]; an absent one is
+    /// [`ErrorKind::NotFound`].
+    async fn delete_owned_entry(&self, key: &EntryKey, owner: &UserId) -> Result<()> {
+        let _ = owner;
+        Err(no_collections(self.describe(), key))
+    }
+
     /// Writes many entries in one round trip, in order: each is created, or replaces the
     /// existing entry keeping its `created_at` and owner. Answers the entries as stored.
     ///
@@ -175,6 +194,14 @@ pub(crate) fn entry_not_found(key: &EntryKey) -> Error {
 /// The error for an entry that exists already.
 pub(crate) fn entry_conflict(key: &EntryKey) -> Error {
     Error::new(ErrorKind::Conflict, format!("entry {key:?} already exists"))
+}
+
+/// The error for an entry that `owner` does not own (another user does, or none).
+pub(crate) fn entry_not_owned(key: &EntryKey, owner: &UserId) -> Error {
+    Error::new(
+        ErrorKind::NotOwner,
+        format!("entry {key:?} is not owned by user {owner:?}; it was left as it was"),
+    )
 }
 
 /// A batch of entry writes that did not all succeed: see [`UserStore::import_entries`].
