@@ -87,6 +87,19 @@ async fn every_write_is_refused(store: &SharedStore, path: &Path, why: &str) {
                 .await
                 .map(drop),
         ),
+        (
+            "update_owned_entry",
+            store
+                .update_owned_entry(&entry("food", "burger"), &id("alice"))
+                .await
+                .map(drop),
+        ),
+        (
+            "delete_owned_entry",
+            store
+                .delete_owned_entry(&key("food", "burger"), &id("alice"))
+                .await,
+        ),
     ];
     for (write, result) in refusals {
         let err = result.expect_err(write);

@@ -1,14 +1,16 @@
 //! Collection entries in the file store: a table beside the users', keyed by
 //! `<collection>:<id>`, holding each entry's stored form (its JSON, preceded by `{owner}\n` when
-//! it has an owner). Every write runs inside a write transaction, so it is atomic per entry.
+//! it has an owner). Every write runs inside a write transaction, so it is atomic per entry: a
+//! write made only if a given user owns the entry reads the owner in the transaction that
+//! writes, which no other write can interleave with.
 
 use redb::ReadableTable;
 
 use super::{Inner, Table};
 use crate::collection::{EntryJson, EntryKey, NewEntry, StoredEntry};
 use crate::error::Result;
-use crate::store::{Stamps, entry_conflict, entry_not_found, stored_entry};
-use crate::user::Timestamp;
+use crate::store::{Stamps, entry_conflict, entry_not_found, entry_not_owned, stored_entry};
+use crate::user::{Timestamp, UserId};
 
 /// What a write does with an entry that exists, or does not.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -31,6 +33,23 @@ impl Inner {
         match table.get(key.as_str()).map_err(|e| self.fail(e))? {
             Some(value) => Ok(Some(stored_entry(key, value.value().to_vec())?)),
             None => Ok(None),
+        }
+    }
+
+    /// Checks, in the write transaction of `table`, that the entry `key` exists and that
+    /// `owner` owns it; a stored record that does not pass the full check is an error.
+    pub(super) fn check_owner(
+        &self,
+        table: &Table<'_>,
+        key: &EntryKey,
+        owner: &UserId,
+    ) -> Result<()> {
+        match self.entry_in(table, key)? {
+            None => Err(entry_not_found(key)),
+            Some(stored) if stored.owner.as_ref() != Some(owner) => {
+                Err(entry_not_owned(key, owner))
+            }
+            Some(_) => Ok(()),
         }
     }
 

@@ -341,6 +341,32 @@ impl UserStore for FileStore {
         }
     }
 
+    /// One write transaction reads the owner and writes.
+    async fn update_owned_entry(&self, entry: &NewEntry, owner: &UserId) -> Result<EntryJson> {
+        let (entry, owner) = (entry.clone(), owner.clone());
+        self.run(move |inner| {
+            let now = Timestamp::now();
+            inner.write_entries(|table| {
+                inner.check_owner(table, entry.key(), &owner)?;
+                inner.write_entry(table, &entry, Stamps::default(), Mode::Update, now)
+            })
+        })
+        .await
+    }
+
+    /// One write transaction reads the owner and removes.
+    async fn delete_owned_entry(&self, key: &EntryKey, owner: &UserId) -> Result<()> {
+        let (key, owner) = (key.clone(), owner.clone());
+        self.run(move |inner| {
+            inner.write_entries(|table| {
+                inner.check_owner(table, &key, &owner)?;
+                table.remove(key.as_str()).map_err(|e| inner.fail(e))?;
+                Ok(())
+            })
+        })
+        .await
+    }
+
     /// One write transaction: all of the batch is written, or none of it.
     async fn upsert_entries(&self, batch: &[NewEntry]) -> Result<Vec<EntryJson>> {
         self.upsert(batch.iter().cloned().map(ImportEntry::from).collect())
