@@ -30,6 +30,10 @@ store_suite!(
     racing_adds_create_once,
     racing_updates_keep_created_at,
     largest_entry_round_trips,
+    owned_writes_leave_an_entry_of_another_owner_or_none,
+    owned_writes_of_an_absent_entry_are_not_found,
+    owned_writes_of_ones_own_entry_keep_owner_and_created_at,
+    owned_writes_miss_an_entry_created_again_by_another_user,
 );
 
 fn key(collection: &str, id: &str) -> EntryKey {
@@ -42,6 +46,109 @@ fn entry(collection: &str, id: &str, data: Value) -> NewEntry {
 
 fn owner(id: &str) -> Option<UserId> {
     Some(UserId::parse(id).unwrap())
+}
+
+fn user(id: &str) -> UserId {
+    UserId::parse(id).unwrap()
+}
+
+/// Alice's update and delete of the entry `k`, made only if she owns it: both refused as not
+/// hers, and the entry stored as it was.
+async fn alice_is_refused(store: &SharedStore, k: &EntryKey) {
+    let before = store.get_stored_entry(k).await.unwrap().unwrap();
+    let update = entry(k.collection(), k.id(), json!({"by": "alice"}));
+    let err = (store.update_owned_entry(&update, &user("alice")).await).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::NotOwner, "{err}");
+    assert!(err.is_not_owner());
+    assert!(err.to_string().contains(k.as_str()), "{err}");
+    let err = (store.delete_owned_entry(k, &user("alice")).await).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::NotOwner, "{err}");
+    assert_eq!(store.get_stored_entry(k).await.unwrap().unwrap(), before);
+}
+
+/// An update or a delete made only for its owner leaves another user's entry, and one of no
+/// user (written by a server), as they were.
+async fn owned_writes_leave_an_entry_of_another_owner_or_none(store: SharedStore) {
+    let bobs = key("food", "bobs");
+    (store.add_entry(&entry("food", "bobs", json!({"by": "bob"})).owned_by(owner("bob"))))
+        .await
+        .unwrap();
+    alice_is_refused(&store, &bobs).await;
+    let nobodys = key("food", "nobodys");
+    (store.add_entry(&entry("food", "nobodys", json!({"by": "server"}))))
+        .await
+        .unwrap();
+    alice_is_refused(&store, &nobodys).await;
+    // An owner that is a prefix of another's is not that owner.
+    (store.add_entry(&entry("food", "alices", json!({"a": 1})).owned_by(owner("alice2"))))
+        .await
+        .unwrap();
+    alice_is_refused(&store, &key("food", "alices")).await;
+}
+
+async fn owned_writes_of_an_absent_entry_are_not_found(store: SharedStore) {
+    let k = key("food", "nothing");
+    let err = (store
+        .update_owned_entry(&entry("food", "nothing", json!({"a": 1})), &user("alice")))
+    .await
+    .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::NotFound, "{err}");
+    let err = (store.delete_owned_entry(&k, &user("alice")).await).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::NotFound, "{err}");
+    // Nothing was created.
+    assert_eq!(store.get_stored_entry(&k).await.unwrap(), None);
+}
+
+async fn owned_writes_of_ones_own_entry_keep_owner_and_created_at(store: SharedStore) {
+    let k = key("food", "mine");
+    let added = (store.add_entry(&entry("food", "mine", json!({"a": 1})).owned_by(owner("alice"))))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(2)).await;
+    let updated = (store
+        .update_owned_entry(&entry("food", "mine", json!({"b": 2})), &user("alice")))
+    .await
+    .unwrap();
+    assert_eq!(updated.created_at(), added.created_at());
+    let value = updated.to_value();
+    assert_eq!(value["data"], json!({"b": 2}));
+    assert!(value["updated_at"].as_str().unwrap() > value["created_at"].as_str().unwrap());
+    let stored = store.get_stored_entry(&k).await.unwrap().unwrap();
+    assert_eq!(stored.entry, updated);
+    assert_eq!(stored.owner, owner("alice"));
+    assert_eq!(store.get_entry(&k).await.unwrap(), updated);
+    // An owner named by the update itself is not a change of owner.
+    (store.update_owned_entry(
+        &entry("food", "mine", json!({"c": 3})).owned_by(owner("bob")),
+        &user("alice"),
+    ))
+    .await
+    .unwrap();
+    let stored = store.get_stored_entry(&k).await.unwrap().unwrap();
+    assert_eq!(stored.owner, owner("alice"));
+    store.delete_owned_entry(&k, &user("alice")).await.unwrap();
+    assert_eq!(store.get_stored_entry(&k).await.unwrap(), None);
+    let err = (store.delete_owned_entry(&k, &user("alice")).await).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::NotFound, "{err}");
+}
+
+/// The race of a check read before the write, made deterministic: alice's entry is what a
+/// read of its owner finds; then it is deleted and bob adds the key again; alice's write,
+/// made only if she owns the entry, lands after that, and must not change bob's entry.
+async fn owned_writes_miss_an_entry_created_again_by_another_user(store: SharedStore) {
+    let k = key("race", "x");
+    (store.add_entry(&entry("race", "x", json!({"by": "alice"})).owned_by(owner("alice"))))
+        .await
+        .unwrap();
+    let read = store.get_stored_entry(&k).await.unwrap().unwrap();
+    assert_eq!(read.owner, owner("alice"));
+    store.delete_entry(&k).await.unwrap();
+    let bobs = (store.add_entry(&entry("race", "x", json!({"by": "bob"})).owned_by(owner("bob"))))
+        .await
+        .unwrap();
+    alice_is_refused(&store, &k).await;
+    let stored = store.get_stored_entry(&k).await.unwrap().unwrap();
+    assert_eq!((stored.entry, stored.owner), (bobs, owner("bob")));
 }
 
 async fn add_then_get(store: SharedStore) {
@@ -478,6 +585,12 @@ async fn a_corrupt_entry_in_redis_is_an_error_never_missing() {
                     .unwrap_err(),
                 store
                     .upsert_entries(&[entry("food", &id, json!({"b": 2}))])
+                    .await
+                    .unwrap_err(),
+                // Checked before the owner is: a record not to build on is corrupt, whoever
+                // asks.
+                store
+                    .update_owned_entry(&entry("food", &id, json!({"b": 2})), &user("alice"))
                     .await
                     .unwrap_err(),
             ] {

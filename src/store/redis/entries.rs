@@ -5,7 +5,10 @@
 //! the [`EntryJson`] bytes, preceded by `{owner}\n` when it has an owner. A write of entries is
 //! one script call over their keys, so it is atomic on the server: an add cannot be won twice,
 //! and an update or an upsert keeps the stored owner and `created_at` (always bytes 16 to 42
-//! of the record's fixed 87-byte tail; an import that gives one replaces it). The script
+//! of the record's fixed 87-byte tail; an import that gives one replaces it). What a user may
+//! do to its own entry, an update or a delete made only if it owns it, reads the owner in the
+//! call that writes (the write script's mode `o`, the owned-delete script): no other write can
+//! come between the check and the write, as it could between a `GET` and a write. The script
 //! checks every stored record of the batch before it writes any: if one of them cannot be
 //! kept (corrupt), nothing of the batch is written, as the file store's transaction and the
 //! users' import do. A batch on one Redis is one call; on a cluster, a script may only touch
@@ -20,25 +23,29 @@ use super::fault::write_fault;
 use super::scripts::Lua;
 use crate::collection::{EntryJson, EntryKey, NewEntry};
 use crate::error::{Error, ErrorKind, Result};
-use crate::store::{Stamps, entry_conflict, entry_not_found, stored_entry};
-use crate::user::Timestamp;
+use crate::store::{Stamps, entry_conflict, entry_not_found, entry_not_owned, stored_entry};
+use crate::user::{Timestamp, UserId};
 
-/// Writes entries. KEYS: their keys. ARGV: the mode (`a` add, `u` update, `s` upsert), then
-/// six for each key: the owner line of a new entry (`alice\n` or empty), the entry's fixed
-/// head up to `"data":`, its data, its `updated_at`, the `created_at` of a new entry, and the
-/// `created_at` that replaces an existing entry's (empty: keep it). All three are the time of
-/// the write but for imports that carry timestamps.
+/// Writes entries. KEYS: their keys. ARGV: the mode (`a` add, `u` update, `s` upsert, `o`
+/// update of an entry owned by a given user), then six for each key: the owner line of a new
+/// entry (`alice\n` or empty; in mode `o`, the owner line the stored record must have), the
+/// entry's fixed head up to `"data":`, its data, its `updated_at`, the `created_at` of a new
+/// entry, and the `created_at` that replaces an existing entry's (empty: keep it). All three
+/// are the time of the write but for imports that carry timestamps.
 ///
 /// Answers one answer per key: `{1, created_at}` when it wrote (or finds exactly what this
 /// call writes, stamp included: the same call sent again by a client that lost its answer,
 /// which must not turn into a conflict); `{2, ''}` for an add whose key is taken; nil for an
-/// update of an absent entry. Before any write, an update or an upsert checks every stored
-/// record of its keys: if one is not a record whose owner and `created_at` can be kept (it
-/// must be the owner line, if any, then this entry's head, then anything, then the tail with
-/// a real `created_at`, as the client's full check of every read would demand; the data in
-/// between is replaced by the new entry's, so it is not looked at), nothing is written: that
-/// key is answered `{0, old record}`, every other `{3, ''}`. A key named twice is written
-/// twice, in order, the second keeping what the first wrote.
+/// update of an absent entry; `{4, ''}` for an update in mode `o` of an entry whose stored
+/// owner line is not the one given (another user's, or none), which is left as it is: the
+/// owner is read in the call that writes, so no other write comes in between. Before any
+/// write, an update or an upsert checks every stored record of its keys: if one is not a
+/// record whose owner and `created_at` can be kept (it must be the owner line, if any, then
+/// this entry's head, then anything, then the tail with a real `created_at`, as the client's
+/// full check of every read would demand; the data in between is replaced by the new entry's,
+/// so it is not looked at), nothing is written: that key is answered `{0, old record}`, every
+/// other `{3, ''}`. A key named twice is written twice, in order, the second keeping what the
+/// first wrote.
 const WRITE: &str = r#"
 local function kept(record, head)
   local at = 1
@@ -88,11 +95,13 @@ local function write(key, i)
     if old == same then return {1, fresh} end
     return {2, ''}
   end
-  if not old and mode == 'u' then return false end
+  if not old and (mode == 'u' or mode == 'o') then return false end
   local created = fresh
   if old then
     -- Checked above, or written by this very call: it can be kept.
+    local required = owner
     owner, created = kept(old, head)
+    if mode == 'o' and owner ~= required then return {4, ''} end
     if given ~= '' then created = given end
   end
   redis.call('SET', key, owner .. head .. data
@@ -113,18 +122,44 @@ pub(super) enum Mode {
     Update,
     /// Create or replace.
     Upsert,
+    /// Replace an entry of the owner each entry of the batch names; an absent key is not
+    /// found, another owner's entry (or one of none) is not the owner's.
+    Owned,
 }
+
+/// Deletes the entry at KEYS[1] if its stored record starts with the owner line ARGV[1]
+/// (`alice\n`): answers 1 removed, 0 absent, 2 not the owner's (another user's, or one of no
+/// owner, whose record starts with `{`), left as it is. One call reads the owner and removes.
+const DELETE_OWNED: &str = r"
+local old = redis.call('GET', KEYS[1])
+if not old then return 0 end
+if string.sub(old, 1, #ARGV[1]) ~= ARGV[1] then return 2 end
+redis.call('DEL', KEYS[1])
+return 1
+";
 
 /// The write script, and the commands that run it.
 pub(super) struct EntryScript {
     lua: Lua,
+    delete_owned: Lua,
 }
 
 impl EntryScript {
     pub(super) fn new() -> EntryScript {
         EntryScript {
             lua: Lua::new(WRITE),
+            delete_owned: Lua::new(DELETE_OWNED),
         }
+    }
+
+    /// The call deleting the entry at `key` if `owner` owns it, with the script's text (it
+    /// works alone on any node); see [`deleted_owned`].
+    pub(super) fn delete_owned(&self, key: &str, owner: &UserId) -> Cmd {
+        (self.delete_owned.call(false))
+            .arg(1)
+            .arg(key)
+            .arg(format!("{owner}\n"))
+            .clone()
     }
 
     /// Loads the script: the first command of every pipeline of writes, so that the calls
@@ -152,6 +187,7 @@ impl EntryScript {
             Mode::Add => "a",
             Mode::Update => "u",
             Mode::Upsert => "s",
+            Mode::Owned => "o",
         });
         for &(_, (entry, stamps)) in batch {
             let owner = match entry.owner() {
@@ -254,6 +290,13 @@ fn one(
             }
         }
         Some((2, _)) => Err(entry_conflict(key)),
+        Some((4, _)) => Err(match entry.owner() {
+            Some(owner) => entry_not_owned(key, owner),
+            None => Error::new(
+                ErrorKind::Internal,
+                format!("entry {key}: the write script answered 4 to a write of no owner"),
+            ),
+        }),
         // Left as it was: the full check says what is wrong with it.
         Some((0, old)) => Err(whole(stored_entry(key, old).err().unwrap_or_else(|| {
             Error::new(
@@ -294,4 +337,29 @@ pub(super) fn removed(describe: &str, answer: Answer) -> Result<u64> {
         redis::from_redis_value(answer).map_err(|e| write_fault(describe, e.into()))
     };
     answer.confirm_when(read, |&removed| removed > 0)
+}
+
+/// What the answer to [`EntryScript::delete_owned`] of `key` by `owner` means; a removal the
+/// replicas did not confirm is of unknown outcome, a refusal or an absent entry is not.
+pub(super) fn deleted_owned(
+    describe: &str,
+    key: &EntryKey,
+    owner: &UserId,
+    answer: Answer,
+) -> Result<()> {
+    let read = |answer: redis::RedisResult<Value>| {
+        let answer = answer.map_err(|e| write_fault(describe, e))?;
+        let code: i64 =
+            redis::from_redis_value(answer).map_err(|e| write_fault(describe, e.into()))?;
+        Ok(code)
+    };
+    match answer.confirm_when(read, |&code| code == 1)? {
+        1 => Ok(()),
+        0 => Err(entry_not_found(key)),
+        2 => Err(entry_not_owned(key, owner)),
+        code => Err(Error::new(
+            ErrorKind::Internal,
+            format!("entry {key}: the owned delete script answered {code}"),
+        )),
+    }
 }

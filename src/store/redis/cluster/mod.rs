@@ -406,6 +406,21 @@ impl UserStore for ClusterStore {
         }
     }
 
+    /// One script call reads the owner and writes.
+    async fn update_owned_entry(&self, entry: &NewEntry, owner: &UserId) -> Result<EntryJson> {
+        let entry = entry.clone().owned_by(Some(owner.clone()));
+        let batch = [(&entry, Stamps::default())];
+        single(self.write_entries(&batch, Mode::Owned).await.each)
+    }
+
+    /// One script call reads the owner and removes.
+    async fn delete_owned_entry(&self, key: &EntryKey, owner: &UserId) -> Result<()> {
+        let name = self.entry_key(key);
+        let delete = self.entry_script.delete_owned(&name, owner);
+        let answer = self.write_one(&name, delete).await;
+        entries::deleted_owned(&self.describe, key, owner, answer)
+    }
+
     /// One script call per slot: the entries of each slot are written whole, or not at all.
     async fn upsert_entries(&self, batch: &[NewEntry]) -> Result<Vec<EntryJson>> {
         let batch: Vec<_> = batch.iter().map(|e| (e, Stamps::default())).collect();
