@@ -980,6 +980,73 @@ async fn writes_through_the_api_reach_the_next_enrichment(server: &Server) {
     assert_eq!(enriched(&body), missing, "{body}");
 }
 
+/// A user token's update or delete is one store call that checks the owner as it writes (a
+/// check read first could find an entry that another user creates again before the write
+/// lands): the stored entry is never read for it, and a refusal is the token's 403.
+async fn user_writes_check_the_owner_as_they_write(server: &Server) {
+    let alice = user_token("alice");
+    let entry = |id: &str| format!("/api/v1.0/collections/food/{id}/");
+    for (id, owner) in [("pie", "alice"), ("bobs", "bob")] {
+        let body = format!(r#"{{"id":"{id}","data":{{"a":1}},"user_id":"{owner}"}}"#);
+        let (status, _) = server
+            .call(Method::POST, "/api/v1.0/collections/food/", body)
+            .await;
+        assert_eq!(status, StatusCode::CREATED);
+    }
+    let refusal =
+        r#"a token of user "alice" may not change entry "food:bobs", which it does not own"#;
+    let (status, body) = server
+        .call_as(&alice, Method::PUT, &entry("bobs"), r#"{"data":{"a":2}}"#)
+        .await;
+    let detail = assert_error(status, &body, 403, 17, "NotAllowedException");
+    assert_eq!(detail, refusal);
+    let (status, body) = server
+        .call_as(&alice, Method::DELETE, &entry("bobs"), "")
+        .await;
+    let detail = assert_error(status, &body, 403, 17, "NotAllowedException");
+    assert_eq!(detail, refusal);
+    let (status, body) = server
+        .call_as(&alice, Method::PUT, &entry("pie"), r#"{"data":{"a":2}}"#)
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let (status, body) = server
+        .call_as(&alice, Method::DELETE, &entry("pie"), "")
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, body) = server
+        .call_as(&alice, Method::PUT, &entry("pie"), r#"{"data":{"a":3}}"#)
+        .await;
+    assert_error(status, &body, 404, 16, "DoesNotExistException");
+    // bob's entry is as it was.
+    let (status, body) = server.call(Method::GET, &entry("bobs"), "").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(body.contains(r#""data":{"a":1}"#), "{body}");
+    // A token whose user is no valid user id owns nothing: 404 or 403, nothing written.
+    let invalid = user_token("no spaces");
+    let (status, body) = server
+        .call_as(&invalid, Method::PUT, &entry("bobs"), r#"{"data":{"a":4}}"#)
+        .await;
+    assert_error(status, &body, 403, 17, "NotAllowedException");
+    let (status, body) = server
+        .call_as(&invalid, Method::DELETE, &entry("pie"), "")
+        .await;
+    assert_error(status, &body, 404, 16, "DoesNotExistException");
+    let metrics = server.metrics().await;
+    for line in [
+        r#"enrich_store_call_duration_seconds_count{op="update_owned_entry"} 3"#,
+        r#"enrich_store_call_duration_seconds_count{op="delete_owned_entry"} 2"#,
+    ] {
+        assert!(metrics.contains(line), "{line} not in\n{metrics}");
+    }
+    // Read only for the token of no valid user id, which writes nothing; a refusal is not a
+    // store error.
+    assert!(
+        metrics.contains(r#"enrich_store_call_duration_seconds_count{op="get_entry"} 2"#),
+        "{metrics}"
+    );
+    assert!(!metrics.contains("not_owner"), "{metrics}");
+}
+
 /// Each named test body, once over every backend: `memory:`, a file store and a real
 /// `redis-server` of the test's own, so the API answers the same whatever stores the entries.
 macro_rules! over_every_store {
@@ -1021,6 +1088,7 @@ over_every_store!(
     who_may_call_what,
     metrics_name_the_route_templates,
     writes_through_the_api_reach_the_next_enrichment,
+    user_writes_check_the_owner_as_they_write,
 );
 
 /// The largest answer [`answers_over_the_response_limit_are_refused`] allows.

@@ -15,12 +15,13 @@ use bytes::Bytes;
 use serde_json::{Map, Value};
 
 use super::AppState;
-use super::auth::{Access, EntryAction};
+use super::auth::{Access, EntryAction, not_owner};
 use super::error::ApiError;
 use super::reply::Pending;
 use super::reply::push_array;
 use super::request::{PathParams, Query, check_batch, params, parse_object, path_params};
 use crate::collection::{EntryJson, EntryKey, NewEntry, generate_id};
+use crate::error::Error;
 use crate::user::{UserId, json_type};
 
 /// The path of an entry: `{collection}/{id}`.
@@ -106,18 +107,40 @@ pub(crate) async fn get(
     Ok(entry_reply(StatusCode::OK, &entry))
 }
 
-/// Checks that a user token owns the entry `key` before it changes it: absent is 404, another
-/// user's (or no user's) is 403. A server token is not asked about.
-async fn check_owner(state: &AppState, access: &Access, key: &EntryKey) -> Result<(), ApiError> {
-    if access.user().is_none() {
-        return Ok(());
+/// Who must own the entry `key` for `access` to change it: `None` for a server token, which
+/// changes any entry; a user token's user, whom the store checks owns the entry in the same
+/// atomic operation as the write (a check read before the write could find an entry that is
+/// deleted and created again by another user before the write lands).
+///
+/// A token whose user is not a valid user id owns no entry: it is refused here, 404 if the
+/// entry is absent, else 403, and nothing is written.
+async fn required_owner(
+    state: &AppState,
+    access: &Access,
+    key: &EntryKey,
+) -> Result<Option<UserId>, ApiError> {
+    let Some(user) = access.user() else {
+        return Ok(None);
+    };
+    match UserId::parse(user) {
+        Ok(owner) => Ok(Some(owner)),
+        Err(_) => {
+            if state.users().get_stored_entry(key).await?.is_none() {
+                return Err(crate::store::entry_not_found(key).into());
+            }
+            Err(not_owner(user, key.as_str()))
+        }
     }
-    let stored = state
-        .users()
-        .get_stored_entry(key)
-        .await?
-        .ok_or_else(|| crate::store::entry_not_found(key))?;
-    access.check_owner(key.as_str(), stored.owner.as_ref().map(UserId::as_str))
+}
+
+/// The answer to a user token's write refused by the store: the token's refusal (403) when
+/// the user does not own the entry, else the error's own.
+fn owned_write_error(owner: &UserId, key: &EntryKey, err: Error) -> ApiError {
+    if err.is_not_owner() {
+        not_owner(owner.as_str(), key.as_str())
+    } else {
+        err.into()
+    }
 }
 
 /// `PUT /api/v1.0/collections/{collection}/{id}/` `{"data":{…}}`: replaces the data, keeps
@@ -142,8 +165,11 @@ pub(crate) async fn update(
     }
     // An owner given with an update (Java sends `user_id`) is not a change of owner.
     let entry = NewEntry::new(key, body.remove("data"))?;
-    check_owner(&state, &access, entry.key()).await?;
-    let updated = state.users().update_entry(&entry).await?;
+    let updated = match required_owner(&state, &access, entry.key()).await? {
+        None => state.users().update_entry(&entry).await?,
+        Some(owner) => (state.users().update_owned_entry(&entry, &owner).await)
+            .map_err(|e| owned_write_error(&owner, entry.key(), e))?,
+    };
     state.metrics.record_entry_writes(1);
     Ok(entry_reply(StatusCode::CREATED, &updated))
 }
@@ -157,8 +183,11 @@ pub(crate) async fn delete(
 ) -> Result<Pending, ApiError> {
     access.check_entries(EntryAction::Delete)?;
     let key = entry_key(path)?;
-    check_owner(&state, &access, &key).await?;
-    state.users().delete_entry(&key).await?;
+    match required_owner(&state, &access, &key).await? {
+        None => state.users().delete_entry(&key).await?,
+        Some(owner) => (state.users().delete_owned_entry(&key, &owner).await)
+            .map_err(|e| owned_write_error(&owner, &key, e))?,
+    }
     state.metrics.record_entry_writes(1);
     Ok(Pending::object(StatusCode::OK, "{}"))
 }
