@@ -137,6 +137,20 @@ async fn every_write_waits_for_its_replica() {
     assert_eq!(store.delete_entries(&keys).await.unwrap(), 1);
     same("enrich:object:food:a", false);
     same("enrich:object:food:b", false);
+    // The writes made only for an entry's owner, too.
+    let olga = uid("olga");
+    for id in ["o", "p", "q"] {
+        let owned = entry(id, 1).owned_by(Some(olga.clone()));
+        store.add_entry(&owned).await.unwrap();
+    }
+    store
+        .update_owned_entry(&entry("o", 2), &olga)
+        .await
+        .unwrap();
+    same("enrich:object:food:o", true);
+    let o = EntryKey::new("food", "o").unwrap();
+    store.delete_owned_entry(&o, &olga).await.unwrap();
+    same("enrich:object:food:o", false);
 
     let frozen = Frozen::new(&mut replica.connection());
     let said = unknown(wait, store.add(&user("dave", 1), false)).await;
@@ -162,7 +176,17 @@ async fn every_write_waits_for_its_replica() {
         store.delete_entries(&[EntryKey::new("food", "d").unwrap()]),
     )
     .await;
+    unknown(wait, store.update_owned_entry(&entry("p", 2), &olga)).await;
+    let q = EntryKey::new("food", "q").unwrap();
+    unknown(wait, store.delete_owned_entry(&q, &olga)).await;
     // Writes that change nothing are answered as what they are.
+    let refused = (store.update_owned_entry(&entry("p", 3), &uid("bob")).await).unwrap_err();
+    assert_eq!(refused.kind(), ErrorKind::NotOwner, "{refused}");
+    let p = EntryKey::new("food", "p").unwrap();
+    let refused = store.delete_owned_entry(&p, &uid("bob")).await.unwrap_err();
+    assert_eq!(refused.kind(), ErrorKind::NotOwner, "{refused}");
+    let absent = store.delete_owned_entry(&o, &olga).await.unwrap_err();
+    assert_eq!(absent.kind(), ErrorKind::NotFound, "{absent}");
     let taken = store.add(&user("alice", 4), false).await.unwrap_err();
     assert_eq!(taken.kind(), ErrorKind::Conflict, "{taken}");
     let ghost = store.delete(&uid("ghost")).await.unwrap_err();
