@@ -461,8 +461,13 @@ async fn without_the_concern_a_failover_loses_an_acknowledged_write() {
     let replica = cluster.replica_of(master);
     let lost = user_of_node(&cluster, master, "");
     let unsure = user_of_node(&cluster, master, &lost);
-    careful.add(&user(&lost, 1), false).await.unwrap();
-    careful.add(&user(&unsure, 1), false).await.unwrap();
+    // The replica must hold both before its link is broken: a loaded machine may take longer
+    // than `wait` to confirm, which is not what this test is about.
+    let settled_in = store::open(&url, &waiting(1, Duration::from_secs(10)))
+        .await
+        .unwrap();
+    settled_in.add(&user(&lost, 1), false).await.unwrap();
+    settled_in.add(&user(&unsure, 1), false).await.unwrap();
 
     let frozen = Frozen::new(&mut cluster.node_connection(replica));
     drop_replicas(&cluster, master);
