@@ -113,7 +113,7 @@ mod value;
 pub use async_trait::async_trait;
 pub use cache::{CacheConfig, CacheStats, DEFAULT_L1_BYTES};
 pub use collection::{EntryJson, EntryKey, NewEntry};
-pub use enricher::{EnrichedPage, Enricher, EnricherBuilder, OnStoreError};
+pub use enricher::{EnrichedPage, Enricher, EnricherBuilder, OnStoreError, TooLarge};
 pub use error::{Error, ErrorKind, Result};
 pub use page::RawPage;
 pub use record::{Key, Record};

@@ -3,10 +3,10 @@
 
 use bytes::Bytes;
 
-use crate::collection::{EntryJson, EntryKey};
+use crate::collection::{EntryJson, EntryKey, MAX_ENTRY_BYTES};
 use crate::error::Result;
 use crate::reference::ReferenceKind;
-use crate::user::{UserId, UserJson};
+use crate::user::{MAX_USER_BYTES, UserId, UserJson};
 
 /// What a reference names, as a source is asked for it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -129,6 +129,17 @@ impl From<UserJson> for Record {
 impl From<EntryJson> for Record {
     fn from(entry: EntryJson) -> Record {
         Record::Entry(entry)
+    }
+}
+
+/// The most bytes a stored record of `kind` takes, as a store hands it out: the limit on its
+/// `{"id":…,"data":…}` ([`MAX_USER_BYTES`], [`MAX_ENTRY_BYTES`]) and what the stored form adds
+/// around it (the timestamps; an entry's collection and foreign id, and its owner's id in
+/// front of it), rounded up. What a resolver reserves for a record it has not read yet.
+pub(crate) const fn max_stored_len(kind: ReferenceKind) -> usize {
+    match kind {
+        ReferenceKind::User => MAX_USER_BYTES + 256,
+        ReferenceKind::Object => MAX_ENTRY_BYTES + 2048,
     }
 }
 

@@ -18,7 +18,8 @@ use crate::answer::Answer;
 use crate::cache::{BatchFuture, BatchResult, Cached, Flight, Joined, L1, Memo, MemoPool};
 use crate::error::{Error, ErrorKind, Result};
 use crate::id::IdList;
-use crate::record::Key;
+use crate::record::{Key, max_stored_len};
+use crate::reference::ReferenceKind;
 use crate::stats::EnrichStats;
 use crate::store::SharedSource;
 
@@ -72,6 +73,31 @@ impl Resolver {
         stats: &mut EnrichStats,
         memos: Option<(&MemoPool, &[u64])>,
     ) -> (Vec<Answer>, Vec<bool>) {
+        match self.resolve_within(ids, stats, memos, None).await {
+            Ok(resolved) => resolved,
+            Err(_) => unreachable!("no allowance, never over it"),
+        }
+    }
+
+    /// Like [`Resolver::resolve_with`], within an allowance of bytes: once the answers of the
+    /// distinct ids resolved so far (each written at least once wherever they are used) add up
+    /// to more than `allowance`, stops and says how many bytes they add up to, without asking
+    /// the source for the rest.
+    ///
+    /// The memo and the L1 answer first, and their answers count first. The misses are then read
+    /// in waves, one after the other: a wave takes misses, in order, as long as the largest
+    /// records they could be ([`max_stored_len`]) fit in what is left of the allowance (at least
+    /// one miss), so that a page whose misses fit whatever their sizes is one wave, as without
+    /// an allowance; and the source is asked for at most the allowance plus one record of the
+    /// largest size in all. Each wave is read like a page's misses without an allowance (loads
+    /// of other pages joined, batches of [`Resolver::max_batch`]).
+    pub(crate) async fn resolve_within(
+        &self,
+        ids: &(impl IdList + ?Sized),
+        stats: &mut EnrichStats,
+        memos: Option<(&MemoPool, &[u64])>,
+        allowance: Option<usize>,
+    ) -> std::result::Result<(Vec<Answer>, Vec<bool>), usize> {
         let read = memos.and_then(|(memos, hashes)| {
             memos.begin(&self.l1, |memo| remembered(memo, ids, hashes))
         });
@@ -85,10 +111,8 @@ impl Resolver {
             None => Vec::new(),
         };
         stats.l1_hits += remembered.iter().filter(|&&hit| hit).count() as u64;
-        // This page's own batches, made at its first miss: a warm page allocates none.
-        let mut batches: Vec<Batch> = Vec::new();
-        let mut waiting: Vec<(usize, Arc<Flight>)> = Vec::new();
-
+        // The ids neither the memo nor the L1 answered, in order: a warm page allocates none.
+        let mut misses: Vec<usize> = Vec::new();
         for (i, answer) in answers.iter_mut().enumerate() {
             if answer.is_some() {
                 continue;
@@ -98,6 +122,72 @@ impl Resolver {
                 *answer = Some(cached.into());
                 continue;
             }
+            misses.push(i);
+        }
+
+        // What the answers so far write, at least once each.
+        let mut written = 0;
+        if let Some(allowance) = allowance {
+            written = written_len(ids, &answers, 0..ids.count());
+            if written > allowance {
+                return Err(written);
+            }
+        }
+        let mut rest = &misses[..];
+        while !rest.is_empty() {
+            let wave = match allowance {
+                None => rest.len(),
+                Some(allowance) => wave_len(ids, rest, allowance - written),
+            };
+            let (now, later) = rest.split_at(wave);
+            rest = later;
+            self.read_wave(ids, now, &mut answers, stats).await;
+            if let Some(allowance) = allowance {
+                written += written_len(ids, &answers, now.iter().copied());
+                if written > allowance {
+                    return Err(written);
+                }
+            }
+        }
+
+        let answers: Vec<Answer> = answers
+            .into_iter()
+            .map(|a| a.expect("every id is answered"))
+            .collect();
+        // A page the store failed keeps nothing: it may be tried again, and its ids must then
+        // be answered as new ones, not as ones an earlier page learned (a batch job counts the
+        // distinct ids of a run by what each page did not find in a memo).
+        let faulty = answers.iter().any(|a| matches!(a, Answer::Unavailable(_)));
+        if let (Some((memos, hashes)), Some(stamp), false) = (memos, stamp, faulty) {
+            let fresh = (answers.iter().zip(&remembered).enumerate())
+                .filter(|(_, (_, remembered))| !**remembered)
+                .filter_map(|(i, (answer, _))| {
+                    let cached = match answer {
+                        Answer::Found(user) => Cached::Found(user.clone()),
+                        Answer::Missing => Cached::Missing,
+                        Answer::Unavailable(_) => return None,
+                    };
+                    Some((ids.id_bytes(i), hashes[i], cached))
+                });
+            memos.keep(&self.l1, stamp, fresh);
+        }
+        Ok((answers, remembered))
+    }
+
+    /// Answers the ids `wave` numbers, which neither a memo nor the L1 answered: each joins a
+    /// load of it in flight for another page, or one of this wave's batches; every batch is
+    /// sent off before any is awaited.
+    async fn read_wave(
+        &self,
+        ids: &(impl IdList + ?Sized),
+        wave: &[usize],
+        answers: &mut [Option<Answer>],
+        stats: &mut EnrichStats,
+    ) {
+        // This wave's own batches, made at its first id that joins no load in flight.
+        let mut batches: Vec<Batch> = Vec::new();
+        let mut waiting: Vec<(usize, Arc<Flight>)> = Vec::new();
+        for &i in wave {
             if batches
                 .last()
                 .is_none_or(|batch| batch.started.len() >= self.max_batch)
@@ -145,28 +235,6 @@ impl Resolver {
             let result = flight.batch.clone().await;
             answers[i] = Some(pick(&result, flight.index));
         }
-        let answers: Vec<Answer> = answers
-            .into_iter()
-            .map(|a| a.expect("every id is answered"))
-            .collect();
-        // A page the store failed keeps nothing: it may be tried again, and its ids must then
-        // be answered as new ones, not as ones an earlier page learned (a batch job counts the
-        // distinct ids of a run by what each page did not find in a memo).
-        let faulty = answers.iter().any(|a| matches!(a, Answer::Unavailable(_)));
-        if let (Some((memos, hashes)), Some(stamp), false) = (memos, stamp, faulty) {
-            let fresh = (answers.iter().zip(&remembered).enumerate())
-                .filter(|(_, (_, remembered))| !**remembered)
-                .filter_map(|(i, (answer, _))| {
-                    let cached = match answer {
-                        Answer::Found(user) => Cached::Found(user.clone()),
-                        Answer::Missing => Cached::Missing,
-                        Answer::Unavailable(_) => return None,
-                    };
-                    Some((ids.id_bytes(i), hashes[i], cached))
-                });
-            memos.keep(&self.l1, stamp, fresh);
-        }
-        (answers, remembered)
     }
 
     /// Starts the load of the ids a batch registered, on a task of its own, answering through
@@ -220,6 +288,32 @@ fn remembered(memo: &Memo, ids: &(impl IdList + ?Sized), hashes: &[u64]) -> Vec<
     let hits = memo.get_all(hashes, |i| ids.id_bytes(i));
     let answers = hits.into_iter().map(|hit| hit.cloned().map(Answer::from));
     answers.collect()
+}
+
+/// What the answers of the ids `which` numbers write, once each (nothing for an id not answered
+/// yet).
+fn written_len(
+    ids: &(impl IdList + ?Sized),
+    answers: &[Option<Answer>],
+    which: impl Iterator<Item = usize>,
+) -> usize {
+    which
+        .filter_map(|i| Some(answers[i].as_ref()?.len(|| ids.id(i))))
+        .sum()
+}
+
+/// How many of `misses` the next wave reads when `left` bytes of the allowance are left: as
+/// many as fit, in order, were each as large as a record of its kind can be; at least one.
+fn wave_len(ids: &(impl IdList + ?Sized), misses: &[usize], left: usize) -> usize {
+    let mut reserved = 0;
+    let fit = misses
+        .iter()
+        .take_while(|&&i| {
+            reserved += max_stored_len(ReferenceKind::of_key(ids.id(i)));
+            reserved <= left
+        })
+        .count();
+    fit.max(1)
 }
 
 /// Reads slot `index` of a batch's result.

@@ -705,3 +705,57 @@ async fn raw_pages_see_every_write_at_once_through_their_memos() {
     users.delete(&UserId::parse("m").unwrap()).await.unwrap();
     assert_eq!(read(enricher.clone()).await, not_found("m"));
 }
+
+/// Within a byte allowance, a page whose misses fit whatever their sizes is still one store
+/// call; a page of many large users is refused once those read are over it, the rest never
+/// asked for.
+#[tokio::test]
+async fn a_page_within_an_allowance_reads_no_more_than_it() {
+    let store = Watched::memory();
+    for i in 0..19 {
+        add(&*store, &format!("u{i}"), json!({ "n": i })).await;
+    }
+    for i in 0..100 {
+        add(
+            &*store,
+            &format!("big{i}"),
+            json!({ "bio": "x".repeat(9_000) }),
+        )
+        .await;
+    }
+    let enricher = Enricher::new(store.clone());
+    let mut page = RawPage::new(Depth::TopLevel);
+    for doc in self::page() {
+        page.push(doc.to_string().as_bytes()).unwrap();
+    }
+    let enriched = enricher
+        .enrich_page_within(&page, 16 << 20)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((store.calls(), store.ids()), (1, 20));
+    assert_eq!(enriched.stats().store_calls, 1);
+
+    let mut big = RawPage::new(Depth::TopLevel);
+    for i in 0..100 {
+        big.push(format!(r#"{{"actor":"SU:big{i}","object":"SU:u1"}}"#).as_bytes())
+            .unwrap();
+    }
+    let too_large = enricher
+        .enrich_page_within(&big, 50_000)
+        .await
+        .unwrap()
+        .unwrap_err();
+    // u1 came from the L1; 50 kB and one user of the largest size are 6 users of 9 kB.
+    let read = store.ids() - 20;
+    assert!(read <= 7, "{read} ids read: {too_large:?}");
+    assert!(store.calls() > 2, "waves, one after the other");
+    assert!(too_large.at_least > 50_000, "{too_large}");
+    assert_eq!(too_large.stats.fetched, read);
+
+    // Without an allowance, the same page is one call again.
+    let calls = store.calls();
+    let enriched = enricher.enrich_page(&big).await.unwrap();
+    assert_eq!(store.calls(), calls + 1);
+    assert!(enriched.doc_len(0) > 9_000);
+}

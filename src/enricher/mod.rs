@@ -12,7 +12,7 @@ use std::fmt;
 use std::sync::Arc;
 
 pub use self::builder::{EnricherBuilder, OnStoreError};
-pub use self::pages::EnrichedPage;
+pub use self::pages::{EnrichedPage, TooLarge};
 use crate::answer::Answer;
 use crate::cache::{CacheStats, MemoPool};
 use crate::collection::{EntryJson, EntryKey};

@@ -74,6 +74,53 @@ impl<S: ?Sized> Enricher<S> {
         self.enrich_page_with(page, &self.inner.memos).await
     }
 
+    /// Like [`Enricher::enrich_page`], for a caller with a bound on what it answers: refuses
+    /// the page, without reading the rest of its references, once its enriched documents are
+    /// sure to add up to more than `max_bytes`.
+    ///
+    /// Every distinct record a page references is written at least once, so the records
+    /// resolved so far (and the error objects of missing ones) are a lower bound of the
+    /// enriched page's size. The memo and the L1 answer first; the misses are then read in
+    /// waves, one after the other, each as large as what is left of `max_bytes` affords were
+    /// every record as large as one can be (a user 10 kB, [`MAX_USER_BYTES`]; an entry
+    /// 51,200 B, [`MAX_ENTRY_BYTES`]; a little more as stored). A page whose misses fit is read
+    /// in one store call, as by [`Enricher::enrich_page`]; and a page that is refused has read
+    /// at most `max_bytes` plus one record of the largest size (about 52 kB) from the store
+    /// (records within those limits: what this crate writes). When it is not refused, the
+    /// caller still checks [`EnrichedPage::doc_len`]: a record used many times counts once
+    /// here.
+    ///
+    /// [`MAX_USER_BYTES`]: crate::user::MAX_USER_BYTES
+    /// [`MAX_ENTRY_BYTES`]: crate::collection::MAX_ENTRY_BYTES
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> enrich::Result<()> {
+    /// use enrich::{Depth, Enricher, NewUser, RawPage, StoreOptions, store};
+    /// use serde_json::json;
+    ///
+    /// let enricher = Enricher::new(store::open("memory:", &StoreOptions::new()).await?);
+    /// let big = NewUser::new("alice", Some(json!({"bio": "x".repeat(5_000)})))?;
+    /// enricher.users().add(&big, false).await?;
+    ///
+    /// let mut page = RawPage::new(Depth::TopLevel);
+    /// page.push(br#"{"actor": "SU:alice", "verb": "post"}"#)?;
+    /// let too_large = enricher.enrich_page_within(&page, 1_000).await?.unwrap_err();
+    /// assert!(too_large.at_least > 5_000);
+    /// let enriched = enricher.enrich_page_within(&page, 1 << 20).await?.unwrap();
+    /// assert!(enriched.doc_len(0) > 5_000);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn enrich_page_within<'p>(
+        &self,
+        page: &'p RawPage,
+        max_bytes: usize,
+    ) -> Result<std::result::Result<EnrichedPage<'p>, TooLarge>> {
+        self.enrich_page_bounded(page, &self.inner.memos, Some(max_bytes))
+            .await
+    }
+
     /// Like [`Enricher::enrich_page`], for a worker that enriches page after page: `memos`
     /// answer the ids they saw in earlier pages, as long as the L1 has not changed since.
     pub(crate) async fn enrich_page_with<'p>(
@@ -81,23 +128,50 @@ impl<S: ?Sized> Enricher<S> {
         page: &'p RawPage,
         memos: &MemoPool,
     ) -> Result<EnrichedPage<'p>> {
+        match self.enrich_page_bounded(page, memos, None).await? {
+            Ok(enriched) => Ok(enriched),
+            Err(_) => unreachable!("no allowance, never over it"),
+        }
+    }
+
+    async fn enrich_page_bounded<'p>(
+        &self,
+        page: &'p RawPage,
+        memos: &MemoPool,
+        max_bytes: Option<usize>,
+    ) -> Result<std::result::Result<EnrichedPage<'p>, TooLarge>> {
         let mut stats = EnrichStats {
             activities: page.activities(),
             references: page.references(),
             ..EnrichStats::default()
         };
         stats.distinct = page.ids().count() as u64;
-        let (answers, remembered) = (self.inner.resolver)
-            .resolve_with(page.ids(), &mut stats, Some((memos, page.id_hashes())))
+        let resolved = (self.inner.resolver)
+            .resolve_within(
+                page.ids(),
+                &mut stats,
+                Some((memos, page.id_hashes())),
+                max_bytes,
+            )
             .await;
+        let (answers, remembered) = match resolved {
+            Ok(resolved) => resolved,
+            Err(at_least) => {
+                return Ok(Err(TooLarge {
+                    at_least,
+                    max_bytes: max_bytes.expect("over an allowance"),
+                    stats,
+                }));
+            }
+        };
         let answers = self.fail_on_store_fault(answers)?;
         page.count_answers(&answers, &mut stats);
-        Ok(EnrichedPage {
+        Ok(Ok(EnrichedPage {
             page,
             answers,
             remembered,
             stats,
-        })
+        }))
     }
 
     /// Resolves every reference of a page of documents held as values (activities, groups or
@@ -173,6 +247,32 @@ impl<S: ?Sized> Enricher<S> {
         Ok(answers)
     }
 }
+
+/// What [`Enricher::enrich_page_within`] answers for a page whose enriched documents are sure
+/// to be over its `max_bytes`: it stopped reading the page's references there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct TooLarge {
+    /// A lower bound of the enriched page's size, over `max_bytes`: what the distinct ids
+    /// resolved before it stopped write, once each.
+    pub at_least: usize,
+    /// The bound the page was over.
+    pub max_bytes: usize,
+    /// What the enrichment did before it stopped: its store calls and the ids they asked for.
+    pub stats: EnrichStats,
+}
+
+impl std::fmt::Display for TooLarge {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "the enriched page would be over {} bytes: its distinct records alone are {} bytes",
+            self.max_bytes, self.at_least
+        )
+    }
+}
+
+impl std::error::Error for TooLarge {}
 
 /// How many documents ahead of the one written [`EnrichedPage::write`] fetches users.
 const PREFETCH_AHEAD: usize = 8;
