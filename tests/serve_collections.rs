@@ -1418,3 +1418,87 @@ async fn store_refusals_of_entry_writes_are_answered_as_what_they_are() {
     assert_eq!(status, StatusCode::OK);
     server.stop().await;
 }
+
+/// The value of the counter `name` in a metrics page.
+fn counter(metrics: &str, name: &str) -> u64 {
+    let line = (metrics.lines())
+        .find(|l| l.split(' ').next() == Some(name))
+        .unwrap_or_else(|| panic!("no {name} in\n{metrics}"));
+    line.rsplit(' ').next().unwrap().parse().unwrap()
+}
+
+/// A request whose distinct references are to large entries is refused once those read
+/// are more than an answer may hold, without the store being asked for the rest: 100
+/// entries of 20 kB behind a limit of 200 kB are about a dozen read, not 2 MB.
+#[tokio::test]
+async fn enrich_reads_no_more_than_the_response_limit_of_large_entries() {
+    const LIMIT: usize = 200_000;
+    const ENTRY: usize = 20_000;
+    const ENTRIES: usize = 100;
+    let redis = support::RedisServer::start();
+    let limits = enrich::serve::Limits::new().max_response_bytes(LIMIT);
+    let server = Server::start_limited(&redis.url(), limits)
+        .await
+        .signed(&json!({"resource": "*", "action": "*", "feed_id": "*", "user_id": "*"}));
+    for chunk in (0..ENTRIES).collect::<Vec<_>>().chunks(5) {
+        let items: Vec<Value> = (chunk.iter())
+            .map(|i| json!({"id": format!("e{i}"), "v": "x".repeat(ENTRY)}))
+            .collect();
+        let (status, body) = server
+            .call(
+                Method::POST,
+                "/api/v1.0/collections/",
+                json!({"data": {"big": items}}).to_string(),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+    }
+
+    let activities: Vec<Value> = (0..ENTRIES)
+        .map(|i| json!({"actor": "SU:nobody", "verb": "post", "object": format!("SO:big:e{i}")}))
+        .collect();
+    redis.reset_stats();
+    let before = counter(&server.metrics().await, "enrich_store_fetched_users_total");
+    let (status, body) = server
+        .call(
+            Method::POST,
+            "/api/v1.0/enrich/",
+            json!(activities).to_string(),
+        )
+        .await;
+    let detail = assert_error(status, &body, 400, 4, "InputException");
+    assert!(detail.contains("--max-response-bytes"), "{detail}");
+    let metrics = server.metrics().await;
+    let fetched = counter(&metrics, "enrich_store_fetched_users_total") - before;
+    // The entries read add up to the limit and one entry of the largest size at most (the
+    // user and one entry over the limit: 200 kB + 52 kB is 12 entries of 20 kB and a user).
+    assert!(fetched <= 14, "{fetched} ids read\n{metrics}");
+    // And as Redis counts them: the keys it found, each an entry read.
+    let info: String = redis::cmd("INFO")
+        .arg("stats")
+        .query(&mut redis.connection())
+        .unwrap();
+    let found: u64 = (info.lines())
+        .find_map(|l| l.strip_prefix("keyspace_hits:"))
+        .map(|n| n.trim().parse().unwrap())
+        .unwrap_or_else(|| panic!("no keyspace_hits in\n{info}"));
+    assert!(found <= 13, "{found} entries read\n{info}");
+    let line = r#"enrich_limit_refusals_total{limit="max_response_bytes"} 1"#;
+    assert!(
+        metrics.lines().any(|l| l == line),
+        "no {line} in\n{metrics}"
+    );
+
+    // What fits is answered, in one read of the store: 5 entries and a user.
+    let (status, body) = server
+        .call(
+            Method::POST,
+            "/api/v1.0/enrich/",
+            json!(activities[..5]).to_string(),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let answer: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(answer[4]["object"]["id"], "e4", "{body}");
+    server.stop().await;
+}

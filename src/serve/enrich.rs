@@ -58,7 +58,24 @@ pub(crate) async fn enrich(
             limits.max_references,
         ));
     }
-    let enriched = state.enricher.enrich_page(&page).await?;
+    // The users and entries read are bounded by the limit too: past it, the distinct ones
+    // read so far are already more than an answer may hold, and the rest are never read.
+    let enriched = match (state.enricher)
+        .enrich_page_within(&page, limits.max_response_bytes)
+        .await?
+    {
+        Ok(enriched) => enriched,
+        Err(too_large) => {
+            state.metrics.record_enrich(&too_large.stats);
+            return Err(ApiError::input(format!(
+                "the enriched document would be over {} bytes: its distinct users and entries \
+                 alone are {} bytes, over the limit of {} bytes per response \
+                 (--max-response-bytes); ask for fewer activities at once",
+                limits.max_response_bytes, too_large.at_least, limits.max_response_bytes
+            ))
+            .by("max_response_bytes"));
+        }
+    };
     state.metrics.record_enrich(&enriched.stats());
     // Known before a byte of it exists: enrichment multiplies, so the size is checked first.
     let len = enriched.doc_len(0);
