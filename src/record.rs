@@ -147,6 +147,29 @@ pub(crate) const fn max_stored_len(kind: ReferenceKind) -> usize {
 mod tests {
     use super::*;
 
+    /// The largest user and the largest entry, ids of the longest, as stored (an entry with
+    /// its owner in front), fit what a resolver reserves for them.
+    #[test]
+    fn the_largest_records_fit_their_reservation() {
+        use crate::collection::{EntryKey, NewEntry};
+        use crate::id::MAX_ID_LEN;
+        use crate::user::{NewUser, Timestamp};
+        let long = "i".repeat(MAX_ID_LEN);
+        let fill = |room: usize| serde_json::json!({ "a": "x".repeat(room) });
+        let now = Timestamp::now();
+        // {"id":"…","data":{"a":"…"}} is 25 bytes and the id around the filling.
+        let user = NewUser::new(&long, Some(fill(MAX_USER_BYTES - 25 - MAX_ID_LEN))).unwrap();
+        let user = user.to_json(now, now);
+        assert!(NewUser::new(&long, Some(fill(MAX_USER_BYTES - 24 - MAX_ID_LEN))).is_err());
+        assert!(user.as_bytes().len() <= max_stored_len(ReferenceKind::User));
+        let key = EntryKey::new(&long, &long).unwrap();
+        let entry = NewEntry::new(key.clone(), Some(fill(MAX_ENTRY_BYTES - 25 - MAX_ID_LEN)));
+        let entry = entry.unwrap().to_json(now, now);
+        assert!(NewEntry::new(key, Some(fill(MAX_ENTRY_BYTES - 24 - MAX_ID_LEN))).is_err());
+        let owner = MAX_ID_LEN + 1;
+        assert!(entry.as_bytes().len() + owner <= max_stored_len(ReferenceKind::Object));
+    }
+
     #[test]
     fn keys_know_their_kind() {
         assert_eq!(Key::parse("food:x").unwrap().kind(), ReferenceKind::Object);
