@@ -4,7 +4,9 @@
 //! A resolver serves one [`ReferenceKind`](crate::reference::ReferenceKind) of reference
 //! through its source and its L1. For each id: the L1 answers if it can; otherwise a load of
 //! that id already in flight for another page is joined; otherwise the id joins one of this
-//! page's batches (one unless the page has more misses than the batch size). A batch is one
+//! page's batches (one unless the page has more misses than the batch size). Within a byte
+//! allowance ([`Resolver::resolve_within`]) the misses that do not fit at once are read in
+//! waves, one after the other, each like a page's misses without one. A batch is one
 //! [`UserSource::get_many_each`](crate::store::UserSource::get_many_each) call (an answer or an
 //! error per id), run on its own task so that a page dropped mid-load (a client gone away)
 //! never leaves the pages that joined its loads waiting forever.

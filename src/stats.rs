@@ -18,7 +18,9 @@ pub struct EnrichStats {
     /// Ids asked of the store.
     pub fetched: u64,
     /// Store calls made: at most one per call, or one per
-    /// [`EnricherBuilder::max_batch_size`](crate::EnricherBuilder::max_batch_size) ids asked.
+    /// [`EnricherBuilder::max_batch_size`](crate::EnricherBuilder::max_batch_size) ids asked;
+    /// [`Enricher::enrich_page_within`](crate::Enricher::enrich_page_within) makes one per
+    /// wave of a page whose misses do not fit its allowance at once.
     pub store_calls: u64,
     /// References to users that do not exist.
     pub missing: u64,
