@@ -52,6 +52,7 @@ fn invalid_name(what: &str, text: &str) -> Option<Error> {
 
 /// Checks a collection name alone (an upsert's group may have no entry to check it with),
 /// naming what is wrong.
+#[cfg(feature = "serve")]
 pub(crate) fn check_collection_name(name: &str) -> Result<()> {
     invalid_name("collection name", name).map_or(Ok(()), Err)
 }
