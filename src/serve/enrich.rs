@@ -68,10 +68,10 @@ pub(crate) async fn enrich(
         Err(too_large) => {
             state.metrics.record_enrich(&too_large.stats);
             return Err(ApiError::input(format!(
-                "the enriched document would be over {} bytes: its distinct users and entries \
-                 alone are {} bytes, over the limit of {} bytes per response \
-                 (--max-response-bytes); ask for fewer activities at once",
-                limits.max_response_bytes, too_large.at_least, limits.max_response_bytes
+                "the enriched document would be over the limit of {} bytes per response \
+                 (--max-response-bytes): its distinct users and entries alone are {} bytes; \
+                 ask for fewer activities at once",
+                limits.max_response_bytes, too_large.at_least
             ))
             .by("max_response_bytes"));
         }
