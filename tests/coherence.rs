@@ -116,7 +116,8 @@ fn tracking_client(server: &RedisServer) -> Option<String> {
 }
 
 /// An enricher without an L1 has nothing to keep coherent: it opens no tracking connection
-/// and is never bypassed waiting for one (with an L1 it is, until its stream is up).
+/// and is never bypassed waiting for one (with an L1 it is, until its stream is up, and
+/// never uses the L1 without one).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_enricher_without_an_l1_watches_nothing() {
     let server = RedisServer::start();
@@ -133,11 +134,16 @@ async fn an_enricher_without_an_l1_watches_nothing() {
     uncached.users().add(&user("n", 1), false).await.unwrap();
     assert_eq!(version(&actor(&uncached, "n").await), 1);
 
+    // Its stream may come up before the first look (a loaded machine's scheduling decides),
+    // but the L1 is never used without it: the connection is named before tracking is on,
+    // and the bypass ends only once tracking is on.
     let cached = Enricher::new(store);
-    assert!(
-        cached.cache_stats().bypassed,
-        "cached before its stream is up"
-    );
+    if !cached.cache_stats().bypassed {
+        assert!(
+            tracking_client(&server).is_some(),
+            "cached before its stream is up"
+        );
+    }
     assert!(cached.wait_for_cache(Duration::from_secs(5)).await);
     assert!(tracking_client(&server).is_some(), "no tracking connection");
 }
