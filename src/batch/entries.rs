@@ -9,12 +9,10 @@ use serde_json::Value;
 use tokio::io::AsyncRead;
 
 use super::ImportEvent;
-use super::import::{
-    BatchFailure, Batches, Tally, import_lines, is_array, json_problem, kept_time,
-};
+use super::import::{BatchFailure, Batches, Tally, import_lines, kept_time, parse_line};
 use super::{MAX_LINE, Stop, interrupted};
 use crate::collection::{EntryKey, MAX_BATCH_ENTRIES, NewEntry, generate_id};
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::store::{ImportEntry, UserStore};
 
 /// A batch is written once its entries' data reach this many bytes, even if it holds fewer
@@ -40,17 +38,11 @@ struct EntryLine {
 /// `created_at` and `updated_at` kept from another store (filled in as
 /// [`ImportEntry::new`] says). A missing, `null` or empty id means a generated one.
 pub fn parse_entry_line(line: &[u8]) -> Result<ImportEntry> {
-    if is_array(line) {
-        return Err(Error::invalid(
-            "not an entry line (an array); expected {\"collection\":…,\"id\":…,\"data\":{…}}",
-        ));
-    }
-    let line: EntryLine = serde_json::from_slice(line).map_err(|e| {
-        Error::invalid(format!(
-            "not an entry line ({}); expected {{\"collection\":…,\"id\":…,\"data\":{{…}}}}",
-            json_problem(&e)
-        ))
-    })?;
+    let line: EntryLine = parse_line(
+        line,
+        "an entry line",
+        r#"{"collection":…,"id":…,"data":{…}}"#,
+    )?;
     let id = match line.id {
         Some(id) if !id.is_empty() => id,
         _ => generate_id(),

@@ -31,27 +31,34 @@ struct ImportLine {
 /// Reads one import line: `{"id":…,"data":…}`, optionally with `created_at` and `updated_at`
 /// kept from another store.
 pub fn parse_import_line(line: &[u8]) -> Result<ImportUser> {
-    if is_array(line) {
-        return Err(Error::invalid(
-            "not a user line (an array); expected {\"id\":…,\"data\":{…}}",
-        ));
-    }
-    let line: ImportLine = serde_json::from_slice(line).map_err(|e| {
-        Error::invalid(format!(
-            "not a user line ({}); expected {{\"id\":…,\"data\":{{…}}}}",
-            json_problem(&e)
-        ))
-    })?;
+    let line: ImportLine = parse_line(line, "a user line", r#"{"id":…,"data":{…}}"#)?;
     let user = NewUser::new(&line.id, line.data)?;
     let created_at = kept_time(line.created_at.as_deref())?;
     let updated_at = kept_time(line.updated_at.as_deref())?;
     ImportUser::new(user, created_at, updated_at)
 }
 
-/// True when `line` is (or starts) a JSON array: serde's derived structs read an array of
-/// their fields in order too (`["alice",{…}]`), but a line is an object, as the format says.
-pub(super) fn is_array(line: &[u8]) -> bool {
-    line.trim_ascii_start().first() == Some(&b'[')
+/// Reads an import line as `T`, a JSON object; refused as "not `what` (the problem); expected
+/// `expected`", the problem on one bounded line.
+///
+/// An array is refused before serde sees it: serde's derived structs read an array of their
+/// fields in order too (`["alice",{…}]`), but a line is an object, as the format says.
+pub(super) fn parse_line<T: serde::de::DeserializeOwned>(
+    line: &[u8],
+    what: &str,
+    expected: &str,
+) -> Result<T> {
+    let problem = if line.trim_ascii_start().first() == Some(&b'[') {
+        "an array".to_owned()
+    } else {
+        match serde_json::from_slice(line) {
+            Ok(parsed) => return Ok(parsed),
+            Err(err) => json_problem(&err),
+        }
+    };
+    Err(Error::invalid(format!(
+        "not {what} ({problem}); expected {expected}"
+    )))
 }
 
 /// The longest [`json_problem`], in characters, before its position.
@@ -60,7 +67,7 @@ const MAX_PROBLEM: usize = 160;
 /// What serde_json says is wrong with a line, on one line and bounded whatever the line holds:
 /// it quotes an unknown field's name as the line spells it, newlines and all, and as long as
 /// the line lets it be (a rejection is reported as one line of the import's output).
-pub(super) fn json_problem(err: &serde_json::Error) -> String {
+fn json_problem(err: &serde_json::Error) -> String {
     let message = err.to_string();
     let position = format!(" at line {} column {}", err.line(), err.column());
     let problem = message.strip_suffix(&position).unwrap_or(&message);

@@ -15,6 +15,7 @@ use super::auth::Access;
 use super::budget::charged_body;
 use super::error::ApiError;
 use super::request::{Params, flag, params};
+use crate::batch::is_blank;
 use crate::page::RawPage;
 use crate::shape::Depth;
 use crate::sync::Pool;
@@ -32,7 +33,7 @@ pub(crate) async fn enrich(
     } else {
         Depth::TopLevel
     };
-    if doc.iter().all(u8::is_ascii_whitespace) {
+    if is_blank(&doc) {
         return Err(ApiError::input(
             "the request body is empty; send an activity, a group, a feed response or an \
              array of them",

@@ -12,6 +12,7 @@ use serde_json::Value;
 use super::Shared;
 use super::budget::Charge;
 use super::error::ApiError;
+use crate::batch::is_blank;
 
 /// A handler's query string read as `T` (a map, or the pairs in order), or why it could not
 /// be read.
@@ -120,7 +121,7 @@ pub(crate) async fn parse_object(
 /// Parses a body that must be a JSON object. `[]` counts as `{}`: PHP writes an empty map so,
 /// and Stream's PHP client sends it as the whole body of an update without data.
 pub(crate) fn json_object(body: &[u8]) -> Result<serde_json::Map<String, Value>, ApiError> {
-    if body.iter().all(u8::is_ascii_whitespace) {
+    if is_blank(body) {
         return Err(ApiError::input(
             "the request body is empty; send a JSON object",
         ));
