@@ -13,10 +13,11 @@ use super::read::RawLines;
 use super::write::LaneSender;
 use super::{MAX_LINE, PIECE_BYTES, RunOptions};
 use crate::cache::MemoPool;
-use crate::enricher::{EnrichedPage, Enricher};
+use crate::enricher::{EnrichedPage, Enricher, TooLarge};
 use crate::error::Error;
 use crate::page::RawPage;
 use crate::retry::Backoff;
+use crate::stats::EnrichStats;
 
 /// What every chunk task of a run shares.
 #[derive(Debug)]
@@ -90,21 +91,57 @@ pub(super) async fn process(
             chunk.rejected.push((i, rejected));
         }
     }
+    let allowance = options.page_allowance();
     let resolved = resolve(
         &shared.enricher,
         &chunk.page,
+        allowance,
         options.store_timeout,
         &spares.memos,
         &mut stopping,
     )
     .await;
-    let enriched = match resolved {
-        Ok(enriched) => enriched,
+    let mut rejected = std::mem::take(&mut chunk.rejected);
+    let stats = match resolved {
+        Ok(Ok(enriched)) => {
+            deliver_whole(
+                &shared,
+                &lines,
+                &mut rejected,
+                enriched,
+                &mut turn,
+                &mut lane,
+            )
+            .await
+        }
+        Ok(Err(too_large)) => {
+            let mut parts = Parts {
+                shared: &shared,
+                lines: &lines,
+                turn: &mut turn,
+                stopping: &mut stopping,
+                lane: &mut lane,
+                allowance,
+            };
+            match parts.deliver(&mut rejected, too_large).await {
+                Some(stats) => stats,
+                None => return,
+            }
+        }
         Err(failure) => {
             lane.send(failure.unwrap_or(Piece::Abandoned));
             return;
         }
     };
+    chunk.rejected = rejected;
+    let mut lines = lines;
+    lines.clear();
+    spares.lines.put(lines);
+    lane.send(Piece::Done { chunk, stats });
+}
+
+/// Teaches the run's count of distinct ids what a resolved page found.
+fn count_distinct(shared: &Shared, enriched: &EnrichedPage<'_>) {
     // The run's count of distinct ids takes only the ids the memo did not answer: the others
     // are counted by the page that taught them to the memo, as only a page answered whole
     // teaches one (a page tried again after a store fault counts all it learned). (Adding
@@ -112,12 +149,23 @@ pub(super) async fn process(
     // 51k distinct.)
     let new: Vec<u64> = enriched.unremembered_hashes().collect();
     shared.distinct.add(&new);
-    // Every line's fate first: its size is known exactly, nothing is built yet.
+}
+
+/// Every line's fate, for the lines `range` of a chunk whose resolved page `enriched` holds
+/// the ones not `rejected` at their scan (the chunk's rejections, by position, in order): its
+/// size is known exactly, nothing is built yet.
+fn plan(
+    shared: &Shared,
+    lines: &RawLines,
+    range: std::ops::Range<usize>,
+    rejected: &mut std::iter::Peekable<impl Iterator<Item = (usize, Rejected)>>,
+    enriched: &EnrichedPage<'_>,
+) -> Vec<Step> {
+    let options = &shared.options;
     let mut steps = Vec::new();
     let mut piece = Plan::default();
     let mut doc = 0;
-    let mut rejected = chunk.rejected.drain(..).peekable();
-    for i in 0..lines.lines.len() {
+    for i in range {
         if let Some((_, rejected)) = rejected.next_if(|(at, _)| *at == i) {
             piece.close(&mut steps);
             steps.push(Step::Rejected(rejected));
@@ -126,17 +174,12 @@ pub(super) async fn process(
         let len = enriched.doc_len(doc);
         if len > options.max_line_output {
             piece.close(&mut steps);
-            let line = &lines.lines[i];
-            steps.push(Step::Rejected(Rejected {
-                file: shared.names[line.file as usize].clone(),
-                line: line.number,
-                error: Error::invalid(format!(
-                    "the enriched line would be {len} bytes, over the limit of {} bytes \
-                     (--max-line-output)",
-                    options.max_line_output
-                )),
-                input: lines.bytes(i).to_vec(),
-            }));
+            steps.push(Step::Rejected(over_line_output(
+                shared,
+                lines,
+                i,
+                format!("would be {len} bytes"),
+            )));
         } else {
             if piece.bytes + len + 1 > PIECE_BYTES {
                 piece.close(&mut steps);
@@ -145,12 +188,47 @@ pub(super) async fn process(
         }
         doc += 1;
     }
+    piece.close(&mut steps);
+    steps
+}
+
+/// Line `i` of a chunk, rejected as over [`RunOptions::max_line_output`]: its output `would`.
+fn over_line_output(shared: &Shared, lines: &RawLines, i: usize, would: String) -> Rejected {
+    let line = &lines.lines[i];
+    Rejected {
+        file: shared.names[line.file as usize].clone(),
+        line: line.number,
+        error: Error::invalid(format!(
+            "the enriched line {would}, over the limit of {} bytes (--max-line-output)",
+            shared.options.max_line_output
+        )),
+        input: lines.bytes(i).to_vec(),
+    }
+}
+
+/// Hands over a chunk resolved as one page (the usual case), and says what its enrichment did.
+async fn deliver_whole(
+    shared: &Shared,
+    lines: &RawLines,
+    rejected: &mut Vec<(usize, Rejected)>,
+    enriched: EnrichedPage<'_>,
+    turn: &mut Turn,
+    lane: &mut LaneSender,
+) -> EnrichStats {
+    count_distinct(shared, &enriched);
+    let mut rejected = rejected.drain(..).peekable();
+    let steps = plan(
+        shared,
+        lines,
+        0..lines.lines.len(),
+        &mut rejected,
+        &enriched,
+    );
     debug_assert!(
         rejected.next().is_none(),
         "every rejected line has its place"
     );
     drop(rejected);
-    piece.close(&mut steps);
 
     // The chunk's budget, in input order. When all of it is there at once (the usual case)
     // the turn passes before anything is rendered, so chunks render side by side: holding the
@@ -163,7 +241,7 @@ pub(super) async fn process(
     let mut ready = Vec::new();
     while let Some(step) = steps.peek() {
         let budget = match step {
-            Step::Lines(plan) => match plan.try_budget(&shared) {
+            Step::Lines(plan) => match plan.try_budget(shared) {
                 Some(budget) => Some(budget),
                 None => break,
             },
@@ -175,18 +253,114 @@ pub(super) async fn process(
         turn.pass();
     }
     for (step, budget) in ready {
-        step.hand_over(&shared, &enriched, &mut lane, budget).await;
+        step.hand_over(shared, &enriched, lane, budget).await;
     }
     for step in steps {
-        step.hand_over(&shared, &enriched, &mut lane, None).await;
+        step.hand_over(shared, &enriched, lane, None).await;
     }
     turn.pass();
-    let stats = enriched.stats();
-    drop(enriched);
-    let mut lines = lines;
-    lines.clear();
-    spares.lines.put(lines);
-    lane.send(Piece::Done { chunk, stats });
+    enriched.stats()
+}
+
+/// A chunk whose records are more than a page may hold at once
+/// ([`RunOptions::page_allowance`]): it is enriched a part at a time,
+/// each part's lines resolved as a page of their own, handed over and let go before the next
+/// part is read, so that what a chunk holds stays within its allowance whatever its input
+/// names. A part that is refused is halved, down to a single line, which is then rejected:
+/// its records alone are over the line limit. After a part that fits, the next is twice as
+/// many lines.
+///
+/// The chunk keeps its turn until its last part, taking each piece's budget as the writer
+/// frees it.
+struct Parts<'a> {
+    shared: &'a Shared,
+    lines: &'a RawLines,
+    turn: &'a mut Turn,
+    stopping: &'a mut watch::Receiver<bool>,
+    lane: &'a mut LaneSender,
+    allowance: usize,
+}
+
+impl Parts<'_> {
+    /// Hands over the chunk whose whole page was `refused`, and says what its enrichment did;
+    /// `None` when a part could not be resolved (what it sent on says why).
+    async fn deliver(
+        &mut self,
+        rejected: &mut Vec<(usize, Rejected)>,
+        refused: TooLarge,
+    ) -> Option<EnrichStats> {
+        let shared = self.shared;
+        let lines = self.lines;
+        let mut stats = EnrichStats::default();
+        read_by(&mut stats, &refused);
+        let mut rejected = rejected.drain(..).peekable();
+        let mut part = RawPage::new(shared.options.depth);
+        let total = lines.lines.len();
+        let mut start = 0;
+        let mut len = total.div_ceil(2);
+        while start < total {
+            let end = (start + len).min(total);
+            part.clear();
+            for i in start..end {
+                // A line refused at the chunk's scan is refused again, and is in `rejected`.
+                let _ = take(&mut part, lines.line(i), lines.lines[i].cut);
+            }
+            let resolved = resolve(
+                &shared.enricher,
+                &part,
+                self.allowance,
+                shared.options.store_timeout,
+                &shared.spares.memos,
+                self.stopping,
+            )
+            .await;
+            match resolved {
+                Err(failure) => {
+                    self.lane.send(failure.unwrap_or(Piece::Abandoned));
+                    return None;
+                }
+                Ok(Err(refused)) if end - start > 1 => {
+                    read_by(&mut stats, &refused);
+                    len = (end - start) / 2;
+                    continue;
+                }
+                Ok(Err(refused)) => {
+                    // One line, not refused at its scan (its page would be empty and fit).
+                    read_by(&mut stats, &refused);
+                    let would = format!("would be at least {} bytes", refused.at_least);
+                    let line = over_line_output(shared, lines, start, would);
+                    self.lane.send(Piece::Rejected(line));
+                }
+                Ok(Ok(enriched)) => {
+                    count_distinct(shared, &enriched);
+                    let steps = plan(shared, lines, start..end, &mut rejected, &enriched);
+                    self.turn.wait().await;
+                    for step in steps {
+                        step.hand_over(shared, &enriched, self.lane, None).await;
+                    }
+                    stats += enriched.stats();
+                    len = (end - start) * 2;
+                }
+            }
+            start = end;
+        }
+        debug_assert!(
+            rejected.next().is_none(),
+            "every rejected line has its place"
+        );
+        // Passed only once the chunk before has passed (had every part been a rejected line).
+        self.turn.wait().await;
+        self.turn.pass();
+        Some(stats)
+    }
+}
+
+/// Adds to `stats` the reads of a page that was `refused`: its other counts are the page's,
+/// counted when its lines are.
+fn read_by(stats: &mut EnrichStats, refused: &TooLarge) {
+    stats.coalesced += refused.stats.coalesced;
+    stats.fetched += refused.stats.fetched;
+    stats.store_calls += refused.stats.store_calls;
 }
 
 /// What a chunk hands over, in line order, once planned.
@@ -277,20 +451,22 @@ impl Plan {
     }
 }
 
-/// Resolves a page, retrying through store faults for up to `timeout`, unless the run starts
-/// stopping while it waits. `Err(None)` when it gave up for that reason.
+/// Resolves a page within `allowance` bytes of records, retrying through store faults for up
+/// to `timeout`, unless the run starts stopping while it waits. `Err(None)` when it gave up for
+/// that reason.
 async fn resolve<'p>(
     enricher: &Enricher,
     page: &'p RawPage,
+    allowance: usize,
     timeout: Duration,
     memos: &MemoPool,
     stopping: &mut watch::Receiver<bool>,
-) -> std::result::Result<EnrichedPage<'p>, Option<Piece>> {
+) -> std::result::Result<std::result::Result<EnrichedPage<'p>, TooLarge>, Option<Piece>> {
     let first_failure = Instant::now();
     let mut backoff = Backoff::new();
     let mut failed = false;
     loop {
-        match enricher.enrich_page_with(page, memos).await {
+        match enricher.enrich_page_with(page, memos, allowance).await {
             Ok(enriched) => return Ok(enriched),
             Err(err) if err.is_transient() => {
                 let waited = if failed {

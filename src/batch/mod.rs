@@ -32,6 +32,17 @@
 //! written and its buffer given up. Chunks take their budget in input order, so the chunk the
 //! writer waits for is never starved by the chunks behind it.
 //!
+//! What a chunk reads is bounded the same way: its page is resolved within an allowance of
+//! record bytes (the larger of [`RunOptions::max_line_output`] and 16 MiB), the misses read in
+//! waves that stop once the distinct records resolved are over it
+//! ([`Enricher::enrich_page_within`](crate::Enricher::enrich_page_within)). A chunk whose
+//! references name more (an unusual or crafted input: 4 MiB of short references can name
+//! hundreds of thousands of records) is enriched a part of its lines at a time, each part
+//! written before the next is read, and a line whose records alone are over the allowance is
+//! rejected without reading the rest. So the records a run holds for its chunks are at most
+//! the chunks in the works times the allowance (and one record of the largest size each),
+//! whatever the input names; a usual chunk is resolved whole, in one store call.
+//!
 //! # Stopping
 //!
 //! A [`Stop`] (SIGINT or SIGTERM in the binary) ends the reading; chunks in flight are finished
@@ -90,6 +101,11 @@ pub const DEFAULT_MAX_DISTINCT_IDS: u64 = 1_000_000;
 /// The default of [`RunOptions::max_pending_output`]: 64 MiB.
 pub const DEFAULT_MAX_PENDING_OUTPUT: usize = 64 << 20;
 
+/// The bytes of records a page is resolved within when [`RunOptions::max_line_output`] is
+/// smaller: enough for a usual page (1,024 lines naming a few thousand users of a few hundred
+/// bytes) to be resolved whole whatever the line limit.
+const MIN_PAGE_READS: usize = 16 << 20;
+
 /// Lines per page at most.
 const PAGE_LINES: usize = 1024;
 
@@ -131,6 +147,7 @@ pub struct RunOptions {
     max_line_output: usize,
     max_pending_output: usize,
     max_distinct_ids: u64,
+    min_page_reads: usize,
 }
 
 impl Default for RunOptions {
@@ -148,6 +165,7 @@ impl RunOptions {
             max_line_output: DEFAULT_MAX_LINE_OUTPUT,
             max_pending_output: DEFAULT_MAX_PENDING_OUTPUT,
             max_distinct_ids: DEFAULT_MAX_DISTINCT_IDS,
+            min_page_reads: MIN_PAGE_READS,
         }
     }
 
@@ -164,7 +182,9 @@ impl RunOptions {
     }
 
     /// The largest enriched line written, in bytes (without its newline); a line whose output
-    /// would be larger is rejected. Default [`DEFAULT_MAX_LINE_OUTPUT`].
+    /// would be larger is rejected. Default [`DEFAULT_MAX_LINE_OUTPUT`]. The records a chunk
+    /// of input reads at once are bounded by it too, or by 16 MiB if that is more (see the
+    /// [module docs](crate::batch)).
     pub fn max_line_output(mut self, bytes: usize) -> Self {
         self.max_line_output = bytes;
         self
@@ -183,6 +203,21 @@ impl RunOptions {
     /// the count's memory stops growing. Default [`DEFAULT_MAX_DISTINCT_IDS`].
     pub fn max_distinct_ids(mut self, ids: u64) -> Self {
         self.max_distinct_ids = ids;
+        self
+    }
+
+    /// The bytes of records (users, entries) a page of input holds at once, at most: the
+    /// larger of [`RunOptions::max_line_output`] and 16 MiB. A page whose references name more
+    /// is resolved a part at a time.
+    fn page_allowance(&self) -> usize {
+        self.max_line_output.max(self.min_page_reads)
+    }
+
+    /// Sets the least [`RunOptions::page_allowance`], so that tests reach a page's parts with
+    /// small records.
+    #[cfg(test)]
+    fn min_page_reads(mut self, bytes: usize) -> Self {
+        self.min_page_reads = bytes;
         self
     }
 

@@ -401,33 +401,102 @@ mod tests {
         }
     }
 
-    /// Lines whose output would be over the limit are rejected in place, the others written.
+    /// Lines whose output would be over the limit are rejected in place, the others written;
+    /// the same when a page's records are over what it may hold at once, so that it is
+    /// resolved a part at a time (and a line whose records alone are over is rejected before
+    /// all of them are read).
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn lines_over_the_output_limit_are_rejected_in_place() {
         let enricher = enricher().await;
         let (all, _, _) = run_with(&enricher, RunOptions::new()).await;
         let limit = 20_000;
-        let (out, rejects, summary) =
-            run_with(&enricher, RunOptions::new().max_line_output(limit)).await;
         let kept: Vec<&str> = all.lines().filter(|l| l.len() <= limit).collect();
-        assert!(
-            out.lines().eq(kept),
-            "not the lines under the limit, in order"
-        );
         let over = all.lines().filter(|l| l.len() > limit).count();
         assert!(over > 100, "{over}");
-        assert_eq!(summary.rejected as usize, 7 + over);
-        assert_eq!(summary.written as usize + summary.rejected as usize, 6_000);
-        let record = rejects
-            .lines()
-            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
-            .find(|r| r["error"].as_str().unwrap().contains("--max-line-output"))
-            .unwrap();
-        assert_eq!(record["file"], "in");
-        let line = record["line"].as_u64().unwrap() as usize;
-        assert_eq!(
-            record["input"].as_str().unwrap(),
-            input().lines().nth(line - 1).unwrap()
+        let whole = RunOptions::new().max_line_output(limit);
+        // Every page's records add up to more than the limit.
+        let in_parts = whole.clone().min_page_reads(0);
+        for options in [whole, in_parts] {
+            let parts = options.page_allowance() == limit;
+            let (out, rejects, summary) = run_with(&enricher, options).await;
+            assert!(
+                out.lines().eq(kept.iter().copied()),
+                "not the lines under the limit, in order (in parts: {parts})"
+            );
+            assert_eq!(summary.rejected as usize, 7 + over);
+            assert_eq!(summary.written as usize + summary.rejected as usize, 6_000);
+            assert_eq!(summary.distinct_users, 50);
+            let records: Vec<serde_json::Value> = rejects
+                .lines()
+                .map(|l| serde_json::from_str(l).unwrap())
+                .collect();
+            let record = records
+                .iter()
+                .find(|r| r["error"].as_str().unwrap().contains("--max-line-output"))
+                .unwrap();
+            assert_eq!(record["file"], "in");
+            let line = record["line"].as_u64().unwrap() as usize;
+            assert_eq!(
+                record["input"].as_str().unwrap(),
+                input().lines().nth(line - 1).unwrap()
+            );
+            let at_least = records
+                .iter()
+                .filter(|r| r["error"].as_str().unwrap().contains("would be at least"))
+                .count();
+            if parts {
+                assert!(at_least > 10, "{at_least} lines refused by their records");
+            } else {
+                assert_eq!(at_least, 0);
+            }
+        }
+    }
+
+    /// A line naming more records than a page may hold is rejected once those read are over
+    /// the allowance, the rest never read; the lines beside it are written.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_page_reads_no_more_than_its_allowance() {
+        let store = Arc::new(MemoryStore::new());
+        for i in 0..200 {
+            let data = serde_json::json!({ "bio": "b".repeat(9_000) });
+            let user = NewUser::new(&format!("big{i}"), Some(data)).unwrap();
+            store.add(&user, false).await.unwrap();
+        }
+        let enricher = Enricher::new(store);
+        let all: Vec<String> = (0..200)
+            .map(|i| format!("\"r{i}\":\"SU:big{i}\""))
+            .collect();
+        let input = format!(
+            "{{\"actor\":\"SU:big0\"}}\n{{{}}}\n{{\"actor\":\"SU:big1\"}}\n",
+            all.join(",")
         );
+        let (out, rejects) = (Collected::default(), Collected::default());
+        let options = RunOptions::new().max_line_output(100_000).min_page_reads(0);
+        let summary = run(
+            &enricher,
+            vec![Source::new("in", std::io::Cursor::new(input.into_bytes()))],
+            Output::writer(out.clone()),
+            Some(Output::writer(rejects.clone())),
+            &options,
+            &RunProgress::new(),
+            futures::stream::pending(),
+        )
+        .await
+        .unwrap();
+        assert_eq!((summary.written, summary.rejected), (2, 1));
+        let written: Vec<String> = out.text().lines().map(String::from).collect();
+        assert!(written[0].contains(r#""id":"big0""#), "{}", written[0]);
+        assert!(written[1].contains(r#""id":"big1""#), "{}", written[1]);
+        let record: serde_json::Value = serde_json::from_str(&rejects.text()).unwrap();
+        assert_eq!(record["line"], 2);
+        let error = record["error"].as_str().unwrap();
+        assert!(
+            error.starts_with("the enriched line would be at least ")
+                && error.ends_with("over the limit of 100000 bytes (--max-line-output)"),
+            "{error}"
+        );
+        // 100 kB and one record of the largest size are 11 users of 9 kB; the whole page of
+        // three lines is tried first, so the L1 may have answered some of them the second time.
+        assert!(summary.stats.fetched <= 2 * 12, "{:?}", summary.stats);
     }
 }

@@ -71,7 +71,13 @@ impl<S: ?Sized> Enricher<S> {
         // Popular users are answered from a memo of what the L1 said to earlier pages, as
         // coherent as the L1 itself; no memo is held across an await, so a page dropped
         // mid-way takes none with it.
-        self.enrich_page_with(page, &self.inner.memos).await
+        match self
+            .enrich_page_bounded(page, &self.inner.memos, None)
+            .await?
+        {
+            Ok(enriched) => Ok(enriched),
+            Err(_) => unreachable!("no allowance, never over it"),
+        }
     }
 
     /// Like [`Enricher::enrich_page`], for a caller with a bound on what it answers: refuses
@@ -121,17 +127,16 @@ impl<S: ?Sized> Enricher<S> {
             .await
     }
 
-    /// Like [`Enricher::enrich_page`], for a worker that enriches page after page: `memos`
-    /// answer the ids they saw in earlier pages, as long as the L1 has not changed since.
+    /// Like [`Enricher::enrich_page_within`], for a worker that enriches page after page:
+    /// `memos` answer the ids they saw in earlier pages, as long as the L1 has not changed
+    /// since.
     pub(crate) async fn enrich_page_with<'p>(
         &self,
         page: &'p RawPage,
         memos: &MemoPool,
-    ) -> Result<EnrichedPage<'p>> {
-        match self.enrich_page_bounded(page, memos, None).await? {
-            Ok(enriched) => Ok(enriched),
-            Err(_) => unreachable!("no allowance, never over it"),
-        }
+        max_bytes: usize,
+    ) -> Result<std::result::Result<EnrichedPage<'p>, TooLarge>> {
+        self.enrich_page_bounded(page, memos, Some(max_bytes)).await
     }
 
     async fn enrich_page_bounded<'p>(

@@ -147,7 +147,8 @@ pub(crate) enum Command {
         #[arg(long, value_name = "FILE")]
         rejects: Option<PathBuf>,
         /// Reject a line whose enriched output would be longer than this: bytes, or with a
-        /// suffix K, M or G (powers of 1024).
+        /// suffix K, M or G (powers of 1024). The users and entries a page of lines reads at
+        /// once are bounded by it too, or by 16M if that is more.
         #[arg(long, value_name = "BYTES", default_value = "64M", value_parser = parse_bytes)]
         max_line_output: usize,
         /// Hold at most this much enriched output in memory waiting to be written (to a slow
