@@ -269,6 +269,18 @@ mod tests {
         );
         let far = std::time::UNIX_EPOCH + std::time::Duration::from_secs(400_000_000_000);
         assert!(Timestamp::try_from(far).unwrap_err().is_invalid_input());
+        // An offset that moves a moment past either end of the years 0 to 9999 is refused,
+        // not a panic; one that moves it back within them is taken.
+        for text in ["9999-12-31T23:59:59-01:00", "0000-01-01T00:00:00+01:00"] {
+            let err = Timestamp::parse(text).unwrap_err();
+            assert!(err.message().contains("out of range"), "{err}");
+        }
+        assert_eq!(
+            Timestamp::parse("9999-12-31T23:59:59+01:00")
+                .unwrap()
+                .as_str(),
+            "9999-12-31T22:59:59.000000Z"
+        );
     }
 
     #[test]

@@ -81,7 +81,9 @@ impl Timestamp {
     }
 
     fn from_datetime(at: OffsetDateTime) -> Option<Timestamp> {
-        let utc = at.to_offset(time::UtcOffset::UTC);
+        // Checked: `to_offset` panics on a moment its offset moves past year 9999
+        // (`9999-12-31T23:59:59-01:00`).
+        let utc = at.checked_to_offset(time::UtcOffset::UTC)?;
         if !(0..=9999).contains(&utc.year()) {
             return None;
         }
