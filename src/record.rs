@@ -3,10 +3,10 @@
 
 use bytes::Bytes;
 
-use crate::collection::{EntryJson, EntryKey, MAX_ENTRY_BYTES};
+use crate::collection::{EntryJson, EntryKey};
 use crate::error::Result;
 use crate::reference::ReferenceKind;
-use crate::user::{MAX_USER_BYTES, UserId, UserJson};
+use crate::user::{UserId, UserJson};
 
 /// What a reference names, as a source is asked for it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -133,13 +133,15 @@ impl From<EntryJson> for Record {
 }
 
 /// The most bytes a stored record of `kind` takes, as a store hands it out: the limit on its
-/// `{"id":…,"data":…}` ([`MAX_USER_BYTES`], [`MAX_ENTRY_BYTES`]) and what the stored form adds
+/// `{"id":…,"data":…}` ([`MAX_USER_BYTES`](crate::user::MAX_USER_BYTES),
+/// [`MAX_ENTRY_BYTES`](crate::collection::MAX_ENTRY_BYTES)) and what the stored form adds
 /// around it (the timestamps; an entry's collection and foreign id, and its owner's id in
-/// front of it), rounded up. What a resolver reserves for a record it has not read yet.
+/// front of it), rounded up. What a resolver reserves for a record it has not read yet, and
+/// the longest record read back before it is refused as corrupt.
 pub(crate) const fn max_stored_len(kind: ReferenceKind) -> usize {
     match kind {
-        ReferenceKind::User => MAX_USER_BYTES + 256,
-        ReferenceKind::Object => MAX_ENTRY_BYTES + 2048,
+        ReferenceKind::User => UserJson::MAX_STORED_LEN,
+        ReferenceKind::Object => EntryJson::MAX_STORED_LEN,
     }
 }
 
@@ -151,8 +153,9 @@ mod tests {
     /// its owner in front), fit what a resolver reserves for them.
     #[test]
     fn the_largest_records_fit_their_reservation() {
-        use crate::collection::{EntryKey, NewEntry};
+        use crate::collection::{EntryKey, MAX_ENTRY_BYTES, NewEntry};
         use crate::id::MAX_ID_LEN;
+        use crate::user::MAX_USER_BYTES;
         use crate::user::{NewUser, Timestamp};
         let long = "i".repeat(MAX_ID_LEN);
         let fill = |room: usize| serde_json::json!({ "a": "x".repeat(room) });
@@ -168,6 +171,34 @@ mod tests {
         assert!(NewEntry::new(key, Some(fill(MAX_ENTRY_BYTES - 24 - MAX_ID_LEN))).is_err());
         let owner = MAX_ID_LEN + 1;
         assert!(entry.as_bytes().len() + owner <= max_stored_len(ReferenceKind::Object));
+
+        // Read back, they are taken; a record longer than the most one can be is corrupt, even
+        // when it is otherwise well formed (white space in its data, as another writer could
+        // leave).
+        let padded = |text: &str, len: usize| {
+            let room = len - text.len();
+            text.replacen(
+                r#""data":{"#,
+                &format!(r#""data":{{{}"#, " ".repeat(room)),
+                1,
+            )
+        };
+        let most = max_stored_len(ReferenceKind::User);
+        UserJson::from_stored(user.as_str().to_owned()).unwrap();
+        UserJson::from_stored(padded(user.as_str(), most)).unwrap();
+        let err = UserJson::from_stored(padded(user.as_str(), most + 1)).unwrap_err();
+        assert!(err.message().contains("over the 10496 bytes"), "{err}");
+        let entry = EntryJson::from_stored_as(&key_of(&long), entry.as_str().to_owned()).unwrap();
+        let most = max_stored_len(ReferenceKind::Object);
+        let stored = padded(entry.entry.as_str(), most);
+        EntryJson::from_stored_as(&key_of(&long), stored).unwrap();
+        let stored = padded(entry.entry.as_str(), most + 1);
+        let err = EntryJson::from_stored_as(&key_of(&long), stored).unwrap_err();
+        assert!(err.message().contains("over the 53248 bytes"), "{err}");
+    }
+
+    fn key_of(id: &str) -> crate::collection::EntryKey {
+        crate::collection::EntryKey::new(id, id).unwrap()
     }
 
     #[test]

@@ -186,6 +186,10 @@ fn every_kind_of_corruption_is_an_error_naming_the_user() {
             "another user's record",
             record("alice", r#"{"n":1}"#).into_bytes(),
         ),
+        (
+            "longer than a record can be",
+            record("bob", &format!(r#"{{"bio":"{}"}}"#, "x".repeat(1 << 20))).into_bytes(),
+        ),
         ("invalid UTF-8", {
             let mut bytes = good.clone().into_bytes();
             let at = bytes.len() - 3;

@@ -17,6 +17,12 @@ use crate::user::{Timestamp, UserId, shorten};
 pub struct EntryJson(pub(crate) Bytes);
 
 impl EntryJson {
+    /// The most bytes a stored entry takes, its owner in front included:
+    /// [`MAX_ENTRY_BYTES`](super::MAX_ENTRY_BYTES) for its `{"id":…,"data":…}` and what the
+    /// stored form adds (collection, foreign id, timestamps, the owner's id), rounded up. A
+    /// longer record is corrupt, refused before its shape is read.
+    pub(crate) const MAX_STORED_LEN: usize = super::MAX_ENTRY_BYTES + 2048;
+
     const CREATED_KEY: &'static str = r#","created_at":""#;
     const UPDATED_KEY: &'static str = r#"","updated_at":""#;
     /// The fixed-length end of every entry: both timestamps and the closing `"}`.
@@ -46,6 +52,14 @@ impl EntryJson {
     /// shape above, the key it was read under, a data object, and real timestamps.
     pub fn from_stored_as(key: &EntryKey, bytes: impl Into<Bytes>) -> Result<StoredEntry> {
         let bytes = bytes.into();
+        if bytes.len() > EntryJson::MAX_STORED_LEN {
+            let why = format!(
+                "it is {} bytes, over the {} bytes an entry record can be",
+                bytes.len(),
+                EntryJson::MAX_STORED_LEN
+            );
+            return Err(corrupt(&why, &bytes));
+        }
         let (owner, at) = match bytes.iter().position(|&b| b == b'\n') {
             Some(newline) if bytes.first() != Some(&b'{') => {
                 let owner = &bytes[..newline];

@@ -29,6 +29,10 @@ impl UserJson {
     const ID_KEY: &'static [u8] = br#"","id":""#;
     const ID_START: usize = UserJson::UPDATED_AT.end + UserJson::ID_KEY.len();
     const DATA_KEY: &'static [u8] = br#"","data":"#;
+    /// The most bytes a stored user takes: [`MAX_USER_BYTES`](super::MAX_USER_BYTES) for its
+    /// `{"id":…,"data":…}` and the two timestamps around it, rounded up. A longer record is
+    /// corrupt, refused before its shape is read.
+    pub(crate) const MAX_STORED_LEN: usize = super::MAX_USER_BYTES + 256;
 
     /// The user `id` with `data` and these timestamps, checked as a written user is (`data` an
     /// object, or null for `{}`; within [`MAX_USER_BYTES`](super::MAX_USER_BYTES)): what a
@@ -84,6 +88,13 @@ impl UserJson {
 
     /// Checks a stored record's shape piece by piece; returns its id, or what is wrong.
     fn shape(bytes: &[u8]) -> std::result::Result<&[u8], String> {
+        if bytes.len() > UserJson::MAX_STORED_LEN {
+            return Err(format!(
+                "it is {} bytes, over the {} bytes a user record can be",
+                bytes.len(),
+                UserJson::MAX_STORED_LEN
+            ));
+        }
         let field = |range: std::ops::Range<usize>| bytes.get(range).unwrap_or_default();
         if !bytes.starts_with(UserJson::PREFIX) {
             return Err("it does not start with created_at".into());
