@@ -11,9 +11,9 @@
 //!    [`RawPage`](crate::RawPage),
 //!    resolves it (a memo of the L1's answers first, then the L1, then one store call, retried
 //!    through store faults up to the store timeout) and renders it in pieces of complete lines;
-//!    up to [`IN_FLIGHT`] chunks (four per worker thread of the runtime, if that is more) are
-//!    in the works at once, on any core, each with a memo and buffers of its own taken from
-//!    small pools;
+//!    up to [`IN_FLIGHT`] chunks (four per worker thread of the runtime, if that is more; a
+//!    chunk of more than 2 MiB of input counting as two) are in the works at once, on any
+//!    core, each with a memo and buffers of its own taken from small pools;
 //! 3. the pieces are written in input order: into a regular file by the chunks themselves
 //!    (whichever hands over the piece due next writes it, and what became due behind it, on
 //!    its own core), into a pipe or any other writer by a thread of its own.
