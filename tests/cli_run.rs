@@ -3,7 +3,7 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::path::Path;
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
@@ -496,6 +496,16 @@ fn a_run_waits_out_a_store_restart_and_answers_correctly() {
     drop(stdin);
     let status = child.wait().unwrap();
     assert!(status.success());
+    // The outage is told once when it starts and once when it ends, even with --quiet.
+    let mut err = String::new();
+    child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    let down: Vec<&str> = err
+        .lines()
+        .filter(|l| l.contains("retrying for up to 20 s (--store-timeout)"))
+        .collect();
+    assert_eq!(down.len(), 1, "{err}");
+    assert!(down[0].contains(&url), "{err}");
+    assert_eq!(err.matches("the store answers again").count(), 1, "{err}");
 }
 
 /// Two processes over one Redis: a streaming `enrich run` serves every write another

@@ -2,6 +2,7 @@
 //! complete lines, each holding its size of the run's output budget until it is written.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot, watch};
@@ -12,7 +13,6 @@ use super::piece::{Chunk, Piece, Rejected, Spares};
 use super::read::RawLines;
 use super::write::LaneSender;
 use super::{MAX_LINE, PIECE_BYTES, RunOptions};
-use crate::cache::MemoPool;
 use crate::enricher::{EnrichedPage, Enricher, TooLarge};
 use crate::error::Error;
 use crate::page::RawPage;
@@ -31,6 +31,9 @@ pub(super) struct Shared {
     pub(super) names: Arc<[Arc<str>]>,
     /// The distinct ids of the chunks enriched.
     pub(super) distinct: Distinct,
+    /// Set while pages are being retried through store faults, so that the log says once
+    /// that the store is down and once that it is back.
+    pub(super) store_down: AtomicBool,
 }
 
 /// A chunk's place in the order in which chunks take their output budget: a chunk waits for
@@ -92,15 +95,7 @@ pub(super) async fn process(
         }
     }
     let allowance = options.page_allowance();
-    let resolved = resolve(
-        &shared.enricher,
-        &chunk.page,
-        allowance,
-        options.store_timeout,
-        &spares.memos,
-        &mut stopping,
-    )
-    .await;
+    let resolved = resolve(&shared, &chunk.page, allowance, &mut stopping).await;
     let mut rejected = std::mem::take(&mut chunk.rejected);
     let stats = match resolved {
         Ok(Ok(enriched)) => {
@@ -305,15 +300,7 @@ impl Parts<'_> {
                 // A line refused at the chunk's scan is refused again, and is in `rejected`.
                 let _ = take(&mut part, lines.line(i), lines.lines[i].cut);
             }
-            let resolved = resolve(
-                &shared.enricher,
-                &part,
-                self.allowance,
-                shared.options.store_timeout,
-                &shared.spares.memos,
-                self.stopping,
-            )
-            .await;
+            let resolved = resolve(shared, &part, self.allowance, self.stopping).await;
             match resolved {
                 Err(failure) => {
                     self.lane.send(failure.unwrap_or(Piece::Abandoned));
@@ -452,27 +439,41 @@ impl Plan {
 }
 
 /// Resolves a page within `allowance` bytes of records, retrying through store faults for up
-/// to `timeout`, unless the run starts stopping while it waits. `Err(None)` when it gave up for
-/// that reason.
+/// to the run's store timeout, unless the run starts stopping while it waits. `Err(None)` when
+/// it gave up for that reason. The first fault of a run's outage is logged as a warning, and
+/// the first page answered after it.
 async fn resolve<'p>(
-    enricher: &Enricher,
+    shared: &Shared,
     page: &'p RawPage,
     allowance: usize,
-    timeout: Duration,
-    memos: &MemoPool,
     stopping: &mut watch::Receiver<bool>,
 ) -> std::result::Result<std::result::Result<EnrichedPage<'p>, TooLarge>, Option<Piece>> {
+    let timeout = shared.options.store_timeout;
     let first_failure = Instant::now();
     let mut backoff = Backoff::new();
     let mut failed = false;
     loop {
-        match enricher.enrich_page_with(page, memos, allowance).await {
-            Ok(enriched) => return Ok(enriched),
+        let resolved = (shared.enricher)
+            .enrich_page_with(page, &shared.spares.memos, allowance)
+            .await;
+        match resolved {
+            Ok(enriched) => {
+                if failed && shared.store_down.swap(false, Ordering::Relaxed) {
+                    tracing::warn!("the store answers again; the run goes on");
+                }
+                return Ok(enriched);
+            }
             Err(err) if err.is_transient() => {
                 let waited = if failed {
                     first_failure.elapsed()
                 } else {
                     failed = true;
+                    if !shared.store_down.swap(true, Ordering::Relaxed) {
+                        tracing::warn!(
+                            "{err}; retrying for up to {} s (--store-timeout)",
+                            timeout.as_secs_f64()
+                        );
+                    }
                     Duration::ZERO
                 };
                 if waited >= timeout {

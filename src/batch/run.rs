@@ -39,6 +39,7 @@ pub async fn run(
         budget: Arc::new(Semaphore::new(options.max_pending_output)),
         names: read::names(&inputs),
         distinct: Distinct::new(options.max_distinct_ids),
+        store_down: std::sync::atomic::AtomicBool::new(false),
     });
     // Without rejects the run ends at its first bad line: one over the limit need not be read
     // to its end.
