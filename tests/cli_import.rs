@@ -97,15 +97,6 @@ fn a_run_whose_users_import_is_stopped_reports_what_it_committed() {
     assert!(!dir.path().join("out.ndjson").exists());
 }
 
-/// True once process `pid` catches signal `number` (its bit in `SigCgt` of its status).
-fn catches(pid: u32, number: u32) -> bool {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    (status.lines())
-        .find_map(|line| line.strip_prefix("SigCgt:"))
-        .and_then(|mask| u64::from_str_radix(mask.trim(), 16).ok())
-        .is_some_and(|mask| mask & (1 << (number - 1)) != 0)
-}
-
 /// SIGINT or SIGTERM in the middle of an import: the lines it read are committed, the summary
 /// says it was interrupted and how many lines are in, the store holds exactly those, and the
 /// exit code is 130 or 143.
@@ -124,7 +115,7 @@ fn a_signal_stops_an_import_with_what_it_read_committed() {
             .spawn()
             .unwrap();
         let errors = support::drain(child.stderr.take());
-        while !catches(child.id(), number) {
+        while !support::catches(child.id(), number) {
             std::thread::sleep(Duration::from_millis(5));
         }
         std::thread::sleep(Duration::from_millis(100));

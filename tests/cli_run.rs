@@ -498,7 +498,12 @@ fn a_run_waits_out_a_store_restart_and_answers_correctly() {
     assert!(status.success());
     // The outage is told once when it starts and once when it ends, even with --quiet.
     let mut err = String::new();
-    child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
     let down: Vec<&str> = err
         .lines()
         .filter(|l| l.contains("retrying for up to 20 s (--store-timeout)"))
@@ -506,6 +511,59 @@ fn a_run_waits_out_a_store_restart_and_answers_correctly() {
     assert_eq!(down.len(), 1, "{err}");
     assert!(down[0].contains(&url), "{err}");
     assert_eq!(err.matches("the store answers again").count(), 1, "{err}");
+}
+
+/// SIGINT while `run --users` imports: the lines it read are committed, it says how far it
+/// got, and the run ends there, exit 130, without reading its input.
+#[test]
+fn a_signal_during_the_users_import_says_what_it_committed() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("in.ndjson"), "{\"actor\":\"SU:u1\"}\n").unwrap();
+    let mut child = enrich(dir.path())
+        .args(["--store", "file:s.db", "run", "--users", "-", "in.ndjson"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let errors = support::drain(child.stderr.take());
+    let mut stdin = child.stdin.take().unwrap();
+    for i in 0..10 {
+        writeln!(stdin, "{{\"id\":\"u{i}\",\"data\":{{}}}}").unwrap();
+    }
+    stdin.flush().unwrap();
+    while !support::catches(child.id(), 2) {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    // The lines are read as they come; the batch waits for more.
+    std::thread::sleep(Duration::from_millis(500));
+    let sent = std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    let status = support::exit_within(&mut child, Duration::from_secs(30), "SIGINT");
+    drop(stdin);
+    let errors = text(&errors.join().unwrap());
+    assert_eq!(status.code(), Some(130), "{errors}");
+    assert!(
+        errors.contains("-: interrupted by SIGINT: imported: 10 created, 0 existing skipped"),
+        "{errors}"
+    );
+    let mut out = String::new();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
+    assert!(out.is_empty(), "{out}");
+    let got = run(
+        dir.path(),
+        &["--store", "file:s.db", "users", "get", "u9"],
+        "",
+    );
+    assert!(got.status.success(), "{}", text(&got.stderr));
 }
 
 /// Two processes over one Redis: a streaming `enrich run` serves every write another

@@ -4,11 +4,11 @@ use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
+use futures::{Stream, StreamExt};
 
 use enrich::Enricher;
 use enrich::batch::{self, RunError, RunOptions, RunSummary};
-use enrich::batch::{ImportEvent, import_entries, import_users};
+use enrich::batch::{ImportEvent, Stop, import_entries_until, import_users_until};
 use enrich::error::{Error, ErrorKind, Result};
 
 use super::progress::{Progress, input_size};
@@ -43,17 +43,35 @@ pub(crate) async fn run(spec: &StoreSpec, args: RunArgs) -> Result<RunSummary, R
     };
     let mut stops = stop_signals();
     let started = Instant::now();
-    let prepared = tokio::select! {
-        prepared = prepare_run(spec, &args) => prepared.map_err(failed)?,
-        Some(stop) = stops.next() => {
-            return Ok(RunSummary {
-                interrupted: Some(stop),
-                elapsed: started.elapsed(),
-                ..RunSummary::default()
-            });
-        }
+    let interrupted = |stop: Stop| RunSummary {
+        interrupted: Some(stop),
+        elapsed: started.elapsed(),
+        ..RunSummary::default()
     };
-    let (enricher, inputs, output, rejects) = prepared;
+    let opened = tokio::select! {
+        opened = open_run(spec, &args) => opened.map_err(failed)?,
+        Some(stop) = stops.next() => return Ok(interrupted(stop)),
+    };
+    let (enricher, inputs) = opened;
+    // The imports before the run stop at a signal once what they read is committed, and say
+    // how far they got.
+    if let Some(users) = &args.users {
+        let stop = import_run_users(&enricher, users, args.verbose, &mut stops);
+        if let Some(stop) = stop.await.map_err(failed)? {
+            return Ok(interrupted(stop));
+        }
+    }
+    if let Some(objects) = &args.objects {
+        let stop = import_run_objects(&enricher, objects, args.verbose, &mut stops);
+        if let Some(stop) = stop.await.map_err(failed)? {
+            return Ok(interrupted(stop));
+        }
+    }
+    let prepared = tokio::select! {
+        prepared = open_outputs(&enricher, &args) => prepared.map_err(failed)?,
+        Some(stop) = stops.next() => return Ok(interrupted(stop)),
+    };
+    let (output, rejects) = prepared;
     let to_terminal = args.output.is_none() && std::io::stdout().is_terminal();
     let shown = args.verbose && std::io::stderr().is_terminal() && !to_terminal;
     let display = Progress::new("lines", input_size(&args.inputs), shown);
@@ -78,17 +96,11 @@ pub(crate) async fn run(spec: &StoreSpec, args: RunArgs) -> Result<RunSummary, R
     summary
 }
 
-/// Everything a run needs before its first line, checked in the order that reports bad input
-/// first and creates its outputs last.
-async fn prepare_run(
-    spec: &StoreSpec,
-    args: &RunArgs,
-) -> Result<(
-    Enricher,
-    Vec<batch::Source>,
-    batch::Output,
-    Option<batch::Output>,
-)> {
+/// What a run reads, checked in the order that reports bad input first: its inputs, and the
+/// store (retried while it is unavailable). The imports come next ([`import_run_users`], then
+/// [`import_run_objects`]: a store that refuses writes says so at once, before any wait), and
+/// the outputs are created last ([`open_outputs`]).
+async fn open_run(spec: &StoreSpec, args: &RunArgs) -> Result<(Enricher, Vec<batch::Source>)> {
     batch::check_outputs(
         &args.inputs,
         args.users.as_deref(),
@@ -133,13 +145,14 @@ async fn prepare_run(
     let create = args.users.is_some() || args.objects.is_some();
     let store = open_with_retry(spec, create, args.options.store_timeout_value()).await?;
     let enricher = spec.enricher(store);
-    // Users first: a store that refuses writes says so at once, before any wait.
-    if let Some(users) = &args.users {
-        import_run_users(&enricher, users, args.verbose).await?;
-    }
-    if let Some(objects) = &args.objects {
-        import_run_objects(&enricher, objects, args.verbose).await?;
-    }
+    Ok((enricher, inputs))
+}
+
+/// The outputs of a run, created once everything before them went well.
+async fn open_outputs(
+    enricher: &Enricher,
+    args: &RunArgs,
+) -> Result<(batch::Output, Option<batch::Output>)> {
     // Pages resolved before the store's watch is up would not be cached.
     enricher.wait_for_cache(Duration::from_secs(2)).await;
     let output = match &args.output {
@@ -152,31 +165,62 @@ async fn prepare_run(
         Some(path) => Some(batch::Output::file(create_output(path)?)),
         None => None,
     };
-    Ok((enricher, inputs, output, rejects))
+    Ok((output, rejects))
 }
 
 /// `run --users`: imports the users (replacing existing ones) before the run, reporting as
-/// [`BeforeRun`] says.
-async fn import_run_users(enricher: &Enricher, users: &Path, verbose: bool) -> Result<()> {
+/// [`BeforeRun`] says. Says which signal stopped it, if one did.
+async fn import_run_users(
+    enricher: &Enricher,
+    users: &Path,
+    verbose: bool,
+    stops: &mut (impl Stream<Item = Stop> + Unpin),
+) -> Result<Option<Stop>> {
     let input = open_input(Some(users)).await?;
     let mut report = BeforeRun::new(users, "user");
-    let imported = import_users(&*enricher.users(), input, true, |event| report.event(event)).await;
+    let events = |event: ImportEvent<'_>| report.event(event);
+    let imported =
+        import_users_until(&*enricher.users(), input, true, events, next_stop(stops)).await;
+    let stop = imported
+        .as_ref()
+        .ok()
+        .and_then(|summary| summary.interrupted);
     report.finish(
         imported.map_err(|stopped| (stopped.committed, stopped.error)),
-        verbose,
-    )
+        verbose || stop.is_some(),
+    )?;
+    Ok(stop)
 }
 
 /// `run --objects`: imports the entries (upserting them) before the run, reporting as
-/// [`BeforeRun`] says.
-async fn import_run_objects(enricher: &Enricher, objects: &Path, verbose: bool) -> Result<()> {
+/// [`BeforeRun`] says. Says which signal stopped it, if one did.
+async fn import_run_objects(
+    enricher: &Enricher,
+    objects: &Path,
+    verbose: bool,
+    stops: &mut (impl Stream<Item = Stop> + Unpin),
+) -> Result<Option<Stop>> {
     let input = open_input(Some(objects)).await?;
     let mut report = BeforeRun::new(objects, "entry");
-    let imported = import_entries(&*enricher.users(), input, |event| report.event(event)).await;
+    let events = |event: ImportEvent<'_>| report.event(event);
+    let imported = import_entries_until(&*enricher.users(), input, events, next_stop(stops)).await;
+    let stop = imported
+        .as_ref()
+        .ok()
+        .and_then(|summary| summary.interrupted);
     report.finish(
         imported.map_err(|stopped| (stopped.committed, stopped.error)),
-        verbose,
-    )
+        verbose || stop.is_some(),
+    )?;
+    Ok(stop)
+}
+
+/// The next of `stops`; never, once they have ended.
+async fn next_stop(stops: &mut (impl Stream<Item = Stop> + Unpin)) -> Stop {
+    match stops.next().await {
+        Some(stop) => stop,
+        None => std::future::pending().await,
+    }
 }
 
 /// What an import before the run says: each bad line as `FILE:LINE: reason`, and then the
