@@ -501,6 +501,10 @@ fn take(page: &mut RawPage, line: LineRef<'_>, cut: bool) -> Option<Error> {
             Err(_) if super::lines::is_blank(text) => {
                 Some(Error::invalid("empty line: expected a JSON object"))
             }
+            Err(error) if text.starts_with(super::lines::BOM) => Some(Error::invalid(format!(
+                "{} (the line starts with a UTF-8 byte order mark, which NDJSON has not)",
+                error.message()
+            ))),
             Err(error) if spans_lines(text) => Some(Error::invalid(format!(
                 "{} (input must be NDJSON: one JSON document per line)",
                 error.message()
@@ -535,6 +539,15 @@ fn spans_lines(text: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_byte_order_mark_is_named() {
+        let mut page = RawPage::new(crate::shape::Depth::TopLevel);
+        let line = b"\xEF\xBB\xBF{\"actor\":\"SU:x\"}";
+        let error = take(&mut page, LineRef::Text(line), false).unwrap();
+        assert!(error.message().contains("byte order mark"), "{error}");
+        assert!(take(&mut page, LineRef::Text(&line[3..]), false).is_none());
+    }
 
     #[test]
     fn pretty_printed_json_is_recognized() {

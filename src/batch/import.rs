@@ -6,7 +6,7 @@ use serde::Deserialize;
 use serde_json::Value;
 use tokio::io::AsyncRead;
 
-use super::lines::{Line, LineReader, is_blank};
+use super::lines::{BOM, Line, LineReader, is_blank};
 use super::{MAX_LINE, Stop, interrupted};
 use crate::error::{Error, Result};
 use crate::store::{ImportOutcome, ImportUser, UserStore};
@@ -50,6 +50,8 @@ pub(super) fn parse_line<T: serde::de::DeserializeOwned>(
 ) -> Result<T> {
     let problem = if line.trim_ascii_start().first() == Some(&b'[') {
         "an array".to_owned()
+    } else if line.starts_with(BOM) {
+        "it starts with a UTF-8 byte order mark, which NDJSON has not".to_owned()
     } else {
         match serde_json::from_slice(line) {
             Ok(parsed) => return Ok(parsed),
@@ -409,6 +411,9 @@ mod tests {
                 "{err}"
             );
         }
+        // A byte order mark is named, not taken for a stray byte.
+        let err = parse_import_line(b"\xEF\xBB\xBF{\"id\":\"x\"}").unwrap_err();
+        assert!(err.to_string().contains("byte order mark"), "{err}");
     }
 
     /// Found by the fuzz target `import_lines`: serde_json quotes an unknown field's name as the

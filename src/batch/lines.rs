@@ -192,6 +192,10 @@ pub enum LineRef<'a> {
     },
 }
 
+/// The UTF-8 byte order mark some editors write at the start of a file: no JSON text starts
+/// with it, so a line that does is refused, with a hint.
+pub(super) const BOM: &[u8] = b"\xEF\xBB\xBF";
+
 /// True if the line holds nothing but white space.
 pub fn is_blank(line: &[u8]) -> bool {
     line.iter().all(u8::is_ascii_whitespace)
