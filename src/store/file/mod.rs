@@ -97,9 +97,22 @@ impl FileStore {
 async fn blocking<T: Send + 'static>(
     work: impl FnOnce() -> Result<T> + Send + 'static,
 ) -> Result<T> {
-    tokio::task::spawn_blocking(work)
-        .await
-        .map_err(|e| Error::new(ErrorKind::Internal, "file store task failed").with_cause(e))?
+    tokio::task::spawn_blocking(work).await.map_err(|failed| {
+        // A panic here is redb's (it panics on some damaged pages rather than say so), or a
+        // bug: either way an internal error, never a missing record, with what it said.
+        let why = match failed.try_into_panic() {
+            Ok(panic) => match (panic.downcast_ref::<&str>(), panic.downcast_ref::<String>()) {
+                (Some(said), _) => format!("it panicked: {said}"),
+                (_, Some(said)) => format!("it panicked: {said}"),
+                _ => "it panicked".to_owned(),
+            },
+            Err(_) => "it was cancelled".to_owned(),
+        };
+        Error::new(
+            ErrorKind::Internal,
+            format!("the file store failed reading or writing its file ({why}); is it damaged?"),
+        )
+    })?
 }
 
 impl Inner {
@@ -449,5 +462,26 @@ impl FileStore {
             Ok(Err((error, at))) => Err(stopped(error, at)),
             Err(error) => Err(stopped(error, None)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A panic in the file's thread (redb's, on some damaged pages) is an internal error
+    /// saying what it said, never a missing record or a crash.
+    #[tokio::test]
+    async fn a_panic_reading_the_file_is_an_internal_error() {
+        let failed = blocking(|| -> Result<()> { panic!("entered unreachable code") })
+            .await
+            .unwrap_err();
+        assert_eq!(failed.kind(), ErrorKind::Internal);
+        assert!(
+            failed
+                .message()
+                .contains("(it panicked: entered unreachable code); is it damaged?"),
+            "{failed}"
+        );
     }
 }
