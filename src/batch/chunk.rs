@@ -97,7 +97,7 @@ pub(super) async fn process(
     let allowance = options.page_allowance();
     let resolved = resolve(&shared, &chunk.page, allowance, &mut stopping).await;
     let mut rejected = std::mem::take(&mut chunk.rejected);
-    let stats = match resolved {
+    match resolved {
         Ok(Ok(enriched)) => {
             deliver_whole(
                 &shared,
@@ -118,21 +118,20 @@ pub(super) async fn process(
                 lane: &mut lane,
                 allowance,
             };
-            match parts.deliver(&mut rejected, too_large).await {
-                Some(stats) => stats,
-                None => return,
+            if !parts.deliver(&mut rejected, too_large).await {
+                return;
             }
         }
         Err(failure) => {
             lane.send(failure.unwrap_or(Piece::Abandoned));
             return;
         }
-    };
+    }
     chunk.rejected = rejected;
     let mut lines = lines;
     lines.clear();
     spares.lines.put(lines);
-    lane.send(Piece::Done { chunk, stats });
+    lane.send(Piece::Done(chunk));
 }
 
 /// Teaches the run's count of distinct ids what a resolved page found.
@@ -201,7 +200,7 @@ fn over_line_output(shared: &Shared, lines: &RawLines, i: usize, would: String) 
     }
 }
 
-/// Hands over a chunk resolved as one page (the usual case), and says what its enrichment did.
+/// Hands over a chunk resolved as one page (the usual case).
 async fn deliver_whole(
     shared: &Shared,
     lines: &RawLines,
@@ -209,8 +208,9 @@ async fn deliver_whole(
     enriched: EnrichedPage<'_>,
     turn: &mut Turn,
     lane: &mut LaneSender,
-) -> EnrichStats {
+) {
     count_distinct(shared, &enriched);
+    lane.send(Piece::Enriched(enriched.stats()));
     let mut rejected = rejected.drain(..).peekable();
     let steps = plan(
         shared,
@@ -254,7 +254,6 @@ async fn deliver_whole(
         step.hand_over(shared, &enriched, lane, None).await;
     }
     turn.pass();
-    enriched.stats()
 }
 
 /// A chunk whose records are more than a page may hold at once
@@ -277,17 +276,12 @@ struct Parts<'a> {
 }
 
 impl Parts<'_> {
-    /// Hands over the chunk whose whole page was `refused`, and says what its enrichment did;
-    /// `None` when a part could not be resolved (what it sent on says why).
-    async fn deliver(
-        &mut self,
-        rejected: &mut Vec<(usize, Rejected)>,
-        refused: TooLarge,
-    ) -> Option<EnrichStats> {
+    /// Hands over the chunk whose whole page was `refused`; false when a part could not be
+    /// resolved (what it sent on says why).
+    async fn deliver(&mut self, rejected: &mut Vec<(usize, Rejected)>, refused: TooLarge) -> bool {
         let shared = self.shared;
         let lines = self.lines;
-        let mut stats = EnrichStats::default();
-        read_by(&mut stats, &refused);
+        self.lane.send(Piece::Enriched(read_by(&refused)));
         let mut rejected = rejected.drain(..).peekable();
         let mut part = RawPage::new(shared.options.depth);
         let total = lines.lines.len();
@@ -304,28 +298,28 @@ impl Parts<'_> {
             match resolved {
                 Err(failure) => {
                     self.lane.send(failure.unwrap_or(Piece::Abandoned));
-                    return None;
+                    return false;
                 }
                 Ok(Err(refused)) if end - start > 1 => {
-                    read_by(&mut stats, &refused);
+                    self.lane.send(Piece::Enriched(read_by(&refused)));
                     len = (end - start) / 2;
                     continue;
                 }
                 Ok(Err(refused)) => {
                     // One line, not refused at its scan (its page would be empty and fit).
-                    read_by(&mut stats, &refused);
+                    self.lane.send(Piece::Enriched(read_by(&refused)));
                     let would = format!("would be at least {} bytes", refused.at_least);
                     let line = over_line_output(shared, lines, start, would);
                     self.lane.send(Piece::Rejected(line));
                 }
                 Ok(Ok(enriched)) => {
                     count_distinct(shared, &enriched);
+                    self.lane.send(Piece::Enriched(enriched.stats()));
                     let steps = plan(shared, lines, start..end, &mut rejected, &enriched);
                     self.turn.wait().await;
                     for step in steps {
                         step.hand_over(shared, &enriched, self.lane, None).await;
                     }
-                    stats += enriched.stats();
                     len = (end - start) * 2;
                 }
             }
@@ -338,16 +332,19 @@ impl Parts<'_> {
         // Passed only once the chunk before has passed (had every part been a rejected line).
         self.turn.wait().await;
         self.turn.pass();
-        Some(stats)
+        true
     }
 }
 
-/// Adds to `stats` the reads of a page that was `refused`: its other counts are the page's,
-/// counted when its lines are.
-fn read_by(stats: &mut EnrichStats, refused: &TooLarge) {
-    stats.coalesced += refused.stats.coalesced;
-    stats.fetched += refused.stats.fetched;
-    stats.store_calls += refused.stats.store_calls;
+/// The reads of a page that was `refused`: its other counts are the page's, counted when its
+/// parts are.
+fn read_by(refused: &TooLarge) -> EnrichStats {
+    EnrichStats {
+        coalesced: refused.stats.coalesced,
+        fetched: refused.stats.fetched,
+        store_calls: refused.stats.store_calls,
+        ..EnrichStats::default()
+    }
 }
 
 /// What a chunk hands over, in line order, once planned.

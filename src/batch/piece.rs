@@ -24,8 +24,11 @@ pub(super) enum Piece {
     },
     /// A line that could not be enriched.
     Rejected(Rejected),
-    /// Every line of the chunk was handed over: its counters, and its buffers to reuse.
-    Done { chunk: Chunk, stats: EnrichStats },
+    /// What enriching the chunk (or a part of it) did, sent before its lines: counted by a run
+    /// that ends at one of them too, as the work was done.
+    Enriched(EnrichStats),
+    /// Every line of the chunk was handed over: its buffers to reuse.
+    Done(Chunk),
     /// The chunk could not be enriched; nothing of it, nor after it, is to be written.
     Failed(Error),
     /// The run is stopping and the chunk gave up waiting for the store.

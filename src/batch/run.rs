@@ -519,4 +519,30 @@ mod tests {
         // three lines is tried first, so the L1 may have answered some of them the second time.
         assert!(summary.stats.fetched <= 2 * 12, "{:?}", summary.stats);
     }
+
+    /// A run that ends at a bad line counts what enriching its chunk did, the lines before it
+    /// written.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_run_ended_by_a_bad_line_counts_its_chunk() {
+        let enricher = enricher().await;
+        let input = "{\"a\":\"SU:u1\",\"b\":\"SU:x\"}\n{\"a\":\"SU:u3\"}\nnot json\n{}\n";
+        let out = Collected::default();
+        let failed = run(
+            &enricher,
+            vec![Source::new("in", std::io::Cursor::new(input.as_bytes()))],
+            Output::writer(out.clone()),
+            None,
+            &RunOptions::new(),
+            &RunProgress::new(),
+            futures::stream::pending(),
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(out.text().lines().count(), 2);
+        let summary = failed.summary;
+        assert_eq!((summary.written, summary.rejected), (2, 1));
+        let stats = summary.stats;
+        assert_eq!((stats.activities, stats.references), (3, 3), "{stats:?}");
+        assert_eq!((stats.store_calls, stats.missing), (1, 1), "{stats:?}");
+    }
 }

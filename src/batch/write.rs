@@ -192,10 +192,7 @@ impl LaneSender {
     /// Hands a piece over. Without a writer thread, a piece that is due (and whatever became
     /// due behind it) is written before this returns, unless another chunk is writing.
     pub(super) fn send(&mut self, piece: Piece) {
-        if matches!(
-            piece,
-            Piece::Done { .. } | Piece::Failed(_) | Piece::Abandoned
-        ) {
+        if matches!(piece, Piece::Done(_) | Piece::Failed(_) | Piece::Abandoned) {
             self.open = false;
         }
         self.ordered.deliver(self.number, piece);
@@ -472,8 +469,11 @@ impl Writer {
                     None => Next::End(End::Failed(rejected.into_error())),
                 }
             }
-            Piece::Done { chunk, stats } => {
+            Piece::Enriched(stats) => {
                 self.stats += stats;
+                Next::More
+            }
+            Piece::Done(chunk) => {
                 self.spares.recycle_chunk(chunk);
                 match self.write_rejects() {
                     Ok(()) => Next::LaneDone,
