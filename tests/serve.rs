@@ -954,23 +954,34 @@ async fn store_refusals_are_answered_as_what_they_are() {
     server.stop().await;
 }
 
+/// A token the server remembers still expires on time, its `exp` a whole number or not (PyJWT
+/// signs `time.time() + 60`).
 #[tokio::test]
 async fn a_token_seen_before_still_expires_on_time() {
     let server = Server::start("memory:").await;
-    let short = sign(
+    let whole = sign(
         &json!({"resource": "*", "action": "*", "exp": now() + 2}),
         SECRET,
     );
-    let get = || {
-        let request = server.as_token(Method::GET, "/api/v1.0/user/nobody/", &short);
-        async move { text(request.send().await.unwrap()).await }
-    };
-    // Verified once, then answered from what the server remembers of it.
-    assert_eq!(get().await.0, StatusCode::NOT_FOUND);
-    assert_eq!(get().await.0, StatusCode::NOT_FOUND);
-    tokio::time::sleep(Duration::from_millis(3100)).await;
-    let (status, body) = get().await;
-    let detail = assert_error(status, &body, 401, 17, "NotAllowedException");
-    assert!(detail.contains("expired"), "{detail}");
+    let fractional = sign(
+        &json!({"resource": "*", "action": "*", "exp": now() as f64 + 2.5}),
+        SECRET,
+    );
+    for short in [&whole, &fractional] {
+        let get = || {
+            let request = server.as_token(Method::GET, "/api/v1.0/user/nobody/", short);
+            async move { text(request.send().await.unwrap()).await }
+        };
+        // Verified once, then answered from what the server remembers of it.
+        assert_eq!(get().await.0, StatusCode::NOT_FOUND);
+        assert_eq!(get().await.0, StatusCode::NOT_FOUND);
+    }
+    tokio::time::sleep(Duration::from_millis(4100)).await;
+    for short in [&whole, &fractional] {
+        let request = server.as_token(Method::GET, "/api/v1.0/user/nobody/", short);
+        let (status, body) = text(request.send().await.unwrap()).await;
+        let detail = assert_error(status, &body, 401, 17, "NotAllowedException");
+        assert!(detail.contains("expired"), "{detail}");
+    }
     server.stop().await;
 }

@@ -304,7 +304,17 @@ impl Auth {
             })?
             .claims;
         let access = access_of(&claims)?;
-        let time = |claim: &str| claims.get(claim).and_then(Value::as_u64);
+        // Remembered as whole seconds that keep the first check's answer: `exp` rounded down
+        // and `nbf` up, as clients sign fractional times (PyJWT's `time.time() + 60`). A
+        // claim that is there but not a number is not remembered as missing: the token is
+        // then checked whole every time.
+        let time = |claim: &str, round: fn(f64) -> f64| match claims.get(claim) {
+            None => Some(None),
+            Some(at) => at.as_f64().map(|at| Some(round(at).max(0.0) as u64)),
+        };
+        let (Some(exp), Some(nbf)) = (time("exp", f64::floor), time("nbf", f64::ceil)) else {
+            return Ok(access);
+        };
         let mut verified = crate::sync::write(&self.verified);
         if verified.len() >= VERIFIED_TOKENS {
             verified.clear();
@@ -313,8 +323,8 @@ impl Auth {
             token.into(),
             Verified {
                 access: access.clone(),
-                exp: time("exp"),
-                nbf: time("nbf"),
+                exp,
+                nbf,
             },
         );
         Ok(access)
