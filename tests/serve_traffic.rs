@@ -497,6 +497,70 @@ fn read_answer(stream: &mut TcpStream) -> (u16, String) {
     (head[9..12].parse().unwrap(), head)
 }
 
+/// Requests without credentials whose bodies never come: each is answered at once and its
+/// connection closed within a moment, reserving nothing of the budget, so that neither the
+/// connections nor the budget they would hold lock others out (one body of 1 MiB declared
+/// would have been charged in full while it was awaited, up to --body-timeout).
+#[test]
+fn bodies_without_credentials_hold_nothing() {
+    let serve = Serve::start(
+        "memory:",
+        &[
+            "--max-in-flight-bytes",
+            "4194304",
+            "--max-connections",
+            "64",
+        ],
+        None,
+    );
+    let mut held = Vec::new();
+    for i in 0..100 {
+        let mut stream = TcpStream::connect(&serve.addr).unwrap();
+        let path = if i % 2 == 0 {
+            "/api/v1.0/user/?api_key=wrong"
+        } else {
+            "/no/such/route"
+        };
+        let head = format!("POST {path} HTTP/1.1\r\nhost: x\r\ncontent-length: 1048576\r\n\r\n{{");
+        stream.write_all(head.as_bytes()).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        held.push(stream);
+    }
+    // The last ones opened (the first may have made room for them) are answered and closed.
+    let started = Instant::now();
+    for (i, stream) in held.iter_mut().enumerate().skip(90) {
+        let (status, head) = read_answer(stream);
+        assert_eq!(status, if i % 2 == 0 { 401 } else { 404 }, "{head}");
+        assert!(
+            head.to_ascii_lowercase().contains("connection: close"),
+            "{head}"
+        );
+        let mut rest = Vec::new();
+        stream.read_to_end(&mut rest).unwrap();
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    // A body of 0.8 MiB, its parsed values and its answer fit only if the 50 bodies of 1 MiB
+    // declared hold nothing of the 4 MiB.
+    let body = format!(r#"{{"id":"big","data":{{"bio":"{}"}}}}"#, "x".repeat(9_000));
+    let batch = format!(
+        r#"{{"users":[{}]}}"#,
+        (0..90)
+            .map(|i| body.replace("\"big\"", &format!("\"big{i}\"")))
+            .collect::<Vec<_>>()
+            .join(",")
+    );
+    assert!(batch.len() > 800_000);
+    let (status, answer) = serve.request("POST", "/api/v1.0/users/", &batch);
+    assert_eq!(status, 201, "{answer}");
+    drop(held);
+}
+
 #[test]
 fn a_refused_request_leaves_its_connection_usable() {
     let serve = Serve::start("memory:", &[], None);

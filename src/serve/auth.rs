@@ -394,16 +394,25 @@ pub(crate) async fn require(
     mut request: Request,
     next: Next,
 ) -> Response {
-    let query = Query::<HashMap<String, String>>::try_from_uri(request.uri())
-        .map(|q| q.0)
-        .unwrap_or_default();
-    match state.auth.check(&query, request.headers()) {
+    match check(&state, request.uri(), request.headers()) {
         Ok(access) => {
             request.extensions_mut().insert(access);
             next.run(request).await
         }
         Err(err) => err.into_response(),
     }
+}
+
+/// The key and the token of a request, before its body is read.
+pub(crate) fn check(
+    state: &AppState,
+    uri: &axum::http::Uri,
+    headers: &HeaderMap,
+) -> Result<Access, ApiError> {
+    let query = Query::<HashMap<String, String>>::try_from_uri(uri)
+        .map(|q| q.0)
+        .unwrap_or_default();
+    state.auth.check(&query, headers)
 }
 
 #[cfg(test)]

@@ -139,31 +139,54 @@ pub(crate) async fn finish(
             .get::<MatchedPath>()
             .map(MatchedPath::as_str),
     );
-    // The body is read whole here, before anything else looks at the request: an answer
-    // given before the body was read (a refused token, an unknown route) would leave the rest
-    // of it in the connection, which then could not carry the client's next request.
+    // A body is read whole here, before the handler sees the request, so that every answer
+    // leaves the connection ready for the client's next request. It is kept only for a
+    // request that needs it and may send it: one to the API whose key and token pass. Any
+    // other body (a refused token, an unknown route, a probe's) is dropped as it comes, for a
+    // moment at most, costing no memory, no share of the budget and no long wait: a client
+    // without credentials cannot hold the budget, nor connections for long, with bodies it
+    // never finishes sending.
     let (parts, body) = request.into_parts();
-    let read = if http_body::Body::is_end_stream(&body) {
-        Ok((Bytes::new(), Charge::free()))
+    let fate = if http_body::Body::is_end_stream(&body) {
+        Fate::Empty
+    } else if !route.starts_with("/api/") {
+        Fate::Dropped(None)
     } else {
-        read_body(&state, &parts.headers, body).await
+        match super::auth::check(&state, &parts.uri, &parts.headers) {
+            Ok(_) => Fate::Read,
+            Err(refused) => Fate::Dropped(Some(refused)),
+        }
     };
     let limit = state.limits.request_timeout;
+    let run = async |request| match tokio::time::timeout(limit, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => ApiError::request_timeout(limit).into_response(),
+    };
     // Held until the answer is built: the handler's page stands in for the body.
-    let (mut response, _body_charge) = match read {
-        Ok((bytes, charge)) => {
-            let request = Request::from_parts(parts, Body::from(bytes));
-            match tokio::time::timeout(limit, next.run(request)).await {
-                Ok(response) => (response, charge),
-                Err(_) => (ApiError::request_timeout(limit).into_response(), charge),
-            }
+    let (mut response, _body_charge) = match fate {
+        Fate::Empty => {
+            let request = Request::from_parts(parts, Body::empty());
+            (run(request).await, Charge::free())
         }
-        Err(refused) => {
-            // The rest of the body is still on its way: this connection ends here.
-            let mut response = refused.into_response();
-            response
-                .headers_mut()
-                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        Fate::Read => match read_body(&state, &parts.headers, body).await {
+            Ok((bytes, charge)) => {
+                let request = Request::from_parts(parts, Body::from(bytes));
+                (run(request).await, charge)
+            }
+            Err(refused) => (closing(refused.into_response()), Charge::free()),
+        },
+        Fate::Dropped(refused) => {
+            let continues = parts.headers.get(header::EXPECT).is_some();
+            let response = match refused {
+                Some(refused) => refused.into_response(),
+                // Answered as without a body, which none of these routes reads.
+                None => run(Request::from_parts(parts, Body::empty())).await,
+            };
+            // A client waiting for `100 Continue` sends no body; one that sends its body
+            // right after its headers (Python's requests) keeps a usable connection.
+            let drained =
+                !continues && drop_body(body, state.limits.max_body_bytes, DROP_WITHIN).await;
+            let response = if drained { response } else { closing(response) };
             (response, Charge::free())
         }
     };
@@ -214,6 +237,46 @@ pub(crate) async fn finish(
         ms = (took.as_secs_f64() * 100_000.0).round() / 100.0,
         bytes = http_body::Body::size_hint(response.body()).exact(),
     );
+    response
+}
+
+/// What becomes of a request's body.
+enum Fate {
+    /// It has none.
+    Empty,
+    /// It is read whole for the handler.
+    Read,
+    /// It is read and dropped, for a moment at most: the request is answered without it,
+    /// refused (its key or token) or at a route that takes no body.
+    Dropped(Option<ApiError>),
+}
+
+/// How long a body no one reads is waited for, to be dropped, before its connection is closed
+/// with the answer.
+const DROP_WITHIN: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// Reads and drops `body`, up to `max` bytes, for `within` at most; true if it ended in time.
+async fn drop_body(body: Body, max: usize, within: std::time::Duration) -> bool {
+    let read = http_body_util::Limited::new(body, max);
+    let dropped = async {
+        let mut read = std::pin::pin!(read);
+        while let Some(frame) =
+            std::future::poll_fn(|cx| http_body::Body::poll_frame(read.as_mut(), cx)).await
+        {
+            if frame.is_err() {
+                return false;
+            }
+        }
+        true
+    };
+    tokio::time::timeout(within, dropped).await.unwrap_or(false)
+}
+
+/// `response`, ending its connection: the rest of the request's body may still be on its way.
+fn closing(mut response: Response) -> Response {
+    response
+        .headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
     response
 }
 
