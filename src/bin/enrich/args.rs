@@ -235,8 +235,14 @@ pub(crate) enum Command {
 #[derive(Debug, clap::Args)]
 #[command(next_help_heading = "Limits")]
 pub(crate) struct ServeLimits {
-    /// The largest request body, in bytes (413 above it).
-    #[arg(long, env = "ENRICH_MAX_BODY_BYTES", value_name = "BYTES", default_value_t = 1 << 20)]
+    /// The largest request body, in bytes or with a suffix K, M or G (413 above it).
+    #[arg(
+        long,
+        env = "ENRICH_MAX_BODY_BYTES",
+        value_name = "BYTES",
+        default_value_t = 1 << 20,
+        value_parser = parse_bytes
+    )]
     max_body_bytes: usize,
     /// Activities one enrich request may hold; a group counts its activities.
     #[arg(
@@ -254,13 +260,14 @@ pub(crate) struct ServeLimits {
         default_value_t = 10_000
     )]
     max_references: u64,
-    /// The largest answer of an enrich request, a collections select or an upsert, in bytes;
-    /// checked before it is built.
+    /// The largest answer of an enrich request, a collections select or an upsert, in bytes
+    /// or with a suffix K, M or G; checked before it is built.
     #[arg(
         long,
         env = "ENRICH_MAX_RESPONSE_BYTES",
         value_name = "BYTES",
-        default_value_t = 16 << 20
+        default_value_t = 16 << 20,
+        value_parser = parse_bytes
     )]
     max_response_bytes: usize,
     /// Ids, users or collection entries one batch call may name.
@@ -271,13 +278,14 @@ pub(crate) struct ServeLimits {
         default_value_t = 1_000
     )]
     max_batch_ids: usize,
-    /// Bytes of request and response bodies held at once over all connections; a request
-    /// over it waits up to 5 s, then gets 503.
+    /// Bytes of request and response bodies held at once over all connections (or with a
+    /// suffix K, M or G); a request over it waits up to 5 s, then gets 503.
     #[arg(
         long,
         env = "ENRICH_MAX_IN_FLIGHT_BYTES",
         value_name = "BYTES",
-        default_value_t = 256 << 20
+        default_value_t = 256 << 20,
+        value_parser = parse_bytes
     )]
     max_in_flight_bytes: usize,
     /// Connections open at once (never more than the open-file limit allows); at the limit
@@ -527,6 +535,34 @@ mod tests {
         assert!(parse_bytes("12T").is_err());
         assert!(parse_bytes("M").is_err());
         assert!(parse_bytes("-1").is_err());
+    }
+
+    /// Every flag of bytes takes the same suffixes, the server's limits too.
+    #[test]
+    fn the_servers_byte_limits_take_suffixes() {
+        use clap::Parser;
+        let cli = super::Cli::try_parse_from([
+            "enrich",
+            "serve",
+            "--max-body-bytes",
+            "2M",
+            "--max-response-bytes",
+            "8M",
+            "--max-in-flight-bytes",
+            "1G",
+        ])
+        .unwrap();
+        let super::Command::Serve { limits, .. } = cli.command else {
+            panic!("not serve");
+        };
+        assert_eq!(
+            (
+                limits.max_body_bytes,
+                limits.max_response_bytes,
+                limits.max_in_flight_bytes
+            ),
+            (2 << 20, 8 << 20, 1 << 30)
+        );
     }
 
     #[test]
