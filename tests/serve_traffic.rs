@@ -269,6 +269,24 @@ fn amplification_is_refused_before_it_costs_memory() {
     assert!(body.contains("--max-references"), "{body}");
 }
 
+/// The first read after the store restarted finds its connection dropped and asks again on a
+/// new one: the client gets its answer, not a 503.
+#[test]
+fn a_read_after_a_store_restart_is_answered() {
+    let mut redis = RedisServer::with_args(&["--appendonly", "yes"]);
+    let serve = Serve::start(&redis.url(), &["--l1-bytes", "0"], None);
+    let (status, body) = serve.request("POST", "/api/v1.0/user/", r#"{"id":"r","data":{}}"#);
+    assert_eq!(status, 201, "{body}");
+    let (status, _) = serve.request("GET", "/api/v1.0/user/r/", "");
+    assert_eq!(status, 200);
+    redis.restart();
+    for _ in 0..3 {
+        let (status, body) = serve.request("POST", "/api/v1.0/enrich/", r#"{"actor":"SU:r"}"#);
+        assert_eq!(status, 200, "{body}");
+        assert!(body.contains(r#""id":"r""#), "{body}");
+    }
+}
+
 #[test]
 fn stalled_clients_are_closed_on_their_timeouts() {
     let serve = Serve::start(

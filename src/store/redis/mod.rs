@@ -225,11 +225,18 @@ impl UserSource for RedisStore {
             return Vec::new();
         }
         let names: Vec<String> = keys.iter().map(|key| self.record_key(key)).collect();
-        let found: Result<Vec<Option<Bytes>>> = redis::cmd("MGET")
-            .arg(&names)
-            .query_async(&mut self.reads.clone())
-            .await
-            .map_err(|e| self.fault(e));
+        let mget = redis::cmd("MGET").arg(&names).to_owned();
+        let mut found = mget.query_async(&mut self.reads.clone()).await;
+        // A connection the server dropped while it was idle (a restart, an idle timeout) is
+        // found out by the first read after it, which the manager then replaces: a read, asked
+        // again once on the new connection, is not an outage.
+        if found
+            .as_ref()
+            .is_err_and(redis::RedisError::is_connection_dropped)
+        {
+            found = mget.query_async(&mut self.reads.clone()).await;
+        }
+        let found: Result<Vec<Option<Bytes>>> = found.map_err(|e| self.fault(e));
         match found {
             Ok(found) if found.len() == keys.len() => (keys.iter().zip(found))
                 .map(|(key, bytes)| bytes.map(|bytes| record(key, bytes)).transpose())
