@@ -784,6 +784,47 @@ async fn requests_over_a_limit_are_refused_naming_it() {
     server.stop().await;
 }
 
+/// A users batch answers every user it names as stored: its size is held to
+/// `--max-response-bytes`, a batch add's before anything is written (without override, each
+/// user may come back as an existing one of the largest size).
+#[tokio::test]
+async fn users_batches_answer_within_the_response_limit() {
+    let limits = enrich::serve::Limits::new().max_response_bytes(30_000);
+    let store = store::open("memory:", &StoreOptions::new()).await.unwrap();
+    let server = Server::start_with(store, ServeConfig::new(KEY, SECRET).limits(limits)).await;
+    let three = r#"{"users":[{"id":"a"},{"id":"b"},{"id":"a"}]}"#;
+    let (status, body) = server.call(Method::POST, "/api/v1.0/users/", three).await;
+    let detail = assert_error(status, &body, 400, 4, "InputException");
+    assert!(detail.contains("--max-response-bytes"), "{detail}");
+    let (status, _) = server.call(Method::GET, "/api/v1.0/user/a/", "").await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "nothing written");
+    // Overriding, the answer is the users as written.
+    let three = r#"{"users":[{"id":"a"},{"id":"b"},{"id":"a"}],"override_existing":true}"#;
+    let (status, body) = server.call(Method::POST, "/api/v1.0/users/", three).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    // Four users of 9 kB read back are over 30 kB.
+    let big = |id: &str| {
+        format!(
+            r#"{{"id":"{id}","data":{{"bio":"{}"}}}}"#,
+            "x".repeat(9_000)
+        )
+    };
+    for id in ["w", "x", "y", "z"] {
+        let (status, _) = server.call(Method::POST, "/api/v1.0/user/", big(id)).await;
+        assert_eq!(status, StatusCode::CREATED);
+    }
+    let (status, body) = server
+        .call(Method::GET, "/api/v1.0/users/?ids=w,x,y,z", "")
+        .await;
+    let detail = assert_error(status, &body, 400, 4, "InputException");
+    assert!(detail.contains("--max-response-bytes"), "{detail}");
+    let (status, _) = server
+        .call(Method::GET, "/api/v1.0/users/?ids=w,x,y", "")
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    server.stop().await;
+}
+
 #[tokio::test]
 async fn metric_labels_stay_bounded_whatever_clients_send() {
     let server = Server::start("memory:").await;

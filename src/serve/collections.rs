@@ -18,7 +18,7 @@ use super::AppState;
 use super::auth::{Access, EntryAction, not_owner};
 use super::error::ApiError;
 use super::reply::Pending;
-use super::reply::push_array;
+use super::reply::{array_len, push_array};
 use super::request::{PathParams, Query, check_batch, params, parse_object, path_params};
 use crate::collection::{EntryJson, EntryKey, NewEntry, generate_id};
 use crate::error::Error;
@@ -316,12 +316,6 @@ pub(crate) async fn upsert(
     out.extend_from_slice(CLOSE);
     debug_assert_eq!(out.len(), len);
     Ok(Pending::object(StatusCode::CREATED, out))
-}
-
-/// The length of the JSON array [`push_array`] writes of items of these lengths.
-fn array_len(items: impl Iterator<Item = usize>) -> usize {
-    let (count, bytes) = items.fold((0usize, 0usize), |(n, sum), len| (n + 1, sum + len));
-    2 + bytes + count.saturating_sub(1)
 }
 
 /// Every value of `name` in the query, each split at commas, empty parts dropped, repeats

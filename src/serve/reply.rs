@@ -103,6 +103,12 @@ pub(crate) fn push_array<'a>(out: &mut Vec<u8>, items: impl IntoIterator<Item = 
     out.push(b']');
 }
 
+/// The length of the JSON array [`push_array`] writes of items of these lengths.
+pub(crate) fn array_len(items: impl Iterator<Item = usize>) -> usize {
+    let (count, bytes) = items.fold((0usize, 0usize), |(n, sum), len| (n + 1, sum + len));
+    2 + bytes + count.saturating_sub(1)
+}
+
 /// Appends `json` (an object) with `"duration":"…"` as its last key.
 pub(crate) fn splice_duration(json: &[u8], duration: &str, out: &mut Vec<u8>) {
     let body = json.trim_ascii_end();

@@ -14,7 +14,7 @@ use super::AppState;
 use super::auth::Access;
 use super::error::ApiError;
 use super::reply::Pending;
-use super::reply::push_array;
+use super::reply::{array_len, push_array};
 use super::request::{
     Params, PathParams, check_batch, flag, ids, params, parse_object, path_params,
 };
@@ -141,10 +141,31 @@ pub(crate) async fn add_many(
         ids.push(user.id().clone());
         users.push(ImportUser::new(user, None, None)?);
     }
+    // The answer holds every user named as stored after the write, once per mention: the one
+    // written or, without override, one already there of any size up to the largest. Its
+    // size is held to the limit before anything is written, as an upsert's is.
+    let most = array_len(users.iter().map(|user| {
+        let written = user.user().stored_len();
+        if override_existing {
+            written
+        } else {
+            written.max(UserJson::MAX_STORED_LEN)
+        }
+    })) + r#"{"created_users":}"#.len();
+    if most > state.limits.max_response_bytes {
+        return Err(ApiError::response_too_large(
+            "the users added",
+            most,
+            state.limits.max_response_bytes,
+            "add fewer users at once",
+        ));
+    }
     let store = state.users();
     store.import(&users, override_existing).await?;
     state.metrics.record_invalidations(users.len() as u64);
-    let stored = store.get_many(&ids).await?;
+    let stored = store.get_many(&ids).await.map_err(|e| {
+        e.context("the users were written, but reading them back for the answer failed")
+    })?;
     let found: Vec<UserJson> = stored.into_iter().flatten().collect();
     Ok(Pending::object(
         StatusCode::CREATED,
@@ -168,6 +189,15 @@ pub(crate) async fn get_many(
         .into_iter()
         .flatten()
         .collect();
+    let len = array_len(found.iter().map(|user| user.as_bytes().len())) + r#"{"users":}"#.len();
+    if len > state.limits.max_response_bytes {
+        return Err(ApiError::response_too_large(
+            "the users asked for",
+            len,
+            state.limits.max_response_bytes,
+            "ask for fewer users at once",
+        ));
+    }
     Ok(Pending::object(
         StatusCode::OK,
         users_object("users", &found),

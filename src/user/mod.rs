@@ -167,6 +167,14 @@ impl NewUser {
         UserJson(Bytes::from(out))
     }
 
+    /// The length of [`NewUser::to_json`], whatever the timestamps: known before the user is
+    /// written, as an answer holding it must be sized first.
+    pub fn stored_len(&self) -> usize {
+        // {"created_at":"…","updated_at":"…","id":"…","data":…}
+        const AROUND: usize = 15 + 16 + 8 + 9 + 1;
+        AROUND + 2 * Timestamp::LEN + self.id.0.len() + self.data.len()
+    }
+
     /// Everything after the `created_at` value: what an update writes behind the `created_at`
     /// it keeps.
     pub fn tail(&self, updated_at: Timestamp) -> String {
@@ -281,6 +289,15 @@ mod tests {
                 .as_str(),
             "9999-12-31T22:59:59.000000Z"
         );
+    }
+
+    #[test]
+    fn the_stored_length_is_known_before_the_write() {
+        for data in [None, Some(json!({"name": "Éric", "n": [1, 2.5, null]}))] {
+            let user = NewUser::new("eric-1", data).unwrap();
+            let at = Timestamp::now();
+            assert_eq!(user.stored_len(), user.to_json(at, at).as_bytes().len());
+        }
     }
 
     #[test]
