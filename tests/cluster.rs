@@ -492,6 +492,41 @@ async fn a_connection_attempt_given_up_is_finished_for_the_next_write() {
     store.update(&user("g", 3)).await.unwrap();
 }
 
+/// A master restarted on its address (empty: no persistence here) answers the first read
+/// after it, on a new connection: its users are missing, not a store fault.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_after_a_master_restarts_is_answered() {
+    let mut cluster = start().await;
+    let store = open(&cluster).await;
+    let names = add_users(&store, "r", 30, 1).await;
+    let owner = owners(&cluster, &names);
+    let ids: Vec<UserId> = names.iter().map(|n| id(n)).collect();
+    assert!(
+        store
+            .get_many(&ids)
+            .await
+            .unwrap()
+            .iter()
+            .all(Option::is_some)
+    );
+    cluster.kill(2);
+    cluster.restart(2);
+    let cluster = tokio::task::spawn_blocking(move || {
+        cluster.wait_ok();
+        cluster
+    })
+    .await
+    .unwrap();
+    let read = store.get_many_each(&ids).await;
+    for ((answer, name), node) in read.iter().zip(&names).zip(&owner) {
+        match answer {
+            Ok(found) => assert_eq!(found.is_some(), *node != 2, "{name}"),
+            Err(err) => panic!("{name} on node {node}: {err}"),
+        }
+    }
+    drop(cluster);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_master_makes_only_its_users_unavailable() {
     let mut cluster = start().await;

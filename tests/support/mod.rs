@@ -450,7 +450,8 @@ impl RedisCluster {
         cluster
     }
 
-    fn wait_ok(&self) {
+    /// Waits until every running node says the cluster is ok and sees three masters.
+    pub fn wait_ok(&self) {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             let ready = self.running().into_iter().all(|i| {
