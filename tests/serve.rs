@@ -1026,3 +1026,83 @@ async fn a_token_seen_before_still_expires_on_time() {
     }
     server.stop().await;
 }
+
+/// A store whose delete of `b` fails, as a store that goes away part way through a batch.
+#[derive(Debug)]
+struct FailsOnB(enrich::SharedStore);
+
+#[async_trait::async_trait]
+impl enrich::UserSource for FailsOnB {
+    async fn get_many(
+        &self,
+        ids: &[enrich::user::UserId],
+    ) -> enrich::Result<Vec<Option<enrich::user::UserJson>>> {
+        self.0.get_many(ids).await
+    }
+
+    fn describe(&self) -> String {
+        self.0.describe()
+    }
+}
+
+#[async_trait::async_trait]
+impl enrich::UserStore for FailsOnB {
+    async fn add(
+        &self,
+        user: &enrich::user::NewUser,
+        get_or_create: bool,
+    ) -> enrich::Result<enrich::store::Added> {
+        self.0.add(user, get_or_create).await
+    }
+
+    async fn update(&self, user: &enrich::user::NewUser) -> enrich::Result<enrich::user::UserJson> {
+        self.0.update(user).await
+    }
+
+    async fn delete(&self, id: &enrich::user::UserId) -> enrich::Result<()> {
+        if id.as_str() == "b" {
+            return Err(enrich::Error::new(
+                enrich::ErrorKind::OutcomeUnknown,
+                "the store went away",
+            ));
+        }
+        self.0.delete(id).await
+    }
+
+    async fn import(
+        &self,
+        users: &[enrich::store::ImportUser],
+        override_existing: bool,
+    ) -> enrich::Result<Vec<enrich::store::ImportOutcome>> {
+        self.0.import(users, override_existing).await
+    }
+}
+
+/// A batch delete that fails part way says which users it deleted before the failure.
+#[tokio::test]
+async fn a_batch_delete_cut_short_says_what_it_deleted() {
+    let inner = store::open("memory:", &StoreOptions::new()).await.unwrap();
+    let store: enrich::SharedStore = std::sync::Arc::new(FailsOnB(inner));
+    let server = Server::start_with(store, ServeConfig::new(KEY, SECRET)).await;
+    let (status, _) = server
+        .call(
+            Method::POST,
+            "/api/v1.0/users/",
+            r#"{"users":[{"id":"a"},{"id":"b"},{"id":"c"}]}"#,
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    let (status, body) = server
+        .call(Method::DELETE, "/api/v1.0/users/?ids=a,b,c", "")
+        .await;
+    let detail = assert_error(status, &body, 504, 1, "WriteOutcomeUnknownException");
+    assert!(
+        detail.ends_with("(deleted before it: a; stopped at b)"),
+        "{detail}"
+    );
+    let (status, _) = server.call(Method::GET, "/api/v1.0/user/a/", "").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, _) = server.call(Method::GET, "/api/v1.0/user/c/", "").await;
+    assert_eq!(status, StatusCode::OK);
+    server.stop().await;
+}

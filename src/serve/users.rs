@@ -221,6 +221,17 @@ pub(crate) async fn delete_many(
         match store.delete(id).await {
             Ok(()) => deleted.push(id.as_str()),
             Err(e) if e.is_not_found() => {}
+            // The users deleted before it are gone whatever this one's outcome: said too.
+            Err(e) if !deleted.is_empty() => {
+                state.metrics.record_invalidations(deleted.len() as u64);
+                let mut refused = ApiError::from(e);
+                refused.detail = format!(
+                    "{} (deleted before it: {}; stopped at {id})",
+                    refused.detail,
+                    deleted.join(",")
+                );
+                return Err(refused);
+            }
             Err(e) => return Err(e.into()),
         }
     }
