@@ -404,6 +404,31 @@ fn sigterm_with_a_stuck_connection_exits_in_time() {
     assert!(closed_within(&mut body, Duration::from_secs(1)).is_some());
 }
 
+/// A second signal while a request is still in progress ends the process at once, not at the
+/// shutdown timeout.
+#[test]
+fn a_second_signal_exits_at_once() {
+    let mut serve = Serve::start("memory:", &["--shutdown-timeout", "30"], None);
+    let _body = half_open(
+        &serve.addr,
+        format!(
+            "POST /api/v1.0/user/?api_key={KEY} HTTP/1.1\r\nhost: x\r\nauthorization: {}\r\n\
+             stream-auth-type: jwt\r\ncontent-length: 100\r\n\r\n{{\"id\"",
+            token()
+        )
+        .as_bytes(),
+    );
+    std::thread::sleep(Duration::from_millis(200));
+    serve.signal("TERM");
+    std::thread::sleep(Duration::from_millis(300));
+    serve.signal("INT");
+    let (status, took) = serve.wait_exit(Duration::from_secs(15));
+    let status = status.unwrap_or_else(|| panic!("still running\n{}", serve.log()));
+    assert_eq!(status.code(), Some(130), "{}", serve.log());
+    assert!(took < Duration::from_secs(5), "{took:?}");
+    assert!(serve.log().contains("SIGINT again"), "{}", serve.log());
+}
+
 #[test]
 fn a_client_that_stops_reading_loses_its_connection() {
     let redis = RedisServer::start();

@@ -1,5 +1,7 @@
 //! `enrich serve`.
 
+use futures::StreamExt;
+
 use enrich::error::{Error, ErrorKind, Result};
 
 use super::StoreSpec;
@@ -49,24 +51,22 @@ pub(crate) async fn serve(spec: &StoreSpec, args: ServeArgs) -> Result<()> {
     Ok(())
 }
 
-/// Resolves on SIGTERM or Ctrl-C.
+/// Resolves on SIGTERM or Ctrl-C (SIGINT). A second signal while the requests in progress
+/// finish ends the process at once, as an operator who asks twice expects (exit 130 or 143):
+/// what a request had not yet written is not written, as after a kill, which the stores
+/// survive.
 async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {}
-        () = term => {}
+    let mut stops = super::stop_signals();
+    if stops.next().await.is_none() {
+        return std::future::pending().await;
     }
+    tokio::spawn(async move {
+        if let Some(stop) = stops.next().await {
+            tracing::warn!(
+                "enrich serve: {} again: exiting without waiting for the requests in progress",
+                stop.signal_name()
+            );
+            std::process::exit(i32::from(stop.exit_code()));
+        }
+    });
 }
