@@ -1027,7 +1027,8 @@ async fn a_token_seen_before_still_expires_on_time() {
     server.stop().await;
 }
 
-/// A store whose delete of `b` fails, as a store that goes away part way through a batch.
+/// A store whose delete of `b` fails, as a store that goes away part way through a batch, and
+/// whose reads of `unread` fail.
 #[derive(Debug)]
 struct FailsOnB(enrich::SharedStore);
 
@@ -1037,6 +1038,12 @@ impl enrich::UserSource for FailsOnB {
         &self,
         ids: &[enrich::user::UserId],
     ) -> enrich::Result<Vec<Option<enrich::user::UserJson>>> {
+        if ids.iter().any(|id| id.as_str() == "unread") {
+            return Err(enrich::Error::new(
+                enrich::ErrorKind::Unavailable,
+                "the store went away",
+            ));
+        }
         self.0.get_many(ids).await
     }
 
@@ -1104,5 +1111,26 @@ async fn a_batch_delete_cut_short_says_what_it_deleted() {
     assert_eq!(status, StatusCode::NOT_FOUND);
     let (status, _) = server.call(Method::GET, "/api/v1.0/user/c/", "").await;
     assert_eq!(status, StatusCode::OK);
+    server.stop().await;
+}
+
+/// A batch add whose users were written but could not be read back for the answer says that
+/// they were written.
+#[tokio::test]
+async fn a_batch_add_unread_says_it_was_written() {
+    let inner = store::open("memory:", &StoreOptions::new()).await.unwrap();
+    let store: enrich::SharedStore = std::sync::Arc::new(FailsOnB(inner.clone()));
+    let server = Server::start_with(store, ServeConfig::new(KEY, SECRET)).await;
+    let (status, body) = server
+        .call(
+            Method::POST,
+            "/api/v1.0/users/",
+            r#"{"users":[{"id":"unread"}]}"#,
+        )
+        .await;
+    let detail = assert_error(status, &body, 503, 1, "ServiceUnavailableException");
+    assert!(detail.contains("the users were written"), "{detail}");
+    let unread = enrich::user::UserId::parse("unread").unwrap();
+    assert_eq!(inner.get(&unread).await.unwrap().id(), "unread");
     server.stop().await;
 }

@@ -164,7 +164,12 @@ pub(crate) async fn add_many(
     store.import(&users, override_existing).await?;
     state.metrics.record_invalidations(users.len() as u64);
     let stored = store.get_many(&ids).await.map_err(|e| {
-        e.context("the users were written, but reading them back for the answer failed")
+        let mut refused = ApiError::from(e);
+        refused.detail = format!(
+            "{} (the users were written; reading them back for the answer failed)",
+            refused.detail
+        );
+        refused
     })?;
     let found: Vec<UserJson> = stored.into_iter().flatten().collect();
     Ok(Pending::object(
