@@ -1027,6 +1027,40 @@ async fn a_token_seen_before_still_expires_on_time() {
     server.stop().await;
 }
 
+/// A query parameter given twice: `ids` add up, as the collections routes take them; an
+/// `api_key` given twice with different values is refused whichever comes first.
+#[tokio::test]
+async fn repeated_query_parameters() {
+    let server = Server::start("memory:").await;
+    let (status, _) = server
+        .call(
+            Method::POST,
+            "/api/v1.0/users/",
+            r#"{"users":[{"id":"d1"},{"id":"d2"}]}"#,
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    let (status, body) = server
+        .call(Method::GET, "/api/v1.0/users/?ids=d1&ids=d2", "")
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let got: Value = serde_json::from_str(&strip_duration(&body)).unwrap();
+    assert_eq!(got["users"].as_array().unwrap().len(), 2, "{body}");
+    // The helper adds the right key last: the wrong one comes before it, then after it.
+    for path in [
+        "/api/v1.0/user/d1/?api_key=wrong".to_string(),
+        format!("/api/v1.0/user/d1/?api_key={KEY}&api_key=wrong"),
+    ] {
+        let (status, body) = text(server.api(Method::GET, &path).send().await.unwrap()).await;
+        let detail = assert_error(status, &body, 401, 2, "ApiKeyException");
+        assert!(detail.contains("more than once"), "{detail}");
+    }
+    let same = format!("/api/v1.0/user/d1/?api_key={KEY}");
+    let (status, _) = text(server.api(Method::GET, &same).send().await.unwrap()).await;
+    assert_eq!(status, StatusCode::OK);
+    server.stop().await;
+}
+
 /// A store whose delete of `b` fails, as a store that goes away part way through a batch, and
 /// whose reads of `unread` fail.
 #[derive(Debug)]

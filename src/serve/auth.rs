@@ -409,9 +409,19 @@ pub(crate) fn check(
     uri: &axum::http::Uri,
     headers: &HeaderMap,
 ) -> Result<Access, ApiError> {
-    let query = Query::<HashMap<String, String>>::try_from_uri(uri)
+    let pairs = Query::<Vec<(String, String)>>::try_from_uri(uri)
         .map(|q| q.0)
         .unwrap_or_default();
+    // A key given twice would be taken or refused by its order: one is asked for.
+    let mut keys = pairs.iter().filter(|(name, _)| name == "api_key");
+    if let Some((_, first)) = keys.next()
+        && keys.any(|(_, other)| other != first)
+    {
+        return Err(ApiError::api_key(
+            "api_key is given more than once, with different values",
+        ));
+    }
+    let query: HashMap<String, String> = pairs.into_iter().collect();
     state.auth.check(&query, headers)
 }
 

@@ -6,8 +6,6 @@
 //! re-encoded. Upsert items are flat (the whole item, `id` included, is the entry's data), as
 //! every client sends them.
 
-use std::collections::HashSet;
-
 use axum::Extension;
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -19,7 +17,7 @@ use super::auth::{Access, EntryAction, not_owner};
 use super::error::ApiError;
 use super::reply::Pending;
 use super::reply::{array_len, push_array};
-use super::request::{PathParams, Query, check_batch, params, parse_object, path_params};
+use super::request::{Pairs, PathParams, check_batch, list, params, parse_object, path_params};
 use crate::collection::{EntryJson, EntryKey, NewEntry, generate_id};
 use crate::error::Error;
 use crate::user::{UserId, json_type};
@@ -28,8 +26,6 @@ use crate::user::{UserId, json_type};
 type EntryPath = PathParams<(String, String)>;
 /// The path of a collection: `{collection}`.
 type CollectionPath = PathParams<String>;
-/// The query string as pairs in order: the batch routes take `ids` repeated, as Python sends it.
-type Pairs = Query<Vec<(String, String)>>;
 
 fn entry_key(path: EntryPath) -> Result<EntryKey, ApiError> {
     let (collection, id) = path_params(path, "entry path")?;
@@ -318,20 +314,6 @@ pub(crate) async fn upsert(
     Ok(Pending::object(StatusCode::CREATED, out))
 }
 
-/// Every value of `name` in the query, each split at commas, empty parts dropped, repeats
-/// answered once, in order.
-fn list(query: &[(String, String)], name: &str) -> Vec<String> {
-    let mut seen = HashSet::new();
-    query
-        .iter()
-        .filter(|(k, _)| k == name)
-        .flat_map(|(_, v)| v.split(','))
-        .map(str::trim)
-        .filter(|s| !s.is_empty() && seen.insert(s.to_string()))
-        .map(String::from)
-        .collect()
-}
-
 /// `GET /api/v1.0/collections/?foreign_ids=c:id,c:id` (PHP: `GET /api/v1.0/meta/`):
 /// `{"response":{"data":[entries]},"duration":…}`, the entries that exist in the order asked,
 /// each once.
@@ -423,20 +405,6 @@ pub(crate) async fn delete_many(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn query(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
-    }
-
-    #[test]
-    fn lists_join_repeats_and_commas() {
-        let q = query(&[("ids", "a,b"), ("x", "c"), ("ids", "b"), ("ids", " d ,,")]);
-        assert_eq!(list(&q, "ids"), ["a", "b", "d"]);
-        assert!(list(&q, "foreign_ids").is_empty());
-    }
 
     #[test]
     fn no_id_means_generate() {

@@ -22,6 +22,10 @@ pub(crate) type Query<T> =
 /// A handler's query string as a map: a repeated name keeps one value.
 pub(crate) type Params = Query<HashMap<String, String>>;
 
+/// The query string as pairs in order, repeats kept: the batch routes take `ids` repeated, as
+/// Python sends it.
+pub(crate) type Pairs = Query<Vec<(String, String)>>;
+
 /// A handler's path parameters read as `T`, or why they could not be read.
 pub(crate) type PathParams<T> =
     Result<axum::extract::Path<T>, axum::extract::rejection::PathRejection>;
@@ -160,18 +164,24 @@ pub(crate) fn flag(query: &HashMap<String, String>, name: &str) -> Result<bool, 
     }
 }
 
-/// The `ids` parameter of the batch routes: a comma-separated list, at least one.
-pub(crate) fn ids(query: &HashMap<String, String>) -> Result<Vec<String>, ApiError> {
-    let ids: Vec<String> = query
-        .get("ids")
-        .map(|v| {
-            v.split(',')
-                .map(str::trim)
-                .filter(|s| !s.is_empty())
-                .map(String::from)
-                .collect()
-        })
-        .unwrap_or_default();
+/// Every value of `name` in the query, each split at commas, empty parts dropped, repeats
+/// answered once, in order.
+pub(crate) fn list(query: &[(String, String)], name: &str) -> Vec<String> {
+    let mut seen = std::collections::HashSet::new();
+    query
+        .iter()
+        .filter(|(k, _)| k == name)
+        .flat_map(|(_, v)| v.split(','))
+        .map(str::trim)
+        .filter(|s| !s.is_empty() && seen.insert(s.to_string()))
+        .map(String::from)
+        .collect()
+}
+
+/// The `ids` parameters of the batch routes: comma-separated lists (repeated, they add up),
+/// at least one id.
+pub(crate) fn ids(query: &[(String, String)]) -> Result<Vec<String>, ApiError> {
+    let ids = list(query, "ids");
     if ids.is_empty() {
         return Err(ApiError::input(
             "the ids query parameter is missing; send ids=a,b,c",
@@ -202,6 +212,17 @@ mod tests {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect()
+    }
+
+    #[test]
+    fn lists_join_repeats_and_commas() {
+        let q: Vec<(String, String)> = [("ids", "a,b"), ("x", "c"), ("ids", "b"), ("ids", " d ,,")]
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        assert_eq!(list(&q, "ids"), ["a", "b", "d"]);
+        assert_eq!(ids(&q).unwrap(), ["a", "b", "d"]);
+        assert!(list(&q, "foreign_ids").is_empty());
     }
 
     #[test]

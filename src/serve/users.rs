@@ -2,8 +2,6 @@
 //! delete, and the batch forms. Every write goes through [`crate::Enricher::users`], so this
 //! process's L1 forgets a user the moment it is written.
 
-use std::collections::HashMap;
-
 use axum::Extension;
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -16,7 +14,7 @@ use super::error::ApiError;
 use super::reply::Pending;
 use super::reply::{array_len, push_array};
 use super::request::{
-    Params, PathParams, check_batch, flag, ids, params, parse_object, path_params,
+    Pairs, Params, PathParams, check_batch, flag, ids, params, parse_object, path_params,
 };
 use crate::store::ImportUser;
 use crate::user::{NewUser, UserId, UserJson};
@@ -183,10 +181,10 @@ pub(crate) async fn add_many(
 pub(crate) async fn get_many(
     State(state): State<AppState>,
     Extension(access): Extension<Access>,
-    query: Params,
+    pairs: Pairs,
 ) -> Result<Pending, ApiError> {
     access.check_read()?;
-    let ids = parse_ids(&params(query)?, state.limits.max_batch_ids)?;
+    let ids = parse_ids(&params(pairs)?, state.limits.max_batch_ids)?;
     let found: Vec<UserJson> = state
         .users()
         .get_many(&ids)
@@ -214,9 +212,9 @@ pub(crate) async fn get_many(
 pub(crate) async fn delete_many(
     State(state): State<AppState>,
     Extension(access): Extension<Access>,
-    query: Params,
+    pairs: Pairs,
 ) -> Result<Pending, ApiError> {
-    let ids = parse_ids(&params(query)?, state.limits.max_batch_ids)?;
+    let ids = parse_ids(&params(pairs)?, state.limits.max_batch_ids)?;
     for id in &ids {
         access.check_delete(id.as_str())?;
     }
@@ -245,7 +243,7 @@ pub(crate) async fn delete_many(
     Ok(Pending::object(StatusCode::OK, body))
 }
 
-fn parse_ids(query: &HashMap<String, String>, max: usize) -> Result<Vec<UserId>, ApiError> {
+fn parse_ids(query: &[(String, String)], max: usize) -> Result<Vec<UserId>, ApiError> {
     let mut seen = std::collections::HashSet::new();
     let mut out = Vec::new();
     for id in ids(query)? {
