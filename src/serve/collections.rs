@@ -284,14 +284,12 @@ pub(crate) async fn upsert(
             .sum::<usize>()
         + groups.len().saturating_sub(1)
         + CLOSE.len();
-    if len > state.limits.max_response_bytes {
-        return Err(ApiError::response_too_large(
-            "the upserted entries, as answered,",
-            len,
-            state.limits.max_response_bytes,
-            "nothing was written: upsert fewer entries at once",
-        ));
-    }
+    ApiError::check_response(
+        "the upserted entries, as answered,",
+        len,
+        state.limits.max_response_bytes,
+        "nothing was written: upsert fewer entries at once",
+    )?;
     state.users().upsert_entries(&entries).await?;
     state.metrics.record_entry_writes(entries.len() as u64);
     let mut out = Vec::with_capacity(len);
@@ -346,14 +344,12 @@ pub(crate) async fn select(
     const OPEN: &[u8] = br#"{"response":{"data":"#;
     const CLOSE: &[u8] = b"}}";
     let len = OPEN.len() + array_len(found.iter().map(|e| e.as_bytes().len())) + CLOSE.len();
-    if len > state.limits.max_response_bytes {
-        return Err(ApiError::response_too_large(
-            "the selected entries",
-            len,
-            state.limits.max_response_bytes,
-            "select fewer entries at once",
-        ));
-    }
+    ApiError::check_response(
+        "the selected entries",
+        len,
+        state.limits.max_response_bytes,
+        "select fewer entries at once",
+    )?;
     // Charged before it is built, as the enrich endpoint's answer is: a busy server answers
     // 503 instead of building one more answer of up to the limit.
     let charge = state.budget.charge(len).await?;

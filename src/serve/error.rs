@@ -114,14 +114,22 @@ impl ApiError {
         .by(limit)
     }
 
-    /// 400: the answer would be `len` bytes, over `max` per response (`--max-response-bytes`);
-    /// `what` is the answer, `advice` what to ask for instead.
-    pub(crate) fn response_too_large(what: &str, len: usize, max: usize, advice: &str) -> Self {
-        ApiError::input(format!(
+    /// 400 unless an answer of `len` bytes is within `max` (`--max-response-bytes`): `what`
+    /// names the answer, `advice` what to do instead.
+    pub(crate) fn check_response(
+        what: &str,
+        len: usize,
+        max: usize,
+        advice: &str,
+    ) -> Result<(), ApiError> {
+        if len <= max {
+            return Ok(());
+        }
+        Err(ApiError::input(format!(
             "{what} would be {len} bytes, over the limit of {max} bytes per response \
              (--max-response-bytes); {advice}"
         ))
-        .by("max_response_bytes")
+        .by("max_response_bytes"))
     }
 
     /// 408: the client did not send its body in time.

@@ -150,14 +150,12 @@ pub(crate) async fn add_many(
             written.max(UserJson::MAX_STORED_LEN)
         }
     })) + r#"{"created_users":}"#.len();
-    if most > state.limits.max_response_bytes {
-        return Err(ApiError::response_too_large(
-            "the users added",
-            most,
-            state.limits.max_response_bytes,
-            "add fewer users at once",
-        ));
-    }
+    ApiError::check_response(
+        "the users added",
+        most,
+        state.limits.max_response_bytes,
+        "add fewer users at once",
+    )?;
     let store = state.users();
     store.import(&users, override_existing).await?;
     state.metrics.record_invalidations(users.len() as u64);
@@ -193,14 +191,12 @@ pub(crate) async fn get_many(
         .flatten()
         .collect();
     let len = array_len(found.iter().map(|user| user.as_bytes().len())) + r#"{"users":}"#.len();
-    if len > state.limits.max_response_bytes {
-        return Err(ApiError::response_too_large(
-            "the users asked for",
-            len,
-            state.limits.max_response_bytes,
-            "ask for fewer users at once",
-        ));
-    }
+    ApiError::check_response(
+        "the users asked for",
+        len,
+        state.limits.max_response_bytes,
+        "ask for fewer users at once",
+    )?;
     Ok(Pending::object(
         StatusCode::OK,
         users_object("users", &found),
