@@ -571,20 +571,33 @@ fn bodies_without_credentials_hold_nothing() {
             .unwrap();
         held.push(stream);
     }
-    // The last ones opened (the first may have made room for them) are answered and closed.
+    // Each is closed within a moment: answered (its refusal, or 503 while the connection
+    // limit was full of them), or closed unanswered to make room for a newer one. None waits
+    // for its body. The old code held every one of them for the body timeout (30 s).
     let started = Instant::now();
-    for (i, stream) in held.iter_mut().enumerate().skip(90) {
-        let (status, head) = read_answer(stream);
-        assert_eq!(status, if i % 2 == 0 { 401 } else { 404 }, "{head}");
-        assert!(
-            head.to_ascii_lowercase().contains("connection: close"),
-            "{head}"
-        );
-        let mut rest = Vec::new();
-        stream.read_to_end(&mut rest).unwrap();
+    let mut answered = 0;
+    for (i, stream) in held.iter_mut().enumerate() {
+        let mut all = Vec::new();
+        if let Err(e) = stream.read_to_end(&mut all) {
+            assert_eq!(
+                e.kind(),
+                std::io::ErrorKind::ConnectionReset,
+                "stream {i}: {e}"
+            );
+        }
+        let head = String::from_utf8_lossy(&all).to_ascii_lowercase();
+        if head.is_empty() {
+            continue;
+        }
+        let status: u16 = head[9..12].parse().unwrap();
+        let refused = if i % 2 == 0 { 401 } else { 404 };
+        assert!(status == refused || status == 503, "stream {i}: {head}");
+        assert!(head.contains("connection: close"), "stream {i}: {head}");
+        answered += usize::from(status == refused);
     }
+    assert!(answered > 0, "none answered");
     assert!(
-        started.elapsed() < Duration::from_secs(3),
+        started.elapsed() < Duration::from_secs(10),
         "{:?}",
         started.elapsed()
     );
