@@ -190,6 +190,16 @@ fn half_open(addr: &str, bytes: &[u8]) -> TcpStream {
     stream
 }
 
+/// A connection with a signed request in progress: its headers sent, its body not finished.
+fn mid_body(addr: &str) -> TcpStream {
+    let head = format!(
+        "POST /api/v1.0/user/?api_key={KEY} HTTP/1.1\r\nhost: x\r\nauthorization: {}\r\n\
+         stream-auth-type: jwt\r\ncontent-length: 100\r\n\r\n{{\"id\"",
+        token()
+    );
+    half_open(addr, head.as_bytes())
+}
+
 /// How long until the server closes `stream` (a read returns 0 or fails), up to `limit`.
 fn closed_within(stream: &mut TcpStream, limit: Duration) -> Option<Duration> {
     let started = Instant::now();
@@ -386,15 +396,7 @@ fn sigterm_with_a_stuck_connection_exits_in_time() {
     let mut serve = Serve::start("memory:", &["--shutdown-timeout", "3"], None);
     // One connection mid-headers, one mid-body (a request in progress).
     let _head = half_open(&serve.addr, b"GET /readyz HT");
-    let mut body = half_open(
-        &serve.addr,
-        format!(
-            "POST /api/v1.0/user/?api_key={KEY} HTTP/1.1\r\nhost: x\r\nauthorization: {}\r\n\
-             stream-auth-type: jwt\r\ncontent-length: 100\r\n\r\n{{\"id\"",
-            token()
-        )
-        .as_bytes(),
-    );
+    let mut body = mid_body(&serve.addr);
     std::thread::sleep(Duration::from_millis(200));
     serve.signal("TERM");
     let (status, took) = serve.wait_exit(Duration::from_secs(15));
@@ -409,15 +411,7 @@ fn sigterm_with_a_stuck_connection_exits_in_time() {
 #[test]
 fn a_second_signal_exits_at_once() {
     let mut serve = Serve::start("memory:", &["--shutdown-timeout", "30"], None);
-    let _body = half_open(
-        &serve.addr,
-        format!(
-            "POST /api/v1.0/user/?api_key={KEY} HTTP/1.1\r\nhost: x\r\nauthorization: {}\r\n\
-             stream-auth-type: jwt\r\ncontent-length: 100\r\n\r\n{{\"id\"",
-            token()
-        )
-        .as_bytes(),
-    );
+    let _body = mid_body(&serve.addr);
     std::thread::sleep(Duration::from_millis(200));
     serve.signal("TERM");
     std::thread::sleep(Duration::from_millis(300));
