@@ -8,7 +8,7 @@ use futures::{Stream, StreamExt};
 
 use enrich::Enricher;
 use enrich::batch::{self, RunError, RunOptions, RunSummary};
-use enrich::batch::{ImportEvent, Stop, import_entries_until, import_users_until};
+use enrich::batch::{ImportError, ImportEvent, Stop, import_entries_until, import_users_until};
 use enrich::error::{Error, ErrorKind, Result};
 
 use super::progress::{Progress, input_size};
@@ -181,15 +181,7 @@ async fn import_run_users(
     let events = |event: ImportEvent<'_>| report.event(event);
     let imported =
         import_users_until(&*enricher.users(), input, true, events, next_stop(stops)).await;
-    let stop = imported
-        .as_ref()
-        .ok()
-        .and_then(|summary| summary.interrupted);
-    report.finish(
-        imported.map_err(|stopped| (stopped.committed, stopped.error)),
-        verbose || stop.is_some(),
-    )?;
-    Ok(stop)
+    report.finish(imported, |summary| summary.interrupted, verbose)
 }
 
 /// `run --objects`: imports the entries (upserting them) before the run, reporting as
@@ -204,15 +196,7 @@ async fn import_run_objects(
     let mut report = BeforeRun::new(objects, "entry");
     let events = |event: ImportEvent<'_>| report.event(event);
     let imported = import_entries_until(&*enricher.users(), input, events, next_stop(stops)).await;
-    let stop = imported
-        .as_ref()
-        .ok()
-        .and_then(|summary| summary.interrupted);
-    report.finish(
-        imported.map_err(|stopped| (stopped.committed, stopped.error)),
-        verbose || stop.is_some(),
-    )?;
-    Ok(stop)
+    report.finish(imported, |summary| summary.interrupted, verbose)
 }
 
 /// The next of `stops`; never, once they have ended.
@@ -249,22 +233,24 @@ impl<'a> BeforeRun<'a> {
         }
     }
 
-    /// The run's verdict on the import, `imported` with a stopped import as what it committed
-    /// and why it stopped.
-    fn finish(
+    /// The run's verdict on the import, and the signal that stopped it if one did (its
+    /// summary is then said even when not `verbose`); `interrupted` reads that from a summary.
+    fn finish<S: std::fmt::Display>(
         self,
-        imported: std::result::Result<impl std::fmt::Display, (impl std::fmt::Display, Error)>,
+        imported: std::result::Result<S, ImportError<S>>,
+        interrupted: impl FnOnce(&S) -> Option<Stop>,
         verbose: bool,
-    ) -> Result<()> {
+    ) -> Result<Option<Stop>> {
         let name = self.name;
         let summary = match imported {
             Ok(summary) => summary,
-            Err((committed, error)) => {
-                tell!("{name}: {committed}");
-                return Err(error);
+            Err(stopped) => {
+                tell!("{name}: {}", stopped.committed);
+                return Err(stopped.error);
             }
         };
-        if verbose {
+        let stop = interrupted(&summary);
+        if verbose || stop.is_some() {
             tell!("{name}: {summary}");
         }
         if self.bad > 0 {
@@ -273,6 +259,6 @@ impl<'a> BeforeRun<'a> {
                 self.bad, self.what
             )));
         }
-        Ok(())
+        Ok(stop)
     }
 }
