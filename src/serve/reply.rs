@@ -159,7 +159,7 @@ pub(crate) async fn finish(
         Fate::Dropped(None)
     } else {
         match super::auth::check(&state, &parts.uri, &parts.headers) {
-            Ok(_) => Fate::Read,
+            Ok(access) => Fate::Read(access),
             Err(refused) => Fate::Dropped(Some(refused)),
         }
     };
@@ -174,9 +174,11 @@ pub(crate) async fn finish(
             let request = Request::from_parts(parts, Body::empty());
             (run(request).await, Charge::free())
         }
-        Fate::Read => match read_body(&state, &parts.headers, body).await {
+        Fate::Read(access) => match read_body(&state, &parts.headers, body).await {
             Ok((bytes, charge)) => {
-                let request = Request::from_parts(parts, Body::from(bytes));
+                let mut request = Request::from_parts(parts, Body::from(bytes));
+                // Checked once: the API's auth layer takes it as it is.
+                request.extensions_mut().insert(access);
                 (run(request).await, charge)
             }
             Err(refused) => (closing(refused.into_response()), Charge::free()),
@@ -250,8 +252,8 @@ pub(crate) async fn finish(
 enum Fate {
     /// It has none.
     Empty,
-    /// It is read whole for the handler.
-    Read,
+    /// It is read whole for the handler, the request's credentials having passed as this.
+    Read(super::auth::Access),
     /// It is read and dropped, for a moment at most: the request is answered without it,
     /// refused (its key or token) or at a route that takes no body.
     Dropped(Option<ApiError>),
