@@ -80,14 +80,12 @@ pub(crate) async fn enrich(
     state.metrics.record_enrich(&enriched.stats());
     // Known before a byte of it exists: enrichment multiplies, so the size is checked first.
     let len = enriched.doc_len(0);
-    if len > limits.max_response_bytes {
-        return Err(ApiError::input(format!(
-            "the enriched document would be {len} bytes, over the limit of {} bytes per \
-             response (--max-response-bytes); ask for fewer activities at once",
-            limits.max_response_bytes
-        ))
-        .by("max_response_bytes"));
-    }
+    ApiError::check_response(
+        "the enriched document",
+        len,
+        limits.max_response_bytes,
+        "ask for fewer activities at once",
+    )?;
     let charge = state.budget.charge(len).await?;
     let mut out = Vec::with_capacity(len);
     enriched.write(0, &mut out);
