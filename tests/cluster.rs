@@ -157,6 +157,43 @@ async fn a_cold_page_is_one_read_per_node_and_each_id_is_read_once() {
     }
 }
 
+/// A key of ours holding a hash (something else wrote it) is nil to `MGET`, as a key that
+/// does not exist is; the read script tells them apart: a fault naming the key, never a
+/// missing user, and the other users of the page are answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_of_another_type_is_a_fault_not_a_missing_user() {
+    let cluster = start().await;
+    let store = open(&cluster).await;
+    let names = add_users(&store, "w", 12, 1).await;
+    let key = "enrich:user:hashed";
+    redis::cmd("HSET")
+        .arg(key)
+        .arg("name")
+        .arg("H")
+        .exec(&mut cluster.node_connection(cluster.owner_of(cluster.slot_of(key))))
+        .unwrap();
+    let mut ids: Vec<UserId> = names.iter().map(|n| id(n)).collect();
+    ids.push(id("hashed"));
+    ids.push(id("absent"));
+    let read = store.get_many_each(&ids).await;
+    for (answer, name) in read.iter().zip(&names) {
+        assert!(matches!(answer, Ok(Some(_))), "{name}: {answer:?}");
+    }
+    match &read[names.len()] {
+        Err(err) => assert!(
+            err.to_string()
+                .contains("another type than a string under enrich:user:hashed (WRONGTYPE)"),
+            "{err}"
+        ),
+        other => panic!("the hash read as {other:?}"),
+    }
+    assert!(
+        matches!(read[names.len() + 1], Ok(None)),
+        "{:?}",
+        read.last()
+    );
+}
+
 async fn enricher(cluster: &RedisCluster) -> Enricher {
     watched_enricher(&cluster.url(), Duration::from_secs(10)).await
 }

@@ -235,6 +235,60 @@ fn every_kind_of_corruption_is_an_error_naming_the_user() {
     );
 }
 
+/// A key of ours holding a hash or a list (something else wrote it) is nil to `MGET`, as a key
+/// that does not exist is: it must be a fault naming the key, never a missing user or entry.
+#[test]
+fn a_key_of_another_type_is_an_error_not_a_missing_record() {
+    let redis = Redis::start();
+    let mut conn = redis.server.connection();
+    redis::cmd("HSET")
+        .arg("enrich:user:bob")
+        .arg("name")
+        .arg("Bob")
+        .exec(&mut conn)
+        .unwrap();
+    redis::cmd("RPUSH")
+        .arg("enrich:object:food:x")
+        .arg("1")
+        .exec(&mut conn)
+        .unwrap();
+    let fails_naming_key = |out: &Output, key: &str| {
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "stderr: {err}");
+        assert!(
+            err.contains(&format!(
+                "another type than a string under {key} (WRONGTYPE)"
+            )),
+            "{err}"
+        );
+        assert!(
+            out.stdout.is_empty(),
+            "{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+    };
+    fails_naming_key(
+        &redis.enrich(&["users", "get", "bob"], ""),
+        "enrich:user:bob",
+    );
+    fails_naming_key(
+        &redis.enrich(&["collections", "get", "food", "x"], ""),
+        "enrich:object:food:x",
+    );
+    // Beside a user that is missing and one that is not: the page fails, whichever is named.
+    redis.set("alice", record("alice", "{}"));
+    let page = "{\"actor\":\"SU:alice\",\"object\":\"SU:carol\",\"target\":\"SU:bob\"}\n";
+    fails_naming_key(&redis.enrich(&["run", "--quiet"], page), "enrich:user:bob");
+    fails_naming_key(
+        &redis.enrich(&["run", "--quiet"], "{\"object\":\"SO:food:x\"}\n"),
+        "enrich:object:food:x",
+    );
+    // The missing one alone is still missing.
+    let out = redis.enrich(&["run", "--quiet"], "{\"actor\":\"SU:carol\"}\n");
+    assert_eq!(out.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("ReferenceNotFound"));
+}
+
 /// The update script's check of the kept `created_at` runs in Redis, in Lua: it must take
 /// exactly the timestamps a read takes.
 #[tokio::test]

@@ -59,6 +59,18 @@ fn classify(describe: &str, err: RedisError, write: bool) -> Error {
     }
 }
 
+/// A key of ours that holds another type than a string: something else wrote it, and what a
+/// user or an entry was there (if anything) cannot be told.
+pub(super) fn wrong_type(describe: &str, key: &str) -> Error {
+    Error::new(
+        ErrorKind::Internal,
+        format!(
+            "Redis at {describe} holds a value of another type than a string under {key} \
+             (WRONGTYPE): not a record enrich wrote"
+        ),
+    )
+}
+
 /// The server answered with an error reply: whatever it was, the command was not applied.
 fn server_refusal(describe: &str, code: &str, err: &RedisError) -> Error {
     let said = match err.detail() {

@@ -3,7 +3,8 @@
 //! Each user is one string key, `{namespace}:user:{id}`, holding its final [`UserJson`] bytes,
 //! so a read hands out what Redis sent without re-encoding; each collection entry likewise,
 //! `{namespace}:object:{collection}:{id}` (see [`entries`] for its stored form and its writes).
-//! Reads of a page, users and entries together, are one `MGET`.
+//! Reads of a page, users and entries together, are one `MGET` (and a `GET` of each key it
+//! found missing, which tells a key of another type from none).
 //! Every write is one Lua script, which makes it atomic on the server: create-if-absent cannot
 //! be won twice, and an update splices the stored `created_at` (always the first 42 bytes of a
 //! record) in front of the new tail, so it can never be lost. A record that something else
@@ -41,7 +42,7 @@ use redis::{AsyncConnectionConfig, Client};
 
 use self::concern::{Answer, WriteConcern, Writes};
 use self::entries::{EntryScript, Mode, Write, Written};
-use self::fault::{fault, write_fault};
+use self::fault::{fault, write_fault, wrong_type};
 use self::link::WriteLink;
 use self::scripts::Scripts;
 use super::url::redact;
@@ -199,6 +200,56 @@ impl RedisStore {
         fault(&self.describe, err)
     }
 
+    /// What `MGET` found under `names`, with each nil asked again with `GET`: `MGET` answers
+    /// nil for a key that holds another type than a string (a hash or a list something else
+    /// wrote under our namespace) as for one that does not exist, and that must be an error,
+    /// never a missing user. `GET` refuses it (`WRONGTYPE`). A second round trip, then, but
+    /// only for a read that found some key missing (the L1 remembers missing users), and it
+    /// needs no permission beyond the `GET` a read-only ACL grants. A key created in between
+    /// is taken as `GET` read it.
+    async fn confirm_misses(
+        &self,
+        names: &[String],
+        found: Vec<Option<Bytes>>,
+    ) -> Vec<Result<Option<Bytes>>> {
+        let missing: Vec<usize> = (0..found.len()).filter(|&i| found[i].is_none()).collect();
+        let mut answers: Vec<Result<Option<Bytes>>> = found.into_iter().map(Ok).collect();
+        if missing.is_empty() {
+            return answers;
+        }
+        let mut pipe = redis::pipe();
+        for &i in &missing {
+            pipe.cmd("GET").arg(&names[i]);
+        }
+        let checked: redis::RedisResult<Vec<redis::RedisResult<Option<Bytes>>>> = pipe
+            .ignore_errors()
+            .query_async(&mut self.reads.clone())
+            .await;
+        match checked {
+            Ok(checked) if checked.len() == missing.len() => {
+                for (i, answer) in missing.into_iter().zip(checked) {
+                    answers[i] = answer.map_err(|err| match err.code() {
+                        Some("WRONGTYPE") => wrong_type(&self.describe, &names[i]),
+                        _ => self.fault(err),
+                    });
+                }
+            }
+            other => {
+                let err = match other {
+                    Err(err) => self.fault(err),
+                    Ok(checked) => Error::new(
+                        ErrorKind::Internal,
+                        format!("{} GETs answered {}", missing.len(), checked.len()),
+                    ),
+                };
+                for i in missing {
+                    answers[i] = Err(err.clone());
+                }
+            }
+        }
+        answers
+    }
+
     /// The write connection; an error here means nothing was sent.
     async fn writer(&self) -> Result<link::Recorded<'_>> {
         self.writes.connection().await.map_err(|e| self.fault(e))
@@ -238,9 +289,12 @@ impl UserSource for RedisStore {
         }
         let found: Result<Vec<Option<Bytes>>> = found.map_err(|e| self.fault(e));
         match found {
-            Ok(found) if found.len() == keys.len() => (keys.iter().zip(found))
-                .map(|(key, bytes)| bytes.map(|bytes| record(key, bytes)).transpose())
-                .collect(),
+            Ok(found) if found.len() == keys.len() => {
+                let found = self.confirm_misses(&names, found).await;
+                (keys.iter().zip(found))
+                    .map(|(key, bytes)| bytes?.map(|bytes| record(key, bytes)).transpose())
+                    .collect()
+            }
             Ok(found) => {
                 let err = Error::new(
                     ErrorKind::Internal,

@@ -9,15 +9,25 @@ use futures::future::join_all;
 use redis::Value;
 
 use super::ClusterStore;
-use crate::error::Result;
+use crate::error::{Error, ErrorKind, Result};
+use crate::store::redis::fault::wrong_type;
 use crate::store::redis::slot_map::{Node, Shard, SlotMap};
 
 /// Reads the keys given as arguments, all served by the node that runs it. `no-writes` lets it
 /// run as `EVAL_RO`; `allow-cross-slot-keys` lets it read keys of several slots, which Redis
-/// allows only for keys not declared as `KEYS` (declared keys must share one slot).
+/// allows only for keys not declared as `KEYS` (declared keys must share one slot). A key that
+/// holds another type than a string is answered `0` (a string is a bulk string, a missing key
+/// nil); any other error fails the read, as `redis.call` would.
 const READ: &str = "#!lua flags=no-writes,allow-cross-slot-keys
 local out = {}
-for i, key in ipairs(ARGV) do out[i] = redis.call('GET', key) end
+for i, key in ipairs(ARGV) do
+  local value = redis.pcall('GET', key)
+  if type(value) == 'table' and value.err then
+    if string.sub(value.err, 1, 9) ~= 'WRONGTYPE' then return value end
+    value = 0
+  end
+  out[i] = value
+end
 return out
 ";
 
@@ -35,20 +45,30 @@ type Answers = Vec<Result<Option<Bytes>>>;
 
 impl ClusterStore {
     /// Runs the read script on `node` over its direct connection.
-    async fn eval_ro(&self, node: &Node, keys: &[&str]) -> Result<Vec<Option<Bytes>>, Unread> {
+    async fn eval_ro(&self, node: &Node, keys: &[&str]) -> Result<Answers, Unread> {
         let mut pipe = redis::pipe();
         pipe.cmd("EVAL_RO").arg(READ).arg(0).arg(keys);
         match self.read_links.send(node, &pipe).await {
             Ok(mut values) => match values.pop() {
                 Some(Value::ServerError(err)) => Err(Unread::Refused(err.into())),
-                Some(value) => match redis::from_redis_value::<Vec<Option<Bytes>>>(value) {
-                    Ok(found) if found.len() == keys.len() => Ok(found),
-                    other => Err(Unread::Refused(redis::RedisError::from((
-                        redis::ErrorKind::Client,
-                        "unexpected read answer",
-                        format!("{other:?}"),
-                    )))),
-                },
+                Some(Value::Array(found)) if found.len() == keys.len() => (keys.iter().zip(found))
+                    .map(|(key, value)| match value {
+                        Value::Int(0) => Ok(Err(wrong_type(&self.describe, key))),
+                        value => redis::from_redis_value::<Option<Bytes>>(value).map(Ok),
+                    })
+                    .collect::<Result<Answers, _>>()
+                    .map_err(|err| {
+                        Unread::Refused(redis::RedisError::from((
+                            redis::ErrorKind::Client,
+                            "unexpected read answer",
+                            err.to_string(),
+                        )))
+                    }),
+                Some(other) => Err(Unread::Refused(redis::RedisError::from((
+                    redis::ErrorKind::Client,
+                    "unexpected read answer",
+                    format!("{other:?}"),
+                )))),
                 None => Err(Unread::Refused(redis::RedisError::from((
                     redis::ErrorKind::Client,
                     "a read answered nothing",
@@ -119,7 +139,7 @@ impl ClusterStore {
             }
         }
         match read {
-            Ok(found) => found.into_iter().map(Ok).collect(),
+            Ok(found) => found,
             Err(Unread::Refused(err)) => {
                 tracing::debug!(%node, "read refused, following the cluster: {err}");
                 let _ = self.topology.refresh().await;
@@ -149,7 +169,7 @@ impl ClusterStore {
         node: &Node,
         master: &Node,
         keys: &[&str],
-    ) -> Option<Result<Vec<Option<Bytes>>, Unread>> {
+    ) -> Option<Result<Answers, Unread>> {
         (self.topology)
             .unless_moved(self.eval_ro(node, keys), keys, master)
             .await
@@ -163,17 +183,19 @@ impl ClusterStore {
         &self,
         shard: &Shard,
         keys: &[&str],
-        found: Vec<Option<Bytes>>,
+        found: Answers,
         retry: bool,
     ) -> Answers {
-        let missing: Vec<usize> = (0..keys.len()).filter(|&i| found[i].is_none()).collect();
-        let mut answers: Answers = found.into_iter().map(Ok).collect();
+        let missing: Vec<usize> = (0..keys.len())
+            .filter(|&i| matches!(found[i], Ok(None)))
+            .collect();
+        let mut answers = found;
         if missing.is_empty() {
             return answers;
         }
         let asked: Vec<&str> = missing.iter().map(|&i| keys[i]).collect();
         let confirmed = match self.eval_ro(&shard.master, &asked).await {
-            Ok(confirmed) => confirmed.into_iter().map(Ok).collect(),
+            Ok(confirmed) => confirmed,
             Err(Unread::Refused(_)) => self.mget(&asked).await,
             Err(Unread::Unreachable(err)) => {
                 self.topology.trouble();
@@ -195,17 +217,39 @@ impl ClusterStore {
     }
 
     /// Reads `keys` through the `redis` crate's cluster `MGET`, which splits them by slot and
-    /// follows `MOVED` and `ASK`.
+    /// follows `MOVED` and `ASK`; each key it found missing is asked again with `GET`, which
+    /// tells a key of another type (nil to `MGET`) from none, as the read script does.
     async fn mget(&self, keys: &[&str]) -> Answers {
         let found: Result<Vec<Option<Bytes>>> = redis::cmd("MGET")
             .arg(keys)
             .query_async(&mut self.conn.clone())
             .await
             .map_err(|e| self.fault(e));
-        match found {
-            Ok(found) => found.into_iter().map(Ok).collect(),
-            Err(err) => keys.iter().map(|_| Err(err.clone())).collect(),
-        }
+        let found = match found {
+            Ok(found) if found.len() == keys.len() => found,
+            Ok(found) => {
+                let err = Error::new(
+                    ErrorKind::Internal,
+                    format!("MGET answered {} of {} keys", found.len(), keys.len()),
+                );
+                return keys.iter().map(|_| Err(err.clone())).collect();
+            }
+            Err(err) => return keys.iter().map(|_| Err(err.clone())).collect(),
+        };
+        let confirm = (keys.iter().zip(found)).map(|(key, found)| async move {
+            if found.is_some() {
+                return Ok(found);
+            }
+            redis::cmd("GET")
+                .arg(key)
+                .query_async(&mut self.conn.clone())
+                .await
+                .map_err(|err| match err.code() {
+                    Some("WRONGTYPE") => wrong_type(&self.describe, key),
+                    _ => self.fault(err),
+                })
+        });
+        join_all(confirm).await
     }
 
     /// Reads `keys` with one command per node, all nodes at once; an answer or an error per
