@@ -1427,11 +1427,11 @@ fn counter(metrics: &str, name: &str) -> u64 {
     line.rsplit(' ').next().unwrap().parse().unwrap()
 }
 
-/// A request whose distinct references are to large entries is refused once those read
-/// are more than an answer may hold, without the store being asked for the rest: 100
-/// entries of 20 kB behind a limit of 200 kB are about a dozen read, not 2 MB.
+/// A request whose distinct references are to large entries, or a select of them, is refused
+/// once those read are more than an answer may hold, without the store being asked for the
+/// rest: 100 entries of 20 kB behind a limit of 200 kB are about a dozen read, not 2 MB.
 #[tokio::test]
-async fn enrich_reads_no_more_than_the_response_limit_of_large_entries() {
+async fn enrich_and_select_read_no_more_than_the_response_limit_of_large_entries() {
     const LIMIT: usize = 200_000;
     const ENTRY: usize = 20_000;
     const ENTRIES: usize = 100;
@@ -1474,15 +1474,8 @@ async fn enrich_reads_no_more_than_the_response_limit_of_large_entries() {
     // user and one entry over the limit: 200 kB + 52 kB is 12 entries of 20 kB and a user).
     assert!(fetched <= 14, "{fetched} ids read\n{metrics}");
     // And as Redis counts them: the keys it found, each an entry read.
-    let info: String = redis::cmd("INFO")
-        .arg("stats")
-        .query(&mut redis.connection())
-        .unwrap();
-    let found: u64 = (info.lines())
-        .find_map(|l| l.strip_prefix("keyspace_hits:"))
-        .map(|n| n.trim().parse().unwrap())
-        .unwrap_or_else(|| panic!("no keyspace_hits in\n{info}"));
-    assert!(found <= 13, "{found} entries read\n{info}");
+    let found = keyspace_hits(&redis);
+    assert!(found <= 13, "{found} entries read");
     let line = r#"enrich_limit_refusals_total{limit="max_response_bytes"} 1"#;
     assert!(
         metrics.lines().any(|l| l == line),
@@ -1500,5 +1493,34 @@ async fn enrich_reads_no_more_than_the_response_limit_of_large_entries() {
     assert_eq!(status, StatusCode::OK, "{body}");
     let answer: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(answer[4]["object"]["id"], "e4", "{body}");
+
+    // A select of them all: the same bound on what is read before it is refused.
+    let ids: Vec<String> = (0..ENTRIES).map(|i| format!("big:e{i}")).collect();
+    let select = format!("/api/v1.0/collections/?foreign_ids={}", ids.join(","));
+    redis.reset_stats();
+    let (status, body) = server.call(Method::GET, &select, "").await;
+    let detail = assert_error(status, &body, 400, 4, "InputException");
+    assert!(detail.contains("would be at least"), "{detail}");
+    assert!(detail.contains("--max-response-bytes"), "{detail}");
+    let found = keyspace_hits(&redis);
+    assert!(found <= 13, "{found} entries read for a select");
+    // What fits is answered whole, in order.
+    let select = format!("/api/v1.0/collections/?foreign_ids={}", ids[..5].join(","));
+    let (status, body) = server.call(Method::GET, &select, "").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let answer: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(answer["response"]["data"][4]["id"], "e4", "{body}");
     server.stop().await;
+}
+
+/// How many keys Redis found since its statistics were last reset.
+fn keyspace_hits(redis: &support::RedisServer) -> u64 {
+    let info: String = redis::cmd("INFO")
+        .arg("stats")
+        .query(&mut redis.connection())
+        .unwrap();
+    (info.lines())
+        .find_map(|l| l.strip_prefix("keyspace_hits:"))
+        .map(|n| n.trim().parse().unwrap())
+        .unwrap_or_else(|| panic!("no keyspace_hits in\n{info}"))
 }

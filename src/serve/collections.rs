@@ -16,7 +16,7 @@ use super::AppState;
 use super::auth::{Access, EntryAction, not_owner};
 use super::error::ApiError;
 use super::reply::Pending;
-use super::reply::{array_len, push_array};
+use super::reply::{array_len, push_array, read_listed};
 use super::request::{Pairs, PathParams, check_batch, list, params, parse_object, path_params};
 use crate::collection::{EntryJson, EntryKey, NewEntry, generate_id};
 use crate::error::Error;
@@ -332,24 +332,24 @@ pub(crate) async fn select(
         .iter()
         .map(|id| EntryKey::parse(id))
         .collect::<crate::error::Result<Vec<_>>>()?;
-    let mut found = Vec::with_capacity(keys.len());
-    for entry in state.users().get_entries_each(&keys).await {
-        // A store fault is an error, never an entry left out.
-        if let Some(entry) = entry? {
-            found.push(entry);
-        }
-    }
-    // Up to 1,000 entries of 51 kB each: the answer's size is known from the entries before
-    // a byte of it is written, and refused when over the limit.
+    // Up to 1,000 entries of 51 kB each: read no further than the answer may hold, and its
+    // size known from the entries before a byte of it is written.
     const OPEN: &[u8] = br#"{"response":{"data":"#;
     const CLOSE: &[u8] = b"}}";
+    let store = state.users();
+    let found = read_listed(
+        &keys,
+        |keys| store.get_entries_each(keys),
+        |entry: &EntryJson| entry.as_bytes().len(),
+        (
+            OPEN.len() + CLOSE.len(),
+            state.limits.max_response_bytes,
+            EntryJson::MAX_STORED_LEN,
+        ),
+        ("the selected entries", "select fewer entries at once"),
+    )
+    .await?;
     let len = OPEN.len() + array_len(found.iter().map(|e| e.as_bytes().len())) + CLOSE.len();
-    ApiError::check_response(
-        "the selected entries",
-        len,
-        state.limits.max_response_bytes,
-        "select fewer entries at once",
-    )?;
     // Charged before it is built, as the enrich endpoint's answer is: a busy server answers
     // 503 instead of building one more answer of up to the limit.
     let charge = state.budget.charge(len).await?;

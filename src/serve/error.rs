@@ -125,11 +125,23 @@ impl ApiError {
         if len <= max {
             return Ok(());
         }
-        Err(ApiError::input(format!(
-            "{what} would be {len} bytes, over the limit of {max} bytes per response \
+        Err(ApiError::response_over(what, "", len, max, advice))
+    }
+
+    /// The 400 of an answer over `max` (`--max-response-bytes`): `what` would be `len` bytes,
+    /// or `at least` (`"at least "`) that many when it was refused before all of it was read.
+    pub(crate) fn response_over(
+        what: &str,
+        at_least: &str,
+        len: usize,
+        max: usize,
+        advice: &str,
+    ) -> Self {
+        ApiError::input(format!(
+            "{what} would be {at_least}{len} bytes, over the limit of {max} bytes per response \
              (--max-response-bytes); {advice}"
         ))
-        .by("max_response_bytes"))
+        .by("max_response_bytes")
     }
 
     /// 408: the client did not send its body in time.

@@ -109,6 +109,47 @@ pub(crate) fn array_len(items: impl Iterator<Item = usize>) -> usize {
     2 + bytes + count.saturating_sub(1)
 }
 
+/// The records named by `keys` that exist, in order, for an answer listing them as one JSON
+/// array (with `around` bytes of its own) that may be at most `max` bytes: read in waves, each
+/// of as many keys as what is left of `max` affords were every record `largest` bytes, so a
+/// request whose answer would be over the limit reads at most the limit and one record before
+/// it is refused, not every record it names. A list that fits in one wave (at the defaults,
+/// 16 MiB: 1,500 users or 300 entries) is one store read. A store fault is an error, never a
+/// record left out. Over the limit: the 400 of [`ApiError::check_response`], with what the
+/// records read so far add up to ("at least" when some were not read).
+pub(crate) async fn read_listed<'k, K, T, Read, Fut>(
+    keys: &'k [K],
+    read: Read,
+    size: impl Fn(&T) -> usize,
+    (around, max, largest): (usize, usize, usize),
+    (what, advice): (&str, &str),
+) -> Result<Vec<T>, ApiError>
+where
+    Read: Fn(&'k [K]) -> Fut,
+    Fut: std::future::Future<Output = Vec<crate::error::Result<Option<T>>>>,
+{
+    let mut found = Vec::new();
+    // The answer with the records found so far: `[]` and the commas between them.
+    let mut len = around + 2;
+    let mut rest = keys;
+    while !rest.is_empty() {
+        let wave = (max.saturating_sub(len) / (largest + 1)).clamp(1, rest.len());
+        let (now, later) = rest.split_at(wave);
+        for record in read(now).await {
+            if let Some(record) = record? {
+                len += size(&record) + usize::from(!found.is_empty());
+                found.push(record);
+            }
+        }
+        if len > max {
+            let at_least = if later.is_empty() { "" } else { "at least " };
+            return Err(ApiError::response_over(what, at_least, len, max, advice));
+        }
+        rest = later;
+    }
+    Ok(found)
+}
+
 /// Appends `json` (an object) with `"duration":"…"` as its last key.
 pub(crate) fn splice_duration(json: &[u8], duration: &str, out: &mut Vec<u8>) {
     let body = json.trim_ascii_end();

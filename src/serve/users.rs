@@ -12,7 +12,7 @@ use super::AppState;
 use super::auth::Access;
 use super::error::ApiError;
 use super::reply::Pending;
-use super::reply::{array_len, push_array};
+use super::reply::{array_len, push_array, read_listed};
 use super::request::{
     Pairs, Params, PathParams, check_batch, flag, ids, params, parse_object, path_params,
 };
@@ -183,20 +183,19 @@ pub(crate) async fn get_many(
 ) -> Result<Pending, ApiError> {
     access.check_read()?;
     let ids = parse_ids(&params(pairs)?, state.limits.max_batch_ids)?;
-    let found: Vec<UserJson> = state
-        .users()
-        .get_many(&ids)
-        .await?
-        .into_iter()
-        .flatten()
-        .collect();
-    let len = array_len(found.iter().map(|user| user.as_bytes().len())) + r#"{"users":}"#.len();
-    ApiError::check_response(
-        "the users asked for",
-        len,
-        state.limits.max_response_bytes,
-        "ask for fewer users at once",
-    )?;
+    let store = state.users();
+    let found = read_listed(
+        &ids,
+        |ids| store.get_many_each(ids),
+        |user: &UserJson| user.as_bytes().len(),
+        (
+            r#"{"users":}"#.len(),
+            state.limits.max_response_bytes,
+            UserJson::MAX_STORED_LEN,
+        ),
+        ("the users asked for", "ask for fewer users at once"),
+    )
+    .await?;
     Ok(Pending::object(
         StatusCode::OK,
         users_object("users", &found),
