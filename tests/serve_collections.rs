@@ -501,6 +501,13 @@ async fn limits_are_named(server: &Server) {
         detail.contains("1001") && detail.contains("1000") && detail.contains("--max-batch-ids"),
         "{detail}"
     );
+    // A repeated id counts once, as in a select: 1,200 items naming 1,000 entries fit.
+    let b = [&items[..400], &items[..200]].concat();
+    let repeated = json!({"data": {"a": items, "b": b}});
+    let (status, body) = server
+        .call(Method::POST, "/api/v1.0/collections/", repeated.to_string())
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
     let ids: Vec<String> = (0..1001).map(|i| format!("a:i{i}")).collect();
     let (status, body) = server
         .call(
@@ -527,7 +534,8 @@ async fn limits_are_named(server: &Server) {
             .as_array()
             .unwrap()
             .len(),
-        500
+        600,
+        "the repeated upsert wrote collection a's 600"
     );
     // A select answer large enough to be charged to the memory budget comes whole, and its
     // charge is given back once it is read.

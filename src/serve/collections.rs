@@ -227,6 +227,9 @@ pub(crate) async fn upsert(
         };
         count += items.len();
     }
+    if count > state.limits.max_batch_ids {
+        count = distinct_items(&collections);
+    }
     check_batch(count, state.limits.max_batch_ids, "entries")?;
     let mut entries = Vec::with_capacity(count);
     // Each collection's name as JSON, and where its items sit in `entries`, in the order of
@@ -310,6 +313,24 @@ pub(crate) async fn upsert(
     out.extend_from_slice(CLOSE);
     debug_assert_eq!(out.len(), len);
     Ok(Pending::object(StatusCode::CREATED, out))
+}
+
+/// How many entries an upsert's `data` names: a repeated id counts once (its last item is the
+/// one stored), an item without an id (or with one that is refused later) is one of its own.
+fn distinct_items(collections: &Map<String, Value>) -> usize {
+    let mut named = std::collections::HashSet::new();
+    let mut unnamed = 0;
+    for (name, items) in collections {
+        for item in items.as_array().into_iter().flatten() {
+            match item.get("id").and_then(Value::as_str) {
+                Some(id) => {
+                    named.insert((name.as_str(), id));
+                }
+                None => unnamed += 1,
+            }
+        }
+    }
+    named.len() + unnamed
 }
 
 /// `GET /api/v1.0/collections/?foreign_ids=c:id,c:id` (PHP: `GET /api/v1.0/meta/`):
