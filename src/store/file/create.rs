@@ -80,7 +80,8 @@ pub(super) fn open_or_create(
                 if !create {
                     return Err(Error::invalid(format!(
                         "file store {} does not exist; name another with --store file:PATH, \
-                         or create it with `enrich users add` or `enrich users import`",
+                         or create it with a command that writes (`enrich users import`, \
+                         `enrich collections import`, `enrich run --users`…)",
                         path.display()
                     )));
                 }
