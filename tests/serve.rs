@@ -358,17 +358,19 @@ async fn auth_is_checked() {
         assert!(!body.contains(SECRET), "{body}");
     }
 
-    // A Bearer prefix is accepted; a live exp is fine.
+    // A Bearer prefix is accepted, its scheme in any case; a live exp is fine.
     let live = sign(
         &json!({"resource": "*", "action": "*", "exp": now() + 600}),
         SECRET,
     );
-    let resp = server
-        .as_token(Method::GET, path, &format!("Bearer {live}"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), StatusCode::OK);
+    for scheme in ["Bearer", "bearer", "BEARER"] {
+        let resp = server
+            .as_token(Method::GET, path, &format!("{scheme} {live}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::OK, "{scheme}");
+    }
 
     // Wrong or missing api_key.
     let resp = server

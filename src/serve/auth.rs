@@ -273,11 +273,12 @@ impl Auth {
             .map(str::trim)
             .filter(|t| !t.is_empty())
             .ok_or_else(|| ApiError::unauthenticated("the Authorization header is missing"))?;
-        let token = token
-            .strip_prefix("Bearer ")
-            .or_else(|| token.strip_prefix("bearer "))
-            .unwrap_or(token)
-            .trim();
+        // The scheme is case-insensitive (RFC 9110, 11.1): `Bearer`, `bearer`, `BEARER`.
+        let token = match token.split_at_checked(7) {
+            Some((scheme, rest)) if scheme.eq_ignore_ascii_case("bearer ") => rest,
+            _ => token,
+        }
+        .trim();
         let now = jsonwebtoken::get_current_timestamp();
         let known = crate::sync::read(&self.verified).get(token).cloned();
         if let Some(known) = known {
