@@ -182,6 +182,39 @@ async fn a_killed_stream_bypasses_the_cache_until_it_is_back() {
     }
 }
 
+/// `SWAPDB` changes every key without a write Redis announces; the README's remedy, closing
+/// the tracking connections, has every L1 serve the swapped-in database at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_swapped_database_is_served_once_the_tracking_connections_are_closed() {
+    let server = RedisServer::start();
+    let b = enricher(&server).await;
+    let stored = (b.users().add(&user("sw", 1), false).await.unwrap()).user;
+    assert_eq!(version(&actor(&b, "sw").await), 1);
+    let mut conn = server.connection();
+    redis::cmd("SELECT").arg(1).exec(&mut conn).unwrap();
+    redis::cmd("SET")
+        .arg("enrich:user:sw")
+        .arg(stored.as_str().replace(r#""v":1"#, r#""v":2"#))
+        .exec(&mut conn)
+        .unwrap();
+    redis::cmd("SWAPDB").arg(0).arg(1).exec(&mut conn).unwrap();
+    let list: String = redis::cmd("CLIENT").arg("LIST").query(&mut conn).unwrap();
+    let ids: Vec<&str> = (list.lines())
+        .filter(|l| l.contains("name=enrich-tracking"))
+        .filter_map(|l| l.split(' ').find_map(|f| f.strip_prefix("id=")))
+        .collect();
+    assert_eq!(ids.len(), 1, "{list}");
+    redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("ID")
+        .arg(ids[0])
+        .exec(&mut conn)
+        .unwrap();
+    until(&b, "sw", Duration::from_secs(1), |u| version(u) == 2).await;
+    assert!(b.wait_for_cache(Duration::from_secs(5)).await);
+    assert_eq!(version(&actor(&b, "sw").await), 2);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_restart_never_leaves_an_overwritten_value_cached() {
     let mut server = RedisServer::with_args(&["--appendonly", "yes", "--appendfsync", "always"]);
