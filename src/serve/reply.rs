@@ -113,10 +113,10 @@ pub(crate) fn array_len(items: impl Iterator<Item = usize>) -> usize {
 /// array (with `around` bytes of its own) that may be at most `max` bytes: read in waves, each
 /// of as many keys as what is left of `max` affords were every record `largest` bytes, so a
 /// request whose answer would be over the limit reads at most the limit and one record before
-/// it is refused, not every record it names. A list that fits in one wave (at the defaults,
-/// 16 MiB: 1,500 users or 300 entries) is one store read. A store fault is an error, never a
-/// record left out. Over the limit: the 400 of [`ApiError::check_response`], with what the
-/// records read so far add up to ("at least" when some were not read).
+/// it is refused, not every record it names. A list that fits in one wave (at the default
+/// 16 MiB, about 1,600 users or 300 entries) is one store read. A store fault is an error,
+/// never a record left out. Over the limit: the 400 of [`ApiError::response_over`], with what
+/// the records read so far add up to ("at least" when some were not read).
 pub(crate) async fn read_listed<'k, K, T, Read, Fut>(
     keys: &'k [K],
     read: Read,
