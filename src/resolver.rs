@@ -267,11 +267,13 @@ impl Resolver {
         }
         let load = Load {
             source: self.source.clone(),
-            l1: self.l1.clone(),
-            ids: started
-                .iter()
-                .map(|(i, flight)| (Box::from(ids.id(*i)), flight.clone()))
-                .collect(),
+            flights: Flights {
+                l1: self.l1.clone(),
+                ids: started
+                    .iter()
+                    .map(|(i, flight)| (Box::from(ids.id(*i)), flight.clone()))
+                    .collect(),
+            },
             rechecked,
             to_load,
             sender,
@@ -338,9 +340,8 @@ fn pick(result: &Result<BatchResult, oneshot::error::RecvError>, index: usize) -
 /// One batched load: the source call, the L1 fill, and the answer to every waiter.
 struct Load {
     source: SharedSource,
-    l1: Arc<L1>,
     /// Every id registered by the page, with its flight, in flight-index order.
-    ids: Vec<(Box<str>, Arc<Flight>)>,
+    flights: Flights,
     /// What the L1 held for each when rechecked; `None` for those in `to_load`.
     rechecked: Vec<Option<Cached>>,
     to_load: Vec<Key>,
@@ -375,20 +376,45 @@ impl Load {
                 })
                 .collect::<Vec<_>>())
         };
-        for (slot, (id, flight)) in self.ids.iter().enumerate() {
-            // Only what the source just said fills the L1; rechecked ids are there already, and
-            // an id the source could not read is not cached at all.
-            let answer = match &result {
-                Ok(found) if self.rechecked[slot].is_none() => found[slot]
-                    .as_ref()
-                    .ok()
-                    .map(|user| Cached::from_store(user.clone())),
-                _ => None,
-            };
-            self.l1.complete(id, flight, answer);
-        }
+        // Only what the source just said fills the L1; rechecked ids are there already, and an
+        // id the source could not read is not cached at all.
+        self.flights.land(|slot| match &result {
+            Ok(found) if self.rechecked[slot].is_none() => found[slot]
+                .as_ref()
+                .ok()
+                .map(|user| Cached::from_store(user.clone())),
+            _ => None,
+        });
         // Every waiter holds the shared receiver; nobody listening is fine.
         let _ = self.sender.send(Arc::new(result));
+    }
+}
+
+/// The flights of a load's ids, each ended exactly once: by the load, with what it read; or,
+/// when the load never gets there, as it is dropped, with nothing cached. A load's task ends
+/// early when the source panics (tokio catches the panic and drops the task) or when its
+/// runtime shuts down first (an enricher shared by several runtimes, a service stopping): its
+/// waiters then fail, that once, and the next read of each id asks the source again, rather
+/// than joining a flight that nothing would ever land.
+struct Flights {
+    l1: Arc<L1>,
+    ids: Vec<(Box<str>, Arc<Flight>)>,
+}
+
+impl Flights {
+    /// Ends every flight with the answer `answer` gives for its slot.
+    fn land(mut self, answer: impl Fn(usize) -> Option<Cached>) {
+        for (slot, (id, flight)) in std::mem::take(&mut self.ids).iter().enumerate() {
+            self.l1.complete(id, flight, answer(slot));
+        }
+    }
+}
+
+impl Drop for Flights {
+    fn drop(&mut self) {
+        for (id, flight) in &self.ids {
+            self.l1.complete(id, flight, None);
+        }
     }
 }
 
@@ -451,5 +477,49 @@ mod tests {
         let (_, remembered) =
             (resolver.resolve_with(&ids[..1], &mut stats, Some((&memos, &hashes[..1])))).await;
         assert_eq!(remembered, [true]);
+    }
+
+    /// A source that panics the first time it is asked, then answers as `DownFor` does.
+    #[derive(Debug, Default)]
+    struct PanicsOnce(std::sync::atomic::AtomicBool);
+
+    #[async_trait]
+    impl crate::store::UserSource for PanicsOnce {
+        async fn get_many(&self, _: &[UserId]) -> Result<Vec<Option<UserJson>>> {
+            unreachable!("asked for each id")
+        }
+
+        async fn get_many_each(&self, ids: &[UserId]) -> Vec<Result<Option<UserJson>>> {
+            let asked = self.0.swap(true, std::sync::atomic::Ordering::SeqCst);
+            assert!(asked, "a source that panics once");
+            DownFor("nobody").get_many_each(ids).await
+        }
+
+        fn describe(&self) -> String {
+            "panics once".to_string()
+        }
+    }
+
+    /// A load whose task ends before it lands (here the source panics) fails its waiters that
+    /// once; the next read of the id asks the source again instead of joining a flight that
+    /// nothing would ever land.
+    #[tokio::test]
+    async fn a_load_that_never_lands_leaves_no_flight_behind() {
+        let resolver = Resolver {
+            source: Arc::new(PanicsOnce::default()),
+            l1: Arc::new(L1::new(&CacheConfig::new())),
+            max_batch: 100,
+        };
+        let ids: Vec<Box<str>> = vec![Box::from("a")];
+        let mut stats = EnrichStats::default();
+        let answers = resolver.resolve(&ids[..], &mut stats).await;
+        match &answers[0] {
+            Answer::Unavailable(err) => assert!(err.to_string().contains("abandoned"), "{err}"),
+            other => panic!("{other:?}"),
+        }
+        for _ in 0..2 {
+            let answers = resolver.resolve(&ids[..], &mut stats).await;
+            assert!(matches!(answers[0], Answer::Found(_)), "{:?}", answers[0]);
+        }
     }
 }
