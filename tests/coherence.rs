@@ -182,6 +182,34 @@ async fn a_killed_stream_bypasses_the_cache_until_it_is_back() {
     }
 }
 
+/// An enricher built outside any runtime (before the service's starts) is watched all the
+/// same: a write made elsewhere is served, never the value its L1 held.
+#[test]
+fn an_enricher_built_outside_a_runtime_hears_of_writes() {
+    let server = RedisServer::start();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let store = runtime
+        .block_on(store::open(&server.url(), &StoreOptions::new()))
+        .unwrap();
+    let b = Enricher::new(store.clone());
+    runtime.block_on(async {
+        assert!(
+            b.wait_for_cache(Duration::from_secs(5)).await,
+            "never watched"
+        );
+        store.add(&user("out", 1), false).await.unwrap();
+        assert_eq!(version(&actor(&b, "out").await), 1);
+        // Through another store: b's L1 learns of it only from Redis.
+        let other = store::open(&server.url(), &StoreOptions::new())
+            .await
+            .unwrap();
+        other.update(&user("out", 2)).await.unwrap();
+        until(&b, "out", Duration::from_secs(5), |u| version(u) == 2).await;
+        assert!(!b.cache_stats().bypassed);
+    });
+    drop(b);
+}
+
 /// `SWAPDB` changes every key without a write Redis announces; the README's remedy, closing
 /// the tracking connections, has every L1 serve the swapped-in database at once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

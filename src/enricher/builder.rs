@@ -106,7 +106,9 @@ impl<S: ?Sized> EnricherBuilder<S> {
 }
 
 impl EnricherBuilder {
-    /// The enricher. Call within a tokio runtime.
+    /// The enricher. Its reads and writes are to be awaited within a tokio runtime; it may be
+    /// built outside one (over Redis, its watch of the writes then runs on a thread of its
+    /// own).
     pub fn build(self) -> Enricher {
         let inner = self.inner(self.backing.clone());
         let users = Arc::new(WriteThrough {
@@ -121,7 +123,8 @@ impl EnricherBuilder {
 }
 
 impl EnricherBuilder<dyn UserSource> {
-    /// The enricher. Call within a tokio runtime.
+    /// The enricher. Its reads are to be awaited within a tokio runtime; it may be built
+    /// outside one (over Redis, its watch of the writes then runs on a thread of its own).
     pub fn build(self) -> Enricher<dyn UserSource> {
         Enricher {
             inner: self.inner(self.backing.clone()),

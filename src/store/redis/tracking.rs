@@ -99,8 +99,32 @@ enum Stream {
 
 type StreamSink = Arc<dyn Fn(Stream) + Send + Sync>;
 
-/// Starts a watcher task that passes writes to `sink` and its own state to `stream`; `None`
-/// outside a tokio runtime.
+/// Runs a watcher task: on the caller's tokio runtime, or, for an enricher built outside of
+/// any (before its runtime starts, or in a synchronous part of the program), on a runtime of
+/// its own on a thread of its own, which ends with the task. Either way the enricher is
+/// watched: a watch left unstarted would have it cache with nothing to tell it of writes.
+/// `None` only if no thread can be started.
+fn spawn_watcher(task: impl Future<Output = ()> + Send + 'static) -> Option<WatchGuard> {
+    if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+        return Some(WatchGuard::new(runtime.spawn(task).abort_handle()));
+    }
+    let runtime = (tokio::runtime::Builder::new_current_thread().enable_all())
+        .build()
+        .ok()?;
+    let task = runtime.spawn(task);
+    let guard = WatchGuard::new(task.abort_handle());
+    std::thread::Builder::new()
+        .name("enrich-tracking".into())
+        .spawn(move || {
+            // Ends when the guard aborts the task.
+            let _ = runtime.block_on(task);
+        })
+        .ok()?;
+    Some(guard)
+}
+
+/// Starts a watcher task that passes writes to `sink` and its own state to `stream` (see
+/// [`spawn_watcher`]).
 fn start(
     client: Client,
     prefixes: Vec<String>,
@@ -110,7 +134,6 @@ fn start(
     stream: StreamSink,
     ask_role: bool,
 ) -> Option<WatchGuard> {
-    let runtime = tokio::runtime::Handle::try_current().ok()?;
     let watcher = Watcher {
         client,
         prefixes,
@@ -121,7 +144,7 @@ fn start(
         stream,
         ask_role,
     };
-    Some(WatchGuard::new(runtime.spawn(watcher.run()).abort_handle()))
+    spawn_watcher(watcher.run())
 }
 
 struct Watcher {
@@ -294,8 +317,8 @@ impl Watcher {
 /// How long the stream of a node is kept after the node left the map.
 const STREAM_KEPT: Duration = Duration::from_secs(10);
 
-/// Starts the cluster watcher task (one tracking connection per node), or `None` outside a
-/// tokio runtime.
+/// Starts the cluster watcher task (one tracking connection per node; see
+/// [`spawn_watcher`]).
 pub(super) fn watch_cluster(
     topology: Arc<Topology>,
     nodes: NodeUrls,
@@ -303,7 +326,6 @@ pub(super) fn watch_cluster(
     options: &StoreOptions,
     sink: EventSink,
 ) -> Option<WatchGuard> {
-    let runtime = tokio::runtime::Handle::try_current().ok()?;
     let watcher = ClusterWatcher {
         topology,
         nodes,
@@ -313,7 +335,7 @@ pub(super) fn watch_cluster(
         sink,
         health: Arc::new(Mutex::new(Health::default())),
     };
-    Some(WatchGuard::new(runtime.spawn(watcher.run()).abort_handle()))
+    spawn_watcher(watcher.run())
 }
 
 struct ClusterWatcher {
