@@ -18,11 +18,12 @@ use crate::error::Error;
 use crate::page::RawPage;
 use crate::retry::Backoff;
 use crate::stats::EnrichStats;
+use crate::store::UserSource;
 
 /// What every chunk task of a run shares.
 #[derive(Debug)]
 pub(super) struct Shared {
-    pub(super) enricher: Enricher,
+    pub(super) enricher: Enricher<dyn UserSource>,
     pub(super) options: RunOptions,
     pub(super) spares: Spares,
     /// Bytes of rendered output not yet written, [`RunOptions::max_pending_output`] in all.

@@ -19,9 +19,10 @@ use crate::error::{Error, ErrorKind};
 /// Runs the job: enriches every line of `inputs`, read one after the other, into `output`.
 /// Bad lines go to `rejects` as records if given; otherwise the run stops at the first one,
 /// after writing every line before it, with an error naming its file and line. `stops` ends
-/// the run early (see the [module docs](crate::batch)).
-pub async fn run(
-    enricher: &Enricher,
+/// the run early (see the [module docs](crate::batch)). The enricher may be over a store or
+/// over a [`UserSource`](crate::store::UserSource) of the caller's (a job only reads).
+pub async fn run<S: ?Sized>(
+    enricher: &Enricher<S>,
     inputs: Vec<Source>,
     output: Output,
     rejects: Option<Output>,
@@ -33,7 +34,7 @@ pub async fn run(
     let in_flight = super::in_flight();
     let spares = piece::Spares::new(in_flight);
     let shared = Arc::new(chunk::Shared {
-        enricher: enricher.clone(),
+        enricher: enricher.reader(),
         options: options.clone(),
         spares: spares.clone(),
         budget: Arc::new(Semaphore::new(options.max_pending_output)),
@@ -222,13 +223,31 @@ mod tests {
     }
 
     async fn enricher() -> Enricher {
+        Enricher::new(users().await)
+    }
+
+    async fn users() -> Arc<MemoryStore> {
         let store = Arc::new(MemoryStore::new());
         for i in 0..50 {
             let data = serde_json::json!({ "bio": "b".repeat(i * 40) });
             let user = NewUser::new(&format!("u{i}"), Some(data)).unwrap();
             store.add(&user, false).await.unwrap();
         }
-        Enricher::new(store)
+        store
+    }
+
+    /// A job over a source of the caller's (read-only: `Enricher::from_source`) writes what a
+    /// job over the same users in a store writes.
+    #[tokio::test]
+    async fn a_job_over_a_source_writes_what_one_over_a_store_does() {
+        let users = users().await;
+        let store = Enricher::new(users.clone());
+        let (expected, rejected, _) = run_with(&store, RunOptions::new()).await;
+        let source = Enricher::from_source(users);
+        let (out, rejects, summary) = run_with(&source, RunOptions::new()).await;
+        assert!(out == expected, "different output");
+        assert_eq!(rejects, rejected);
+        assert_eq!(summary.written, 5_993);
     }
 
     /// Lines of very different output sizes, a few bad ones among them.
@@ -247,8 +266,8 @@ mod tests {
     }
 
     /// Runs [`input`] into `output`, its rejects into `rejects`.
-    async fn run_into(
-        enricher: &Enricher,
+    async fn run_into<S: ?Sized>(
+        enricher: &Enricher<S>,
         options: RunOptions,
         output: Output,
         rejects: Output,
@@ -270,7 +289,10 @@ mod tests {
     }
 
     /// Runs [`input`] into writers (the writer thread writes): the output, the rejects.
-    async fn run_with(enricher: &Enricher, options: RunOptions) -> (String, String, RunSummary) {
+    async fn run_with<S: ?Sized>(
+        enricher: &Enricher<S>,
+        options: RunOptions,
+    ) -> (String, String, RunSummary) {
         let (out, rejects) = (Collected::default(), Collected::default());
         let output = Output::writer(out.clone());
         let summary = run_into(enricher, options, output, Output::writer(rejects.clone())).await;

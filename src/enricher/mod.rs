@@ -131,6 +131,15 @@ impl Enricher<dyn UserSource> {
 }
 
 impl<S: ?Sized> Enricher<S> {
+    /// The same enricher (its L1, memos and watch), seen as one that only reads: what a job
+    /// that never writes holds, whatever the enricher was built over.
+    pub(crate) fn reader(&self) -> Enricher<dyn UserSource> {
+        Enricher {
+            inner: self.inner.clone(),
+            backing: self.inner.resolver.source.clone(),
+        }
+    }
+
     /// The user `id` as a page's reference to it would be answered, through the L1 and the
     /// loads in flight: `None` if there is no such user. A fault of the source is an error,
     /// whatever the [`OnStoreError`] policy, never `None`.
