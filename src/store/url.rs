@@ -13,8 +13,8 @@ use crate::error::{Error, Result};
 /// The store URL the CLI uses when none is given.
 pub const DEFAULT_STORE_URL: &str = "file:./enrich.db";
 
-/// A parsed store URL.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A parsed store URL. Its `Debug` form shows the Redis URLs without their passwords.
+#[derive(Clone, PartialEq, Eq)]
 pub enum StoreUrl {
     /// `redis://…` or `rediss://…`, kept whole for the Redis client.
     Redis(String),
@@ -173,6 +173,24 @@ fn without_backend(url: &str) -> Error {
     ))
 }
 
+impl std::fmt::Debug for StoreUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StoreUrl::Redis(url) => f.debug_tuple("Redis").field(&redact(url)).finish(),
+            StoreUrl::RedisCluster { nodes, describe } => f
+                .debug_struct("RedisCluster")
+                .field(
+                    "nodes",
+                    &nodes.iter().map(|n| redact(n)).collect::<Vec<_>>(),
+                )
+                .field("describe", describe)
+                .finish(),
+            StoreUrl::File(path) => f.debug_tuple("File").field(path).finish(),
+            StoreUrl::Memory => f.write_str("Memory"),
+        }
+    }
+}
+
 /// The URL without its password, for messages. Anything up to the last `@` of the part after
 /// `scheme://` is dropped, so a password that was not URL-encoded (holding a `/`, a `#` or an
 /// `@`) is dropped too.
@@ -192,6 +210,22 @@ pub(super) fn redact(url: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn debug_shows_no_password() {
+        for url in [
+            "redis://:hunter2@10.0.0.5:6379/0",
+            "rediss://app:hunter2@h:1",
+            "redis+cluster://app:hunter2@h:1,h:2",
+        ] {
+            let shown = format!("{:?}", StoreUrl::parse(url).unwrap());
+            assert!(!shown.contains("hunter2"), "{shown}");
+            assert!(
+                shown.contains("h:1") || shown.contains("10.0.0.5"),
+                "{shown}"
+            );
+        }
+    }
 
     #[test]
     fn urls_parse() {
