@@ -44,9 +44,13 @@ impl RawPage {
     }
 
     /// An empty page with room for about `bytes` of documents and `docs` documents.
+    ///
+    /// # Panics
+    ///
+    /// As [`Vec::with_capacity`] does, if that room cannot be had.
     pub fn with_capacity(depth: Depth, bytes: usize, docs: usize) -> RawPage {
         // A reference takes at least `"SU:x"` and a key: a few dozen bytes of a page at most.
-        let references = (bytes / 48).max(docs * 4);
+        let references = (bytes / 48).max(docs.saturating_mul(4));
         RawPage {
             depth,
             buf: Vec::with_capacity(bytes),

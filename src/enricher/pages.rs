@@ -294,6 +294,10 @@ pub struct EnrichedPage<'p> {
 
 impl EnrichedPage<'_> {
     /// Appends document `doc` of the page, enriched, to `out`.
+    ///
+    /// # Panics
+    ///
+    /// If `doc` is not below the page's [`RawPage::len`].
     pub fn write(&self, doc: usize, out: &mut Vec<u8>) {
         // Documents are mostly written in order: the users of the one a few places on are
         // fetched while this one is copied.
@@ -303,6 +307,10 @@ impl EnrichedPage<'_> {
 
     /// The exact number of bytes [`EnrichedPage::write`] appends for document `doc`, known
     /// before anything is written: a caller with a bound on its output checks this first.
+    ///
+    /// # Panics
+    ///
+    /// If `doc` is not below the page's [`RawPage::len`].
     pub fn doc_len(&self, doc: usize) -> usize {
         self.page.doc_len(doc, &self.answers)
     }
