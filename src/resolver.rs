@@ -402,10 +402,11 @@ struct Flights {
 }
 
 impl Flights {
-    /// Ends every flight with the answer `answer` gives for its slot.
+    /// Ends every flight with the answer `answer` gives for its slot. Each is taken off as it
+    /// ends, so that were anything to panic part way, the drop would end the rest.
     fn land(mut self, answer: impl Fn(usize) -> Option<Cached>) {
-        for (slot, (id, flight)) in std::mem::take(&mut self.ids).iter().enumerate() {
-            self.l1.complete(id, flight, answer(slot));
+        while let Some((id, flight)) = self.ids.pop() {
+            self.l1.complete(&id, &flight, answer(self.ids.len()));
         }
     }
 }

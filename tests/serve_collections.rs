@@ -508,6 +508,18 @@ async fn limits_are_named(server: &Server) {
         .call(Method::POST, "/api/v1.0/collections/", repeated.to_string())
         .await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
+    // Written once, as its last item.
+    let twice = json!({"data": {"c": [{"id": "d", "v": 1}, {"id": "d", "v": 2}]}});
+    let (status, body) = server
+        .call(Method::POST, "/api/v1.0/collections/", twice.to_string())
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let (status, body) = server
+        .call(Method::GET, "/api/v1.0/collections/?foreign_ids=c:d", "")
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let selected: Value = serde_json::from_str(&strip_duration(&body)).unwrap();
+    assert_eq!(selected["response"]["data"][0]["data"]["v"], 2, "{body}");
     let ids: Vec<String> = (0..1001).map(|i| format!("a:i{i}")).collect();
     let (status, body) = server
         .call(

@@ -293,8 +293,12 @@ pub(crate) async fn upsert(
         state.limits.max_response_bytes,
         "nothing was written: upsert fewer entries at once",
     )?;
-    state.users().upsert_entries(&entries).await?;
-    state.metrics.record_entry_writes(entries.len() as u64);
+    // A repeated id is written once, as its last item (what a write of them all would leave):
+    // the write costs the distinct entries, whatever the body repeats.
+    let last = last_of_each(&entries);
+    let written = last.as_deref().unwrap_or(&entries);
+    state.users().upsert_entries(written).await?;
+    state.metrics.record_entry_writes(written.len() as u64);
     let mut out = Vec::with_capacity(len);
     out.extend_from_slice(OPEN);
     for (g, (name, range)) in groups.iter().enumerate() {
@@ -331,6 +335,19 @@ fn distinct_items(collections: &Map<String, Value>) -> usize {
         }
     }
     named.len() + unnamed
+}
+
+/// The last item of each entry `entries` names, in order, if some entry is named twice.
+fn last_of_each(entries: &[NewEntry]) -> Option<Vec<NewEntry>> {
+    let last: std::collections::HashMap<&EntryKey, usize> = (entries.iter().enumerate())
+        .map(|(i, e)| (e.key(), i))
+        .collect();
+    (last.len() < entries.len()).then(|| {
+        (entries.iter().enumerate())
+            .filter(|(i, e)| last[e.key()] == *i)
+            .map(|(_, e)| e.clone())
+            .collect()
+    })
 }
 
 /// `GET /api/v1.0/collections/?foreign_ids=c:id,c:id` (PHP: `GET /api/v1.0/meta/`):

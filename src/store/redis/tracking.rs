@@ -71,7 +71,7 @@ use crate::store::{EventSink, ReadFrom, StoreEvent, StoreOptions, WatchGuard};
 /// How often the tracking connection is pinged to notice a silent failure.
 const PING_EVERY: Duration = Duration::from_millis(500);
 
-/// Starts the watcher task, or `None` outside a tokio runtime.
+/// Starts the watcher task (see [`spawn_watcher`]).
 pub(super) fn watch(
     client: Client,
     prefixes: Vec<String>,
