@@ -432,6 +432,50 @@ async fn reads_go_on_while_writes_are_paused() {
     assert_eq!(raw_user(&server, "p").as_deref(), Some(now.as_str()));
 }
 
+/// Writes that arrive together at a server whose handshake stalls (a password, every client
+/// paused) share the one failed attempt to reconnect: all answered after one ping and one
+/// connect timeout (2 s each), not one connect timeout after another.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn writes_queued_behind_a_failed_reconnect_share_its_failure() {
+    let server = RedisServer::with_password("pw");
+    let store = store::open(&server.url_with_password("pw"), &StoreOptions::new())
+        .await
+        .unwrap();
+    store.add(&user("q", json!({"v": 1})), false).await.unwrap();
+    // Idle for over a second: the next write pings its connection first.
+    tokio::time::sleep(std::time::Duration::from_millis(1_100)).await;
+    let mut admin = redis::Client::open(server.url_with_password("pw"))
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    // Longer than three connect timeouts: writes trying in turn would outlast it.
+    redis::cmd("CLIENT")
+        .arg("PAUSE")
+        .arg(9_000)
+        .arg("ALL")
+        .exec(&mut admin)
+        .unwrap();
+    let started = std::time::Instant::now();
+    let writes: Vec<_> = (0..5)
+        .map(|i| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let result = store.update(&user("q", json!({ "v": i }))).await;
+                (result, started.elapsed())
+            })
+        })
+        .collect();
+    for write in writes {
+        let (result, took) = write.await.unwrap();
+        let err = result.unwrap_err();
+        assert_ne!(err.kind(), ErrorKind::OutcomeUnknown, "{err}");
+        assert!(
+            took < std::time::Duration::from_millis(5_500),
+            "a write answered after {took:?}: {err}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn a_user_without_write_permission_is_refused_at_once() {
     let server = RedisServer::start();

@@ -27,10 +27,19 @@ const IDLE: Duration = Duration::from_secs(1);
 pub(super) struct WriteLink {
     client: Client,
     config: AsyncConnectionConfig,
-    current: tokio::sync::Mutex<Option<MultiplexedConnection>>,
+    current: tokio::sync::Mutex<Link>,
+    /// How many attempts to connect have failed.
+    failures: AtomicU64,
     /// When the connection last answered, in milliseconds since `epoch`.
     answered: AtomicU64,
     epoch: Instant,
+}
+
+/// The connection, if one is open, and how the last attempt to open one failed.
+#[derive(Default)]
+struct Link {
+    conn: Option<MultiplexedConnection>,
+    failed: Option<redis::RedisError>,
 }
 
 impl WriteLink {
@@ -38,7 +47,8 @@ impl WriteLink {
         WriteLink {
             client,
             config,
-            current: tokio::sync::Mutex::new(None),
+            current: tokio::sync::Mutex::new(Link::default()),
+            failures: AtomicU64::new(0),
             answered: AtomicU64::new(0),
             epoch: Instant::now(),
         }
@@ -46,9 +56,14 @@ impl WriteLink {
 
     /// A connection that works, as far as can be known without sending the write. An error
     /// here means that nothing was sent.
+    ///
+    /// Writes that queued behind an attempt to connect share its failure: each trying in turn,
+    /// against a server whose handshake stalls (one with a password or TLS, paused), the n-th
+    /// write would wait out n connect timeouts.
     pub(super) async fn connection(&self) -> RedisResult<Recorded<'_>> {
+        let failures = self.failures.load(Ordering::Acquire);
         let mut current = self.current.lock().await;
-        if let Some(conn) = current.as_mut() {
+        if let Some(conn) = current.conn.as_mut() {
             if self.since_answer() < IDLE {
                 return Ok(self.recorded(conn.clone()));
             }
@@ -56,15 +71,29 @@ impl WriteLink {
                 self.mark_answered();
                 return Ok(self.recorded(conn.clone()));
             }
-            *current = None;
+            current.conn = None;
         }
-        let conn = self
-            .client
+        if self.failures.load(Ordering::Acquire) != failures
+            && let Some(failed) = &current.failed
+        {
+            return Err(failed.clone());
+        }
+        match (self.client)
             .get_multiplexed_async_connection_with_config(&self.config)
-            .await?;
-        self.mark_answered();
-        *current = Some(conn.clone());
-        Ok(self.recorded(conn))
+            .await
+        {
+            Ok(conn) => {
+                self.mark_answered();
+                current.failed = None;
+                current.conn = Some(conn.clone());
+                Ok(self.recorded(conn))
+            }
+            Err(err) => {
+                current.failed = Some(err.clone());
+                self.failures.fetch_add(1, Ordering::AcqRel);
+                Err(err)
+            }
+        }
     }
 
     fn recorded(&self, conn: MultiplexedConnection) -> Recorded<'_> {
@@ -76,7 +105,7 @@ impl WriteLink {
     async fn record<T>(&self, result: &RedisResult<T>) {
         match result {
             Err(err) if err.is_unrecoverable_error() || err.is_timeout() => {
-                *self.current.lock().await = None;
+                self.current.lock().await.conn = None;
             }
             _ => self.mark_answered(),
         }
