@@ -10,6 +10,7 @@ use crate::user::{UserId, UserJson};
 
 /// What a reference names, as a source is asked for it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum Key {
     /// A user.
     User(UserId),
@@ -45,6 +46,7 @@ impl Key {
 
 /// A stored record of any kind: what the L1 caches and a page splices in.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum Record {
     /// A user.
     User(UserJson),

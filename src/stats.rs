@@ -4,6 +4,7 @@ use std::ops::AddAssign;
 
 /// Counters of one enrichment call, or of many added together.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct EnrichStats {
     /// Activities examined (a group counts its activities).
     pub activities: u64,

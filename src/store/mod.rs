@@ -276,6 +276,7 @@ pub struct Added {
 
 /// What an import did with one user.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum ImportOutcome {
     /// The user did not exist and was written.
     Created,

@@ -15,6 +15,7 @@ pub const DEFAULT_STORE_URL: &str = "file:./enrich.db";
 
 /// A parsed store URL. Its `Debug` form shows the Redis URLs without their passwords.
 #[derive(Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum StoreUrl {
     /// `redis://…` or `rediss://…`, kept whole for the Redis client.
     Redis(String),
