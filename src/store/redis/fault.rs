@@ -59,6 +59,15 @@ fn classify(describe: &str, err: RedisError, write: bool) -> Error {
     }
 }
 
+/// A failure of a read of `key`: a key that holds another type (`WRONGTYPE`) is named as
+/// [`wrong_type`] says, anything else is a [`fault`].
+pub(super) fn key_fault(describe: &str, key: &str, err: RedisError) -> Error {
+    match err.code() {
+        Some("WRONGTYPE") => wrong_type(describe, key),
+        _ => fault(describe, err),
+    }
+}
+
 /// A key of ours that holds another type than a string: something else wrote it, and what a
 /// user or an entry was there (if anything) cannot be told.
 pub(super) fn wrong_type(describe: &str, key: &str) -> Error {

@@ -42,7 +42,7 @@ use redis::{AsyncConnectionConfig, Client};
 
 use self::concern::{Answer, WriteConcern, Writes};
 use self::entries::{EntryScript, Mode, Write, Written};
-use self::fault::{fault, write_fault, wrong_type};
+use self::fault::{fault, key_fault, write_fault};
 use self::link::WriteLink;
 use self::scripts::Scripts;
 use super::url::redact;
@@ -228,10 +228,7 @@ impl RedisStore {
         match checked {
             Ok(checked) if checked.len() == missing.len() => {
                 for (i, answer) in missing.into_iter().zip(checked) {
-                    answers[i] = answer.map_err(|err| match err.code() {
-                        Some("WRONGTYPE") => wrong_type(&self.describe, &names[i]),
-                        _ => self.fault(err),
-                    });
+                    answers[i] = answer.map_err(|err| key_fault(&self.describe, &names[i], err));
                 }
             }
             other => {

@@ -10,7 +10,7 @@ use redis::Value;
 
 use super::ClusterStore;
 use crate::error::{Error, ErrorKind, Result};
-use crate::store::redis::fault::wrong_type;
+use crate::store::redis::fault::{key_fault, wrong_type};
 use crate::store::redis::slot_map::{Node, Shard, SlotMap};
 
 /// Reads the keys given as arguments, all served by the node that runs it. `no-writes` lets it
@@ -244,10 +244,7 @@ impl ClusterStore {
                 .arg(key)
                 .query_async(&mut self.conn.clone())
                 .await
-                .map_err(|err| match err.code() {
-                    Some("WRONGTYPE") => wrong_type(&self.describe, key),
-                    _ => self.fault(err),
-                })
+                .map_err(|err| key_fault(&self.describe, key, err))
         });
         join_all(confirm).await
     }
