@@ -375,7 +375,7 @@ pub(crate) async fn select(
     const OPEN: &[u8] = br#"{"response":{"data":"#;
     const CLOSE: &[u8] = b"}}";
     let store = state.users();
-    let found = read_listed(
+    let (found, len) = read_listed(
         &keys,
         |keys| store.get_entries_each(keys),
         |entry: &EntryJson| entry.as_bytes().len(),
@@ -387,7 +387,6 @@ pub(crate) async fn select(
         ("the selected entries", "select fewer entries at once"),
     )
     .await?;
-    let len = OPEN.len() + array_len(found.iter().map(|e| e.as_bytes().len())) + CLOSE.len();
     // Charged before it is built, as the enrich endpoint's answer is: a busy server answers
     // 503 instead of building one more answer of up to the limit.
     let charge = state.budget.charge(len).await?;

@@ -114,6 +114,13 @@ impl ApiError {
         .by(limit)
     }
 
+    /// The same error, its detail followed by `note` in parentheses: what else the caller
+    /// should know (what was done before it failed).
+    pub(crate) fn noting(mut self, note: &str) -> Self {
+        self.detail = format!("{} ({note})", self.detail);
+        self
+    }
+
     /// 400 unless an answer of `len` bytes is within `max` (`--max-response-bytes`): `what`
     /// names the answer, `advice` what to do instead.
     pub(crate) fn check_response(

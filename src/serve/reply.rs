@@ -115,15 +115,16 @@ pub(crate) fn array_len(items: impl Iterator<Item = usize>) -> usize {
 /// request whose answer would be over the limit reads at most the limit and one record before
 /// it is refused, not every record it names. A list that fits in one wave (at the default
 /// 16 MiB, about 1,600 users or 300 entries) is one store read. A store fault is an error,
-/// never a record left out. Over the limit: the 400 of [`ApiError::response_over`], with what
-/// the records read so far add up to ("at least" when some were not read).
+/// never a record left out. With the records, the answer's length (`around` included). Over
+/// the limit: the 400 of [`ApiError::response_over`], with what the records read so far add up
+/// to ("at least" when some were not read).
 pub(crate) async fn read_listed<'k, K, T, Read, Fut>(
     keys: &'k [K],
     read: Read,
     size: impl Fn(&T) -> usize,
     (around, max, largest): (usize, usize, usize),
     (what, advice): (&str, &str),
-) -> Result<Vec<T>, ApiError>
+) -> Result<(Vec<T>, usize), ApiError>
 where
     Read: Fn(&'k [K]) -> Fut,
     Fut: std::future::Future<Output = Vec<crate::error::Result<Option<T>>>>,
@@ -147,7 +148,7 @@ where
         }
         rest = later;
     }
-    Ok(found)
+    Ok((found, len))
 }
 
 /// Appends `json` (an object) with `"duration":"…"` as its last key.

@@ -160,12 +160,7 @@ pub(crate) async fn add_many(
     store.import(&users, override_existing).await?;
     state.metrics.record_invalidations(users.len() as u64);
     let stored = store.get_many(&ids).await.map_err(|e| {
-        let mut refused = ApiError::from(e);
-        refused.detail = format!(
-            "{} (the users were written; reading them back for the answer failed)",
-            refused.detail
-        );
-        refused
+        ApiError::from(e).noting("the users were written; reading them back for the answer failed")
     })?;
     let found: Vec<UserJson> = stored.into_iter().flatten().collect();
     Ok(Pending::object(
@@ -184,7 +179,7 @@ pub(crate) async fn get_many(
     access.check_read()?;
     let ids = parse_ids(&params(pairs)?, state.limits.max_batch_ids)?;
     let store = state.users();
-    let found = read_listed(
+    let (found, _) = read_listed(
         &ids,
         |ids| store.get_many_each(ids),
         |user: &UserJson| user.as_bytes().len(),
@@ -222,13 +217,8 @@ pub(crate) async fn delete_many(
             // The users deleted before it are gone whatever this one's outcome: said too.
             Err(e) if !deleted.is_empty() => {
                 state.metrics.record_invalidations(deleted.len() as u64);
-                let mut refused = ApiError::from(e);
-                refused.detail = format!(
-                    "{} (deleted before it: {}; stopped at {id})",
-                    refused.detail,
-                    deleted.join(",")
-                );
-                return Err(refused);
+                let note = format!("deleted before it: {}; stopped at {id}", deleted.join(","));
+                return Err(ApiError::from(e).noting(&note));
             }
             Err(e) => return Err(e.into()),
         }
@@ -239,17 +229,13 @@ pub(crate) async fn delete_many(
 }
 
 fn parse_ids(query: &[(String, String)], max: usize) -> Result<Vec<UserId>, ApiError> {
-    let mut seen = std::collections::HashSet::new();
-    let mut out = Vec::new();
-    for id in ids(query)? {
-        let id = UserId::parse(&id)?;
-        if seen.insert(id.clone()) {
-            out.push(id);
-        }
-    }
-    // Repeats cost nothing: the distinct ids are what a call may not have too many of.
-    check_batch(out.len(), max, "users")?;
-    Ok(out)
+    // `ids` answers each id once: repeats cost nothing, the distinct ids are what a call may
+    // not have too many of.
+    let ids = (ids(query)?.iter())
+        .map(|id| UserId::parse(id))
+        .collect::<crate::error::Result<Vec<_>>>()?;
+    check_batch(ids.len(), max, "users")?;
+    Ok(ids)
 }
 
 fn user_reply(status: StatusCode, user: &UserJson) -> Pending {
