@@ -68,6 +68,12 @@ type Cause = Arc<dyn std::error::Error + Send + Sync + 'static>;
 
 /// An error of the engine: a kind, a message naming the problem, and maybe the cause behind it.
 ///
+/// Its `Display` is the whole story, the message and then the cause (`redis://10.0.0.1:6379:
+/// Connection refused`), so it is printed as is. The cause is therefore not also its
+/// [`source`](std::error::Error::source), which would make reporters that walk the chain
+/// (anyhow's `{:#}`, eyre, tracing) print it twice; [`Error::underlying`] hands it out, to
+/// downcast.
+///
 /// Branch on [`Error::kind`] or on the classifiers, never on the message:
 ///
 /// ```
@@ -146,6 +152,21 @@ impl Error {
         &self.message
     }
 
+    /// The lower-level error behind this one, if any (a Redis client's error, an I/O error),
+    /// to downcast. Its text is already the tail of this error's `Display`.
+    ///
+    /// ```
+    /// use enrich::{Error, ErrorKind};
+    ///
+    /// let refused = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
+    /// let err = Error::new(ErrorKind::Unavailable, "redis://127.0.0.1:1").with_cause(refused);
+    /// let io = err.underlying().and_then(|e| e.downcast_ref::<std::io::Error>());
+    /// assert_eq!(io.map(|e| e.kind()), Some(std::io::ErrorKind::ConnectionRefused));
+    /// ```
+    pub fn underlying(&self) -> Option<&(dyn std::error::Error + Send + Sync + 'static)> {
+        self.cause.as_deref()
+    }
+
     /// True for [`ErrorKind::InvalidInput`].
     pub fn is_invalid_input(&self) -> bool {
         self.kind == ErrorKind::InvalidInput
@@ -213,13 +234,8 @@ impl fmt::Display for Error {
     }
 }
 
-impl std::error::Error for Error {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        self.cause
-            .as_deref()
-            .map(|c| c as &(dyn std::error::Error + 'static))
-    }
-}
+/// No `source`: the cause is in the `Display` already (see [`Error`]).
+impl std::error::Error for Error {}
 
 #[cfg(test)]
 mod tests {
@@ -234,7 +250,29 @@ mod tests {
         assert!(!err.is_not_found());
         let cloned = err.clone();
         assert_eq!(cloned.kind(), ErrorKind::Unavailable);
-        assert!(std::error::Error::source(&cloned).is_some());
+        assert!(cloned.underlying().is_some());
+    }
+
+    /// A reporter that prints an error and then each `source()` in turn (anyhow's `{:#}`,
+    /// eyre) names every cause once, however the errors are nested.
+    #[test]
+    fn a_chain_names_each_cause_once() {
+        fn chain(err: &(dyn std::error::Error + 'static)) -> String {
+            let mut text = err.to_string();
+            let mut next = err.source();
+            while let Some(source) = next {
+                text += &format!(": {source}");
+                next = source.source();
+            }
+            text
+        }
+        let io = std::io::Error::other("disk full");
+        let inner = Error::new(ErrorKind::StoreFull, "cannot write t.db").with_cause(io);
+        let outer = Error::new(ErrorKind::Internal, "import stopped").with_cause(inner);
+        assert_eq!(
+            chain(&outer),
+            "import stopped: cannot write t.db: disk full"
+        );
     }
 
     #[test]

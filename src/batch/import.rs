@@ -145,11 +145,8 @@ impl<S> std::fmt::Display for ImportError<S> {
     }
 }
 
-impl<S: std::fmt::Debug> std::error::Error for ImportError<S> {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        Some(&self.error)
-    }
-}
+/// Displayed as its error, cause included (see [`Error`]): a `source` would print it again.
+impl<S: std::fmt::Debug> std::error::Error for ImportError<S> {}
 
 impl<S> From<ImportError<S>> for Error {
     fn from(stopped: ImportError<S>) -> Error {

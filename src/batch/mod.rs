@@ -440,11 +440,8 @@ impl std::fmt::Display for RunError {
     }
 }
 
-impl std::error::Error for RunError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        Some(&self.error)
-    }
-}
+/// Displayed as its error, cause included (see [`Error`]): a `source` would print it again.
+impl std::error::Error for RunError {}
 
 impl From<RunError> for Error {
     fn from(failed: RunError) -> Error {

@@ -223,12 +223,8 @@ impl fmt::Display for BatchError {
     }
 }
 
-/// Displayed as its error, whose cause is its cause.
-impl std::error::Error for BatchError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        std::error::Error::source(&self.error)
-    }
-}
+/// Displayed as its error, cause included (see [`Error`]): no `source`.
+impl std::error::Error for BatchError {}
 
 impl From<BatchError> for Error {
     /// The error alone, for callers to whom the batch's position and count do not matter.
