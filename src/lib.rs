@@ -41,7 +41,8 @@
 //!
 //! | feature | what it adds |
 //! |---|---|
-//! | `redis` | `store::RedisStore`, `store::ClusterStore`, with TLS |
+//! | `redis` | `store::RedisStore`, `store::ClusterStore`, over plain TCP |
+//! | `tls` | `rediss://` and `rediss+cluster://` for them (rustls, ring) |
 //! | `file` | `store::FileStore` (redb) |
 //! | `serve` | `enrich::serve`, the HTTP server (axum, hyper) |
 //! | `bench` | `enrich::bench`, the benchmark workload |

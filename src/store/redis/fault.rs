@@ -14,8 +14,6 @@
 //! Every message names the store by its URL without the password, and never repeats anything
 //! the client was given as a secret.
 
-use std::io;
-
 use redis::{ErrorKind as RedisKind, RedisError, ServerErrorKind};
 
 use crate::error::{Error, ErrorKind};
@@ -134,18 +132,8 @@ fn server_refusal(describe: &str, code: &str, err: &RedisError) -> Error {
 
 /// A failure of the connection itself.
 fn io_fault(describe: &str, err: RedisError, write: bool) -> Error {
-    if let Some(tls) = tls_error(&err) {
-        let hint = match tls {
-            rustls::Error::InvalidCertificate(_) | rustls::Error::NoCertificatesPresented => {
-                "; if it is signed by a private CA, point SSL_CERT_FILE at the CA's PEM file \
-                 (or, giving up the check of the server's identity, end the URL with #insecure)"
-            }
-            _ => "",
-        };
-        return Error::new(
-            ErrorKind::Internal,
-            format!("TLS with Redis at {describe} failed: {tls}{hint}"),
-        );
+    if let Some(tls) = super::tls::fault(describe, &err) {
+        return tls;
     }
     if err.is_connection_refusal() {
         // Nothing was sent, even for a write.
@@ -181,20 +169,10 @@ fn io_fault(describe: &str, err: RedisError, write: bool) -> Error {
     .with_cause(err)
 }
 
-/// The TLS error behind an I/O failure, if that is what it was.
-fn tls_error(err: &RedisError) -> Option<&rustls::Error> {
-    type Shared = std::sync::Arc<dyn std::error::Error + Send + Sync>;
-    // The client keeps the I/O error behind an `Arc`, which is what `source` hands out.
-    let source = std::error::Error::source(err)?;
-    let io = match source.downcast_ref::<Shared>() {
-        Some(shared) => shared.downcast_ref::<io::Error>()?,
-        None => source.downcast_ref::<io::Error>()?,
-    };
-    io.get_ref()?.downcast_ref::<rustls::Error>()
-}
-
 #[cfg(test)]
 mod tests {
+    use std::io;
+
     use super::*;
 
     fn io(kind: io::ErrorKind) -> RedisError {

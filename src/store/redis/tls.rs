@@ -1,5 +1,6 @@
 //! TLS for `rediss://` and `rediss+cluster://`: the crypto provider, and the certificates a
-//! server's certificate must chain to.
+//! server's certificate must chain to ([`roots`], the `tls` feature). A build without the
+//! feature (the `redis` feature alone: no rustls, no ring) refuses those URLs, naming it.
 //!
 //! A server is trusted when its certificate chains to one of:
 //! - Mozilla's root CAs, built in (so a managed Redis with a public certificate works even in a
@@ -12,137 +13,109 @@
 //! of the certificate altogether: the traffic is still encrypted, but anyone on the path can
 //! pose as the server and read the password.
 
-use std::sync::{Arc, Once, OnceLock};
+#[cfg(feature = "tls")]
+mod roots;
 
-use base64::Engine as _;
-use base64::engine::general_purpose::STANDARD;
-use redis::{Client, ConnectionAddr, IntoConnectionInfo, TlsCertificates};
-use rustls::RootCertStore;
-use rustls::pki_types::CertificateDer;
+use redis::cluster::ClusterClientBuilder;
+use redis::{Client, IntoConnectionInfo, RedisError};
 
 use crate::error::{Error, Result};
 
-/// Installs ring as rustls's process-wide crypto provider, once. rustls cannot pick one by
-/// itself when none is installed (it panics); a provider the application installed first is
-/// kept.
-pub(super) fn install_crypto_provider() {
-    static ONCE: Once = Once::new();
-    ONCE.call_once(|| {
-        let _ = rustls::crypto::ring::default_provider().install_default();
-    });
+/// Readies TLS for a store whose URLs have `scheme` (`redis`, `rediss`): installs the crypto
+/// provider; without the `tls` feature, refuses `rediss`.
+pub(super) fn prepare(scheme: &str, describe: &str) -> Result<()> {
+    #[cfg(feature = "tls")]
+    {
+        let _ = (scheme, describe);
+        roots::install_crypto_provider();
+        Ok(())
+    }
+    #[cfg(not(feature = "tls"))]
+    if scheme.starts_with("rediss") {
+        Err(Error::invalid(format!(
+            "{describe}: rediss:// needs TLS, which this build of enrich leaves out \
+             (its `tls` feature)"
+        )))
+    } else {
+        Ok(())
+    }
 }
 
-/// A client for `url`: a `rediss://` server is checked against [`trust_roots`] (unless the URL
-/// says `#insecure`). `describe` names the store in messages.
+/// A client for `url`: a `rediss://` server is checked against the trusted roots (unless the
+/// URL says `#insecure`). `describe` names the store in messages.
 pub(super) fn client(url: &str, describe: &str) -> Result<Client> {
-    install_crypto_provider();
-    let info = url
-        .into_connection_info()
-        .map_err(|e| Error::invalid(format!("invalid Redis URL {describe:?}")).with_cause(e))?;
-    let verified = matches!(
+    prepare(
+        url.split_once("://").map_or("", |(scheme, _)| scheme),
+        describe,
+    )?;
+    let invalid = |e| Error::invalid(format!("invalid Redis URL {describe:?}")).with_cause(e);
+    let info = url.into_connection_info().map_err(invalid)?;
+    #[cfg(feature = "tls")]
+    if matches!(
         info.addr(),
-        ConnectionAddr::TcpTls {
+        redis::ConnectionAddr::TcpTls {
             insecure: false,
             ..
         }
-    );
-    let client = if verified {
-        Client::build_with_tls(info, certificates()?)
-    } else {
-        Client::open(info)
-    };
-    client.map_err(|e| Error::invalid(format!("invalid Redis URL {describe:?}")).with_cause(e))
-}
-
-/// The roots as the Redis client takes them.
-pub(super) fn certificates() -> Result<TlsCertificates> {
-    Ok(TlsCertificates {
-        client_tls: None,
-        root_cert: Some(trust_roots()?.to_vec()),
-    })
-}
-
-/// Every CA a server certificate may chain to, as one PEM bundle: Mozilla's roots, then the
-/// system's (or those of `SSL_CERT_FILE` / `SSL_CERT_DIR`). Read once per process.
-pub(super) fn trust_roots() -> Result<Arc<Vec<u8>>> {
-    static ROOTS: OnceLock<Arc<Vec<u8>>> = OnceLock::new();
-    if let Some(roots) = ROOTS.get() {
-        return Ok(roots.clone());
+    ) {
+        return Client::build_with_tls(info, roots::certificates()?).map_err(invalid);
     }
-    let mut certs: Vec<CertificateDer<'static>> = webpki_root_certs::TLS_SERVER_ROOT_CERTS.to_vec();
-    certs.extend(local_roots()?);
-    let mut pem = Vec::with_capacity(certs.len() * 2048);
-    for cert in certs {
-        // The client refuses the whole bundle if one certificate cannot be a trust anchor
-        // (system stores hold a few odd ones), so only usable ones go in.
-        if RootCertStore::empty().add(cert.clone()).is_ok() {
-            pem.extend_from_slice(b"-----BEGIN CERTIFICATE-----\n");
-            for line in STANDARD.encode(cert.as_ref()).as_bytes().chunks(64) {
-                pem.extend_from_slice(line);
-                pem.push(b'\n');
+    Client::open(info).map_err(invalid)
+}
+
+/// `builder` with the roots a cluster's nodes must chain to, when they are `verified` (a
+/// `rediss` URL without `#insecure`, which [`prepare`] refuses in a build without TLS).
+pub(super) fn trusting(
+    builder: ClusterClientBuilder,
+    verified: bool,
+) -> Result<ClusterClientBuilder> {
+    #[cfg(feature = "tls")]
+    if verified {
+        return Ok(builder.certs(roots::certificates()?));
+    }
+    let _ = verified;
+    Ok(builder)
+}
+
+/// The error of a connection that failed in its TLS handshake, if that is what `err` is: a
+/// certificate refused gets a hint on how to trust its CA.
+pub(super) fn fault(describe: &str, err: &RedisError) -> Option<Error> {
+    #[cfg(feature = "tls")]
+    {
+        let tls = roots::tls_error(err)?;
+        let hint = match tls {
+            rustls::Error::InvalidCertificate(_) | rustls::Error::NoCertificatesPresented => {
+                "; if it is signed by a private CA, point SSL_CERT_FILE at the CA's PEM file \
+                 (or, giving up the check of the server's identity, end the URL with #insecure)"
             }
-            pem.extend_from_slice(b"-----END CERTIFICATE-----\n");
-        }
+            _ => "",
+        };
+        Some(Error::new(
+            crate::error::ErrorKind::Internal,
+            format!("TLS with Redis at {describe} failed: {tls}{hint}"),
+        ))
     }
-    Ok(ROOTS.get_or_init(|| Arc::new(pem)).clone())
+    #[cfg(not(feature = "tls"))]
+    {
+        let _ = (describe, err);
+        None
+    }
 }
 
-/// The system's CAs, or those that `SSL_CERT_FILE` / `SSL_CERT_DIR` name. A file the user
-/// named that cannot be read, or holds no certificate, is an error; a bad entry in the system's
-/// store is only worth a warning.
-fn local_roots() -> Result<Vec<CertificateDer<'static>>> {
-    let named = ["SSL_CERT_FILE", "SSL_CERT_DIR"]
-        .iter()
-        .filter_map(|var| std::env::var_os(var).map(|v| format!("{var}={}", v.to_string_lossy())))
-        .collect::<Vec<_>>();
-    let found = rustls_native_certs::load_native_certs();
-    if named.is_empty() {
-        for err in &found.errors {
-            tracing::warn!("skipping part of the system's CA store: {err}");
-        }
-        return Ok(found.certs);
-    }
-    let named = named.join(", ");
-    if let Some(err) = found.errors.into_iter().next() {
-        return Err(
-            Error::invalid(format!("cannot read the CA certificates of {named}")).with_cause(err),
-        );
-    }
-    if found.certs.is_empty() {
-        return Err(Error::invalid(format!(
-            "{named} holds no PEM certificate (-----BEGIN CERTIFICATE-----)"
-        )));
-    }
-    Ok(found.certs)
-}
-
-#[cfg(test)]
+/// Run by `cargo test --lib --no-default-features --features redis tls`.
+#[cfg(all(test, not(feature = "tls")))]
 mod tests {
     use super::*;
 
     #[test]
-    fn the_bundle_parses_back() {
-        let pem = trust_roots().unwrap();
-        let parsed = rustls::pki_types::pem::PemObject::pem_slice_iter(&pem)
-            .collect::<Result<Vec<CertificateDer<'_>>, _>>()
-            .unwrap();
-        assert!(parsed.len() >= webpki_root_certs::TLS_SERVER_ROOT_CERTS.len() / 2);
-        let mut store = RootCertStore::empty();
-        for cert in parsed {
-            store.add(cert).unwrap();
+    fn a_build_without_tls_refuses_rediss_naming_the_feature() {
+        for url in ["rediss://127.0.0.1:1", "rediss://:pw@127.0.0.1:1/#insecure"] {
+            let err = client(url, "rediss://127.0.0.1:1").unwrap_err();
+            assert!(err.is_invalid_input(), "{err}");
+            assert!(err.to_string().contains("`tls` feature"), "{err}");
         }
-    }
-
-    #[test]
-    fn tls_urls_make_clients() {
-        for url in [
-            "rediss://127.0.0.1:1",
-            "rediss://:pw@127.0.0.1:1/#insecure",
-            "redis://127.0.0.1:1",
-        ] {
-            client(url, "x").unwrap();
-        }
-        let err = client("rediss://127.0.0.1:1/#other", "rediss://127.0.0.1:1").unwrap_err();
-        assert!(err.is_invalid_input(), "{err}");
+        let err = prepare("rediss", "rediss+cluster://127.0.0.1:1").unwrap_err();
+        assert!(err.to_string().contains("`tls` feature"), "{err}");
+        client("redis://127.0.0.1:1", "redis://127.0.0.1:1").unwrap();
     }
 }

@@ -161,15 +161,11 @@ impl ClusterStore {
             auth,
             fragment: if insecure { "#insecure" } else { "" }.to_string(),
         };
-        super::tls::install_crypto_provider();
+        super::tls::prepare(&nodes.scheme, &describe)?;
         let verified = nodes.scheme == "rediss" && !insecure;
         let seed_nodes = seeds.iter().filter_map(|seed| seed_node(seed)).collect();
         let client = |response_timeout| -> Result<ClusterClient> {
-            let mut builder = ClusterClientBuilder::new(seeds.clone());
-            if verified {
-                builder = builder.certs(super::tls::certificates()?);
-            }
-            builder
+            super::tls::trusting(ClusterClientBuilder::new(seeds.clone()), verified)?
                 .connection_timeout(options.connect_timeout_value())
                 .response_timeout(response_timeout)
                 // A dead node must turn into "unavailable" quickly, not after a long retry
