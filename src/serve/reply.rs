@@ -19,7 +19,7 @@ use bytes::Bytes;
 use super::AppState;
 use super::budget::{Charge, charged_body};
 use super::error::ApiError;
-use super::request::read_body;
+use super::request::{Unread, read_body};
 
 /// A body waiting for its duration.
 #[derive(Debug, Clone)]
@@ -223,7 +223,17 @@ pub(crate) async fn finish(
                 request.extensions_mut().insert(access);
                 (run(request).await, charge)
             }
-            Err(refused) => (closing(refused.into_response()), Charge::free()),
+            Err(Unread { error, rest }) => {
+                // Over the limit, a body is dropped up to 16 times it.
+                let most = state.limits.max_body_bytes.saturating_mul(16);
+                let drained = match rest {
+                    Some(rest) => drop_body(rest, most, DROP_WITHIN).await,
+                    None => false,
+                };
+                let response = error.into_response();
+                let response = if drained { response } else { closing(response) };
+                (response, Charge::free())
+            }
         },
         Fate::Dropped(refused) => {
             let continues = parts.headers.get(header::EXPECT).is_some();
@@ -301,8 +311,8 @@ enum Fate {
     Dropped(Option<ApiError>),
 }
 
-/// How long a body no one reads is waited for, to be dropped, before its connection is closed
-/// with the answer.
+/// How long a body no one reads (or one refused) is waited for, to be dropped, before its
+/// connection is closed with the answer.
 const DROP_WITHIN: std::time::Duration = std::time::Duration::from_millis(250);
 
 /// Reads and drops `body`, up to `max` bytes, for `within` at most; true if it ended in time.
