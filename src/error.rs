@@ -68,11 +68,11 @@ type Cause = Arc<dyn std::error::Error + Send + Sync + 'static>;
 
 /// An error of the engine: a kind, a message naming the problem, and maybe the cause behind it.
 ///
-/// Its `Display` is the whole story, the message and then the cause (`redis://10.0.0.1:6379:
-/// Connection refused`), so it is printed as is. The cause is therefore not also its
-/// [`source`](std::error::Error::source), which would make reporters that walk the chain
-/// (anyhow's `{:#}`, eyre, tracing) print it twice; [`Error::underlying`] hands it out, to
-/// downcast.
+/// Its `Display` is the whole story, the message and then the cause and every error behind it
+/// (`redis://10.0.0.1:6379: Connection refused`), so it is printed as is. The cause is
+/// therefore not also its [`source`](std::error::Error::source), which would make reporters
+/// that walk the chain (anyhow's `{:#}`, eyre, tracing) print it twice; [`Error::underlying`]
+/// hands it out, to downcast.
 ///
 /// Branch on [`Error::kind`] or on the classifiers, never on the message:
 ///
@@ -219,7 +219,7 @@ impl fmt::Debug for Error {
         f.debug_struct("Error")
             .field("kind", &self.kind)
             .field("message", &self.message)
-            .field("cause", &self.cause.as_ref().map(|c| c.to_string()))
+            .field("cause", &self.cause.as_deref().map(|cause| chain(cause)))
             .finish()
     }
 }
@@ -227,14 +227,36 @@ impl fmt::Debug for Error {
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.message)?;
-        if let Some(cause) = &self.cause {
-            write!(f, ": {cause}")?;
+        if let Some(cause) = self.cause.as_deref() {
+            write!(f, ": {}", chain(cause))?;
         }
         Ok(())
     }
 }
 
-/// No `source`: the cause is in the `Display` already (see [`Error`]).
+/// How many errors of a cause's chain [`chain`] reads at most.
+const CHAIN_LEVELS: usize = 16;
+
+/// `cause` and the errors behind it (its `source()`, theirs…), joined by `": "`, each left out
+/// whose text is already there: some errors repeat their source in their own text (redis-rs's
+/// I/O errors, this crate's own), others leave it to the `source()` (many libraries' errors,
+/// a caller's own).
+fn chain(cause: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = cause.to_string();
+    let mut next = cause.source();
+    for _ in 1..CHAIN_LEVELS {
+        let Some(source) = next else { break };
+        let more = source.to_string();
+        if !more.is_empty() && !text.contains(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        next = source.source();
+    }
+    text
+}
+
+/// No `source`: the cause and what lies behind it are in the `Display` already (see [`Error`]).
 impl std::error::Error for Error {}
 
 #[cfg(test)]
@@ -251,6 +273,37 @@ mod tests {
         let cloned = err.clone();
         assert_eq!(cloned.kind(), ErrorKind::Unavailable);
         assert!(cloned.underlying().is_some());
+    }
+
+    /// A cause that leaves what lies behind it to its `source()` loses nothing.
+    #[test]
+    fn what_lies_behind_a_cause_is_named() {
+        #[derive(Debug)]
+        struct Db(std::io::Error);
+        impl fmt::Display for Db {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("error talking to the database")
+            }
+        }
+        impl std::error::Error for Db {
+            fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+                Some(&self.0)
+            }
+        }
+        let reset = std::io::Error::other("connection reset by peer");
+        let err = Error::new(ErrorKind::Unavailable, "users db").with_cause(Db(reset));
+        assert_eq!(
+            err.to_string(),
+            "users db: error talking to the database: connection reset by peer"
+        );
+        // One that repeats it in its own text is not repeated.
+        let inner =
+            Error::new(ErrorKind::Internal, "inner").with_cause(Db(std::io::Error::other("x")));
+        let outer = Error::new(ErrorKind::Internal, "outer").with_cause(inner);
+        assert_eq!(
+            outer.to_string(),
+            "outer: inner: error talking to the database: x"
+        );
     }
 
     /// A reporter that prints an error and then each `source()` in turn (anyhow's `{:#}`,
