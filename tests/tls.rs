@@ -138,6 +138,15 @@ async fn the_library_speaks_tls_too() {
         .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Internal, "{err}");
     assert!(err.to_string().contains("certificate"), "{err}");
+    // So is a cluster's (whose client keeps only the text of the TLS error): not a store
+    // that is down, to be retried.
+    let cluster = server.tls_url().replace("rediss://", "rediss+cluster://");
+    let err = store::open(&cluster, &StoreOptions::new())
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Internal, "{err}");
+    assert!(!err.is_transient(), "{err}");
+    assert!(err.to_string().contains("SSL_CERT_FILE"), "{err}");
     // A plain client on the TLS port, and TLS on the plain port, fail clearly too.
     let plain_on_tls = server.tls_url().replace("rediss://", "redis://");
     let started = Instant::now();

@@ -3,8 +3,8 @@
 //!
 //! | URL | backend | for |
 //! |---|---|---|
-//! | `redis://[user:pass@]host:port[/db]`, `rediss://…` | `RedisStore` (feature `redis`) | production, shared by many processes |
-//! | `redis+cluster://[user:pass@]host:port[,host:port…]`, `rediss+cluster://…` | `ClusterStore` (feature `redis`) | when one Redis node is not enough |
+//! | `redis://[user:pass@]host:port[/db]`, `rediss://…` | `RedisStore` (feature `redis`; `tls` for `rediss`) | production, shared by many processes |
+//! | `redis+cluster://[user:pass@]host:port[,host:port…]`, `rediss+cluster://…` | `ClusterStore` (feature `redis`; `tls` for `rediss`) | when one Redis node is not enough |
 //! | `file:PATH` | `FileStore` (feature `file`) | the CLI's zero-setup default, `file:./enrich.db` |
 //! | `memory:` | [`MemoryStore`] | library users and tests |
 //!

@@ -164,6 +164,9 @@ pub async fn open(url: &str, options: &StoreOptions) -> Result<SharedStore> {
 fn without_backend(url: &str) -> Error {
     let feature = if url.starts_with("file:") {
         "file"
+    } else if url.starts_with("rediss") {
+        // It brings `redis` with it.
+        "tls"
     } else {
         "redis"
     };

@@ -33,16 +33,18 @@ fn classify(describe: &str, err: RedisError, write: bool) -> Error {
     if let Some(code) = err.code() {
         return server_refusal(describe, code, &err);
     }
+    if let Some(tls) = super::tls::fault(describe, &err) {
+        return tls;
+    }
     match err.kind() {
         RedisKind::AuthenticationFailed => Error::new(
             ErrorKind::PermissionDenied,
             format!("Redis at {describe} refused the credentials (wrong user name or password)"),
         ),
-        RedisKind::InvalidClientConfig => Error::invalid(format!(
-            "cannot connect to Redis at {describe}: {}",
-            err.detail().unwrap_or("invalid client configuration")
-        ))
-        .with_cause(err),
+        // The cause names what is wrong with the configuration.
+        RedisKind::InvalidClientConfig => {
+            Error::invalid(format!("cannot connect to Redis at {describe}")).with_cause(err)
+        }
         RedisKind::ClusterConnectionNotFound => Error::new(
             ErrorKind::Unavailable,
             format!("Redis at {describe} is unavailable"),
@@ -132,9 +134,6 @@ fn server_refusal(describe: &str, code: &str, err: &RedisError) -> Error {
 
 /// A failure of the connection itself.
 fn io_fault(describe: &str, err: RedisError, write: bool) -> Error {
-    if let Some(tls) = super::tls::fault(describe, &err) {
-        return tls;
-    }
     if err.is_connection_refusal() {
         // Nothing was sent, even for a write.
         return Error::new(

@@ -88,7 +88,8 @@ impl RedisStore {
     /// [`ErrorKind::Unavailable`](crate::ErrorKind::Unavailable) if it cannot be reached, [`ErrorKind::PermissionDenied`](crate::ErrorKind::PermissionDenied) if
     /// it refuses the credentials. A `rediss://` server must present a certificate that
     /// chains to a trusted CA: Mozilla's roots, the system's store, or those of `SSL_CERT_FILE`
-    /// or `SSL_CERT_DIR` when set; `#insecure` at the end of the URL skips the check.
+    /// or `SSL_CERT_DIR` when set; `#insecure` at the end of the URL skips the check. A build
+    /// without the `tls` feature refuses `rediss://` as invalid input.
     pub async fn connect(url: &str, options: &StoreOptions) -> Result<RedisStore> {
         let describe = redact(url);
         let client = tls::client(url, &describe)?;

@@ -78,21 +78,37 @@ pub(super) fn trusting(
 }
 
 /// The error of a connection that failed in its TLS handshake, if that is what `err` is: a
-/// certificate refused gets a hint on how to trust its CA.
+/// certificate refused gets a hint on how to trust its CA. It is not worth a retry.
 pub(super) fn fault(describe: &str, err: &RedisError) -> Option<Error> {
     #[cfg(feature = "tls")]
     {
-        let tls = roots::tls_error(err)?;
-        let hint = match tls {
-            rustls::Error::InvalidCertificate(_) | rustls::Error::NoCertificatesPresented => {
-                "; if it is signed by a private CA, point SSL_CERT_FILE at the CA's PEM file \
-                 (or, giving up the check of the server's identity, end the URL with #insecure)"
+        let (what, refused) = match roots::tls_error(err) {
+            Some(tls) => (
+                tls.to_string(),
+                matches!(
+                    tls,
+                    rustls::Error::InvalidCertificate(_) | rustls::Error::NoCertificatesPresented
+                ),
+            ),
+            // The cluster client keeps only the text of the error of its first connections:
+            // rustls's own words for a certificate refused.
+            None => {
+                let text = err.to_string();
+                let at = ["invalid peer certificate", "peer sent no certificates"]
+                    .iter()
+                    .find_map(|words| text.find(words))?;
+                (text[at..].to_string(), true)
             }
-            _ => "",
+        };
+        let hint = if refused {
+            "; if it is signed by a private CA, point SSL_CERT_FILE at the CA's PEM file \
+             (or, giving up the check of the server's identity, end the URL with #insecure)"
+        } else {
+            ""
         };
         Some(Error::new(
             crate::error::ErrorKind::Internal,
-            format!("TLS with Redis at {describe} failed: {tls}{hint}"),
+            format!("TLS with Redis at {describe} failed: {what}{hint}"),
         ))
     }
     #[cfg(not(feature = "tls"))]

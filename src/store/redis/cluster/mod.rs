@@ -161,7 +161,9 @@ impl ClusterStore {
             auth,
             fragment: if insecure { "#insecure" } else { "" }.to_string(),
         };
-        super::tls::prepare(&nodes.scheme, &describe)?;
+        for seed in &seeds {
+            super::tls::prepare(seed.split_once("://").map_or("", |(s, _)| s), &describe)?;
+        }
         let verified = nodes.scheme == "rediss" && !insecure;
         let seed_nodes = seeds.iter().filter_map(|seed| seed_node(seed)).collect();
         let client = |response_timeout| -> Result<ClusterClient> {
