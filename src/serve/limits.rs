@@ -53,7 +53,9 @@ impl Limits {
     }
 
     /// The largest request body, 1 MiB by default. A body declared larger is refused before it
-    /// is read; one that turns out larger stops being read at the limit (413).
+    /// is read; one that turns out larger stops being kept at the limit (413). The rest of a
+    /// refused body, up to 16 times the limit, is read and dropped for 250 ms at most before the
+    /// answer, so that a client still sending it reads the 413 rather than a reset connection.
     pub fn max_body_bytes(mut self, bytes: usize) -> Self {
         self.max_body_bytes = bytes;
         self
