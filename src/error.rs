@@ -238,9 +238,9 @@ impl fmt::Display for Error {
 const CHAIN_LEVELS: usize = 16;
 
 /// `cause` and the errors behind it (its `source()`, theirs…), joined by `": "`, each left out
-/// whose text is already there: some errors repeat their source in their own text (redis-rs's
-/// I/O errors, this crate's own), others leave it to the `source()` (many libraries' errors,
-/// a caller's own).
+/// whose text is already there: some errors repeat their source in their own text as well
+/// (redis-rs's I/O errors), others leave it to the `source()` (many libraries' errors, a
+/// caller's own).
 fn chain(cause: &(dyn std::error::Error + 'static)) -> String {
     let mut text = cause.to_string();
     let mut next = cause.source();

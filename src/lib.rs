@@ -50,7 +50,8 @@
 //! | `mimalloc`, `cli` (default) | the `enrich` binary and all of the above |
 //!
 //! A service that enriches from Redis depends on
-//! `enrich = { version = "0.1", default-features = false, features = ["redis"] }`.
+//! `enrich = { version = "0.1", default-features = false, features = ["redis"] }`, and on
+//! `features = ["redis", "tls"]` if it reaches Redis by `rediss://`.
 //!
 //! # Example: a feed-read handler
 //!

@@ -224,11 +224,18 @@ pub(crate) async fn finish(
                 (run(request).await, charge)
             }
             Err(Unread { error, rest }) => {
-                // Over the limit, a body is dropped up to 16 times it.
+                // Over the limit, a body is dropped up to 16 times it; one declared longer is
+                // not waited for at all.
                 let most = state.limits.max_body_bytes.saturating_mul(16);
+                let declared = parts
+                    .headers
+                    .get(header::CONTENT_LENGTH)
+                    .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
                 let drained = match rest {
-                    Some(rest) => drop_body(rest, most, DROP_WITHIN).await,
-                    None => false,
+                    Some(rest) if declared.is_none_or(|len| len <= most as u64) => {
+                        drop_body(rest, most, DROP_WITHIN).await
+                    }
+                    _ => false,
                 };
                 let response = error.into_response();
                 let response = if drained { response } else { closing(response) };

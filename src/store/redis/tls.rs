@@ -33,8 +33,8 @@ pub(super) fn prepare(scheme: &str, describe: &str) -> Result<()> {
     #[cfg(not(feature = "tls"))]
     if scheme.starts_with("rediss") {
         Err(Error::invalid(format!(
-            "{describe}: rediss:// needs TLS, which this build of enrich leaves out \
-             (its `tls` feature)"
+            "store URL {describe:?} needs the `tls` feature of enrich, which this build was \
+             compiled without"
         )))
     } else {
         Ok(())

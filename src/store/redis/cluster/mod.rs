@@ -141,7 +141,9 @@ impl ClusterStore {
     /// Connects to the cluster through `seeds` (`redis://[user:pass@]host:port` each; any one
     /// that answers is enough), failing fast with
     /// [`ErrorKind::Unavailable`](crate::ErrorKind::Unavailable) if none can be reached or the
-    /// credentials are refused. `describe` is the URL without its password.
+    /// credentials are refused. `describe` is the URL without its password. `rediss://` seeds
+    /// need the `tls` feature (see [`RedisStore::connect`](super::RedisStore::connect) for
+    /// the certificates trusted); without it they are refused as invalid input.
     pub async fn connect(
         seeds: Vec<String>,
         describe: String,
