@@ -117,6 +117,21 @@ fn insecure_skips_the_certificate_check() {
     );
     assert_eq!(out.status.code(), Some(4), "{}", text(&out.stderr));
     assert!(!text(&out.stderr).contains("tls-pw-3"));
+    // The CAs named by SSL_CERT_FILE are read all the same (the Redis client reads them at
+    // every connection): one that cannot be read is a mistake to fix, said at once, not a
+    // server that is down, tried again.
+    let missing = dir.path().join("no-such-ca.pem");
+    let started = Instant::now();
+    let out = enrich(
+        dir.path(),
+        Some(&missing),
+        &["--store", &url, "users", "get", "i"],
+    );
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("SSL_CERT_FILE"), "{err}");
+    assert!(!err.contains("tls-pw-3"), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(5), "{err}");
 }
 
 #[tokio::test]

@@ -22,12 +22,18 @@ use redis::{Client, IntoConnectionInfo, RedisError};
 use crate::error::{Error, Result};
 
 /// Readies TLS for a store whose URLs have `scheme` (`redis`, `rediss`): installs the crypto
-/// provider; without the `tls` feature, refuses `rediss`.
+/// provider and, for `rediss`, reads the trusted roots once, so that an `SSL_CERT_FILE` or
+/// `SSL_CERT_DIR` that cannot be read is invalid input here, with or without `#insecure`
+/// (the Redis client reads them again at every TLS connection, and would take such a file
+/// for a server that is down). Without the `tls` feature, refuses `rediss`.
 pub(super) fn prepare(scheme: &str, describe: &str) -> Result<()> {
     #[cfg(feature = "tls")]
     {
-        let _ = (scheme, describe);
+        let _ = describe;
         roots::install_crypto_provider();
+        if scheme.starts_with("rediss") {
+            roots::trust_roots()?;
+        }
         Ok(())
     }
     #[cfg(not(feature = "tls"))]

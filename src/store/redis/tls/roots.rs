@@ -43,7 +43,7 @@ pub(super) fn certificates() -> Result<TlsCertificates> {
 
 /// Every CA a server certificate may chain to, as one PEM bundle: Mozilla's roots, then the
 /// system's (or those of `SSL_CERT_FILE` / `SSL_CERT_DIR`). Read once per process.
-fn trust_roots() -> Result<Arc<Vec<u8>>> {
+pub(super) fn trust_roots() -> Result<Arc<Vec<u8>>> {
     static ROOTS: OnceLock<Arc<Vec<u8>>> = OnceLock::new();
     if let Some(roots) = ROOTS.get() {
         return Ok(roots.clone());
