@@ -691,28 +691,25 @@ fn a_body_over_the_limit_is_answered_not_reset() {
         })
         .chain(["0\r\n\r\n".to_string()])
         .collect();
-    for (how, head, body) in [
-        (
-            "declared",
-            format!("content-length: {}\r\n", big.len()),
-            big.clone(),
-        ),
-        (
-            "chunked",
-            "transfer-encoding: chunked\r\n".to_string(),
-            chunked,
-        ),
+    let declared = format!("content-length: {}\r\n", big.len());
+    let chunked_head = "transfer-encoding: chunked\r\n".to_string();
+    let wrong_key = "/api/v1.0/user/?api_key=wrong".to_string();
+    for (how, target, head, body, want) in [
+        ("declared", &path, &declared, &big, 413),
+        ("chunked", &path, &chunked_head, &chunked, 413),
+        // Refused for its credentials, a body over the limit is dropped the same way.
+        ("refused", &wrong_key, &declared, &big, 401),
     ] {
         let mut stream = TcpStream::connect(&serve.addr).unwrap();
         stream
             .set_read_timeout(Some(Duration::from_secs(10)))
             .unwrap();
-        let request = format!("POST {path} HTTP/1.1\r\n{auth}{head}\r\n{body}");
+        let request = format!("POST {target} HTTP/1.1\r\n{auth}{head}\r\n{body}");
         stream
             .write_all(request.as_bytes())
             .unwrap_or_else(|e| panic!("{how}: the body was cut off: {e}"));
         let (status, answer) = read_answer(&mut stream);
-        assert_eq!(status, 413, "{how}: {answer}");
+        assert_eq!(status, want, "{how}: {answer}");
         // Read whole, the body leaves the connection ready for the next request.
         let user = r#"{"id":"small","data":{}}"#;
         let next = format!(

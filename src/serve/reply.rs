@@ -210,6 +210,11 @@ pub(crate) async fn finish(
         Ok(response) => response,
         Err(_) => ApiError::request_timeout(limit).into_response(),
     };
+    let declared = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    let max_body_bytes = state.limits.max_body_bytes;
     // Held until the answer is built: the handler's page stands in for the body.
     let (mut response, _body_charge) = match fate {
         Fate::Empty => {
@@ -224,18 +229,9 @@ pub(crate) async fn finish(
                 (run(request).await, charge)
             }
             Err(Unread { error, rest }) => {
-                // Over the limit, a body is dropped up to 16 times it; one declared longer is
-                // not waited for at all.
-                let most = state.limits.max_body_bytes.saturating_mul(16);
-                let declared = parts
-                    .headers
-                    .get(header::CONTENT_LENGTH)
-                    .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
                 let drained = match rest {
-                    Some(rest) if declared.is_none_or(|len| len <= most as u64) => {
-                        drop_body(rest, most, DROP_WITHIN).await
-                    }
-                    _ => false,
+                    Some(rest) => drain(rest, declared, max_body_bytes).await,
+                    None => false,
                 };
                 let response = error.into_response();
                 let response = if drained { response } else { closing(response) };
@@ -251,8 +247,7 @@ pub(crate) async fn finish(
             };
             // A client waiting for `100 Continue` sends no body; one that sends its body
             // right after its headers (Python's requests) keeps a usable connection.
-            let drained =
-                !continues && drop_body(body, state.limits.max_body_bytes, DROP_WITHIN).await;
+            let drained = !continues && drain(body, declared, max_body_bytes).await;
             let response = if drained { response } else { closing(response) };
             (response, Charge::free())
         }
@@ -321,6 +316,19 @@ enum Fate {
 /// How long a body no one reads (or one refused) is waited for, to be dropped, before its
 /// connection is closed with the answer.
 const DROP_WITHIN: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// Reads and drops the rest of a body no one reads (a refused request's, or one over the limit),
+/// so that a client still sending it reads the answer rather than a connection reset under it
+/// (Go's client, which sends a body whole without waiting, then sees a broken pipe); true if it
+/// ended, and the connection may carry the next request. Up to 16 times `--max-body-bytes`,
+/// for [`DROP_WITHIN`] at most; a body declared longer is not waited for.
+async fn drain(rest: Body, declared: Option<u64>, max_body_bytes: usize) -> bool {
+    let most = max_body_bytes.saturating_mul(16);
+    if declared.is_some_and(|len| len > most as u64) {
+        return false;
+    }
+    drop_body(rest, most, DROP_WITHIN).await
+}
 
 /// Reads and drops `body`, up to `max` bytes, for `within` at most; true if it ended in time.
 async fn drop_body(body: Body, max: usize, within: std::time::Duration) -> bool {
