@@ -172,10 +172,26 @@ pub(crate) fn json_object(body: &[u8]) -> Result<serde_json::Map<String, Value>,
                 crate::shape::MAX_DEPTH
             )))
         }
+        // serde_json names an unpaired surrogate by what it expected next ("unexpected end of
+        // hex escape", or a lone trailing one "lone leading surrogate"): said as the raw path
+        // says it, so a client that sent `"a\ud800b"` (Python's json.dumps of a lone
+        // surrogate) learns what to fix.
+        Err(e) if surrogate_fault(&e) => Err(ApiError::input(format!(
+            "the request body is not valid JSON: an unpaired UTF-16 surrogate in a \\u escape \
+             (a lone surrogate is not a character) at line {} column {}",
+            e.line(),
+            e.column()
+        ))),
         Err(e) => Err(ApiError::input(format!(
             "the request body is not valid JSON: {e}"
         ))),
     }
+}
+
+/// Whether serde_json refused a `\u` escape of a surrogate without its pair.
+fn surrogate_fault(e: &serde_json::Error) -> bool {
+    let said = e.to_string();
+    said.starts_with("lone leading surrogate") || said.starts_with("unexpected end of hex escape")
 }
 
 /// A boolean query parameter: `true`, `1`, `false`, `0` in any case (Python's requests sends
@@ -240,6 +256,31 @@ mod tests {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect()
+    }
+
+    #[test]
+    fn an_unpaired_surrogate_is_named() {
+        let detail = |body: &str| json_object(body.as_bytes()).unwrap_err().detail;
+        for body in [
+            r#"{"s":"a\ud800b"}"#,
+            r#"{"s":"a\udc00b"}"#,
+            r#"{"s":"a\ud800\u0041"}"#,
+            r#"{"s":"a\ud800"}"#,
+        ] {
+            assert!(
+                detail(body).contains("unpaired UTF-16 surrogate"),
+                "{body}: {}",
+                detail(body)
+            );
+        }
+        // Other bad escapes keep serde_json's words.
+        for body in [r#"{"s":"\u12"}"#, r#"{"s":"\x"}"#, r#"{"s":"\u12G4"}"#] {
+            assert!(
+                !detail(body).contains("surrogate"),
+                "{body}: {}",
+                detail(body)
+            );
+        }
     }
 
     #[test]
