@@ -17,7 +17,9 @@ use super::auth::{Access, EntryAction, not_owner};
 use super::error::ApiError;
 use super::reply::Pending;
 use super::reply::{array_len, push_array, read_listed};
-use super::request::{Pairs, PathParams, check_batch, list, params, parse_object, path_params};
+use super::request::{
+    Pairs, PathParams, check_batch, ids, listed, params, parse_object, path_params,
+};
 use crate::collection::{EntryJson, EntryKey, NewEntry, generate_id};
 use crate::error::Error;
 use crate::user::{UserId, json_type};
@@ -359,12 +361,11 @@ pub(crate) async fn select(
     query: Pairs,
 ) -> Result<Pending, ApiError> {
     access.check_entries(EntryAction::BatchRead)?;
-    let ids = list(&params(query)?, "foreign_ids");
-    if ids.is_empty() {
-        return Err(ApiError::input(
-            "the foreign_ids query parameter is missing; send foreign_ids=<collection>:<id>,…",
-        ));
-    }
+    let ids = listed(
+        &params(query)?,
+        "foreign_ids",
+        "send foreign_ids=<collection>:<id>,…",
+    )?;
     check_batch(ids.len(), state.limits.max_batch_ids, "entries")?;
     let keys = ids
         .iter()
@@ -419,12 +420,7 @@ pub(crate) async fn delete_many(
              from one collection at a time",
         ));
     }
-    let ids = list(&query, "ids");
-    if ids.is_empty() {
-        return Err(ApiError::input(
-            "the ids query parameter is missing; send ids=a,b,c",
-        ));
-    }
+    let ids = ids(&query)?;
     check_batch(ids.len(), state.limits.max_batch_ids, "entries")?;
     let keys = ids
         .iter()

@@ -222,16 +222,25 @@ pub(crate) fn list(query: &[(String, String)], name: &str) -> Vec<String> {
         .collect()
 }
 
-/// The `ids` parameters of the batch routes: comma-separated lists (repeated, they add up),
-/// at least one id.
+/// The `ids` parameters of the batch routes: comma-separated lists (repeated, they add up).
+/// Without any the request is malformed; an empty one (`ids=`, what JS's `getUsers([])`
+/// sends) asks for nothing and is answered so.
 pub(crate) fn ids(query: &[(String, String)]) -> Result<Vec<String>, ApiError> {
-    let ids = list(query, "ids");
-    if ids.is_empty() {
-        return Err(ApiError::input(
-            "the ids query parameter is missing; send ids=a,b,c",
-        ));
+    listed(query, "ids", "send ids=a,b,c")
+}
+
+/// [`list`] of a parameter that must be there, if empty; `how` says how to send it.
+pub(crate) fn listed(
+    query: &[(String, String)],
+    name: &str,
+    how: &str,
+) -> Result<Vec<String>, ApiError> {
+    if !query.iter().any(|(k, _)| k == name) {
+        return Err(ApiError::input(format!(
+            "the {name} query parameter is missing; {how}"
+        )));
     }
-    Ok(ids)
+    Ok(list(query, name))
 }
 
 /// Refuses a batch call naming more than `max` of `what` (users, entries).
@@ -292,6 +301,11 @@ mod tests {
         assert_eq!(list(&q, "ids"), ["a", "b", "d"]);
         assert_eq!(ids(&q).unwrap(), ["a", "b", "d"]);
         assert!(list(&q, "foreign_ids").is_empty());
+        // Asking for no id (JS's `getUsers([])` sends `ids=`) is asking for nothing; not
+        // saying `ids` at all is a malformed request.
+        let empty = [("ids".to_string(), String::new())];
+        assert!(ids(&empty).unwrap().is_empty());
+        assert!(ids(&[]).unwrap_err().detail.contains("missing"));
     }
 
     #[test]
