@@ -18,7 +18,7 @@ use super::error::ApiError;
 use super::reply::Pending;
 use super::reply::{array_len, push_array, read_listed};
 use super::request::{
-    Pairs, PathParams, check_batch, ids, listed, params, parse_object, path_params,
+    Pairs, PathParams, check_batch, ids, list, params, parse_object, path_params,
 };
 use crate::collection::{EntryJson, EntryKey, NewEntry, generate_id};
 use crate::error::Error;
@@ -361,11 +361,7 @@ pub(crate) async fn select(
     query: Pairs,
 ) -> Result<Pending, ApiError> {
     access.check_entries(EntryAction::BatchRead)?;
-    let ids = listed(
-        &params(query)?,
-        "foreign_ids",
-        "send foreign_ids=<collection>:<id>,…",
-    )?;
+    let ids = list(&params(query)?, "foreign_ids");
     check_batch(ids.len(), state.limits.max_batch_ids, "entries")?;
     let keys = ids
         .iter()
@@ -420,7 +416,7 @@ pub(crate) async fn delete_many(
              from one collection at a time",
         ));
     }
-    let ids = ids(&query)?;
+    let ids = ids(&query);
     check_batch(ids.len(), state.limits.max_batch_ids, "entries")?;
     let keys = ids
         .iter()

@@ -223,24 +223,10 @@ pub(crate) fn list(query: &[(String, String)], name: &str) -> Vec<String> {
 }
 
 /// The `ids` parameters of the batch routes: comma-separated lists (repeated, they add up).
-/// Without any the request is malformed; an empty one (`ids=`, what JS's `getUsers([])`
-/// sends) asks for nothing and is answered so.
-pub(crate) fn ids(query: &[(String, String)]) -> Result<Vec<String>, ApiError> {
-    listed(query, "ids", "send ids=a,b,c")
-}
-
-/// [`list`] of a parameter that must be there, if empty; `how` says how to send it.
-pub(crate) fn listed(
-    query: &[(String, String)],
-    name: &str,
-    how: &str,
-) -> Result<Vec<String>, ApiError> {
-    if !query.iter().any(|(k, _)| k == name) {
-        return Err(ApiError::input(format!(
-            "the {name} query parameter is missing; {how}"
-        )));
-    }
-    Ok(list(query, name))
+/// An empty list asks for nothing and is answered so: JS's `getUsers([])` sends `ids=`, and
+/// Python's `delete_many(c, [])` no `ids` at all (`requests` drops an empty list).
+pub(crate) fn ids(query: &[(String, String)]) -> Vec<String> {
+    list(query, "ids")
 }
 
 /// Refuses a batch call naming more than `max` of `what` (users, entries).
@@ -299,13 +285,12 @@ mod tests {
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
         assert_eq!(list(&q, "ids"), ["a", "b", "d"]);
-        assert_eq!(ids(&q).unwrap(), ["a", "b", "d"]);
+        assert_eq!(ids(&q), ["a", "b", "d"]);
         assert!(list(&q, "foreign_ids").is_empty());
-        // Asking for no id (JS's `getUsers([])` sends `ids=`) is asking for nothing; not
-        // saying `ids` at all is a malformed request.
+        // Asking for no id (`ids=`, or no `ids` at all) is asking for nothing.
         let empty = [("ids".to_string(), String::new())];
-        assert!(ids(&empty).unwrap().is_empty());
-        assert!(ids(&[]).unwrap_err().detail.contains("missing"));
+        assert!(ids(&empty).is_empty());
+        assert!(ids(&[]).is_empty());
     }
 
     #[test]

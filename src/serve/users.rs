@@ -231,7 +231,7 @@ pub(crate) async fn delete_many(
 fn parse_ids(query: &[(String, String)], max: usize) -> Result<Vec<UserId>, ApiError> {
     // `ids` answers each id once: repeats cost nothing, the distinct ids are what a call may
     // not have too many of.
-    let ids = (ids(query)?.iter())
+    let ids = (ids(query).iter())
         .map(|id| UserId::parse(id))
         .collect::<crate::error::Result<Vec<_>>>()?;
     check_batch(ids.len(), max, "users")?;
