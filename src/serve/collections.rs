@@ -17,9 +17,7 @@ use super::auth::{Access, EntryAction, not_owner};
 use super::error::ApiError;
 use super::reply::Pending;
 use super::reply::{array_len, push_array, read_listed};
-use super::request::{
-    Pairs, PathParams, check_batch, ids, list, params, parse_object, path_params,
-};
+use super::request::{Pairs, PathParams, check_batch, list, params, parse_object, path_params};
 use crate::collection::{EntryJson, EntryKey, NewEntry, generate_id};
 use crate::error::Error;
 use crate::user::{UserId, json_type};
@@ -416,7 +414,7 @@ pub(crate) async fn delete_many(
              from one collection at a time",
         ));
     }
-    let ids = ids(&query);
+    let ids = list(&query, "ids");
     check_batch(ids.len(), state.limits.max_batch_ids, "entries")?;
     let keys = ids
         .iter()

@@ -19,7 +19,7 @@ use bytes::Bytes;
 use super::AppState;
 use super::budget::{Charge, charged_body};
 use super::error::ApiError;
-use super::request::{Unread, read_body};
+use super::request::{Unread, declared_len, read_body};
 
 /// A body waiting for its duration.
 #[derive(Debug, Clone)]
@@ -210,10 +210,7 @@ pub(crate) async fn finish(
         Ok(response) => response,
         Err(_) => ApiError::request_timeout(limit).into_response(),
     };
-    let declared = parts
-        .headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    let declared = declared_len(&parts.headers);
     let max_body_bytes = state.limits.max_body_bytes;
     // Held until the answer is built: the handler's page stands in for the body.
     let (mut response, _body_charge) = match fate {
@@ -221,7 +218,7 @@ pub(crate) async fn finish(
             let request = Request::from_parts(parts, Body::empty());
             (run(request).await, Charge::free())
         }
-        Fate::Read(access) => match read_body(&state, &parts.headers, body).await {
+        Fate::Read(access) => match read_body(&state, &parts.headers, declared, body).await {
             Ok((bytes, charge)) => {
                 let mut request = Request::from_parts(parts, Body::from(bytes));
                 // Checked once: the API's auth layer takes it as it is.

@@ -61,19 +61,24 @@ impl From<ApiError> for Unread {
     }
 }
 
+/// The length a request's `Content-Length` declares, if it is a number.
+pub(crate) fn declared_len(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+}
+
 /// Reads a body of at most [`Limits::max_body_bytes`](super::Limits::max_body_bytes) within
-/// the body timeout, charged to the memory budget. A declared length over the limit is refused
-/// before anything is read, and a body that turns out longer stops being read at the limit.
+/// the body timeout, charged to the memory budget. A `declared` length ([`declared_len`]) over
+/// the limit is refused before anything is read, and a body that turns out longer stops being
+/// read at the limit.
 pub(crate) async fn read_body(
     state: &Shared,
     headers: &HeaderMap,
+    declared: Option<u64>,
     mut body: Body,
 ) -> Result<(Bytes, Charge), Unread> {
     let limit = state.limits.max_body_bytes;
-    let declared = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
     // Refused before the first read: a client that waits for `100 Continue` sends nothing.
     let unread = |error, body| Unread {
         error,
@@ -209,7 +214,9 @@ pub(crate) fn flag(query: &HashMap<String, String>, name: &str) -> Result<bool, 
 }
 
 /// Every value of `name` in the query, each split at commas, empty parts dropped, repeats
-/// answered once, in order.
+/// answered once, in order. The batch routes take their `ids` and `foreign_ids` so; an empty
+/// list asks for nothing and is answered so: JS's `getUsers([])` sends `ids=`, and Python's
+/// `delete_many(c, [])` no `ids` at all (`requests` drops an empty list).
 pub(crate) fn list(query: &[(String, String)], name: &str) -> Vec<String> {
     let mut seen = std::collections::HashSet::new();
     query
@@ -220,13 +227,6 @@ pub(crate) fn list(query: &[(String, String)], name: &str) -> Vec<String> {
         .filter(|s| !s.is_empty() && seen.insert(s.to_string()))
         .map(String::from)
         .collect()
-}
-
-/// The `ids` parameters of the batch routes: comma-separated lists (repeated, they add up).
-/// An empty list asks for nothing and is answered so: JS's `getUsers([])` sends `ids=`, and
-/// Python's `delete_many(c, [])` no `ids` at all (`requests` drops an empty list).
-pub(crate) fn ids(query: &[(String, String)]) -> Vec<String> {
-    list(query, "ids")
 }
 
 /// Refuses a batch call naming more than `max` of `what` (users, entries).
@@ -285,12 +285,12 @@ mod tests {
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
         assert_eq!(list(&q, "ids"), ["a", "b", "d"]);
-        assert_eq!(ids(&q), ["a", "b", "d"]);
+
         assert!(list(&q, "foreign_ids").is_empty());
         // Asking for no id (`ids=`, or no `ids` at all) is asking for nothing.
         let empty = [("ids".to_string(), String::new())];
-        assert!(ids(&empty).is_empty());
-        assert!(ids(&[]).is_empty());
+        assert!(list(&empty, "ids").is_empty());
+        assert!(list(&[], "ids").is_empty());
     }
 
     #[test]

@@ -14,7 +14,7 @@ use super::error::ApiError;
 use super::reply::Pending;
 use super::reply::{array_len, push_array, read_listed};
 use super::request::{
-    Pairs, Params, PathParams, check_batch, flag, ids, params, parse_object, path_params,
+    Pairs, Params, PathParams, check_batch, flag, list, params, parse_object, path_params,
 };
 use crate::store::ImportUser;
 use crate::user::{NewUser, UserId, UserJson};
@@ -229,9 +229,9 @@ pub(crate) async fn delete_many(
 }
 
 fn parse_ids(query: &[(String, String)], max: usize) -> Result<Vec<UserId>, ApiError> {
-    // `ids` answers each id once: repeats cost nothing, the distinct ids are what a call may
+    // `list` answers each id once: repeats cost nothing, the distinct ids are what a call may
     // not have too many of.
-    let ids = (ids(query).iter())
+    let ids = (list(query, "ids").iter())
         .map(|id| UserId::parse(id))
         .collect::<crate::error::Result<Vec<_>>>()?;
     check_batch(ids.len(), max, "users")?;
