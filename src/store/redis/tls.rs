@@ -21,23 +21,23 @@ use redis::{Client, IntoConnectionInfo, RedisError};
 
 use crate::error::{Error, Result};
 
-/// Readies TLS for a store whose URLs have `scheme` (`redis`, `rediss`): installs the crypto
-/// provider and, for `rediss`, reads the trusted roots once, so that an `SSL_CERT_FILE` or
+/// Readies TLS for a store at `url` (`redis://…`, `rediss://…`, or either's scheme alone):
+/// installs the crypto provider and, for `rediss`, reads the trusted roots once, so that an `SSL_CERT_FILE` or
 /// `SSL_CERT_DIR` that cannot be read is invalid input here, with or without `#insecure`
 /// (the Redis client reads them again at every TLS connection, and would take such a file
 /// for a server that is down). Without the `tls` feature, refuses `rediss`.
-pub(super) fn prepare(scheme: &str, describe: &str) -> Result<()> {
+pub(super) fn prepare(url: &str, describe: &str) -> Result<()> {
     #[cfg(feature = "tls")]
     {
         let _ = describe;
         roots::install_crypto_provider();
-        if scheme.starts_with("rediss") {
+        if url.starts_with("rediss") {
             roots::trust_roots()?;
         }
         Ok(())
     }
     #[cfg(not(feature = "tls"))]
-    if scheme.starts_with("rediss") {
+    if url.starts_with("rediss") {
         Err(Error::invalid(format!(
             "store URL {describe:?} needs the `tls` feature of enrich, which this build was \
              compiled without"
@@ -50,10 +50,7 @@ pub(super) fn prepare(scheme: &str, describe: &str) -> Result<()> {
 /// A client for `url`: a `rediss://` server is checked against the trusted roots (unless the
 /// URL says `#insecure`). `describe` names the store in messages.
 pub(super) fn client(url: &str, describe: &str) -> Result<Client> {
-    prepare(
-        url.split_once("://").map_or("", |(scheme, _)| scheme),
-        describe,
-    )?;
+    prepare(url, describe)?;
     let invalid = |e| Error::invalid(format!("invalid Redis URL {describe:?}")).with_cause(e);
     let info = url.into_connection_info().map_err(invalid)?;
     #[cfg(feature = "tls")]

@@ -164,7 +164,7 @@ impl ClusterStore {
             fragment: if insecure { "#insecure" } else { "" }.to_string(),
         };
         for seed in &seeds {
-            super::tls::prepare(seed.split_once("://").map_or("", |(s, _)| s), &describe)?;
+            super::tls::prepare(seed, &describe)?;
         }
         let verified = nodes.scheme == "rediss" && !insecure;
         let seed_nodes = seeds.iter().filter_map(|seed| seed_node(seed)).collect();
