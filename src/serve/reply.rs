@@ -211,6 +211,8 @@ pub(crate) async fn finish(
         Err(_) => ApiError::request_timeout(limit).into_response(),
     };
     let declared = declared_len(&parts.headers);
+    // A client waiting for `100 Continue` sends no body unless it is read.
+    let continues = parts.headers.get(header::EXPECT).is_some();
     let max_body_bytes = state.limits.max_body_bytes;
     // Held until the answer is built: the handler's page stands in for the body.
     let (mut response, _body_charge) = match fate {
@@ -218,7 +220,7 @@ pub(crate) async fn finish(
             let request = Request::from_parts(parts, Body::empty());
             (run(request).await, Charge::free())
         }
-        Fate::Read(access) => match read_body(&state, &parts.headers, declared, body).await {
+        Fate::Read(access) => match read_body(&state, declared, continues, body).await {
             Ok((bytes, charge)) => {
                 let mut request = Request::from_parts(parts, Body::from(bytes));
                 // Checked once: the API's auth layer takes it as it is.
@@ -236,7 +238,6 @@ pub(crate) async fn finish(
             }
         },
         Fate::Dropped(refused) => {
-            let continues = parts.headers.get(header::EXPECT).is_some();
             let response = match refused {
                 Some(refused) => refused.into_response(),
                 // Answered as without a body, which none of these routes reads.

@@ -71,18 +71,18 @@ pub(crate) fn declared_len(headers: &HeaderMap) -> Option<u64> {
 /// Reads a body of at most [`Limits::max_body_bytes`](super::Limits::max_body_bytes) within
 /// the body timeout, charged to the memory budget. A `declared` length ([`declared_len`]) over
 /// the limit is refused before anything is read, and a body that turns out longer stops being
-/// read at the limit.
+/// read at the limit. `continues`: the client sent `Expect: 100-continue`.
 pub(crate) async fn read_body(
     state: &Shared,
-    headers: &HeaderMap,
     declared: Option<u64>,
+    continues: bool,
     mut body: Body,
 ) -> Result<(Bytes, Charge), Unread> {
     let limit = state.limits.max_body_bytes;
     // Refused before the first read: a client that waits for `100 Continue` sends nothing.
     let unread = |error, body| Unread {
         error,
-        rest: headers.get(header::EXPECT).is_none().then_some(body),
+        rest: (!continues).then_some(body),
     };
     if declared.is_some_and(|len| len > limit as u64) {
         return Err(unread(ApiError::too_large(limit), body));
