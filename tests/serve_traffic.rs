@@ -737,6 +737,57 @@ fn a_body_over_the_limit_is_answered_not_reset() {
     );
 }
 
+/// A request refused because the memory budget stays full (503 after its wait) has the rest of
+/// its body read and dropped as a 413's is: the client gets its answer, not a reset, and the
+/// connection serves the next request.
+#[test]
+fn a_body_refused_for_a_full_budget_is_answered_not_reset() {
+    let serve = Serve::start("memory:", &["--max-in-flight-bytes", "100000"], None);
+    let auth = format!(
+        "host: x\r\nauthorization: {}\r\nstream-auth-type: jwt\r\n",
+        token()
+    );
+    let path = format!("/api/v1.0/user/?api_key={KEY}");
+    // A body declared as big as the whole budget, of which one byte comes: it holds the budget
+    // while it is awaited.
+    let mut holder = TcpStream::connect(&serve.addr).unwrap();
+    let head = format!("POST {path} HTTP/1.1\r\n{auth}content-length: 100000\r\n\r\n{{");
+    holder.write_all(head.as_bytes()).unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+
+    let body = format!(
+        r#"{{"id":"late","data":{{"bio":"{}"}}}}"#,
+        "x".repeat(80_000)
+    );
+    let mut stream = TcpStream::connect(&serve.addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(15)))
+        .unwrap();
+    let request = format!(
+        "POST {path} HTTP/1.1\r\n{auth}content-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    stream
+        .write_all(request.as_bytes())
+        .unwrap_or_else(|e| panic!("the body was cut off: {e}"));
+    let (status, answer) = read_answer(&mut stream);
+    assert_eq!(status, 503, "{answer}");
+    assert!(
+        !answer.to_ascii_lowercase().contains("connection: close"),
+        "{answer}"
+    );
+    // The body was read whole: the same connection takes the next request.
+    let user = r#"{"id":"small","data":{}}"#;
+    let next = format!(
+        "POST {path} HTTP/1.1\r\n{auth}content-length: {}\r\n\r\n{user}",
+        user.len()
+    );
+    stream.write_all(next.as_bytes()).unwrap();
+    let (status, answer) = read_answer(&mut stream);
+    assert_eq!(status, 201, "{answer}");
+    drop(holder);
+}
+
 /// `--l1-bytes` sizes the server's L1: by default a user enriched again is answered from it, at
 /// 0 every request asks the store.
 #[test]
