@@ -726,6 +726,29 @@ fn a_store_path_is_a_regular_file_kept_as_it_is() {
     );
     printed_user(&out, "a", "{}");
 
+    // A link to nothing yet (through another link): the store is made where it points.
+    std::fs::create_dir(dir.path().join("sub")).unwrap();
+    std::os::unix::fs::symlink("../sub/made.db", dir.path().join("sub/inner.db")).unwrap();
+    std::os::unix::fs::symlink("sub/inner.db", dir.path().join("dangling.db")).unwrap();
+    let out = enrich(
+        dir.path(),
+        &["--store", "file:dangling.db", "users", "add", "b"],
+        "",
+    );
+    printed_user(&out, "b", "{}");
+    let out = enrich(
+        dir.path(),
+        &["--store", "file:sub/made.db", "users", "get", "b"],
+        "",
+    );
+    printed_user(&out, "b", "{}");
+    assert!(
+        std::fs::symlink_metadata(dir.path().join("dangling.db"))
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
+
     let fifo = std::process::Command::new("mkfifo")
         .arg(dir.path().join("fifo.db"))
         .status()

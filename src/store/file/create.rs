@@ -133,7 +133,8 @@ fn resolve(path: &Path) -> Result<PathBuf> {
         Ok(meta) if meta.is_file() => {}
         Ok(meta) if meta.is_dir() => return not_regular("a directory"),
         Ok(_) => return not_regular("a device, a FIFO or a socket"),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(path.to_path_buf()),
+        // Nothing there, or a symbolic link to nothing: the store is made where it points.
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(link_target(path)),
         Err(e) => return Err(io_error(path, "cannot read", e)),
     }
     match std::fs::symlink_metadata(path) {
@@ -142,6 +143,24 @@ fn resolve(path: &Path) -> Result<PathBuf> {
         }
         _ => Ok(path.to_path_buf()),
     }
+}
+
+/// Where `path` leads once its symbolic links are followed (itself if it is none), as far as
+/// they lead: to the name a dangling link points to. A loop of links was refused before this
+/// is asked (the metadata of a path in a loop is no `NotFound`), and the kernel's own bound of
+/// 40 links stops any other chain.
+fn link_target(path: &Path) -> PathBuf {
+    let mut path = path.to_path_buf();
+    for _ in 0..40 {
+        let Ok(target) = std::fs::read_link(&path) else {
+            break;
+        };
+        path = match path.parent() {
+            Some(dir) => dir.join(target),
+            None => target,
+        };
+    }
+    path
 }
 
 fn not_a_database(err: &DatabaseError) -> bool {
