@@ -855,7 +855,7 @@ fn outputs_never_overwrite_inputs() {
             "-o",
             "./users.ndjson",
         ],
-        "is the input users.ndjson",
+        "is the --users file users.ndjson",
     );
     check(
         &[
@@ -915,6 +915,156 @@ fn outputs_never_overwrite_inputs() {
             .count(),
         2
     );
+}
+
+/// The file store is no output either: `-o` or `--rejects` naming it (or standard output
+/// redirected to it) is refused before anything is written, with every user kept, and so is
+/// one naming the store a run is about to create with `--users`.
+#[test]
+fn outputs_never_overwrite_the_store() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("in.ndjson"), "{\"actor\":\"SU:x\"}\n").unwrap();
+    std::fs::write(dir.path().join("users.ndjson"), "{\"id\":\"x\"}\n").unwrap();
+    std::fs::create_dir(dir.path().join("sub")).unwrap();
+    let out = run(
+        dir.path(),
+        &["--store", "file:s.db", "users", "import", "users.ndjson"],
+        "",
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let store = std::fs::read(dir.path().join("s.db")).unwrap();
+    for args in [
+        &["in.ndjson", "-o", "s.db"][..],
+        &["in.ndjson", "-o", "sub/../s.db"],
+        &["in.ndjson", "--rejects", "./s.db"],
+    ] {
+        let mut all = vec!["--store", "file:s.db", "run"];
+        all.extend_from_slice(args);
+        let out = run(dir.path(), &all, "");
+        let err = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains("is the store s.db"), "{args:?}: {err}");
+        assert_eq!(std::fs::read(dir.path().join("s.db")).unwrap(), store);
+    }
+    let out = enrich(dir.path())
+        .args(["--store", "file:s.db", "run", "in.ndjson"])
+        .stdout(
+            std::fs::OpenOptions::new()
+                .append(true)
+                .open(dir.path().join("s.db"))
+                .unwrap(),
+        )
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("standard output is the store s.db"));
+    assert_eq!(std::fs::read(dir.path().join("s.db")).unwrap(), store);
+    let out = run(
+        dir.path(),
+        &["--store", "file:s.db", "users", "get", "x"],
+        "",
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+
+    // A store the run would create.
+    let out = run(
+        dir.path(),
+        &[
+            "--store",
+            "file:new.db",
+            "run",
+            "--users",
+            "users.ndjson",
+            "in.ndjson",
+            "-o",
+            "new.db",
+        ],
+        "",
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("is the store new.db"));
+    assert!(!dir.path().join("new.db").exists());
+}
+
+/// Outputs are opened before either is emptied: a `--rejects` that cannot be created leaves
+/// the `-o` file as it was, and does not leave behind one the run made.
+#[test]
+fn an_output_that_cannot_be_created_leaves_the_other_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("in.ndjson"), "{\"n\":1}\n").unwrap();
+    std::fs::write(dir.path().join("kept.ndjson"), "precious\n").unwrap();
+    for out_file in ["kept.ndjson", "made.ndjson"] {
+        let out = run(
+            dir.path(),
+            &[
+                "--store",
+                "memory:",
+                "run",
+                "in.ndjson",
+                "-o",
+                out_file,
+                "--rejects",
+                "no/such/dir/rejects.ndjson",
+            ],
+            "",
+        );
+        let err = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{err}");
+        assert!(
+            err.contains("cannot create no/such/dir/rejects.ndjson"),
+            "{err}"
+        );
+    }
+    assert_eq!(
+        std::fs::read(dir.path().join("kept.ndjson")).unwrap(),
+        b"precious\n"
+    );
+    assert!(!dir.path().join("made.ndjson").exists());
+}
+
+/// Standard input is read once: naming it for the run and for an import is refused before
+/// anything is read; `-o -` is standard output.
+#[test]
+fn standard_input_is_named_once_and_dash_is_standard_output() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("in.ndjson"), "{\"actor\":\"SU:x\"}\n").unwrap();
+    for args in [
+        &["--users", "-"][..],
+        &["--users", "-", "-"],
+        &["--objects", "-", "in.ndjson", "-"],
+        &["in.ndjson", "-", "-"],
+    ] {
+        let mut all = vec!["--store", "memory:", "run"];
+        all.extend_from_slice(args);
+        let out = run(dir.path(), &all, "{\"id\":\"x\"}\n");
+        let err = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(
+            err.contains("standard input (-) is named more than once"),
+            "{args:?}: {err}"
+        );
+    }
+    let out = run(
+        dir.path(),
+        &[
+            "--store",
+            "memory:",
+            "run",
+            "in.ndjson",
+            "-o",
+            "-",
+            "--quiet",
+        ],
+        "",
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("ReferenceNotFound"),
+        "{}",
+        text(&out.stdout)
+    );
+    assert!(!dir.path().join("-").exists());
 }
 
 /// The arguments of a run over what [`write_workload`] wrote, with a memory store.

@@ -52,45 +52,63 @@ impl FileId {
 
 /// Refuses, before anything is created or truncated, a run that would write over a file it
 /// reads: `output` or `rejects` (standard output when `output` is `None`) being one of
-/// `inputs` (standard input when empty or `-`) or `users`, whatever path names it; or
-/// `output` and `rejects` being the same file.
+/// `inputs` (standard input when empty or `-`) or one of `also_read`, whatever path names it;
+/// or `output` and `rejects` being the same file.
+///
+/// `also_read` are the other files the run reads or keeps, each with what it is to the run as
+/// the error names it: `("the --users file", path)`, `("the store", path)`. One that does not
+/// exist yet is compared by where it would be created, so a store that the run is about to
+/// create is guarded too.
 pub fn check_outputs(
     inputs: &[PathBuf],
-    users: Option<&Path>,
+    also_read: &[(&str, &Path)],
     output: Option<&Path>,
     rejects: Option<&Path>,
 ) -> Result<()> {
     let mut read: Vec<(String, FileId)> = Vec::new();
     let stdin = Path::new("-");
-    for input in inputs.iter().map(PathBuf::as_path).chain(users) {
+    for input in inputs {
         let id = if input == stdin {
             FileId::of_std(std::io::stdin())
         } else {
             FileId::of_path(input)
         };
-        read.extend(id.map(|id| (format!("{}", input.display()), id)));
+        read.extend(id.map(|id| (format!("the input {}", input.display()), id)));
     }
     if inputs.is_empty() {
-        read.extend(FileId::of_std(std::io::stdin()).map(|id| ("-".to_string(), id)));
+        read.extend(FileId::of_std(std::io::stdin()).map(|id| ("the input -".to_string(), id)));
     }
-    let refuse = |what: String, id: Option<FileId>| -> Result<()> {
-        match read.iter().find(|(_, read)| Some(*read) == id) {
-            Some((name, _)) => Err(Error::invalid(format!(
-                "{what} is the input {name}: refusing to write over it"
-            ))),
-            None => Ok(()),
-        }
+    let refuse = |what: String, path: Option<&Path>, id: Option<FileId>| -> Result<()> {
+        let input = read.iter().find(|(_, read)| Some(*read) == id);
+        let other = also_read.iter().find(|(_, read)| match path {
+            Some(path) => same_path(path, read),
+            None => id.is_some() && FileId::of_path(read) == id,
+        });
+        let name = match (input, other) {
+            (Some((name, _)), _) => name.clone(),
+            (None, Some((role, read))) => format!("{role} {}", read.display()),
+            (None, None) => return Ok(()),
+        };
+        Err(Error::invalid(format!(
+            "{what} is {name}: refusing to write over it"
+        )))
     };
     match output {
-        Some(path) => refuse(format!("-o {}", path.display()), FileId::of_path(path))?,
+        Some(path) => refuse(
+            format!("-o {}", path.display()),
+            Some(path),
+            FileId::of_path(path),
+        )?,
         None => refuse(
             "standard output".to_string(),
+            None,
             FileId::of_std(std::io::stdout()),
         )?,
     }
     if let Some(path) = rejects {
         refuse(
             format!("--rejects {}", path.display()),
+            Some(path),
             FileId::of_path(path),
         )?;
         let same = match output {
@@ -161,19 +179,20 @@ mod tests {
         std::fs::create_dir(dir.path().join("sub")).unwrap();
         let inputs = [input.clone()];
         for same in [&input, &link, &hard, &spelled] {
-            let err = check_outputs(&inputs, None, Some(same), None).unwrap_err();
+            let err = check_outputs(&inputs, &[], Some(same), None).unwrap_err();
             assert!(err.is_invalid_input());
             assert!(err.to_string().contains("is the input"), "{err}");
-            let err = check_outputs(&inputs, None, None, Some(same)).unwrap_err();
+            let err = check_outputs(&inputs, &[], None, Some(same)).unwrap_err();
             assert!(err.to_string().contains("--rejects"), "{err}");
-            let err = check_outputs(&[], Some(same), Some(same), None).unwrap_err();
-            assert!(err.to_string().contains("is the input"), "{err}");
+            let users = [("the --users file", input.as_path())];
+            let err = check_outputs(&[], &users, Some(same), None).unwrap_err();
+            assert!(err.to_string().contains("is the --users file"), "{err}");
         }
         let out = dir.path().join("out.ndjson");
-        check_outputs(&inputs, None, Some(&out), None).unwrap();
+        check_outputs(&inputs, &[], Some(&out), None).unwrap();
         let err = check_outputs(
             &inputs,
-            None,
+            &[],
             Some(&out),
             Some(&dir.path().join("sub/../out.ndjson")),
         )
@@ -181,13 +200,39 @@ mod tests {
         assert!(err.to_string().contains("different files"), "{err}");
         let dangling = dir.path().join("dangling");
         std::os::unix::fs::symlink(&out, &dangling).unwrap();
-        assert!(check_outputs(&inputs, None, Some(&out), Some(&dangling)).is_err());
+        assert!(check_outputs(&inputs, &[], Some(&out), Some(&dangling)).is_err());
         check_outputs(
             &inputs,
-            None,
+            &[],
             Some(&out),
             Some(&dir.path().join("rejects.ndjson")),
         )
         .unwrap();
+    }
+
+    /// The store is kept by the run: no output may be it, not even one the run is about to
+    /// create (`run --users` makes a new store before its outputs).
+    #[test]
+    fn outputs_that_are_the_store_are_refused_even_before_it_exists() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = dir.path().join("enrich.db");
+        let spelled = dir.path().join("sub/../enrich.db");
+        std::fs::create_dir(dir.path().join("sub")).unwrap();
+        let inputs = [dir.path().join("in.ndjson")];
+        let also = [("the store", store.as_path())];
+        for exists in [false, true] {
+            if exists {
+                std::fs::write(&store, "").unwrap();
+            }
+            for out in [&store, &spelled] {
+                let err = check_outputs(&inputs, &also, Some(out), None).unwrap_err();
+                assert!(err.is_invalid_input());
+                assert!(err.to_string().contains("is the store"), "{err}");
+                let err = check_outputs(&inputs, &also, None, Some(out)).unwrap_err();
+                assert!(err.to_string().contains("--rejects"), "{err}");
+            }
+            let out = dir.path().join("out.ndjson");
+            check_outputs(&inputs, &also, Some(&out), None).unwrap();
+        }
     }
 }

@@ -129,7 +129,7 @@ pub(crate) enum Command {
     Run {
         /// Input files, read one after the other; - or nothing for standard input.
         files: Vec<PathBuf>,
-        /// Write here instead of standard output.
+        /// Write here instead of standard output (- is standard output).
         #[arg(short, long, value_name = "OUT")]
         output: Option<PathBuf>,
         /// Import these users (NDJSON, replacing existing ones) before the run.

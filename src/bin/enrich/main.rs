@@ -139,7 +139,8 @@ async fn run_command(cli: Cli) {
             let depth = if deep { Depth::Deep } else { Depth::TopLevel };
             let args = RunArgs {
                 inputs: files,
-                output,
+                // `-o -` is standard output, as `-` is standard input.
+                output: output.filter(|path| path.as_os_str() != "-"),
                 users,
                 objects,
                 rejects,

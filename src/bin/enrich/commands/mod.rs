@@ -24,7 +24,7 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 use enrich::batch::Stop;
 use enrich::error::{Error, ErrorKind, Result};
 use enrich::retry::Backoff;
-use enrich::store::{self, SharedStore, StoreOptions};
+use enrich::store::{self, SharedStore, StoreOptions, StoreUrl};
 use enrich::{CacheConfig, Enricher};
 
 pub(crate) use self::bench::bench;
@@ -84,6 +84,14 @@ impl StoreSpec {
     /// input is reported as such even when the store is down.
     pub async fn open(&self) -> Result<SharedStore> {
         store::open(&self.url, &self.options).await
+    }
+
+    /// The file of a file store; `None` for any other store.
+    pub fn file(&self) -> Option<std::path::PathBuf> {
+        match StoreUrl::parse(&self.url) {
+            Ok(StoreUrl::File(path)) => Some(path),
+            _ => None,
+        }
     }
 
     /// Opens the store for work that only reads: a file store that does not exist is an error
@@ -163,9 +171,59 @@ async fn open_with_retry(spec: &StoreSpec, create: bool, timeout: Duration) -> R
     }
 }
 
-fn create_output(path: &Path) -> Result<std::fs::File> {
-    std::fs::File::create(path)
-        .map_err(|e| Error::invalid(format!("cannot create {}", path.display())).with_cause(e))
+/// An output file opened but not yet emptied, so that a command with several outputs opens
+/// them all before it empties any: one that cannot be created (a missing directory) leaves
+/// the others as they were.
+pub(crate) struct OpenedOutput {
+    file: std::fs::File,
+    path: std::path::PathBuf,
+    /// Made by this open, rather than there before.
+    created: bool,
+}
+
+impl OpenedOutput {
+    /// Opens `path` to write, creating it if it is missing; nothing in it is changed yet.
+    pub(crate) fn open(path: &Path) -> Result<OpenedOutput> {
+        let cannot = |e| Error::invalid(format!("cannot create {}", path.display())).with_cause(e);
+        let new = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(path);
+        let (file, created) = match new {
+            Ok(file) => (file, true),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                let file = std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(path)
+                    .map_err(cannot)?;
+                (file, false)
+            }
+            Err(e) => return Err(cannot(e)),
+        };
+        Ok(OpenedOutput {
+            file,
+            path: path.to_path_buf(),
+            created,
+        })
+    }
+
+    /// The file, emptied if it is a regular one (a FIFO or a device is written as it is).
+    pub(crate) fn truncate(self) -> Result<std::fs::File> {
+        let regular = self.file.metadata().is_ok_and(|meta| meta.is_file());
+        if regular && !self.created {
+            self.file.set_len(0).map_err(|e| {
+                Error::invalid(format!("cannot empty {}", self.path.display())).with_cause(e)
+            })?;
+        }
+        Ok(self.file)
+    }
+
+    /// Gives the file up unchanged: removed if this open made it.
+    pub(crate) fn abandon(self) {
+        if self.created {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
 }
 
 /// An input stream.

@@ -12,7 +12,7 @@ use enrich::batch::{ImportError, ImportEvent, Stop, import_entries_until, import
 use enrich::error::{Error, ErrorKind, Result};
 
 use super::progress::{Progress, input_size};
-use super::{StoreSpec, create_output, open_file, open_input, open_with_retry, stop_signals};
+use super::{OpenedOutput, StoreSpec, open_file, open_input, open_with_retry, stop_signals};
 
 /// What `enrich run` was asked to do.
 #[derive(Debug, Clone, Default)]
@@ -101,21 +101,35 @@ pub(crate) async fn run(spec: &StoreSpec, args: RunArgs) -> Result<RunSummary, R
 /// [`import_run_objects`]: a store that refuses writes says so at once, before any wait), and
 /// the outputs are created last ([`open_outputs`]).
 async fn open_run(spec: &StoreSpec, args: &RunArgs) -> Result<(Enricher, Vec<batch::Source>)> {
+    // Standard input can be read once: by the run, or by one of its imports.
+    let stdin = Path::new("-");
+    let inputs = args.inputs.iter().filter(|path| *path == stdin).count();
+    let readers: Vec<&str> =
+        std::iter::repeat_n("the input", inputs.max(usize::from(args.inputs.is_empty())))
+            .chain((args.users.as_deref() == Some(stdin)).then_some("--users"))
+            .chain((args.objects.as_deref() == Some(stdin)).then_some("--objects"))
+            .collect();
+    if readers.len() > 1 {
+        return Err(Error::invalid(format!(
+            "standard input (-) is named more than once ({}): it can be read only once",
+            readers.join(", ")
+        )));
+    }
+    let store = spec.file();
+    let also_read: Vec<(&str, &Path)> = [
+        ("the --users file", args.users.as_deref()),
+        ("the --objects file", args.objects.as_deref()),
+        ("the store", store.as_deref()),
+    ]
+    .into_iter()
+    .filter_map(|(role, path)| Some((role, path?)))
+    .collect();
     batch::check_outputs(
         &args.inputs,
-        args.users.as_deref(),
+        &also_read,
         args.output.as_deref(),
         args.rejects.as_deref(),
     )?;
-    if let Some(objects) = &args.objects {
-        // The entries file is read too: no output may be it.
-        batch::check_outputs(
-            std::slice::from_ref(objects),
-            None,
-            args.output.as_deref(),
-            args.rejects.as_deref(),
-        )?;
-    }
     let mut inputs = Vec::new();
     if args.inputs.is_empty() {
         inputs.push(batch::Source::new("-", open_input(None).await?));
@@ -155,14 +169,26 @@ async fn open_outputs(
 ) -> Result<(batch::Output, Option<batch::Output>)> {
     // Pages resolved before the store's watch is up would not be cached.
     enricher.wait_for_cache(Duration::from_secs(2)).await;
-    let output = match &args.output {
-        Some(path) => batch::Output::file(create_output(path)?),
+    // Both files are opened before either is emptied: a --rejects that cannot be created
+    // leaves the -o file as it was.
+    let output = args.output.as_deref().map(OpenedOutput::open).transpose()?;
+    let rejects = match args.rejects.as_deref().map(OpenedOutput::open).transpose() {
+        Ok(rejects) => rejects,
+        Err(error) => {
+            if let Some(output) = output {
+                output.abandon();
+            }
+            return Err(error);
+        }
+    };
+    let output = match output {
+        Some(output) => batch::Output::file(output.truncate()?),
         None => batch::Output::stdout().map_err(|e| {
             Error::new(ErrorKind::Internal, "cannot write to standard output").with_cause(e)
         })?,
     };
-    let rejects = match &args.rejects {
-        Some(path) => Some(batch::Output::file(create_output(path)?)),
+    let rejects = match rejects {
+        Some(rejects) => Some(batch::Output::file(rejects.truncate()?)),
         None => None,
     };
     Ok((output, rejects))
