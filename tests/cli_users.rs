@@ -352,10 +352,11 @@ fn import_reports_bad_lines_and_counts() {
         let out = run(&["users", "import"], &input);
         let err = stderr(&out);
         assert_eq!(code(&out), 2, "{name}: {err}");
-        assert!(err.contains("line 2: "), "{err}");
-        assert!(err.contains("line 3: invalid user id \"b c\""), "{err}");
-        assert!(err.contains("line 5: user \"big\""), "{err}");
-        assert!(!err.contains("line 4"), "{err}");
+        // Named as every other command names a bad line: FILE:LINE (`-` for standard input).
+        assert!(err.contains("error: -:2: "), "{err}");
+        assert!(err.contains("error: -:3: invalid user id \"b c\""), "{err}");
+        assert!(err.contains("error: -:5: user \"big\""), "{err}");
+        assert!(!err.contains("-:4"), "{err}");
         assert!(
             err.contains("imported: 2 created, 1 existing skipped, 0 overridden, 3 rejected"),
             "{err}"
