@@ -1567,6 +1567,40 @@ fn a_failed_write_leaves_only_complete_lines() {
     }
 }
 
+/// A rejects file that cannot take its records (the file size limit) fails the run, and the
+/// summary counts only the rejected lines the file kept: never ones a full disk dropped.
+#[test]
+fn rejects_a_full_disk_dropped_are_not_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let input: String = (0..6_000)
+        .map(|i| {
+            if i % 2 == 0 {
+                format!("{{\"n\":{i}}}\n")
+            } else {
+                format!("{{bad line {i}\n")
+            }
+        })
+        .collect();
+    std::fs::write(dir.path().join("in.ndjson"), input).unwrap();
+    let script = format!(
+        "trap '' XFSZ; ulimit -f 200; exec {} --store memory: run in.ndjson -o /dev/null \
+         --rejects rejects.ndjson",
+        env!("CARGO_BIN_EXE_enrich")
+    );
+    let out = shell(dir.path(), &script);
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("cannot write rejects"), "{err}");
+    let kept = std::fs::read(dir.path().join("rejects.ndjson")).unwrap();
+    assert!(kept.is_empty() || kept.ends_with(b"\n"), "a cut record");
+    let kept = kept.iter().filter(|&&b| b == b'\n').count();
+    assert!(kept < 3_000, "{kept} records: the limit was never met");
+    assert!(
+        err.contains(&format!("rejected {kept})")),
+        "{kept} records in the file: {err}"
+    );
+}
+
 /// Past `--max-distinct-ids` the summary's distinct count is an estimate, marked `~` and
 /// close to the truth; below it, exact as ever.
 #[test]

@@ -245,6 +245,7 @@ impl Ordered {
             rejects: rejects.map(|r| (r, Vec::new())),
             written: 0,
             rejected: 0,
+            rejects_held: 0,
             stats: EnrichStats::default(),
             spares,
             progress,
@@ -434,7 +435,11 @@ struct Writer {
     /// The rejects file and the records of the lane being written, written at its end.
     rejects: Option<(Output, Vec<u8>)>,
     written: u64,
+    /// Rejected lines kept: written into the rejects file (or, without one, the line that
+    /// ends the run).
     rejected: u64,
+    /// Rejected lines whose records wait in `rejects` to be written.
+    rejects_held: u64,
     stats: EnrichStats,
     spares: Spares,
     progress: RunProgress,
@@ -459,14 +464,17 @@ impl Writer {
                 Next::More
             }
             Piece::Rejected(rejected) => {
-                self.rejected += 1;
                 self.progress.add_rejected();
                 match &mut self.rejects {
                     Some((_, records)) => {
                         records.extend_from_slice(&rejected.record());
+                        self.rejects_held += 1;
                         Next::More
                     }
-                    None => Next::End(End::Failed(rejected.into_error())),
+                    None => {
+                        self.rejected += 1;
+                        Next::End(End::Failed(rejected.into_error()))
+                    }
                 }
             }
             Piece::Enriched(stats) => {
@@ -512,6 +520,10 @@ impl Writer {
         }
         let written = output.write_lines(records);
         records.clear();
-        written.map_err(|e| Error::new(ErrorKind::Internal, "cannot write rejects").with_cause(e))
+        // Counted once in the file: a summary never claims rejects a full disk dropped.
+        let held = std::mem::take(&mut self.rejects_held);
+        written
+            .map(|()| self.rejected += held)
+            .map_err(|e| Error::new(ErrorKind::Internal, "cannot write rejects").with_cause(e))
     }
 }

@@ -57,7 +57,9 @@ pub(crate) async fn users_import(
     let name = file.map_or("-".into(), |f| f.display().to_string());
     let (display, input) = ImportProgress::start("users", file, input);
     let events = |event: ImportEvent<'_>| {
-        display.event(event, |line, error| format!("error: {name}:{line}: {error}"))
+        display.event(event, |line, error| {
+            format!("error: {name}:{line}: {error}")
+        })
     };
     let imported =
         import_users_until(&*store, input, override_existing, events, first_stop()).await;
