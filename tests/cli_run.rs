@@ -1024,26 +1024,36 @@ fn an_output_that_cannot_be_created_leaves_the_other_alone() {
 }
 
 /// Standard input is read once: naming it for the run and for an import is refused before
-/// anything is read; `-o -` is standard output.
+/// anything is read, and so is `--rejects -`; `-o -` is standard output.
 #[test]
 fn standard_input_is_named_once_and_dash_is_standard_output() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("in.ndjson"), "{\"actor\":\"SU:x\"}\n").unwrap();
-    for args in [
-        &["--users", "-"][..],
-        &["--users", "-", "-"],
-        &["--objects", "-", "in.ndjson", "-"],
-        &["in.ndjson", "-", "-"],
+    for (args, why) in [
+        (
+            &["--users", "-"][..],
+            "so does the run when it names no input file",
+        ),
+        (
+            &["--users", "-", "-"],
+            "--users - and the input - both read it",
+        ),
+        (
+            &["--objects", "-", "--users", "-", "in.ndjson"],
+            "both read it",
+        ),
+        (
+            &["in.ndjson", "-", "-"],
+            "the input - is named more than once",
+        ),
+        (&["in.ndjson", "--rejects", "-"], "--rejects - is not taken"),
     ] {
         let mut all = vec!["--store", "memory:", "run"];
         all.extend_from_slice(args);
         let out = run(dir.path(), &all, "{\"id\":\"x\"}\n");
         let err = text(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
-        assert!(
-            err.contains("standard input (-) is named more than once"),
-            "{args:?}: {err}"
-        );
+        assert!(err.contains(why), "{args:?}: {err}");
     }
     let out = run(
         dir.path(),
@@ -1065,6 +1075,65 @@ fn standard_input_is_named_once_and_dash_is_standard_output() {
         text(&out.stdout)
     );
     assert!(!dir.path().join("-").exists());
+}
+
+/// A file read through standard input (`--users -`, `--objects -`) is guarded as the file it
+/// is redirected from: `-o` naming it is refused, however the files are named.
+#[test]
+fn an_import_read_from_standard_input_is_no_output() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("in.ndjson"), "{\"actor\":\"SU:x\"}\n").unwrap();
+    let users = "{\"id\":\"x\"}\n";
+    std::fs::write(dir.path().join("users.ndjson"), users).unwrap();
+    let entries = "{\"collection\":\"c\",\"id\":\"a\",\"data\":{}}\n";
+    std::fs::write(dir.path().join("entries.ndjson"), entries).unwrap();
+    for (flag, file, contents) in [
+        ("--users", "users.ndjson", users),
+        ("--objects", "entries.ndjson", entries),
+    ] {
+        let out = enrich(dir.path())
+            .args(["--store", "memory:", "run", "in.ndjson", flag, "-", "-o"])
+            .arg(format!("./{file}"))
+            .stdin(std::fs::File::open(dir.path().join(file)).unwrap())
+            .stderr(Stdio::piped())
+            .output()
+            .unwrap();
+        let err = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{flag}: {err}");
+        assert!(
+            err.contains(&format!("is the {flag} file -")),
+            "{flag}: {err}"
+        );
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join(file)).unwrap(),
+            contents
+        );
+    }
+}
+
+/// `-o` through a symbolic link to nothing yet makes the file where the link points.
+#[test]
+fn an_output_through_a_dangling_link_is_made_where_it_points() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("in.ndjson"), "{\"n\":1}\n").unwrap();
+    std::os::unix::fs::symlink("made.ndjson", dir.path().join("link.ndjson")).unwrap();
+    let out = run(
+        dir.path(),
+        &[
+            "--store",
+            "memory:",
+            "run",
+            "in.ndjson",
+            "-o",
+            "link.ndjson",
+        ],
+        "",
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("made.ndjson")).unwrap(),
+        "{\"n\":1}\n"
+    );
 }
 
 /// The arguments of a run over what [`write_workload`] wrote, with a memory store.

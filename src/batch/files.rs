@@ -56,9 +56,9 @@ impl FileId {
 /// or `output` and `rejects` being the same file.
 ///
 /// `also_read` are the other files the run reads or keeps, each with what it is to the run as
-/// the error names it: `("the --users file", path)`, `("the store", path)`. One that does not
-/// exist yet is compared by where it would be created, so a store that the run is about to
-/// create is guarded too.
+/// the error names it: `("the --users file", path)`, `("the store", path)`; `-` is standard
+/// input, compared as the file it is redirected from. One that does not exist yet is compared
+/// by where it would be created, so a store that the run is about to create is guarded too.
 pub fn check_outputs(
     inputs: &[PathBuf],
     also_read: &[(&str, &Path)],
@@ -78,9 +78,13 @@ pub fn check_outputs(
     if inputs.is_empty() {
         read.extend(FileId::of_std(std::io::stdin()).map(|id| ("the input -".to_string(), id)));
     }
+    let (piped, named): (Vec<_>, Vec<_>) = also_read.iter().partition(|(_, path)| *path == stdin);
+    for (role, _) in piped {
+        read.extend(FileId::of_std(std::io::stdin()).map(|id| (format!("{role} -"), id)));
+    }
     let refuse = |what: String, path: Option<&Path>, id: Option<FileId>| -> Result<()> {
         let input = read.iter().find(|(_, read)| Some(*read) == id);
-        let other = also_read.iter().find(|(_, read)| match path {
+        let other = named.iter().find(|(_, read)| match path {
             Some(path) => same_path(path, read),
             None => id.is_some() && FileId::of_path(read) == id,
         });
@@ -135,11 +139,11 @@ fn same_path(a: &Path, b: &Path) -> bool {
     }
 }
 
-/// Where creating `path` would put the file: its symlinks followed, its directory made
-/// absolute.
-fn where_created(path: &Path) -> PathBuf {
+/// Where `path` leads once its symbolic links are followed (itself if it is none): for a link
+/// to nothing, the name it points to, which is where creating `path` makes the file. At most
+/// 40 links are followed, as the kernel does, so a loop ends.
+pub fn follow_links(path: &Path) -> PathBuf {
     let mut path = path.to_path_buf();
-    // As the kernel does, give up on a loop after 40 links.
     for _ in 0..40 {
         match std::fs::read_link(&path) {
             Ok(target) => {
@@ -151,6 +155,13 @@ fn where_created(path: &Path) -> PathBuf {
             Err(_) => break,
         }
     }
+    path
+}
+
+/// Where creating `path` would put the file: its symlinks followed, its directory made
+/// absolute.
+fn where_created(path: &Path) -> PathBuf {
+    let path = follow_links(path);
     let dir = match path.parent() {
         Some(dir) if dir.as_os_str().is_empty() => Path::new("."),
         Some(dir) => dir,

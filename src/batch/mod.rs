@@ -77,7 +77,7 @@ use crate::stats::EnrichStats;
 pub use self::entries::{
     EntryImportError, EntryImportSummary, import_entries, import_entries_until, parse_entry_line,
 };
-pub use self::files::{FileId, check_outputs};
+pub use self::files::{FileId, check_outputs, follow_links};
 pub use self::import::{
     IMPORT_BATCH, ImportError, ImportEvent, ImportSummary, import_users, import_users_until,
     parse_import_line,
@@ -338,7 +338,7 @@ impl RunProgress {
         self.counters.bytes_read.load(Ordering::Relaxed)
     }
 
-    /// Lines written or rejected.
+    /// Lines written, or rejected and kept (in the rejects file, or the one that ends the run).
     pub fn lines(&self) -> u64 {
         self.counters.lines.load(Ordering::Relaxed)
     }
@@ -353,8 +353,8 @@ impl RunProgress {
         self.counters.lines.fetch_add(lines, Ordering::Relaxed);
     }
 
-    fn add_rejected(&self) {
-        self.counters.lines.fetch_add(1, Ordering::Relaxed);
+    fn add_rejected(&self, lines: u64) {
+        self.counters.lines.fetch_add(lines, Ordering::Relaxed);
     }
 
     /// Sets the lines done, for a command that counts them itself.

@@ -147,8 +147,9 @@ fn resolve(path: &Path) -> Result<PathBuf> {
 
 /// Where `path` leads once its symbolic links are followed (itself if it is none), as far as
 /// they lead: to the name a dangling link points to. A loop of links was refused before this
-/// is asked (the metadata of a path in a loop is no `NotFound`), and the kernel's own bound of
-/// 40 links stops any other chain.
+/// is asked (the metadata of a path in a loop is no `NotFound`), and any other chain stops
+/// after 40 links, the kernel's bound. (`batch::follow_links` does the same for a run's
+/// outputs; the store does not reach up into the batch module for it.)
 fn link_target(path: &Path) -> PathBuf {
     let mut path = path.to_path_buf();
     for _ in 0..40 {

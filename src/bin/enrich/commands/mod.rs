@@ -182,38 +182,57 @@ pub(crate) struct OpenedOutput {
 }
 
 impl OpenedOutput {
-    /// Opens `path` to write, creating it if it is missing; nothing in it is changed yet.
+    /// Opens `path` to write, creating it if it is missing (where it points, for a symbolic
+    /// link to nothing yet, as a plain create would); nothing in it is changed yet.
     pub(crate) fn open(path: &Path) -> Result<OpenedOutput> {
-        let cannot = |e| Error::invalid(format!("cannot create {}", path.display())).with_cause(e);
+        let fails = |what: &str, e| {
+            Error::invalid(format!("cannot {what} {}", path.display())).with_cause(e)
+        };
+        let target = enrich::batch::follow_links(path);
         let new = std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
-            .open(path);
+            .open(&target);
         let (file, created) = match new {
             Ok(file) => (file, true),
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
                 let file = std::fs::OpenOptions::new()
                     .write(true)
                     .open(path)
-                    .map_err(cannot)?;
+                    .map_err(|e| fails("open", e))?;
                 (file, false)
             }
-            Err(e) => return Err(cannot(e)),
+            Err(e) => return Err(fails("create", e)),
         };
         Ok(OpenedOutput {
             file,
-            path: path.to_path_buf(),
+            path: target,
             created,
         })
     }
 
+    /// Empties both outputs, the rejects first (of the two, the one cheaper to lose): if that
+    /// fails, the output is given up unchanged.
+    pub(crate) fn truncate_both(
+        output: Option<OpenedOutput>,
+        rejects: Option<OpenedOutput>,
+    ) -> Result<(Option<std::fs::File>, Option<std::fs::File>)> {
+        let rejects = match rejects.map(OpenedOutput::truncate).transpose() {
+            Ok(rejects) => rejects,
+            Err(error) => {
+                output.into_iter().for_each(OpenedOutput::abandon);
+                return Err(error);
+            }
+        };
+        Ok((output.map(OpenedOutput::truncate).transpose()?, rejects))
+    }
+
     /// The file, emptied if it is a regular one (a FIFO or a device is written as it is).
-    pub(crate) fn truncate(self) -> Result<std::fs::File> {
-        let regular = self.file.metadata().is_ok_and(|meta| meta.is_file());
-        if regular && !self.created {
-            self.file.set_len(0).map_err(|e| {
-                Error::invalid(format!("cannot empty {}", self.path.display())).with_cause(e)
-            })?;
+    fn truncate(self) -> Result<std::fs::File> {
+        let cannot =
+            |e| Error::invalid(format!("cannot empty {}", self.path.display())).with_cause(e);
+        if !self.created && self.file.metadata().map_err(cannot)?.is_file() {
+            self.file.set_len(0).map_err(cannot)?;
         }
         Ok(self.file)
     }

@@ -101,20 +101,7 @@ pub(crate) async fn run(spec: &StoreSpec, args: RunArgs) -> Result<RunSummary, R
 /// [`import_run_objects`]: a store that refuses writes says so at once, before any wait), and
 /// the outputs are created last ([`open_outputs`]).
 async fn open_run(spec: &StoreSpec, args: &RunArgs) -> Result<(Enricher, Vec<batch::Source>)> {
-    // Standard input can be read once: by the run, or by one of its imports.
-    let stdin = Path::new("-");
-    let inputs = args.inputs.iter().filter(|path| *path == stdin).count();
-    let readers: Vec<&str> =
-        std::iter::repeat_n("the input", inputs.max(usize::from(args.inputs.is_empty())))
-            .chain((args.users.as_deref() == Some(stdin)).then_some("--users"))
-            .chain((args.objects.as_deref() == Some(stdin)).then_some("--objects"))
-            .collect();
-    if readers.len() > 1 {
-        return Err(Error::invalid(format!(
-            "standard input (-) is named more than once ({}): it can be read only once",
-            readers.join(", ")
-        )));
-    }
+    check_standard_input(args)?;
     let store = spec.file();
     let also_read: Vec<(&str, &Path)> = [
         ("the --users file", args.users.as_deref()),
@@ -162,6 +149,40 @@ async fn open_run(spec: &StoreSpec, args: &RunArgs) -> Result<(Enricher, Vec<bat
     Ok((enricher, inputs))
 }
 
+/// Refuses a run that would read standard input twice (the second reader would find it used
+/// up): as an input and for an import (a run given no input file reads it), or as two inputs.
+/// And `--rejects -`, which would mix the rejects into the output or a file named `-`.
+fn check_standard_input(args: &RunArgs) -> Result<()> {
+    let stdin = Path::new("-");
+    let imports: Vec<&str> = [("--users", &args.users), ("--objects", &args.objects)]
+        .into_iter()
+        .filter(|(_, path)| path.as_deref() == Some(stdin))
+        .map(|(flag, _)| flag)
+        .collect();
+    let named_inputs = args.inputs.iter().filter(|path| *path == stdin).count();
+    let why = match (&imports[..], named_inputs) {
+        ([first, second, ..], _) => Some(format!("{first} - and {second} - both read it")),
+        ([flag], 0) if args.inputs.is_empty() => Some(format!(
+            "{flag} - reads it, and so does the run when it names no input file: name the \
+             input files"
+        )),
+        ([flag], 1..) => Some(format!("{flag} - and the input - both read it")),
+        (_, 2..) => Some("the input - is named more than once".to_string()),
+        _ => None,
+    };
+    if let Some(why) = why {
+        return Err(Error::invalid(format!(
+            "standard input can be read only once: {why}"
+        )));
+    }
+    if args.rejects.as_deref() == Some(stdin) {
+        return Err(Error::invalid(
+            "--rejects - is not taken: rejects go to a file of their own (-o - is the output)",
+        ));
+    }
+    Ok(())
+}
+
 /// The outputs of a run, created once everything before them went well.
 async fn open_outputs(
     enricher: &Enricher,
@@ -175,22 +196,18 @@ async fn open_outputs(
     let rejects = match args.rejects.as_deref().map(OpenedOutput::open).transpose() {
         Ok(rejects) => rejects,
         Err(error) => {
-            if let Some(output) = output {
-                output.abandon();
-            }
+            output.into_iter().for_each(OpenedOutput::abandon);
             return Err(error);
         }
     };
+    let (output, rejects) = OpenedOutput::truncate_both(output, rejects)?;
     let output = match output {
-        Some(output) => batch::Output::file(output.truncate()?),
+        Some(output) => batch::Output::file(output),
         None => batch::Output::stdout().map_err(|e| {
             Error::new(ErrorKind::Internal, "cannot write to standard output").with_cause(e)
         })?,
     };
-    let rejects = match rejects {
-        Some(rejects) => Some(batch::Output::file(rejects.truncate()?)),
-        None => None,
-    };
+    let rejects = rejects.map(batch::Output::file);
     Ok((output, rejects))
 }
 
