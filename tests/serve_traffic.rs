@@ -753,7 +753,18 @@ fn a_body_refused_for_a_full_budget_is_answered_not_reset() {
     let mut holder = TcpStream::connect(&serve.addr).unwrap();
     let head = format!("POST {path} HTTP/1.1\r\n{auth}content-length: 100000\r\n\r\n{{");
     holder.write_all(head.as_bytes()).unwrap();
-    std::thread::sleep(Duration::from_millis(200));
+    let started = Instant::now();
+    loop {
+        let (_, metrics) = serve.request("GET", "/metrics", "");
+        if metrics
+            .lines()
+            .any(|l| l == "enrich_in_flight_bytes 100000")
+        {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "{metrics}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
 
     let body = format!(
         r#"{{"id":"late","data":{{"bio":"{}"}}}}"#,
