@@ -463,20 +463,18 @@ impl Writer {
                 self.progress.add_written(lines);
                 Next::More
             }
-            Piece::Rejected(rejected) => {
-                self.progress.add_rejected();
-                match &mut self.rejects {
-                    Some((_, records)) => {
-                        records.extend_from_slice(&rejected.record());
-                        self.rejects_held += 1;
-                        Next::More
-                    }
-                    None => {
-                        self.rejected += 1;
-                        Next::End(End::Failed(rejected.into_error()))
-                    }
+            Piece::Rejected(rejected) => match &mut self.rejects {
+                Some((_, records)) => {
+                    records.extend_from_slice(&rejected.record());
+                    self.rejects_held += 1;
+                    Next::More
                 }
-            }
+                None => {
+                    self.rejected += 1;
+                    self.progress.add_rejected(1);
+                    Next::End(End::Failed(rejected.into_error()))
+                }
+            },
             Piece::Enriched(stats) => {
                 self.stats += stats;
                 Next::More
@@ -523,7 +521,10 @@ impl Writer {
         // Counted once in the file: a summary never claims rejects a full disk dropped.
         let held = std::mem::take(&mut self.rejects_held);
         written
-            .map(|()| self.rejected += held)
+            .map(|()| {
+                self.rejected += held;
+                self.progress.add_rejected(held);
+            })
             .map_err(|e| Error::new(ErrorKind::Internal, "cannot write rejects").with_cause(e))
     }
 }
