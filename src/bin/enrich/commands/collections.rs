@@ -56,13 +56,8 @@ pub(crate) async fn entries_import(
 ) -> Result<EntryImportSummary> {
     let input = open_input(file).await?;
     let store = spec.open().await?;
-    let name = file.map_or("-".into(), |f| f.display().to_string());
     let (display, input) = ImportProgress::start("entries", file, input);
-    let events = |event: ImportEvent<'_>| {
-        display.event(event, |line, error| {
-            format!("error: {name}:{line}: {error}")
-        })
-    };
+    let events = |event: ImportEvent<'_>| display.event(event);
     let imported = import_entries_until(&*store, input, events, first_stop()).await;
     display.finish(imported.map_err(|stopped| (stopped.committed, stopped.error)))
 }

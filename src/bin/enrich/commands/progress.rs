@@ -77,6 +77,8 @@ impl Progress {
 /// The display of an import of a file or standard input, following the lines and bytes read;
 /// rejected lines are said above it as they are met.
 pub(super) struct ImportProgress {
+    /// The input as a bad line's error names it: the file, or `-` for standard input.
+    name: String,
     display: Progress,
     progress: batch::RunProgress,
     ticker: tokio::task::JoinHandle<()>,
@@ -92,6 +94,7 @@ impl ImportProgress {
         let ticker = display.follow(progress.clone());
         let input = progress.count_reads(input);
         let import = ImportProgress {
+            name: file.map_or("-".into(), |f| f.display().to_string()),
             display,
             progress,
             ticker,
@@ -99,13 +102,14 @@ impl ImportProgress {
         (import, input)
     }
 
-    /// Takes an event of the import: a rejected line is said on standard error as `say`
-    /// words it from its number and error.
-    pub(super) fn event(&self, event: ImportEvent<'_>, say: impl FnOnce(u64, &Error) -> String) {
+    /// Takes an event of the import: a rejected line is said on standard error as
+    /// `error: FILE:LINE: reason`, as `run` names a bad line.
+    pub(super) fn event(&self, event: ImportEvent<'_>) {
         match event {
-            ImportEvent::Rejected { line, error } => {
-                self.display.bar.suspend(|| tell!("{}", say(line, error)))
-            }
+            ImportEvent::Rejected { line, error } => self
+                .display
+                .bar
+                .suspend(|| tell!("error: {}:{line}: {error}", self.name)),
             ImportEvent::Progress { lines } => self.progress.set_lines(lines),
         }
     }

@@ -53,14 +53,8 @@ pub(crate) async fn users_import(
 ) -> Result<ImportSummary> {
     let input = open_input(file).await?;
     let store = spec.open().await?;
-    // Named as `run`, `run --users` and `collections import` name a bad line: FILE:LINE.
-    let name = file.map_or("-".into(), |f| f.display().to_string());
     let (display, input) = ImportProgress::start("users", file, input);
-    let events = |event: ImportEvent<'_>| {
-        display.event(event, |line, error| {
-            format!("error: {name}:{line}: {error}")
-        })
-    };
+    let events = |event: ImportEvent<'_>| display.event(event);
     let imported =
         import_users_until(&*store, input, override_existing, events, first_stop()).await;
     display.finish(imported.map_err(|stopped| (stopped.committed, stopped.error)))
