@@ -67,20 +67,22 @@ pub fn check_outputs(
 ) -> Result<()> {
     let mut read: Vec<(String, FileId)> = Vec::new();
     let stdin = Path::new("-");
+    // What standard input is redirected from, for every reader that names it.
+    let stdin_id = FileId::of_std(std::io::stdin());
     for input in inputs {
         let id = if input == stdin {
-            FileId::of_std(std::io::stdin())
+            stdin_id
         } else {
             FileId::of_path(input)
         };
         read.extend(id.map(|id| (format!("the input {}", input.display()), id)));
     }
     if inputs.is_empty() {
-        read.extend(FileId::of_std(std::io::stdin()).map(|id| ("the input -".to_string(), id)));
+        read.extend(stdin_id.map(|id| ("the input -".to_string(), id)));
     }
     let (piped, named): (Vec<_>, Vec<_>) = also_read.iter().partition(|(_, path)| *path == stdin);
     for (role, _) in piped {
-        read.extend(FileId::of_std(std::io::stdin()).map(|id| (format!("{role} -"), id)));
+        read.extend(stdin_id.map(|id| (format!("{role} -"), id)));
     }
     let refuse = |what: String, path: Option<&Path>, id: Option<FileId>| -> Result<()> {
         let input = read.iter().find(|(_, read)| Some(*read) == id);
