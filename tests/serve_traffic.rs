@@ -507,6 +507,29 @@ fn log_once(serve: &Serve, ready: impl Fn(&str) -> bool) -> String {
     }
 }
 
+/// The headers that authenticate a request to the users routes (`host` first), and the path
+/// that adds a user.
+fn users_route() -> (String, String) {
+    let auth = format!(
+        "host: x\r\nauthorization: {}\r\nstream-auth-type: jwt\r\n",
+        token()
+    );
+    (auth, format!("/api/v1.0/user/?api_key={KEY}"))
+}
+
+/// Adds the user `small` on `stream`, an open connection: the status and headers of the
+/// answer (201, or 409 once it exists).
+fn add_small_user(stream: &mut TcpStream) -> (u16, String) {
+    let (auth, path) = users_route();
+    let user = r#"{"id":"small","data":{}}"#;
+    let next = format!(
+        "POST {path} HTTP/1.1\r\n{auth}content-length: {}\r\n\r\n{user}",
+        user.len()
+    );
+    stream.write_all(next.as_bytes()).unwrap();
+    read_answer(stream)
+}
+
 /// Reads one HTTP/1.1 answer with a content-length from `stream`: its status and headers.
 fn read_answer(stream: &mut TcpStream) -> (u16, String) {
     let mut reader = BufReader::new(stream.try_clone().unwrap());
@@ -670,11 +693,7 @@ fn a_refused_request_leaves_its_connection_usable() {
 #[test]
 fn a_body_over_the_limit_is_answered_not_reset() {
     let serve = Serve::start("memory:", &["--max-body-bytes", "65536"], None);
-    let auth = format!(
-        "host: x\r\nauthorization: {}\r\nstream-auth-type: jwt\r\n",
-        token()
-    );
-    let path = format!("/api/v1.0/user/?api_key={KEY}");
+    let (auth, path) = users_route();
     let big = format!(
         r#"{{"id":"big","data":{{"bio":"{}"}}}}"#,
         "x".repeat(900_000)
@@ -711,13 +730,7 @@ fn a_body_over_the_limit_is_answered_not_reset() {
         let (status, answer) = read_answer(&mut stream);
         assert_eq!(status, want, "{how}: {answer}");
         // Read whole, the body leaves the connection ready for the next request.
-        let user = r#"{"id":"small","data":{}}"#;
-        let next = format!(
-            "POST {path} HTTP/1.1\r\n{auth}content-length: {}\r\n\r\n{user}",
-            user.len()
-        );
-        stream.write_all(next.as_bytes()).unwrap();
-        let (status, answer) = read_answer(&mut stream);
+        let (status, answer) = add_small_user(&mut stream);
         assert!(status == 201 || status == 409, "{how}: {answer}");
     }
     let mut stream = TcpStream::connect(&serve.addr).unwrap();
@@ -743,11 +756,7 @@ fn a_body_over_the_limit_is_answered_not_reset() {
 #[test]
 fn a_body_refused_for_a_full_budget_is_answered_not_reset() {
     let serve = Serve::start("memory:", &["--max-in-flight-bytes", "100000"], None);
-    let auth = format!(
-        "host: x\r\nauthorization: {}\r\nstream-auth-type: jwt\r\n",
-        token()
-    );
-    let path = format!("/api/v1.0/user/?api_key={KEY}");
+    let (auth, path) = users_route();
     // A body declared as big as the whole budget, of which one byte comes: it holds the budget
     // while it is awaited.
     let mut holder = TcpStream::connect(&serve.addr).unwrap();
@@ -788,13 +797,7 @@ fn a_body_refused_for_a_full_budget_is_answered_not_reset() {
         "{answer}"
     );
     // The body was read whole: the same connection takes the next request.
-    let user = r#"{"id":"small","data":{}}"#;
-    let next = format!(
-        "POST {path} HTTP/1.1\r\n{auth}content-length: {}\r\n\r\n{user}",
-        user.len()
-    );
-    stream.write_all(next.as_bytes()).unwrap();
-    let (status, answer) = read_answer(&mut stream);
+    let (status, answer) = add_small_user(&mut stream);
     assert_eq!(status, 201, "{answer}");
     drop(holder);
 }
