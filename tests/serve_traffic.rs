@@ -827,3 +827,111 @@ fn the_l1_of_the_server_is_sized_by_l1_bytes() {
         }
     }
 }
+
+/// Adds users `b0`…`b{count-1}` of about 9 kB each, a hundred at a time; their ids.
+fn add_big_users(serve: &Serve, count: usize) -> Vec<String> {
+    let mut users = Vec::new();
+    for i in 0..count {
+        users.push(json!({"id": format!("b{i}"), "data": {"bio": "x".repeat(9_000)}}));
+        if users.len() == 100 || i + 1 == count {
+            let body = json!({ "users": users }).to_string();
+            let (status, answer) = serve.request("POST", "/api/v1.0/users/", &body);
+            assert_eq!(status, 201, "{answer}");
+            users.clear();
+        }
+    }
+    (0..count).map(|i| format!("b{i}")).collect()
+}
+
+/// The answer to a write, 9 MB echoing the users it names, is held against the memory budget
+/// until the client has read it, and reaches a slow client whole through a shutdown: the
+/// server does not count it sent, nor close its connection as idle, while its last bytes wait
+/// in the server's buffers.
+#[test]
+fn a_large_write_answer_is_charged_and_reaches_a_slow_client_whole() {
+    let mut serve = Serve::start("memory:", &[], None);
+    let ids = add_big_users(&serve, 1000);
+    // The same users again, without override: the answer echoes them as stored.
+    let users: Vec<Value> = ids.iter().map(|id| json!({"id": id, "data": {}})).collect();
+    let body = json!({ "users": users }).to_string();
+    let (auth, _) = users_route();
+    let mut stream = TcpStream::connect(&serve.addr).unwrap();
+    let request = format!(
+        "POST /api/v1.0/users/?api_key={KEY} HTTP/1.1\r\n{auth}content-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut reader = BufReader::new(stream);
+    let mut head = String::new();
+    while !head.ends_with("\r\n\r\n") {
+        assert!(reader.read_line(&mut head).unwrap() > 0, "{head}");
+    }
+    assert!(head.starts_with("HTTP/1.1 201"), "{head}");
+    let length: usize = head
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("content-length: ")
+                .map(String::from)
+        })
+        .expect("a content-length")
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(length > 9_000_000, "{length}");
+    let (_, metrics) = serve.request("GET", "/metrics", "");
+    let held: usize = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("enrich_in_flight_bytes "))
+        .expect("the budget's gauge")
+        .parse()
+        .unwrap();
+    assert!(
+        held >= 8_000_000,
+        "{held} bytes held for an unread answer of {length}"
+    );
+    serve.signal("TERM");
+    // Read at about 4 MB/s: the whole answer takes a few seconds after the signal.
+    let mut answer = Vec::new();
+    let mut piece = vec![0u8; 40_000];
+    while answer.len() < length {
+        let n = reader.read(&mut piece).unwrap();
+        if n == 0 {
+            break;
+        }
+        answer.extend_from_slice(&piece[..n]);
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(answer.len(), length, "the answer was cut off");
+    let answer: Value = serde_json::from_slice(&answer).unwrap();
+    assert_eq!(answer["created_users"].as_array().unwrap().len(), 1000);
+    let (status, _) = serve.wait_exit(Duration::from_secs(15));
+    assert!(status.unwrap().success(), "{}", serve.log());
+}
+
+/// Batch reads left unread wait for the memory budget before they read their users, so that
+/// many of them hold no more than the budget: 30 reads of 9 MB each under a budget of 32 MiB.
+#[test]
+fn unread_batch_reads_hold_the_budget_not_more() {
+    let serve = Serve::start("memory:", &["--max-in-flight-bytes", "32M"], None);
+    let ids = add_big_users(&serve, 1000);
+    let before = serve.peak_rss();
+    let (auth, _) = users_route();
+    let request = format!(
+        "GET /api/v1.0/users/?ids={}&api_key={KEY} HTTP/1.1\r\n{auth}\r\n",
+        ids.join(",")
+    );
+    let streams: Vec<TcpStream> = (0..30)
+        .map(|_| half_open(&serve.addr, request.as_bytes()))
+        .collect();
+    // Those the budget has no room for are refused after waiting for it (5 s).
+    std::thread::sleep(Duration::from_secs(7));
+    let grown = serve.peak_rss().saturating_sub(before);
+    assert!(
+        grown < 160 << 20,
+        "{} MiB over the {} MiB before",
+        grown >> 20,
+        before >> 20
+    );
+    drop(streams);
+}

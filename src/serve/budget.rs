@@ -27,8 +27,8 @@ pub(crate) const SMALL: usize = 64 << 10;
 const WAIT: Duration = Duration::from_secs(5);
 
 /// A response body is handed to the connection in pieces of this size, so that the connection
-/// pulls the next piece only when it has written the last (and the charge is held until the
-/// last piece is taken).
+/// pulls the next piece only when it has written the last (and the charge is held, and the
+/// request counted in progress, until the last piece is taken).
 const PIECE: usize = 64 << 10;
 
 /// The semaphore of bytes.
@@ -46,6 +46,16 @@ impl Charge {
     /// Nothing charged.
     pub(crate) fn free() -> Charge {
         Charge(None)
+    }
+
+    /// Gives back what this charge holds beyond `bytes`: a charge taken for the most an answer
+    /// could be, once the answer is built.
+    pub(crate) fn keep(&mut self, bytes: usize) {
+        let Some(permit) = &mut self.0 else { return };
+        let held = permit.num_permits();
+        if bytes < held {
+            drop(permit.split(held - bytes));
+        }
     }
 }
 
@@ -78,6 +88,18 @@ impl Budget {
         }
     }
 
+    /// Charges `bytes` for a request that already holds `held` bytes of the budget (its body):
+    /// never more than the budget can give beside them, so that a request never waits for
+    /// room that it holds itself.
+    pub(crate) async fn charge_beside(
+        &self,
+        bytes: usize,
+        held: usize,
+    ) -> Result<Charge, ApiError> {
+        self.charge(bytes.min(self.total.saturating_sub(held)))
+            .await
+    }
+
     /// Bytes the budget holds in all.
     pub(crate) fn total(&self) -> usize {
         self.total
@@ -89,9 +111,12 @@ impl Budget {
     }
 }
 
-/// A response body that holds its charge until the client has taken it all.
+/// A response body that holds its charge until the client has taken it all. Any body over a
+/// piece goes in pieces, charged or not (a write's answer is sent whatever the budget says):
+/// handed over whole, it would be taken at once and its request counted as done while most of
+/// it still waits for the client, so that its connection could be closed as idle under it.
 pub(crate) fn charged_body(bytes: Bytes, charge: Charge) -> Body {
-    if charge.0.is_none() {
+    if charge.0.is_none() && bytes.len() <= PIECE {
         return Body::from(bytes);
     }
     Body::new(Charged {
@@ -149,6 +174,29 @@ mod tests {
         let collected = body.collect().await.unwrap().to_bytes();
         assert_eq!(collected.len(), 300 << 10);
         assert_eq!(budget.used(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_charge_for_the_most_keeps_what_the_answer_takes() {
+        let budget = Budget::new(1 << 20);
+        let mut charge = budget.charge(800 << 10).await.unwrap();
+        charge.keep(100 << 10);
+        assert_eq!(budget.used(), 100 << 10);
+        // Keeping more than it holds holds no more.
+        charge.keep(900 << 10);
+        assert_eq!(budget.used(), 100 << 10);
+        drop(charge);
+        assert_eq!(budget.used(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_large_body_goes_in_pieces_charged_or_not() {
+        let mut body = charged_body(Bytes::from(vec![b'x'; 3 * PIECE + 1]), Charge::free());
+        let mut pieces = Vec::new();
+        while let Some(frame) = body.frame().await {
+            pieces.push(frame.unwrap().into_data().unwrap().len());
+        }
+        assert_eq!(pieces, [PIECE, PIECE, PIECE, 1]);
     }
 
     #[tokio::test]

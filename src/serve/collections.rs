@@ -198,7 +198,8 @@ pub(crate) async fn upsert(
     body: Bytes,
 ) -> Result<Pending, ApiError> {
     access.check_entries(EntryAction::BatchWrite)?;
-    let (mut body, _parsed) = parse_object(&state, &body).await?;
+    let held = body.len();
+    let (mut body, parsed) = parse_object(&state, &body).await?;
     let collections = match body.remove("data") {
         Some(Value::Object(map)) => map,
         Some(other) => {
@@ -293,6 +294,14 @@ pub(crate) async fn upsert(
         state.limits.max_response_bytes,
         "nothing was written: upsert fewer entries at once",
     )?;
+    // And charged to the memory budget before anything is written, for the same reason (twice:
+    // the entries and the answer copied from them are both held for a moment): a busy server
+    // refuses the write (503, nothing written) rather than hold an answer it never counted.
+    // What was parsed is in `entries` now: its share of the budget goes to the answer.
+    drop((body, parsed));
+    let mut charge = (state.budget)
+        .charge_beside(len.saturating_mul(2), held)
+        .await?;
     // A repeated id is written once, as its last item (what a write of them all would leave):
     // the write costs the distinct entries, whatever the body repeats.
     let last = last_of_each(&entries);
@@ -316,7 +325,9 @@ pub(crate) async fn upsert(
     }
     out.extend_from_slice(CLOSE);
     debug_assert_eq!(out.len(), len);
-    Ok(Pending::object(StatusCode::CREATED, out))
+    drop(entries);
+    charge.keep(len);
+    Ok(Pending::charged(StatusCode::CREATED, out, charge))
 }
 
 /// How many entries an upsert's `data` names: a repeated id counts once (its last item is the
@@ -369,6 +380,16 @@ pub(crate) async fn select(
     // size known from the entries before a byte of it is written.
     const OPEN: &[u8] = br#"{"response":{"data":"#;
     const CLOSE: &[u8] = b"}}";
+    // Charged for the most the entries read may be before they are read (the read stops past
+    // the response limit), twice (entries and answer are both held for a moment), as a users
+    // batch read is: a busy server answers 503 instead of reading one more answer's entries
+    // outside the budget.
+    let most = (keys.len().saturating_mul(EntryJson::MAX_STORED_LEN + 1))
+        .min(state.limits.max_response_bytes + EntryJson::MAX_STORED_LEN)
+        + OPEN.len()
+        + CLOSE.len()
+        + 2;
+    let mut charge = state.budget.charge(most.saturating_mul(2)).await?;
     let store = state.users();
     let (found, len) = read_listed(
         &keys,
@@ -382,14 +403,13 @@ pub(crate) async fn select(
         ("the selected entries", "select fewer entries at once"),
     )
     .await?;
-    // Charged before it is built, as the enrich endpoint's answer is: a busy server answers
-    // 503 instead of building one more answer of up to the limit.
-    let charge = state.budget.charge(len).await?;
     let mut out = Vec::with_capacity(len);
     out.extend_from_slice(OPEN);
     push_array(&mut out, found.iter().map(EntryJson::as_bytes));
     out.extend_from_slice(CLOSE);
     debug_assert_eq!(out.len(), len);
+    drop(found);
+    charge.keep(len);
     Ok(Pending::charged(StatusCode::OK, out, charge))
 }
 

@@ -227,8 +227,10 @@ impl Conn {
         }
     }
 
+    /// No request in progress, and no answer's last bytes waiting for the client: hyper counts
+    /// an answer done once it has taken its last piece, which may still sit in its buffer.
     fn idle(&self) -> bool {
-        self.busy.load(Ordering::Acquire) == 0
+        self.busy.load(Ordering::Acquire) == 0 && self.blocked.load(Ordering::Acquire) == 0
     }
 
     /// A request's headers have arrived.

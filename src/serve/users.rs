@@ -107,7 +107,8 @@ pub(crate) async fn add_many(
     Extension(access): Extension<Access>,
     body: Bytes,
 ) -> Result<Pending, ApiError> {
-    let (body, _parsed) = parse_object(&state, &body).await?;
+    let held = body.len();
+    let (body, parsed) = parse_object(&state, &body).await?;
     let override_existing = match body
         .get("override_existing")
         .or_else(|| body.get("override"))
@@ -139,6 +140,8 @@ pub(crate) async fn add_many(
         ids.push(user.id().clone());
         users.push(ImportUser::new(user, None, None)?);
     }
+    // What was parsed is in `users` now: its share of the budget goes to the answer.
+    drop((body, parsed));
     // The answer holds every user named as stored after the write, once per mention: the one
     // written or, without override, one already there of any size up to the largest. Its
     // size is held to the limit before anything is written, as an upsert's is.
@@ -156,6 +159,13 @@ pub(crate) async fn add_many(
         state.limits.max_response_bytes,
         "add fewer users at once",
     )?;
+    // And charged to the memory budget before anything is written, twice (the users read back
+    // and the answer copied from them are both held for a moment): the answer of a write is
+    // sent whatever the budget says, so a busy server refuses the write (503, nothing written)
+    // rather than hold one more answer it never counted.
+    let mut charge = (state.budget)
+        .charge_beside(most.saturating_mul(2), held)
+        .await?;
     let store = state.users();
     store.import(&users, override_existing).await?;
     state.metrics.record_invalidations(users.len() as u64);
@@ -163,10 +173,10 @@ pub(crate) async fn add_many(
         ApiError::from(e).noting("the users were written; reading them back for the answer failed")
     })?;
     let found: Vec<UserJson> = stored.into_iter().flatten().collect();
-    Ok(Pending::object(
-        StatusCode::CREATED,
-        users_object("created_users", &found),
-    ))
+    let answer = users_object("created_users", &found);
+    drop(found);
+    charge.keep(answer.len());
+    Ok(Pending::charged(StatusCode::CREATED, answer, charge))
 }
 
 /// `GET /api/v1.0/users/?ids=a,b`: `{"users":[…],"duration":…}`, the users that exist, in the
@@ -178,6 +188,14 @@ pub(crate) async fn get_many(
 ) -> Result<Pending, ApiError> {
     access.check_read()?;
     let ids = parse_ids(&params(pairs)?, state.limits.max_batch_ids)?;
+    // Charged for the most the users read may be before they are read (the read stops past
+    // the response limit), twice (the users and the answer copied from them are both held for
+    // a moment), not once the answer is built: a hundred such reads at once would otherwise
+    // each hold their users outside the budget while they wait for it.
+    let most = (ids.len().saturating_mul(UserJson::MAX_STORED_LEN + 1))
+        .min(state.limits.max_response_bytes + UserJson::MAX_STORED_LEN)
+        + r#"{"users":[]}"#.len();
+    let mut charge = state.budget.charge(most.saturating_mul(2)).await?;
     let store = state.users();
     let (found, _) = read_listed(
         &ids,
@@ -191,10 +209,10 @@ pub(crate) async fn get_many(
         ("the users asked for", "ask for fewer users at once"),
     )
     .await?;
-    Ok(Pending::object(
-        StatusCode::OK,
-        users_object("users", &found),
-    ))
+    let answer = users_object("users", &found);
+    drop(found);
+    charge.keep(answer.len());
+    Ok(Pending::charged(StatusCode::OK, answer, charge))
 }
 
 /// `DELETE /api/v1.0/users/?ids=a,b`: `{"deleted_user_ids":[…],"duration":…}`, the ids that
