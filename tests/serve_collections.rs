@@ -532,12 +532,17 @@ async fn limits_are_named(server: &Server) {
         .call(Method::POST, "/api/v1.0/collections/", repeated.to_string())
         .await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
-    // Written once, as its last item.
+    // Written once, as its last item, and answered as stored at every mention.
     let twice = json!({"data": {"c": [{"id": "d", "v": 1}, {"id": "d", "v": 2}]}});
     let (status, body) = server
         .call(Method::POST, "/api/v1.0/collections/", twice.to_string())
         .await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
+    let answered: Value = serde_json::from_str(&strip_duration(&body)).unwrap();
+    let echoed: Vec<&Value> = (answered["data"]["c"].as_array().unwrap().iter())
+        .map(|item| &item["v"])
+        .collect();
+    assert_eq!(echoed, [&json!(2), &json!(2)], "{body}");
     let (status, body) = server
         .call(Method::GET, "/api/v1.0/collections/?foreign_ids=c:d", "")
         .await;

@@ -275,16 +275,20 @@ pub(crate) async fn upsert(
     // back as `1000000000000000.0`), and a write's answer is sent whatever the memory budget
     // says: so its size is checked before anything is written, and a write whose answer would
     // be over the limit is not made.
+    // Every mention of a repeated id is answered as stored: as its last item, the one a
+    // write of them all leaves.
+    let stored = stored_items(&entries);
+    let answered = |range: &std::ops::Range<usize>| {
+        range
+            .clone()
+            .map(|i| entries[stored[i]].data_json().as_bytes())
+    };
     const OPEN: &[u8] = br#"{"data":{"#;
     const CLOSE: &[u8] = b"}}";
     let len = OPEN.len()
         + groups
             .iter()
-            .map(|(name, range)| {
-                name.len()
-                    + 1
-                    + array_len(entries[range.clone()].iter().map(|e| e.data_json().len()))
-            })
+            .map(|(name, range)| name.len() + 1 + array_len(answered(range).map(<[u8]>::len)))
             .sum::<usize>()
         + groups.len().saturating_sub(1)
         + CLOSE.len();
@@ -302,9 +306,15 @@ pub(crate) async fn upsert(
     let mut charge = (state.budget)
         .charge_beside(len.saturating_mul(2), held)
         .await?;
-    // A repeated id is written once, as its last item (what a write of them all would leave):
-    // the write costs the distinct entries, whatever the body repeats.
-    let last = last_of_each(&entries);
+    // A repeated id is written once, as its last item: the write costs the distinct entries,
+    // whatever the body repeats.
+    let repeats = stored.iter().enumerate().any(|(i, &last)| last != i);
+    let last: Option<Vec<NewEntry>> = repeats.then(|| {
+        (entries.iter().enumerate())
+            .filter(|&(i, _)| stored[i] == i)
+            .map(|(_, e)| e.clone())
+            .collect()
+    });
     let written = last.as_deref().unwrap_or(&entries);
     state.users().upsert_entries(written).await?;
     state.metrics.record_entry_writes(written.len() as u64);
@@ -316,16 +326,11 @@ pub(crate) async fn upsert(
         }
         out.extend_from_slice(name.as_bytes());
         out.push(b':');
-        push_array(
-            &mut out,
-            entries[range.clone()]
-                .iter()
-                .map(|e| e.data_json().as_bytes()),
-        );
+        push_array(&mut out, answered(range));
     }
     out.extend_from_slice(CLOSE);
     debug_assert_eq!(out.len(), len);
-    drop(entries);
+    drop((last, entries));
     charge.keep(len);
     Ok(Pending::charged(StatusCode::CREATED, out, charge))
 }
@@ -348,17 +353,13 @@ fn distinct_items(collections: &Map<String, Value>) -> usize {
     named.len() + unnamed
 }
 
-/// The last item of each entry `entries` names, in order, if some entry is named twice.
-fn last_of_each(entries: &[NewEntry]) -> Option<Vec<NewEntry>> {
+/// For each entry, the position of the last one with its key: the one a write of them all
+/// leaves stored.
+fn stored_items(entries: &[NewEntry]) -> Vec<usize> {
     let last: std::collections::HashMap<&EntryKey, usize> = (entries.iter().enumerate())
         .map(|(i, e)| (e.key(), i))
         .collect();
-    (last.len() < entries.len()).then(|| {
-        (entries.iter().enumerate())
-            .filter(|(i, e)| last[e.key()] == *i)
-            .map(|(_, e)| e.clone())
-            .collect()
-    })
+    entries.iter().map(|e| last[e.key()]).collect()
 }
 
 /// `GET /api/v1.0/collections/?foreign_ids=c:id,c:id` (PHP: `GET /api/v1.0/meta/`):
