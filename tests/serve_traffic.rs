@@ -427,17 +427,7 @@ fn a_second_signal_exits_at_once() {
 fn a_client_that_stops_reading_loses_its_connection() {
     let redis = RedisServer::start();
     let serve = Serve::start(&redis.url(), &["--write-timeout", "1"], None);
-    let mut users = Vec::new();
-    for i in 0..1000 {
-        users.push(json!({"id": format!("u{i}"), "data": {"bio": "x".repeat(9_000)}}));
-        if users.len() == 100 {
-            let body = json!({ "users": users }).to_string();
-            let (status, _) = serve.request("POST", "/api/v1.0/users/", &body);
-            assert_eq!(status, 201);
-            users.clear();
-        }
-    }
-    let ids: Vec<String> = (0..1000).map(|i| format!("u{i}")).collect();
+    let ids = add_big_users(&serve, 1000);
     // Asks for 9 MB, more than the sockets' buffers hold, and reads none of it.
     let mut stream = half_open(
         &serve.addr,

@@ -271,10 +271,6 @@ pub(crate) async fn upsert(
         let name = serde_json::to_string(&name).expect("a string serializes");
         groups.push((name, start..entries.len()));
     }
-    // The echo can be larger than the body (a generated id makes `{}` 45 bytes; `1E15` comes
-    // back as `1000000000000000.0`), and a write's answer is sent whatever the memory budget
-    // says: so its size is checked before anything is written, and a write whose answer would
-    // be over the limit is not made.
     // Every mention of a repeated id is answered as stored: as its last item, the one a
     // write of them all leaves.
     let stored = stored_items(&entries);
@@ -283,6 +279,10 @@ pub(crate) async fn upsert(
             .clone()
             .map(|i| entries[stored[i]].data_json().as_bytes())
     };
+    // The echo can be larger than the body (a generated id makes `{}` 45 bytes; `1E15` comes
+    // back as `1000000000000000.0`), and a write's answer is sent whatever the memory budget
+    // says: so its size is checked before anything is written, and a write whose answer would
+    // be over the limit is not made.
     const OPEN: &[u8] = br#"{"data":{"#;
     const CLOSE: &[u8] = b"}}";
     let len = OPEN.len()
@@ -381,18 +381,9 @@ pub(crate) async fn select(
     // size known from the entries before a byte of it is written.
     const OPEN: &[u8] = br#"{"response":{"data":"#;
     const CLOSE: &[u8] = b"}}";
-    // Charged for the most the entries read may be before they are read (the read stops past
-    // the response limit), twice (entries and answer are both held for a moment), as a users
-    // batch read is: a busy server answers 503 instead of reading one more answer's entries
-    // outside the budget.
-    let most = (keys.len().saturating_mul(EntryJson::MAX_STORED_LEN + 1))
-        .min(state.limits.max_response_bytes + EntryJson::MAX_STORED_LEN)
-        + OPEN.len()
-        + CLOSE.len()
-        + 2;
-    let mut charge = state.budget.charge(most.saturating_mul(2)).await?;
     let store = state.users();
-    let (found, len) = read_listed(
+    let (found, len, mut charge) = read_listed(
+        &state.budget,
         &keys,
         |keys| store.get_entries_each(keys),
         |entry: &EntryJson| entry.as_bytes().len(),

@@ -17,7 +17,7 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 
 use super::AppState;
-use super::budget::{Charge, charged_body};
+use super::budget::{Budget, Charge, charged_body};
 use super::error::ApiError;
 use super::request::{Unread, declared_len, read_body};
 
@@ -118,17 +118,26 @@ pub(crate) fn array_len(items: impl Iterator<Item = usize>) -> usize {
 /// never a record left out. With the records, the answer's length (`around` included). Over
 /// the limit: the 400 of [`ApiError::response_over`], with what the records read so far add up
 /// to ("at least" when some were not read).
+///
+/// Before a record is read, `budget` is charged twice the most they may be (the records and
+/// the answer copied from them are both held for a moment): a busy server answers 503 instead
+/// of holding one more answer's records outside the budget while it waits for room. The charge
+/// comes back with the records, for the caller to [`Charge::keep`] the answer's size of.
 pub(crate) async fn read_listed<'k, K, T, Read, Fut>(
+    budget: &Budget,
     keys: &'k [K],
     read: Read,
     size: impl Fn(&T) -> usize,
     (around, max, largest): (usize, usize, usize),
     (what, advice): (&str, &str),
-) -> Result<(Vec<T>, usize), ApiError>
+) -> Result<(Vec<T>, usize, Charge), ApiError>
 where
     Read: Fn(&'k [K]) -> Fut,
     Fut: std::future::Future<Output = Vec<crate::error::Result<Option<T>>>>,
 {
+    // The reading stops past `max` by at most one wave: records of `largest` bytes each.
+    let most = (keys.len().saturating_mul(largest + 1)).min(max + largest) + around + 2;
+    let charge = budget.charge(most.saturating_mul(2)).await?;
     let mut found = Vec::new();
     // The answer with the records found so far: `[]` and the commas between them.
     let mut len = around + 2;
@@ -148,7 +157,7 @@ where
         }
         rest = later;
     }
-    Ok((found, len))
+    Ok((found, len, charge))
 }
 
 /// Appends `json` (an object) with `"duration":"…"` as its last key.

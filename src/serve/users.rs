@@ -188,16 +188,9 @@ pub(crate) async fn get_many(
 ) -> Result<Pending, ApiError> {
     access.check_read()?;
     let ids = parse_ids(&params(pairs)?, state.limits.max_batch_ids)?;
-    // Charged for the most the users read may be before they are read (the read stops past
-    // the response limit), twice (the users and the answer copied from them are both held for
-    // a moment), not once the answer is built: a hundred such reads at once would otherwise
-    // each hold their users outside the budget while they wait for it.
-    let most = (ids.len().saturating_mul(UserJson::MAX_STORED_LEN + 1))
-        .min(state.limits.max_response_bytes + UserJson::MAX_STORED_LEN)
-        + r#"{"users":[]}"#.len();
-    let mut charge = state.budget.charge(most.saturating_mul(2)).await?;
     let store = state.users();
-    let (found, _) = read_listed(
+    let (found, _, mut charge) = read_listed(
+        &state.budget,
         &ids,
         |ids| store.get_many_each(ids),
         |user: &UserJson| user.as_bytes().len(),
